@@ -1,0 +1,266 @@
+"""Engine, parallel and model configuration: dataclasses, validated before anything is allocated.
+
+`ModelConfig` reads a Hugging Face `config.json` (transformers 4 and 5 spellings); `ParallelConfig`
+holds the SP x TP factorization and the head-sharding arithmetic both weight layouts share;
+`EngineConfig` holds everything the engine needs and checks it in `validate()`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+SUPPORTED_ARCHITECTURES = {
+    "LlamaForCausalLM": "llama",
+    "MistralForCausalLM": "llama",
+    "Qwen2ForCausalLM": "qwen2",
+    "Qwen3ForCausalLM": "qwen3",
+}
+SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+BUNDLED_CONFIG_DIR = Path(__file__).parent / "model" / "configs"
+
+
+class ConfigError(ValueError):
+    """Bad user input: printed as one clear message by the CLI, never as a traceback."""
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    intermediate_size: int
+    vocab_size: int
+    rms_norm_eps: float
+    rope_theta: float
+    rope_scaling: dict | None
+    max_position_embeddings: int
+    tie_word_embeddings: bool
+    qkv_bias: bool
+    qk_norm: bool
+    eos_token_ids: tuple[int, ...]
+    bos_token_id: int | None
+
+    @classmethod
+    def from_dict(cls, cfg: dict) -> "ModelConfig":
+        archs = cfg.get("architectures") or []
+        arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
+        if arch is None:
+            raise ConfigError(
+                f"unsupported architecture {archs or cfg.get('model_type')!r}; shifttune supports "
+                f"{', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        if cfg.get("hidden_act", "silu") != "silu":
+            raise ConfigError(f"unsupported hidden_act {cfg['hidden_act']!r} (only silu)")
+        num_heads = cfg["num_attention_heads"]
+        # transformers 5 writes rope settings under "rope_parameters"; 4.x under rope_theta/rope_scaling.
+        rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
+        rope_theta = float(rope.pop("rope_theta", cfg.get("rope_theta", 10000.0)))
+        rope_type = rope.get("rope_type", rope.get("type", "default"))
+        if rope_type not in SUPPORTED_ROPE_TYPES:
+            raise ConfigError(f"unsupported RoPE scaling {rope_type!r}; supported: {SUPPORTED_ROPE_TYPES}")
+        eos = cfg.get("eos_token_id")
+        eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (eos,))
+        return cls(
+            architecture=arch,
+            hidden_size=cfg["hidden_size"],
+            num_layers=cfg["num_hidden_layers"],
+            num_heads=num_heads,
+            num_kv_heads=cfg.get("num_key_value_heads") or num_heads,
+            head_dim=cfg.get("head_dim") or cfg["hidden_size"] // num_heads,
+            intermediate_size=cfg["intermediate_size"],
+            vocab_size=cfg["vocab_size"],
+            rms_norm_eps=cfg.get("rms_norm_eps", 1e-6),
+            rope_theta=rope_theta,
+            rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
+            max_position_embeddings=cfg.get("max_position_embeddings", 4096),
+            tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
+            qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+            qk_norm=arch == "Qwen3ForCausalLM",
+            eos_token_ids=eos_ids,
+            bos_token_id=cfg.get("bos_token_id"),
+        )
+
+    @property
+    def num_params(self) -> int:
+        h, d, i = self.hidden_size, self.head_dim, self.intermediate_size
+        attn = h * (self.num_heads + 2 * self.num_kv_heads) * d + self.num_heads * d * h
+        per_layer = attn + 3 * h * i + 2 * h
+        emb = self.vocab_size * h * (1 if self.tie_word_embeddings else 2)
+        return self.num_layers * per_layer + emb + h
+
+
+def resolve_model_path(model: str) -> Path:
+    """A local HF directory, the name of a bundled config (e.g. `llama-3.3-70b`), or `tiny`."""
+    path = Path(model).expanduser()
+    if path.is_dir():
+        return path
+    if model == "tiny":
+        from shifttune.model.tiny import ensure_tiny_model
+
+        return ensure_tiny_model()
+    bundled = BUNDLED_CONFIG_DIR / model.lower()
+    if bundled.is_dir():
+        return bundled
+    names = sorted(p.name for p in BUNDLED_CONFIG_DIR.iterdir() if p.is_dir())
+    raise ConfigError(
+        f"model {model!r} is not a local directory nor a bundled config; bundled: tiny, {', '.join(names)} "
+        "(bundled configs have no weights: use load_format='dummy')"
+    )
+
+
+def load_model_config(path: Path) -> tuple[ModelConfig, dict]:
+    cfg_file = path / "config.json"
+    if not cfg_file.is_file():
+        raise ConfigError(f"{path} has no config.json")
+    try:
+        raw = json.loads(cfg_file.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{cfg_file} is not valid JSON: {e}") from None
+    try:
+        return ModelConfig.from_dict(raw), raw
+    except KeyError as e:
+        raise ConfigError(f"{cfg_file} lacks the field {e.args[0]!r}") from None
+
+
+@dataclass(frozen=True)
+class ParallelConfig:
+    """P = SP x TP ranks; rank r = s * TP + t (s: SP index, t: TP index)."""
+
+    tensor_parallel_size: int = 1
+    sequence_parallel_size: int = 1
+
+    @property
+    def tp(self) -> int:
+        return self.tensor_parallel_size
+
+    @property
+    def sp(self) -> int:
+        return self.sequence_parallel_size
+
+    @property
+    def world_size(self) -> int:
+        return self.tp * self.sp
+
+    def sp_index(self, rank: int) -> int:
+        return rank // self.tp
+
+    def tp_index(self, rank: int) -> int:
+        return rank % self.tp
+
+    def shift_index(self, rank: int) -> int:
+        # NOTE: the KV-cache invariance. After the Ulysses all-to-all, rank (s, t) holds query-head
+        # block t*SP + s (of P blocks), so in the full-TP (shift) layout it must hold that same block.
+        return self.tp_index(rank) * self.sp + self.sp_index(rank)
+
+    def validate(self, model: ModelConfig) -> None:
+        p = self.world_size
+        if self.tp < 1 or self.sp < 1:
+            raise ConfigError("tensor_parallel_size and sequence_parallel_size must be >= 1")
+        if model.num_heads % p:
+            raise ConfigError(
+                f"{model.num_heads} attention heads do not divide by SP x TP = {p}; "
+                f"pick SP x TP among the divisors of {model.num_heads}"
+            )
+        k = model.num_kv_heads
+        if k % p and p % k:
+            raise ConfigError(
+                f"{k} KV heads and SP x TP = {p}: one must divide the other (KV heads are split when "
+                f"K >= P and replicated when K < P)"
+            )
+
+
+def kv_heads_of_block(block: int, num_blocks: int, num_kv_heads: int) -> list[int]:
+    """KV heads used by query-head block `block` of `num_blocks` equal blocks (GQA replication when K < P)."""
+    if num_kv_heads >= num_blocks:
+        per = num_kv_heads // num_blocks
+        return list(range(block * per, (block + 1) * per))
+    return [block * num_kv_heads // num_blocks]
+
+
+@dataclass
+class EngineConfig:
+    model: str = "tiny"
+    tensor_parallel_size: int = 1
+    sequence_parallel_size: int = 1
+    device: str = "cpu"
+    dtype: str = "auto"
+    load_format: str = "auto"  # "auto" (safetensors) | "dummy" (random weights from the config)
+    shift_policy: str = "threshold"  # "threshold" | "tp" | "sp"
+    shift_threshold: int = 256
+    block_size: int = 16
+    num_kv_blocks: int | None = None
+    gpu_memory_utilization: float = 0.9
+    cpu_kv_cache_gib: float = 1.0
+    max_num_seqs: int = 256
+    max_num_batched_tokens: int = 8192
+    max_model_len: int | None = None
+    enable_prefix_caching: bool = True
+    seed: int = 0
+    master_port: int | None = None
+    model_path: Path = field(init=False)
+    model_config: ModelConfig = field(init=False)
+    parallel: ParallelConfig = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @property
+    def torch_dtype(self) -> torch.dtype:
+        return DTYPES[self.dtype]
+
+    def validate(self) -> None:
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
+        if self.load_format not in ("auto", "dummy"):
+            raise ConfigError(f"load_format must be 'auto' or 'dummy', not {self.load_format!r}")
+        if self.shift_policy not in ("threshold", "tp", "sp"):
+            raise ConfigError(f"shift_policy must be 'threshold', 'tp' or 'sp', not {self.shift_policy!r}")
+        if self.shift_threshold < 0:
+            raise ConfigError("shift_threshold must be >= 0")
+        for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1")
+        self.parallel = ParallelConfig(self.tensor_parallel_size, self.sequence_parallel_size)
+        self.model_path = resolve_model_path(self.model)
+        self.model_config, raw = load_model_config(self.model_path)
+        self.parallel.validate(self.model_config)
+        if self.dtype == "auto":
+            self.dtype = "bfloat16" if self.device == "cuda" else "float32"
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} or 'auto', not {self.dtype!r}")
+        if self.device == "cpu" and self.dtype == "float16":
+            raise ConfigError("float16 is not supported on CPU; use float32 or bfloat16")
+        self._check_devices()
+        limit = self.model_config.max_position_embeddings
+        # NOTE: windowed attention is not implemented; a window at least as long as the context is plain
+        # causal attention, so sliding-window models (Mistral v0.1) run with max_model_len capped at it.
+        uses_window = raw.get("use_sliding_window") or self.model_config.architecture == "MistralForCausalLM"
+        if uses_window and raw.get("sliding_window"):
+            limit = min(limit, int(raw["sliding_window"]))
+        if self.max_model_len is None:
+            self.max_model_len = limit
+        elif self.max_model_len > limit:
+            raise ConfigError(f"max_model_len {self.max_model_len} exceeds the model's limit of {limit} tokens")
+        if self.master_port is None:
+            self.master_port = int(os.environ.get("SHIFTTUNE_PORT", 0)) or None
+
+    def _check_devices(self) -> None:
+        p = self.parallel.world_size
+        if self.device == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError("device='cuda' but no CUDA GPU is visible; use device='cpu'")
+            n = torch.cuda.device_count()
+            launched = int(os.environ.get("WORLD_SIZE", "0"))
+            if launched and launched != p:
+                raise ConfigError(f"launched with WORLD_SIZE={launched} but SP x TP = {p}")
+            if not launched and n < p:
+                raise ConfigError(f"SP x TP = {p} needs {p} GPUs but {n} are visible")

@@ -1,0 +1,111 @@
+"""Paged KV-cache bookkeeping on the driver: free blocks, block tables, and prefix caching.
+
+A full block is identified by a chained hash (hash of the previous block's hash and its own tokens).
+Blocks whose reference count drops to zero go back to the free queue but keep their hash, so a
+later request with the same prefix can take them back until they are reused for other tokens.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+from shifttune.engine.sequence import Sequence
+
+
+def blocks_for(num_tokens: int, block_size: int) -> int:
+    return -(-num_tokens // block_size)
+
+
+class Block:
+    __slots__ = ("block_id", "ref_count", "hash", "token_ids")
+
+    def __init__(self, block_id: int):
+        self.block_id = block_id
+        self.ref_count = 0
+        self.hash: int | None = None
+        self.token_ids: tuple[int, ...] = ()
+
+
+class BlockManager:
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+        self.block_size = block_size
+        self.enable_prefix_caching = enable_prefix_caching
+        self.blocks = [Block(i) for i in range(num_blocks)]
+        self.free_block_ids: deque[int] = deque(range(num_blocks))
+        self.hash_to_block_id: dict[int, int] = {}
+        self.num_prefix_hits = 0  # blocks taken from the prefix cache, for stats and tests
+
+    @property
+    def num_blocks(self) -> int:
+        return len(self.blocks)
+
+    @property
+    def num_free_blocks(self) -> int:
+        return len(self.free_block_ids)
+
+    def _chain_hash(self, seq: Sequence, i: int, prev: int | None) -> int:
+        return hash((prev, tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])))
+
+    def match_prefix(self, seq: Sequence) -> list[int]:
+        """Cached blocks holding a prefix of `seq`; at least one token is always left to compute."""
+        if not self.enable_prefix_caching:
+            return []
+        matched, prev = [], None
+        for i in range((len(seq) - 1) // self.block_size):
+            prev = self._chain_hash(seq, i, prev)
+            block_id = self.hash_to_block_id.get(prev)
+            tokens = tuple(seq.token_ids[i * self.block_size : (i + 1) * self.block_size])
+            if block_id is None or self.blocks[block_id].token_ids != tokens:
+                break
+            matched.append(block_id)
+        return matched
+
+    def can_allocate(self, cached: list[int], num_tokens: int) -> bool:
+        revived = sum(1 for b in cached if self.blocks[b].ref_count == 0)  # these leave the free queue
+        return blocks_for(num_tokens, self.block_size) - len(cached) + revived <= self.num_free_blocks
+
+    def allocate(self, seq: Sequence, cached: list[int], num_tokens: int) -> None:
+        """Gives a waiting sequence its cached prefix blocks plus new blocks for `num_tokens` tokens."""
+        assert not seq.block_table
+        for block_id in cached:
+            block = self.blocks[block_id]
+            if block.ref_count == 0:
+                self.free_block_ids.remove(block_id)
+            block.ref_count += 1
+        self.num_prefix_hits += len(cached)
+        seq.block_table = list(cached)
+        self.append(seq, num_tokens)
+
+    def can_append(self, seq: Sequence, num_tokens: int) -> bool:
+        return blocks_for(num_tokens, self.block_size) - len(seq.block_table) <= self.num_free_blocks
+
+    def append(self, seq: Sequence, num_tokens: int) -> None:
+        """Grows the block table to hold `num_tokens` tokens."""
+        while len(seq.block_table) < blocks_for(num_tokens, self.block_size):
+            block = self.blocks[self.free_block_ids.popleft()]
+            if block.hash is not None and self.hash_to_block_id.get(block.hash) == block.block_id:
+                del self.hash_to_block_id[block.hash]  # evict: this block now gets other tokens
+            block.hash, block.token_ids, block.ref_count = None, (), 1
+            seq.block_table.append(block.block_id)
+
+    def mark_computed(self, seq: Sequence, old: int, new: int) -> None:
+        """Registers the hashes of blocks that became full when computed tokens went from old to new."""
+        if not self.enable_prefix_caching:
+            return
+        bs = self.block_size
+        prev = self.blocks[seq.block_table[old // bs - 1]].hash if old >= bs else None
+        for i in range(old // bs, new // bs):
+            block = self.blocks[seq.block_table[i]]
+            if block.hash is None:
+                block.hash = self._chain_hash(seq, i, prev)
+                block.token_ids = tuple(seq.token_ids[i * bs : (i + 1) * bs])
+                self.hash_to_block_id.setdefault(block.hash, block.block_id)
+            prev = block.hash
+
+    def free(self, seq: Sequence) -> None:
+        for block_id in reversed(seq.block_table):
+            block = self.blocks[block_id]
+            block.ref_count -= 1
+            if block.ref_count == 0:
+                self.free_block_ids.append(block_id)
+        seq.block_table = []

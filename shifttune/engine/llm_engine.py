@@ -1,0 +1,223 @@
+"""LLMEngine: requests in, one scheduled + mode-switched + sampled step at a time, outputs back.
+
+This is the step-level API the server drives (`add_request`, `step`, `abort_request`,
+`has_unfinished_requests`, `stats`); `LLM` in `engine/llm.py` wraps it for offline batches.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+
+from shifttune.config import ConfigError, EngineConfig
+from shifttune.engine.block_manager import BlockManager
+from shifttune.engine.detokenizer import Detokenizer
+from shifttune.engine.policy import StepShape, StepStats, make_policy
+from shifttune.engine.sampler import Sampler
+from shifttune.engine.sampling_params import SamplingParams
+from shifttune.engine.scheduler import Scheduler, SchedulerOutput
+from shifttune.engine.sequence import RequestOutput, Sequence
+from shifttune.runner.executor import Executor
+from shifttune.runner.model_runner import StepInput
+
+logger = logging.getLogger("shifttune")
+
+
+@dataclass
+class EngineStats:
+    """What the profiler, the server's metrics and the TUI read."""
+
+    steps: deque[StepStats] = field(default_factory=lambda: deque(maxlen=10_000))
+    steps_per_mode: dict[str, int] = field(default_factory=lambda: {"tp": 0, "sp": 0})
+    tokens_per_mode: dict[str, int] = field(default_factory=lambda: {"tp": 0, "sp": 0})
+    num_preemptions: int = 0
+    num_prefix_cache_hit_blocks: int = 0
+    kv_blocks_total: int = 0
+    kv_blocks_free: int = 0
+    weight_bytes_per_rank: dict[str, int] = field(default_factory=dict)
+    kv_cache_bytes_per_rank: int = 0
+
+
+def load_tokenizer(config: EngineConfig):
+    """The model directory's HF tokenizer, or None when it has none (token-id prompts only)."""
+    path = config.model_path
+    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
+        return None
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+class LLMEngine:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        cfg = config.model_config
+        if config.load_format != "dummy":
+            from shifttune.model.loader import check_checkpoint
+
+            check_checkpoint(config.model_path, cfg)  # before any process or memory is set up
+        self.tokenizer = load_tokenizer(config)
+        self.executor = Executor(config)
+        runner = self.executor.runner
+        capacity = runner.num_kv_blocks * config.block_size
+        if capacity < 1:
+            self.shutdown()
+            raise ConfigError("no memory left for the KV cache; lower the model size or raise the cache budget")
+        if capacity < config.max_model_len:
+            logger.warning("KV cache holds %d tokens: max_model_len lowered from %d", capacity, config.max_model_len)
+            config.max_model_len = capacity
+        self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
+        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
+        self.policy = make_policy(config.shift_policy, config.shift_threshold, config.parallel.sp)
+        self.sampler = Sampler(cfg.eos_token_ids)
+        self.detokenizer = Detokenizer(self.tokenizer)
+        self.requests: dict[str, Sequence] = {}
+        self._ids = itertools.count()
+        self._stats = EngineStats(
+            kv_blocks_total=runner.num_kv_blocks,
+            weight_bytes_per_rank=runner.weight_bytes,
+            kv_cache_bytes_per_rank=runner.num_kv_blocks * runner.kv_bytes_per_block,
+        )
+
+    # ---- requests -------------------------------------------------------------------------------
+    def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams | None = None) -> str:
+        params = params or SamplingParams()
+        request_id = request_id if request_id is not None else str(next(self._ids))
+        if request_id in self.requests:
+            raise ConfigError(f"request id {request_id!r} is already in use")
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ConfigError(f"model {self.config.model!r} has no tokenizer; pass prompts as token-id lists")
+            text, ids = prompt, self.tokenizer.encode(prompt)
+        else:
+            text, ids = None, list(prompt)
+            vocab = self.config.model_config.vocab_size
+            if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+                raise ConfigError(f"prompt token ids must be integers in [0, {vocab})")
+        if not ids:
+            raise ConfigError("prompt is empty")
+        if len(ids) >= self.config.max_model_len:
+            raise ConfigError(
+                f"prompt has {len(ids)} tokens but the model context (max_model_len) is {self.config.max_model_len}; "
+                "it must leave room for at least one generated token"
+            )
+        seq = Sequence(request_id, text, ids, params)
+        self.requests[request_id] = seq
+        self.scheduler.add(seq)
+        return request_id
+
+    def abort_request(self, request_id: str) -> None:
+        seq = self.requests.pop(request_id, None)
+        if seq is not None and not seq.is_finished:
+            self.scheduler.finish(seq, "abort")
+            self._release(seq)
+
+    def has_unfinished_requests(self) -> bool:
+        return self.scheduler.has_unfinished()
+
+    def set_policy(self, name: str, threshold: int | None = None) -> None:
+        """Switches the mode policy between steps (the TUI changes the threshold live)."""
+        if name not in ("threshold", "tp", "sp"):
+            raise ConfigError(f"unknown shift policy {name!r}")
+        self.config.shift_policy = name
+        if threshold is not None:
+            self.config.shift_threshold = threshold
+        self.policy = make_policy(name, self.config.shift_threshold, self.config.parallel.sp)
+
+    # ---- the step -------------------------------------------------------------------------------
+    def step(self) -> list[RequestOutput]:
+        """Schedules, runs and samples one step; returns outputs of requests that advanced or finished."""
+        sched = self.scheduler.schedule()
+        self._stats.num_preemptions += sched.num_preempted
+        if not sched.scheduled:
+            return []
+        shape = self._shape(sched)
+        mode = self.policy.choose(shape)
+        sampling = [s.seq for s in sched.scheduled if s.samples]
+        start = time.perf_counter()
+        logits = self.executor.call("execute_model", self._step_input(sched, mode))
+        tokens, logprobs = self.sampler(logits, sampling) if sampling else ([], [])
+        duration = time.perf_counter() - start
+        self.scheduler.update_computed(sched)
+        now = time.monotonic()
+        for seq, token, lp in zip(sampling, tokens, logprobs):
+            seq.token_ids.append(token)
+            if lp is not None:
+                seq.logprobs.append(lp)
+            if seq.first_token_time is None:
+                seq.first_token_time = now
+            self.detokenizer.update(seq)
+            self._check_stop(seq, token)
+        self._record(StepStats(mode, shape, duration))
+        outputs = []
+        for seq in sampling:
+            outputs.append(RequestOutput.from_seq(seq))
+            if seq.is_finished:
+                self.requests.pop(seq.request_id, None)
+                self._release(seq)
+        return outputs
+
+    def _shape(self, sched: SchedulerOutput) -> StepShape:
+        decode = sum(1 for s in sched.scheduled if s.seq.num_computed_tokens >= s.seq.num_prompt_tokens)
+        return StepShape(
+            num_tokens=sched.num_tokens,
+            num_seqs=len(sched.scheduled),
+            num_prefill_tokens=sched.num_tokens - decode,
+            num_decode_tokens=decode,
+            context_lens=tuple(s.seq.num_computed_tokens + s.num_new_tokens for s in sched.scheduled),
+        )
+
+    def _step_input(self, sched: SchedulerOutput, mode: str) -> StepInput:
+        bs = self.config.block_size
+        ids, pos, slots, qsl, lens, tables, samples = [], [], [], [0], [], [], []
+        for s in sched.scheduled:
+            seq, start = s.seq, s.seq.num_computed_tokens
+            end = start + s.num_new_tokens
+            ids += seq.token_ids[start:end]
+            pos += range(start, end)
+            slots += [seq.block_table[p // bs] * bs + p % bs for p in range(start, end)]
+            qsl.append(len(ids))
+            lens.append(end)
+            tables.append(seq.block_table)
+            if s.samples:
+                samples.append(len(ids) - 1)
+        return StepInput(mode, ids, pos, slots, qsl, lens, tables, samples)
+
+    def _check_stop(self, seq: Sequence, token: int) -> None:
+        p = seq.params
+        if seq.num_output_tokens > p.min_tokens:  # the sampler masked stop tokens before that
+            if token in p.stop_token_ids:
+                seq.stop_reason = token
+                return self.scheduler.finish(seq, "stop")
+            if not p.ignore_eos and token in self.sampler.eos_token_ids:
+                return self.scheduler.finish(seq, "stop")
+            for stop in p.stop:
+                at = seq.output_text.find(stop)
+                if at >= 0:
+                    seq.output_text, seq.stop_reason = seq.output_text[:at], stop
+                    return self.scheduler.finish(seq, "stop")
+        if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(seq) >= self.config.max_model_len:
+            self.scheduler.finish(seq, "length")
+
+    def _release(self, seq: Sequence) -> None:
+        self.sampler.release(seq.request_id)
+        self.detokenizer.release(seq.request_id)
+
+    def _record(self, stats: StepStats) -> None:
+        self._stats.steps.append(stats)
+        self._stats.steps_per_mode[stats.mode] += 1
+        self._stats.tokens_per_mode[stats.mode] += stats.shape.num_tokens
+
+    @property
+    def stats(self) -> EngineStats:
+        self._stats.kv_blocks_free = self.block_manager.num_free_blocks
+        self._stats.num_prefix_cache_hit_blocks = self.block_manager.num_prefix_hits
+        return self._stats
+
+    def shutdown(self) -> None:
+        executor = getattr(self, "executor", None)
+        if executor is not None:
+            executor.shutdown()

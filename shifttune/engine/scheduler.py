@@ -1,0 +1,106 @@
+"""Continuous batching: which sequences run in the next step and how many tokens each.
+
+Every step has a token budget (`max_num_batched_tokens`); running sequences go first (decode tokens
+and the rest of chunked prefills), then waiting ones (their prompt, chunked to fit, after any prefix
+cache hit). When blocks run out the newest running sequence is preempted: its blocks are freed and
+it is recomputed later from its tokens, which keeps outputs unchanged.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+from shifttune.engine.block_manager import BlockManager
+from shifttune.engine.sequence import Sequence, SequenceStatus
+
+
+@dataclass
+class ScheduledSeq:
+    seq: Sequence
+    num_new_tokens: int
+
+    @property
+    def samples(self) -> bool:
+        """True when this step computes the sequence's last known token, so it yields a new one."""
+        return self.seq.num_computed_tokens + self.num_new_tokens == len(self.seq)
+
+
+@dataclass
+class SchedulerOutput:
+    scheduled: list[ScheduledSeq]
+    num_preempted: int
+
+    @property
+    def num_tokens(self) -> int:
+        return sum(s.num_new_tokens for s in self.scheduled)
+
+
+class Scheduler:
+    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+        self.block_manager = block_manager
+        self.max_num_seqs = max_num_seqs
+        self.max_num_batched_tokens = max_num_batched_tokens
+        self.waiting: deque[Sequence] = deque()
+        self.running: list[Sequence] = []
+        self.num_preemptions = 0
+
+    def add(self, seq: Sequence) -> None:
+        self.waiting.append(seq)
+
+    def has_unfinished(self) -> bool:
+        return bool(self.waiting or self.running)
+
+    def schedule(self) -> SchedulerOutput:
+        budget, scheduled, preempted = self.max_num_batched_tokens, [], 0
+        i = 0
+        while i < len(self.running) and budget > 0:
+            seq = self.running[i]
+            n = min(len(seq) - seq.num_computed_tokens, budget)
+            while not self.block_manager.can_append(seq, seq.num_computed_tokens + n):
+                self._preempt(self.running.pop())
+                preempted += 1
+                if i == len(self.running):  # preempted seq itself
+                    break
+            else:
+                self.block_manager.append(seq, seq.num_computed_tokens + n)
+                scheduled.append(ScheduledSeq(seq, n))
+                budget -= n
+                i += 1
+        while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
+            seq = self.waiting[0]
+            cached = self.block_manager.match_prefix(seq)
+            num_cached = len(cached) * self.block_manager.block_size
+            n = min(len(seq) - num_cached, budget)
+            if not self.block_manager.can_allocate(cached, num_cached + n):
+                break
+            self.block_manager.allocate(seq, cached, num_cached + n)
+            seq.num_computed_tokens = seq.num_cached_tokens = num_cached
+            seq.status = SequenceStatus.RUNNING
+            self.waiting.popleft()
+            self.running.append(seq)
+            scheduled.append(ScheduledSeq(seq, n))
+            budget -= n
+        return SchedulerOutput(scheduled, preempted)
+
+    def _preempt(self, seq: Sequence) -> None:
+        self.block_manager.free(seq)
+        seq.num_computed_tokens = 0
+        seq.status = SequenceStatus.WAITING
+        self.waiting.appendleft(seq)
+        self.num_preemptions += 1
+
+    def update_computed(self, out: SchedulerOutput) -> None:
+        """After a step ran: the scheduled tokens are in the cache now."""
+        for s in out.scheduled:
+            old = s.seq.num_computed_tokens
+            s.seq.num_computed_tokens = old + s.num_new_tokens
+            self.block_manager.mark_computed(s.seq, old, s.seq.num_computed_tokens)
+
+    def finish(self, seq: Sequence, reason: str) -> None:
+        seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
+        self.block_manager.free(seq)
+        if seq in self.running:
+            self.running.remove(seq)
+        elif seq in self.waiting:
+            self.waiting.remove(seq)

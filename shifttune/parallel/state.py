@@ -1,0 +1,114 @@
+"""Process groups of one rank: its TP group, its SP group, the full shift group, and a CPU control group.
+
+Ranks are laid out r = s * TP + t. The TP group of r is {s * TP + t'}, its SP group {s' * TP + t}; the
+shift layout uses every rank, with rank r holding shard `ParallelConfig.shift_index(r)`.
+Collectives on a group of one rank are no-ops, so a single-rank engine never touches torch.distributed.
+"""
+
+from __future__ import annotations
+
+import datetime
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from shifttune.config import ParallelConfig
+
+# torch >= 2.12 renamed all_gather_into_tensor; keep both working (the GPU image has torch 2.11).
+_all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+
+
+@dataclass
+class Group:
+    """A process group plus the facts the model needs about it."""
+
+    ranks: list[int]
+    rank_in_group: int
+    handle: object | None  # torch ProcessGroup; None when the group has one rank
+
+    @property
+    def size(self) -> int:
+        return len(self.ranks)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        if self.handle is not None:
+            dist.all_reduce(x, group=self.handle)
+        return x
+
+    def all_gather(self, x: torch.Tensor) -> torch.Tensor:
+        """Stack of every member's `x` along a new leading dim, in group-rank order."""
+        if self.handle is None:
+            return x.unsqueeze(0)
+        out = torch.empty((self.size * x.shape[0], *x.shape[1:]), dtype=x.dtype, device=x.device)
+        _all_gather_single(out, x.contiguous(), group=self.handle)
+        return out.view(self.size, *x.shape)
+
+    def all_to_all(self, x: torch.Tensor) -> torch.Tensor:
+        """x[i] goes to member i; returns out[i] = what member i sent here. Leading dim = group size."""
+        if self.handle is None:
+            return x
+        x = x.contiguous()
+        out = torch.empty_like(x)  # NOTE: after contiguous(), or it inherits x's strides
+        dist.all_to_all_single(out, x, group=self.handle)
+        return out
+
+
+@dataclass
+class ParallelState:
+    rank: int
+    parallel: ParallelConfig
+    tp_group: Group
+    sp_group: Group
+    world_group: Group
+    cpu_group: object | None  # gloo group for control messages (step inputs); None with one rank
+
+    @property
+    def tp_index(self) -> int:
+        return self.parallel.tp_index(self.rank)
+
+    @property
+    def sp_index(self) -> int:
+        return self.parallel.sp_index(self.rank)
+
+    @property
+    def shift_index(self) -> int:
+        return self.parallel.shift_index(self.rank)
+
+
+def init_parallel_state(parallel: ParallelConfig, rank: int, device: str, init_method: str | None) -> ParallelState:
+    """Joins the process group (unless P == 1) and builds every group; all ranks must call this together."""
+    p, tp, sp = parallel.world_size, parallel.tp, parallel.sp
+    tp_ranks = [parallel.sp_index(rank) * tp + t for t in range(tp)]
+    sp_ranks = [s * tp + parallel.tp_index(rank) for s in range(sp)]
+    if p == 1:
+        one = Group([0], 0, None)
+        return ParallelState(rank, parallel, one, one, one, None)
+    backend = "nccl" if device == "cuda" else "gloo"
+    if device == "cuda":
+        torch.cuda.set_device(rank % torch.cuda.device_count())
+    dist.init_process_group(
+        backend, init_method=init_method, rank=rank, world_size=p, timeout=datetime.timedelta(minutes=10)
+    )
+
+    def make(ranks: list[int], handles: dict) -> Group:
+        return Group(ranks, ranks.index(rank), handles[tuple(ranks)] if len(ranks) > 1 else None)
+
+    # NOTE: new_group must be called by every rank for every group, in the same order.
+    handles: dict[tuple[int, ...], object] = {}
+    for s in range(sp):
+        ranks = tuple(s * tp + t for t in range(tp))
+        handles[ranks] = dist.new_group(list(ranks)) if tp > 1 else None
+    for t in range(tp):
+        ranks = tuple(s * tp + t for s in range(sp))
+        handles[ranks] = dist.new_group(list(ranks)) if sp > 1 else None
+    handles[tuple(range(p))] = dist.group.WORLD
+    cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
+    return ParallelState(
+        rank, parallel, make(tp_ranks, handles), make(sp_ranks, handles), make(list(range(p)), handles), cpu_group
+    )
+
+
+def destroy_parallel_state() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()

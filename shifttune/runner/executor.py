@@ -1,0 +1,167 @@
+"""Starts and drives the ranks: rank 0 (this process) drives, ranks 1..P-1 run `worker_loop`.
+
+Two launch styles share this code. Default: the engine spawns its workers itself and rendezvous over
+TCP on 127.0.0.1. Under `torchrun` (env:// rendezvous, WORLD_SIZE/RANK set), every process builds the
+engine; ranks > 0 serve the driver from inside the engine's constructor and exit when it shuts down.
+Every rank reports load errors through one `all_gather_object`, so a bad checkpoint on any rank
+becomes one clear error on the driver instead of a hang.
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+
+import torch.distributed as dist
+
+from shifttune.config import EngineConfig
+from shifttune.parallel.state import destroy_parallel_state, init_parallel_state
+from shifttune.runner.model_runner import ModelRunner
+
+
+class WorkerError(RuntimeError):
+    """A rank failed to start or to run a step."""
+
+
+def launched_by_torchrun() -> bool:
+    return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tuple[ModelRunner | None, object]:
+    """Joins the groups, builds the runner, agrees on the KV cache size. Returns (runner, state)."""
+    state = init_parallel_state(config.parallel, rank, config.device, init_method)
+    runner, error = None, None
+    try:
+        runner = ModelRunner(config, state)
+    except Exception as e:  # reported to the driver below, not raised here
+        error = f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+    if state.cpu_group is None:
+        if error:
+            raise WorkerError(error)
+    else:
+        reports = [None] * config.parallel.world_size
+        dist.all_gather_object(reports, (error, runner.num_kv_blocks if runner else 0), group=state.cpu_group)
+        errors = [e for e, _ in reports if e]
+        if errors:
+            raise WorkerError(errors[0])
+        runner.num_kv_blocks = min(n for _, n in reports)
+    runner.allocate_kv_cache(runner.num_kv_blocks)
+    return runner, state
+
+
+def worker_loop(runner: ModelRunner, state) -> None:
+    while True:
+        msg = [None]
+        dist.broadcast_object_list(msg, src=0, group=state.cpu_group)
+        method, args = msg[0]
+        if method == "shutdown":
+            return
+        getattr(runner, method)(*args)
+
+
+def _spawned_worker(config: EngineConfig, rank: int, init_method: str) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the driver, which shuts us down
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch_parent, daemon=True).start()
+    try:
+        runner, state = _start_rank(config, rank, init_method)
+    except WorkerError:
+        destroy_parallel_state()
+        return  # the driver reports it
+    try:
+        worker_loop(runner, state)
+    finally:
+        destroy_parallel_state()
+
+
+class Executor:
+    def __init__(self, config: EngineConfig):
+        self.config = config
+        self.procs: list[mp.process.BaseProcess] = []
+        self._closed = False
+        p = config.parallel.world_size
+        if launched_by_torchrun():
+            rank, init_method = int(os.environ["RANK"]), "env://"
+        else:
+            rank, init_method = 0, None
+            if p > 1:
+                init_method = f"tcp://127.0.0.1:{config.master_port or _free_port()}"
+                ctx = mp.get_context("spawn")
+                for r in range(1, p):
+                    proc = ctx.Process(target=_spawned_worker, args=(config, r, init_method), daemon=True)
+                    proc.start()
+                    self.procs.append(proc)
+                threading.Thread(target=self._watch_workers, daemon=True).start()
+        self.rank = rank
+        try:
+            self.runner, self.state = _start_rank(config, rank, init_method)
+        except BaseException:
+            self.shutdown()
+            raise
+        if rank != 0:  # torchrun worker: serve the driver until it shuts down, then leave
+            try:
+                worker_loop(self.runner, self.state)
+            finally:
+                destroy_parallel_state()
+            sys.exit(0)
+
+    def _watch_workers(self) -> None:
+        """A dead worker leaves the other ranks waiting in a collective forever (NCCL, or the TCP
+        rendezvous): say which rank died and end the process unless a clean shutdown is under way."""
+        from multiprocessing.connection import wait
+
+        wait([p.sentinel for p in self.procs])
+        if self._closed:
+            return
+        dead = next((i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive())
+        print(f"shifttune: worker rank {dead[0]} exited with code {dead[1]}; the engine cannot continue", file=sys.stderr)
+        time.sleep(3.0)  # a gloo error may surface in the driver and shut down cleanly meanwhile
+        if not self._closed:
+            os._exit(1)
+
+    def call(self, method: str, *args):
+        """Runs runner.method(*args) on every rank; returns rank 0's result."""
+        if self.state.cpu_group is not None:
+            self._check_workers()
+            dist.broadcast_object_list([(method, args)], src=0, group=self.state.cpu_group)
+        return getattr(self.runner, method)(*args)
+
+    def _check_workers(self) -> None:
+        dead = [(i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
+        if dead:
+            raise WorkerError(f"worker rank {dead[0][0]} exited (code {dead[0][1]}); the engine cannot continue")
+
+    def shutdown(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        state = getattr(self, "state", None)
+        if state is not None and state.cpu_group is not None and all(p.is_alive() for p in self.procs):
+            try:
+                dist.broadcast_object_list([("shutdown", ())], src=0, group=state.cpu_group)
+            except Exception:
+                pass
+        for proc in self.procs:
+            proc.join(timeout=10)
+            if proc.is_alive():
+                proc.terminate()
+                proc.join(timeout=5)
+        destroy_parallel_state()

@@ -1,0 +1,128 @@
+"""Per-rank model runner: both weight layouts, the one paged KV cache they share, and step execution.
+
+Every rank runs `execute_model` with the same `StepInput` (broadcast by the driver). In SP x TP mode
+the step's tokens are padded to a multiple of SP and each rank takes its contiguous slice; in TP mode
+every rank takes all tokens. Either way attention sees all tokens for this rank's heads, so the cache
+writes and reads are identical in both modes.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from shifttune.config import EngineConfig
+from shifttune.kernels.attention_ref import AttentionMetadata
+from shifttune.model.layers import RotaryEmbedding
+from shifttune.model.layout import make_layout
+from shifttune.model.llama import CausalLM
+from shifttune.model.loader import init_dummy_weights, load_weights
+from shifttune.parallel.state import ParallelState
+
+GIB = 1 << 30
+
+
+@dataclass
+class StepInput:
+    """One engine step, flattened: built by the driver, identical on every rank."""
+
+    mode: str  # "tp" | "sp"
+    input_ids: list[int]
+    positions: list[int]
+    slot_mapping: list[int]
+    query_start_loc: list[int]
+    seq_lens: list[int]
+    block_tables: list[list[int]]
+    sample_indices: list[int]
+
+
+class ModelRunner:
+    def __init__(self, config: EngineConfig, state: ParallelState):
+        self.config, self.state = config, state
+        cfg, par = config.model_config, config.parallel
+        if config.device == "cuda":
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        else:
+            self.device = torch.device("cpu")
+            torch.set_num_threads(max(1, (os.cpu_count() or 1) // par.world_size))
+        dtype = config.torch_dtype
+        torch.manual_seed(config.seed)
+        with torch.device(self.device):
+            rotary = RotaryEmbedding(cfg.head_dim, config.max_model_len, cfg.rope_theta, cfg.rope_scaling)
+            self.shift_model = CausalLM(cfg, make_layout("shift", cfg, state), rotary, dtype)
+            # With SP == 1 the base layout is the shift layout: one copy of the weights.
+            self.base_model = CausalLM(cfg, make_layout("base", cfg, state), rotary, dtype) if par.sp > 1 else self.shift_model
+        self.models = [self.shift_model] + ([self.base_model] if par.sp > 1 else [])
+        if config.load_format == "dummy":
+            init_dummy_weights(self.models, config.seed + state.rank)
+        else:
+            load_weights(self.models, config.model_path)
+        self.num_kv_heads = len(self.shift_model.layout.cache_kv_heads)
+        self.num_kv_blocks = self._num_kv_blocks()
+        self.k_cache = self.v_cache = None
+
+    @property
+    def weight_bytes(self) -> dict[str, int]:
+        def size(m: CausalLM) -> int:
+            return sum(p.numel() * p.element_size() for p in {id(p): p for p in m.parameters()}.values())
+
+        return {"base": size(self.base_model) if self.config.parallel.sp > 1 else 0, "shift": size(self.shift_model)}
+
+    @property
+    def kv_bytes_per_block(self) -> int:
+        cfg = self.config.model_config
+        elem = torch.empty(0, dtype=self.config.torch_dtype).element_size()
+        return 2 * cfg.num_layers * self.config.block_size * self.num_kv_heads * cfg.head_dim * elem
+
+    def _num_kv_blocks(self) -> int:
+        c = self.config
+        if c.num_kv_blocks is not None:
+            return c.num_kv_blocks
+        if c.device == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            budget = free - (1 - c.gpu_memory_utilization) * total
+        else:
+            budget = c.cpu_kv_cache_gib * GIB
+        return int(budget // self.kv_bytes_per_block)
+
+    def allocate_kv_cache(self, num_blocks: int) -> None:
+        """One cache, bound to the attention of both layouts: [layers, blocks, block_size, kv heads, d]."""
+        cfg = self.config.model_config
+        shape = (cfg.num_layers, num_blocks, self.config.block_size, self.num_kv_heads, cfg.head_dim)
+        self.k_cache = torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
+        self.v_cache = torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
+        for model in self.models:
+            for i, layer in enumerate(model.layers):
+                layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
+
+    def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
+        return torch.tensor(values, dtype=dtype, device=self.device)
+
+    @torch.inference_mode()
+    def execute_model(self, step: StepInput) -> torch.Tensor | None:
+        """Runs one step; returns full-vocab logits of the sampled tokens on rank 0, None elsewhere."""
+        model = self.base_model if step.mode == "sp" else self.shift_model
+        max_blocks = max(len(b) for b in step.block_tables)
+        meta = AttentionMetadata(
+            slot_mapping=self._tensor(step.slot_mapping),
+            query_start_loc=self._tensor(step.query_start_loc, torch.int32),
+            seq_lens=self._tensor(step.seq_lens, torch.int32),
+            block_tables=self._tensor([b + [-1] * (max_blocks - len(b)) for b in step.block_tables]),
+            query_start_loc_cpu=step.query_start_loc,
+            seq_lens_cpu=step.seq_lens,
+        )
+        num_tokens, ids, pos = len(step.input_ids), step.input_ids, step.positions
+        sp = model.layout.sp
+        if sp > 1:
+            t_local = -(-num_tokens // sp)
+            pad = sp * t_local - num_tokens
+            start = model.layout.sp_group.rank_in_group * t_local
+            ids = (ids + [0] * pad)[start : start + t_local]
+            pos = (pos + [0] * pad)[start : start + t_local]
+        hidden = model(self._tensor(ids), self._tensor(pos), meta, num_tokens)
+        if not step.sample_indices:  # only partial prefill chunks this step
+            return None
+        logits = model.compute_logits(hidden, self._tensor(step.sample_indices))
+        return logits.cpu() if self.state.rank == 0 else None
