@@ -85,7 +85,9 @@ class ModelRunner:
             budget = free - (1 - c.gpu_memory_utilization) * total
         else:
             budget = c.cpu_kv_cache_gib * GIB
-        return int(budget // self.kv_bytes_per_block)
+        # never more than every sequence at full length could use
+        most = c.max_num_seqs * -(-c.max_model_len // c.block_size)
+        return min(int(budget // self.kv_bytes_per_block), most)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """One cache, bound to the attention of both layouts: [layers, blocks, block_size, kv heads, d]."""

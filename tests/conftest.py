@@ -1,0 +1,79 @@
+"""Shared fixtures: tiny random HF checkpoints (the oracle's and the engine's input) and HF references."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+# The built-in tiny model is written once per test session into a private directory.
+os.environ.setdefault("SHIFTTUNE_HOME", str(Path(__file__).parent.parent / ".pytest_cache" / "shifttune_home"))
+
+LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (TP, SP)
+PROMPTS = [
+    [1, 17, 42, 99, 5, 8, 250, 13, 77],
+    [1, 3],
+    [1, 60, 61, 62, 63, 64, 65, 66, 67, 68, 69, 70, 71, 72, 73, 74, 75, 76, 77, 78, 79, 80, 81],
+    [1, 200, 201, 202, 7],
+]
+MAX_TOKENS = 8
+
+
+def _small(cls, **kw):
+    base = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=301,
+                max_position_embeddings=256, initializer_range=0.1, rms_norm_eps=1e-6)
+    return cls(**(base | kw))
+
+
+def build_hf_model(kind: str, out: Path) -> Path:
+    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
+                              Qwen3ForCausalLM)
+
+    torch.manual_seed({"llama": 1, "qwen2": 2, "qwen3": 3}[kind])
+    if kind == "llama":  # GQA K=2, llama3 RoPE scaling, untied, vocab not divisible by P
+        cfg = _small(LlamaConfig, num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
+                     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+        model = LlamaForCausalLM(cfg)
+    elif kind == "qwen2":  # qkv bias, MHA, tied embeddings
+        cfg = _small(Qwen2Config, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
+        model = Qwen2ForCausalLM(cfg)
+    else:  # q/k norm, head_dim != hidden / heads, one KV head per 4 query heads: K=2 < P=4 replicates
+        cfg = _small(Qwen3Config, num_attention_heads=8, num_key_value_heads=2, head_dim=32)
+        model = Qwen3ForCausalLM(cfg)
+    # Random biases too (HF initializes them to zero, which would test nothing).
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.normal_(0, 0.1)
+    model.save_pretrained(out, max_shard_size="100KB")  # several shards + index
+    return out
+
+
+@pytest.fixture(scope="session")
+def hf_models(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("hf")
+    return {k: build_hf_model(k, root / k) for k in ("llama", "qwen2", "qwen3")}
+
+
+_REF_CACHE: dict = {}
+
+
+def hf_reference(path: Path, prompts=PROMPTS, max_tokens=MAX_TOKENS):
+    """Greedy tokens and first-step log-probs from transformers, one prompt at a time (no padding)."""
+    key = (str(path), tuple(map(tuple, prompts)), max_tokens)
+    if key not in _REF_CACHE:
+        from transformers import AutoModelForCausalLM
+
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        tokens, logprobs = [], []
+        with torch.no_grad():
+            for p in prompts:
+                ids = torch.tensor([p])
+                logprobs.append(torch.log_softmax(model(ids).logits[0, -1].float(), -1))
+                out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, min_new_tokens=max_tokens)
+                tokens.append(out[0, len(p):].tolist())
+        _REF_CACHE[key] = (tokens, logprobs)
+    return _REF_CACHE[key]

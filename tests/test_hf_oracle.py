@@ -1,0 +1,40 @@
+"""Every layout x policy produces HF transformers' greedy tokens and prefill log-probs (fp32, CPU, gloo)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shifttune import LLM, SamplingParams
+from conftest import LAYOUTS, MAX_TOKENS, PROMPTS, hf_reference
+
+# threshold 4: the batched prefill (> 4 tokens) runs in SP x TP mode, the 4-sequence decode steps in TP
+POLICIES = [("tp", 256), ("sp", 256), ("threshold", 4)]
+
+
+@pytest.mark.parametrize("model_kind", ["llama", "qwen2", "qwen3"])
+@pytest.mark.parametrize("tp,sp", LAYOUTS)
+def test_greedy_matches_hf(hf_models, model_kind, tp, sp):
+    path = hf_models[model_kind]
+    ref_tokens, ref_logprobs = hf_reference(path)
+    vocab = len(ref_logprobs[0])
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=vocab)
+    with LLM(str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, block_size=4) as llm:
+        engine = llm.llm_engine
+        for policy, threshold in POLICIES:
+            engine.set_policy(policy, threshold)
+            first = len(engine.stats.steps)
+            outs = llm.generate(PROMPTS, params)
+            modes = [s.mode for s in list(engine.stats.steps)[first:]]
+            for out, tokens, lp in zip(outs, ref_tokens, ref_logprobs):
+                assert out.outputs[0].token_ids == tokens, (policy, out.prompt_token_ids)
+                got = torch.full((vocab,), float("-inf"))
+                for tok, value in out.outputs[0].logprobs[0].items():
+                    got[tok] = value
+                torch.testing.assert_close(got, lp, atol=2e-5, rtol=1e-4)
+            if sp == 1:
+                assert set(modes) == {"tp"}
+            elif policy == "threshold":
+                assert modes[0] == "sp" and set(modes[1:]) == {"tp"}, modes
+            else:
+                assert set(modes) == {policy}
