@@ -32,5 +32,10 @@ class Detokenizer:
         seq.output_text += delta
         return delta
 
+    def finalize(self, seq: Sequence) -> None:
+        """At the end, the full decode, including any tail that was held back as incomplete UTF-8."""
+        if self.tokenizer is not None:
+            seq.output_text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
+
     def release(self, request_id: str) -> None:
         self.offsets.pop(request_id, None)

@@ -151,6 +151,8 @@ class LLMEngine:
                 seq.first_token_time = now
             self.detokenizer.update(seq)
             self._check_stop(seq, token)
+            if seq.is_finished and not isinstance(seq.stop_reason, str):  # a stop string already cut the text
+                self.detokenizer.finalize(seq)
         self._record(StepStats(mode, shape, duration))
         outputs = []
         for seq in sampling:

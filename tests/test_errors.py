@@ -1,0 +1,96 @@
+"""Bad input gives one clear ConfigError before anything is allocated, and the CLI prints it, exit 2."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from typer.testing import CliRunner
+
+from shifttune import LLM, SamplingParams
+from shifttune.cli import app
+from shifttune.config import ConfigError, EngineConfig
+
+
+def _copy(src, dst, **config_changes):
+    shutil.copytree(src, dst)
+    cfg = json.loads((dst / "config.json").read_text())
+    cfg.update(config_changes)
+    (dst / "config.json").write_text(json.dumps(cfg))
+    return dst
+
+
+def test_layout_must_match_devices():
+    with pytest.raises(ConfigError, match="no CUDA GPU"):
+        EngineConfig(model="llama-3.1-8b", load_format="dummy", device="cuda", tensor_parallel_size=2)
+    with pytest.raises(ConfigError, match="tensor_parallel_size and sequence_parallel_size must be >= 1"):
+        EngineConfig(model="tiny", tensor_parallel_size=0)
+
+
+def test_heads_must_divide(hf_models, tmp_path):
+    with pytest.raises(ConfigError, match="4 attention heads do not divide by SP x TP = 8"):
+        EngineConfig(model=str(hf_models["llama"]), tensor_parallel_size=4, sequence_parallel_size=2)
+    odd = _copy(hf_models["llama"], tmp_path / "m", num_attention_heads=12, num_key_value_heads=3, head_dim=16)
+    with pytest.raises(ConfigError, match="3 KV heads and SP x TP = 2"):
+        EngineConfig(model=str(odd), tensor_parallel_size=2)
+
+
+def test_unsupported_architecture(hf_models, tmp_path):
+    gpt = _copy(hf_models["llama"], tmp_path / "m", architectures=["GPT2LMHeadModel"], model_type="gpt2")
+    with pytest.raises(ConfigError, match="unsupported architecture"):
+        EngineConfig(model=str(gpt))
+    with pytest.raises(ConfigError, match="not a local directory nor a bundled config"):
+        EngineConfig(model="no-such-model")
+
+
+def test_missing_and_corrupt_weights(hf_models, tmp_path):
+    missing = _copy(hf_models["llama"], tmp_path / "missing")
+    next(missing.glob("model-00002-*.safetensors")).unlink()
+    with pytest.raises(ConfigError, match="weight file .* is missing"):
+        LLM(str(missing))
+    corrupt = _copy(hf_models["llama"], tmp_path / "corrupt")
+    shard = next(corrupt.glob("model-00001-*.safetensors"))
+    shard.write_bytes(shard.read_bytes()[:100])
+    with pytest.raises(ConfigError, match="corrupt or unreadable"):
+        LLM(str(corrupt))
+    empty = _copy(hf_models["llama"], tmp_path / "empty")
+    for f in empty.glob("*.safetensors*"):
+        f.unlink()
+    with pytest.raises(ConfigError, match="no \\*.safetensors weights"):
+        LLM(str(empty))
+
+
+def test_prompt_longer_than_context():
+    with LLM("tiny", max_model_len=16) as llm:
+        with pytest.raises(ConfigError, match="prompt has 16 tokens but the model context"):
+            llm.generate([list(range(2, 18))])
+        with pytest.raises(ConfigError, match="token ids must be integers"):
+            llm.generate([[5, 100000]])
+        assert llm.generate([[0, 5, 6]], SamplingParams(max_tokens=3))[0].outputs[0].token_ids
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"temperature": -1}, "temperature must be >= 0"),
+        ({"top_p": 0}, "top_p must be in"),
+        ({"top_k": -5}, "top_k must be"),
+        ({"max_tokens": 0}, "max_tokens must be >= 1"),
+        ({"min_tokens": 5, "max_tokens": 2}, "min_tokens must be in"),
+        ({"logprobs": -1}, "logprobs must be >= 0"),
+        ({"stop": [""]}, "stop strings must not be empty"),
+    ],
+)
+def test_bad_sampling_values(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        SamplingParams(**kwargs)
+
+
+def test_cli_prints_one_line_not_a_traceback():
+    result = CliRunner().invoke(app, ["generate", "--tp", "3"])
+    assert result.exit_code == 2
+    assert "8 attention heads do not divide by SP x TP = 3" in result.output
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(app, ["generate", "--temperature", "-2"])
+    assert result.exit_code == 2 and "temperature must be >= 0" in result.output

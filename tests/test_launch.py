@@ -1,0 +1,114 @@
+"""Launch paths and layouts: torchrun (env:// rendezvous), dummy weights, bundled configs, memory report."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from shifttune import LLM, SamplingParams
+from shifttune.config import ConfigError, ModelConfig, ParallelConfig, kv_heads_of_block, load_model_config, resolve_model_path
+from shifttune.model.layout import make_layout
+from shifttune.parallel.state import Group, ParallelState
+
+GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+
+
+def test_torchrun_matches_single_rank(tmp_path):
+    script = tmp_path / "run.py"
+    script.write_text(textwrap.dedent(f"""
+        import json, sys
+        from shifttune import LLM, SamplingParams
+        llm = LLM("tiny", tensor_parallel_size=1, sequence_parallel_size=2, shift_threshold=3)
+        outs = llm.generate([[0, 5, 6, 7, 8], [0, 9]], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+        modes = sorted({{s.mode for s in llm.llm_engine.stats.steps}})
+        llm.shutdown()
+        json.dump({{"tokens": [o.outputs[0].token_ids for o in outs], "modes": modes}}, open({str(tmp_path / "out.json")!r}, "w"))
+    """))
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", str(script)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    result = json.loads((tmp_path / "out.json").read_text())
+    with LLM("tiny") as llm:
+        ref = [o.outputs[0].token_ids for o in llm.generate([[0, 5, 6, 7, 8], [0, 9]], GREEDY)]
+    assert result["tokens"] == ref
+    assert result["modes"] == ["sp", "tp"]
+
+
+def test_dummy_weights_run_without_a_checkpoint(hf_models):
+    with LLM(str(hf_models["qwen3"]), load_format="dummy", tensor_parallel_size=2) as llm:
+        out = llm.generate([[1, 2, 3]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=1))
+        c = out[0].outputs[0]
+        assert len(c.token_ids) == 4 and all(torch.isfinite(torch.tensor(list(d.values()))).all() for d in c.logprobs)
+        # random weights: the embedding is not the checkpoint's
+        emb = llm.llm_engine.executor.runner.shift_model.embed_tokens.weight
+        assert emb.abs().max() > 0 and emb.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+def test_memory_report_per_rank():
+    with LLM("tiny", tensor_parallel_size=2, sequence_parallel_size=2) as llm:
+        w = llm.llm_engine.stats.weight_bytes_per_rank
+        cfg = llm.llm_engine.config.model_config
+        h, d, i, v = cfg.hidden_size, cfg.head_dim, cfg.intermediate_size, cfg.vocab_size
+
+        def expected(shards: int, kv_heads: int) -> int:  # fp32 bytes of one rank's slice
+            attn = h * (cfg.num_heads // shards) * d * 2 + 2 * h * kv_heads * d
+            layer = attn + 3 * h * i // shards + 2 * h
+            return 4 * (cfg.num_layers * layer + 2 * (v // shards) * h + h)
+
+        # base: W/TP; shift: W/P, except that the 2 KV heads are replicated to one per rank on 4 ranks
+        assert w["base"] == expected(2, 1)
+        assert w["shift"] == expected(4, 1)
+        assert llm.llm_engine.stats.kv_cache_bytes_per_rank > 0
+
+
+@pytest.mark.parametrize("name, billions", [("llama-3.1-8b", 8.03), ("llama-3.3-70b", 70.55), ("qwen3-8b", 8.19),
+                                            ("qwen3-32b", 32.76), ("qwen2.5-7b", 7.62), ("mistral-7b-v0.3", 7.25)])
+def test_bundled_configs(name, billions):
+    cfg, _ = load_model_config(resolve_model_path(name))
+    assert cfg.num_params / 1e9 == pytest.approx(billions, abs=0.01)
+    for tp, sp in [(4, 1), (2, 2), (1, 4), (4, 2)]:
+        if cfg.num_heads % (tp * sp):  # Qwen2.5-7B: 28 heads do not split 8 ways
+            with pytest.raises(ConfigError, match="do not divide"):
+                ParallelConfig(tp, sp).validate(cfg)
+        else:
+            ParallelConfig(tp, sp).validate(cfg)
+
+
+def _state(par: ParallelConfig, rank: int) -> ParallelState:
+    g = Group(list(range(par.world_size)), rank, None)
+    tp = Group([par.sp_index(rank) * par.tp + t for t in range(par.tp)], par.tp_index(rank), None)
+    sp = Group([s * par.tp + par.tp_index(rank) for s in range(par.sp)], par.sp_index(rank), None)
+    return ParallelState(rank, par, tp, sp, g, None)
+
+
+@pytest.mark.parametrize("heads, kv", [(64, 8), (32, 8), (8, 2), (16, 16), (8, 1)])
+@pytest.mark.parametrize("tp, sp", [(1, 2), (2, 2), (4, 2), (2, 4), (1, 8), (8, 1)])
+def test_both_layouts_give_each_rank_the_same_heads(heads, kv, tp, sp):
+    """After the Ulysses all-to-all, rank (s, t) holds query block t*SP + s and the KV heads it needs;
+    the shift layout must give it exactly those (the KV-cache invariance), for every GQA ratio."""
+    par = ParallelConfig(tp, sp)
+    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": heads * 16,
+                                 "num_hidden_layers": 1, "num_attention_heads": heads, "num_key_value_heads": kv,
+                                 "intermediate_size": 64, "vocab_size": 100})
+    if heads % par.world_size or (kv % par.world_size and par.world_size % kv):
+        pytest.skip("layout refused by validation")
+    per = heads // par.world_size
+    for rank in range(par.world_size):
+        base, shift = make_layout("base", cfg, _state(par, rank)), make_layout("shift", cfg, _state(par, rank))
+        s = par.sp_index(rank)
+        received_q = list(base.q_heads)[s * per : (s + 1) * per]  # sub-block s of the TP shard
+        assert received_q == list(shift.q_heads)
+        k_per = len(base.kv_send_index) // sp
+        received_kv = [base.kv_heads[i] for i in base.kv_send_index[s * k_per : (s + 1) * k_per]]
+        assert received_kv == shift.kv_heads == shift.cache_kv_heads
+        group = heads // kv
+        assert all(h // group in received_kv for h in received_q)  # every query head has its KV head
