@@ -68,12 +68,17 @@ def generate(
         if llm.llm_engine.tokenizer is None:
             _fail(f"model {model!r} has no tokenizer, so text prompts cannot be encoded")
         start = time.perf_counter()
-        outs = llm.generate(prompts, params, use_tqdm=True)
+        try:
+            outs = llm.generate(prompts, params, use_tqdm=True)
+        finally:
+            llm.shutdown()
         elapsed = time.perf_counter() - start
         stats = llm.llm_engine.stats
-        llm.shutdown()
     except ConfigError as e:
         _fail(str(e))
+    except KeyboardInterrupt:
+        console.print("interrupted; workers stopped")
+        raise typer.Exit(130) from None
     out_console = Console()
     for o in outs:
         c = o.outputs[0]

@@ -112,3 +112,40 @@ def test_both_layouts_give_each_rank_the_same_heads(heads, kv, tp, sp):
         assert received_kv == shift.kv_heads == shift.cache_kv_heads
         group = heads // kv
         assert all(h // group in received_kv for h in received_q)  # every query head has its KV head
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for stat in os.listdir("/proc"):
+        if stat.isdigit():
+            try:
+                fields = open(f"/proc/{stat}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(stat))
+    return out
+
+
+def test_ctrl_c_stops_every_rank_cleanly():
+    import signal
+    import time
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "shifttune.cli", "generate", "--sp", "2", "--tp", "2", "--max-tokens", "1500",
+         "--ignore-eos", "--threshold", "1"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    deadline = time.time() + 120
+    workers: list[int] = []
+    while time.time() < deadline and len(workers) < 3:  # 3 spawned ranks (plus maybe a resource tracker)
+        workers = [c for c in _children(proc.pid) if "spawn_main" in open(f"/proc/{c}/cmdline").read()]
+        time.sleep(0.5)
+    assert len(workers) == 3
+    time.sleep(8)  # let it start generating
+    proc.send_signal(signal.SIGINT)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out
+    assert "interrupted" in out and "Traceback" not in out
+    time.sleep(1)
+    assert not [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]

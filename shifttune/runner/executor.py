@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import traceback
+from contextlib import contextmanager
 
 import torch.distributed as dist
 
@@ -92,6 +93,23 @@ def _spawned_worker(config: EngineConfig, rank: int, init_method: str) -> None:
         destroy_parallel_state()
 
 
+@contextmanager
+def _sigint_after_call():
+    """Ctrl-C during a call is raised after it: leaving mid-step would strand the other ranks in a
+    collective, and the clean shutdown that follows could not reach them."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received = []
+    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        if received:
+            raise KeyboardInterrupt
+
+
 class Executor:
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -139,10 +157,12 @@ class Executor:
 
     def call(self, method: str, *args):
         """Runs runner.method(*args) on every rank; returns rank 0's result."""
-        if self.state.cpu_group is not None:
-            self._check_workers()
+        if self.state.cpu_group is None:
+            return getattr(self.runner, method)(*args)
+        self._check_workers()
+        with _sigint_after_call():
             dist.broadcast_object_list([(method, args)], src=0, group=self.state.cpu_group)
-        return getattr(self.runner, method)(*args)
+            return getattr(self.runner, method)(*args)
 
     def _check_workers(self) -> None:
         dead = [(i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
@@ -155,10 +175,16 @@ class Executor:
         self._closed = True
         state = getattr(self, "state", None)
         if state is not None and state.cpu_group is not None and all(p.is_alive() for p in self.procs):
-            try:
-                dist.broadcast_object_list([("shutdown", ())], src=0, group=state.cpu_group)
-            except Exception:
-                pass
+            # In a thread: if a rank is stuck in a collective, the broadcast would wait forever.
+            def tell() -> None:
+                try:
+                    dist.broadcast_object_list([("shutdown", ())], src=0, group=state.cpu_group)
+                except Exception:
+                    pass
+
+            sender = threading.Thread(target=tell, daemon=True)
+            sender.start()
+            sender.join(timeout=5)
         for proc in self.procs:
             proc.join(timeout=10)
             if proc.is_alive():
