@@ -9,6 +9,23 @@ import pytest
 import torch
 
 # The built-in tiny model is written once per test session into a private directory.
+# Triton kernels run under its interpreter on machines without a GPU (must be set before triton loads).
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+    try:
+        from triton.runtime import interpreter as _interp
+
+        _orig_patch = _interp._patch_lang_tensor
+
+        def _patch_lang_tensor(tensor, scope):
+            # NOTE: the interpreter keeps loaded scalars as 1-element arrays, and numpy >= 2.x refuses
+            # int() on those, so `range(lo, hi)` with loaded bounds fails on CPU only. Compiled code is fine.
+            _orig_patch(tensor, scope)
+            scope.set_attr(tensor, "__index__", lambda self: int(self.handle.data.reshape(-1)[0]))
+
+        _interp._patch_lang_tensor = _patch_lang_tensor
+    except ImportError:
+        pass
 os.environ.setdefault("SHIFTTUNE_HOME", str(Path(__file__).parent.parent / ".pytest_cache" / "shifttune_home"))
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (TP, SP)

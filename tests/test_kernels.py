@@ -1,0 +1,91 @@
+"""The Triton paged-attention kernel against the torch reference (CPU: TRITON_INTERPRET=1; GPU: bf16)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+triton = pytest.importorskip("triton")
+if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
+    pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py before triton loads)",
+                allow_module_level=True)
+
+from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref  # noqa: E402
+from shifttune.kernels.paged_attention import paged_attention  # noqa: E402
+
+
+def make_case(q_lens, ctx_lens, hq, hk, d, block_size, device="cpu", dtype=torch.float32, seed=0):
+    """A step: sequence i has ctx_lens[i] cached tokens before this step and q_lens[i] new ones."""
+    gen = torch.Generator().manual_seed(seed)
+    seq_lens = [c + q for c, q in zip(ctx_lens, q_lens)]
+    blocks_per_seq = [-(-n // block_size) for n in seq_lens]
+    num_blocks = sum(blocks_per_seq) + 3
+    perm = torch.randperm(num_blocks, generator=gen).tolist()  # scattered physical blocks
+    tables, used = [], 0
+    for n in blocks_per_seq:
+        tables.append(perm[used : used + n])
+        used += n
+    width = max(blocks_per_seq)
+    k_cache = torch.randn(num_blocks, block_size, hk, d, generator=gen).to(device, dtype)
+    v_cache = torch.randn(num_blocks, block_size, hk, d, generator=gen).to(device, dtype)
+    t = sum(q_lens)
+    q = torch.randn(t, hq, d, generator=gen).to(device, dtype)
+    qsl = [0]
+    for n in q_lens:
+        qsl.append(qsl[-1] + n)
+    meta = AttentionMetadata(
+        slot_mapping=torch.zeros(0, dtype=torch.int64, device=device),
+        query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=device),
+        seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=device),
+        block_tables=torch.tensor([b + [0] * (width - len(b)) for b in tables], dtype=torch.int32, device=device),
+        query_start_loc_cpu=qsl,
+        seq_lens_cpu=seq_lens,
+    )
+    return q, k_cache, v_cache, meta
+
+
+def reference(q, k_cache, v_cache, meta, scale):
+    empty = q.new_zeros((0, k_cache.shape[2], k_cache.shape[3]))
+    return paged_attention_ref(q.double(), empty.double(), empty.double(), k_cache.double(), v_cache.double(),
+                               meta, scale)
+
+
+CASES = [
+    # q_lens, cached context, Hq, Hk, D, block size
+    ([1, 1, 1], [5, 17, 33], 4, 1, 16, 4),  # decode, GQA 4:1
+    ([7, 1, 20], [0, 9, 13], 4, 2, 16, 4),  # fresh prefill + decode + prefill after a cached prefix
+    ([33], [70], 2, 2, 32, 16),  # one long chunk after a long prefix, MHA
+    ([3, 5], [0, 2], 8, 2, 16, 8),
+]
+
+
+@pytest.mark.parametrize("q_lens, ctx, hq, hk, d, bs", CASES)
+@pytest.mark.parametrize("num_splits", [1, 3])
+def test_triton_matches_reference_on_cpu(q_lens, ctx, hq, hk, d, bs, num_splits):
+    q, kc, vc, meta = make_case(q_lens, ctx, hq, hk, d, bs)
+    scale = d**-0.5
+    out = paged_attention(q, kc, vc, meta, scale, num_splits=num_splits)
+    ref = reference(q, kc, vc, meta, scale)
+    err = (out.double() - ref).norm() / ref.norm()
+    assert err < 1e-5, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("q_lens, ctx", [([1] * 32, [2047] * 32), ([1] * 3, [100, 3000, 7]), ([512, 1, 300], [0, 900, 4000]),
+                                         ([2048], [0])])
+def test_triton_matches_reference_on_gpu_bf16(q_lens, ctx):
+    q, kc, vc, meta = make_case(q_lens, ctx, 16, 2, 128, 16, device="cuda", dtype=torch.bfloat16)
+    scale = 128**-0.5
+    out = paged_attention(q, kc, vc, meta, scale)
+    ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), scale)
+    err = (out.double().cpu() - ref).norm() / ref.norm()
+    assert err < 1e-2, err
+
+
+def _to_cpu(meta):
+    return AttentionMetadata(*(x.cpu() if isinstance(x, torch.Tensor) else x for x in
+                               (meta.slot_mapping, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+                                meta.query_start_loc_cpu, meta.seq_lens_cpu)))
