@@ -204,6 +204,7 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    attention_backend: str = "auto"  # "auto" (triton on cuda, torch on cpu) | "torch" | "triton"
     seed: int = 0
     master_port: int | None = None
     model_path: Path = field(init=False)
@@ -224,6 +225,10 @@ class EngineConfig:
             raise ConfigError(f"load_format must be 'auto' or 'dummy', not {self.load_format!r}")
         if self.shift_policy not in ("threshold", "tp", "sp"):
             raise ConfigError(f"shift_policy must be 'threshold', 'tp' or 'sp', not {self.shift_policy!r}")
+        if self.attention_backend == "auto":
+            self.attention_backend = "triton" if self.device == "cuda" else "torch"
+        if self.attention_backend not in ("torch", "triton"):
+            raise ConfigError(f"attention_backend must be 'auto', 'torch' or 'triton', not {self.attention_backend!r}")
         if self.shift_threshold < 0:
             raise ConfigError("shift_threshold must be >= 0")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):

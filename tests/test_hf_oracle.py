@@ -38,3 +38,14 @@ def test_greedy_matches_hf(hf_models, model_kind, tp, sp):
                 assert modes[0] == "sp" and set(modes[1:]) == {"tp"}, modes
             else:
                 assert set(modes) == {policy}
+
+
+@pytest.mark.parametrize("model_kind", ["llama", "qwen3"])
+def test_triton_attention_backend_matches_hf(hf_models, model_kind):
+    """The engine with the Triton kernel (interpreted on CPU; one rank, where the interpreter runs in-process)."""
+    path = hf_models[model_kind]
+    ref_tokens, _ = hf_reference(path)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    with LLM(str(path), attention_backend="triton", block_size=4, max_num_batched_tokens=16) as llm:
+        outs = llm.generate(PROMPTS, params)
+        assert [o.outputs[0].token_ids for o in outs] == ref_tokens

@@ -23,6 +23,10 @@ class AttentionMetadata:
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
 
+    @property
+    def max_seq_len(self) -> int:
+        return max(self.seq_lens_cpu)
+
 
 def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> None:
     """k, v: [T, Hk, d]; caches: [num_blocks, block_size, Hk, d]."""

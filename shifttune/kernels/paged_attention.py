@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from shifttune.kernels.attention_ref import AttentionMetadata
+from shifttune.kernels.attention_ref import AttentionMetadata, write_kv
 
 
 @triton.jit
@@ -121,7 +121,7 @@ def choose_num_splits(num_q_blocks: int, num_kv_heads: int, max_seq_len: int, nu
 
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-    num_splits: int | None = None, max_seq_len: int | None = None,
+    num_splits: int | None = None,
 ) -> torch.Tensor:
     """q: [T, Hq, D]; caches: [num_blocks, block_size, Hk, D] (this step's K/V already written)."""
     num_tokens, hq, dim = q.shape
@@ -132,8 +132,7 @@ def paged_attention(
     num_seqs = meta.block_tables.shape[0]
     grid_q = num_tokens // block_q + num_seqs
     if num_splits is None:
-        longest = max_seq_len if max_seq_len is not None else block_size * meta.block_tables.shape[1]
-        num_splits = choose_num_splits(grid_q, hk, longest)
+        num_splits = choose_num_splits(grid_q, hk, meta.max_seq_len)
     out = torch.empty_like(q)
     if num_splits > 1:
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)
@@ -152,3 +151,12 @@ def paged_attention(
             SPLITS_P2=triton.next_power_of_2(num_splits),
         )
     return out
+
+
+def paged_attention_triton(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    meta: AttentionMetadata, scale: float,
+) -> torch.Tensor:
+    """Same contract as `paged_attention_ref`: writes the step's K/V into the cache, then attends."""
+    write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    return paged_attention(q, k_cache, v_cache, meta, scale)

@@ -20,9 +20,9 @@ from shifttune.model.layout import Layout
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype, attn_fn):
         super().__init__()
-        self.layout, self.rotary, self.d = layout, rotary, cfg.head_dim
+        self.layout, self.rotary, self.d, self.attn_fn = layout, rotary, cfg.head_dim, attn_fn
         self.num_q, self.num_kv = len(layout.q_heads), len(layout.kv_heads)
         self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, (self.num_q + 2 * self.num_kv) * self.d, cfg.qkv_bias, dtype)
         self.o_proj = RowParallelLinear(self.num_q * self.d, cfg.hidden_size, layout.group, dtype)
@@ -54,7 +54,7 @@ class Attention(nn.Module):
             recv = recv.reshape(sp * t_local, -1, d)[:num_tokens]  # every token of the step, padding dropped
             num_kv = (recv.shape[1] - heads) // 2
             q, k, v = recv.split([heads, num_kv, num_kv], dim=1)
-        o = paged_attention_ref(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
+        o = self.attn_fn(q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         if sp > 1:
             o = F.pad(o, (0, 0, 0, 0, 0, sp * t_local - num_tokens)).view(sp, t_local, -1, d)
             o = self.layout.sp_group.all_to_all(o).transpose(0, 1)  # [t_local, SP (head sub-block), heads, d]
@@ -74,9 +74,9 @@ class MLP(nn.Module):
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype, attn_fn):
         super().__init__()
-        self.self_attn = Attention(cfg, layout, rotary, dtype)
+        self.self_attn = Attention(cfg, layout, rotary, dtype, attn_fn)
         self.mlp = MLP(cfg, layout, dtype)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
@@ -94,12 +94,13 @@ class DecoderLayer(nn.Module):
 class CausalLM(nn.Module):
     """One rank's shard of the model in one layout. Parameter names follow HF (loader maps slices)."""
 
-    def __init__(self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype):
+    def __init__(self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype,
+                 attn_fn=paged_attention_ref):
         super().__init__()
         self.cfg, self.layout = cfg, layout
         rows = len(layout.vocab_rows)
         self.embed_tokens = VocabParallelEmbedding(layout.vocab_rows.start, rows, cfg.hidden_size, layout.group, dtype)
-        self.layers = nn.ModuleList(DecoderLayer(cfg, layout, rotary, dtype) for _ in range(cfg.num_layers))
+        self.layers = nn.ModuleList(DecoderLayer(cfg, layout, rotary, dtype, attn_fn) for _ in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps, dtype)
         self.lm_head = ParallelLMHead(rows, cfg.hidden_size, cfg.vocab_size, layout.group, layout.shard_order, dtype)
         if cfg.tie_word_embeddings:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from shifttune.config import EngineConfig
-from shifttune.kernels.attention_ref import AttentionMetadata
+from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref
 from shifttune.model.layers import RotaryEmbedding
 from shifttune.model.layout import make_layout
 from shifttune.model.llama import CausalLM
@@ -22,6 +22,14 @@ from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
 
 GIB = 1 << 30
+
+
+def attention_backend(name: str):
+    if name == "triton":  # imported only here: the CPU path never needs Triton
+        from shifttune.kernels.paged_attention import paged_attention_triton
+
+        return paged_attention_triton
+    return paged_attention_ref
 
 
 @dataclass
@@ -49,11 +57,13 @@ class ModelRunner:
             torch.set_num_threads(max(1, (os.cpu_count() or 1) // par.world_size))
         dtype = config.torch_dtype
         torch.manual_seed(config.seed)
+        attn = attention_backend(config.attention_backend)
         with torch.device(self.device):
             rotary = RotaryEmbedding(cfg.head_dim, config.max_model_len, cfg.rope_theta, cfg.rope_scaling)
-            self.shift_model = CausalLM(cfg, make_layout("shift", cfg, state), rotary, dtype)
+            self.shift_model = CausalLM(cfg, make_layout("shift", cfg, state), rotary, dtype, attn)
             # With SP == 1 the base layout is the shift layout: one copy of the weights.
-            self.base_model = CausalLM(cfg, make_layout("base", cfg, state), rotary, dtype) if par.sp > 1 else self.shift_model
+            self.base_model = (CausalLM(cfg, make_layout("base", cfg, state), rotary, dtype, attn)
+                               if par.sp > 1 else self.shift_model)
         self.models = [self.shift_model] + ([self.base_model] if par.sp > 1 else [])
         if config.load_format == "dummy":
             init_dummy_weights(self.models, config.seed + state.rank)
