@@ -204,6 +204,8 @@ class EngineConfig:
     max_num_batched_tokens: int = 8192
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
+    enforce_eager: bool = False  # no CUDA graphs
+    cuda_graph_max_batch: int = 256  # decode steps up to this many sequences replay captured graphs
     attention_backend: str = "auto"  # "auto" (triton on cuda, torch on cpu) | "torch" | "triton"
     seed: int = 0
     master_port: int | None = None

@@ -94,3 +94,12 @@ def hf_reference(path: Path, prompts=PROMPTS, max_tokens=MAX_TOKENS):
                 tokens.append(out[0, len(p):].tolist())
         _REF_CACHE[key] = (tokens, logprobs)
     return _REF_CACHE[key]
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run on the device machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

@@ -15,17 +15,18 @@ class Sampler:
     def release(self, request_id: str) -> None:
         self.generators.pop(request_id, None)
 
-    def _generator(self, seq: Sequence) -> torch.Generator | None:
+    def _generator(self, seq: Sequence, device: torch.device) -> torch.Generator | None:
         if seq.params.seed is None:
             return None
         if seq.request_id not in self.generators:
-            self.generators[seq.request_id] = torch.Generator().manual_seed(seq.params.seed)
+            self.generators[seq.request_id] = torch.Generator(device=device).manual_seed(seq.params.seed)
         return self.generators[seq.request_id]
 
     @torch.inference_mode()
     def __call__(self, logits: torch.Tensor, seqs: list[Sequence]) -> tuple[list[int], list[dict[int, float] | None]]:
-        """logits: [n, V] float32 (CPU), one row per sequence. Returns tokens and per-row logprobs."""
-        logits = logits.float()
+        """logits: [n, V] on the driver's device, one row per sequence. Returns tokens and per-row logprobs;
+        the only host sync is reading those back."""
+        logits, dev = logits.float(), logits.device
         raw_logprobs = None
         if any(s.params.logprobs is not None for s in seqs):
             raw_logprobs = torch.log_softmax(logits, dim=-1)
@@ -36,11 +37,11 @@ class Sampler:
         tokens = logits.argmax(dim=-1)
         random_rows = [i for i, s in enumerate(seqs) if not s.params.greedy]
         if random_rows:
-            rows = torch.tensor(random_rows)
-            temps = torch.tensor([seqs[i].params.temperature for i in random_rows]).unsqueeze(1)
+            rows = torch.tensor(random_rows, device=dev)
+            temps = torch.tensor([seqs[i].params.temperature for i in random_rows], device=dev).unsqueeze(1)
             probs = self._filter(logits[rows] / temps, [seqs[i] for i in random_rows]).softmax(dim=-1)
             for j, i in enumerate(random_rows):
-                tokens[i] = torch.multinomial(probs[j], 1, generator=self._generator(seqs[i])).item()
+                tokens[i] = torch.multinomial(probs[j], 1, generator=self._generator(seqs[i], dev))[0]
         token_list = tokens.tolist()
         logprobs: list[dict[int, float] | None] = [None] * len(seqs)
         for i, s in enumerate(seqs):
@@ -55,12 +56,13 @@ class Sampler:
     @staticmethod
     def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Masks tokens outside each row's top-k and top-p (nucleus) sets."""
-        top_k = torch.tensor([s.params.top_k if s.params.top_k > 0 else logits.shape[1] for s in seqs])
-        top_p = torch.tensor([s.params.top_p for s in seqs])
+        dev = logits.device
+        top_k = torch.tensor([s.params.top_k if s.params.top_k > 0 else logits.shape[1] for s in seqs], device=dev)
+        top_p = torch.tensor([s.params.top_p for s in seqs], device=dev)
         if (top_k >= logits.shape[1]).all() and (top_p >= 1).all():
             return logits
         sorted_logits, order = logits.sort(dim=-1, descending=True)
-        ranks = torch.arange(logits.shape[1]).unsqueeze(0)
+        ranks = torch.arange(logits.shape[1], device=dev).unsqueeze(0)
         cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
         # keep a token if it is within top-k and the mass before it is below top-p (the first always stays)
         drop = (ranks >= top_k.unsqueeze(1)) | ((cum - sorted_logits.softmax(dim=-1)) >= top_p.unsqueeze(1))

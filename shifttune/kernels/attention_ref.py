@@ -20,8 +20,9 @@ class AttentionMetadata:
     query_start_loc: torch.Tensor  # [B + 1] offsets of each sequence's new tokens in the step
     seq_lens: torch.Tensor  # [B] tokens of each sequence in the cache after this step
     block_tables: torch.Tensor  # [B, max_blocks] (-1 padded)
-    query_start_loc_cpu: list[int]
-    seq_lens_cpu: list[int]
+    query_start_loc_cpu: list[int] | None  # host copies: the torch reference loops over sequences
+    seq_lens_cpu: list[int] | None
+    num_splits: int | None = None  # split-KV ways for the Triton kernel; fixed when captured in a graph
 
     @property
     def max_seq_len(self) -> int:

@@ -131,8 +131,7 @@ def paged_attention(
     block_q = block_m // group
     num_seqs = meta.block_tables.shape[0]
     grid_q = num_tokens // block_q + num_seqs
-    if num_splits is None:
-        num_splits = choose_num_splits(grid_q, hk, meta.max_seq_len)
+    num_splits = num_splits or meta.num_splits or choose_num_splits(grid_q, hk, meta.max_seq_len)
     out = torch.empty_like(q)
     if num_splits > 1:
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)

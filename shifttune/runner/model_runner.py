@@ -100,41 +100,78 @@ class ModelRunner:
         return min(int(budget // self.kv_bytes_per_block), most)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
-        """One cache, bound to the attention of both layouts: [layers, blocks, block_size, kv heads, d]."""
+        """One cache, bound to the attention of both layouts: [layers, blocks + 1, block_size, kv heads, d].
+        The extra last block is scratch: padded rows of captured graphs write there, never a real block."""
         cfg = self.config.model_config
-        shape = (cfg.num_layers, num_blocks, self.config.block_size, self.num_kv_heads, cfg.head_dim)
+        shape = (cfg.num_layers, num_blocks + 1, self.config.block_size, self.num_kv_heads, cfg.head_dim)
+        self.scratch_block = num_blocks
         self.k_cache = torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
         for model in self.models:
             for i, layer in enumerate(model.layers):
                 layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
+        self.graphs = None
+        if self.config.device == "cuda" and not self.config.enforce_eager:
+            from shifttune.runner.cuda_graphs import DecodeGraphs
+
+            self.graphs = DecodeGraphs(self)
+
+    def model_for(self, mode: str) -> CausalLM:
+        return self.base_model if mode == "sp" else self.shift_model
+
+    def forward(self, model: CausalLM, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata,
+                num_tokens: int, sample_indices: torch.Tensor | None) -> torch.Tensor | None:
+        """ids/pos hold the step's tokens padded to a multiple of the layout's SP; returns the logits of
+        the rows at `sample_indices` (None when no row samples: partial prefill chunks only)."""
+        sp = model.layout.sp
+        if sp > 1:
+            t_local = ids.shape[0] // sp
+            start = model.layout.sp_group.rank_in_group * t_local
+            ids, pos = ids[start : start + t_local], pos[start : start + t_local]
+        hidden = model(ids, pos, meta, num_tokens)
+        return None if sample_indices is None else model.compute_logits(hidden, sample_indices)
 
     def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
         return torch.tensor(values, dtype=dtype, device=self.device)
 
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> torch.Tensor | None:
-        """Runs one step; returns full-vocab logits of the sampled tokens on rank 0, None elsewhere."""
-        model = self.base_model if step.mode == "sp" else self.shift_model
+        """Runs one step; returns full-vocab logits of the sampled tokens on rank 0 (on its device)."""
+        if self.graphs is not None and self.graphs.can_run(step):
+            logits = self.graphs.run(step)
+        else:
+            logits = self._execute_eager(step)
+        return logits if self.state.rank == 0 else None
+
+    def _execute_eager(self, step: StepInput) -> torch.Tensor | None:
+        model = self.model_for(step.mode)
         max_blocks = max(len(b) for b in step.block_tables)
         meta = AttentionMetadata(
             slot_mapping=self._tensor(step.slot_mapping),
             query_start_loc=self._tensor(step.query_start_loc, torch.int32),
             seq_lens=self._tensor(step.seq_lens, torch.int32),
-            block_tables=self._tensor([b + [-1] * (max_blocks - len(b)) for b in step.block_tables]),
+            block_tables=self._tensor([b + [-1] * (max_blocks - len(b)) for b in step.block_tables], torch.int32),
             query_start_loc_cpu=step.query_start_loc,
             seq_lens_cpu=step.seq_lens,
         )
-        num_tokens, ids, pos = len(step.input_ids), step.input_ids, step.positions
-        sp = model.layout.sp
-        if sp > 1:
-            t_local = -(-num_tokens // sp)
-            pad = sp * t_local - num_tokens
-            start = model.layout.sp_group.rank_in_group * t_local
-            ids = (ids + [0] * pad)[start : start + t_local]
-            pos = (pos + [0] * pad)[start : start + t_local]
-        hidden = model(self._tensor(ids), self._tensor(pos), meta, num_tokens)
-        if not step.sample_indices:  # only partial prefill chunks this step
-            return None
-        logits = model.compute_logits(hidden, self._tensor(step.sample_indices))
-        return logits.cpu() if self.state.rank == 0 else None
+        num_tokens, sp = len(step.input_ids), model.layout.sp
+        pad = -num_tokens % sp
+        ids, pos = self._tensor(step.input_ids + [0] * pad), self._tensor(step.positions + [0] * pad)
+        samples = self._tensor(step.sample_indices) if step.sample_indices else None
+        return self.forward(model, ids, pos, meta, num_tokens, samples)
+
+    @torch.inference_mode()
+    def fill_kv_cache_random(self, seed: int = 0) -> None:
+        """Random K/V (timing on zeros can flatter the kernels)."""
+        gen = torch.Generator(device=self.device).manual_seed(seed + self.state.rank)
+        for cache in (self.k_cache, self.v_cache):
+            for layer in cache:
+                layer.normal_(generator=gen)
+
+    @torch.inference_mode()
+    def time_step(self, step: StepInput, warmup: int, iters: int) -> list[float]:
+        """Runs `step` warmup + iters times on every rank (the driver calls this through the executor);
+        returns milliseconds per run. The cache is written at the step's slots each time: same work."""
+        from shifttune.runner.step_timing import time_fn
+
+        return time_fn(lambda: self.execute_model(step), self.device, warmup, iters)

@@ -1,0 +1,145 @@
+"""Step timing: how long one engine step of a given shape takes in a given mode, next to its physical floors.
+
+`synthetic_step` builds a realistic step (real block tables over a cache filled to the context
+length); `ModelRunner.time_step` runs it on every rank (CUDA events on GPU, warm-up first, graphs
+when the step is a decode the graphs cover); `step_floors` gives the two floors of that step on one
+rank: bytes it must read / HBM bandwidth and FLOPs it must do / matmul rate. `measure_ceilings`
+measures the bandwidth and matmul rate of this device. The profile command wraps these.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from shifttune.config import EngineConfig
+from shifttune.runner.model_runner import StepInput
+
+
+@dataclass
+class Ceilings:
+    hbm_bytes_per_s: float  # device-to-device copy, bytes read + written
+    matmul_flops_per_s: float  # large bf16 matmul
+
+
+@dataclass
+class StepTiming:
+    mode: str
+    num_seqs: int
+    tokens_per_seq: int
+    context: int
+    num_tokens: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    bytes_per_rank: float
+    flops_per_rank: float
+    bandwidth_floor_ms: float
+    matmul_floor_ms: float
+
+    @property
+    def floor_ms(self) -> float:
+        return max(self.bandwidth_floor_ms, self.matmul_floor_ms)
+
+    def to_dict(self) -> dict:
+        return asdict(self) | {"floor_ms": self.floor_ms, "over_floor": self.median_ms / self.floor_ms}
+
+
+def synthetic_step(mode: str, num_seqs: int, tokens_per_seq: int, context: int, block_size: int) -> StepInput:
+    """`num_seqs` sequences that each hold `context` tokens after this step, `tokens_per_seq` of them new
+    (1 = decode). Sequence i owns a contiguous run of blocks; the last token of each is sampled."""
+    assert tokens_per_seq <= context
+    blocks = -(-context // block_size)
+    ids, pos, slots, qsl, lens, tables, samples = [], [], [], [0], [], [], []
+    for i in range(num_seqs):
+        table = list(range(i * blocks, (i + 1) * blocks))
+        start = context - tokens_per_seq
+        ids += [(i * 7919 + p) % 1000 + 10 for p in range(start, context)]
+        pos += range(start, context)
+        slots += [table[p // block_size] * block_size + p % block_size for p in range(start, context)]
+        qsl.append(len(ids))
+        lens.append(context)
+        tables.append(table)
+        samples.append(len(ids) - 1)
+    return StepInput(mode, ids, pos, slots, qsl, lens, tables, samples)
+
+
+def blocks_needed(num_seqs: int, context: int, block_size: int) -> int:
+    return num_seqs * -(-context // block_size)
+
+
+def step_floors(config: EngineConfig, weight_bytes: dict[str, int], mode: str, num_seqs: int, tokens_per_seq: int,
+                context: int, ceilings: Ceilings) -> tuple[float, float, float, float]:
+    """(bytes, FLOPs, bandwidth floor ms, matmul floor ms) of one step on one rank."""
+    cfg, par = config.model_config, config.parallel
+    elem = torch.empty(0, dtype=config.torch_dtype).element_size()
+    p = par.world_size
+    kv_heads = max(1, cfg.num_kv_heads // p)
+    heads = cfg.num_heads // p
+    layout = "base" if mode == "sp" and par.sp > 1 else "shift"
+    w = weight_bytes[layout]
+    shards = par.tp if layout == "base" else p
+    # every token goes through every matmul once, spread over the ranks either way (T/SP tokens x W/TP,
+    # or T tokens x W/P); the embedding is a lookup, the LM head runs on sampled rows only.
+    tokens = num_seqs * tokens_per_seq
+    emb = cfg.vocab_size * cfg.hidden_size / shards
+    matmul_params = w / elem - emb * (1 if cfg.tie_word_embeddings else 2)
+    flops = 2 * matmul_params * tokens * (shards / p) + 2 * emb * num_seqs
+    # attention: each new token sees its prefix (causal inside the new chunk)
+    visible = sum(context - tokens_per_seq + j + 1 for j in range(tokens_per_seq)) * num_seqs
+    flops += 4 * cfg.num_layers * heads * cfg.head_dim * visible
+    kv_bytes = 2 * cfg.num_layers * kv_heads * cfg.head_dim * elem * context * num_seqs
+    total_bytes = w + kv_bytes  # activations: small next to weights at decode sizes, hidden by matmuls above
+    return (total_bytes, flops, 1e3 * total_bytes / ceilings.hbm_bytes_per_s, 1e3 * flops / ceilings.matmul_flops_per_s)
+
+
+def measure_ceilings(device: torch.device) -> Ceilings:
+    """HBM bandwidth from copying 1 GiB on the device, matmul rate from 8192^3 bf16 products (random data)."""
+    n = 1 << 29  # bf16 elements: 1 GiB
+    a = torch.randn(n, device=device, dtype=torch.bfloat16)
+    b = torch.empty_like(a)
+    copy_ms = _time_cuda(lambda: b.copy_(a), warmup=3, iters=20)
+    hbm = 2 * a.numel() * a.element_size() / (statistics.median(copy_ms) / 1e3)
+    del a, b
+    x = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    y = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    mm_ms = _time_cuda(lambda: x @ y, warmup=3, iters=20)
+    return Ceilings(hbm, 2 * 8192**3 / (statistics.median(mm_ms) / 1e3))
+
+
+def _time_cuda(fn, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    out = []
+    for _ in range(iters):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        out.append(start.elapsed_time(end))
+    return out
+
+
+def time_fn(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
+    """Milliseconds per call: CUDA events on GPU, the host clock on CPU."""
+    if device.type == "cuda":
+        return _time_cuda(fn, warmup, iters)
+    for _ in range(warmup):
+        fn()
+    out = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        fn()
+        out.append(1e3 * (time.perf_counter() - t))
+    return out
+
+
+def summarize(ms: list[float]) -> tuple[float, float, float]:
+    q = sorted(ms)
+    pick = lambda f: q[min(len(q) - 1, int(f * len(q)))]  # noqa: E731
+    return statistics.median(q), pick(0.1), pick(0.9)

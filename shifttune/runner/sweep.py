@@ -1,0 +1,111 @@
+"""Measures step times over a grid of tokens per step x context lengths, in every mode, with floors.
+
+    python -m shifttune.runner.sweep --model llama-3.1-8b --tp 1 --device cuda --out profiles/runs/x.json
+
+Tokens per step T at context C: T <= --max-decode is a decode step of T sequences at context C;
+above, a prefill step of sequences that each add min(T, C) tokens up to context C. Writes one JSON
+with the command, the device, the measured ceilings and every point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from shifttune.config import EngineConfig
+from shifttune.engine.llm_engine import LLMEngine
+from shifttune.runner.step_timing import (
+    Ceilings, StepTiming, blocks_needed, measure_ceilings, step_floors, summarize, synthetic_step,
+)
+
+DECODE = [1, 2, 4, 8, 16, 32, 64, 128, 256]
+PREFILL = [512, 1024, 2048, 4096, 8192, 16384]
+
+
+def step_shape(tokens: int, context: int, max_decode: int) -> tuple[int, int]:
+    """(num_seqs, tokens_per_seq) for a step of `tokens` tokens at `context`."""
+    if tokens <= max_decode:
+        return tokens, 1
+    per = min(tokens, context)
+    return max(1, tokens // per), per
+
+
+def run_sweep(engine: LLMEngine, token_grid: list[int], contexts: list[int], modes: list[str], max_decode: int,
+              warmup: int, iters: int, ceilings: Ceilings, log=print) -> list[StepTiming]:
+    runner, cfg = engine.executor.runner, engine.config
+    engine.executor.call("fill_kv_cache_random")
+    out = []
+    for context in contexts:
+        for tokens in token_grid:
+            seqs, per = step_shape(tokens, context, max_decode)
+            if blocks_needed(seqs, context, cfg.block_size) > runner.num_kv_blocks:
+                log(f"skip T={tokens} C={context}: KV cache too small")
+                continue
+            for mode in modes:
+                step = synthetic_step(mode, seqs, per, context, cfg.block_size)
+                ms = engine.executor.call("time_step", step, warmup, iters)
+                med, p10, p90 = summarize(ms)
+                b, f, bw, mm = step_floors(cfg, runner.weight_bytes, mode, seqs, per, context, ceilings)
+                t = StepTiming(mode, seqs, per, context, seqs * per, med, p10, p90, b, f, bw, mm)
+                out.append(t)
+                log(f"{mode:>2} T={tokens:>6} C={context:>6}: {med:8.3f} ms (floor {t.floor_ms:7.3f}, x{med / t.floor_ms:.2f})")
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--tp", type=int, default=1)
+    ap.add_argument("--sp", type=int, default=1)
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--tokens", default=",".join(map(str, DECODE + PREFILL)))
+    ap.add_argument("--contexts", default="2048")
+    ap.add_argument("--max-decode", type=int, default=256)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    tokens = [int(x) for x in args.tokens.split(",")]
+    contexts = [int(x) for x in args.contexts.split(",")]
+    block_size = EngineConfig.block_size
+    need = max(blocks_needed(step_shape(t, c, args.max_decode)[0], c, block_size) for t in tokens for c in contexts)
+    config = EngineConfig(
+        model=args.model, tensor_parallel_size=args.tp, sequence_parallel_size=args.sp, device=args.device,
+        load_format="dummy", max_num_seqs=max(args.max_decode, 1), max_num_batched_tokens=max(tokens),
+        max_model_len=max(contexts), num_kv_blocks=need, enforce_eager=args.enforce_eager,
+        cuda_graph_max_batch=args.max_decode,
+    )
+    t0 = time.time()
+    engine = LLMEngine(config)
+    startup = time.time() - t0
+    try:
+        device = engine.executor.runner.device
+        ceilings = measure_ceilings(device) if device.type == "cuda" else Ceilings(1e11, 1e12)
+        print(f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
+        modes = ["tp", "sp"] if args.sp > 1 else ["tp"]
+        points = run_sweep(engine, tokens, contexts, modes, args.max_decode, args.warmup, args.iters, ceilings)
+    finally:
+        engine.shutdown()
+    result = {
+        "command": "python -m shifttune.runner.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
+        "torch": torch.__version__,
+        "model": args.model, "tp": args.tp, "sp": args.sp, "startup_s": startup,
+        "weight_bytes_per_rank": engine.executor.runner.weight_bytes,
+        "ceilings": {"hbm_bytes_per_s": ceilings.hbm_bytes_per_s, "matmul_flops_per_s": ceilings.matmul_flops_per_s},
+        "points": [p.to_dict() for p in points],
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
