@@ -121,13 +121,15 @@ def choose_num_splits(num_q_blocks: int, num_kv_heads: int, max_seq_len: int, nu
 
 def paged_attention(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-    num_splits: int | None = None,
+    num_splits: int | None = None, block_m: int | None = None, tile: int | None = None, num_warps: int = 4,
+    num_stages: int = 2,
 ) -> torch.Tensor:
     """q: [T, Hq, D]; caches: [num_blocks, block_size, Hk, D] (this step's K/V already written)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
     group = hq // hk
-    block_m = max(16 if num_tokens <= 4 * meta.block_tables.shape[0] else 64, triton.next_power_of_2(group))
+    decode_like = num_tokens <= 4 * meta.block_tables.shape[0]
+    block_m = max(block_m or (16 if decode_like else 64), triton.next_power_of_2(group))
     block_q = block_m // group
     num_seqs = meta.block_tables.shape[0]
     grid_q = num_tokens // block_q + num_seqs
@@ -141,8 +143,8 @@ def paged_attention(
     _paged_attention_kernel[(grid_q, hk, num_splits)](
         out, q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, part_out, part_lse,
         scale, num_seqs, meta.block_tables.stride(0), num_tokens,
-        HQ=hq, HK=hk, D=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m, TILE=64 if dim <= 128 else 32,
-        NUM_SPLITS=num_splits,
+        HQ=hq, HK=hk, D=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
+        TILE=tile or (64 if dim <= 128 else 32), NUM_SPLITS=num_splits, num_warps=num_warps, num_stages=num_stages,
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens * hq,)](

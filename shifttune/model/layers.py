@@ -119,10 +119,15 @@ class ParallelLMHead(nn.Module):
 
     def __init__(self, rows: int, dim: int, vocab_size: int, group: Group, shard_order: list[int], dtype: torch.dtype):
         super().__init__()
-        self.group, self.vocab_size, self.shard_order = group, vocab_size, shard_order
+        self.group, self.vocab_size = group, vocab_size
         self.weight = _param((rows, dim), dtype)
+        # group rank holding each vocab shard; None when it is the identity (no reordering needed)
+        order = None if shard_order == sorted(shard_order) else torch.tensor(shard_order)
+        self.register_buffer("shard_order", order, persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         shards = self.group.all_gather(F.linear(hidden, self.weight).float())  # [group, n, rows]
-        logits = shards[self.shard_order].permute(1, 0, 2).reshape(hidden.shape[0], -1)
+        if self.shard_order is not None:
+            shards = shards.index_select(0, self.shard_order)
+        logits = shards.permute(1, 0, 2).reshape(hidden.shape[0], -1)
         return logits[:, : self.vocab_size]
