@@ -60,6 +60,8 @@ class ModelConfig:
             )
         if cfg.get("hidden_act", "silu") != "silu":
             raise ConfigError(f"unsupported hidden_act {cfg['hidden_act']!r} (only silu)")
+        if cfg.get("mlp_bias") or (arch != "Qwen2ForCausalLM" and cfg.get("attention_bias")):
+            raise ConfigError("attention_bias / mlp_bias checkpoints (o_proj and MLP biases) are not supported")
         num_heads = cfg["num_attention_heads"]
         # transformers 5 writes rope settings under "rope_parameters"; 4.x under rope_theta/rope_scaling.
         rope = dict(cfg.get("rope_parameters") or cfg.get("rope_scaling") or {})
@@ -83,7 +85,7 @@ class ModelConfig:
             rope_scaling=None if rope_type == "default" else {**rope, "rope_type": rope_type},
             max_position_embeddings=cfg.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-            qkv_bias=arch == "Qwen2ForCausalLM" or bool(cfg.get("attention_bias", False)),
+            qkv_bias=arch == "Qwen2ForCausalLM",
             qk_norm=arch == "Qwen3ForCausalLM",
             eos_token_ids=eos_ids,
             bos_token_id=cfg.get("bos_token_id"),
@@ -125,6 +127,15 @@ def load_model_config(path: Path) -> tuple[ModelConfig, dict]:
         raw = json.loads(cfg_file.read_text())
     except json.JSONDecodeError as e:
         raise ConfigError(f"{cfg_file} is not valid JSON: {e}") from None
+    gen_file = path / "generation_config.json"
+    if gen_file.is_file():  # chat models list their end-of-turn tokens here (e.g. Llama 3's <|eot_id|>)
+        try:
+            gen_eos = json.loads(gen_file.read_text()).get("eos_token_id")
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{gen_file} is not valid JSON: {e}") from None
+        ids = [raw.get("eos_token_id"), gen_eos]
+        flat = [i for x in ids for i in (x if isinstance(x, list) else [x]) if i is not None]
+        raw = raw | {"eos_token_id": sorted(set(flat))}
     try:
         return ModelConfig.from_dict(raw), raw
     except KeyError as e:

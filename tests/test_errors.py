@@ -94,3 +94,15 @@ def test_cli_prints_one_line_not_a_traceback():
     assert "Traceback" not in result.output
     result = CliRunner().invoke(app, ["generate", "--temperature", "-2"])
     assert result.exit_code == 2 and "temperature must be >= 0" in result.output
+
+
+def test_unsupported_biases_are_refused(hf_models, tmp_path):
+    biased = _copy(hf_models["llama"], tmp_path / "m", attention_bias=True)
+    with pytest.raises(ConfigError, match="attention_bias / mlp_bias"):
+        EngineConfig(model=str(biased))
+
+
+def test_eos_ids_come_from_the_generation_config_too(hf_models, tmp_path):
+    m = _copy(hf_models["llama"], tmp_path / "m", eos_token_id=2)
+    (m / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
+    assert EngineConfig(model=str(m)).model_config.eos_token_ids == (2, 7)

@@ -89,3 +89,33 @@ def _to_cpu(meta):
     return AttentionMetadata(*(x.cpu() if isinstance(x, torch.Tensor) else x for x in
                                (meta.slot_mapping, meta.query_start_loc, meta.seq_lens, meta.block_tables,
                                 meta.query_start_loc_cpu, meta.seq_lens_cpu)))
+
+
+def test_fused_ops_match_torch_layers():
+    """The fused Triton ops (interpreted on CPU) against the torch code they replace on GPU."""
+    from shifttune.kernels.fused import add_rms_norm, rope_, silu_and_mul
+    from shifttune.model.layers import RMSNorm, RotaryEmbedding
+
+    gen = torch.Generator().manual_seed(0)
+    x, res = torch.randn(5, 48, generator=gen), torch.randn(5, 48, generator=gen)
+    norm = RMSNorm(48, 1e-6, torch.float32)
+    norm.weight.data = torch.randn(48, generator=gen)
+    out, new_res = add_rms_norm(x, res, norm.weight, 1e-6)
+    ref_out, ref_res = norm(x, res)
+    torch.testing.assert_close(out, ref_out)
+    torch.testing.assert_close(new_res, ref_res)
+    torch.testing.assert_close(add_rms_norm(x, None, norm.weight, 1e-6), norm(x))
+
+    rotary = RotaryEmbedding(16, 64, 10000.0, None)
+    qkv = torch.randn(5, (3 + 2 * 1) * 16, generator=gen)
+    positions = torch.tensor([0, 3, 9, 20, 63])
+    q, k = qkv[:, :48].view(5, 3, 16), qkv[:, 48:64].view(5, 1, 16)
+    ref_q, ref_k = rotary(positions, q.clone(), k.clone())
+    rope_(q, positions, rotary.cos_sin)
+    rope_(k, positions, rotary.cos_sin)
+    torch.testing.assert_close(q, ref_q)
+    torch.testing.assert_close(k, ref_k)
+
+    gate_up = torch.randn(4, 2 * 40, generator=gen)
+    gate, up = gate_up.chunk(2, dim=-1)
+    torch.testing.assert_close(silu_and_mul(gate_up), torch.nn.functional.silu(gate) * up)

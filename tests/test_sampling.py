@@ -70,3 +70,20 @@ def test_logprobs_are_raw_log_softmax(llm):
     assert len(lp) == 2 and all(len(d) == 3 for d in lp)  # the greedy token is in the top 3
     assert max(lp[0], key=lp[0].get) == out[0].outputs[0].token_ids[0]
     assert all(v <= 0 for d in lp for v in d.values())
+
+
+def test_top_p_applies_after_top_k():
+    """As HF's TopK -> TopP warpers: top-p mass is measured on the distribution renormalized by top-k."""
+    seq = Sequence("a", None, [1], SamplingParams(top_k=2, top_p=0.6))
+    logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
+    assert torch.isfinite(Sampler._filter(logits, [seq])[0]).tolist() == [True, False, False]
+
+
+def test_a_bad_prompt_leaves_nothing_queued(llm):
+    from shifttune.config import ConfigError
+
+    with pytest.raises(ConfigError):
+        llm.generate([[0, 5], [0, 10**9]], SamplingParams(max_tokens=2))
+    assert not llm.llm_engine.has_unfinished_requests() and not llm.llm_engine.requests
+    with pytest.raises(ConfigError, match="stop_token_ids must be in"):
+        llm.generate([[0, 5]], SamplingParams(stop_token_ids=[10**6]))

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import atexit
+import weakref
 from collections.abc import Sequence as Seq
 
-from shifttune.config import EngineConfig
+from shifttune.config import ConfigError, EngineConfig
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.sequence import RequestOutput
@@ -33,7 +34,8 @@ class LLM:
             load_format=load_format, **kwargs,
         )
         self.llm_engine = LLMEngine(config)
-        atexit.register(self.shutdown)
+        # a weak reference, so that an LLM nobody holds can be freed (and its GPU memory with it)
+        atexit.register(_shutdown_if_alive, weakref.ref(self))
 
     def generate(
         self,
@@ -45,8 +47,17 @@ class LLM:
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
         params = sampling_params if isinstance(sampling_params, Seq) else [sampling_params or SamplingParams()] * len(prompts)
+        if len(params) != len(prompts):
+            raise ConfigError(f"{len(prompts)} prompts but {len(params)} sampling params")
         engine = self.llm_engine
-        ids = [engine.add_request(None, p, sp) for p, sp in zip(prompts, params)]
+        ids: list[str] = []
+        try:
+            for p, sp in zip(prompts, params):
+                ids.append(engine.add_request(None, p, sp))
+        except BaseException:  # one bad prompt: none of this batch stays queued
+            for rid in ids:
+                engine.abort_request(rid)
+            raise
         done: dict[str, RequestOutput] = {}
         progress = None
         if use_tqdm:
@@ -79,3 +90,9 @@ class LLM:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _shutdown_if_alive(ref: weakref.ref) -> None:
+    llm = ref()
+    if llm is not None:
+        llm.shutdown()

@@ -99,6 +99,11 @@ class LLMEngine:
                 raise ConfigError(f"prompt token ids must be integers in [0, {vocab})")
         if not ids:
             raise ConfigError("prompt is empty")
+        vocab = self.config.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in params.stop_token_ids):
+            raise ConfigError(f"stop_token_ids must be in [0, {vocab})")
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise ConfigError(f"logprobs must be at most the vocabulary size {vocab}")
         if len(ids) >= self.config.max_model_len:
             raise ConfigError(
                 f"prompt has {len(ids)} tokens but the model context (max_model_len) is {self.config.max_model_len}; "
@@ -149,8 +154,8 @@ class LLMEngine:
                 seq.logprobs.append(lp)
             if seq.first_token_time is None:
                 seq.first_token_time = now
-            self.detokenizer.update(seq)
-            self._check_stop(seq, token)
+            new_text = self.detokenizer.update(seq)
+            self._check_stop(seq, token, len(seq.output_text) - len(new_text))
             if seq.is_finished and not isinstance(seq.stop_reason, str):  # a stop string already cut the text
                 self.detokenizer.finalize(seq)
         self._record(StepStats(mode, shape, duration))
@@ -188,7 +193,8 @@ class LLMEngine:
                 samples.append(len(ids) - 1)
         return StepInput(mode, ids, pos, slots, qsl, lens, tables, samples)
 
-    def _check_stop(self, seq: Sequence, token: int) -> None:
+    def _check_stop(self, seq: Sequence, token: int, new_text_at: int) -> None:
+        """Finishes `seq` if `token` or the text added from `new_text_at` on ends it."""
         p = seq.params
         if seq.num_output_tokens > p.min_tokens:  # the sampler masked stop tokens before that
             if token in p.stop_token_ids:
@@ -196,8 +202,8 @@ class LLMEngine:
                 return self.scheduler.finish(seq, "stop")
             if not p.ignore_eos and token in self.sampler.eos_token_ids:
                 return self.scheduler.finish(seq, "stop")
-            for stop in p.stop:
-                at = seq.output_text.find(stop)
+            for stop in p.stop:  # only where the new text could complete a stop string
+                at = seq.output_text.find(stop, max(0, new_text_at - len(stop) + 1))
                 if at >= 0:
                     seq.output_text, seq.stop_reason = seq.output_text[:at], stop
                     return self.scheduler.finish(seq, "stop")

@@ -56,15 +56,16 @@ class Sampler:
     @staticmethod
     def _filter(logits: torch.Tensor, seqs: list[Sequence]) -> torch.Tensor:
         """Masks tokens outside each row's top-k and top-p (nucleus) sets."""
+        if all(s.params.top_k <= 0 and s.params.top_p >= 1 for s in seqs):
+            return logits
         dev = logits.device
         top_k = torch.tensor([s.params.top_k if s.params.top_k > 0 else logits.shape[1] for s in seqs], device=dev)
         top_p = torch.tensor([s.params.top_p for s in seqs], device=dev)
-        if (top_k >= logits.shape[1]).all() and (top_p >= 1).all():
-            return logits
         sorted_logits, order = logits.sort(dim=-1, descending=True)
         ranks = torch.arange(logits.shape[1], device=dev).unsqueeze(0)
-        cum = sorted_logits.softmax(dim=-1).cumsum(dim=-1)
-        # keep a token if it is within top-k and the mass before it is below top-p (the first always stays)
-        drop = (ranks >= top_k.unsqueeze(1)) | ((cum - sorted_logits.softmax(dim=-1)) >= top_p.unsqueeze(1))
+        sorted_logits = sorted_logits.masked_fill(ranks >= top_k.unsqueeze(1), float("-inf"))
+        # top-p on the distribution left after top-k: keep a token while the mass before it is < top_p
+        probs = sorted_logits.softmax(dim=-1)
+        drop = (probs.cumsum(dim=-1) - probs) >= top_p.unsqueeze(1)
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
         return torch.empty_like(logits).scatter_(1, order, sorted_logits)

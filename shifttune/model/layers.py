@@ -23,6 +23,13 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor, residual: torch.Tensor | None = None):
         """Normalizes x, or (x + residual) returning the new residual too, as HF does in float32."""
+        if x.is_cuda:
+            from shifttune.kernels.fused import add_rms_norm
+
+            shape = x.shape
+            out = add_rms_norm(x.reshape(-1, shape[-1]), None if residual is None else residual.reshape(-1, shape[-1]),
+                               self.weight, self.eps)
+            return out.view(shape) if residual is None else (out[0].view(shape), out[1].view(shape))
         if residual is not None:
             x = x + residual
             residual = x
@@ -61,7 +68,13 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("cos_sin", torch.cat([freqs.cos(), freqs.sin()], dim=-1), persistent=False)
 
     def forward(self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor):
-        """q: [T, Hq, d], k: [T, Hk, d]."""
+        """q: [T, Hq, d], k: [T, Hk, d]. On GPU rotated in place (views into the qkv output)."""
+        if q.is_cuda:
+            from shifttune.kernels.fused import rope_
+
+            rope_(q, positions, self.cos_sin)
+            rope_(k, positions, self.cos_sin)
+            return q, k
         cos, sin = self.cos_sin[positions].unsqueeze(1).chunk(2, dim=-1)
         return _rotate(q, cos, sin), _rotate(k, cos, sin)
 

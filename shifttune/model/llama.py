@@ -69,7 +69,12 @@ class MLP(nn.Module):
         self.down_proj = RowParallelLinear(rows, cfg.hidden_size, layout.group, dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = self.gate_up_proj(x).chunk(2, dim=-1)
+        gate_up = self.gate_up_proj(x)
+        if gate_up.is_cuda:
+            from shifttune.kernels.fused import silu_and_mul
+
+            return self.down_proj(silu_and_mul(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)
         return self.down_proj(F.silu(gate) * up)
 
 
@@ -120,7 +125,7 @@ class CausalLM(nn.Module):
             t_local = hidden.shape[0]
             local = sample_indices - self.layout.sp_group.rank_in_group * t_local
             mine = (local >= 0) & (local < t_local)
-            rows = hidden[local.clamp(0, t_local - 1)] * mine.unsqueeze(-1)
+            rows = torch.where(mine.unsqueeze(-1), hidden[local.clamp(0, t_local - 1)], 0.0)
             rows = self.layout.sp_group.all_reduce(rows)
         else:
             rows = hidden[sample_indices]

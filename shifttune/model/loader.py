@@ -78,7 +78,11 @@ def check_checkpoint(path: Path, cfg: ModelConfig) -> None:
     """Every tensor the model needs is present with the right shape; reads file headers only."""
     files = checkpoint_files(path)
     handles = {f: _open(f) for f in set(files.values())}
-    for name, shape in expected_shapes(cfg).items():
+    expected = expected_shapes(cfg)
+    extra = sorted(n for n in files if n.startswith("model.layers.") and n.endswith("bias") and n not in expected)
+    if extra:  # weights the model would silently ignore
+        raise ConfigError(f"checkpoint {path} has tensors shifttune does not support, e.g. {extra[0]!r}")
+    for name, shape in expected.items():
         if name not in files:
             raise ConfigError(f"checkpoint {path} lacks tensor {name!r}")
         try:

@@ -146,11 +146,13 @@ class Executor:
         rendezvous): say which rank died and end the process unless a clean shutdown is under way."""
         from multiprocessing.connection import wait
 
-        wait([p.sentinel for p in self.procs])
+        ready = wait([p.sentinel for p in self.procs])
         if self._closed:
             return
-        dead = next((i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive())
-        print(f"shifttune: worker rank {dead[0]} exited with code {dead[1]}; the engine cannot continue", file=sys.stderr)
+        rank, proc = next((i + 1, p) for i, p in enumerate(self.procs) if p.sentinel in ready)
+        proc.join()  # the sentinel fires before the process is reaped: join to read its exit code
+        print(f"shifttune: worker rank {rank} exited with code {proc.exitcode}; the engine cannot continue",
+              file=sys.stderr)
         time.sleep(3.0)  # a gloo error may surface in the driver and shut down cleanly meanwhile
         if not self._closed:
             os._exit(1)
@@ -191,3 +193,9 @@ class Executor:
                 proc.terminate()
                 proc.join(timeout=5)
         destroy_parallel_state()
+        # drop weights, cache and graphs now: a tool that builds several engines in turn needs the memory
+        self.runner = None
+        if self.config.device == "cuda":
+            import torch
+
+            torch.cuda.empty_cache()
