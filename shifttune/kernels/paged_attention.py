@@ -34,6 +34,31 @@ def _find_seq(query_start_loc, num_seqs, q_block, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head, qk_scale,
+                 m_i, l_i, acc, HK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
+                 MASK: tl.constexpr):
+    """One tile of TILE keys gathered through the block table, folded into the online softmax (base 2)."""
+    d = tl.arange(0, D)
+    k_idx = start + tl.arange(0, TILE)
+    k_ok = k_idx < kv_hi
+    block = tl.load(block_tables + seq * stride_bt + k_idx // BLOCK_SIZE, mask=k_ok, other=0)
+    slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
+    kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
+    K = tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0)
+    V = tl.load(v_cache + kv_off, mask=k_ok[:, None], other=0.0)
+    s = tl.dot(Q, tl.trans(K)) * qk_scale
+    if MASK:
+        s = tl.where(k_ok[None, :] & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.dot(p.to(V.dtype), V)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _paged_attention_kernel(
     out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_out, part_lse,
     scale, num_seqs, stride_bt, num_tokens,
@@ -68,23 +93,16 @@ def _paged_attention_kernel(
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
-    for start in range(kv_lo, kv_hi, TILE):
-        k_idx = start + tl.arange(0, TILE)
-        k_ok = k_idx < kv_hi
-        block = tl.load(block_tables + seq * stride_bt + k_idx // BLOCK_SIZE, mask=k_ok, other=0)
-        slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
-        kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
-        K = tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0)
-        V = tl.load(v_cache + kv_off, mask=k_ok[:, None], other=0.0)
-        s = tl.dot(Q, tl.trans(K)) * scale
-        s = tl.where(k_ok[None, :] & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no key yet
-        p = tl.exp(s - m_safe[:, None])
-        alpha = tl.exp(m_i - m_safe)
-        l_i = l_i * alpha + tl.sum(p, 1)
-        acc = acc * alpha[:, None] + tl.dot(p.to(V.dtype), V)
-        m_i = m_new
+    qk_scale = scale * 1.4426950408889634  # softmax in base 2: exp2 is the native instruction
+    # Keys up to the block's first query position are visible to every row: no mask there.
+    first_pos = seq_len - q_len + local_block * BLOCK_Q
+    full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
+    for start in range(kv_lo, full_hi, TILE):
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
+                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, False)
+    for start in range(full_hi, kv_hi, TILE):
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
+                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, True)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if NUM_SPLITS == 1:
@@ -93,7 +111,7 @@ def _paged_attention_kernel(
         row = (q_start + tok) * HQ + head  # index into [tokens, heads]
         part = split * num_tokens * HQ + row
         tl.store(part_out + part[:, None] * D + d[None, :], o, mask=row_ok[:, None])
-        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log(l_safe))
+        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2, as m_i
         tl.store(part_lse + part, lse, mask=row_ok)
 
 
@@ -105,7 +123,7 @@ def _merge_splits_kernel(out, part_out, part_lse, num_tokens, HQ: tl.constexpr, 
     s_ok = s < NUM_SPLITS
     lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"))
     top = tl.max(lse, 0)
-    w = tl.where(s_ok & (lse > float("-inf")), tl.exp(lse - top), 0.0)
+    w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
     d = tl.arange(0, D)
     parts = tl.load(part_out + (s * num_tokens * HQ + row)[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
     o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)

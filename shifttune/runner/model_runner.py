@@ -175,3 +175,14 @@ class ModelRunner:
         from shifttune.runner.step_timing import time_fn
 
         return time_fn(lambda: self.execute_model(step), self.device, warmup, iters)
+
+    @torch.inference_mode()
+    def breakdown_step(self, step: StepInput, iters: int) -> dict:
+        """Where the time of `step` goes on this rank, by kernel category (eager: graphs hide kernels)."""
+        from shifttune.runner.step_timing import kernel_breakdown
+
+        graphs, self.graphs = self.graphs, None
+        try:
+            return kernel_breakdown(lambda: self.execute_model(step), iters)
+        finally:
+            self.graphs = graphs

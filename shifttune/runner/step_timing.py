@@ -143,3 +143,47 @@ def summarize(ms: list[float]) -> tuple[float, float, float]:
     q = sorted(ms)
     pick = lambda f: q[min(len(q) - 1, int(f * len(q)))]  # noqa: E731
     return statistics.median(q), pick(0.1), pick(0.9)
+
+
+KERNEL_CATEGORIES = (
+    ("attention", ("_paged_attention", "_merge_splits", "flash", "fmha")),
+    ("collectives", ("nccl", "allreduce", "all_reduce", "allgather", "alltoall", "sendrecv", "one_shot")),
+    ("gemm", ("gemm", "gemv", "cutlass", "nvjet", "xmma", "cublas", "matmul", "splitk")),
+    ("fused_elementwise", ("_add_rms_norm", "_rope", "_silu_mul")),
+)
+
+
+def kernel_category(name: str) -> str:
+    low = name.lower()
+    for category, keys in KERNEL_CATEGORIES:
+        if any(k in low for k in keys):
+            return category
+    return "other"
+
+
+def kernel_breakdown(fn, iters: int) -> dict[str, float]:
+    """GPU kernel time per call of `fn` (eager launches, so the profiler sees each kernel), by category.
+    Also `kernel_sum_ms` and the `wall_ms` of the same calls: their difference is launch gaps."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA, ProfilerActivity.CPU]) as prof:
+        start = time.perf_counter()
+        for _ in range(iters):
+            fn()
+        torch.cuda.synchronize()
+        wall = (time.perf_counter() - start) / iters
+    out = {c: 0.0 for c, _ in KERNEL_CATEGORIES} | {"other": 0.0}
+    top: dict[str, float] = {}
+    for evt in prof.key_averages():
+        device_us = getattr(evt, "device_time_total", None)
+        if device_us is None:
+            device_us = getattr(evt, "cuda_time_total", 0.0)
+        if device_us and evt.device_type.name == "CUDA":
+            out[kernel_category(evt.key)] += device_us / 1e3 / iters
+            top[evt.key[:80]] = device_us / 1e3 / iters
+    out["kernel_sum_ms"] = sum(v for k, v in out.items())
+    out["wall_ms"] = 1e3 * wall
+    out["top_kernels"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:12])
+    return out

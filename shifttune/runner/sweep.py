@@ -70,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--breakdown", default="32,8192", help="tokens per step to profile by kernel category (at the first context)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     tokens = [int(x) for x in args.tokens.split(",")]
@@ -91,16 +92,27 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
         modes = ["tp", "sp"] if args.sp > 1 else ["tp"]
         points = run_sweep(engine, tokens, contexts, modes, args.max_decode, args.warmup, args.iters, ceilings)
+        breakdowns = []
+        if device.type == "cuda":
+            for t in [int(x) for x in args.breakdown.split(",") if x]:
+                seqs, per = step_shape(t, contexts[0], args.max_decode)
+                for mode in modes:
+                    step = synthetic_step(mode, seqs, per, contexts[0], config.block_size)
+                    b = engine.executor.call("breakdown_step", step, 5)
+                    breakdowns.append({"mode": mode, "tokens": t, "context": contexts[0]} | b)
+                    print(f"breakdown {mode} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in b.items() if k != "top_kernels"))
     finally:
+        weight_bytes = engine.executor.runner.weight_bytes
         engine.shutdown()
     result = {
         "command": "python -m shifttune.runner.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
         "torch": torch.__version__,
         "model": args.model, "tp": args.tp, "sp": args.sp, "startup_s": startup,
-        "weight_bytes_per_rank": engine.executor.runner.weight_bytes,
+        "weight_bytes_per_rank": weight_bytes,
         "ceilings": {"hbm_bytes_per_s": ceilings.hbm_bytes_per_s, "matmul_flops_per_s": ceilings.matmul_flops_per_s},
         "points": [p.to_dict() for p in points],
+        "breakdowns": breakdowns,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
