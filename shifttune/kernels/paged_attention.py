@@ -61,7 +61,7 @@ def _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi
 @triton.jit
 def _paged_attention_kernel(
     out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_out, part_lse,
-    scale, num_seqs, stride_bt, num_tokens,
+    scale, num_seqs, stride_bt, num_tokens, stride_qt,
     HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, NUM_SPLITS: tl.constexpr,
 ):
@@ -81,7 +81,8 @@ def _paged_attention_kernel(
     head = kv_head * G + rows % G
     row_ok = (rows < BLOCK_Q * G) & (tok < q_len)
     d = tl.arange(0, D)
-    q_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
+    q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
+    out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
     Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
     q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
     last_tok = tl.minimum(q_len, (local_block + 1) * BLOCK_Q) - 1
@@ -106,7 +107,7 @@ def _paged_attention_kernel(
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if NUM_SPLITS == 1:
-        tl.store(out + q_off, o.to(out.dtype.element_ty), mask=row_ok[:, None])
+        tl.store(out + out_off, o.to(out.dtype.element_ty), mask=row_ok[:, None])
     else:
         row = (q_start + tok) * HQ + head  # index into [tokens, heads]
         part = split * num_tokens * HQ + row
@@ -142,7 +143,8 @@ def paged_attention(
     num_splits: int | None = None, block_m: int | None = None, tile: int | None = None, num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
-    """q: [T, Hq, D]; caches: [num_blocks, block_size, Hk, D] (this step's K/V already written)."""
+    """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
+    [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D]."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
     group = hq // hk
@@ -152,7 +154,8 @@ def paged_attention(
     num_seqs = meta.block_tables.shape[0]
     grid_q = num_tokens // block_q + num_seqs
     num_splits = num_splits or meta.num_splits or choose_num_splits(grid_q, hk, meta.max_seq_len)
-    out = torch.empty_like(q)
+    assert q.stride(2) == 1 and q.stride(1) == dim
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     if num_splits > 1:
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_splits, num_tokens, hq), dtype=torch.float32, device=q.device)
@@ -160,7 +163,7 @@ def paged_attention(
         part_out = part_lse = out  # unused
     _paged_attention_kernel[(grid_q, hk, num_splits)](
         out, q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, part_out, part_lse,
-        scale, num_seqs, meta.block_tables.stride(0), num_tokens,
+        scale, num_seqs, meta.block_tables.stride(0), num_tokens, q.stride(0),
         HQ=hq, HK=hk, D=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
         TILE=tile or (64 if dim <= 128 else 32), NUM_SPLITS=num_splits, num_warps=num_warps, num_stages=num_stages,
     )
