@@ -1,9 +1,6 @@
 """GPU runs of the HF oracle (bf16, Triton attention, CUDA graphs on), for every layout the GPUs allow.
 
-Rule for bf16: greedy tokens must equal HF's (fp32 teacher-forced on the engine's own tokens) until
-the first position where they differ; there, HF's logits of its own pick and of the engine's pick must
-be within 0.1 (bf16 noise on these tiny models' logits, which are O(1)). After it, the sequences
-legitimately differ and are not compared.
+The bf16 rule is `conftest.check_against_hf_fp32`.
 """
 
 from __future__ import annotations
@@ -12,29 +9,9 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
-from conftest import LAYOUTS, PROMPTS
+from conftest import LAYOUTS, PROMPTS, check_against_hf_fp32
 
 pytestmark = pytest.mark.gpu
-BF16_LOGIT_TOL = 0.1
-
-
-def check_against_hf_fp32(path, prompts, engine_tokens):
-    from transformers import AutoModelForCausalLM
-
-    hf = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    exact = 0
-    for prompt, toks in zip(prompts, engine_tokens):
-        with torch.no_grad():
-            logits = hf(torch.tensor([prompt + toks])).logits[0, len(prompt) - 1 : -1]
-        picks = logits.argmax(-1).tolist()
-        for i, (mine, theirs) in enumerate(zip(toks, picks)):
-            if mine != theirs:
-                gap = (logits[i, theirs] - logits[i, mine]).item()
-                assert gap < BF16_LOGIT_TOL, (prompt, i, mine, theirs, gap)
-                break
-        else:
-            exact += 1
-    return exact
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")

@@ -49,3 +49,15 @@ def test_triton_attention_backend_matches_hf(hf_models, model_kind):
     with LLM(str(path), attention_backend="triton", block_size=4, max_num_batched_tokens=16) as llm:
         outs = llm.generate(PROMPTS, params)
         assert [o.outputs[0].token_ids for o in outs] == ref_tokens
+
+
+def test_bf16_on_cpu_follows_the_bf16_rule(hf_models):
+    from conftest import check_against_hf_fp32
+
+    path = hf_models["llama"]
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    with LLM(str(path), dtype="bfloat16", sequence_parallel_size=2, shift_threshold=4, block_size=4) as llm:
+        outs = llm.generate(PROMPTS, params)
+        assert {s.mode for s in llm.llm_engine.stats.steps} == {"tp", "sp"}
+    exact = check_against_hf_fp32(str(path), PROMPTS, [o.outputs[0].token_ids for o in outs])
+    assert exact >= len(PROMPTS) // 2
