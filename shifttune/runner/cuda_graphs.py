@@ -78,13 +78,14 @@ class DecodeGraphs:
         n = len(step.seq_lens)
         size = next(s for s in self.sizes if s >= n)
         width = max(len(b) for b in step.block_tables)
-        tables = torch.tensor([b + [0] * (width - len(b)) for b in step.block_tables], dtype=torch.int32)
-        host = torch.tensor([step.input_ids, step.positions, step.slot_mapping, step.seq_lens], dtype=torch.int64)
-        self.ids[:n].copy_(host[0], non_blocking=True)
-        self.pos[:n].copy_(host[1], non_blocking=True)
-        self.slots[:n].copy_(host[2], non_blocking=True)
-        self.seq_lens[:n].copy_(host[3], non_blocking=True)
-        self.block_tables[:n, :width].copy_(tables, non_blocking=True)
+        tables = [x for b in step.block_tables for x in b + [0] * (width - len(b))]
+        ids, pos, slots, lens, flat_tables = self.runner._upload(
+            step.input_ids, step.positions, step.slot_mapping, step.seq_lens, tables)
+        self.ids[:n].copy_(ids)
+        self.pos[:n].copy_(pos)
+        self.slots[:n].copy_(slots)
+        self.seq_lens[:n].copy_(lens)
+        self.block_tables[:n, :width].copy_(flat_tables.view(n, width))
         self._reset_padding(n, size)
         graph, logits = self.graphs[(step.mode, size)]
         graph.replay()

@@ -131,8 +131,11 @@ class ModelRunner:
         hidden = model(ids, pos, meta, num_tokens)
         return None if sample_indices is None else model.compute_logits(hidden, sample_indices)
 
-    def _tensor(self, values, dtype=torch.int64) -> torch.Tensor:
-        return torch.tensor(values, dtype=dtype, device=self.device)
+    def _upload(self, *lists: list[int]) -> list[torch.Tensor]:
+        """All of a step's integer inputs in one pinned host buffer and one non-blocking copy."""
+        host = torch.tensor([x for values in lists for x in values], dtype=torch.int64,
+                            pin_memory=self.device.type == "cuda")
+        return list(host.to(self.device, non_blocking=True).split([len(v) for v in lists]))
 
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> torch.Tensor | None:
@@ -145,20 +148,18 @@ class ModelRunner:
 
     def _execute_eager(self, step: StepInput) -> torch.Tensor | None:
         model = self.model_for(step.mode)
-        max_blocks = max(len(b) for b in step.block_tables)
-        meta = AttentionMetadata(
-            slot_mapping=self._tensor(step.slot_mapping),
-            query_start_loc=self._tensor(step.query_start_loc, torch.int32),
-            seq_lens=self._tensor(step.seq_lens, torch.int32),
-            block_tables=self._tensor([b + [-1] * (max_blocks - len(b)) for b in step.block_tables], torch.int32),
-            query_start_loc_cpu=step.query_start_loc,
-            seq_lens_cpu=step.seq_lens,
-        )
         num_tokens, sp = len(step.input_ids), model.layout.sp
-        pad = -num_tokens % sp
-        ids, pos = self._tensor(step.input_ids + [0] * pad), self._tensor(step.positions + [0] * pad)
-        samples = self._tensor(step.sample_indices) if step.sample_indices else None
-        return self.forward(model, ids, pos, meta, num_tokens, samples)
+        pad = [0] * (-num_tokens % sp)
+        width = max(len(b) for b in step.block_tables)
+        tables = [x for b in step.block_tables for x in b + [-1] * (width - len(b))]
+        ids, pos, slots, qsl, lens, flat_tables, samples = self._upload(
+            step.input_ids + pad, step.positions + pad, step.slot_mapping, step.query_start_loc, step.seq_lens, tables,
+            step.sample_indices)
+        meta = AttentionMetadata(
+            slot_mapping=slots, query_start_loc=qsl, seq_lens=lens, block_tables=flat_tables.view(-1, width),
+            query_start_loc_cpu=step.query_start_loc, seq_lens_cpu=step.seq_lens,
+        )
+        return self.forward(model, ids, pos, meta, num_tokens, samples if step.sample_indices else None)
 
     @torch.inference_mode()
     def fill_kv_cache_random(self, seed: int = 0) -> None:

@@ -58,6 +58,31 @@ def run_sweep(engine: LLMEngine, token_grid: list[int], contexts: list[int], mod
     return out
 
 
+def run_e2e(engine: LLMEngine, batch: int, prompt_len: int, new_tokens: int) -> dict:
+    """Decode through the whole engine loop (schedule, inputs, step, sample, stop checks): the per-step
+    wall time next to the model step alone shows what the host side costs."""
+    from shifttune.engine.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
+    vocab = engine.config.model_config.vocab_size
+    for i in range(batch):
+        engine.add_request(f"e2e-{batch}-{i}", [(i * 131 + j * 7) % vocab for j in range(prompt_len)], params)
+    first = len(engine.stats.steps)
+    walls = []
+    while engine.has_unfinished_requests():
+        t = time.perf_counter()
+        engine.step()
+        walls.append(1e3 * (time.perf_counter() - t))
+    steps = list(engine.stats.steps)[first:]
+    decode = [(w, s) for w, s in zip(walls, steps) if s.shape.num_prefill_tokens == 0 and s.shape.num_seqs == batch]
+    if not decode:
+        return {"batch": batch, "skipped": "the KV cache never held the whole batch at once"}
+    loop_ms, _, _ = summarize([w for w, _ in decode])
+    step_ms, _, _ = summarize([1e3 * s.duration_s for _, s in decode])
+    return {"batch": batch, "prompt_len": prompt_len, "decode_steps": len(decode), "loop_ms_per_step": loop_ms,
+            "execute_and_sample_ms_per_step": step_ms}
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-3.1-8b")
@@ -70,6 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--enforce-eager", action="store_true")
+    ap.add_argument("--e2e", default="1,32", help="decode batch sizes to run through the whole engine loop")
     ap.add_argument("--breakdown", default="32,8192", help="tokens per step to profile by kernel category (at the first context)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -77,9 +103,13 @@ def main(argv: list[str] | None = None) -> None:
     contexts = [int(x) for x in args.contexts.split(",")]
     block_size = EngineConfig.block_size
     need = max(blocks_needed(step_shape(t, c, args.max_decode)[0], c, block_size) for t in tokens for c in contexts)
+    e2e_batches = [int(x) for x in args.e2e.split(",") if x]
+    e2e_prompt = min(512, max(contexts) - 64)
+    if e2e_batches:
+        need = max(need, blocks_needed(max(e2e_batches), e2e_prompt + 32, block_size))
     config = EngineConfig(
         model=args.model, tensor_parallel_size=args.tp, sequence_parallel_size=args.sp, device=args.device,
-        load_format="dummy", max_num_seqs=max(args.max_decode, 1), max_num_batched_tokens=max(tokens),
+        load_format="dummy", max_num_seqs=max([args.max_decode, *e2e_batches]), max_num_batched_tokens=max(tokens),
         max_model_len=max(contexts), num_kv_blocks=need, enforce_eager=args.enforce_eager,
         cuda_graph_max_batch=args.max_decode,
     )
@@ -92,6 +122,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
         modes = ["tp", "sp"] if args.sp > 1 else ["tp"]
         points = run_sweep(engine, tokens, contexts, modes, args.max_decode, args.warmup, args.iters, ceilings)
+        e2e = []
+        for b in e2e_batches:
+            e2e.append(run_e2e(engine, b, e2e_prompt, 32))
+            print("e2e", e2e[-1])
         breakdowns = []
         if device.type == "cuda":
             for t in [int(x) for x in args.breakdown.split(",") if x]:
@@ -113,6 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         "ceilings": {"hbm_bytes_per_s": ceilings.hbm_bytes_per_s, "matmul_flops_per_s": ceilings.matmul_flops_per_s},
         "points": [p.to_dict() for p in points],
         "breakdowns": breakdowns,
+        "e2e": e2e,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
