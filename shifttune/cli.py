@@ -107,5 +107,78 @@ def generate(
         out_console.print(f"wrote {output}")
 
 
+def _ints(text: str | None) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        _fail(f"expected comma-separated integers, got {text!r}")
+
+
+@app.command()
+def profile(
+    model: Annotated[str, typer.Option("--model", "-m", help=f"HF model directory or bundled name ({BUNDLED}).")] = "tiny",
+    gpus: Annotated[Optional[int], typer.Option(help="Ranks to profile (GPUs; CPU ranks with --device cpu). "
+                                                     "Default: every visible GPU, or 2 CPU ranks.")] = None,
+    device: Annotated[str, typer.Option(help="cuda or cpu.")] = "cuda",
+    load_format: Annotated[str, typer.Option(help="dummy (random weights, no download) or auto (safetensors).")] = "dummy",
+    tokens: Annotated[Optional[str], typer.Option(help="Tokens per step, comma-separated. Default: 1..256 decode "
+                                                       "batches + 512..16384 prefill (CPU: 1,4,16,64,256).")] = None,
+    contexts: Annotated[Optional[str], typer.Option(help="Context lengths, comma-separated. Default: "
+                                                         "512,2048,8192,32768 (CPU: 64,256).")] = None,
+    iters: Annotated[int, typer.Option(help="Timed runs per point (median, p10, p90).")] = 10,
+    warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Profile JSON. Default: profiles/<model>_<gpu>x<N>.json")] = None,
+) -> None:
+    """Measure TP-mode and SP x TP-mode step times for every SP x TP factorization; write a profile.
+
+    Ctrl-C keeps every measured point; running the same command again resumes.
+    """
+    import shlex
+    import sys
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from shifttune.profile.sweep import ProfileSettings, default_profile_path, run_profile
+
+    if device == "cpu":
+        iters = min(iters, 3) if iters == 10 else iters
+        warmup = min(warmup, 1) if warmup == 3 else warmup
+    try:
+        if gpus is None:
+            import torch
+
+            gpus = torch.cuda.device_count() if device == "cuda" else 2
+            if gpus == 0:
+                _fail("no GPU is visible; use --device cpu to profile CPU ranks")
+        settings = ProfileSettings(model=model, ranks=gpus, device=device, load_format=load_format,
+                                   tokens=_ints(tokens), contexts=_ints(contexts), iters=iters, warmup=warmup)
+        out = out or default_profile_path(settings)
+        command = "shifttune profile " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else ""
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                   TextColumn("ETA"), TimeRemainingColumn())
+        with Progress(*columns, console=console) as bar:
+            task = bar.add_task("profiling", total=None)
+
+            def show(event) -> None:
+                bar.update(task, total=event.total, completed=event.done, description=event.label or "profiling")
+                if event.message:
+                    bar.console.print(event.message)
+                if event.point is not None:
+                    p = event.point
+                    bar.console.print(f"  {p.mode} TP={p.tp} SP={p.sp} T={p.tokens:>6} C={p.context:>6}: "
+                                      f"{p.median_ms:9.3f} ms")
+
+            result = run_profile(settings, out, command, show)
+    except ConfigError as e:
+        _fail(str(e))
+    except KeyboardInterrupt:
+        console.print(f"interrupted: every measured point is in {out}; run the same command to resume")
+        raise typer.Exit(130) from None
+    console.print(f"wrote {out}: {len(result.points)} points, "
+                  f"{sum(f.feasible for f in result.factorizations)} feasible factorization(s)")
+
+
 if __name__ == "__main__":
     app()

@@ -170,12 +170,17 @@ class ModelRunner:
                 layer.normal_(generator=gen)
 
     @torch.inference_mode()
-    def time_step(self, step: StepInput, warmup: int, iters: int) -> list[float]:
+    def time_step(self, step: StepInput, warmup: int, iters: int) -> tuple[list[float], int | None]:
         """Runs `step` warmup + iters times on every rank (the driver calls this through the executor);
-        returns milliseconds per run. The cache is written at the step's slots each time: same work."""
+        returns milliseconds per run and this rank's peak GPU memory meanwhile (None on CPU). The cache
+        is written at the step's slots each time: the same work every run."""
         from shifttune.runner.step_timing import time_fn
 
-        return time_fn(lambda: self.execute_model(step), self.device, warmup, iters)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+        ms = time_fn(lambda: self.execute_model(step), self.device, warmup, iters)
+        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
+        return ms, peak
 
     @torch.inference_mode()
     def breakdown_step(self, step: StepInput, iters: int) -> dict:

@@ -36,25 +36,36 @@ def step_shape(tokens: int, context: int, max_decode: int) -> tuple[int, int]:
     return max(1, tokens // per), per
 
 
+def measure_point(engine: LLMEngine, mode: str, tokens: int, context: int, max_decode: int, warmup: int, iters: int,
+                  ceilings: Ceilings) -> tuple[StepTiming, int | None] | None:
+    """Times one step shape on every rank; None when the KV cache cannot hold it. Also returns rank 0's
+    peak GPU memory during the runs."""
+    runner, cfg = engine.executor.runner, engine.config
+    seqs, per = step_shape(tokens, context, max_decode)
+    if blocks_needed(seqs, context, cfg.block_size) > runner.num_kv_blocks:
+        return None
+    step = synthetic_step(mode, seqs, per, context, cfg.block_size)
+    ms, peak = engine.executor.call("time_step", step, warmup, iters)
+    med, p10, p90 = summarize(ms)
+    b, f, bw, mm = step_floors(cfg, runner.weight_bytes, mode, seqs, per, context, ceilings)
+    return StepTiming(mode, seqs, per, context, seqs * per, med, p10, p90, b, f, bw, mm), peak
+
+
 def run_sweep(engine: LLMEngine, token_grid: list[int], contexts: list[int], modes: list[str], max_decode: int,
               warmup: int, iters: int, ceilings: Ceilings, log=print) -> list[StepTiming]:
-    runner, cfg = engine.executor.runner, engine.config
     engine.executor.call("fill_kv_cache_random")
     out = []
     for context in contexts:
         for tokens in token_grid:
-            seqs, per = step_shape(tokens, context, max_decode)
-            if blocks_needed(seqs, context, cfg.block_size) > runner.num_kv_blocks:
-                log(f"skip T={tokens} C={context}: KV cache too small")
-                continue
             for mode in modes:
-                step = synthetic_step(mode, seqs, per, context, cfg.block_size)
-                ms = engine.executor.call("time_step", step, warmup, iters)
-                med, p10, p90 = summarize(ms)
-                b, f, bw, mm = step_floors(cfg, runner.weight_bytes, mode, seqs, per, context, ceilings)
-                t = StepTiming(mode, seqs, per, context, seqs * per, med, p10, p90, b, f, bw, mm)
+                measured = measure_point(engine, mode, tokens, context, max_decode, warmup, iters, ceilings)
+                if measured is None:
+                    log(f"skip T={tokens} C={context}: KV cache too small")
+                    continue
+                t = measured[0]
                 out.append(t)
-                log(f"{mode:>2} T={tokens:>6} C={context:>6}: {med:8.3f} ms (floor {t.floor_ms:7.3f}, x{med / t.floor_ms:.2f})")
+                log(f"{mode:>2} T={tokens:>6} C={context:>6}: {t.median_ms:8.3f} ms (floor {t.floor_ms:7.3f}, "
+                    f"x{t.median_ms / t.floor_ms:.2f})")
     return out
 
 

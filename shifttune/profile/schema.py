@@ -1,0 +1,162 @@
+"""The profile file: measured step times of TP mode and SP x TP mode on one machine, for one model.
+
+Schema (version 1), one JSON object:
+
+    schema, version            "shifttune.profile", 1
+    created, command           when and by what command it was measured
+    hardware                   device, gpu_name, gpu_count, gpus[{name, memory_bytes}], driver,
+                               pcie_topology (NVML common-ancestor matrix), active_nvlinks_per_gpu; or cpu
+    software                   shifttune, torch, cuda, nccl, triton, python versions
+    model                      name, architecture, num_params, hidden_size, num_layers, num_heads,
+                               num_kv_heads, head_dim, intermediate_size, vocab_size, dtype
+    engine                     block_size, max_decode_batch, warmup, iters, cuda_graphs, attention_backend
+    grid                       tokens (per step), contexts
+    factorizations[]           tp, sp, feasible, reason (why not), weight_bytes_per_rank {base, shift},
+                               kv_capacity_tokens, kv_bytes_per_token_per_rank
+    points[]                   mode ("tp" | "sp"), tp, sp, tokens, context, num_seqs, tokens_per_seq,
+                               median_ms, p10_ms, p90_ms, peak_memory_bytes (rank 0; null on CPU),
+                               kv_capacity_tokens
+
+TP-mode points carry tp = P, sp = 1: TP mode shards every weight P ways whatever the factorization,
+so one TP curve serves every factorization of P. `load_profile` validates a file and refuses a bad
+one with one clear message.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from shifttune.config import ConfigError
+
+SCHEMA, VERSION = "shifttune.profile", 1
+
+
+class ProfileError(ConfigError):
+    """A profile file that cannot be used."""
+
+
+@dataclass
+class Factorization:
+    tp: int
+    sp: int
+    feasible: bool
+    reason: str | None = None
+    weight_bytes_per_rank: dict[str, int] = field(default_factory=dict)
+    kv_capacity_tokens: int | None = None
+    kv_bytes_per_token_per_rank: int | None = None
+
+
+@dataclass
+class Point:
+    mode: str
+    tp: int
+    sp: int
+    tokens: int
+    context: int
+    num_seqs: int
+    tokens_per_seq: int
+    median_ms: float
+    p10_ms: float
+    p90_ms: float
+    peak_memory_bytes: int | None = None
+    kv_capacity_tokens: int | None = None
+
+    @property
+    def key(self) -> tuple:
+        return (self.mode, self.tp, self.sp, self.tokens, self.context)
+
+
+@dataclass
+class Profile:
+    hardware: dict
+    software: dict
+    model: dict
+    engine: dict
+    grid: dict
+    command: str = ""
+    created: str = ""
+    factorizations: list[Factorization] = field(default_factory=list)
+    points: list[Point] = field(default_factory=list)
+
+    @property
+    def world_size(self) -> int:
+        return max((f.tp * f.sp for f in self.factorizations), default=1)
+
+    def curve(self, mode: str, tp: int, sp: int, context: int) -> list[Point]:
+        """Points of one mode and layout at one context, by tokens."""
+        return sorted((p for p in self.points if (p.mode, p.tp, p.sp, p.context) == (mode, tp, sp, context)),
+                      key=lambda p: p.tokens)
+
+    def to_dict(self) -> dict:
+        return {"schema": SCHEMA, "version": VERSION, **asdict(self)}
+
+    def save(self, path: Path) -> None:
+        """Atomic write: an interrupted save never leaves a half-written profile behind."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        with os.fdopen(fd, "w") as f:
+            json.dump(self.to_dict(), f, indent=1)
+        os.replace(tmp, path)
+
+
+def _require(obj: dict, key: str, kind, where: str):
+    if key not in obj:
+        raise ProfileError(f"{where} lacks {key!r}")
+    value = obj[key]
+    if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+        raise ProfileError(f"{where}.{key} should be {getattr(kind, '__name__', kind)}, got {value!r}")
+    return value
+
+
+def profile_from_dict(data: dict, source: str = "profile") -> Profile:
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        raise ProfileError(f"{source} is not a shifttune profile (no \"schema\": \"{SCHEMA}\")")
+    if data.get("version") != VERSION:
+        raise ProfileError(f"{source} has profile version {data.get('version')!r}; this shifttune reads {VERSION}")
+    for key in ("hardware", "software", "model", "engine", "grid"):
+        _require(data, key, dict, source)
+    facts = []
+    for i, f in enumerate(_require(data, "factorizations", list, source)):
+        where = f"{source}: factorizations[{i}]"
+        tp, sp = _require(f, "tp", int, where), _require(f, "sp", int, where)
+        if tp < 1 or sp < 1:
+            raise ProfileError(f"{where} has tp={tp}, sp={sp}; both must be >= 1")
+        facts.append(Factorization(**{k: f.get(k) for k in Factorization.__dataclass_fields__ if k in f}))
+    points, seen = [], set()
+    for i, p in enumerate(_require(data, "points", list, source)):
+        where = f"{source}: points[{i}]"
+        if _require(p, "mode", str, where) not in ("tp", "sp"):
+            raise ProfileError(f"{where}.mode must be 'tp' or 'sp', got {p['mode']!r}")
+        for key in ("tp", "sp", "tokens", "context", "num_seqs", "tokens_per_seq"):
+            if _require(p, key, int, where) < 1:
+                raise ProfileError(f"{where}.{key} must be >= 1")
+        for key in ("median_ms", "p10_ms", "p90_ms"):
+            v = _require(p, key, (int, float), where)
+            if not math.isfinite(v) or v <= 0:
+                raise ProfileError(f"{where}.{key} must be a positive number, got {v!r}")
+        point = Point(**{k: p.get(k) for k in Point.__dataclass_fields__ if k in p})
+        if point.key in seen:
+            raise ProfileError(f"{where} repeats the point {point.key}")
+        seen.add(point.key)
+        points.append(point)
+    return Profile(
+        hardware=data["hardware"], software=data["software"], model=data["model"], engine=data["engine"],
+        grid=data["grid"], command=data.get("command", ""), created=data.get("created", ""),
+        factorizations=facts, points=points,
+    )
+
+
+def load_profile(path: Path) -> Profile:
+    path = Path(path)
+    if not path.is_file():
+        raise ProfileError(f"profile {path} does not exist")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ProfileError(f"profile {path} is not valid JSON: {e}") from None
+    return profile_from_dict(data, str(path))

@@ -1,0 +1,210 @@
+"""`shifttune profile`: step times of both modes, for every SP x TP factorization of the ranks, into a profile.
+
+For each feasible factorization the engine starts once (dummy weights by default) and times steps
+over the grid of tokens per step x context lengths: SP x TP mode for that factorization and, in the
+first engine only, TP mode (the same layout for every factorization of P). Every point is saved as it
+is measured, so Ctrl-C loses nothing and the same command resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+
+from shifttune.config import ConfigError, EngineConfig, ParallelConfig, load_model_config, resolve_model_path
+from shifttune.profile.schema import Factorization, Point, Profile, ProfileError, load_profile
+from shifttune.runner.step_timing import Ceilings
+from shifttune.runner.sweep import DECODE, PREFILL, measure_point
+
+GPU_CONTEXTS = [512, 2048, 8192, 32768]
+CPU_TOKENS, CPU_CONTEXTS = [1, 4, 16, 64, 256], [64, 256]
+
+
+@dataclass
+class ProfileSettings:
+    model: str
+    ranks: int
+    device: str = "cuda"
+    load_format: str = "dummy"
+    dtype: str = "auto"
+    tokens: list[int] = field(default_factory=list)  # empty: the device's default grid
+    contexts: list[int] = field(default_factory=list)
+    max_decode: int = 256
+    warmup: int = 3
+    iters: int = 10
+    gpu_memory_utilization: float = 0.9
+
+    def __post_init__(self) -> None:
+        cpu = self.device == "cpu"
+        self.tokens = sorted(set(self.tokens or (CPU_TOKENS if cpu else DECODE + PREFILL)))
+        self.contexts = sorted(set(self.contexts or (CPU_CONTEXTS if cpu else GPU_CONTEXTS)))
+        if cpu and self.max_decode == 256:
+            self.max_decode = 16
+        if self.ranks < 1 or any(t < 1 for t in self.tokens) or any(c < 2 for c in self.contexts):
+            raise ConfigError("ranks, tokens and contexts must be positive (contexts >= 2)")
+        if self.warmup < 0 or self.iters < 1:
+            raise ConfigError("warmup must be >= 0 and iters >= 1")
+
+
+@dataclass
+class ProgressEvent:
+    done: int
+    total: int
+    label: str  # what is being measured now
+    point: Point | None = None  # the point just measured
+    message: str | None = None  # a line worth printing (skips, factorization starts)
+
+
+def factorizations(ranks: int) -> list[tuple[int, int]]:
+    """Every (TP, SP) with TP x SP = ranks, most TP first."""
+    return [(ranks // sp, sp) for sp in range(1, ranks + 1) if ranks % sp == 0]
+
+
+def check_factorization(settings: ProfileSettings, tp: int, sp: int) -> str | None:
+    """Why (tp, sp) cannot run here, or None."""
+    cfg, _ = load_model_config(resolve_model_path(settings.model))
+    try:
+        ParallelConfig(tp, sp).validate(cfg)
+    except ConfigError as e:
+        return str(e)
+    if settings.device == "cuda":
+        if torch.cuda.device_count() < tp * sp:
+            return f"needs {tp * sp} GPUs, {torch.cuda.device_count()} visible"
+        elem = 2 if settings.dtype in ("auto", "bfloat16", "float16") else 4
+        weights = cfg.num_params * elem / tp * (1 + (1 / sp if sp > 1 else 0))
+        memory = torch.cuda.get_device_properties(0).total_memory * settings.gpu_memory_utilization
+        kv_per_token = 2 * cfg.num_layers * max(1, cfg.num_kv_heads // (tp * sp)) * cfg.head_dim * elem
+        need = weights + kv_per_token * max(settings.contexts)
+        if need > memory:
+            return (f"weights {weights / 2**30:.0f} GiB per GPU (W/TP x (1 + 1/SP)) plus KV for one "
+                    f"{max(settings.contexts)}-token sequence exceed {memory / 2**30:.0f} GiB")
+    return None
+
+
+def _model_summary(config: EngineConfig) -> dict:
+    c = config.model_config
+    return {"name": config.model, "architecture": c.architecture, "num_params": c.num_params,
+            "hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads,
+            "num_kv_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.intermediate_size,
+            "vocab_size": c.vocab_size, "dtype": config.dtype}
+
+
+def _plan(settings: ProfileSettings, feasible: list[tuple[int, int]]) -> list[tuple[int, int, list[str]]]:
+    """(tp, sp, modes) per engine to start: TP mode once (first engine), SP x TP mode where SP > 1."""
+    plan, tp_done = [], False
+    for tp, sp in feasible:
+        modes = (["sp"] if sp > 1 else []) + ([] if tp_done else ["tp"])
+        tp_done = True
+        if modes:
+            plan.append((tp, sp, modes))
+    return plan
+
+
+def run_profile(settings: ProfileSettings, out: Path, command: str,
+                progress: Callable[[ProgressEvent], None] = lambda e: None) -> Profile:
+    from shifttune.engine.llm_engine import LLMEngine
+    from shifttune.telemetry.hardware import describe_hardware, describe_software
+
+    p = settings.ranks
+    reasons = {(tp, sp): check_factorization(settings, tp, sp) for tp, sp in factorizations(p)}
+    feasible = [f for f, why in reasons.items() if why is None]
+    if not feasible:
+        raise ConfigError("no SP x TP factorization of %d can run: %s" % (p, "; ".join(
+            f"TP={tp} SP={sp}: {why}" for (tp, sp), why in reasons.items())))
+    hardware, engine_settings = describe_hardware(settings.device), {
+        "max_decode_batch": settings.max_decode, "warmup": settings.warmup, "iters": settings.iters,
+        "device": settings.device, "load_format": settings.load_format}
+    grid = {"tokens": settings.tokens, "contexts": settings.contexts}
+    profile = _resume(out, settings, hardware, grid)
+    measured = {pt.key for pt in profile.points} if profile else set()
+    plan = _plan(settings, feasible)
+    todo = [(tp, sp, mode, t, c) for tp, sp, modes in plan for c in settings.contexts for t in settings.tokens
+            for mode in modes]
+    key = lambda tp, sp, mode, t, c: (mode, p, 1, t, c) if mode == "tp" else (mode, tp, sp, t, c)  # noqa: E731
+    total, done = len(todo), sum(1 for x in todo if key(*x) in measured)
+    for (tp, sp), why in reasons.items():
+        if why:
+            progress(ProgressEvent(done, total, "", message=f"TP={tp} SP={sp} skipped: {why}"))
+    for tp, sp, modes in plan:
+        remaining = [(t, c, m) for c in settings.contexts for t in settings.tokens for m in modes
+                     if key(tp, sp, m, t, c) not in measured]
+        if not remaining:
+            continue
+        progress(ProgressEvent(done, total, f"starting TP={tp} SP={sp}", message=f"starting the engine: TP={tp} SP={sp}"))
+        config = EngineConfig(
+            model=settings.model, tensor_parallel_size=tp, sequence_parallel_size=sp, device=settings.device,
+            dtype=settings.dtype, load_format=settings.load_format, max_num_seqs=settings.max_decode,
+            max_num_batched_tokens=max(settings.tokens), max_model_len=max(settings.contexts),
+            cuda_graph_max_batch=settings.max_decode, gpu_memory_utilization=settings.gpu_memory_utilization,
+            enable_prefix_caching=False,
+        )
+        engine = LLMEngine(config)
+        try:
+            runner = engine.executor.runner
+            if profile is None:
+                profile = Profile(hardware=hardware, software=describe_software(), model=_model_summary(config),
+                                  engine=engine_settings | {"block_size": config.block_size,
+                                                            "cuda_graphs": config.device == "cuda",
+                                                            "attention_backend": config.attention_backend},
+                                  grid=grid, command=command,
+                                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+            capacity = runner.num_kv_blocks * config.block_size
+            _set_factorization(profile, Factorization(
+                tp, sp, True, None, runner.weight_bytes, capacity, runner.kv_bytes_per_block // config.block_size))
+            engine.executor.call("fill_kv_cache_random")
+            for t, c, mode in remaining:
+                label = f"TP={tp} SP={sp} {mode} mode, {t} tokens at context {c}"
+                progress(ProgressEvent(done, total, label))
+                got = measure_point(engine, mode, t, c, settings.max_decode, settings.warmup, settings.iters,
+                                    Ceilings(1.0, 1.0))
+                done += 1
+                if got is None:
+                    progress(ProgressEvent(done, total, label, message=f"{label}: skipped, KV cache too small"))
+                    continue
+                timing, peak = got
+                ptp, psp = (p, 1) if mode == "tp" else (tp, sp)
+                point = Point(mode, ptp, psp, t, c, timing.num_seqs, timing.tokens_per_seq, timing.median_ms,
+                              timing.p10_ms, timing.p90_ms, peak, capacity)
+                profile.points.append(point)
+                profile.save(out)
+                progress(ProgressEvent(done, total, label, point=point))
+        finally:
+            engine.shutdown()
+    for (tp, sp), why in reasons.items():
+        if why:
+            _set_factorization(profile, Factorization(tp, sp, False, why))
+    profile.factorizations.sort(key=lambda f: -f.tp)
+    profile.save(out)
+    return profile
+
+
+def _set_factorization(profile: Profile, fact: Factorization) -> None:
+    profile.factorizations = [f for f in profile.factorizations if (f.tp, f.sp) != (fact.tp, fact.sp)] + [fact]
+
+
+def _resume(out: Path, settings: ProfileSettings, hardware: dict, grid: dict) -> Profile | None:
+    """The profile at `out` if it was measured with the same model, grid and machine; refuse otherwise."""
+    if not out.exists():
+        return None
+    old = load_profile(out)
+    same = (old.model.get("name") == settings.model and old.grid == grid
+            and old.hardware.get("gpu_name") == hardware.get("gpu_name")
+            and old.engine.get("iters") == settings.iters and old.engine.get("device") == settings.device)
+    if not same:
+        raise ProfileError(f"{out} holds a profile measured with other settings (model, grid, machine or iters); "
+                           "pass another --out, or delete it to start over")
+    return old
+
+
+def default_profile_path(settings: ProfileSettings) -> Path:
+    from shifttune.telemetry.hardware import describe_hardware
+
+    hw = describe_hardware(settings.device)
+    where = (hw.get("gpu_name") or "gpu").replace(" ", "-").lower() if settings.device == "cuda" else "cpu"
+    name = Path(settings.model).name.lower()
+    return Path("profiles") / f"{name}_{where}x{settings.ranks}.json"
+

@@ -1,0 +1,97 @@
+"""`shifttune profile`: the CPU end to end run, resume, the schema round trip and refusal of bad files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from shifttune.cli import app
+from shifttune.profile.schema import ProfileError, load_profile, profile_from_dict
+from shifttune.profile.sweep import ProfileSettings, factorizations, run_profile
+
+SMALL = dict(model="tiny", ranks=2, device="cpu", tokens=[1, 8, 64], contexts=[64, 128], warmup=0, iters=2)
+
+
+@pytest.fixture(scope="module")
+def cpu_profile(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prof") / "tiny.json"
+    events = []
+    prof = run_profile(ProfileSettings(**SMALL), out, "test", events.append)
+    return out, prof, events
+
+
+def test_profile_measures_every_factorization_and_mode(cpu_profile):
+    out, prof, events = cpu_profile
+    assert [(f.tp, f.sp, f.feasible) for f in prof.factorizations] == [(2, 1, True), (1, 2, True)]
+    tp_points = {(p.tokens, p.context) for p in prof.points if p.mode == "tp"}
+    sp_points = {(p.tokens, p.context) for p in prof.points if p.mode == "sp"}
+    grid = {(t, c) for t in SMALL["tokens"] for c in SMALL["contexts"]}
+    assert tp_points == sp_points == grid
+    assert all(p.tp * p.sp == 2 and p.median_ms > 0 and p.p10_ms <= p.median_ms <= p.p90_ms for p in prof.points)
+    assert all((p.tp, p.sp) == (2, 1) for p in prof.points if p.mode == "tp")
+    assert events[-1].done == events[-1].total == len(prof.points)
+    f = prof.factorizations[1]
+    assert f.weight_bytes_per_rank["base"] > f.weight_bytes_per_rank["shift"] > 0 and f.kv_capacity_tokens > 0
+    assert load_profile(out).to_dict() == prof.to_dict()  # what was saved is what was returned
+
+
+def test_rerun_resumes_without_measuring_again(cpu_profile, tmp_path):
+    out, prof, _ = cpu_profile
+    partial = tmp_path / "partial.json"
+    data = prof.to_dict()
+    data["points"] = data["points"][:5]  # as if Ctrl-C came after five points
+    partial.write_text(json.dumps(data))
+    events = []
+    again = run_profile(ProfileSettings(**SMALL), partial, "test", events.append)
+    assert len(again.points) == len(prof.points)
+    assert again.points[:5] == load_profile(out).points[:5]  # kept, not re-measured
+    assert sum(e.point is not None for e in events) == len(prof.points) - 5
+    with pytest.raises(ProfileError, match="other settings"):
+        run_profile(ProfileSettings(**(SMALL | {"contexts": [64]})), partial, "test")
+
+
+def test_factorizations_and_infeasible_ones_are_listed(tmp_path):
+    assert factorizations(4) == [(4, 1), (2, 2), (1, 4)]
+    # the tiny model has 8 heads and 2 KV heads: P = 8 works, with each KV head replicated 4 ways
+    from shifttune.profile.sweep import check_factorization
+
+    assert check_factorization(ProfileSettings(**(SMALL | {"ranks": 8})), 4, 2) is None
+    assert "do not divide" in check_factorization(ProfileSettings(**(SMALL | {"ranks": 3})), 3, 1)
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d.pop("schema"), "not a shifttune profile"),
+        (lambda d: d.update(version=99), "version 99"),
+        (lambda d: d.pop("hardware"), "lacks 'hardware'"),
+        (lambda d: d["points"][0].update(mode="dp"), "mode must be"),
+        (lambda d: d["points"][0].update(median_ms=-1.0), "positive number"),
+        (lambda d: d["points"][0].update(tokens="8"), "should be int"),
+        (lambda d: d["points"].append(dict(d["points"][0])), "repeats the point"),
+    ],
+)
+def test_bad_profiles_are_refused_with_one_message(cpu_profile, mutate, message):
+    data = cpu_profile[1].to_dict()
+    mutate(data)
+    with pytest.raises(ProfileError, match=message):
+        profile_from_dict(data)
+
+
+def test_not_json_is_refused(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("{nope")
+    with pytest.raises(ProfileError, match="not valid JSON"):
+        load_profile(bad)
+
+
+def test_cli_profile_on_cpu(tmp_path):
+    out = tmp_path / "cli.json"
+    result = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "2", "--tokens", "1,16",
+                                      "--contexts", "64", "--iters", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert len(load_profile(out).points) == 4
+    bad = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "3", "--out", str(tmp_path / "x.json")])
+    assert bad.exit_code == 2 and "no SP x TP factorization of 3 can run" in bad.output
