@@ -107,6 +107,14 @@ def generate(
         out_console.print(f"wrote {output}")
 
 
+def _size(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} GiB"
+
+
 def _ints(text: str | None) -> list[int]:
     if not text:
         return []
@@ -178,6 +186,110 @@ def profile(
         raise typer.Exit(130) from None
     console.print(f"wrote {out}: {len(result.points)} points, "
                   f"{sum(f.feasible for f in result.factorizations)} feasible factorization(s)")
+
+
+SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def _pick_shipped_profile(model: str | None, gpus: int | None) -> Path:
+    """The shipped profile for a model and GPU count (default: the embedded CPU profile of `tiny`)."""
+    from shifttune.profile.schema import load_profile
+
+    candidates = sorted(SHIPPED_PROFILES.glob("*.json")) if SHIPPED_PROFILES.is_dir() else []
+    matches = []
+    for path in candidates:
+        try:
+            prof = load_profile(path)
+        except ConfigError:
+            continue
+        if (model or "tiny") == prof.model.get("name") and (gpus is None or gpus == prof.world_size):
+            matches.append(path)
+    if not matches:
+        have = ", ".join(p.name for p in candidates) or "none"
+        _fail(f"no shipped profile for model {model or 'tiny'!r}" + (f" on {gpus} GPUs" if gpus else "")
+              + f" (shipped: {have}); measure one with `shifttune profile` and pass --profile")
+    return matches[0]
+
+
+@app.command()
+def recommend(
+    profile_file: Annotated[Optional[Path], typer.Option("--profile", "-p", help="Profile JSON from `shifttune profile`.")] = None,
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Pick a shipped profile for this model.")] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="...and this many GPUs.")] = None,
+    context: Annotated[Optional[int], typer.Option(help="Context length the threshold is read at (default: the "
+                                                        "workload's input length, else the median profiled).")] = None,
+    rate: Annotated[Optional[float], typer.Option(help="Predict latencies at this arrival rate (requests/s, Poisson).")] = None,
+    input_len: Annotated[int, typer.Option(help="Mean input tokens per request.")] = 2048,
+    output_len: Annotated[int, typer.Option(help="Mean output tokens per request.")] = 256,
+    spread: Annotated[float, typer.Option(help="Lengths uniform within +-spread x mean.")] = 0.25,
+    num_requests: Annotated[int, typer.Option(help="Requests to simulate.")] = 300,
+    trace: Annotated[Optional[Path], typer.Option(help="Azure LLM inference trace CSV instead of --rate.")] = None,
+    slo_ttft: Annotated[Optional[float], typer.Option("--slo-ttft", help="TTFT objective (ms, p99).")] = None,
+    slo_tpot: Annotated[Optional[float], typer.Option("--slo-tpot", help="TPOT objective (ms, p99).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Save the plot here (.png, .svg or .pdf).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON only.")] = False,
+) -> None:
+    """Turn a profile into SP/TP degrees, a switching threshold, memory, predictions and launch commands."""
+    from shifttune.profile.schema import load_profile
+    from shifttune.recommend.planner import plan as make_plan
+    from shifttune.recommend.plot import save_plot, terminal_plot
+    from shifttune.recommend.simulator import Workload, load_azure_trace
+
+    try:
+        path = profile_file or _pick_shipped_profile(model, gpus)
+        prof = load_profile(path)
+        workload = None
+        if trace is not None:
+            workload = Workload(trace=load_azure_trace(trace, limit=num_requests))
+        elif rate is not None:
+            if rate <= 0:
+                _fail("--rate must be > 0")
+            workload = Workload(rate=rate, num_requests=num_requests, input_len=input_len, output_len=output_len,
+                                spread=spread)
+        result = make_plan(prof, context or (input_len if workload and trace is None else None), workload, str(path))
+    except ConfigError as e:
+        _fail(str(e))
+    if plot is not None:
+        save_plot(prof, result, plot)
+    if as_json:
+        typer.echo(json.dumps(result.to_dict() | {"profile": str(path)}, indent=1))
+        return
+    out = Console()
+    out.print(f"[bold]{result.model}[/] on {result.hardware} (profile {path})")
+    if result.best_sp > 1:
+        out.print(f"best layout: [bold]SP={result.best_sp} x TP={result.best_tp}[/], switching to TP={result.world_size} "
+                  f"for steps of <= [bold]{result.threshold}[/] tokens (read at context {result.context_for_threshold})")
+    else:
+        out.print(f"best layout: [bold]TP={result.world_size}[/] (no shift)")
+    for note in result.notes:
+        out.print(f"note: {note}")
+    table = Table(title="factorizations (per rank)")
+    for col in ("SP x TP", "feasible", "weights (both layouts)", "KV tokens", "SPxTP speedup, largest steps", "crossover by context"):
+        table.add_column(col)
+    for f in result.factorizations:
+        cross = ", ".join(f"{c}: {'never' if v is None else int(v)}" for c, v in f.crossovers.items())
+        table.add_row(f"{f.sp} x {f.tp}", "yes" if f.feasible else f"no: {f.reason}",
+                      "" if f.weights_gib_per_rank is None else _size(f.weights_gib_per_rank * 2**30),
+                      "" if f.kv_capacity_tokens is None else str(f.kv_capacity_tokens),
+                      "" if f.sp_speedup_at_max_tokens is None else f"{f.sp_speedup_at_max_tokens:.2f}x", cross)
+    out.print(table)
+    if result.predictions:
+        pred = Table(title="predicted (simulation of the engine's scheduler on the measured step times)")
+        for col in ("policy", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "output tok/s", "steps TP/SP", "SLO"):
+            pred.add_column(col)
+        for r in result.predictions:
+            ok = (slo_ttft is None or r["ttft_p99_ms"] <= slo_ttft) and (slo_tpot is None or r["tpot_p99_ms"] <= slo_tpot)
+            pred.add_row(r["label"], f"{r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f}",
+                         f"{r['tpot_p50_ms']:.2f} / {r['tpot_p99_ms']:.2f}", f"{r['output_tok_per_s']:.0f}",
+                         f"{r['steps_per_mode']['tp']}/{r['steps_per_mode']['sp']}",
+                         "" if slo_ttft is None and slo_tpot is None else ("meets" if ok else "misses"))
+        out.print(pred)
+    out.print("[bold]launch[/]")
+    for name, cmd in result.launch.items():
+        out.print(f"  {name}: {cmd}", soft_wrap=True)
+    print(terminal_plot(prof, result))  # plotext's own ANSI colors: not through Rich
+    if plot is not None:
+        out.print(f"plot saved to {plot}")
 
 
 if __name__ == "__main__":

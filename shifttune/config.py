@@ -205,8 +205,9 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "auto"
     load_format: str = "auto"  # "auto" (safetensors) | "dummy" (random weights from the config)
-    shift_policy: str = "threshold"  # "threshold" | "tp" | "sp"
+    shift_policy: str = "threshold"  # "threshold" | "profile" | "tp" | "sp"
     shift_threshold: int = 256
+    shift_profile: str | None = None  # profile JSON for shift_policy="profile"
     block_size: int = 16
     num_kv_blocks: int | None = None
     gpu_memory_utilization: float = 0.9
@@ -236,8 +237,8 @@ class EngineConfig:
             raise ConfigError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
         if self.load_format not in ("auto", "dummy"):
             raise ConfigError(f"load_format must be 'auto' or 'dummy', not {self.load_format!r}")
-        if self.shift_policy not in ("threshold", "tp", "sp"):
-            raise ConfigError(f"shift_policy must be 'threshold', 'tp' or 'sp', not {self.shift_policy!r}")
+        if self.shift_policy not in ("threshold", "profile", "tp", "sp"):
+            raise ConfigError(f"shift_policy must be 'threshold', 'profile', 'tp' or 'sp', not {self.shift_policy!r}")
         if self.attention_backend == "auto":
             self.attention_backend = "triton" if self.device == "cuda" else "torch"
         if self.attention_backend not in ("torch", "triton"):

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from shifttune.config import ConfigError, EngineConfig
 from shifttune.engine.block_manager import BlockManager
 from shifttune.engine.detokenizer import Detokenizer
-from shifttune.engine.policy import StepShape, StepStats, make_policy
+from shifttune.engine.policy import StepStats, make_policy
 from shifttune.engine.sampler import Sampler
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.scheduler import Scheduler, SchedulerOutput
@@ -59,6 +59,8 @@ class LLMEngine:
             from shifttune.model.loader import check_checkpoint
 
             check_checkpoint(config.model_path, cfg)  # before any process or memory is set up
+        self.policy = make_policy(config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp,
+                                  config.shift_profile)  # a bad profile is refused before any process starts
         self.tokenizer = load_tokenizer(config)
         self.executor = Executor(config)
         runner = self.executor.runner
@@ -71,7 +73,6 @@ class LLMEngine:
             config.max_model_len = capacity
         self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.policy = make_policy(config.shift_policy, config.shift_threshold, config.parallel.sp)
         self.sampler = Sampler(cfg.eos_token_ids)
         self.detokenizer = Detokenizer(self.tokenizer)
         self.requests: dict[str, Sequence] = {}
@@ -123,14 +124,16 @@ class LLMEngine:
     def has_unfinished_requests(self) -> bool:
         return self.scheduler.has_unfinished()
 
-    def set_policy(self, name: str, threshold: int | None = None) -> None:
+    def set_policy(self, name: str, threshold: int | None = None, profile: str | None = None) -> None:
         """Switches the mode policy between steps (the TUI changes the threshold live)."""
-        if name not in ("threshold", "tp", "sp"):
+        if name not in ("threshold", "profile", "tp", "sp"):
             raise ConfigError(f"unknown shift policy {name!r}")
-        self.config.shift_policy = name
-        if threshold is not None:
-            self.config.shift_threshold = threshold
-        self.policy = make_policy(name, self.config.shift_threshold, self.config.parallel.sp)
+        c = self.config
+        policy = make_policy(name, threshold if threshold is not None else c.shift_threshold, c.parallel.tp,
+                             c.parallel.sp, profile or c.shift_profile)
+        self.policy, c.shift_policy = policy, name
+        c.shift_threshold = threshold if threshold is not None else c.shift_threshold
+        c.shift_profile = profile or c.shift_profile
 
     # ---- the step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
@@ -139,7 +142,7 @@ class LLMEngine:
         self._stats.num_preemptions += sched.num_preempted
         if not sched.scheduled:
             return []
-        shape = self._shape(sched)
+        shape = sched.shape()
         mode = self.policy.choose(shape)
         sampling = [s.seq for s in sched.scheduled if s.samples]
         start = time.perf_counter()
@@ -166,16 +169,6 @@ class LLMEngine:
                 self.requests.pop(seq.request_id, None)
                 self._release(seq)
         return outputs
-
-    def _shape(self, sched: SchedulerOutput) -> StepShape:
-        decode = sum(1 for s in sched.scheduled if s.seq.num_computed_tokens >= s.seq.num_prompt_tokens)
-        return StepShape(
-            num_tokens=sched.num_tokens,
-            num_seqs=len(sched.scheduled),
-            num_prefill_tokens=sched.num_tokens - decode,
-            num_decode_tokens=decode,
-            context_lens=tuple(s.seq.num_computed_tokens + s.num_new_tokens for s in sched.scheduled),
-        )
 
     def _step_input(self, sched: SchedulerOutput, mode: str) -> StepInput:
         bs = self.config.block_size

@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from shifttune.engine.block_manager import BlockManager
+from shifttune.engine.policy import StepShape
 from shifttune.engine.sequence import Sequence, SequenceStatus
 
 
@@ -34,6 +35,17 @@ class SchedulerOutput:
     @property
     def num_tokens(self) -> int:
         return sum(s.num_new_tokens for s in self.scheduled)
+
+    def shape(self) -> StepShape:
+        """What the mode policy sees (call before `Scheduler.update_computed`)."""
+        decode = sum(1 for s in self.scheduled if s.seq.num_computed_tokens >= s.seq.num_prompt_tokens)
+        return StepShape(
+            num_tokens=self.num_tokens,
+            num_seqs=len(self.scheduled),
+            num_prefill_tokens=self.num_tokens - decode,
+            num_decode_tokens=decode,
+            context_lens=tuple(s.seq.num_computed_tokens + s.num_new_tokens for s in self.scheduled),
+        )
 
 
 class Scheduler:

@@ -1,0 +1,135 @@
+"""`shifttune recommend`: planner on synthetic profiles with known crossovers, the simulator against
+closed forms, the profile-driven policy in the engine, and the CLI (Typer runner) end to end."""
+
+from __future__ import annotations
+
+import json
+import statistics
+
+import pytest
+from typer.testing import CliRunner
+
+from shifttune import LLM, SamplingParams
+from shifttune.cli import app
+from shifttune.engine.policy import FixedPolicy
+from shifttune.profile.schema import Factorization, Point, Profile, load_profile
+from shifttune.profile.step_model import StepTimeModel
+from shifttune.recommend.planner import plan, validate_arctic
+from shifttune.recommend.simulator import Request, Workload, simulate
+
+TOKENS = [2**k for k in range(13)]  # 1 .. 4096
+
+
+def synthetic_profile(tp_ms, sp_ms, contexts=(512, 2048), world=(2, 1, 1, 2), name="tiny") -> Profile:
+    """TP mode at (P, 1) and SP x TP mode at (tp, sp) with step times from the given functions of (T, C)."""
+    p, _, tp, sp = world
+    points = []
+    for c in contexts:
+        for t in TOKENS:
+            points.append(Point("tp", p, 1, t, c, t, 1, tp_ms(t, c), tp_ms(t, c), tp_ms(t, c)))
+            points.append(Point("sp", tp, sp, t, c, t, 1, sp_ms(t, c), sp_ms(t, c), sp_ms(t, c)))
+    facts = [Factorization(p, 1, True, None, {"base": 0, "shift": 100}, 10**6, 10),
+             Factorization(tp, sp, True, None, {"base": 200, "shift": 100}, 10**6, 10)]
+    return Profile(hardware={"device": "cuda", "gpu_name": "test GPU", "gpu_count": p}, software={}, engine={"block_size": 16},
+                   model={"name": name, "num_heads": 8}, grid={"tokens": TOKENS, "contexts": list(contexts)},
+                   factorizations=facts, points=points)
+
+
+def test_planner_finds_the_known_crossover():
+    # TP: 5 + 0.02 T ms, SP x TP: 7 + 0.01 T ms -> they cross at T = 200
+    prof = synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t)
+    result = plan(prof)
+    assert (result.best_tp, result.best_sp) == (1, 2)
+    assert 180 <= result.threshold <= 210  # log-interpolated curves put it at ~189
+    assert not result.threshold_depends_on_context
+    assert "--shift-parallel-threshold %d" % result.threshold in result.launch["vllm_arctic"]
+    assert "--max-num-seqs 256" in result.launch["vllm_arctic"]
+
+
+def test_planner_reports_context_dependence_and_never():
+    # SP's fixed cost grows with context: crossover 200 at C=512, 1100 at C=2048
+    prof = synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: (7 if c == 512 else 16) + 0.01 * t)
+    result = plan(prof)
+    assert result.threshold_depends_on_context
+    assert any("moves with context" in n for n in result.notes)
+    never = plan(synthetic_profile(lambda t, c: 1 + 0.01 * t, lambda t, c: 2 + 0.02 * t))
+    assert (never.best_tp, never.best_sp, never.threshold) == (2, 1, None)
+    assert any("never faster" in n for n in never.notes)
+
+
+def test_arctic_constraints():
+    assert validate_arctic(4, 2, 8, 64, 256) == []
+    assert validate_arctic(4, 2, 4, 64, 256) and validate_arctic(2, 4, 8, 64, 254) and validate_arctic(2, 2, 4, 6, 256)
+
+
+def test_simulator_matches_m_d_1():
+    """One request at a time, deterministic service D, Poisson arrivals: mean wait = rho D / (2 (1 - rho))."""
+    d_ms, rho = 10.0, 0.5
+    reqs = Workload(rate=rho / (d_ms / 1e3), num_requests=20000, input_len=16, output_len=1, seed=1).requests()
+    res = simulate(reqs, FixedPolicy("tp"), lambda mode, t, c: d_ms, kv_capacity_tokens=1 << 20, max_num_seqs=1)
+    expected = d_ms + rho * d_ms / (2 * (1 - rho))
+    assert statistics.mean(res.ttft_ms) == pytest.approx(expected, rel=0.04)
+    assert res.steps_per_mode == {"tp": 20000, "sp": 0}
+
+
+def test_simulator_single_request_is_prefill_then_decode_steps():
+    step = lambda mode, t, c: 1.0 + 0.01 * t  # noqa: E731
+    res = simulate([Request(0.0, 1000, 5)], FixedPolicy("tp"), step, kv_capacity_tokens=4096)
+    assert res.ttft_ms == [pytest.approx(11.0)]  # one 1000-token prefill step
+    assert res.tpot_ms == [pytest.approx(1.01)]  # then 1-token decode steps
+    assert res.e2e_ms == [pytest.approx(11.0 + 4 * 1.01)]
+
+
+def test_step_model_interpolates_and_extrapolates():
+    prof = synthetic_profile(lambda t, c: 1.0 + t, lambda t, c: 2.0 + t)
+    m = StepTimeModel(prof, "tp", 1, 2)
+    assert m.predict(64, 512) == pytest.approx(65)
+    assert m.predict(8192, 512) == pytest.approx(4097 * 2)  # proportional past the grid
+    import math
+
+    # linear in log2(tokens) between 64 and 128; contexts are equal here, so C=1000 changes nothing
+    assert m.predict(96, 1000) == pytest.approx(65 + math.log2(1.5) * 64)
+    assert m.predict(0.5, 512) == pytest.approx(2.0)  # flat below the grid
+
+
+def test_profile_policy_in_the_engine(tmp_path):
+    path = tmp_path / "p.json"
+    synthetic_profile(lambda t, c: 1 + 0.1 * t, lambda t, c: 2 + 0.01 * t).save(path)  # SP faster above ~11 tokens
+    with LLM("tiny", sequence_parallel_size=2, shift_policy="profile", shift_profile=str(path)) as llm:
+        llm.generate([[0] + list(range(5, 40)), [0, 7, 8]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+        for s in llm.llm_engine.stats.steps:
+            assert s.mode == ("sp" if s.shape.num_tokens > 11 else "tp")
+        assert {s.mode for s in llm.llm_engine.stats.steps} == {"tp", "sp"}
+
+
+def test_cli_recommend_json_plot_and_prediction(tmp_path):
+    path = tmp_path / "p.json"
+    synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t).save(path)
+    png = tmp_path / "plot.png"
+    result = CliRunner().invoke(app, ["recommend", "--profile", str(path), "--json", "--plot", str(png), "--rate", "20",
+                                      "--input-len", "512", "--output-len", "16", "--num-requests", "50"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["best_sp"] == 2 and 180 <= data["threshold"] <= 210
+    labels = [p["label"] for p in data["predictions"]]
+    assert labels[0] == "TP only" and any(label.startswith("shift") for label in labels)
+    assert all(p["requests"] == 50 for p in data["predictions"])
+    assert png.stat().st_size > 1000 and png.read_bytes()[:4] == b"\x89PNG"
+    text = CliRunner().invoke(app, ["recommend", "--profile", str(path)])
+    assert text.exit_code == 0 and "SP=2 x TP=1" in text.output and "vllm" in text.output
+
+
+def test_cli_recommend_refuses_bad_input(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text("[]")
+    r = CliRunner().invoke(app, ["recommend", "--profile", str(bad)])
+    assert r.exit_code == 2 and "not a shifttune profile" in r.output
+    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "4"])
+    assert r.exit_code == 2 and "no shipped profile" in r.output
+
+
+def test_shipped_cpu_profile_is_the_embedded_default():
+    prof = load_profile("profiles/tiny_cpux2.json")
+    assert prof.model["name"] == "tiny" and prof.world_size == 2
+    r = CliRunner().invoke(app, ["recommend"])
+    assert r.exit_code == 0 and "tiny" in r.output
