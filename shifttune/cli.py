@@ -264,12 +264,13 @@ def recommend(
     for note in result.notes:
         out.print(f"note: {note}")
     table = Table(title="factorizations (per rank)")
-    for col in ("SP x TP", "feasible", "weights (both layouts)", "KV tokens", "SPxTP speedup, largest steps", "crossover by context"):
+    for col in ("SP x TP", "feasible", "weights (SPxTP + TP layout)", "KV tokens", "SPxTP speedup, largest steps", "crossover by context"):
         table.add_column(col)
     for f in result.factorizations:
         cross = ", ".join(f"{c}: {'never' if v is None else int(v)}" for c, v in f.crossovers.items())
         table.add_row(f"{f.sp} x {f.tp}", "yes" if f.feasible else f"no: {f.reason}",
-                      "" if f.weights_gib_per_rank is None else _size(f.weights_gib_per_rank * 2**30),
+                      " + ".join(_size(f.weights_gib_per_rank[k] * 2**30) for k in ("base", "shift")
+                                 if f.weights_gib_per_rank.get(k)),
                       "" if f.kv_capacity_tokens is None else str(f.kv_capacity_tokens),
                       "" if f.sp_speedup_at_max_tokens is None else f"{f.sp_speedup_at_max_tokens:.2f}x", cross)
     out.print(table)

@@ -25,7 +25,7 @@ class FactorizationPlan:
     sp: int
     feasible: bool
     reason: str | None
-    weights_gib_per_rank: float | None
+    weights_gib_per_rank: dict[str, float]  # {"base": SP x TP layout, "shift": TP layout}
     kv_capacity_tokens: int | None
     sp_speedup_at_max_tokens: float | None  # TP-mode time / SP x TP-mode time on the largest steps
     crossovers: dict[int, float | None] = field(default_factory=dict)  # context -> tokens (None: never)
@@ -67,7 +67,7 @@ def plan(profile: Profile, context: int | None = None, workload: Workload | None
     max_tokens = max(pt.tokens for pt in profile.points)
     facts = []
     for f in profile.factorizations:
-        weights = sum(f.weight_bytes_per_rank.values()) / 2**30 if f.weight_bytes_per_rank else None
+        weights = {k: v / 2**30 for k, v in (f.weight_bytes_per_rank or {}).items()}
         facts.append(FactorizationPlan(f.tp, f.sp, f.feasible, f.reason, weights, f.kv_capacity_tokens, None))
     best, best_speedup = None, 0.0
     for tp, sp in _feasible_sp_factorizations(profile):
