@@ -288,7 +288,10 @@ def recommend(
     out.print("[bold]launch[/]")
     for name, cmd in result.launch.items():
         out.print(f"  {name}: {cmd}", soft_wrap=True)
-    print(terminal_plot(prof, result))  # plotext's own ANSI colors: not through Rich
+    try:
+        print(terminal_plot(prof, result))  # plotext's own ANSI colors: not through Rich
+    except ImportError:
+        out.print("(install plotext for the terminal plot)")
     if plot is not None:
         out.print(f"plot saved to {plot}")
 

@@ -217,7 +217,7 @@ class EngineConfig:
     max_model_len: int | None = None
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # no CUDA graphs
-    cuda_graph_max_batch: int = 256  # decode steps up to this many sequences replay captured graphs
+    cuda_graph_max_tokens: int = 2048  # steps up to this many tokens replay captured CUDA graphs
     attention_backend: str = "auto"  # "auto" (triton on cuda, torch on cpu) | "torch" | "triton"
     seed: int = 0
     master_port: int | None = None

@@ -61,3 +61,23 @@ def test_bf16_on_cpu_follows_the_bf16_rule(hf_models):
         assert {s.mode for s in llm.llm_engine.stats.steps} == {"tp", "sp"}
     exact = check_against_hf_fp32(str(path), PROMPTS, [o.outputs[0].token_ids for o in outs])
     assert exact >= len(PROMPTS) // 2
+
+
+def test_padded_graph_buffers_give_the_same_tokens(hf_models):
+    """The static, padded inputs CUDA graphs replay (padding sequence, scratch block, padded samples),
+    run eagerly on CPU with the Triton kernel (interpreted): tokens must not change."""
+    from shifttune.runner.cuda_graphs import StepGraphs
+
+    path = hf_models["qwen3"]
+    ref_tokens, _ = hf_reference(path)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    with LLM(str(path), attention_backend="triton", block_size=4, max_num_seqs=8, max_num_batched_tokens=64,
+             cuda_graph_max_tokens=64) as llm:
+        runner = llm.llm_engine.executor.runner
+        runner.graphs = StepGraphs(runner, capture=False)
+        outs = llm.generate(PROMPTS, params)
+        assert runner.graphs.num_replays == len(llm.llm_engine.stats.steps)  # every step took the padded path
+        assert [o.outputs[0].token_ids for o in outs] == ref_tokens
+        # fewer sequences than the last step: rows that held real sequences must go back to scratch
+        again = llm.generate(PROMPTS[2:0:-1], params)
+        assert [o.outputs[0].token_ids for o in again] == ref_tokens[2:0:-1]

@@ -131,6 +131,15 @@ def _merge_splits_kernel(out, part_out, part_lse, num_tokens, HQ: tl.constexpr, 
     tl.store(out + row * D + d, o.to(out.dtype.element_ty))
 
 
+def launch_shape(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None = None) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_Q, query-block grid size) the kernel uses for a step of this size."""
+    group = hq // hk
+    decode_like = num_tokens <= 4 * num_seqs
+    block_m = max(block_m or (16 if decode_like else 64), triton.next_power_of_2(group))
+    block_q = block_m // group
+    return block_m, block_q, num_tokens // block_q + num_seqs
+
+
 def choose_num_splits(num_q_blocks: int, num_kv_heads: int, max_seq_len: int, num_sms: int = 132) -> int:
     """Enough programs to fill the GPU about twice over, but no split shorter than 256 keys."""
     programs = max(1, num_q_blocks * num_kv_heads)
@@ -147,12 +156,8 @@ def paged_attention(
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D]."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
-    group = hq // hk
-    decode_like = num_tokens <= 4 * meta.block_tables.shape[0]
-    block_m = max(block_m or (16 if decode_like else 64), triton.next_power_of_2(group))
-    block_q = block_m // group
     num_seqs = meta.block_tables.shape[0]
-    grid_q = num_tokens // block_q + num_seqs
+    block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
     num_splits = num_splits or meta.num_splits or choose_num_splits(grid_q, hk, meta.max_seq_len)
     assert q.stride(2) == 1 and q.stride(1) == dim
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

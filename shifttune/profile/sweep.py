@@ -139,7 +139,7 @@ def run_profile(settings: ProfileSettings, out: Path, command: str,
             model=settings.model, tensor_parallel_size=tp, sequence_parallel_size=sp, device=settings.device,
             dtype=settings.dtype, load_format=settings.load_format, max_num_seqs=settings.max_decode,
             max_num_batched_tokens=max(settings.tokens), max_model_len=max(settings.contexts),
-            cuda_graph_max_batch=settings.max_decode, gpu_memory_utilization=settings.gpu_memory_utilization,
+            gpu_memory_utilization=settings.gpu_memory_utilization,
             enable_prefix_caching=False,
         )
         engine = LLMEngine(config)

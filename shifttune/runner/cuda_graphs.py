@@ -1,9 +1,14 @@
-"""CUDA graphs for pure-decode steps, one set per mode (TP and SP x TP), padded to captured batch sizes.
+"""CUDA graphs for steps of up to `cuda_graph_max_tokens` tokens, one set per mode, padded to buckets.
 
-A decode step of B sequences replays the graph of the smallest captured size >= B in the step's mode;
-the rows past B are dummy sequences of one token that read and write only the scratch KV block. Both
-modes' graphs share one memory pool and one set of input buffers, so switching modes between steps is
-just replaying the other graph. NCCL collectives (all-reduce, all-to-all, all-gather) are captured too.
+A step of T tokens over n sequences replays the graph of the smallest token bucket b >= T in the
+step's mode. The graph has room for S_b = min(b, max_num_seqs) sequences: the real ones first, then
+one padding sequence that owns the b - T padding tokens and empty ones after it. Padding reads and
+writes only the scratch KV block. Decode batches are the case T = n; mixed and prefill steps of a
+few hundred tokens, which are launch-bound when run eagerly, are covered too. Both modes' graphs
+share one memory pool and one set of input buffers, so switching modes between steps is just
+replaying the other graph. NCCL collectives (all-reduce, all-to-all, all-gather) are captured too.
+
+With `capture=False` the same padded buffers run eagerly: that is how CPU tests check the padding.
 """
 
 from __future__ import annotations
@@ -11,83 +16,110 @@ from __future__ import annotations
 import torch
 
 from shifttune.kernels.attention_ref import AttentionMetadata
-from shifttune.kernels.paged_attention import choose_num_splits
+from shifttune.kernels.paged_attention import choose_num_splits, launch_shape
 
-BATCH_SIZES = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512)
+TOKEN_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 1024,
+                 1280, 1536, 2048)
 
 
-class DecodeGraphs:
-    def __init__(self, runner):
-        self.runner = runner
+class StepGraphs:
+    def __init__(self, runner, capture: bool = True):
+        self.runner, self.capture = runner, capture
         cfg = runner.config
-        limit = min(cfg.cuda_graph_max_batch, cfg.max_num_seqs, cfg.max_num_batched_tokens)
-        self.sizes = [b for b in BATCH_SIZES if b <= limit] or [1]
-        if self.sizes[-1] < limit:
-            self.sizes.append(limit)
-        max_bs = self.sizes[-1]
-        sp = cfg.parallel.sp
+        limit = min(cfg.cuda_graph_max_tokens, cfg.max_num_batched_tokens)
+        self.buckets = [b for b in TOKEN_BUCKETS if b <= limit] or [1]
+        if self.buckets[-1] < limit:
+            self.buckets.append(limit)
+        self.max_seqs = min(cfg.max_num_seqs, self.buckets[-1])
+        t_max, s_max, sp = self.buckets[-1], self.max_seqs, cfg.parallel.sp
         dev, bs = runner.device, cfg.block_size
-        width = -(-cfg.max_model_len // bs)
-        self.ids = torch.zeros(max_bs + sp, dtype=torch.int64, device=dev)
-        self.pos = torch.zeros(max_bs + sp, dtype=torch.int64, device=dev)
-        self.slots = torch.zeros(max_bs, dtype=torch.int64, device=dev)
-        self.seq_lens = torch.ones(max_bs, dtype=torch.int32, device=dev)
-        self.qsl = torch.arange(max_bs + 1, dtype=torch.int32, device=dev)
-        self.block_tables = torch.zeros(max_bs, width, dtype=torch.int32, device=dev)
-        self.samples = torch.arange(max_bs, dtype=torch.int64, device=dev)
-        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph, torch.Tensor]] = {}
+        self.width = -(-cfg.max_model_len // bs)
+        self.scratch_slot = runner.scratch_block * bs
+        self.ids = torch.zeros(t_max + sp, dtype=torch.int64, device=dev)
+        self.pos = torch.zeros(t_max + sp, dtype=torch.int64, device=dev)
+        self.slots = torch.full((t_max,), self.scratch_slot, dtype=torch.int64, device=dev)
+        self.qsl = torch.zeros(s_max + 1, dtype=torch.int64, device=dev)
+        self.seq_lens = torch.ones(s_max, dtype=torch.int64, device=dev)
+        self.block_tables = torch.full((s_max, self.width), runner.scratch_block, dtype=torch.int64, device=dev)
+        self.samples = torch.zeros(s_max, dtype=torch.int64, device=dev)
+        self.rows_in_use = 0  # block-table rows holding real sequences since the last step
+        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
         self.num_replays = 0
-        self._reset_padding(0, max_bs)
         modes = ["tp", "sp"] if sp > 1 else ["tp"]
+        if not capture:
+            return
         pool = None
         with torch.inference_mode():
-            for size in reversed(self.sizes):  # largest first: later graphs reuse its memory
+            for b in reversed(self.buckets):  # largest first: later graphs reuse its memory
+                self._fill_padding(0, 0, 0, b)
                 for mode in modes:
                     graph = torch.cuda.CUDAGraph()
-                    self._forward(mode, size)  # warm-up: Triton compiles, NCCL sets up
+                    self._forward(mode, b)  # warm-up: Triton compiles, NCCL sets up
                     torch.cuda.synchronize()
                     with torch.cuda.graph(graph, pool=pool):
-                        logits = self._forward(mode, size)
+                        logits = self._forward(mode, b)
                     pool = graph.pool()
-                    self.graphs[(mode, size)] = (graph, logits)
+                    self.graphs[(mode, b)] = (graph, logits)
         torch.cuda.synchronize()
 
-    def _forward(self, mode: str, size: int) -> torch.Tensor:
-        model = self.runner.model_for(mode)
-        sp = model.layout.sp
-        padded = -(-size // sp) * sp
-        hk = len(model.layout.cache_kv_heads)
-        meta = AttentionMetadata(
-            slot_mapping=self.slots[:size], query_start_loc=self.qsl[: size + 1], seq_lens=self.seq_lens[:size],
-            block_tables=self.block_tables[:size], query_start_loc_cpu=None, seq_lens_cpu=None,
-            num_splits=choose_num_splits(size, hk, self.runner.config.max_model_len),
-        )
-        return self.runner.forward(model, self.ids[:padded], self.pos[:padded], meta, size, self.samples[:size])
+    def seqs_for(self, bucket: int) -> int:
+        return min(bucket, self.max_seqs)
 
-    def _reset_padding(self, start: int, stop: int) -> None:
-        scratch = self.runner.scratch_block
-        self.seq_lens[start:stop] = 1
-        self.slots[start:stop] = scratch * self.runner.config.block_size
-        self.block_tables[start:stop, 0] = scratch
+    def _forward(self, mode: str, b: int) -> torch.Tensor:
+        model = self.runner.model_for(mode)
+        sp, s = model.layout.sp, self.seqs_for(b)
+        cfg = self.runner.config
+        hk, hq = len(model.layout.cache_kv_heads), cfg.model_config.num_heads // cfg.parallel.world_size
+        padded = -(-b // sp) * sp
+        meta = AttentionMetadata(
+            slot_mapping=self.slots[:b], query_start_loc=self.qsl[: s + 1], seq_lens=self.seq_lens[:s],
+            block_tables=self.block_tables[:s], query_start_loc_cpu=None, seq_lens_cpu=None,
+            num_splits=choose_num_splits(launch_shape(b, s, hq, hk)[2], hk, cfg.max_model_len),
+        )
+        return self.runner.forward(model, self.ids[:padded], self.pos[:padded], meta, b, self.samples[:s])
+
+    def _fill_padding(self, num_tokens: int, num_seqs: int, num_samples: int, b: int) -> None:
+        """Padding for a step of `num_tokens` real tokens over `num_seqs` sequences in bucket b."""
+        s = self.seqs_for(b)
+        self.ids[num_tokens:b].zero_()
+        self.pos[num_tokens:b].zero_()
+        self.slots[num_tokens:b].fill_(self.scratch_slot)
+        self.qsl[num_seqs + 1 : s + 1].fill_(b)  # one padding sequence owns tokens num_tokens..b
+        if num_seqs < s:
+            self.seq_lens[num_seqs] = max(1, b - num_tokens)
+            self.seq_lens[num_seqs + 1 : s].fill_(1)
+        if self.rows_in_use > num_seqs:
+            self.block_tables[num_seqs : self.rows_in_use].fill_(self.runner.scratch_block)
+        self.rows_in_use = num_seqs
+        self.samples[num_samples:s].zero_()
 
     def can_run(self, step) -> bool:
-        n = len(step.seq_lens)
-        return n <= self.sizes[-1] and len(step.input_ids) == n == len(step.sample_indices)
+        t = len(step.input_ids)
+        if t > self.buckets[-1]:
+            return False
+        b = next(x for x in self.buckets if x >= t)
+        return len(step.seq_lens) <= self.seqs_for(b) - (1 if t < b else 0) and len(step.sample_indices) <= self.seqs_for(b)
 
     def run(self, step) -> torch.Tensor:
-        n = len(step.seq_lens)
-        size = next(s for s in self.sizes if s >= n)
-        width = max(len(b) for b in step.block_tables)
-        tables = [x for b in step.block_tables for x in b + [0] * (width - len(b))]
-        ids, pos, slots, lens, flat_tables = self.runner._upload(
-            step.input_ids, step.positions, step.slot_mapping, step.seq_lens, tables)
-        self.ids[:n].copy_(ids)
-        self.pos[:n].copy_(pos)
-        self.slots[:n].copy_(slots)
+        t, n, k = len(step.input_ids), len(step.seq_lens), len(step.sample_indices)
+        b = next(x for x in self.buckets if x >= t)
+        width = max(len(row) for row in step.block_tables)
+        tables = [x for row in step.block_tables for x in row + [self.runner.scratch_block] * (width - len(row))]
+        ids, pos, slots, qsl, lens, flat, samples = self.runner._upload(
+            step.input_ids, step.positions, step.slot_mapping, step.query_start_loc, step.seq_lens, tables,
+            step.sample_indices)
+        self.ids[:t].copy_(ids)
+        self.pos[:t].copy_(pos)
+        self.slots[:t].copy_(slots)
+        self.qsl[: n + 1].copy_(qsl)
         self.seq_lens[:n].copy_(lens)
-        self.block_tables[:n, :width].copy_(flat_tables.view(n, width))
-        self._reset_padding(n, size)
-        graph, logits = self.graphs[(step.mode, size)]
-        graph.replay()
+        self.block_tables[:n, :width].copy_(flat.view(n, width))
+        self.samples[:k].copy_(samples)
+        self._fill_padding(t, n, k, b)
+        self.rows_in_use = n
         self.num_replays += 1
-        return logits[:n]
+        if not self.capture:
+            return self._forward(step.mode, b)[:k]
+        graph, logits = self.graphs[(step.mode, b)]
+        graph.replay()
+        return logits[:k]

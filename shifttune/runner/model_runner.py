@@ -112,9 +112,9 @@ class ModelRunner:
                 layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
         self.graphs = None
         if self.config.device == "cuda" and not self.config.enforce_eager:
-            from shifttune.runner.cuda_graphs import DecodeGraphs
+            from shifttune.runner.cuda_graphs import StepGraphs
 
-            self.graphs = DecodeGraphs(self)
+            self.graphs = StepGraphs(self)
 
     def model_for(self, mode: str) -> CausalLM:
         return self.base_model if mode == "sp" else self.shift_model

@@ -122,7 +122,6 @@ def main(argv: list[str] | None = None) -> None:
         model=args.model, tensor_parallel_size=args.tp, sequence_parallel_size=args.sp, device=args.device,
         load_format="dummy", max_num_seqs=max([args.max_decode, *e2e_batches]), max_num_batched_tokens=max(tokens),
         max_model_len=max(contexts), num_kv_blocks=need, enforce_eager=args.enforce_eager,
-        cuda_graph_max_batch=args.max_decode,
     )
     t0 = time.time()
     engine = LLMEngine(config)
