@@ -23,6 +23,7 @@ class AttentionMetadata:
     query_start_loc_cpu: list[int] | None  # host copies: the torch reference loops over sequences
     seq_lens_cpu: list[int] | None
     num_splits: int | None = None  # split-KV ways for the Triton kernel; fixed when captured in a graph
+    block_m: int | None = None  # query rows per Triton program; None: chosen from tokens per sequence
 
     @property
     def max_seq_len(self) -> int:

@@ -157,7 +157,7 @@ def paged_attention(
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
     num_seqs = meta.block_tables.shape[0]
-    block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
+    block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m or meta.block_m)
     num_splits = num_splits or meta.num_splits or choose_num_splits(grid_q, hk, meta.max_seq_len)
     assert q.stride(2) == 1 and q.stride(1) == dim
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)

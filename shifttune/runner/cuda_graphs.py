@@ -71,10 +71,14 @@ class StepGraphs:
         cfg = self.runner.config
         hk, hq = len(model.layout.cache_kv_heads), cfg.model_config.num_heads // cfg.parallel.world_size
         padded = -(-b // sp) * sp
+        # NOTE: the padded sequence count says nothing about tokens per sequence: buckets past the
+        # sequence limit hold prefill chunks, which want tall query tiles.
+        block_m = 16 if b <= self.max_seqs else 64
         meta = AttentionMetadata(
             slot_mapping=self.slots[:b], query_start_loc=self.qsl[: s + 1], seq_lens=self.seq_lens[:s],
             block_tables=self.block_tables[:s], query_start_loc_cpu=None, seq_lens_cpu=None,
-            num_splits=choose_num_splits(launch_shape(b, s, hq, hk)[2], hk, cfg.max_model_len),
+            num_splits=choose_num_splits(launch_shape(b, s, hq, hk, block_m)[2], hk, cfg.max_model_len),
+            block_m=block_m,
         )
         return self.runner.forward(model, self.ids[:padded], self.pos[:padded], meta, b, self.samples[:s])
 
