@@ -218,7 +218,8 @@ def recommend(
     gpus: Annotated[Optional[int], typer.Option(help="...and this many GPUs.")] = None,
     context: Annotated[Optional[int], typer.Option(help="Context length the threshold is read at (default: the "
                                                         "workload's input length, else the median profiled).")] = None,
-    rate: Annotated[Optional[float], typer.Option(help="Predict latencies at this arrival rate (requests/s, Poisson).")] = None,
+    rate: Annotated[Optional[str], typer.Option(help="Predict latencies at these arrival rates (requests/s, Poisson; "
+                                                     "comma-separated for a sweep, e.g. 1,2,4,8).")] = None,
     input_len: Annotated[int, typer.Option(help="Mean input tokens per request.")] = 2048,
     output_len: Annotated[int, typer.Option(help="Mean output tokens per request.")] = 256,
     spread: Annotated[float, typer.Option(help="Lengths uniform within +-spread x mean.")] = 0.25,
@@ -238,15 +239,20 @@ def recommend(
     try:
         path = profile_file or _pick_shipped_profile(model, gpus)
         prof = load_profile(path)
-        workload = None
+        workloads = []
         if trace is not None:
-            workload = Workload(trace=load_azure_trace(trace, limit=num_requests))
+            workloads = [Workload(trace=load_azure_trace(trace, limit=num_requests))]
         elif rate is not None:
-            if rate <= 0:
+            try:
+                rates = [float(x) for x in rate.split(",") if x.strip()]
+            except ValueError:
+                _fail(f"--rate takes numbers, e.g. 2 or 1,2,4; got {rate!r}")
+            if not rates or min(rates) <= 0:
                 _fail("--rate must be > 0")
-            workload = Workload(rate=rate, num_requests=num_requests, input_len=input_len, output_len=output_len,
-                                spread=spread)
-        result = make_plan(prof, context or (input_len if workload and trace is None else None), workload, str(path))
+            workloads = [Workload(rate=r, num_requests=num_requests, input_len=input_len, output_len=output_len,
+                                  spread=spread) for r in rates]
+        ctx = context or (input_len if rate is not None else None)
+        result = make_plan(prof, ctx, workloads, str(path))
     except ConfigError as e:
         _fail(str(e))
     if plot is not None:
@@ -276,11 +282,12 @@ def recommend(
     out.print(table)
     if result.predictions:
         pred = Table(title="predicted (simulation of the engine's scheduler on the measured step times)")
-        for col in ("policy", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "output tok/s", "steps TP/SP", "SLO"):
+        for col in ("rate/s", "policy", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "output tok/s", "steps TP/SP", "SLO"):
             pred.add_column(col)
         for r in result.predictions:
             ok = (slo_ttft is None or r["ttft_p99_ms"] <= slo_ttft) and (slo_tpot is None or r["tpot_p99_ms"] <= slo_tpot)
-            pred.add_row(r["label"], f"{r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f}",
+            pred.add_row("trace" if r["rate"] is None else f"{r['rate']:g}", r["label"],
+                         f"{r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f}",
                          f"{r['tpot_p50_ms']:.2f} / {r['tpot_p99_ms']:.2f}", f"{r['output_tok_per_s']:.0f}",
                          f"{r['steps_per_mode']['tp']}/{r['steps_per_mode']['sp']}",
                          "" if slo_ttft is None and slo_tpot is None else ("meets" if ok else "misses"))

@@ -133,3 +133,50 @@ def test_shipped_cpu_profile_is_the_embedded_default():
     assert prof.model["name"] == "tiny" and prof.world_size == 2
     r = CliRunner().invoke(app, ["recommend"])
     assert r.exit_code == 0 and "tiny" in r.output
+
+
+def test_cli_rate_sweep_and_trace(tmp_path):
+    path = tmp_path / "p.json"
+    synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t).save(path)
+    r = CliRunner().invoke(app, ["recommend", "--profile", str(path), "--json", "--rate", "5,50",
+                                 "--input-len", "512", "--output-len", "8", "--num-requests", "40"])
+    assert r.exit_code == 0, r.output
+    preds = json.loads(r.output)["predictions"]
+    assert sorted({p["rate"] for p in preds}) == [5.0, 50.0]
+    # more load, longer queues: TP-only TTFT grows with the rate
+    ttft = {p["rate"]: p["ttft_p50_ms"] for p in preds if p["label"] == "TP only"}
+    assert ttft[50.0] > ttft[5.0]
+    trace = tmp_path / "trace.csv"
+    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
+                     "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+                     "2023-11-16 18:15:51.2000000,879,7\n")
+    r = CliRunner().invoke(app, ["recommend", "--profile", str(path), "--json", "--trace", str(trace)])
+    assert r.exit_code == 0, r.output
+    preds = json.loads(r.output)["predictions"]
+    assert all(p["requests"] == 3 and p["rate"] is None for p in preds)
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n")
+    r = CliRunner().invoke(app, ["recommend", "--profile", str(path), "--trace", str(bad)])
+    assert r.exit_code == 2 and "not an Azure LLM inference trace" in r.output
+
+
+def test_simulator_against_the_cpu_engine(tmp_path):
+    """The simulator, fed the step times the CPU engine itself reports, predicts that engine's own
+    request timeline: same steps, same modes, and TTFTs within the CPU's timing noise."""
+    from shifttune.engine.policy import ThresholdPolicy
+
+    prompts = [[0] + [5 + i % 50] * n for i, n in enumerate([40, 12, 70, 25, 9, 33])]
+    with LLM("tiny", sequence_parallel_size=2, shift_threshold=16, max_num_batched_tokens=64,
+             enable_prefix_caching=False) as llm:
+        engine = llm.llm_engine
+        outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
+        steps = list(engine.stats.steps)
+    durations = iter(s.duration_s * 1e3 for s in steps)
+    reqs = [Request(0.0, len(p), 6) for p in prompts]
+    res = simulate(reqs, ThresholdPolicy(16), lambda mode, t, c: next(durations), kv_capacity_tokens=1 << 16,
+                   max_num_seqs=256, max_num_batched_tokens=64)
+    assert sum(res.steps_per_mode.values()) == len(steps)
+    assert res.steps_per_mode == {m: sum(s.mode == m for s in steps) for m in ("tp", "sp")}
+    measured_ttft = sorted(1e3 * (o.metrics["first_token_time"] - o.metrics["arrival_time"]) for o in outs)
+    for sim, real in zip(sorted(res.ttft_ms), measured_ttft):
+        assert sim == pytest.approx(real, rel=0.35, abs=15)  # host work between steps is not simulated

@@ -56,7 +56,7 @@ def _feasible_sp_factorizations(profile: Profile) -> list[tuple[int, int]]:
                   key=lambda x: -x[0])
 
 
-def plan(profile: Profile, context: int | None = None, workload: Workload | None = None,
+def plan(profile: Profile, context: int | None = None, workloads: list[Workload] = (),
          profile_path: str | None = None) -> Plan:
     p = profile.world_size
     if not any(pt.mode == TP for pt in profile.points):
@@ -107,12 +107,13 @@ def plan(profile: Profile, context: int | None = None, workload: Workload | None
         threshold_depends_on_context=bool(depends), factorizations=facts, notes=notes,
     )
     result.launch = launch_commands(result, profile, profile_path)
-    if workload is not None:
-        result.predictions = predict(profile, result, workload, profile_path)
+    for workload in workloads:
+        rate = None if workload.trace is not None else workload.rate
+        result.predictions += [{"rate": rate} | r for r in predict(profile, result, workload)]
     return result
 
 
-def predict(profile: Profile, plan_: Plan, workload: Workload, profile_path: str | None) -> list[dict]:
+def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
     """TP-only, SP-only (the best SP x TP layout, every step) and shift, under the same arrivals."""
     p, tp, sp = plan_.world_size, plan_.best_tp, plan_.best_sp
     tp_model = StepTimeModel(profile, TP, p, 1)

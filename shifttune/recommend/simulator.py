@@ -75,7 +75,7 @@ def load_azure_trace(path: Path, limit: int | None = None) -> list[Request]:
     if not rows:
         raise ConfigError(f"trace {path} has no requests")
     t0 = min(r[0] for r in rows)
-    return sorted(Request(w - t0, max(1, c), max(1, g)) for w, c, g in rows)
+    return sorted((Request(w - t0, max(1, c), max(1, g)) for w, c, g in rows), key=lambda r: r.arrival_s)
 
 
 @dataclass
