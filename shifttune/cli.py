@@ -25,7 +25,7 @@ BUNDLED = ", ".join(["tiny"] + sorted(p.name for p in BUNDLED_CONFIG_DIR.iterdir
 
 
 def _fail(message: str) -> None:
-    console.print(f"[bold red]error:[/] {message}")
+    console.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(2)
 
 
@@ -182,10 +182,10 @@ def profile(
     except ConfigError as e:
         _fail(str(e))
     except KeyboardInterrupt:
-        console.print(f"interrupted: every measured point is in {out}; run the same command to resume")
+        console.print(f"interrupted: every measured point is in {out}; run the same command to resume", soft_wrap=True)
         raise typer.Exit(130) from None
     console.print(f"wrote {out}: {len(result.points)} points, "
-                  f"{sum(f.feasible for f in result.factorizations)} feasible factorization(s)")
+                  f"{sum(f.feasible for f in result.factorizations)} feasible factorization(s)", soft_wrap=True)
 
 
 SHIPPED_PROFILES = Path(__file__).resolve().parent.parent / "profiles"

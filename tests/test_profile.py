@@ -95,3 +95,35 @@ def test_cli_profile_on_cpu(tmp_path):
     assert len(load_profile(out).points) == 4
     bad = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "3", "--out", str(tmp_path / "x.json")])
     assert bad.exit_code == 2 and "no SP x TP factorization of 3 can run" in bad.output
+
+
+def test_ctrl_c_keeps_points_and_the_same_command_resumes(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "p.json"
+    cmd = [sys.executable, "-m", "shifttune.cli", "profile", "--device", "cpu", "--gpus", "2", "--tokens", "1,4,16,64",
+           "--contexts", "64,128", "--iters", "40", "--out", str(out)]
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            if len(load_profile(out).points) >= 2:
+                break
+        except ProfileError:
+            pass
+        time.sleep(0.3)
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, output
+    assert "run the same command to resume" in output and "Traceback" not in output
+    kept = load_profile(out).points
+    assert 2 <= len(kept) < 16
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    final = load_profile(out).points
+    assert len(final) == 16 and final[: len(kept)] == kept
