@@ -138,6 +138,7 @@ def profile(
     iters: Annotated[int, typer.Option(help="Timed runs per point (median, p10, p90).")] = 10,
     warmup: Annotated[int, typer.Option(help="Untimed runs first.")] = 3,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Profile JSON. Default: profiles/<model>_<gpu>x<N>.json")] = None,
+    tui: Annotated[bool, typer.Option(help="Live Textual view when in a terminal (else a progress bar).")] = True,
 ) -> None:
     """Measure TP-mode and SP x TP-mode step times for every SP x TP factorization; write a profile.
 
@@ -164,6 +165,19 @@ def profile(
                                    tokens=_ints(tokens), contexts=_ints(contexts), iters=iters, warmup=warmup)
         out = out or default_profile_path(settings)
         command = "shifttune profile " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else ""
+        if tui and sys.stdout.isatty() and sys.stdin.isatty():
+            from shifttune.tui.profile_view import ProfileApp
+
+            view = ProfileApp(settings, out, command)
+            view.run()
+            if view.error is not None:
+                raise view.error
+            if view.interrupted:
+                raise KeyboardInterrupt
+            result = view.result
+            console.print(f"wrote {out}: {len(result.points)} points, "
+                          f"{sum(f.feasible for f in result.factorizations)} feasible factorization(s)", soft_wrap=True)
+            return
         columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                    TextColumn("ETA"), TimeRemainingColumn())
         with Progress(*columns, console=console) as bar:

@@ -127,3 +127,31 @@ def test_ctrl_c_keeps_points_and_the_same_command_resumes(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     final = load_profile(out).points
     assert len(final) == 16 and final[: len(kept)] == kept
+
+
+def test_textual_view_fills_the_grid_and_stops_on_ctrl_c(tmp_path):
+    import asyncio
+
+    from textual.widgets import DataTable
+
+    from shifttune.tui.profile_view import ProfileApp
+
+    async def run(out, press_stop):
+        app = ProfileApp(ProfileSettings(**(SMALL | {"contexts": [64], "iters": 3})), out, "test")
+        async with app.run_test(size=(120, 40)) as pilot:
+            for _ in range(600):
+                await pilot.pause(0.05)
+                if press_stop and len(app._points) >= 1:
+                    await pilot.press("ctrl+c")
+                    press_stop = False
+                if app.result is not None or app.interrupted:
+                    break
+            grid = app.query_one("#grid", DataTable)
+            return app, grid.row_count, len(grid.columns)
+
+    app, rows, cols = asyncio.run(run(tmp_path / "full.json", False))
+    assert app.result is not None and app.error is None
+    assert rows == len(SMALL["tokens"]) and cols == 1 + 2  # tokens + TP and SP2xTP1 at one context
+    assert len(load_profile(tmp_path / "full.json").points) == 6
+    app, _, _ = asyncio.run(run(tmp_path / "cut.json", True))
+    assert app.interrupted and 1 <= len(load_profile(tmp_path / "cut.json").points) < 6

@@ -105,7 +105,10 @@ def _plan(settings: ProfileSettings, feasible: list[tuple[int, int]]) -> list[tu
 
 
 def run_profile(settings: ProfileSettings, out: Path, command: str,
-                progress: Callable[[ProgressEvent], None] = lambda e: None) -> Profile:
+                progress: Callable[[ProgressEvent], None] = lambda e: None,
+                stop: Callable[[], bool] = lambda: False) -> Profile:
+    """Measures every planned point not already in `out`, saving after each. `stop()` is asked between
+    points; when it says so, this raises KeyboardInterrupt with everything measured saved."""
     from shifttune.engine.llm_engine import LLMEngine
     from shifttune.telemetry.hardware import describe_hardware, describe_software
 
@@ -157,6 +160,8 @@ def run_profile(settings: ProfileSettings, out: Path, command: str,
                 tp, sp, True, None, runner.weight_bytes, capacity, runner.kv_bytes_per_block // config.block_size))
             engine.executor.call("fill_kv_cache_random")
             for t, c, mode in remaining:
+                if stop():
+                    raise KeyboardInterrupt
                 label = f"TP={tp} SP={sp} {mode} mode, {t} tokens at context {c}"
                 progress(ProgressEvent(done, total, label))
                 got = measure_point(engine, mode, t, c, settings.max_decode, settings.warmup, settings.iters,
