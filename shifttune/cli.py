@@ -306,6 +306,13 @@ def recommend(
                          f"{r['steps_per_mode']['tp']}/{r['steps_per_mode']['sp']}",
                          "" if slo_ttft is None and slo_tpot is None else ("meets" if ok else "misses"))
         out.print(pred)
+        rates = sorted({r["rate"] for r in result.predictions if r["rate"] is not None})
+        if (slo_ttft is not None or slo_tpot is not None) and len(rates) > 1:
+            for label in dict.fromkeys(r["label"] for r in result.predictions):
+                ok = [r["rate"] for r in result.predictions if r["label"] == label and r["rate"] is not None
+                      and (slo_ttft is None or r["ttft_p99_ms"] <= slo_ttft)
+                      and (slo_tpot is None or r["tpot_p99_ms"] <= slo_tpot)]
+                out.print(f"  {label}: meets the SLO up to {max(ok):g} req/s" if ok else f"  {label}: misses the SLO at every rate")
     out.print("[bold]launch[/]")
     for name, cmd in result.launch.items():
         out.print(f"  {name}: {cmd}", soft_wrap=True)

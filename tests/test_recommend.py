@@ -180,3 +180,19 @@ def test_simulator_against_the_cpu_engine(tmp_path):
     measured_ttft = sorted(1e3 * (o.metrics["first_token_time"] - o.metrics["arrival_time"]) for o in outs)
     for sim, real in zip(sorted(res.ttft_ms), measured_ttft):
         assert sim == pytest.approx(real, rel=0.35, abs=15)  # host work between steps is not simulated
+
+
+def test_cpu_end_to_end_profile_then_recommend(tmp_path):
+    out = tmp_path / "p.json"
+    r = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "2", "--tokens", "1,8,64,256", "--contexts",
+                                 "64,256", "--iters", "3", "--out", str(out), "--no-tui"])
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["recommend", "--profile", str(out), "--json", "--rate", "2,20", "--input-len", "100",
+                                 "--output-len", "8", "--num-requests", "30"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    assert data["world_size"] == 2 and {(f["tp"], f["sp"]) for f in data["factorizations"]} == {(2, 1), (1, 2)}
+    assert len(data["predictions"]) == 2 * (4 if data["best_sp"] == 2 else 1)
+    text = CliRunner().invoke(app, ["recommend", "--profile", str(out), "--rate", "2,20", "--input-len", "100",
+                                    "--output-len", "8", "--num-requests", "30", "--slo-ttft", "100000"])
+    assert text.exit_code == 0 and "meets the SLO up to 20 req/s" in text.output
