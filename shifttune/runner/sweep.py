@@ -121,7 +121,9 @@ def main(argv: list[str] | None = None) -> None:
     config = EngineConfig(
         model=args.model, tensor_parallel_size=args.tp, sequence_parallel_size=args.sp, device=args.device,
         load_format="dummy", max_num_seqs=max([args.max_decode, *e2e_batches]), max_num_batched_tokens=max(tokens),
-        max_model_len=max(contexts), num_kv_blocks=need, enforce_eager=args.enforce_eager,
+        # on GPU the cache takes what memory allows (points that need more are skipped)
+        max_model_len=max(contexts), num_kv_blocks=need if args.device == "cpu" else None,
+        enforce_eager=args.enforce_eager,
     )
     t0 = time.time()
     engine = LLMEngine(config)
