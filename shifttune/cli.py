@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Annotated, Optional
@@ -172,7 +173,7 @@ def profile(
             view.run()
             if view.error is not None:
                 raise view.error
-            if view.interrupted:
+            if view.interrupted or view.result is None:
                 raise KeyboardInterrupt
             result = view.result
             console.print(f"wrote {out}: {len(result.points)} points, "
@@ -250,6 +251,13 @@ def recommend(
     from shifttune.recommend.plot import save_plot, terminal_plot
     from shifttune.recommend.simulator import Workload, load_azure_trace
 
+    problems = [name for name, bad in (("--context", context is not None and context < 1),
+                                       ("--input-len", input_len < 1), ("--output-len", output_len < 1),
+                                       ("--num-requests", num_requests < 1), ("--spread", not 0 <= spread < 1)) if bad]
+    if problems:
+        _fail(f"{', '.join(problems)} out of range (context, lengths and requests >= 1; spread in [0, 1))")
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        _fail(f"--plot must end in .png, .svg or .pdf, not {plot.name!r}")
     try:
         path = profile_file or _pick_shipped_profile(model, gpus)
         prof = load_profile(path)
@@ -261,16 +269,18 @@ def recommend(
                 rates = [float(x) for x in rate.split(",") if x.strip()]
             except ValueError:
                 _fail(f"--rate takes numbers, e.g. 2 or 1,2,4; got {rate!r}")
-            if not rates or min(rates) <= 0:
-                _fail("--rate must be > 0")
+            if not rates or not all(math.isfinite(r) and r > 0 for r in rates):
+                _fail("--rate must be positive numbers")
             workloads = [Workload(rate=r, num_requests=num_requests, input_len=input_len, output_len=output_len,
                                   spread=spread) for r in rates]
         ctx = context or (input_len if rate is not None else None)
         result = make_plan(prof, ctx, workloads, str(path))
+        if plot is not None:
+            save_plot(prof, result, plot)
     except ConfigError as e:
         _fail(str(e))
-    if plot is not None:
-        save_plot(prof, result, plot)
+    except OSError as e:
+        _fail(f"cannot write the plot: {e}")
     if as_json:
         typer.echo(json.dumps(result.to_dict() | {"profile": str(path)}, indent=1))
         return

@@ -155,3 +155,50 @@ def test_textual_view_fills_the_grid_and_stops_on_ctrl_c(tmp_path):
     assert len(load_profile(tmp_path / "full.json").points) == 6
     app, _, _ = asyncio.run(run(tmp_path / "cut.json", True))
     assert app.interrupted and 1 <= len(load_profile(tmp_path / "cut.json").points) < 6
+
+
+@pytest.mark.parametrize(
+    "mutate, message",
+    [
+        (lambda d: d["factorizations"][0].pop("feasible"), "lacks 'feasible'"),
+        (lambda d: d["factorizations"][0].update(feasible="no"), "should be bool"),
+        (lambda d: d["factorizations"][0].update(kv_capacity_tokens="lots"), "should be int"),
+        (lambda d: d["factorizations"][0].update(weight_bytes_per_rank=[1, 2]), "must map layout names"),
+        (lambda d: d["engine"].update(block_size=0), "block_size must be a positive integer"),
+    ],
+)
+def test_bad_factorizations_and_engine_fields_are_refused(cpu_profile, mutate, message):
+    data = cpu_profile[1].to_dict()
+    mutate(data)
+    with pytest.raises(ProfileError, match=message):
+        profile_from_dict(data)
+
+
+def test_resume_refuses_another_rank_count(cpu_profile, tmp_path):
+    import shutil
+
+    copy = tmp_path / "p.json"
+    shutil.copy(cpu_profile[0], copy)
+    with pytest.raises(ProfileError, match="ranks"):
+        run_profile(ProfileSettings(**(SMALL | {"ranks": 1})), copy, "t")
+
+
+def test_grid_points_must_be_whole_chunks():
+    from shifttune.config import ConfigError
+
+    with pytest.raises(ConfigError, match="not a whole number"):
+        ProfileSettings(model="tiny", ranks=1, device="cpu", tokens=[100], contexts=[64])
+
+
+def test_graph_buffers_hold_a_full_batch_plus_padding():
+    """Structure of the padded graph inputs (no GPU needed): a full batch leaves a row for the padding
+    sequence, and that sequence's block-table row can cover the largest bucket."""
+    from shifttune import LLM
+    from shifttune.runner.cuda_graphs import StepGraphs
+
+    with LLM("tiny", attention_backend="triton", max_model_len=64, max_num_seqs=4, max_num_batched_tokens=2048,
+             cuda_graph_max_tokens=2048) as llm:
+        runner = llm.llm_engine.executor.runner
+        g = StepGraphs(runner, capture=False)
+        assert g.width * runner.config.block_size >= g.buckets[-1] == 2048
+        assert all(g.seqs_for(b) == min(b, 5) for b in g.buckets)

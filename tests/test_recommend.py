@@ -196,3 +196,34 @@ def test_cpu_end_to_end_profile_then_recommend(tmp_path):
     text = CliRunner().invoke(app, ["recommend", "--profile", str(out), "--rate", "2,20", "--input-len", "100",
                                     "--output-len", "8", "--num-requests", "30", "--slo-ttft", "100000"])
     assert text.exit_code == 0 and "meets the SLO up to 20 req/s" in text.output
+
+
+def test_planner_when_sp_never_wins_at_the_context_or_wins_everywhere(tmp_path):
+    # SP wins at 512 above ~131 tokens but never at 2048
+    mixed = synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: (7 + 0.005 * t) if c == 512 else (6 + 0.03 * t))
+    path = tmp_path / "m.json"
+    mixed.save(path)
+    r = plan(mixed, context=2048, profile_path=str(path))
+    assert r.threshold is None and r.threshold_depends_on_context
+    assert any("never beats TP" in n for n in r.notes)
+    assert "vllm_arctic" not in r.launch and "shift_policy='profile'" in r.launch["shifttune_python_profile_policy"]
+    everywhere = plan(synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 1 + 0.01 * t))
+    assert everywhere.threshold == 0 and "--enable-shift-parallel" not in everywhere.launch["vllm_arctic"]
+    assert "shift_policy='sp'" in everywhere.launch["shifttune_python"]
+
+
+def test_simulator_refuses_what_it_cannot_run():
+    from shifttune.config import ConfigError
+
+    step = lambda mode, t, c: 1.0  # noqa: E731
+    with pytest.raises(ConfigError, match="exceeds the KV cache"):  # 1000 tokens fit, 63 blocks of 16 do not
+        simulate([Request(0.0, 990, 10)], FixedPolicy("tp"), step, kv_capacity_tokens=1000)
+    with pytest.raises(ConfigError, match="positive number"):
+        Workload(rate=float("nan")).requests()
+
+
+def test_cli_refuses_bad_recommend_arguments():
+    for args, message in [(["--rate", "nan"], "positive numbers"), (["--plot", "x.txt"], "must end in"),
+                          (["--context", "0"], "out of range"), (["--spread", "2", "--rate", "1"], "out of range")]:
+        r = CliRunner().invoke(app, ["recommend", *args])
+        assert r.exit_code == 2 and message in r.output, (args, r.output)

@@ -120,12 +120,22 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
         raise ProfileError(f"{source} has profile version {data.get('version')!r}; this shifttune reads {VERSION}")
     for key in ("hardware", "software", "model", "engine", "grid"):
         _require(data, key, dict, source)
+    block_size = data["engine"].get("block_size", 16)
+    if not isinstance(block_size, int) or isinstance(block_size, bool) or block_size < 1:
+        raise ProfileError(f"{source}: engine.block_size must be a positive integer, got {block_size!r}")
     facts = []
     for i, f in enumerate(_require(data, "factorizations", list, source)):
         where = f"{source}: factorizations[{i}]"
         tp, sp = _require(f, "tp", int, where), _require(f, "sp", int, where)
         if tp < 1 or sp < 1:
             raise ProfileError(f"{where} has tp={tp}, sp={sp}; both must be >= 1")
+        _require(f, "feasible", bool, where)
+        for key, kind in (("kv_capacity_tokens", int), ("kv_bytes_per_token_per_rank", int), ("reason", str)):
+            if f.get(key) is not None:
+                _require(f, key, kind, where)
+        weights = f.get("weight_bytes_per_rank", {})
+        if not isinstance(weights, dict) or any(not isinstance(v, int) or v < 0 for v in weights.values()):
+            raise ProfileError(f"{where}.weight_bytes_per_rank must map layout names to byte counts")
         facts.append(Factorization(**{k: f.get(k) for k in Factorization.__dataclass_fields__ if k in f}))
     points, seen = [], set()
     for i, p in enumerate(_require(data, "points", list, source)):

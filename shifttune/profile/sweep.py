@@ -48,6 +48,11 @@ class ProfileSettings:
             raise ConfigError("ranks, tokens and contexts must be positive (contexts >= 2)")
         if self.warmup < 0 or self.iters < 1:
             raise ConfigError("warmup must be >= 0 and iters >= 1")
+        for t in self.tokens:  # prefill steps are whole chunks of min(T, C) tokens
+            for c in self.contexts:
+                if t > self.max_decode and t % min(t, c):
+                    raise ConfigError(f"{t} tokens per step is not a whole number of {min(t, c)}-token chunks at "
+                                      f"context {c}; pick token counts that are multiples of the contexts below them")
 
 
 @dataclass
@@ -120,9 +125,10 @@ def run_profile(settings: ProfileSettings, out: Path, command: str,
             f"TP={tp} SP={sp}: {why}" for (tp, sp), why in reasons.items())))
     hardware, engine_settings = describe_hardware(settings.device), {
         "max_decode_batch": settings.max_decode, "warmup": settings.warmup, "iters": settings.iters,
-        "device": settings.device, "load_format": settings.load_format}
+        "device": settings.device, "load_format": settings.load_format, "ranks": settings.ranks,
+        "dtype": settings.dtype}
     grid = {"tokens": settings.tokens, "contexts": settings.contexts}
-    profile = _resume(out, settings, hardware, grid)
+    profile = _resume(out, settings, hardware, grid, engine_settings)
     measured = {pt.key for pt in profile.points} if profile else set()
     plan = _plan(settings, feasible)
     todo = [(tp, sp, mode, t, c) for tp, sp, modes in plan for c in settings.contexts for t in settings.tokens
@@ -155,7 +161,8 @@ def run_profile(settings: ProfileSettings, out: Path, command: str,
                                                             "attention_backend": config.attention_backend},
                                   grid=grid, command=command,
                                   created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-            capacity = runner.num_kv_blocks * config.block_size
+            # what a deployment of this layout could hold, not just what this sweep allocated
+            capacity = runner.kv_blocks_memory_limit * config.block_size
             _set_factorization(profile, Factorization(
                 tp, sp, True, None, runner.weight_bytes, capacity, runner.kv_bytes_per_block // config.block_size))
             engine.executor.call("fill_kv_cache_random")
@@ -191,16 +198,20 @@ def _set_factorization(profile: Profile, fact: Factorization) -> None:
     profile.factorizations = [f for f in profile.factorizations if (f.tp, f.sp) != (fact.tp, fact.sp)] + [fact]
 
 
-def _resume(out: Path, settings: ProfileSettings, hardware: dict, grid: dict) -> Profile | None:
-    """The profile at `out` if it was measured with the same model, grid and machine; refuse otherwise."""
+def _resume(out: Path, settings: ProfileSettings, hardware: dict, grid: dict, engine: dict) -> Profile | None:
+    """The profile at `out` if it was measured with the same model, grid, machine and settings; refuse otherwise."""
     if not out.exists():
         return None
     old = load_profile(out)
-    same = (old.model.get("name") == settings.model and old.grid == grid
-            and old.hardware.get("gpu_name") == hardware.get("gpu_name")
-            and old.engine.get("iters") == settings.iters and old.engine.get("device") == settings.device)
-    if not same:
-        raise ProfileError(f"{out} holds a profile measured with other settings (model, grid, machine or iters); "
+    differ = [k for k, v in engine.items() if old.engine.get(k) != v]
+    if old.model.get("name") != settings.model:
+        differ.append("model")
+    if old.grid != grid:
+        differ.append("grid")
+    if old.hardware.get("gpu_name") != hardware.get("gpu_name"):
+        differ.append("machine")
+    if differ:
+        raise ProfileError(f"{out} holds a profile measured with other settings ({', '.join(differ)}); "
                            "pass another --out, or delete it to start over")
     return old
 

@@ -79,23 +79,30 @@ def plan(profile: Profile, context: int | None = None, workloads: list[Workload]
         if fp.sp_speedup_at_max_tokens > best_speedup:
             best, best_speedup = (tp, sp), fp.sp_speedup_at_max_tokens
     notes = []
+    at = min(contexts, key=lambda c: abs(c - ctx))  # the profiled context the threshold is read at
+    depends = False
     if best is None or best_speedup <= 1.0:
-        best_tp, best_sp, threshold, depends = p, 1, None, False
+        best_tp, best_sp, threshold = p, 1, None
         notes.append("SP x TP mode is never faster than TP mode on the measured grid: run plain TP "
                      f"(TP={p}); shift parallelism would only cost memory here.")
     else:
         best_tp, best_sp = best
-        fp = next(x for x in facts if (x.tp, x.sp) == best)
-        cross = fp.crossovers
-        at = min(contexts, key=lambda c: abs(c - ctx))
+        cross = next(x for x in facts if (x.tp, x.sp) == best).crossovers
         threshold = None if cross[at] is None else int(cross[at])
-        finite = [v for v in cross.values() if v is not None and v > 0]
-        depends = len(finite) > 1 and max(finite) / min(finite) > 2 or (None in cross.values() and bool(finite))
+        # 0 (SP x TP wins at every size) counts as 1 token; None (never) differs from any number
+        sizes = [max(v, 1.0) for v in cross.values() if v is not None]
+        depends = (None in cross.values() and bool(sizes)) or (len(sizes) > 1 and max(sizes) / min(sizes) > 2)
         if depends:
             notes.append("the crossover moves with context length (" + ", ".join(
                 f"{c}: {'never' if v is None else int(v)}" for c, v in cross.items())
                 + "): a single threshold is a compromise; shift_policy='profile' picks per step.")
-        if threshold is not None and (threshold < ARCTIC_DEFAULT_THRESHOLD / 2 or threshold > ARCTIC_DEFAULT_THRESHOLD * 2):
+        if threshold is None:
+            notes.append(f"at context {at} SP x TP never beats TP: with a scalar threshold run plain TP (TP={p}) "
+                         "there; shift pays only with shift_policy='profile' across contexts.")
+        elif threshold == 0:
+            notes.append(f"SP x TP wins at every step size at context {at}: run SP={best_sp} x TP={best_tp} "
+                         "without shifting (no second copy of the weights needed).")
+        elif threshold < ARCTIC_DEFAULT_THRESHOLD / 2 or threshold > ARCTIC_DEFAULT_THRESHOLD * 2:
             notes.append(f"Arctic Inference's default threshold ({ARCTIC_DEFAULT_THRESHOLD}; docs: 256) is far "
                          f"from the measured crossover ({threshold}) on this machine.")
     hw = profile.hardware
@@ -103,7 +110,7 @@ def plan(profile: Profile, context: int | None = None, workloads: list[Workload]
                 else f"{p} CPU ranks ({hw.get('cpu', 'cpu')})")
     result = Plan(
         model=profile.model.get("name", "?"), hardware=hardware,
-        world_size=p, best_tp=best_tp, best_sp=best_sp, threshold=threshold, context_for_threshold=ctx,
+        world_size=p, best_tp=best_tp, best_sp=best_sp, threshold=threshold, context_for_threshold=at,
         threshold_depends_on_context=bool(depends), factorizations=facts, notes=notes,
     )
     result.launch = launch_commands(result, profile, profile_path)
@@ -120,46 +127,61 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
     models = {TP: tp_model}
     if sp > 1:
         models[SP] = StepTimeModel(profile, SP, tp, sp)
-    fact = next((f for f in profile.factorizations if (f.tp, f.sp) == (tp, sp)), None)
-    capacity = (fact.kv_capacity_tokens if fact and fact.kv_capacity_tokens else 1 << 30)
     requests = workload.requests()
-    policies = [FixedPolicy(TP)]
+
+    def capacity(tp_: int, sp_: int, drop_shift_copy: bool = False) -> int:
+        """KV tokens a deployment of this layout would hold; SP-only has no second (TP-layout) copy."""
+        f = next((f for f in profile.factorizations if (f.tp, f.sp) == (tp_, sp_)), None)
+        if f is None or not f.kv_capacity_tokens:
+            return 1 << 30
+        extra = 0
+        if drop_shift_copy and f.kv_bytes_per_token_per_rank:
+            extra = f.weight_bytes_per_rank.get("shift", 0) // f.kv_bytes_per_token_per_rank
+        return f.kv_capacity_tokens + extra
+    policies = [(FixedPolicy(TP), capacity(p, 1))]
     if sp > 1:
-        policies += [FixedPolicy(SP), ThresholdPolicy(plan_.threshold if plan_.threshold is not None else 1 << 30),
-                     ProfilePolicy(models[TP], models[SP])]
+        policies += [(FixedPolicy(SP), capacity(tp, sp, drop_shift_copy=True)),
+                     (ThresholdPolicy(plan_.threshold if plan_.threshold is not None else 1 << 30), capacity(tp, sp)),
+                     (ProfilePolicy(models[TP], models[SP]), capacity(tp, sp))]
     out = []
-    for policy in policies:
-        label = {"tp": "TP only", "sp": f"SP={sp} x TP={tp} only", "threshold": f"shift (threshold {plan_.threshold})",
+    for policy, kv_tokens in policies:
+        th = "never" if plan_.threshold is None else plan_.threshold
+        label = {"tp": "TP only", "sp": f"SP={sp} x TP={tp} only", "threshold": f"shift (threshold {th})",
                  "profile": "shift (profile policy)"}[policy.name]
-        res = simulate(requests, policy, lambda mode, t, c: models[mode].predict(t, c), kv_capacity_tokens=capacity,
+        res = simulate(requests, policy, lambda mode, t, c: models[mode].predict(t, c), kv_capacity_tokens=kv_tokens,
                        block_size=int(profile.engine.get("block_size", 16)))
         out.append({"label": label} | res.summary())
     return out
 
 
 def launch_commands(plan_: Plan, profile: Profile, profile_path: str | None) -> dict[str, str]:
-    model, tp, sp, th = plan_.model, plan_.best_tp, plan_.best_sp, plan_.threshold
+    model, tp, sp, th, p = plan_.model, plan_.best_tp, plan_.best_sp, plan_.threshold, plan_.world_size
+    device = "cpu" if profile.hardware.get("device") == "cpu" else "cuda"
+    llm = f"LLM(model={model!r}, tensor_parallel_size={tp}, sequence_parallel_size={sp}, device={device!r}, "
     cmds = {}
-    if sp > 1 and th is not None:
-        max_seqs = 256 - 256 % sp
-        problems = validate_arctic(tp, sp, plan_.world_size, int(profile.model.get("num_heads", tp * sp)), max_seqs)
-        if problems:
-            raise ProfileError("no valid Arctic Inference launch: " + "; ".join(problems))
-        cmds["vllm_arctic"] = (
-            f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
-            f"--ulysses-sequence-parallel-size {sp} --enable-shift-parallel --shift-parallel-threshold {th} "
-            f"--max-num-seqs {max_seqs}")
-        cmds["shifttune_python"] = (
-            f"LLM(model={model!r}, tensor_parallel_size={tp}, sequence_parallel_size={sp}, device='cuda', "
-            + (f"shift_policy='profile', shift_profile={profile_path!r})" if profile_path and plan_.threshold_depends_on_context
-               else f"shift_policy='threshold', shift_threshold={th})"))
-        cmds["shifttune_generate"] = f"shifttune generate --model {model} --tp {tp} --sp {sp} --threshold {th} --device cuda"
+    if sp == 1:
+        cmds["vllm"] = f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {p}"
+        cmds["shifttune_generate"] = f"shifttune generate --model {model} --tp {p} --device {device}"
+    elif th == 0:  # SP x TP at every step: no shifting
+        cmds["vllm_arctic"] = (f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
+                               f"--ulysses-sequence-parallel-size {sp}")
+        cmds["shifttune_python"] = llm + "shift_policy='sp')"
     else:
-        cmds["vllm"] = f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {plan_.world_size}"
-        cmds["shifttune_generate"] = f"shifttune generate --model {model} --tp {plan_.world_size} --device cuda"
-    if profile.hardware.get("device") == "cpu":
-        cmds = {k: v.replace("--device cuda", "--device cpu").replace("device='cuda'", "device='cpu'")
-                for k, v in cmds.items() if not k.startswith("vllm")}
+        if th is not None:
+            max_seqs = 256 - 256 % sp
+            problems = validate_arctic(tp, sp, p, int(profile.model.get("num_heads", p)), max_seqs)
+            if problems:
+                raise ProfileError("no valid Arctic Inference launch: " + "; ".join(problems))
+            cmds["vllm_arctic"] = (
+                f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
+                f"--ulysses-sequence-parallel-size {sp} --enable-shift-parallel --shift-parallel-threshold {th} "
+                f"--max-num-seqs {max_seqs}")
+            cmds["shifttune_python"] = llm + f"shift_policy='threshold', shift_threshold={th})"
+            cmds["shifttune_generate"] = f"shifttune generate --model {model} --tp {tp} --sp {sp} --threshold {th} --device {device}"
+        if profile_path and (plan_.threshold_depends_on_context or th is None):
+            cmds["shifttune_python_profile_policy"] = llm + f"shift_policy='profile', shift_profile={profile_path!r})"
+    if device == "cpu":  # vLLM and Arctic run on GPUs only
+        cmds = {k: v for k, v in cmds.items() if not k.startswith("vllm")}
     return cmds
 
 

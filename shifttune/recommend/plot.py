@@ -23,12 +23,11 @@ def _curves(profile: Profile, plan: Plan, context: int) -> list[tuple[str, list[
 def terminal_plot(profile: Profile, plan: Plan, width: int = 90, height: int = 22) -> str:
     import plotext as plt
 
+    import re
     import sys
 
     plt.clear_figure()
     plt.plotsize(width, height)
-    if not sys.stdout.isatty():
-        plt.theme("clear")  # no ANSI colors in files and pipes
     for label, xs, ys in _curves(profile, plan, plan.context_for_threshold):
         plt.plot(xs, ys, label=label, marker="dot")
     plt.xscale("log")
@@ -39,7 +38,8 @@ def terminal_plot(profile: Profile, plan: Plan, width: int = 90, height: int = 2
               + (f"; threshold {plan.threshold}" if plan.threshold else ""))
     plt.xlabel("tokens per step")
     plt.ylabel("ms")
-    return plt.build()
+    text = plt.build()
+    return text if sys.stdout.isatty() else re.sub(r"\x1b\[[0-9;]*m", "", text)  # no ANSI in files and pipes
 
 
 def save_plot(profile: Profile, plan: Plan, path: Path) -> None:

@@ -9,13 +9,14 @@ latency and throughput, for TP-only, SP-only and shift under the same arrivals.
 from __future__ import annotations
 
 import csv
+import math
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from shifttune.config import ConfigError
-from shifttune.engine.block_manager import BlockManager
+from shifttune.engine.block_manager import BlockManager, blocks_for
 from shifttune.engine.policy import ShiftPolicy
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.scheduler import Scheduler
@@ -45,6 +46,10 @@ class Workload:
     def requests(self) -> list[Request]:
         if self.trace is not None:
             return self.trace
+        if not (math.isfinite(self.rate) and self.rate > 0):
+            raise ConfigError(f"arrival rate must be a positive number, got {self.rate}")
+        if self.num_requests < 1 or self.input_len < 1 or self.output_len < 1 or not 0 <= self.spread < 1:
+            raise ConfigError("num_requests, input_len and output_len must be >= 1 and spread in [0, 1)")
         rng = random.Random(self.seed)
         t, out = 0.0, []
 
@@ -112,11 +117,12 @@ def simulate(requests: list[Request], policy: ShiftPolicy, step_ms: Callable[[st
              kv_capacity_tokens: int, block_size: int = 16, max_num_seqs: int = 256,
              max_num_batched_tokens: int = 8192) -> SimResult:
     """Runs every request to completion; `step_ms(mode, tokens, mean_context)` is the step's duration."""
-    too_long = [r for r in requests if r.input_len + r.output_len > kv_capacity_tokens]
+    num_blocks = kv_capacity_tokens // block_size
+    too_long = [r for r in requests if blocks_for(r.input_len + r.output_len, block_size) > num_blocks]
     if too_long:
         raise ConfigError(f"a request of {too_long[0].input_len}+{too_long[0].output_len} tokens exceeds the KV "
                           f"cache ({kv_capacity_tokens} tokens)")
-    scheduler = Scheduler(BlockManager(kv_capacity_tokens // block_size, block_size, enable_prefix_caching=False),
+    scheduler = Scheduler(BlockManager(num_blocks, block_size, enable_prefix_caching=False),
                           max_num_seqs, max_num_batched_tokens)
     result = SimResult(getattr(policy, "name", "policy"))
     pending = sorted(requests, key=lambda r: r.arrival_s)
@@ -130,6 +136,8 @@ def simulate(requests: list[Request], policy: ShiftPolicy, step_ms: Callable[[st
             next_req += 1
         out = scheduler.schedule()
         if not out.scheduled:
+            if next_req == len(pending):  # cannot happen with the checks above; never spin
+                raise ConfigError("the simulated engine cannot schedule the remaining requests")
             clock = pending[next_req].arrival_s  # idle until the next arrival
             continue
         shape = out.shape()

@@ -30,10 +30,12 @@ class StepGraphs:
         self.buckets = [b for b in TOKEN_BUCKETS if b <= limit] or [1]
         if self.buckets[-1] < limit:
             self.buckets.append(limit)
-        self.max_seqs = min(cfg.max_num_seqs, self.buckets[-1])
+        # one row more than max_num_seqs: a full batch still has room for the padding sequence
+        self.max_seqs = min(cfg.max_num_seqs + 1, self.buckets[-1])
         t_max, s_max, sp = self.buckets[-1], self.max_seqs, cfg.parallel.sp
         dev, bs = runner.device, cfg.block_size
-        self.width = -(-cfg.max_model_len // bs)
+        # wide enough for real sequences and for the padding sequence, which may own up to t_max tokens
+        self.width = max(-(-cfg.max_model_len // bs), -(-t_max // bs))
         self.scratch_slot = runner.scratch_block * bs
         self.ids = torch.zeros(t_max + sp, dtype=torch.int64, device=dev)
         self.pos = torch.zeros(t_max + sp, dtype=torch.int64, device=dev)
@@ -73,7 +75,7 @@ class StepGraphs:
         padded = -(-b // sp) * sp
         # NOTE: the padded sequence count says nothing about tokens per sequence: buckets past the
         # sequence limit hold prefill chunks, which want tall query tiles.
-        block_m = 16 if b <= self.max_seqs else 64
+        block_m = 16 if b < self.max_seqs else 64
         meta = AttentionMetadata(
             slot_mapping=self.slots[:b], query_start_loc=self.qsl[: s + 1], seq_lens=self.seq_lens[:s],
             block_tables=self.block_tables[:s], query_start_loc_cpu=None, seq_lens_cpu=None,

@@ -86,18 +86,24 @@ class ModelRunner:
         elem = torch.empty(0, dtype=self.config.torch_dtype).element_size()
         return 2 * cfg.num_layers * self.config.block_size * self.num_kv_heads * cfg.head_dim * elem
 
-    def _num_kv_blocks(self) -> int:
+    def _kv_blocks_memory_allows(self) -> int:
+        """Blocks the KV-cache budget (GPU memory left after weights, or the CPU budget) can hold."""
         c = self.config
-        if c.num_kv_blocks is not None:
-            return c.num_kv_blocks
         if c.device == "cuda":
             free, total = torch.cuda.mem_get_info(self.device)
             budget = free - (1 - c.gpu_memory_utilization) * total
         else:
             budget = c.cpu_kv_cache_gib * GIB
+        return int(budget // self.kv_bytes_per_block)
+
+    def _num_kv_blocks(self) -> int:
+        c = self.config
+        self.kv_blocks_memory_limit = self._kv_blocks_memory_allows()
+        if c.num_kv_blocks is not None:
+            return c.num_kv_blocks
         # never more than every sequence at full length could use
         most = c.max_num_seqs * -(-c.max_model_len // c.block_size)
-        return min(int(budget // self.kv_bytes_per_block), most)
+        return min(self.kv_blocks_memory_limit, most)
 
     def allocate_kv_cache(self, num_blocks: int) -> None:
         """One cache, bound to the attention of both layouts: [layers, blocks + 1, block_size, kv heads, d].

@@ -35,7 +35,8 @@ class ProfileApp(App):
     #plot { width: 1fr; }
     #log { height: 6; }
     """
-    BINDINGS = [Binding("ctrl+c", "stop", "stop (keeps measured points)", priority=True), Binding("q", "stop", "stop")]
+    BINDINGS = [Binding("ctrl+c", "stop", "stop (keeps measured points)", priority=True),
+                Binding("ctrl+q", "stop", "stop", priority=True, show=False), Binding("q", "stop", "stop")]
 
     def __init__(self, settings: ProfileSettings, out: Path, command: str):
         # NOTE: spawned ranks need multiprocessing's resource tracker, which inherits stderr's file
@@ -71,13 +72,18 @@ class ProfileApp(App):
 
     def _sweep(self) -> None:
         try:
-            self.result = run_profile(self.settings, self.out, self.command,
-                                      progress=lambda e: self.call_from_thread(self._show, e), stop=lambda: self._stop)
+            self.result = run_profile(self.settings, self.out, self.command, progress=self._from_thread,
+                                      stop=lambda: self._stop or not self.is_running)
         except KeyboardInterrupt:
             self.interrupted = True
         except BaseException as e:  # shown by the CLI after the app closes
             self.error = e
-        self.call_from_thread(self.exit)
+        if self.is_running:
+            self.call_from_thread(self.exit)
+
+    def _from_thread(self, event: ProgressEvent) -> None:
+        if self.is_running:  # the app may have closed under us; the sweep then stops at the next point
+            self.call_from_thread(self._show, event)
 
     def action_stop(self) -> None:
         self._stop = True
