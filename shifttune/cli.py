@@ -286,11 +286,17 @@ def recommend(
         return
     out = Console()
     out.print(f"[bold]{result.model}[/] on {result.hardware} (profile {path})")
-    if result.best_sp > 1:
-        out.print(f"best layout: [bold]SP={result.best_sp} x TP={result.best_tp}[/], switching to TP={result.world_size} "
-                  f"for steps of <= [bold]{result.threshold}[/] tokens (read at context {result.context_for_threshold})")
-    else:
+    layout = f"SP={result.best_sp} x TP={result.best_tp}"
+    if result.best_sp == 1:
         out.print(f"best layout: [bold]TP={result.world_size}[/] (no shift)")
+    elif result.threshold == 0:
+        out.print(f"best layout: [bold]{layout}[/] at every step (no shifting), at context {result.context_for_threshold}")
+    elif result.threshold is None:
+        out.print(f"best layout: [bold]{layout}[/] with shift_policy='profile' only; at context "
+                  f"{result.context_for_threshold} TP={result.world_size} is faster at every step size")
+    else:
+        out.print(f"best layout: [bold]{layout}[/], switching to TP={result.world_size} for steps of <= "
+                  f"[bold]{result.threshold}[/] tokens (read at context {result.context_for_threshold})")
     for note in result.notes:
         out.print(f"note: {note}")
     table = Table(title="factorizations (per rank)")
