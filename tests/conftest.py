@@ -39,20 +39,36 @@ MAX_TOKENS = 8
 
 
 def _small(cls, **kw):
-    base = dict(hidden_size=64, intermediate_size=96, num_hidden_layers=2, vocab_size=301,
-                max_position_embeddings=256, initializer_range=0.1, rms_norm_eps=1e-6)
+    base = dict(
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        vocab_size=301,
+        max_position_embeddings=256,
+        initializer_range=0.1,
+        rms_norm_eps=1e-6,
+    )
     return cls(**(base | kw))
 
 
 def build_hf_model(kind: str, out: Path) -> Path:
-    from transformers import (LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config,
-                              Qwen3ForCausalLM)
+    from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM, Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed({"llama": 1, "qwen2": 2, "qwen3": 3}[kind])
     if kind == "llama":  # GQA K=2, llama3 RoPE scaling, untied, vocab not divisible by P
-        cfg = _small(LlamaConfig, num_attention_heads=4, num_key_value_heads=2, rope_theta=500000.0,
-                     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                                   "high_freq_factor": 4.0, "original_max_position_embeddings": 32})
+        cfg = _small(
+            LlamaConfig,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            rope_theta=500000.0,
+            rope_scaling={
+                "rope_type": "llama3",
+                "factor": 8.0,
+                "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0,
+                "original_max_position_embeddings": 32,
+            },
+        )
         model = LlamaForCausalLM(cfg)
     elif kind == "qwen2":  # qkv bias, MHA, tied embeddings
         cfg = _small(Qwen2Config, num_attention_heads=4, num_key_value_heads=4, tie_word_embeddings=True)
@@ -115,7 +131,7 @@ def hf_reference(path: Path, prompts=PROMPTS, max_tokens=MAX_TOKENS):
                 ids = torch.tensor([p])
                 logprobs.append(torch.log_softmax(model(ids).logits[0, -1].float(), -1))
                 out = model.generate(ids, max_new_tokens=max_tokens, do_sample=False, min_new_tokens=max_tokens)
-                tokens.append(out[0, len(p):].tolist())
+                tokens.append(out[0, len(p) :].tolist())
         _REF_CACHE[key] = (tokens, logprobs)
     return _REF_CACHE[key]
 

@@ -22,8 +22,9 @@ def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
         pytest.skip(f"needs {tp * sp} GPUs")
     path = hf_models[model_kind]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    with LLM(str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, device="cuda", dtype="bfloat16",
-             block_size=16) as llm:
+    with LLM(
+        str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, device="cuda", dtype="bfloat16", block_size=16
+    ) as llm:
         engine = llm.llm_engine
         for policy, threshold in (("tp", 256), ("sp", 256), ("threshold", 4)):
             engine.set_policy(policy, threshold)

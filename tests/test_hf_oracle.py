@@ -71,8 +71,14 @@ def test_padded_graph_buffers_give_the_same_tokens(hf_models):
     path = hf_models["qwen3"]
     ref_tokens, _ = hf_reference(path)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
-    with LLM(str(path), attention_backend="triton", block_size=4, max_num_seqs=8, max_num_batched_tokens=64,
-             cuda_graph_max_tokens=64) as llm:
+    with LLM(
+        str(path),
+        attention_backend="triton",
+        block_size=4,
+        max_num_seqs=8,
+        max_num_batched_tokens=64,
+        cuda_graph_max_tokens=64,
+    ) as llm:
         runner = llm.llm_engine.executor.runner
         runner.graphs = StepGraphs(runner, capture=False)
         outs = llm.generate(PROMPTS, params)

@@ -29,8 +29,9 @@ def run_with_modes(llm: LLM, prompts, first: str, then: str):
 def test_prefill_in_one_mode_decode_in_the_other(hf_models, model_kind, tp, sp):
     path = hf_models[model_kind]
     ref, _ = hf_reference(path)
-    with LLM(str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, block_size=4,
-             enable_prefix_caching=False) as llm:
+    with LLM(
+        str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, block_size=4, enable_prefix_caching=False
+    ) as llm:
         for first, then in (("sp", "tp"), ("tp", "sp")):
             tokens, modes = run_with_modes(llm, PROMPTS, first, then)
             assert modes[0] == first and set(modes[1:]) == {then}, modes  # the mode really changed

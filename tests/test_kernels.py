@@ -9,8 +9,9 @@ import torch
 
 triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
-    pytest.skip("Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py before triton loads)",
-                allow_module_level=True)
+    pytest.skip(
+        "Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py before triton loads)", allow_module_level=True
+    )
 
 from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref  # noqa: E402
 from shifttune.kernels.paged_attention import paged_attention  # noqa: E402
@@ -48,8 +49,9 @@ def make_case(q_lens, ctx_lens, hq, hk, d, block_size, device="cpu", dtype=torch
 
 def reference(q, k_cache, v_cache, meta, scale):
     empty = q.new_zeros((0, k_cache.shape[2], k_cache.shape[3]))
-    return paged_attention_ref(q.double(), empty.double(), empty.double(), k_cache.double(), v_cache.double(),
-                               meta, scale)
+    return paged_attention_ref(
+        q.double(), empty.double(), empty.double(), k_cache.double(), v_cache.double(), meta, scale
+    )
 
 
 CASES = [
@@ -78,8 +80,9 @@ def test_triton_matches_reference_on_cpu(q_lens, ctx, hq, hk, d, bs, num_splits)
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-@pytest.mark.parametrize("q_lens, ctx", [([1] * 32, [2047] * 32), ([1] * 3, [100, 3000, 7]), ([512, 1, 300], [0, 900, 4000]),
-                                         ([2048], [0])])
+@pytest.mark.parametrize(
+    "q_lens, ctx", [([1] * 32, [2047] * 32), ([1] * 3, [100, 3000, 7]), ([512, 1, 300], [0, 900, 4000]), ([2048], [0])]
+)
 def test_triton_matches_reference_on_gpu_bf16(q_lens, ctx):
     q, kc, vc, meta = make_case(q_lens, ctx, 16, 2, 128, 16, device="cuda", dtype=torch.bfloat16)
     scale = 128**-0.5
@@ -90,9 +93,19 @@ def test_triton_matches_reference_on_gpu_bf16(q_lens, ctx):
 
 
 def _to_cpu(meta):
-    return AttentionMetadata(*(x.cpu() if isinstance(x, torch.Tensor) else x for x in
-                               (meta.slot_mapping, meta.query_start_loc, meta.seq_lens, meta.block_tables,
-                                meta.query_start_loc_cpu, meta.seq_lens_cpu)))
+    return AttentionMetadata(
+        *(
+            x.cpu() if isinstance(x, torch.Tensor) else x
+            for x in (
+                meta.slot_mapping,
+                meta.query_start_loc,
+                meta.seq_lens,
+                meta.block_tables,
+                meta.query_start_loc_cpu,
+                meta.seq_lens_cpu,
+            )
+        )
+    )
 
 
 def test_fused_ops_match_torch_layers():

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
-from shifttune.config import ConfigError, ModelConfig, ParallelConfig, kv_heads_of_block, load_model_config, resolve_model_path
+from shifttune.config import ConfigError, ModelConfig, ParallelConfig, load_model_config, resolve_model_path
 from shifttune.model.layout import make_layout
 from shifttune.parallel.state import Group, ParallelState
 
@@ -21,7 +21,8 @@ GREEDY = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
 
 def test_torchrun_matches_single_rank(tmp_path):
     script = tmp_path / "run.py"
-    script.write_text(textwrap.dedent(f"""
+    script.write_text(
+        textwrap.dedent(f"""
         import json, sys
         from shifttune import LLM, SamplingParams
         llm = LLM("tiny", tensor_parallel_size=1, sequence_parallel_size=2, shift_threshold=3)
@@ -29,11 +30,15 @@ def test_torchrun_matches_single_rank(tmp_path):
         modes = sorted({{s.mode for s in llm.llm_engine.stats.steps}})
         llm.shutdown()
         json.dump({{"tokens": [o.outputs[0].token_ids for o in outs], "modes": modes}}, open({str(tmp_path / "out.json")!r}, "w"))
-    """))
+    """)
+    )
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29533", str(script)],
-        env=env, capture_output=True, text=True, timeout=300,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "out.json").read_text())
@@ -70,8 +75,17 @@ def test_memory_report_per_rank():
         assert llm.llm_engine.stats.kv_cache_bytes_per_rank > 0
 
 
-@pytest.mark.parametrize("name, billions", [("llama-3.1-8b", 8.03), ("llama-3.3-70b", 70.55), ("qwen3-8b", 8.19),
-                                            ("qwen3-32b", 32.76), ("qwen2.5-7b", 7.62), ("mistral-7b-v0.3", 7.25)])
+@pytest.mark.parametrize(
+    "name, billions",
+    [
+        ("llama-3.1-8b", 8.03),
+        ("llama-3.3-70b", 70.55),
+        ("qwen3-8b", 8.19),
+        ("qwen3-32b", 32.76),
+        ("qwen2.5-7b", 7.62),
+        ("mistral-7b-v0.3", 7.25),
+    ],
+)
 def test_bundled_configs(name, billions):
     cfg, _ = load_model_config(resolve_model_path(name))
     assert cfg.num_params / 1e9 == pytest.approx(billions, abs=0.01)
@@ -96,9 +110,17 @@ def test_both_layouts_give_each_rank_the_same_heads(heads, kv, tp, sp):
     """After the Ulysses all-to-all, rank (s, t) holds query block t*SP + s and the KV heads it needs;
     the shift layout must give it exactly those (the KV-cache invariance), for every GQA ratio."""
     par = ParallelConfig(tp, sp)
-    cfg = ModelConfig.from_dict({"architectures": ["LlamaForCausalLM"], "hidden_size": heads * 16,
-                                 "num_hidden_layers": 1, "num_attention_heads": heads, "num_key_value_heads": kv,
-                                 "intermediate_size": 64, "vocab_size": 100})
+    cfg = ModelConfig.from_dict(
+        {
+            "architectures": ["LlamaForCausalLM"],
+            "hidden_size": heads * 16,
+            "num_hidden_layers": 1,
+            "num_attention_heads": heads,
+            "num_key_value_heads": kv,
+            "intermediate_size": 64,
+            "vocab_size": 100,
+        }
+    )
     if heads % par.world_size or (kv % par.world_size and par.world_size % kv):
         pytest.skip("layout refused by validation")
     per = heads // par.world_size
@@ -132,9 +154,25 @@ def test_ctrl_c_stops_every_rank_cleanly():
     import time
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "shifttune.cli", "generate", "--sp", "2", "--tp", "2", "--max-tokens", "1500",
-         "--ignore-eos", "--threshold", "1"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ | {"OMP_NUM_THREADS": "1"},
+        [
+            sys.executable,
+            "-m",
+            "shifttune.cli",
+            "generate",
+            "--sp",
+            "2",
+            "--tp",
+            "2",
+            "--max-tokens",
+            "1500",
+            "--ignore-eos",
+            "--threshold",
+            "1",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
     )
     deadline = time.time() + 120
     workers: list[int] = []
@@ -148,4 +186,6 @@ def test_ctrl_c_stops_every_rank_cleanly():
     assert proc.returncode == 130, out
     assert "interrupted" in out and "Traceback" not in out
     time.sleep(1)
-    assert not [w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]]
+    assert not [
+        w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]
+    ]

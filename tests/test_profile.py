@@ -89,8 +89,24 @@ def test_not_json_is_refused(tmp_path):
 
 def test_cli_profile_on_cpu(tmp_path):
     out = tmp_path / "cli.json"
-    result = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "2", "--tokens", "1,16",
-                                      "--contexts", "64", "--iters", "2", "--out", str(out)])
+    result = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--device",
+            "cpu",
+            "--gpus",
+            "2",
+            "--tokens",
+            "1,16",
+            "--contexts",
+            "64",
+            "--iters",
+            "2",
+            "--out",
+            str(out),
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert len(load_profile(out).points) == 4
     bad = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "3", "--out", str(tmp_path / "x.json")])
@@ -105,8 +121,24 @@ def test_ctrl_c_keeps_points_and_the_same_command_resumes(tmp_path):
     import time
 
     out = tmp_path / "p.json"
-    cmd = [sys.executable, "-m", "shifttune.cli", "profile", "--device", "cpu", "--gpus", "2", "--tokens", "1,4,16,64",
-           "--contexts", "64,128", "--iters", "40", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "shifttune.cli",
+        "profile",
+        "--device",
+        "cpu",
+        "--gpus",
+        "2",
+        "--tokens",
+        "1,4,16,64",
+        "--contexts",
+        "64,128",
+        "--iters",
+        "40",
+        "--out",
+        str(out),
+    ]
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
     deadline = time.time() + 120
@@ -196,8 +228,14 @@ def test_graph_buffers_hold_a_full_batch_plus_padding():
     from shifttune import LLM
     from shifttune.runner.cuda_graphs import StepGraphs
 
-    with LLM("tiny", attention_backend="triton", max_model_len=64, max_num_seqs=4, max_num_batched_tokens=2048,
-             cuda_graph_max_tokens=2048) as llm:
+    with LLM(
+        "tiny",
+        attention_backend="triton",
+        max_model_len=64,
+        max_num_seqs=4,
+        max_num_batched_tokens=2048,
+        cuda_graph_max_tokens=2048,
+    ) as llm:
         runner = llm.llm_engine.executor.runner
         g = StepGraphs(runner, capture=False)
         assert g.width * runner.config.block_size >= g.buckets[-1] == 2048

@@ -28,11 +28,19 @@ def synthetic_profile(tp_ms, sp_ms, contexts=(512, 2048), world=(2, 1, 1, 2), na
         for t in TOKENS:
             points.append(Point("tp", p, 1, t, c, t, 1, tp_ms(t, c), tp_ms(t, c), tp_ms(t, c)))
             points.append(Point("sp", tp, sp, t, c, t, 1, sp_ms(t, c), sp_ms(t, c), sp_ms(t, c)))
-    facts = [Factorization(p, 1, True, None, {"base": 0, "shift": 100}, 10**6, 10),
-             Factorization(tp, sp, True, None, {"base": 200, "shift": 100}, 10**6, 10)]
-    return Profile(hardware={"device": "cuda", "gpu_name": "test GPU", "gpu_count": p}, software={}, engine={"block_size": 16},
-                   model={"name": name, "num_heads": 8}, grid={"tokens": TOKENS, "contexts": list(contexts)},
-                   factorizations=facts, points=points)
+    facts = [
+        Factorization(p, 1, True, None, {"base": 0, "shift": 100}, 10**6, 10),
+        Factorization(tp, sp, True, None, {"base": 200, "shift": 100}, 10**6, 10),
+    ]
+    return Profile(
+        hardware={"device": "cuda", "gpu_name": "test GPU", "gpu_count": p},
+        software={},
+        engine={"block_size": 16},
+        model={"name": name, "num_heads": 8},
+        grid={"tokens": TOKENS, "contexts": list(contexts)},
+        factorizations=facts,
+        points=points,
+    )
 
 
 def test_planner_finds_the_known_crossover():
@@ -96,7 +104,9 @@ def test_profile_policy_in_the_engine(tmp_path):
     path = tmp_path / "p.json"
     synthetic_profile(lambda t, c: 1 + 0.1 * t, lambda t, c: 2 + 0.01 * t).save(path)  # SP faster above ~11 tokens
     with LLM("tiny", sequence_parallel_size=2, shift_policy="profile", shift_profile=str(path)) as llm:
-        llm.generate([[0] + list(range(5, 40)), [0, 7, 8]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+        llm.generate(
+            [[0] + list(range(5, 40)), [0, 7, 8]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+        )
         for s in llm.llm_engine.stats.steps:
             assert s.mode == ("sp" if s.shape.num_tokens > 11 else "tp")
         assert {s.mode for s in llm.llm_engine.stats.steps} == {"tp", "sp"}
@@ -106,8 +116,25 @@ def test_cli_recommend_json_plot_and_prediction(tmp_path):
     path = tmp_path / "p.json"
     synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t).save(path)
     png = tmp_path / "plot.png"
-    result = CliRunner().invoke(app, ["recommend", "--profile", str(path), "--json", "--plot", str(png), "--rate", "20",
-                                      "--input-len", "512", "--output-len", "16", "--num-requests", "50"])
+    result = CliRunner().invoke(
+        app,
+        [
+            "recommend",
+            "--profile",
+            str(path),
+            "--json",
+            "--plot",
+            str(png),
+            "--rate",
+            "20",
+            "--input-len",
+            "512",
+            "--output-len",
+            "16",
+            "--num-requests",
+            "50",
+        ],
+    )
     assert result.exit_code == 0, result.output
     data = json.loads(result.output)
     assert data["best_sp"] == 2 and 180 <= data["threshold"] <= 210
@@ -138,8 +165,23 @@ def test_shipped_cpu_profile_is_the_embedded_default():
 def test_cli_rate_sweep_and_trace(tmp_path):
     path = tmp_path / "p.json"
     synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t).save(path)
-    r = CliRunner().invoke(app, ["recommend", "--profile", str(path), "--json", "--rate", "5,50",
-                                 "--input-len", "512", "--output-len", "8", "--num-requests", "40"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "recommend",
+            "--profile",
+            str(path),
+            "--json",
+            "--rate",
+            "5,50",
+            "--input-len",
+            "512",
+            "--output-len",
+            "8",
+            "--num-requests",
+            "40",
+        ],
+    )
     assert r.exit_code == 0, r.output
     preds = json.loads(r.output)["predictions"]
     assert sorted({p["rate"] for p in preds}) == [5.0, 50.0]
@@ -147,9 +189,11 @@ def test_cli_rate_sweep_and_trace(tmp_path):
     ttft = {p["rate"]: p["ttft_p50_ms"] for p in preds if p["label"] == "TP only"}
     assert ttft[50.0] > ttft[5.0]
     trace = tmp_path / "trace.csv"
-    trace.write_text("TIMESTAMP,ContextTokens,GeneratedTokens\n"
-                     "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
-                     "2023-11-16 18:15:51.2000000,879,7\n")
+    trace.write_text(
+        "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+        "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,396,109\n"
+        "2023-11-16 18:15:51.2000000,879,7\n"
+    )
     r = CliRunner().invoke(app, ["recommend", "--profile", str(path), "--json", "--trace", str(trace)])
     assert r.exit_code == 0, r.output
     preds = json.loads(r.output)["predictions"]
@@ -166,15 +210,22 @@ def test_simulator_against_the_cpu_engine(tmp_path):
     from shifttune.engine.policy import ThresholdPolicy
 
     prompts = [[0] + [5 + i % 50] * n for i, n in enumerate([40, 12, 70, 25, 9, 33])]
-    with LLM("tiny", sequence_parallel_size=2, shift_threshold=16, max_num_batched_tokens=64,
-             enable_prefix_caching=False) as llm:
+    with LLM(
+        "tiny", sequence_parallel_size=2, shift_threshold=16, max_num_batched_tokens=64, enable_prefix_caching=False
+    ) as llm:
         engine = llm.llm_engine
         outs = llm.generate(prompts, SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
         steps = list(engine.stats.steps)
     durations = iter(s.duration_s * 1e3 for s in steps)
     reqs = [Request(0.0, len(p), 6) for p in prompts]
-    res = simulate(reqs, ThresholdPolicy(16), lambda mode, t, c: next(durations), kv_capacity_tokens=1 << 16,
-                   max_num_seqs=256, max_num_batched_tokens=64)
+    res = simulate(
+        reqs,
+        ThresholdPolicy(16),
+        lambda mode, t, c: next(durations),
+        kv_capacity_tokens=1 << 16,
+        max_num_seqs=256,
+        max_num_batched_tokens=64,
+    )
     assert sum(res.steps_per_mode.values()) == len(steps)
     assert res.steps_per_mode == {m: sum(s.mode == m for s in steps) for m in ("tp", "sp")}
     measured_ttft = sorted(1e3 * (o.metrics["first_token_time"] - o.metrics["arrival_time"]) for o in outs)
@@ -184,17 +235,65 @@ def test_simulator_against_the_cpu_engine(tmp_path):
 
 def test_cpu_end_to_end_profile_then_recommend(tmp_path):
     out = tmp_path / "p.json"
-    r = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "2", "--tokens", "1,8,64,256", "--contexts",
-                                 "64,256", "--iters", "3", "--out", str(out), "--no-tui"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "profile",
+            "--device",
+            "cpu",
+            "--gpus",
+            "2",
+            "--tokens",
+            "1,8,64,256",
+            "--contexts",
+            "64,256",
+            "--iters",
+            "3",
+            "--out",
+            str(out),
+            "--no-tui",
+        ],
+    )
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(app, ["recommend", "--profile", str(out), "--json", "--rate", "2,20", "--input-len", "100",
-                                 "--output-len", "8", "--num-requests", "30"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "recommend",
+            "--profile",
+            str(out),
+            "--json",
+            "--rate",
+            "2,20",
+            "--input-len",
+            "100",
+            "--output-len",
+            "8",
+            "--num-requests",
+            "30",
+        ],
+    )
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["world_size"] == 2 and {(f["tp"], f["sp"]) for f in data["factorizations"]} == {(2, 1), (1, 2)}
     assert len(data["predictions"]) == 2 * (4 if data["best_sp"] == 2 else 1)
-    text = CliRunner().invoke(app, ["recommend", "--profile", str(out), "--rate", "2,20", "--input-len", "100",
-                                    "--output-len", "8", "--num-requests", "30", "--slo-ttft", "100000"])
+    text = CliRunner().invoke(
+        app,
+        [
+            "recommend",
+            "--profile",
+            str(out),
+            "--rate",
+            "2,20",
+            "--input-len",
+            "100",
+            "--output-len",
+            "8",
+            "--num-requests",
+            "30",
+            "--slo-ttft",
+            "100000",
+        ],
+    )
     assert text.exit_code == 0 and "meets the SLO up to 20 req/s" in text.output
 
 
@@ -223,7 +322,11 @@ def test_simulator_refuses_what_it_cannot_run():
 
 
 def test_cli_refuses_bad_recommend_arguments():
-    for args, message in [(["--rate", "nan"], "positive numbers"), (["--plot", "x.txt"], "must end in"),
-                          (["--context", "0"], "out of range"), (["--spread", "2", "--rate", "1"], "out of range")]:
+    for args, message in [
+        (["--rate", "nan"], "positive numbers"),
+        (["--plot", "x.txt"], "must end in"),
+        (["--context", "0"], "out of range"),
+        (["--spread", "2", "--rate", "1"], "out of range"),
+    ]:
         r = CliRunner().invoke(app, ["recommend", *args])
         assert r.exit_code == 2 and message in r.output, (args, r.output)

@@ -35,16 +35,22 @@ def test_stop_token_ids_min_tokens_and_stop_strings(llm):
     free = llm.generate(["xyz"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0].outputs[0]
     stop_tok = free.token_ids[3]
     first = free.token_ids.index(stop_tok)
-    out = llm.generate(["xyz"], SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop_tok], ignore_eos=True))
+    out = llm.generate(
+        ["xyz"], SamplingParams(temperature=0, max_tokens=12, stop_token_ids=[stop_tok], ignore_eos=True)
+    )
     c = out[0].outputs[0]
     assert c.finish_reason == "stop" and c.stop_reason == stop_tok and c.token_ids == free.token_ids[: first + 1]
     # min_tokens masks the stop token until that many tokens exist
-    out = llm.generate(["xyz"], SamplingParams(temperature=0, max_tokens=12, min_tokens=first + 2,
-                                               stop_token_ids=[stop_tok], ignore_eos=True))
+    out = llm.generate(
+        ["xyz"],
+        SamplingParams(temperature=0, max_tokens=12, min_tokens=first + 2, stop_token_ids=[stop_tok], ignore_eos=True),
+    )
     assert stop_tok not in out[0].outputs[0].token_ids[: first + 2]
     # a stop string cuts the text before it
     stop_text = free.text[2:4]
-    c = llm.generate(["xyz"], SamplingParams(temperature=0, max_tokens=12, stop=stop_text, ignore_eos=True))[0].outputs[0]
+    c = llm.generate(["xyz"], SamplingParams(temperature=0, max_tokens=12, stop=stop_text, ignore_eos=True))[0].outputs[
+        0
+    ]
     assert c.finish_reason == "stop" and c.stop_reason == stop_text
     assert c.text == free.text[: free.text.find(stop_text)]
 

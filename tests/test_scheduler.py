@@ -28,8 +28,14 @@ def test_small_kv_cache_preempts_and_outputs_are_unchanged(hf_models):
 def test_chunked_prefill_equals_unchunked(hf_models):
     path = hf_models["qwen3"]
     ref, _ = hf_reference(path)
-    with LLM(str(path), tensor_parallel_size=2, sequence_parallel_size=2, shift_threshold=4, block_size=4,
-             max_num_batched_tokens=7) as llm:
+    with LLM(
+        str(path),
+        tensor_parallel_size=2,
+        sequence_parallel_size=2,
+        shift_threshold=4,
+        block_size=4,
+        max_num_batched_tokens=7,
+    ) as llm:
         outs = llm.generate(PROMPTS, GREEDY)
         steps = list(llm.llm_engine.stats.steps)
         assert max(s.shape.num_tokens for s in steps) <= 7

@@ -29,9 +29,15 @@ class LLM:
         **kwargs,
     ):
         config = EngineConfig(
-            model=model, tensor_parallel_size=tensor_parallel_size, sequence_parallel_size=sequence_parallel_size,
-            shift_threshold=shift_threshold, shift_policy=shift_policy, device=device, dtype=dtype,
-            load_format=load_format, **kwargs,
+            model=model,
+            tensor_parallel_size=tensor_parallel_size,
+            sequence_parallel_size=sequence_parallel_size,
+            shift_threshold=shift_threshold,
+            shift_policy=shift_policy,
+            device=device,
+            dtype=dtype,
+            load_format=load_format,
+            **kwargs,
         )
         self.llm_engine = LLMEngine(config)
         # a weak reference, so that an LLM nobody holds can be freed (and its GPU memory with it)
@@ -46,7 +52,11 @@ class LLM:
         """Runs every prompt to completion; outputs come back in the prompts' order."""
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
-        params = sampling_params if isinstance(sampling_params, Seq) else [sampling_params or SamplingParams()] * len(prompts)
+        params = (
+            sampling_params
+            if isinstance(sampling_params, Seq)
+            else [sampling_params or SamplingParams()] * len(prompts)
+        )
         if len(params) != len(prompts):
             raise ConfigError(f"{len(prompts)} prompts but {len(params)} sampling params")
         engine = self.llm_engine

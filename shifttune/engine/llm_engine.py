@@ -59,8 +59,9 @@ class LLMEngine:
             from shifttune.model.loader import check_checkpoint
 
             check_checkpoint(config.model_path, cfg)  # before any process or memory is set up
-        self.policy = make_policy(config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp,
-                                  config.shift_profile)  # a bad profile is refused before any process starts
+        self.policy = make_policy(
+            config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp, config.shift_profile
+        )  # a bad profile is refused before any process starts
         self.tokenizer = load_tokenizer(config)
         self.executor = Executor(config)
         runner = self.executor.runner
@@ -129,8 +130,13 @@ class LLMEngine:
         if name not in ("threshold", "profile", "tp", "sp"):
             raise ConfigError(f"unknown shift policy {name!r}")
         c = self.config
-        policy = make_policy(name, threshold if threshold is not None else c.shift_threshold, c.parallel.tp,
-                             c.parallel.sp, profile or c.shift_profile)
+        policy = make_policy(
+            name,
+            threshold if threshold is not None else c.shift_threshold,
+            c.parallel.tp,
+            c.parallel.sp,
+            profile or c.shift_profile,
+        )
         self.policy, c.shift_policy = policy, name
         c.shift_threshold = threshold if threshold is not None else c.shift_threshold
         c.shift_profile = profile or c.shift_profile
@@ -200,7 +206,9 @@ class LLMEngine:
                 if at >= 0:
                     seq.output_text, seq.stop_reason = seq.output_text[:at], stop
                     return self.scheduler.finish(seq, "stop")
-        if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(seq) >= self.config.max_model_len:
+        if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(
+            seq
+        ) >= self.config.max_model_len:
             self.scheduler.finish(seq, "length")
 
     def _release(self, seq: Sequence) -> None:

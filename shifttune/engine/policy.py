@@ -89,6 +89,8 @@ def make_policy(name: str, threshold: int, tp: int, sp: int, profile_path: str |
             raise ConfigError("shift_policy='profile' needs shift_profile=<profile JSON from `shifttune profile`>")
         profile = load_profile(profile_path)
         if profile.world_size != tp * sp:
-            raise ConfigError(f"profile {profile_path} was measured on {profile.world_size} ranks, not SP x TP = {tp * sp}")
+            raise ConfigError(
+                f"profile {profile_path} was measured on {profile.world_size} ranks, not SP x TP = {tp * sp}"
+            )
         return ProfilePolicy(StepTimeModel(profile, TP, tp, sp), StepTimeModel(profile, SP, tp, sp))
     return FixedPolicy(name)

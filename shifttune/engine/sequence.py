@@ -72,9 +72,20 @@ class RequestOutput:
     @classmethod
     def from_seq(cls, seq: Sequence) -> "RequestOutput":
         out = CompletionOutput(
-            0, seq.output_text, seq.output_token_ids, seq.finish_reason, seq.stop_reason,
+            0,
+            seq.output_text,
+            seq.output_token_ids,
+            seq.finish_reason,
+            seq.stop_reason,
             seq.logprobs if seq.params.logprobs is not None else None,
         )
         metrics = {"arrival_time": seq.arrival_time, "first_token_time": seq.first_token_time}
-        return cls(seq.request_id, seq.prompt, seq.token_ids[: seq.num_prompt_tokens], [out], seq.is_finished,
-                   seq.num_cached_tokens, metrics)
+        return cls(
+            seq.request_id,
+            seq.prompt,
+            seq.token_ids[: seq.num_prompt_tokens],
+            [out],
+            seq.is_finished,
+            seq.num_cached_tokens,
+            metrics,
+        )

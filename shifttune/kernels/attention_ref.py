@@ -30,15 +30,22 @@ class AttentionMetadata:
         return max(self.seq_lens_cpu)
 
 
-def write_kv(k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> None:
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
     """k, v: [T, Hk, d]; caches: [num_blocks, block_size, Hk, d]."""
     k_cache.view(-1, *k.shape[1:])[slots] = k
     v_cache.view(-1, *v.shape[1:])[slots] = v
 
 
 def paged_attention_ref(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    meta: AttentionMetadata, scale: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
 ) -> torch.Tensor:
     """q: [T, Hq, d], k/v: [T, Hk, d] -> [T, Hq, d]."""
     write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
@@ -55,7 +62,10 @@ def paged_attention_ref(
         values = values.repeat_interleave(group, dim=1).transpose(0, 1)
         n = end - start
         # query j sits at position seq_len - n + j and sees keys 0 .. seq_len - n + j
-        mask = torch.arange(seq_len, device=q.device)[None, :] <= torch.arange(seq_len - n, seq_len, device=q.device)[:, None]
+        mask = (
+            torch.arange(seq_len, device=q.device)[None, :]
+            <= torch.arange(seq_len - n, seq_len, device=q.device)[:, None]
+        )
         o = F.scaled_dot_product_attention(q[start:end].transpose(0, 1), keys, values, attn_mask=mask, scale=scale)
         out[start:end] = o.transpose(0, 1)
     return out

@@ -41,17 +41,28 @@ def make(batch: int, q_len: int, context: int, hq: int, hk: int, d: int, bs: int
     q = torch.randn(batch * q_len, hq, d, device=dev, dtype=torch.bfloat16)
     qsl = list(range(0, batch * q_len + 1, q_len))
     lens = [context] * batch
-    meta = AttentionMetadata(torch.zeros(0, dtype=torch.int64, device=dev),
-                             torch.tensor(qsl, dtype=torch.int32, device=dev),
-                             torch.tensor(lens, dtype=torch.int32, device=dev), tables, qsl, lens)
+    meta = AttentionMetadata(
+        torch.zeros(0, dtype=torch.int64, device=dev),
+        torch.tensor(qsl, dtype=torch.int32, device=dev),
+        torch.tensor(lens, dtype=torch.int32, device=dev),
+        tables,
+        qsl,
+        lens,
+    )
     return q, k_cache, v_cache, meta
 
 
 def rel_err(out, q, kc, vc, meta, scale, max_seqs=4):
     """Relative error against the float64 reference on the first few sequences."""
     n = min(max_seqs, len(meta.seq_lens_cpu))
-    sub = AttentionMetadata(meta.slot_mapping.cpu(), meta.query_start_loc[: n + 1].cpu(), meta.seq_lens[:n].cpu(),
-                            meta.block_tables[:n].cpu(), meta.query_start_loc_cpu[: n + 1], meta.seq_lens_cpu[:n])
+    sub = AttentionMetadata(
+        meta.slot_mapping.cpu(),
+        meta.query_start_loc[: n + 1].cpu(),
+        meta.seq_lens[:n].cpu(),
+        meta.block_tables[:n].cpu(),
+        meta.query_start_loc_cpu[: n + 1],
+        meta.seq_lens_cpu[:n],
+    )
     t = meta.query_start_loc_cpu[n]
     empty = torch.zeros(0, kc.shape[2], kc.shape[3], dtype=torch.float64)
     ref = paged_attention_ref(q[:t].double().cpu(), empty, empty, kc.double().cpu(), vc.double().cpu(), sub, scale)
@@ -84,41 +95,88 @@ def main(argv=None) -> None:
         vq = torch.randn_like(kq)
         qq = torch.randn(batch, hq, 1, d, device=dev, dtype=torch.bfloat16)
         sdpa, _, _ = graph_time(lambda: F.scaled_dot_product_attention(qq, kq, vq, enable_gqa=True), dev, 50)
-        rows.append(dict(kind="decode", batch=batch, context=context, ms=med, p10=p10, p90=p90, floor_ms=floor,
-                         over_floor=med / floor, eager_ms=eager, sdpa_contiguous_ms=sdpa, rel_err=err))
-        print(f"decode b={batch:4d} C={context:6d}: {1e3 * med:8.1f} us  floor {1e3 * floor:7.1f} us  x{med / floor:5.2f}  "
-              f"sdpa {1e3 * sdpa:7.1f} us  err {err:.1e}")
+        rows.append(
+            dict(
+                kind="decode",
+                batch=batch,
+                context=context,
+                ms=med,
+                p10=p10,
+                p90=p90,
+                floor_ms=floor,
+                over_floor=med / floor,
+                eager_ms=eager,
+                sdpa_contiguous_ms=sdpa,
+                rel_err=err,
+            )
+        )
+        print(
+            f"decode b={batch:4d} C={context:6d}: {1e3 * med:8.1f} us  floor {1e3 * floor:7.1f} us  x{med / floor:5.2f}  "
+            f"sdpa {1e3 * sdpa:7.1f} us  err {err:.1e}"
+        )
     for n in [2048, 8192, 16384]:
         q, kc, vc, meta = make(1, n, n, hq, hk, d, bs, dev)
         out = paged_attention(q, kc, vc, meta, scale)
         err = rel_err(out, q, kc, vc, meta, scale) if n <= 8192 else float("nan")
-        configs = [dict(block_m=bm, tile=t, num_warps=w, num_stages=st) for bm in (64, 128) for t in (32, 64)
-                   for w in (4, 8) for st in (2, 3)]
+        configs = [
+            dict(block_m=bm, tile=t, num_warps=w, num_stages=st)
+            for bm in (64, 128)
+            for t in (32, 64)
+            for w in (4, 8)
+            for st in (2, 3)
+        ]
         tried = []
         for c in configs:
             try:
-                tried.append((summarize(time_fn(lambda: paged_attention(q, kc, vc, meta, scale, **c), dev, 2, 10))[0], c))
+                tried.append(
+                    (summarize(time_fn(lambda: paged_attention(q, kc, vc, meta, scale, **c), dev, 2, 10))[0], c)
+                )
             except Exception as e:  # a config that does not fit shared memory
                 print("config failed", c, type(e).__name__)
         best_ms, best = min(tried, key=lambda x: x[0])
         med, p10, p90 = summarize(time_fn(lambda: paged_attention(q, kc, vc, meta, scale, **best), dev, 3, 20))
-        print("best prefill config", best, "default", summarize(time_fn(lambda: paged_attention(q, kc, vc, meta, scale), dev, 2, 10))[0])
+        print(
+            "best prefill config",
+            best,
+            "default",
+            summarize(time_fn(lambda: paged_attention(q, kc, vc, meta, scale), dev, 2, 10))[0],
+        )
         flops = 4 * hq * d * n * (n + 1) / 2
         floor = 1e3 * flops / ceil.matmul_flops_per_s
         qq = torch.randn(1, hq, n, d, device=dev, dtype=torch.bfloat16)
         kq = torch.randn(1, hk, n, d, device=dev, dtype=torch.bfloat16)
         vq = torch.randn_like(kq)
-        sdpa, _, _ = summarize(time_fn(lambda: F.scaled_dot_product_attention(qq, kq, vq, is_causal=True, enable_gqa=True),
-                                       dev, 3, 20))
-        rows.append(dict(kind="prefill", batch=1, context=n, ms=med, p10=p10, p90=p90, floor_ms=floor,
-                         over_floor=med / floor, sdpa_contiguous_ms=sdpa, rel_err=err, config=best,
-                         all_configs=[dict(ms=m, **c) for m, c in tried]))
-        print(f"prefill n={n:6d}: {med:8.3f} ms  floor {floor:7.3f} ms  x{med / floor:5.2f}  sdpa {sdpa:7.3f} ms  err {err:.1e}")
-    result = {"command": "python -m shifttune.kernels.bench_attention " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "device": torch.cuda.get_device_name(), "torch": torch.__version__,
-              "shape": dict(hq=hq, hk=hk, d=d, block_size=bs, dtype="bfloat16"),
-              "ceilings": {"hbm_bytes_per_s": ceil.hbm_bytes_per_s, "matmul_flops_per_s": ceil.matmul_flops_per_s},
-              "rows": rows}
+        sdpa, _, _ = summarize(
+            time_fn(lambda: F.scaled_dot_product_attention(qq, kq, vq, is_causal=True, enable_gqa=True), dev, 3, 20)
+        )
+        rows.append(
+            dict(
+                kind="prefill",
+                batch=1,
+                context=n,
+                ms=med,
+                p10=p10,
+                p90=p90,
+                floor_ms=floor,
+                over_floor=med / floor,
+                sdpa_contiguous_ms=sdpa,
+                rel_err=err,
+                config=best,
+                all_configs=[dict(ms=m, **c) for m, c in tried],
+            )
+        )
+        print(
+            f"prefill n={n:6d}: {med:8.3f} ms  floor {floor:7.3f} ms  x{med / floor:5.2f}  sdpa {sdpa:7.3f} ms  err {err:.1e}"
+        )
+    result = {
+        "command": "python -m shifttune.kernels.bench_attention "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "shape": dict(hq=hq, hk=hk, d=d, block_size=bs, dtype="bfloat16"),
+        "ceilings": {"hbm_bytes_per_s": ceil.hbm_bytes_per_s, "matmul_flops_per_s": ceil.matmul_flops_per_s},
+        "rows": rows,
+    }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -34,9 +34,18 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
     res_out = torch.empty_like(x) if residual is not None else out
     n_rows, n_cols = x.shape[0], x.shape[-1]
     if n_rows:
-        _add_rms_norm_kernel[(n_rows,)](x, residual if residual is not None else x, weight, out, res_out, n_cols, eps,
-                                        HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(n_cols),
-                                        num_warps=8 if n_cols >= 4096 else 4)
+        _add_rms_norm_kernel[(n_rows,)](
+            x,
+            residual if residual is not None else x,
+            weight,
+            out,
+            res_out,
+            n_cols,
+            eps,
+            HAS_RES=residual is not None,
+            BLOCK=triton.next_power_of_2(n_cols),
+            num_warps=8 if n_cols >= 4096 else 4,
+        )
     return out if residual is None else (out, res_out)
 
 
@@ -63,8 +72,9 @@ def rope_(qk: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> N
     t, heads, d = qk.shape
     assert qk.stride(2) == 1 and qk.stride(1) == d
     if t:
-        _rope_kernel[(t,)](qk, positions, cos_sin, qk.stride(0), heads, HALF=d // 2,
-                           BLOCK_H=triton.next_power_of_2(heads))
+        _rope_kernel[(t,)](
+            qk, positions, cos_sin, qk.stride(0), heads, HALF=d // 2, BLOCK_H=triton.next_power_of_2(heads)
+        )
 
 
 @triton.jit

@@ -34,9 +34,27 @@ def _find_seq(query_start_loc, num_seqs, q_block, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
-def _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head, qk_scale,
-                 m_i, l_i, acc, HK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
-                 MASK: tl.constexpr):
+def _attend_tile(
+    Q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq,
+    stride_bt,
+    start,
+    kv_hi,
+    q_pos,
+    kv_head,
+    qk_scale,
+    m_i,
+    l_i,
+    acc,
+    HK: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILE: tl.constexpr,
+    MASK: tl.constexpr,
+):
     """One tile of TILE keys gathered through the block table, folded into the online softmax (base 2)."""
     d = tl.arange(0, D)
     k_idx = start + tl.arange(0, TILE)
@@ -60,10 +78,28 @@ def _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi
 
 @triton.jit
 def _paged_attention_kernel(
-    out, q, k_cache, v_cache, block_tables, seq_lens, query_start_loc, part_out, part_lse,
-    scale, num_seqs, stride_bt, num_tokens, stride_qt,
-    HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
-    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    out,
+    q,
+    k_cache,
+    v_cache,
+    block_tables,
+    seq_lens,
+    query_start_loc,
+    part_out,
+    part_lse,
+    scale,
+    num_seqs,
+    stride_bt,
+    num_tokens,
+    stride_qt,
+    HQ: tl.constexpr,
+    HK: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    BLOCK_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    TILE: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -99,11 +135,49 @@ def _paged_attention_kernel(
     first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
     for start in range(kv_lo, full_hi, TILE):
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
-                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, False)
+        m_i, l_i, acc = _attend_tile(
+            Q,
+            k_cache,
+            v_cache,
+            block_tables,
+            seq,
+            stride_bt,
+            start,
+            kv_hi,
+            q_pos,
+            kv_head,
+            qk_scale,
+            m_i,
+            l_i,
+            acc,
+            HK,
+            D,
+            BLOCK_SIZE,
+            TILE,
+            False,
+        )
     for start in range(full_hi, kv_hi, TILE):
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
-                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, True)
+        m_i, l_i, acc = _attend_tile(
+            Q,
+            k_cache,
+            v_cache,
+            block_tables,
+            seq,
+            stride_bt,
+            start,
+            kv_hi,
+            q_pos,
+            kv_head,
+            qk_scale,
+            m_i,
+            l_i,
+            acc,
+            HK,
+            D,
+            BLOCK_SIZE,
+            TILE,
+            True,
+        )
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if NUM_SPLITS == 1:
@@ -117,8 +191,16 @@ def _paged_attention_kernel(
 
 
 @triton.jit
-def _merge_splits_kernel(out, part_out, part_lse, num_tokens, HQ: tl.constexpr, D: tl.constexpr,
-                         NUM_SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr):
+def _merge_splits_kernel(
+    out,
+    part_out,
+    part_lse,
+    num_tokens,
+    HQ: tl.constexpr,
+    D: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    SPLITS_P2: tl.constexpr,
+):
     row = tl.program_id(0)  # token * HQ + head
     s = tl.arange(0, SPLITS_P2)
     s_ok = s < NUM_SPLITS
@@ -148,8 +230,15 @@ def choose_num_splits(num_q_blocks: int, num_kv_heads: int, max_seq_len: int, nu
 
 
 def paged_attention(
-    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
-    num_splits: int | None = None, block_m: int | None = None, tile: int | None = None, num_warps: int = 4,
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+    num_splits: int | None = None,
+    block_m: int | None = None,
+    tile: int | None = None,
+    num_warps: int = 4,
     num_stages: int = 2,
 ) -> torch.Tensor:
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
@@ -167,22 +256,53 @@ def paged_attention(
     else:
         part_out = part_lse = out  # unused
     _paged_attention_kernel[(grid_q, hk, num_splits)](
-        out, q, k_cache, v_cache, meta.block_tables, meta.seq_lens, meta.query_start_loc, part_out, part_lse,
-        scale, num_seqs, meta.block_tables.stride(0), num_tokens, q.stride(0),
-        HQ=hq, HK=hk, D=dim, BLOCK_SIZE=block_size, BLOCK_Q=block_q, BLOCK_M=block_m,
-        TILE=tile or (64 if dim <= 128 else 32), NUM_SPLITS=num_splits, num_warps=num_warps, num_stages=num_stages,
+        out,
+        q,
+        k_cache,
+        v_cache,
+        meta.block_tables,
+        meta.seq_lens,
+        meta.query_start_loc,
+        part_out,
+        part_lse,
+        scale,
+        num_seqs,
+        meta.block_tables.stride(0),
+        num_tokens,
+        q.stride(0),
+        HQ=hq,
+        HK=hk,
+        D=dim,
+        BLOCK_SIZE=block_size,
+        BLOCK_Q=block_q,
+        BLOCK_M=block_m,
+        TILE=tile or (64 if dim <= 128 else 32),
+        NUM_SPLITS=num_splits,
+        num_warps=num_warps,
+        num_stages=num_stages,
     )
     if num_splits > 1:
         _merge_splits_kernel[(num_tokens * hq,)](
-            out, part_out, part_lse, num_tokens, HQ=hq, D=dim, NUM_SPLITS=num_splits,
+            out,
+            part_out,
+            part_lse,
+            num_tokens,
+            HQ=hq,
+            D=dim,
+            NUM_SPLITS=num_splits,
             SPLITS_P2=triton.next_power_of_2(num_splits),
         )
     return out
 
 
 def paged_attention_triton(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    meta: AttentionMetadata, scale: float,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
 ) -> torch.Tensor:
     """Same contract as `paged_attention_ref`: writes the step's K/V into the cache, then attends."""
     write_kv(k, v, k_cache, v_cache, meta.slot_mapping)

@@ -27,8 +27,12 @@ class RMSNorm(nn.Module):
             from shifttune.kernels.fused import add_rms_norm
 
             shape = x.shape
-            out = add_rms_norm(x.reshape(-1, shape[-1]), None if residual is None else residual.reshape(-1, shape[-1]),
-                               self.weight, self.eps)
+            out = add_rms_norm(
+                x.reshape(-1, shape[-1]),
+                None if residual is None else residual.reshape(-1, shape[-1]),
+                self.weight,
+                self.eps,
+            )
             return out.view(shape) if residual is None else (out[0].view(shape), out[1].view(shape))
         if residual is not None:
             x = x + residual

@@ -14,7 +14,12 @@ from torch import nn
 from shifttune.config import ModelConfig
 from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref
 from shifttune.model.layers import (
-    ColumnParallelLinear, ParallelLMHead, RMSNorm, RotaryEmbedding, RowParallelLinear, VocabParallelEmbedding,
+    ColumnParallelLinear,
+    ParallelLMHead,
+    RMSNorm,
+    RotaryEmbedding,
+    RowParallelLinear,
+    VocabParallelEmbedding,
 )
 from shifttune.model.layout import Layout
 
@@ -24,7 +29,9 @@ class Attention(nn.Module):
         super().__init__()
         self.layout, self.rotary, self.d, self.attn_fn = layout, rotary, cfg.head_dim, attn_fn
         self.num_q, self.num_kv = len(layout.q_heads), len(layout.kv_heads)
-        self.qkv_proj = ColumnParallelLinear(cfg.hidden_size, (self.num_q + 2 * self.num_kv) * self.d, cfg.qkv_bias, dtype)
+        self.qkv_proj = ColumnParallelLinear(
+            cfg.hidden_size, (self.num_q + 2 * self.num_kv) * self.d, cfg.qkv_bias, dtype
+        )
         self.o_proj = RowParallelLinear(self.num_q * self.d, cfg.hidden_size, layout.group, dtype)
         self.q_norm = RMSNorm(self.d, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
         self.k_norm = RMSNorm(self.d, cfg.rms_norm_eps, dtype) if cfg.qk_norm else None
@@ -32,7 +39,9 @@ class Attention(nn.Module):
         self.scale = self.d**-0.5
         self.k_cache = self.v_cache = torch.empty(0)  # bound by the model runner
 
-    def forward(self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata, num_tokens: int) -> torch.Tensor:
+    def forward(
+        self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata, num_tokens: int
+    ) -> torch.Tensor:
         t_local, d, sp = x.shape[0], self.d, self.layout.sp
         q, k, v = self.qkv_proj(x).split([self.num_q * d, self.num_kv * d, self.num_kv * d], dim=-1)
         q, k, v = q.view(t_local, self.num_q, d), k.view(t_local, self.num_kv, d), v.view(t_local, self.num_kv, d)
@@ -99,8 +108,9 @@ class DecoderLayer(nn.Module):
 class CausalLM(nn.Module):
     """One rank's shard of the model in one layout. Parameter names follow HF (loader maps slices)."""
 
-    def __init__(self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype,
-                 attn_fn=paged_attention_ref):
+    def __init__(
+        self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype, attn_fn=paged_attention_ref
+    ):
         super().__init__()
         self.cfg, self.layout = cfg, layout
         rows = len(layout.vocab_rows)
@@ -111,7 +121,9 @@ class CausalLM(nn.Module):
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight
 
-    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, num_tokens: int) -> torch.Tensor:
+    def forward(
+        self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata, num_tokens: int
+    ) -> torch.Tensor:
         """Hidden states after the final norm for this rank's tokens (a slice of the step when SP > 1)."""
         hidden, residual = self.embed_tokens(input_ids), None
         for layer in self.layers:

@@ -67,8 +67,10 @@ def expected_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
             p + "post_attention_layernorm.weight": (h,),
         }
         if cfg.qkv_bias:
-            shapes |= {p + f"self_attn.{x}_proj.bias": (shape,) for x, shape in
-                       (("q", cfg.num_heads * d), ("k", cfg.num_kv_heads * d), ("v", cfg.num_kv_heads * d))}
+            shapes |= {
+                p + f"self_attn.{x}_proj.bias": (shape,)
+                for x, shape in (("q", cfg.num_heads * d), ("k", cfg.num_kv_heads * d), ("v", cfg.num_kv_heads * d))
+            }
         if cfg.qk_norm:
             shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
     return shapes
@@ -110,7 +112,7 @@ def _target(model: CausalLM, name: str) -> tuple[torch.Tensor, int, slice] | Non
         return model.norm.weight, 0, slice(None)
     if not name.startswith("model.layers."):
         return None
-    idx, rest = name[len("model.layers."):].split(".", 1)
+    idx, rest = name[len("model.layers.") :].split(".", 1)
     layer = model.layers[int(idx)]
     attn, mlp = layer.self_attn, layer.mlp
     nq, nk = len(L.q_heads) * d, len(L.kv_heads) * d

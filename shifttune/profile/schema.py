@@ -89,8 +89,10 @@ class Profile:
 
     def curve(self, mode: str, tp: int, sp: int, context: int) -> list[Point]:
         """Points of one mode and layout at one context, by tokens."""
-        return sorted((p for p in self.points if (p.mode, p.tp, p.sp, p.context) == (mode, tp, sp, context)),
-                      key=lambda p: p.tokens)
+        return sorted(
+            (p for p in self.points if (p.mode, p.tp, p.sp, p.context) == (mode, tp, sp, context)),
+            key=lambda p: p.tokens,
+        )
 
     def to_dict(self) -> dict:
         return {"schema": SCHEMA, "version": VERSION, **asdict(self)}
@@ -115,7 +117,7 @@ def _require(obj: dict, key: str, kind, where: str):
 
 def profile_from_dict(data: dict, source: str = "profile") -> Profile:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
-        raise ProfileError(f"{source} is not a shifttune profile (no \"schema\": \"{SCHEMA}\")")
+        raise ProfileError(f'{source} is not a shifttune profile (no "schema": "{SCHEMA}")')
     if data.get("version") != VERSION:
         raise ProfileError(f"{source} has profile version {data.get('version')!r}; this shifttune reads {VERSION}")
     for key in ("hardware", "software", "model", "engine", "grid"):
@@ -155,9 +157,15 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
         seen.add(point.key)
         points.append(point)
     return Profile(
-        hardware=data["hardware"], software=data["software"], model=data["model"], engine=data["engine"],
-        grid=data["grid"], command=data.get("command", ""), created=data.get("created", ""),
-        factorizations=facts, points=points,
+        hardware=data["hardware"],
+        software=data["software"],
+        model=data["model"],
+        engine=data["engine"],
+        grid=data["grid"],
+        command=data.get("command", ""),
+        created=data.get("created", ""),
+        factorizations=facts,
+        points=points,
     )
 
 

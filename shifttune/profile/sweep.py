@@ -51,8 +51,10 @@ class ProfileSettings:
         for t in self.tokens:  # prefill steps are whole chunks of min(T, C) tokens
             for c in self.contexts:
                 if t > self.max_decode and t % min(t, c):
-                    raise ConfigError(f"{t} tokens per step is not a whole number of {min(t, c)}-token chunks at "
-                                      f"context {c}; pick token counts that are multiples of the contexts below them")
+                    raise ConfigError(
+                        f"{t} tokens per step is not a whole number of {min(t, c)}-token chunks at "
+                        f"context {c}; pick token counts that are multiples of the contexts below them"
+                    )
 
 
 @dataclass
@@ -85,17 +87,28 @@ def check_factorization(settings: ProfileSettings, tp: int, sp: int) -> str | No
         kv_per_token = 2 * cfg.num_layers * max(1, cfg.num_kv_heads // (tp * sp)) * cfg.head_dim * elem
         need = weights + kv_per_token * max(settings.contexts)
         if need > memory:
-            return (f"weights {weights / 2**30:.0f} GiB per GPU (W/TP x (1 + 1/SP)) plus KV for one "
-                    f"{max(settings.contexts)}-token sequence exceed {memory / 2**30:.0f} GiB")
+            return (
+                f"weights {weights / 2**30:.0f} GiB per GPU (W/TP x (1 + 1/SP)) plus KV for one "
+                f"{max(settings.contexts)}-token sequence exceed {memory / 2**30:.0f} GiB"
+            )
     return None
 
 
 def _model_summary(config: EngineConfig) -> dict:
     c = config.model_config
-    return {"name": config.model, "architecture": c.architecture, "num_params": c.num_params,
-            "hidden_size": c.hidden_size, "num_layers": c.num_layers, "num_heads": c.num_heads,
-            "num_kv_heads": c.num_kv_heads, "head_dim": c.head_dim, "intermediate_size": c.intermediate_size,
-            "vocab_size": c.vocab_size, "dtype": config.dtype}
+    return {
+        "name": config.model,
+        "architecture": c.architecture,
+        "num_params": c.num_params,
+        "hidden_size": c.hidden_size,
+        "num_layers": c.num_layers,
+        "num_heads": c.num_heads,
+        "num_kv_heads": c.num_kv_heads,
+        "head_dim": c.head_dim,
+        "intermediate_size": c.intermediate_size,
+        "vocab_size": c.vocab_size,
+        "dtype": config.dtype,
+    }
 
 
 def _plan(settings: ProfileSettings, feasible: list[tuple[int, int]]) -> list[tuple[int, int, list[str]]]:
@@ -109,9 +122,13 @@ def _plan(settings: ProfileSettings, feasible: list[tuple[int, int]]) -> list[tu
     return plan
 
 
-def run_profile(settings: ProfileSettings, out: Path, command: str,
-                progress: Callable[[ProgressEvent], None] = lambda e: None,
-                stop: Callable[[], bool] = lambda: False) -> Profile:
+def run_profile(
+    settings: ProfileSettings,
+    out: Path,
+    command: str,
+    progress: Callable[[ProgressEvent], None] = lambda e: None,
+    stop: Callable[[], bool] = lambda: False,
+) -> Profile:
     """Measures every planned point not already in `out`, saving after each. `stop()` is asked between
     points; when it says so, this raises KeyboardInterrupt with everything measured saved."""
     from shifttune.engine.llm_engine import LLMEngine
@@ -121,33 +138,61 @@ def run_profile(settings: ProfileSettings, out: Path, command: str,
     reasons = {(tp, sp): check_factorization(settings, tp, sp) for tp, sp in factorizations(p)}
     feasible = [f for f, why in reasons.items() if why is None]
     if not feasible:
-        raise ConfigError("no SP x TP factorization of %d can run: %s" % (p, "; ".join(
-            f"TP={tp} SP={sp}: {why}" for (tp, sp), why in reasons.items())))
-    hardware, engine_settings = describe_hardware(settings.device), {
-        "max_decode_batch": settings.max_decode, "warmup": settings.warmup, "iters": settings.iters,
-        "device": settings.device, "load_format": settings.load_format, "ranks": settings.ranks,
-        "dtype": settings.dtype}
+        raise ConfigError(
+            "no SP x TP factorization of %d can run: %s"
+            % (p, "; ".join(f"TP={tp} SP={sp}: {why}" for (tp, sp), why in reasons.items()))
+        )
+    hardware, engine_settings = (
+        describe_hardware(settings.device),
+        {
+            "max_decode_batch": settings.max_decode,
+            "warmup": settings.warmup,
+            "iters": settings.iters,
+            "device": settings.device,
+            "load_format": settings.load_format,
+            "ranks": settings.ranks,
+            "dtype": settings.dtype,
+        },
+    )
     grid = {"tokens": settings.tokens, "contexts": settings.contexts}
     profile = _resume(out, settings, hardware, grid, engine_settings)
     measured = {pt.key for pt in profile.points} if profile else set()
     plan = _plan(settings, feasible)
-    todo = [(tp, sp, mode, t, c) for tp, sp, modes in plan for c in settings.contexts for t in settings.tokens
-            for mode in modes]
+    todo = [
+        (tp, sp, mode, t, c)
+        for tp, sp, modes in plan
+        for c in settings.contexts
+        for t in settings.tokens
+        for mode in modes
+    ]
     key = lambda tp, sp, mode, t, c: (mode, p, 1, t, c) if mode == "tp" else (mode, tp, sp, t, c)  # noqa: E731
     total, done = len(todo), sum(1 for x in todo if key(*x) in measured)
     for (tp, sp), why in reasons.items():
         if why:
             progress(ProgressEvent(done, total, "", message=f"TP={tp} SP={sp} skipped: {why}"))
     for tp, sp, modes in plan:
-        remaining = [(t, c, m) for c in settings.contexts for t in settings.tokens for m in modes
-                     if key(tp, sp, m, t, c) not in measured]
+        remaining = [
+            (t, c, m)
+            for c in settings.contexts
+            for t in settings.tokens
+            for m in modes
+            if key(tp, sp, m, t, c) not in measured
+        ]
         if not remaining:
             continue
-        progress(ProgressEvent(done, total, f"starting TP={tp} SP={sp}", message=f"starting the engine: TP={tp} SP={sp}"))
+        progress(
+            ProgressEvent(done, total, f"starting TP={tp} SP={sp}", message=f"starting the engine: TP={tp} SP={sp}")
+        )
         config = EngineConfig(
-            model=settings.model, tensor_parallel_size=tp, sequence_parallel_size=sp, device=settings.device,
-            dtype=settings.dtype, load_format=settings.load_format, max_num_seqs=settings.max_decode,
-            max_num_batched_tokens=max(settings.tokens), max_model_len=max(settings.contexts),
+            model=settings.model,
+            tensor_parallel_size=tp,
+            sequence_parallel_size=sp,
+            device=settings.device,
+            dtype=settings.dtype,
+            load_format=settings.load_format,
+            max_num_seqs=settings.max_decode,
+            max_num_batched_tokens=max(settings.tokens),
+            max_model_len=max(settings.contexts),
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enable_prefix_caching=False,
         )
@@ -155,32 +200,57 @@ def run_profile(settings: ProfileSettings, out: Path, command: str,
         try:
             runner = engine.executor.runner
             if profile is None:
-                profile = Profile(hardware=hardware, software=describe_software(), model=_model_summary(config),
-                                  engine=engine_settings | {"block_size": config.block_size,
-                                                            "cuda_graphs": config.device == "cuda",
-                                                            "attention_backend": config.attention_backend},
-                                  grid=grid, command=command,
-                                  created=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                profile = Profile(
+                    hardware=hardware,
+                    software=describe_software(),
+                    model=_model_summary(config),
+                    engine=engine_settings
+                    | {
+                        "block_size": config.block_size,
+                        "cuda_graphs": config.device == "cuda",
+                        "attention_backend": config.attention_backend,
+                    },
+                    grid=grid,
+                    command=command,
+                    created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                )
             # what a deployment of this layout could hold, not just what this sweep allocated
             capacity = runner.kv_blocks_memory_limit * config.block_size
-            _set_factorization(profile, Factorization(
-                tp, sp, True, None, runner.weight_bytes, capacity, runner.kv_bytes_per_block // config.block_size))
+            _set_factorization(
+                profile,
+                Factorization(
+                    tp, sp, True, None, runner.weight_bytes, capacity, runner.kv_bytes_per_block // config.block_size
+                ),
+            )
             engine.executor.call("fill_kv_cache_random")
             for t, c, mode in remaining:
                 if stop():
                     raise KeyboardInterrupt
                 label = f"TP={tp} SP={sp} {mode} mode, {t} tokens at context {c}"
                 progress(ProgressEvent(done, total, label))
-                got = measure_point(engine, mode, t, c, settings.max_decode, settings.warmup, settings.iters,
-                                    Ceilings(1.0, 1.0))
+                got = measure_point(
+                    engine, mode, t, c, settings.max_decode, settings.warmup, settings.iters, Ceilings(1.0, 1.0)
+                )
                 done += 1
                 if got is None:
                     progress(ProgressEvent(done, total, label, message=f"{label}: skipped, KV cache too small"))
                     continue
                 timing, peak = got
                 ptp, psp = (p, 1) if mode == "tp" else (tp, sp)
-                point = Point(mode, ptp, psp, t, c, timing.num_seqs, timing.tokens_per_seq, timing.median_ms,
-                              timing.p10_ms, timing.p90_ms, peak, capacity)
+                point = Point(
+                    mode,
+                    ptp,
+                    psp,
+                    t,
+                    c,
+                    timing.num_seqs,
+                    timing.tokens_per_seq,
+                    timing.median_ms,
+                    timing.p10_ms,
+                    timing.p90_ms,
+                    peak,
+                    capacity,
+                )
                 profile.points.append(point)
                 profile.save(out)
                 progress(ProgressEvent(done, total, label, point=point))
@@ -211,8 +281,10 @@ def _resume(out: Path, settings: ProfileSettings, hardware: dict, grid: dict, en
     if old.hardware.get("gpu_name") != hardware.get("gpu_name"):
         differ.append("machine")
     if differ:
-        raise ProfileError(f"{out} holds a profile measured with other settings ({', '.join(differ)}); "
-                           "pass another --out, or delete it to start over")
+        raise ProfileError(
+            f"{out} holds a profile measured with other settings ({', '.join(differ)}); "
+            "pass another --out, or delete it to start over"
+        )
     return old
 
 
@@ -223,4 +295,3 @@ def default_profile_path(settings: ProfileSettings) -> Path:
     where = (hw.get("gpu_name") or "gpu").replace(" ", "-").lower() if settings.device == "cuda" else "cpu"
     name = Path(settings.model).name.lower()
     return Path("profiles") / f"{name}_{where}x{settings.ranks}.json"
-

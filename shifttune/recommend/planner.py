@@ -52,12 +52,15 @@ class Plan:
 
 def _feasible_sp_factorizations(profile: Profile) -> list[tuple[int, int]]:
     measured = {(p.tp, p.sp) for p in profile.points if p.mode == SP}
-    return sorted(((f.tp, f.sp) for f in profile.factorizations if f.feasible and f.sp > 1 and (f.tp, f.sp) in measured),
-                  key=lambda x: -x[0])
+    return sorted(
+        ((f.tp, f.sp) for f in profile.factorizations if f.feasible and f.sp > 1 and (f.tp, f.sp) in measured),
+        key=lambda x: -x[0],
+    )
 
 
-def plan(profile: Profile, context: int | None = None, workloads: list[Workload] = (),
-         profile_path: str | None = None) -> Plan:
+def plan(
+    profile: Profile, context: int | None = None, workloads: list[Workload] = (), profile_path: str | None = None
+) -> Plan:
     p = profile.world_size
     if not any(pt.mode == TP for pt in profile.points):
         raise ProfileError("the profile has no TP-mode points")
@@ -75,7 +78,8 @@ def plan(profile: Profile, context: int | None = None, workloads: list[Workload]
         fp = next(x for x in facts if (x.tp, x.sp) == (tp, sp))
         fp.crossovers = {c: crossover(tp_model, sp_model, c, max_tokens) for c in contexts}
         fp.sp_speedup_at_max_tokens = statistics.geometric_mean(
-            [tp_model.predict(max_tokens, c) / sp_model.predict(max_tokens, c) for c in contexts])
+            [tp_model.predict(max_tokens, c) / sp_model.predict(max_tokens, c) for c in contexts]
+        )
         if fp.sp_speedup_at_max_tokens > best_speedup:
             best, best_speedup = (tp, sp), fp.sp_speedup_at_max_tokens
     notes = []
@@ -83,8 +87,10 @@ def plan(profile: Profile, context: int | None = None, workloads: list[Workload]
     depends = False
     if best is None or best_speedup <= 1.0:
         best_tp, best_sp, threshold = p, 1, None
-        notes.append("SP x TP mode is never faster than TP mode on the measured grid: run plain TP "
-                     f"(TP={p}); shift parallelism would only cost memory here.")
+        notes.append(
+            "SP x TP mode is never faster than TP mode on the measured grid: run plain TP "
+            f"(TP={p}); shift parallelism would only cost memory here."
+        )
     else:
         best_tp, best_sp = best
         cross = next(x for x in facts if (x.tp, x.sp) == best).crossovers
@@ -93,25 +99,43 @@ def plan(profile: Profile, context: int | None = None, workloads: list[Workload]
         sizes = [max(v, 1.0) for v in cross.values() if v is not None]
         depends = (None in cross.values() and bool(sizes)) or (len(sizes) > 1 and max(sizes) / min(sizes) > 2)
         if depends:
-            notes.append("the crossover moves with context length (" + ", ".join(
-                f"{c}: {'never' if v is None else int(v)}" for c, v in cross.items())
-                + "): a single threshold is a compromise; shift_policy='profile' picks per step.")
+            notes.append(
+                "the crossover moves with context length ("
+                + ", ".join(f"{c}: {'never' if v is None else int(v)}" for c, v in cross.items())
+                + "): a single threshold is a compromise; shift_policy='profile' picks per step."
+            )
         if threshold is None:
-            notes.append(f"at context {at} SP x TP never beats TP: with a scalar threshold run plain TP (TP={p}) "
-                         "there; shift pays only with shift_policy='profile' across contexts.")
+            notes.append(
+                f"at context {at} SP x TP never beats TP: with a scalar threshold run plain TP (TP={p}) "
+                "there; shift pays only with shift_policy='profile' across contexts."
+            )
         elif threshold == 0:
-            notes.append(f"SP x TP wins at every step size at context {at}: run SP={best_sp} x TP={best_tp} "
-                         "without shifting (no second copy of the weights needed).")
+            notes.append(
+                f"SP x TP wins at every step size at context {at}: run SP={best_sp} x TP={best_tp} "
+                "without shifting (no second copy of the weights needed)."
+            )
         elif threshold < ARCTIC_DEFAULT_THRESHOLD / 2 or threshold > ARCTIC_DEFAULT_THRESHOLD * 2:
-            notes.append(f"Arctic Inference's default threshold ({ARCTIC_DEFAULT_THRESHOLD}; docs: 256) is far "
-                         f"from the measured crossover ({threshold}) on this machine.")
+            notes.append(
+                f"Arctic Inference's default threshold ({ARCTIC_DEFAULT_THRESHOLD}; docs: 256) is far "
+                f"from the measured crossover ({threshold}) on this machine."
+            )
     hw = profile.hardware
-    hardware = (f"{hw.get('gpu_count', p)} x {hw.get('gpu_name')}" if hw.get("device") == "cuda"
-                else f"{p} CPU ranks ({hw.get('cpu', 'cpu')})")
+    hardware = (
+        f"{hw.get('gpu_count', p)} x {hw.get('gpu_name')}"
+        if hw.get("device") == "cuda"
+        else f"{p} CPU ranks ({hw.get('cpu', 'cpu')})"
+    )
     result = Plan(
-        model=profile.model.get("name", "?"), hardware=hardware,
-        world_size=p, best_tp=best_tp, best_sp=best_sp, threshold=threshold, context_for_threshold=at,
-        threshold_depends_on_context=bool(depends), factorizations=facts, notes=notes,
+        model=profile.model.get("name", "?"),
+        hardware=hardware,
+        world_size=p,
+        best_tp=best_tp,
+        best_sp=best_sp,
+        threshold=threshold,
+        context_for_threshold=at,
+        threshold_depends_on_context=bool(depends),
+        factorizations=facts,
+        notes=notes,
     )
     result.launch = launch_commands(result, profile, profile_path)
     for workload in workloads:
@@ -138,18 +162,30 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
         if drop_shift_copy and f.kv_bytes_per_token_per_rank:
             extra = f.weight_bytes_per_rank.get("shift", 0) // f.kv_bytes_per_token_per_rank
         return f.kv_capacity_tokens + extra
+
     policies = [(FixedPolicy(TP), capacity(p, 1))]
     if sp > 1:
-        policies += [(FixedPolicy(SP), capacity(tp, sp, drop_shift_copy=True)),
-                     (ThresholdPolicy(plan_.threshold if plan_.threshold is not None else 1 << 30), capacity(tp, sp)),
-                     (ProfilePolicy(models[TP], models[SP]), capacity(tp, sp))]
+        policies += [
+            (FixedPolicy(SP), capacity(tp, sp, drop_shift_copy=True)),
+            (ThresholdPolicy(plan_.threshold if plan_.threshold is not None else 1 << 30), capacity(tp, sp)),
+            (ProfilePolicy(models[TP], models[SP]), capacity(tp, sp)),
+        ]
     out = []
     for policy, kv_tokens in policies:
         th = "never" if plan_.threshold is None else plan_.threshold
-        label = {"tp": "TP only", "sp": f"SP={sp} x TP={tp} only", "threshold": f"shift (threshold {th})",
-                 "profile": "shift (profile policy)"}[policy.name]
-        res = simulate(requests, policy, lambda mode, t, c: models[mode].predict(t, c), kv_capacity_tokens=kv_tokens,
-                       block_size=int(profile.engine.get("block_size", 16)))
+        label = {
+            "tp": "TP only",
+            "sp": f"SP={sp} x TP={tp} only",
+            "threshold": f"shift (threshold {th})",
+            "profile": "shift (profile policy)",
+        }[policy.name]
+        res = simulate(
+            requests,
+            policy,
+            lambda mode, t, c: models[mode].predict(t, c),
+            kv_capacity_tokens=kv_tokens,
+            block_size=int(profile.engine.get("block_size", 16)),
+        )
         out.append({"label": label} | res.summary())
     return out
 
@@ -163,8 +199,10 @@ def launch_commands(plan_: Plan, profile: Profile, profile_path: str | None) -> 
         cmds["vllm"] = f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {p}"
         cmds["shifttune_generate"] = f"shifttune generate --model {model} --tp {p} --device {device}"
     elif th == 0:  # SP x TP at every step: no shifting
-        cmds["vllm_arctic"] = (f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
-                               f"--ulysses-sequence-parallel-size {sp}")
+        cmds["vllm_arctic"] = (
+            f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
+            f"--ulysses-sequence-parallel-size {sp}"
+        )
         cmds["shifttune_python"] = llm + "shift_policy='sp')"
     else:
         if th is not None:
@@ -175,9 +213,12 @@ def launch_commands(plan_: Plan, profile: Profile, profile_path: str | None) -> 
             cmds["vllm_arctic"] = (
                 f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
                 f"--ulysses-sequence-parallel-size {sp} --enable-shift-parallel --shift-parallel-threshold {th} "
-                f"--max-num-seqs {max_seqs}")
+                f"--max-num-seqs {max_seqs}"
+            )
             cmds["shifttune_python"] = llm + f"shift_policy='threshold', shift_threshold={th})"
-            cmds["shifttune_generate"] = f"shifttune generate --model {model} --tp {tp} --sp {sp} --threshold {th} --device {device}"
+            cmds["shifttune_generate"] = (
+                f"shifttune generate --model {model} --tp {tp} --sp {sp} --threshold {th} --device {device}"
+            )
         if profile_path and (plan_.threshold_depends_on_context or th is None):
             cmds["shifttune_python_profile_policy"] = llm + f"shift_policy='profile', shift_profile={profile_path!r})"
     if device == "cpu":  # vLLM and Arctic run on GPUs only
@@ -195,4 +236,3 @@ def validate_arctic(tp: int, sp: int, world: int, num_heads: int, max_num_seqs: 
     if max_num_seqs % sp:
         problems.append(f"--max-num-seqs {max_num_seqs} must divide by SP = {sp}")
     return problems
-

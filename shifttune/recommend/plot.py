@@ -34,8 +34,10 @@ def terminal_plot(profile: Profile, plan: Plan, width: int = 90, height: int = 2
     plt.yscale("log")
     if plan.threshold:
         plt.vline(plan.threshold, "red")
-    plt.title(f"step time vs tokens per step, context {plan.context_for_threshold}"
-              + (f"; threshold {plan.threshold}" if plan.threshold else ""))
+    plt.title(
+        f"step time vs tokens per step, context {plan.context_for_threshold}"
+        + (f"; threshold {plan.threshold}" if plan.threshold else "")
+    )
     plt.xlabel("tokens per step")
     plt.ylabel("ms")
     text = plt.build()

@@ -76,7 +76,9 @@ def load_azure_trace(path: Path, limit: int | None = None) -> list[Request]:
                 if limit and len(rows) >= limit:
                     break
     except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(f"{path} is not an Azure LLM inference trace (TIMESTAMP, ContextTokens, GeneratedTokens): {e}") from None
+        raise ConfigError(
+            f"{path} is not an Azure LLM inference trace (TIMESTAMP, ContextTokens, GeneratedTokens): {e}"
+        ) from None
     if not rows:
         raise ConfigError(f"trace {path} has no requests")
     t0 = min(r[0] for r in rows)
@@ -104,26 +106,40 @@ class SimResult:
     def summary(self) -> dict:
         return {
             "policy": self.policy,
-            "ttft_p50_ms": self._pct(self.ttft_ms, 0.5), "ttft_p99_ms": self._pct(self.ttft_ms, 0.99),
-            "tpot_p50_ms": self._pct(self.tpot_ms, 0.5), "tpot_p99_ms": self._pct(self.tpot_ms, 0.99),
-            "e2e_p50_ms": self._pct(self.e2e_ms, 0.5), "e2e_p99_ms": self._pct(self.e2e_ms, 0.99),
+            "ttft_p50_ms": self._pct(self.ttft_ms, 0.5),
+            "ttft_p99_ms": self._pct(self.ttft_ms, 0.99),
+            "tpot_p50_ms": self._pct(self.tpot_ms, 0.5),
+            "tpot_p99_ms": self._pct(self.tpot_ms, 0.99),
+            "e2e_p50_ms": self._pct(self.e2e_ms, 0.5),
+            "e2e_p99_ms": self._pct(self.e2e_ms, 0.99),
             "output_tok_per_s": self.output_tokens / self.duration_s if self.duration_s else 0.0,
             "total_tok_per_s": (self.output_tokens + self.input_tokens) / self.duration_s if self.duration_s else 0.0,
-            "requests": len(self.e2e_ms), "steps_per_mode": dict(self.steps_per_mode),
+            "requests": len(self.e2e_ms),
+            "steps_per_mode": dict(self.steps_per_mode),
         }
 
 
-def simulate(requests: list[Request], policy: ShiftPolicy, step_ms: Callable[[str, int, float], float], *,
-             kv_capacity_tokens: int, block_size: int = 16, max_num_seqs: int = 256,
-             max_num_batched_tokens: int = 8192) -> SimResult:
+def simulate(
+    requests: list[Request],
+    policy: ShiftPolicy,
+    step_ms: Callable[[str, int, float], float],
+    *,
+    kv_capacity_tokens: int,
+    block_size: int = 16,
+    max_num_seqs: int = 256,
+    max_num_batched_tokens: int = 8192,
+) -> SimResult:
     """Runs every request to completion; `step_ms(mode, tokens, mean_context)` is the step's duration."""
     num_blocks = kv_capacity_tokens // block_size
     too_long = [r for r in requests if blocks_for(r.input_len + r.output_len, block_size) > num_blocks]
     if too_long:
-        raise ConfigError(f"a request of {too_long[0].input_len}+{too_long[0].output_len} tokens exceeds the KV "
-                          f"cache ({kv_capacity_tokens} tokens)")
-    scheduler = Scheduler(BlockManager(num_blocks, block_size, enable_prefix_caching=False),
-                          max_num_seqs, max_num_batched_tokens)
+        raise ConfigError(
+            f"a request of {too_long[0].input_len}+{too_long[0].output_len} tokens exceeds the KV "
+            f"cache ({kv_capacity_tokens} tokens)"
+        )
+    scheduler = Scheduler(
+        BlockManager(num_blocks, block_size, enable_prefix_caching=False), max_num_seqs, max_num_batched_tokens
+    )
     result = SimResult(getattr(policy, "name", "policy"))
     pending = sorted(requests, key=lambda r: r.arrival_s)
     arrival, first_token, next_req, clock = {}, {}, 0, 0.0

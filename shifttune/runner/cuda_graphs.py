@@ -18,8 +18,33 @@ import torch
 from shifttune.kernels.attention_ref import AttentionMetadata
 from shifttune.kernels.paged_attention import choose_num_splits, launch_shape
 
-TOKEN_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 256, 320, 384, 448, 512, 640, 768, 1024,
-                 1280, 1536, 2048)
+TOKEN_BUCKETS = (
+    1,
+    2,
+    4,
+    8,
+    16,
+    24,
+    32,
+    48,
+    64,
+    96,
+    128,
+    160,
+    192,
+    224,
+    256,
+    320,
+    384,
+    448,
+    512,
+    640,
+    768,
+    1024,
+    1280,
+    1536,
+    2048,
+)
 
 
 class StepGraphs:
@@ -77,8 +102,12 @@ class StepGraphs:
         # sequence limit hold prefill chunks, which want tall query tiles.
         block_m = 16 if b < self.max_seqs else 64
         meta = AttentionMetadata(
-            slot_mapping=self.slots[:b], query_start_loc=self.qsl[: s + 1], seq_lens=self.seq_lens[:s],
-            block_tables=self.block_tables[:s], query_start_loc_cpu=None, seq_lens_cpu=None,
+            slot_mapping=self.slots[:b],
+            query_start_loc=self.qsl[: s + 1],
+            seq_lens=self.seq_lens[:s],
+            block_tables=self.block_tables[:s],
+            query_start_loc_cpu=None,
+            seq_lens_cpu=None,
             num_splits=choose_num_splits(launch_shape(b, s, hq, hk, block_m)[2], hk, cfg.max_model_len),
             block_m=block_m,
         )
@@ -104,7 +133,9 @@ class StepGraphs:
         if t > self.buckets[-1]:
             return False
         b = next(x for x in self.buckets if x >= t)
-        return len(step.seq_lens) <= self.seqs_for(b) - (1 if t < b else 0) and len(step.sample_indices) <= self.seqs_for(b)
+        return len(step.seq_lens) <= self.seqs_for(b) - (1 if t < b else 0) and len(
+            step.sample_indices
+        ) <= self.seqs_for(b)
 
     def run(self, step) -> torch.Tensor:
         t, n, k = len(step.input_ids), len(step.seq_lens), len(step.sample_indices)
@@ -112,8 +143,14 @@ class StepGraphs:
         width = max(len(row) for row in step.block_tables)
         tables = [x for row in step.block_tables for x in row + [self.runner.scratch_block] * (width - len(row))]
         ids, pos, slots, qsl, lens, flat, samples = self.runner._upload(
-            step.input_ids, step.positions, step.slot_mapping, step.query_start_loc, step.seq_lens, tables,
-            step.sample_indices)
+            step.input_ids,
+            step.positions,
+            step.slot_mapping,
+            step.query_start_loc,
+            step.seq_lens,
+            tables,
+            step.sample_indices,
+        )
         self.ids[:t].copy_(ids)
         self.pos[:t].copy_(pos)
         self.slots[:t].copy_(slots)

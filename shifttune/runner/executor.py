@@ -151,8 +151,10 @@ class Executor:
             return
         rank, proc = next((i + 1, p) for i, p in enumerate(self.procs) if p.sentinel in ready)
         proc.join()  # the sentinel fires before the process is reaped: join to read its exit code
-        print(f"shifttune: worker rank {rank} exited with code {proc.exitcode}; the engine cannot continue",
-              file=sys.stderr)
+        print(
+            f"shifttune: worker rank {rank} exited with code {proc.exitcode}; the engine cannot continue",
+            file=sys.stderr,
+        )
         time.sleep(3.0)  # a gloo error may surface in the driver and shut down cleanly meanwhile
         if not self._closed:
             os._exit(1)

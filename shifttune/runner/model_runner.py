@@ -62,8 +62,9 @@ class ModelRunner:
             rotary = RotaryEmbedding(cfg.head_dim, config.max_model_len, cfg.rope_theta, cfg.rope_scaling)
             self.shift_model = CausalLM(cfg, make_layout("shift", cfg, state), rotary, dtype, attn)
             # With SP == 1 the base layout is the shift layout: one copy of the weights.
-            self.base_model = (CausalLM(cfg, make_layout("base", cfg, state), rotary, dtype, attn)
-                               if par.sp > 1 else self.shift_model)
+            self.base_model = (
+                CausalLM(cfg, make_layout("base", cfg, state), rotary, dtype, attn) if par.sp > 1 else self.shift_model
+            )
         self.models = [self.shift_model] + ([self.base_model] if par.sp > 1 else [])
         if config.load_format == "dummy":
             init_dummy_weights(self.models, config.seed + state.rank)
@@ -125,8 +126,15 @@ class ModelRunner:
     def model_for(self, mode: str) -> CausalLM:
         return self.base_model if mode == "sp" else self.shift_model
 
-    def forward(self, model: CausalLM, ids: torch.Tensor, pos: torch.Tensor, meta: AttentionMetadata,
-                num_tokens: int, sample_indices: torch.Tensor | None) -> torch.Tensor | None:
+    def forward(
+        self,
+        model: CausalLM,
+        ids: torch.Tensor,
+        pos: torch.Tensor,
+        meta: AttentionMetadata,
+        num_tokens: int,
+        sample_indices: torch.Tensor | None,
+    ) -> torch.Tensor | None:
         """ids/pos hold the step's tokens padded to a multiple of the layout's SP; returns the logits of
         the rows at `sample_indices` (None when no row samples: partial prefill chunks only)."""
         sp = model.layout.sp
@@ -139,8 +147,9 @@ class ModelRunner:
 
     def _upload(self, *lists: list[int]) -> list[torch.Tensor]:
         """All of a step's integer inputs in one pinned host buffer and one non-blocking copy."""
-        host = torch.tensor([x for values in lists for x in values], dtype=torch.int64,
-                            pin_memory=self.device.type == "cuda")
+        host = torch.tensor(
+            [x for values in lists for x in values], dtype=torch.int64, pin_memory=self.device.type == "cuda"
+        )
         return list(host.to(self.device, non_blocking=True).split([len(v) for v in lists]))
 
     @torch.inference_mode()
@@ -159,11 +168,21 @@ class ModelRunner:
         width = max(len(b) for b in step.block_tables)
         tables = [x for b in step.block_tables for x in b + [-1] * (width - len(b))]
         ids, pos, slots, qsl, lens, flat_tables, samples = self._upload(
-            step.input_ids + pad, step.positions + pad, step.slot_mapping, step.query_start_loc, step.seq_lens, tables,
-            step.sample_indices)
+            step.input_ids + pad,
+            step.positions + pad,
+            step.slot_mapping,
+            step.query_start_loc,
+            step.seq_lens,
+            tables,
+            step.sample_indices,
+        )
         meta = AttentionMetadata(
-            slot_mapping=slots, query_start_loc=qsl, seq_lens=lens, block_tables=flat_tables.view(-1, width),
-            query_start_loc_cpu=step.query_start_loc, seq_lens_cpu=step.seq_lens,
+            slot_mapping=slots,
+            query_start_loc=qsl,
+            seq_lens=lens,
+            block_tables=flat_tables.view(-1, width),
+            query_start_loc_cpu=step.query_start_loc,
+            seq_lens_cpu=step.seq_lens,
         )
         return self.forward(model, ids, pos, meta, num_tokens, samples if step.sample_indices else None)
 

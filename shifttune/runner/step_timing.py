@@ -71,8 +71,15 @@ def blocks_needed(num_seqs: int, context: int, block_size: int) -> int:
     return num_seqs * -(-context // block_size)
 
 
-def step_floors(config: EngineConfig, weight_bytes: dict[str, int], mode: str, num_seqs: int, tokens_per_seq: int,
-                context: int, ceilings: Ceilings) -> tuple[float, float, float, float]:
+def step_floors(
+    config: EngineConfig,
+    weight_bytes: dict[str, int],
+    mode: str,
+    num_seqs: int,
+    tokens_per_seq: int,
+    context: int,
+    ceilings: Ceilings,
+) -> tuple[float, float, float, float]:
     """(bytes, FLOPs, bandwidth floor ms, matmul floor ms) of one step on one rank."""
     cfg, par = config.model_config, config.parallel
     elem = torch.empty(0, dtype=config.torch_dtype).element_size()
@@ -103,7 +110,6 @@ def measure_ceilings(device: torch.device) -> Ceilings:
     b = torch.empty_like(a)
     copy_ms = _time_cuda(lambda: b.copy_(a), warmup=3, iters=20)
     hbm = 2 * a.numel() * a.element_size() / (statistics.median(copy_ms) / 1e3)
-    del a, b
     x = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     y = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     mm_ms = _time_cuda(lambda: x @ y, warmup=3, iters=20)

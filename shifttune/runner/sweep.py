@@ -21,7 +21,13 @@ import torch
 from shifttune.config import EngineConfig
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.runner.step_timing import (
-    Ceilings, StepTiming, blocks_needed, measure_ceilings, step_floors, summarize, synthetic_step,
+    Ceilings,
+    StepTiming,
+    blocks_needed,
+    measure_ceilings,
+    step_floors,
+    summarize,
+    synthetic_step,
 )
 
 DECODE = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -36,8 +42,16 @@ def step_shape(tokens: int, context: int, max_decode: int) -> tuple[int, int]:
     return max(1, tokens // per), per
 
 
-def measure_point(engine: LLMEngine, mode: str, tokens: int, context: int, max_decode: int, warmup: int, iters: int,
-                  ceilings: Ceilings) -> tuple[StepTiming, int | None] | None:
+def measure_point(
+    engine: LLMEngine,
+    mode: str,
+    tokens: int,
+    context: int,
+    max_decode: int,
+    warmup: int,
+    iters: int,
+    ceilings: Ceilings,
+) -> tuple[StepTiming, int | None] | None:
     """Times one step shape on every rank; None when the KV cache cannot hold it. Also returns rank 0's
     peak GPU memory during the runs."""
     runner, cfg = engine.executor.runner, engine.config
@@ -51,8 +65,17 @@ def measure_point(engine: LLMEngine, mode: str, tokens: int, context: int, max_d
     return StepTiming(mode, seqs, per, context, seqs * per, med, p10, p90, b, f, bw, mm), peak
 
 
-def run_sweep(engine: LLMEngine, token_grid: list[int], contexts: list[int], modes: list[str], max_decode: int,
-              warmup: int, iters: int, ceilings: Ceilings, log=print) -> list[StepTiming]:
+def run_sweep(
+    engine: LLMEngine,
+    token_grid: list[int],
+    contexts: list[int],
+    modes: list[str],
+    max_decode: int,
+    warmup: int,
+    iters: int,
+    ceilings: Ceilings,
+    log=print,
+) -> list[StepTiming]:
     engine.executor.call("fill_kv_cache_random")
     out = []
     for context in contexts:
@@ -64,8 +87,10 @@ def run_sweep(engine: LLMEngine, token_grid: list[int], contexts: list[int], mod
                     continue
                 t = measured[0]
                 out.append(t)
-                log(f"{mode:>2} T={tokens:>6} C={context:>6}: {t.median_ms:8.3f} ms (floor {t.floor_ms:7.3f}, "
-                    f"x{t.median_ms / t.floor_ms:.2f})")
+                log(
+                    f"{mode:>2} T={tokens:>6} C={context:>6}: {t.median_ms:8.3f} ms (floor {t.floor_ms:7.3f}, "
+                    f"x{t.median_ms / t.floor_ms:.2f})"
+                )
     return out
 
 
@@ -90,8 +115,13 @@ def run_e2e(engine: LLMEngine, batch: int, prompt_len: int, new_tokens: int) -> 
         return {"batch": batch, "skipped": "the KV cache never held the whole batch at once"}
     loop_ms, _, _ = summarize([w for w, _ in decode])
     step_ms, _, _ = summarize([1e3 * s.duration_s for _, s in decode])
-    return {"batch": batch, "prompt_len": prompt_len, "decode_steps": len(decode), "loop_ms_per_step": loop_ms,
-            "execute_and_sample_ms_per_step": step_ms}
+    return {
+        "batch": batch,
+        "prompt_len": prompt_len,
+        "decode_steps": len(decode),
+        "loop_ms_per_step": loop_ms,
+        "execute_and_sample_ms_per_step": step_ms,
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -107,7 +137,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--enforce-eager", action="store_true")
     ap.add_argument("--e2e", default="1,32", help="decode batch sizes to run through the whole engine loop")
-    ap.add_argument("--breakdown", default="32,8192", help="tokens per step to profile by kernel category (at the first context)")
+    ap.add_argument(
+        "--breakdown", default="32,8192", help="tokens per step to profile by kernel category (at the first context)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     tokens = [int(x) for x in args.tokens.split(",")]
@@ -119,10 +151,16 @@ def main(argv: list[str] | None = None) -> None:
     if e2e_batches:
         need = max(need, blocks_needed(max(e2e_batches), e2e_prompt + 32, block_size))
     config = EngineConfig(
-        model=args.model, tensor_parallel_size=args.tp, sequence_parallel_size=args.sp, device=args.device,
-        load_format="dummy", max_num_seqs=max([args.max_decode, *e2e_batches]), max_num_batched_tokens=max(tokens),
+        model=args.model,
+        tensor_parallel_size=args.tp,
+        sequence_parallel_size=args.sp,
+        device=args.device,
+        load_format="dummy",
+        max_num_seqs=max([args.max_decode, *e2e_batches]),
+        max_num_batched_tokens=max(tokens),
         # on GPU the cache takes what memory allows (points that need more are skipped)
-        max_model_len=max(contexts), num_kv_blocks=need if args.device == "cpu" else None,
+        max_model_len=max(contexts),
+        num_kv_blocks=need if args.device == "cpu" else None,
         enforce_eager=args.enforce_eager,
     )
     t0 = time.time()
@@ -131,7 +169,9 @@ def main(argv: list[str] | None = None) -> None:
     try:
         device = engine.executor.runner.device
         ceilings = measure_ceilings(device) if device.type == "cuda" else Ceilings(1e11, 1e12)
-        print(f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s")
+        print(
+            f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
+        )
         modes = ["tp", "sp"] if args.sp > 1 else ["tp"]
         points = run_sweep(engine, tokens, contexts, modes, args.max_decode, args.warmup, args.iters, ceilings)
         e2e = []
@@ -146,7 +186,10 @@ def main(argv: list[str] | None = None) -> None:
                     step = synthetic_step(mode, seqs, per, contexts[0], config.block_size)
                     b = engine.executor.call("breakdown_step", step, 5)
                     breakdowns.append({"mode": mode, "tokens": t, "context": contexts[0]} | b)
-                    print(f"breakdown {mode} T={t}: " + ", ".join(f"{k} {v:.3f}" for k, v in b.items() if k != "top_kernels"))
+                    print(
+                        f"breakdown {mode} T={t}: "
+                        + ", ".join(f"{k} {v:.3f}" for k, v in b.items() if k != "top_kernels")
+                    )
     finally:
         weight_bytes = engine.executor.runner.weight_bytes
         engine.shutdown()
@@ -154,7 +197,10 @@ def main(argv: list[str] | None = None) -> None:
         "command": "python -m shifttune.runner.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
         "torch": torch.__version__,
-        "model": args.model, "tp": args.tp, "sp": args.sp, "startup_s": startup,
+        "model": args.model,
+        "tp": args.tp,
+        "sp": args.sp,
+        "startup_s": startup,
         "weight_bytes_per_rank": weight_bytes,
         "ceilings": {"hbm_bytes_per_s": ceilings.hbm_bytes_per_s, "matmul_flops_per_s": ceilings.matmul_flops_per_s},
         "points": [p.to_dict() for p in points],

@@ -23,8 +23,12 @@ def _nvml_info() -> dict | None:
         gpus = []
         for h in handles:
             name = pynvml.nvmlDeviceGetName(h)
-            gpus.append({"name": name.decode() if isinstance(name, bytes) else name,
-                         "memory_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total})
+            gpus.append(
+                {
+                    "name": name.decode() if isinstance(name, bytes) else name,
+                    "memory_bytes": pynvml.nvmlDeviceGetMemoryInfo(h).total,
+                }
+            )
         topology = []
         for i in range(n):
             row = []
@@ -33,8 +37,16 @@ def _nvml_info() -> dict | None:
                     row.append("X")
                     continue
                 level = pynvml.nvmlDeviceGetTopologyCommonAncestor(handles[i], handles[j])
-                row.append({0: "internal", 10: "single-switch", 20: "multi-switch", 30: "host-bridge",
-                            40: "numa-node", 50: "system"}.get(level, str(level)))
+                row.append(
+                    {
+                        0: "internal",
+                        10: "single-switch",
+                        20: "multi-switch",
+                        30: "host-bridge",
+                        40: "numa-node",
+                        50: "system",
+                    }.get(level, str(level))
+                )
             topology.append(row)
         nvlinks = []
         for h in handles:
@@ -46,8 +58,12 @@ def _nvml_info() -> dict | None:
                     break
             nvlinks.append(active)
         driver = pynvml.nvmlSystemGetDriverVersion()
-        return {"gpus": gpus, "driver": driver.decode() if isinstance(driver, bytes) else driver,
-                "pcie_topology": topology, "active_nvlinks_per_gpu": nvlinks}
+        return {
+            "gpus": gpus,
+            "driver": driver.decode() if isinstance(driver, bytes) else driver,
+            "pcie_topology": topology,
+            "active_nvlinks_per_gpu": nvlinks,
+        }
     finally:
         pynvml.nvmlShutdown()
 
@@ -56,11 +72,21 @@ def describe_hardware(device: str) -> dict:
     if device == "cuda":
         info = _nvml_info() or {}
         if not info:  # NVML missing: what torch can tell
-            info = {"gpus": [{"name": torch.cuda.get_device_name(i),
-                              "memory_bytes": torch.cuda.get_device_properties(i).total_memory}
-                             for i in range(torch.cuda.device_count())]}
-        return {"device": "cuda", "gpu_name": info["gpus"][0]["name"] if info["gpus"] else None,
-                "gpu_count": len(info["gpus"]), **info}
+            info = {
+                "gpus": [
+                    {
+                        "name": torch.cuda.get_device_name(i),
+                        "memory_bytes": torch.cuda.get_device_properties(i).total_memory,
+                    }
+                    for i in range(torch.cuda.device_count())
+                ]
+            }
+        return {
+            "device": "cuda",
+            "gpu_name": info["gpus"][0]["name"] if info["gpus"] else None,
+            "gpu_count": len(info["gpus"]),
+            **info,
+        }
     return {"device": "cpu", "cpu": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
 
 

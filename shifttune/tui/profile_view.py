@@ -35,8 +35,11 @@ class ProfileApp(App):
     #plot { width: 1fr; }
     #log { height: 6; }
     """
-    BINDINGS = [Binding("ctrl+c", "stop", "stop (keeps measured points)", priority=True),
-                Binding("ctrl+q", "stop", "stop", priority=True, show=False), Binding("q", "stop", "stop")]
+    BINDINGS = [
+        Binding("ctrl+c", "stop", "stop (keeps measured points)", priority=True),
+        Binding("ctrl+q", "stop", "stop", priority=True, show=False),
+        Binding("q", "stop", "stop"),
+    ]
 
     def __init__(self, settings: ProfileSettings, out: Path, command: str):
         # NOTE: spawned ranks need multiprocessing's resource tracker, which inherits stderr's file
@@ -72,8 +75,13 @@ class ProfileApp(App):
 
     def _sweep(self) -> None:
         try:
-            self.result = run_profile(self.settings, self.out, self.command, progress=self._from_thread,
-                                      stop=lambda: self._stop or not self.is_running)
+            self.result = run_profile(
+                self.settings,
+                self.out,
+                self.command,
+                progress=self._from_thread,
+                stop=lambda: self._stop or not self.is_running,
+            )
         except KeyboardInterrupt:
             self.interrupted = True
         except BaseException as e:  # shown by the CLI after the app closes
