@@ -32,3 +32,25 @@ def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
             exact = check_against_hf_fp32(str(path), PROMPTS, [o.outputs[0].token_ids for o in outs])
             assert exact >= len(PROMPTS) // 2  # most sequences match outright; the rest pass the rule
         assert engine.executor.runner.graphs.num_replays > 0  # decode steps replayed CUDA graphs
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_a_step_does_not_sync_the_host(hf_models):
+    """Inside execute_model (inputs, forward, logits) nothing waits for the GPU: decode steps replayed from
+    graphs and an eager step past the graphs' largest bucket. Only reading sampled tokens syncs, later."""
+    from shifttune.runner.step_timing import synthetic_step
+
+    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", max_num_batched_tokens=4096,
+             cuda_graph_max_tokens=256) as llm:
+        runner = llm.llm_engine.executor.runner
+        steps = [synthetic_step("tp", 8, 1, 100, 16), synthetic_step("tp", 2, 200, 200, 16)]
+        for step in steps:  # warm up (Triton compiles on first use)
+            runner.execute_model(step)
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            for step in steps:
+                logits = runner.execute_model(step)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        assert logits.shape[0] == 2 and runner.graphs.num_replays >= 2
