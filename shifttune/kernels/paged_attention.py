@@ -134,50 +134,14 @@ def _paged_attention_kernel(
     # Keys up to the block's first query position are visible to every row: no mask there.
     first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
+    # fmt: off
     for start in range(kv_lo, full_hi, TILE):
-        m_i, l_i, acc = _attend_tile(
-            Q,
-            k_cache,
-            v_cache,
-            block_tables,
-            seq,
-            stride_bt,
-            start,
-            kv_hi,
-            q_pos,
-            kv_head,
-            qk_scale,
-            m_i,
-            l_i,
-            acc,
-            HK,
-            D,
-            BLOCK_SIZE,
-            TILE,
-            False,
-        )
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
+                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, False)
     for start in range(full_hi, kv_hi, TILE):
-        m_i, l_i, acc = _attend_tile(
-            Q,
-            k_cache,
-            v_cache,
-            block_tables,
-            seq,
-            stride_bt,
-            start,
-            kv_hi,
-            q_pos,
-            kv_head,
-            qk_scale,
-            m_i,
-            l_i,
-            acc,
-            HK,
-            D,
-            BLOCK_SIZE,
-            TILE,
-            True,
-        )
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
+                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, True)
+    # fmt: on
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if NUM_SPLITS == 1:
