@@ -40,8 +40,9 @@ def test_a_step_does_not_sync_the_host(hf_models):
     graphs and an eager step past the graphs' largest bucket. Only reading sampled tokens syncs, later."""
     from shifttune.runner.step_timing import synthetic_step
 
-    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", max_num_batched_tokens=4096,
-             cuda_graph_max_tokens=256) as llm:
+    with LLM(
+        str(hf_models["llama"]), device="cuda", dtype="bfloat16", max_num_batched_tokens=4096, cuda_graph_max_tokens=256
+    ) as llm:
         runner = llm.llm_engine.executor.runner
         steps = [synthetic_step("tp", 8, 1, 100, 16), synthetic_step("tp", 2, 200, 200, 16)]
         for step in steps:  # warm up (Triton compiles on first use)

@@ -1,7 +1,7 @@
 """Reference attention over the paged KV cache, in plain torch: the oracle for every faster kernel.
 
-One call serves a whole engine step: it writes the step's new K/V into the cache at `slot_mapping`,
-then for each sequence attends its new queries to every cached token of that sequence (causal).
+One call serves a whole engine step (whose new K/V `write_kv` has already put in the cache): for each
+sequence it attends the new queries to every cached token of that sequence (causal).
 """
 
 from __future__ import annotations
@@ -39,16 +39,9 @@ def write_kv(
 
 
 def paged_attention_ref(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    scale: float,
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata, scale: float
 ) -> torch.Tensor:
-    """q: [T, Hq, d], k/v: [T, Hk, d] -> [T, Hq, d]."""
-    write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
+    """q: [T, Hq, d]; caches: [num_blocks, block_size, Hk, d] -> [T, Hq, d]."""
     block_size, num_kv, group = k_cache.shape[1], k_cache.shape[2], q.shape[1] // k_cache.shape[2]
     out = torch.empty_like(q)
     qsl, lens = meta.query_start_loc_cpu, meta.seq_lens_cpu

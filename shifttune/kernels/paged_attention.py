@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from shifttune.kernels.attention_ref import AttentionMetadata, write_kv
+from shifttune.kernels.attention_ref import AttentionMetadata
 
 
 @triton.jit
@@ -257,17 +257,3 @@ def paged_attention(
             SPLITS_P2=triton.next_power_of_2(num_splits),
         )
     return out
-
-
-def paged_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    k_cache: torch.Tensor,
-    v_cache: torch.Tensor,
-    meta: AttentionMetadata,
-    scale: float,
-) -> torch.Tensor:
-    """Same contract as `paged_attention_ref`: writes the step's K/V into the cache, then attends."""
-    write_kv(k, v, k_cache, v_cache, meta.slot_mapping)
-    return paged_attention(q, k_cache, v_cache, meta, scale)

@@ -26,9 +26,9 @@ GIB = 1 << 30
 
 def attention_backend(name: str):
     if name == "triton":  # imported only here: the CPU path never needs Triton
-        from shifttune.kernels.paged_attention import paged_attention_triton
+        from shifttune.kernels.paged_attention import paged_attention
 
-        return paged_attention_triton
+        return paged_attention
     return paged_attention_ref
 
 
