@@ -20,6 +20,7 @@ class Sequence:
         self.request_id = request_id
         self.prompt = prompt
         self.params = params
+        self.prompt_token_ids = list(prompt_token_ids)  # kept once: outputs share it instead of slicing each step
         self.token_ids = list(prompt_token_ids)
         self.num_prompt_tokens = len(prompt_token_ids)
         self.num_computed_tokens = 0  # tokens whose KV is in the cache
@@ -83,7 +84,7 @@ class RequestOutput:
         return cls(
             seq.request_id,
             seq.prompt,
-            seq.token_ids[: seq.num_prompt_tokens],
+            seq.prompt_token_ids,
             [out],
             seq.is_finished,
             seq.num_cached_tokens,
