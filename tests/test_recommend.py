@@ -12,9 +12,10 @@ from typer.testing import CliRunner
 from shifttune import LLM, SamplingParams
 from shifttune.cli import app
 from shifttune.engine.policy import FixedPolicy
-from shifttune.profile.schema import Factorization, Point, Profile, load_profile
-from shifttune.profile.step_model import StepTimeModel
-from shifttune.recommend.planner import plan, validate_arctic
+from shifttune.engine.profile_schema import Factorization, Point, Profile, load_profile
+from shifttune.engine.step_model import StepTimeModel
+from shifttune.recommend.launch import validate_arctic
+from shifttune.recommend.planner import plan
 from shifttune.recommend.simulator import Request, Workload, simulate
 
 TOKENS = [2**k for k in range(13)]  # 1 .. 4096
@@ -29,8 +30,8 @@ def synthetic_profile(tp_ms, sp_ms, contexts=(512, 2048), world=(2, 1, 1, 2), na
             points.append(Point("tp", p, 1, t, c, t, 1, tp_ms(t, c), tp_ms(t, c), tp_ms(t, c)))
             points.append(Point("sp", tp, sp, t, c, t, 1, sp_ms(t, c), sp_ms(t, c), sp_ms(t, c)))
     facts = [
-        Factorization(p, 1, True, None, {"base": 0, "shift": 100}, 10**6, 10),
-        Factorization(tp, sp, True, None, {"base": 200, "shift": 100}, 10**6, 10),
+        Factorization(p, 1, True, None, {"tp": 100, "sp": 0}, 10**6, 10),
+        Factorization(tp, sp, True, None, {"tp": 100, "sp": 200}, 10**6, 10),
     ]
     return Profile(
         hardware={"device": "cuda", "gpu_name": "test GPU", "gpu_count": p},
@@ -45,13 +46,13 @@ def synthetic_profile(tp_ms, sp_ms, contexts=(512, 2048), world=(2, 1, 1, 2), na
 
 def test_planner_finds_the_known_crossover():
     # TP: 5 + 0.02 T ms, SP x TP: 7 + 0.01 T ms -> they cross at T = 200
-    prof = synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t)
+    prof = synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t, name="llama-3.1-8b")
     result = plan(prof)
     assert (result.best_tp, result.best_sp) == (1, 2)
     assert 180 <= result.threshold <= 210  # log-interpolated curves put it at ~189
     assert not result.threshold_depends_on_context
     assert "--shift-parallel-threshold %d" % result.threshold in result.launch["vllm_arctic"]
-    assert "--max-num-seqs 256" in result.launch["vllm_arctic"]
+    assert "--max-num-seqs" not in result.launch["vllm_arctic"]  # vLLM's default 1024 divides by SP = 2
 
 
 def test_planner_reports_context_dependence_and_never():
@@ -114,7 +115,7 @@ def test_profile_policy_in_the_engine(tmp_path):
 
 def test_cli_recommend_json_plot_and_prediction(tmp_path):
     path = tmp_path / "p.json"
-    synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t).save(path)
+    synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t, name="llama-3.1-8b").save(path)
     png = tmp_path / "plot.png"
     result = CliRunner().invoke(
         app,
@@ -306,7 +307,7 @@ def test_planner_when_sp_never_wins_at_the_context_or_wins_everywhere(tmp_path):
     assert r.threshold is None and r.threshold_depends_on_context
     assert any("never beats TP" in n for n in r.notes)
     assert "vllm_arctic" not in r.launch and "shift_policy='profile'" in r.launch["shifttune_python_profile_policy"]
-    everywhere = plan(synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 1 + 0.01 * t))
+    everywhere = plan(synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 1 + 0.01 * t, name="llama-3.1-8b"))
     assert everywhere.threshold == 0 and "--enable-shift-parallel" not in everywhere.launch["vllm_arctic"]
     assert "shift_policy='sp'" in everywhere.launch["shifttune_python"]
 

@@ -1,4 +1,5 @@
-"""From a profile to a plan: SP x TP degrees, the switching rule, memory, predictions and launch commands.
+"""From a profile to a plan: SP x TP degrees, the switching rule, memory, predictions and launch commands
+(the launch lines and their rules live in `shifttune.recommend.launch`).
 
 The TP-mode curve is the same for every factorization of P (the shift layout always shards P ways),
 so factorizations differ in their SP x TP curve and their memory. The best one is the one whose
@@ -11,9 +12,11 @@ from __future__ import annotations
 import statistics
 from dataclasses import asdict, dataclass, field
 
-from shifttune.engine.policy import SP, TP, FixedPolicy, ProfilePolicy, ThresholdPolicy
-from shifttune.profile.schema import Profile, ProfileError
-from shifttune.profile.step_model import StepTimeModel, crossover
+from shifttune.config import SP, TP
+from shifttune.engine.policy import FixedPolicy, ProfilePolicy, ThresholdPolicy
+from shifttune.engine.profile_schema import Profile, ProfileError
+from shifttune.engine.step_model import StepTimeModel, crossover
+from shifttune.recommend.launch import Deployment, launch_lines
 from shifttune.recommend.simulator import Workload, simulate
 
 ARCTIC_DEFAULT_THRESHOLD = 512  # Arctic Inference's code default (its docs say 256)
@@ -25,7 +28,7 @@ class FactorizationPlan:
     sp: int
     feasible: bool
     reason: str | None
-    weights_gib_per_rank: dict[str, float]  # {"base": SP x TP layout, "shift": TP layout}
+    weights_gib_per_rank: dict[str, float]  # per mode: {"sp": SP x TP mode's weights, "tp": TP mode's}
     kv_capacity_tokens: int | None
     sp_speedup_at_max_tokens: float | None  # TP-mode time / SP x TP-mode time on the largest steps
     crossovers: dict[int, float | None] = field(default_factory=dict)  # context -> tokens (None: never)
@@ -137,7 +140,12 @@ def plan(
         factorizations=facts,
         notes=notes,
     )
-    result.launch = launch_commands(result, profile, profile_path)
+    deployment = Deployment(
+        result.model, p, best_tp, best_sp, threshold, profile_path, profile_policy=bool(depends) or threshold is None
+    )
+    launch = launch_lines(deployment, profile)
+    result.launch = launch.commands
+    result.notes += launch.notes
     for workload in workloads:
         rate = None if workload.trace is not None else workload.rate
         result.predictions += [{"rate": rate} | r for r in predict(profile, result, workload)]
@@ -160,7 +168,7 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
             return 1 << 30
         extra = 0
         if drop_shift_copy and f.kv_bytes_per_token_per_rank:
-            extra = f.weight_bytes_per_rank.get("shift", 0) // f.kv_bytes_per_token_per_rank
+            extra = f.weight_bytes_per_rank.get(TP, 0) // f.kv_bytes_per_token_per_rank
         return f.kv_capacity_tokens + extra
 
     policies = [(FixedPolicy(TP), capacity(p, 1))]
@@ -188,51 +196,3 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
         )
         out.append({"label": label} | res.summary())
     return out
-
-
-def launch_commands(plan_: Plan, profile: Profile, profile_path: str | None) -> dict[str, str]:
-    model, tp, sp, th, p = plan_.model, plan_.best_tp, plan_.best_sp, plan_.threshold, plan_.world_size
-    device = "cpu" if profile.hardware.get("device") == "cpu" else "cuda"
-    llm = f"LLM(model={model!r}, tensor_parallel_size={tp}, sequence_parallel_size={sp}, device={device!r}, "
-    cmds = {}
-    if sp == 1:
-        cmds["vllm"] = f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {p}"
-        cmds["shifttune_generate"] = f"shifttune generate --model {model} --tp {p} --device {device}"
-    elif th == 0:  # SP x TP at every step: no shifting
-        cmds["vllm_arctic"] = (
-            f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
-            f"--ulysses-sequence-parallel-size {sp}"
-        )
-        cmds["shifttune_python"] = llm + "shift_policy='sp')"
-    else:
-        if th is not None:
-            max_seqs = 256 - 256 % sp
-            problems = validate_arctic(tp, sp, p, int(profile.model.get("num_heads", p)), max_seqs)
-            if problems:
-                raise ProfileError("no valid Arctic Inference launch: " + "; ".join(problems))
-            cmds["vllm_arctic"] = (
-                f"python -m vllm.entrypoints.openai.api_server --model {model} --tensor-parallel-size {tp} "
-                f"--ulysses-sequence-parallel-size {sp} --enable-shift-parallel --shift-parallel-threshold {th} "
-                f"--max-num-seqs {max_seqs}"
-            )
-            cmds["shifttune_python"] = llm + f"shift_policy='threshold', shift_threshold={th})"
-            cmds["shifttune_generate"] = (
-                f"shifttune generate --model {model} --tp {tp} --sp {sp} --threshold {th} --device {device}"
-            )
-        if profile_path and (plan_.threshold_depends_on_context or th is None):
-            cmds["shifttune_python_profile_policy"] = llm + f"shift_policy='profile', shift_profile={profile_path!r})"
-    if device == "cpu":  # vLLM and Arctic run on GPUs only
-        cmds = {k: v for k, v in cmds.items() if not k.startswith("vllm")}
-    return cmds
-
-
-def validate_arctic(tp: int, sp: int, world: int, num_heads: int, max_num_seqs: int) -> list[str]:
-    """Arctic Inference's own constraints for a shift-parallel launch; empty when all hold."""
-    problems = []
-    if tp * sp != world:
-        problems.append(f"TP x SP = {tp * sp} must equal the {world} GPUs")
-    if num_heads % (tp * sp):
-        problems.append(f"{num_heads} heads must divide by TP x SP = {tp * sp}")
-    if max_num_seqs % sp:
-        problems.append(f"--max-num-seqs {max_num_seqs} must divide by SP = {sp}")
-    return problems
