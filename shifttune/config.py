@@ -1,8 +1,10 @@
 """Engine, parallel and model configuration: dataclasses, validated before anything is allocated.
 
+The bottom layer: every other part of shifttune may import it, it imports none of them (and not
+torch at import time, so that commands which never run the engine start fast).
 `ModelConfig` reads a Hugging Face `config.json` (transformers 4 and 5 spellings); `ParallelConfig`
-holds the SP x TP factorization and the head-sharding arithmetic both weight layouts share;
-`EngineConfig` holds everything the engine needs and checks it in `validate()`.
+holds the SP x TP factorization; `EngineConfig` holds everything the engine needs and checks it in
+`validate()`. The two parallel modes are named `TP` and `SP` everywhere, users' eyes included.
 """
 
 from __future__ import annotations
@@ -12,7 +14,9 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import torch
+TP, SP = "tp", "sp"  # the two modes: full TP over all P ranks, and SP x TP (Ulysses)
+MODES = (TP, SP)
+SHIFT_POLICIES = ("threshold", "profile", TP, SP)
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -21,12 +25,22 @@ SUPPORTED_ARCHITECTURES = {
     "Qwen3ForCausalLM": "qwen3",
 }
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-BUNDLED_CONFIG_DIR = Path(__file__).parent / "model" / "configs"
+DTYPES = ("float32", "bfloat16", "float16")
+BUNDLED_CONFIG_DIR = Path(__file__).parent / "model" / "configs"  # data files (config.json), not code
 
 
 class ConfigError(ValueError):
-    """Bad user input: printed as one clear message by the CLI, never as a traceback."""
+    """Bad user input: printed as one clear message by the CLI, never as a traceback.
+
+    `field` names the setting at fault (an `EngineConfig` / `SamplingParams` field); the CLI shows it
+    as its flag, the Python API as the argument name."""
+
+    def __init__(self, message: str, field: str | None = None):
+        super().__init__(message)
+        self.message, self.field = message, field
+
+    def __str__(self) -> str:
+        return f"{self.field}: {self.message}" if self.field else self.message
 
 
 @dataclass(frozen=True)
@@ -101,22 +115,23 @@ class ModelConfig:
 
 
 def resolve_model_path(model: str) -> Path:
-    """A local HF directory, the name of a bundled config (e.g. `llama-3.3-70b`), or `tiny`."""
+    """A local HF directory or the name of a bundled model (e.g. `llama-3.3-70b`, or `tiny`, which ships
+    with its weights)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    if model == "tiny":
-        from shifttune.model.tiny import ensure_tiny_model
-
-        return ensure_tiny_model()
     bundled = BUNDLED_CONFIG_DIR / model.lower()
     if bundled.is_dir():
         return bundled
-    names = sorted(p.name for p in BUNDLED_CONFIG_DIR.iterdir() if p.is_dir())
     raise ConfigError(
-        f"model {model!r} is not a local directory nor a bundled config; bundled: tiny, {', '.join(names)} "
-        "(bundled configs have no weights: use load_format='dummy')"
+        f"{model!r} is not a local directory nor a bundled model; bundled: {', '.join(bundled_models())} "
+        "(all but tiny are configs without weights: run them with the dummy load format)",
+        field="model",
     )
+
+
+def bundled_models() -> list[str]:
+    return sorted((p.name for p in BUNDLED_CONFIG_DIR.iterdir() if p.is_dir()), key=lambda n: (n != "tiny", n))
 
 
 def load_model_config(path: Path) -> tuple[ModelConfig, dict]:
@@ -167,34 +182,28 @@ class ParallelConfig:
     def tp_index(self, rank: int) -> int:
         return rank % self.tp
 
-    def shift_index(self, rank: int) -> int:
+    def tp_mode_shard(self, rank: int) -> int:
         # NOTE: the KV-cache invariance. After the Ulysses all-to-all, rank (s, t) holds query-head
-        # block t*SP + s (of P blocks), so in the full-TP (shift) layout it must hold that same block.
+        # block t*SP + s (of P blocks), so in TP mode's layout (P shards) it must hold that same block.
         return self.tp_index(rank) * self.sp + self.sp_index(rank)
 
     def validate(self, model: ModelConfig) -> None:
         p = self.world_size
         if self.tp < 1 or self.sp < 1:
-            raise ConfigError("tensor_parallel_size and sequence_parallel_size must be >= 1")
+            raise ConfigError("SP and TP degrees must be >= 1", field="tensor_parallel_size")
         if model.num_heads % p:
             raise ConfigError(
                 f"{model.num_heads} attention heads do not divide by SP x TP = {p}; "
-                f"pick SP x TP among the divisors of {model.num_heads}"
+                f"pick SP x TP among the divisors of {model.num_heads}",
+                field="tensor_parallel_size",
             )
         k = model.num_kv_heads
         if k % p and p % k:
             raise ConfigError(
                 f"{k} KV heads and SP x TP = {p}: one must divide the other (KV heads are split when "
-                f"K >= P and replicated when K < P)"
+                f"K >= P and replicated when K < P)",
+                field="tensor_parallel_size",
             )
-
-
-def kv_heads_of_block(block: int, num_blocks: int, num_kv_heads: int) -> list[int]:
-    """KV heads used by query-head block `block` of `num_blocks` equal blocks (GQA replication when K < P)."""
-    if num_kv_heads >= num_blocks:
-        per = num_kv_heads // num_blocks
-        return list(range(block * per, (block + 1) * per))
-    return [block * num_kv_heads // num_blocks]
 
 
 @dataclass
@@ -205,7 +214,7 @@ class EngineConfig:
     device: str = "cpu"
     dtype: str = "auto"
     load_format: str = "auto"  # "auto" (safetensors) | "dummy" (random weights from the config)
-    shift_policy: str = "threshold"  # "threshold" | "profile" | "tp" | "sp"
+    shift_policy: str = "threshold"  # one of SHIFT_POLICIES
     shift_threshold: int = 256
     shift_profile: str | None = None  # profile JSON for shift_policy="profile"
     block_size: int = 16
@@ -229,35 +238,38 @@ class EngineConfig:
         self.validate()
 
     @property
-    def torch_dtype(self) -> torch.dtype:
-        return DTYPES[self.dtype]
+    def torch_dtype(self):
+        import torch  # NOTE: lazy: config is imported by commands that never load torch (2 s)
+
+        return getattr(torch, self.dtype)
 
     def validate(self) -> None:
-        if self.device not in ("cpu", "cuda"):
-            raise ConfigError(f"device must be 'cpu' or 'cuda', not {self.device!r}")
-        if self.load_format not in ("auto", "dummy"):
-            raise ConfigError(f"load_format must be 'auto' or 'dummy', not {self.load_format!r}")
-        if self.shift_policy not in ("threshold", "profile", "tp", "sp"):
-            raise ConfigError(f"shift_policy must be 'threshold', 'profile', 'tp' or 'sp', not {self.shift_policy!r}")
+        def one_of(name: str, allowed: tuple) -> None:
+            if getattr(self, name) not in allowed:
+                raise ConfigError(
+                    f"must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}", field=name
+                )
+
+        one_of("device", ("cpu", "cuda"))
+        one_of("load_format", ("auto", "dummy"))
+        one_of("shift_policy", SHIFT_POLICIES)
         if self.attention_backend == "auto":
             self.attention_backend = "triton" if self.device == "cuda" else "torch"
-        if self.attention_backend not in ("torch", "triton"):
-            raise ConfigError(f"attention_backend must be 'auto', 'torch' or 'triton', not {self.attention_backend!r}")
+        one_of("attention_backend", ("auto", "torch", "triton"))
         if self.shift_threshold < 0:
-            raise ConfigError("shift_threshold must be >= 0")
+            raise ConfigError("must be >= 0", field="shift_threshold")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1")
+                raise ConfigError("must be >= 1", field=name)
         self.parallel = ParallelConfig(self.tensor_parallel_size, self.sequence_parallel_size)
         self.model_path = resolve_model_path(self.model)
         self.model_config, raw = load_model_config(self.model_path)
         self.parallel.validate(self.model_config)
         if self.dtype == "auto":
             self.dtype = "bfloat16" if self.device == "cuda" else "float32"
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {', '.join(DTYPES)} or 'auto', not {self.dtype!r}")
+        one_of("dtype", DTYPES)
         if self.device == "cpu" and self.dtype == "float16":
-            raise ConfigError("float16 is not supported on CPU; use float32 or bfloat16")
+            raise ConfigError("float16 is not supported on CPU; use float32 or bfloat16", field="dtype")
         self._check_devices()
         limit = self.model_config.max_position_embeddings
         # NOTE: windowed attention is not implemented; a window at least as long as the context is plain
@@ -268,18 +280,22 @@ class EngineConfig:
         if self.max_model_len is None:
             self.max_model_len = limit
         elif self.max_model_len > limit:
-            raise ConfigError(f"max_model_len {self.max_model_len} exceeds the model's limit of {limit} tokens")
+            raise ConfigError(
+                f"{self.max_model_len} exceeds the model's limit of {limit} tokens", field="max_model_len"
+            )
         if self.master_port is None:
             self.master_port = int(os.environ.get("SHIFTTUNE_PORT", 0)) or None
 
     def _check_devices(self) -> None:
         p = self.parallel.world_size
+        launched = int(os.environ.get("WORLD_SIZE", "0"))
+        if launched and launched != p:
+            raise ConfigError(f"launched with WORLD_SIZE={launched} but SP x TP = {p}", field="tensor_parallel_size")
         if self.device == "cuda":
+            import torch  # NOTE: lazy, as in torch_dtype
+
             if not torch.cuda.is_available():
-                raise ConfigError("device='cuda' but no CUDA GPU is visible; use device='cpu'")
+                raise ConfigError("is cuda but no CUDA GPU is visible; use cpu", field="device")
             n = torch.cuda.device_count()
-            launched = int(os.environ.get("WORLD_SIZE", "0"))
-            if launched and launched != p:
-                raise ConfigError(f"launched with WORLD_SIZE={launched} but SP x TP = {p}")
             if not launched and n < p:
-                raise ConfigError(f"SP x TP = {p} needs {p} GPUs but {n} are visible")
+                raise ConfigError(f"SP x TP = {p} needs {p} GPUs but {n} are visible", field="tensor_parallel_size")

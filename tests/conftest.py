@@ -8,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 
-# The built-in tiny model is written once per test session into a private directory.
 # Triton kernels run under its interpreter on machines without a GPU (must be set before triton loads).
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
@@ -26,7 +25,6 @@ if not torch.cuda.is_available():
         _interp._patch_lang_tensor = _patch_lang_tensor
     except ImportError:
         pass
-os.environ.setdefault("SHIFTTUNE_HOME", str(Path(__file__).parent.parent / ".pytest_cache" / "shifttune_home"))
 
 LAYOUTS = [(1, 1), (2, 1), (1, 2), (2, 2)]  # (TP, SP)
 PROMPTS = [

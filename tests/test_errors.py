@@ -24,7 +24,7 @@ def _copy(src, dst, **config_changes):
 def test_layout_must_match_devices():
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         EngineConfig(model="llama-3.1-8b", load_format="dummy", device="cuda", tensor_parallel_size=2)
-    with pytest.raises(ConfigError, match="tensor_parallel_size and sequence_parallel_size must be >= 1"):
+    with pytest.raises(ConfigError, match="tensor_parallel_size: SP and TP degrees must be >= 1"):
         EngineConfig(model="tiny", tensor_parallel_size=0)
 
 
@@ -40,7 +40,7 @@ def test_unsupported_architecture(hf_models, tmp_path):
     gpt = _copy(hf_models["llama"], tmp_path / "m", architectures=["GPT2LMHeadModel"], model_type="gpt2")
     with pytest.raises(ConfigError, match="unsupported architecture"):
         EngineConfig(model=str(gpt))
-    with pytest.raises(ConfigError, match="not a local directory nor a bundled config"):
+    with pytest.raises(ConfigError, match="not a local directory nor a bundled model"):
         EngineConfig(model="no-such-model")
 
 
@@ -73,13 +73,13 @@ def test_prompt_longer_than_context():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"temperature": -1}, "temperature must be >= 0"),
-        ({"top_p": 0}, "top_p must be in"),
-        ({"top_k": -5}, "top_k must be"),
-        ({"max_tokens": 0}, "max_tokens must be >= 1"),
-        ({"min_tokens": 5, "max_tokens": 2}, "min_tokens must be in"),
-        ({"logprobs": -1}, "logprobs must be >= 0"),
-        ({"stop": [""]}, "stop strings must not be empty"),
+        ({"temperature": -1}, "temperature: must be a finite number >= 0"),
+        ({"top_p": 0}, "top_p: must be in"),
+        ({"top_k": -5}, "top_k: must be"),
+        ({"max_tokens": 0}, "max_tokens: must be an integer >= 1"),
+        ({"min_tokens": 5, "max_tokens": 2}, "min_tokens: must be at most max_tokens"),
+        ({"logprobs": -1}, "logprobs: must be an integer >= 0"),
+        ({"stop": [""]}, "stop: stop strings must be non-empty"),
     ],
 )
 def test_bad_sampling_values(kwargs, message):
@@ -93,7 +93,7 @@ def test_cli_prints_one_line_not_a_traceback():
     assert "8 attention heads do not divide by SP x TP = 3" in result.output
     assert "Traceback" not in result.output
     result = CliRunner().invoke(app, ["generate", "--temperature", "-2"])
-    assert result.exit_code == 2 and "temperature must be >= 0" in result.output
+    assert result.exit_code == 2 and "--temperature: must be a finite number >= 0" in result.output
 
 
 def test_unsupported_biases_are_refused(hf_models, tmp_path):

@@ -38,7 +38,7 @@ def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
 def test_a_step_does_not_sync_the_host(hf_models):
     """Inside execute_model (inputs, forward, logits) nothing waits for the GPU: decode steps replayed from
     graphs and an eager step past the graphs' largest bucket. Only reading sampled tokens syncs, later."""
-    from shifttune.runner.step_timing import synthetic_step
+    from shifttune.profile.step_timing import synthetic_step
 
     with LLM(
         str(hf_models["llama"]), device="cuda", dtype="bfloat16", max_num_batched_tokens=4096, cuda_graph_max_tokens=256

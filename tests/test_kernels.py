@@ -13,7 +13,8 @@ if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
         "Triton on CPU needs TRITON_INTERPRET=1 (set by tests/conftest.py before triton loads)", allow_module_level=True
     )
 
-from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref  # noqa: E402
+from shifttune.kernels.attention import AttentionMetadata  # noqa: E402
+from shifttune.kernels.attention_ref import paged_attention_ref  # noqa: E402
 from shifttune.kernels.paged_attention import paged_attention  # noqa: E402
 
 

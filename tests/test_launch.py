@@ -54,7 +54,7 @@ def test_dummy_weights_run_without_a_checkpoint(hf_models):
         c = out[0].outputs[0]
         assert len(c.token_ids) == 4 and all(torch.isfinite(torch.tensor(list(d.values()))).all() for d in c.logprobs)
         # random weights: the embedding is not the checkpoint's
-        emb = llm.llm_engine.executor.runner.shift_model.embed_tokens.weight
+        emb = llm.llm_engine.executor.runner.models["tp"].embed_tokens.weight
         assert emb.abs().max() > 0 and emb.std().item() == pytest.approx(0.02, rel=0.2)
 
 
@@ -69,9 +69,9 @@ def test_memory_report_per_rank():
             layer = attn + 3 * h * i // shards + 2 * h
             return 4 * (cfg.num_layers * layer + 2 * (v // shards) * h + h)
 
-        # base: W/TP; shift: W/P, except that the 2 KV heads are replicated to one per rank on 4 ranks
-        assert w["base"] == expected(2, 1)
-        assert w["shift"] == expected(4, 1)
+        # SP mode: W/TP; TP mode: W/P, except that the 2 KV heads are replicated to one per rank on 4 ranks
+        assert w["sp"] == expected(2, 1)
+        assert w["tp"] == expected(4, 1)
         assert llm.llm_engine.stats.kv_cache_bytes_per_rank > 0
 
 
@@ -125,7 +125,7 @@ def test_both_layouts_give_each_rank_the_same_heads(heads, kv, tp, sp):
         pytest.skip("layout refused by validation")
     per = heads // par.world_size
     for rank in range(par.world_size):
-        base, shift = make_layout("base", cfg, _state(par, rank)), make_layout("shift", cfg, _state(par, rank))
+        base, shift = make_layout("sp", cfg, _state(par, rank)), make_layout("tp", cfg, _state(par, rank))
         s = par.sp_index(rank)
         received_q = list(base.q_heads)[s * per : (s + 1) * per]  # sub-block s of the TP shard
         assert received_q == list(shift.q_heads)

@@ -8,8 +8,8 @@ import pytest
 from typer.testing import CliRunner
 
 from shifttune.cli import app
-from shifttune.profile.schema import ProfileError, load_profile, profile_from_dict
-from shifttune.profile.sweep import ProfileSettings, factorizations, run_profile
+from shifttune.engine.profile_schema import ProfileError, load_profile, profile_from_dict
+from shifttune.profile.profiler import ProfileSettings, factorizations, run_profile
 
 SMALL = dict(model="tiny", ranks=2, device="cpu", tokens=[1, 8, 64], contexts=[64, 128], warmup=0, iters=2)
 
@@ -33,7 +33,7 @@ def test_profile_measures_every_factorization_and_mode(cpu_profile):
     assert all((p.tp, p.sp) == (2, 1) for p in prof.points if p.mode == "tp")
     assert events[-1].done == events[-1].total == len(prof.points)
     f = prof.factorizations[1]
-    assert f.weight_bytes_per_rank["base"] > f.weight_bytes_per_rank["shift"] > 0 and f.kv_capacity_tokens > 0
+    assert f.weight_bytes_per_rank["sp"] > f.weight_bytes_per_rank["tp"] > 0 and f.kv_capacity_tokens > 0
     assert load_profile(out).to_dict() == prof.to_dict()  # what was saved is what was returned
 
 
@@ -55,7 +55,7 @@ def test_rerun_resumes_without_measuring_again(cpu_profile, tmp_path):
 def test_factorizations_and_infeasible_ones_are_listed(tmp_path):
     assert factorizations(4) == [(4, 1), (2, 2), (1, 4)]
     # the tiny model has 8 heads and 2 KV heads: P = 8 works, with each KV head replicated 4 ways
-    from shifttune.profile.sweep import check_factorization
+    from shifttune.profile.profiler import check_factorization
 
     assert check_factorization(ProfileSettings(**(SMALL | {"ranks": 8})), 4, 2) is None
     assert "do not divide" in check_factorization(ProfileSettings(**(SMALL | {"ranks": 3})), 3, 1)
@@ -195,7 +195,7 @@ def test_textual_view_fills_the_grid_and_stops_on_ctrl_c(tmp_path):
         (lambda d: d["factorizations"][0].pop("feasible"), "lacks 'feasible'"),
         (lambda d: d["factorizations"][0].update(feasible="no"), "should be bool"),
         (lambda d: d["factorizations"][0].update(kv_capacity_tokens="lots"), "should be int"),
-        (lambda d: d["factorizations"][0].update(weight_bytes_per_rank=[1, 2]), "must map layout names"),
+        (lambda d: d["factorizations"][0].update(weight_bytes_per_rank=[1, 2]), "must map the modes tp and sp"),
         (lambda d: d["engine"].update(block_size=0), "block_size must be a positive integer"),
     ],
 )
@@ -240,3 +240,18 @@ def test_graph_buffers_hold_a_full_batch_plus_padding():
         g = StepGraphs(runner, capture=False)
         assert g.width * runner.config.block_size >= g.buckets[-1] == 2048
         assert all(g.seqs_for(b) == min(b, 5) for b in g.buckets)
+
+
+def test_version_1_profiles_still_load_with_weights_keyed_by_mode(cpu_profile):
+    data = cpu_profile[1].to_dict()
+    data["version"] = 1
+    for f in data["factorizations"]:  # version 1 named the weight layouts, not the modes
+        w = f["weight_bytes_per_rank"]
+        f["weight_bytes_per_rank"] = {"base": w["sp"], "shift": w["tp"]}
+    old = profile_from_dict(data)
+    assert [f.weight_bytes_per_rank for f in old.factorizations] == [
+        f.weight_bytes_per_rank for f in cpu_profile[1].factorizations
+    ]
+    data["version"] = 3
+    with pytest.raises(ProfileError, match="reads 1 and 2"):
+        profile_from_dict(data)

@@ -16,7 +16,8 @@ from shifttune.engine.profile_schema import Factorization, Point, Profile, load_
 from shifttune.engine.step_model import StepTimeModel
 from shifttune.recommend.launch import validate_arctic
 from shifttune.recommend.planner import plan
-from shifttune.recommend.simulator import Request, Workload, simulate
+from shifttune.recommend.simulator import simulate
+from shifttune.recommend.workload import Request, Workload
 
 TOKENS = [2**k for k in range(13)]  # 1 .. 4096
 
@@ -157,7 +158,9 @@ def test_cli_recommend_refuses_bad_input(tmp_path):
 
 
 def test_shipped_cpu_profile_is_the_embedded_default():
-    prof = load_profile("profiles/tiny_cpux2.json")
+    from shifttune.recommend.shipped import SHIPPED_DIR
+
+    prof = load_profile(SHIPPED_DIR / "tiny_cpux2.json")
     assert prof.model["name"] == "tiny" and prof.world_size == 2
     r = CliRunner().invoke(app, ["recommend"])
     assert r.exit_code == 0 and "tiny" in r.output
@@ -326,8 +329,8 @@ def test_cli_refuses_bad_recommend_arguments():
     for args, message in [
         (["--rate", "nan"], "positive numbers"),
         (["--plot", "x.txt"], "must end in"),
-        (["--context", "0"], "out of range"),
-        (["--spread", "2", "--rate", "1"], "out of range"),
+        (["--context", "0"], "--context: must be >= 1"),
+        (["--spread", "2", "--rate", "1"], "--spread: must be in [0, 1)"),
     ]:
         r = CliRunner().invoke(app, ["recommend", *args])
         assert r.exit_code == 2 and message in r.output, (args, r.output)

@@ -8,9 +8,8 @@ later request with the same prefix can take them back until they are reused for 
 from __future__ import annotations
 
 import hashlib
+from array import array
 from collections import deque
-
-import numpy as np
 
 from shifttune.engine.sequence import Sequence
 
@@ -50,7 +49,7 @@ class BlockManager:
         """sha256 over the parent's hash and this block's tokens: a collision would hand one request
         another's KV, so no 64-bit Python hash here."""
         h = hashlib.sha256((prev or 0).to_bytes(32, "little"))
-        h.update(np.asarray(seq.token_ids[i * self.block_size : (i + 1) * self.block_size], dtype=np.int64).tobytes())
+        h.update(array("q", seq.token_ids[i * self.block_size : (i + 1) * self.block_size]).tobytes())
         return int.from_bytes(h.digest(), "little")
 
     def match_prefix(self, seq: Sequence) -> list[int]:

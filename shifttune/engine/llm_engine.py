@@ -9,36 +9,21 @@ from __future__ import annotations
 import itertools
 import logging
 import time
-from collections import deque
-from dataclasses import dataclass, field
 
-from shifttune.config import ConfigError, EngineConfig
+from shifttune.config import SHIFT_POLICIES, ConfigError, EngineConfig
 from shifttune.engine.block_manager import BlockManager
 from shifttune.engine.detokenizer import Detokenizer
-from shifttune.engine.policy import StepStats, make_policy
+from shifttune.engine.policy import make_policy
 from shifttune.engine.sampler import Sampler
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.scheduler import Scheduler, SchedulerOutput
 from shifttune.engine.sequence import RequestOutput, Sequence
+from shifttune.engine.stats import EngineStats, StepStats
+from shifttune.model.loader import check_checkpoint
 from shifttune.runner.executor import Executor
-from shifttune.runner.model_runner import StepInput
+from shifttune.runner.step_input import ScheduledTokens, StepInput, build_step_input
 
 logger = logging.getLogger("shifttune")
-
-
-@dataclass
-class EngineStats:
-    """What the profiler, the server's metrics and the TUI read."""
-
-    steps: deque[StepStats] = field(default_factory=lambda: deque(maxlen=10_000))
-    steps_per_mode: dict[str, int] = field(default_factory=lambda: {"tp": 0, "sp": 0})
-    tokens_per_mode: dict[str, int] = field(default_factory=lambda: {"tp": 0, "sp": 0})
-    num_preemptions: int = 0
-    num_prefix_cache_hit_blocks: int = 0
-    kv_blocks_total: int = 0
-    kv_blocks_free: int = 0
-    weight_bytes_per_rank: dict[str, int] = field(default_factory=dict)
-    kv_cache_bytes_per_rank: int = 0
 
 
 def load_tokenizer(config: EngineConfig):
@@ -56,8 +41,6 @@ class LLMEngine:
         self.config = config
         cfg = config.model_config
         if config.load_format != "dummy":
-            from shifttune.model.loader import check_checkpoint
-
             check_checkpoint(config.model_path, cfg)  # before any process or memory is set up
         self.policy = make_policy(
             config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp, config.shift_profile
@@ -127,8 +110,8 @@ class LLMEngine:
 
     def set_policy(self, name: str, threshold: int | None = None, profile: str | None = None) -> None:
         """Switches the mode policy between steps (the TUI changes the threshold live)."""
-        if name not in ("threshold", "profile", "tp", "sp"):
-            raise ConfigError(f"unknown shift policy {name!r}")
+        if name not in SHIFT_POLICIES:
+            raise ConfigError(f"must be one of {', '.join(SHIFT_POLICIES)}, not {name!r}", field="shift_policy")
         c = self.config
         policy = make_policy(
             name,
@@ -152,7 +135,7 @@ class LLMEngine:
         mode = self.policy.choose(shape)
         sampling = [s.seq for s in sched.scheduled if s.samples]
         start = time.perf_counter()
-        logits = self.executor.call("execute_model", self._step_input(sched, mode))
+        logits = self.executor.collective_rpc("execute_model", self._step_input(sched, mode))
         tokens, logprobs = self.sampler(logits, sampling) if sampling else ([], [])
         duration = time.perf_counter() - start
         self.scheduler.update_computed(sched)
@@ -167,7 +150,7 @@ class LLMEngine:
             self._check_stop(seq, token, len(seq.output_text) - len(new_text))
             if seq.is_finished and not isinstance(seq.stop_reason, str):  # a stop string already cut the text
                 self.detokenizer.finalize(seq)
-        self._record(StepStats(mode, shape, duration))
+        self._stats.record(StepStats(mode, shape, duration))
         outputs = []
         for seq in sampling:
             outputs.append(RequestOutput.from_seq(seq))
@@ -177,20 +160,16 @@ class LLMEngine:
         return outputs
 
     def _step_input(self, sched: SchedulerOutput, mode: str) -> StepInput:
-        bs = self.config.block_size
-        ids, pos, slots, qsl, lens, tables, samples = [], [], [], [0], [], [], []
-        for s in sched.scheduled:
-            seq, start = s.seq, s.seq.num_computed_tokens
-            end = start + s.num_new_tokens
-            ids += seq.token_ids[start:end]
-            pos += range(start, end)
-            slots += [seq.block_table[p // bs] * bs + p % bs for p in range(start, end)]
-            qsl.append(len(ids))
-            lens.append(end)
-            tables.append(seq.block_table)
-            if s.samples:
-                samples.append(len(ids) - 1)
-        return StepInput(mode, ids, pos, slots, qsl, lens, tables, samples)
+        seqs = (
+            ScheduledTokens(
+                s.seq.token_ids[s.seq.num_computed_tokens : s.seq.num_computed_tokens + s.num_new_tokens],
+                s.seq.num_computed_tokens,
+                s.seq.block_table,
+                s.samples,
+            )
+            for s in sched.scheduled
+        )
+        return build_step_input(mode, seqs, self.config.block_size)
 
     def _check_stop(self, seq: Sequence, token: int, new_text_at: int) -> None:
         """Finishes `seq` if `token` or the text added from `new_text_at` on ends it."""
@@ -214,11 +193,6 @@ class LLMEngine:
     def _release(self, seq: Sequence) -> None:
         self.sampler.release(seq.request_id)
         self.detokenizer.release(seq.request_id)
-
-    def _record(self, stats: StepStats) -> None:
-        self._stats.steps.append(stats)
-        self._stats.steps_per_mode[stats.mode] += 1
-        self._stats.tokens_per_mode[stats.mode] += stats.shape.num_tokens
 
     @property
     def stats(self) -> EngineStats:

@@ -1,4 +1,4 @@
-"""The switch: which layout runs each step, and the per-step record every policy decision leaves.
+"""The switch: which mode (TP or SP x TP) runs each step.
 
 `threshold`: scheduled tokens <= threshold -> TP mode (all P ranks, low latency), else SP x TP mode
 (Arctic Inference's rule). `profile`: predict both modes' time for this step from a measured profile
@@ -7,32 +7,13 @@
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
-TP, SP = "tp", "sp"
-
-
-@dataclass(frozen=True)
-class StepShape:
-    num_tokens: int
-    num_seqs: int
-    num_prefill_tokens: int
-    num_decode_tokens: int
-    context_lens: tuple[int, ...]
-
-    @property
-    def mean_context(self) -> float:
-        return sum(self.context_lens) / max(1, len(self.context_lens))
-
-
-@dataclass(frozen=True)
-class StepStats:
-    mode: str
-    shape: StepShape
-    duration_s: float
-    timestamp: float = field(default_factory=time.time)
+from shifttune.config import SP, TP, ConfigError
+from shifttune.engine.profile_schema import load_profile
+from shifttune.engine.stats import StepShape
+from shifttune.engine.step_model import StepTimeModel
 
 
 class ShiftPolicy(Protocol):
@@ -66,8 +47,8 @@ class FixedPolicy:
 class ProfilePolicy:
     """Per step, the mode the profile predicts to be faster for this many tokens at this context."""
 
-    tp_model: object  # profile.step_model.StepTimeModel
-    sp_model: object
+    tp_model: StepTimeModel
+    sp_model: StepTimeModel
     name: str = "profile"
 
     def choose(self, shape: StepShape) -> str:
@@ -81,16 +62,13 @@ def make_policy(name: str, threshold: int, tp: int, sp: int, profile_path: str |
     if name == "threshold":
         return ThresholdPolicy(threshold)
     if name == "profile":
-        from shifttune.config import ConfigError
-        from shifttune.profile.schema import load_profile
-        from shifttune.profile.step_model import StepTimeModel
-
         if not profile_path:
-            raise ConfigError("shift_policy='profile' needs shift_profile=<profile JSON from `shifttune profile`>")
+            raise ConfigError("the profile policy needs a profile file from `shifttune profile`", field="shift_profile")
         profile = load_profile(profile_path)
         if profile.world_size != tp * sp:
             raise ConfigError(
-                f"profile {profile_path} was measured on {profile.world_size} ranks, not SP x TP = {tp * sp}"
+                f"{profile_path} was measured on {profile.world_size} ranks, not SP x TP = {tp * sp}",
+                field="shift_profile",
             )
         return ProfilePolicy(StepTimeModel(profile, TP, tp, sp), StepTimeModel(profile, SP, tp, sp))
     return FixedPolicy(name)

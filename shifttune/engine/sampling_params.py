@@ -1,10 +1,23 @@
-"""SamplingParams with vLLM's field names, validated on construction."""
+"""SamplingParams with vLLM's field names, validated on construction: a request that passes here
+never breaks the sampler (NaN or overflowing temperatures, seeds a generator refuses, wrong types)."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 from shifttune.config import ConfigError
+
+GREEDY_BELOW = 1e-5  # as vLLM: smaller temperatures overflow the logits; they mean greedy
+SEED_RANGE = (0, 2**63 - 1)
+
+
+def _is_int(x) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -23,27 +36,45 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
             self.stop = [self.stop]
+        if self.stop is not None and not isinstance(self.stop, (list, tuple)):
+            raise ConfigError("must be a string or a list of strings", field="stop")
         self.stop = list(self.stop or [])
+        if self.stop_token_ids is not None and not isinstance(self.stop_token_ids, (list, tuple)):
+            raise ConfigError("must be a list of token ids", field="stop_token_ids")
         self.stop_token_ids = list(self.stop_token_ids or [])
+        for name, value, rule in self._problems():
+            if value:
+                raise ConfigError(rule, field=name)
         if self.top_k == 0:
             self.top_k = -1
-        problems = []
-        if self.temperature < 0:
-            problems.append(f"temperature must be >= 0, got {self.temperature}")
-        if not 0 < self.top_p <= 1:
-            problems.append(f"top_p must be in (0, 1], got {self.top_p}")
-        if self.top_k < -1:
-            problems.append(f"top_k must be -1 (off) or >= 1, got {self.top_k}")
-        if self.max_tokens is not None and self.max_tokens < 1:
-            problems.append(f"max_tokens must be >= 1, got {self.max_tokens}")
-        if self.min_tokens < 0 or (self.max_tokens is not None and self.min_tokens > self.max_tokens):
-            problems.append(f"min_tokens must be in [0, max_tokens], got {self.min_tokens}")
-        if self.logprobs is not None and self.logprobs < 0:
-            problems.append(f"logprobs must be >= 0, got {self.logprobs}")
-        if any(not s for s in self.stop):
-            problems.append("stop strings must not be empty")
-        if problems:
-            raise ConfigError("bad sampling parameters: " + "; ".join(problems))
+        self.temperature = float(self.temperature)
+        if self.temperature < GREEDY_BELOW:
+            self.temperature = 0.0
+
+    def _problems(self):
+        """(field, is it wrong, what it must be), checked in order; types first."""
+        t, mx, mn = self.temperature, self.max_tokens, self.min_tokens
+        yield (
+            "temperature",
+            not _is_number(t) or not math.isfinite(t) or t < 0,
+            f"must be a finite number >= 0, got {t!r}",
+        )
+        yield "top_p", not _is_number(self.top_p) or not 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p!r}"
+        yield (
+            "top_k",
+            not _is_int(self.top_k) or self.top_k < -1,
+            f"must be -1 (off) or an integer >= 1, got {self.top_k!r}",
+        )
+        yield "max_tokens", mx is not None and (not _is_int(mx) or mx < 1), f"must be an integer >= 1, got {mx!r}"
+        yield "min_tokens", not _is_int(mn) or mn < 0, f"must be an integer >= 0, got {mn!r}"
+        yield "min_tokens", _is_int(mx) and mn > mx, f"must be at most max_tokens ({mx}), got {mn!r}"
+        seed_ok = self.seed is None or (_is_int(self.seed) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1])
+        yield "seed", not seed_ok, f"must be an integer in [0, 2**63 - 1], got {self.seed!r}"
+        lp = self.logprobs
+        yield "logprobs", lp is not None and (not _is_int(lp) or lp < 0), f"must be an integer >= 0, got {lp!r}"
+        yield "stop", any(not isinstance(s, str) or not s for s in self.stop), "stop strings must be non-empty strings"
+        yield "stop_token_ids", any(not _is_int(t) for t in self.stop_token_ids), "must be integers"
+        yield "ignore_eos", not isinstance(self.ignore_eos, bool), f"must be true or false, got {self.ignore_eos!r}"
 
     @property
     def greedy(self) -> bool:

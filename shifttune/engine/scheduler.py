@@ -12,7 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from shifttune.engine.block_manager import BlockManager
-from shifttune.engine.policy import StepShape
+from shifttune.engine.stats import StepShape
 from shifttune.engine.sequence import Sequence, SequenceStatus
 
 
@@ -55,7 +55,6 @@ class Scheduler:
         self.max_num_batched_tokens = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
-        self.num_preemptions = 0
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -100,7 +99,6 @@ class Scheduler:
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
-        self.num_preemptions += 1
 
     def update_computed(self, out: SchedulerOutput) -> None:
         """After a step ran: the scheduled tokens are in the cache now."""

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from shifttune.kernels.attention_ref import AttentionMetadata
+from shifttune.kernels.attention import AttentionMetadata
 
 
 @triton.jit

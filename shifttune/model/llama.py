@@ -1,6 +1,6 @@
 """The decoder (Llama, Mistral, Qwen2, Qwen3 dense) for one weight layout of one rank.
 
-In the base layout with SP > 1, each rank holds a contiguous slice of the step's tokens; attention is
+In SP mode with SP > 1, each rank holds a contiguous slice of the step's tokens; attention is
 wrapped in the Ulysses all-to-all (one before: my tokens x my heads -> all tokens x 1/SP of my heads,
 q, k and v packed together; one after, back). Everything else runs on the token slice.
 """
@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shifttune.config import ModelConfig
-from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref, write_kv
+from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, write_kv
 from shifttune.model.layers import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -110,7 +110,7 @@ class CausalLM(nn.Module):
     """One rank's shard of the model in one layout. Parameter names follow HF (loader maps slices)."""
 
     def __init__(
-        self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype, attn_fn=paged_attention_ref
+        self, cfg: ModelConfig, layout: Layout, rotary: RotaryEmbedding, dtype: torch.dtype, attn_fn: AttentionBackend
     ):
         super().__init__()
         self.cfg, self.layout = cfg, layout

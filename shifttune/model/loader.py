@@ -30,7 +30,7 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
     if not files:
         raise ConfigError(
             f"{path} has no *.safetensors weights (shifttune reads safetensors only; "
-            "use load_format='dummy' to run on random weights)"
+            "run with the dummy load format for random weights)"
         )
     out = {}
     for f in files:

@@ -1,19 +1,25 @@
-"""The `tiny` built-in model: a 2-layer Llama with a byte-level tokenizer, written on first use.
+"""How the `tiny` built-in model was made: a 2-layer Llama with a byte-level tokenizer.
 
 It makes every command runnable on a bare CPU machine with no download. Its weights are seeded
 random values (its text is noise), written as a normal HF directory (config.json, model.safetensors,
-tokenizer files), so the same directory also loads in transformers, the engine's test oracle.
+tokenizer files), so the same directory also loads in transformers, the engine's test oracle. The
+package ships the result in `model/configs/tiny/` (1.4 MB), so nothing is written at run time;
+`python -m shifttune.model.tiny DIR` writes it again (a test checks the two are the same).
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
+import sys
 from pathlib import Path
 
 import torch
+from safetensors.torch import save_file
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast
+
+from shifttune.config import ModelConfig
+from shifttune.model.loader import expected_shapes
 
 TINY_CONFIG = {
     "architectures": ["LlamaForCausalLM"],
@@ -39,11 +45,6 @@ CHAT_TEMPLATE = (
     "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
 )
-VERSION = "tiny-v1"
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("SHIFTTUNE_HOME", Path.home() / ".cache" / "shifttune"))
 
 
 def _byte_to_unicode() -> dict[int, str]:
@@ -62,9 +63,6 @@ def _byte_to_unicode() -> dict[int, str]:
 
 
 def write_tokenizer(out: Path) -> None:
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
-    from transformers import PreTrainedTokenizerFast
-
     vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
     vocab |= {ch: len(SPECIAL_TOKENS) + b for b, ch in _byte_to_unicode().items()}
     tok = Tokenizer(models.BPE(vocab=vocab, merges=[]))
@@ -79,11 +77,6 @@ def write_tokenizer(out: Path) -> None:
 
 def write_random_weights(out: Path, config: dict, seed: int = 0) -> None:
     """Seeded random weights for a Llama-shaped config, saved as HF-named safetensors."""
-    from safetensors.torch import save_file
-
-    from shifttune.config import ModelConfig
-    from shifttune.model.loader import expected_shapes
-
     gen = torch.Generator().manual_seed(seed)
     tensors = {}
     for name, shape in expected_shapes(ModelConfig.from_dict(config)).items():
@@ -91,21 +84,13 @@ def write_random_weights(out: Path, config: dict, seed: int = 0) -> None:
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
 
 
-def ensure_tiny_model() -> Path:
-    path = cache_dir() / "models" / VERSION
-    if (path / "model.safetensors").is_file():
-        return path
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=".tiny-"))
-    try:
-        (tmp / "config.json").write_text(json.dumps(TINY_CONFIG, indent=2))
-        write_tokenizer(tmp)
-        write_random_weights(tmp, TINY_CONFIG)
-        try:
-            tmp.rename(path)
-        except OSError:  # another process wrote it first
-            shutil.rmtree(tmp, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return path
+def write_tiny_model(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(TINY_CONFIG, indent=2) + "\n")
+    write_tokenizer(out)
+    write_random_weights(out, TINY_CONFIG)
+    return out
+
+
+if __name__ == "__main__":
+    print(write_tiny_model(Path(sys.argv[1])))

@@ -1,7 +1,7 @@
-"""Process groups of one rank: its TP group, its SP group, the full shift group, and a CPU control group.
+"""Process groups of one rank: its TP group, its SP group, the world group TP mode uses, and a CPU control group.
 
 Ranks are laid out r = s * TP + t. The TP group of r is {s * TP + t'}, its SP group {s' * TP + t}; the
-shift layout uses every rank, with rank r holding shard `ParallelConfig.shift_index(r)`.
+TP mode's layout uses every rank, with rank r holding shard `ParallelConfig.tp_mode_shard(r)`.
 Collectives on a group of one rank are no-ops, so a single-rank engine never touches torch.distributed.
 """
 
@@ -72,8 +72,8 @@ class ParallelState:
         return self.parallel.sp_index(self.rank)
 
     @property
-    def shift_index(self) -> int:
-        return self.parallel.shift_index(self.rank)
+    def tp_mode_shard(self) -> int:
+        return self.parallel.tp_mode_shard(self.rank)
 
 
 def init_parallel_state(parallel: ParallelConfig, rank: int, device: str, init_method: str | None) -> ParallelState:

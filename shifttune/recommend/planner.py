@@ -17,7 +17,8 @@ from shifttune.engine.policy import FixedPolicy, ProfilePolicy, ThresholdPolicy
 from shifttune.engine.profile_schema import Profile, ProfileError
 from shifttune.engine.step_model import StepTimeModel, crossover
 from shifttune.recommend.launch import Deployment, launch_lines
-from shifttune.recommend.simulator import Workload, simulate
+from shifttune.recommend.simulator import simulate
+from shifttune.recommend.workload import Workload
 
 ARCTIC_DEFAULT_THRESHOLD = 512  # Arctic Inference's code default (its docs say 256)
 
@@ -87,6 +88,13 @@ def plan(
             best, best_speedup = (tp, sp), fp.sp_speedup_at_max_tokens
     notes = []
     at = min(contexts, key=lambda c: abs(c - ctx))  # the profiled context the threshold is read at
+    if context is not None and context != at:
+        where = (
+            "past the largest" if context > contexts[-1] else "below the smallest" if context < contexts[0] else "not a"
+        )
+        notes.append(
+            f"context {context} is {where} profiled context; the threshold is read at {at}, the nearest profiled"
+        )
     depends = False
     if best is None or best_speedup <= 1.0:
         best_tp, best_sp, threshold = p, 1, None

@@ -2,34 +2,37 @@
 
 from __future__ import annotations
 
+import re
+import sys
 from pathlib import Path
 
-from shifttune.profile.schema import Profile
+import plotext as plt
+
+from shifttune.config import SP, TP
+from shifttune.engine.profile_schema import Profile
 from shifttune.recommend.planner import Plan
+
+
+TERMINAL_MARKERS = ("•", "+", "x", "*", "o", "#", "@", "%")
 
 
 def _curves(profile: Profile, plan: Plan, context: int) -> list[tuple[str, list[int], list[float]]]:
     at = min({p.context for p in profile.points}, key=lambda c: abs(c - context))
     out = []
-    tp = profile.curve("tp", plan.world_size, 1, at)
+    tp = profile.curve(TP, plan.world_size, 1, at)
     out.append((f"TP={plan.world_size} (TP mode)", [p.tokens for p in tp], [p.median_ms for p in tp]))
     for f in plan.factorizations:
-        pts = profile.curve("sp", f.tp, f.sp, at)
+        pts = profile.curve(SP, f.tp, f.sp, at)
         if pts:
             out.append((f"SP={f.sp} x TP={f.tp}", [p.tokens for p in pts], [p.median_ms for p in pts]))
     return out
 
 
 def terminal_plot(profile: Profile, plan: Plan, width: int = 90, height: int = 22) -> str:
-    import plotext as plt
-
-    import re
-    import sys
-
     plt.clear_figure()
     plt.plotsize(width, height)
-    for label, xs, ys in _curves(profile, plan, plan.context_for_threshold):
-        plt.plot(xs, ys, label=label, marker="dot")
+    for (label, xs, ys), marker in zip(_curves(profile, plan, plan.context_for_threshold), TERMINAL_MARKERS):
+        plt.plot(xs, ys, label=label, marker=marker)  # a marker each: told apart without colour too
     plt.xscale("log")
     plt.yscale("log")
     if plan.threshold:

@@ -8,81 +8,17 @@ latency and throughput, for TP-only, SP-only and shift under the same arrivals.
 
 from __future__ import annotations
 
-import csv
-import math
-import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from shifttune.config import ConfigError
+from shifttune.config import MODES, ConfigError
 from shifttune.engine.block_manager import BlockManager, blocks_for
 from shifttune.engine.policy import ShiftPolicy
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.scheduler import Scheduler
 from shifttune.engine.sequence import Sequence
-
-
-@dataclass(frozen=True)
-class Request:
-    arrival_s: float
-    input_len: int
-    output_len: int
-
-
-@dataclass
-class Workload:
-    """Poisson arrivals at `rate` requests/s with lengths drawn uniformly within +-`spread` of the means,
-    or the requests of a trace."""
-
-    rate: float = 1.0
-    num_requests: int = 200
-    input_len: int = 2048
-    output_len: int = 256
-    spread: float = 0.0  # 0.25: lengths uniform in [0.75, 1.25] x mean
-    seed: int = 0
-    trace: list[Request] | None = None
-
-    def requests(self) -> list[Request]:
-        if self.trace is not None:
-            return self.trace
-        if not (math.isfinite(self.rate) and self.rate > 0):
-            raise ConfigError(f"arrival rate must be a positive number, got {self.rate}")
-        if self.num_requests < 1 or self.input_len < 1 or self.output_len < 1 or not 0 <= self.spread < 1:
-            raise ConfigError("num_requests, input_len and output_len must be >= 1 and spread in [0, 1)")
-        rng = random.Random(self.seed)
-        t, out = 0.0, []
-
-        def draw(mean: int) -> int:
-            return max(1, round(mean * rng.uniform(1 - self.spread, 1 + self.spread)))
-
-        for _ in range(self.num_requests):
-            t += rng.expovariate(self.rate)
-            out.append(Request(t, draw(self.input_len), draw(self.output_len)))
-        return out
-
-
-def load_azure_trace(path: Path, limit: int | None = None) -> list[Request]:
-    """Azure LLM inference trace CSV: TIMESTAMP, ContextTokens, GeneratedTokens (times from the first)."""
-    from datetime import datetime
-
-    rows = []
-    try:
-        with open(path, newline="") as f:
-            for row in csv.DictReader(f):
-                stamp = row["TIMESTAMP"].strip()
-                when = datetime.fromisoformat(stamp[:26] if "." in stamp else stamp).timestamp()
-                rows.append((when, int(row["ContextTokens"]), int(row["GeneratedTokens"])))
-                if limit and len(rows) >= limit:
-                    break
-    except (OSError, KeyError, ValueError) as e:
-        raise ConfigError(
-            f"{path} is not an Azure LLM inference trace (TIMESTAMP, ContextTokens, GeneratedTokens): {e}"
-        ) from None
-    if not rows:
-        raise ConfigError(f"trace {path} has no requests")
-    t0 = min(r[0] for r in rows)
-    return sorted((Request(w - t0, max(1, c), max(1, g)) for w, c, g in rows), key=lambda r: r.arrival_s)
+from shifttune.engine.stats import percentile
+from shifttune.recommend.workload import Request
 
 
 @dataclass
@@ -94,24 +30,17 @@ class SimResult:
     output_tokens: int = 0
     input_tokens: int = 0
     duration_s: float = 0.0
-    steps_per_mode: dict[str, int] = field(default_factory=lambda: {"tp": 0, "sp": 0})
-
-    @staticmethod
-    def _pct(xs: list[float], q: float) -> float:
-        if not xs:
-            return float("nan")
-        s = sorted(xs)
-        return s[min(len(s) - 1, int(q * len(s)))]
+    steps_per_mode: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODES, 0))
 
     def summary(self) -> dict:
         return {
             "policy": self.policy,
-            "ttft_p50_ms": self._pct(self.ttft_ms, 0.5),
-            "ttft_p99_ms": self._pct(self.ttft_ms, 0.99),
-            "tpot_p50_ms": self._pct(self.tpot_ms, 0.5),
-            "tpot_p99_ms": self._pct(self.tpot_ms, 0.99),
-            "e2e_p50_ms": self._pct(self.e2e_ms, 0.5),
-            "e2e_p99_ms": self._pct(self.e2e_ms, 0.99),
+            "ttft_p50_ms": percentile(self.ttft_ms, 0.5),
+            "ttft_p99_ms": percentile(self.ttft_ms, 0.99),
+            "tpot_p50_ms": percentile(self.tpot_ms, 0.5),
+            "tpot_p99_ms": percentile(self.tpot_ms, 0.99),
+            "e2e_p50_ms": percentile(self.e2e_ms, 0.5),
+            "e2e_p99_ms": percentile(self.e2e_ms, 0.99),
             "output_tok_per_s": self.output_tokens / self.duration_s if self.duration_s else 0.0,
             "total_tok_per_s": (self.output_tokens + self.input_tokens) / self.duration_s if self.duration_s else 0.0,
             "requests": len(self.e2e_ms),

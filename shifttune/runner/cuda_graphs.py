@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from shifttune.kernels.attention_ref import AttentionMetadata
+from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.paged_attention import choose_num_splits, launch_shape
 
 TOKEN_BUCKETS = (
@@ -72,14 +72,13 @@ class StepGraphs:
         self.rows_in_use = 0  # block-table rows holding real sequences since the last step
         self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
         self.num_replays = 0
-        modes = ["tp", "sp"] if sp > 1 else ["tp"]
         if not capture:
             return
         pool = None
         with torch.inference_mode():
             for b in reversed(self.buckets):  # largest first: later graphs reuse its memory
                 self._fill_padding(0, 0, 0, b)
-                for mode in modes:
+                for mode in runner.modes:
                     graph = torch.cuda.CUDAGraph()
                     self._forward(mode, b)  # warm-up: Triton compiles, NCCL sets up
                     torch.cuda.synchronize()
@@ -140,23 +139,13 @@ class StepGraphs:
     def run(self, step) -> torch.Tensor:
         t, n, k = len(step.input_ids), len(step.seq_lens), len(step.sample_indices)
         b = next(x for x in self.buckets if x >= t)
-        width = max(len(row) for row in step.block_tables)
-        tables = [x for row in step.block_tables for x in row + [self.runner.scratch_block] * (width - len(row))]
-        ids, pos, slots, qsl, lens, flat, samples = self.runner._upload(
-            step.input_ids,
-            step.positions,
-            step.slot_mapping,
-            step.query_start_loc,
-            step.seq_lens,
-            tables,
-            step.sample_indices,
-        )
+        ids, pos, slots, qsl, lens, tables, samples = self.runner.upload(step)
         self.ids[:t].copy_(ids)
         self.pos[:t].copy_(pos)
         self.slots[:t].copy_(slots)
         self.qsl[: n + 1].copy_(qsl)
         self.seq_lens[:n].copy_(lens)
-        self.block_tables[:n, :width].copy_(flat.view(n, width))
+        self.block_tables[:n, : tables.shape[1]].copy_(tables)
         self.samples[:k].copy_(samples)
         self._fill_padding(t, n, k, b)
         self.rows_in_use = n

@@ -17,8 +17,10 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 
+import torch
 import torch.distributed as dist
 
 from shifttune.config import EngineConfig
@@ -69,7 +71,11 @@ def worker_loop(runner: ModelRunner, state) -> None:
         method, args = msg[0]
         if method == "shutdown":
             return
-        getattr(runner, method)(*args)
+        _run(runner, method, args)
+
+
+def _run(runner: ModelRunner, method: str | Callable, args: tuple):
+    return getattr(runner, method)(*args) if isinstance(method, str) else method(runner, *args)
 
 
 def _spawned_worker(config: EngineConfig, rank: int, init_method: str) -> None:
@@ -159,14 +165,15 @@ class Executor:
         if not self._closed:
             os._exit(1)
 
-    def call(self, method: str, *args):
-        """Runs runner.method(*args) on every rank; returns rank 0's result."""
+    def collective_rpc(self, method: str | Callable, *args):
+        """Runs `runner.method(*args)`, or `method(runner, *args)` for a module-level function (sent by
+        reference), on every rank; returns rank 0's result."""
         if self.state.cpu_group is None:
-            return getattr(self.runner, method)(*args)
+            return _run(self.runner, method, args)
         self._check_workers()
         with _sigint_after_call():
             dist.broadcast_object_list([(method, args)], src=0, group=self.state.cpu_group)
-            return getattr(self.runner, method)(*args)
+            return _run(self.runner, method, args)
 
     def _check_workers(self) -> None:
         dead = [(i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
@@ -198,6 +205,4 @@ class Executor:
         # drop weights, cache and graphs now: a tool that builds several engines in turn needs the memory
         self.runner = None
         if self.config.device == "cuda":
-            import torch
-
             torch.cuda.empty_cache()

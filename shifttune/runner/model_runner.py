@@ -9,47 +9,35 @@ writes and reads are identical in both modes.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 
 import torch
 
-from shifttune.config import EngineConfig
-from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref
+from shifttune.config import SP, TP, EngineConfig
+from shifttune.kernels.attention import AttentionBackend, AttentionMetadata
+from shifttune.kernels.attention_ref import paged_attention_ref
 from shifttune.model.layers import RotaryEmbedding
 from shifttune.model.layout import make_layout
 from shifttune.model.llama import CausalLM
 from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
+from shifttune.runner.step_input import StepInput
 
 GIB = 1 << 30
 
 
-def attention_backend(name: str):
-    if name == "triton":  # imported only here: the CPU path never needs Triton
+def attention_backend(name: str) -> AttentionBackend:
+    if name == "triton":  # NOTE: lazy: Triton is a GPU-only dependency, the CPU path never loads it
         from shifttune.kernels.paged_attention import paged_attention
 
         return paged_attention
     return paged_attention_ref
 
 
-@dataclass
-class StepInput:
-    """One engine step, flattened: built by the driver, identical on every rank."""
-
-    mode: str  # "tp" | "sp"
-    input_ids: list[int]
-    positions: list[int]
-    slot_mapping: list[int]
-    query_start_loc: list[int]
-    seq_lens: list[int]
-    block_tables: list[list[int]]
-    sample_indices: list[int]
-
-
 class ModelRunner:
     def __init__(self, config: EngineConfig, state: ParallelState):
         self.config, self.state = config, state
         cfg, par = config.model_config, config.parallel
+        self.modes = (TP, SP) if par.sp > 1 else (TP,)
         if config.device == "cuda":
             self.device = torch.device("cuda", torch.cuda.current_device())
         else:
@@ -60,26 +48,26 @@ class ModelRunner:
         attn = attention_backend(config.attention_backend)
         with torch.device(self.device):
             rotary = RotaryEmbedding(cfg.head_dim, config.max_model_len, cfg.rope_theta, cfg.rope_scaling)
-            self.shift_model = CausalLM(cfg, make_layout("shift", cfg, state), rotary, dtype, attn)
-            # With SP == 1 the base layout is the shift layout: one copy of the weights.
-            self.base_model = (
-                CausalLM(cfg, make_layout("base", cfg, state), rotary, dtype, attn) if par.sp > 1 else self.shift_model
-            )
-        self.models = [self.shift_model] + ([self.base_model] if par.sp > 1 else [])
+            # With SP == 1 both modes are plain TP over the same shards: one copy of the weights.
+            self.models = {
+                mode: CausalLM(cfg, make_layout(mode, cfg, state), rotary, dtype, attn) for mode in self.modes
+            }
         if config.load_format == "dummy":
-            init_dummy_weights(self.models, config.seed + state.rank)
+            init_dummy_weights(list(self.models.values()), config.seed + state.rank)
         else:
-            load_weights(self.models, config.model_path)
-        self.num_kv_heads = len(self.shift_model.layout.cache_kv_heads)
+            load_weights(list(self.models.values()), config.model_path)
+        self.num_kv_heads = len(self.models[TP].layout.cache_kv_heads)
         self.num_kv_blocks = self._num_kv_blocks()
         self.k_cache = self.v_cache = None
 
     @property
     def weight_bytes(self) -> dict[str, int]:
+        """Bytes of each mode's weights on this rank (SP: 0 when SP == 1, where TP's weights serve both)."""
+
         def size(m: CausalLM) -> int:
             return sum(p.numel() * p.element_size() for p in {id(p): p for p in m.parameters()}.values())
 
-        return {"base": size(self.base_model) if self.config.parallel.sp > 1 else 0, "shift": size(self.shift_model)}
+        return {mode: size(self.models[mode]) if mode in self.models else 0 for mode in (TP, SP)}
 
     @property
     def kv_bytes_per_block(self) -> int:
@@ -114,7 +102,7 @@ class ModelRunner:
         self.scratch_block = num_blocks
         self.k_cache = torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
         self.v_cache = torch.zeros(shape, dtype=self.config.torch_dtype, device=self.device)
-        for model in self.models:
+        for model in self.models.values():
             for i, layer in enumerate(model.layers):
                 layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
         self.graphs = None
@@ -124,7 +112,7 @@ class ModelRunner:
             self.graphs = StepGraphs(self)
 
     def model_for(self, mode: str) -> CausalLM:
-        return self.base_model if mode == "sp" else self.shift_model
+        return self.models.get(mode, self.models[TP])
 
     def forward(
         self,
@@ -145,12 +133,28 @@ class ModelRunner:
         hidden = model(ids, pos, meta, num_tokens)
         return None if sample_indices is None else model.compute_logits(hidden, sample_indices)
 
-    def _upload(self, *lists: list[int]) -> list[torch.Tensor]:
-        """All of a step's integer inputs in one pinned host buffer and one non-blocking copy."""
+    def upload(self, step: StepInput, pad_tokens: int = 0) -> list[torch.Tensor]:
+        """A step's integer inputs in one pinned host buffer and one non-blocking copy: ids, positions
+        (both padded by `pad_tokens` zeros), slots, query starts, lengths, block tables [n, width]
+        (rows padded with the scratch block) and sample indices."""
+        width = max(len(row) for row in step.block_tables)
+        tables = [x for row in step.block_tables for x in row + [self.scratch_block] * (width - len(row))]
+        pad = [0] * pad_tokens
+        lists = (
+            step.input_ids + pad,
+            step.positions + pad,
+            step.slot_mapping,
+            step.query_start_loc,
+            step.seq_lens,
+            tables,
+            step.sample_indices,
+        )
         host = torch.tensor(
             [x for values in lists for x in values], dtype=torch.int64, pin_memory=self.device.type == "cuda"
         )
-        return list(host.to(self.device, non_blocking=True).split([len(v) for v in lists]))
+        out = list(host.to(self.device, non_blocking=True).split([len(v) for v in lists]))
+        out[5] = out[5].view(len(step.block_tables), width)
+        return out
 
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> torch.Tensor | None:
@@ -163,57 +167,14 @@ class ModelRunner:
 
     def _execute_eager(self, step: StepInput) -> torch.Tensor | None:
         model = self.model_for(step.mode)
-        num_tokens, sp = len(step.input_ids), model.layout.sp
-        pad = [0] * (-num_tokens % sp)
-        width = max(len(b) for b in step.block_tables)
-        tables = [x for b in step.block_tables for x in b + [-1] * (width - len(b))]
-        ids, pos, slots, qsl, lens, flat_tables, samples = self._upload(
-            step.input_ids + pad,
-            step.positions + pad,
-            step.slot_mapping,
-            step.query_start_loc,
-            step.seq_lens,
-            tables,
-            step.sample_indices,
-        )
+        num_tokens = len(step.input_ids)
+        ids, pos, slots, qsl, lens, tables, samples = self.upload(step, pad_tokens=-num_tokens % model.layout.sp)
         meta = AttentionMetadata(
             slot_mapping=slots,
             query_start_loc=qsl,
             seq_lens=lens,
-            block_tables=flat_tables.view(-1, width),
+            block_tables=tables,
             query_start_loc_cpu=step.query_start_loc,
             seq_lens_cpu=step.seq_lens,
         )
         return self.forward(model, ids, pos, meta, num_tokens, samples if step.sample_indices else None)
-
-    @torch.inference_mode()
-    def fill_kv_cache_random(self, seed: int = 0) -> None:
-        """Random K/V (timing on zeros can flatter the kernels)."""
-        gen = torch.Generator(device=self.device).manual_seed(seed + self.state.rank)
-        for cache in (self.k_cache, self.v_cache):
-            for layer in cache:
-                layer.normal_(generator=gen)
-
-    @torch.inference_mode()
-    def time_step(self, step: StepInput, warmup: int, iters: int) -> tuple[list[float], int | None]:
-        """Runs `step` warmup + iters times on every rank (the driver calls this through the executor);
-        returns milliseconds per run and this rank's peak GPU memory meanwhile (None on CPU). The cache
-        is written at the step's slots each time: the same work every run."""
-        from shifttune.runner.step_timing import time_fn
-
-        if self.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(self.device)
-        ms = time_fn(lambda: self.execute_model(step), self.device, warmup, iters)
-        peak = torch.cuda.max_memory_allocated(self.device) if self.device.type == "cuda" else None
-        return ms, peak
-
-    @torch.inference_mode()
-    def breakdown_step(self, step: StepInput, iters: int) -> dict:
-        """Where the time of `step` goes on this rank, by kernel category (eager: graphs hide kernels)."""
-        from shifttune.runner.step_timing import kernel_breakdown
-
-        graphs, self.graphs = self.graphs, None
-        try:
-            return kernel_breakdown(lambda: self.execute_model(step), iters)
-        finally:
-            self.graphs = graphs

@@ -15,8 +15,8 @@ from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
 
-from shifttune.profile.schema import Point, Profile
-from shifttune.profile.sweep import ProfileSettings, ProgressEvent, run_profile
+from shifttune.engine.profile_schema import Point, Profile
+from shifttune.profile.profiler import ProfileSettings, ProgressEvent, run_profile
 
 
 def _column(point_mode: str, tp: int, sp: int, context: int) -> str:

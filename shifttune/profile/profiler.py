@@ -1,4 +1,5 @@
-"""`shifttune profile`: step times of both modes, for every SP x TP factorization of the ranks, into a profile.
+"""`shifttune profile` as a library: step times of both modes, for every SP x TP factorization of the
+ranks, into a profile.
 
 For each feasible factorization the engine starts once (dummy weights by default) and times steps
 over the grid of tokens per step x context lengths: SP x TP mode for that factorization and, in the
@@ -15,10 +16,12 @@ from pathlib import Path
 
 import torch
 
-from shifttune.config import ConfigError, EngineConfig, ParallelConfig, load_model_config, resolve_model_path
-from shifttune.profile.schema import Factorization, Point, Profile, ProfileError, load_profile
-from shifttune.runner.step_timing import Ceilings
-from shifttune.runner.sweep import DECODE, PREFILL, measure_point
+from shifttune.config import SP, TP, ConfigError, EngineConfig, ParallelConfig, load_model_config, resolve_model_path
+from shifttune.engine.llm_engine import LLMEngine
+from shifttune.engine.profile_schema import Factorization, Point, Profile, ProfileError, load_profile, model_summary
+from shifttune.profile.step_sweep import DECODE, PREFILL, measure_point
+from shifttune.profile.step_timing import Ceilings, fill_kv_cache_random
+from shifttune.telemetry.hardware import describe_hardware, describe_software
 
 GPU_CONTEXTS = [512, 2048, 8192, 32768]
 CPU_TOKENS, CPU_CONTEXTS = [1, 4, 16, 64, 256], [64, 256]
@@ -44,10 +47,15 @@ class ProfileSettings:
         self.contexts = sorted(set(self.contexts or (CPU_CONTEXTS if cpu else GPU_CONTEXTS)))
         if cpu and self.max_decode == 256:
             self.max_decode = 16
-        if self.ranks < 1 or any(t < 1 for t in self.tokens) or any(c < 2 for c in self.contexts):
-            raise ConfigError("ranks, tokens and contexts must be positive (contexts >= 2)")
-        if self.warmup < 0 or self.iters < 1:
-            raise ConfigError("warmup must be >= 0 and iters >= 1")
+        for name, bad, rule in (
+            ("ranks", self.ranks < 1, "must be >= 1"),
+            ("tokens", any(t < 1 for t in self.tokens), "must be positive"),
+            ("contexts", any(c < 2 for c in self.contexts), "must be >= 2"),
+            ("warmup", self.warmup < 0, "must be >= 0"),
+            ("iters", self.iters < 1, "must be >= 1"),
+        ):
+            if bad:
+                raise ConfigError(rule, field=name)
         for t in self.tokens:  # prefill steps are whole chunks of min(T, C) tokens
             for c in self.contexts:
                 if t > self.max_decode and t % min(t, c):
@@ -94,28 +102,11 @@ def check_factorization(settings: ProfileSettings, tp: int, sp: int) -> str | No
     return None
 
 
-def _model_summary(config: EngineConfig) -> dict:
-    c = config.model_config
-    return {
-        "name": config.model,
-        "architecture": c.architecture,
-        "num_params": c.num_params,
-        "hidden_size": c.hidden_size,
-        "num_layers": c.num_layers,
-        "num_heads": c.num_heads,
-        "num_kv_heads": c.num_kv_heads,
-        "head_dim": c.head_dim,
-        "intermediate_size": c.intermediate_size,
-        "vocab_size": c.vocab_size,
-        "dtype": config.dtype,
-    }
-
-
 def _plan(settings: ProfileSettings, feasible: list[tuple[int, int]]) -> list[tuple[int, int, list[str]]]:
     """(tp, sp, modes) per engine to start: TP mode once (first engine), SP x TP mode where SP > 1."""
     plan, tp_done = [], False
     for tp, sp in feasible:
-        modes = (["sp"] if sp > 1 else []) + ([] if tp_done else ["tp"])
+        modes = ([SP] if sp > 1 else []) + ([] if tp_done else [TP])
         tp_done = True
         if modes:
             plan.append((tp, sp, modes))
@@ -131,9 +122,6 @@ def run_profile(
 ) -> Profile:
     """Measures every planned point not already in `out`, saving after each. `stop()` is asked between
     points; when it says so, this raises KeyboardInterrupt with everything measured saved."""
-    from shifttune.engine.llm_engine import LLMEngine
-    from shifttune.telemetry.hardware import describe_hardware, describe_software
-
     p = settings.ranks
     reasons = {(tp, sp): check_factorization(settings, tp, sp) for tp, sp in factorizations(p)}
     feasible = [f for f, why in reasons.items() if why is None]
@@ -165,11 +153,19 @@ def run_profile(
         for t in settings.tokens
         for mode in modes
     ]
-    key = lambda tp, sp, mode, t, c: (mode, p, 1, t, c) if mode == "tp" else (mode, tp, sp, t, c)  # noqa: E731
+    key = lambda tp, sp, mode, t, c: (mode, p, 1, t, c) if mode == TP else (mode, tp, sp, t, c)  # noqa: E731
     total, done = len(todo), sum(1 for x in todo if key(*x) in measured)
     for (tp, sp), why in reasons.items():
         if why:
             progress(ProgressEvent(done, total, "", message=f"TP={tp} SP={sp} skipped: {why}"))
+    if done == total:
+        progress(
+            ProgressEvent(
+                done, total, "done", message=f"{out} already holds all {total} points: nothing left to measure"
+            )
+        )
+    elif done:
+        progress(ProgressEvent(done, total, "resuming", message=f"resuming: {done} of {total} points already in {out}"))
     for tp, sp, modes in plan:
         remaining = [
             (t, c, m)
@@ -203,7 +199,7 @@ def run_profile(
                 profile = Profile(
                     hardware=hardware,
                     software=describe_software(),
-                    model=_model_summary(config),
+                    model=model_summary(config.model, config.model_config, config.dtype),
                     engine=engine_settings
                     | {
                         "block_size": config.block_size,
@@ -222,7 +218,7 @@ def run_profile(
                     tp, sp, True, None, runner.weight_bytes, capacity, runner.kv_bytes_per_block // config.block_size
                 ),
             )
-            engine.executor.call("fill_kv_cache_random")
+            engine.executor.collective_rpc(fill_kv_cache_random)
             for t, c, mode in remaining:
                 if stop():
                     raise KeyboardInterrupt
@@ -236,7 +232,7 @@ def run_profile(
                     progress(ProgressEvent(done, total, label, message=f"{label}: skipped, KV cache too small"))
                     continue
                 timing, peak = got
-                ptp, psp = (p, 1) if mode == "tp" else (tp, sp)
+                ptp, psp = (p, 1) if mode == TP else (tp, sp)
                 point = Point(
                     mode,
                     ptp,
@@ -289,8 +285,6 @@ def _resume(out: Path, settings: ProfileSettings, hardware: dict, grid: dict, en
 
 
 def default_profile_path(settings: ProfileSettings) -> Path:
-    from shifttune.telemetry.hardware import describe_hardware
-
     hw = describe_hardware(settings.device)
     where = (hw.get("gpu_name") or "gpu").replace(" ", "-").lower() if settings.device == "cuda" else "cpu"
     name = Path(settings.model).name.lower()

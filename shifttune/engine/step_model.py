@@ -10,12 +10,13 @@ from __future__ import annotations
 import bisect
 import math
 
-from shifttune.profile.schema import Profile, ProfileError
+from shifttune.config import TP
+from shifttune.engine.profile_schema import Profile, ProfileError
 
 
 class StepTimeModel:
     def __init__(self, profile: Profile, mode: str, tp: int, sp: int):
-        if mode == "tp":
+        if mode == TP:
             tp, sp = profile.world_size, 1
         self.mode, self.tp, self.sp = mode, tp, sp
         self.curves: dict[int, tuple[list[int], list[float]]] = {}

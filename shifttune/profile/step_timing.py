@@ -1,22 +1,24 @@
 """Step timing: how long one engine step of a given shape takes in a given mode, next to its physical floors.
 
 `synthetic_step` builds a realistic step (real block tables over a cache filled to the context
-length); `ModelRunner.time_step` runs it on every rank (CUDA events on GPU, warm-up first, graphs
-when the step is a decode the graphs cover); `step_floors` gives the two floors of that step on one
-rank: bytes it must read / HBM bandwidth and FLOPs it must do / matmul rate. `measure_ceilings`
-measures the bandwidth and matmul rate of this device. The profile command wraps these.
+length); `time_step` runs it on every rank through `Executor.collective_rpc` (CUDA events on GPU,
+warm-up first, graphs when the graphs cover the step); `step_floors` gives the two floors of that step
+on one rank: bytes it must read / HBM bandwidth and FLOPs it must do / matmul rate. `measure_ceilings`
+measures the bandwidth and matmul rate of this device; `kernel_breakdown` splits a step's GPU time by
+kernel category. `shifttune profile`, the step sweep and the attention bench all measure with these.
 """
 
 from __future__ import annotations
 
-import statistics
 import time
 from dataclasses import asdict, dataclass
 
 import torch
 
-from shifttune.config import EngineConfig
-from shifttune.runner.model_runner import StepInput
+from shifttune.config import SP, TP, EngineConfig
+from shifttune.engine.stats import percentile
+from shifttune.runner.model_runner import ModelRunner
+from shifttune.runner.step_input import ScheduledTokens, StepInput, build_step_input
 
 
 @dataclass
@@ -52,19 +54,17 @@ def synthetic_step(mode: str, num_seqs: int, tokens_per_seq: int, context: int, 
     """`num_seqs` sequences that each hold `context` tokens after this step, `tokens_per_seq` of them new
     (1 = decode). Sequence i owns a contiguous run of blocks; the last token of each is sampled."""
     assert tokens_per_seq <= context
-    blocks = -(-context // block_size)
-    ids, pos, slots, qsl, lens, tables, samples = [], [], [], [0], [], [], []
-    for i in range(num_seqs):
-        table = list(range(i * blocks, (i + 1) * blocks))
-        start = context - tokens_per_seq
-        ids += [(i * 7919 + p) % 1000 + 10 for p in range(start, context)]
-        pos += range(start, context)
-        slots += [table[p // block_size] * block_size + p % block_size for p in range(start, context)]
-        qsl.append(len(ids))
-        lens.append(context)
-        tables.append(table)
-        samples.append(len(ids) - 1)
-    return StepInput(mode, ids, pos, slots, qsl, lens, tables, samples)
+    blocks, start = -(-context // block_size), context - tokens_per_seq
+    seqs = (
+        ScheduledTokens(
+            [(i * 7919 + p) % 1000 + 10 for p in range(start, context)],
+            start,
+            list(range(i * blocks, (i + 1) * blocks)),
+            True,
+        )
+        for i in range(num_seqs)
+    )
+    return build_step_input(mode, seqs, block_size)
 
 
 def blocks_needed(num_seqs: int, context: int, block_size: int) -> int:
@@ -86,9 +86,9 @@ def step_floors(
     p = par.world_size
     kv_heads = max(1, cfg.num_kv_heads // p)
     heads = cfg.num_heads // p
-    layout = "base" if mode == "sp" and par.sp > 1 else "shift"
-    w = weight_bytes[layout]
-    shards = par.tp if layout == "base" else p
+    sp_layout = mode == SP and par.sp > 1
+    w = weight_bytes[SP] if sp_layout else weight_bytes[TP]
+    shards = par.tp if sp_layout else p
     # every token goes through every matmul once, spread over the ranks either way (T/SP tokens x W/TP,
     # or T tokens x W/P); the embedding is a lookup, the LM head runs on sampled rows only.
     tokens = num_seqs * tokens_per_seq
@@ -109,11 +109,11 @@ def measure_ceilings(device: torch.device) -> Ceilings:
     a = torch.randn(n, device=device, dtype=torch.bfloat16)
     b = torch.empty_like(a)
     copy_ms = _time_cuda(lambda: b.copy_(a), warmup=3, iters=20)
-    hbm = 2 * a.numel() * a.element_size() / (statistics.median(copy_ms) / 1e3)
+    hbm = 2 * a.numel() * a.element_size() / (percentile(copy_ms, 0.5) / 1e3)
     x = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     y = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     mm_ms = _time_cuda(lambda: x @ y, warmup=3, iters=20)
-    return Ceilings(hbm, 2 * 8192**3 / (statistics.median(mm_ms) / 1e3))
+    return Ceilings(hbm, 2 * 8192**3 / (percentile(mm_ms, 0.5) / 1e3))
 
 
 def _time_cuda(fn, warmup: int, iters: int) -> list[float]:
@@ -146,9 +146,40 @@ def time_fn(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
 
 
 def summarize(ms: list[float]) -> tuple[float, float, float]:
-    q = sorted(ms)
-    pick = lambda f: q[min(len(q) - 1, int(f * len(q)))]  # noqa: E731
-    return statistics.median(q), pick(0.1), pick(0.9)
+    """(median, p10, p90)."""
+    return percentile(ms, 0.5), percentile(ms, 0.1), percentile(ms, 0.9)
+
+
+# ---- run on every rank through Executor.collective_rpc(fn, *args) ----------------------------------
+@torch.inference_mode()
+def fill_kv_cache_random(runner: ModelRunner, seed: int = 0) -> None:
+    """Random K/V (timing on zeros can flatter the kernels)."""
+    gen = torch.Generator(device=runner.device).manual_seed(seed + runner.state.rank)
+    for cache in (runner.k_cache, runner.v_cache):
+        for layer in cache:
+            layer.normal_(generator=gen)
+
+
+@torch.inference_mode()
+def time_step(runner: ModelRunner, step: StepInput, warmup: int, iters: int) -> tuple[list[float], int | None]:
+    """Runs `step` warmup + iters times; returns milliseconds per run and this rank's peak GPU memory
+    meanwhile (None on CPU). The cache is written at the step's slots each time: the same work every run."""
+    device = runner.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    ms = time_fn(lambda: runner.execute_model(step), device, warmup, iters)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return ms, peak
+
+
+@torch.inference_mode()
+def breakdown_step(runner: ModelRunner, step: StepInput, iters: int) -> dict:
+    """Where the time of `step` goes on this rank, by kernel category (eager: graphs hide kernels)."""
+    graphs, runner.graphs = runner.graphs, None
+    try:
+        return kernel_breakdown(lambda: runner.execute_model(step), iters)
+    finally:
+        runner.graphs = graphs
 
 
 KERNEL_CATEGORIES = (

@@ -1,6 +1,6 @@
 """Times the Triton paged-attention kernel against its floors and against SDPA on contiguous K/V.
 
-    python -m shifttune.kernels.bench_attention --out attn.json
+    python -m shifttune.profile.attention_bench --out attn.json   (needs a CUDA GPU)
 
 Shapes default to a Llama-3.3-70B layer on one of 4 GPUs (16 query heads, 2 KV heads, d=128, bf16).
 Decode: batch x context, floor = KV bytes / HBM bandwidth. Prefill: one causal sequence, floor =
@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shifttune.kernels.attention_ref import AttentionMetadata, paged_attention_ref
-from shifttune.kernels.paged_attention import paged_attention
-from shifttune.runner.step_timing import measure_ceilings, summarize, time_fn
+from shifttune.kernels.attention import AttentionMetadata
+from shifttune.kernels.attention_ref import paged_attention_ref
+from shifttune.profile.step_timing import measure_ceilings, summarize, time_fn
 
 
 def graph_time(fn, dev, iters: int) -> tuple[float, float, float]:
@@ -76,6 +76,10 @@ def main(argv=None) -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("attention_bench: times the Triton kernel on a CUDA GPU, and none is visible here")
+    from shifttune.kernels.paged_attention import paged_attention  # NOTE: lazy: Triton is GPU-only
+
     dev = torch.device("cuda")
     ceil = measure_ceilings(dev)
     hq, hk, d, bs = args.hq, args.hk, args.d, args.block_size
@@ -168,7 +172,7 @@ def main(argv=None) -> None:
             f"prefill n={n:6d}: {med:8.3f} ms  floor {floor:7.3f} ms  x{med / floor:5.2f}  sdpa {sdpa:7.3f} ms  err {err:.1e}"
         )
     result = {
-        "command": "python -m shifttune.kernels.bench_attention "
+        "command": "python -m shifttune.profile.attention_bench "
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name(),
         "torch": torch.__version__,

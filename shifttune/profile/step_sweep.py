@@ -1,6 +1,6 @@
 """Measures step times over a grid of tokens per step x context lengths, in every mode, with floors.
 
-    python -m shifttune.runner.sweep --model llama-3.1-8b --tp 1 --device cuda --out profiles/runs/x.json
+    python -m shifttune.profile.step_sweep --model llama-3.1-8b --tp 1 --device cuda --out profiles/runs/x.json
 
 Tokens per step T at context C: T <= --max-decode is a decode step of T sequences at context C;
 above, a prefill step of sequences that each add min(T, C) tokens up to context C. Writes one JSON
@@ -18,16 +18,21 @@ from pathlib import Path
 
 import torch
 
-from shifttune.config import EngineConfig
+from shifttune.config import MODES, TP, ConfigError, EngineConfig
 from shifttune.engine.llm_engine import LLMEngine
-from shifttune.runner.step_timing import (
+from shifttune.engine.sampling_params import SamplingParams
+from shifttune.engine.stats import percentile
+from shifttune.profile.step_timing import (
     Ceilings,
     StepTiming,
     blocks_needed,
+    breakdown_step,
+    fill_kv_cache_random,
     measure_ceilings,
     step_floors,
     summarize,
     synthetic_step,
+    time_step,
 )
 
 DECODE = [1, 2, 4, 8, 16, 32, 64, 128, 256]
@@ -59,7 +64,7 @@ def measure_point(
     if blocks_needed(seqs, context, cfg.block_size) > runner.num_kv_blocks:
         return None
     step = synthetic_step(mode, seqs, per, context, cfg.block_size)
-    ms, peak = engine.executor.call("time_step", step, warmup, iters)
+    ms, peak = engine.executor.collective_rpc(time_step, step, warmup, iters)
     med, p10, p90 = summarize(ms)
     b, f, bw, mm = step_floors(cfg, runner.weight_bytes, mode, seqs, per, context, ceilings)
     return StepTiming(mode, seqs, per, context, seqs * per, med, p10, p90, b, f, bw, mm), peak
@@ -76,7 +81,7 @@ def run_sweep(
     ceilings: Ceilings,
     log=print,
 ) -> list[StepTiming]:
-    engine.executor.call("fill_kv_cache_random")
+    engine.executor.collective_rpc(fill_kv_cache_random)
     out = []
     for context in contexts:
         for tokens in token_grid:
@@ -97,8 +102,6 @@ def run_sweep(
 def run_e2e(engine: LLMEngine, batch: int, prompt_len: int, new_tokens: int) -> dict:
     """Decode through the whole engine loop (schedule, inputs, step, sample, stop checks): the per-step
     wall time next to the model step alone shows what the host side costs."""
-    from shifttune.engine.sampling_params import SamplingParams
-
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
     vocab = engine.config.model_config.vocab_size
     for i in range(batch):
@@ -113,8 +116,8 @@ def run_e2e(engine: LLMEngine, batch: int, prompt_len: int, new_tokens: int) -> 
     decode = [(w, s) for w, s in zip(walls, steps) if s.shape.num_prefill_tokens == 0 and s.shape.num_seqs == batch]
     if not decode:
         return {"batch": batch, "skipped": "the KV cache never held the whole batch at once"}
-    loop_ms, _, _ = summarize([w for w, _ in decode])
-    step_ms, _, _ = summarize([1e3 * s.duration_s for _, s in decode])
+    loop_ms = percentile([w for w, _ in decode], 0.5)
+    step_ms = percentile([1e3 * s.duration_s for _, s in decode], 0.5)
     return {
         "batch": batch,
         "prompt_len": prompt_len,
@@ -150,29 +153,37 @@ def main(argv: list[str] | None = None) -> None:
     e2e_prompt = min(512, max(contexts) - 64)
     if e2e_batches:
         need = max(need, blocks_needed(max(e2e_batches), e2e_prompt + 32, block_size))
-    config = EngineConfig(
-        model=args.model,
-        tensor_parallel_size=args.tp,
-        sequence_parallel_size=args.sp,
-        device=args.device,
-        load_format="dummy",
-        max_num_seqs=max([args.max_decode, *e2e_batches]),
-        max_num_batched_tokens=max(tokens),
-        # on GPU the cache takes what memory allows (points that need more are skipped)
-        max_model_len=max(contexts),
-        num_kv_blocks=need if args.device == "cpu" else None,
-        enforce_eager=args.enforce_eager,
-    )
-    t0 = time.time()
-    engine = LLMEngine(config)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit(
+            "step_sweep: --device cuda needs a CUDA GPU and none is visible; use --device cpu (timings on CPU ranks)"
+        )
+    try:
+        config = EngineConfig(
+            model=args.model,
+            tensor_parallel_size=args.tp,
+            sequence_parallel_size=args.sp,
+            device=args.device,
+            load_format="dummy",
+            max_num_seqs=max([args.max_decode, *e2e_batches]),
+            max_num_batched_tokens=max(tokens),
+            # on GPU the cache takes what memory allows (points that need more are skipped)
+            max_model_len=max(contexts),
+            num_kv_blocks=need if args.device == "cpu" else None,
+            enforce_eager=args.enforce_eager,
+        )
+        t0 = time.time()
+        engine = LLMEngine(config)
+    except ConfigError as e:
+        sys.exit(f"step_sweep: {e}")
     startup = time.time() - t0
     try:
         device = engine.executor.runner.device
         ceilings = measure_ceilings(device) if device.type == "cuda" else Ceilings(1e11, 1e12)
         print(
-            f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
+            f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, "
+            f"matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
         )
-        modes = ["tp", "sp"] if args.sp > 1 else ["tp"]
+        modes = list(MODES) if args.sp > 1 else [TP]
         points = run_sweep(engine, tokens, contexts, modes, args.max_decode, args.warmup, args.iters, ceilings)
         e2e = []
         for b in e2e_batches:
@@ -184,7 +195,7 @@ def main(argv: list[str] | None = None) -> None:
                 seqs, per = step_shape(t, contexts[0], args.max_decode)
                 for mode in modes:
                     step = synthetic_step(mode, seqs, per, contexts[0], config.block_size)
-                    b = engine.executor.call("breakdown_step", step, 5)
+                    b = engine.executor.collective_rpc(breakdown_step, step, 5)
                     breakdowns.append({"mode": mode, "tokens": t, "context": contexts[0]} | b)
                     print(
                         f"breakdown {mode} T={t}: "
@@ -194,7 +205,7 @@ def main(argv: list[str] | None = None) -> None:
         weight_bytes = engine.executor.runner.weight_bytes
         engine.shutdown()
     result = {
-        "command": "python -m shifttune.runner.sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python -m shifttune.profile.step_sweep " + " ".join(argv if argv is not None else sys.argv[1:]),
         "device": torch.cuda.get_device_name() if args.device == "cuda" else platform.processor(),
         "torch": torch.__version__,
         "model": args.model,

@@ -1,6 +1,6 @@
 """The profile file: measured step times of TP mode and SP x TP mode on one machine, for one model.
 
-Schema (version 1), one JSON object:
+Schema (version 2), one JSON object:
 
     schema, version            "shifttune.profile", 1
     created, command           when and by what command it was measured
@@ -11,7 +11,8 @@ Schema (version 1), one JSON object:
                                num_kv_heads, head_dim, intermediate_size, vocab_size, dtype
     engine                     block_size, max_decode_batch, warmup, iters, cuda_graphs, attention_backend
     grid                       tokens (per step), contexts
-    factorizations[]           tp, sp, feasible, reason (why not), weight_bytes_per_rank {base, shift},
+    factorizations[]           tp, sp, feasible, reason (why not), weight_bytes_per_rank {tp, sp} (the
+                               weights each mode runs on; sp is 0 when SP = 1),
                                kv_capacity_tokens, kv_bytes_per_token_per_rank
     points[]                   mode ("tp" | "sp"), tp, sp, tokens, context, num_seqs, tokens_per_seq,
                                median_ms, p10_ms, p90_ms, peak_memory_bytes (rank 0; null on CPU),
@@ -19,7 +20,8 @@ Schema (version 1), one JSON object:
 
 TP-mode points carry tp = P, sp = 1: TP mode shards every weight P ways whatever the factorization,
 so one TP curve serves every factorization of P. `load_profile` validates a file and refuses a bad
-one with one clear message.
+one with one clear message; it reads version 1 too (weights keyed by layout: base = sp, shift = tp).
+It lives with the engine because the engine's profile policy reads it; `shifttune profile` writes it.
 """
 
 from __future__ import annotations
@@ -31,13 +33,23 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shifttune.config import ConfigError
+from shifttune.config import MODES, SP, TP, ConfigError, ModelConfig
 
-SCHEMA, VERSION = "shifttune.profile", 1
+SCHEMA, VERSION = "shifttune.profile", 2
+V1_LAYOUT_NAMES = {"base": SP, "shift": TP}
 
 
 class ProfileError(ConfigError):
     """A profile file that cannot be used."""
+
+
+MODEL_FIELDS = ("architecture", "num_params", "hidden_size", "num_layers", "num_heads", "num_kv_heads", "head_dim",
+                "intermediate_size", "vocab_size")  # fmt: skip
+
+
+def model_summary(name: str, config: ModelConfig, dtype: str) -> dict:
+    """The profile's `model` section."""
+    return {"name": name} | {k: getattr(config, k) for k in MODEL_FIELDS} | {"dtype": dtype}
 
 
 @dataclass
@@ -103,6 +115,7 @@ class Profile:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
         with os.fdopen(fd, "w") as f:
             json.dump(self.to_dict(), f, indent=1)
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; a profile is made to be shared
         os.replace(tmp, path)
 
 
@@ -118,8 +131,9 @@ def _require(obj: dict, key: str, kind, where: str):
 def profile_from_dict(data: dict, source: str = "profile") -> Profile:
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         raise ProfileError(f'{source} is not a shifttune profile (no "schema": "{SCHEMA}")')
-    if data.get("version") != VERSION:
-        raise ProfileError(f"{source} has profile version {data.get('version')!r}; this shifttune reads {VERSION}")
+    version = data.get("version")
+    if version not in (1, VERSION):
+        raise ProfileError(f"{source} has profile version {version!r}; this shifttune reads 1 and {VERSION}")
     for key in ("hardware", "software", "model", "engine", "grid"):
         _require(data, key, dict, source)
     block_size = data["engine"].get("block_size", 16)
@@ -136,13 +150,24 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
             if f.get(key) is not None:
                 _require(f, key, kind, where)
         weights = f.get("weight_bytes_per_rank", {})
-        if not isinstance(weights, dict) or any(not isinstance(v, int) or v < 0 for v in weights.values()):
-            raise ProfileError(f"{where}.weight_bytes_per_rank must map layout names to byte counts")
-        facts.append(Factorization(**{k: f.get(k) for k in Factorization.__dataclass_fields__ if k in f}))
+        if isinstance(weights, dict) and version == 1:
+            weights = {V1_LAYOUT_NAMES.get(k, k): v for k, v in weights.items()}
+        if (
+            not isinstance(weights, dict)
+            or any(k not in MODES for k in weights)
+            or any(not isinstance(v, int) or v < 0 for v in weights.values())
+        ):
+            raise ProfileError(f"{where}.weight_bytes_per_rank must map the modes tp and sp to byte counts")
+        facts.append(
+            Factorization(
+                **{k: f.get(k) for k in Factorization.__dataclass_fields__ if k in f}
+                | {"weight_bytes_per_rank": weights}
+            )
+        )
     points, seen = [], set()
     for i, p in enumerate(_require(data, "points", list, source)):
         where = f"{source}: points[{i}]"
-        if _require(p, "mode", str, where) not in ("tp", "sp"):
+        if _require(p, "mode", str, where) not in MODES:
             raise ProfileError(f"{where}.mode must be 'tp' or 'sp', got {p['mode']!r}")
         for key in ("tp", "sp", "tokens", "context", "num_seqs", "tokens_per_seq"):
             if _require(p, key, int, where) < 1:

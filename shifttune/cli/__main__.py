@@ -1,0 +1,5 @@
+"""`python -m shifttune.cli` runs the same app as the `shifttune` command."""
+
+from shifttune.cli.app import app
+
+app()

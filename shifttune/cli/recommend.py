@@ -1,0 +1,159 @@
+"""`shifttune recommend`: a profile in; SP/TP degrees, the switching threshold, memory, predicted
+latencies, launch commands and a plot out (`--json`: the same as data)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from shifttune.cli.common import fail, fail_config, size
+from shifttune.config import SP, TP, ConfigError
+
+FLAGS = {"input_len": "--input-len", "output_len": "--output-len", "slo_ttft": "--slo-ttft", "slo_tpot": "--slo-tpot"}
+
+
+def _headline(data: dict) -> str:
+    sp, tp, p, th, at = (
+        data["best_sp"],
+        data["best_tp"],
+        data["world_size"],
+        data["threshold"],
+        data["context_for_threshold"],
+    )
+    layout = f"SP={sp} x TP={tp}"
+    if sp == 1:
+        return f"best layout: [bold]TP={p}[/] (no shift)"
+    if th == 0:
+        return f"best layout: [bold]{layout}[/] at every step (no shifting), at context {at}"
+    if th is None:
+        return (
+            f"best layout: [bold]{layout}[/] with the profile policy only; at context {at} "
+            f"TP={p} is faster at every step size"
+        )
+    return (
+        f"best layout: [bold]{layout}[/], switching to TP={p} for steps of <= [bold]{th}[/] tokens "
+        f"(read at context {at})"
+    )
+
+
+def _factorization_table(data: dict) -> Table:
+    table = Table(title="factorizations (per rank)")
+    for col in ("SP x TP", "feasible", "weights (SP x TP + TP mode)", "KV tokens", "SP x TP speedup, largest steps",
+                "crossover by context"):  # fmt: skip
+        table.add_column(col)
+    for f in data["factorizations"]:
+        weights = f["weights_gib_per_rank"]
+        table.add_row(
+            f"{f['sp']} x {f['tp']}",
+            "yes" if f["feasible"] else f"no: {f['reason']}",
+            " + ".join(size(weights[m] * 2**30) for m in (SP, TP) if weights.get(m)),
+            "" if f["kv_capacity_tokens"] is None else str(f["kv_capacity_tokens"]),
+            "" if f["sp_speedup_at_max_tokens"] is None else f"{f['sp_speedup_at_max_tokens']:.2f}x",
+            ", ".join(f"{c}: {'never' if v is None else int(v)}" for c, v in f["crossovers"].items()),
+        )
+    return table
+
+
+def _prediction_table(data: dict) -> Table:
+    table = Table(title="predicted (simulation of the engine's scheduler on the measured step times)")
+    for col in ("rate/s", "policy", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "output tok/s", "steps TP/SP", "SLO"):
+        table.add_column(col)
+    for r in data["predictions"]:
+        table.add_row(
+            "trace" if r["rate"] is None else f"{r['rate']:g}",
+            r["label"],
+            f"{r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f}",
+            f"{r['tpot_p50_ms']:.2f} / {r['tpot_p99_ms']:.2f}",
+            f"{r['output_tok_per_s']:.0f}",
+            f"{r['steps_per_mode'][TP]}/{r['steps_per_mode'][SP]}",
+            "" if "meets_slo" not in r else ("meets" if r["meets_slo"] else "misses"),
+        )
+    return table
+
+
+def render_recommendation(data: dict) -> None:
+    out = Console()
+    out.print(f"[bold]{data['model']}[/] on {data['hardware']} (profile {data['profile']})", soft_wrap=True)
+    out.print(_headline(data))
+    for note in data["notes"]:
+        out.print(f"note: {note}", soft_wrap=True)
+    out.print(_factorization_table(data))
+    if data["predictions"]:
+        out.print(_prediction_table(data))
+        for label, rate in (data.get("max_rate_meeting_slo") or {}).items():
+            out.print(
+                f"  {label}: " + (f"meets the SLO up to {rate:g} req/s" if rate else "misses the SLO at every rate")
+            )
+    out.print("[bold]launch[/]")
+    for name, cmd in data["launch"].items():
+        out.print(f"  {name}: {cmd}", soft_wrap=True, highlight=False)
+
+
+def recommend(
+    profile_file: Annotated[
+        Optional[Path], typer.Option("--profile", "-p", help="Profile JSON from `shifttune profile`.")
+    ] = None,
+    model: Annotated[
+        Optional[str], typer.Option("--model", "-m", help="Pick a shipped profile for this model (default: tiny).")
+    ] = None,
+    gpus: Annotated[Optional[int], typer.Option(help="...and this many GPUs.")] = None,
+    context: Annotated[
+        Optional[int],
+        typer.Option(
+            help="Context length the threshold is read at (default: the workload's input length, else the median "
+            "profiled); outside the profiled range the nearest profiled context is used, with a note."
+        ),
+    ] = None,
+    rate: Annotated[
+        Optional[str],
+        typer.Option(
+            help="Predict latencies at these arrival rates (requests/s, Poisson; comma-separated for a sweep, "
+            "e.g. 1,2,4,8)."
+        ),
+    ] = None,
+    input_len: Annotated[int, typer.Option(help="Mean input tokens per request.")] = 2048,
+    output_len: Annotated[int, typer.Option(help="Mean output tokens per request.")] = 256,
+    spread: Annotated[float, typer.Option(help="Lengths uniform within +-spread x mean.")] = 0.25,
+    num_requests: Annotated[int, typer.Option(help="Requests to simulate.")] = 300,
+    trace: Annotated[Optional[Path], typer.Option(help="Azure LLM inference trace CSV instead of --rate.")] = None,
+    slo_ttft: Annotated[Optional[float], typer.Option("--slo-ttft", help="TTFT objective (ms, p99).")] = None,
+    slo_tpot: Annotated[Optional[float], typer.Option("--slo-tpot", help="TPOT objective (ms, p99).")] = None,
+    plot: Annotated[Optional[Path], typer.Option(help="Save the plot here (.png, .svg or .pdf).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the plan as JSON only.")] = False,
+) -> None:
+    """Turn a profile into SP/TP degrees, a switching threshold, memory, predictions and launch commands.
+
+    With no options it reads the shipped CPU profile of the tiny model.
+    """
+    from shifttune.recommend.plot import save_plot, terminal_plot
+    from shifttune.recommend.report import RecommendRequest
+    from shifttune.recommend.report import recommend as make_recommendation
+
+    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
+        fail(f"--plot must end in .png, .svg or .pdf, not {plot.name!r}")
+    try:
+        rates = [float(x) for x in rate.split(",") if x.strip()] if rate is not None else None
+    except ValueError:
+        fail(f"--rate takes numbers, e.g. 2 or 1,2,4; got {rate!r}")
+    request = RecommendRequest(profile_file, model, gpus, context, rates, trace, input_len, output_len, spread,
+                               num_requests, slo_ttft, slo_tpot)  # fmt: skip
+    try:
+        prof, result, data = make_recommendation(request)
+        if plot is not None:
+            save_plot(prof, result, plot)
+    except ConfigError as e:
+        fail_config(e, FLAGS)
+    except OSError as e:
+        fail(f"cannot write the plot: {e}")
+    if as_json:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    render_recommendation(data)
+    print(terminal_plot(prof, result))  # plotext's own ANSI colors: not through Rich
+    if plot is not None:
+        Console().print(f"plot saved to {plot}")

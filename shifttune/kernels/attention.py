@@ -1,0 +1,42 @@
+"""The attention backend interface: per-step metadata and the KV-cache write.
+
+A backend is a function `attn(q, k_cache, v_cache, meta, scale) -> out` over the paged cache, after
+`write_kv` has put the step's new K/V in it: `torch` (`attention_ref.py`, the oracle, CPU) or
+`triton` (`paged_attention.py`, GPU). The model runner picks one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class AttentionMetadata:
+    """Per-step attention inputs, identical on every rank (each rank attends all tokens of the step)."""
+
+    slot_mapping: torch.Tensor  # [T] cache slot of each new token
+    query_start_loc: torch.Tensor  # [B + 1] offsets of each sequence's new tokens in the step
+    seq_lens: torch.Tensor  # [B] tokens of each sequence in the cache after this step
+    block_tables: torch.Tensor  # [B, max_blocks] (-1 padded)
+    query_start_loc_cpu: list[int] | None  # host copies: the torch reference loops over sequences
+    seq_lens_cpu: list[int] | None
+    num_splits: int | None = None  # split-KV ways for the Triton kernel; fixed when captured in a graph
+    block_m: int | None = None  # query rows per Triton program; None: chosen from tokens per sequence
+
+    @property
+    def max_seq_len(self) -> int:
+        return max(self.seq_lens_cpu)
+
+
+AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float], torch.Tensor]
+
+
+def write_kv(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """k, v: [T, Hk, d]; caches: [num_blocks, block_size, Hk, d]."""
+    k_cache.view(-1, *k.shape[1:])[slots] = k
+    v_cache.view(-1, *v.shape[1:])[slots] = v

@@ -1,0 +1,74 @@
+"""What a newcomer's run of the CLI met: errors in the flags' own names, one message per mistake, the
+profile policy reachable from `generate`, notes instead of silent choices, shareable files."""
+
+from __future__ import annotations
+
+import json
+import stat
+
+import pytest
+from typer.testing import CliRunner
+
+from shifttune.cli import app
+from shifttune.profile.profiler import ProfileSettings, run_profile
+
+from test_profile import SMALL, cpu_profile  # noqa: F401  (the module-scoped CPU profile fixture)
+
+
+def run(*argv: str):
+    return CliRunner().invoke(app, list(argv))
+
+
+@pytest.mark.parametrize(
+    "argv, flag_message",
+    [
+        (["profile", "--device", "cpu", "--gpus", "0"], "--gpus: must be >= 1"),
+        (["profile", "--device", "cpu", "--contexts", "-5"], "--contexts: must be >= 2"),
+        (["profile", "--device", "cpu", "--iters", "0"], "--iters: must be >= 1"),
+        (["generate", "--max-tokens", "-5"], "--max-tokens: must be an integer >= 1"),
+        (["generate", "--load-format", "x"], "--load-format: must be one of auto, dummy"),
+        (["generate", "--device", "tpu"], "--device: must be one of cpu, cuda"),
+        (["generate", "--policy", "fast"], "--policy: must be one of threshold, profile, tp, sp"),
+        (["generate", "--sp", "2", "--policy", "profile"], "--profile: the profile policy needs a profile file"),
+        (["recommend", "--input-len", "0"], "--input-len: must be >= 1"),
+        (["recommend", "--rate", "-1"], "--rate: must be positive numbers"),
+    ],
+)
+def test_errors_name_the_flag_once(argv, flag_message):
+    result = run(*argv)
+    assert result.exit_code == 2, result.output
+    assert flag_message in result.output
+    assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert "load_format=" not in result.output and "shift_policy" not in result.output
+
+
+def test_generate_runs_the_profile_policy_from_a_profile_file(cpu_profile, tmp_path):  # noqa: F811
+    out, _, _ = cpu_profile
+    report = tmp_path / "gen.json"
+    result = run("generate", "--sp", "2", "--policy", "profile", "--profile", str(out), "--max-tokens", "4",
+                 "--output", str(report), "hello")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert data["policy"] == "profile" and len(data["outputs"][0]["token_ids"]) == 4
+    assert sum(data["steps_per_mode"].values()) == len(data["steps"]) > 0
+
+
+def test_help_lists_every_policy_and_shows_no_bool_placeholder():
+    result = CliRunner().invoke(app, ["generate", "--help"], env={"COLUMNS": "200"})
+    assert "threshold | profile | tp | sp" in result.output
+    assert "<bool>" not in result.output
+
+
+def test_recommend_says_when_the_context_is_outside_the_profile():
+    data = json.loads(run("recommend", "--json", "--context", "100000").output)
+    assert data["context_for_threshold"] == 1024  # the shipped CPU profile's largest context
+    assert any("100000 is past the largest" in n and "1024" in n for n in data["notes"])
+
+
+def test_rerunning_a_finished_profile_says_nothing_is_left(cpu_profile):  # noqa: F811
+    out, prof, _ = cpu_profile
+    events = []
+    run_profile(ProfileSettings(**SMALL), out, "test", events.append)
+    assert any(e.message and "nothing left to measure" in e.message for e in events)
+    assert all(e.point is None for e in events)
+    assert stat.S_IMODE(out.stat().st_mode) == 0o644  # a profile is made to be shared
