@@ -1,0 +1,192 @@
+"""`shifttune bench --compare tp,sp,shift`: the same workload against `shifttune serve` in each mode.
+
+For each mode, in turn, on the same devices: start `python -m shifttune.cli serve MODEL ...` with the
+mode's shift policy (tp: forced TP, sp: forced SP x TP, shift: the threshold policy) on a free local
+port, its output going to a log file; wait for GET /health to answer 200 (a server that exits or does
+not answer in time is an error that shows its last log lines); run the benchmark; stop the server:
+SIGINT to its process group, then SIGTERM, then SIGKILL, each after a timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import httpx
+
+from shifttune.bench.client import ServerError
+from shifttune.bench.config import BenchConfig
+from shifttune.bench.runner import Reporter, run_bench
+from shifttune.bench.tokenizer import default_tokenizer_name
+from shifttune.config import ConfigError
+
+MODE_POLICY = {"tp": "tp", "sp": "sp", "shift": "threshold"}  # mode -> `serve --shift-policy`
+HOST = "127.0.0.1"
+LOG_LINES = 20
+
+
+@dataclass
+class CompareConfig:
+    modes: list[str]
+    model: str  # what `shifttune serve` loads: a local HF directory or a bundled model
+    sp: int = 2
+    tp: int = 1
+    device: str = "cpu"
+    threshold: int = 256  # `serve --shift-threshold`: steps of <= this many tokens run in TP mode
+    server_args: list[str] = field(default_factory=list)  # appended to every serve command line
+    startup_timeout_s: float = 600.0
+    stop_timeout_s: float = 30.0
+
+    def validate(self) -> None:
+        if not self.modes or len(set(self.modes)) != len(self.modes) or set(self.modes) - set(MODE_POLICY):
+            raise ConfigError(f"expected distinct modes among {', '.join(MODE_POLICY)}, got {self.modes}", "compare")
+        if self.sp < 1 or self.tp < 1:
+            raise ConfigError("must be >= 1", "sp" if self.sp < 1 else "tp")
+        if self.sp < 2 and {"sp", "shift"} & set(self.modes):
+            raise ConfigError("modes sp and shift need an SP x TP layout: --sp 2 or more", "sp")
+        if self.device not in ("cpu", "cuda"):
+            raise ConfigError(f"must be one of cpu, cuda, got {self.device!r}", "device")
+        if self.threshold < 0:
+            raise ConfigError("must be >= 0", "threshold")
+        if not self.startup_timeout_s > 0:
+            raise ConfigError("must be > 0 (seconds)", "startup_timeout_s")
+
+
+def parse_modes(text: str) -> list[str]:
+    return [m.strip() for m in text.split(",") if m.strip()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind((HOST, 0))
+        return s.getsockname()[1]
+
+
+def serve_command(cfg: CompareConfig, mode: str, port: int) -> list[str]:
+    return [
+        sys.executable, "-m", "shifttune.cli", "serve", cfg.model,
+        "--device", cfg.device,
+        "--tensor-parallel-size", str(cfg.tp),
+        "--sequence-parallel-size", str(cfg.sp),
+        "--shift-policy", MODE_POLICY[mode],
+        "--shift-threshold", str(cfg.threshold),
+        "--host", HOST, "--port", str(port),
+        "--no-tui",
+        *cfg.server_args,
+    ]  # fmt: skip
+
+
+class ServeProcess:
+    """One server in its own process group (its workers go down with it); `with` stops it."""
+
+    def __init__(self, cmd: list[str], port: int, log_path: Path, name: str = "shifttune serve"):
+        self.cmd, self.port, self.log_path, self.name = cmd, port, log_path, name
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def base_url(self) -> str:
+        return f"http://{HOST}:{self.port}"
+
+    def __enter__(self) -> ServeProcess:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        with open(self.log_path, "wb") as log:
+            env = os.environ | {"PYTHONUNBUFFERED": "1"}
+            self.proc = subprocess.Popen(self.cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                         env=env, start_new_session=True)  # fmt: skip
+
+    def tail(self, n: int = LOG_LINES) -> str:
+        try:
+            lines = self.log_path.read_text(errors="replace").splitlines()[-n:]
+        except OSError:
+            return "(no log)"
+        return "\n".join("  | " + line for line in lines) or "  | (empty log)"
+
+    def wait_healthy(self, timeout_s: float, poll_s: float = 0.5) -> None:
+        """Until GET /health answers 200; ServerError (with the log's last lines) if the server exits first
+        or does not answer within timeout_s."""
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout_s
+        with httpx.Client(timeout=2.0, trust_env=False) as client:
+            while True:
+                if self.proc.poll() is not None:
+                    raise ServerError(f"{self.name} exited with code {self.proc.returncode} before it was healthy; "
+                                      f"last lines of {self.log_path}:\n{self.tail()}")  # fmt: skip
+                with contextlib.suppress(httpx.HTTPError):
+                    if client.get(self.base_url + "/health").status_code == 200:
+                        return
+                if time.monotonic() > deadline:
+                    raise ServerError(f"{self.name} did not answer GET /health with 200 within {timeout_s:g} s; "
+                                      f"last lines of {self.log_path}:\n{self.tail()}")  # fmt: skip
+                time.sleep(poll_s)
+
+    def stop(self, timeout_s: float = 30.0) -> int | None:
+        """SIGINT, then SIGTERM, then SIGKILL to the process group; returns the exit code."""
+        if self.proc is None:
+            return None
+        for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+            if self.proc.poll() is not None:
+                break
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.proc.pid, sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(wait_s)
+        with contextlib.suppress(ProcessLookupError, PermissionError):  # workers left behind by a dead server
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        return self.proc.poll()
+
+
+@dataclass
+class CompareRun:
+    runs: dict[str, list[dict]] = field(default_factory=dict)  # mode -> records (one per rate)
+    logs: dict[str, Path] = field(default_factory=dict)
+    interrupted: bool = False
+    error: str | None = None  # why a mode could not run (the modes before it are kept)
+
+
+def run_compare(
+    cfg: CompareConfig, bench: BenchConfig, reporter: Reporter | None = None, log_dir: Path | None = None
+) -> CompareRun:
+    """Each mode in turn: start its server, wait until healthy, run `bench` against it, stop it.
+    Records carry their "mode". Ctrl-C, or a server that fails to start or to answer, stops the comparison
+    and keeps the modes that completed (`interrupted`, `error`). Raises ConfigError for bad settings."""
+    cfg.validate()
+    tokenizer = bench.tokenizer or default_tokenizer_name(cfg.model)
+    replace(bench, base_url=f"http://{HOST}:1", tokenizer=tokenizer).validate()  # before any server starts
+    log_dir = log_dir or Path(tempfile.mkdtemp(prefix="shifttune-bench-"))
+    out = CompareRun()
+    for mode in cfg.modes:
+        port = free_port()
+        server = ServeProcess(serve_command(cfg, mode, port), port, log_dir / f"serve-{mode}.log")
+        out.logs[mode] = server.log_path
+        try:
+            server.start()
+            server.wait_healthy(cfg.startup_timeout_s)
+            run = run_bench(replace(bench, base_url=server.base_url, model=None, tokenizer=tokenizer), reporter,
+                            label=f"{mode}: ")  # fmt: skip
+        except KeyboardInterrupt:
+            out.interrupted = True
+            break
+        except ServerError as e:
+            out.error = f"mode {mode}: {e}"
+            break
+        finally:
+            server.stop(cfg.stop_timeout_s)
+        out.runs[mode] = [r | {"mode": mode} for r in run.records]
+        if run.interrupted:
+            out.interrupted = True
+            break
+    return out

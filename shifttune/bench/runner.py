@@ -1,0 +1,204 @@
+"""Runs a benchmark: the server's model, the workload, one run per rate, results as vLLM-style records.
+
+Requests leave at their arrival times (a task each); `concurrency` caps how many are in flight, the
+rest wait for a slot, as in vLLM. Ctrl-C (SIGINT) stops sending, cancels what is in flight and keeps
+the results that completed; the run and the sweep are then marked interrupted.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import signal
+import time
+from collections.abc import Coroutine
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from typing import Any, Protocol
+
+from shifttune.bench.client import CompletionsClient, RequestResult, ServerError, list_models
+from shifttune.bench.config import BenchConfig
+from shifttune.bench.datasets import BenchRequest, build_requests, with_arrivals
+from shifttune.bench.metrics import compute_metrics, per_request
+from shifttune.bench.tokenizer import BenchTokenizer, default_tokenizer_name, load_tokenizer
+from shifttune.config import ConfigError
+
+WARMUP_TOKENS = 16
+
+
+class Reporter(Protocol):
+    """Progress of the runs (the CLI's Rich progress bar)."""
+
+    def start(self, label: str, total: int) -> None: ...
+
+    def advance(self, ok: bool) -> None: ...
+
+
+class _Silent:
+    def start(self, label: str, total: int) -> None:
+        pass
+
+    def advance(self, ok: bool) -> None:
+        pass
+
+
+@dataclass
+class BenchRun:
+    """What `run_bench` returns: one record per rate (fewer when interrupted)."""
+
+    model: str
+    tokenizer: str
+    records: list[dict] = field(default_factory=list)
+    interrupted: bool = False
+
+
+def rate_label(rate: float | None) -> str:
+    return "trace" if rate is None else ("inf" if math.isinf(rate) else f"{rate:g}")
+
+
+async def run_requests(
+    client: CompletionsClient,
+    requests: list[BenchRequest],
+    concurrency: int | None,
+    reporter: Reporter,
+    stop: asyncio.Event,
+) -> tuple[list[RequestResult], float, bool]:
+    """Sends every request at its arrival time; returns the finished results in request order, the
+    duration (s) and whether `stop` cut the run short."""
+    results: list[RequestResult | None] = [None] * len(requests)
+    slots = asyncio.Semaphore(concurrency) if concurrency else None
+    start = time.perf_counter()
+
+    async def one(i: int, req: BenchRequest) -> None:
+        delay = req.arrival_s - (time.perf_counter() - start)
+        if delay > 0:
+            await asyncio.sleep(delay)
+        async with slots if slots else contextlib.nullcontext():
+            sent = time.perf_counter() - start
+            result = await client.send(req)
+        result.send_time = sent
+        results[i] = result
+        reporter.advance(result.success)
+
+    tasks = [asyncio.create_task(one(i, r)) for i, r in enumerate(requests)]
+    everything = asyncio.gather(*tasks)
+    stopped = asyncio.create_task(stop.wait())
+    await asyncio.wait([everything, stopped], return_when=asyncio.FIRST_COMPLETED)
+    interrupted = not everything.done()
+    if interrupted:
+        everything.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        with contextlib.suppress(asyncio.CancelledError):
+            everything.exception()  # retrieved: no "exception was never retrieved" at exit
+    else:
+        everything.result()  # a bug in one() surfaces here
+    stopped.cancel()
+    duration = time.perf_counter() - start
+    return [r for r in results if r is not None], duration, interrupted
+
+
+def record(
+    cfg: BenchConfig,
+    model: str,
+    tokenizer: str,
+    rate: float | None,
+    results: list[RequestResult],
+    duration: float,
+    interrupted: bool,
+    ignore_eos: bool,
+) -> dict:
+    """One run as `vllm bench serve --save-result` writes it (same keys where the meaning is the same)."""
+    return {
+        "date": datetime.now().strftime("%Y%m%d-%H%M%S"),
+        "backend": "openai",
+        "model_id": model,
+        "tokenizer_id": tokenizer,
+        "base_url": cfg.base_url,
+        "endpoint": cfg.endpoint,
+        "dataset": cfg.dataset,
+        "num_prompts": cfg.num_prompts,
+        "request_rate": rate_label(rate) if rate is None or math.isinf(rate) else rate,
+        "time_scale": cfg.time_scale if rate is None else None,
+        "max_concurrency": cfg.concurrency,
+        "slo_ttft_ms": cfg.slo_ttft_ms,
+        "slo_tpot_ms": cfg.slo_tpot_ms,
+        "ignore_eos": ignore_eos,
+        "interrupted": interrupted,
+        **compute_metrics(results, duration, cfg.slo_ttft_ms, cfg.slo_tpot_ms),
+        **per_request(results),
+    }
+
+
+async def _resolve_model(cfg: BenchConfig) -> str:
+    models = await list_models(cfg.base_url, cfg.api_key)  # also the "is the server up" check
+    if cfg.model:
+        return cfg.model
+    if not models:
+        raise ServerError(f"{cfg.base_url}/v1/models lists no model; name one with --model")
+    return models[0]
+
+
+def _tokenizer(cfg: BenchConfig, model: str) -> BenchTokenizer:
+    name = cfg.tokenizer or default_tokenizer_name(model)
+    if name is None:
+        raise ConfigError(
+            f"the model {model!r} is not a local directory nor a bundled model, so its tokenizer is unknown; "
+            "pass --tokenizer (an HF model directory) to make prompts of exact token lengths",
+            "tokenizer",
+        )
+    return load_tokenizer(name)
+
+
+async def _unless_stopped(coro: Coroutine[Any, Any, RequestResult], stop: asyncio.Event) -> RequestResult | None:
+    """The coroutine's result, or None when `stop` is set first (the coroutine is then cancelled)."""
+    task, stopped = asyncio.create_task(coro), asyncio.create_task(stop.wait())
+    await asyncio.wait([task, stopped], return_when=asyncio.FIRST_COMPLETED)
+    stopped.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    return None
+
+
+async def _bench(cfg: BenchConfig, reporter: Reporter, label: str) -> BenchRun:
+    model = await _resolve_model(cfg)
+    tok = _tokenizer(cfg, model)
+    requests = build_requests(cfg, tok)
+    run = BenchRun(model, tok.name)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread / not Unix
+        loop.add_signal_handler(signal.SIGINT, stop.set)
+    try:
+        async with CompletionsClient(cfg.url, model, cfg.api_key, cfg.request_timeout_s) as client:
+            test = await _unless_stopped(
+                client.send(replace(requests[0], output_len=min(requests[0].output_len, WARMUP_TOKENS))), stop
+            )
+            if test is not None and not test.success:
+                raise ServerError(f"the test request to {cfg.url} (model {model!r}) failed: {test.error}")
+            for rate in cfg.rate_list():
+                if stop.is_set():
+                    run.interrupted = True
+                    break
+                reporter.start(f"{label}rate {rate_label(rate)}", len(requests))
+                batch = with_arrivals(requests, rate, cfg.seed)
+                results, duration, interrupted = await run_requests(client, batch, cfg.concurrency, reporter, stop)
+                run.records.append(record(cfg, model, tok.name, rate, results, duration, interrupted,
+                                          client.ignore_eos))  # fmt: skip
+                if interrupted:
+                    run.interrupted = True
+                    break
+    finally:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.remove_signal_handler(signal.SIGINT)
+    return run
+
+
+def run_bench(cfg: BenchConfig, reporter: Reporter | None = None, label: str = "") -> BenchRun:
+    """Validates `cfg`, runs every rate against the server and returns the records.
+
+    Raises ConfigError (bad settings, files) and ServerError (server down, no model)."""
+    cfg.validate()
+    return asyncio.run(_bench(cfg, reporter or _Silent(), label))
