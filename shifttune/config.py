@@ -256,6 +256,8 @@ class EngineConfig:
         if self.attention_backend == "auto":
             self.attention_backend = "triton" if self.device == "cuda" else "torch"
         one_of("attention_backend", ("auto", "torch", "triton"))
+        if self.attention_backend == "torch":  # it loops over host-side metadata, which graphs cannot replay
+            self.enforce_eager = True
         if self.shift_threshold < 0:
             raise ConfigError("must be >= 0", field="shift_threshold")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):

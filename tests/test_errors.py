@@ -63,9 +63,9 @@ def test_missing_and_corrupt_weights(hf_models, tmp_path):
 
 def test_prompt_longer_than_context():
     with LLM("tiny", max_model_len=16) as llm:
-        with pytest.raises(ConfigError, match="prompt has 16 tokens but the model context"):
+        with pytest.raises(ConfigError, match="prompt: has 16 tokens but the model context"):
             llm.generate([list(range(2, 18))])
-        with pytest.raises(ConfigError, match="token ids must be integers"):
+        with pytest.raises(ConfigError, match="prompt: token ids must be integers"):
             llm.generate([[5, 100000]])
         assert llm.generate([[0, 5, 6]], SamplingParams(max_tokens=3))[0].outputs[0].token_ids
 

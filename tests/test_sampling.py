@@ -91,5 +91,5 @@ def test_a_bad_prompt_leaves_nothing_queued(llm):
     with pytest.raises(ConfigError):
         llm.generate([[0, 5], [0, 10**9]], SamplingParams(max_tokens=2))
     assert not llm.llm_engine.has_unfinished_requests() and not llm.llm_engine.requests
-    with pytest.raises(ConfigError, match="stop_token_ids must be in"):
+    with pytest.raises(ConfigError, match="stop_token_ids: must be in"):
         llm.generate([[0, 5]], SamplingParams(stop_token_ids=[10**6]))

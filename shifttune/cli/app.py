@@ -8,9 +8,11 @@ from typing import Annotated
 import typer
 from typer.core import TyperCommand, TyperGroup
 
+from shifttune.cli.bench import bench
 from shifttune.cli.generate import generate
 from shifttune.cli.profile import profile
 from shifttune.cli.recommend import recommend
+from shifttune.cli.serve import serve
 
 
 class _NoFlagType:
@@ -49,7 +51,7 @@ def main(
     )
 
 
-for command in (generate, profile, recommend):
+for command in (generate, profile, recommend, serve, bench):
     app.command(cls=Command)(command)
 
 if __name__ == "__main__":

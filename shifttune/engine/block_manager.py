@@ -29,8 +29,11 @@ class Block:
 
 
 class BlockManager:
-    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True):
+    def __init__(self, num_blocks: int, block_size: int, enable_prefix_caching: bool = True, watermark: float = 0.01):
         self.block_size = block_size
+        # NOTE: admission keeps this many blocks free for the running sequences to grow into; without it a
+        # newcomer that takes the last blocks is preempted on the next step, again and again (vLLM: 1%).
+        self.watermark_blocks = max(1, int(watermark * num_blocks)) if watermark > 0 else 0
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
         self.free_block_ids: deque[int] = deque(range(num_blocks))
@@ -66,9 +69,12 @@ class BlockManager:
             matched.append(block_id)
         return matched
 
-    def can_allocate(self, cached: list[int], num_tokens: int) -> bool:
+    def can_allocate(self, cached: list[int], num_tokens: int, others_running: bool = False) -> bool:
+        """Whether a waiting sequence may be admitted: its blocks fit and, while other sequences run, the
+        watermark stays free for them."""
         revived = sum(1 for b in cached if self.blocks[b].ref_count == 0)  # these leave the free queue
-        return blocks_for(num_tokens, self.block_size) - len(cached) + revived <= self.num_free_blocks
+        need = blocks_for(num_tokens, self.block_size) - len(cached) + revived
+        return need <= self.num_free_blocks - (self.watermark_blocks if others_running else 0)
 
     def allocate(self, seq: Sequence, cached: list[int], num_tokens: int) -> None:
         """Gives a waiting sequence its cached prefix blocks plus new blocks for `num_tokens` tokens."""

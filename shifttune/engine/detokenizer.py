@@ -1,7 +1,9 @@
 """Incremental detokenization: new text per generated token without re-decoding the whole output.
 
 Decodes a short window of recent tokens twice (with and without the new ones) and emits the
-difference; while the tail is an incomplete UTF-8 sequence it waits for more tokens.
+difference; while the tail is an incomplete UTF-8 sequence it waits for more tokens. The window
+starts inside the prompt: SentencePiece tokenizers (Llama 2, Mistral) drop the leading space of the
+first token of a decode, so the first output token is decoded after a few prompt tokens.
 """
 
 from __future__ import annotations
@@ -14,28 +16,36 @@ WINDOW = 6
 class Detokenizer:
     def __init__(self, tokenizer):
         self.tokenizer = tokenizer
-        self.offsets: dict[str, tuple[int, int]] = {}  # request id -> (prefix offset, read offset)
+        self.offsets: dict[str, tuple[int, int]] = {}  # request id -> (prefix offset, read offset) in token_ids
+
+    def _decode(self, ids: list[int]) -> str:
+        return self.tokenizer.decode(ids, skip_special_tokens=True)
+
+    def _start(self, seq: Sequence) -> tuple[int, int]:
+        return max(0, seq.num_prompt_tokens - WINDOW), seq.num_prompt_tokens
 
     def update(self, seq: Sequence) -> str:
         """Appends the text of newly generated tokens to seq.output_text and returns it."""
         if self.tokenizer is None:
             return ""
-        out = seq.output_token_ids
-        prefix, read = self.offsets.get(seq.request_id, (0, 0))
-        decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)  # noqa: E731
-        old_text = decode(out[prefix:read])
-        new_text = decode(out[prefix:])
+        ids = seq.token_ids
+        prefix, read = self.offsets.get(seq.request_id) or self._start(seq)
+        old_text = self._decode(ids[prefix:read])
+        new_text = self._decode(ids[prefix:])
         if new_text.endswith("\ufffd") or len(new_text) <= len(old_text):
             return ""
         delta = new_text[len(old_text) :]
-        self.offsets[seq.request_id] = (max(read, len(out) - WINDOW), len(out))
+        self.offsets[seq.request_id] = (max(read, len(ids) - WINDOW), len(ids))
         seq.output_text += delta
         return delta
 
     def finalize(self, seq: Sequence) -> None:
-        """At the end, the full decode, including any tail that was held back as incomplete UTF-8."""
+        """At the end, the full decode (after the same prompt context), including any tail that was held
+        back as incomplete UTF-8."""
         if self.tokenizer is not None:
-            seq.output_text = self.tokenizer.decode(seq.output_token_ids, skip_special_tokens=True)
+            prefix, read = self._start(seq)
+            context = self._decode(seq.token_ids[prefix:read])
+            seq.output_text = self._decode(seq.token_ids[prefix:])[len(context) :]
 
     def release(self, request_id: str) -> None:
         self.offsets.pop(request_id, None)

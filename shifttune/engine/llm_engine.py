@@ -68,36 +68,71 @@ class LLMEngine:
         )
 
     # ---- requests -------------------------------------------------------------------------------
-    def add_request(self, request_id: str | None, prompt: str | list[int], params: SamplingParams | None = None) -> str:
-        params = params or SamplingParams()
-        request_id = request_id if request_id is not None else str(next(self._ids))
+    def add_request(
+        self,
+        request_id: str | None,
+        prompt: str | list[int],
+        params: SamplingParams | None = None,
+        prompt_text: str | None = None,
+    ) -> str:
+        """Queues a request (text, or token ids with the text they came from) and returns its id; refuses
+        anything that could fail later."""
+        params = SamplingParams() if params is None else params
+        if request_id is None:
+            request_id = next(rid for rid in map(str, self._ids) if rid not in self.requests)
+        elif not isinstance(request_id, str):
+            raise ConfigError(f"must be a string, got {type(request_id).__name__}", field="request_id")
         if request_id in self.requests:
-            raise ConfigError(f"request id {request_id!r} is already in use")
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ConfigError(f"model {self.config.model!r} has no tokenizer; pass prompts as token-id lists")
-            text, ids = prompt, self.tokenizer.encode(prompt)
-        else:
-            text, ids = None, list(prompt)
-            vocab = self.config.model_config.vocab_size
-            if any(not isinstance(t, int) or not 0 <= t < vocab for t in ids):
-                raise ConfigError(f"prompt token ids must be integers in [0, {vocab})")
-        if not ids:
-            raise ConfigError("prompt is empty")
-        vocab = self.config.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in params.stop_token_ids):
-            raise ConfigError(f"stop_token_ids must be in [0, {vocab})")
-        if params.logprobs is not None and params.logprobs > vocab:
-            raise ConfigError(f"logprobs must be at most the vocabulary size {vocab}")
-        if len(ids) >= self.config.max_model_len:
-            raise ConfigError(
-                f"prompt has {len(ids)} tokens but the model context (max_model_len) is {self.config.max_model_len}; "
-                "it must leave room for at least one generated token"
-            )
-        seq = Sequence(request_id, text, ids, params)
+            raise ConfigError(f"{request_id!r} is already in use", field="request_id")
+        text, ids = self.prepare_request(prompt, params)
+        seq = Sequence(request_id, text if prompt_text is None else prompt_text, ids, params)
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return request_id
+
+    def prepare_request(self, prompt: str | list[int], params: SamplingParams) -> tuple[str | None, list[int]]:
+        """(text, token ids) of a request that the engine can run to the end; ConfigError otherwise. Reads
+        only the tokenizer and the config, so a server's handlers may call it beside the engine's thread."""
+        if not isinstance(params, SamplingParams):
+            raise ConfigError(f"must be a SamplingParams, got {type(params).__name__}", field="sampling_params")
+        text, ids = self._tokenize(prompt)
+        self._check_fits(ids, params)
+        return text, ids
+
+    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+        vocab = self.config.model_config.vocab_size
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ConfigError(f"model {self.config.model!r} has no tokenizer; pass token ids", field="prompt")
+            text, ids = prompt, self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)):
+            text, ids = None, list(prompt)
+            if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+                raise ConfigError(f"token ids must be integers in [0, {vocab})", field="prompt")
+        else:
+            raise ConfigError(f"must be a string or a list of token ids, not {type(prompt).__name__}", field="prompt")
+        if not ids:
+            raise ConfigError("is empty", field="prompt")
+        return text, ids
+
+    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+        """What SamplingParams cannot check alone: the vocabulary and the context length."""
+        vocab = self.config.model_config.vocab_size
+        if any(not 0 <= t < vocab for t in params.stop_token_ids):
+            raise ConfigError(f"must be in [0, {vocab})", field="stop_token_ids")
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise ConfigError(f"must be at most the vocabulary size {vocab}", field="logprobs")
+        banned = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.sampler.eos_token_ids))
+        if params.min_tokens and len(banned) >= vocab:
+            raise ConfigError(
+                "with stop_token_ids and EOS masking every token, nothing can be sampled", field="min_tokens"
+            )
+        if len(ids) >= self.config.max_model_len:
+            raise ConfigError(
+                f"has {len(ids)} tokens but the model context (max_model_len) is {self.config.max_model_len}; "
+                "it must leave room for at least one generated token",
+                field="prompt",
+            )
 
     def abort_request(self, request_id: str) -> None:
         seq = self.requests.pop(request_id, None)
@@ -136,11 +171,11 @@ class LLMEngine:
         sampling = [s.seq for s in sched.scheduled if s.samples]
         start = time.perf_counter()
         logits = self.executor.collective_rpc("execute_model", self._step_input(sched, mode))
-        tokens, logprobs = self.sampler(logits, sampling) if sampling else ([], [])
+        sampled = self._sample(logits, sampling) if sampling else []
         duration = time.perf_counter() - start
         self.scheduler.update_computed(sched)
         now = time.monotonic()
-        for seq, token, lp in zip(sampling, tokens, logprobs):
+        for seq, token, lp in sampled:
             seq.token_ids.append(token)
             if lp is not None:
                 seq.logprobs.append(lp)
@@ -158,6 +193,24 @@ class LLMEngine:
                 self.requests.pop(seq.request_id, None)
                 self._release(seq)
         return outputs
+
+    def _sample(self, logits, seqs: list[Sequence]) -> list[tuple[Sequence, int, dict | None]]:
+        try:
+            return list(zip(seqs, *self.sampler(logits, seqs)))
+        except Exception:
+            pass
+        # NOTE: one request must not stop every other: sample row by row, and fail only the rows that fail.
+        out = []
+        for i, seq in enumerate(seqs):
+            try:
+                (token,), (lp,) = self.sampler(logits[i : i + 1], [seq])
+            except Exception as e:  # finished with the error, reported to its caller; the batch goes on
+                seq.error = f"request {seq.request_id!r} failed in sampling: {type(e).__name__}: {e}"
+                logger.error(seq.error)
+                self.scheduler.finish(seq, "error")
+                continue
+            out.append((seq, token, lp))
+        return out
 
     def _step_input(self, sched: SchedulerOutput, mode: str) -> StepInput:
         seqs = (

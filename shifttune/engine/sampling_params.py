@@ -10,6 +10,7 @@ from shifttune.config import ConfigError
 
 GREEDY_BELOW = 1e-5  # as vLLM: smaller temperatures overflow the logits; they mean greedy
 SEED_RANGE = (0, 2**63 - 1)
+CUMULATIVE, DELTA = "cumulative", "delta"  # what each step's output holds: everything so far, or what is new
 
 
 def _is_int(x) -> bool:
@@ -32,6 +33,7 @@ class SamplingParams:
     stop_token_ids: list[int] = field(default_factory=list)
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs to return per token (plus the sampled one)
+    output_kind: str = CUMULATIVE  # DELTA: each step's output holds only the new tokens and text (streaming)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -75,6 +77,7 @@ class SamplingParams:
         yield "stop", any(not isinstance(s, str) or not s for s in self.stop), "stop strings must be non-empty strings"
         yield "stop_token_ids", any(not _is_int(t) for t in self.stop_token_ids), "must be integers"
         yield "ignore_eos", not isinstance(self.ignore_eos, bool), f"must be true or false, got {self.ignore_eos!r}"
+        yield "output_kind", self.output_kind not in (CUMULATIVE, DELTA), f"must be {CUMULATIVE} or {DELTA}"
 
     @property
     def greedy(self) -> bool:

@@ -83,7 +83,7 @@ class Scheduler:
             cached = self.block_manager.match_prefix(seq)
             num_cached = len(cached) * self.block_manager.block_size
             n = min(len(seq) - num_cached, budget)
-            if not self.block_manager.can_allocate(cached, num_cached + n):
+            if not self.block_manager.can_allocate(cached, num_cached + n, others_running=bool(self.running)):
                 break
             self.block_manager.allocate(seq, cached, num_cached + n)
             seq.num_computed_tokens = seq.num_cached_tokens = num_cached

@@ -6,7 +6,7 @@ import enum
 import time
 from dataclasses import dataclass, field
 
-from shifttune.engine.sampling_params import SamplingParams
+from shifttune.engine.sampling_params import DELTA, SamplingParams
 
 
 class SequenceStatus(enum.Enum):
@@ -27,12 +27,15 @@ class Sequence:
         self.num_cached_tokens = 0  # of those, how many came from the prefix cache
         self.block_table: list[int] = []
         self.status = SequenceStatus.WAITING
-        self.finish_reason: str | None = None
+        self.finish_reason: str | None = None  # "stop" | "length" | "abort" | "error"
         self.stop_reason: int | str | None = None
+        self.error: str | None = None  # why the request failed (finish_reason "error")
         self.output_text = ""
         self.logprobs: list[dict[int, float]] = []
         self.arrival_time = time.monotonic()
         self.first_token_time: float | None = None
+        self.num_returned_tokens = 0  # what earlier DELTA outputs already handed back
+        self.num_returned_chars = 0
 
     def __len__(self) -> int:
         return len(self.token_ids)
@@ -55,13 +58,16 @@ class CompletionOutput:
     index: int
     text: str
     token_ids: list[int]
-    finish_reason: str | None  # "stop" | "length" | "abort" | None while running
+    finish_reason: str | None  # "stop" | "length" | "abort" | "error" | None while running
     stop_reason: int | str | None = None
     logprobs: list[dict[int, float]] | None = None
 
 
 @dataclass
 class RequestOutput:
+    """Cumulative (everything so far) or, with `output_kind=DELTA`, only what this step added; `num_output_tokens`
+    counts all generated tokens either way."""
+
     request_id: str
     prompt: str | None
     prompt_token_ids: list[int]
@@ -69,16 +75,24 @@ class RequestOutput:
     finished: bool
     num_cached_tokens: int = 0
     metrics: dict = field(default_factory=dict)
+    num_output_tokens: int = 0
+    error: str | None = None
 
     @classmethod
     def from_seq(cls, seq: Sequence) -> "RequestOutput":
+        p = seq.params
+        if p.output_kind == DELTA:
+            # NOTE: while running, text that could still turn out to start a stop string is held back.
+            hold = 0 if seq.is_finished or not p.stop else max(map(len, p.stop)) - 1
+            end = max(seq.num_returned_chars, len(seq.output_text) - hold)
+            text = seq.output_text[seq.num_returned_chars : end]
+            token_ids = seq.token_ids[seq.num_prompt_tokens + seq.num_returned_tokens :]
+            logprobs = seq.logprobs[seq.num_returned_tokens :]
+            seq.num_returned_tokens, seq.num_returned_chars = seq.num_output_tokens, end
+        else:
+            text, token_ids, logprobs = seq.output_text, seq.output_token_ids, list(seq.logprobs)
         out = CompletionOutput(
-            0,
-            seq.output_text,
-            seq.output_token_ids,
-            seq.finish_reason,
-            seq.stop_reason,
-            seq.logprobs if seq.params.logprobs is not None else None,
+            0, text, token_ids, seq.finish_reason, seq.stop_reason, logprobs if p.logprobs is not None else None
         )
         metrics = {"arrival_time": seq.arrival_time, "first_token_time": seq.first_token_time}
         return cls(
@@ -89,4 +103,6 @@ class RequestOutput:
             seq.is_finished,
             seq.num_cached_tokens,
             metrics,
+            seq.num_output_tokens,
+            seq.error,
         )

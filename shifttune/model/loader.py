@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import json
+import zlib
 from pathlib import Path
 
 import torch
@@ -145,6 +146,16 @@ def _target(model: CausalLM, name: str) -> tuple[torch.Tensor, int, slice] | Non
     return table.get(rest)
 
 
+def _copy_slices(models: list[CausalLM], name: str, read) -> None:
+    """Copies this rank's slice of the HF tensor `name` into every model that holds part of it;
+    `read(dim, src)` returns the source rows (dim 0) or columns (dim 1) `src`."""
+    for model in models:
+        target = _target(model, name)
+        if target is not None:
+            dst, dim, src = target
+            dst.copy_(read(dim, src).to(dst.dtype))
+
+
 @torch.no_grad()
 def load_weights(models: list[CausalLM], path: Path) -> None:
     files = checkpoint_files(path)
@@ -154,12 +165,8 @@ def load_weights(models: list[CausalLM], path: Path) -> None:
     for f, names in by_file.items():
         with safe_open(str(f), framework="pt") as handle:
             for name in names:
-                for model in models:
-                    target = _target(model, name)
-                    if target is not None:
-                        dst, dim, src = target
-                        part = handle.get_slice(name)[src] if dim == 0 else handle.get_slice(name)[:, src]
-                        dst.copy_(part.to(dst.dtype))
+                tensor = handle.get_slice(name)
+                _copy_slices(models, name, lambda dim, src: tensor[src] if dim == 0 else tensor[:, src])
     for model in models:  # vocab padding rows past vocab_size stay zero
         _zero_vocab_padding(model)
 
@@ -172,13 +179,18 @@ def _zero_vocab_padding(model: CausalLM) -> None:
 
 @torch.no_grad()
 def init_dummy_weights(models: list[CausalLM], seed: int) -> None:
-    """Seeded random weights (std 0.02, norms 1). NOTE: the two layouts are drawn independently, so a
-    dummy model computes different functions in TP and SP x TP mode: fine for timing, not for text."""
-    for i, model in enumerate(models):
-        gen = torch.Generator(device=model.norm.weight.device).manual_seed(seed * 1000 + i)
-        for name, p in model.named_parameters():
-            if "norm" in name:
-                p.fill_(1.0)
-            else:
-                p.normal_(0.0, 0.02, generator=gen)
+    """Seeded random weights (std 0.02, norms 1) as if from one checkpoint: each full tensor is drawn from
+    a generator seeded by its name, then sliced like a real one, so every rank and both layouts hold
+    shards of the same model and dummy runs give the same text in TP and SP x TP mode."""
+    device = models[0].norm.weight.device
+    for name, shape in expected_shapes(models[0].cfg).items():
+        if "norm" in name:
+            full = torch.ones(shape, device=device)
+        else:
+            gen = torch.Generator(device=device).manual_seed(seed * 2**32 + zlib.crc32(name.encode()))
+            full = torch.empty(shape, device=device, dtype=models[0].norm.weight.dtype).normal_(
+                0.0, 0.02, generator=gen
+            )
+        _copy_slices(models, name, lambda dim, src: full[src] if dim == 0 else full[:, src])
+    for model in models:
         _zero_vocab_padding(model)

@@ -70,7 +70,10 @@ class StepGraphs:
         self.block_tables = torch.full((s_max, self.width), runner.scratch_block, dtype=torch.int64, device=dev)
         self.samples = torch.zeros(s_max, dtype=torch.int64, device=dev)
         self.rows_in_use = 0  # block-table rows holding real sequences since the last step
-        self.graphs: dict[tuple[str, int], tuple[torch.cuda.CUDAGraph | None, torch.Tensor | None]] = {}
+        # NOTE: every graph writes its logits here; a [rows, vocab] fp32 output per bucket would keep
+        # ~0.1 GB per bucket alive at a 128k vocabulary, allocated after the KV cache was sized.
+        self.logits = torch.empty(s_max, cfg.model_config.vocab_size, dtype=torch.float32, device=dev)
+        self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.num_replays = 0
         if not capture:
             return
@@ -84,8 +87,10 @@ class StepGraphs:
                     torch.cuda.synchronize()
                     with torch.cuda.graph(graph, pool=pool):
                         logits = self._forward(mode, b)
+                        self.logits[: logits.shape[0]].copy_(logits)
+                    del logits  # its pool memory serves the next capture
                     pool = graph.pool()
-                    self.graphs[(mode, b)] = (graph, logits)
+                    self.graphs[(mode, b)] = graph
         torch.cuda.synchronize()
 
     def seqs_for(self, bucket: int) -> int:
@@ -152,6 +157,5 @@ class StepGraphs:
         self.num_replays += 1
         if not self.capture:
             return self._forward(step.mode, b)[:k]
-        graph, logits = self.graphs[(step.mode, b)]
-        graph.replay()
-        return logits[:k]
+        self.graphs[(step.mode, b)].replay()
+        return self.logits[:k]

@@ -42,25 +42,40 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _agree(state, world_size: int, error: str | None, value: int = 0) -> list[int]:
+    """Every rank's (error, value): the first error is raised on every rank, else the values come back."""
+    reports = [(error, value)]
+    if state.cpu_group is not None:
+        reports = [None] * world_size
+        dist.all_gather_object(reports, (error, value), group=state.cpu_group)
+    errors = [e for e, _ in reports if e]
+    if errors:
+        raise WorkerError(errors[0])
+    return [v for _, v in reports]
+
+
+def _error(rank: int, e: Exception) -> str:
+    return f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
+
+
 def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tuple[ModelRunner | None, object]:
-    """Joins the groups, builds the runner, agrees on the KV cache size. Returns (runner, state)."""
+    """Joins the groups, builds the runner, agrees on the KV cache size, allocates it (and captures the
+    graphs). A failure on any rank at either stage is raised on every rank. Returns (runner, state)."""
     state = init_parallel_state(config.parallel, rank, config.device, init_method)
+    world = config.parallel.world_size
     runner, error = None, None
     try:
         runner = ModelRunner(config, state)
-    except Exception as e:  # reported to the driver below, not raised here
-        error = f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
-    if state.cpu_group is None:
-        if error:
-            raise WorkerError(error)
-    else:
-        reports = [None] * config.parallel.world_size
-        dist.all_gather_object(reports, (error, runner.num_kv_blocks if runner else 0), group=state.cpu_group)
-        errors = [e for e, _ in reports if e]
-        if errors:
-            raise WorkerError(errors[0])
-        runner.num_kv_blocks = min(n for _, n in reports)
-    runner.allocate_kv_cache(runner.num_kv_blocks)
+    except Exception as e:  # reported to every rank below, not raised here
+        error = _error(rank, e)
+    runner_blocks = _agree(state, world, error, runner.num_kv_blocks if runner else 0)
+    runner.num_kv_blocks = min(runner_blocks)
+    for stage in (lambda: runner.allocate_kv_cache(runner.num_kv_blocks), runner.capture_graphs):
+        try:
+            stage()
+        except Exception as e:
+            error = _error(rank, e)
+        _agree(state, world, error)
     return runner, state
 
 

@@ -53,12 +53,13 @@ class ModelRunner:
                 mode: CausalLM(cfg, make_layout(mode, cfg, state), rotary, dtype, attn) for mode in self.modes
             }
         if config.load_format == "dummy":
-            init_dummy_weights(list(self.models.values()), config.seed + state.rank)
+            init_dummy_weights(list(self.models.values()), config.seed)
         else:
             load_weights(list(self.models.values()), config.model_path)
         self.num_kv_heads = len(self.models[TP].layout.cache_kv_heads)
         self.num_kv_blocks = self._num_kv_blocks()
         self.k_cache = self.v_cache = None
+        self.graphs = None
 
     @property
     def weight_bytes(self) -> dict[str, int]:
@@ -105,9 +106,12 @@ class ModelRunner:
         for model in self.models.values():
             for i, layer in enumerate(model.layers):
                 layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
+
+    def capture_graphs(self) -> None:
+        """CUDA graphs for both modes (GPU, Triton attention, unless enforce_eager); after allocate_kv_cache."""
         self.graphs = None
         if self.config.device == "cuda" and not self.config.enforce_eager:
-            from shifttune.runner.cuda_graphs import StepGraphs
+            from shifttune.runner.cuda_graphs import StepGraphs  # NOTE: lazy: it loads Triton, GPU-only
 
             self.graphs = StepGraphs(self)
 

@@ -1,0 +1,113 @@
+"""`shifttune serve MODEL`: the OpenAI-compatible server on the shift-parallel engine (flags as `vllm serve`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated, Optional
+
+import typer
+
+from shifttune.cli.common import MODEL_HELP, console, fail, fail_config
+from shifttune.config import SHIFT_POLICIES, ConfigError
+
+FLAGS = {
+    "tensor_parallel_size": "--tensor-parallel-size / --sequence-parallel-size",
+    "sequence_parallel_size": "--sequence-parallel-size",
+    "shift_policy": "--shift-policy",
+    "shift_threshold": "--shift-threshold",
+    "shift_profile": "--profile",
+}
+
+
+def serve(
+    model_arg: Annotated[Optional[str], typer.Argument(metavar="MODEL", help=MODEL_HELP, show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option("--model", help="The model, if not given as the argument.")] = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    tensor_parallel_size: Annotated[
+        int, typer.Option("--tensor-parallel-size", "-tp", help="TP degree of the SP x TP layout.")
+    ] = 1,
+    sequence_parallel_size: Annotated[
+        int,
+        typer.Option(
+            "--sequence-parallel-size",
+            "--ulysses-sequence-parallel-size",
+            "-sp",
+            help="Ulysses SP degree; P = SP x TP ranks (GPUs, or CPU ranks with --device cpu).",
+        ),
+    ] = 1,  # fmt: skip
+    shift_policy: Annotated[
+        str, typer.Option(help=f"Mode per step: {' | '.join(SHIFT_POLICIES)} (tp / sp force one mode).")
+    ] = "threshold",
+    shift_threshold: Annotated[
+        int,
+        typer.Option(
+            "--shift-threshold",
+            "--shift-parallel-threshold",
+            help="Steps with <= this many scheduled tokens run in TP mode, larger ones in SP x TP mode.",
+        ),
+    ] = 256,  # fmt: skip
+    profile: Annotated[
+        Optional[str],
+        typer.Option("--profile", help="Profile JSON from `shifttune profile`, for --shift-policy profile."),
+    ] = None,
+    device: Annotated[str, typer.Option(help="cuda (one GPU per rank, NCCL) or cpu (gloo ranks).")] = "cuda",
+    dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
+    load_format: Annotated[str, typer.Option(help="auto (safetensors) or dummy (random weights).")] = "auto",
+    max_model_len: Annotated[Optional[int], typer.Option(help="Context length (default: the model's).")] = None,
+    max_num_seqs: Annotated[int, typer.Option(help="Sequences per step at most.")] = 256,
+    max_num_batched_tokens: Annotated[int, typer.Option(help="Tokens per step at most (chunked prefill).")] = 8192,
+    gpu_memory_utilization: Annotated[float, typer.Option(help="Share of GPU memory for weights + KV cache.")] = 0.9,
+    served_model_name: Annotated[Optional[str], typer.Option(help="Model name in the API (default: MODEL).")] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="Require `Authorization: Bearer KEY` on /v1/*.")] = None,
+    seed: Annotated[int, typer.Option(help="Seed of dummy weights and of unseeded sampling.")] = 0,
+    max_queue_len: Annotated[
+        Optional[int], typer.Option(help="Requests that may wait; more get 503 (default: no limit).")
+    ] = None,
+    enforce_eager: Annotated[bool, typer.Option("--enforce-eager", metavar="", help="No CUDA graphs.")] = False,
+    no_tui: Annotated[bool, typer.Option("--no-tui", hidden=True, metavar="")] = False,  # logs are plain for now
+) -> None:
+    """Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models, /metrics, /health).
+
+    Ctrl-C or SIGTERM stops it gracefully: in-flight streams end, workers and the port are released.
+    """
+    from shifttune.config import EngineConfig  # NOTE: lazy: the server stack loads torch and FastAPI
+    from shifttune.server.launcher import ServerSettings
+    from shifttune.server.launcher import serve as run_server
+
+    name = model_arg or model
+    if name is None:
+        fail("give the model: `shifttune serve MODEL` (or --model MODEL)")
+    if model_arg and model and model_arg != model:
+        fail(f"two models given: {model_arg!r} and --model {model!r}")
+    if max_queue_len is not None and max_queue_len < 1:
+        fail("--max-queue-len: must be >= 1")
+    logging.getLogger("shifttune").setLevel(logging.INFO)
+    try:
+        config = EngineConfig(
+            model=name,
+            tensor_parallel_size=tensor_parallel_size,
+            sequence_parallel_size=sequence_parallel_size,
+            shift_policy=shift_policy,
+            shift_threshold=shift_threshold,
+            shift_profile=profile,
+            device=device,
+            dtype=dtype,
+            load_format=load_format,
+            max_model_len=max_model_len,
+            max_num_seqs=max_num_seqs,
+            max_num_batched_tokens=max_num_batched_tokens,
+            gpu_memory_utilization=gpu_memory_utilization,
+            seed=seed,
+            enforce_eager=enforce_eager,
+        )
+        settings = ServerSettings(host, port, served_model_name, api_key, max_queue_len)
+        code = run_server(config, settings)
+    except ConfigError as e:
+        fail_config(e, FLAGS)
+    except KeyboardInterrupt:  # Ctrl-C while the engine was still starting
+        console.print("interrupted; workers stopped")
+        raise typer.Exit(130) from None
+    if code:
+        console.print("[bold red]error:[/] the engine stopped; see the log above", highlight=False)
+    raise typer.Exit(code)

@@ -1,0 +1,141 @@
+"""The HTTP surface: FastAPI routes of the OpenAI API (`/v1/completions`, `/v1/chat/completions`,
+`/v1/models`) and `/health`, `/metrics`, `/version`; OpenAI-style error bodies for every refusal; the
+API key; cancelling a request whose client went away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from contextlib import asynccontextmanager
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+
+import shifttune
+from shifttune.server.async_engine import AsyncEngine, EngineDeadError, QueueFullError
+from shifttune.server.metrics import CONTENT_TYPE, ServerMetrics
+from shifttune.server.protocol import (
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    CompletionRequest,
+    CompletionResponse,
+    ErrorInfo,
+    ErrorResponse,
+    ModelCard,
+    ModelList,
+)
+from shifttune.server.serving import APIError, Serving
+
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 503: "ServiceUnavailable"}
+
+
+def error_response(status: int, message: str, param: str | None = None, kind: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorInfo(message=message, type=kind or ERROR_TYPES.get(status, "Error"), param=param,
+                                         code=status))  # fmt: skip
+    return JSONResponse(body.model_dump(), status_code=status)
+
+
+def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+    first = exc.errors()[0] if exc.errors() else {}
+    if first.get("type") == "json_invalid":
+        return f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}", None
+    loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    msg = first.get("msg", "invalid request")
+    if loc and len({tuple(e.get("loc", ())[:2]) for e in exc.errors()}) == 1 < len(exc.errors()):
+        loc, msg = loc[:1], "matches none of the accepted types"  # a union: pydantic tried each member
+    param = ".".join(loc) or None
+    return (f"{param}: {msg}" if param else msg), param
+
+
+async def _until_disconnected(request: Request, work):
+    """Runs `work`; if the client goes away first, cancels it (which aborts its engine requests)."""
+    task = asyncio.ensure_future(work)
+
+    async def watch() -> None:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                task.cancel()
+                return
+
+    watcher = asyncio.ensure_future(watch())
+    try:
+        return await task
+    finally:
+        watcher.cancel()
+
+
+def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_model_len: int,
+              api_key: str | None = None) -> FastAPI:  # fmt: skip
+    serving = Serving(engine, model_name, engine.engine.tokenizer)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        engine.start()
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(engine.stop)
+
+    app = FastAPI(title="shifttune", version=shifttune.__version__, lifespan=lifespan)
+
+    async def authorized(request: Request) -> None:
+        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
+            raise APIError(401, "a valid API key is required (Authorization: Bearer <key>)", kind="invalid_api_key")
+
+    @app.exception_handler(APIError)
+    async def api_error(_, exc: APIError):
+        return error_response(
+            exc.status, exc.message, exc.param, None if exc.kind == "invalid_request_error" else exc.kind
+        )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_, exc: RequestValidationError):
+        message, param = _validation_message(exc)
+        return error_response(400, message, param)
+
+    @app.exception_handler(QueueFullError)
+    async def queue_full(_, exc: QueueFullError):
+        return error_response(503, f"the server is busy: {exc}")
+
+    @app.exception_handler(EngineDeadError)
+    async def engine_dead(_, exc: EngineDeadError):
+        return error_response(503, str(exc))
+
+    @app.get("/health")
+    async def health() -> Response:
+        ok = engine.error is None and not engine._stopping
+        return Response(status_code=200 if ok else 503)
+
+    @app.get("/version")
+    async def version() -> dict:
+        return {"version": shifttune.__version__}
+
+    @app.get("/metrics")
+    async def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models() -> ModelList:
+        return ModelList(data=[ModelCard(id=model_name, root=model_name, max_model_len=max_model_len)])
+
+    @app.post("/v1/completions", dependencies=[Depends(authorized)], response_model=CompletionResponse)
+    async def completions(req: CompletionRequest, request: Request):
+        choices, params = serving.completion_choices(req)
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(serving.completion_events(choices, params, usage), media_type="text/event-stream")
+        await _until_disconnected(request, serving.run_to_end(choices, params))
+        return serving.completion_response(choices, params)
+
+    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)], response_model=ChatCompletionResponse)
+    async def chat_completions(req: ChatCompletionRequest, request: Request):
+        choices, params = serving.chat_choices(req)
+        if req.stream:
+            usage = bool(req.stream_options and req.stream_options.include_usage)
+            return StreamingResponse(serving.chat_events(choices, params, usage), media_type="text/event-stream")
+        await _until_disconnected(request, serving.run_to_end(choices, params))
+        return serving.chat_response(choices, params)
+
+    return app

@@ -1,0 +1,82 @@
+"""Starting and stopping a server: the port first (a port in use is one line, before any GPU is touched),
+then the engine, then uvicorn; Ctrl-C / SIGTERM end in-flight streams and release workers and ports;
+an engine that dies makes the process exit non-zero.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from dataclasses import dataclass
+
+import uvicorn
+
+from shifttune.config import ConfigError, EngineConfig
+from shifttune.engine.llm_engine import LLMEngine
+from shifttune.server.api import build_app
+from shifttune.server.async_engine import AsyncEngine
+from shifttune.server.metrics import ServerMetrics
+
+logger = logging.getLogger("shifttune.server")
+
+
+@dataclass
+class ServerSettings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    served_model_name: str | None = None  # default: the model argument as given
+    api_key: str | None = None
+    max_queue_len: int | None = None  # waiting requests beyond this get 503
+    log_level: str = "info"
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as e:
+        sock.close()
+        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}", field="port") from None
+    sock.set_inheritable(True)
+    return sock
+
+
+class _Server(uvicorn.Server):
+    """uvicorn, but a stop signal first ends the engine's streams, so in-flight requests finish at once."""
+
+    def __init__(self, config: uvicorn.Config, engine: AsyncEngine):
+        super().__init__(config)
+        self.engine = engine
+
+    def handle_exit(self, sig, frame) -> None:
+        self.engine.request_stop()
+        super().handle_exit(sig, frame)
+
+
+def serve(config: EngineConfig, settings: ServerSettings) -> int:
+    """Runs until stopped; returns the exit code (0 after a clean stop, 1 when the engine died)."""
+    sock = bind(settings.host, settings.port)
+    try:
+        engine = LLMEngine(config)
+    except BaseException:
+        sock.close()
+        raise
+    name = settings.served_model_name or config.model
+    metrics = ServerMetrics(name)
+    metrics.observe_policy(config.shift_policy, config.shift_threshold)
+    async_engine = AsyncEngine(engine, metrics, settings.max_queue_len)
+    app = build_app(async_engine, metrics, name, config.max_model_len, settings.api_key)
+    uv_config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+    server = _Server(uv_config, async_engine)
+    async_engine.on_fatal = lambda: setattr(server, "should_exit", True)
+    par = config.parallel
+    logger.info("serving %s on http://%s:%d (SP=%d x TP=%d, %s, policy %s, threshold %d)", name, settings.host,
+                settings.port, par.sp, par.tp, config.device, config.shift_policy, config.shift_threshold)  # fmt: skip
+    try:
+        server.run(sockets=[sock])
+    finally:
+        async_engine.stop()
+        sock.close()
+    return 1 if async_engine.error is not None else 0

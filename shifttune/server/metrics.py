@@ -1,0 +1,107 @@
+"""Prometheus metrics of a running server: vLLM V1's names and meanings where they match (so vLLM
+dashboards work), plus shifttune's own (`shifttune:*`: the current mode, steps and step time per mode,
+the policy and its threshold).
+
+The engine thread calls `observe_step` after every step; `/metrics` renders the registry.
+"""
+
+from __future__ import annotations
+
+import time
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
+
+from shifttune.config import MODES, SHIFT_POLICIES
+from shifttune.engine.llm_engine import LLMEngine
+from shifttune.engine.sequence import RequestOutput
+
+LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+                   20.0, 40.0, 80.0)  # fmt: skip
+TOKEN_BUCKETS = (1, 8, 16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192, 16384)
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+disable_created_metrics()  # as vLLM: no *_created series next to every counter
+
+
+class ServerMetrics:
+    def __init__(self, model_name: str):
+        self.registry = r = CollectorRegistry()
+        m = ["model_name"]
+        self.running = Gauge("vllm:num_requests_running", "Requests in the running batch.", m, registry=r)
+        self.waiting = Gauge("vllm:num_requests_waiting", "Requests waiting to run.", m, registry=r)
+        self.kv_usage = Gauge("vllm:kv_cache_usage_perc", "KV-cache usage, 1 = full.", m, registry=r)
+        self.prompt_tokens = Counter("vllm:prompt_tokens", "Prefill tokens processed.", m, registry=r)
+        self.generation_tokens = Counter("vllm:generation_tokens", "Tokens generated.", m, registry=r)
+        self.preemptions = Counter("vllm:num_preemptions", "Preemptions (recompute).", m, registry=r)
+        self.success = Counter("vllm:request_success", "Finished requests.", [*m, "finished_reason"], registry=r)
+        self.ttft = Histogram("vllm:time_to_first_token_seconds", "Time to first token.", m, buckets=LATENCY_BUCKETS,
+                              registry=r)  # fmt: skip
+        self.itl = Histogram("vllm:inter_token_latency_seconds", "Time between tokens.", m, buckets=LATENCY_BUCKETS,
+                             registry=r)  # fmt: skip
+        self.e2e = Histogram("vllm:e2e_request_latency_seconds", "Request latency.", m, buckets=LATENCY_BUCKETS,
+                             registry=r)  # fmt: skip
+        self.iteration_tokens = Histogram("vllm:iteration_tokens_total", "Tokens per engine step.", m,
+                                          buckets=TOKEN_BUCKETS, registry=r)  # fmt: skip
+        self.mode = Gauge("shifttune:parallel_mode", "1 for the mode of the last step.", ["mode"], registry=r)
+        self.steps = Counter("shifttune:steps", "Engine steps per mode.", ["mode"], registry=r)
+        self.step_seconds = Histogram("shifttune:step_seconds", "Step time (model + sampling) per mode.", ["mode"],
+                                      buckets=LATENCY_BUCKETS, registry=r)  # fmt: skip
+        self.threshold = Gauge("shifttune:shift_threshold", "Tokens per step up to which TP mode runs.", registry=r)
+        self.policy = Gauge("shifttune:shift_policy", "1 for the active shift policy.", ["policy"], registry=r)
+        self.kv_blocks_used = Gauge("shifttune:kv_blocks_used", "KV-cache blocks held by requests.", registry=r)
+        self.model = model_name
+        self._last_token: dict[str, float] = {}
+        self._preemptions_seen = 0
+        for mode in MODES:
+            self.mode.labels(mode).set(0)
+            self.steps.labels(mode)
+        self.running.labels(model_name).set(0)
+        self.waiting.labels(model_name).set(0)
+
+    def observe_policy(self, policy: str, threshold: int) -> None:
+        self.threshold.set(threshold)
+        for name in SHIFT_POLICIES:
+            self.policy.labels(name).set(1 if name == policy else 0)
+
+    def observe_step(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
+        """Everything one step changed: queue, cache, tokens, per-request latencies, the mode."""
+        m, now, stats = self.model, time.monotonic(), engine.stats
+        sched, bm = engine.scheduler, engine.block_manager
+        self.running.labels(m).set(len(sched.running))
+        self.waiting.labels(m).set(len(sched.waiting))
+        used = bm.num_blocks - bm.num_free_blocks
+        self.kv_blocks_used.set(used)
+        self.kv_usage.labels(m).set(used / bm.num_blocks if bm.num_blocks else 0.0)
+        self.preemptions.labels(m).inc(stats.num_preemptions - self._preemptions_seen)
+        self._preemptions_seen = stats.num_preemptions
+        if stats.steps:
+            step = stats.steps[-1]
+            for mode in MODES:
+                self.mode.labels(mode).set(1 if mode == step.mode else 0)
+            self.steps.labels(step.mode).inc()
+            self.step_seconds.labels(step.mode).observe(step.duration_s)
+            self.iteration_tokens.labels(m).observe(step.shape.num_tokens)
+            self.prompt_tokens.labels(m).inc(step.shape.num_prefill_tokens)
+        for out in outputs:
+            self._observe_request(out, now)
+
+    def _observe_request(self, out: RequestOutput, now: float) -> None:
+        m, rid = self.model, out.request_id
+        new = len(out.outputs[0].token_ids) if out.outputs else 0
+        self.generation_tokens.labels(m).inc(new)
+        last = self._last_token.get(rid)
+        if last is None and out.metrics.get("first_token_time") is not None:
+            self.ttft.labels(m).observe(out.metrics["first_token_time"] - out.metrics["arrival_time"])
+        elif last is not None and new:
+            self.itl.labels(m).observe(now - last)
+        self._last_token[rid] = now
+        if out.finished:
+            self._last_token.pop(rid, None)
+            self.e2e.labels(m).observe(now - out.metrics["arrival_time"])
+            self.success.labels(m, out.outputs[0].finish_reason or "abort").inc()
+
+    def aborted(self, request_id: str) -> None:
+        self._last_token.pop(request_id, None)
+        self.success.labels(self.model, "abort").inc()
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

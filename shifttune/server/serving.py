@@ -1,0 +1,340 @@
+"""Completions and chat completions: an OpenAI request in, engine requests out, OpenAI responses (whole,
+or as server-sent events of per-step deltas) back.
+
+Every check that can refuse a request runs before the first byte is sent, so a bad request is always a
+4xx with an OpenAI error body and never a broken stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+
+from shifttune.config import ConfigError
+from shifttune.engine.sampling_params import DELTA, SamplingParams
+from shifttune.engine.sequence import RequestOutput
+from shifttune.server.async_engine import AsyncEngine, EngineDeadError
+from shifttune.server.protocol import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
+    ChatCompletionChunk,
+    ChatCompletionRequest,
+    ChatCompletionResponse,
+    ChatLogprobs,
+    CompletionChoice,
+    CompletionLogprobs,
+    CompletionRequest,
+    CompletionResponse,
+    DeltaMessage,
+    SamplingFields,
+    TokenLogprob,
+    TopLogprob,
+    UsageInfo,
+)
+
+
+class APIError(Exception):
+    """Refused with an OpenAI error body."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+        super().__init__(message)
+        self.status, self.message, self.param, self.kind = status, message, param, kind
+
+
+UNSUPPORTED = (  # (field, neutral value): anything else is refused rather than silently ignored
+    ("presence_penalty", 0.0),
+    ("frequency_penalty", 0.0),
+    ("logit_bias", None),
+    ("echo", False),
+    ("suffix", None),
+)
+
+
+def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+    if req.n != 1:
+        raise APIError(400, "n must be 1: this server returns one choice per prompt", "n")
+    if getattr(req, "best_of", None) not in (None, 1):
+        raise APIError(400, "best_of must be 1", "best_of")
+    for name, neutral in UNSUPPORTED:
+        if getattr(req, name, neutral) not in (neutral, None):
+            raise APIError(400, f"{name} is not supported by this server", name)
+    try:
+        return SamplingParams(
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            max_tokens=max_tokens,
+            min_tokens=req.min_tokens,
+            stop=req.stop,
+            stop_token_ids=req.stop_token_ids,
+            ignore_eos=req.ignore_eos,
+            logprobs=logprobs,
+            output_kind=DELTA,
+        )
+    except ConfigError as e:
+        raise APIError(400, str(e), e.field) from None
+
+
+@dataclass
+class Choice:
+    """One prompt's request as it runs: what has been generated so far."""
+
+    index: int
+    request_id: str
+    text_ids: tuple[str | None, list[int]]
+    text: str = ""
+    token_ids: list[int] = field(default_factory=list)
+    logprobs: list[dict[int, float]] = field(default_factory=list)
+    finish_reason: str | None = None
+    stop_reason: int | str | None = None
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.text_ids[1])
+
+    def add(self, out: RequestOutput) -> None:
+        if out.error is not None:
+            raise APIError(500, out.error, kind="internal_error")
+        c = out.outputs[0]
+        self.text += c.text
+        self.token_ids += c.token_ids
+        self.logprobs += c.logprobs or []
+        self.finish_reason, self.stop_reason = c.finish_reason, c.stop_reason
+
+
+class Serving:
+    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer):
+        self.engine, self.model_name, self.tokenizer = engine, model_name, tokenizer
+
+    # ---- preparation (may refuse) -------------------------------------------------------------------
+    def check_model(self, model: str | None) -> None:
+        if model is not None and model != self.model_name:
+            raise APIError(404, f"model {model!r} does not exist; this server serves {self.model_name!r}", "model",
+                           "model_not_found")  # fmt: skip
+
+    def prepare(self, prompts: list, params: SamplingParams, prefix: str) -> list[Choice]:
+        base = f"{prefix}-{uuid.uuid4().hex}"
+        choices = []
+        for i, prompt in enumerate(prompts):
+            try:
+                text, ids = self.engine.prepare(prompt, params)
+            except ConfigError as e:
+                raise APIError(400, str(e), e.field) from None
+            choices.append(Choice(i, f"{base}-{i}", (text, ids)))
+        return choices
+
+    def completion_choices(self, req: CompletionRequest) -> tuple[list[Choice], SamplingParams]:
+        self.check_model(req.model)
+        params = sampling_params(req, req.max_tokens, req.logprobs)
+        prompts = req.prompt
+        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+            prompts = [prompts]
+        if not prompts:
+            raise APIError(400, "prompt is empty", "prompt")
+        return self.prepare(prompts, params, "cmpl"), params
+
+    def chat_choices(self, req: ChatCompletionRequest) -> tuple[list[Choice], SamplingParams]:
+        self.check_model(req.model)
+        if req.top_logprobs is not None and not req.logprobs:
+            raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        logprobs = (req.top_logprobs or 0) if req.logprobs else None
+        params = sampling_params(req, req.max_completion_tokens or req.max_tokens, logprobs)
+        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
+            raise APIError(400, "this model has no chat template; use /v1/completions", "messages")
+        messages = [
+            {"role": m.role, "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
+            for m in req.messages
+        ]
+        try:
+            text = self.tokenizer.apply_chat_template(
+                messages, add_generation_prompt=req.add_generation_prompt, tokenize=False
+            )
+        except Exception as e:  # a template that raises on these messages (e.g. roles out of order)
+            raise APIError(400, f"the chat template refused these messages: {e}", "messages") from None
+        ids = self.tokenizer.encode(text, add_special_tokens=False)
+        (choice,) = self.prepare([ids], params, "chatcmpl")
+        choice.text_ids = (text, ids)
+        return [choice], params
+
+    # ---- running ----------------------------------------------------------------------------------
+    def stream(self, choices: list[Choice], params: SamplingParams) -> AsyncIterator[tuple[Choice, RequestOutput]]:
+        """Every choice's per-step outputs as they come, interleaved."""
+        gens = [self.engine.generate(c.request_id, *c.text_ids, params) for c in choices]
+        if len(gens) == 1:
+            return _tagged(choices[0], gens[0])
+        return _merge([_tagged(c, g) for c, g in zip(choices, gens)])
+
+    async def events(self, choices: list[Choice], params: SamplingParams, to_chunk):
+        """The stream's SSE lines; an error once streaming has begun is sent as an error event."""
+        try:
+            async for choice, out in self.stream(choices, params):
+                before = len(choice.token_ids)
+                choice.add(out)
+                yield to_chunk(choice, out.outputs[0], before)
+        except (APIError, EngineDeadError) as e:
+            status, message = (e.status, e.message) if isinstance(e, APIError) else (503, str(e))
+            error = {"message": message, "type": "Error", "param": None, "code": status}
+            yield f"data: {json.dumps({'error': error})}\n\n"
+
+    async def run_to_end(self, choices: list[Choice], params: SamplingParams) -> None:
+        async for choice, out in self.stream(choices, params):
+            choice.add(out)
+
+    # ---- responses --------------------------------------------------------------------------------
+    def usage(self, choices: list[Choice]) -> UsageInfo:
+        prompt = sum(c.num_prompt_tokens for c in choices)
+        completion = sum(len(c.token_ids) for c in choices)
+        return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
+
+    def token_text(self, token_id: int) -> str:
+        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else str(token_id)
+
+    def completion_logprobs(self, ids: list[int], logprobs: list[dict], offset: int) -> CompletionLogprobs:
+        out = CompletionLogprobs()
+        for tid, lps in zip(ids, logprobs):
+            text = self.token_text(tid)
+            out.tokens.append(text)
+            out.token_logprobs.append(lps[tid])
+            # ascending: where two tokens decode to the same text (byte pieces), the likelier one stays
+            out.top_logprobs.append({self.token_text(t): lp for t, lp in sorted(lps.items(), key=lambda kv: kv[1])})
+            out.text_offset.append(offset)
+            offset += len(text)
+        return out
+
+    def chat_logprobs(self, ids: list[int], logprobs: list[dict], top: int) -> ChatLogprobs:
+        content = []
+        for tid, lps in zip(ids, logprobs):
+            ranked = sorted(lps.items(), key=lambda kv: -kv[1])[:top]
+            content.append(
+                TokenLogprob(
+                    **self._top(tid, lps[tid]).model_dump(), top_logprobs=[self._top(t, lp) for t, lp in ranked]
+                )
+            )
+        return ChatLogprobs(content=content)
+
+    def _top(self, token_id: int, logprob: float) -> TopLogprob:
+        text = self.token_text(token_id)
+        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
+
+    def completion_response(self, choices: list[Choice], params: SamplingParams) -> CompletionResponse:
+        return CompletionResponse(
+            model=self.model_name,
+            choices=[
+                CompletionChoice(
+                    index=c.index,
+                    text=c.text,
+                    logprobs=None if params.logprobs is None else self.completion_logprobs(c.token_ids, c.logprobs, 0),
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+                for c in choices
+            ],
+            usage=self.usage(choices),
+        )
+
+    def chat_response(self, choices: list[Choice], params: SamplingParams) -> ChatCompletionResponse:
+        return ChatCompletionResponse(
+            model=self.model_name,
+            choices=[
+                ChatChoice(
+                    index=c.index,
+                    message=AssistantMessage(content=c.text),
+                    logprobs=None
+                    if params.logprobs is None
+                    else self.chat_logprobs(c.token_ids, c.logprobs, params.logprobs),
+                    finish_reason=c.finish_reason,
+                    stop_reason=c.stop_reason,
+                )
+                for c in choices
+            ],
+            usage=self.usage(choices),
+        )
+
+    async def completion_events(self, choices: list[Choice], params: SamplingParams, usage: bool):
+        """SSE lines: one chunk per step per choice, then the usage chunk if asked, then [DONE]."""
+        rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
+        offsets = {c.index: 0 for c in choices}
+
+        def to_chunk(choice: Choice, delta, before: int) -> str:
+            lp = None
+            if params.logprobs is not None:
+                lp = self.completion_logprobs(
+                    choice.token_ids[before:], choice.logprobs[before:], offsets[choice.index]
+                )
+                offsets[choice.index] += len(delta.text)
+            return _sse(CompletionResponse(id=rid, created=created, model=self.model_name, choices=[
+                CompletionChoice(index=choice.index, text=delta.text, logprobs=lp, finish_reason=delta.finish_reason,
+                                 stop_reason=delta.stop_reason)]))  # fmt: skip
+
+        async for line in self.events(choices, params, to_chunk):
+            yield line
+        if usage:
+            yield _sse(CompletionResponse(id=rid, created=created, model=self.model_name, choices=[],
+                                          usage=self.usage(choices)))  # fmt: skip
+        yield "data: [DONE]\n\n"
+
+    async def chat_events(self, choices: list[Choice], params: SamplingParams, usage: bool):
+        rid, created = f"chatcmpl-{uuid.uuid4().hex}", int(time.time())
+
+        def chunk(choice_list: list[ChatChunkChoice], usage_info: UsageInfo | None = None) -> str:
+            return _sse(ChatCompletionChunk(id=rid, created=created, model=self.model_name, choices=choice_list,
+                                            usage=usage_info))  # fmt: skip
+
+        def to_chunk(choice: Choice, delta, before: int) -> str:
+            lp = None
+            if params.logprobs is not None:
+                lp = self.chat_logprobs(choice.token_ids[before:], choice.logprobs[before:], params.logprobs)
+            return chunk([ChatChunkChoice(index=choice.index, delta=DeltaMessage(content=delta.text), logprobs=lp,
+                                          finish_reason=delta.finish_reason)])  # fmt: skip
+
+        yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content="")) for c in choices])
+        async for line in self.events(choices, params, to_chunk):
+            yield line
+        if usage:
+            yield chunk([], self.usage(choices))
+        yield "data: [DONE]\n\n"
+
+
+def _sse(model) -> str:
+    return f"data: {json.dumps(model.model_dump(exclude_none=False), separators=(',', ':'))}\n\n"
+
+
+async def _tagged(choice: Choice, gen: AsyncIterator[RequestOutput]):
+    async for out in gen:
+        yield choice, out
+
+
+async def _merge(gens: list[AsyncIterator]):
+    """Items of several async iterators as they come (for a batch of prompts in one request)."""
+    queue: asyncio.Queue = asyncio.Queue()
+    done = object()
+
+    async def pump(gen) -> None:
+        try:
+            async for item in gen:
+                await queue.put(item)
+            await queue.put(done)
+        except BaseException as e:
+            await queue.put(e)
+
+    tasks = [asyncio.create_task(pump(g)) for g in gens]
+    try:
+        remaining = len(tasks)
+        while remaining:
+            item = await queue.get()
+            if item is done:
+                remaining -= 1
+            elif isinstance(item, BaseException):
+                raise item
+            else:
+                yield item
+    finally:  # a client gone or a choice failed: the others are aborted too
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

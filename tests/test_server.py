@@ -1,0 +1,384 @@
+"""`shifttune serve` on CPU ranks, started as a user starts it (a subprocess), queried over 127.0.0.1 only.
+
+The official `openai` client for completions and chat, streaming and not; 64 concurrent streams against
+offline generation; bad requests (hand-picked and fuzzed) never get a 5xx nor stop the engine; a soak
+with clients that leave mid-stream ends with an empty KV cache; the API key; the queue limit; Ctrl-C,
+a dead worker and startup errors.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from contextlib import contextmanager
+
+import httpx
+import openai
+import pytest
+
+from shifttune import LLM, SamplingParams
+
+SERVE = [sys.executable, "-m", "shifttune.cli", "serve"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(*args: str, ready_timeout: float = 120):
+    """A `shifttune serve` subprocess on a free port; yields (base_url, process)."""
+    port = free_port()
+    proc = subprocess.Popen(
+        [*SERVE, *args, "--host", "127.0.0.1", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=os.environ | {"OMP_NUM_THREADS": "1"},
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + ready_timeout
+        while time.time() < deadline:
+            if proc.poll() is not None:
+                raise AssertionError(f"server exited early:\n{proc.stdout.read()}")
+            try:
+                if httpx.get(f"{url}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        else:
+            raise AssertionError("server did not become healthy")
+        yield url, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+def metric(url: str, name: str) -> float:
+    text = httpx.get(f"{url}/metrics", timeout=10).text
+    values = [
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if re.match(rf"{re.escape(name)}[{{ ,}}]", line)
+    ]
+    assert values, f"{name} not in /metrics"
+    return sum(values)
+
+
+@pytest.fixture(scope="module")
+def tiny_server():
+    with server("tiny", "--device", "cpu", "--sequence-parallel-size", "2", "--shift-threshold", "16") as (url, _):
+        yield url
+
+
+@pytest.fixture(scope="module")
+def client(tiny_server):
+    return openai.OpenAI(base_url=f"{tiny_server}/v1", api_key="none", max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def offline():
+    with LLM("tiny") as llm:
+        yield llm
+
+
+GREEDY = dict(temperature=0, max_tokens=12, extra_body={"ignore_eos": True})
+
+
+def test_completions_with_the_openai_client(client, offline):
+    ref = offline.generate(["Hello there"], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0]
+    out = client.completions.create(model="tiny", prompt="Hello there", **GREEDY)
+    assert out.choices[0].text == ref.outputs[0].text and out.choices[0].finish_reason == "length"
+    assert (out.usage.prompt_tokens, out.usage.completion_tokens) == (len(ref.prompt_token_ids), 12)
+    assert out.usage.total_tokens == out.usage.prompt_tokens + 12
+    stream = client.completions.create(
+        model="tiny", prompt="Hello there", stream=True, stream_options={"include_usage": True}, **GREEDY
+    )
+    chunks = list(stream)
+    assert "".join(c.choices[0].text for c in chunks if c.choices) == ref.outputs[0].text
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 12
+    batch = client.completions.create(model="tiny", prompt=["Hello there", "abc"], **GREEDY)
+    assert [c.index for c in batch.choices] == [0, 1] and batch.usage.completion_tokens == 24
+
+
+def test_chat_with_the_openai_client(client, offline):
+    tok = offline.llm_engine.tokenizer
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True, tokenize=False)
+    ids = tok.encode(text, add_special_tokens=False)
+    ref = offline.generate([ids], SamplingParams(temperature=0, max_tokens=12, ignore_eos=True))[0].outputs[0]
+    messages = [{"role": "user", "content": "hi"}]
+    out = client.chat.completions.create(model="tiny", messages=messages, **GREEDY)
+    assert out.choices[0].message.content == ref.text and out.choices[0].message.role == "assistant"
+    assert out.usage.prompt_tokens == len(ids) and out.usage.completion_tokens == 12
+    chunks = list(
+        client.chat.completions.create(
+            model="tiny", messages=messages, stream=True, stream_options={"include_usage": True}, **GREEDY
+        )
+    )
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == ref.text
+    assert chunks[-1].usage.completion_tokens == 12
+
+
+def test_stop_strings_are_honoured_streaming_or_not(client, offline):
+    free = offline.generate(["xyz"], SamplingParams(temperature=0, max_tokens=16, ignore_eos=True))[0].outputs[0]
+    stop = free.text[4:6]
+    expected = free.text[: free.text.find(stop)]
+    out = client.completions.create(model="tiny", prompt="xyz", stop=stop, **GREEDY | {"max_tokens": 16})
+    assert out.choices[0].text == expected and out.choices[0].finish_reason == "stop"
+    chunks = list(client.completions.create(model="tiny", prompt="xyz", stop=[stop], stream=True,
+                                            **GREEDY | {"max_tokens": 16}))  # fmt: skip
+    assert "".join(c.choices[0].text for c in chunks) == expected  # never a piece of the stop string
+    assert chunks[-1].choices[0].finish_reason == "stop"
+
+
+def test_logprobs(client):
+    out = client.completions.create(model="tiny", prompt="abc", logprobs=2, **GREEDY | {"max_tokens": 3})
+    lp = out.choices[0].logprobs
+    assert len(lp.tokens) == len(lp.token_logprobs) == 3 and all(v <= 0 for v in lp.token_logprobs)
+    assert all(max(top.values()) == pytest.approx(v) for top, v in zip(lp.top_logprobs, lp.token_logprobs))
+    chat = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "a"}], logprobs=True,
+                                          top_logprobs=2, **GREEDY | {"max_tokens": 3})  # fmt: skip
+    content = chat.choices[0].logprobs.content
+    assert len(content) == 3 and all(len(c.top_logprobs) == 2 for c in content)
+
+
+def test_64_concurrent_streams_match_offline_generation(tiny_server, offline):
+    prompts = [[0] + [(7 * i + 3 * j) % 250 + 3 for j in range(1 + i % 9)] for i in range(64)]
+    refs = offline.generate(prompts, SamplingParams(temperature=0, max_tokens=10, ignore_eos=True))
+    aclient = openai.AsyncOpenAI(base_url=f"{tiny_server}/v1", api_key="none", max_retries=0)
+
+    async def one(prompt):
+        stream = await aclient.completions.create(
+            model="tiny", prompt=prompt, stream=True, **GREEDY | {"max_tokens": 10}
+        )
+        return "".join([c.choices[0].text async for c in stream])
+
+    async def everything():
+        return await asyncio.gather(*(one(p) for p in prompts))
+
+    texts = asyncio.run(everything())
+    assert texts == [r.outputs[0].text for r in refs]
+
+
+BAD_REQUESTS = [
+    ("/v1/completions", b"{bad json"),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 0}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": -3}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": "lots"}),
+    ("/v1/completions", {"model": "nope", "prompt": "hi"}),
+    ("/v1/completions", {"prompt": [1, 2, 10**6]}),
+    ("/v1/completions", {"prompt": [5] * 5000}),
+    ("/v1/completions", {"prompt": "hi", "temperature": -1}),
+    ("/v1/completions", {"prompt": "hi", "top_p": 2}),
+    ("/v1/completions", {"prompt": "hi", "top_k": -7}),
+    ("/v1/completions", {"prompt": "hi", "seed": -1}),
+    ("/v1/completions", {"prompt": "hi", "n": 3}),
+    ("/v1/completions", {"prompt": "hi", "stop": [""]}),
+    ("/v1/completions", {"prompt": "hi", "min_tokens": 9, "max_tokens": 2}),
+    ("/v1/completions", {"prompt": []}),
+    ("/v1/completions", {}),
+    ("/v1/completions", []),
+    ("/v1/chat/completions", {"messages": [{"role": "user"}]}),
+    ("/v1/chat/completions", {"messages": []}),
+    ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}),
+]
+
+
+@pytest.mark.parametrize("path, body", BAD_REQUESTS)
+def test_bad_requests_get_a_4xx_with_an_openai_error_body(tiny_server, path, body):
+    kwargs = {"content": body} if isinstance(body, bytes) else {"json": body}
+    r = httpx.post(f"{tiny_server}{path}", headers={"content-type": "application/json"}, timeout=30, **kwargs)
+    assert 400 <= r.status_code < 500, (r.status_code, r.text)
+    error = r.json()["error"]
+    assert error["message"] and error["code"] == r.status_code
+
+
+def test_fuzzed_requests_never_get_a_5xx_and_the_engine_keeps_serving(tiny_server):
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    scalars = st.one_of(st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=True),
+                        st.text(max_size=8))  # fmt: skip
+    values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=4), max_leaves=12)
+    fields = ["prompt", "max_tokens", "temperature", "top_p", "top_k", "seed", "n", "stop", "stream", "logprobs",
+              "min_tokens", "stop_token_ids", "ignore_eos", "messages", "model", "stream_options"]  # fmt: skip
+    bodies = st.dictionaries(st.sampled_from(fields), values, max_size=6)
+    c = httpx.Client(base_url=tiny_server, timeout=60)
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True)
+    @given(path=st.sampled_from(["/v1/completions", "/v1/chat/completions"]), body=bodies)
+    def check(path, body):
+        body = {"prompt": "hi", "max_tokens": 2} | body if path == "/v1/completions" else body
+        r = c.post(path, content=json.dumps(body, allow_nan=True), headers={"content-type": "application/json"})
+        assert r.status_code < 500, (body, r.status_code, r.text[:300])
+
+    check()
+    ok = c.post("/v1/completions", json={"prompt": "still there?", "max_tokens": 3})
+    assert ok.status_code == 200 and ok.json()["usage"]["completion_tokens"] == 3
+
+
+def test_soak_with_clients_leaving_mid_stream_frees_every_kv_block(tiny_server):
+    async def one(i: int, http: httpx.AsyncClient) -> str:
+        body = {"prompt": [0] + [(i * 11 + j) % 250 + 3 for j in range(4 + i % 20)], "max_tokens": 24,
+                "ignore_eos": True, "temperature": 0, "stream": True}  # fmt: skip
+        leave = i % 5 == 0  # about 20% of the clients disconnect after their second chunk
+        chunks = 0
+        async with http.stream("POST", "/v1/completions", json=body) as r:
+            assert r.status_code == 200
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    chunks += 1
+                    if leave and chunks == 2:
+                        return "left"
+                if line == "data: [DONE]":
+                    return "done"
+        return "cut"
+
+    async def soak() -> list[str]:
+        limits = httpx.Limits(max_connections=48)
+        async with httpx.AsyncClient(base_url=tiny_server, timeout=120, limits=limits) as http:
+            return await asyncio.gather(*(one(i, http) for i in range(500)))
+
+    results = asyncio.run(soak())
+    assert results.count("left") == 100 and results.count("done") == 400
+    deadline = time.time() + 20
+    while time.time() < deadline and (metric(tiny_server, "shifttune:kv_blocks_used") or
+                                      metric(tiny_server, "vllm:num_requests_running")):  # fmt: skip
+        time.sleep(0.2)
+    assert metric(tiny_server, "shifttune:kv_blocks_used") == 0
+    assert metric(tiny_server, "vllm:kv_cache_usage_perc") == 0
+    # (a client that left may still see its request finish before the abort reaches the engine)
+    assert metric(tiny_server, 'vllm:request_success_total{finished_reason="abort"') >= 90
+
+
+def test_metrics_show_both_modes_and_the_policy(tiny_server):
+    assert metric(tiny_server, 'shifttune:steps_total{mode="sp"') > 0  # prefill bursts above the threshold of 16
+    assert metric(tiny_server, 'shifttune:steps_total{mode="tp"') > 0
+    assert metric(tiny_server, "shifttune:shift_threshold") == 16
+    assert metric(tiny_server, 'shifttune:shift_policy{policy="threshold"') == 1
+    assert metric(tiny_server, "vllm:generation_tokens_total") > 0
+
+
+def test_api_key_and_queue_limit():
+    args = ("tiny", "--device", "cpu", "--api-key", "sekret", "--max-queue-len", "2", "--max-num-seqs", "1")
+    with server(*args) as (url, _):
+        assert httpx.get(f"{url}/v1/models").status_code == 401
+        assert httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
+        auth = {"authorization": "Bearer sekret"}
+        assert httpx.get(f"{url}/v1/models", headers=auth).json()["data"][0]["id"] == "tiny"
+        assert httpx.get(f"{url}/health").status_code == 200  # health and metrics stay open
+
+        async def burst() -> list[int]:
+            body = {"prompt": "x", "max_tokens": 64, "ignore_eos": True}
+            async with httpx.AsyncClient(base_url=url, headers=auth, timeout=120) as http:
+                rs = await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(12)))
+            return [r.status_code for r in rs]
+
+        codes = asyncio.run(burst())
+        assert set(codes) == {200, 503} and codes.count(503) >= 6
+
+
+def test_ctrl_c_ends_streams_and_releases_the_port():
+    with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
+        port = int(url.rsplit(":", 1)[1])
+        lines = []
+        with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
+                          "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
+            for line in filter(None, r.iter_lines()):
+                lines.append(line)
+                if len(lines) == 3:
+                    proc.send_signal(signal.SIGINT)
+        assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2] and len(lines) < 100
+        assert proc.wait(20) == 130  # uvicorn re-raises the signal after its graceful shutdown: 128 + SIGINT
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", port))  # free again
+
+
+def test_a_dead_worker_ends_the_server_with_a_clear_message():
+    with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
+        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"],
+                                                  capture_output=True, text=True).stdout.split()]  # fmt: skip
+        assert workers
+        started = time.time()
+        os.kill(workers[0], signal.SIGKILL)
+        code = proc.wait(15)
+        assert time.time() - started < 10 and code != 0
+        out = proc.stdout.read()
+        assert "worker rank 1 exited" in out and "Traceback" not in out
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no-such-model", "--device", "cpu"], "is not a local directory nor a bundled model"),
+        (["tiny", "--device", "cpu", "--tensor-parallel-size", "3"], "heads do not divide by SP x TP = 3"),
+        (["tiny", "--device", "cpu", "--shift-policy", "fast"], "--shift-policy: must be one of"),
+    ],
+)
+def test_startup_errors_are_one_line(args, message):
+    proc = subprocess.run([*SERVE, *args], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr + proc.stdout
+
+
+def test_a_port_in_use_is_one_line():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        proc = subprocess.run([*SERVE, "tiny", "--device", "cpu", "--port", str(port)], capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{port}" in proc.stderr
+
+
+def test_bench_against_the_cpu_server_writes_a_valid_report(tiny_server, tmp_path):
+    from typer.testing import CliRunner
+
+    from shifttune.cli import app
+
+    out, plot = tmp_path / "bench.json", tmp_path / "bench.png"
+    result = CliRunner().invoke(app, ["bench", "--base-url", tiny_server, "--rates", "20,inf", "--num-prompts", "24",
+                                      "--input-len", "16:48", "--output-len", "8", "--slo-ttft", "60000",
+                                      "--slo-tpot", "60000", "--out", str(out), "--plot", str(plot)])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = json.loads(out.read_text())["results"]
+    assert [r["request_rate"] for r in runs] == [20.0, "inf"]
+    for r in runs:
+        assert r["completed"] == 24 and r["failed"] == 0 and r["model_id"] == "tiny"
+        assert r["total_output_tokens"] == 24 * 8  # ignore_eos honoured: exact lengths
+        assert all(16 <= n <= 48 for n in r["input_lens"]) and r["total_input_tokens"] == sum(r["input_lens"])
+        assert 0 < r["median_ttft_ms"] <= r["p99_ttft_ms"] and r["mean_tpot_ms"] > 0
+        assert r["request_goodput"] == pytest.approx(r["request_throughput"])
+        assert r["output_throughput"] == pytest.approx(r["total_output_tokens"] / r["duration"])
+    assert plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compare_runs_tp_sp_and_shift_on_cpu_ranks(tmp_path):
+    from typer.testing import CliRunner
+
+    from shifttune.cli import app
+
+    out = tmp_path / "compare.json"
+    result = CliRunner().invoke(app, ["bench", "--compare", "tp,sp,shift", "--model", "tiny", "--sp", "2", "--tp", "1",
+                                      "--device", "cpu", "--threshold", "32", "--num-prompts", "16", "--input-len",
+                                      "64", "--output-len", "8", "--rate", "inf", "--out", str(out),
+                                      "--startup-timeout", "120"])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    runs = json.loads(out.read_text())["results"]
+    assert [r["mode"] for r in runs] == ["tp", "sp", "shift"]
+    assert all(r["completed"] == 16 and r["total_output_tokens"] == 16 * 8 for r in runs)
+    assert "TTFT" in result.output and "shift" in result.output
