@@ -55,3 +55,25 @@ def test_a_step_does_not_sync_the_host(hf_models):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         assert logits.shape[0] == 2 and runner.graphs.num_replays >= 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_every_graph_writes_one_shared_logits_buffer(hf_models):
+    from shifttune.profile.step_timing import synthetic_step
+
+    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=256) as llm:
+        runner = llm.llm_engine.executor.runner
+        shared = runner.graphs.logits.data_ptr()
+        for step in (synthetic_step("tp", 1, 1, 40, 16), synthetic_step("tp", 32, 1, 40, 16)):
+            assert runner.execute_model(step).data_ptr() == shared
+        assert runner.graphs.num_replays == 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_the_torch_attention_backend_runs_eager_on_gpu(hf_models):
+    path = str(hf_models["llama"])
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    with LLM(path, device="cuda", dtype="bfloat16", attention_backend="torch") as llm:
+        assert llm.llm_engine.executor.runner.graphs is None
+        outs = llm.generate(PROMPTS, params)
+    assert check_against_hf_fp32(path, PROMPTS, [o.outputs[0].token_ids for o in outs]) >= len(PROMPTS) // 2

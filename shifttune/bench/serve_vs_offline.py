@@ -1,0 +1,134 @@
+"""The server against the offline engine on the same prompts: what serving over HTTP costs.
+
+    python -m shifttune.bench.serve_vs_offline --model llama-3.1-8b --device cuda --out serve_vs_offline.json
+
+For each concurrency c (1, 32, 256, and "inf": every prompt sent at once) the same random prompts
+(1024 in, 128 out, ignore_eos) run twice: offline, through the engine's own loop with at most c
+sequences running (`LLMEngine.step` until done, as `LLM.generate` does), and served, through
+`shifttune bench` with at most c requests in flight against `shifttune serve` (started as a subprocess
+with the same engine settings). Rows: output throughput of both and their ratio, and TPOT (mean over
+requests of (E2E - TTFT) / (output tokens - 1)) of both. Warm-up runs come first on each side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from shifttune.bench.compare import ServeProcess, free_port
+from shifttune.bench.config import BenchConfig, LengthRange
+from shifttune.bench.datasets import build_requests
+from shifttune.bench.runner import run_bench
+from shifttune.bench.tokenizer import load_tokenizer
+from shifttune.engine.stats import percentile
+
+CASES = [(1, 8), (32, 64), (256, 512), (None, 512)]  # (concurrency, prompts); None: all at once
+PROMPT_TOKENIZER = "tiny"  # random ids of exact lengths below every model's vocabulary; their text is noise
+
+
+def bench_config(base_url: str, concurrency: int | None, num_prompts: int, args) -> BenchConfig:
+    return BenchConfig(
+        base_url=base_url,
+        concurrency=concurrency,
+        num_prompts=num_prompts,
+        input_len=LengthRange(args.input_len, args.input_len),
+        output_len=LengthRange(args.output_len, args.output_len),
+        tokenizer=PROMPT_TOKENIZER,
+        seed=args.seed,
+    )
+
+
+def offline_run(engine, prompts, output_len: int, concurrency: int | None) -> dict:
+    """Every prompt through the engine loop with at most `concurrency` sequences running."""
+    from shifttune.engine.sampling_params import SamplingParams
+
+    params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
+    engine.scheduler.max_num_seqs = concurrency or engine.config.max_num_seqs
+    first, done = {}, {}
+    start = time.monotonic()
+    for i, p in enumerate(prompts):
+        engine.add_request(f"offline-{i}", p, params)
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            now = time.monotonic()
+            first.setdefault(out.request_id, now)
+            if out.finished:
+                done[out.request_id] = (now, len(out.outputs[0].token_ids))
+    duration = time.monotonic() - start
+    engine.scheduler.max_num_seqs = engine.config.max_num_seqs
+    tokens = sum(n for _, n in done.values())
+    tpots = [1e3 * (end - first[rid]) / (n - 1) for rid, (end, n) in done.items() if n > 1]
+    return {"duration": duration, "total_output_tokens": tokens, "output_throughput": tokens / duration,
+            "mean_tpot_ms": sum(tpots) / len(tpots), "median_tpot_ms": percentile(tpots, 0.5)}  # fmt: skip
+
+
+def measure_offline(args, cases) -> list[dict]:
+    from shifttune.config import EngineConfig
+    from shifttune.engine.llm_engine import LLMEngine
+
+    engine = LLMEngine(EngineConfig(model=args.model, device=args.device, load_format="dummy"))
+    try:
+        tok = load_tokenizer(PROMPT_TOKENIZER)
+        prompts = {c: [r.prompt for r in build_requests(bench_config("http://x", c, n, args), tok)] for c, n in cases}
+        offline_run(engine, prompts[cases[-1][0]][:32], args.output_len, None)  # warm-up (kernels, graphs)
+        return [offline_run(engine, prompts[c], args.output_len, c) for c, _ in cases]
+    finally:
+        engine.shutdown()
+
+
+def measure_server(args, cases, log: Path) -> list[dict]:
+    port = free_port()
+    cmd = [sys.executable, "-m", "shifttune.cli", "serve", args.model, "--device", args.device, "--load-format",
+           "dummy", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    with ServeProcess(cmd, port, log) as server:
+        server.wait_healthy(900)
+        run_bench(bench_config(server.base_url, None, 32, args))  # warm-up
+        return [run_bench(bench_config(server.base_url, c, n, args)).records[0] for c, n in cases]
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--input-len", type=int, default=1024)
+    ap.add_argument("--output-len", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--scale", type=float, default=1.0, help="multiply the prompt counts (e.g. 0.1 for a smoke run)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    cases = [(c, max(1, int(n * args.scale))) for c, n in CASES]
+    offline = measure_offline(args, cases)
+    served = measure_server(args, cases, args.out.with_suffix(".serve.log"))
+    rows = []
+    for (c, n), off, srv in zip(cases, offline, served):
+        rows.append({
+            "concurrency": "inf" if c is None else c, "num_prompts": n,
+            "offline_output_throughput": off["output_throughput"], "server_output_throughput": srv["output_throughput"],
+            "throughput_ratio": srv["output_throughput"] / off["output_throughput"],
+            "offline_mean_tpot_ms": off["mean_tpot_ms"], "server_mean_tpot_ms": srv["mean_tpot_ms"],
+            "tpot_ratio": srv["mean_tpot_ms"] / off["mean_tpot_ms"],
+            "server_median_ttft_ms": srv["median_ttft_ms"], "server_failed": srv["failed"],
+            "offline": off, "server": {k: v for k, v in srv.items() if not isinstance(v, list)},
+        })  # fmt: skip
+        print(f"c={rows[-1]['concurrency']:>4}: offline {off['output_throughput']:9.1f} tok/s, server "
+              f"{srv['output_throughput']:9.1f} tok/s ({rows[-1]['throughput_ratio']:.3f}); TPOT offline "
+              f"{off['mean_tpot_ms']:.2f} ms, server {srv['mean_tpot_ms']:.2f} ms ({rows[-1]['tpot_ratio']:.3f})")  # fmt: skip
+    device = "cpu"
+    if args.device == "cuda":
+        import torch
+
+        device = torch.cuda.get_device_name()
+    result = {"command": "python -m shifttune.bench.serve_vs_offline " + " ".join(argv or sys.argv[1:]),
+              "device": device, "model": args.model, "input_len": args.input_len, "output_len": args.output_len,
+              "rows": rows}  # fmt: skip
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.out}")
+
+
+if __name__ == "__main__":
+    main()
