@@ -306,13 +306,18 @@ def test_ctrl_c_ends_streams_and_releases_the_port():
         assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2] and len(lines) < 100
         assert proc.wait(20) == 130  # uvicorn re-raises the signal after its graceful shutdown: 128 + SIGINT
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server binds (TIME_WAIT aside)
         s.bind(("127.0.0.1", port))  # free again
 
 
 def test_a_dead_worker_ends_the_server_with_a_clear_message():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
-        workers = [int(p) for p in subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"],
-                                                  capture_output=True, text=True).stdout.split()]  # fmt: skip
+        def children(pid: int) -> list[int]:
+            found = subprocess.run(["pgrep", "-P", str(pid), "-f", "spawn_main"], capture_output=True, text=True)
+            return [int(p) for p in found.stdout.split()]
+
+        (core,) = children(proc.pid)  # the engine core process; rank 1 is its child
+        workers = children(core)
         assert workers
         started = time.time()
         os.kill(workers[0], signal.SIGKILL)

@@ -2,9 +2,10 @@
 
 Each request asks for `stream: true` with usage, `max_tokens`, `temperature: 0` and `ignore_eos: true`
 (exact output lengths); a server that answers 400 naming ignore_eos gets every later request without
-it. TTFT runs from sending to the first chunk carrying text, ITLs are the gaps between chunks carrying
-text, E2E latency ends at the last of them (as vLLM measures). Output tokens come from the usage chunk
-when the server sends one, else from the count of chunks with text.
+it. TTFT runs from sending to the first chunk with a choice, ITLs are the gaps between such chunks, E2E
+latency ends at the last of them (as vLLM measures: a chunk counts whether its text is empty or not, so a
+model served without a tokenizer is measured too). Output tokens come from the usage chunk when the
+server sends one, else from the count of chunks.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ class RequestResult:
     output_len: int = 0
     ttft: float = 0.0  # seconds
     itl: list[float] = field(default_factory=list)  # seconds
-    latency: float = 0.0  # E2E seconds: send -> last chunk with text
+    latency: float = 0.0  # E2E seconds: send -> last chunk with a choice
     send_time: float = 0.0  # seconds after the run started
 
 
@@ -151,7 +152,7 @@ class CompletionsClient:
                     return out
                 now = time.perf_counter()
                 choices = event.get("choices") or []
-                if choices and choices[0].get("text"):
+                if choices:  # as vLLM: every chunk with a choice is an arrival, text or not (no tokenizer)
                     if chunks == 0:
                         out.ttft = now - start
                     else:
@@ -163,7 +164,7 @@ class CompletionsClient:
                     usage_tokens = usage.get("completion_tokens", usage_tokens)
                     out.prompt_len = usage.get("prompt_tokens") or out.prompt_len
         if chunks == 0:
-            out.error = "the stream carried no text"
+            out.error = "the stream carried no choices"
             return out
         out.success = True
         out.latency = last - start

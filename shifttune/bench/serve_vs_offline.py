@@ -49,6 +49,7 @@ def offline_run(engine, prompts, output_len: int, concurrency: int | None) -> di
     params = SamplingParams(temperature=0, max_tokens=output_len, ignore_eos=True)
     engine.scheduler.max_num_seqs = concurrency or engine.config.max_num_seqs
     first, done = {}, {}
+    steps_before, busy_before = engine.stats.num_steps, _busy_s(engine.stats.steps)
     start = time.monotonic()
     for i, p in enumerate(prompts):
         engine.add_request(f"offline-{i}", p, params)
@@ -63,7 +64,26 @@ def offline_run(engine, prompts, output_len: int, concurrency: int | None) -> di
     tokens = sum(n for _, n in done.values())
     tpots = [1e3 * (end - first[rid]) / (n - 1) for rid, (end, n) in done.items() if n > 1]
     return {"duration": duration, "total_output_tokens": tokens, "output_throughput": tokens / duration,
-            "mean_tpot_ms": sum(tpots) / len(tpots), "median_tpot_ms": percentile(tpots, 0.5)}  # fmt: skip
+            "mean_tpot_ms": sum(tpots) / len(tpots), "median_tpot_ms": percentile(tpots, 0.5),
+            "steps": engine.stats.num_steps - steps_before,
+            "step_seconds": _busy_s(engine.stats.steps) - busy_before}  # fmt: skip
+
+
+def _busy_s(steps) -> float:
+    return sum(s.duration_s for s in steps)
+
+
+def server_steps(base_url: str) -> tuple[float, float]:
+    """(steps, seconds spent in steps) so far, from the server's /metrics."""
+    import httpx
+
+    steps = seconds = 0.0
+    for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
+        if line.startswith("shifttune:steps_total{"):
+            steps += float(line.rsplit(" ", 1)[1])
+        elif line.startswith("shifttune:step_seconds_sum{"):
+            seconds += float(line.rsplit(" ", 1)[1])
+    return steps, seconds
 
 
 def measure_offline(args, cases) -> list[dict]:
@@ -74,7 +94,7 @@ def measure_offline(args, cases) -> list[dict]:
     try:
         tok = load_tokenizer(PROMPT_TOKENIZER)
         prompts = {c: [r.prompt for r in build_requests(bench_config("http://x", c, n, args), tok)] for c, n in cases}
-        offline_run(engine, prompts[cases[-1][0]][:32], args.output_len, None)  # warm-up (kernels, graphs)
+        offline_run(engine, prompts[cases[-1][0]][:256], args.output_len, None)  # warm-up: every step shape
         return [offline_run(engine, prompts[c], args.output_len, c) for c, _ in cases]
     finally:
         engine.shutdown()
@@ -86,8 +106,14 @@ def measure_server(args, cases, log: Path) -> list[dict]:
            "dummy", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
     with ServeProcess(cmd, port, log) as server:
         server.wait_healthy(900)
-        run_bench(bench_config(server.base_url, None, 32, args))  # warm-up
-        return [run_bench(bench_config(server.base_url, c, n, args)).records[0] for c, n in cases]
+        run_bench(bench_config(server.base_url, None, 256, args))  # warm-up: every step shape
+        records = []
+        for c, n in cases:
+            steps, busy = server_steps(server.base_url)
+            record = run_bench(bench_config(server.base_url, c, n, args)).records[0]
+            steps_after, busy_after = server_steps(server.base_url)
+            records.append(record | {"steps": steps_after - steps, "step_seconds": busy_after - busy})
+        return records
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -116,7 +142,9 @@ def main(argv: list[str] | None = None) -> None:
         })  # fmt: skip
         print(f"c={rows[-1]['concurrency']:>4}: offline {off['output_throughput']:9.1f} tok/s, server "
               f"{srv['output_throughput']:9.1f} tok/s ({rows[-1]['throughput_ratio']:.3f}); TPOT offline "
-              f"{off['mean_tpot_ms']:.2f} ms, server {srv['mean_tpot_ms']:.2f} ms ({rows[-1]['tpot_ratio']:.3f})")  # fmt: skip
+              f"{off['mean_tpot_ms']:.2f} ms, server {srv['mean_tpot_ms']:.2f} ms ({rows[-1]['tpot_ratio']:.3f}); "
+              f"steps {off['steps']} / {srv['steps']:.0f}, in steps {off['step_seconds']:.2f} / "
+              f"{srv['step_seconds']:.2f} s of {off['duration']:.2f} / {srv['duration']:.2f} s")  # fmt: skip
     device = "cpu"
     if args.device == "cuda":
         import torch

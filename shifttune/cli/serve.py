@@ -105,6 +105,8 @@ def serve(
         code = run_server(config, settings)
     except ConfigError as e:
         fail_config(e, FLAGS)
+    except RuntimeError as e:  # the engine process could not start (its own log says more)
+        fail(f"the engine did not start: {e}")
     except KeyboardInterrupt:  # Ctrl-C while the engine was still starting
         console.print("interrupted; workers stopped")
         raise typer.Exit(130) from None

@@ -13,6 +13,7 @@ import time
 from shifttune.config import SHIFT_POLICIES, ConfigError, EngineConfig
 from shifttune.engine.block_manager import BlockManager
 from shifttune.engine.detokenizer import Detokenizer
+from shifttune.engine.input_processor import InputProcessor, load_tokenizer
 from shifttune.engine.policy import make_policy
 from shifttune.engine.sampler import Sampler
 from shifttune.engine.sampling_params import SamplingParams
@@ -26,16 +27,6 @@ from shifttune.runner.step_input import ScheduledTokens, StepInput, build_step_i
 logger = logging.getLogger("shifttune")
 
 
-def load_tokenizer(config: EngineConfig):
-    """The model directory's HF tokenizer, or None when it has none (token-id prompts only)."""
-    path = config.model_path
-    if not any((path / f).is_file() for f in ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")):
-        return None
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(path))
-
-
 class LLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
@@ -46,6 +37,7 @@ class LLMEngine:
             config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp, config.shift_profile
         )  # a bad profile is refused before any process starts
         self.tokenizer = load_tokenizer(config)
+        self.input_processor = InputProcessor(config, self.tokenizer)
         self.executor = Executor(config)
         runner = self.executor.runner
         capacity = runner.num_kv_blocks * config.block_size
@@ -91,48 +83,8 @@ class LLMEngine:
         return request_id
 
     def prepare_request(self, prompt: str | list[int], params: SamplingParams) -> tuple[str | None, list[int]]:
-        """(text, token ids) of a request that the engine can run to the end; ConfigError otherwise. Reads
-        only the tokenizer and the config, so a server's handlers may call it beside the engine's thread."""
-        if not isinstance(params, SamplingParams):
-            raise ConfigError(f"must be a SamplingParams, got {type(params).__name__}", field="sampling_params")
-        text, ids = self._tokenize(prompt)
-        self._check_fits(ids, params)
-        return text, ids
-
-    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
-        vocab = self.config.model_config.vocab_size
-        if isinstance(prompt, str):
-            if self.tokenizer is None:
-                raise ConfigError(f"model {self.config.model!r} has no tokenizer; pass token ids", field="prompt")
-            text, ids = prompt, self.tokenizer.encode(prompt)
-        elif isinstance(prompt, (list, tuple)):
-            text, ids = None, list(prompt)
-            if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids):
-                raise ConfigError(f"token ids must be integers in [0, {vocab})", field="prompt")
-        else:
-            raise ConfigError(f"must be a string or a list of token ids, not {type(prompt).__name__}", field="prompt")
-        if not ids:
-            raise ConfigError("is empty", field="prompt")
-        return text, ids
-
-    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
-        """What SamplingParams cannot check alone: the vocabulary and the context length."""
-        vocab = self.config.model_config.vocab_size
-        if any(not 0 <= t < vocab for t in params.stop_token_ids):
-            raise ConfigError(f"must be in [0, {vocab})", field="stop_token_ids")
-        if params.logprobs is not None and params.logprobs > vocab:
-            raise ConfigError(f"must be at most the vocabulary size {vocab}", field="logprobs")
-        banned = set(params.stop_token_ids) | (set() if params.ignore_eos else set(self.sampler.eos_token_ids))
-        if params.min_tokens and len(banned) >= vocab:
-            raise ConfigError(
-                "with stop_token_ids and EOS masking every token, nothing can be sampled", field="min_tokens"
-            )
-        if len(ids) >= self.config.max_model_len:
-            raise ConfigError(
-                f"has {len(ids)} tokens but the model context (max_model_len) is {self.config.max_model_len}; "
-                "it must leave room for at least one generated token",
-                field="prompt",
-            )
+        """(text, token ids) of a request that the engine can run to the end; ConfigError otherwise."""
+        return self.input_processor(prompt, params)
 
     def abort_request(self, request_id: str) -> None:
         seq = self.requests.pop(request_id, None)

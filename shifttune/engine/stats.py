@@ -52,6 +52,10 @@ class EngineStats:
     weight_bytes_per_rank: dict[str, int] = field(default_factory=dict)  # per mode
     kv_cache_bytes_per_rank: int = 0
 
+    @property
+    def num_steps(self) -> int:
+        return sum(self.steps_per_mode.values())
+
     def record(self, step: StepStats) -> None:
         self.steps.append(step)
         self.steps_per_mode[step.mode] += 1

@@ -9,6 +9,7 @@ becomes one clear error on the driver instead of a hang.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing as mp
 import os
 import signal
@@ -218,6 +219,10 @@ class Executor:
                 proc.join(timeout=5)
         destroy_parallel_state()
         # drop weights, cache and graphs now: a tool that builds several engines in turn needs the memory
+        # NOTE: the graphs and the runner point at each other: only a collection frees the graph pools.
+        if getattr(self, "runner", None) is not None:
+            self.runner.graphs = None
         self.runner = None
+        gc.collect()
         if self.config.device == "cuda":
             torch.cuda.empty_cache()

@@ -68,7 +68,7 @@ async def _until_disconnected(request: Request, work):
 
 def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_model_len: int,
               api_key: str | None = None) -> FastAPI:  # fmt: skip
-    serving = Serving(engine, model_name, engine.engine.tokenizer)
+    serving = Serving(engine, model_name, engine.tokenizer)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -105,7 +105,7 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
 
     @app.get("/health")
     async def health() -> Response:
-        ok = engine.error is None and not engine._stopping
+        ok = engine.error is None and not engine.stopping
         return Response(status_code=200 if ok else 503)
 
     @app.get("/version")

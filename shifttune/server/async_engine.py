@@ -1,88 +1,133 @@
-"""AsyncEngine: one thread owns the LLMEngine and runs its step loop; the event loop talks to it by messages.
+"""AsyncEngine: the server's handle on the engine core process (`engine_core.py`).
 
-HTTP handlers `generate()` a request and read its per-step deltas from an asyncio queue; aborts,
-policy changes and shutdown go through the same inbox and take effect between steps, so the engine
-is only ever touched by its own thread. After every step the thread hands that step's outputs to the
-event loop in one call and updates the Prometheus metrics.
-
-NOTE: the engine runs in a thread of the server process, not in a process of its own (vLLM V1 splits
-them). Host work of a step holds the GIL against the event loop; `profiles/` records what that costs
-against offline generation on one GPU.
+HTTP handlers check a request here first (`prepare`: tokenizer and limits, in this process), then
+`generate()` it and read its per-step deltas from an asyncio queue. The core's messages are read on the
+event loop (`add_reader` on the pipe); what goes to the core is written by one sender thread, so a burst
+of long prompts never blocks the event loop on a full pipe. Aborts (clients gone), policy changes and
+shutdown go the same way and take effect between steps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
+import multiprocessing as mp
 import queue
 import threading
-import time
-from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterator
 
-from shifttune.config import ConfigError
-from shifttune.engine.llm_engine import LLMEngine
+from shifttune.config import ConfigError, EngineConfig
+from shifttune.engine.input_processor import InputProcessor, load_tokenizer
 from shifttune.engine.sampling_params import SamplingParams
-from shifttune.engine.sequence import RequestOutput
+from shifttune.engine.sequence import CompletionOutput, RequestOutput
+from shifttune.server.engine_core import StepReport, run_engine_core
 from shifttune.server.metrics import ServerMetrics
 
 logger = logging.getLogger("shifttune.server")
 
 
 class EngineDeadError(RuntimeError):
-    """The engine loop stopped on an error (a worker died, a step failed): the server must exit."""
+    """The engine core stopped (a worker died, a step failed): the server must exit."""
 
 
 class QueueFullError(RuntimeError):
     """More requests wait than --max-queue-len allows."""
 
 
-@dataclass
-class _Add:
-    request_id: str
-    prompt_text: str | None
-    prompt_ids: list[int]
-    params: SamplingParams
-    out: asyncio.Queue
+def from_wire(item: tuple) -> RequestOutput:
+    rid, token_ids, text, finish_reason, stop_reason, logprobs, finished, error = item
+    return RequestOutput(rid, None, [], [CompletionOutput(0, text, token_ids, finish_reason, stop_reason, logprobs)],
+                         finished, error=error)  # fmt: skip
 
 
 class AsyncEngine:
-    def __init__(self, engine: LLMEngine, metrics: ServerMetrics, max_queue_len: int | None = None):
-        self.engine, self.metrics, self.max_queue_len = engine, metrics, max_queue_len
+    def __init__(self, config: EngineConfig, metrics: ServerMetrics, max_queue_len: int | None = None):
+        self.config, self.metrics, self.max_queue_len = config, metrics, max_queue_len
+        self.tokenizer = load_tokenizer(config)
+        self.input_processor = InputProcessor(config, self.tokenizer)
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.inbox: queue.SimpleQueue = queue.SimpleQueue()
-        self.streams: dict[str, asyncio.Queue] = {}  # owned by the event loop
+        self.streams: dict[str, asyncio.Queue] = {}
+        self.calls: dict[int, asyncio.Future] = {}
         self.error: BaseException | None = None
-        self.on_fatal: Callable[[], None] = lambda: None  # the server's way to stop itself
-        self._stopping = False
-        self._pending_adds = 0
-        self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+        self.on_fatal = lambda: None  # the server's way to stop itself
+        self.stopping = False
+        self.num_waiting = 0  # requests the core holds that have not produced a token yet (from its reports)
+        self._call_ids = itertools.count()
+        self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
+        self._process: mp.Process | None = None
 
-    # ---- event-loop side ---------------------------------------------------------------------------
+    # ---- lifecycle ---------------------------------------------------------------------------------
+    def start_core(self, timeout_s: float = 3600.0) -> dict:
+        """Starts the core process and waits until its engine is up; ConfigError / RuntimeError if not."""
+        ctx = mp.get_context("spawn")
+        inbox_r, self._to_core = ctx.Pipe(duplex=False)
+        self._from_core, outbox_w = ctx.Pipe(duplex=False)
+        # NOTE: not a daemon: the core spawns the other ranks' workers itself, which daemons may not do.
+        self._process = ctx.Process(target=run_engine_core, args=(self.config, inbox_r, outbox_w), name="engine-core")
+        self._process.start()
+        inbox_r.close()
+        outbox_w.close()
+        if not self._from_core.poll(timeout_s):
+            self._kill()
+            raise RuntimeError(f"the engine did not start within {timeout_s:.0f} s")
+        try:
+            msg = self._from_core.recv()
+        except EOFError:
+            self._process.join(5)
+            raise RuntimeError(f"the engine process exited with code {self._process.exitcode} while starting") from None
+        if msg[0] == "failed":
+            self._process.join(10)
+            _, kind, message, field = msg
+            raise ConfigError(message, field) if kind == "config" else RuntimeError(f"{kind}: {message}")
+        info = msg[1]
+        self.config.max_model_len = info["max_model_len"]  # the core may have lowered it to fit the cache
+        threading.Thread(target=self._send_loop, name="engine-core-sender", daemon=True).start()
+        return info
+
     def start(self) -> None:
+        """On the event loop: read the core's messages as they come."""
         self.loop = asyncio.get_running_loop()
-        self._thread.start()
+        self.loop.add_reader(self._from_core.fileno(), self._on_readable)
 
+    def request_stop(self) -> None:
+        """Asks the core to end every request (finish reason "abort") and stop; returns at once (signal-safe)."""
+        if not self.stopping and self._process is not None:
+            self.stopping = True
+            self._outgoing.put(("stop",))
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        """Stops the core and its workers and waits for that."""
+        self.request_stop()
+        if self._process is not None:
+            self._process.join(timeout_s)
+            if self._process.is_alive():
+                self._kill()
+
+    def _kill(self) -> None:
+        self._process.terminate()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.kill()
+
+    # ---- requests ----------------------------------------------------------------------------------
     def prepare(self, prompt: str | list[int], params: SamplingParams) -> tuple[str | None, list[int]]:
         """Tokenizes and checks a request before anything is queued: bad input is the caller's 400."""
-        return self.engine.prepare_request(prompt, params)
-
-    @property
-    def num_waiting(self) -> int:
-        return len(self.engine.scheduler.waiting) + self._pending_adds
+        return self.input_processor(prompt, params)
 
     async def generate(
         self, request_id: str, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
         """Per-step outputs of one request until it finishes; leaving early (client gone) aborts it."""
-        if self.error is not None or self._stopping:
+        if self.error is not None or self.stopping:
             raise EngineDeadError("the engine is not running")
         if self.max_queue_len is not None and self.num_waiting >= self.max_queue_len:
             raise QueueFullError(f"{self.num_waiting} requests are waiting (--max-queue-len {self.max_queue_len})")
         out: asyncio.Queue = asyncio.Queue()
         self.streams[request_id] = out
-        self._pending_adds += 1
-        self.inbox.put(_Add(request_id, prompt_text, prompt_ids, params, out))
+        self.num_waiting += 1  # until the core's next report says otherwise
+        self.metrics.arrived(request_id, len(prompt_ids))
+        self._outgoing.put(("add", request_id, prompt_ids, params, prompt_text))
         finished = False
         try:
             while True:
@@ -96,106 +141,68 @@ class AsyncEngine:
         finally:
             self.streams.pop(request_id, None)
             if not finished:
-                self.inbox.put(("abort", request_id))
+                self.metrics.aborted(request_id)
+                if not self.stopping:
+                    self._outgoing.put(("abort", request_id))
 
-    async def call(self, fn: Callable[[LLMEngine], object]):
-        """Runs fn(engine) on the engine thread between two steps and returns its result."""
-        done: asyncio.Future = self.loop.create_future()
-        self.inbox.put(("call", fn, done))
-        return await done
+    async def call(self, method: str, *args):
+        """Runs engine.method(*args) in the core between two steps and returns its result."""
+        n, future = next(self._call_ids), self.loop.create_future()
+        self.calls[n] = future
+        self._outgoing.put(("call", n, method, args))
+        return await future
 
-    def request_stop(self) -> None:
-        """Asks the loop to end every stream (finish reason "abort") and stop; returns at once (signal-safe)."""
-        if not self._stopping:
-            self._stopping = True
-            self.inbox.put(("stop",))
+    # ---- pipes -------------------------------------------------------------------------------------
+    def _send_loop(self) -> None:
+        while True:
+            msg = self._outgoing.get()
+            try:
+                self._to_core.send(msg)
+            except (BrokenPipeError, OSError):
+                return
+            if msg[0] == "stop":
+                return
 
-    def stop(self, timeout: float = 30.0) -> None:
-        """Stops the loop and the engine's workers, and waits for that."""
-        self.request_stop()
-        if self._thread.ident is None:  # never started: nobody else will shut the engine down
-            self.engine.shutdown()
-        elif self._thread.is_alive():
-            self._thread.join(timeout)
+    def _on_readable(self) -> None:
+        try:
+            while self._from_core.poll(0):
+                self._dispatch(self._from_core.recv())
+        except (EOFError, OSError):  # the core is gone
+            self.loop.remove_reader(self._from_core.fileno())
+            if not self.stopping:
+                self._die("the engine process exited")
+            for stream in self.streams.values():  # a clean stop: streams still open end now
+                stream.put_nowait(EngineDeadError("the server is shutting down"))
 
-    def _deliver(self, items: list[tuple[str, object]]) -> None:
-        for request_id, item in items:
+    def _dispatch(self, msg: tuple) -> None:
+        kind = msg[0]
+        if kind == "step":
+            outputs, report = [from_wire(o) for o in msg[1]], msg[2]
+            if report is not None:
+                self._observe(report, outputs)
+            for out in outputs:
+                stream = self.streams.get(out.request_id)
+                if stream is not None:
+                    stream.put_nowait(out)
+        elif kind == "refused":
+            _, request_id, message, field = msg
             stream = self.streams.get(request_id)
             if stream is not None:
-                stream.put_nowait(item)
+                stream.put_nowait(ConfigError(message, field))
+        elif kind == "result":
+            _, n, value, error = msg
+            future = self.calls.pop(n, None)
+            if future is not None and not future.done():
+                future.set_exception(error) if error is not None else future.set_result(value)
 
-    def _resolve(self, future: asyncio.Future, result, error: BaseException | None) -> None:
-        if not future.done():
-            future.set_exception(error) if error is not None else future.set_result(result)
+    def _observe(self, report: StepReport, outputs: list[RequestOutput]) -> None:
+        self.num_waiting = report.waiting
+        self.metrics.observe_step(report, outputs)
 
-    # ---- engine thread -----------------------------------------------------------------------------
-    def _run(self) -> None:
-        engine = self.engine
-        try:
-            while True:
-                if not self._drain(block=not engine.has_unfinished_requests()):
-                    break
-                if engine.has_unfinished_requests():
-                    outputs = engine.step()
-                    self.metrics.observe_step(engine, outputs)
-                    if outputs:
-                        self.loop.call_soon_threadsafe(self._deliver, [(o.request_id, o) for o in outputs])
-        except BaseException as e:  # a dead worker, a failed step: every stream ends, the server exits
-            logger.error("the engine stopped: %s: %s", type(e).__name__, e)
-            self.error = e
-            self._fail_all(EngineDeadError(f"the engine stopped: {e}"))
-            self.loop.call_soon_threadsafe(self.on_fatal)
-        finally:
-            self._abort_all()
-            engine.shutdown()
-
-    def _drain(self, block: bool) -> bool:
-        """Applies what the event loop sent; False once told to stop."""
-        while True:
-            try:
-                msg = self.inbox.get(timeout=0.05) if block else self.inbox.get_nowait()
-            except queue.Empty:
-                return True
-            block = False
-            if isinstance(msg, _Add):
-                self._pending_adds -= 1
-                try:
-                    self.engine.add_request(msg.request_id, msg.prompt_ids, msg.params, prompt_text=msg.prompt_text)
-                except ConfigError as e:
-                    self.loop.call_soon_threadsafe(self._deliver, [(msg.request_id, e)])
-            elif msg[0] == "abort":
-                if msg[1] in self.engine.requests:
-                    self.engine.abort_request(msg[1])
-                    self.metrics.aborted(msg[1])
-            elif msg[0] == "call":
-                _, fn, future = msg
-                try:
-                    result, error = fn(self.engine), None
-                except Exception as e:
-                    result, error = None, e
-                self.loop.call_soon_threadsafe(self._resolve, future, result, error)
-            elif msg[0] == "stop":
-                return False
-
-    def _abort_all(self) -> None:
-        """Ends the requests still in flight with finish reason "abort" (shutdown)."""
-        engine, ended = self.engine, []
-        for request_id in list(engine.requests):
-            seq = engine.requests[request_id]
-            engine.abort_request(request_id)
-            ended.append((request_id, RequestOutput.from_seq(seq)))
-        if ended and self.loop is not None and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(self._deliver, ended)
-
-    def _fail_all(self, error: BaseException) -> None:
-        self.loop.call_soon_threadsafe(self._deliver, [(rid, error) for rid in list(self.engine.requests)])
-        self.engine.requests.clear()
-
-    def wait_idle(self, timeout: float) -> bool:
-        """For tests and benchmarks: True once no request is queued or running."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if not self.engine.has_unfinished_requests() and self.inbox.empty():
-                return True
-            time.sleep(0.01)
-        return False
+    def _die(self, why: str) -> None:
+        code = self._process.exitcode if self._process is not None else None
+        logger.error("%s (exit code %s); the server stops", why, code)
+        self.error = EngineDeadError(f"{why} (exit code {code})")
+        for stream in self.streams.values():
+            stream.put_nowait(self.error)
+        self.on_fatal()

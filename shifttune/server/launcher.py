@@ -1,6 +1,6 @@
 """Starting and stopping a server: the port first (a port in use is one line, before any GPU is touched),
-then the engine, then uvicorn; Ctrl-C / SIGTERM end in-flight streams and release workers and ports;
-an engine that dies makes the process exit non-zero.
+then the engine core process, then uvicorn; Ctrl-C / SIGTERM end in-flight streams and release workers
+and ports; an engine that dies makes the process exit non-zero.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ from dataclasses import dataclass
 import uvicorn
 
 from shifttune.config import ConfigError, EngineConfig
-from shifttune.engine.llm_engine import LLMEngine
 from shifttune.server.api import build_app
 from shifttune.server.async_engine import AsyncEngine
 from shifttune.server.metrics import ServerMetrics
@@ -58,15 +57,16 @@ class _Server(uvicorn.Server):
 def serve(config: EngineConfig, settings: ServerSettings) -> int:
     """Runs until stopped; returns the exit code (0 after a clean stop, 1 when the engine died)."""
     sock = bind(settings.host, settings.port)
-    try:
-        engine = LLMEngine(config)
-    except BaseException:
-        sock.close()
-        raise
     name = settings.served_model_name or config.model
     metrics = ServerMetrics(name)
     metrics.observe_policy(config.shift_policy, config.shift_threshold)
-    async_engine = AsyncEngine(engine, metrics, settings.max_queue_len)
+    async_engine = AsyncEngine(config, metrics, settings.max_queue_len)
+    try:
+        async_engine.start_core()
+    except BaseException:
+        async_engine.stop()
+        sock.close()
+        raise
     app = build_app(async_engine, metrics, name, config.max_model_len, settings.api_key)
     uv_config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
     server = _Server(uv_config, async_engine)

@@ -2,7 +2,8 @@
 dashboards work), plus shifttune's own (`shifttune:*`: the current mode, steps and step time per mode,
 the policy and its threshold).
 
-The engine thread calls `observe_step` after every step; `/metrics` renders the registry.
+The server's event loop calls `observe_step` with the core's report after every step; `/metrics` renders
+the registry. Request latencies (TTFT, ITL, E2E) are measured here, from when a request arrived.
 """
 
 from __future__ import annotations
@@ -12,8 +13,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics, generate_latest
 
 from shifttune.config import MODES, SHIFT_POLICIES
-from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sequence import RequestOutput
+from shifttune.server.engine_core import StepReport
 
 LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
                    20.0, 40.0, 80.0)  # fmt: skip
@@ -49,7 +50,15 @@ class ServerMetrics:
         self.policy = Gauge("shifttune:shift_policy", "1 for the active shift policy.", ["policy"], registry=r)
         self.kv_blocks_used = Gauge("shifttune:kv_blocks_used", "KV-cache blocks held by requests.", registry=r)
         self.model = model_name
+        # children bound to this model's label once: a labels() lookup per output per step adds up
+        self._generation, self._itl, self._ttft, self._e2e = (
+            self.generation_tokens.labels(model_name),
+            self.itl.labels(model_name),
+            self.ttft.labels(model_name),
+            self.e2e.labels(model_name),
+        )
         self._last_token: dict[str, float] = {}
+        self._arrival: dict[str, float] = {}
         self._preemptions_seen = 0
         for mode in MODES:
             self.mode.labels(mode).set(0)
@@ -62,46 +71,48 @@ class ServerMetrics:
         for name in SHIFT_POLICIES:
             self.policy.labels(name).set(1 if name == policy else 0)
 
-    def observe_step(self, engine: LLMEngine, outputs: list[RequestOutput]) -> None:
-        """Everything one step changed: queue, cache, tokens, per-request latencies, the mode."""
-        m, now, stats = self.model, time.monotonic(), engine.stats
-        sched, bm = engine.scheduler, engine.block_manager
-        self.running.labels(m).set(len(sched.running))
-        self.waiting.labels(m).set(len(sched.waiting))
-        used = bm.num_blocks - bm.num_free_blocks
-        self.kv_blocks_used.set(used)
-        self.kv_usage.labels(m).set(used / bm.num_blocks if bm.num_blocks else 0.0)
-        self.preemptions.labels(m).inc(stats.num_preemptions - self._preemptions_seen)
-        self._preemptions_seen = stats.num_preemptions
-        if stats.steps:
-            step = stats.steps[-1]
-            for mode in MODES:
-                self.mode.labels(mode).set(1 if mode == step.mode else 0)
-            self.steps.labels(step.mode).inc()
-            self.step_seconds.labels(step.mode).observe(step.duration_s)
-            self.iteration_tokens.labels(m).observe(step.shape.num_tokens)
-            self.prompt_tokens.labels(m).inc(step.shape.num_prefill_tokens)
+    def arrived(self, request_id: str, num_prompt_tokens: int) -> None:
+        self._arrival[request_id] = time.monotonic()
+
+    def observe_step(self, report: StepReport, outputs: list[RequestOutput]) -> None:
+        """Everything one step changed: queue, cache, tokens, the mode, per-request latencies."""
+        m, now = self.model, time.monotonic()
+        self.running.labels(m).set(report.running)
+        self.waiting.labels(m).set(report.waiting)
+        self.kv_blocks_used.set(report.kv_blocks_used)
+        self.kv_usage.labels(m).set(report.kv_blocks_used / report.kv_blocks_total if report.kv_blocks_total else 0.0)
+        self.preemptions.labels(m).inc(report.num_preemptions - self._preemptions_seen)
+        self._preemptions_seen = report.num_preemptions
+        for mode in MODES:
+            self.mode.labels(mode).set(1 if mode == report.mode else 0)
+        self.steps.labels(report.mode).inc()
+        self.step_seconds.labels(report.mode).observe(report.duration_s)
+        self.iteration_tokens.labels(m).observe(report.num_tokens)
+        self.prompt_tokens.labels(m).inc(report.num_prefill_tokens)
         for out in outputs:
             self._observe_request(out, now)
 
     def _observe_request(self, out: RequestOutput, now: float) -> None:
-        m, rid = self.model, out.request_id
-        new = len(out.outputs[0].token_ids) if out.outputs else 0
-        self.generation_tokens.labels(m).inc(new)
+        rid = out.request_id
+        new = len(out.outputs[0].token_ids)
+        self._generation.inc(new)
         last = self._last_token.get(rid)
-        if last is None and out.metrics.get("first_token_time") is not None:
-            self.ttft.labels(m).observe(out.metrics["first_token_time"] - out.metrics["arrival_time"])
+        if last is None and new:
+            self._ttft.observe(now - self._arrival.get(rid, now))
         elif last is not None and new:
-            self.itl.labels(m).observe(now - last)
-        self._last_token[rid] = now
+            self._itl.observe(now - last)
+        if new:
+            self._last_token[rid] = now
         if out.finished:
             self._last_token.pop(rid, None)
-            self.e2e.labels(m).observe(now - out.metrics["arrival_time"])
-            self.success.labels(m, out.outputs[0].finish_reason or "abort").inc()
+            self._e2e.observe(now - self._arrival.pop(rid, now))
+            self.success.labels(self.model, out.outputs[0].finish_reason or "abort").inc()
 
     def aborted(self, request_id: str) -> None:
+        """A request whose client went away (counted as finished with reason abort)."""
         self._last_token.pop(request_id, None)
-        self.success.labels(self.model, "abort").inc()
+        if self._arrival.pop(request_id, None) is not None:
+            self.success.labels(self.model, "abort").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

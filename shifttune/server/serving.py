@@ -262,15 +262,16 @@ class Serving:
         offsets = {c.index: 0 for c in choices}
 
         def to_chunk(choice: Choice, delta, before: int) -> str:
+            # NOTE: plain dicts, not pydantic models: this runs for every request at every step
             lp = None
             if params.logprobs is not None:
-                lp = self.completion_logprobs(
-                    choice.token_ids[before:], choice.logprobs[before:], offsets[choice.index]
-                )
+                ids, lps = choice.token_ids[before:], choice.logprobs[before:]
+                lp = self.completion_logprobs(ids, lps, offsets[choice.index]).model_dump()
                 offsets[choice.index] += len(delta.text)
-            return _sse(CompletionResponse(id=rid, created=created, model=self.model_name, choices=[
-                CompletionChoice(index=choice.index, text=delta.text, logprobs=lp, finish_reason=delta.finish_reason,
-                                 stop_reason=delta.stop_reason)]))  # fmt: skip
+            choice_dict = {"index": choice.index, "text": delta.text, "logprobs": lp,
+                           "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}  # fmt: skip
+            return _sse({"id": rid, "object": "text_completion", "created": created, "model": self.model_name,
+                         "choices": [choice_dict], "usage": None})  # fmt: skip
 
         async for line in self.events(choices, params, to_chunk):
             yield line
@@ -289,9 +290,12 @@ class Serving:
         def to_chunk(choice: Choice, delta, before: int) -> str:
             lp = None
             if params.logprobs is not None:
-                lp = self.chat_logprobs(choice.token_ids[before:], choice.logprobs[before:], params.logprobs)
-            return chunk([ChatChunkChoice(index=choice.index, delta=DeltaMessage(content=delta.text), logprobs=lp,
-                                          finish_reason=delta.finish_reason)])  # fmt: skip
+                ids, lps = choice.token_ids[before:], choice.logprobs[before:]
+                lp = self.chat_logprobs(ids, lps, params.logprobs).model_dump()
+            choice_dict = {"index": choice.index, "delta": {"content": delta.text}, "logprobs": lp,
+                           "finish_reason": delta.finish_reason}  # fmt: skip
+            return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
+                         "choices": [choice_dict], "usage": None})  # fmt: skip
 
         yield chunk([ChatChunkChoice(index=c.index, delta=DeltaMessage(role="assistant", content="")) for c in choices])
         async for line in self.events(choices, params, to_chunk):
@@ -301,8 +305,9 @@ class Serving:
         yield "data: [DONE]\n\n"
 
 
-def _sse(model) -> str:
-    return f"data: {json.dumps(model.model_dump(exclude_none=False), separators=(',', ':'))}\n\n"
+def _sse(chunk) -> str:
+    body = chunk if isinstance(chunk, dict) else chunk.model_dump()
+    return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
 
 
 async def _tagged(choice: Choice, gen: AsyncIterator[RequestOutput]):

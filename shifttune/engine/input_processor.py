@@ -1,0 +1,71 @@
+"""Requests in: the model's tokenizer, and turning a prompt + SamplingParams into token ids the engine
+can run to the end, or one ConfigError naming the field at fault.
+
+The engine runs it in `add_request`; a server's front end runs its own copy before anything is queued,
+so a bad request is refused while the client still waits for the response's status.
+"""
+
+from __future__ import annotations
+
+from shifttune.config import ConfigError, EngineConfig
+from shifttune.engine.sampling_params import SamplingParams
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
+
+
+def load_tokenizer(config: EngineConfig):
+    """The model directory's HF tokenizer, or None when it has none (token-id prompts only)."""
+    path = config.model_path
+    if not any((path / f).is_file() for f in TOKENIZER_FILES):
+        return None
+    from transformers import AutoTokenizer  # NOTE: lazy: transformers takes seconds to import
+
+    return AutoTokenizer.from_pretrained(str(path))
+
+
+class InputProcessor:
+    def __init__(self, config: EngineConfig, tokenizer):
+        self.config, self.tokenizer = config, tokenizer
+        self.vocab_size = config.model_config.vocab_size
+        self.eos_token_ids = set(config.model_config.eos_token_ids)
+
+    def __call__(self, prompt: str | list[int], params: SamplingParams) -> tuple[str | None, list[int]]:
+        """(prompt text or None, token ids)."""
+        if not isinstance(params, SamplingParams):
+            raise ConfigError(f"must be a SamplingParams, got {type(params).__name__}", field="sampling_params")
+        text, ids = self._tokenize(prompt)
+        self._check_fits(ids, params)
+        return text, ids
+
+    def _tokenize(self, prompt) -> tuple[str | None, list[int]]:
+        vocab = self.vocab_size
+        if isinstance(prompt, str):
+            if self.tokenizer is None:
+                raise ConfigError(f"model {self.config.model!r} has no tokenizer; pass token ids", field="prompt")
+            text, ids = prompt, self.tokenizer.encode(prompt)
+        elif isinstance(prompt, (list, tuple)):
+            text, ids = None, list(prompt)
+            if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < vocab for t in ids):
+                raise ConfigError(f"token ids must be integers in [0, {vocab})", field="prompt")
+        else:
+            raise ConfigError(f"must be a string or a list of token ids, not {type(prompt).__name__}", field="prompt")
+        if not ids:
+            raise ConfigError("is empty", field="prompt")
+        return text, ids
+
+    def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
+        """What SamplingParams cannot check alone: the vocabulary and the context length."""
+        vocab, max_len = self.vocab_size, self.config.max_model_len
+        if any(not 0 <= t < vocab for t in params.stop_token_ids):
+            raise ConfigError(f"must be in [0, {vocab})", field="stop_token_ids")
+        if params.logprobs is not None and params.logprobs > vocab:
+            raise ConfigError(f"must be at most the vocabulary size {vocab}", field="logprobs")
+        banned = set(params.stop_token_ids) | (set() if params.ignore_eos else self.eos_token_ids)
+        if params.min_tokens and len(banned) >= vocab:
+            raise ConfigError("with stop_token_ids and EOS masking every token, nothing can be sampled", "min_tokens")
+        if len(ids) >= max_len:
+            raise ConfigError(
+                f"has {len(ids)} tokens but the model context (max_model_len) is {max_len}; "
+                "it must leave room for at least one generated token",
+                field="prompt",
+            )
