@@ -120,22 +120,23 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=model_name, root=model_name, max_model_len=max_model_len)])
 
+    async def respond(request: Request, stream: bool, stream_options, choices, params, events, response):
+        if stream:
+            usage = bool(stream_options and stream_options.include_usage)
+            return StreamingResponse(events(choices, params, usage), media_type="text/event-stream")
+        await _until_disconnected(request, serving.run_to_end(choices, params))
+        return response(choices, params)
+
     @app.post("/v1/completions", dependencies=[Depends(authorized)], response_model=CompletionResponse)
     async def completions(req: CompletionRequest, request: Request):
         choices, params = serving.completion_choices(req)
-        if req.stream:
-            usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(serving.completion_events(choices, params, usage), media_type="text/event-stream")
-        await _until_disconnected(request, serving.run_to_end(choices, params))
-        return serving.completion_response(choices, params)
+        return await respond(request, req.stream, req.stream_options, choices, params, serving.completion_events,
+                             serving.completion_response)  # fmt: skip
 
     @app.post("/v1/chat/completions", dependencies=[Depends(authorized)], response_model=ChatCompletionResponse)
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         choices, params = serving.chat_choices(req)
-        if req.stream:
-            usage = bool(req.stream_options and req.stream_options.include_usage)
-            return StreamingResponse(serving.chat_events(choices, params, usage), media_type="text/event-stream")
-        await _until_disconnected(request, serving.run_to_end(choices, params))
-        return serving.chat_response(choices, params)
+        return await respond(request, req.stream, req.stream_options, choices, params, serving.chat_events,
+                             serving.chat_response)  # fmt: skip
 
     return app

@@ -7,7 +7,6 @@ Every check that can refuse a request runs before the first byte is sent, so a b
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 import uuid
@@ -18,6 +17,8 @@ from shifttune.config import ConfigError
 from shifttune.engine.sampling_params import DELTA, SamplingParams
 from shifttune.engine.sequence import RequestOutput
 from shifttune.server.async_engine import AsyncEngine, EngineDeadError
+from shifttune.server.logprobs import chat_logprobs, completion_logprobs
+from shifttune.server.streams import merge, tagged
 from shifttune.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -25,15 +26,11 @@ from shifttune.server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatLogprobs,
     CompletionChoice,
-    CompletionLogprobs,
     CompletionRequest,
     CompletionResponse,
     DeltaMessage,
     SamplingFields,
-    TokenLogprob,
-    TopLogprob,
     UsageInfo,
 )
 
@@ -167,8 +164,8 @@ class Serving:
         """Every choice's per-step outputs as they come, interleaved."""
         gens = [self.engine.generate(c.request_id, *c.text_ids, params) for c in choices]
         if len(gens) == 1:
-            return _tagged(choices[0], gens[0])
-        return _merge([_tagged(c, g) for c, g in zip(choices, gens)])
+            return tagged(choices[0], gens[0])
+        return merge([tagged(c, g) for c, g in zip(choices, gens)])
 
     async def events(self, choices: list[Choice], params: SamplingParams, to_chunk):
         """The stream's SSE lines; an error once streaming has begun is sent as an error event."""
@@ -192,36 +189,6 @@ class Serving:
         completion = sum(len(c.token_ids) for c in choices)
         return UsageInfo(prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion)
 
-    def token_text(self, token_id: int) -> str:
-        return self.tokenizer.decode([token_id]) if self.tokenizer is not None else str(token_id)
-
-    def completion_logprobs(self, ids: list[int], logprobs: list[dict], offset: int) -> CompletionLogprobs:
-        out = CompletionLogprobs()
-        for tid, lps in zip(ids, logprobs):
-            text = self.token_text(tid)
-            out.tokens.append(text)
-            out.token_logprobs.append(lps[tid])
-            # ascending: where two tokens decode to the same text (byte pieces), the likelier one stays
-            out.top_logprobs.append({self.token_text(t): lp for t, lp in sorted(lps.items(), key=lambda kv: kv[1])})
-            out.text_offset.append(offset)
-            offset += len(text)
-        return out
-
-    def chat_logprobs(self, ids: list[int], logprobs: list[dict], top: int) -> ChatLogprobs:
-        content = []
-        for tid, lps in zip(ids, logprobs):
-            ranked = sorted(lps.items(), key=lambda kv: -kv[1])[:top]
-            content.append(
-                TokenLogprob(
-                    **self._top(tid, lps[tid]).model_dump(), top_logprobs=[self._top(t, lp) for t, lp in ranked]
-                )
-            )
-        return ChatLogprobs(content=content)
-
-    def _top(self, token_id: int, logprob: float) -> TopLogprob:
-        text = self.token_text(token_id)
-        return TopLogprob(token=text, logprob=logprob, bytes=list(text.encode()))
-
     def completion_response(self, choices: list[Choice], params: SamplingParams) -> CompletionResponse:
         return CompletionResponse(
             model=self.model_name,
@@ -229,7 +196,9 @@ class Serving:
                 CompletionChoice(
                     index=c.index,
                     text=c.text,
-                    logprobs=None if params.logprobs is None else self.completion_logprobs(c.token_ids, c.logprobs, 0),
+                    logprobs=None
+                    if params.logprobs is None
+                    else completion_logprobs(self.tokenizer, c.token_ids, c.logprobs, 0),
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
                 )
@@ -247,7 +216,7 @@ class Serving:
                     message=AssistantMessage(content=c.text),
                     logprobs=None
                     if params.logprobs is None
-                    else self.chat_logprobs(c.token_ids, c.logprobs, params.logprobs),
+                    else chat_logprobs(self.tokenizer, c.token_ids, c.logprobs, params.logprobs),
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
                 )
@@ -266,7 +235,7 @@ class Serving:
             lp = None
             if params.logprobs is not None:
                 ids, lps = choice.token_ids[before:], choice.logprobs[before:]
-                lp = self.completion_logprobs(ids, lps, offsets[choice.index]).model_dump()
+                lp = completion_logprobs(self.tokenizer, ids, lps, offsets[choice.index]).model_dump()
                 offsets[choice.index] += len(delta.text)
             choice_dict = {"index": choice.index, "text": delta.text, "logprobs": lp,
                            "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}  # fmt: skip
@@ -291,7 +260,7 @@ class Serving:
             lp = None
             if params.logprobs is not None:
                 ids, lps = choice.token_ids[before:], choice.logprobs[before:]
-                lp = self.chat_logprobs(ids, lps, params.logprobs).model_dump()
+                lp = chat_logprobs(self.tokenizer, ids, lps, params.logprobs).model_dump()
             choice_dict = {"index": choice.index, "delta": {"content": delta.text}, "logprobs": lp,
                            "finish_reason": delta.finish_reason}  # fmt: skip
             return _sse({"id": rid, "object": "chat.completion.chunk", "created": created, "model": self.model_name,
@@ -308,38 +277,3 @@ class Serving:
 def _sse(chunk) -> str:
     body = chunk if isinstance(chunk, dict) else chunk.model_dump()
     return f"data: {json.dumps(body, separators=(',', ':'))}\n\n"
-
-
-async def _tagged(choice: Choice, gen: AsyncIterator[RequestOutput]):
-    async for out in gen:
-        yield choice, out
-
-
-async def _merge(gens: list[AsyncIterator]):
-    """Items of several async iterators as they come (for a batch of prompts in one request)."""
-    queue: asyncio.Queue = asyncio.Queue()
-    done = object()
-
-    async def pump(gen) -> None:
-        try:
-            async for item in gen:
-                await queue.put(item)
-            await queue.put(done)
-        except BaseException as e:
-            await queue.put(e)
-
-    tasks = [asyncio.create_task(pump(g)) for g in gens]
-    try:
-        remaining = len(tasks)
-        while remaining:
-            item = await queue.get()
-            if item is done:
-                remaining -= 1
-            elif isinstance(item, BaseException):
-                raise item
-            else:
-                yield item
-    finally:  # a client gone or a choice failed: the others are aborted too
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
