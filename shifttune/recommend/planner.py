@@ -1,7 +1,7 @@
 """From a profile to a plan: SP x TP degrees, the switching rule, memory, predictions and launch commands
 (the launch lines and their rules live in `shifttune.recommend.launch`).
 
-The TP-mode curve is the same for every factorization of P (the shift layout always shards P ways),
+The TP-mode curve is the same for every factorization of P (TP mode always shards the weights P ways),
 so factorizations differ in their SP x TP curve and their memory. The best one is the one whose
 SP x TP mode gives the most throughput on the largest measured steps; its switching threshold is the
 token count where its curve crosses the TP curve, read per context length.
