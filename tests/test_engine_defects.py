@@ -90,10 +90,11 @@ def test_a_request_that_fails_in_a_step_fails_alone(llm, monkeypatch):
 
 def test_auto_request_ids_skip_ids_in_use(llm):
     engine = llm.llm_engine
-    taken = [engine.add_request(str(i), [0, 5], GREEDY) for i in range(3)]
+    probe = engine.add_request(None, [0, 5], GREEDY)  # auto ids count up: the next ones are known
+    taken = [engine.add_request(str(int(probe) + i), [0, 5], GREEDY) for i in (1, 2)]
     auto = engine.add_request(None, [0, 5], GREEDY)
-    assert auto not in taken
-    for rid in [*taken, auto]:
+    assert auto not in taken and auto != probe
+    for rid in [probe, *taken, auto]:
         engine.abort_request(rid)
 
 
