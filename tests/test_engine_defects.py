@@ -180,3 +180,54 @@ def test_admission_keeps_a_watermark_for_the_running_sequences():
     lone = Scheduler(BlockManager(num_blocks=1, block_size=4), max_num_seqs=8, max_num_batched_tokens=64)
     lone.add(Sequence("d", None, [1] * 3, GREEDY))  # nothing else runs: the whole cache may be used
     assert [s.seq.request_id for s in lone.schedule().scheduled] == ["d"]
+
+
+def test_under_torchrun_a_dead_rank_ends_the_job(tmp_path):
+    """torchrun's agent watches every rank: killing rank 1 mid-generation ends rank 0 too, non-zero, with
+    the dead rank named as the root cause (nothing waits in a collective)."""
+    import signal
+    import subprocess
+    import sys
+    import textwrap
+    import time
+
+    script = tmp_path / "run.py"
+    script.write_text(
+        textwrap.dedent("""
+        import time
+        from shifttune import LLM, SamplingParams
+        llm = LLM("tiny", tensor_parallel_size=2)
+        print("ready", flush=True)
+        while True:
+            llm.generate([[0, 5, 6]], SamplingParams(temperature=0, max_tokens=50, ignore_eos=True))
+    """)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc-per-node",
+        "2",
+        "--master-port",
+        "29561",
+        str(script),
+    ]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        assert proc.stdout.readline().strip() == "ready"
+        ranks = {}
+        for pid in subprocess.run(["pgrep", "-f", str(script)], capture_output=True, text=True).stdout.split():
+            env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+            rank = next((e.split(b"=")[1] for e in env if e.startswith(b"RANK=")), None)
+            if rank is not None:
+                ranks[int(rank)] = int(pid)
+        os.kill(ranks[1], signal.SIGKILL)
+        started = time.time()
+        code = proc.wait(30)
+        out = proc.stdout.read()
+        assert code != 0 and time.time() - started < 10
+        assert "Root Cause" in out and "rank      : 1" in out
+    finally:
+        if proc.poll() is None:
+            proc.kill()
