@@ -312,6 +312,7 @@ def test_ctrl_c_ends_streams_and_releases_the_port():
 
 def test_a_dead_worker_ends_the_server_with_a_clear_message():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
+
         def children(pid: int) -> list[int]:
             found = subprocess.run(["pgrep", "-P", str(pid), "-f", "spawn_main"], capture_output=True, text=True)
             return [int(p) for p in found.stdout.split()]
@@ -387,3 +388,15 @@ def test_compare_runs_tp_sp_and_shift_on_cpu_ranks(tmp_path):
     assert [r["mode"] for r in runs] == ["tp", "sp", "shift"]
     assert all(r["completed"] == 16 and r["total_output_tokens"] == 16 * 8 for r in runs)
     assert "TTFT" in result.output and "shift" in result.output
+
+
+def test_openapi_describes_the_request_and_response_bodies(tiny_server):
+    spec = httpx.get(f"{tiny_server}/openapi.json", timeout=10).json()
+    schemas = spec["components"]["schemas"]
+    assert {"CompletionRequest", "CompletionResponse", "ChatCompletionRequest", "ChatCompletionResponse"} <= set(
+        schemas
+    )
+    assert {"prompt", "max_tokens", "stream", "stream_options", "ignore_eos"} <= set(
+        schemas["CompletionRequest"]["properties"]
+    )
+    assert "/v1/chat/completions" in spec["paths"] and "/v1/completions" in spec["paths"]
