@@ -124,11 +124,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--output-len", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the prompt counts (e.g. 0.1 for a smoke run)")
+    ap.add_argument("--server-first", action="store_true", help="measure the server before the offline engine")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     cases = [(c, max(1, int(n * args.scale))) for c, n in CASES]
-    offline = measure_offline(args, cases)
-    served = measure_server(args, cases, args.out.with_suffix(".serve.log"))
+    log = args.out.with_suffix(".serve.log")
+    if args.server_first:  # the order shows whether the GPU's state (clocks, heat) moves the numbers
+        served, offline = measure_server(args, cases, log), measure_offline(args, cases)
+    else:
+        offline, served = measure_offline(args, cases), measure_server(args, cases, log)
     rows = []
     for (c, n), off, srv in zip(cases, offline, served):
         rows.append({
