@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
-from shifttune.engine.sampler import Sampler
+from shifttune.engine.sampler import Sampler, filter_logits
 from shifttune.engine.sequence import Sequence
 
 
@@ -62,10 +62,17 @@ def test_text_matches_tokenizer_decode(llm):
     assert len(c.token_ids) == 24 and c.finish_reason == "length"
 
 
+def _filter(logits, top_k, top_p, min_p=(0.0, 0.0)):
+    vocab = logits.shape[1]
+    k = torch.tensor([t if t > 0 else vocab for t in top_k])
+    out, _ = filter_logits(logits, k, torch.tensor(top_p), torch.tensor(min_p[: len(top_k)]), max(top_k + [1]),
+                           any(p < 1 for p in top_p))  # fmt: skip
+    return out
+
+
 def test_top_p_keeps_the_smallest_set_with_enough_mass():
-    seqs = [Sequence("a", None, [1], SamplingParams(top_p=0.6)), Sequence("b", None, [1], SamplingParams(top_k=2))]
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.15, 0.05], [0.5, 0.3, 0.15, 0.05]]))
-    filtered = Sampler._filter(logits.clone(), seqs)
+    filtered = _filter(logits.clone(), [-1, 2], [0.6, 1.0])
     assert torch.isfinite(filtered[0]).tolist() == [True, True, False, False]
     assert torch.isfinite(filtered[1]).tolist() == [True, True, False, False]
 
@@ -80,9 +87,8 @@ def test_logprobs_are_raw_log_softmax(llm):
 
 def test_top_p_applies_after_top_k():
     """As HF's TopK -> TopP warpers: top-p mass is measured on the distribution renormalized by top-k."""
-    seq = Sequence("a", None, [1], SamplingParams(top_k=2, top_p=0.6))
     logits = torch.log(torch.tensor([[0.5, 0.3, 0.2]]))
-    assert torch.isfinite(Sampler._filter(logits, [seq])[0]).tolist() == [True, False, False]
+    assert torch.isfinite(_filter(logits, [2], [0.6])[0]).tolist() == [True, False, False]
 
 
 def test_a_bad_prompt_leaves_nothing_queued(llm):
@@ -93,3 +99,82 @@ def test_a_bad_prompt_leaves_nothing_queued(llm):
     assert not llm.llm_engine.has_unfinished_requests() and not llm.llm_engine.requests
     with pytest.raises(ConfigError, match="stop_token_ids: must be in"):
         llm.generate([[0, 5]], SamplingParams(stop_token_ids=[10**6]))
+
+
+def _seq(rid: str, params: SamplingParams, outputs: int = 0) -> Sequence:
+    seq = Sequence(rid, None, [1, 2], params)
+    seq.token_ids += [3] * outputs
+    return seq
+
+
+def test_a_seeded_request_samples_the_same_alone_or_anywhere_in_a_batch():
+    torch.manual_seed(0)
+    vocab, seeded = 300, SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=1234)
+    row = torch.randn(vocab)
+    alone = Sampler((1,))(row.unsqueeze(0).clone(), [_seq("s", seeded)])[0]
+    others = [SamplingParams(temperature=0), SamplingParams(temperature=1.3), SamplingParams(temperature=0.7, seed=5)]
+    for position in range(4):
+        logits = torch.randn(4, vocab)
+        logits[position] = row
+        seqs = [_seq(f"o{i}", others[i % 3]) for i in range(3)]
+        seqs.insert(position, _seq("s", seeded))
+        assert Sampler((1,))(logits, seqs)[0][position] == alone[0]
+    # and the next token of the same request draws fresh noise (its output count moved on)
+    draws = {Sampler((1,))(row.unsqueeze(0).clone(), [_seq("s", seeded, n)])[0][0] for n in range(20)}
+    assert len(draws) > 1
+
+
+def test_sampling_runs_the_same_ops_for_any_batch_size_and_mix():
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops += 1
+            return func(*args, **(kwargs or {}))
+
+    kinds = [SamplingParams(temperature=0), SamplingParams(temperature=0.8, top_p=0.9, seed=3),
+             SamplingParams(temperature=1.1, top_k=7), SamplingParams(temperature=0.5, min_p=0.05)]  # fmt: skip
+    counts = []
+    for n in (4, 64):
+        seqs = [_seq(str(i), kinds[(i * 7) % 4]) for i in range(n)]
+        logits = torch.randn(n, 500)
+        with Count() as c:
+            Sampler((1,))(logits, seqs)
+        counts.append(c.ops)
+    assert counts[0] == counts[1]
+
+
+def test_top_p_on_a_flat_distribution_past_the_candidates_matches_a_full_sort():
+    from shifttune.engine.sampler import TOP_P_CANDIDATES, full_sort_top_p
+
+    vocab = TOP_P_CANDIDATES * 3
+    logits = torch.randn(2, vocab) * 0.01  # nearly flat: the nucleus holds most of the vocabulary
+    top_k, top_p = torch.tensor([vocab, vocab]), torch.tensor([0.9, 0.5])
+    out, short = filter_logits(logits.clone(), top_k, top_p, torch.zeros(2), 1, True)
+    assert short.tolist() == [True, True]
+    exact = full_sort_top_p(logits.clone(), top_p)
+    kept = torch.isfinite(exact).sum(dim=1)
+    assert (kept > TOP_P_CANDIDATES).all() and torch.isfinite(out).sum(dim=1).le(TOP_P_CANDIDATES).all()
+    # the sampler takes the exact path for those rows
+    seqs = [_seq("a", SamplingParams(temperature=1, top_p=0.9, seed=1)), _seq("b", SamplingParams(top_p=0.5, seed=2))]
+    tokens, _ = Sampler((1,))(logits.clone(), seqs)
+    assert all(torch.isfinite(exact[i, t]) for i, t in enumerate(tokens))
+
+
+def test_min_p_drops_tokens_far_below_the_likeliest():
+    logits = torch.log(torch.tensor([[0.6, 0.3, 0.06, 0.04]]))
+    assert torch.isfinite(_filter(logits, [-1], [1.0], (0.1,))[0]).tolist() == [True, True, True, False]
+
+
+def test_sampled_frequencies_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
+    logits = probs.log().repeat(1, 1)
+    counts = torch.zeros(4)
+    sampler = Sampler((9,))
+    for n in range(4000):
+        counts[sampler(logits.clone(), [_seq("r", SamplingParams(temperature=1.0, seed=77), n)])[0][0]] += 1
+    assert torch.allclose(counts / counts.sum(), probs, atol=0.03)

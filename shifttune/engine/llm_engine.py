@@ -49,7 +49,7 @@ class LLMEngine:
             config.max_model_len = capacity
         self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
         self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.sampler = Sampler(cfg.eos_token_ids)
+        self.sampler = Sampler(cfg.eos_token_ids, config.seed)
         self.detokenizer = Detokenizer(self.tokenizer)
         self.requests: dict[str, Sequence] = {}
         self._ids = itertools.count()

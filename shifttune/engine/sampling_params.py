@@ -26,6 +26,7 @@ class SamplingParams:
     temperature: float = 1.0  # 0 means greedy
     top_p: float = 1.0
     top_k: int = -1  # -1 (or 0) means all tokens
+    min_p: float = 0.0  # drop tokens less likely than min_p x the likeliest
     seed: int | None = None
     max_tokens: int | None = 16  # None: up to the model's context length
     min_tokens: int = 0
@@ -62,6 +63,7 @@ class SamplingParams:
             f"must be a finite number >= 0, got {t!r}",
         )
         yield "top_p", not _is_number(self.top_p) or not 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p!r}"
+        yield "min_p", not _is_number(self.min_p) or not 0 <= self.min_p <= 1, f"must be in [0, 1], got {self.min_p!r}"
         yield (
             "top_k",
             not _is_int(self.top_k) or self.top_k < -1,

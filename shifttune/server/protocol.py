@@ -40,6 +40,7 @@ class SamplingFields(OpenAIModel):
     user: str | None = None
     # vLLM extensions
     top_k: int = -1
+    min_p: float = 0.0
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None

@@ -65,6 +65,7 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
             temperature=req.temperature,
             top_p=req.top_p,
             top_k=req.top_k,
+            min_p=req.min_p,
             seed=req.seed,
             max_tokens=max_tokens,
             min_tokens=req.min_tokens,
