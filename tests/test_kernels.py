@@ -134,3 +134,18 @@ def test_fused_ops_match_torch_layers():
     gate_up = torch.randn(4, 2 * 40, generator=gen)
     gate, up = gate_up.chunk(2, dim=-1)
     torch.testing.assert_close(silu_and_mul(gate_up), torch.nn.functional.silu(gate) * up)
+
+
+@pytest.mark.parametrize("n, vocab", [(3, 50), (2, 2500)])
+def test_gumbel_argmax_kernel_matches_the_torch_draw(n, vocab):
+    from shifttune.kernels.sampling import gumbel_argmax
+    from shifttune.kernels.sampling_ref import gumbel_argmax_ref
+
+    dev = "cuda" if torch.cuda.is_available() else "cpu"
+    torch.manual_seed(0)
+    logits = torch.randn(n, vocab, device=dev)
+    logits[0, :7] = float("-inf")  # filtered tokens are never drawn
+    seeds = torch.tensor([2**62 + 5, 3, 2**40][:n], device=dev)
+    steps = torch.tensor([0, 17, 2**33][:n], device=dev)
+    got, ref = gumbel_argmax(logits, seeds, steps), gumbel_argmax_ref(logits, seeds, steps)
+    assert got.tolist() == ref.tolist() and got[0] >= 7

@@ -16,25 +16,9 @@ import random
 import torch
 
 from shifttune.engine.sequence import Sequence
+from shifttune.kernels.sampling_ref import gumbel_argmax_ref
 
 TOP_P_CANDIDATES = 4096  # top-p looks at this many of the likeliest tokens; rows that need more sort fully
-_MIX = [c - (1 << 64) if c >= 1 << 63 else c for c in (0x9E3779B97F4A7C15, 0xBF58476D1CE4E5B9, 0x94D049BB133111EB,
-                                                       0xD6E8FEB86659FD93)]  # fmt: skip
-
-
-def _shr(x: torch.Tensor, s: int) -> torch.Tensor:
-    """Logical right shift of int64 lanes (torch's >> is arithmetic)."""
-    return (x >> s) & ((1 << (64 - s)) - 1)
-
-
-def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> torch.Tensor:
-    """[n, V] uniforms in (0, 1), a splitmix64 hash of (seed, step, token) per entry (int64 lanes wrap)."""
-    v = torch.arange(vocab_size, device=seeds.device, dtype=torch.int64)
-    x = (seeds * _MIX[0] + steps * _MIX[3]).unsqueeze(1) + v * _MIX[0]
-    x = (x ^ _shr(x, 30)) * _MIX[1]
-    x = (x ^ _shr(x, 27)) * _MIX[2]
-    x = x ^ _shr(x, 31)
-    return (_shr(x, 40).float() + 0.5) / float(1 << 24)
 
 
 def filter_logits(
@@ -107,10 +91,17 @@ class Sampler:
             if short is not None and bool(short.any()):  # a host sync, only with top-p on a flat distribution
                 rows = short.nonzero().squeeze(1)
                 scaled[rows] = full_sort_top_p(scaled[rows], top_p[rows])
-            gumbel = -torch.log(-torch.log(uniform_noise(seeds, steps, vocab)))
-            tokens = torch.where(is_greedy.bool(), greedy_tokens, (scaled + gumbel).argmax(dim=-1))
+            tokens = torch.where(is_greedy.bool(), greedy_tokens, self._draw(scaled, seeds, steps))
         token_list = tokens.tolist()
         return token_list, self._logprobs(raw, tokens, token_list, want)
+
+    @staticmethod
+    def _draw(scaled: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        if scaled.is_cuda:
+            from shifttune.kernels.sampling import gumbel_argmax  # NOTE: lazy: Triton is GPU-only here
+
+            return gumbel_argmax(scaled, seeds, steps)
+        return gumbel_argmax_ref(scaled, seeds, steps)
 
     def _mask_min_tokens(self, logits: torch.Tensor, seqs: list[Sequence]) -> None:
         rows, cols = [], []
