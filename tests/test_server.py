@@ -267,6 +267,8 @@ def test_soak_with_clients_leaving_mid_stream_frees_every_kv_block(tiny_server):
 
 
 def test_metrics_show_both_modes_and_the_policy(tiny_server):
+    body = {"prompt": list(range(3, 43)), "max_tokens": 4, "ignore_eos": True}  # a 40-token prefill, then decode
+    assert httpx.post(f"{tiny_server}/v1/completions", json=body, timeout=60).status_code == 200
     assert metric(tiny_server, 'shifttune:steps_total{mode="sp"') > 0  # prefill bursts above the threshold of 16
     assert metric(tiny_server, 'shifttune:steps_total{mode="tp"') > 0
     assert metric(tiny_server, "shifttune:shift_threshold") == 16
@@ -400,3 +402,20 @@ def test_openapi_describes_the_request_and_response_bodies(tiny_server):
         schemas["CompletionRequest"]["properties"]
     )
     assert "/v1/chat/completions" in spec["paths"] and "/v1/completions" in spec["paths"]
+
+
+def test_the_policy_changes_between_steps_and_shows_in_metrics(tiny_server):
+    c = httpx.Client(base_url=tiny_server, timeout=60)
+    assert c.get("/v1/shifttune/policy").json() == {"policy": "threshold", "threshold": 16}
+    try:
+        assert c.post("/v1/shifttune/policy", json={"policy": "sp"}).json() == {"policy": "sp", "threshold": 16}
+        before = metric(tiny_server, 'shifttune:steps_total{mode="tp"')
+        c.post("/v1/completions", json={"prompt": "abc", "max_tokens": 5, "ignore_eos": True})
+        assert metric(tiny_server, 'shifttune:steps_total{mode="tp"') == before  # forced SP x TP: no TP step
+        assert metric(tiny_server, 'shifttune:shift_policy{policy="sp"') == 1
+        r = c.post("/v1/shifttune/policy", json={"policy": "profile"})  # the server was started without a profile
+        assert r.status_code == 400 and r.json()["error"]["param"] == "shift_profile"
+        assert c.post("/v1/shifttune/policy", json={"threshold": -1}).status_code == 400
+    finally:
+        c.post("/v1/shifttune/policy", json={"policy": "threshold", "threshold": 16})
+    assert metric(tiny_server, "shifttune:shift_threshold") == 16

@@ -13,6 +13,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 import shifttune
+from shifttune.config import ConfigError
 from shifttune.server.async_engine import AsyncEngine, EngineDeadError, QueueFullError
 from shifttune.server.metrics import CONTENT_TYPE, ServerMetrics
 from shifttune.server.protocol import (
@@ -24,6 +25,8 @@ from shifttune.server.protocol import (
     ErrorResponse,
     ModelCard,
     ModelList,
+    PolicyState,
+    PolicyUpdate,
 )
 from shifttune.server.serving import APIError, Serving
 
@@ -115,6 +118,23 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
     @app.get("/metrics")
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
+
+    @app.get("/v1/shifttune/policy", dependencies=[Depends(authorized)])
+    async def get_policy() -> PolicyState:
+        return PolicyState(policy=engine.config.shift_policy, threshold=engine.config.shift_threshold)
+
+    @app.post("/v1/shifttune/policy", dependencies=[Depends(authorized)])
+    async def set_policy(update: PolicyUpdate) -> PolicyState:
+        """Changes the shift policy and/or threshold between two steps (the serving view's keys use it)."""
+        policy = update.policy or engine.config.shift_policy
+        threshold = engine.config.shift_threshold if update.threshold is None else update.threshold
+        try:
+            await engine.call("set_policy", policy, threshold)
+        except ConfigError as e:
+            raise APIError(400, str(e), e.field) from None
+        engine.config.shift_policy, engine.config.shift_threshold = policy, threshold
+        metrics.observe_policy(policy, threshold)
+        return PolicyState(policy=policy, threshold=threshold)
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> ModelList:

@@ -71,7 +71,7 @@ class ServerMetrics:
         for name in SHIFT_POLICIES:
             self.policy.labels(name).set(1 if name == policy else 0)
 
-    def arrived(self, request_id: str, num_prompt_tokens: int) -> None:
+    def arrived(self, request_id: str) -> None:
         self._arrival[request_id] = time.monotonic()
 
     def observe_step(self, report: StepReport, outputs: list[RequestOutput]) -> None:

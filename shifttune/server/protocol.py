@@ -179,6 +179,18 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class PolicyUpdate(OpenAIModel):
+    """Body of POST /v1/shifttune/policy: the shift policy and/or threshold, applied between two steps."""
+
+    policy: Literal["threshold", "profile", "tp", "sp"] | None = None
+    threshold: int | None = Field(default=None, ge=0)
+
+
+class PolicyState(BaseModel):
+    policy: str
+    threshold: int
+
+
 class ErrorInfo(BaseModel):
     message: str
     type: str
