@@ -312,15 +312,40 @@ def test_ctrl_c_ends_streams_and_releases_the_port():
         s.bind(("127.0.0.1", port))  # free again
 
 
+def _spawned_children(pid: int) -> list[int]:
+    found = subprocess.run(["pgrep", "-P", str(pid), "-f", "spawn_main"], capture_output=True, text=True)
+    return [int(p) for p in found.stdout.split()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return "Z" not in open(f"/proc/{pid}/stat").read().split()[2]
+    except FileNotFoundError:
+        return False
+
+
+def test_sigterm_stops_the_server_gracefully_too():
+    with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
+        (core,) = _spawned_children(proc.pid)
+        processes = [core, *_spawned_children(core)]  # the engine core and rank 1
+        lines = []
+        with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
+                          "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
+            for line in filter(None, r.iter_lines()):
+                lines.append(line)
+                if len(lines) == 3:
+                    proc.send_signal(signal.SIGTERM)
+        assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2]
+        proc.wait(20)
+        assert "Traceback" not in proc.stdout.read()
+    time.sleep(1)
+    assert not [p for p in processes if _alive(p)]
+
+
 def test_a_dead_worker_ends_the_server_with_a_clear_message():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
-
-        def children(pid: int) -> list[int]:
-            found = subprocess.run(["pgrep", "-P", str(pid), "-f", "spawn_main"], capture_output=True, text=True)
-            return [int(p) for p in found.stdout.split()]
-
-        (core,) = children(proc.pid)  # the engine core process; rank 1 is its child
-        workers = children(core)
+        (core,) = _spawned_children(proc.pid)  # the engine core process; rank 1 is its child
+        workers = _spawned_children(core)
         assert workers
         started = time.time()
         os.kill(workers[0], signal.SIGKILL)
