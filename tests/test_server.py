@@ -295,16 +295,22 @@ def test_api_key_and_queue_limit():
         assert set(codes) == {200, 503} and codes.count(503) >= 6
 
 
+def _signal_mid_stream(url: str, proc: subprocess.Popen, sig: int) -> list[str]:
+    """The SSE lines of a long stream during which the server got `sig` (after its third line)."""
+    lines = []
+    with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
+                      "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
+        for line in filter(None, r.iter_lines()):
+            lines.append(line)
+            if len(lines) == 3:
+                proc.send_signal(sig)
+    return lines
+
+
 def test_ctrl_c_ends_streams_and_releases_the_port():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
         port = int(url.rsplit(":", 1)[1])
-        lines = []
-        with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
-                          "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
-            for line in filter(None, r.iter_lines()):
-                lines.append(line)
-                if len(lines) == 3:
-                    proc.send_signal(signal.SIGINT)
+        lines = _signal_mid_stream(url, proc, signal.SIGINT)
         assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2] and len(lines) < 100
         assert proc.wait(20) == 130  # uvicorn re-raises the signal after its graceful shutdown: 128 + SIGINT
     with socket.socket() as s:
@@ -328,13 +334,7 @@ def test_sigterm_stops_the_server_gracefully_too():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
         (core,) = _spawned_children(proc.pid)
         processes = [core, *_spawned_children(core)]  # the engine core and rank 1
-        lines = []
-        with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
-                          "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
-            for line in filter(None, r.iter_lines()):
-                lines.append(line)
-                if len(lines) == 3:
-                    proc.send_signal(signal.SIGTERM)
+        lines = _signal_mid_stream(url, proc, signal.SIGTERM)
         assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2]
         proc.wait(20)
         assert "Traceback" not in proc.stdout.read()

@@ -20,7 +20,7 @@ from pathlib import Path
 from shifttune.config import TP, EngineConfig
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sampling_params import SamplingParams
-from shifttune.engine.stats import percentile
+from shifttune.engine.stats import StepStats, percentile
 from shifttune.profile.step_timing import synthetic_step, time_step
 
 GREEDY = "greedy"
@@ -34,20 +34,26 @@ def params(sampling: str, i: int, new_tokens: int) -> SamplingParams:
     return SamplingParams(temperature=0.8, top_p=0.95, seed=i, max_tokens=new_tokens, ignore_eos=True)
 
 
-def measure(engine: LLMEngine, batch: int, context: int, sampling: str, new_tokens: int) -> dict:
+def decode_steps(engine: LLMEngine, batch: int, prompt_len: int, params_of) -> list[tuple[float, StepStats]]:
+    """Runs `batch` requests (prompts of `prompt_len` tokens, `params_of(i)`) to the end through
+    `LLMEngine.step`; returns (wall ms, the step's record) of the steps where all of them decode."""
     vocab = engine.config.model_config.vocab_size
-    prompt = context - new_tokens
     for i in range(batch):
-        engine.add_request(f"loop-{batch}-{context}-{i}", [(i * 131 + j * 7) % vocab for j in range(prompt)],
-                           params(sampling, i, new_tokens))  # fmt: skip
-    walls = []
+        ids = [(i * 131 + j * 7) % vocab for j in range(prompt_len)]
+        engine.add_request(f"loop-{batch}-{prompt_len}-{i}", ids, params_of(i))
+    out = []
     while engine.has_unfinished_requests():
         start = time.perf_counter()
         engine.step()
         wall = 1e3 * (time.perf_counter() - start)
-        shape = engine.stats.steps[-1].shape
-        if shape.num_prefill_tokens == 0 and shape.num_seqs == batch:
-            walls.append(wall)
+        step = engine.stats.steps[-1]
+        if step.shape.num_prefill_tokens == 0 and step.shape.num_seqs == batch:
+            out.append((wall, step))
+    return out
+
+
+def measure(engine: LLMEngine, batch: int, context: int, sampling: str, new_tokens: int) -> dict:
+    walls = [w for w, _ in decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens))]
     step = synthetic_step(TP, batch, 1, context, engine.config.block_size)
     gpu, _ = engine.executor.collective_rpc(time_step, step, 3, 20)
     loop_ms, gpu_ms = percentile(walls, 0.5), percentile(gpu, 0.5)

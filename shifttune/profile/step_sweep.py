@@ -22,6 +22,7 @@ from shifttune.config import MODES, TP, ConfigError, EngineConfig
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.stats import percentile
+from shifttune.profile.loop_overhead import decode_steps
 from shifttune.profile.step_timing import (
     Ceilings,
     StepTiming,
@@ -103,17 +104,7 @@ def run_e2e(engine: LLMEngine, batch: int, prompt_len: int, new_tokens: int) -> 
     """Decode through the whole engine loop (schedule, inputs, step, sample, stop checks): the per-step
     wall time next to the model step alone shows what the host side costs."""
     params = SamplingParams(temperature=0, max_tokens=new_tokens, ignore_eos=True)
-    vocab = engine.config.model_config.vocab_size
-    for i in range(batch):
-        engine.add_request(f"e2e-{batch}-{i}", [(i * 131 + j * 7) % vocab for j in range(prompt_len)], params)
-    first = len(engine.stats.steps)
-    walls = []
-    while engine.has_unfinished_requests():
-        t = time.perf_counter()
-        engine.step()
-        walls.append(1e3 * (time.perf_counter() - t))
-    steps = list(engine.stats.steps)[first:]
-    decode = [(w, s) for w, s in zip(walls, steps) if s.shape.num_prefill_tokens == 0 and s.shape.num_seqs == batch]
+    decode = decode_steps(engine, batch, prompt_len, lambda i: params)
     if not decode:
         return {"batch": batch, "skipped": "the KV cache never held the whole batch at once"}
     loop_ms = percentile([w for w, _ in decode], 0.5)
