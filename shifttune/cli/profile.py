@@ -1,4 +1,5 @@
-"""`shifttune profile`: measure both modes' step times for every SP x TP factorization, into a profile file."""
+"""`shifttune profile`: measure both modes' step times for every SP x TP factorization, into a profile file;
+with --ops, --collectives, --predict or --compare, the predictor's tools (`_predictor_tools` below)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,13 @@ import typer
 
 from shifttune.cli.common import MODEL_HELP, console, fail, fail_config, parse_ints
 from shifttune.config import ConfigError
+
+
+def parse_int(text: str, flag: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        fail(f"{flag}: expected a number of ranks, got {text!r} (a GPU type goes with --predict)")
 
 
 def _progress_bar_run(settings, out: Path, command: str):
@@ -65,9 +73,11 @@ def _live_view_run(settings, out: Path, command: str):
 def profile(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "tiny",
     gpus: Annotated[
-        Optional[int],
+        Optional[str],
         typer.Option(
-            help="Ranks to profile (GPUs; CPU ranks with --device cpu). Default: every visible GPU, or 2 CPU ranks."
+            help="Ranks to profile (GPUs; CPU ranks with --device cpu). Default: every visible GPU, or 2 CPU ranks. "
+            "With --predict: the GPUs to predict for, count and type (4xH200); with --ops: the GPU counts to "
+            "cover (default 1,2,4,8)."
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cuda or cpu.")] = "cuda",
@@ -94,11 +104,67 @@ def profile(
         bool,
         typer.Option("--tui/--no-tui", metavar="", help="Live Textual view when in a terminal (else a progress bar)."),
     ] = True,
+    ops: Annotated[
+        bool,
+        typer.Option(
+            "--ops",
+            metavar="",
+            help="Measure this GPU's operator table for --model: each rank's work at "
+            "every P of --gpus, both modes, the whole grid, on one local GPU.",
+        ),
+    ] = False,  # fmt: skip
+    predict: Annotated[
+        bool,
+        typer.Option(
+            "--predict",
+            metavar="",
+            help="Write a predicted profile for --gpus NxGPU from an operator "
+            "table and the collective model (no GPU needed).",
+        ),
+    ] = False,  # fmt: skip
+    compare: Annotated[
+        Optional[tuple[Path, Path]],
+        typer.Option(
+            "--compare",
+            metavar="MEASURED PREDICTED",
+            help="Error of a predicted profile against a "
+            "measured one, per point and overall, and the crossover each gives (--out: as JSON).",
+        ),
+    ] = None,  # fmt: skip
+    collectives: Annotated[
+        bool,
+        typer.Option(
+            "--collectives",
+            metavar="",
+            help="Measure all-reduce, all-gather and all-to-all on the "
+            "--gpus local GPUs (CPU ranks with --device cpu) for the collective model.",
+        ),
+    ] = False,  # fmt: skip
+    op_table: Annotated[
+        Optional[Path], typer.Option(help="--predict: this operator table (default: the shipped one, else a roofline).")
+    ] = None,
+    collective_table: Annotated[
+        Optional[Path], typer.Option(help="--predict: this collective table (default: the shipped one of the GPU).")
+    ] = None,
+    layers: Annotated[
+        Optional[int], typer.Option(help="--ops: decoder layers of the longer timed step (default: a quarter).")
+    ] = None,
 ) -> None:
     """Measure TP-mode and SP x TP-mode step times for every SP x TP factorization; write a profile.
 
-    Ctrl-C keeps every measured point; running the same command again resumes.
+    Ctrl-C keeps every measured point; running the same command again resumes. --ops, --collectives,
+    --predict and --compare are the predictor's tools: a profile for GPUs you do not have.
     """
+    if sum([ops, predict, collectives, compare is not None]) > 1:
+        fail("--ops, --predict, --collectives and --compare are separate runs; pass one")
+    if ops or predict or collectives or compare is not None:
+        from shifttune.cli.profile_tools import run_tool
+
+        tool = "ops" if ops else "predict" if predict else "collectives" if collectives else "compare"
+        run_tool(tool, model=model, gpus=gpus, device=device, tokens=tokens, contexts=contexts, iters=iters,
+                 warmup=warmup, out=out, compare=compare, op_table=op_table, collective_table=collective_table,
+                 layers=layers)  # fmt: skip
+        return
     from shifttune.profile.profiler import ProfileSettings, default_profile_path  # NOTE: lazy: loads torch
 
     if device == "cpu":  # CPU timings are a demonstration: fewer runs unless asked
@@ -108,12 +174,14 @@ def profile(
         if gpus is None:
             import torch
 
-            gpus = torch.cuda.device_count() if device == "cuda" else 2
-            if gpus == 0:
+            ranks = torch.cuda.device_count() if device == "cuda" else 2
+            if ranks == 0:
                 fail("no GPU is visible; use --device cpu to profile CPU ranks")
+        else:
+            ranks = parse_int(gpus, "--gpus")
         settings = ProfileSettings(
             model=model,
-            ranks=gpus,
+            ranks=ranks,
             device=device,
             load_format=load_format,
             tokens=parse_ints(tokens, "--tokens"),

@@ -14,7 +14,8 @@ from rich.table import Table
 from shifttune.cli.common import fail, fail_config, size
 from shifttune.config import SP, TP, ConfigError
 
-FLAGS = {"input_len": "--input-len", "output_len": "--output-len", "slo_ttft": "--slo-ttft", "slo_tpot": "--slo-tpot"}
+FLAGS = {"input_len": "--input-len", "output_len": "--output-len", "slo_ttft": "--slo-ttft", "slo_tpot": "--slo-tpot",
+         "gpus": "--gpus"}  # fmt: skip
 
 
 def _headline(data: dict) -> str:
@@ -60,7 +61,8 @@ def _factorization_table(data: dict) -> Table:
 
 
 def _prediction_table(data: dict) -> Table:
-    table = Table(title="predicted (simulation of the engine's scheduler on the measured step times)")
+    steps = "predicted" if data.get("profile_kind") == "predicted" else "measured"
+    table = Table(title=f"predicted (simulation of the engine's scheduler on the {steps} step times)")
     for col in ("rate/s", "policy", "TTFT p50/p99 ms", "TPOT p50/p99 ms", "output tok/s", "steps TP/SP", "SLO"):
         table.add_column(col)
     for r in data["predictions"]:
@@ -79,6 +81,8 @@ def _prediction_table(data: dict) -> Table:
 def render_recommendation(data: dict) -> None:
     out = Console()
     out.print(f"[bold]{data['model']}[/] on {data['hardware']} (profile {data['profile']})", soft_wrap=True)
+    if data.get("caveat"):
+        out.print(f"[bold yellow]caveat:[/] {data['caveat']}", soft_wrap=True, highlight=False)
     out.print(_headline(data))
     for note in data["notes"]:
         out.print(f"note: {note}", soft_wrap=True)
@@ -101,7 +105,13 @@ def recommend(
     model: Annotated[
         Optional[str], typer.Option("--model", "-m", help="Pick a shipped profile for this model (default: tiny).")
     ] = None,
-    gpus: Annotated[Optional[int], typer.Option(help="...and this many GPUs.")] = None,
+    gpus: Annotated[
+        Optional[str],
+        typer.Option(
+            help="...and these GPUs: a count, or a count and type (4xH200, 8xH100). With the type, a predicted "
+            "profile is used when no measured one ships (`shifttune profile --predict`)."
+        ),
+    ] = None,
     context: Annotated[
         Optional[int],
         typer.Option(
@@ -113,7 +123,7 @@ def recommend(
         Optional[str],
         typer.Option(
             help="Predict latencies at these arrival rates (requests/s, Poisson; comma-separated for a sweep, "
-            "e.g. 1,2,4,8)."
+            "e.g. 1,2,4,8). Default on GPU profiles: one rate, about half of what TP mode alone sustains."
         ),
     ] = None,
     input_len: Annotated[int, typer.Option(help="Mean input tokens per request.")] = 2048,
@@ -130,6 +140,7 @@ def recommend(
 
     With no options it reads the shipped CPU profile of the tiny model.
     """
+    from shifttune.recommend.gpus import parse_gpus
     from shifttune.recommend.plot import save_plot, terminal_plot
     from shifttune.recommend.report import RecommendRequest
     from shifttune.recommend.report import recommend as make_recommendation
@@ -140,9 +151,9 @@ def recommend(
         rates = [float(x) for x in rate.split(",") if x.strip()] if rate is not None else None
     except ValueError:
         fail(f"--rate takes numbers, e.g. 2 or 1,2,4; got {rate!r}")
-    request = RecommendRequest(profile_file, model, gpus, context, rates, trace, input_len, output_len, spread,
-                               num_requests, slo_ttft, slo_tpot)  # fmt: skip
     try:
+        request = RecommendRequest(profile_file, model, None if gpus is None else parse_gpus(gpus), context, rates,
+                                   trace, input_len, output_len, spread, num_requests, slo_ttft, slo_tpot)  # fmt: skip
         prof, result, data = make_recommendation(request)
         if plot is not None:
             save_plot(prof, result, plot)

@@ -17,6 +17,9 @@ Schema (version 2), one JSON object:
     points[]                   mode ("tp" | "sp"), tp, sp, tokens, context, num_seqs, tokens_per_seq,
                                median_ms, p10_ms, p90_ms, peak_memory_bytes (rank 0; null on CPU),
                                kv_capacity_tokens
+    predicted, sources         optional: true when the step times come from `shifttune profile --predict`
+                               (one GPU's operator table plus a collective-cost model) rather than from
+                               running the engine; sources says which table, which collectives, and how
 
 TP-mode points carry tp = P, sp = 1: TP mode shards every weight P ways whatever the factorization,
 so one TP curve serves every factorization of P. `load_profile` validates a file and refuses a bad
@@ -94,6 +97,8 @@ class Profile:
     created: str = ""
     factorizations: list[Factorization] = field(default_factory=list)
     points: list[Point] = field(default_factory=list)
+    predicted: bool = False
+    sources: dict = field(default_factory=dict)
 
     @property
     def world_size(self) -> int:
@@ -181,6 +186,9 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
             raise ProfileError(f"{where} repeats the point {point.key}")
         seen.add(point.key)
         points.append(point)
+    predicted = data.get("predicted", False)
+    if not isinstance(predicted, bool) or not isinstance(data.get("sources", {}), dict):
+        raise ProfileError(f"{source}: predicted must be true or false and sources an object")
     return Profile(
         hardware=data["hardware"],
         software=data["software"],
@@ -191,6 +199,8 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
         created=data.get("created", ""),
         factorizations=facts,
         points=points,
+        predicted=predicted,
+        sources=data.get("sources", {}),
     )
 
 

@@ -1,6 +1,11 @@
 """`shifttune recommend` as a library: profile + workload + objectives in, the whole plan as data out.
 
-`recommend()` returns what `shifttune recommend --json` prints; the CLI only renders it.
+`recommend()` returns what `shifttune recommend --json` prints; the CLI only renders it. The profile is
+the one given, else the shipped measured profile of the model on those GPUs, else (when the GPU type is
+named, `--gpus 4xH200`) one predicted from an operator table and the collective model
+(`predict.py`); `profile_kind` says which, and a predicted one carries a caveat and its sources.
+With no --rate or --trace, a GPU profile is simulated at one default rate (about half of what TP mode
+alone sustains on it), so every plan comes with predicted latencies.
 """
 
 from __future__ import annotations
@@ -9,9 +14,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from shifttune.config import ConfigError
+from shifttune.config import TP, ConfigError
 from shifttune.engine.profile_schema import Profile, load_profile
+from shifttune.engine.step_model import StepTimeModel
+from shifttune.recommend.gpus import GpuRequest
 from shifttune.recommend.planner import Plan, plan
+from shifttune.recommend.predict import CAVEAT, PredictSettings, predict_profile
 from shifttune.recommend.shipped import pick_shipped_profile
 from shifttune.recommend.workload import Workload, load_azure_trace
 
@@ -20,7 +28,7 @@ from shifttune.recommend.workload import Workload, load_azure_trace
 class RecommendRequest:
     profile: Path | None = None  # None: the shipped profile of `model` on `gpus`
     model: str | None = None
-    gpus: int | None = None
+    gpus: GpuRequest | int | None = None  # a count, and optionally the GPU type ("4xH200")
     context: int | None = None  # where the threshold is read; default: the input length, else the median
     rates: list[float] | None = None  # Poisson arrival rates to predict at
     trace: Path | None = None  # or an Azure trace CSV
@@ -62,14 +70,61 @@ def meets_slo(prediction: dict, slo_ttft_ms: float | None, slo_tpot_ms: float | 
     )
 
 
+def resolve_profile(req: RecommendRequest) -> tuple[Profile, str | None, str]:
+    """(profile, its file or None, a label for it): given, shipped measured, or predicted."""
+    if req.profile is not None:
+        return load_profile(req.profile), str(req.profile), str(req.profile)
+    gpus = GpuRequest(req.gpus) if isinstance(req.gpus, int) else req.gpus
+    count, slug = (gpus.count, gpus.slug) if gpus is not None else (None, None)
+    try:
+        path = pick_shipped_profile(req.model, count, slug)
+        return load_profile(path), str(path), str(path)
+    except ConfigError:
+        if slug is None:
+            raise
+    model = req.model or "tiny"
+    settings = PredictSettings(model=model, gpus=count, gpu=slug)
+    prof = predict_profile(settings, command=f"shifttune recommend --model {model} --gpus {gpus}")
+    return prof, None, f"predicted for {model} on {gpus}"
+
+
+def default_rate(prof: Profile, input_len: int, output_len: int) -> float:
+    """About half the request rate TP mode alone sustains by this profile: a request costs its prefill
+    plus its output tokens' share of full decode batches."""
+    tp = StepTimeModel(prof, TP, prof.world_size, 1)
+    batch = int(prof.engine.get("max_decode_batch", 256))
+    per_request_ms = (
+        tp.predict(input_len, input_len) + output_len * tp.predict(batch, input_len + output_len / 2) / batch
+    )
+    rate = 0.5 * 1e3 / per_request_ms
+    return float(f"{rate:.2g}")
+
+
 def recommend(req: RecommendRequest) -> tuple[Profile, Plan, dict]:
     """The profile, the plan, and the plan as data (with the SLO verdicts when objectives are given)."""
     req.validate()
-    path = req.profile or pick_shipped_profile(req.model, req.gpus)
-    prof = load_profile(path)
+    prof, path, label = resolve_profile(req)
+    notes = []
+    if not req.rates and req.trace is None and prof.hardware.get("device") == "cuda":
+        req.rates = [default_rate(prof, req.input_len, req.output_len)]
+        notes.append(
+            f"no --rate given: latencies predicted at {req.rates[0]:g} req/s ({req.input_len} in / {req.output_len} "
+            "out), about half of what TP mode alone sustains here; --rate 1,2,4 for a sweep"
+        )
     context = req.context or (req.input_len if req.rates else None)
-    result = plan(prof, context, req.workloads(), str(path))
-    data = result.to_dict() | {"profile": str(path)}
+    result = plan(prof, context, req.workloads(), path)
+    result.notes = notes + result.notes
+    data = result.to_dict() | {"profile": label, "profile_kind": "predicted" if prof.predicted else "measured"}
+    if prof.predicted:
+        ops = prof.sources.get("op_table") or {}
+        coll = prof.sources.get("collectives") or {}
+        data["caveat"] = (
+            f"{CAVEAT}; op table: {ops.get('method', '?')}, {ops.get('file', '?')}; collectives: "
+            f"{coll.get('table', 'none (one GPU)')}"
+            + (f" ({coll['note']})" if coll.get("note") else "")
+            + ("; write it with `shifttune profile --predict` to use shift_policy='profile'" if path is None else "")
+        )
+        data["profile_sources"] = prof.sources
     if req.slo_ttft_ms is not None or req.slo_tpot_ms is not None:
         data["slo"] = {"ttft_p99_ms": req.slo_ttft_ms, "tpot_p99_ms": req.slo_tpot_ms}
         for p in data["predictions"]:

@@ -1,0 +1,141 @@
+"""A provisional operator table where none was measured: each rank's work from bytes and FLOPs against
+a GPU's measured ceilings, with efficiencies calibrated on measured engine steps. Never measured itself.
+
+Per decoder layer on one rank (shapes from `shapes.py`): the four GEMMs (qkv, o, gate-up, down) take
+the longer of reading their weights and activations at `gemm_bw` x the HBM ceiling and their FLOPs at
+`gemm_mm` x the matmul ceiling; attention the longer of reading the KV of the step at `attn_bw` and its
+FLOPs at `attn_mm` (scaled by a power of the GQA group over 4: the kernel works on all query heads of a
+KV head at once), plus a fixed `attn_us`; norms, RoPE, SiLU x up and the Ulysses packing
+move their bytes at `elem_bw`, the KV write at `index_bw`; every kernel adds `kernel_us`. The head
+(embedding, final norm, LM head, full-vocab logits) the same way, plus `head_us` per step.
+
+The constants (`data/gpus.json`, "roofline") were fitted to the measured H200 sweep of Llama-3.1-8B
+(`profiles/runs/sweep_llama-3.1-8b_tp1_h200x1.json`); `tests/test_predict.py` checks the table
+against those steps and against the H100 decode steps in `profiles/loop_overhead_h100_*.json`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from shifttune.config import SP, TP, ModelConfig
+from shifttune.engine.profile_schema import model_summary
+from shifttune.recommend.gpus import GPUS_FILE, GpuSpec
+from shifttune.recommend.grid import CUDA_GRAPH_MAX_TOKENS, GPU_CONTEXTS, GPU_TOKENS, MAX_DECODE, step_shape
+from shifttune.recommend.op_table import OpEntry, OpTable
+from shifttune.recommend.shapes import RankShapes, rank_shapes
+
+ASSUMED_MEMORY_OVERHEAD = 1 << 30  # CUDA context and buffers besides weights and KV: assumed, not measured
+
+
+@dataclass(frozen=True)
+class RooflineConstants:
+    gemm_bw: float  # fraction of the HBM ceiling GEMMs reach streaming weights
+    gemm_mm: float  # fraction of the matmul ceiling on large GEMMs
+    attn_bw: float  # fraction of the HBM ceiling attention reaches reading K/V
+    attn_mm: float  # fraction of the matmul ceiling attention reaches (at a GQA group of 4)
+    attn_group_exp: float  # attention's FLOP rate grows as (GQA group / 4) ** this
+    attn_us: float  # fixed time of one attention call
+    elem_bw: float  # fraction of the HBM ceiling elementwise kernels reach
+    index_bw: float  # the same for the KV-cache write (an indexed copy)
+    kernel_us: float  # per kernel in a replayed graph
+    head_us: float  # per step: input upload and graph launch
+    source: str = ""
+
+    @classmethod
+    def shipped(cls) -> RooflineConstants:
+        return cls(**json.loads(GPUS_FILE.read_text())["roofline"])
+
+
+def _gemm_ms(m: int, n: int, k: int, elem: int, gpu: GpuSpec, c: RooflineConstants) -> float:
+    read = (n * k * elem) / (c.gemm_bw * gpu.hbm_bytes_per_s) + (m * (n + k) * elem) / gpu.hbm_bytes_per_s
+    compute = 2 * m * n * k / (c.gemm_mm * gpu.matmul_flops_per_s)
+    return 1e3 * max(read, compute)
+
+
+def attention_ms(hq: int, hk: int, d: int, seqs: int, per: int, context: int, elem: int, gpu: GpuSpec,
+                 c: RooflineConstants) -> float:  # fmt: skip
+    """The paged-attention kernel for `seqs` sequences of `per` new tokens each at `context`."""
+    kv_read = seqs * context * hk * d * 2 * elem
+    visible = seqs * (per * (context - per) + per * (per + 1) / 2)
+    rate = min(1.0, c.attn_mm * (max(1, hq // hk) / 4) ** c.attn_group_exp) * gpu.matmul_flops_per_s
+    return c.attn_us / 1e3 + 1e3 * max(kv_read / (c.attn_bw * gpu.hbm_bytes_per_s), 4 * hq * d * visible / rate)
+
+
+def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: int, gpu: GpuSpec,
+             c: RooflineConstants, max_decode: int = MAX_DECODE) -> float:  # fmt: skip
+    """One decoder layer on one rank, collectives excluded."""
+    seqs, per = step_shape(tokens, context, max_decode)
+    m, h, d = s.gemm_rows(tokens), cfg.hidden_size, cfg.head_dim
+    gemms = (
+        _gemm_ms(m, (s.q_heads + 2 * s.kv_heads) * d, h, elem, gpu, c)
+        + _gemm_ms(m, h, s.q_heads * d, elem, gpu, c)
+        + _gemm_ms(m, 2 * s.mlp_rows, h, elem, gpu, c)
+        + _gemm_ms(m, h, s.mlp_rows, elem, gpu, c)
+    )
+    hq, hk = s.attn_q_heads, s.cache_kv_heads
+    attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c)
+    moved = 2 * 4 * m * h + 2 * m * (s.q_heads + s.kv_heads) * d + 3 * m * s.mlp_rows
+    kernels = 4 + 2 + 2 + 1 + 2 + 1  # GEMMs, norms, RoPE on q and k, SiLU, KV write (k, v), attention
+    if s.sp > 1:  # Ulysses: pack q/k/v for the all-to-all, unpack after; the output back the same way
+        moved += 2 * 2 * m * (s.q_heads + 2 * s.kv_heads) * d + 2 * 2 * tokens * hq * d
+        kernels += 6
+    elementwise = 1e3 * (moved * elem / (c.elem_bw * gpu.hbm_bytes_per_s))
+    kv_write = 1e3 * (2 * tokens * hk * d * elem / (c.index_bw * gpu.hbm_bytes_per_s))
+    return gemms + attention + elementwise + kv_write + kernels * c.kernel_us / 1e3
+
+
+def head_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: int, gpu: GpuSpec,
+            c: RooflineConstants, max_decode: int = MAX_DECODE) -> float:  # fmt: skip
+    """Everything outside the layers on one rank: upload, embedding, final norm, LM head, logits."""
+    seqs, _ = step_shape(tokens, context, max_decode)
+    m, h = s.gemm_rows(tokens), cfg.hidden_size
+    lm_head = _gemm_ms(seqs, s.vocab_rows, h, elem, gpu, c)
+    moved = 3 * m * h * elem + 3 * m * h * elem + 3 * seqs * cfg.vocab_size * 4  # embed + mask, norm, logits
+    return c.head_us / 1e3 + lm_head + 1e3 * moved / (c.elem_bw * gpu.hbm_bytes_per_s) + 6 * c.kernel_us / 1e3
+
+
+def roofline_table(
+    name: str,
+    cfg: ModelConfig,
+    gpu: GpuSpec,
+    world_sizes: list[int],
+    dtype: str = "bfloat16",
+    tokens: list[int] | None = None,
+    contexts: list[int] | None = None,
+    constants: RooflineConstants | None = None,
+) -> OpTable:
+    """The analytic table of `name` on `gpu` for every valid factorization of each world size."""
+    from shifttune.recommend.shapes import DTYPE_BYTES  # one table of element sizes
+
+    c = constants or RooflineConstants.shipped()
+    elem = DTYPE_BYTES[dtype]
+    tokens, contexts = tokens or GPU_TOKENS, contexts or GPU_CONTEXTS
+    table = OpTable(
+        method="roofline",
+        source=f"analytic roofline on {gpu.name}'s ceilings ({c.source}); provisional, not measured",
+        gpu={"name": gpu.name, "slug": gpu.slug, "memory_bytes": gpu.memory_bytes},
+        model=model_summary(name, cfg, dtype),
+        engine={
+            "block_size": 16,
+            "max_decode_batch": MAX_DECODE,
+            "cuda_graphs": True,
+            "cuda_graph_max_tokens": CUDA_GRAPH_MAX_TOKENS,
+            "dtype": dtype,
+        },  # fmt: skip
+        grid={"tokens": list(tokens), "contexts": list(contexts)},
+        memory_overhead_bytes=ASSUMED_MEMORY_OVERHEAD,
+    )
+    for p in world_sizes:
+        layouts = [(TP, p, 1)] + [(SP, p // sp, sp) for sp in range(2, p + 1) if p % sp == 0]
+        for mode, tp, sp in layouts:
+            s = rank_shapes(cfg, mode, tp, sp)
+            for ctx in contexts:
+                for t in tokens:
+                    seqs, per = step_shape(t, ctx)
+                    table.add(
+                        OpEntry(mode, s.tp, s.sp, t, ctx, seqs, per,
+                                head_ms(cfg, s, t, ctx, elem, gpu, c), layer_ms(cfg, s, t, ctx, elem, gpu, c))
+                    )  # fmt: skip
+    return table
