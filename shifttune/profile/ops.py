@@ -18,6 +18,7 @@ listed as skipped. Every entry is saved as it is measured; the same command resu
 
 from __future__ import annotations
 
+import gc
 import platform
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -143,9 +144,15 @@ def _time_all(runner: ModelRunner, mode: str, points: list[tuple[int, int]], set
 
 
 def _release(runner: ModelRunner) -> None:
-    device = runner.device
-    del runner
-    if device.type == "cuda":
+    """Drops what the runner holds on the device (graphs, cache, weights) so the next one has the memory;
+    the caller must drop its own reference too."""
+    runner.graphs = runner.k_cache = runner.v_cache = None
+    for model in runner.models.values():
+        for layer in model.layers:
+            layer.self_attn.k_cache = layer.self_attn.v_cache = None
+    runner.models = {}
+    gc.collect()
+    if runner.device.type == "cuda":
         torch.cuda.empty_cache()
 
 
@@ -163,6 +170,7 @@ def memory_overhead(settings: OpsSettings) -> int:
     free, total = torch.cuda.mem_get_info()
     weights = sum(runner.weight_bytes.values())
     _release(runner)
+    del runner
     return max(0, total - free - weights)
 
 
@@ -251,6 +259,7 @@ def run_ops(settings: OpsSettings, out: Path, command: str, progress: Callable[[
         runner.capture_graphs()
         one = _time_all(runner, mode, list(with_layers), settings)
         _release(runner)
+        del runner
         for t, c in todo:
             if (t, c) not in with_layers or (t, c) not in one:
                 reason = "KV cache too small on one GPU"

@@ -104,21 +104,28 @@ def collectives_ms(model: CollectiveModel, calls: list[tuple], in_graph: bool, b
 
 
 def resolve_op_table(settings: PredictSettings, cfg: ModelConfig) -> tuple[OpTable, str]:
-    """The op table to use and where it came from: --op-table, the shipped measured one, or the roofline."""
-    path = settings.op_table or shipped_op_table(settings.model, settings.gpu)
-    if path is None:
-        sizes = sorted({1, settings.gpus})
-        table = roofline_table(Path(settings.model).name.lower(), cfg, gpu_spec(settings.gpu), sizes, settings.dtype,
-                               settings.tokens, settings.contexts)  # fmt: skip
-        return table, "computed (no measured op table of this model on this GPU ships)"
-    table = load_op_table(path)
-    if table.model.get("name") != Path(settings.model).name.lower():
-        raise ConfigError(f"{path} is a table of {table.model.get('name')!r}, not {settings.model!r}", field="op_table")
-    if table.gpu.get("slug") != settings.gpu:
-        raise ConfigError(
-            f"{path} was measured on {table.gpu.get('name')}, not a {settings.gpu.upper()}", field="op_table"
-        )
-    return table, str(path)
+    """The op table to use and where it came from: --op-table, else the shipped measured one when it covers
+    this GPU count, else the roofline."""
+    name = Path(settings.model).name.lower()
+    if settings.op_table is not None:
+        table = load_op_table(settings.op_table)
+        if table.model.get("name") != name:
+            raise ConfigError(f"{settings.op_table} is a table of {table.model.get('name')!r}, not {name!r}",
+                              field="op_table")  # fmt: skip
+        if table.gpu.get("slug") != settings.gpu:
+            raise ConfigError(f"{settings.op_table} was measured on {table.gpu.get('name')}, not a "
+                              f"{settings.gpu.upper()}", field="op_table")  # fmt: skip
+        return table, str(settings.op_table)
+    why = "no measured op table of this model on this GPU ships"
+    shipped = shipped_op_table(settings.model, settings.gpu)
+    if shipped is not None:
+        table = load_op_table(shipped)
+        if settings.gpus in table.world_sizes():
+            return table, str(shipped)
+        why = f"the shipped measured table ({shipped.name}) covers P = {table.world_sizes()}, not {settings.gpus}"
+    table = roofline_table(name, cfg, gpu_spec(settings.gpu), sorted({1, settings.gpus}), settings.dtype,
+                           settings.tokens, settings.contexts)  # fmt: skip
+    return table, f"computed ({why})"
 
 
 def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
