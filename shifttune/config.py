@@ -228,6 +228,7 @@ class EngineConfig:
     enforce_eager: bool = False  # no CUDA graphs
     cuda_graph_max_tokens: int = 2048  # steps up to this many tokens replay captured CUDA graphs
     attention_backend: str = "auto"  # "auto" (triton on cuda, torch on cpu) | "torch" | "triton"
+    async_scheduling: bool = True  # schedule step n + 1 while the device runs step n (vLLM's name)
     seed: int = 0
     master_port: int | None = None
     model_path: Path = field(init=False)

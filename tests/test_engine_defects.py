@@ -65,16 +65,20 @@ def test_wrong_prompt_types_are_a_config_error(llm, prompt):
 
 
 def test_a_request_that_fails_in_a_step_fails_alone(llm, monkeypatch):
+    from shifttune.runner.sampler import Sampler
+
     engine = llm.llm_engine
-    real = engine.sampler.__class__.__call__
+    batch = engine.executor.runner.input_batch
+    real = Sampler._sample
 
-    def flaky(self, logits, seqs):
-        if any(s.request_id == "bad" for s in seqs):
+    def flaky(self, logits, rows, rows_dev):  # the runner's sampler fails on the row of request "bad"
+        if batch.rows.get(bad) in rows:
             raise RuntimeError("boom")
-        return real(self, logits, seqs)
+        return real(self, logits, rows, rows_dev)
 
-    monkeypatch.setattr(engine.sampler.__class__, "__call__", flaky)
+    monkeypatch.setattr(Sampler, "_sample", flaky)
     engine.add_request("bad", [0, 5, 6], GREEDY)
+    bad = engine.requests["bad"].runner_id
     engine.add_request("good", [0, 7, 8], GREEDY)
     done = {}
     for _ in range(50):
@@ -101,7 +105,10 @@ def test_auto_request_ids_skip_ids_in_use(llm):
 def test_returned_outputs_do_not_change_afterwards(llm):
     engine = llm.llm_engine
     engine.add_request("lp", [0, 5, 6], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True, logprobs=1))
-    first = engine.step()[0]
+    outputs = []
+    while not outputs:  # the first step's tokens come back from the step after it (async scheduling)
+        outputs = engine.step()
+    first = outputs[0]
     snapshot = (list(first.outputs[0].token_ids), len(first.outputs[0].logprobs))
     while engine.has_unfinished_requests():
         engine.step()

@@ -58,6 +58,35 @@ def test_a_step_does_not_sync_the_host(hf_models):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_launching_engine_steps_does_not_sync_the_host(hf_models):
+    """Async scheduling needs a launch (schedule, delta, inputs on the device, graph or eager step, sampling
+    with every filter, logprobs, the copy back) that never waits for the GPU: three steps in a row, with a
+    new request and an eager prefill among them, under sync-debug mode; their tokens are read after."""
+    mix = [SamplingParams(temperature=0, max_tokens=12, ignore_eos=True),
+           SamplingParams(temperature=0.8, top_p=0.9, seed=1, max_tokens=12, ignore_eos=True),
+           SamplingParams(temperature=1.0, top_k=5, min_p=0.05, max_tokens=12, ignore_eos=True, logprobs=2),
+           SamplingParams(temperature=0.7, min_tokens=4, stop_token_ids=[3], max_tokens=12)]  # fmt: skip
+    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=256) as llm:
+        engine = llm.llm_engine
+        llm.generate(PROMPTS + [list(range(1, 301))], [mix[i % 4] for i in range(len(PROMPTS) + 1)])  # warm-up
+        for i, p in enumerate(PROMPTS):
+            engine.add_request(f"r{i}", p, mix[i % 4])
+        engine.step()
+        engine.add_request("late", list(range(1, 301)), mix[1])  # 300 tokens: past the graphs, eager
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            launched = [engine._launch() for _ in range(3)]
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        outputs = [o for s in [engine._in_flight, *launched] for o in engine._complete(s)]
+        engine._in_flight = None
+        assert len(outputs) >= 3 * len(PROMPTS) and any(o.request_id == "late" for o in outputs)
+        while engine.has_unfinished_requests():
+            engine.step()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_every_graph_writes_one_shared_logits_buffer(hf_models):
     from shifttune.profile.step_timing import synthetic_step
 

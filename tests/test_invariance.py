@@ -14,14 +14,14 @@ def run_with_modes(llm: LLM, prompts, first: str, then: str):
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     ids = [engine.add_request(None, p, params) for p in prompts]
     engine.set_policy(first)
-    done, modes = {}, []
+    done, before = {}, engine.stats.num_steps
     while engine.has_unfinished_requests():
         for out in engine.step():
             if out.finished:
                 done[out.request_id] = out.outputs[0].token_ids
-        modes.append(engine.stats.steps[-1].mode)
-        engine.set_policy(then)
-    return [done[i] for i in ids], modes
+        engine.set_policy(then)  # from the second step on (a step's mode is chosen when it is launched)
+    steps = list(engine.stats.steps)
+    return [done[i] for i in ids], [s.mode for s in steps[len(steps) - (engine.stats.num_steps - before) :]]
 
 
 @pytest.mark.parametrize("model_kind", ["llama", "qwen3"])

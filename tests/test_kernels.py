@@ -136,16 +136,26 @@ def test_fused_ops_match_torch_layers():
     torch.testing.assert_close(silu_and_mul(gate_up), torch.nn.functional.silu(gate) * up)
 
 
-@pytest.mark.parametrize("n, vocab", [(3, 50), (2, 2500)])
-def test_gumbel_argmax_kernel_matches_the_torch_draw(n, vocab):
-    from shifttune.kernels.sampling import gumbel_argmax
-    from shifttune.kernels.sampling_ref import gumbel_argmax_ref
+@pytest.mark.parametrize("n, vocab", [(6, 50), (6, 2500)])
+def test_sample_kernel_matches_the_torch_reference(n, vocab):
+    """Filters (top-k cut, temperature, sort-free top-p, min-p) and the seeded draw, row for row."""
+    from shifttune.kernels.sampling import sample
+    from shifttune.kernels.sampling_ref import sample_ref
 
     dev = "cuda" if torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    logits = torch.randn(n, vocab, device=dev)
-    logits[0, :7] = float("-inf")  # filtered tokens are never drawn
-    seeds = torch.tensor([2**62 + 5, 3, 2**40][:n], device=dev)
-    steps = torch.tensor([0, 17, 2**33][:n], device=dev)
-    got, ref = gumbel_argmax(logits, seeds, steps), gumbel_argmax_ref(logits, seeds, steps)
+    logits = torch.randn(n, vocab, device=dev) * 3
+    logits[0, :7] = float("-inf")  # masked tokens (min_tokens) are never drawn
+    kth = logits.sort(dim=-1, descending=True).values[:, 4]
+    rows = [  # inv_temp, top-k cut, top_p, min_p, seed, step, greedy
+        (1.0, -torch.inf, 1.0, 0.0, 2**62 + 5, 0, False),
+        (1 / 0.7, -torch.inf, 0.9, 0.0, 3, 17, False),
+        (1.0, kth[2].item(), 0.8, 0.0, 2**40, 2**33, False),
+        (2.0, -torch.inf, 0.5, 0.05, 11, 1, False),
+        (1.0, -torch.inf, 0.3, 0.0, 12, 2, True),
+        (1 / 1.5, kth[5].item(), 1.0, 0.2, 13, 3, False),
+    ][:n]
+    args = [torch.tensor(c, device=dev) for c in zip(*rows)]
+    args = [args[0].float(), args[1].float(), args[2].float(), args[3].float(), *args[4:]]
+    got, ref = sample(logits, *args), sample_ref(logits, *args)
     assert got.tolist() == ref.tolist() and got[0] >= 7

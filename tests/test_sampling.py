@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
-from shifttune.engine.sampler import Sampler, filter_logits
-from shifttune.engine.sequence import Sequence
+from shifttune.kernels.sampling_ref import filter_ref
+from shifttune.runner.sampler import RequestSampling, Sampler
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +63,11 @@ def test_text_matches_tokenizer_decode(llm):
 
 
 def _filter(logits, top_k, top_p, min_p=(0.0, 0.0)):
-    vocab = logits.shape[1]
-    k = torch.tensor([t if t > 0 else vocab for t in top_k])
-    out, _ = filter_logits(logits, k, torch.tensor(top_p), torch.tensor(min_p[: len(top_k)]), max(top_k + [1]),
-                           any(p < 1 for p in top_p))  # fmt: skip
-    return out
+    """The kept set as the sampler computes it (top-k cut from the k-th largest logit, temperature 1)."""
+    n = logits.shape[0]
+    kth = logits.sort(dim=-1, descending=True).values
+    cut_k = torch.tensor([kth[i, k - 1].item() if k > 0 else -torch.inf for i, k in enumerate(top_k)])
+    return filter_ref(logits, torch.ones(n), cut_k, torch.tensor(top_p), torch.tensor(min_p[:n]))
 
 
 def test_top_p_keeps_the_smallest_set_with_enough_mass():
@@ -101,26 +101,29 @@ def test_a_bad_prompt_leaves_nothing_queued(llm):
         llm.generate([[0, 5]], SamplingParams(stop_token_ids=[10**6]))
 
 
-def _seq(rid: str, params: SamplingParams, outputs: int = 0) -> Sequence:
-    seq = Sequence(rid, None, [1, 2], params)
-    seq.token_ids += [3] * outputs
-    return seq
+def _sample(logits, settings: list[RequestSampling], num_sampled: list[int] | None = None) -> list[int]:
+    """One sampling call on a fresh runner sampler whose rows hold `settings` (row i: settings[i])."""
+    n = len(settings)
+    sampler = Sampler(n, torch.device("cpu"))
+    sampler.set_rows(list(range(n)), settings, num_sampled or [0] * n)
+    return sampler(logits, list(range(n)), torch.arange(n)).tokens.tolist()
 
 
 def test_a_seeded_request_samples_the_same_alone_or_anywhere_in_a_batch():
     torch.manual_seed(0)
-    vocab, seeded = 300, SamplingParams(temperature=0.9, top_p=0.95, top_k=50, seed=1234)
+    vocab, seeded = 300, RequestSampling(temperature=0.9, top_p=0.95, top_k=50, seed=1234)
     row = torch.randn(vocab)
-    alone = Sampler((1,))(row.unsqueeze(0).clone(), [_seq("s", seeded)])[0]
-    others = [SamplingParams(temperature=0), SamplingParams(temperature=1.3), SamplingParams(temperature=0.7, seed=5)]
+    alone = _sample(row.unsqueeze(0).clone(), [seeded])[0]
+    others = [RequestSampling(temperature=0), RequestSampling(temperature=1.3, seed=99),
+              RequestSampling(temperature=0.7, seed=5)]  # fmt: skip
     for position in range(4):
         logits = torch.randn(4, vocab)
         logits[position] = row
-        seqs = [_seq(f"o{i}", others[i % 3]) for i in range(3)]
-        seqs.insert(position, _seq("s", seeded))
-        assert Sampler((1,))(logits, seqs)[0][position] == alone[0]
+        settings = [others[i % 3] for i in range(3)]
+        settings.insert(position, seeded)
+        assert _sample(logits, settings)[position] == alone
     # and the next token of the same request draws fresh noise (its output count moved on)
-    draws = {Sampler((1,))(row.unsqueeze(0).clone(), [_seq("s", seeded, n)])[0][0] for n in range(20)}
+    draws = {_sample(row.unsqueeze(0).clone(), [seeded], [n])[0] for n in range(20)}
     assert len(draws) > 1
 
 
@@ -136,33 +139,36 @@ def test_sampling_runs_the_same_ops_for_any_batch_size_and_mix():
             self.ops += 1
             return func(*args, **(kwargs or {}))
 
-    kinds = [SamplingParams(temperature=0), SamplingParams(temperature=0.8, top_p=0.9, seed=3),
-             SamplingParams(temperature=1.1, top_k=7), SamplingParams(temperature=0.5, min_p=0.05)]  # fmt: skip
+    kinds = [RequestSampling(temperature=0), RequestSampling(temperature=0.8, top_p=0.9, seed=3),
+             RequestSampling(temperature=1.1, top_k=7), RequestSampling(temperature=0.5, min_p=0.05)]  # fmt: skip
     counts = []
     for n in (4, 64):
-        seqs = [_seq(str(i), kinds[(i * 7) % 4]) for i in range(n)]
-        logits = torch.randn(n, 500)
+        sampler = Sampler(n, torch.device("cpu"))
+        sampler.set_rows(list(range(n)), [kinds[(i * 7) % 4] for i in range(n)], [0] * n)
+        logits, rows_dev = torch.randn(n, 500), torch.arange(n)
         with Count() as c:
-            Sampler((1,))(logits, seqs)
+            sampler(logits, list(range(n)), rows_dev)
         counts.append(c.ops)
     assert counts[0] == counts[1]
 
 
-def test_top_p_on_a_flat_distribution_past_the_candidates_matches_a_full_sort():
-    from shifttune.engine.sampler import TOP_P_CANDIDATES, full_sort_top_p
-
-    vocab = TOP_P_CANDIDATES * 3
+def test_top_p_on_a_flat_distribution_matches_a_full_sort():
+    """No sort and no candidate set: the cut is found by a search over the logit range, so a nucleus of
+    most of a large vocabulary costs the same as a small one, and keeps the tokens a full sort keeps."""
+    vocab = 12_000
+    torch.manual_seed(1)
     logits = torch.randn(2, vocab) * 0.01  # nearly flat: the nucleus holds most of the vocabulary
-    top_k, top_p = torch.tensor([vocab, vocab]), torch.tensor([0.9, 0.5])
-    out, short = filter_logits(logits.clone(), top_k, top_p, torch.zeros(2), 1, True)
-    assert short.tolist() == [True, True]
-    exact = full_sort_top_p(logits.clone(), top_p)
-    kept = torch.isfinite(exact).sum(dim=1)
-    assert (kept > TOP_P_CANDIDATES).all() and torch.isfinite(out).sum(dim=1).le(TOP_P_CANDIDATES).all()
-    # the sampler takes the exact path for those rows
-    seqs = [_seq("a", SamplingParams(temperature=1, top_p=0.9, seed=1)), _seq("b", SamplingParams(top_p=0.5, seed=2))]
-    tokens, _ = Sampler((1,))(logits.clone(), seqs)
-    assert all(torch.isfinite(exact[i, t]) for i, t in enumerate(tokens))
+    top_p = torch.tensor([0.9, 0.5])
+    kept = torch.isfinite(_filter(logits.clone(), [-1, -1], top_p.tolist())).sum(dim=1)
+    sorted_probs = logits.softmax(dim=-1).sort(dim=-1, descending=True).values
+    exact = ((sorted_probs.cumsum(dim=-1) - sorted_probs) < top_p.unsqueeze(1)).sum(dim=1)
+    assert (exact > 4096).all()
+    assert (kept - exact).abs().le(2).all(), (kept, exact)  # equal up to tokens within 1e-5 of the cut
+    tokens = _sample(logits.clone(), [RequestSampling(temperature=1, top_p=0.9, seed=1),
+                                      RequestSampling(temperature=1, top_p=0.5, seed=2)])  # fmt: skip
+    cut = sorted_probs.gather(1, (exact - 1).unsqueeze(1)).squeeze(1)
+    probs = logits.softmax(dim=-1)
+    assert all(probs[i, t] >= cut[i] * (1 - 1e-4) for i, t in enumerate(tokens))
 
 
 def test_min_p_drops_tokens_far_below_the_likeliest():
@@ -174,7 +180,8 @@ def test_sampled_frequencies_follow_the_distribution():
     probs = torch.tensor([0.5, 0.25, 0.15, 0.1])
     logits = probs.log().repeat(1, 1)
     counts = torch.zeros(4)
-    sampler = Sampler((9,))
-    for n in range(4000):
-        counts[sampler(logits.clone(), [_seq("r", SamplingParams(temperature=1.0, seed=77), n)])[0][0]] += 1
+    sampler = Sampler(1, torch.device("cpu"))
+    sampler.set_rows([0], [RequestSampling(temperature=1.0, seed=77)], [0])
+    for _ in range(4000):  # each call is the request's next output token: fresh noise
+        counts[sampler(logits.clone(), [0], torch.arange(1)).tokens[0]] += 1
     assert torch.allclose(counts / counts.sum(), probs, atol=0.03)

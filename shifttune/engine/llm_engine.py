@@ -8,23 +8,37 @@ from __future__ import annotations
 
 import itertools
 import logging
+import random
 import time
+from dataclasses import dataclass
 
 from shifttune.config import SHIFT_POLICIES, ConfigError, EngineConfig
 from shifttune.engine.block_manager import BlockManager
 from shifttune.engine.detokenizer import Detokenizer
 from shifttune.engine.input_processor import InputProcessor, load_tokenizer
 from shifttune.engine.policy import make_policy
-from shifttune.engine.sampler import Sampler
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.scheduler import Scheduler, SchedulerOutput
-from shifttune.engine.sequence import RequestOutput, Sequence
-from shifttune.engine.stats import EngineStats, StepStats
+from shifttune.engine.sequence import RequestOutput, Sequence, SequenceStatus
+from shifttune.engine.stats import EngineStats, StepShape, StepStats
 from shifttune.model.loader import check_checkpoint
 from shifttune.runner.executor import Executor
-from shifttune.runner.step_input import ScheduledTokens, StepInput, build_step_input
+from shifttune.runner.input_batch import PENDING, NewRequest, StepDelta
+from shifttune.runner.model_runner import ModelRunnerOutput
+from shifttune.runner.sampler import RequestSampling
 
 logger = logging.getLogger("shifttune")
+
+
+@dataclass
+class InFlightStep:
+    """A launched step whose sampled tokens are not read back yet."""
+
+    mode: str
+    shape: StepShape
+    sampling: list[Sequence]  # requests that sample a token in it, in the runner's order
+    computed: list[tuple[Sequence, int, int]]  # (request, computed tokens before, after)
+    output: ModelRunnerOutput
 
 
 class LLMEngine:
@@ -48,11 +62,17 @@ class LLMEngine:
             logger.warning("KV cache holds %d tokens: max_model_len lowered from %d", capacity, config.max_model_len)
             config.max_model_len = capacity
         self.block_manager = BlockManager(runner.num_kv_blocks, config.block_size, config.enable_prefix_caching)
-        self.scheduler = Scheduler(self.block_manager, config.max_num_seqs, config.max_num_batched_tokens)
-        self.sampler = Sampler(cfg.eos_token_ids, config.seed)
+        self.scheduler = Scheduler(
+            self.block_manager, config.max_num_seqs, config.max_num_batched_tokens, config.max_model_len
+        )
+        self.eos_token_ids = set(cfg.eos_token_ids)
         self.detokenizer = Detokenizer(self.tokenizer)
         self.requests: dict[str, Sequence] = {}
+        self._sampling: dict[str, RequestSampling] = {}  # what the runners get of each request's params
+        self._seeds = random.Random(config.seed)  # seeds for requests that gave none
         self._ids = itertools.count()
+        self._runner_ids = itertools.count()
+        self._in_flight: InFlightStep | None = None
         self._stats = EngineStats(
             kv_blocks_total=runner.num_kv_blocks,
             weight_bytes_per_rank=runner.weight_bytes,
@@ -78,6 +98,13 @@ class LLMEngine:
             raise ConfigError(f"{request_id!r} is already in use", field="request_id")
         text, ids = self.prepare_request(prompt, params)
         seq = Sequence(request_id, text if prompt_text is None else prompt_text, ids, params)
+        seq.runner_id = next(self._runner_ids)
+        banned = tuple(params.stop_token_ids) + (() if params.ignore_eos else tuple(self.eos_token_ids))
+        self._sampling[request_id] = RequestSampling(
+            params.temperature, params.top_p, params.top_k, params.min_p,
+            params.seed if params.seed is not None else self._seeds.getrandbits(63),
+            params.min_tokens, banned if params.min_tokens else (), params.logprobs,
+        )  # fmt: skip
         self.requests[request_id] = seq
         self.scheduler.add(seq)
         return request_id
@@ -93,7 +120,7 @@ class LLMEngine:
             self._release(seq)
 
     def has_unfinished_requests(self) -> bool:
-        return self.scheduler.has_unfinished()
+        return self.scheduler.has_unfinished() or self._in_flight is not None
 
     def set_policy(self, name: str, threshold: int | None = None, profile: str | None = None) -> None:
         """Switches the mode policy between steps (the TUI changes the threshold live)."""
@@ -113,68 +140,86 @@ class LLMEngine:
 
     # ---- the step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
-        """Schedules, runs and samples one step; returns outputs of requests that advanced or finished."""
+        """Schedules and launches one step, then reads back the step before it (async scheduling: the
+        host's work overlaps the device's); returns outputs of requests that advanced or finished."""
+        launched = self._launch()
+        if not self.config.async_scheduling:
+            return self._complete(launched) if launched else []
+        done, self._in_flight = self._in_flight, launched
+        return self._complete(done) if done else []
+
+    def _launch(self) -> InFlightStep | None:
         sched = self.scheduler.schedule()
         self._stats.num_preemptions += sched.num_preempted
         if not sched.scheduled:
-            return []
+            return None
         shape = sched.shape()
         mode = self.policy.choose(shape)
         sampling = [s.seq for s in sched.scheduled if s.samples]
-        start = time.perf_counter()
-        logits = self.executor.collective_rpc("execute_model", self._step_input(sched, mode))
-        sampled = self._sample(logits, sampling) if sampling else []
-        duration = time.perf_counter() - start
+        computed = [(s.seq, s.seq.num_computed_tokens, s.seq.num_computed_tokens + s.num_new_tokens)
+                    for s in sched.scheduled]  # fmt: skip
+        output = self.executor.collective_rpc("execute", self._delta(sched, mode))
         self.scheduler.update_computed(sched)
-        now = time.monotonic()
-        for seq, token, lp in sampled:
-            seq.token_ids.append(token)
-            if lp is not None:
-                seq.logprobs.append(lp)
-            if seq.first_token_time is None:
-                seq.first_token_time = now
-            new_text = self.detokenizer.update(seq)
-            self._check_stop(seq, token, len(seq.output_text) - len(new_text))
-            if seq.is_finished and not isinstance(seq.stop_reason, str):  # a stop string already cut the text
-                self.detokenizer.finalize(seq)
-        self._stats.record(StepStats(mode, shape, duration))
-        outputs = []
         for seq in sampling:
+            seq.num_pending += 1
+        return InFlightStep(mode, shape, sampling, computed, output)
+
+    def _delta(self, sched: SchedulerOutput, mode: str) -> StepDelta:
+        """What the runners need to know of this step that they do not know yet."""
+        delta = StepDelta(mode, [], [], [], [], finished_req_ids=[s.runner_id for s in self.scheduler.released])
+        self.scheduler.released = []
+        for i, s in enumerate(sched.scheduled):
+            seq, start = s.seq, s.seq.num_computed_tokens
+            if s.is_new:
+                sampling = self._sampling[seq.request_id]
+                delta.new_requests.append(
+                    NewRequest(seq.runner_id, list(seq.block_table), start, seq.num_output_tokens, sampling)
+                )
+            elif len(seq.block_table) > seq.num_runner_blocks:
+                delta.new_block_ids.append((seq.runner_id, seq.block_table[seq.num_runner_blocks :]))
+            seq.num_runner_blocks = len(seq.block_table)
+            tokens = seq.token_ids[start : start + s.num_new_tokens]
+            delta.token_ids += tokens
+            if len(tokens) < s.num_new_tokens:  # the token the step in flight samples
+                delta.token_ids += [PENDING] * (s.num_new_tokens - len(tokens))
+            delta.req_ids.append(seq.runner_id)
+            delta.num_tokens.append(s.num_new_tokens)
+            if s.samples:
+                delta.sampling.append(i)
+        return delta
+
+    def _complete(self, step: InFlightStep) -> list[RequestOutput]:
+        """Reads a launched step's tokens back and applies them: text, stop checks, outputs."""
+        tokens, logprobs, errors, seconds = step.output.result()
+        for seq, old, new in step.computed:  # their tokens are all known now: register full blocks
+            if seq.status == SequenceStatus.RUNNING:
+                self.block_manager.mark_computed(seq, old, new)
+        now = time.monotonic()
+        outputs = []
+        for i, (seq, token, lp) in enumerate(zip(step.sampling, tokens, logprobs)):
+            seq.num_pending -= 1
+            if seq.is_finished:  # ended (stop, abort) while this step ran: a token past its end is dropped
+                continue
+            if i in errors:  # finished with the error, reported to its caller; the batch goes on
+                seq.error = f"request {seq.request_id!r} failed in sampling: {errors[i]}"
+                logger.error(seq.error)
+                self.scheduler.finish(seq, "error")
+            else:
+                seq.token_ids.append(token)
+                if lp is not None:
+                    seq.logprobs.append(lp)
+                if seq.first_token_time is None:
+                    seq.first_token_time = now
+                new_text = self.detokenizer.update(seq)
+                self._check_stop(seq, token, len(seq.output_text) - len(new_text))
+                if seq.is_finished and not isinstance(seq.stop_reason, str):  # a stop string already cut it
+                    self.detokenizer.finalize(seq)
             outputs.append(RequestOutput.from_seq(seq))
             if seq.is_finished:
                 self.requests.pop(seq.request_id, None)
                 self._release(seq)
+        self._stats.record(StepStats(step.mode, step.shape, seconds))
         return outputs
-
-    def _sample(self, logits, seqs: list[Sequence]) -> list[tuple[Sequence, int, dict | None]]:
-        try:
-            return list(zip(seqs, *self.sampler(logits, seqs)))
-        except Exception:
-            pass
-        # NOTE: one request must not stop every other: sample row by row, and fail only the rows that fail.
-        out = []
-        for i, seq in enumerate(seqs):
-            try:
-                (token,), (lp,) = self.sampler(logits[i : i + 1], [seq])
-            except Exception as e:  # finished with the error, reported to its caller; the batch goes on
-                seq.error = f"request {seq.request_id!r} failed in sampling: {type(e).__name__}: {e}"
-                logger.error(seq.error)
-                self.scheduler.finish(seq, "error")
-                continue
-            out.append((seq, token, lp))
-        return out
-
-    def _step_input(self, sched: SchedulerOutput, mode: str) -> StepInput:
-        seqs = (
-            ScheduledTokens(
-                s.seq.token_ids[s.seq.num_computed_tokens : s.seq.num_computed_tokens + s.num_new_tokens],
-                s.seq.num_computed_tokens,
-                s.seq.block_table,
-                s.samples,
-            )
-            for s in sched.scheduled
-        )
-        return build_step_input(mode, seqs, self.config.block_size)
 
     def _check_stop(self, seq: Sequence, token: int, new_text_at: int) -> None:
         """Finishes `seq` if `token` or the text added from `new_text_at` on ends it."""
@@ -183,7 +228,7 @@ class LLMEngine:
             if token in p.stop_token_ids:
                 seq.stop_reason = token
                 return self.scheduler.finish(seq, "stop")
-            if not p.ignore_eos and token in self.sampler.eos_token_ids:
+            if not p.ignore_eos and token in self.eos_token_ids:
                 return self.scheduler.finish(seq, "stop")
             for stop in p.stop:  # only where the new text could complete a stop string
                 at = seq.output_text.find(stop, max(0, new_text_at - len(stop) + 1))
@@ -196,7 +241,7 @@ class LLMEngine:
             self.scheduler.finish(seq, "length")
 
     def _release(self, seq: Sequence) -> None:
-        self.sampler.release(seq.request_id)
+        self._sampling.pop(seq.request_id, None)
         self.detokenizer.release(seq.request_id)
 
     @property

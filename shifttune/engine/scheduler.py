@@ -20,6 +20,7 @@ from shifttune.engine.sequence import Sequence, SequenceStatus
 class ScheduledSeq:
     seq: Sequence
     num_new_tokens: int
+    is_new: bool = False  # admitted from the waiting queue by this step (the runner does not know it yet)
 
     @property
     def samples(self) -> bool:
@@ -49,12 +50,28 @@ class SchedulerOutput:
 
 
 class Scheduler:
-    def __init__(self, block_manager: BlockManager, max_num_seqs: int, max_num_batched_tokens: int):
+    def __init__(
+        self,
+        block_manager: BlockManager,
+        max_num_seqs: int,
+        max_num_batched_tokens: int,
+        max_model_len: int | None = None,
+    ):
         self.block_manager = block_manager
         self.max_num_seqs = max_num_seqs
         self.max_num_batched_tokens = max_num_batched_tokens
+        self.max_model_len = max_model_len
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.released: list[Sequence] = []  # finished or preempted since the runner last heard
+
+    def is_done_pending(self, seq: Sequence) -> bool:
+        """The tokens it has pending end it by length: it runs no more steps."""
+        p = seq.params
+        return bool(seq.num_pending) and (
+            (p.max_tokens is not None and len(seq) - seq.num_prompt_tokens >= p.max_tokens)
+            or (self.max_model_len is not None and len(seq) >= self.max_model_len)
+        )
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -68,6 +85,9 @@ class Scheduler:
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
             n = min(len(seq) - seq.num_computed_tokens, budget)
+            if n == 0 or self.is_done_pending(seq):
+                i += 1
+                continue
             while not self.block_manager.can_append(seq, seq.num_computed_tokens + n):
                 self._preempt(self.running.pop())
                 preempted += 1
@@ -80,6 +100,8 @@ class Scheduler:
                 i += 1
         while not preempted and self.waiting and budget > 0 and len(self.running) < self.max_num_seqs:
             seq = self.waiting[0]
+            if seq.num_pending:  # preempted before its last token was read back: wait for it
+                break
             cached = self.block_manager.match_prefix(seq)
             num_cached = len(cached) * self.block_manager.block_size
             n = min(len(seq) - num_cached, budget)
@@ -90,24 +112,25 @@ class Scheduler:
             seq.status = SequenceStatus.RUNNING
             self.waiting.popleft()
             self.running.append(seq)
-            scheduled.append(ScheduledSeq(seq, n))
+            scheduled.append(ScheduledSeq(seq, n, is_new=True))
             budget -= n
         return SchedulerOutput(scheduled, preempted)
 
     def _preempt(self, seq: Sequence) -> None:
+        self.released.append(seq)
         self.block_manager.free(seq)
         seq.num_computed_tokens = 0
         seq.status = SequenceStatus.WAITING
         self.waiting.appendleft(seq)
 
     def update_computed(self, out: SchedulerOutput) -> None:
-        """After a step ran: the scheduled tokens are in the cache now."""
+        """Once a step is sent: its tokens will be in the cache before any later step reads them."""
         for s in out.scheduled:
-            old = s.seq.num_computed_tokens
-            s.seq.num_computed_tokens = old + s.num_new_tokens
-            self.block_manager.mark_computed(s.seq, old, s.seq.num_computed_tokens)
+            s.seq.num_computed_tokens += s.num_new_tokens
 
     def finish(self, seq: Sequence, reason: str) -> None:
+        if seq.status == SequenceStatus.RUNNING:
+            self.released.append(seq)
         seq.status, seq.finish_reason = SequenceStatus.FINISHED, reason
         self.block_manager.free(seq)
         if seq in self.running:

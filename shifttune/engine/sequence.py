@@ -36,9 +36,13 @@ class Sequence:
         self.first_token_time: float | None = None
         self.num_returned_tokens = 0  # what earlier DELTA outputs already handed back
         self.num_returned_chars = 0
+        self.num_pending = 0  # tokens sampled on the device and not read back yet (they end token_ids)
+        self.runner_id = -1  # the runner's handle on this request (set by the engine)
+        self.num_runner_blocks = 0  # blocks of block_table the runner has been sent
 
     def __len__(self) -> int:
-        return len(self.token_ids)
+        """Tokens known or pending: what the scheduler schedules against."""
+        return len(self.token_ids) + self.num_pending
 
     @property
     def output_token_ids(self) -> list[int]:

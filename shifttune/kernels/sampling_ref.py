@@ -1,8 +1,9 @@
-"""The sampler's noise and draw, in plain torch: the CPU path and the reference for `sampling.py`.
+"""The sampler's filters, noise and draw, in plain torch: the CPU path and the reference for `sampling.py`.
 
 Counter-based noise: the uniform of row r at vocabulary entry v is a splitmix64 hash of
 (seed_r, step_r, v), so it depends on nothing else (not the batch, not the device's RNG state). A token
-is drawn by the Gumbel-max trick: argmax over v of logits[r, v] + Gumbel(u[r, v]).
+is drawn by the Gumbel-max trick: argmax over v of logits[r, v] + Gumbel(u[r, v]), over the tokens that
+top-k, top-p and min-p keep.
 """
 
 from __future__ import annotations
@@ -28,7 +29,54 @@ def uniform_noise(seeds: torch.Tensor, steps: torch.Tensor, vocab_size: int) -> 
     return (_shr(x, 40).float() + 0.5) / float(1 << 24)
 
 
-def gumbel_argmax_ref(logits: torch.Tensor, seeds: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
-    """[n] int64: argmax of logits + Gumbel noise per row (logits already scaled and filtered)."""
-    u = uniform_noise(seeds, steps, logits.shape[1])
-    return (logits - torch.log(-torch.log(u))).argmax(dim=-1)
+# Top-p without a sort: the cut is found by a NUM_THRESHOLDS-ary search over the row's logit range, each
+# pass one read of the row; after NUM_PASSES passes it is within range / 16**4 of the exact cut.
+NUM_THRESHOLDS, NUM_PASSES = 16, 4
+
+
+def top_p_cut_ref(x: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[n] lowest logit to keep so that the kept tokens (x >= cut) hold at least `top_p` of the mass of
+    the finite entries of x [n, V] (-inf: removed before); -inf where top_p >= 1."""
+    finite = x > -torch.inf
+    m = x.max(dim=-1).values
+    e = torch.where(finite, (x - m.unsqueeze(1)).exp(), 0.0)
+    total = e.sum(dim=-1)
+    lo = torch.where(finite, x, torch.inf).min(dim=-1).values
+    hi = m
+    j = torch.arange(1, NUM_THRESHOLDS + 1, device=x.device, dtype=torch.float32)
+    for _ in range(NUM_PASSES):
+        t = lo.unsqueeze(1) + (hi - lo).unsqueeze(1) * j / NUM_THRESHOLDS  # [n, NT]
+        mass = (e.unsqueeze(2) * (x.unsqueeze(2) >= t.unsqueeze(1))).sum(dim=1)  # [n, NT]
+        c = (mass >= top_p.unsqueeze(1) * total.unsqueeze(1)).sum(dim=-1)  # thresholds that keep enough
+        lo, hi = (torch.where(c > 0, t.gather(1, (c - 1).clamp(min=0).unsqueeze(1)).squeeze(1), lo),
+                  torch.where(c < NUM_THRESHOLDS, t.gather(1, c.clamp(max=NUM_THRESHOLDS - 1).unsqueeze(1)).squeeze(1),
+                              hi))  # fmt: skip
+    return torch.where(top_p < 1, lo, -torch.inf)
+
+
+def filter_ref(
+    logits: torch.Tensor, inv_temp: torch.Tensor, cut_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor
+) -> torch.Tensor:
+    """logits [n, V] at or above `cut_k` (the k-th largest; -inf: no top-k), times 1/T, then with what
+    top-p (sort-free cut, on what top-k kept) and min-p remove set to -inf."""
+    x = torch.where(logits >= cut_k.unsqueeze(1), logits * inv_temp.unsqueeze(1), -torch.inf)
+    m = x.max(dim=-1).values
+    cut = torch.maximum(top_p_cut_ref(x, top_p), torch.where(min_p > 0, m + min_p.clamp(min=1e-30).log(), -torch.inf))
+    return torch.where(x >= cut.unsqueeze(1), x, -torch.inf)
+
+
+def sample_ref(
+    logits: torch.Tensor,
+    inv_temp: torch.Tensor,
+    cut_k: torch.Tensor,
+    top_p: torch.Tensor,
+    min_p: torch.Tensor,
+    seeds: torch.Tensor,
+    steps: torch.Tensor,
+    greedy: torch.Tensor,
+) -> torch.Tensor:
+    """[n] tokens: `filter_ref`, then the Gumbel-max draw (argmax of the kept logits + Gumbel noise; no
+    noise on greedy rows)."""
+    x = filter_ref(logits, inv_temp, cut_k, top_p, min_p)
+    noise = -torch.log(-torch.log(uniform_noise(seeds, steps, logits.shape[1])))
+    return (x + torch.where(greedy.unsqueeze(1), 0.0, noise)).argmax(dim=-1)

@@ -1,12 +1,16 @@
 """What the engine loop costs on top of the GPU: `LLMEngine.step` wall time against the same step shape
-replayed as the runner's CUDA graph, for decode batches, greedy and sampled.
+replayed as the runner's CUDA graph, for decode batches, greedy and sampled; batch-1 decode against the
+weight-read floor, with where its GPU time goes; and offline throughput through `LLM.generate`.
 
     python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out profiles/loop_overhead_<card>.json
 
 For each case, `batch` requests whose prompts fill the context decode together; loop_ms is the median
 wall time of `step()` over the steps where all of them decode (schedule, inputs, model, sampling,
-stop checks, outputs); gpu_ms is the median of the same shape run through `time_step` (graph replay,
-logits included, no sampling). ratio = loop_ms / gpu_ms.
+stop checks, outputs; with async scheduling, one call launches a step and reads back the one before);
+gpu_ms is the median of the same shape run through `time_step` (graph replay, logits included, no
+sampling). ratio = loop_ms / gpu_ms. Offline: 256 random 1024-token prompts, 128 tokens each,
+temperature 0.8, top-p 0.95, a seed per request, output tokens per second of one `LLM.generate` call.
+The script uses the package's public API only, so the same file can time an older checkout.
 """
 
 from __future__ import annotations
@@ -17,15 +21,17 @@ import sys
 import time
 from pathlib import Path
 
-from shifttune.config import TP, EngineConfig
+from shifttune import LLM
+from shifttune.config import TP
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.stats import StepStats, percentile
-from shifttune.profile.step_timing import synthetic_step, time_step
+from shifttune.profile.step_timing import breakdown_step, measure_ceilings, step_floors, synthetic_step, time_step
 
 GREEDY = "greedy"
 SAMPLED = "temperature 0.8, top-p 0.95, per-request seed"
-CASES = [(1, 2048, GREEDY), (32, 2048, GREEDY), (32, 2048, SAMPLED), (128, 2048, GREEDY), (256, 1024, SAMPLED)]
+CASES = [(1, 2048, GREEDY), (32, 2048, GREEDY), (32, 2048, SAMPLED), (128, 2048, GREEDY), (256, 1024, SAMPLED),
+         (1, 8192, GREEDY), (32, 8192, SAMPLED), (256, 512, SAMPLED)]  # fmt: skip
 
 
 def params(sampling: str, i: int, new_tokens: int) -> SamplingParams:
@@ -43,9 +49,12 @@ def decode_steps(engine: LLMEngine, batch: int, prompt_len: int, params_of) -> l
         engine.add_request(f"loop-{batch}-{prompt_len}-{i}", ids, params_of(i))
     out = []
     while engine.has_unfinished_requests():
+        before = engine.stats.num_steps
         start = time.perf_counter()
         engine.step()
         wall = 1e3 * (time.perf_counter() - start)
+        if engine.stats.num_steps == before:  # the first call of an async loop reads nothing back yet
+            continue
         step = engine.stats.steps[-1]
         if step.shape.num_prefill_tokens == 0 and step.shape.num_seqs == batch:
             out.append((wall, step))
@@ -61,34 +70,70 @@ def measure(engine: LLMEngine, batch: int, context: int, sampling: str, new_toke
             "ratio": loop_ms / gpu_ms, "decode_steps": len(walls)}  # fmt: skip
 
 
+def offline_throughput(llm: LLM, num_prompts: int = 256, prompt_len: int = 1024, new_tokens: int = 128) -> dict:
+    vocab = llm.llm_engine.config.model_config.vocab_size
+    prompts = [[(i * 7919 + j * 31) % (vocab - 10) + 5 for j in range(prompt_len)] for i in range(num_prompts)]
+    sp = [params(SAMPLED, i, new_tokens) for i in range(num_prompts)]
+    llm.generate(prompts[:8], sp[:8])  # warm-up: the prefill shapes compile
+    start = time.perf_counter()
+    outs = llm.generate(prompts, sp)
+    seconds = time.perf_counter() - start
+    tokens = sum(len(o.outputs[0].token_ids) for o in outs)
+    return {"num_prompts": num_prompts, "prompt_len": prompt_len, "output_len": new_tokens, "sampling": SAMPLED,
+            "seconds": seconds, "output_tokens": tokens, "output_tokens_per_s": tokens / seconds}  # fmt: skip
+
+
+def batch1_floor(engine: LLMEngine, context: int, loop_ms: float) -> dict:
+    """Batch-1 decode against the weight (+ KV) read floor of this card, and its kernel time by category."""
+    import torch
+
+    ceilings = measure_ceilings(torch.device("cuda"))
+    _, _, floor_ms, _ = step_floors(engine.config, engine.executor.runner.weight_bytes, TP, 1, 1, context, ceilings)
+    step = synthetic_step(TP, 1, 1, context, engine.config.block_size)
+    kernels = engine.executor.collective_rpc(breakdown_step, step, 10)
+    return {"context": context, "loop_ms": loop_ms, "floor_ms": floor_ms, "floor_share": floor_ms / loop_ms,
+            "hbm_bytes_per_s": ceilings.hbm_bytes_per_s, "kernel_ms_eager": kernels}  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-3.1-8b")
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--cases", default="all", help="comma-separated case numbers (0-based) or all")
+    ap.add_argument("--no-offline", action="store_true", help="skip the LLM.generate throughput run")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    engine = LLMEngine(EngineConfig(model=args.model, device=args.device, load_format="dummy",
-                                    max_model_len=max(c for _, c, _ in CASES)))  # fmt: skip
+    cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
+    llm = LLM(args.model, device=args.device, load_format="dummy", max_model_len=max(c for _, c, _ in cases))
+    engine = llm.llm_engine
+    result = {"command": "python -m shifttune.profile.loop_overhead " + " ".join(argv or sys.argv[1:]),
+              "model": args.model, "rows": []}  # fmt: skip
     try:
         measure(engine, 8, 512, SAMPLED, 8)  # warm-up: kernels compile, graphs replay once
-        rows = []
-        for batch, context, sampling in CASES:
-            rows.append(measure(engine, batch, context, sampling, args.new_tokens))
-            r = rows[-1]
+        for batch, context, sampling in cases:
+            r = measure(engine, batch, context, sampling, args.new_tokens)
+            result["rows"].append(r)
             print(f"batch {batch:>3} context {context:>5} {sampling:<45} loop {r['loop_ms']:7.2f} ms  "
-                  f"gpu {r['gpu_ms']:7.2f} ms  x{r['ratio']:.3f}")  # fmt: skip
+                  f"gpu {r['gpu_ms']:7.2f} ms  x{r['ratio']:.3f}", flush=True)  # fmt: skip
+        if args.device == "cuda":
+            b1 = next((r for r in result["rows"] if r["batch"] == 1 and r["context"] == 2048), None)
+            if b1 is not None:
+                result["batch1_decode"] = batch1_floor(engine, 2048, b1["loop_ms"])
+                print(f"batch-1 decode: floor {result['batch1_decode']['floor_ms']:.2f} ms = "
+                      f"{100 * result['batch1_decode']['floor_share']:.1f}% of the loop", flush=True)  # fmt: skip
+        if not args.no_offline:
+            result["offline"] = offline_throughput(llm)
+            print(f"offline: {result['offline']['output_tokens_per_s']:.0f} output tokens/s", flush=True)
     finally:
-        engine.shutdown()
-    card = "cpu"
+        llm.shutdown()
+    result["card"] = "cpu"
     if args.device == "cuda":
         import torch
 
-        card = torch.cuda.get_device_name()
-    out = {"command": "python -m shifttune.profile.loop_overhead " + " ".join(argv or sys.argv[1:]), "card": card,
-           "model": args.model, "rows": rows}  # fmt: skip
+        result["card"] = torch.cuda.get_device_name()
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 
 

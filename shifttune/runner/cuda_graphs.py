@@ -17,6 +17,7 @@ import torch
 
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.paged_attention import choose_num_splits, launch_shape
+from shifttune.runner.step_input import StepTensors
 
 TOKEN_BUCKETS = (
     1,
@@ -132,26 +133,23 @@ class StepGraphs:
         self.rows_in_use = num_seqs
         self.samples[num_samples:s].zero_()
 
-    def can_run(self, step) -> bool:
-        t = len(step.input_ids)
+    def can_run(self, num_tokens: int, num_seqs: int, num_samples: int) -> bool:
+        t = num_tokens
         if t > self.buckets[-1]:
             return False
         b = next(x for x in self.buckets if x >= t)
-        return len(step.seq_lens) <= self.seqs_for(b) - (1 if t < b else 0) and len(
-            step.sample_indices
-        ) <= self.seqs_for(b)
+        return num_seqs <= self.seqs_for(b) - (1 if t < b else 0) and num_samples <= self.seqs_for(b)
 
-    def run(self, step) -> torch.Tensor:
-        t, n, k = len(step.input_ids), len(step.seq_lens), len(step.sample_indices)
+    def run(self, step: StepTensors) -> torch.Tensor:
+        t, n, k = step.num_tokens, len(step.seq_lens_cpu), step.sample_indices.shape[0]
         b = next(x for x in self.buckets if x >= t)
-        ids, pos, slots, qsl, lens, tables, samples = self.runner.upload(step)
-        self.ids[:t].copy_(ids)
-        self.pos[:t].copy_(pos)
-        self.slots[:t].copy_(slots)
-        self.qsl[: n + 1].copy_(qsl)
-        self.seq_lens[:n].copy_(lens)
-        self.block_tables[:n, : tables.shape[1]].copy_(tables)
-        self.samples[:k].copy_(samples)
+        self.ids[:t].copy_(step.ids[:t])
+        self.pos[:t].copy_(step.positions[:t])
+        self.slots[:t].copy_(step.slot_mapping)
+        self.qsl[: n + 1].copy_(step.query_start_loc)
+        self.seq_lens[:n].copy_(step.seq_lens)
+        self.block_tables[:n, : step.block_tables.shape[1]].copy_(step.block_tables)
+        self.samples[:k].copy_(step.sample_indices)
         self._fill_padding(t, n, k, b)
         self.rows_in_use = n
         self.num_replays += 1

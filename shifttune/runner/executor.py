@@ -12,6 +12,7 @@ from __future__ import annotations
 import gc
 import multiprocessing as mp
 import os
+import pickle
 import signal
 import socket
 import sys
@@ -84,7 +85,7 @@ def worker_loop(runner: ModelRunner, state) -> None:
     while True:
         msg = [None]
         dist.broadcast_object_list(msg, src=0, group=state.cpu_group)
-        method, args = msg[0]
+        method, args = pickle.loads(msg[0])
         if method == "shutdown":
             return
         _run(runner, method, args)
@@ -137,6 +138,7 @@ class Executor:
         self.config = config
         self.procs: list[mp.process.BaseProcess] = []
         self._closed = False
+        self.last_message_bytes = 0
         p = config.parallel.world_size
         if launched_by_torchrun():
             rank, init_method = int(os.environ["RANK"]), "env://"
@@ -187,8 +189,10 @@ class Executor:
         if self.state.cpu_group is None:
             return _run(self.runner, method, args)
         self._check_workers()
+        payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
+        self.last_message_bytes = len(payload)  # what a step costs to send grows with the batch only
         with _sigint_after_call():
-            dist.broadcast_object_list([(method, args)], src=0, group=self.state.cpu_group)
+            dist.broadcast_object_list([payload], src=0, group=self.state.cpu_group)
             return _run(self.runner, method, args)
 
     def _check_workers(self) -> None:
@@ -205,7 +209,7 @@ class Executor:
             # In a thread: if a rank is stuck in a collective, the broadcast would wait forever.
             def tell() -> None:
                 try:
-                    dist.broadcast_object_list([("shutdown", ())], src=0, group=state.cpu_group)
+                    dist.broadcast_object_list([pickle.dumps(("shutdown", ()))], src=0, group=state.cpu_group)
                 except Exception:
                     pass
 

@@ -1,6 +1,7 @@
 """Per-rank model runner: both weight layouts, the one paged KV cache they share, and step execution.
 
-Every rank runs `execute_model` with the same `StepInput` (broadcast by the driver). In SP x TP mode
+Every rank runs `execute` with the same `StepDelta` (broadcast by the driver) on its persistent batch,
+and samples the step itself (the tokens come out the same on every rank). In SP x TP mode
 the step's tokens are padded to a multiple of SP and each rank takes its contiguous slice; in TP mode
 every rank takes all tokens. Either way attention sees all tokens for this rank's heads, so the cache
 writes and reads are identical in both modes.
@@ -9,6 +10,7 @@ writes and reads are identical in both modes.
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -20,7 +22,9 @@ from shifttune.model.layout import make_layout
 from shifttune.model.llama import CausalLM
 from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
-from shifttune.runner.step_input import StepInput
+from shifttune.runner.input_batch import InputBatch, StepDelta
+from shifttune.runner.sampler import SamplerOutput, logprobs_dicts
+from shifttune.runner.step_input import StepInput, StepTensors, to_device
 
 GIB = 1 << 30
 
@@ -106,6 +110,9 @@ class ModelRunner:
         for model in self.models.values():
             for i, layer in enumerate(model.layers):
                 layer.self_attn.k_cache, layer.self_attn.v_cache = self.k_cache[i], self.v_cache[i]
+        c = self.config
+        self.input_batch = InputBatch(c.max_num_seqs, -(-c.max_model_len // c.block_size), c.block_size,
+                                      self.scratch_block, c.max_num_batched_tokens, self.device)  # fmt: skip
 
     def capture_graphs(self) -> None:
         """CUDA graphs for both modes (GPU, Triton attention, unless enforce_eager); after allocate_kv_cache."""
@@ -137,10 +144,9 @@ class ModelRunner:
         hidden = model(ids, pos, meta, num_tokens)
         return None if sample_indices is None else model.compute_logits(hidden, sample_indices)
 
-    def upload(self, step: StepInput, pad_tokens: int = 0) -> list[torch.Tensor]:
-        """A step's integer inputs in one pinned host buffer and one non-blocking copy: ids, positions
-        (both padded by `pad_tokens` zeros), slots, query starts, lengths, block tables [n, width]
-        (rows padded with the scratch block) and sample indices."""
+    def upload(self, step: StepInput, pad_tokens: int = 0) -> StepTensors:
+        """A host-built step's inputs in one pinned host buffer and one non-blocking copy (ids and
+        positions padded by `pad_tokens` zeros; block-table rows padded with the scratch block)."""
         width = max(len(row) for row in step.block_tables)
         tables = [x for row in step.block_tables for x in row + [self.scratch_block] * (width - len(row))]
         pad = [0] * pad_tokens
@@ -153,32 +159,100 @@ class ModelRunner:
             tables,
             step.sample_indices,
         )
-        host = torch.tensor(
-            [x for values in lists for x in values], dtype=torch.int64, pin_memory=self.device.type == "cuda"
-        )
-        out = list(host.to(self.device, non_blocking=True).split([len(v) for v in lists]))
+        flat = to_device([x for values in lists for x in values], torch.int64, self.device)
+        out = list(flat.split([len(v) for v in lists]))
         out[5] = out[5].view(len(step.block_tables), width)
-        return out
+        return StepTensors(step.mode, *out, step.query_start_loc, step.seq_lens)
 
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> torch.Tensor | None:
-        """Runs one step; returns full-vocab logits of the sampled tokens on rank 0 (on its device)."""
-        if self.graphs is not None and self.graphs.can_run(step):
-            logits = self.graphs.run(step)
-        else:
-            logits = self._execute_eager(step)
+        """Runs a host-built step (step timing); returns the logits of its sampled tokens on rank 0."""
+        graphs = self.graphs is not None and self.graphs.can_run(
+            len(step.input_ids), len(step.seq_lens), len(step.sample_indices)
+        )
+        pad = 0 if graphs else -len(step.input_ids) % self.model_for(step.mode).layout.sp
+        logits = self._run(self.upload(step, pad), graphs)
         return logits if self.state.rank == 0 else None
 
-    def _execute_eager(self, step: StepInput) -> torch.Tensor | None:
+    @torch.inference_mode()
+    def execute(self, delta: StepDelta) -> ModelRunnerOutput | None:
+        """Runs one engine step from its delta and samples it, without waiting for the device; on rank 0
+        returns a handle whose `result()` reads the sampled tokens back."""
+        timer = StepTimer(self.device)
+        batch = self.input_batch
+        batch.update(delta)
+        t, b, k = len(delta.token_ids), len(delta.req_ids), len(delta.sampling)
+        graphs = self.graphs is not None and self.graphs.can_run(t, b, k)
+        step, rows = batch.prepare(delta, 0 if graphs else -t % self.model_for(delta.mode).layout.sp)
+        logits = self._run(step, graphs)
+        batch.advance(delta)
+        sampled = batch.sample(logits, rows) if k else None
+        if self.state.rank != 0:
+            return None
+        want = [batch.sampler.settings[r].logprobs for r in rows]
+        return ModelRunnerOutput([delta.req_ids[i] for i in delta.sampling], sampled, want, timer)
+
+    def _run(self, step: StepTensors, graphs: bool) -> torch.Tensor | None:
+        if graphs:
+            return self.graphs.run(step)
         model = self.model_for(step.mode)
-        num_tokens = len(step.input_ids)
-        ids, pos, slots, qsl, lens, tables, samples = self.upload(step, pad_tokens=-num_tokens % model.layout.sp)
         meta = AttentionMetadata(
-            slot_mapping=slots,
-            query_start_loc=qsl,
-            seq_lens=lens,
-            block_tables=tables,
-            query_start_loc_cpu=step.query_start_loc,
-            seq_lens_cpu=step.seq_lens,
+            slot_mapping=step.slot_mapping,
+            query_start_loc=step.query_start_loc,
+            seq_lens=step.seq_lens,
+            block_tables=step.block_tables,
+            query_start_loc_cpu=step.query_start_loc_cpu,
+            seq_lens_cpu=step.seq_lens_cpu,
         )
-        return self.forward(model, ids, pos, meta, num_tokens, samples if step.sample_indices else None)
+        samples = step.sample_indices if step.sample_indices.numel() else None
+        return self.forward(model, step.ids, step.positions, meta, step.num_tokens, samples)
+
+
+class StepTimer:
+    """A step's device time: CUDA events around it on GPU (read when the result is), wall time on CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        if self.cuda:
+            self.start, self.end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            self.start.record()
+        else:
+            self.start = time.perf_counter()
+
+    def stop(self) -> None:
+        if self.cuda:
+            self.end.record()
+        else:
+            self.end = time.perf_counter()
+
+    def seconds(self) -> float:
+        """After the step's work is done."""
+        return self.start.elapsed_time(self.end) / 1e3 if self.cuda else self.end - self.start
+
+
+class ModelRunnerOutput:
+    """One step's sampled tokens (and logprobs), copied to pinned host memory behind the step's work."""
+
+    def __init__(self, req_ids: list[int], sampled: SamplerOutput | None, want: list[int | None], timer: StepTimer):
+        self.req_ids, self.want, self.timer = req_ids, want, timer
+        self.errors = (sampled.errors if sampled is not None else None) or {}
+        self.host: list[torch.Tensor | None] = []
+        if sampled is not None:
+            pin = sampled.tokens.is_cuda
+            parts = (sampled.tokens, sampled.chosen_logprobs, sampled.top_logprobs, sampled.top_ids)
+            self.host = [None if x is None else x.to("cpu", non_blocking=True) if pin else x for x in parts]
+        timer.stop()
+        self.ready = None
+        if timer.cuda:
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+
+    def result(self) -> tuple[list[int], list[dict[int, float] | None], dict[int, str], float]:
+        """(tokens, logprobs per token, errors by position, device seconds of the step); waits for the step."""
+        if self.ready is not None:
+            self.ready.synchronize()
+        if not self.host:
+            return [], [], {}, self.timer.seconds()
+        tokens, chosen, top_vals, top_ids = (None if x is None else x.tolist() for x in self.host)
+        lps = logprobs_dicts(tokens, chosen, top_vals, top_ids, self.want)
+        return tokens, lps, self.errors, self.timer.seconds()

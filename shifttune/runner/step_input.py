@@ -1,13 +1,15 @@
-"""The runner's input contract: one engine step, flattened, identical on every rank.
-
-The engine builds it from the scheduler's output, the step-timing code from synthetic sequences;
-both go through `build_step_input`, so positions, slots and block tables are made one way only.
+"""A step as the model runs it: `StepTensors` (device tensors, identical on every rank), and `StepInput`,
+the same step as host lists, which the step-timing code builds from synthetic sequences with
+`build_step_input` and uploads (`ModelRunner.upload`). The engine's steps come through the persistent
+batch instead (`input_batch.py`), which builds the same tensors on the device.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+import torch
 
 
 @dataclass
@@ -22,6 +24,24 @@ class StepInput:
     sample_indices: list[int]
 
 
+@dataclass
+class StepTensors:
+    mode: str
+    ids: torch.Tensor  # [T (+ SP padding)]
+    positions: torch.Tensor  # [T (+ SP padding)]
+    slot_mapping: torch.Tensor  # [T]
+    query_start_loc: torch.Tensor  # [B + 1]
+    seq_lens: torch.Tensor  # [B]
+    block_tables: torch.Tensor  # [B, width]
+    sample_indices: torch.Tensor  # [k] positions in the step of the tokens that sample
+    query_start_loc_cpu: list[int]
+    seq_lens_cpu: list[int]
+
+    @property
+    def num_tokens(self) -> int:
+        return self.query_start_loc_cpu[-1]
+
+
 @dataclass(frozen=True)
 class ScheduledTokens:
     """One sequence's part of a step: `new_token_ids` at positions start.. (KV cache written there)."""
@@ -30,6 +50,13 @@ class ScheduledTokens:
     start: int  # tokens of this sequence already in the cache
     block_table: list[int]
     samples: bool  # the step computes its last known token, so a new one is sampled from it
+
+
+def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Host values to the device without waiting: a pinned staging buffer and a non-blocking copy (a
+    copy from pageable memory would wait for the device to finish its queued work)."""
+    host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
+    return host.to(device, non_blocking=True)
 
 
 def build_step_input(mode: str, seqs: Iterable[ScheduledTokens], block_size: int) -> StepInput:

@@ -1,0 +1,170 @@
+"""Token sampling for a whole step on the runner, in a fixed number of launches whatever the batch and its
+mix of greedy, random and seeded requests: min_tokens masking, top-k (one bounded `topk`), temperature,
+top-p (a sort-free cut), min-p and the draw in one kernel (`kernels/sampling.py` on GPU, the torch
+reference on CPU), logprobs. Nothing here waits for the device.
+
+Randomness is counter-based: the noise of a request at its n-th output token for vocabulary entry v is a
+hash of (its seed, n, v), so a seeded request yields the same tokens alone or anywhere in any batch.
+NOTE: every rank samples from the same logits (`compute_logits` returns them whole on every rank) and
+the draw is deterministic, so every rank holds the step's tokens without a broadcast.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from shifttune.kernels.sampling_ref import sample_ref
+from shifttune.runner.step_input import to_device
+
+
+@dataclass(frozen=True)
+class RequestSampling:
+    """A request's sampling settings as the runner keeps them (the engine resolves them once)."""
+
+    temperature: float = 0.0  # 0: greedy
+    top_p: float = 1.0
+    top_k: int = -1  # -1: off
+    min_p: float = 0.0
+    seed: int = 0
+    min_tokens: int = 0
+    banned_before_min: tuple[int, ...] = ()  # stop token ids (and EOS unless ignored) while under min_tokens
+    logprobs: int | None = None
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+@dataclass
+class SamplerOutput:
+    tokens: torch.Tensor  # [k] int64 on the device
+    chosen_logprobs: torch.Tensor | None = None  # [k] logprob of each sampled token
+    top_logprobs: torch.Tensor | None = None  # [k, max logprobs asked]
+    top_ids: torch.Tensor | None = None
+    errors: dict[int, str] | None = None  # row -> why that row could not be sampled (it got token 0)
+
+
+def _draw(*args) -> torch.Tensor:
+    if args[0].is_cuda:
+        from shifttune.kernels.sampling import sample  # NOTE: lazy: Triton is GPU-only here
+
+        return sample(*args)
+    return sample_ref(*args)
+
+
+class Sampler:
+    """Per-row settings live in device tensors indexed by the persistent batch's rows (`set_row`)."""
+
+    def __init__(self, max_rows: int, device: torch.device):
+        self.device = device
+        self.settings: list[RequestSampling | None] = [None] * max_rows
+        self.num_sampled = [0] * max_rows  # output tokens so far, host copy (min_tokens masking)
+        f32, i64 = dict(dtype=torch.float32, device=device), dict(dtype=torch.int64, device=device)
+        self.inv_temp, self.top_p, self.min_p = (torch.ones(max_rows, **f32), torch.ones(max_rows, **f32),
+                                                 torch.zeros(max_rows, **f32))  # fmt: skip
+        self.top_k, self.seed, self.step = (torch.zeros(max_rows, **i64) for _ in range(3))
+        self.greedy = torch.ones(max_rows, dtype=torch.bool, device=device)
+
+    def set_rows(self, rows: list[int], settings: list[RequestSampling], num_sampled: list[int]) -> None:
+        """Takes in new requests (one upload for all of them)."""
+        if not rows:
+            return
+        for r, s, n in zip(rows, settings, num_sampled):
+            self.settings[r], self.num_sampled[r] = s, n
+        inv_temp = [1.0 / s.temperature if s.temperature else 1.0 for s in settings]
+        floats = to_device([inv_temp, [s.top_p for s in settings], [s.min_p for s in settings]], torch.float32,
+                           self.device)  # fmt: skip
+        ints = to_device([rows, [s.top_k for s in settings], [s.seed for s in settings], num_sampled,
+                          [int(s.greedy) for s in settings]], torch.int64, self.device)  # fmt: skip
+        index = ints[0]
+        self.inv_temp[index], self.top_p[index], self.min_p[index] = floats
+        self.top_k[index], self.seed[index], self.step[index] = ints[1], ints[2], ints[3]
+        self.greedy[index] = ints[4].bool()
+
+    def release(self, row: int) -> None:
+        self.settings[row] = None
+
+    @torch.inference_mode()
+    def __call__(self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor) -> SamplerOutput:
+        """logits [k, V] of the sampling rows `rows` (host list; `rows_dev` the same on the device)."""
+        try:
+            return self._sample(logits, rows, rows_dev)
+        except Exception:
+            pass
+        # NOTE: one request must not stop every other: sample row by row, and fail only the rows that fail.
+        parts, errors = [], {}
+        for i, r in enumerate(rows):
+            try:
+                parts.append(self._sample(logits[i : i + 1], [r], rows_dev[i : i + 1]))
+            except Exception as e:
+                errors[i] = f"{type(e).__name__}: {e}"
+                parts.append(SamplerOutput(torch.zeros(1, dtype=torch.int64, device=logits.device)))
+        out = SamplerOutput(torch.cat([p.tokens for p in parts]), errors=errors)
+        k = max((p.top_ids.shape[1] for p in parts if p.top_ids is not None), default=0)
+        if any(p.chosen_logprobs is not None for p in parts):
+            nan = torch.full((1,), float("nan"), device=logits.device)
+            out.chosen_logprobs = torch.cat([nan if p.chosen_logprobs is None else p.chosen_logprobs for p in parts])
+        if k:
+
+            def pad(x, fill, dtype):
+                full = torch.full((1, k), fill, dtype=dtype, device=logits.device)
+                return full if x is None else torch.cat([x, full[:, x.shape[1] :]], dim=1)
+
+            out.top_logprobs = torch.cat([pad(p.top_logprobs, float("-inf"), torch.float32) for p in parts])
+            out.top_ids = torch.cat([pad(p.top_ids, 0, torch.int64) for p in parts])
+        return out
+
+    def _sample(self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor) -> SamplerOutput:
+        vocab = logits.shape[1]
+        logits = logits.float()  # the step's own logits: min_tokens masks them in place
+        settings = [self.settings[r] for r in rows]
+        want = [s.logprobs for s in settings]
+        raw = torch.log_softmax(logits, dim=-1) if any(w is not None for w in want) else None
+        self._mask_min_tokens(logits, rows, settings)
+        if all(s.greedy for s in settings):
+            tokens = logits.argmax(dim=-1)
+        else:
+            top_k = self.top_k[rows_dev]
+            k_max = max((s.top_k for s in settings if s.top_k > 0), default=0)
+            if k_max:  # one bounded topk for the rows that use top-k; the others get no cut
+                kth = logits.topk(min(k_max, vocab), dim=-1).values
+                kth = kth.gather(1, (top_k.clamp(1, min(k_max, vocab)) - 1).unsqueeze(1)).squeeze(1)
+                cut_k = torch.where(top_k > 0, kth, -torch.inf)
+            else:
+                cut_k = torch.full_like(top_k, -torch.inf, dtype=torch.float32)
+            tokens = _draw(logits, self.inv_temp[rows_dev], cut_k, self.top_p[rows_dev], self.min_p[rows_dev],
+                           self.seed[rows_dev], self.step[rows_dev], self.greedy[rows_dev])  # fmt: skip
+        out = SamplerOutput(tokens)
+        if raw is not None:
+            k = max(w or 0 for w in want if w is not None)
+            out.chosen_logprobs = raw.gather(1, tokens.unsqueeze(1)).squeeze(1)
+            if k:
+                top = raw.topk(k, dim=-1)
+                out.top_logprobs, out.top_ids = top.values, top.indices
+        self.step[rows_dev] += 1
+        for r in rows:
+            self.num_sampled[r] += 1
+        return out
+
+    def _mask_min_tokens(self, logits: torch.Tensor, rows: list[int], settings: list[RequestSampling]) -> None:
+        index: list[list[int]] = [[], []]
+        for i, (r, s) in enumerate(zip(rows, settings)):
+            if self.num_sampled[r] < s.min_tokens:
+                index[0] += [i] * len(s.banned_before_min)
+                index[1] += s.banned_before_min
+        if index[0]:
+            at = to_device(index, torch.int64, logits.device)
+            logits[at[0], at[1]] = float("-inf")
+
+
+def logprobs_dicts(tokens: list[int], chosen: list[float] | None, top_vals, top_ids, want: list[int | None]):
+    """{token: logprob} per row (host lists): the sampled token and the row's top `logprobs`."""
+    out: list[dict[int, float] | None] = [None] * len(want)
+    if chosen is None:
+        return out
+    for i, w in enumerate(want):
+        if w is not None:
+            out[i] = {tokens[i]: chosen[i]} | (dict(zip(top_ids[i][:w], top_vals[i][:w])) if w else {})
+    return out

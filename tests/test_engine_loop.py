@@ -1,0 +1,114 @@
+"""The engine loop (issue: the loop costs nothing): a persistent batch on every rank with per-step
+deltas, and async scheduling (step n + 1 scheduled before step n's tokens are read back) that leaves
+every output exactly as the synchronous loop gives it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from shifttune import LLM, SamplingParams
+from conftest import _small
+
+
+@pytest.fixture(scope="module")
+def long_model(tmp_path_factory):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(5)
+    path = tmp_path_factory.mktemp("long") / "llama"
+    cfg = _small(LlamaConfig, num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=8448)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    return path
+
+
+def _decode_message_bytes(llm: LLM, context: int, batch: int = 4, new_tokens: int = 24) -> list[int]:
+    """Bytes the driver broadcast for each step in which all `batch` requests decode."""
+    engine = llm.llm_engine
+    params = SamplingParams(temperature=0.8, top_p=0.9, seed=1, max_tokens=new_tokens, ignore_eos=True)
+    for i in range(batch):
+        engine.add_request(f"c{context}-{i}", [(i * 31 + j) % 300 + 1 for j in range(context)], params)
+    sizes = []
+    while engine.has_unfinished_requests():
+        engine.step()
+        last = engine._in_flight
+        if last is not None and last.shape.num_prefill_tokens == 0 and last.shape.num_seqs == batch:
+            sizes.append(engine.executor.last_message_bytes)
+    return sizes
+
+
+def test_bytes_sent_per_decode_step_do_not_grow_with_context(long_model):
+    """P = 2 CPU ranks: a decode step's message holds the batch's changes, not its block tables."""
+    with LLM(str(long_model), tensor_parallel_size=2, max_model_len=8448, block_size=16, num_kv_blocks=2200,
+             max_num_batched_tokens=8448, enable_prefix_caching=False) as llm:  # fmt: skip
+        short = _decode_message_bytes(llm, 512)
+        long = _decode_message_bytes(llm, 8192)
+    assert len(short) >= 20 and len(long) >= 20
+    assert sorted(short)[len(short) // 2] == sorted(long)[len(long) // 2]  # steps that append no block
+    assert max(long) <= max(short) + 4 * 8  # one new block id per request every 16 tokens (bigger ids)
+    assert max(long) < 1000  # the whole batch's block tables alone would be 4 x 512 ids
+
+
+CASES = [  # (prompt, params): stops by token, string, EOS and length; min_tokens; logprobs; seeded sampling
+    ([1, 17, 42, 99, 5, 8, 250, 13, 77], SamplingParams(temperature=0, max_tokens=20, ignore_eos=True)),
+    ([1, 3], SamplingParams(temperature=0.9, top_p=0.8, seed=4, max_tokens=17, ignore_eos=True, logprobs=2)),
+    ([1, 60, 61, 62, 63], SamplingParams(temperature=0, max_tokens=30, min_tokens=5)),
+    ([1, 200, 201, 202, 7], SamplingParams(temperature=1.2, top_k=20, seed=9, max_tokens=25, ignore_eos=True)),
+    ([1, 9, 9, 9], SamplingParams(temperature=0.7, min_p=0.1, seed=2, max_tokens=12, ignore_eos=True)),
+]
+
+
+def _with_stops(llm: LLM) -> list:
+    """CASES plus stops taken from their own free-running outputs: a stop token in the middle, a stop string."""
+    free = llm.generate([p for p, _ in CASES], [sp for _, sp in CASES])
+    cases = list(CASES)
+    for (prompt, sp), out in zip(CASES[:2], free):
+        token = out.outputs[0].token_ids[6]
+        cases.append((prompt, SamplingParams(**{**sp.__dict__, "stop_token_ids": [token], "stop": None})))
+    return cases
+
+
+@pytest.mark.parametrize("tp, sp", [(1, 1), (1, 2)])
+def test_async_scheduling_gives_exactly_the_synchronous_outputs(hf_models, tp, sp):
+    path = str(hf_models["llama"])
+    outs = {}
+    for async_scheduling in (False, True):
+        with LLM(path, tensor_parallel_size=tp, sequence_parallel_size=sp, block_size=4, shift_threshold=8,
+                 async_scheduling=async_scheduling) as llm:  # fmt: skip
+            cases = _with_stops(llm)
+            res = llm.generate([p for p, _ in cases], [c for _, c in cases])
+            outs[async_scheduling] = [(o.outputs[0].token_ids, o.outputs[0].finish_reason, o.outputs[0].stop_reason,
+                                       o.outputs[0].logprobs) for o in res]  # fmt: skip
+            bm = llm.llm_engine.block_manager
+            assert bm.num_free_blocks == bm.num_blocks
+    assert outs[True] == outs[False]
+    stopped = outs[True][len(CASES) :]
+    for (tokens, reason, stop, _), (_, sp_) in zip(stopped, CASES[:2]):
+        assert reason == "stop" and tokens[-1] == stop and stop not in tokens[:-1]  # nothing past the stop
+
+
+def test_preemption_and_aborts_under_async_scheduling(hf_models):
+    """A cache too small for the batch preempts and recomputes; an abort mid-flight frees everything;
+    outputs equal those of a cache that never preempts."""
+    path = str(hf_models["llama"])
+    prompts = [[1, 17 + i, 42, 99, 5, 8] for i in range(6)]
+    params = SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True)
+    with LLM(path, block_size=4) as llm:
+        ref = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+    with LLM(path, block_size=4, num_kv_blocks=24, enable_prefix_caching=False) as llm:
+        engine = llm.llm_engine
+        got = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
+        assert engine.stats.num_preemptions > 0
+        engine.add_request("gone", [1, 2, 3], params)
+        engine.add_request("kept", prompts[0], params)
+        done = {}
+        for i in range(200):
+            for out in engine.step():
+                done[out.request_id] = out
+            if i == 3:
+                engine.abort_request("gone")
+            if not engine.has_unfinished_requests():
+                break
+        assert done["kept"].outputs[0].token_ids == ref[0] and "gone" not in done or not done["gone"].finished
+        assert engine.block_manager.num_free_blocks == engine.block_manager.num_blocks
+    assert got == ref
