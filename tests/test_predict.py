@@ -283,6 +283,22 @@ def test_predict_from_the_cpu_op_table_and_compare(tiny_ops, tmp_path):
     assert r.exit_code == 0 and "median 0.0%" in r.output and "expected a measured profile first" in r.output
 
 
+def test_a_shipped_op_table_is_found_by_model_and_gpu(tiny_ops, tmp_path, monkeypatch):
+    from shifttune.recommend import op_table
+
+    out, table, _ = tiny_ops
+    monkeypatch.setattr(op_table, "OP_TABLE_DIR", tmp_path)
+    (tmp_path / "tiny_cpu.json").write_text(out.read_text())
+    gloo = {"world_size": 2, "backend": "gloo", "eager": {"gloo": {"all_reduce_ms": {"1024": 0.5, "65536": 0.9}}}}
+    (tmp_path / "gloo.json").write_text(json.dumps(gloo))
+    prof = predict_profile(PredictSettings("tiny", 2, "cpu", collectives=tmp_path / "gloo.json"))
+    assert prof.sources["op_table"]["file"] == str(tmp_path / "tiny_cpu.json")
+    assert {(p.mode, p.tp, p.sp) for p in prof.points} == {(TP, 2, 1), (SP, 1, 2)}
+    assert prof.sources["collectives"]["used"]["nccl all_reduce P=2 eager"] == "measured on 2 GPUs"
+    with pytest.raises(ConfigError, match="unknown GPU type"):  # P = 4 is not in the table: the roofline, no CPU one
+        predict_profile(PredictSettings("tiny", 4, "cpu", collectives=tmp_path / "gloo.json"))
+
+
 def _profile(times: dict, predicted: bool) -> Profile:
     points = [Point(mode, 2 if mode == TP else 1, 1 if mode == TP else 2, t, c, t, 1, ms, ms, ms)
               for (mode, t, c), ms in times.items()]  # fmt: skip

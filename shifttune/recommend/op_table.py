@@ -167,8 +167,8 @@ def load_op_table(path: Path) -> OpTable:
     return op_table_from_dict(data, str(path))
 
 
-def op_table_path(model: str, gpu_slug: str, directory: Path = OP_TABLE_DIR) -> Path:
-    return directory / f"{Path(model).name.lower()}_{gpu_slug}.json"
+def op_table_path(model: str, gpu_slug: str, directory: Path | None = None) -> Path:
+    return (directory or OP_TABLE_DIR) / f"{Path(model).name.lower()}_{gpu_slug}.json"
 
 
 def shipped_op_table(model: str, gpu_slug: str) -> Path | None:

@@ -169,6 +169,10 @@ def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
         # what `shifttune profile` allocates: no more than every sequence at full length could use
         blocks[(tp, sp)] = min(capacity // bs, settings.max_decode * -(-max(contexts) // bs))
         facts.append(Factorization(tp, sp, True, None, weights, capacity, per_token))
+    # steps up to this many tokens replay CUDA graphs (none on CPU ranks): their collectives are in-graph
+    graph_max = (
+        table.engine.get("cuda_graph_max_tokens", CUDA_GRAPH_MAX_TOKENS) if table.engine.get("cuda_graphs", True) else 0
+    )
     points, missing = [], []
     first = feasible[0]  # TP mode is measured once, in the first engine `shifttune profile` starts
     plan = [(TP, p, 1, first)] + [(SP, tp, sp, (tp, sp)) for tp, sp in feasible if sp > 1]
@@ -185,11 +189,7 @@ def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
                     missing.append((mode, tp, sp, t, c))
                     continue
                 calls = step_collectives(cfg, shapes, t, seqs, elem)
-                comm = (
-                    collectives_ms(coll, calls, t <= CUDA_GRAPH_MAX_TOKENS, settings.all_reduce_backend)
-                    if coll
-                    else 0.0
-                )
+                comm = collectives_ms(coll, calls, t <= graph_max, settings.all_reduce_backend) if coll else 0.0
                 ms = entry.step_ms(cfg.num_layers) + comm
                 lo, hi = entry.spread.get("p10", 1.0), entry.spread.get("p90", 1.0)
                 points.append(Point(mode, shapes.tp, shapes.sp, t, c, seqs, per, ms, ms * lo, ms * hi, None, capacity))
