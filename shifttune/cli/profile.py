@@ -149,6 +149,10 @@ def profile(
     layers: Annotated[
         Optional[int], typer.Option(help="--ops: decoder layers of the longer timed step (default: a quarter).")
     ] = None,
+    breakdown: Annotated[
+        Optional[str],
+        typer.Option(help="--ops on GPU: also split these steps (tokens, comma-separated) by kernel category."),
+    ] = None,
 ) -> None:
     """Measure TP-mode and SP x TP-mode step times for every SP x TP factorization; write a profile.
 
@@ -163,7 +167,7 @@ def profile(
         tool = "ops" if ops else "predict" if predict else "collectives" if collectives else "compare"
         run_tool(tool, model=model, gpus=gpus, device=device, tokens=tokens, contexts=contexts, iters=iters,
                  warmup=warmup, out=out, compare=compare, op_table=op_table, collective_table=collective_table,
-                 layers=layers)  # fmt: skip
+                 layers=layers, breakdown=breakdown)  # fmt: skip
         return
     from shifttune.profile.profiler import ProfileSettings, default_profile_path  # NOTE: lazy: loads torch
 

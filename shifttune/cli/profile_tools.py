@@ -27,7 +27,8 @@ def _need_cuda(device: str, what: str) -> None:
             fail(f"{what} measures on local CUDA GPUs and none is visible here (--device cpu runs it on CPU ranks)")
 
 
-def _ops(model: str, gpus: str | None, device: str, tokens, contexts, iters: int, warmup: int, out, layers) -> None:
+def _ops(model: str, gpus: str | None, device: str, tokens, contexts, iters: int, warmup: int, out, layers,
+         breakdown) -> None:  # fmt: skip
     _need_cuda(device, "--ops")
     from shifttune.profile.ops import OpsSettings, default_ops_path, run_ops  # NOTE: lazy: loads torch
 
@@ -35,7 +36,8 @@ def _ops(model: str, gpus: str | None, device: str, tokens, contexts, iters: int
         iters, warmup = (min(iters, 3), min(warmup, 1)) if (iters, warmup) == (10, 3) else (iters, warmup)
     sizes = parse_ints(gpus, "--gpus") or [1, 2, 4, 8]
     grid = {"tokens": parse_ints(tokens, "--tokens"), "contexts": parse_ints(contexts, "--contexts")}
-    settings = OpsSettings(model, sizes, device, **grid, warmup=warmup, iters=iters, layers=layers)
+    settings = OpsSettings(model, sizes, device, **grid, warmup=warmup, iters=iters, layers=layers,
+                           breakdown=parse_ints(breakdown, "--breakdown"))  # fmt: skip
     out = out or default_ops_path(settings)
     table = run_ops(settings, out, _command(), lambda e: console.print(f"[{e.done}/{e.total}] {e.message}"))
     console.print(f"wrote {out}: {len(table.entries)} entries, {len(table.skipped)} skipped", soft_wrap=True)
@@ -113,10 +115,10 @@ def _compare(paths: tuple[Path, Path], out) -> None:
 
 
 def run_tool(tool: str, *, model, gpus, device, tokens, contexts, iters, warmup, out, compare, op_table,
-             collective_table, layers) -> None:  # fmt: skip
+             collective_table, layers, breakdown) -> None:  # fmt: skip
     try:
         if tool == "ops":
-            _ops(model, gpus, device, tokens, contexts, iters, warmup, out, layers)
+            _ops(model, gpus, device, tokens, contexts, iters, warmup, out, layers, breakdown)
         elif tool == "collectives":
             _collectives(gpus, device, out)
         elif tool == "predict":

@@ -13,7 +13,9 @@ Each step is timed twice: with `layers` decoder layers (default a quarter of the
 and with one. The difference over `layers` - 1 is one decoder layer (`layer_ms`); the one-layer run
 less that is the rest of the step (`head_ms`: upload, embedding, final norm, LM head, graph replay). A full rank step
 is head + num_layers x layer (format: `recommend/op_table.py`). Points whose KV blocks do not fit are
-listed as skipped. Every entry is saved as it is measured; the same command resumes.
+listed as skipped. With `breakdown` (GPU), chosen steps are also split by kernel category (GEMM,
+attention, fused norm/RoPE/SiLU, other) for one layer and for the head, the same way. Every layout is
+saved as it is measured; the same command resumes.
 """
 
 from __future__ import annotations
@@ -32,7 +34,14 @@ from shifttune.engine.profile_schema import model_summary
 from shifttune.parallel.state import Group, ParallelState
 from shifttune.profile.profiler import ProfileSettings
 from shifttune.profile.step_sweep import step_shape
-from shifttune.profile.step_timing import blocks_needed, fill_kv_cache_random, summarize, synthetic_step, time_step
+from shifttune.profile.step_timing import (
+    blocks_needed,
+    breakdown_step,
+    fill_kv_cache_random,
+    summarize,
+    synthetic_step,
+    time_step,
+)
 from shifttune.recommend.gpus import gpu_slug
 from shifttune.recommend.op_table import OpEntry, OpTable, load_op_table
 from shifttune.recommend.predict import factorizations
@@ -68,6 +77,7 @@ class OpsSettings:
     warmup: int = 3
     iters: int = 10
     layers: int | None = None  # decoder layers of the longer timed step; default a quarter of the model's (>= 2)
+    breakdown: list[int] = field(default_factory=list)  # GPU: tokens per step split by kernel category
     gpu_memory_utilization: float = 0.9
 
     def __post_init__(self) -> None:
@@ -140,6 +150,21 @@ def _time_all(runner: ModelRunner, mode: str, points: list[tuple[int, int]], set
         step = synthetic_step(mode, seqs, per, c, runner.config.block_size)
         ms, _ = time_step(runner, step, settings.warmup, settings.iters)
         out[(t, c)] = summarize(ms)
+    return out
+
+
+def _breakdowns(runner: ModelRunner, mode: str, settings: OpsSettings) -> dict:
+    """{(tokens, context): kernel ms per step by category} for the --breakdown steps (GPU only; eager runs
+    under the profiler, `step_timing.breakdown_step`), at 2048 context or the grid's first."""
+    if runner.device.type != "cuda" or not settings.breakdown:
+        return {}
+    c = 2048 if 2048 in settings.contexts else settings.contexts[0]
+    out = {}
+    for t in settings.breakdown:
+        seqs, per = step_shape(t, c, settings.max_decode)
+        if blocks_needed(seqs, c, runner.config.block_size) <= runner.num_kv_blocks:
+            split = breakdown_step(runner, synthetic_step(mode, seqs, per, c, runner.config.block_size), 3)
+            out[(t, c)] = {k: v for k, v in split.items() if isinstance(v, float)}
     return out
 
 
@@ -254,12 +279,19 @@ def run_ops(settings: OpsSettings, out: Path, command: str, progress: Callable[[
         progress(OpsProgress(i, len(plan), f"{label}: {len(todo)} points, {settings.layers} layers and 1"))
         runner = build_rank(settings, tp, sp, settings.layers)
         with_layers = _time_all(runner, mode, todo, settings)
+        split_k = _breakdowns(runner, mode, settings)
         for model in runner.models.values():
             model.layers = model.layers[:1]
         runner.capture_graphs()
         one = _time_all(runner, mode, list(with_layers), settings)
+        split_1 = _breakdowns(runner, mode, settings)
         _release(runner)
         del runner
+        for (t, c), k_cats in split_k.items():
+            layer = {cat: (v - split_1[(t, c)][cat]) / (settings.layers - 1) for cat, v in k_cats.items()}
+            head = {cat: split_1[(t, c)][cat] - layer[cat] for cat in k_cats}
+            table.breakdown = [b for b in table.breakdown if b["key"] != [mode, tp, sp, t, c]]
+            table.breakdown.append({"key": [mode, tp, sp, t, c], "layer_ms": layer, "head_ms": head})
         for t, c in todo:
             if (t, c) not in with_layers or (t, c) not in one:
                 reason = "KV cache too small on one GPU"
