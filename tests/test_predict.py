@@ -344,7 +344,8 @@ def test_recommend_predicts_for_gpus_it_does_not_have(gpus, layouts):
     shift = next(p for p in data["predictions"] if p["label"].startswith("shift (threshold"))
     assert shift["ttft_p50_ms"] > 0 and shift["tpot_p50_ms"] > 0 and shift["output_tok_per_s"] > 0
     assert any("no --rate given" in n for n in data["notes"])
-    text = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", gpus, "--rate", "1"])
+    text = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", gpus, "--rate", "1",
+                                    "--num-requests", "30"])  # fmt: skip
     assert text.exit_code == 0 and "caveat: predicted profile" in text.output
 
 
@@ -356,11 +357,12 @@ def test_recommend_prefers_a_shipped_measured_profile(tmp_path, monkeypatch):
     measured.model = {"name": "llama-3.1-8b"}
     measured.save(tmp_path / "llama-3.1-8b_h100x2.json")
     monkeypatch.setattr(shipped, "SHIPPED_DIR", tmp_path)
-    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--json"])
+    few = ["--num-requests", "30"]
+    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--json", *few])
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)
     assert data["profile_kind"] == "measured" and "caveat" not in data and data["profile"].endswith("h100x2.json")
-    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.1-8b", "--gpus", "2xH200", "--json"])
+    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.1-8b", "--gpus", "2xH200", "--json", *few])
     other = json.loads(r.output)
     assert other["profile_kind"] == "predicted"  # measured on H100s, not H200s
     r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "4"])

@@ -60,7 +60,7 @@ class PredictSettings:
     model: str
     gpus: int
     gpu: str  # GPU slug, e.g. "h200"
-    dtype: str = "bfloat16"
+    dtype: str | None = None  # default: the op table's (bfloat16 for the roofline)
     tokens: list[int] = field(default_factory=list)  # empty: the op table's grid
     contexts: list[int] = field(default_factory=list)
     max_decode: int = 256
@@ -123,8 +123,8 @@ def resolve_op_table(settings: PredictSettings, cfg: ModelConfig) -> tuple[OpTab
         if settings.gpus in table.world_sizes():
             return table, str(shipped)
         why = f"the shipped measured table ({shipped.name}) covers P = {table.world_sizes()}, not {settings.gpus}"
-    table = roofline_table(name, cfg, gpu_spec(settings.gpu), sorted({1, settings.gpus}), settings.dtype,
-                           settings.tokens, settings.contexts)  # fmt: skip
+    table = roofline_table(name, cfg, gpu_spec(settings.gpu), sorted({1, settings.gpus}),
+                           settings.dtype or "bfloat16", settings.tokens, settings.contexts)  # fmt: skip
     return table, f"computed ({why})"
 
 
@@ -136,7 +136,8 @@ def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
     table, table_from = resolve_op_table(settings, cfg)
     name, memory = table.gpu["name"], int(table.gpu["memory_bytes"])
     coll = collective_model_for(settings.gpu, settings.collectives) if p > 1 else None
-    elem = DTYPE_BYTES[settings.dtype]
+    dtype = settings.dtype or table.model.get("dtype", "bfloat16")
+    elem = DTYPE_BYTES[dtype]
     tokens = sorted(set(settings.tokens or table.grid["tokens"]))
     contexts = sorted(set(settings.contexts or table.grid["contexts"]))
     bs = settings.block_size
@@ -211,13 +212,13 @@ def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
         gpus = [{"name": name, "memory_bytes": memory}] * p
         hardware = {"device": device, "gpu_name": name, "gpu_count": p, "gpus": gpus, "predicted": True}
     engine = {"max_decode_batch": settings.max_decode, "warmup": 0, "iters": 0, "device": device,
-              "load_format": "dummy", "ranks": p, "dtype": settings.dtype, "block_size": bs,
+              "load_format": "dummy", "ranks": p, "dtype": dtype, "block_size": bs,
               "cuda_graphs": bool(table.engine.get("cuda_graphs", True)),
               "attention_backend": "triton" if device == "cuda" else "torch"}  # fmt: skip
     return Profile(
         hardware=hardware,
         software={"shifttune": shifttune.__version__},
-        model=model_summary(Path(settings.model).name.lower(), cfg, settings.dtype),
+        model=model_summary(Path(settings.model).name.lower(), cfg, dtype),
         engine=engine,
         grid={"tokens": tokens, "contexts": contexts},
         command=command,
