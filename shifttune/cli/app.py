@@ -13,6 +13,7 @@ from shifttune.cli.generate import generate
 from shifttune.cli.profile import profile
 from shifttune.cli.recommend import recommend
 from shifttune.cli.serve import serve
+from shifttune.cli.top import top
 
 
 class _NoFlagType:
@@ -51,7 +52,7 @@ def main(
     )
 
 
-for command in (generate, profile, recommend, serve, bench):
+for command in (generate, profile, recommend, serve, bench, top):
     app.command(cls=Command)(command)
 
 if __name__ == "__main__":

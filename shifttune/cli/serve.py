@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import sys
+import tempfile
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
@@ -65,10 +68,22 @@ def serve(
         Optional[int], typer.Option(help="Requests that may wait; more get 503 (default: no limit).")
     ] = None,
     enforce_eager: Annotated[bool, typer.Option("--enforce-eager", metavar="", help="No CUDA graphs.")] = False,
-    no_tui: Annotated[bool, typer.Option("--no-tui", hidden=True, metavar="")] = False,  # logs are plain for now
+    no_tui: Annotated[
+        bool, typer.Option("--no-tui", metavar="", help="Plain logs in a terminal instead of the live view.")
+    ] = False,
+    log_file: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Where the log goes while the live view runs (default: shifttune-serve-PORT.log in the "
+            "temp directory).",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
 ) -> None:
     """Serve a model over the OpenAI API (/v1/completions, /v1/chat/completions, /v1/models, /metrics, /health).
 
+    In a terminal it shows a live view (mode per step, threshold, load, latencies, GPUs; keys change the
+    policy, q stops the server); --no-tui, or output to a pipe or file, keeps plain logs.
     Ctrl-C or SIGTERM stops it gracefully: in-flight streams end, workers and the port are released.
     """
     from shifttune.config import EngineConfig  # NOTE: lazy: the server stack loads torch and FastAPI
@@ -102,7 +117,13 @@ def serve(
             enforce_eager=enforce_eager,
         )
         settings = ServerSettings(host, port, served_model_name, api_key, max_queue_len)
-        code = run_server(config, settings)
+        view = None
+        if not no_tui and sys.stdout.isatty() and sys.stdin.isatty():
+            from shifttune.tui.attach import TerminalView, local_url
+
+            log = log_file or Path(tempfile.gettempdir()) / f"shifttune-serve-{port}.log"
+            view = TerminalView(local_url(host, port), log, api_key)
+        code = run_server(config, settings, view)
     except ConfigError as e:
         fail_config(e, FLAGS)
     except RuntimeError as e:  # the engine process could not start (its own log says more)

@@ -1,5 +1,6 @@
 """The HTTP surface: FastAPI routes of the OpenAI API (`/v1/completions`, `/v1/chat/completions`,
-`/v1/models`) and `/health`, `/metrics`, `/version`; OpenAI-style error bodies for every refusal; the
+`/v1/models`) and `/health`, `/metrics`, `/version`; shifttune's own `/v1/shifttune/policy` and
+`/v1/shifttune/live` (recent steps and requests, for the live views); OpenAI-style error bodies for every refusal; the
 API key; cancelling a request whose client went away.
 """
 
@@ -135,6 +136,15 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
         engine.config.shift_policy, engine.config.shift_threshold = policy, threshold
         metrics.observe_policy(policy, threshold)
         return PolicyState(policy=policy, threshold=threshold)
+
+    @app.get("/v1/shifttune/live", dependencies=[Depends(authorized)])
+    async def live(after: int = 0) -> JSONResponse:
+        """The steps numbered above `after` (at most the last 1024), the last requests, and what the server runs."""
+        c = engine.config
+        info = {"model": model_name, "tp": c.parallel.tp, "sp": c.parallel.sp, "device": c.device,
+                "policy": c.shift_policy, "threshold": c.shift_threshold, "max_model_len": max_model_len,
+                "version": shifttune.__version__}  # fmt: skip
+        return JSONResponse(info | metrics.live.to_json(after))  # NOTE: not a dict: FastAPI's encoder is slow
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> ModelList:

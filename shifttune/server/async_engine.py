@@ -126,7 +126,7 @@ class AsyncEngine:
         out: asyncio.Queue = asyncio.Queue()
         self.streams[request_id] = out
         self.num_waiting += 1  # until the core's next report says otherwise
-        self.metrics.arrived(request_id)
+        self.metrics.arrived(request_id, len(prompt_ids))
         self._outgoing.put(("add", request_id, prompt_ids, params, prompt_text))
         finished = False
         try:

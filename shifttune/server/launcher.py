@@ -1,13 +1,18 @@
 """Starting and stopping a server: the port first (a port in use is one line, before any GPU is touched),
 then the engine core process, then uvicorn; Ctrl-C / SIGTERM end in-flight streams and release workers
-and ports; an engine that dies makes the process exit non-zero.
+and ports; an engine that dies makes the process exit non-zero. A `ServerView` (the terminal view of
+`shifttune serve`) is started before the engine and stopped after everything else; it may ask the server
+to stop (its `q` key), which is the same graceful stop as Ctrl-C.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import socket
 from dataclasses import dataclass
+from typing import Callable, Protocol
 
 import uvicorn
 
@@ -27,6 +32,14 @@ class ServerSettings:
     api_key: str | None = None
     max_queue_len: int | None = None  # waiting requests beyond this get 503
     log_level: str = "info"
+
+
+class ServerView(Protocol):
+    def start(self, request_stop: Callable[[], None]) -> None:
+        """Called before the engine starts; `request_stop()` (any thread) stops the server gracefully."""
+
+    def stop(self) -> None:
+        """Called last, also when the server failed to start."""
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -54,9 +67,29 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-def serve(config: EngineConfig, settings: ServerSettings) -> int:
+def serve(config: EngineConfig, settings: ServerSettings, view: ServerView | None = None) -> int:
     """Runs until stopped; returns the exit code (0 after a clean stop, 1 when the engine died)."""
     sock = bind(settings.host, settings.port)
+    if view is None:
+        return _serve(config, settings, sock, lambda stop: None)
+    view.start(lambda: stop_server())
+    running: list[uvicorn.Server] = []
+
+    def stop_server() -> None:
+        if running:
+            running[0].engine.request_stop()
+            running[0].should_exit = True  # uvicorn's loop looks every 0.1 s; no signal: exit code 0
+        else:  # still starting: interrupt the wait for the engine as Ctrl-C does
+            os.kill(os.getpid(), signal.SIGINT)
+
+    try:
+        return _serve(config, settings, sock, running.append)
+    finally:
+        view.stop()
+
+
+def _serve(config: EngineConfig, settings: ServerSettings, sock: socket.socket,
+           on_server: Callable[[uvicorn.Server], None]) -> int:  # fmt: skip
     name = settings.served_model_name or config.model
     metrics = ServerMetrics(name)
     metrics.observe_policy(config.shift_policy, config.shift_threshold)
@@ -67,14 +100,16 @@ def serve(config: EngineConfig, settings: ServerSettings) -> int:
         async_engine.stop()
         sock.close()
         raise
-    app = build_app(async_engine, metrics, name, config.max_model_len, settings.api_key)
-    uv_config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
-    server = _Server(uv_config, async_engine)
-    async_engine.on_fatal = lambda: setattr(server, "should_exit", True)
-    par = config.parallel
-    logger.info("serving %s on http://%s:%d (SP=%d x TP=%d, %s, policy %s, threshold %d)", name, settings.host,
-                settings.port, par.sp, par.tp, config.device, config.shift_policy, config.shift_threshold)  # fmt: skip
-    try:
+    try:  # from here on, whatever ends this (also a stop asked for before uvicorn runs) stops the engine
+        app = build_app(async_engine, metrics, name, config.max_model_len, settings.api_key)
+        uv_config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+        server = _Server(uv_config, async_engine)
+        async_engine.on_fatal = lambda: setattr(server, "should_exit", True)
+        on_server(server)
+        par = config.parallel
+        logger.info("serving %s on http://%s:%d (SP=%d x TP=%d, %s, policy %s, threshold %d)", name, settings.host,
+                    settings.port, par.sp, par.tp, config.device, config.shift_policy,
+                    config.shift_threshold)  # fmt: skip
         server.run(sockets=[sock])
     finally:
         async_engine.stop()

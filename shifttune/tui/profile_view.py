@@ -1,5 +1,6 @@
 """Live view of `shifttune profile` in a terminal (Textual): the grid filling in, the current point,
-progress with ETA, and the TP-vs-SP curves growing as points arrive.
+progress with ETA, the TP-vs-SP curves growing as points arrive, and the GPUs from NVML (the log pane and
+GPU panel are the serving view's, `widgets.py`).
 
 The sweep runs in a worker thread; Ctrl-C (or q) asks it to stop after the point in flight, so every
 measured point stays in the profile file and the same command resumes.
@@ -13,10 +14,12 @@ from rich.text import Text
 from textual.app import App, ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
-from textual.widgets import DataTable, Footer, Header, ProgressBar, RichLog, Static
+from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 
 from shifttune.engine.profile_schema import Point, Profile
 from shifttune.profile.profiler import ProfileSettings, ProgressEvent, run_profile
+from shifttune.telemetry.nvml import NvmlSampler
+from shifttune.tui.widgets import GpuPanel, LogPane
 
 
 def _column(point_mode: str, tp: int, sp: int, context: int) -> str:
@@ -33,7 +36,9 @@ class ProfileApp(App):
     #body { height: 1fr; }
     #grid { width: 1fr; }
     #plot { width: 1fr; }
-    #log { height: 6; }
+    #bottom { height: 9; }
+    #log { width: 1fr; border: round $primary; }
+    #gpus { width: 50; border: round $primary; }
     """
     BINDINGS = [
         Binding("ctrl+c", "stop", "stop (keeps measured points)", priority=True),
@@ -55,6 +60,7 @@ class ProfileApp(App):
         self._stop = False
         self._points: list[Point] = []
         self._columns: list[str] = []
+        self.nvml = NvmlSampler()
 
     def compose(self) -> ComposeResult:
         yield Header()
@@ -63,7 +69,9 @@ class ProfileApp(App):
         with Horizontal(id="body"):
             yield DataTable(id="grid", zebra_stripes=True)
             yield Static(id="plot")
-        yield RichLog(id="log", max_lines=200)
+        with Horizontal(id="bottom"):
+            yield LogPane(id="log")
+            yield GpuPanel(self.nvml, id="gpus")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -71,7 +79,15 @@ class ProfileApp(App):
         grid.add_column("tokens", key="tokens")
         for t in self.settings.tokens:
             grid.add_row(str(t), key=str(t))
+        self.query_one("#log").border_title = "log"
+        self.query_one("#gpus").border_title = "GPUs (NVML)"
+        self.nvml.start()
+        gpus = self.query_one("#gpus", GpuPanel)
+        self.set_interval(1.0, lambda: gpus.refresh(layout=True))
         self.run_worker(self._sweep, thread=True, exit_on_error=False)
+
+    def on_unmount(self) -> None:
+        self.nvml.stop()
 
     def _sweep(self) -> None:
         try:
@@ -103,7 +119,7 @@ class ProfileApp(App):
         if event.label and not self._stop:
             self.query_one("#status", Static).update(f"measuring {event.label}")
         if event.message:
-            self.query_one("#log", RichLog).write(event.message)
+            self.query_one("#log", LogPane).write(event.message)
         if event.point is not None:
             self._add_point(event.point)
 
