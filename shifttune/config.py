@@ -228,7 +228,9 @@ class EngineConfig:
     enforce_eager: bool = False  # no CUDA graphs
     cuda_graph_max_tokens: int = 2048  # steps up to this many tokens replay captured CUDA graphs
     attention_backend: str = "auto"  # "auto" (triton on cuda, torch on cpu) | "torch" | "triton"
-    async_scheduling: bool = True  # schedule step n + 1 while the device runs step n (vLLM's name)
+    # schedule step n + 1 while the device runs step n (vLLM's name); None: on for cuda, off for cpu, where
+    # a step runs as it is launched, so the overlap saves nothing and a token would come back a step later
+    async_scheduling: bool | None = None
     seed: int = 0
     master_port: int | None = None
     model_path: Path = field(init=False)
@@ -259,6 +261,8 @@ class EngineConfig:
         one_of("attention_backend", ("auto", "torch", "triton"))
         if self.attention_backend == "torch":  # it loops over host-side metadata, which graphs cannot replay
             self.enforce_eager = True
+        if self.async_scheduling is None:
+            self.async_scheduling = self.device == "cuda"
         if self.shift_threshold < 0:
             raise ConfigError("must be >= 0", field="shift_threshold")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):

@@ -40,7 +40,7 @@ def _decode_message_bytes(llm: LLM, context: int, batch: int = 4, new_tokens: in
 def test_bytes_sent_per_decode_step_do_not_grow_with_context(long_model):
     """P = 2 CPU ranks: a decode step's message holds the batch's changes, not its block tables."""
     with LLM(str(long_model), tensor_parallel_size=2, max_model_len=8448, block_size=16, num_kv_blocks=2200,
-             max_num_batched_tokens=8448, enable_prefix_caching=False) as llm:  # fmt: skip
+             max_num_batched_tokens=8448, enable_prefix_caching=False, async_scheduling=True) as llm:  # fmt: skip
         short = _decode_message_bytes(llm, 512)
         long = _decode_message_bytes(llm, 8192)
     assert len(short) >= 20 and len(long) >= 20
@@ -95,7 +95,7 @@ def test_preemption_and_aborts_under_async_scheduling(hf_models):
     params = SamplingParams(temperature=0.8, seed=3, max_tokens=24, ignore_eos=True)
     with LLM(path, block_size=4) as llm:
         ref = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
-    with LLM(path, block_size=4, num_kv_blocks=24, enable_prefix_caching=False) as llm:
+    with LLM(path, block_size=4, num_kv_blocks=24, enable_prefix_caching=False, async_scheduling=True) as llm:
         engine = llm.llm_engine
         got = [o.outputs[0].token_ids for o in llm.generate(prompts, params)]
         assert engine.stats.num_preemptions > 0

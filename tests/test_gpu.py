@@ -66,13 +66,13 @@ def test_launching_engine_steps_does_not_sync_the_host(hf_models):
            SamplingParams(temperature=0.8, top_p=0.9, seed=1, max_tokens=12, ignore_eos=True),
            SamplingParams(temperature=1.0, top_k=5, min_p=0.05, max_tokens=12, ignore_eos=True, logprobs=2),
            SamplingParams(temperature=0.7, min_tokens=4, stop_token_ids=[3], max_tokens=12)]  # fmt: skip
-    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=256) as llm:
+    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=128) as llm:
         engine = llm.llm_engine
-        llm.generate(PROMPTS + [list(range(1, 301))], [mix[i % 4] for i in range(len(PROMPTS) + 1)])  # warm-up
+        llm.generate(PROMPTS + [list(range(1, 201))], [mix[i % 4] for i in range(len(PROMPTS) + 1)])  # warm-up
         for i, p in enumerate(PROMPTS):
             engine.add_request(f"r{i}", p, mix[i % 4])
         engine.step()
-        engine.add_request("late", list(range(1, 301)), mix[1])  # 300 tokens: past the graphs, eager
+        engine.add_request("late", list(range(1, 201)), mix[1])  # 200 tokens: past the graphs, eager
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
         try:

@@ -30,7 +30,12 @@ def test_prefill_in_one_mode_decode_in_the_other(hf_models, model_kind, tp, sp):
     path = hf_models[model_kind]
     ref, _ = hf_reference(path)
     with LLM(
-        str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, block_size=4, enable_prefix_caching=False
+        str(path),
+        tensor_parallel_size=tp,
+        sequence_parallel_size=sp,
+        block_size=4,
+        enable_prefix_caching=False,
+        async_scheduling=True,  # a step's mode is chosen at launch, before the step before it is read back
     ) as llm:
         for first, then in (("sp", "tp"), ("tp", "sp")):
             tokens, modes = run_with_modes(llm, PROMPTS, first, then)

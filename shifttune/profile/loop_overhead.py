@@ -7,8 +7,11 @@ weight-read floor, with where its GPU time goes; and offline throughput through 
 For each case, `batch` requests whose prompts fill the context decode together; loop_ms is the median
 wall time of `step()` over the steps where all of them decode (schedule, inputs, model, sampling,
 stop checks, outputs; with async scheduling, one call launches a step and reads back the one before);
-gpu_ms is the median of the same shape run through `time_step` (graph replay, logits included, no
-sampling). ratio = loop_ms / gpu_ms. Offline: 256 random 1024-token prompts, 128 tokens each,
+gpu_ms is the device time of the same shape's CUDA graph replayed back to back with its inputs in place
+(the model and its logits; no input building, no sampling, no host). ratio = loop_ms / gpu_ms.
+device_ms is the engine's own record of its steps (CUDA events around inputs, model and sampling), and
+call_ms the older measure (`time_step`: one `execute_model` call between events, host upload included).
+Offline: 256 random 1024-token prompts, 128 tokens each,
 temperature 0.8, top-p 0.95, a seed per request, output tokens per second of one `LLM.generate` call.
 The script uses the package's public API only, so the same file can time an older checkout.
 """
@@ -61,13 +64,36 @@ def decode_steps(engine: LLMEngine, batch: int, prompt_len: int, params_of) -> l
     return out
 
 
+def replay_ms(runner, step, iters: int) -> float:
+    """Device ms of `step`'s CUDA graph replayed `iters` times back to back, inputs uploaded once (run on
+    every rank through `collective_rpc`)."""
+    import torch
+
+    with torch.inference_mode():
+        runner.execute_model(step)  # puts the inputs in the graph's buffers
+        graphs = runner.graphs
+        graph = graphs.graphs[(step.mode, next(b for b in graphs.buckets if b >= len(step.input_ids)))]
+        for _ in range(3):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / iters
+
+
 def measure(engine: LLMEngine, batch: int, context: int, sampling: str, new_tokens: int) -> dict:
-    walls = [w for w, _ in decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens))]
+    steps = decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens))
     step = synthetic_step(TP, batch, 1, context, engine.config.block_size)
-    gpu, _ = engine.executor.collective_rpc(time_step, step, 3, 20)
-    loop_ms, gpu_ms = percentile(walls, 0.5), percentile(gpu, 0.5)
+    call, _ = engine.executor.collective_rpc(time_step, step, 3, 20)
+    loop_ms, call_ms = percentile([w for w, _ in steps], 0.5), percentile(call, 0.5)
+    device_ms = percentile([1e3 * s.duration_s for _, s in steps], 0.5)
+    gpu_ms = engine.executor.collective_rpc(replay_ms, step, 20) if engine.config.device == "cuda" else call_ms
     return {"batch": batch, "context": context, "sampling": sampling, "loop_ms": loop_ms, "gpu_ms": gpu_ms,
-            "ratio": loop_ms / gpu_ms, "decode_steps": len(walls)}  # fmt: skip
+            "ratio": loop_ms / gpu_ms, "device_ms": device_ms, "call_ms": call_ms,
+            "decode_steps": len(steps)}  # fmt: skip
 
 
 def offline_throughput(llm: LLM, num_prompts: int = 256, prompt_len: int = 1024, new_tokens: int = 128) -> dict:
@@ -115,7 +141,8 @@ def main(argv: list[str] | None = None) -> None:
             r = measure(engine, batch, context, sampling, args.new_tokens)
             result["rows"].append(r)
             print(f"batch {batch:>3} context {context:>5} {sampling:<45} loop {r['loop_ms']:7.2f} ms  "
-                  f"gpu {r['gpu_ms']:7.2f} ms  x{r['ratio']:.3f}", flush=True)  # fmt: skip
+                  f"gpu {r['gpu_ms']:7.2f} ms  x{r['ratio']:.3f}  device {r['device_ms']:7.2f}  "
+                  f"call {r['call_ms']:7.2f}", flush=True)  # fmt: skip
         if args.device == "cuda":
             b1 = next((r for r in result["rows"] if r["batch"] == 1 and r["context"] == 2048), None)
             if b1 is not None:

@@ -126,7 +126,7 @@ class StepGraphs:
         self.slots[num_tokens:b].fill_(self.scratch_slot)
         self.qsl[num_seqs + 1 : s + 1].fill_(b)  # one padding sequence owns tokens num_tokens..b
         if num_seqs < s:
-            self.seq_lens[num_seqs] = max(1, b - num_tokens)
+            self.seq_lens[num_seqs : num_seqs + 1].fill_(max(1, b - num_tokens))  # a fill: no host-to-device copy
             self.seq_lens[num_seqs + 1 : s].fill_(1)
         if self.rows_in_use > num_seqs:
             self.block_tables[num_seqs : self.rows_in_use].fill_(self.runner.scratch_block)
