@@ -7,7 +7,9 @@ For each concurrency c (1, 32, 256, and "inf": every prompt sent at once) the sa
 sequences running (`LLMEngine.step` until done, as `LLM.generate` does), and served, through
 `shifttune bench` with at most c requests in flight against `shifttune serve` (started as a subprocess
 with the same engine settings). Rows: output throughput of both and their ratio, and TPOT (mean over
-requests of (E2E - TTFT) / (output tokens - 1)) of both. Warm-up runs come first on each side.
+requests of (E2E - TTFT) / (output tokens - 1)) of both. Warm-up runs come first on each side. With
+`--repeats N` every case runs N times on each side (cases interleaved: 1, 32, 256, inf, 1, 32, ...) and
+each row reports the median throughput and TPOT over the repeats, with every repeat kept in the row.
 """
 
 from __future__ import annotations
@@ -94,7 +96,8 @@ def measure_offline(args, cases) -> list[dict]:
         tok = load_tokenizer(PROMPT_TOKENIZER)
         prompts = {c: [r.prompt for r in build_requests(bench_config("http://x", c, n, args), tok)] for c, n in cases}
         offline_run(engine, prompts[cases[-1][0]][:256], args.output_len, None)  # warm-up: every step shape
-        return [offline_run(engine, prompts[c], args.output_len, c) for c, _ in cases]
+        runs = [[offline_run(engine, prompts[c], args.output_len, c) for c, _ in cases] for _ in range(args.repeats)]
+        return [_median_run([r[i] for r in runs]) for i in range(len(cases))]
     finally:
         engine.shutdown()
 
@@ -106,13 +109,23 @@ def measure_server(args, cases, log: Path) -> list[dict]:
     with ServeProcess(cmd, port, log) as server:
         server.wait_healthy(900)
         run_bench(bench_config(server.base_url, None, 256, args))  # warm-up: every step shape
-        records = []
-        for c, n in cases:
-            steps, busy = server_steps(server.base_url)
-            record = run_bench(bench_config(server.base_url, c, n, args)).records[0]
-            steps_after, busy_after = server_steps(server.base_url)
-            records.append(record | {"steps": steps_after - steps, "step_seconds": busy_after - busy})
-        return records
+        runs = []
+        for _ in range(args.repeats):
+            runs.append([])
+            for c, n in cases:
+                steps, busy = server_steps(server.base_url)
+                record = run_bench(bench_config(server.base_url, c, n, args)).records[0]
+                steps_after, busy_after = server_steps(server.base_url)
+                record = {k: v for k, v in record.items() if not isinstance(v, list)}
+                runs[-1].append(record | {"steps": steps_after - steps, "step_seconds": busy_after - busy})
+        return [_median_run([r[i] for r in runs]) for i in range(len(cases))]
+
+
+def _median_run(runs: list[dict]) -> dict:
+    """The repeat with the median output throughput, with every repeat's throughput and TPOT alongside."""
+    mid = sorted(runs, key=lambda r: r["output_throughput"])[len(runs) // 2]
+    return mid | {"repeats": [{"output_throughput": r["output_throughput"], "mean_tpot_ms": r["mean_tpot_ms"],
+                               "steps": r["steps"]} for r in runs]}  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -124,10 +137,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the prompt counts (e.g. 0.1 for a smoke run)")
     ap.add_argument("--server-first", action="store_true", help="measure the server before the offline engine")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of every case on each side (rows: the median)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     cases = [(c, max(1, int(n * args.scale))) for c, n in CASES]
     log = args.out.with_suffix(".serve.log")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.server_first:  # the order shows whether the GPU's state (clocks, heat) moves the numbers
         served, offline = measure_server(args, cases, log), measure_offline(args, cases)
     else:
