@@ -156,7 +156,7 @@ def main(argv: list[str] | None = None) -> None:
             "offline_mean_tpot_ms": off["mean_tpot_ms"], "server_mean_tpot_ms": srv["mean_tpot_ms"],
             "tpot_ratio": srv["mean_tpot_ms"] / off["mean_tpot_ms"],
             "server_median_ttft_ms": srv["median_ttft_ms"], "server_failed": srv["failed"],
-            "offline": off, "server": {k: v for k, v in srv.items() if not isinstance(v, list)},
+            "offline": off, "server": {k: v for k, v in srv.items() if not isinstance(v, list) or k == "repeats"},
         })  # fmt: skip
         print(f"c={rows[-1]['concurrency']:>4}: offline {off['output_throughput']:9.1f} tok/s, server "
               f"{srv['output_throughput']:9.1f} tok/s ({rows[-1]['throughput_ratio']:.3f}); TPOT offline "
