@@ -263,7 +263,7 @@ def test_the_mode_badge_follows_the_steps_the_engine_runs(cpu_server, tmp_path):
 
     async def run() -> ServingApp:
         timing = tmp_path / "timing.json"
-        app = Watched(ServerSource(url), NvmlSampler(nvml=FakeNvml(driver=False)), timing_path=timing)
+        app = Watched(ServerSource(url), NvmlSampler(nvml=FakeNvml(driver=False)), interval_s=0.1, timing_path=timing)
         async with app.run_test(size=(150, 46)) as pilot:
             await until(lambda: app.snapshot is not None and app.snapshot.kind == "shifttune")
             first = app.source.last_step
@@ -358,7 +358,8 @@ def test_top_reads_a_vllm_server_by_its_metric_names():
 
     now = [0.0]
     client = httpx.AsyncClient(base_url="http://vllm.test", transport=httpx.MockTransport(handler))
-    source = ServerSource("http://vllm.test", threshold=256, client=client, clock=lambda: now[0], wall=lambda: 1090.0)
+    source = ServerSource("http://vllm.test", threshold=256, client=client, metrics_every_s=0.5, clock=lambda: now[0],
+                          wall=lambda: 1090.0)  # fmt: skip
 
     async def run() -> tuple[ServingSnapshot, ServingApp]:
         for _ in range(3):

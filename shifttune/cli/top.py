@@ -15,6 +15,7 @@ from typing import Annotated, Optional
 import typer
 
 from shifttune.cli.common import fail
+from shifttune.tui.snapshot import REFRESH_S
 
 
 def top(
@@ -28,7 +29,7 @@ def top(
     api_key: Annotated[
         Optional[str], typer.Option(help="The server's --api-key (also from $SHIFTTUNE_API_KEY).", show_default=False)
     ] = None,
-    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = 0.1,
+    interval: Annotated[float, typer.Option(help="Seconds between refreshes.")] = REFRESH_S,
     attach_fd: Annotated[Optional[int], typer.Option(hidden=True)] = None,  # serve's view: its pipe to the server
     log_file: Annotated[Optional[Path], typer.Option(hidden=True)] = None,  # serve's view: the log it follows
 ) -> None:

@@ -23,7 +23,10 @@ import threading
 from pathlib import Path
 from typing import Callable
 
+from shifttune.tui.snapshot import REFRESH_S
+
 logger = logging.getLogger("shifttune.server")
+VIEW_NICENESS = 10
 
 
 def local_url(host: str, port: int) -> str:
@@ -38,7 +41,7 @@ def local_url(host: str, port: int) -> str:
 class TerminalView:
     """The launcher's `ServerView` for a terminal (see `shifttune.server.launcher`)."""
 
-    def __init__(self, url: str, log_file: Path, api_key: str | None = None, interval_s: float = 0.1):
+    def __init__(self, url: str, log_file: Path, api_key: str | None = None, interval_s: float = REFRESH_S):
         self.url, self.log_file, self.api_key, self.interval_s = url, log_file, api_key, interval_s
         self.proc: subprocess.Popen | None = None
         self._lock = threading.Lock()
@@ -56,7 +59,9 @@ class TerminalView:
         env = os.environ | ({"SHIFTTUNE_API_KEY": self.api_key} if self.api_key else {})
         cmd = [sys.executable, "-m", "shifttune.cli", "top", "--url", self.url, "--interval", str(self.interval_s),
                "--attach-fd", str(read), "--log-file", str(self.log_file)]  # fmt: skip
-        self.proc = subprocess.Popen(cmd, stdout=self._terminal[0], stderr=self._terminal[1], pass_fds=(read,), env=env)
+        # NOTE: niced: where cores are short (CPU ranks), the engine's processes come first and the view waits
+        self.proc = subprocess.Popen(cmd, stdout=self._terminal[0], stderr=self._terminal[1], pass_fds=(read,), env=env,
+                                     preexec_fn=lambda: os.nice(VIEW_NICENESS))  # fmt: skip
         os.close(read)
         os.dup2(log.fileno(), 1)  # NOTE: at the descriptor level, so the engine's processes inherit the file
         os.dup2(log.fileno(), 2)

@@ -7,11 +7,15 @@ quantiles of what was observed inside the window (interpolated within buckets as
 from __future__ import annotations
 
 import math
+import re
 from collections import deque
 from dataclasses import dataclass
 
-from prometheus_client.parser import text_string_to_metric_families
-
+# `name{label="value",...} value [timestamp]`, the text exposition format (a regex: prometheus_client's own
+# parser took ~6 ms for our /metrics, a tenth of a refresh)
+_SAMPLE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?[ \t]+(\S+)(?:[ \t]+\S+)?[ \t]*$")
+_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+_ESCAPES = {"\\\\": "\\", '\\"': '"', "\\n": "\n"}
 Series = dict[str, list[tuple[dict[str, str], float]]]
 
 
@@ -42,11 +46,26 @@ class Scrape:
         return sorted((float(le), n) for le, n in self.by_label(f"{name}_bucket", "le").items())
 
 
+def _unescape(value: str) -> str:
+    return re.sub(r"\\[\\\"n]", lambda m: _ESCAPES[m.group(0)], value) if "\\" in value else value
+
+
 def parse(text: str, time: float) -> Scrape:
+    """Samples of a Prometheus text exposition; comments and lines that are not samples are skipped."""
     series: Series = {}
-    for family in text_string_to_metric_families(text):
-        for s in family.samples:
-            series.setdefault(s.name, []).append((s.labels, s.value))
+    for line in text.splitlines():
+        if not line or line[0] == "#":
+            continue
+        m = _SAMPLE.match(line)
+        if m is None:
+            continue
+        name, labels, value = m.groups()
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        parsed = {k: _unescape(v) for k, v in _LABEL.findall(labels)} if labels else {}
+        series.setdefault(name, []).append((parsed, number))
     return Scrape(time, series)
 
 

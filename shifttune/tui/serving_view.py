@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -26,10 +27,11 @@ from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
 from shifttune.telemetry.nvml import NvmlSampler
-from shifttune.tui.snapshot import MODE_NAMES, SP, TP, ServingSnapshot
+from shifttune.tui.snapshot import MODE_NAMES, REFRESH_S, SP, TP, ServingSnapshot
 from shifttune.tui.sources import PolicyError, Source
 from shifttune.tui.widgets import MODE_COLORS, GpuPanel, LogPane, bar, big_mode, mode_strip, token_chart
 
+SLOW_PARTS_S = 0.5  # what changes slowly or is read at most this often anyway (/metrics) is drawn at most this often
 HELP = """\
 [b]shifttune live view[/b]
 
@@ -121,7 +123,7 @@ class ServingApp(App):
     ]
 
     def __init__(self, source: Source, nvml: NvmlSampler | None = None, role: str = "top",
-                 log_file: Path | None = None, interval_s: float = 0.1, parent_fd: int | None = None,
+                 log_file: Path | None = None, interval_s: float = REFRESH_S, parent_fd: int | None = None,
                  timing_path: Path | None = None):  # fmt: skip
         super().__init__()
         self.source, self.nvml, self.role = source, nvml, role
@@ -139,6 +141,7 @@ class ServingApp(App):
         self._nvml_seen = None
         self._polling = False
         self._drawn: dict[str, object] = {}  # widget id -> what its current drawing was made from
+        self._slow_drawn = -math.inf
 
     # ---- layout -----------------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -174,6 +177,7 @@ class ServingApp(App):
     def on_resize(self) -> None:
         """A new terminal size: redraw what was drawn for the old one once the layout is done."""
         if self.snapshot is not None:
+            self._slow_drawn = -math.inf
             self.call_after_refresh(self.show, self.snapshot)
 
     def _parent_readable(self) -> None:
@@ -220,7 +224,8 @@ class ServingApp(App):
         return widget
 
     def show(self, snap: ServingSnapshot) -> None:
-        """Draws one snapshot (and the GPUs when the sampler has a new reading); unchanged parts are left alone."""
+        """Draws one snapshot: the mode, timeline and header at every refresh, the rest (rates, latencies,
+        requests, GPUs, log) at most every SLOW_PARTS_S; parts whose data did not change are left alone."""
         self.snapshot = s = snap
         if s.threshold is not None:
             self.threshold = s.threshold
@@ -235,10 +240,14 @@ class ServingApp(App):
             badge.styles.background = MODE_COLORS.get(s.mode, "#333333")
         recent = s.cells[-3 * 240 :]  # more than the widest strip shows
         self._update("strip", recent, lambda w: mode_strip(s.cells, w.content_size.width, 3))
-        self._update("share", s.share, lambda w: self._share(s))
         self._update("tokens", (recent, s.threshold),
                      lambda w: token_chart(s.cells, w.content_size.width, 4, s.threshold))  # fmt: skip
         self.query_one("#timeline").border_title = self._timeline_title(s)
+        now = time.monotonic()
+        if now - self._slow_drawn < SLOW_PARTS_S:
+            return
+        self._slow_drawn = now
+        self._update("share", s.share, lambda w: self._share(s))
         self._update("load", (s.running, s.waiting, s.kv_usage, s.kv_blocks, s.prompt_tps, s.generation_tps, s.ttft,
                               s.tpot, s.tpot_name, s.latency_span), lambda w: self._load(s))  # fmt: skip
         self._update("requests", (s.kind, s.requests), lambda w: self._requests(s, w.content_size.height))
@@ -335,6 +344,7 @@ class ServingApp(App):
             self._say(str(e), error=True)
             return
         self._say(f"policy {self.policy}, threshold {self.threshold} (from the next step)")
+        self._slow_drawn = -math.inf
 
     def _say(self, message: str, error: bool = False) -> None:
         self.messages.append(message)

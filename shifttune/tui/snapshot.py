@@ -6,6 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# NOTE: 4 refreshes a second: at 10 a second the view took ~20% of a core (Textual's frame + two GETs) on the
+# 2-core CPU machine, where that core is the engine's; at 4 it takes ~9% (docs/tui.md).
+REFRESH_S = 0.25
 TP, SP = "tp", "sp"  # as shifttune.config.MODES (the view does not import the engine's config)
 MODE_NAMES = {TP: "TP", SP: "SP×TP"}
 

@@ -84,7 +84,7 @@ def _vllm_estimate(buckets: list[tuple[float, float]], threshold: float) -> tupl
 
 class ServerSource:
     def __init__(self, url: str, api_key: str | None = None, threshold: int | None = None,
-                 client: httpx.AsyncClient | None = None, metrics_every_s: float = 0.5,
+                 client: httpx.AsyncClient | None = None, metrics_every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):  # fmt: skip
         self.url = url.rstrip("/")
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
@@ -111,7 +111,7 @@ class ServerSource:
     async def poll(self) -> ServingSnapshot:
         now = self.clock()
         try:
-            if self.kind != "shifttune" or now - self._last_scrape >= self.metrics_every_s:
+            if not self.kind or now - self._last_scrape >= self.metrics_every_s:
                 await self._scrape(now)
             if self.kind == "shifttune":
                 await self._poll_live()
