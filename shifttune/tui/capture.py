@@ -83,6 +83,39 @@ def step_counters(url: str) -> dict[str, tuple[float, float]]:
     return {m: (steps[m], seconds.get(m, 0.0)) for m in steps}
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_text().replace("\0", " ")
+    except OSError:
+        return ""
+
+
+def _cpu_seconds(pid: int) -> float:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def server_processes(port: int) -> dict[str, list[int]]:
+    """The server's processes by role: http (uvicorn, the serve command), engine (core and ranks), view."""
+    found = subprocess.run(["pgrep", "-f", "--", f"--port {port}"], capture_output=True, text=True).stdout.split()
+    serve = [int(p) for p in found if _cmdline(int(p)).startswith(sys.executable) and " serve " in _cmdline(int(p))]
+    roles: dict[str, list[int]] = {"http": serve, "engine": [], "view": []}
+    todo = list(serve)
+    while todo:
+        kids = subprocess.run(["pgrep", "-P", str(todo.pop())], capture_output=True, text=True).stdout.split()
+        for kid in map(int, kids):
+            cmd = _cmdline(kid)
+            if "shifttune.cli top" in cmd:
+                roles["view"].append(kid)
+            elif "spawn_main" in cmd:
+                roles["engine"].append(kid)
+            todo.append(kid)
+    return roles
+
+
 class _Terminal:
     """The served command with the view on a terminal: a tmux session, or a pseudo-terminal we drain."""
 
@@ -154,23 +187,37 @@ def _serve_argv(s: Settings, port: int, tui: bool, log: Path) -> list[str]:
     return [*argv, "--log-file", str(log)] if tui else [*argv, "--no-tui"]
 
 
-def _screenshots(term: _Terminal, bench: subprocess.Popen, url: str, s: Settings, shots: Path) -> list[str]:
-    """While the bench runs: a screenshot each time at least 2 s and a fresh batch of steps have passed."""
-    taken: list[str] = []
-    last, last_steps = time.time(), sum(n for n, _ in step_counters(url).values())
-    while bench.poll() is None and len(taken) < s.shots:
+def _screenshots(term: _Terminal, bench: subprocess.Popen, s: Settings, shots: Path) -> list[dict]:
+    """While the bench runs, every second: an SVG from the view's `w` key and, under tmux, the screen's text.
+    Kept: the first `s.shots`, and the first showing a mode none of those showed (the badge says which)."""
+    taken: list[dict] = []
+    modes: set[str] = set()
+    while bench.poll() is None:
         time.sleep(0.5)
-        steps = sum(n for n, _ in step_counters(url).values())
-        if time.time() - last >= 2.0 and steps > last_steps + 20:
-            term.press("w")
-            name = f"screen_{len(taken) + 1}"
-            time.sleep(0.7)
-            for ansi, suffix in ((False, ".txt"), (True, ".ansi")):
-                text = term.text(ansi)
-                if text is not None:
-                    (shots / f"{name}{suffix}").write_text(text)
-            taken.append(name)
-            last, last_steps = time.time(), steps
+        text, ansi = term.text(False), term.text(True)
+        before = set(shots.glob("*.svg"))
+        term.press("w")
+        deadline = time.time() + 10
+        while not (new := sorted(set(shots.glob("*.svg")) - before)) and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.2)  # written in one go, but let it finish
+        mode = None
+        if text is not None:
+            mode = "sp" if "Ulysses" in text else "tp" if "tensor parallel" in text else None
+        if len(taken) >= s.shots and (mode is None or mode in modes):
+            for path in new:
+                path.unlink()
+            if text is None or len(modes) >= 2:
+                break
+            continue
+        name = f"screen_{len(taken) + 1}"
+        for path in new[:1]:
+            path.rename(shots / f"{name}.svg")
+        if text is not None:
+            (shots / f"{name}.txt").write_text(text)
+            (shots / f"{name}.ansi").write_text(ansi or "")
+        taken.append({"name": name, "mode": mode, "svg": bool(new)})
+        modes.add(mode) if mode else None
     return taken
 
 
@@ -197,12 +244,16 @@ def run_once(s: Settings, tui: bool, tag: str) -> dict:
         startup_s = time.time() - started
         httpx.post(f"{url}/v1/completions", json={"prompt": "warm up", "max_tokens": 4}, timeout=600)
         before = step_counters(url)
+        roles = server_processes(port)
+        cpu0, wall0 = {r: sum(map(_cpu_seconds, pids)) for r, pids in roles.items()}, time.time()
         bench_out = s.out / f"bench_{tag}.json"
         bench = subprocess.Popen([*CLI, "bench", "--base-url", url, "--out", str(bench_out), *s.bench_args],
                                  stdout=open(s.out / f"bench_{tag}.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
-        taken = _screenshots(term, bench, url, s, shots) if term is not None else []
+        taken = _screenshots(term, bench, s, shots) if term is not None else []
         bench.wait()
         after = step_counters(url)
+        wall = time.time() - wall0
+        cpu = {r: (sum(map(_cpu_seconds, pids)) - cpu0[r]) / wall for r, pids in roles.items() if pids}
     finally:
         if term is not None:
             term.press("q")
@@ -224,7 +275,7 @@ def run_once(s: Settings, tui: bool, tag: str) -> dict:
     result = {"run": tag, "tui": tui, "terminal": ("tmux" if term.tmux else "pty") if term else None,
               "exit_code": code, "startup_s": round(startup_s, 1), "steps": steps,
               "mean_step_ms": seconds / steps * 1e3 if steps else None, "per_mode": per_mode,
-              "screenshots": taken}  # fmt: skip
+              "cpu_cores_during_bench": {r: round(c, 3) for r, c in cpu.items()}, "screenshots": taken}  # fmt: skip
     if bench_out.exists():
         data = json.loads(bench_out.read_text())
         r = data.get("results", [data])[0]  # one rate: the record itself; a sweep: under "results"
@@ -243,16 +294,18 @@ def run_once(s: Settings, tui: bool, tag: str) -> dict:
 
 
 def _refresh_summary(s: Settings) -> dict | None:
-    totals, polls = [], []
+    totals, polls, cpu, wall = [], [], 0.0, 0.0
     for path in sorted(s.out.glob("refresh_*.json")):
         data = json.loads(path.read_text())
         totals += [t for _, _, t in data["refreshes"]]
         polls += [p for p, _, _ in data["refreshes"]]
+        cpu, wall = cpu + data.get("cpu_s", 0.0), wall + data.get("wall_s", 0.0)
     if not totals:
         return None
-    q = statistics.quantiles(totals, n=100) if len(totals) > 1 else [totals[0]] * 99
+    q = statistics.quantiles(totals, n=100, method="inclusive") if len(totals) > 1 else [totals[0]] * 99
     return {"refreshes": len(totals), "p50_ms": q[49] * 1e3, "p90_ms": q[89] * 1e3, "p99_ms": q[98] * 1e3,
             "max_ms": max(totals) * 1e3, "poll_p50_ms": statistics.median(polls) * 1e3,
+            "interval_s": data["interval_s"], "view_cpu_share_of_a_core": cpu / wall if wall else None,
             "what": "poll of /metrics + /v1/shifttune/live, widgets, until the frame was written"}  # fmt: skip
 
 
@@ -288,9 +341,10 @@ def capture(s: Settings) -> dict:
         "refresh": _refresh_summary(s),
         "runs": runs,
     }  # fmt: skip
-    shots = sorted(s.out.glob("shots_tui_*/*.svg"))
-    if shots:
-        shutil.copy(shots[len(shots) // 2], s.out / f"tui_{s.device}.svg")
+    shots = [(r["run"], t) for r in runs for t in r.get("screenshots", []) if t["svg"]]
+    if shots:  # one for the docs: the SP x TP badge if a shot caught it
+        run, shot = sorted(shots, key=lambda x: x[1]["mode"] != "sp")[0]
+        shutil.copy(s.out / f"shots_{run}" / f"{shot['name']}.svg", s.out / f"tui_{s.device}.svg")
     (s.out / f"tui_capture_{s.device}.json").write_text(json.dumps(summary, indent=1))
     return summary
 
@@ -312,8 +366,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--deadline", type=float, default=540.0, help="start no run after this many seconds")
     a = p.parse_args(argv)
     cpu = a.device == "cpu"
-    bench = a.bench or ("--num-prompts 48 --input-len 32:192 --output-len 24 --rate 6 --seed 0" if cpu else
-                        "--num-prompts 400 --input-len 1024 --output-len 128 --rate 12 --seed 0")  # fmt: skip
+    bench = a.bench or ("--num-prompts 64 --input-len 32:192 --output-len 24 --rate 6 --seed 0" if cpu else
+                        "--num-prompts 300 --input-len 1024 --output-len 128 --rate 12 --seed 0")  # fmt: skip
     cols, rows = (int(x) for x in a.size.lower().split("x"))
     s = Settings(a.out, a.model, a.device, a.tp, a.sp if a.sp is not None else (2 if cpu else 1),
                  a.threshold if a.threshold is not None else (16 if cpu else 256),

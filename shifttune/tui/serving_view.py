@@ -171,6 +171,7 @@ class ServingApp(App):
             log.follow(self.log_file)
         if self.parent_fd is not None:
             asyncio.get_running_loop().add_reader(self.parent_fd, self._parent_readable)
+        self._started = (time.monotonic(), time.process_time())
         self.set_interval(self.interval_s, self.tick)
         self.call_after_refresh(self.tick)  # after the first layout: the charts need their widths
 
@@ -355,8 +356,11 @@ class ServingApp(App):
         self.push_screen(HelpScreen(HELP.format(quit=quit_text)))
 
     def action_screenshot(self) -> None:
-        path = self.save_screenshot(path=os.environ.get("SHIFTTUNE_SCREENSHOT_DIR") or None)
-        self._say(f"screenshot: {path}")
+        scripted = os.environ.get("SHIFTTUNE_SCREENSHOT_DIR")  # a script takes them: no notice in the next one
+        path = self.save_screenshot(path=scripted or None)
+        self.messages.append(f"screenshot: {path}")
+        if not scripted:
+            self.notify(f"screenshot: {path}", timeout=3)
 
     def action_quit_view(self) -> None:
         if self.role == "serve":
@@ -366,7 +370,9 @@ class ServingApp(App):
     async def on_unmount(self) -> None:
         await self.source.aclose()
         if self.timing_path is not None and self.timings:
-            self.timing_path.write_text(json.dumps({"interval_s": self.interval_s, "refreshes": self.timings}))
+            wall, cpu = time.monotonic() - self._started[0], time.process_time() - self._started[1]
+            self.timing_path.write_text(json.dumps({"interval_s": self.interval_s, "wall_s": wall, "cpu_s": cpu,
+                                                    "refreshes": self.timings}))  # fmt: skip
 
 
 class AttachedServingApp(ServingApp):
