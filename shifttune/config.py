@@ -114,6 +114,18 @@ class ModelConfig:
         return self.num_layers * per_layer + emb + h
 
 
+def read_json_file(path: Path, what: str, error: type[Exception]) -> dict:
+    """A JSON file a user named (`what`: "profile", "operator table"...); `error` with one clear line if it
+    is missing or not JSON."""
+    path = Path(path)
+    if not path.is_file():
+        raise error(f"{what} {path} does not exist")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise error(f"{what} {path} is not valid JSON: {e}") from None
+
+
 def resolve_model_path(model: str) -> Path:
     """A local HF directory or the name of a bundled model (e.g. `llama-3.3-70b`, or `tiny`, which ships
     with its weights)."""

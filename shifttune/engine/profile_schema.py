@@ -36,7 +36,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shifttune.config import MODES, SP, TP, ConfigError, ModelConfig
+from shifttune.config import MODES, SP, TP, ConfigError, ModelConfig, read_json_file
 
 SCHEMA, VERSION = "shifttune.profile", 2
 V1_LAYOUT_NAMES = {"base": SP, "shift": TP}
@@ -205,11 +205,4 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
 
 
 def load_profile(path: Path) -> Profile:
-    path = Path(path)
-    if not path.is_file():
-        raise ProfileError(f"profile {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise ProfileError(f"profile {path} is not valid JSON: {e}") from None
-    return profile_from_dict(data, str(path))
+    return profile_from_dict(read_json_file(path, "profile", ProfileError), str(path))

@@ -37,7 +37,7 @@ import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shifttune.config import MODES, TP, ConfigError
+from shifttune.config import MODES, TP, ConfigError, read_json_file
 
 SCHEMA, VERSION = "shifttune.op_table", 1
 OP_TABLE_DIR = Path(__file__).resolve().parent.parent / "data" / "op_tables"
@@ -157,14 +157,7 @@ def op_table_from_dict(data: dict, source: str = "op table") -> OpTable:
 
 
 def load_op_table(path: Path) -> OpTable:
-    path = Path(path)
-    if not path.is_file():
-        raise OpTableError(f"operator table {path} does not exist")
-    try:
-        data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise OpTableError(f"operator table {path} is not valid JSON: {e}") from None
-    return op_table_from_dict(data, str(path))
+    return op_table_from_dict(read_json_file(path, "operator table", OpTableError), str(path))
 
 
 def op_table_path(model: str, gpu_slug: str, directory: Path | None = None) -> Path:
