@@ -26,7 +26,6 @@ from typing import Callable
 from shifttune.tui.snapshot import REFRESH_S
 
 logger = logging.getLogger("shifttune.server")
-VIEW_NICENESS = 10
 
 
 def local_url(host: str, port: int) -> str:
@@ -59,9 +58,7 @@ class TerminalView:
         env = os.environ | ({"SHIFTTUNE_API_KEY": self.api_key} if self.api_key else {})
         cmd = [sys.executable, "-m", "shifttune.cli", "top", "--url", self.url, "--interval", str(self.interval_s),
                "--attach-fd", str(read), "--log-file", str(self.log_file)]  # fmt: skip
-        # NOTE: niced: where cores are short (CPU ranks), the engine's processes come first and the view waits
-        self.proc = subprocess.Popen(cmd, stdout=self._terminal[0], stderr=self._terminal[1], pass_fds=(read,), env=env,
-                                     preexec_fn=lambda: os.nice(VIEW_NICENESS))  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdout=self._terminal[0], stderr=self._terminal[1], pass_fds=(read,), env=env)
         os.close(read)
         os.dup2(log.fileno(), 1)  # NOTE: at the descriptor level, so the engine's processes inherit the file
         os.dup2(log.fileno(), 2)

@@ -187,13 +187,19 @@ def _serve_argv(s: Settings, port: int, tui: bool, log: Path) -> list[str]:
     return [*argv, "--log-file", str(log)] if tui else [*argv, "--no-tui"]
 
 
-def _screenshots(term: _Terminal, bench: subprocess.Popen, s: Settings, shots: Path) -> list[dict]:
-    """While the bench runs, every second: an SVG from the view's `w` key and, under tmux, the screen's text.
-    Kept: the first `s.shots`, and the first showing a mode none of those showed (the badge says which)."""
+def _screenshots(term: _Terminal, url: str, s: Settings, shots: Path, limit_s: float = 60.0) -> list[dict]:
+    """Under the bench's load again (restarted when it ends, for up to `limit_s`): an SVG from the view's `w` key
+    and, under tmux, the screen's text, about twice a second. Kept: the first `s.shots`, and the first showing
+    a mode none of those showed (the badge says which; a prefill burst in SP x TP is short)."""
     taken: list[dict] = []
     modes: set[str] = set()
-    while bench.poll() is None:
-        time.sleep(0.5)
+    deadline, bench = time.time() + limit_s, None
+    while time.time() < deadline:
+        if bench is None or bench.poll() is not None:
+            bench = subprocess.Popen([*CLI, "bench", "--base-url", url, *s.bench_args], stdout=subprocess.DEVNULL,
+                                     stderr=subprocess.DEVNULL)  # fmt: skip
+            time.sleep(1.0)
+        time.sleep(0.2)
         text, ansi = term.text(False), term.text(True)
         before = set(shots.glob("*.svg"))
         term.press("w")
@@ -217,7 +223,10 @@ def _screenshots(term: _Terminal, bench: subprocess.Popen, s: Settings, shots: P
             (shots / f"{name}.txt").write_text(text)
             (shots / f"{name}.ansi").write_text(ansi or "")
         taken.append({"name": name, "mode": mode, "svg": bool(new)})
-        modes.add(mode) if mode else None
+        if mode:
+            modes.add(mode)
+    bench.terminate()
+    bench.wait()
     return taken
 
 
@@ -249,11 +258,13 @@ def run_once(s: Settings, tui: bool, tag: str) -> dict:
         bench_out = s.out / f"bench_{tag}.json"
         bench = subprocess.Popen([*CLI, "bench", "--base-url", url, "--out", str(bench_out), *s.bench_args],
                                  stdout=open(s.out / f"bench_{tag}.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
-        taken = _screenshots(term, bench, s, shots) if term is not None else []
         bench.wait()
         after = step_counters(url)
         wall = time.time() - wall0
         cpu = {r: (sum(map(_cpu_seconds, pids)) - cpu0[r]) / wall for r, pids in roles.items() if pids}
+        taken = []
+        if term is not None:  # screenshots after the measured bench: they cost the view CPU
+            taken = _screenshots(term, url, s, shots)
     finally:
         if term is not None:
             term.press("q")
@@ -275,7 +286,8 @@ def run_once(s: Settings, tui: bool, tag: str) -> dict:
     result = {"run": tag, "tui": tui, "terminal": ("tmux" if term.tmux else "pty") if term else None,
               "exit_code": code, "startup_s": round(startup_s, 1), "steps": steps,
               "mean_step_ms": seconds / steps * 1e3 if steps else None, "per_mode": per_mode,
-              "cpu_cores_during_bench": {r: round(c, 3) for r, c in cpu.items()}, "screenshots": taken}  # fmt: skip
+              "cpu_cores_during_bench": {r: round(c, 3) for r, c in cpu.items()}, "bench_window": [wall0, wall0 + wall],
+              "screenshots": taken}  # fmt: skip
     if bench_out.exists():
         data = json.loads(bench_out.read_text())
         r = data.get("results", [data])[0]  # one rate: the record itself; a sweep: under "results"
@@ -293,19 +305,25 @@ def run_once(s: Settings, tui: bool, tag: str) -> dict:
     return result
 
 
-def _refresh_summary(s: Settings) -> dict | None:
-    totals, polls, cpu, wall = [], [], 0.0, 0.0
-    for path in sorted(s.out.glob("refresh_*.json")):
+def _refresh_summary(s: Settings, runs: list[dict]) -> dict | None:
+    """The view's refreshes during the measured benches (not the screenshots after them)."""
+    totals, polls, cpu = [], [], []
+    for run in runs:
+        path = s.out / f"refresh_{run['run']}.json"
+        if not run["tui"] or "bench_window" not in run or not path.exists():
+            continue
         data = json.loads(path.read_text())
-        totals += [t for _, _, t in data["refreshes"]]
-        polls += [p for p, _, _ in data["refreshes"]]
-        cpu, wall = cpu + data.get("cpu_s", 0.0), wall + data.get("wall_s", 0.0)
+        lo, hi = run["bench_window"]
+        inside = [r for r in data["refreshes"] if lo <= r[3] <= hi]
+        totals += [r[2] for r in inside]
+        polls += [r[0] for r in inside]
+        cpu.append(run["cpu_cores_during_bench"].get("view", 0.0))
     if not totals:
         return None
     q = statistics.quantiles(totals, n=100, method="inclusive") if len(totals) > 1 else [totals[0]] * 99
     return {"refreshes": len(totals), "p50_ms": q[49] * 1e3, "p90_ms": q[89] * 1e3, "p99_ms": q[98] * 1e3,
             "max_ms": max(totals) * 1e3, "poll_p50_ms": statistics.median(polls) * 1e3,
-            "interval_s": data["interval_s"], "view_cpu_share_of_a_core": cpu / wall if wall else None,
+            "interval_s": data["interval_s"], "view_cpu_cores": statistics.mean(cpu),
             "what": "poll of /metrics + /v1/shifttune/live, widgets, until the frame was written"}  # fmt: skip
 
 
@@ -338,7 +356,7 @@ def capture(s: Settings) -> dict:
         "mean_step_ms_with_tui": with_tui,
         "mean_step_ms_without_tui": without,
         "step_time_change_pct": (with_tui / without - 1) * 100 if with_tui and without else None,
-        "refresh": _refresh_summary(s),
+        "refresh": _refresh_summary(s, runs),
         "runs": runs,
     }  # fmt: skip
     shots = [(r["run"], t) for r in runs for t in r.get("screenshots", []) if t["svg"]]

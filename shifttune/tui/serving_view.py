@@ -136,8 +136,9 @@ class ServingApp(App):
         self.timing_path = Path(timing_path) if timing_path else None
         if self.timing_path is None and os.environ.get("SHIFTTUNE_TUI_TIMING"):
             self.timing_path = Path(os.environ["SHIFTTUNE_TUI_TIMING"])
-        self.timings: list[tuple[float, float, float]] = []  # per refresh: poll, widgets, painted (s from start)
-        self._tick_marks: tuple[float, float, float] | None = None
+        # per refresh: poll, widgets drawn, frame written (s after its start), and when it started (unix time)
+        self.timings: list[tuple[float, float, float, float]] = []
+        self._tick_marks: tuple[float, float, float, float] | None = None
         self._nvml_seen = None
         self._polling = False
         self._drawn: dict[str, object] = {}  # widget id -> what its current drawing was made from
@@ -201,7 +202,7 @@ class ServingApp(App):
             except NoMatches:  # the view closed while the poll was out
                 return
             if self.timing_path is not None:
-                self._tick_marks = (t0, t1, time.perf_counter())
+                self._tick_marks = (t0, t1, time.perf_counter(), time.time() - (time.perf_counter() - t0))
         finally:
             self._polling = False
 
@@ -210,8 +211,8 @@ class ServingApp(App):
         # refresh counts as done when the frame after its widget updates has been written out.
         super()._display(screen, renderable)
         if self._tick_marks is not None and renderable is not None:
-            t0, t1, t2 = self._tick_marks
-            self.timings.append((t1 - t0, t2 - t0, time.perf_counter() - t0))
+            t0, t1, t2, started = self._tick_marks
+            self.timings.append((t1 - t0, t2 - t0, time.perf_counter() - t0, started))
             self._tick_marks = None
 
     def _update(self, wid: str, key: object, draw) -> Static | None:

@@ -185,7 +185,7 @@ class LogPane(RichLog):
     """A log view; `follow(path)` then `poll()` appends what was written to the file since the last poll."""
 
     def __init__(self, **kw):
-        super().__init__(max_lines=500, wrap=False, markup=False, highlight=False, **kw)
+        super().__init__(max_lines=500, wrap=True, markup=False, highlight=False, **kw)
         self._path: Path | None = None
         self._offset = 0
         self._partial = ""
