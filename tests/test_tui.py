@@ -192,6 +192,33 @@ def test_the_token_chart_draws_the_threshold_and_the_badge_spells_the_mode():
     assert big_mode(None) == ["", "idle", ""]
 
 
+def test_help_opens_and_closes_and_the_log_pane_follows_its_file(tmp_path):
+    log = tmp_path / "serve.log"
+    log.write_text("first line\nsecond li")
+
+    async def run() -> tuple[str, list[str], list[str]]:
+        app = ServingApp(StaticSource(fixed_snapshot()), interval_s=60, log_file=log)
+        async with app.run_test(size=(150, 46)) as pilot:
+            await pilot.pause()
+            pane = app.query_one("#log")
+            first = [strip.text for strip in pane.lines]
+            with log.open("a") as f:
+                f.write("ne\nthird line\n")
+            assert pane.poll() == 2 and pane.poll() == 0
+            await pilot.press("question_mark")
+            await pilot.pause()
+            shown = str(app.screen.query_one("Static").content)
+            await pilot.press("x")
+            await pilot.pause()
+            assert app.screen is app.screen_stack[0]  # any key closed it
+            return shown, first, [strip.text for strip in pane.lines]
+
+    shown, first, after = asyncio.run(run())
+    assert "force SP×TP mode on every step" in shown and "[b]q[/b]       quit\n" in shown
+    assert first == ["first line"]  # the unfinished line waits for its end
+    assert after == ["first line", "second line", "third line"]
+
+
 # ---- the app on a CPU server ---------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def cpu_server():

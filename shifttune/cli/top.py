@@ -20,7 +20,7 @@ from shifttune.tui.snapshot import REFRESH_S
 
 def _idle_priority() -> None:
     """The view runs only on a core nothing else wants (SCHED_IDLE, Linux; else nice 10): a monitor must not
-    slow what it watches. On 2 CPU cores under a 2-rank engine it cost the steps 25% at normal priority and
+    slow what it watches. On 2 CPU cores under a 2-rank engine it cost the steps 25% at nice 10 and
     nothing measurable at idle priority (docs/tui.md)."""
     try:
         os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))

@@ -1,7 +1,7 @@
 """Screenshots of `shifttune serve`'s live view under load, and what the view costs the engine, in one command.
 
 `shifttune serve` runs under the same `shifttune bench` load with the live view in a terminal (tmux when
-it is installed, else a pseudo-terminal) and with --no-tui, alternating, `--repeats` times each. Reported
+it is installed, else a pseudo-terminal) and with --no-tui, `--repeats` times each in ABBA order. Reported
 as JSON: mean engine step time from the server's /metrics (`shifttune:step_seconds`, over the bench only)
 both ways and per mode, the bench's throughput and latencies, and the view's own refresh times (poll
 start to frame written, recorded by the view under SHIFTTUNE_TUI_TIMING). Screenshots: SVG from the
@@ -330,7 +330,8 @@ def _refresh_summary(s: Settings, runs: list[dict]) -> dict | None:
 def capture(s: Settings) -> dict:
     s.out.mkdir(parents=True, exist_ok=True)
     started, runs = time.time(), []
-    order = [tui for _ in range(s.repeats) for tui in (False, True)]
+    # ABBA (plain, view, view, plain, ...): a machine that drifts slower or faster does not favour either side
+    order = [tui for i in range(s.repeats) for tui in ((False, True) if i % 2 == 0 else (True, False))]
     for i, tui in enumerate(order):
         if runs and time.time() - started > s.deadline_s:
             print(f"capture: deadline reached, {len(order) - i} run(s) skipped", file=sys.stderr)
@@ -378,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--load-format", default=None, help="default: auto for tiny, else dummy")
     p.add_argument("--serve-arg", action="append", default=[], help="one more `shifttune serve` flag (repeatable)")
     p.add_argument("--bench", default=None, help="`shifttune bench` flags as one string (default per device)")
-    p.add_argument("--repeats", type=int, default=1, help="plain/TUI pairs, alternating")
+    p.add_argument("--repeats", type=int, default=1, help="plain/view pairs, in ABBA order")
     p.add_argument("--size", default="160x48", help="terminal COLSxROWS")
     p.add_argument("--shots", type=int, default=3)
     p.add_argument("--deadline", type=float, default=540.0, help="start no run after this many seconds")
