@@ -41,6 +41,6 @@ if [ "$DEVICE" = cuda ]; then
 fi
 python -c "import torch, textual; print('torch', torch.__version__, 'textual', textual.__version__)" | tee -a "$DEST/env.txt"
 
-args=(--model "$MODEL" --device "$DEVICE" --out "$DEST" --repeats "$REPEATS" --deadline 360)
+args=(--model "$MODEL" --device "$DEVICE" --out "$DEST" --repeats "$REPEATS" --deadline 330 --startup-timeout 240 --shots-limit 40)
 if [ -n "${BENCH:-}" ]; then args+=(--bench "$BENCH"); fi
 python -m shifttune.tui.capture "${args[@]}" 2>&1 | tee "$DEST/capture.log"

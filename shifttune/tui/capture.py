@@ -51,6 +51,7 @@ class Settings:
     repeats: int = 1
     size: tuple[int, int] = (160, 48)
     shots: int = 3
+    shots_limit_s: float = 60.0  # at most this long taking screenshots (first view run only)
     startup_timeout_s: float = 900.0
     deadline_s: float = 540.0  # do not start another run after this many seconds
 
@@ -230,7 +231,7 @@ def _screenshots(term: _Terminal, url: str, s: Settings, shots: Path, limit_s: f
     return taken
 
 
-def run_once(s: Settings, tui: bool, tag: str) -> dict:
+def run_once(s: Settings, tui: bool, tag: str, screenshots: bool = True) -> dict:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     log = s.out / f"serve_{tag}.log"
@@ -263,8 +264,8 @@ def run_once(s: Settings, tui: bool, tag: str) -> dict:
         wall = time.time() - wall0
         cpu = {r: (sum(map(_cpu_seconds, pids)) - cpu0[r]) / wall for r, pids in roles.items() if pids}
         taken = []
-        if term is not None:  # screenshots after the measured bench: they cost the view CPU
-            taken = _screenshots(term, url, s, shots)
+        if term is not None and screenshots:  # after the measured bench: they cost the view CPU
+            taken = _screenshots(term, url, s, shots, s.shots_limit_s)
     finally:
         if term is not None:
             term.press("q")
@@ -332,24 +333,35 @@ def capture(s: Settings) -> dict:
     started, runs = time.time(), []
     # ABBA (plain, view, view, plain, ...): a machine that drifts slower or faster does not favour either side
     order = [tui for i in range(s.repeats) for tui in ((False, True) if i % 2 == 0 else (True, False))]
+    summary: dict = {}
     for i, tui in enumerate(order):
         if runs and time.time() - started > s.deadline_s:
             print(f"capture: deadline reached, {len(order) - i} run(s) skipped", file=sys.stderr)
             break
         tag = f"{'tui' if tui else 'plain'}_{i // 2 + 1}"
         print(f"capture: run {tag} …", file=sys.stderr, flush=True)
+        first_view = not any(r["tui"] for r in runs)
         try:
-            runs.append(run_once(s, tui, tag))
+            runs.append(run_once(s, tui, tag, screenshots=first_view))
         except (RuntimeError, OSError, httpx.HTTPError) as e:  # recorded; the other runs still say something
             runs.append({"run": tag, "tui": tui, "error": str(e), "steps": 0})
         print(f"capture: {json.dumps(runs[-1])}", file=sys.stderr, flush=True)
+        summary = _summarize(s, runs)  # after every run: a run cut short by a time limit leaves the others
+    return summary
 
+
+def _summarize(s: Settings, runs: list[dict]) -> dict:
     def pooled(tui: bool) -> float | None:
         chosen = [r for r in runs if r["tui"] == tui and r["steps"]]
         steps = sum(r["steps"] for r in chosen)
         return sum(r["mean_step_ms"] * r["steps"] for r in chosen) / steps if steps else None
 
     with_tui, without = pooled(True), pooled(False)
+    pairs = []  # ABBA: runs 2k and 2k+1 are one pair
+    for a, b in zip(runs[::2], runs[1::2]):
+        view, plain = (a, b) if a["tui"] else (b, a)
+        if view["steps"] and plain["steps"]:
+            pairs.append(round((view["mean_step_ms"] / plain["mean_step_ms"] - 1) * 100, 2))
     summary = {
         "command": " ".join(sys.argv),
         "model": s.model, "device": s.device, "tp": s.tp, "sp": s.sp, "threshold": s.threshold,
@@ -357,6 +369,7 @@ def capture(s: Settings) -> dict:
         "mean_step_ms_with_tui": with_tui,
         "mean_step_ms_without_tui": without,
         "step_time_change_pct": (with_tui / without - 1) * 100 if with_tui and without else None,
+        "step_time_change_pct_per_pair": pairs,
         "refresh": _refresh_summary(s, runs),
         "runs": runs,
     }  # fmt: skip
@@ -382,16 +395,18 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--repeats", type=int, default=1, help="plain/view pairs, in ABBA order")
     p.add_argument("--size", default="160x48", help="terminal COLSxROWS")
     p.add_argument("--shots", type=int, default=3)
+    p.add_argument("--shots-limit", type=float, default=60.0, help="seconds at most for screenshots")
     p.add_argument("--deadline", type=float, default=540.0, help="start no run after this many seconds")
+    p.add_argument("--startup-timeout", type=float, default=900.0, help="seconds a server may take to start")
     a = p.parse_args(argv)
     cpu = a.device == "cpu"
     bench = a.bench or ("--num-prompts 64 --input-len 32:192 --output-len 24 --rate 6 --seed 0" if cpu else
-                        "--num-prompts 300 --input-len 1024 --output-len 128 --rate 12 --seed 0")  # fmt: skip
+                        "--num-prompts 200 --input-len 1024 --output-len 128 --rate 12 --seed 0")  # fmt: skip
     cols, rows = (int(x) for x in a.size.lower().split("x"))
     s = Settings(a.out, a.model, a.device, a.tp, a.sp if a.sp is not None else (2 if cpu else 1),
                  a.threshold if a.threshold is not None else (16 if cpu else 256),
                  a.load_format or ("auto" if a.model == "tiny" else "dummy"), a.serve_arg, shlex.split(bench),
-                 a.repeats, (cols, rows), a.shots, deadline_s=a.deadline)  # fmt: skip
+                 a.repeats, (cols, rows), a.shots, a.shots_limit, a.startup_timeout, a.deadline)  # fmt: skip
     summary = capture(s)
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
 
