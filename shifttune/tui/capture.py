@@ -196,6 +196,8 @@ def _screenshots(term: _Terminal, url: str, s: Settings, shots: Path, limit_s: f
     modes: set[str] = set()
     deadline, bench = time.time() + limit_s, None
     while time.time() < deadline:
+        if bench is not None and bench.poll() not in (None, 0):
+            break  # the bench fails: no load to show
         if bench is None or bench.poll() is not None:
             bench = subprocess.Popen([*CLI, "bench", "--base-url", url, *s.bench_args], stdout=subprocess.DEVNULL,
                                      stderr=subprocess.DEVNULL)  # fmt: skip
@@ -252,14 +254,17 @@ def run_once(s: Settings, tui: bool, tag: str, screenshots: bool = True) -> dict
     try:
         _wait_healthy(url, alive, s.startup_timeout_s)
         startup_s = time.time() - started
-        httpx.post(f"{url}/v1/completions", json={"prompt": "warm up", "max_tokens": 4}, timeout=600)
+        warm = {"prompt": [1, 2, 3, 4], "max_tokens": 4}  # token ids: a dummy-weight model may have no tokenizer
+        httpx.post(f"{url}/v1/completions", json=warm, timeout=600).raise_for_status()
         before = step_counters(url)
         roles = server_processes(port)
         cpu0, wall0 = {r: sum(map(_cpu_seconds, pids)) for r, pids in roles.items()}, time.time()
         bench_out = s.out / f"bench_{tag}.json"
         bench = subprocess.Popen([*CLI, "bench", "--base-url", url, "--out", str(bench_out), *s.bench_args],
                                  stdout=open(s.out / f"bench_{tag}.log", "w"), stderr=subprocess.STDOUT)  # fmt: skip
-        bench.wait()
+        if bench.wait() != 0:
+            lines = (s.out / f"bench_{tag}.log").read_text().strip().splitlines()
+            raise RuntimeError(f"shifttune bench failed: {lines[-1] if lines else bench.returncode}")
         after = step_counters(url)
         wall = time.time() - wall0
         cpu = {r: (sum(map(_cpu_seconds, pids)) - cpu0[r]) / wall for r, pids in roles.items() if pids}
@@ -403,9 +408,12 @@ def main(argv: list[str] | None = None) -> None:
     bench = a.bench or ("--num-prompts 64 --input-len 32:192 --output-len 24 --rate 6 --seed 0" if cpu else
                         "--num-prompts 200 --input-len 1024 --output-len 128 --rate 12 --seed 0")  # fmt: skip
     cols, rows = (int(x) for x in a.size.lower().split("x"))
+    bench_args = shlex.split(bench)
+    if "--tokenizer" not in bench_args:  # random ids of exact lengths below any model's vocabulary, as
+        bench_args += ["--tokenizer", "tiny"]  # bench.serve_vs_offline: bundled dummy models ship no tokenizer
     s = Settings(a.out, a.model, a.device, a.tp, a.sp if a.sp is not None else (2 if cpu else 1),
                  a.threshold if a.threshold is not None else (16 if cpu else 256),
-                 a.load_format or ("auto" if a.model == "tiny" else "dummy"), a.serve_arg, shlex.split(bench),
+                 a.load_format or ("auto" if a.model == "tiny" else "dummy"), a.serve_arg, bench_args,
                  a.repeats, (cols, rows), a.shots, a.shots_limit, a.startup_timeout, a.deadline)  # fmt: skip
     summary = capture(s)
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=1))
