@@ -33,7 +33,7 @@ from shifttune.telemetry.nvml import NvmlSampler
 from shifttune.tui.scrape import Window, parse, quantile
 from shifttune.tui.serving_view import ServingApp, make_app
 from shifttune.tui.snapshot import SP, TP, ModeShare, Quantiles, RequestRow, ServingSnapshot, StepCell
-from shifttune.tui.sources import ServerSource, StaticSource, _vllm_estimate
+from shifttune.tui.sources import PolicyError, ServerSource, StaticSource, _vllm_estimate
 from shifttune.tui.widgets import GLYPHS, big_mode, token_chart
 
 from test_server import SERVE, _alive, free_port, metric, server
@@ -412,6 +412,43 @@ def test_top_reads_a_vllm_server_by_its_metric_names():
     assert snap.uptime_s == 90.0 and snap.requests is None
     assert ("POST", "/v1/shifttune/policy") not in sent  # keys do not act on vLLM
     assert any("shifttune server only" in m for m in app.messages)
+
+
+def test_top_sends_the_api_key_and_shows_a_refusal():
+    """Against a shifttune server with --api-key (stood in for): the key goes with /live and the policy POST."""
+    seen = []
+    metrics = 'shifttune:steps_total{mode="tp"} 3.0\nshifttune:shift_threshold 16.0\n'
+    live = {"model": "tiny", "tp": 1, "sp": 2, "device": "cpu", "policy": "threshold", "threshold": 16, "uptime_s": 5.0,
+            "num_steps": 3, "steps": [[1, "sp", 40, 40, 0.03], [2, "tp", 1, 0, 0.01], [3, "tp", 1, 0, 0.01]],
+            "requests": [], "kv_blocks": [2, 100]}  # fmt: skip
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append((request.url.path, request.headers.get("authorization")))
+        if request.url.path == "/metrics":
+            return httpx.Response(200, text=metrics)
+        if request.headers.get("authorization") != "Bearer sekret":
+            return httpx.Response(401, json={"error": {"message": "a valid API key is required"}})
+        if request.url.path == "/v1/shifttune/live":
+            return httpx.Response(200, json=live)
+        return httpx.Response(400, json={"error": {"message": "shift_profile: the profile policy needs a profile"}})
+
+    async def run(key: str | None) -> tuple[ServingSnapshot, str]:
+        headers = {"authorization": f"Bearer {key}"} if key else {}
+        client = httpx.AsyncClient(base_url="http://st.test", transport=httpx.MockTransport(handler), headers=headers)
+        source = ServerSource("http://st.test", api_key=key, client=client)
+        snap = await source.poll()
+        try:
+            await source.set_policy("profile")
+        except PolicyError as e:
+            return snap, str(e)
+        return snap, ""
+
+    snap, refusal = asyncio.run(run("sekret"))
+    assert [c.mode for c in snap.cells] == [SP, TP, TP] and snap.ranks == 2 and snap.kv_blocks == (2, 100)
+    assert "refused (400)" in refusal and "needs a profile" in refusal
+    assert ("/v1/shifttune/policy", "Bearer sekret") in seen
+    snap, refusal = asyncio.run(run(None))
+    assert snap.status == "this server wants --api-key" and "refused (401)" in refusal and snap.cells == ()
 
 
 # ---- the snapshot -------------------------------------------------------------------------------------
