@@ -20,6 +20,7 @@ from shifttune.config import SP, TP, ConfigError, EngineConfig, ParallelConfig, 
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.profile_schema import Factorization, Point, Profile, ProfileError, load_profile, model_summary
 from shifttune.profile.step_sweep import DECODE, PREFILL, measure_point
+from shifttune.recommend.shapes import memory_check
 from shifttune.profile.step_timing import Ceilings, fill_kv_cache_random
 from shifttune.telemetry.hardware import describe_hardware, describe_software
 
@@ -90,15 +91,8 @@ def check_factorization(settings: ProfileSettings, tp: int, sp: int) -> str | No
         if torch.cuda.device_count() < tp * sp:
             return f"needs {tp * sp} GPUs, {torch.cuda.device_count()} visible"
         elem = 2 if settings.dtype in ("auto", "bfloat16", "float16") else 4
-        weights = cfg.num_params * elem / tp * (1 + (1 / sp if sp > 1 else 0))
-        memory = torch.cuda.get_device_properties(0).total_memory * settings.gpu_memory_utilization
-        kv_per_token = 2 * cfg.num_layers * max(1, cfg.num_kv_heads // (tp * sp)) * cfg.head_dim * elem
-        need = weights + kv_per_token * max(settings.contexts)
-        if need > memory:
-            return (
-                f"weights {weights / 2**30:.0f} GiB per GPU (W/TP x (1 + 1/SP)) plus KV for one "
-                f"{max(settings.contexts)}-token sequence exceed {memory / 2**30:.0f} GiB"
-            )
+        total = torch.cuda.get_device_properties(0).total_memory
+        return memory_check(cfg, tp, sp, elem, total, settings.gpu_memory_utilization, max(settings.contexts))
     return None
 
 
