@@ -4,8 +4,9 @@ latencies, launch commands and a plot out (`--json`: the same as data)."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import TYPE_CHECKING, Annotated, Optional
 
 import typer
 from rich.console import Console
@@ -13,6 +14,9 @@ from rich.table import Table
 
 from shifttune.cli.common import fail, fail_config, size
 from shifttune.config import SP, TP, ConfigError
+
+if TYPE_CHECKING:
+    from shifttune.recommend.report import RecommendRequest
 
 FLAGS = {"input_len": "--input-len", "output_len": "--output-len", "slo_ttft": "--slo-ttft", "slo_tpot": "--slo-tpot",
          "gpus": "--gpus"}  # fmt: skip
@@ -98,6 +102,57 @@ def render_recommendation(data: dict) -> None:
         out.print(f"  {name}: {cmd}", soft_wrap=True, highlight=False)
 
 
+def _validation_table(data: dict) -> Table:
+    table = Table(title=f"simulation vs {data['url']} (SP={data['server']['sp']} x TP={data['server']['tp']}, "
+                        f"policy {data['server']['policy']}, threshold {data['server']['threshold']})")  # fmt: skip
+    for col in ("rate/s", "metric", "predicted ms", "measured ms", "error", "within"):
+        table.add_column(col)
+    for row in data["rows"]:
+        for name in ("ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms"):
+            m = row[name]
+            verdict = f"{'yes' if m['within'] else 'no'} (±{100 * m['tolerance']:g}%)"
+            table.add_row(f"{row['rate']:g}", name.removesuffix("_ms"), f"{m['predicted']:.2f}",
+                          f"{m['measured']:.2f}", f"{100 * m['rel_error']:+.1f}%", verdict)  # fmt: skip
+    return table
+
+
+def _validate_command(request: RecommendRequest, url: str, spread: float) -> str:
+    """The command line that repeats this validation (saved with its table)."""
+    where = ["--profile", str(request.profile)] if request.profile else []
+    where += ["--model", request.model] if request.model and not request.profile else []
+    where += ["--gpus", str(request.gpus)] if request.gpus and not request.profile else []
+    return shlex.join(["shifttune", "recommend", "--validate", url, *where,
+                       "--rate", ",".join(f"{r:g}" for r in request.rates or []),
+                       "--num-requests", str(request.num_requests), "--input-len", str(request.input_len),
+                       "--output-len", str(request.output_len), "--spread", f"{spread:g}"])  # fmt: skip
+
+
+def _validate(request: RecommendRequest, url: str, spread: float, api_key: Optional[str], out: Optional[Path]) -> None:
+    """`--validate URL`: the simulation against what the server measures, per rate (`bench/validate.py`)."""
+    from shifttune.bench.client import ServerError
+    from shifttune.bench.validate import ValidateConfig, validate, with_spread
+    from shifttune.recommend.report import resolve_profile
+
+    try:
+        request.validate()
+        prof, path, _ = resolve_profile(request)
+        cfg = ValidateConfig(url, prof, path, request.rates or [], request.num_requests,
+                             with_spread(request.input_len, spread), with_spread(request.output_len, spread),
+                             api_key=api_key)  # fmt: skip
+        data = {"command": _validate_command(request, url, spread)} | validate(cfg)
+    except ConfigError as e:
+        fail_config(e, FLAGS)
+    except ServerError as e:
+        fail(str(e))
+    Console().print(_validation_table(data))
+    if out is not None:
+        try:
+            out.write_text(json.dumps(data, indent=1))
+        except OSError as e:
+            fail(f"cannot write {out}: {e}")
+        Console().print(f"saved to {out}")
+
+
 def recommend(
     profile_file: Annotated[
         Optional[Path], typer.Option("--profile", "-p", help="Profile JSON from `shifttune profile`.")
@@ -135,6 +190,18 @@ def recommend(
     slo_tpot: Annotated[Optional[float], typer.Option("--slo-tpot", help="TPOT objective (ms, p99).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Save the plot here (.png, .svg or .pdf).")] = None,
     as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the plan as JSON only.")] = False,
+    validate_url: Annotated[
+        Optional[str],
+        typer.Option(
+            "--validate",
+            metavar="URL",
+            help="Compare the simulation with a running `shifttune serve` at URL: the same workload (--rate, "
+            "--num-requests, --input-len, --output-len, --spread) simulated with the server's layout and policy and "
+            "sent to it; predicted vs measured TTFT/TPOT p50/p99.",
+        ),
+    ] = None,
+    api_key: Annotated[Optional[str], typer.Option(help="--validate: sent as `Authorization: Bearer KEY`.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="--validate: save the comparison table here (JSON).")] = None,
 ) -> None:
     """Turn a profile into SP/TP degrees, a switching threshold, memory, predictions and launch commands.
 
@@ -154,6 +221,8 @@ def recommend(
     try:
         request = RecommendRequest(profile_file, model, None if gpus is None else parse_gpus(gpus), context, rates,
                                    trace, input_len, output_len, spread, num_requests, slo_ttft, slo_tpot)  # fmt: skip
+        if validate_url is not None:
+            return _validate(request, validate_url, spread, api_key, out)
         prof, result, data = make_recommendation(request)
         if plot is not None:
             save_plot(prof, result, plot)
