@@ -13,7 +13,6 @@ counted: a collective ends when its last member does.
 from __future__ import annotations
 
 import os
-import socket
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -22,6 +21,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from shifttune.profile.step_timing import summarize, time_fn
+from shifttune.runner.executor import free_port
 
 GPU_SIZES = [1 << k for k in range(12, 29, 2)]  # 4 KiB .. 256 MiB
 CPU_SIZES = [1 << k for k in (10, 14, 18)]
@@ -100,12 +100,6 @@ def _rank(rank: int, world: int, port: int, device_type: str, sizes: list[int], 
         dist.destroy_process_group()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def measure_collectives(world_size: int, device: str = "cuda", sizes: list[int] | None = None, reps: int = 8,
                         iters: int = 20) -> dict:  # fmt: skip
     """The table for `world_size` ranks: {"world_size", "gpu", "nccl"|"gloo": {op: {bytes: ms}}, "eager": ...}."""
@@ -114,7 +108,7 @@ def measure_collectives(world_size: int, device: str = "cuda", sizes: list[int] 
     sizes = sizes or (GPU_SIZES if device == "cuda" else CPU_SIZES)
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    port = _free_port()
+    port = free_port()
     procs = [
         ctx.Process(target=_rank, args=(r, world_size, port, device, sizes, reps, iters, queue))
         for r in range(world_size)

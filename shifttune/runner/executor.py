@@ -38,7 +38,8 @@ def launched_by_torchrun() -> bool:
     return "RANK" in os.environ and "WORLD_SIZE" in os.environ and "MASTER_ADDR" in os.environ
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (the rendezvous of spawned ranks, test servers)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -145,7 +146,7 @@ class Executor:
         else:
             rank, init_method = 0, None
             if p > 1:
-                init_method = f"tcp://127.0.0.1:{config.master_port or _free_port()}"
+                init_method = f"tcp://127.0.0.1:{config.master_port or free_port()}"
                 ctx = mp.get_context("spawn")
                 for r in range(1, p):
                     proc = ctx.Process(target=_spawned_worker, args=(config, r, init_method), daemon=True)

@@ -85,8 +85,9 @@ class InputBatch:
         writes[2] += blocks
         self.num_blocks[row] = n + len(blocks)
 
-    def prepare(self, delta: StepDelta, pad_tokens: int = 0) -> tuple[StepTensors, list[int]]:
-        """The step's device inputs (ids and positions padded by `pad_tokens`), and the rows that sample."""
+    def prepare(self, delta: StepDelta, pad_tokens: int = 0) -> tuple[StepTensors, list[int], torch.Tensor]:
+        """The step's device inputs (ids and positions padded by `pad_tokens`), and the rows that sample
+        (host list and the same on the device)."""
         rows = [self.rows[r] for r in delta.req_ids]
         starts = [self.num_computed[r] for r in rows]
         qsl = [0]
@@ -114,16 +115,15 @@ class InputBatch:
             zeros = torch.zeros(pad_tokens, dtype=torch.int64, device=self.device)
             ids, pos = torch.cat([ids, zeros]), torch.cat([pos, zeros])
         step = StepTensors(delta.mode, ids, pos, slots, qsl_dev, lens_dev, tables, samples_dev, qsl, lens)
-        self._sample_rows = sample_rows
-        return step, [rows[i] for i in delta.sampling]
+        return step, [rows[i] for i in delta.sampling], sample_rows
 
     def advance(self, delta: StepDelta) -> None:
         """After the step ran: its tokens are in the cache."""
         for req_id, n in zip(delta.req_ids, delta.num_tokens):
             self.num_computed[self.rows[req_id]] += n
 
-    def sample(self, logits: torch.Tensor, rows: list[int]):
+    def sample(self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor):
         """Samples the rows' next tokens and keeps them on the device for the next step's PENDING inputs."""
-        out = self.sampler(logits, rows, self._sample_rows)
-        self.last_token[self._sample_rows] = out.tokens
+        out = self.sampler(logits, rows, rows_dev)
+        self.last_token[rows_dev] = out.tokens
         return out

@@ -183,14 +183,13 @@ class ModelRunner:
         batch.update(delta)
         t, b, k = len(delta.token_ids), len(delta.req_ids), len(delta.sampling)
         graphs = self.graphs is not None and self.graphs.can_run(t, b, k)
-        step, rows = batch.prepare(delta, 0 if graphs else -t % self.model_for(delta.mode).layout.sp)
+        step, rows, rows_dev = batch.prepare(delta, 0 if graphs else -t % self.model_for(delta.mode).layout.sp)
         logits = self._run(step, graphs)
         batch.advance(delta)
-        sampled = batch.sample(logits, rows) if k else None
+        sampled = batch.sample(logits, rows, rows_dev) if k else None
         if self.state.rank != 0:
             return None
-        want = [batch.sampler.settings[r].logprobs for r in rows]
-        return ModelRunnerOutput([delta.req_ids[i] for i in delta.sampling], sampled, want, timer)
+        return ModelRunnerOutput(sampled, [batch.sampler.settings[r].logprobs for r in rows], timer)
 
     def _run(self, step: StepTensors, graphs: bool) -> torch.Tensor | None:
         if graphs:
@@ -233,8 +232,8 @@ class StepTimer:
 class ModelRunnerOutput:
     """One step's sampled tokens (and logprobs), copied to pinned host memory behind the step's work."""
 
-    def __init__(self, req_ids: list[int], sampled: SamplerOutput | None, want: list[int | None], timer: StepTimer):
-        self.req_ids, self.want, self.timer = req_ids, want, timer
+    def __init__(self, sampled: SamplerOutput | None, want: list[int | None], timer: StepTimer):
+        self.want, self.timer = want, timer
         self.errors = (sampled.errors if sampled is not None else None) or {}
         self.host: list[torch.Tensor | None] = []
         if sampled is not None:

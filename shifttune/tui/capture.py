@@ -20,7 +20,6 @@ import pty
 import shlex
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,6 +30,7 @@ from pathlib import Path
 
 import httpx
 
+from shifttune.bench.compare import free_port
 from shifttune.tui.scrape import parse
 
 CLI = [sys.executable, "-m", "shifttune.cli"]
@@ -54,12 +54,6 @@ class Settings:
     shots_limit_s: float = 60.0  # at most this long taking screenshots (first view run only)
     startup_timeout_s: float = 900.0
     deadline_s: float = 540.0  # do not start another run after this many seconds
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _wait_healthy(url: str, proc_alive, timeout_s: float) -> None:
@@ -234,7 +228,7 @@ def _screenshots(term: _Terminal, url: str, s: Settings, shots: Path, limit_s: f
 
 
 def run_once(s: Settings, tui: bool, tag: str, screenshots: bool = True) -> dict:
-    port = _free_port()
+    port = free_port()
     url = f"http://127.0.0.1:{port}"
     log = s.out / f"serve_{tag}.log"
     argv = _serve_argv(s, port, tui, log)
