@@ -15,6 +15,6 @@ python -m shifttune.cli serve $M --load-format dummy --no-tui --port 8000 > "$OU
 SRV=$!
 until curl -sf http://127.0.0.1:8000/health > /dev/null; do sleep 5; done
 python -m shifttune.cli recommend --validate http://127.0.0.1:8000 --profile "$OUT/profile_${M}_h100x1.json" \
-  --rate 2,6,12 --num-requests 200 --input-len 1024 --output-len 128 --spread 0 --out "$OUT/validate_${M}_h100x1.json"
+  --rate 2,6,12 --num-requests 150 --input-len 1024 --output-len 128 --spread 0 --out "$OUT/validate_${M}_h100x1.json"
 kill -INT $SRV
 wait $SRV

@@ -200,8 +200,8 @@ def _screenshots(term: _Terminal, url: str, s: Settings, shots: Path, limit_s: f
         text, ansi = term.text(False), term.text(True)
         before = set(shots.glob("*.svg"))
         term.press("w")
-        deadline = time.time() + 10
-        while not (new := sorted(set(shots.glob("*.svg")) - before)) and time.time() < deadline:
+        written_by = time.time() + 10
+        while not (new := sorted(set(shots.glob("*.svg")) - before)) and time.time() < written_by:
             time.sleep(0.1)
         time.sleep(0.2)  # written in one go, but let it finish
         mode = None
