@@ -117,6 +117,7 @@ class _Terminal:
     def __init__(self, argv: list[str], env: dict[str, str], size: tuple[int, int], out: Path, tag: str):
         self.tmux = shutil.which("tmux") is not None
         self.exit_file = out / f"exit_{tag}.txt"
+        self.exit_file.unlink(missing_ok=True)  # NOTE: a stale one from an earlier run would read as "exited"
         cols, rows = size
         if self.tmux:
             subprocess.run(["tmux", "kill-session", "-t", SESSION], capture_output=True)
