@@ -36,7 +36,8 @@ def _ops(model: str, gpus: str | None, device: str, tokens, contexts, iters: int
         iters, warmup = (min(iters, 3), min(warmup, 1)) if (iters, warmup) == (10, 3) else (iters, warmup)
     sizes = parse_ints(gpus, "--gpus") or [1, 2, 4, 8]
     grid = {"tokens": parse_ints(tokens, "--tokens"), "contexts": parse_ints(contexts, "--contexts")}
-    settings = OpsSettings(model, sizes, device, **grid, warmup=warmup, iters=iters, layers=layers,
+    rounds = 1 if device == "cpu" else 2
+    settings = OpsSettings(model, sizes, device, **grid, warmup=warmup, iters=iters, rounds=rounds, layers=layers,
                            breakdown=parse_ints(breakdown, "--breakdown"))  # fmt: skip
     out = out or default_ops_path(settings)
     table = run_ops(settings, out, _command(), lambda e: console.print(f"[{e.done}/{e.total}] {e.message}"))

@@ -10,7 +10,7 @@ stop checks, outputs; with async scheduling, one call launches a step and reads 
 gpu_ms is the device time of the same shape's CUDA graph replayed back to back with its inputs in place
 (the model and its logits; no input building, no sampling, no host). ratio = loop_ms / gpu_ms.
 device_ms is the engine's own record of its steps (CUDA events around inputs, model and sampling), and
-call_ms the older measure (`time_step`: one `execute_model` call between events, host upload included).
+call_ms the profiler's measure (`time_step`: `execute_model` calls of the same step queued back to back).
 Offline: 256 random 1024-token prompts, 128 tokens each,
 temperature 0.8, top-p 0.95, a seed per request, output tokens per second of one `LLM.generate` call.
 The script uses the package's public API only, so the same file can time an older checkout.

@@ -117,18 +117,20 @@ def measure_ceilings(device: torch.device) -> Ceilings:
 
 
 def _time_cuda(fn, warmup: int, iters: int) -> list[float]:
+    """Device ms per call, the calls queued back to back: while the GPU runs one call the host prepares the
+    next (as the engine's async scheduling does), so a call's host work counts only where the GPU would wait
+    for it. NOTE: timing each call from an idle GPU instead puts all its host work inside the events, which
+    made one-layer steps of the op tables host-bound and noisy (issue 12)."""
     for _ in range(warmup):
         fn()
     torch.cuda.synchronize()
-    out = []
-    for _ in range(iters):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    events = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(iters)]
+    for start, end in events:
         start.record()
         fn()
         end.record()
-        end.synchronize()
-        out.append(start.elapsed_time(end))
-    return out
+    torch.cuda.synchronize()
+    return [start.elapsed_time(end) for start, end in events]
 
 
 def time_fn(fn, device: torch.device, warmup: int, iters: int) -> list[float]:
