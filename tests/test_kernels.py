@@ -76,18 +76,134 @@ def test_triton_matches_reference_on_cpu(q_lens, ctx, hq, hk, d, bs, num_splits)
     assert err < 1e-5, err
 
 
+SPLIT_CASES = [
+    # q_lens, cached context, Hq, Hk, D, block size, splits (None: `choose_num_splits`, 64 at batch 1):
+    # decode at batch 1-8 over long-ish contexts; 16-key tiles give each split a few tiles
+    ([1], [1500], 4, 1, 16, 16, None),  # batch 1: 64 splits, all active
+    ([1, 1], [1023, 40], 4, 1, 16, 8, 16),  # the short sequence uses a few of the splits
+    ([1] * 4, [700, 33, 1200, 5], 4, 1, 16, 16, 16),
+    ([1] * 8, [300, 1, 900, 64, 65, 511, 2000, 17], 6, 2, 16, 4, 8),  # GQA 3:1 (a group that is no power of 2)
+    ([9, 1, 1], [500, 800, 3], 8, 2, 16, 16, 8),  # a prefill chunk after a cached prefix, split, and decodes
+]
+
+
+@pytest.mark.parametrize(
+    "case, merge, merge_elems",
+    [pytest.param(c, "fused", None, id=f"b{len(c[0])}-fused") for c in SPLIT_CASES]
+    + [
+        pytest.param(c, m, e, id=f"b{len(c[0])}-{m}{'-chunked' if e else ''}")
+        for c in (SPLIT_CASES[0], SPLIT_CASES[-1])
+        for m, e in (("fused", 256), ("kernel", None))
+    ],
+)
+def test_triton_split_decode_matches_reference_on_cpu(case, merge, merge_elems, monkeypatch):
+    """Many splits, merged in the same launch by the last split (also a few splits at a time:
+    merge_elems) or by the merge kernel."""
+    from shifttune.kernels import paged_attention as pa
+
+    q_lens, ctx, hq, hk, d, bs, splits = case
+    if merge_elems:
+        monkeypatch.setattr(pa, "MERGE_ELEMS", merge_elems)
+    q, kc, vc, meta = make_case(q_lens, ctx, hq, hk, d, bs, seed=len(q_lens))
+    scale = d**-0.5
+    ref = reference(q, kc, vc, meta, scale)
+    for _ in range(2 if splits is None and merge == "fused" else 1):  # again: the tickets went back to zero
+        out = paged_attention(q, kc, vc, meta, scale, num_splits=splits, tile=16, merge=merge)
+        err = (out.double() - ref).norm() / ref.norm()
+        assert err < 1e-5, err
+    if merge == "fused":
+        assert all(int(b.abs().sum()) == 0 for b in pa._counters[q.device])
+
+
+def test_triton_num_splits_depend_on_step_shape_only():
+    """Splits fill the GPU at small batches and stop once the query blocks alone fill it."""
+    from shifttune.kernels.paged_attention import MAX_SPLITS, choose_num_splits
+
+    assert choose_num_splits(1, 1, 32, 8, num_sms=132) == 33  # 8 KV heads x 33 splits: 2 programs per SM
+    assert choose_num_splits(1, 1, 16, 2, num_sms=132) == MAX_SPLITS
+    assert choose_num_splits(8, 8, 32, 8, num_sms=132) == 5
+    assert choose_num_splits(128, 128, 32, 8, num_sms=132) == 1
+    assert choose_num_splits(2048, 1, 32, 8, num_sms=132) == 1  # a long prefill chunk fills the GPU itself
+
+
+_COMPILE_FOR_SM90 = """
+import json, sys
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from shifttune.kernels import paged_attention as pa
+
+ptrs = dict(out="*bf16", q="*bf16", k_cache="*bf16", v_cache="*bf16", block_tables="*i64", seq_lens="*i64",
+            query_start_loc="*i64", part_out="*fp32", part_lse="*fp32", counters="*i32")
+ints = dict(scale="fp32", num_seqs="i32", stride_bt="i32", num_tokens="i32", stride_qt="i32", num_splits="i32")
+buffers = {}
+for split, block_m, stages in [(0, 16, 3), (1, 16, 3), (2, 16, 3), (0, 64, 2)]:
+    consts = dict(HQ=32, HK=8, D=128, BLOCK_SIZE=16, BLOCK_Q=block_m // 4, BLOCK_M=block_m, TILE=64, SPLIT=split,
+                  GP2=4, S_CHUNK=16)
+    sig = {**ptrs, **ints, **{k: "constexpr" for k in consts}}
+    src = ASTSource(pa._paged_attention_kernel, sig, consts, {(i,): [["tt.divisibility", 16]] for i in range(10)})
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=stages))
+    allocs = [ln.split("memdesc<")[1].split("x")[0] for ln in k.asm["ttgir"].splitlines() if "local_alloc :" in ln]
+    buffers[f"{split}-{block_m}-{stages}"] = sorted(set(int(a) for a in allocs))
+json.dump(buffers, sys.stdout)
+"""
+
+
+def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
+    """The interpreter does not lower the kernel: compile it for sm_90 here (Triton's bundled ptxas, no
+    GPU needed), with and without the fused merge, and check K/V tiles keep num_stages - 1 buffers
+    (decode) rather than the one Triton falls back to when the block-table load is in the address chain."""
+    import json
+    import subprocess
+    import sys
+
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 3):
+        pytest.skip("the ASTSource attribute format used here is Triton >= 3.3's")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env)
+    if res.returncode != 0 and ("ptxas" in res.stderr or "ImportError" in res.stderr):
+        pytest.skip(f"no sm_90 toolchain here: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, res.stderr[-3000:]
+    buffers = json.loads(res.stdout)
+    assert buffers == {"0-16-3": [2], "1-16-3": [2], "2-16-3": [2], "0-64-2": [2]}, buffers
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize(
-    "q_lens, ctx", [([1] * 32, [2047] * 32), ([1] * 3, [100, 3000, 7]), ([512, 1, 300], [0, 900, 4000]), ([2048], [0])]
+    "q_lens, ctx",
+    [
+        ([1] * 32, [2047] * 32),
+        ([1] * 3, [100, 3000, 7]),
+        ([512, 1, 300], [0, 900, 4000]),
+        ([2048], [0]),
+        ([1], [32767]),  # batch 1: the most splits, each many tiles long
+        ([1] * 4, [8000, 2, 20000, 511]),
+        ([7, 1], [3000, 12000]),
+    ],
 )
-def test_triton_matches_reference_on_gpu_bf16(q_lens, ctx):
+@pytest.mark.parametrize("merge", ["fused", "kernel"])
+def test_triton_matches_reference_on_gpu_bf16(q_lens, ctx, merge):
     q, kc, vc, meta = make_case(q_lens, ctx, 16, 2, 128, 16, device="cuda", dtype=torch.bfloat16)
     scale = 128**-0.5
-    out = paged_attention(q, kc, vc, meta, scale)
+    out = paged_attention(q, kc, vc, meta, scale, merge=merge)
     ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), scale)
     err = (out.double().cpu() - ref).norm() / ref.norm()
     assert err < 1e-2, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_triton_fused_merge_is_deterministic_on_gpu():
+    """The last split merges in a fixed split order, whichever program it is: a stale partial (a missing
+    fence) or a counter not put back to zero would show as a launch that differs from the first."""
+    q, kc, vc, meta = make_case([1] * 4, [30000, 2047, 9, 4095], 32, 8, 128, 16, device="cuda", dtype=torch.bfloat16)
+    scale = 128**-0.5
+    first = paged_attention(q, kc, vc, meta, scale)
+    outs = [paged_attention(q, kc, vc, meta, scale) for _ in range(200)]
+    assert all(torch.equal(o, first) for o in outs)
+    ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), scale)
+    assert (first.double().cpu() - ref).norm() / ref.norm() < 1e-2
 
 
 def _to_cpu(meta):

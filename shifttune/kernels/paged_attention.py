@@ -1,21 +1,41 @@
 """Paged attention in Triton: one kernel for prefill chunks (with a cached prefix) and decode, GQA, split-KV.
 
-A program takes BLOCK_Q query tokens of one sequence times all query heads of one KV head (so the
-K/V it reads serve every query head that shares them) and runs an online softmax over the sequence's
-cached keys, gathered through its block table. For small steps the key range is also split NUM_SPLITS
-ways across programs (flash-decoding) and a second kernel merges the partial results by their
-log-sum-exp, so a decode step of a few sequences still fills the GPU. Grid sizes depend only on the
-number of tokens and sequences, never on context lengths, so launches can be captured in CUDA graphs.
-Tested on CPU under TRITON_INTERPRET=1 against `attention_ref.py`.
+A program takes BLOCK_Q query tokens of one sequence times all query heads of one KV head (GQA
+packing: the G = Hq / Hk heads that share a KV head are rows of one tile, so a decode token fills G
+rows and the K/V it reads serve all of them) and runs an online softmax over the sequence's cached
+keys, gathered through its block table. For small steps the key range is also split across programs
+(flash-decoding). Each split writes its partial output and log-sum-exp, then takes a ticket from a
+per-(query block, KV head) counter; the split that arrives last merges the partials in the same
+launch and resets the counter, so a split decode costs one kernel, not two (`merge="kernel"` keeps
+the separate merge kernel for comparison). A query block's keys are cut into equal TILE-aligned
+splits inside the kernel, so a short context uses fewer of the launched splits and the others exit
+at once.
+
+Grid sizes depend only on the number of tokens and sequences, never on context lengths, and
+`choose_num_splits` only on token, sequence and head counts, so launches can be captured in CUDA
+graphs. Tested on CPU under TRITON_INTERPRET=1 against `attention_ref.py`; timed on GPUs by
+`shifttune.profile.attention_bench`.
 """
 
 from __future__ import annotations
+
+import functools
 
 import torch
 import triton
 import triton.language as tl
 
 from shifttune.kernels.attention import AttentionMetadata
+
+MAX_SPLITS = 64  # the most split-KV ways `choose_num_splits` returns
+PROGRAMS_PER_SM = 2  # split until this many programs per SM hold work (when the step alone has fewer)
+# Launch configuration by path: decode-like steps (16-row tiles) and prefill chunks (64-row tiles).
+# Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1; see the key loop).
+DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
+PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
+MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
+
+_NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
 
 
 @triton.jit
@@ -34,13 +54,18 @@ def _find_seq(query_start_loc, num_seqs, q_block, BLOCK_Q: tl.constexpr):
 
 
 @triton.jit
+def _tile_blocks(block_tables, seq, stride_bt, start, kv_hi, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):
+    """Physical block of each key start .. start + TILE of the sequence (0 past kv_hi)."""
+    k_idx = start + tl.arange(0, TILE)
+    return tl.load(block_tables + seq * stride_bt + k_idx // BLOCK_SIZE, mask=k_idx < kv_hi, other=0)
+
+
+@triton.jit
 def _attend_tile(
     Q,
     k_cache,
     v_cache,
-    block_tables,
-    seq,
-    stride_bt,
+    block,
     start,
     kv_hi,
     q_pos,
@@ -55,11 +80,10 @@ def _attend_tile(
     TILE: tl.constexpr,
     MASK: tl.constexpr,
 ):
-    """One tile of TILE keys gathered through the block table, folded into the online softmax (base 2)."""
+    """One tile of TILE keys (in the physical blocks `block`), folded into the online softmax (base 2)."""
     d = tl.arange(0, D)
     k_idx = start + tl.arange(0, TILE)
     k_ok = k_idx < kv_hi
-    block = tl.load(block_tables + seq * stride_bt + k_idx // BLOCK_SIZE, mask=k_ok, other=0)
     slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
     kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
     K = tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0)
@@ -77,6 +101,67 @@ def _attend_tile(
 
 
 @triton.jit
+def _store_partial(
+    part_out, part_lse, o, m_i, l_i, split, num_tokens, token, head, row_ok, HQ: tl.constexpr, D: tl.constexpr
+):
+    """A split's normalized output and base-2 log-sum-exp, at [split, token, head] of the partial buffers."""
+    d = tl.arange(0, D)
+    part = split * num_tokens * HQ + token * HQ + head
+    tl.store(part_out + part.to(tl.int64)[:, None] * D + d[None, :], o, mask=row_ok[:, None])
+    lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(tl.where(l_i == 0.0, 1.0, l_i)))
+    tl.store(part_lse + part, lse, mask=row_ok)
+
+
+@triton.jit
+def _merge_block(
+    out,
+    part_out,
+    part_lse,
+    first_token,
+    n_tok,
+    kv_head,
+    n_act,
+    num_tokens,
+    HQ: tl.constexpr,
+    D: tl.constexpr,
+    G: tl.constexpr,
+    GP2: tl.constexpr,
+    S_CHUNK: tl.constexpr,
+):
+    """Merges the `n_act` partial results of tokens first_token .. first_token + n_tok (all G heads of
+    `kv_head`) by their log-sum-exp, S_CHUNK splits at a time (rescaled as the online softmax is, so
+    each chunk is one round of loads), and writes them to `out`."""
+    g = tl.arange(0, GP2)
+    g_ok = g < G
+    d = tl.arange(0, D)
+    s_chunk = tl.arange(0, S_CHUNK)
+    split_stride = num_tokens * HQ  # rows of one split's partials ([tokens, heads])
+    for t in range(0, n_tok):
+        row = (first_token + t) * HQ + kv_head * G + g  # [GP2] rows of [tokens, heads]
+        m = tl.full([GP2], float("-inf"), tl.float32)
+        w_sum = tl.zeros([GP2], tl.float32)
+        acc = tl.zeros([GP2, D], tl.float32)
+        for c in range(0, n_act, S_CHUNK):
+            s = c + s_chunk
+            ok = (s < n_act)[:, None] & g_ok[None, :]
+            part = s[:, None] * split_stride + row[None, :]  # [S_CHUNK, GP2]
+            # NOTE: .cg loads (L2, not L1): the partials were written by other programs of this launch.
+            lse = tl.load(part_lse + part, mask=ok, other=float("-inf"), cache_modifier=".cg")
+            off = part.to(tl.int64)[:, :, None] * D + d[None, None, :]
+            o = tl.load(part_out + off, mask=ok[:, :, None], other=0.0, cache_modifier=".cg")
+            m_new = tl.maximum(m, tl.max(lse, 0))
+            m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # padding heads; rows no split saw yet
+            alpha = tl.exp2(m - m_safe)
+            w = tl.exp2(lse - m_safe[None, :])
+            w_sum = w_sum * alpha + tl.sum(w, 0)
+            acc = acc * alpha[:, None] + tl.sum(o * w[:, :, None], 0)
+            m = m_new
+        o = acc / tl.where(w_sum == 0.0, 1.0, w_sum)[:, None]
+        tl.store(out + row.to(tl.int64)[:, None] * D + d[None, :], o.to(out.dtype.element_ty), mask=g_ok[:, None])
+
+
+# counts that change with every step are not specialized on: fewer compiled variants, same code
+@triton.jit(do_not_specialize=["num_seqs", "num_tokens", "num_splits"])
 def _paged_attention_kernel(
     out,
     q,
@@ -87,11 +172,13 @@ def _paged_attention_kernel(
     query_start_loc,
     part_out,
     part_lse,
+    counters,
     scale,
     num_seqs,
     stride_bt,
     num_tokens,
     stride_qt,
+    num_splits,
     HQ: tl.constexpr,
     HK: tl.constexpr,
     D: tl.constexpr,
@@ -99,7 +186,9 @@ def _paged_attention_kernel(
     BLOCK_Q: tl.constexpr,
     BLOCK_M: tl.constexpr,
     TILE: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
+    SPLIT: tl.constexpr,  # _NO_SPLIT, _FUSED_MERGE or _KERNEL_MERGE
+    GP2: tl.constexpr,
+    S_CHUNK: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -112,6 +201,17 @@ def _paged_attention_kernel(
         return
     seq_len = tl.load(seq_lens + seq)
     G: tl.constexpr = HQ // HK
+    last_tok = tl.minimum(q_len, (local_block + 1) * BLOCK_Q) - 1
+    kv_end = seq_len - q_len + last_tok + 1  # keys the block's last query sees
+    # Equal TILE-aligned splits of this block's keys: a short context leaves the last splits empty.
+    per_split = tl.cdiv(tl.cdiv(kv_end, num_splits), TILE) * TILE
+    n_act = tl.cdiv(kv_end, per_split)  # splits that hold keys
+    if SPLIT == 1:
+        if split >= n_act:
+            return
+    kv_lo = split * per_split
+    kv_hi = tl.minimum(kv_end, kv_lo + per_split)
+
     rows = tl.arange(0, BLOCK_M)
     tok = local_block * BLOCK_Q + rows // G  # query index within the sequence's new tokens
     head = kv_head * G + rows % G
@@ -121,11 +221,6 @@ def _paged_attention_kernel(
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
     Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
     q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
-    last_tok = tl.minimum(q_len, (local_block + 1) * BLOCK_Q) - 1
-    kv_end = seq_len - q_len + last_tok + 1
-    per_split = tl.cdiv(tl.cdiv(kv_end, NUM_SPLITS), TILE) * TILE
-    kv_lo = split * per_split
-    kv_hi = tl.minimum(kv_end, kv_lo + per_split)
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
@@ -134,24 +229,43 @@ def _paged_attention_kernel(
     # Keys up to the block's first query position are visible to every row: no mask there.
     first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
+    # NOTE: each iteration loads the next tile's block numbers itself (carried to the next iteration):
+    # with the block-table load inside the K/V address chain, Triton's pipeliner keeps one K/V buffer
+    # whatever num_stages is (no load in flight during a tile's math); this way it keeps num_stages - 1.
+    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
     # fmt: off
     for start in range(kv_lo, full_hi, TILE):
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
-                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, False)
+        next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
+                                     acc, HK, D, BLOCK_SIZE, TILE, False)
+        block = next_block
     for start in range(full_hi, kv_hi, TILE):
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block_tables, seq, stride_bt, start, kv_hi, q_pos, kv_head,
-                                     qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, True)
+        next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
+                                     acc, HK, D, BLOCK_SIZE, TILE, True)
+        block = next_block
     # fmt: on
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
-    if NUM_SPLITS == 1:
+    if SPLIT == 0:
+        tl.store(out + out_off, o.to(out.dtype.element_ty), mask=row_ok[:, None])
+    elif SPLIT == 2:
+        _store_partial(part_out, part_lse, o, m_i, l_i, split, num_tokens, q_start + tok, head, row_ok, HQ, D)
+    elif n_act == 1:  # fused merge, and one split holds all keys of this block: no partials
         tl.store(out + out_off, o.to(out.dtype.element_ty), mask=row_ok[:, None])
     else:
-        row = (q_start + tok) * HQ + head  # index into [tokens, heads]
-        part = split * num_tokens * HQ + row
-        tl.store(part_out + part[:, None] * D + d[None, :], o, mask=row_ok[:, None])
-        lse = tl.where(l_i == 0.0, float("-inf"), m_i + tl.log2(l_safe))  # base 2, as m_i
-        tl.store(part_lse + part, lse, mask=row_ok)
+        _store_partial(part_out, part_lse, o, m_i, l_i, split, num_tokens, q_start + tok, head, row_ok, HQ, D)
+        # NOTE: the barrier orders every thread's partial stores before the (one-thread, acq_rel,
+        # GPU-scope) ticket; the last ticket holder reads them all and puts the counter back to
+        # zero, which the next launch on this stream relies on.
+        tl.debug_barrier()
+        counter = counters + q_block * HK + kv_head
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_act - 1:
+            n_tok = last_tok + 1 - local_block * BLOCK_Q
+            _merge_block(out, part_out, part_lse, q_start + local_block * BLOCK_Q, n_tok, kv_head, n_act,
+                         num_tokens, HQ, D, G, GP2, S_CHUNK)  # fmt: skip
+            tl.atomic_xchg(counter, 0)
 
 
 @triton.jit
@@ -160,21 +274,22 @@ def _merge_splits_kernel(
     part_out,
     part_lse,
     num_tokens,
+    num_splits,
     HQ: tl.constexpr,
     D: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
     SPLITS_P2: tl.constexpr,
 ):
     row = tl.program_id(0)  # token * HQ + head
     s = tl.arange(0, SPLITS_P2)
-    s_ok = s < NUM_SPLITS
+    s_ok = s < num_splits
     lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"))
     top = tl.max(lse, 0)
     w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
     d = tl.arange(0, D)
-    parts = tl.load(part_out + (s * num_tokens * HQ + row)[:, None] * D + d[None, :], mask=s_ok[:, None], other=0.0)
+    off = (s * num_tokens * HQ + row).to(tl.int64)[:, None] * D + d[None, :]
+    parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0)
     o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
-    tl.store(out + row * D + d, o.to(out.dtype.element_ty))
+    tl.store(out + row.to(tl.int64) * D + d, o.to(out.dtype.element_ty))
 
 
 def launch_shape(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None = None) -> tuple[int, int, int]:
@@ -186,11 +301,48 @@ def launch_shape(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int 
     return block_m, block_q, num_tokens // block_q + num_seqs
 
 
-def choose_num_splits(num_q_blocks: int, num_kv_heads: int, max_seq_len: int, num_sms: int = 132) -> int:
-    """Enough programs to fill the GPU about twice over, but no split shorter than 256 keys."""
-    programs = max(1, num_q_blocks * num_kv_heads)
-    want = triton.cdiv(2 * num_sms, programs)
-    return max(1, min(want, triton.cdiv(max_seq_len, 256), 64))
+def choose_num_splits(
+    num_tokens: int,
+    num_seqs: int,
+    hq: int,
+    hk: int,
+    block_m: int | None = None,
+    num_sms: int | None = None,
+    programs_per_sm: int | None = None,
+) -> int:
+    """Split-KV ways for a step of this many tokens and sequences (never of its context lengths, so a
+    CUDA graph's choice holds for every replay): none when the query blocks that hold tokens already
+    fill the GPU once, else enough for about `programs_per_sm` (PROGRAMS_PER_SM) programs with work per SM."""
+    num_sms = num_sms or sm_count()
+    _, block_q, _ = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
+    busy = max(num_seqs, triton.cdiv(num_tokens, block_q)) * hk  # the grid's other query blocks are empty
+    if busy >= num_sms:
+        return 1
+    return max(1, min(triton.cdiv((programs_per_sm or PROGRAMS_PER_SM) * num_sms, busy), MAX_SPLITS))
+
+
+@functools.cache
+def _sm_count(index: int) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
+
+
+def sm_count(device: torch.device | None = None) -> int:
+    """SMs of `device` (the current CUDA device when None); 132 (an H100) without CUDA."""
+    if (device is not None and device.type != "cuda") or not torch.cuda.is_available():
+        return 132
+    return _sm_count(device.index if device is not None and device.index is not None else torch.cuda.current_device())
+
+
+_counters: dict[torch.device, list[torch.Tensor]] = {}
+
+
+def _split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets, one per (query block, KV head), shared by every launch on `device`.
+    NOTE: buffers are never freed, since a captured CUDA graph keeps using the address it saw."""
+    bufs = _counters.setdefault(device, [])
+    if not bufs or bufs[-1].numel() < n:
+        bufs.append(torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device))
+    return bufs[-1]
 
 
 def paged_attention(
@@ -202,23 +354,35 @@ def paged_attention(
     num_splits: int | None = None,
     block_m: int | None = None,
     tile: int | None = None,
-    num_warps: int = 4,
-    num_stages: int = 2,
+    num_warps: int | None = None,
+    num_stages: int | None = None,
+    merge: str = "fused",
 ) -> torch.Tensor:
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
-    [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D]."""
+    [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].
+    Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG / PREFILL_CONFIG;
+    `merge` is "fused" (the last split merges) or "kernel" (a second launch merges)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
     num_seqs = meta.block_tables.shape[0]
     block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m or meta.block_m)
-    num_splits = num_splits or meta.num_splits or choose_num_splits(grid_q, hk, meta.max_seq_len)
+    num_splits = (
+        num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sm_count(q.device))
+    )
+    config = DECODE_CONFIG if block_m < 64 else PREFILL_CONFIG
+    tile = tile or (config["tile"] if dim <= 128 else 32)
     assert q.stride(2) == 1 and q.stride(1) == dim
+    assert merge in ("fused", "kernel")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    group_p2 = triton.next_power_of_2(hq // hk)
     if num_splits > 1:
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_splits, num_tokens, hq), dtype=torch.float32, device=q.device)
+        mode = _FUSED_MERGE if merge == "fused" else _KERNEL_MERGE
+        counters = _split_counters(q.device, grid_q * hk) if mode == _FUSED_MERGE else part_lse
     else:
-        part_out = part_lse = out  # unused
+        part_out = part_lse = counters = out  # unused
+        mode = _NO_SPLIT
     _paged_attention_kernel[(grid_q, hk, num_splits)](
         out,
         q,
@@ -229,31 +393,35 @@ def paged_attention(
         meta.query_start_loc,
         part_out,
         part_lse,
+        counters,
         scale,
         num_seqs,
         meta.block_tables.stride(0),
         num_tokens,
         q.stride(0),
+        num_splits,
         HQ=hq,
         HK=hk,
         D=dim,
         BLOCK_SIZE=block_size,
         BLOCK_Q=block_q,
         BLOCK_M=block_m,
-        TILE=tile or (64 if dim <= 128 else 32),
-        NUM_SPLITS=num_splits,
-        num_warps=num_warps,
-        num_stages=num_stages,
+        TILE=tile,
+        SPLIT=mode,
+        GP2=group_p2,
+        S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
+        num_warps=num_warps or config["num_warps"],
+        num_stages=num_stages or config["num_stages"],
     )
-    if num_splits > 1:
+    if mode == _KERNEL_MERGE:
         _merge_splits_kernel[(num_tokens * hq,)](
             out,
             part_out,
             part_lse,
             num_tokens,
+            num_splits,
             HQ=hq,
             D=dim,
-            NUM_SPLITS=num_splits,
             SPLITS_P2=triton.next_power_of_2(num_splits),
         )
     return out

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.paged_attention import choose_num_splits, launch_shape
+from shifttune.kernels.paged_attention import choose_num_splits
 from shifttune.runner.step_input import StepTensors
 
 TOKEN_BUCKETS = (
@@ -113,7 +113,7 @@ class StepGraphs:
             block_tables=self.block_tables[:s],
             query_start_loc_cpu=None,
             seq_lens_cpu=None,
-            num_splits=choose_num_splits(launch_shape(b, s, hq, hk, block_m)[2], hk, cfg.max_model_len),
+            num_splits=choose_num_splits(b, s, hq, hk, block_m),
             block_m=block_m,
         )
         return self.runner.forward(model, self.ids[:padded], self.pos[:padded], meta, b, self.samples[:s])
