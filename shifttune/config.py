@@ -240,6 +240,10 @@ class EngineConfig:
     enforce_eager: bool = False  # no CUDA graphs
     cuda_graph_max_tokens: int = 2048  # steps up to this many tokens replay captured CUDA graphs
     attention_backend: str = "auto"  # "auto" (triton on cuda, torch on cpu) | "torch" | "triton"
+    # prefill chunks of eager steps: "paged" (the attention backend above), "sdpa" (torch SDPA: cuDNN on cuda,
+    # math on cpu; decode tokens stay paged) or "auto" (sdpa for long chunks on cuda when cuDNN passes a
+    # probe at start, else paged); steps that replay CUDA graphs always run the paged backend
+    prefill_attention: str = "auto"
     # schedule step n + 1 while the device runs step n (vLLM's name); None: on for cuda, off for cpu, where
     # a step runs as it is launched, so the overlap saves nothing and a token would come back a step later
     async_scheduling: bool | None = None
@@ -271,6 +275,7 @@ class EngineConfig:
         if self.attention_backend == "auto":
             self.attention_backend = "triton" if self.device == "cuda" else "torch"
         one_of("attention_backend", ("auto", "torch", "triton"))
+        one_of("prefill_attention", ("auto", "paged", "sdpa"))
         if self.attention_backend == "torch":  # it loops over host-side metadata, which graphs cannot replay
             self.enforce_eager = True
         if self.async_scheduling is None:

@@ -12,6 +12,8 @@ import random
 import time
 from dataclasses import dataclass
 
+import torch
+
 from shifttune.config import SHIFT_POLICIES, ConfigError, EngineConfig
 from shifttune.engine.block_manager import BlockManager
 from shifttune.engine.detokenizer import Detokenizer
@@ -251,6 +253,18 @@ class LLMEngine:
         return self._stats
 
     def shutdown(self) -> None:
+        """Stops the workers and gives back this process's GPU memory (weights, KV cache, graphs, batch),
+        so that another engine fits in the same process."""
         executor = getattr(self, "executor", None)
-        if executor is not None:
-            executor.shutdown()
+        if executor is None:
+            return
+        self._in_flight = None
+        runner = getattr(executor, "runner", None)
+        if runner is not None:
+            runner.release()  # even if a caller still holds the runner (tools, tests)
+        executor.shutdown()  # collects the runner and empties torch's cache
+        if self.config.device == "cuda":
+            clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
+            if clear is not None:  # cuBLAS keeps a workspace per handle and stream from the caching allocator
+                clear()
+            torch.cuda.empty_cache()

@@ -1,14 +1,17 @@
-"""The attention backend interface: per-step metadata and the KV-cache write.
+"""The attention backend interface: per-step metadata, the KV-cache write, and `attend`, the one call a layer makes.
 
-A backend is a function `attn(q, k_cache, v_cache, meta, scale) -> out` over the paged cache, after
-`write_kv` has put the step's new K/V in it: `torch` (`attention_ref.py`, the oracle, CPU) or
-`triton` (`paged_attention.py`, GPU). The model runner picks one.
+A paged backend is a function `attn(q, k_cache, v_cache, meta, scale) -> out` over the paged cache,
+after `write_kv` has put the step's new K/V in it: `torch` (`attention_ref.py`, the oracle, CPU) or
+`triton` (`paged_attention.py`, GPU). The model runner picks one. For an eager step the runner may also
+attach a plan to the metadata (`prefill_attention.StepPlan`: long prefill chunks through torch SDPA,
+the rest through the paged backend); `attend` runs the plan when there is one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 
@@ -25,6 +28,7 @@ class AttentionMetadata:
     seq_lens_cpu: list[int] | None
     num_splits: int | None = None  # split-KV ways for the Triton kernel; fixed when captured in a graph
     block_m: int | None = None  # query rows per Triton program; None: chosen from tokens per sequence
+    plan: AttentionPlan | None = None  # eager steps: how the step splits between SDPA and the paged backend
 
     @property
     def max_seq_len(self) -> int:
@@ -32,6 +36,35 @@ class AttentionMetadata:
 
 
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float], torch.Tensor]
+
+
+class AttentionPlan(Protocol):
+    def run(
+        self,
+        paged: AttentionBackend,
+        q: torch.Tensor,
+        k: torch.Tensor,
+        v: torch.Tensor,
+        k_cache: torch.Tensor,
+        v_cache: torch.Tensor,
+        scale: float,
+    ) -> torch.Tensor: ...
+
+
+def attend(
+    paged: AttentionBackend,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    meta: AttentionMetadata,
+    scale: float,
+) -> torch.Tensor:
+    """A layer's attention for the step's tokens (q: [T, Hq, d]; k, v: [T, Hk, d], already in the cache)."""
+    if meta.plan is None:
+        return paged(q, k_cache, v_cache, meta, scale)
+    return meta.plan.run(paged, q, k, v, k_cache, v_cache, scale)
 
 
 def write_kv(

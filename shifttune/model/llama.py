@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from shifttune.config import ModelConfig
-from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, write_kv
+from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, attend, write_kv
 from shifttune.model.layers import (
     ColumnParallelLinear,
     ParallelLMHead,
@@ -64,7 +64,7 @@ class Attention(nn.Module):
             num_kv = (recv.shape[1] - heads) // 2
             q, k, v = recv.split([heads, num_kv, num_kv], dim=1)
         write_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)  # then attention reads it, new tokens too
-        o = self.attn_fn(q, self.k_cache, self.v_cache, meta, self.scale)
+        o = attend(self.attn_fn, q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         if sp > 1:
             o = F.pad(o, (0, 0, 0, 0, 0, sp * t_local - num_tokens)).view(sp, t_local, -1, d)
             o = self.layout.sp_group.all_to_all(o).transpose(0, 1)  # [t_local, SP (head sub-block), heads, d]

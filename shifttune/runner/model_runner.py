@@ -5,6 +5,11 @@ and samples the step itself (the tokens come out the same on every rank). In SP 
 the step's tokens are padded to a multiple of SP and each rank takes its contiguous slice; in TP mode
 every rank takes all tokens. Either way attention sees all tokens for this rank's heads, so the cache
 writes and reads are identical in both modes.
+
+Steps the CUDA graphs cover replay them (paged attention); other steps run eagerly with a plan that
+sends long prefill chunks to torch SDPA (`config.prefill_attention`, `kernels/prefill_attention.py`).
+At start (`capture_graphs`) the runner also compiles or plans every kernel shape eager steps can meet,
+so no request pays for it; `startup` records what that cost.
 """
 
 from __future__ import annotations
@@ -17,14 +22,15 @@ import torch
 from shifttune.config import SP, TP, EngineConfig
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata
 from shifttune.kernels.attention_ref import paged_attention_ref
+from shifttune.kernels.prefill_attention import SDPA_MIN_TOKENS, SDPA_PAD, SdpaPrefill, StepAttention, probe_sdpa
 from shifttune.model.layers import RotaryEmbedding
 from shifttune.model.layout import make_layout
 from shifttune.model.llama import CausalLM
 from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
 from shifttune.runner.input_batch import InputBatch, StepDelta
-from shifttune.runner.sampler import SamplerOutput, logprobs_dicts
-from shifttune.runner.step_input import StepInput, StepTensors, to_device
+from shifttune.runner.sampler import RequestSampling, SamplerOutput, logprobs_dicts
+from shifttune.runner.step_input import ScheduledTokens, StepInput, StepTensors, build_step_input, to_device
 
 GIB = 1 << 30
 
@@ -64,6 +70,26 @@ class ModelRunner:
         self.num_kv_blocks = self._num_kv_blocks()
         self.k_cache = self.v_cache = None
         self.graphs = None
+        self.startup: dict[str, float] = {}  # seconds spent at start, by part (probe, graphs, warm-up)
+        self.attention = self._step_attention()
+
+    def _step_attention(self) -> StepAttention:
+        """Which prefill chunks of eager steps go to SDPA (`config.prefill_attention`), after probing what
+        SDPA can do here (cuDNN on GPU)."""
+        c, cfg = self.config, self.config.model_config
+        hq = cfg.num_heads // c.parallel.world_size
+        cuda = self.device.type == "cuda"
+        sdpa = None
+        if c.prefill_attention == "sdpa" or (c.prefill_attention == "auto" and cuda):
+            start = time.perf_counter()
+            support = probe_sdpa(self.device, c.torch_dtype, hq, self.num_kv_heads, cfg.head_dim)
+            self.startup["sdpa_probe_s"] = time.perf_counter() - start
+            if c.prefill_attention == "sdpa" or support.backend == "cudnn":
+                # NOTE: on CPU (math backend: no plans to bound) the pad is the block size, so that the tests'
+                # short prompts go through the same padding and prefix split as long prompts on a GPU.
+                sdpa = SdpaPrefill(support, SDPA_PAD if cuda else c.block_size)
+        min_tokens = SDPA_MIN_TOKENS if c.prefill_attention == "auto" else 2
+        return StepAttention(sdpa, min_tokens, c.attention_backend == "triton", hq, self.num_kv_heads)
 
     @property
     def weight_bytes(self) -> dict[str, int]:
@@ -115,12 +141,59 @@ class ModelRunner:
                                       self.scratch_block, c.max_num_batched_tokens, self.device)  # fmt: skip
 
     def capture_graphs(self) -> None:
-        """CUDA graphs for both modes (GPU, Triton attention, unless enforce_eager); after allocate_kv_cache."""
+        """CUDA graphs for both modes (GPU, Triton attention, unless enforce_eager), then the warm-up of what
+        eager steps would otherwise compile or plan at first use (GPU); after allocate_kv_cache."""
         self.graphs = None
-        if self.config.device == "cuda" and not self.config.enforce_eager:
+        if self.config.device != "cuda":
+            return
+        if not self.config.enforce_eager:
             from shifttune.runner.cuda_graphs import StepGraphs  # NOTE: lazy: it loads Triton, GPU-only
 
+            start = time.perf_counter()
             self.graphs = StepGraphs(self)
+            self.startup["cuda_graphs_s"] = time.perf_counter() - start
+        self.warm_up()
+
+    @torch.inference_mode()
+    def warm_up(self) -> None:
+        """Compiles the pinned eager launches of the paged kernel, builds the cuDNN plans of the common SDPA
+        shapes, runs one full-budget eager step per mode (and the fused kernels when graphs are off) and
+        sampled (non-greedy) rows, so that the first request of each shape runs as fast as the next. GPU
+        engines call it at start; it runs on CPU too (tests)."""
+        c = self.config
+        attn = self.models[TP].layers[0].self_attn
+        self.startup.update(
+            self.attention.warm_up(attn.attn_fn, self.k_cache[0], self.v_cache[0], attn.scale,
+                                   c.max_num_batched_tokens, c.max_model_len, self.num_kv_blocks, self.scratch_block)
+        )  # fmt: skip
+        start = time.perf_counter()
+        # A full-budget prefill on the first blocks (no request holds them yet, and a request writes a block
+        # before it reads it): the GEMM shapes and the allocator's pools of the first long prompt.
+        n = max(1, min(c.max_num_batched_tokens, c.max_model_len - 1, self.num_kv_blocks * c.block_size))
+        seq = ScheduledTokens([0] * n, 0, list(range(-(-n // c.block_size))), True)
+        for mode in self.modes:
+            step = build_step_input(mode, [seq], c.block_size)
+            self._run(self.upload(step, -n % self.model_for(mode).layout.sp), False)
+        sampler, row = self.input_batch.sampler, self.input_batch.free_rows[-1]  # a row no request holds
+        logits, rows = (
+            torch.zeros(1, c.model_config.vocab_size, device=self.device),
+            torch.tensor([row], device=self.device),
+        )
+        for top_k in (5, -1):  # with and without a top-k cut (the kernels may specialize on it)
+            sampler.set_rows([row], [RequestSampling(temperature=1.0, top_p=0.9, top_k=top_k, min_p=0.05)], [0])
+            sampler(logits, [row], rows)
+        sampler.release(row)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # NOTE: torch keeps the memory cached: the first request reuses it
+        self.startup["eager_step_and_sampler_s"] = time.perf_counter() - start
+
+    def release(self) -> None:
+        """Drops weights, KV cache, graphs and the persistent batch now (shutdown), even where something
+        still holds the runner."""
+        self.graphs = None
+        self.models = {}
+        self.k_cache = self.v_cache = None
+        self.input_batch = None
 
     def model_for(self, mode: str) -> CausalLM:
         return self.models.get(mode, self.models[TP])
@@ -203,6 +276,7 @@ class ModelRunner:
             query_start_loc_cpu=step.query_start_loc_cpu,
             seq_lens_cpu=step.seq_lens_cpu,
         )
+        meta.plan = self.attention.plan(meta)
         samples = step.sample_indices if step.sample_indices.numel() else None
         return self.forward(model, step.ids, step.positions, meta, step.num_tokens, samples)
 
