@@ -14,6 +14,8 @@ so no request pays for it; `startup` records what that cost.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import os
 import time
 
@@ -240,12 +242,25 @@ class ModelRunner:
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> torch.Tensor | None:
         """Runs a host-built step (step timing); returns the logits of its sampled tokens on rank 0."""
+        return self.prepare_model_step(step)()
+
+    @torch.inference_mode()
+    def prepare_model_step(self, step: StepInput) -> Callable[[], torch.Tensor | None]:
+        """A host-built step's inputs uploaded once; each call of the result runs its forward on them (its CUDA
+        graph when one fits) and returns the logits of its sampled tokens on rank 0. Step timing calls it
+        back to back: the device time of a step, without the host building its inputs each time."""
         graphs = self.graphs is not None and self.graphs.can_run(
             len(step.input_ids), len(step.seq_lens), len(step.sample_indices)
         )
         pad = 0 if graphs else -len(step.input_ids) % self.model_for(step.mode).layout.sp
-        logits = self._run(self.upload(step, pad), graphs)
-        return logits if self.state.rank == 0 else None
+        tensors = self.upload(step, pad)
+
+        @torch.inference_mode()
+        def run() -> torch.Tensor | None:
+            logits = self._run(tensors, graphs)
+            return logits if self.state.rank == 0 else None
+
+        return run
 
     @torch.inference_mode()
     def execute(self, delta: StepDelta) -> ModelRunnerOutput | None:
