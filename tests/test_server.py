@@ -444,3 +444,53 @@ def test_the_policy_changes_between_steps_and_shows_in_metrics(tiny_server):
     finally:
         c.post("/v1/shifttune/policy", json={"policy": "threshold", "threshold": 16})
     assert metric(tiny_server, "shifttune:shift_threshold") == 16
+
+
+def test_the_trace_times_a_request_through_both_processes(tiny_server):
+    """/v1/shifttune/trace: one streamed request's stamps in causal order on one clock (HTTP process, pipe,
+    engine core, back), its prompt's step with its device time; /live tells the engine loop's settings."""
+    c = httpx.Client(base_url=tiny_server, timeout=60)
+    since = c.get("/v1/shifttune/trace", params={"since": 1e18}).json()["now"]
+    body = {"prompt": list(range(5, 45)), "max_tokens": 4, "ignore_eos": True, "stream": True}
+    with c.stream("POST", "/v1/completions", json=body) as r:
+        assert r.status_code == 200 and sum(line.startswith("data: {") for line in r.iter_lines()) == 4
+    trace = c.get("/v1/shifttune/trace", params={"since": since}).json()
+    [req] = trace["requests"]
+    assert req["prompt_tokens"] == 40 and since <= req["http"] <= trace["now"]
+    order = ["http", "queued", "core_in", "scheduled", "first_token", "handed", "http_first", "sse_first"]
+    assert [req[k] for k in order] == sorted(req[k] for k in order)
+    assert req["piped"] >= req["queued"] and req["sent"] >= req["handed"]
+    steps = [dict(zip(trace["step_fields"], s)) for s in trace["steps"]]
+    assert [s["tokens"] for s in steps] == [40, 1, 1, 1] and steps[0]["prefill_tokens"] == 40
+    assert steps[0]["scheduled"] == req["scheduled"] and steps[0]["mean_context"] == 40
+    assert all(s["device_ms"] > 0 and s["completed"] >= s["scheduled"] and s["mode"] in ("tp", "sp") for s in steps)
+    engine = c.get("/v1/shifttune/live").json()["engine"]
+    assert engine == {"async_scheduling": False, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
+                      "block_size": 16, "cuda_graph_max_tokens": 0}  # fmt: skip
+
+
+def test_pipe_writer_keeps_order_and_never_blocks_on_a_stalled_reader():
+    """Messages go in order; while the reader does not read, the writer's caller returns at once (the thread
+    holds what does not fit); a message while the pipe is empty is written by the caller itself."""
+    import multiprocessing as mp
+    import threading
+
+    from shifttune.server.pipes import PipeWriter, pipe_unread
+
+    read, write = mp.Pipe(duplex=False)
+    sent_by: list[str] = []
+    writer = PipeWriter(write, "test-writer", on_sent=lambda tag: sent_by.append(threading.current_thread().name))
+    writer.send(("small", 0), "a")
+    assert sent_by == [threading.current_thread().name] and pipe_unread(write.fileno()) > 0  # no thread hop
+    big = "x" * 20_000
+    start = time.monotonic()
+    for i in range(1, 40):  # ~800 kB: far more than the pipe holds, nobody reads
+        writer.send(("big", i, big), "b")
+    writer.send_queued(("last",))
+    assert time.monotonic() - start < 5.0
+    got = [read.recv() for _ in range(41)]
+    assert [m[1] for m in got[:40]] == list(range(40)) and got[40] == ("last",)
+    assert "test-writer" in sent_by
+    writer.close()
+    read.close()
+    write.close()

@@ -1,5 +1,7 @@
 """`shifttune recommend --validate URL` on CPU: a tiny `shifttune serve` subprocess, the shipped CPU profile,
-one low rate; the table's rows and fields and the saved JSON (not the error's size: CPU timing is noise)."""
+one low rate; the table's rows and fields and the saved JSON (not the error's size: on this shared 2-core
+machine a step's time moves by several times between the profile and the run). Then the simulation of the
+engine's loop itself: its schedule against the CPU engine's, async scheduling, graph buckets, host time."""
 
 from __future__ import annotations
 
@@ -53,6 +55,24 @@ def test_validate_table_and_json(tiny_server: str, tmp_path: Path):
         assert m["rel_error"] == pytest.approx((m["predicted"] - m["measured"]) / m["measured"])
         assert m["within"] == (abs(m["rel_error"]) <= m["tolerance"])
     assert [row[n]["tolerance"] for n in METRICS] == [0.05, 0.10, 0.05, 0.10]
+    # what the simulation took from the server: its loop's settings (physics) and its host time (calibrated)
+    sim = data["simulation"]
+    assert sim["engine_loop_source"].startswith("the server's settings")
+    loop = sim["engine_loop"]
+    assert {
+        k: loop[k] for k in ("max_num_seqs", "max_num_batched_tokens", "async_scheduling", "cuda_graph_max_tokens")
+    } == {"max_num_seqs": 256, "max_num_batched_tokens": 8192, "async_scheduling": False, "cuda_graph_max_tokens": 0}
+    host = sim["host_time"]
+    assert host["source"].startswith("calibrated") and host["requests"] == 8 and host["same_clock"]
+    assert loop["ingress_ms"] == host["ingress_ms"] > 0 and loop["egress_ms"] == host["egress_ms"] > 0
+    assert 0 < host["host_ms"] < host["host_ms"] + host["prefill_device_ms"]
+    diag = row["diagnostics"]
+    assert diag["ttft_parts_predicted"]["host_p50_ms"] == pytest.approx(loop["ingress_ms"] + loop["egress_ms"])
+    assert all(v is not None and v >= 0 for v in diag["ttft_parts_measured"].values())
+    steps = diag["steps_measured_vs_profile"]
+    assert steps["prefill"]["steps"] >= 1 and steps["decode"]["steps"] >= 5 and steps["decode"]["max_tokens"] <= 6
+    assert all(steps[k]["ratio_p50"] > 0 for k in ("prefill", "decode"))
+    assert set(diag["with_server_step_times"]) == {n for n in METRICS}
 
 
 def test_validate_refuses_a_profile_of_another_layout():
@@ -73,3 +93,118 @@ def test_validate_needs_a_server_and_rates(tmp_path: Path):
     assert r.exit_code != 0 and "cannot read the server's settings" in r.output
     r = CliRunner().invoke(app, ["recommend", "--validate", "http://127.0.0.1:1"])
     assert r.exit_code != 0 and "--rate" in r.output
+
+
+# ---- the simulation of the engine's loop (issue 12: what the profile's step times alone missed) ----------------
+
+
+def test_graph_buckets_are_the_runners():
+    """The simulation pads a step's tokens to the bucket whose CUDA graph the runner would replay."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from shifttune.recommend.simulator import TOKEN_BUCKETS, GraphBuckets
+    from shifttune.runner.cuda_graphs import TOKEN_BUCKETS as RUNNER_BUCKETS
+    from shifttune.runner.cuda_graphs import StepGraphs
+
+    assert TOKEN_BUCKETS == RUNNER_BUCKETS
+    for max_tokens, max_seqs, budget in [(2048, 256, 8192), (2048, 8, 8192), (1000, 256, 600)]:
+        cfg = SimpleNamespace(cuda_graph_max_tokens=max_tokens, max_num_batched_tokens=budget, max_num_seqs=max_seqs,
+                              parallel=SimpleNamespace(sp=1), block_size=16, max_model_len=4096,
+                              model_config=SimpleNamespace(vocab_size=8))  # fmt: skip
+        runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0)
+        graphs, sim = StepGraphs(runner, capture=False), GraphBuckets(max_tokens, max_seqs, budget)
+        for t in [1, 3, 7, 8, 9, 200, 255, 256, 257, 600, 1000, 1024, 1025, 1038, 1500, 2048, 2049]:
+            for n in {1, 2, min(t, 9), min(t, max_seqs), min(t, max_seqs + 1)}:
+                runs = graphs.can_run(t, n, n)
+                expected = next(b for b in graphs.buckets if b >= t) if runs else t
+                assert sim.tokens(t, n, n) == expected, (t, n, max_tokens, max_seqs, budget)
+
+
+def test_the_simulated_schedule_is_the_engines_with_and_without_async_scheduling():
+    """The CPU engine and the simulator, the same requests added at the same loop iterations: the same steps
+    (tokens per step) in the same order. With async scheduling the engine reads a step back in the next
+    iteration, so a request that arrives while a step runs joins the step after the one already queued: its
+    TTFT is two steps, one more than without."""
+    from shifttune import LLM, SamplingParams
+    from shifttune.engine.policy import FixedPolicy
+    from shifttune.recommend.simulator import simulate
+    from shifttune.recommend.workload import Request
+
+    plan = [(1, 40, 8), (4, 25, 6), (5, 60, 5), (9, 10, 7)]  # (added before loop iteration j, prompt, output)
+    for async_scheduling in (False, True):
+        with LLM("tiny", async_scheduling=async_scheduling, max_num_batched_tokens=64,
+                 enable_prefix_caching=False) as llm:  # fmt: skip
+            engine, todo, calls, first = llm.llm_engine, list(plan), 0, {}
+            while todo or engine.has_unfinished_requests():
+                calls += 1
+                while todo and todo[0][0] == calls:
+                    j, n, o = todo.pop(0)
+                    ids = [5 + (i * 7 + j) % 200 for i in range(n)]
+                    engine.add_request(f"r{j}", ids, SamplingParams(temperature=0, max_tokens=o, ignore_eos=True))
+                for out in engine.step():
+                    if out.outputs[0].token_ids:
+                        first.setdefault(int(out.request_id[1:]), calls)
+            engine_steps = [s.shape.num_tokens for s in engine.stats.steps]
+        # every step takes 1 ms; iteration i starts when step i - 1 ends (sync) or step i - 2 ends (async)
+        lag = 2 if async_scheduling else 1
+        sim_steps: list[int] = []
+        res = simulate([Request(max(0, j - lag) * 1e-3, n, o) for j, n, o in plan], FixedPolicy("tp"),
+                       lambda mode, t, c: sim_steps.append(t) or 1.0, kv_capacity_tokens=1 << 16,
+                       max_num_batched_tokens=64, async_scheduling=async_scheduling)  # fmt: skip
+        assert sim_steps == engine_steps
+        assert first == {j: j + lag - 1 for j, _, _ in plan}  # the iteration that hands the first token over
+        assert res.ttft_ms == pytest.approx([1.0, lag, lag, lag])  # the first found the engine idle
+
+
+def test_async_scheduling_costs_a_request_that_arrives_while_busy_one_step():
+    """10 ms steps; a second request arrives 5 ms into a decode step of the first. Synchronous: it joins the next
+    step (TTFT 5 + 10). Async: the next step is already queued, it joins the one after (5 + 10 + 10)."""
+    from shifttune.engine.policy import FixedPolicy
+    from shifttune.recommend.simulator import simulate
+    from shifttune.recommend.workload import Request
+
+    reqs = [Request(0.0, 100, 50), Request(0.055, 100, 5)]
+    ten = lambda mode, t, c: 10.0  # noqa: E731
+    sync = simulate(reqs, FixedPolicy("tp"), ten, kv_capacity_tokens=1 << 16)
+    asyn = simulate(reqs, FixedPolicy("tp"), ten, kv_capacity_tokens=1 << 16, async_scheduling=True)
+    assert sorted(sync.ttft_ms) == pytest.approx([10.0, 15.0])
+    assert sorted(asyn.ttft_ms) == pytest.approx([10.0, 25.0])
+    assert sync.tpot_ms == pytest.approx(asyn.tpot_ms)  # the steady state is the same
+    assert sorted(asyn.queue_ms) == pytest.approx([0.0, 5.0]) and sorted(asyn.engine_ms) == pytest.approx([10, 20])
+
+
+def test_graph_padding_and_host_time_in_the_simulation():
+    """A 1000-token prompt runs the 1024-token graph; with another request decoding, 1001 tokens run it too;
+    the server's host time per request adds to TTFT and E2E, not to TPOT."""
+    from shifttune.engine.policy import FixedPolicy
+    from shifttune.recommend.simulator import simulate
+    from shifttune.recommend.workload import Request
+
+    seen: list[int] = []
+    step = lambda mode, t, c: seen.append(t) or 1.0 + 0.01 * t  # noqa: E731
+    lone = simulate([Request(0.0, 1000, 3)], FixedPolicy("tp"), step, kv_capacity_tokens=1 << 16,
+                    cuda_graph_max_tokens=2048, async_scheduling=True, ingress_ms=2.0, egress_ms=3.0)  # fmt: skip
+    assert seen == [1024, 1, 1] and lone.ttft_ms == pytest.approx([2.0 + 11.24 + 3.0])
+    assert lone.tpot_ms == pytest.approx([1.01]) and lone.e2e_ms == pytest.approx([2.0 + 11.24 + 2 * 1.01 + 3.0])
+    seen.clear()
+    simulate([Request(0.0, 10, 20), Request(0.005, 1000, 2)], FixedPolicy("tp"), step, kv_capacity_tokens=1 << 16,
+             cuda_graph_max_tokens=2048)  # fmt: skip
+    assert seen[0] == 16 and 1024 in seen and 1001 not in seen  # the 10-token prompt ran the 16-token graph
+
+
+def test_profile_steps_are_linear_between_measured_token_counts():
+    from shifttune.engine.step_model import StepTimeModel
+    from shifttune.recommend.simulator import profile_step_ms
+    from test_recommend import synthetic_profile
+
+    prof = synthetic_profile(lambda t, c: 1.0 + t, lambda t, c: 2.0 + t)
+    m = StepTimeModel(prof, "tp", 1, 2)
+    step = profile_step_ms({"tp": m})
+    xs = sorted({t for xs, _ in m.curves.values() for t in xs})
+    lo, hi = next((a, b) for a, b in zip(xs, xs[1:]) if b - a > 2)
+    mid = (lo + hi) // 2
+    assert step("tp", lo, 512) == pytest.approx(m.predict(lo, 512))
+    assert step("tp", mid, 512) == pytest.approx(1.0 + mid)  # the profile's curve is affine: exact
+    assert step("tp", xs[-1] * 2, 512) == pytest.approx(m.predict(xs[-1] * 2, 512))

@@ -9,6 +9,7 @@ it is recomputed later from its tokens, which keeps outputs unchanged.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from shifttune.engine.block_manager import BlockManager
@@ -64,6 +65,7 @@ class Scheduler:
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
         self.released: list[Sequence] = []  # finished or preempted since the runner last heard
+        self.on_schedule: Callable[[SchedulerOutput], None] | None = None  # sees every non-empty step (tracing)
 
     def is_done_pending(self, seq: Sequence) -> bool:
         """The tokens it has pending end it by length: it runs no more steps."""
@@ -114,7 +116,10 @@ class Scheduler:
             self.running.append(seq)
             scheduled.append(ScheduledSeq(seq, n, is_new=True))
             budget -= n
-        return SchedulerOutput(scheduled, preempted)
+        out = SchedulerOutput(scheduled, preempted)
+        if scheduled and self.on_schedule is not None:
+            self.on_schedule(out)
+        return out
 
     def _preempt(self, seq: Sequence) -> None:
         self.released.append(seq)

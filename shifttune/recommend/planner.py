@@ -17,7 +17,7 @@ from shifttune.engine.policy import FixedPolicy, ProfilePolicy, ThresholdPolicy
 from shifttune.engine.profile_schema import Profile, ProfileError
 from shifttune.engine.step_model import StepTimeModel, crossover
 from shifttune.recommend.launch import Deployment, launch_lines
-from shifttune.recommend.simulator import simulate
+from shifttune.recommend.simulator import EngineLoop, profile_step_ms, simulate
 from shifttune.recommend.workload import Workload
 
 ARCTIC_DEFAULT_THRESHOLD = 512  # Arctic Inference's code default (its docs say 256)
@@ -161,13 +161,15 @@ def plan(
 
 
 def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
-    """TP-only, SP-only (the best SP x TP layout, every step) and shift, under the same arrivals."""
+    """TP-only, SP-only (the best SP x TP layout, every step) and shift, under the same arrivals, on the engine's
+    loop as `serve` runs it on the profile's device (`EngineLoop.of_profile`; no HTTP time per request)."""
     p, tp, sp = plan_.world_size, plan_.best_tp, plan_.best_sp
     tp_model = StepTimeModel(profile, TP, p, 1)
     models = {TP: tp_model}
     if sp > 1:
         models[SP] = StepTimeModel(profile, SP, tp, sp)
     requests = workload.requests()
+    step_ms, loop = profile_step_ms(models), EngineLoop.of_profile(profile)
 
     def capacity(tp_: int, sp_: int, drop_shift_copy: bool = False) -> int:
         """KV tokens a deployment of this layout would hold; SP-only has no second (TP-layout) copy."""
@@ -198,9 +200,10 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
         res = simulate(
             requests,
             policy,
-            lambda mode, t, c: models[mode].predict(t, c),
+            step_ms,
             kv_capacity_tokens=kv_tokens,
             block_size=int(profile.engine.get("block_size", 16)),
+            **loop.kwargs(),
         )
         out.append({"label": label} | res.summary())
     return out

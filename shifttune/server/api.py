@@ -1,7 +1,8 @@
 """The HTTP surface: FastAPI routes of the OpenAI API (`/v1/completions`, `/v1/chat/completions`,
 `/v1/models`) and `/health`, `/metrics`, `/version`; shifttune's own `/v1/shifttune/policy` and
-`/v1/shifttune/live` (recent steps and requests, for the live views); OpenAI-style error bodies for every refusal; the
-API key; cancelling a request whose client went away.
+`/v1/shifttune/live` (recent steps and requests, for the live views) and `/v1/shifttune/trace` (per-request and
+per-step timestamps, `trace.py`); OpenAI-style error bodies for every refusal; the API key; cancelling a request
+whose client went away.
 """
 
 from __future__ import annotations
@@ -68,6 +69,14 @@ async def _until_disconnected(request: Request, work):
         return await task
     finally:
         watcher.cancel()
+
+
+def engine_settings(c) -> dict:
+    """What a simulation of this engine needs to know of its loop (`recommend --validate` reads it)."""
+    graphs = c.device == "cuda" and not c.enforce_eager
+    return {"async_scheduling": bool(c.async_scheduling), "max_num_seqs": c.max_num_seqs,
+            "max_num_batched_tokens": c.max_num_batched_tokens, "block_size": c.block_size,
+            "cuda_graph_max_tokens": c.cuda_graph_max_tokens if graphs else 0}  # fmt: skip
 
 
 def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_model_len: int,
@@ -143,8 +152,14 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
         c = engine.config
         info = {"model": model_name, "tp": c.parallel.tp, "sp": c.parallel.sp, "device": c.device,
                 "policy": c.shift_policy, "threshold": c.shift_threshold, "max_model_len": max_model_len,
-                "version": shifttune.__version__}  # fmt: skip
+                "version": shifttune.__version__, "engine": engine_settings(c)}  # fmt: skip
         return JSONResponse(info | metrics.live.to_json(after))  # NOTE: not a dict: FastAPI's encoder is slow
+
+    @app.get("/v1/shifttune/trace", dependencies=[Depends(authorized)])
+    async def trace(since: float = 0.0) -> JSONResponse:
+        """Timestamps (the server host's time.monotonic()) of the requests that arrived at or after `since`, of
+        each in both processes, and of the engine loop's steps since then; `now` is the clock when answered."""
+        return JSONResponse(await engine.trace_json(since))
 
     @app.get("/v1/models", dependencies=[Depends(authorized)])
     async def models() -> ModelList:

@@ -2,9 +2,10 @@
 
 HTTP handlers check a request here first (`prepare`: tokenizer and limits, in this process), then
 `generate()` it and read its per-step deltas from an asyncio queue. The core's messages are read on the
-event loop (`add_reader` on the pipe); what goes to the core is written by one sender thread, so a burst
-of long prompts never blocks the event loop on a full pipe. Aborts (clients gone), policy changes and
-shutdown go the same way and take effect between steps.
+event loop (`add_reader` on the pipe); what goes to the core is written by the event loop itself while the
+pipe has room, else by a sender thread (`pipes.PipeWriter`), so a burst of long prompts never blocks the
+event loop on a full pipe. Aborts (clients gone), policy changes and shutdown go the same way and take
+effect between steps.
 """
 
 from __future__ import annotations
@@ -13,8 +14,6 @@ import asyncio
 import itertools
 import logging
 import multiprocessing as mp
-import queue
-import threading
 from collections.abc import AsyncIterator
 
 from shifttune.config import ConfigError, EngineConfig
@@ -23,6 +22,8 @@ from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.sequence import CompletionOutput, RequestOutput
 from shifttune.server.engine_core import StepReport, run_engine_core
 from shifttune.server.metrics import ServerMetrics
+from shifttune.server.pipes import PipeWriter
+from shifttune.server.trace import HttpTrace
 
 logger = logging.getLogger("shifttune.server")
 
@@ -53,15 +54,17 @@ class AsyncEngine:
         self.on_fatal = lambda: None  # the server's way to stop itself
         self.stopping = False
         self.num_waiting = 0  # requests the core holds that have not produced a token yet (from its reports)
+        self.trace = HttpTrace()
         self._call_ids = itertools.count()
-        self._outgoing: queue.SimpleQueue = queue.SimpleQueue()
+        self._outgoing: PipeWriter | None = None  # to the core, from start_core on
         self._process: mp.Process | None = None
 
     # ---- lifecycle ---------------------------------------------------------------------------------
     def start_core(self, timeout_s: float = 3600.0) -> dict:
         """Starts the core process and waits until its engine is up; ConfigError / RuntimeError if not."""
         ctx = mp.get_context("spawn")
-        inbox_r, self._to_core = ctx.Pipe(duplex=False)
+        inbox_r, to_core = ctx.Pipe(duplex=False)
+        self._outgoing = PipeWriter(to_core, "engine-core-sender", on_sent=lambda rid: self.trace.mark(rid, 2))
         self._from_core, outbox_w = ctx.Pipe(duplex=False)
         # NOTE: not a daemon: the core spawns the other ranks' workers itself, which daemons may not do.
         self._process = ctx.Process(target=run_engine_core, args=(self.config, inbox_r, outbox_w), name="engine-core")
@@ -82,7 +85,6 @@ class AsyncEngine:
             raise ConfigError(message, field) if kind == "config" else RuntimeError(f"{kind}: {message}")
         info = msg[1]
         self.config.max_model_len = info["max_model_len"]  # the core may have lowered it to fit the cache
-        threading.Thread(target=self._send_loop, name="engine-core-sender", daemon=True).start()
         return info
 
     def start(self) -> None:
@@ -94,7 +96,7 @@ class AsyncEngine:
         """Asks the core to end every request (finish reason "abort") and stop; returns at once (signal-safe)."""
         if not self.stopping and self._process is not None:
             self.stopping = True
-            self._outgoing.put(("stop",))
+            self._outgoing.send_queued(("stop",))
 
     def stop(self, timeout_s: float = 60.0) -> None:
         """Stops the core and its workers and waits for that."""
@@ -127,7 +129,8 @@ class AsyncEngine:
         self.streams[request_id] = out
         self.num_waiting += 1  # until the core's next report says otherwise
         self.metrics.arrived(request_id, len(prompt_ids))
-        self._outgoing.put(("add", request_id, prompt_ids, params, prompt_text))
+        self.trace.mark(request_id, 1)
+        self._outgoing.send(("add", request_id, prompt_ids, params, prompt_text), request_id)
         finished = False
         try:
             while True:
@@ -140,29 +143,27 @@ class AsyncEngine:
                     return
         finally:
             self.streams.pop(request_id, None)
+            self.trace.finished(request_id)
             if not finished:
                 self.metrics.aborted(request_id)
                 if not self.stopping:
-                    self._outgoing.put(("abort", request_id))
+                    self._outgoing.send(("abort", request_id))
 
     async def call(self, method: str, *args):
         """Runs engine.method(*args) in the core between two steps and returns its result."""
         n, future = next(self._call_ids), self.loop.create_future()
         self.calls[n] = future
-        self._outgoing.put(("call", n, method, args))
+        self._outgoing.send(("call", n, method, args))
         return await future
 
-    # ---- pipes -------------------------------------------------------------------------------------
-    def _send_loop(self) -> None:
-        while True:
-            msg = self._outgoing.get()
-            try:
-                self._to_core.send(msg)
-            except (BrokenPipeError, OSError):
-                return
-            if msg[0] == "stop":
-                return
+    async def trace_json(self, since: float = 0.0) -> dict:
+        """Both processes' timestamps of the requests that arrived at or after `since` (see `trace.py`)."""
+        n, future = next(self._call_ids), self.loop.create_future()
+        self.calls[n] = future
+        self._outgoing.send(("trace", n, since))
+        return self.trace.merged(await future, since)
 
+    # ---- pipes -------------------------------------------------------------------------------------
     def _on_readable(self) -> None:
         try:
             while self._from_core.poll(0):
@@ -183,6 +184,8 @@ class AsyncEngine:
             for out in outputs:
                 stream = self.streams.get(out.request_id)
                 if stream is not None:
+                    if out.outputs[0].token_ids:
+                        self.trace.mark(out.request_id, 3)
                     stream.put_nowait(out)
         elif kind == "refused":
             _, request_id, message, field = msg

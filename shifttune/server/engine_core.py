@@ -6,9 +6,13 @@ Why a process: host work of a step (scheduling, sampling, detokenizing) and the 
 (`profiles/runs/serve_vs_offline_*_thread_*.json`) an engine thread lost 8-42% of offline throughput.
 vLLM V1 splits them the same way.
 
+The loop stamps each request and step for `GET /v1/shifttune/trace` (`trace.py`), and writes to the server
+itself while the pipe has room (`pipes.py`: a hop to a writer thread waits for the GIL while the loop runs).
+
 Messages are plain tuples over two one-way pipes (pickling a step's 256 outputs as tuples takes ~50 us;
 as dataclasses holding their prompts, milliseconds):
-    to the core:   ("add", id, token_ids, params, prompt_text) | ("abort", id) | ("call", n, method, args) | ("stop",)
+    to the core:   ("add", id, token_ids, params, prompt_text) | ("abort", id) | ("call", n, method, args)
+                   | ("trace", n, since) | ("stop",)
     from the core: ("ready", info) | ("failed", kind, message, field) | ("step", outputs, report)
                    | ("refused", id, message, field) | ("result", n, value, error)
 """
@@ -16,7 +20,6 @@ as dataclasses holding their prompts, milliseconds):
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import threading
 import time
@@ -26,6 +29,8 @@ from multiprocessing.connection import Connection
 from shifttune.config import ConfigError, EngineConfig
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sequence import RequestOutput
+from shifttune.server.pipes import PipeWriter
+from shifttune.server.trace import CoreTrace
 
 # what one output carries over the pipe (the delta of one step of one request)
 WIRE_FIELDS = ("request_id", "token_ids", "text", "finish_reason", "stop_reason", "logprobs", "finished", "error")
@@ -66,41 +71,20 @@ def _watch_parent(parent: int) -> None:
     os._exit(1)
 
 
-class _Sender:
-    """Writes to the server from a thread: a server slow to read must not stall the step loop on a full pipe."""
-
-    def __init__(self, conn: Connection):
-        self.conn, self.queue = conn, queue.SimpleQueue()
-        self.thread = threading.Thread(target=self._run, name="engine-core-sender", daemon=True)
-        self.thread.start()
-
-    def send(self, msg: tuple) -> None:
-        self.queue.put(msg)
-
-    def _run(self) -> None:
-        while (msg := self.queue.get()) is not None:
-            try:
-                self.conn.send(msg)
-            except OSError:  # the server is gone; the parent watcher ends this process
-                return
-
-    def close(self) -> None:
-        self.queue.put(None)
-        self.thread.join(10)
-
-
 def run_engine_core(config: EngineConfig, inbox: Connection, outbox_conn: Connection) -> None:
     """The core process's main: build the engine, say ready (or why not), then step until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us through the pipe, after its streams
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
-    outbox = _Sender(outbox_conn)
+    trace = CoreTrace()
+    # NOTE: a server slow to read must not stall the step loop on a full pipe: PipeWriter falls back to a thread
+    outbox = PipeWriter(outbox_conn, "engine-core-sender", on_sent=trace.message_sent)
     try:
-        _serve(config, inbox, outbox)
+        _serve(config, inbox, outbox, trace)
     finally:
         outbox.close()
 
 
-def _serve(config: EngineConfig, inbox: Connection, outbox: _Sender) -> None:
+def _serve(config: EngineConfig, inbox: Connection, outbox: PipeWriter, trace: CoreTrace) -> None:
     try:
         engine = LLMEngine(config)
     except ConfigError as e:
@@ -110,13 +94,19 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: _Sender) -> None:
         outbox.send(("failed", type(e).__name__, str(e).splitlines()[0] if str(e) else repr(e), None))
         return
     outbox.send(("ready", {"max_model_len": config.max_model_len, "kv_blocks": engine.block_manager.num_blocks}))
+    engine.scheduler.on_schedule = trace.on_schedule
     try:
-        while _handle(engine, inbox, outbox, block=not engine.has_unfinished_requests()):
+        while _handle(engine, inbox, outbox, trace, block=not engine.has_unfinished_requests()):
             if engine.has_unfinished_requests():
                 before = engine.stats.num_steps
                 outputs = engine.step()
-                if engine.stats.num_steps > before or outputs:
-                    outbox.send(("step", [to_wire(o) for o in outputs], _report(engine)))
+                completed = engine.stats.num_steps > before
+                if completed:
+                    last = engine.stats.steps[-1]
+                    trace.completed(time.monotonic(), last.mode, last.duration_s)
+                if completed or outputs:
+                    msg = ("step", [to_wire(o) for o in outputs], _report(engine))
+                    outbox.send(msg, trace.handed(outputs, time.monotonic()))
         aborted = []
         for request_id in list(engine.requests):
             seq = engine.requests[request_id]
@@ -128,7 +118,7 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: _Sender) -> None:
         engine.shutdown()
 
 
-def _handle(engine: LLMEngine, inbox: Connection, outbox: _Sender, block: bool) -> bool:
+def _handle(engine: LLMEngine, inbox: Connection, outbox: PipeWriter, trace: CoreTrace, block: bool) -> bool:
     """Applies every message waiting in the pipe (waits for one when idle); False once told to stop."""
     if not inbox.poll(None if block else 0):
         return True
@@ -137,19 +127,27 @@ def _handle(engine: LLMEngine, inbox: Connection, outbox: _Sender, block: bool) 
         kind = msg[0]
         if kind == "add":
             _, request_id, ids, params, text = msg
+            trace.added(request_id)
             try:
                 engine.add_request(request_id, ids, params, prompt_text=text)
             except ConfigError as e:  # the front end checked it already; a race (e.g. a reused id) lands here
+                trace.finished(request_id)
                 outbox.send(("refused", request_id, e.message, e.field))
         elif kind == "abort":
+            trace.finished(msg[1])
             if msg[1] in engine.requests:
                 engine.abort_request(msg[1])
+        elif kind == "trace":
+            outbox.send(("result", msg[1], trace.to_json(msg[2]), None))
         elif kind == "call":
             _, n, method, args = msg
             try:
                 outbox.send(("result", n, getattr(engine, method)(*args), None))
-            except Exception as e:
-                outbox.send(("result", n, None, e))
+            except Exception as e:  # the call failed, or its result does not pickle
+                try:
+                    outbox.send(("result", n, None, e))
+                except Exception:
+                    outbox.send(("result", n, None, RuntimeError(f"{type(e).__name__}: {e}")))
         elif kind == "stop":
             return False
         if not inbox.poll(0):

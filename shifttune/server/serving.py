@@ -125,6 +125,7 @@ class Serving:
             except ConfigError as e:
                 raise APIError(400, str(e), e.field) from None
             choices.append(Choice(i, f"{base}-{i}", (text, ids)))
+            self.engine.trace.received(choices[-1].request_id, len(ids))
         return choices
 
     def completion_choices(self, req: CompletionRequest) -> tuple[list[Choice], SamplingParams]:
@@ -175,6 +176,8 @@ class Serving:
                 before = len(choice.token_ids)
                 choice.add(out)
                 yield to_chunk(choice, out.outputs[0], before)
+                if not before and choice.token_ids:  # the chunk with its first token is with the transport now
+                    self.engine.trace.mark(choice.request_id, 4)
         except (APIError, EngineDeadError) as e:
             status, message = (e.status, e.message) if isinstance(e, APIError) else (503, str(e))
             error = {"message": message, "type": "Error", "param": None, "code": status}
