@@ -14,7 +14,7 @@ OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 LOG=$OUT/validate.log
 python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
-export PYTHONPATH=$PWD
+export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 M=llama-3.1-8b
 P=$OUT/profile_${M}_h100x1.json
 V=$OUT/validate_${M}_h100x1.json
