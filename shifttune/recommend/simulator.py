@@ -92,20 +92,10 @@ class GraphBuckets:
 
 
 def profile_step_ms(models: dict[str, StepTimeModel]) -> StepFn:
-    """Step times from a profile: between two measured token counts linear in tokens (a step's time is close
-    to affine in its tokens there: weights read once, work per token; a 1280-token graph between the
-    1024- and 2048-token points), where `StepTimeModel` alone interpolates in log2(tokens); outside the
-    measured counts, and at them, `StepTimeModel`'s prediction."""
-    grids = {mode: sorted({t for xs, _ in m.curves.values() for t in xs}) for mode, m in models.items()}
+    """Step times from a profile: each mode's `StepTimeModel`."""
 
     def step_ms(mode: str, tokens: int, context: float) -> float:
-        m, xs = models[mode], grids[mode]
-        i = bisect.bisect_left(xs, tokens)
-        if i == 0 or i == len(xs) or xs[i] == tokens:
-            return m.predict(tokens, context)
-        lo, hi = xs[i - 1], xs[i]
-        a, b = m.predict(lo, context), m.predict(hi, context)
-        return a + (b - a) * (tokens - lo) / (hi - lo)
+        return models[mode].predict(tokens, context)
 
     return step_ms
 
