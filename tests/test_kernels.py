@@ -254,7 +254,8 @@ def test_fused_ops_match_torch_layers():
 
 @pytest.mark.parametrize("n, vocab", [(6, 50), (6, 2500), (6, 20000)])  # 20000: three chunks
 def test_sample_kernel_matches_the_torch_reference(n, vocab):
-    """Filters (top-k cut, temperature, sort-free top-p, min-p) and the seeded draw, row for row."""
+    """Filters (top-k cut, temperature, sort-free top-p, min-p) and the seeded draw, row for row; the kernels
+    read each row's settings at rows[i] of the tables (here permuted) and move its step on."""
     from shifttune.kernels.sampling import sample
     from shifttune.kernels.sampling_ref import sample_ref
 
@@ -273,5 +274,11 @@ def test_sample_kernel_matches_the_torch_reference(n, vocab):
     ][:n]
     args = [torch.tensor(c, device=dev) for c in zip(*rows)]
     args = [args[0].float(), args[1].float(), args[2].float(), args[3].float(), *args[4:]]
-    got, ref = sample(logits, *args), sample_ref(logits, *args)
-    assert got.tolist() == ref.tolist() and got[0] >= 7
+    at = torch.tensor([3, 0, 5, 1, 4, 2], device=dev)[:n]  # row i's settings at at[i]
+    tables = [torch.empty_like(a).index_copy_(0, at, a) for a in args]
+    got = sample(logits, at, tables[0], args[1], *tables[2:], advance=True)
+    assert got.tolist() == sample_ref(logits, *args).tolist() and got[0] >= 7
+    assert tables[5].tolist() == args[5].index_copy(0, at, args[5] + 1).tolist()
+    no_k = [args[0], torch.full_like(args[1], -torch.inf), *args[2:5], args[5] + 1, args[6]]
+    got = sample(logits, at, tables[0], None, *tables[2:])
+    assert got.tolist() == sample_ref(logits, *no_k).tolist()

@@ -1,4 +1,5 @@
-"""Sampling semantics on the tiny built-in model (single rank): seeds, top-k, stops, min_tokens, text."""
+"""Sampling semantics on the tiny built-in model (single rank): seeds, top-k, stops, min_tokens, text; the
+sort-free top-p against a full sort; the sampler's Triton kernels (interpreted on CPU) against the reference."""
 
 from __future__ import annotations
 
@@ -6,8 +7,20 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
-from shifttune.kernels.sampling_ref import filter_ref
+from shifttune.kernels.sampling_ref import (
+    LN2,
+    NUM_PASSES,
+    NUM_THRESHOLDS,
+    filter_ref,
+    sample_ref,
+    search_span,
+    top_p_cut_ref,
+    uniform_noise,
+)
 from shifttune.runner.sampler import RequestSampling, Sampler
+
+
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # the kernels: compiled on a GPU, interpreted on CPU
 
 
 @pytest.fixture(scope="module")
@@ -185,3 +198,140 @@ def test_sampled_frequencies_follow_the_distribution():
     for _ in range(4000):  # each call is the request's next output token: fresh noise
         counts[sampler(logits.clone(), [0], torch.arange(1)).tokens[0]] += 1
     assert torch.allclose(counts / counts.sum(), probs, atol=0.03)
+
+
+def _exact_cut(x: torch.Tensor, top_p: float) -> tuple[float, int]:
+    """(lowest kept logit, kept count) of the exact nucleus of one row x: the fewest likeliest tokens
+    holding at least top_p of the mass (a full sort, float64)."""
+    sorted_x = x.double().sort(descending=True).values
+    probs = sorted_x.softmax(dim=-1)
+    kept = int(((probs.cumsum(dim=-1) - probs) < top_p).sum())
+    return float(sorted_x[kept - 1]), kept
+
+
+def test_search_span_bounds_the_cut_from_below():
+    """The search starts at max - L with ln(V / (1 - p)) <= L < that + 2 ln 2 (integer work only)."""
+    for vocab in (2, 50, 32000, 128256, 152064):
+        for p in (0.0, 0.3, 0.5, 0.9, 0.95, 0.999, 1 - 2**-20):
+            top_p = torch.tensor([p], dtype=torch.float32)
+            span = search_span(vocab, top_p).item()
+            exact = torch.log(torch.tensor(vocab, dtype=torch.float64) / (1 - top_p.double())).item()
+            assert exact <= span < exact + 2 * LN2 + 1e-6, (vocab, p, span, exact)
+
+
+@pytest.mark.parametrize("kind", ["flat", "peaked", "llm", "one_token"])
+def test_top_p_cut_matches_a_full_sort(kind):
+    """The cut over 128k logits against the exact nucleus: it keeps at least top_p of the mass and sits
+    within one step of the last pass (the first bracket's width / 16**4) below the exact cut. On peaked
+    rows the first bracket is [max - L, max], narrower than [lowest, max]."""
+    vocab = 128256
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(4, vocab, generator=gen)
+    if kind == "flat":
+        x = x * 0.02
+    elif kind == "peaked":
+        x = x * 4
+    elif kind == "llm":  # a bulk around -5 and a few likely tokens near 10
+        x = x * 2 - 5
+        x[:, :20] = 10 - torch.arange(20).float() / 4
+    else:  # one token holds more than any top_p here
+        x[:, 7] = 40
+    top_p = torch.tensor([0.5, 0.9, 0.95, 0.99])
+    cut = top_p_cut_ref(x, top_p)
+    m = x.max(dim=-1).values
+    lo0 = torch.maximum(x.min(dim=-1).values, m - search_span(vocab, top_p))
+    if kind == "peaked":
+        assert (lo0 > x.min(dim=-1).values + 10).all()  # the span tightened the first bracket by > 10 logits
+    for r in range(4):
+        exact_cut, exact_kept = _exact_cut(x[r], top_p[r].item())
+        step = (m[r] - lo0[r]).item() / NUM_THRESHOLDS**NUM_PASSES
+        assert exact_cut - step - 1e-6 <= cut[r].item() <= exact_cut, (kind, r, cut[r].item(), exact_cut, step)
+        kept = x[r] >= cut[r]
+        probs = x[r].double().softmax(dim=-1)
+        assert probs[kept].sum() >= top_p[r].item() - 1e-6
+        in_step = int(((x[r] >= exact_cut - step - 1e-6) & (x[r] < exact_cut)).sum())
+        assert exact_kept <= int(kept.sum()) <= exact_kept + in_step
+    if kind == "one_token":
+        assert (cut == 40).all()  # only the likeliest token is left
+
+
+def test_uniform_noise_is_odd_multiples_of_2_pow_minus_24():
+    seeds, steps = torch.tensor([0, 1, 2**62 + 5]), torch.tensor([0, 0, 2**33])
+    u = uniform_noise(seeds, steps, 50_000)
+    assert ((u * 2**24) % 2 == 1).all() and (u > 0).all() and (u < 1).all()
+    assert (u.mean(dim=1) - 0.5).abs().max() < 0.01 and (u.std(dim=1) - 12**-0.5).abs().max() < 0.01
+    assert not torch.equal(u[0], u[1]) and torch.equal(u, uniform_noise(seeds, steps, 50_000))
+    assert torch.equal(uniform_noise(seeds[:1], steps[:1], 70_000)[:, :50_000], u[:1])  # v's noise depends on v only
+
+
+def _tables(n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
+    """Mixed per-row settings: inv_temp, top_p, min_p, seeds, steps, greedy."""
+    i = torch.arange(n)
+    return (1 / (0.3 + torch.rand(n, generator=gen)), torch.tensor([0.5, 0.9, 0.95, 0.99, 1.0, 0.7, 0.1])[i % 7],
+            torch.where(i % 5 == 0, 0.05, 0.0), torch.randint(0, 2**62, (n,), generator=gen),
+            torch.randint(0, 1000, (n,), generator=gen), i % 6 == 3)  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "scale, config",
+    [(0.02, {}), (3.0, {}), (0.02, {"CAP": 16}), (0.02, {"CHUNK": 1024, "CAP": 128, "SPLIT_SUB": 512, "WARPS": 4})],
+)
+def test_sample_kernels_match_the_reference(monkeypatch, scale, config):
+    """The four kernels (interpreted on CPU) against `sample_ref`, settings read at permuted rows of the tables,
+    with and without top-k. CAP 16: the bracket overflows its copies and the last kernel reads the logits;
+    the last case: other shapes (several chunks, a loop in `_split_kernel`, narrower blocks)."""
+    from shifttune.kernels import sampling
+
+    for name, value in config.items():
+        monkeypatch.setattr(sampling, name, sampling.WARPS | {"split": value} if name == "WARPS" else value)
+    n, vocab = 12, 3000
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(n, vocab, generator=gen) * scale
+    logits[1, 100:200] = float("-inf")
+    tables = _tables(n, gen)
+    perm = torch.randperm(n, generator=gen)
+    placed = [torch.empty_like(t) for t in tables]
+    for t, dst in zip(tables, placed):
+        dst[perm] = t  # row i's settings at perm[i]
+    no_k = torch.full((n,), -torch.inf)
+    dev = [t.to(DEV) for t in (logits, perm, *placed)]
+    got = sampling.sample(dev[0], dev[1], dev[2], None, *dev[3:])
+    assert got.tolist() == sample_ref(logits, tables[0], no_k, *tables[1:]).tolist()
+    k = torch.randint(1, 40, (n,), generator=gen)
+    kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).unsqueeze(1)).squeeze(1)
+    cut_k = torch.where(torch.arange(n) % 2 == 0, kth, -torch.inf)  # top-k on every other row
+    got = sampling.sample(dev[0], dev[1], dev[2], cut_k.to(DEV), *dev[3:])
+    assert got.tolist() == sample_ref(logits, tables[0], cut_k, *tables[1:]).tolist()
+
+
+def test_sample_kernels_give_a_row_the_same_token_alone_or_in_a_batch():
+    """Bit for bit: the chunks' sums do not depend on the batch, so neither does the draw."""
+    from shifttune.kernels import sampling
+
+    gen = torch.Generator().manual_seed(6)
+    logits = (torch.randn(5, 20_000, generator=gen) * 0.02).to(DEV)  # flat: a nucleus of most of the vocabulary
+    tables = [t.to(DEV) for t in _tables(5, gen)]
+    rows = torch.arange(5, device=DEV)
+    batch = sampling.sample(logits, rows, tables[0], None, *tables[1:])
+    for j in (0, 2, 4):
+        alone = sampling.sample(logits[j : j + 1], rows[j : j + 1], tables[0], None, *tables[1:])
+        assert alone.item() == batch[j].item()
+
+
+def test_kernel_sampler_matches_the_torch_sampler():
+    """The runner's Sampler on its kernel path (interpreted on CPU) and on its torch path, over a few steps of a
+    mixed batch: same tokens, same logprobs, and the kernels move the step counters on."""
+    kinds = [RequestSampling(temperature=0), RequestSampling(temperature=0.8, top_p=0.9, seed=3, logprobs=2),
+             RequestSampling(temperature=1.1, top_k=7, seed=4), RequestSampling(temperature=0.5, min_p=0.05, seed=5),
+             RequestSampling(temperature=1.0, top_p=0.5, top_k=30, seed=6)]  # fmt: skip
+    rows = [4, 0, 3, 1]  # persistent-batch rows, not in order
+    samplers = [Sampler(6, torch.device(DEV), kernels=k) for k in (True, False)]
+    for s in samplers:
+        s.set_rows(rows, [kinds[(i * 3) % 5] for i in range(4)], [0, 2, 5, 1])
+    gen = torch.Generator().manual_seed(8)
+    for _ in range(3):
+        logits = (torch.randn(4, 700, generator=gen) * 2).to(DEV)
+        outs = [s(logits.clone(), rows, torch.tensor(rows, device=DEV)) for s in samplers]
+        assert outs[0].tokens.tolist() == outs[1].tokens.tolist()
+        assert torch.equal(outs[0].chosen_logprobs, outs[1].chosen_logprobs)
+    assert samplers[0].step.tolist() == samplers[1].step.tolist() == [2 + 3, 1 + 3, 0, 5 + 3, 0 + 3, 0]

@@ -1,7 +1,7 @@
 """Token sampling for a whole step on the runner, in a fixed number of launches whatever the batch and its
 mix of greedy, random and seeded requests: min_tokens masking, top-k (one bounded `topk`), temperature,
-top-p (a sort-free cut), min-p and the draw in one kernel (`kernels/sampling.py` on GPU, the torch
-reference on CPU), logprobs. Nothing here waits for the device.
+top-p (a sort-free cut), min-p and the draw in four kernels that also move the rows' step counters on
+(`kernels/sampling.py` on GPU; the torch reference on CPU), logprobs. Nothing here waits for the device.
 
 Randomness is counter-based: the noise of a request at its n-th output token for vocabulary entry v is a
 hash of (its seed, n, v), so a seeded request yields the same tokens alone or anywhere in any batch.
@@ -46,19 +46,12 @@ class SamplerOutput:
     errors: dict[int, str] | None = None  # row -> why that row could not be sampled (it got token 0)
 
 
-def _draw(*args) -> torch.Tensor:
-    if args[0].is_cuda:
-        from shifttune.kernels.sampling import sample  # NOTE: lazy: Triton is GPU-only here
-
-        return sample(*args)
-    return sample_ref(*args)
-
-
 class Sampler:
     """Per-row settings live in device tensors indexed by the persistent batch's rows (`set_row`)."""
 
-    def __init__(self, max_rows: int, device: torch.device):
+    def __init__(self, max_rows: int, device: torch.device, kernels: bool | None = None):
         self.device = device
+        self.kernels = device.type == "cuda" if kernels is None else kernels  # Triton kernels (tests: interpreted)
         self.settings: list[RequestSampling | None] = [None] * max_rows
         self.num_sampled = [0] * max_rows  # output tokens so far, host copy (min_tokens masking)
         f32, i64 = dict(dtype=torch.float32, device=device), dict(dtype=torch.int64, device=device)
@@ -123,27 +116,39 @@ class Sampler:
         want = [s.logprobs for s in settings]
         raw = torch.log_softmax(logits, dim=-1) if any(w is not None for w in want) else None
         self._mask_min_tokens(logits, rows, settings)
+        k_top = max((w or 0 for w in want if w is not None), default=0)
+        top = raw.topk(k_top, dim=-1) if raw is not None and k_top else None  # before the draw moves steps on
+        advanced = False
         if all(s.greedy for s in settings):
             tokens = logits.argmax(dim=-1)
         else:
-            top_k = self.top_k[rows_dev]
+            cut_k = None
             k_max = max((s.top_k for s in settings if s.top_k > 0), default=0)
             if k_max:  # one bounded topk for the rows that use top-k; the others get no cut
+                top_k = self.top_k[rows_dev]
                 kth = logits.topk(min(k_max, vocab), dim=-1).values
                 kth = kth.gather(1, (top_k.clamp(1, min(k_max, vocab)) - 1).unsqueeze(1)).squeeze(1)
                 cut_k = torch.where(top_k > 0, kth, -torch.inf)
+            if self.kernels:
+                from shifttune.kernels.sampling import sample  # NOTE: lazy: Triton is GPU-only here
+
+                # the kernels read the settings at rows_dev themselves and move the steps on
+                tokens = sample(logits, rows_dev, self.inv_temp, cut_k, self.top_p, self.min_p, self.seed, self.step,
+                                self.greedy, advance=True)  # fmt: skip
+                advanced = True
             else:
-                cut_k = torch.full_like(top_k, -torch.inf, dtype=torch.float32)
-            tokens = _draw(logits, self.inv_temp[rows_dev], cut_k, self.top_p[rows_dev], self.min_p[rows_dev],
-                           self.seed[rows_dev], self.step[rows_dev], self.greedy[rows_dev])  # fmt: skip
+                if cut_k is None:
+                    cut_k = torch.full((len(rows),), -torch.inf, device=logits.device)
+                tokens = sample_ref(logits, self.inv_temp[rows_dev], cut_k, self.top_p[rows_dev],
+                                    self.min_p[rows_dev], self.seed[rows_dev], self.step[rows_dev],
+                                    self.greedy[rows_dev])  # fmt: skip
         out = SamplerOutput(tokens)
         if raw is not None:
-            k = max(w or 0 for w in want if w is not None)
             out.chosen_logprobs = raw.gather(1, tokens.unsqueeze(1)).squeeze(1)
-            if k:
-                top = raw.topk(k, dim=-1)
-                out.top_logprobs, out.top_ids = top.values, top.indices
-        self.step[rows_dev] += 1
+        if top is not None:
+            out.top_logprobs, out.top_ids = top.values, top.indices
+        if not advanced:
+            self.step[rows_dev] += 1
         for r in rows:
             self.num_sampled[r] += 1
         return out
