@@ -119,6 +119,12 @@ def bench(batch: int, vocab: int, peaked: bool, sleep_cycles: int) -> dict:
     logits = _logits(batch, vocab, peaked, dev)
     call, api = make_sampler(batch, dev)
     row = {"batch": batch, "vocab": vocab, "logits": "peaked" if peaked else "flat", "api": api}
+    # NOTE: runner.sampler.Sampler catches a failing batch call and retries row by row, returning token 0 and
+    # `errors` for rows that fail: without this check a broken kernel would be timed as if it worked.
+    errors = getattr(call(logits), "errors", None)
+    if errors:
+        row["errors"] = {"rows": len(errors), "first": next(iter(errors.values()))[:300]}
+        print(f"sampler_bench: batch {batch}: {len(errors)} rows failed: {row['errors']['first']}", flush=True)
     row["sampler_ms"] = time_call(lambda: call(logits), 40)
     row["sampler_device_ms"] = time_call(lambda: call(logits), 20, sleep_cycles)
     try:
@@ -229,15 +235,21 @@ def main(argv: list[str] | None = None) -> None:
             rows.append(bench(batch, args.vocab, peaked, sleep_cycles))
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     out["rows"] = rows
+
+    def save() -> None:  # after every part: a run cut short by its timeout keeps what it measured
+        out["seconds"] = round(time.perf_counter() - t0, 1)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+
+    save()
     k = _new_kernels()
     if k is not None:
         out["checks"] = checks(k, args.vocab)
         print(out["checks"], flush=True)
+        save()
         if not args.no_sweep:
             out["sweep"] = sweep(k, args.vocab, sleep_cycles)
-    out["seconds"] = round(time.perf_counter() - t0, 1)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(out, indent=1))
+    save()
     print(f"wrote {args.out} ({out['seconds']} s)")
 
 
