@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -84,6 +85,22 @@ def serve_command(cfg: CompareConfig, mode: str, port: int) -> list[str]:
     ]  # fmt: skip
 
 
+def wait_healthy(base_url: str, alive: Callable[[], bool], timeout_s: float, poll_s: float = 0.5) -> str | None:
+    """Polls GET /health of a server being started until it answers 200: None; otherwise why not: "exited"
+    (`alive()` turned false first) or "timeout" (after timeout_s)."""
+    deadline = time.monotonic() + timeout_s
+    with httpx.Client(timeout=2.0, trust_env=False) as client:
+        while True:
+            if not alive():
+                return "exited"
+            with contextlib.suppress(httpx.HTTPError):
+                if client.get(base_url + "/health").status_code == 200:
+                    return None
+            if time.monotonic() > deadline:
+                return "timeout"
+            time.sleep(poll_s)
+
+
 class ServeProcess:
     """One server in its own process group (its workers go down with it); `with` stops it."""
 
@@ -119,19 +136,13 @@ class ServeProcess:
         """Until GET /health answers 200; ServerError (with the log's last lines) if the server exits first
         or does not answer within timeout_s."""
         assert self.proc is not None
-        deadline = time.monotonic() + timeout_s
-        with httpx.Client(timeout=2.0, trust_env=False) as client:
-            while True:
-                if self.proc.poll() is not None:
-                    raise ServerError(f"{self.name} exited with code {self.proc.returncode} before it was healthy; "
-                                      f"last lines of {self.log_path}:\n{self.tail()}")  # fmt: skip
-                with contextlib.suppress(httpx.HTTPError):
-                    if client.get(self.base_url + "/health").status_code == 200:
-                        return
-                if time.monotonic() > deadline:
-                    raise ServerError(f"{self.name} did not answer GET /health with 200 within {timeout_s:g} s; "
-                                      f"last lines of {self.log_path}:\n{self.tail()}")  # fmt: skip
-                time.sleep(poll_s)
+        why = wait_healthy(self.base_url, lambda: self.proc.poll() is None, timeout_s, poll_s)
+        if why == "exited":
+            raise ServerError(f"{self.name} exited with code {self.proc.returncode} before it was healthy; "
+                              f"last lines of {self.log_path}:\n{self.tail()}")  # fmt: skip
+        if why == "timeout":
+            raise ServerError(f"{self.name} did not answer GET /health with 200 within {timeout_s:g} s; "
+                              f"last lines of {self.log_path}:\n{self.tail()}")  # fmt: skip
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
         """SIGINT, then SIGTERM, then SIGKILL to the process group; returns the exit code."""

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import httpx
 
-from shifttune.bench.compare import free_port
+from shifttune.bench.compare import free_port, wait_healthy
 from shifttune.tui.scrape import parse
 
 CLI = [sys.executable, "-m", "shifttune.cli"]
@@ -54,20 +54,6 @@ class Settings:
     shots_limit_s: float = 60.0  # at most this long taking screenshots (first view run only)
     startup_timeout_s: float = 900.0
     deadline_s: float = 540.0  # do not start another run after this many seconds
-
-
-def _wait_healthy(url: str, proc_alive, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while time.time() < deadline:
-        if not proc_alive():
-            raise RuntimeError("the server exited while starting (see its log)")
-        try:
-            if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise RuntimeError(f"the server did not become healthy in {timeout_s:.0f} s")
 
 
 def step_counters(url: str) -> dict[str, tuple[float, float]]:
@@ -247,7 +233,11 @@ def run_once(s: Settings, tui: bool, tag: str, screenshots: bool = True) -> dict
         proc = subprocess.Popen(argv, stdout=open(log, "w"), stderr=subprocess.STDOUT, env=env)
         alive = lambda: proc.poll() is None  # noqa: E731
     try:
-        _wait_healthy(url, alive, s.startup_timeout_s)
+        why = wait_healthy(url, alive, s.startup_timeout_s)
+        if why == "exited":
+            raise RuntimeError("the server exited while starting (see its log)")
+        if why == "timeout":
+            raise RuntimeError(f"the server did not become healthy in {s.startup_timeout_s:.0f} s")
         startup_s = time.time() - started
         warm = {"prompt": [1, 2, 3, 4], "max_tokens": 4}  # token ids: a dummy-weight model may have no tokenizer
         httpx.post(f"{url}/v1/completions", json=warm, timeout=600).raise_for_status()
