@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING
 
 import torch
+
+if TYPE_CHECKING:  # NOTE: prefill_attention imports this module; the plan's type is only named here
+    from shifttune.kernels.prefill_attention import StepPlan
 
 
 @dataclass
@@ -28,7 +31,7 @@ class AttentionMetadata:
     seq_lens_cpu: list[int] | None
     num_splits: int | None = None  # split-KV ways for the Triton kernel; fixed when captured in a graph
     block_m: int | None = None  # query rows per Triton program; None: chosen from tokens per sequence
-    plan: AttentionPlan | None = None  # eager steps: how the step splits between SDPA and the paged backend
+    plan: StepPlan | None = None  # eager steps: how the step splits between SDPA and the paged backend
 
     @property
     def max_seq_len(self) -> int:
@@ -36,19 +39,6 @@ class AttentionMetadata:
 
 
 AttentionBackend = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, AttentionMetadata, float], torch.Tensor]
-
-
-class AttentionPlan(Protocol):
-    def run(
-        self,
-        paged: AttentionBackend,
-        q: torch.Tensor,
-        k: torch.Tensor,
-        v: torch.Tensor,
-        k_cache: torch.Tensor,
-        v_cache: torch.Tensor,
-        scale: float,
-    ) -> torch.Tensor: ...
 
 
 def attend(
