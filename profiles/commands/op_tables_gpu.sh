@@ -7,6 +7,7 @@
 # Afterwards: commit the table as shifttune/data/op_tables/llama-3.1-8b_<gpu>.json and the rest under profiles/runs/.
 set -u
 OUT=${OUT:-/tmp/out}
+FINAL=$OUT && OUT=/tmp/op_tables && rm -rf $OUT && mkdir -p $OUT  # tarred at the end: the device returns 8 files
 export PYTHONPATH=$PWD
 M=llama-3.1-8b
 S="python -m shifttune.cli profile --model $M"
@@ -23,3 +24,4 @@ python -m shifttune.cli profile --compare "$OUT/measured_${M}_${G}x1.json" "$OUT
 timeout 110 $S --ops --gpus 1,2,4,8 --out "$T" > "$OUT/5_ops_all.log" 2>&1; echo "ops_all rc=$?" >> "$OUT/rc.txt"
 cat "$OUT/rc.txt"; tail -n 4 "$OUT/1_ops_p1.log" "$OUT/2_measured_p1.log" "$OUT/3_predict.log"
 tail -n 12 "$OUT/4_compare.txt"; tail -n 4 "$OUT/5_ops_all.log"
+tar czf "$FINAL/op_tables.tgz" -C "$OUT" . && cp "$OUT/rc.txt" "$OUT/4_compare.txt" "$FINAL/"

@@ -13,11 +13,12 @@ set -u
 OUT=${OUT:-/tmp/out}
 mkdir -p "$OUT"
 LOG=$OUT/validate.log
-python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
+python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx plotext > /dev/null 2>&1
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 M=llama-3.1-8b
-P=$OUT/profile_${M}_h100x1.json
-V=$OUT/validate_${M}_h100x1.json
+G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
+P=$OUT/profile_${M}_${G}x1.json
+V=$OUT/validate_${M}_${G}x1.json
 stamp() { echo "[$(date +%T)] $*" >> "$LOG"; }
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 stamp "commit: $(git rev-parse --short HEAD 2>/dev/null) (working tree as carried)"
@@ -33,8 +34,8 @@ stamp "serve up: $(curl -s http://127.0.0.1:8000/v1/shifttune/live?after=9999999
 timeout 260 python -m shifttune.cli recommend --validate http://127.0.0.1:8000 --profile "$P" \
   --rate 2,6,12 --num-requests 150 --input-len 1024 --output-len 128 --spread 0 --out "$V" >> "$LOG" 2>&1
 stamp "validate rc=$?"
-curl -s "http://127.0.0.1:8000/v1/shifttune/trace?since=0" > "$OUT/trace_${M}_h100x1.json"
-stamp "trace: $(wc -c < "$OUT/trace_${M}_h100x1.json") bytes"
+curl -s "http://127.0.0.1:8000/v1/shifttune/trace?since=0" > "$OUT/trace_${M}_${G}x1.json"
+stamp "trace: $(wc -c < "$OUT/trace_${M}_${G}x1.json") bytes"
 kill -INT $SRV
 wait $SRV
 stamp "serve rc=$?"

@@ -170,7 +170,7 @@ class AsyncEngine:
                 self._dispatch(self._from_core.recv())
         except (EOFError, OSError):  # the core is gone
             self.loop.remove_reader(self._from_core.fileno())
-            if not self.stopping:
+            if not self.stopping and self.error is None:
                 self._die("the engine process exited")
             for stream in self.streams.values():  # a clean stop: streams still open end now
                 stream.put_nowait(EngineDeadError("the server is shutting down"))
@@ -192,6 +192,8 @@ class AsyncEngine:
             stream = self.streams.get(request_id)
             if stream is not None:
                 stream.put_nowait(ConfigError(message, field))
+        elif kind == "error":  # the core's step loop raised; its traceback is in the log
+            self._die(f"the engine failed ({msg[1]})")
         elif kind == "result":
             _, n, value, error = msg
             future = self.calls.pop(n, None)
@@ -204,8 +206,14 @@ class AsyncEngine:
 
     def _die(self, why: str) -> None:
         code = self._process.exitcode if self._process is not None else None
-        logger.error("%s (exit code %s); the server stops", why, code)
-        self.error = EngineDeadError(f"{why} (exit code {code})")
+        if code is not None:
+            why = f"{why} (exit code {code})"
+        logger.error("%s; the server stops", why)
+        self.error = EngineDeadError(why)
         for stream in self.streams.values():
             stream.put_nowait(self.error)
+        for future in self.calls.values():  # an endpoint waiting for the core's answer gets none
+            if not future.done():
+                future.set_exception(self.error)
+        self.calls.clear()
         self.on_fatal()

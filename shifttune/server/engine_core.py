@@ -14,21 +14,24 @@ as dataclasses holding their prompts, milliseconds):
     to the core:   ("add", id, token_ids, params, prompt_text) | ("abort", id) | ("call", n, method, args)
                    | ("trace", n, since) | ("stop",)
     from the core: ("ready", info) | ("failed", kind, message, field) | ("step", outputs, report)
-                   | ("refused", id, message, field) | ("result", n, value, error)
+                   | ("refused", id, message, field) | ("result", n, value, error) | ("error", message)
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
+import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 
 from shifttune.config import ConfigError, EngineConfig
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sequence import RequestOutput
+from shifttune.runner.executor import WorkerError
 from shifttune.server.pipes import PipeWriter
 from shifttune.server.trace import CoreTrace
 
@@ -114,6 +117,12 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: PipeWriter, trace: C
             aborted.append(to_wire(RequestOutput.from_seq(seq)))
         if aborted:
             outbox.send(("step", aborted, None))
+    except Exception as e:
+        # NOTE: before the shutdown (which may take long or hang on a broken GPU): the log shows why at once
+        if not isinstance(e, WorkerError):  # a dead rank is said in one line by the executor
+            traceback.print_exc()
+            sys.stderr.flush()
+        outbox.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")))
     finally:
         engine.shutdown()
 
