@@ -168,10 +168,12 @@ class AsyncEngine:
         try:
             while self._from_core.poll(0):
                 self._dispatch(self._from_core.recv())
-        except (EOFError, OSError):  # the core is gone
+        except (EOFError, OSError) as e:  # the core is gone
             self.loop.remove_reader(self._from_core.fileno())
             if not self.stopping and self.error is None:
-                self._die("the engine process exited")
+                self._die(
+                    f"the engine process exited ({type(e).__name__}: {e})" if str(e) else "the engine process exited"
+                )
             for stream in self.streams.values():  # a clean stop: streams still open end now
                 stream.put_nowait(EngineDeadError("the server is shutting down"))
 
@@ -205,7 +207,10 @@ class AsyncEngine:
         self.metrics.observe_step(report, outputs)
 
     def _die(self, why: str) -> None:
-        code = self._process.exitcode if self._process is not None else None
+        code = None
+        if self._process is not None:
+            self._process.join(2.0)  # its pipe closes a moment before it can be reaped
+            code = self._process.exitcode
         if code is not None:
             why = f"{why} (exit code {code})"
         logger.error("%s; the server stops", why)

@@ -19,6 +19,7 @@ as dataclasses holding their prompts, milliseconds):
 
 from __future__ import annotations
 
+import faulthandler
 import os
 import signal
 import sys
@@ -77,6 +78,7 @@ def _watch_parent(parent: int) -> None:
 def run_engine_core(config: EngineConfig, inbox: Connection, outbox_conn: Connection) -> None:
     """The core process's main: build the engine, say ready (or why not), then step until told to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the server stops us through the pipe, after its streams
+    faulthandler.enable()  # a crash in native code (CUDA, NCCL, a kernel) leaves its Python stack in the log
     threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True).start()
     trace = CoreTrace()
     # NOTE: a server slow to read must not stall the step loop on a full pipe: PipeWriter falls back to a thread
