@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing as mp
+import os
 import threading
 
 import pytest
@@ -67,3 +68,32 @@ def test_the_server_side_fails_streams_and_calls_on_a_core_error():
 
     item = asyncio.run(scenario())
     assert isinstance(item, EngineDeadError) and fatal == [True] and engine.calls == {}
+
+
+def test_a_message_longer_than_the_pipe_reads_whole_on_a_non_blocking_fd():
+    """uvloop (uvicorn's loop when installed) makes a watched fd non-blocking; a message written in pieces
+    must still arrive whole instead of ending the server with BlockingIOError."""
+    engine = AsyncEngine.__new__(AsyncEngine)
+    engine._process, engine.error, engine.stopping, engine.streams = None, None, False, {}
+    engine.on_fatal = lambda: None
+    engine._from_core, writer = mp.Pipe(duplex=False)
+    value = list(range(200_000))  # ~1 MB pickled: the writer blocks until the reader drains it
+
+    async def scenario():
+        loop = asyncio.get_running_loop()
+        engine.calls = {1: loop.create_future()}
+        real_add_reader = loop.add_reader
+
+        def add_reader(fd, callback):  # as uvloop does
+            real_add_reader(fd, callback)
+            os.set_blocking(fd, False)
+
+        loop.add_reader = add_reader
+        engine.start()
+        sender = threading.Thread(target=writer.send, args=(("result", 1, value, None),))
+        sender.start()
+        result = await asyncio.wait_for(engine.calls[1], 30)
+        sender.join(10)
+        return result
+
+    assert asyncio.run(scenario()) == value and engine.error is None

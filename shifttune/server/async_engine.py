@@ -11,6 +11,7 @@ effect between steps.
 from __future__ import annotations
 
 import asyncio
+import os
 import itertools
 import logging
 import multiprocessing as mp
@@ -91,6 +92,10 @@ class AsyncEngine:
         """On the event loop: read the core's messages as they come."""
         self.loop = asyncio.get_running_loop()
         self.loop.add_reader(self._from_core.fileno(), self._on_readable)
+        # NOTE: uvloop (uvicorn's loop when it is installed) makes a watched fd non-blocking, and a message the
+        # core writes in pieces (past the pipe's 64 KiB) then reads as EAGAIN halfway: the server stopped on an
+        # H200 with BlockingIOError. The core writes whole messages, so a blocking read waits only for the rest.
+        os.set_blocking(self._from_core.fileno(), True)
 
     def request_stop(self) -> None:
         """Asks the core to end every request (finish reason "abort") and stop; returns at once (signal-safe)."""
