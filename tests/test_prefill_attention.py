@@ -129,6 +129,8 @@ def test_paged_only_steps_need_no_plan_unless_pinned():
     assert plan.paged_padded % PAGED_PAD == 0 and m.block_tables.shape[0] % PAGED_PAD == 0
     assert m.block_tables.shape[1] % PAGED_PAD == 0 and m.num_splits in PAGED_SPLITS and m.block_m == 16
     assert m.query_start_loc_cpu[-1] == plan.paged_padded and len(m.seq_lens_cpu) == m.block_tables.shape[0]
+    # and every pointer starts on 16 bytes, as in warm-up (the lengths follow 17 int64 start offsets)
+    assert all(t.data_ptr() % 16 == 0 for t in (m.query_start_loc, m.seq_lens, m.block_tables))
 
 
 triton_on_cpu = pytest.mark.skipif(

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata
+from shifttune.kernels.upload import to_device_parts
 
 PREFILL_PATHS = ("auto", "paged", "sdpa")
 SDPA_PAD = 256  # token granularity of SDPA shapes on GPU (cuDNN plans); also keeps lengths multiples of 128
@@ -238,10 +239,7 @@ class StepAttention:
             sub_lens += [1] * (seqs - len(sub_lens))
             width = -(-width // PAGED_PAD) * PAGED_PAD
         dev = meta.block_tables.device
-        host = torch.tensor(sub_qsl + sub_lens + rest + index, dtype=torch.int64, pin_memory=dev.type == "cuda")
-        qsl_dev, lens_dev, rows_dev, index_dev = host.to(dev, non_blocking=True).split(
-            [len(sub_qsl), len(sub_lens), len(rest), len(index)]
-        )
+        qsl_dev, lens_dev, rows_dev, index_dev = to_device_parts((sub_qsl, sub_lens, rest, index), torch.int64, dev)
         tables = meta.block_tables[rows_dev]
         if self.pin_paged:
             full = torch.zeros(seqs, width, dtype=tables.dtype, device=dev)  # padding rows read block 0

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 import torch
 
 from shifttune.runner.sampler import RequestSampling, Sampler
-from shifttune.runner.step_input import StepTensors, to_device
+from shifttune.kernels.upload import to_device, to_device_parts
+from shifttune.runner.step_input import StepTensors
 
 PENDING = -1  # a new token the previous step sampled on the device
 
@@ -95,11 +96,11 @@ class InputBatch:
             qsl.append(qsl[-1] + n)
         lens = [s + n for s, n in zip(starts, delta.num_tokens)]
         samples = [qsl[i + 1] - 1 for i in delta.sampling]
-        t, b, k = qsl[-1], len(rows), len(samples)
-        host = delta.token_ids + rows + starts + qsl + lens + samples + [rows[i] for i in delta.sampling]
-        ids, rows_dev, starts_dev, qsl_dev, lens_dev, samples_dev, sample_rows = to_device(
-            host, torch.int64, self.device
-        ).split([t, b, b, b + 1, b, k, k])
+        t, b = qsl[-1], len(rows)
+        parts = (delta.token_ids, rows, starts, qsl, lens, samples, [rows[i] for i in delta.sampling])
+        ids, rows_dev, starts_dev, qsl_dev, lens_dev, samples_dev, sample_rows = to_device_parts(
+            parts, torch.int64, self.device
+        )
         if t == b:  # decode only: one token per request
             seq_of_token = self._arange[:b]
         else:

@@ -32,7 +32,8 @@ from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
 from shifttune.runner.input_batch import InputBatch, StepDelta
 from shifttune.runner.sampler import RequestSampling, SamplerOutput, logprobs_dicts
-from shifttune.runner.step_input import ScheduledTokens, StepInput, StepTensors, build_step_input, to_device
+from shifttune.kernels.upload import to_device_parts
+from shifttune.runner.step_input import ScheduledTokens, StepInput, StepTensors, build_step_input
 
 GIB = 1 << 30
 
@@ -234,8 +235,7 @@ class ModelRunner:
             tables,
             step.sample_indices,
         )
-        flat = to_device([x for values in lists for x in values], torch.int64, self.device)
-        out = list(flat.split([len(v) for v in lists]))
+        out = to_device_parts(lists, torch.int64, self.device)
         out[5] = out[5].view(len(step.block_tables), width)
         return StepTensors(step.mode, *out, step.query_start_loc, step.seq_lens)
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from shifttune.kernels.sampling_ref import sample_ref
-from shifttune.runner.step_input import to_device
+from shifttune.kernels.upload import to_device
 
 
 @dataclass(frozen=True)

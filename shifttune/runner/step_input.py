@@ -52,13 +52,6 @@ class ScheduledTokens:
     samples: bool  # the step computes its last known token, so a new one is sampled from it
 
 
-def to_device(values, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-    """Host values to the device without waiting: a pinned staging buffer and a non-blocking copy (a
-    copy from pageable memory would wait for the device to finish its queued work)."""
-    host = torch.tensor(values, dtype=dtype, pin_memory=device.type == "cuda")
-    return host.to(device, non_blocking=True)
-
-
 def build_step_input(mode: str, seqs: Iterable[ScheduledTokens], block_size: int) -> StepInput:
     ids, pos, slots, qsl, lens, tables, samples = [], [], [], [0], [], [], []
     for s in seqs:
