@@ -121,3 +121,37 @@ def test_shutdown_gives_the_gpu_memory_back(hf_models):
         llm.shutdown()
         del llm
         assert torch.cuda.memory_allocated() - before < 64 << 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_no_triton_compile_after_start_up(hf_models):
+    """Start-up compiles what steps launch: served traffic (graphed decodes of 1, 2, 3, 17 rows, eager mixed
+    steps of long prompts with decodes, sampled and greedy rows) compiles no Triton kernel afterwards. A first
+    use compile stalled an H200 for 1.2-3.7 s (pointer alignment: `kernels/upload.py`)."""
+    import triton
+
+    compiled = []
+    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=128) as llm:
+        engine = llm.llm_engine
+        old, triton.knobs.runtime.jit_post_compile_hook = (
+            triton.knobs.runtime.jit_post_compile_hook,
+            (lambda **kw: compiled.append(kw["repr"].split("[")[0])),
+        )
+        try:
+            sampled = SamplingParams(temperature=0.8, top_p=0.9, seed=1, max_tokens=6, ignore_eos=True)
+            greedy = SamplingParams(temperature=0, max_tokens=6, ignore_eos=True)
+            n = 0
+            for decodes, prompts in ((1, 0), (1, 2), (2, 2), (3, 1), (17, 3)):
+                for _ in range(decodes):
+                    engine.add_request(f"d{n}", list(range(1, 9 + n % 5)), sampled if n % 2 else greedy)
+                    n += 1
+                engine.step()
+                engine.step()
+                for _ in range(prompts):  # past the 128-token graphs: eager steps mixing prefill and decode
+                    engine.add_request(f"p{n}", list(range(1, 140 + (7 * n) % 90)), sampled)  # < 256 positions
+                    n += 1
+                while engine.has_unfinished_requests():
+                    engine.step()
+        finally:
+            triton.knobs.runtime.jit_post_compile_hook = old
+    assert compiled == []
