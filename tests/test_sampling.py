@@ -335,3 +335,15 @@ def test_kernel_sampler_matches_the_torch_sampler():
         assert outs[0].tokens.tolist() == outs[1].tokens.tolist()
         assert torch.equal(outs[0].chosen_logprobs, outs[1].chosen_logprobs)
     assert samplers[0].step.tolist() == samplers[1].step.tolist() == [2 + 3, 1 + 3, 0, 5 + 3, 0 + 3, 0]
+
+
+@pytest.mark.parametrize("vocab", [97, 1000, 128256])
+def test_sampler_workspace_parts_start_on_16_bytes(vocab):
+    """Triton compiles a binary per pointer alignment: with a small vocabulary the parts of the workspace
+    sat at odd offsets for some row counts, and the first batch of such a count compiled the sampler anew."""
+    from shifttune.kernels.sampling import CAP, workspace
+
+    for n in range(1, 6):
+        ws = workspace(n, vocab, torch.device("cpu"))
+        assert all(t.data_ptr() % 16 == 0 for t in ws.values())
+        assert ws["cand_x"].numel() == ws["cand_i"].numel() == CAP * ws["counts"].numel()

@@ -285,12 +285,18 @@ def _finish_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, s
 def workspace(n: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The launches' buffers for n rows (two allocations)."""
     c, nt = triton.next_power_of_2(triton.cdiv(vocab, CHUNK)), NUM_THRESHOLDS
-    f32 = torch.empty(n * c * (3 + nt + CAP + 1), dtype=torch.float32, device=device)
-    i32 = torch.empty(n * c * (CAP + 2), dtype=torch.int32, device=device)
-    f_parts = f32.split([3 * n * c, n * c * nt, n * c * CAP, n * c])
-    i_parts = i32.split([n * c * CAP, n * c, n * c])
+    f_parts = _parts([3 * n * c, n * c * nt, n * c * CAP, n * c], torch.float32, device)
+    i_parts = _parts([n * c * CAP, n * c, n * c], torch.int32, device)
     names = ("stats", "partial", "cand_x", "best_val"), ("cand_i", "counts", "best_idx")
     return dict(zip(names[0], f_parts)) | dict(zip(names[1], i_parts))
+
+
+def _parts(sizes: list[int], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
+    """Views of one allocation, each starting on 16 bytes: Triton specializes pointers on that alignment, so
+    parts at odd offsets (small vocabularies, odd row counts) would compile new binaries at first use."""
+    padded = [s + (-s % 4) for s in sizes]  # 4-byte elements
+    buf = torch.empty(sum(padded), dtype=dtype, device=device)
+    return [p[:s] for p, s in zip(buf.split(padded), sizes)]
 
 
 def sample(
