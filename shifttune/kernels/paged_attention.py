@@ -4,12 +4,13 @@ A program takes BLOCK_Q query tokens of one sequence times all query heads of on
 packing: the G = Hq / Hk heads that share a KV head are rows of one tile, so a decode token fills G
 rows and the K/V it reads serve all of them) and runs an online softmax over the sequence's cached
 keys, gathered through its block table. For small steps the key range is also split across programs
-(flash-decoding). Each split writes its partial output and log-sum-exp, then takes a ticket from a
-per-(query block, KV head) counter; the split that arrives last merges the partials in the same
-launch and resets the counter, so a split decode costs one kernel, not two (`merge="kernel"` keeps
-the separate merge kernel for comparison). A query block's keys are cut into equal TILE-aligned
-splits inside the kernel, so a short context uses fewer of the launched splits and the others exit
-at once.
+(flash-decoding). Each split writes its partial output and log-sum-exp, and a second, small launch
+merges them (`merge="kernel"`, the default). `merge="fused"` instead lets each split take a ticket
+from a per-(query block, KV head) counter, and the split that arrives last merges in the same launch:
+one kernel, not two, but measured 6% slower over the decode sweep on an H200 and 10% at batch <= 8
+(`profiles/runs/kernels_h200_s9/decode_attention.json`), so it stays for comparison. A query block's
+keys are cut into equal TILE-aligned splits inside the kernel, so a short context uses fewer of the
+launched splits and the others exit at once.
 
 Grid sizes depend only on the number of tokens and sequences, never on context lengths, and
 `choose_num_splits` only on token, sequence and head counts, so launches can be captured in CUDA
@@ -32,6 +33,7 @@ PROGRAMS_PER_SM = 2  # split until this many programs per SM hold work (when the
 # Launch configuration by path: decode-like steps (16-row tiles) and prefill chunks (64-row tiles).
 # Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1; see the key loop).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
+MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
 
@@ -356,7 +358,7 @@ def paged_attention(
     tile: int | None = None,
     num_warps: int | None = None,
     num_stages: int | None = None,
-    merge: str = "fused",
+    merge: str = MERGE,
 ) -> torch.Tensor:
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].

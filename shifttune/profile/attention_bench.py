@@ -43,7 +43,7 @@ DECODE_CONTEXTS = (2048, 8192, 32768)
 SWEEP = (
     ("splits_1_per_sm", dict(programs_per_sm=1)),
     ("splits_4_per_sm", dict(programs_per_sm=4)),
-    ("merge_kernel", dict(merge="kernel")),
+    ("merge_fused", dict(merge="fused")),
     ("tile_32", dict(tile=32)),
     ("tile_128", dict(tile=128)),
     ("warps_8", dict(num_warps=8)),
@@ -460,7 +460,7 @@ def decode_main(args, argv) -> None:
         "ceilings": {"hbm_bytes_per_s": ceil.hbm_bytes_per_s, "matmul_flops_per_s": ceil.matmul_flops_per_s},
         "nominal_hbm_bytes_per_s": nominal,
         "defaults": dict(
-            decode=pa.DECODE_CONFIG, prefill=pa.PREFILL_CONFIG, programs_per_sm=pa.PROGRAMS_PER_SM, merge="fused"
+            decode=pa.DECODE_CONFIG, prefill=pa.PREFILL_CONFIG, programs_per_sm=pa.PROGRAMS_PER_SM, merge=pa.MERGE
         ),
         "max_rel_err": max(errors),
         "sweep_summary": summary,
