@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from shifttune.profile.long_prompts import main, prompt_flops, suggest_min_tokens
+from shifttune.profile.long_prompts import main, prompt_flops, query_key_pairs, suggest_min_pairs
 
 
 def test_cpu_mode_writes_ttft_rows_for_both_paths(tmp_path):
@@ -34,7 +34,7 @@ def test_cpu_mode_writes_ttft_rows_for_both_paths(tmp_path):
             assert r[name]["ms"] > 0 and r[name]["tflops"] > 0
         assert r["rel_diff_sdpa_vs_paged"] < 1e-5  # float32 on CPU
     assert layer["chunk"] and all(r["prefix"] > 0 for r in layer["chunk"])
-    assert {r["tokens"] for r in layer["threshold"]} and "suggested_sdpa_min_tokens" in layer
+    assert {r["tokens"] for r in layer["threshold"]} and "suggested_sdpa_min_pairs" in layer
 
 
 def test_floor_and_threshold_arithmetic():
@@ -44,7 +44,15 @@ def test_floor_and_threshold_arithmetic():
     # the 8k floor: 0.17 s at 801 TFLOP/s
     assert abs(prompt_flops(cfg, 8192) / 801e12 - 0.165) < 0.005
     rows = [
-        {"tokens": n, "engine_sdpa": {"ms": s}, "engine_paged": {"ms": p}}
-        for n, s, p in [(256, 2.0, 1.0), (512, 1.0, 1.5), (512, 1.0, 0.9), (1024, 1.0, 2.0), (2048, 1.0, 2.0)]
+        {"tokens": n, "prefix": c, "engine_sdpa": {"ms": s}, "engine_paged": {"ms": p}}
+        for n, c, s, p in [
+            (256, 0, 2.0, 1.0),
+            (256, 16384, 1.0, 1.5),
+            (1024, 0, 1.0, 2.0),
+            (2048, 0, 1.1, 1.0),
+            (4096, 0, 1.0, 2.0),
+        ]  # fmt: skip
     ]
-    assert suggest_min_tokens(rows) == 1024  # 512 loses at one prefix
+    # 2048 tokens with no prefix (2.1M pairs) loses; every chunk with more pairs wins, 256 after 16k the first
+    assert suggest_min_pairs(rows) == query_key_pairs(256, 16384) == 256 * (16384 + 128)
+    assert suggest_min_pairs([dict(rows[0])]) is None

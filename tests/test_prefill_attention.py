@@ -286,3 +286,26 @@ def test_the_start_up_warm_up_runs(hf_models, monkeypatch):
         assert {"paged_kernel_s", "sdpa_plans_s", "eager_step_and_sampler_s"} <= set(runner.startup)
         assert runner.startup["sdpa_shapes"] == 0  # no cuDNN plans to build on CPU
         assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS[:2], params)] == ref_tokens[:2]
+
+
+def test_auto_takes_chunks_by_query_key_pairs():
+    from shifttune.kernels.prefill_attention import SDPA_MIN_PAIRS, SDPA_MIN_TOKENS
+
+    attention = StepAttention(SdpaPrefill(SdpaSupport("math"), 8), SDPA_MIN_TOKENS, False, 4, 2, SDPA_MIN_PAIRS)
+    assert not attention.takes(1024, 0) and not attention.takes(2048, 0) and attention.takes(4096, 0)
+    assert attention.takes(256, 16384) and attention.takes(512, 8192) and not attention.takes(255, 100_000)
+    assert not attention.takes(1, 131_072)  # decode tokens stay paged at any context
+
+
+def test_the_pair_threshold_agrees_with_the_committed_h200_sweep():
+    """SDPA_MIN_PAIRS sits between the largest chunk the paged kernel won and the suggestion of the sweep."""
+    import json
+    from pathlib import Path
+
+    from shifttune.kernels.prefill_attention import SDPA_MIN_PAIRS
+    from shifttune.profile.long_prompts import query_key_pairs, suggest_min_pairs
+
+    rows = json.loads((Path(__file__).parent.parent / "profiles/long_prompts_h200.json").read_text())
+    rows = rows["attention_layer"]["threshold"]
+    lost = [query_key_pairs(r["tokens"], r["prefix"]) for r in rows if r["engine_sdpa"]["ms"] > r["engine_paged"]["ms"]]
+    assert max(lost) < SDPA_MIN_PAIRS <= suggest_min_pairs(rows)

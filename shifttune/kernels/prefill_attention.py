@@ -37,7 +37,12 @@ from shifttune.kernels.upload import to_device_parts
 
 PREFILL_PATHS = ("auto", "paged", "sdpa")
 SDPA_PAD = 256  # token granularity of SDPA shapes on GPU (cuDNN plans); also keeps lengths multiples of 128
-SDPA_MIN_TOKENS = 512  # "auto": chunks of fewer new tokens stay on the paged kernel (profile.long_prompts tells)
+# "auto" sends a chunk of n new tokens after `prefix` cached ones to SDPA when n >= SDPA_MIN_TOKENS and its
+# query-key pairs n * (prefix + n / 2) >= SDPA_MIN_PAIRS. On an H200 (profiles/long_prompts_h200.json,
+# attention_layer.threshold) the paged kernel is 2x faster on a 1024-token prompt with no prefix, equal at
+# 2048, and SDPA faster from 4096 tokens, and on chunks of 256-4096 tokens after a 16k prefix (1.1-1.8x).
+SDPA_MIN_TOKENS = 256
+SDPA_MIN_PAIRS = 4 * 1024 * 1024
 SDPA_WARM_MAX_TOKENS = 16384  # square causal shapes warmed at start, up to this size (and the full chunk)
 PAGED_PAD = 16  # Triton specializes integers on divisibility by 16
 PAGED_SPLITS = (1, 2, 4, 8, 16, 32, 64)  # split-KV ways of eager paged launches (a choice rounded down)
@@ -186,11 +191,19 @@ class StepPlan:
 
 
 class StepAttention:
-    """Per-engine choices: which chunks go to SDPA (`min_tokens`), and whether eager paged launches are
+    """Per-engine choices: which chunks go to SDPA (`min_tokens`, `min_pairs`), and whether eager paged launches are
     pinned to the warmed Triton specializations (`pin_paged`). `plan` is called once per eager step."""
 
-    def __init__(self, sdpa: SdpaPrefill | None, min_tokens: int, pin_paged: bool, num_q_heads: int, num_kv_heads: int):
-        self.sdpa, self.min_tokens, self.pin_paged = sdpa, min_tokens, pin_paged
+    def __init__(
+        self,
+        sdpa: SdpaPrefill | None,
+        min_tokens: int,
+        pin_paged: bool,
+        num_q_heads: int,
+        num_kv_heads: int,
+        min_pairs: int = 0,
+    ):
+        self.sdpa, self.min_tokens, self.min_pairs, self.pin_paged = sdpa, min_tokens, min_pairs, pin_paged
         self.hq, self.hk = num_q_heads, num_kv_heads
 
     @property
@@ -200,7 +213,9 @@ class StepAttention:
     def takes(self, new_tokens: int, prefix: int) -> bool:
         """Whether a chunk of `new_tokens` after `prefix` cached tokens runs on SDPA."""
         s = self.sdpa
-        return s is not None and new_tokens >= self.min_tokens and (s.support.lse or prefix < s.pad)
+        if s is None or new_tokens < self.min_tokens or new_tokens * (prefix + new_tokens / 2) < self.min_pairs:
+            return False
+        return s.support.lse or prefix < s.pad
 
     def plan(self, meta: AttentionMetadata) -> StepPlan | None:
         """The plan of an eager step (None: the paged backend takes it as it is)."""

@@ -17,7 +17,7 @@ Per layer (one sequence, the model's heads at TP = 1): `engine_paged` and `engin
 own eager attention calls over its paged cache (with the plan, copies and padding they make),
 `torch_cudnn` and `torch_flash` torch SDPA on contiguous [1, heads, L, d] tensors; `chunk` rows are the
 last 8192-token chunk of a chunked prompt (a cached prefix before it); `threshold` rows compare the two
-engine paths on short chunks (what SDPA_MIN_TOKENS should be); `cudnn_new_shape` times the first and
+engine paths on short chunks (what SDPA_MIN_PAIRS should be); `cudnn_new_shape` times the first and
 second call of SDPA shapes no warm-up built (cuDNN plans one execution per shape).
 """
 
@@ -42,6 +42,7 @@ from shifttune.config import ModelConfig
 from shifttune.kernels.attention import AttentionMetadata, attend
 from shifttune.kernels.attention_ref import paged_attention_ref
 from shifttune.kernels.prefill_attention import (
+    SDPA_MIN_PAIRS,
     SDPA_MIN_TOKENS,
     SDPA_PAD,
     SdpaPrefill,
@@ -253,27 +254,28 @@ def layer_bench(args, cfg: ModelConfig, device: torch.device, dtype, paged, page
     out["chunk"] = [compare(chunk, n - chunk, False) for n in lengths if n > chunk]
     q_lens, prefixes = ((256, 512, 1024, 2048, 4096), (0, 16384)) if cuda else ((8, 16, 32), (0, 40))
     out["threshold"] = [compare(n, p, False) for n in q_lens for p in prefixes]
-    out["suggested_sdpa_min_tokens"] = suggest_min_tokens(out["threshold"])
+    out["suggested_sdpa_min_pairs"] = suggest_min_pairs(out["threshold"])
+    out["sdpa_min_pairs_in_use"] = SDPA_MIN_PAIRS
     out["sdpa_min_tokens_in_use"] = SDPA_MIN_TOKENS
     if cuda and support.backend == "cudnn":
         out["cudnn_new_shape"] = new_shape_stalls(sdpa, hq, hk, d, dtype, device)
     return out
 
 
-def suggest_min_tokens(rows: list[dict]) -> int | None:
-    """The smallest chunk length from which the engine's SDPA path is at least as fast as the paged kernel
-    at every prefix measured, for it and every longer chunk."""
-    by_len: dict[int, bool] = {}
-    for r in rows:
-        ok = (
-            "ms" in r["engine_sdpa"] and "ms" in r["engine_paged"] and r["engine_sdpa"]["ms"] <= r["engine_paged"]["ms"]
-        )
-        by_len[r["tokens"]] = by_len.get(r["tokens"], True) and ok
+def query_key_pairs(tokens: int, prefix: int) -> float:
+    """What SDPA_MIN_PAIRS compares: a causal chunk's query-key pairs."""
+    return tokens * (prefix + tokens / 2)
+
+
+def suggest_min_pairs(rows: list[dict]) -> int | None:
+    """The smallest query-key pair count from which the engine's SDPA path is at least as fast as the paged
+    kernel on every measured chunk with as many pairs or more (None: SDPA never is)."""
+    timed = [r for r in rows if "ms" in r["engine_sdpa"] and "ms" in r["engine_paged"]]
     best = None
-    for n in sorted(by_len, reverse=True):
-        if not by_len[n]:
+    for r in sorted(timed, key=lambda r: -query_key_pairs(r["tokens"], r["prefix"])):
+        if r["engine_sdpa"]["ms"] > r["engine_paged"]["ms"]:
             break
-        best = n
+        best = int(query_key_pairs(r["tokens"], r["prefix"]))
     return best
 
 
@@ -393,8 +395,8 @@ def print_summary(result: dict) -> None:
         for r in layer["whole_prompt"] + layer["chunk"]:
             cells = [f"{k} {v['tflops']:.0f}" for k, v in r.items() if isinstance(v, dict) and "tflops" in v]
             print(f"layer n={r['tokens']} prefix={r['prefix']}: TFLOP/s " + ", ".join(cells))
-        best, used = layer["suggested_sdpa_min_tokens"], layer["sdpa_min_tokens_in_use"]
-        print(f"suggested SDPA_MIN_TOKENS: {best} (in use: {used})")
+        best, used = layer["suggested_sdpa_min_pairs"], layer["sdpa_min_pairs_in_use"]
+        print(f"suggested SDPA_MIN_PAIRS: {best} (in use: {used})")
 
 
 if __name__ == "__main__":

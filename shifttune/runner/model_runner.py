@@ -24,7 +24,14 @@ import torch
 from shifttune.config import SP, TP, EngineConfig
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata
 from shifttune.kernels.attention_ref import paged_attention_ref
-from shifttune.kernels.prefill_attention import SDPA_MIN_TOKENS, SDPA_PAD, SdpaPrefill, StepAttention, probe_sdpa
+from shifttune.kernels.prefill_attention import (
+    SDPA_MIN_PAIRS,
+    SDPA_MIN_TOKENS,
+    SDPA_PAD,
+    SdpaPrefill,
+    StepAttention,
+    probe_sdpa,
+)
 from shifttune.model.layers import RotaryEmbedding
 from shifttune.model.layout import make_layout
 from shifttune.model.llama import CausalLM
@@ -91,8 +98,9 @@ class ModelRunner:
                 # NOTE: on CPU (math backend: no plans to bound) the pad is the block size, so that the tests'
                 # short prompts go through the same padding and prefix split as long prompts on a GPU.
                 sdpa = SdpaPrefill(support, SDPA_PAD if cuda else c.block_size)
-        min_tokens = SDPA_MIN_TOKENS if c.prefill_attention == "auto" else 2
-        return StepAttention(sdpa, min_tokens, c.attention_backend == "triton", hq, self.num_kv_heads)
+        auto = c.prefill_attention == "auto"
+        return StepAttention(sdpa, SDPA_MIN_TOKENS if auto else 2, c.attention_backend == "triton", hq,
+                             self.num_kv_heads, SDPA_MIN_PAIRS if auto else 0)  # fmt: skip
 
     @property
     def weight_bytes(self) -> dict[str, int]:
