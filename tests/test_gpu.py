@@ -9,22 +9,35 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
+from shifttune.config import ConfigError
 from conftest import LAYOUTS, PROMPTS, check_against_hf_fp32
+from test_invariance import run_with_modes
+
+# every layout of up to 4 GPUs; the tiny test models have 4 attention heads, so P = 8 does not divide them
+GPU_LAYOUTS = LAYOUTS + [(4, 1), (1, 4)]
+
+
+def _gpu_llm(path, tp: int, sp: int, **kwargs) -> LLM:
+    """An engine on tp * sp GPUs, or a skip: too few GPUs, or heads that do not divide (the engine says)."""
+    if tp * sp > torch.cuda.device_count():
+        pytest.skip(f"needs {tp * sp} GPUs")
+    try:
+        return LLM(str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, device="cuda", dtype="bfloat16",
+                   block_size=16, **kwargs)  # fmt: skip
+    except ConfigError as e:
+        pytest.skip(f"TP={tp} SP={sp}: {e.message}")
+
 
 pytestmark = pytest.mark.gpu
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("model_kind", ["llama", "qwen2", "qwen3"])
-@pytest.mark.parametrize("tp,sp", LAYOUTS)
+@pytest.mark.parametrize("tp,sp", GPU_LAYOUTS)
 def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
-    if tp * sp > torch.cuda.device_count():
-        pytest.skip(f"needs {tp * sp} GPUs")
     path = hf_models[model_kind]
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
-    with LLM(
-        str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, device="cuda", dtype="bfloat16", block_size=16
-    ) as llm:
+    with _gpu_llm(path, tp, sp) as llm:
         engine = llm.llm_engine
         for policy, threshold in (("tp", 256), ("sp", 256), ("threshold", 4)):
             engine.set_policy(policy, threshold)
@@ -155,3 +168,17 @@ def test_no_triton_compile_after_start_up(hf_models):
         finally:
             triton.knobs.runtime.jit_post_compile_hook = old
     assert compiled == []
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("model_kind", ["llama", "qwen3"])
+@pytest.mark.parametrize("tp,sp", [(1, 2), (2, 2), (1, 4)])
+def test_kv_cache_invariance_across_modes_on_gpus(hf_models, model_kind, tp, sp):
+    """Prefilled in one mode, decoded in the other (the mode changes after the first step), over NCCL and
+    CUDA graphs: the tokens pass the bf16 rule against HF in float32, both ways round."""
+    path = hf_models[model_kind]
+    with _gpu_llm(path, tp, sp, enable_prefix_caching=False) as llm:
+        for first, then in (("sp", "tp"), ("tp", "sp")):
+            tokens, modes = run_with_modes(llm, PROMPTS, first, then)
+            assert modes[0] == first and set(modes[1:]) == {then}, modes
+            assert check_against_hf_fp32(str(path), PROMPTS, tokens) >= len(PROMPTS) // 2
