@@ -144,3 +144,14 @@ def test_every_step_tensor_is_aligned(monkeypatch):
     llm.generate([[1, 2, 3], [4, 5, 6, 7, 8, 9, 10], [11]], params)  # odd counts: the parts' offsets would be odd
     llm.shutdown()
     assert seen and all(offset == 0 for step in seen for offset in step)
+
+
+def test_timeline_summary_splits_a_window_into_busy_and_idle():
+    from shifttune.profile.loop_overhead import timeline_summary
+
+    spans = [(20.0, 30.0, "c"), (0.0, 10.0, "a"), (5.0, 12.0, "b"), (31.0, 40.0, "d"), (32.0, 35.0, "e")]
+    t = timeline_summary(spans)
+    assert t["window_us"] == 40 and t["busy_us"] == 12 + 10 + 9 and t["idle_us"] == 9
+    assert t["gaps"] == [{"us": 8.0, "after": "b", "before": "c"}, {"us": 1.0, "after": "c", "before": "d"}]
+    assert t["kernels_us"] == {"a": 10, "c": 10, "d": 9, "b": 7, "e": 3}
+    assert timeline_summary([])["window_us"] == 0

@@ -13,6 +13,11 @@ device_ms is the engine's own record of its steps (CUDA events around inputs, mo
 call_ms the profiler's measure (`time_step`: `execute_model` calls of the same step queued back to back).
 Offline: 256 random 1024-token prompts, 128 tokens each,
 temperature 0.8, top-p 0.95, a seed per request, output tokens per second of one `LLM.generate` call.
+With --timeline (GPU), five decode steps in the middle of each case run under the torch profiler, and the
+row gets where the device time between their first and last kernel went: busy (any kernel running) and
+idle, the largest idle gaps with the kernels on either side, and kernel time by name. Where loop_ms exceeds
+gpu_ms, this says whether the GPU waited for the host (idle) or ran work outside the graph (busy). Run it
+apart from the timed run: the profiler slows the steps it records, which count in loop_ms.
 The script uses the package's public API only, so the same file can time an older checkout.
 """
 
@@ -43,15 +48,21 @@ def params(sampling: str, i: int, new_tokens: int) -> SamplingParams:
     return SamplingParams(temperature=0.8, top_p=0.95, seed=i, max_tokens=new_tokens, ignore_eos=True)
 
 
-def decode_steps(engine: LLMEngine, batch: int, prompt_len: int, params_of) -> list[tuple[float, StepStats]]:
+def decode_steps(
+    engine: LLMEngine, batch: int, prompt_len: int, params_of, timeline: dict | None = None
+) -> list[tuple[float, StepStats]]:
     """Runs `batch` requests (prompts of `prompt_len` tokens, `params_of(i)`) to the end through
-    `LLMEngine.step`; returns (wall ms, the step's record) of the steps where all of them decode."""
+    `LLMEngine.step`; returns (wall ms, the step's record) of the steps where all of them decode. With
+    `timeline` (a dict), the calls after the 2nd all-decode step until the 7th are profiled and the dict
+    gets `timeline_summary`'s keys."""
     vocab = engine.config.model_config.vocab_size
     for i in range(batch):
         ids = [(i * 131 + j * 7) % vocab for j in range(prompt_len)]
         engine.add_request(f"loop-{batch}-{prompt_len}-{i}", ids, params_of(i))
-    out = []
+    out, prof = [], None
     while engine.has_unfinished_requests():
+        if timeline is not None and (len(out) == 2 and prof is None or len(out) == 7 and prof is not None):
+            prof = _profile_window(prof, timeline)
         before = engine.stats.num_steps
         start = time.perf_counter()
         engine.step()
@@ -61,7 +72,50 @@ def decode_steps(engine: LLMEngine, batch: int, prompt_len: int, params_of) -> l
         step = engine.stats.steps[-1]
         if step.shape.num_prefill_tokens == 0 and step.shape.num_seqs == batch:
             out.append((wall, step))
+    if prof is not None:  # fewer decode steps than the window
+        _profile_window(prof, timeline)
     return out
+
+
+def _profile_window(prof, timeline: dict):
+    """Starts the profiler (prof None) or stops it and fills `timeline`."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    if prof is None:
+        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+        prof.__enter__()
+        return prof
+    torch.cuda.synchronize()
+    prof.__exit__(None, None, None)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    timeline.update(timeline_summary([(e.time_range.start, e.time_range.end, e.name) for e in kernels]))
+    return None
+
+
+def timeline_summary(spans: list[tuple[float, float, str]], top: int = 5) -> dict:
+    """Device kernels as (start us, end us, name): the window from the first start to the last end, the
+    time some kernel ran (overlaps merged), the idle rest, the largest gaps and kernel time by name."""
+    if not spans:
+        return {"window_us": 0.0, "busy_us": 0.0, "idle_us": 0.0, "gaps": [], "kernels_us": {}}
+    spans = sorted(spans)
+    busy, gaps = 0.0, []
+    cur_start, cur_end, cur_name = spans[0]
+    for start, end, name in spans[1:]:
+        if start > cur_end:
+            busy += cur_end - cur_start
+            gaps.append({"us": start - cur_end, "after": cur_name[:60], "before": name[:60]})
+            cur_start, cur_end, cur_name = start, end, name
+        elif end > cur_end:
+            cur_end, cur_name = end, name
+    busy += cur_end - cur_start
+    window = cur_end - spans[0][0]
+    by_name: dict[str, float] = {}
+    for start, end, name in spans:
+        by_name[name[:60]] = by_name.get(name[:60], 0.0) + end - start
+    largest = sorted(gaps, key=lambda g: -g["us"])[:top]
+    kernels = dict(sorted(by_name.items(), key=lambda kv: -kv[1])[:15])
+    return {"window_us": window, "busy_us": busy, "idle_us": window - busy, "gaps": largest, "kernels_us": kernels}
 
 
 def replay_ms(runner, step, iters: int) -> float:
@@ -84,8 +138,11 @@ def replay_ms(runner, step, iters: int) -> float:
         return start.elapsed_time(end) / iters
 
 
-def measure(engine: LLMEngine, batch: int, context: int, sampling: str, new_tokens: int) -> dict:
-    steps = decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens))
+def measure(
+    engine: LLMEngine, batch: int, context: int, sampling: str, new_tokens: int, timeline: bool = False
+) -> dict:
+    tl = {} if timeline else None
+    steps = decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens), tl)
     step = synthetic_step(TP, batch, 1, context, engine.config.block_size)
     call, _ = engine.executor.collective_rpc(time_step, step, 3, 20)
     loop_ms, call_ms = percentile([w for w, _ in steps], 0.5), percentile(call, 0.5)
@@ -93,7 +150,7 @@ def measure(engine: LLMEngine, batch: int, context: int, sampling: str, new_toke
     gpu_ms = engine.executor.collective_rpc(replay_ms, step, 20) if engine.config.device == "cuda" else call_ms
     return {"batch": batch, "context": context, "sampling": sampling, "loop_ms": loop_ms, "gpu_ms": gpu_ms,
             "ratio": loop_ms / gpu_ms, "device_ms": device_ms, "call_ms": call_ms,
-            "decode_steps": len(steps)}  # fmt: skip
+            "decode_steps": len(steps)} | ({"timeline_5_steps": tl} if tl else {})  # fmt: skip
 
 
 def offline_throughput(llm: LLM, num_prompts: int = 256, prompt_len: int = 1024, new_tokens: int = 128) -> dict:
@@ -128,6 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new-tokens", type=int, default=32)
     ap.add_argument("--cases", default="all", help="comma-separated case numbers (0-based) or all")
     ap.add_argument("--no-offline", action="store_true", help="skip the LLM.generate throughput run")
+    ap.add_argument("--timeline", action="store_true", help="GPU: profile 5 decode steps per case (see above)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
@@ -138,11 +196,16 @@ def main(argv: list[str] | None = None) -> None:
     try:
         measure(engine, 8, 512, SAMPLED, 8)  # warm-up: kernels compile, graphs replay once
         for batch, context, sampling in cases:
-            r = measure(engine, batch, context, sampling, args.new_tokens)
+            r = measure(engine, batch, context, sampling, args.new_tokens, args.timeline and args.device == "cuda")
             result["rows"].append(r)
             print(f"batch {batch:>3} context {context:>5} {sampling:<45} loop {r['loop_ms']:7.2f} ms  "
                   f"gpu {r['gpu_ms']:7.2f} ms  x{r['ratio']:.3f}  device {r['device_ms']:7.2f}  "
                   f"call {r['call_ms']:7.2f}", flush=True)  # fmt: skip
+            if "timeline_5_steps" in r:
+                t = r["timeline_5_steps"]
+                gaps = [round(g["us"]) for g in t["gaps"]]
+                print(f"  5 steps: window {t['window_us'] / 1e3:.2f} ms, busy {t['busy_us'] / 1e3:.2f}, "
+                      f"idle {t['idle_us'] / 1e3:.2f}; largest gaps {gaps} us", flush=True)  # fmt: skip
         if args.device == "cuda":
             b1 = next((r for r in result["rows"] if r["batch"] == 1 and r["context"] == 2048), None)
             if b1 is not None:
