@@ -230,9 +230,10 @@ def test_predicted_profile_is_a_profile(tmp_path):
     prof.save(path)
     loaded = load_profile(path)
     assert loaded.predicted is True and json.loads(path.read_text())["predicted"] is True
-    assert (
-        loaded.sources["op_table"]["method"] == "roofline" and "h200x4.json" in loaded.sources["collectives"]["table"]
-    )
+    # the shipped H200 table of the model (measured on one H200), the shipped 4 x H200 collectives
+    assert loaded.sources["op_table"]["method"] == "measured"
+    assert loaded.sources["op_table"]["file"].endswith("llama-3.3-70b_h200.json")
+    assert "h200x4.json" in loaded.sources["collectives"]["table"]
     feasible = {(f.tp, f.sp): f.feasible for f in loaded.factorizations}
     assert feasible == {(4, 1): True, (2, 2): True, (1, 4): False}  # 4 x 176 GB of weights do not fit
     assert "exceed" in next(f.reason for f in loaded.factorizations if f.sp == 4)
@@ -244,6 +245,17 @@ def test_predicted_profile_is_a_profile(tmp_path):
     assert f.weight_bytes_per_rank == weight_bytes_per_rank(cfg("llama-3.3-70b"), 2, 2, 2)
     # a decode batch of 256 at 32k context needs 8M tokens of KV: left out, as the measured profile would
     assert not any(p.tokens == 256 and p.context == 32768 for p in loaded.points)
+
+
+def test_a_table_without_the_asked_p_falls_back_to_the_roofline_and_says_why(tmp_path, monkeypatch):
+    from shifttune.recommend import op_table
+
+    table = json.loads((op_table.OP_TABLE_DIR / "llama-3.1-8b_h200.json").read_text())
+    table["entries"] = [e for e in table["entries"] if e["tp"] * e["sp"] == 1]  # as a run cut short leaves it
+    (tmp_path / "llama-3.1-8b_h200.json").write_text(json.dumps(table))
+    monkeypatch.setattr(op_table, "OP_TABLE_DIR", tmp_path)
+    source = predict_profile(PredictSettings("llama-3.1-8b", 4, "h200"), command="test").sources["op_table"]
+    assert source["method"] == "roofline" and "covers P = [1], not 4" in source["file"]
 
 
 def test_step_time_is_ops_plus_collectives(tmp_path):
