@@ -72,7 +72,8 @@ def test_a_step_does_not_sync_the_host(hf_models):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_launching_engine_steps_does_not_sync_the_host(hf_models):
+@pytest.mark.parametrize("prefill_attention", ["auto", "sdpa"])  # "sdpa": the eager chunk through cuDNN
+def test_launching_engine_steps_does_not_sync_the_host(hf_models, prefill_attention):
     """Async scheduling needs a launch (schedule, delta, inputs on the device, graph or eager step, sampling
     with every filter, logprobs, the copy back) that never waits for the GPU: three steps in a row, with a
     new request and an eager prefill among them, under sync-debug mode; their tokens are read after."""
@@ -80,7 +81,8 @@ def test_launching_engine_steps_does_not_sync_the_host(hf_models):
            SamplingParams(temperature=0.8, top_p=0.9, seed=1, max_tokens=12, ignore_eos=True),
            SamplingParams(temperature=1.0, top_k=5, min_p=0.05, max_tokens=12, ignore_eos=True, logprobs=2),
            SamplingParams(temperature=0.7, min_tokens=4, stop_token_ids=[3], max_tokens=12)]  # fmt: skip
-    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=128) as llm:
+    with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=128,
+             prefill_attention=prefill_attention) as llm:  # fmt: skip
         engine = llm.llm_engine
         llm.generate(PROMPTS + [list(range(1, 201))], [mix[i % 4] for i in range(len(PROMPTS) + 1)])  # warm-up
         for i, p in enumerate(PROMPTS):
