@@ -29,6 +29,7 @@ import triton.language as tl
 from triton.language.extra import libdevice
 
 from shifttune.kernels.sampling_ref import LN2, MIX, MIX32, NUM_PASSES, NUM_THRESHOLDS
+from shifttune.kernels.upload import aligned_length
 
 CHUNK = 8192  # vocabulary entries per program of the chunked kernels
 CAP = CHUNK // 8  # bracket entries copied out per chunk (past it, the row reads its logits again)
@@ -292,9 +293,9 @@ def workspace(n: int, vocab: int, device: torch.device) -> dict[str, torch.Tenso
 
 
 def _parts(sizes: list[int], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
-    """Views of one allocation, each starting on 16 bytes: Triton specializes pointers on that alignment, so
-    parts at odd offsets (small vocabularies, odd row counts) would compile new binaries at first use."""
-    padded = [s + (-s % 4) for s in sizes]  # 4-byte elements
+    """Views of one allocation, each starting on 16 bytes (`upload.aligned_length`: with small vocabularies and
+    odd row counts, parts at odd offsets would compile new binaries at first use)."""
+    padded = [aligned_length(s, dtype) for s in sizes]
     buf = torch.empty(sum(padded), dtype=dtype, device=device)
     return [p[:s] for p, s in zip(buf.split(padded), sizes)]
 

@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from shifttune.runner.sampler import RequestSampling, Sampler
 from shifttune.kernels.upload import to_device, to_device_parts
+from shifttune.runner.sampler import RequestSampling, Sampler
 from shifttune.runner.step_input import StepTensors
 
 PENDING = -1  # a new token the previous step sampled on the device

@@ -14,10 +14,9 @@ so no request pays for it; `startup` records what that cost.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import os
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -32,6 +31,7 @@ from shifttune.kernels.prefill_attention import (
     StepAttention,
     probe_sdpa,
 )
+from shifttune.kernels.upload import to_device_parts
 from shifttune.model.layers import RotaryEmbedding
 from shifttune.model.layout import make_layout
 from shifttune.model.llama import CausalLM
@@ -39,7 +39,6 @@ from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
 from shifttune.runner.input_batch import InputBatch, StepDelta
 from shifttune.runner.sampler import RequestSampling, SamplerOutput, logprobs_dicts
-from shifttune.kernels.upload import to_device_parts
 from shifttune.runner.step_input import ScheduledTokens, StepInput, StepTensors, build_step_input
 
 GIB = 1 << 30

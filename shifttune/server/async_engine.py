@@ -11,10 +11,10 @@ effect between steps.
 from __future__ import annotations
 
 import asyncio
-import os
 import itertools
 import logging
 import multiprocessing as mp
+import os
 from collections.abc import AsyncIterator
 
 from shifttune.config import ConfigError, EngineConfig
@@ -156,17 +156,18 @@ class AsyncEngine:
 
     async def call(self, method: str, *args):
         """Runs engine.method(*args) in the core between two steps and returns its result."""
-        n, future = next(self._call_ids), self.loop.create_future()
-        self.calls[n] = future
-        self._outgoing.send(("call", n, method, args))
-        return await future
+        return await self._ask("call", method, args)
 
     async def trace_json(self, since: float = 0.0) -> dict:
         """Both processes' timestamps of the requests that arrived at or after `since` (see `trace.py`)."""
+        return self.trace.merged(await self._ask("trace", since), since)
+
+    async def _ask(self, kind: str, *args):
+        """Sends (kind, n, *args) to the core and waits for its ("result", n, ...) answer."""
         n, future = next(self._call_ids), self.loop.create_future()
         self.calls[n] = future
-        self._outgoing.send(("trace", n, since))
-        return self.trace.merged(await future, since)
+        self._outgoing.send((kind, n, *args))
+        return await future
 
     # ---- pipes -------------------------------------------------------------------------------------
     def _on_readable(self) -> None:

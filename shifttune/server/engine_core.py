@@ -68,6 +68,11 @@ def _report(engine: LLMEngine) -> StepReport:
                       step.shape.num_prefill_tokens, step.duration_s)  # fmt: skip
 
 
+def _first_line(e: BaseException) -> str:
+    text = str(e)
+    return text.splitlines()[0] if text else ""
+
+
 def _watch_parent(parent: int) -> None:
     """The server process went away without telling us: leave (the workers follow)."""
     while os.getppid() == parent:
@@ -96,7 +101,7 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: PipeWriter, trace: C
         outbox.send(("failed", "config", e.message, e.field))
         return
     except BaseException as e:  # a worker that could not start, a GPU that is full: one line for the user
-        outbox.send(("failed", type(e).__name__, str(e).splitlines()[0] if str(e) else repr(e), None))
+        outbox.send(("failed", type(e).__name__, _first_line(e) or repr(e), None))
         return
     outbox.send(("ready", {"max_model_len": config.max_model_len, "kv_blocks": engine.block_manager.num_blocks}))
     engine.scheduler.on_schedule = trace.on_schedule
@@ -124,7 +129,8 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: PipeWriter, trace: C
         if not isinstance(e, WorkerError):  # a dead rank is said in one line by the executor
             traceback.print_exc()
             sys.stderr.flush()
-        outbox.send(("error", f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}".rstrip(": ")))
+        line = _first_line(e)
+        outbox.send(("error", f"{type(e).__name__}: {line}" if line else type(e).__name__))
     finally:
         engine.shutdown()
 

@@ -18,7 +18,6 @@ from shifttune.engine.sampling_params import DELTA, SamplingParams
 from shifttune.engine.sequence import RequestOutput
 from shifttune.server.async_engine import AsyncEngine, EngineDeadError
 from shifttune.server.logprobs import chat_logprobs, completion_logprobs
-from shifttune.server.streams import merge, tagged
 from shifttune.server.protocol import (
     AssistantMessage,
     ChatChoice,
@@ -33,6 +32,7 @@ from shifttune.server.protocol import (
     SamplingFields,
     UsageInfo,
 )
+from shifttune.server.streams import merge, tagged
 
 
 class APIError(Exception):
