@@ -252,6 +252,74 @@ def test_fused_ops_match_torch_layers():
     torch.testing.assert_close(silu_and_mul(gate_up), torch.nn.functional.silu(gate) * up)
 
 
+def _kv_case(dtype: torch.dtype, hq: int, hk: int, d: int):
+    """A step of 5 tokens, the last one padding (its slot in the scratch block, as cuda_graphs pads), over a
+    qkv output that is a view into wider rows (row stride != its width) and random caches (4 blocks of 4)."""
+    gen = torch.Generator().manual_seed(1)
+    width = (hq + 2 * hk) * d
+    qkv = torch.randn(5, width + 8, generator=gen).to(dtype)[:, 3 : 3 + width]
+    k_cache, v_cache = (torch.randn(4, 4, hk, d, generator=gen).to(dtype) for _ in range(2))
+    scratch_slot = 3 * 4
+    slots = torch.tensor([5, 0, 9, 7, scratch_slot])
+    positions = torch.tensor([0, 3, 9, 20, 0])
+    return qkv, k_cache, v_cache, slots, positions
+
+
+def _write_kv_ref(k, v, k_cache, v_cache, slots):
+    """attention.write_kv's torch path (the CPU path and the oracle)."""
+    k_cache, v_cache = k_cache.clone(), v_cache.clone()
+    k_cache.view(-1, *k.shape[1:])[slots] = k
+    v_cache.view(-1, *v.shape[1:])[slots] = v
+    return k_cache, v_cache
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_rope_and_write_kv_match_torch(dtype, qk_norm):
+    """RoPE with the KV-cache write in the same launch (interpreted on CPU) against RotaryEmbedding and the
+    torch cache write: q and k side by side in the qkv rows (one launch), or k alone (q_norm/k_norm: new tensors)."""
+    from shifttune.kernels.fused import rope_and_write_kv
+    from shifttune.model.layers import RotaryEmbedding
+
+    hq, hk, d = 3, 2, 16
+    rotary = RotaryEmbedding(d, 64, 10000.0, None)
+    qkv, k_cache, v_cache, slots, positions = _kv_case(dtype, hq, hk, d)
+    assert not qkv.is_contiguous()
+    q, k, v = (qkv[:, a * d : b * d].view(5, -1, d) for a, b in ((0, hq), (hq, hq + hk), (hq + hk, hq + 2 * hk)))
+    if qk_norm:
+        k = k.contiguous()
+    ref_q, ref_k = rotary(positions, q.clone(), k.clone())
+    ref_kc, ref_vc = _write_kv_ref(ref_k, v, k_cache, v_cache, slots)
+    v_before = v.clone()
+    qk = k if qk_norm else qkv[:, : (hq + hk) * d].view(5, hq + hk, d)
+    rope_and_write_kv(qk, positions, rotary.cos_sin, v, k_cache, v_cache, slots)
+    if not qk_norm:
+        torch.testing.assert_close(q, ref_q)
+    torch.testing.assert_close(k, ref_k)
+    assert torch.equal(v, v_before)
+    torch.testing.assert_close(k_cache, ref_kc)
+    assert torch.equal(v_cache, ref_vc)
+    # the cache holds exactly the rotated k the kernel left in place; rows not in `slots` are untouched
+    assert torch.equal(k_cache, _write_kv_ref(k, v, ref_kc, ref_vc, slots)[0])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [16, 24])  # 24: a head size that is not a power of two
+def test_write_kv_fused_matches_torch(dtype, d):
+    """The one-launch Triton KV-cache write (interpreted on CPU) against the torch index_put it replaces on GPU;
+    k and v are views into a wider row, as after the SP all-to-all."""
+    from shifttune.kernels.fused import write_kv_fused
+
+    hq, hk = 3, 2
+    qkv, k_cache, v_cache, slots, _ = _kv_case(dtype, hq, hk, d)
+    _, k, v = qkv.view(5, hq + 2 * hk, d).split([hq, hk, hk], dim=1)
+    assert not k.is_contiguous() and not v.is_contiguous()
+    ref_kc, ref_vc = _write_kv_ref(k, v, k_cache, v_cache, slots)
+    write_kv_fused(k, v, k_cache, v_cache, slots)
+    assert torch.equal(k_cache, ref_kc)
+    assert torch.equal(v_cache, ref_vc)
+
+
 @pytest.mark.parametrize("n, vocab", [(6, 50), (6, 2500), (6, 20000)])  # 20000: three chunks
 def test_sample_kernel_matches_the_torch_reference(n, vocab):
     """Filters (top-k cut, temperature, sort-free top-p, min-p) and the seeded draw, row for row; the kernels

@@ -60,6 +60,11 @@ def attend(
 def write_kv(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
 ) -> None:
-    """k, v: [T, Hk, d]; caches: [num_blocks, block_size, Hk, d]."""
+    """k, v: [T, Hk, d]; caches: [num_blocks, block_size, Hk, d]. On GPU one Triton launch for both."""
+    if k.is_cuda:
+        from shifttune.kernels.fused import write_kv_fused
+
+        write_kv_fused(k, v, k_cache, v_cache, slots)
+        return
     k_cache.view(-1, *k.shape[1:])[slots] = k
     v_cache.view(-1, *v.shape[1:])[slots] = v

@@ -1,8 +1,9 @@
-"""Fused small ops for GPU steps: residual add + RMSNorm, RoPE on q and k in one pass, SiLU(gate) * up.
+"""Fused small ops for GPU steps: residual add + RMSNorm, RoPE on q and k in one pass (optionally also
+writing the new K and V into the paged KV cache), the KV-cache write alone (K and V in one launch), SiLU(gate) * up.
 
 Each replaces several elementwise launches with one; at decode sizes those launches, not bytes, are
 what costs (a 70B step has hundreds of them). Same math as the torch code in `model/layers.py`
-(float32 inside, cast back), which stays the CPU path and the reference in the tests.
+(float32 inside, cast back) and `attention.write_kv`, which stays the CPU path and the reference in the tests.
 """
 
 from __future__ import annotations
@@ -50,8 +51,25 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
 
 
 @triton.jit
-def _rope_kernel(qk, positions, cos_sin, stride_t, num_heads, HALF: tl.constexpr, BLOCK_H: tl.constexpr):
-    """Rotates heads [0, num_heads) of token t in place (q and k heads side by side in one tensor)."""
+def _rope_kernel(
+    qk,
+    positions,
+    cos_sin,
+    stride_t,
+    num_heads,
+    v,
+    k_cache,
+    v_cache,
+    slots,
+    stride_vt,
+    num_kv,
+    HALF: tl.constexpr,
+    BLOCK_H: tl.constexpr,
+    WRITE_KV: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+):
+    """Rotates heads [0, num_heads) of token t in place (q and k heads side by side in one tensor). With
+    WRITE_KV, the last num_kv of them (K) and token t's num_kv V heads also go to row slots[t] of the caches."""
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t)
     d = tl.arange(0, HALF)
@@ -63,17 +81,124 @@ def _rope_kernel(qk, positions, cos_sin, stride_t, num_heads, HALF: tl.constexpr
     x1 = tl.load(base + d[None, :], mask=hm[:, None], other=0.0)
     x2 = tl.load(base + HALF + d[None, :], mask=hm[:, None], other=0.0)
     x1f, x2f = x1.to(tl.float32), x2.to(tl.float32)
-    tl.store(base + d[None, :], (x1f * cos - x2f * sin).to(x1.dtype), mask=hm[:, None])
-    tl.store(base + HALF + d[None, :], (x2f * cos + x1f * sin).to(x1.dtype), mask=hm[:, None])
+    r1, r2 = (x1f * cos - x2f * sin).to(x1.dtype), (x2f * cos + x1f * sin).to(x1.dtype)
+    tl.store(base + d[None, :], r1, mask=hm[:, None])
+    tl.store(base + HALF + d[None, :], r2, mask=hm[:, None])
+    if WRITE_KV:
+        row = tl.load(slots + t).to(tl.int64) * num_kv * (2 * HALF)  # int64: a big cache passes 2**31 elements
+        kh = h - (num_heads - num_kv)
+        km = (hm & (kh >= 0))[:, None]
+        dst = row + kh[:, None] * (2 * HALF) + d[None, :]
+        tl.store(k_cache + dst, r1, mask=km)
+        tl.store(k_cache + dst + HALF, r2, mask=km)
+        vh = tl.arange(0, BLOCK_KV)[:, None]
+        c = tl.arange(0, 2 * HALF)[None, :]
+        vm = vh < num_kv
+        tl.store(
+            v_cache + row + vh * (2 * HALF) + c, tl.load(v + t * stride_vt + vh * (2 * HALF) + c, mask=vm), mask=vm
+        )
 
 
 def rope_(qk: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:
     """qk: [T, heads, d] view whose heads are contiguous rows of d (stride(1) == d); rotated in place."""
+    _rope(qk, positions, cos_sin, None)
+
+
+def rope_and_write_kv(
+    qk: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    v: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+) -> None:
+    """`rope_(qk, ...)`, whose last Hk = v.shape[1] heads are K, and in the same launch `write_kv` of those
+    (rotated) and v: v [T, Hk, d] with stride(1) == d; caches [num_blocks, block_size, Hk, d]; slots [T]."""
+    _rope(qk, positions, cos_sin, (v, k_cache, v_cache, slots))
+
+
+def _rope(
+    qk: torch.Tensor,
+    positions: torch.Tensor,
+    cos_sin: torch.Tensor,
+    kv: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None,
+) -> None:
     t, heads, d = qk.shape
     assert qk.stride(2) == 1 and qk.stride(1) == d
+    v, k_cache, v_cache, slots = kv if kv is not None else (qk, qk, qk, positions)  # unused without kv
+    num_kv = v.shape[1] if kv is not None else 0
+    if kv is not None:
+        assert v.shape == (t, num_kv, d) and v.stride(2) == 1 and v.stride(1) == d and num_kv <= heads
+        assert slots.shape == (t,), "one slot per token (a padded token's slot is a scratch block's)"
+        for cache in (k_cache, v_cache):
+            assert cache.is_contiguous() and cache.shape[2:] == (num_kv, d) and cache.dtype == qk.dtype
     if t:
         _rope_kernel[(t,)](
-            qk, positions, cos_sin, qk.stride(0), heads, HALF=d // 2, BLOCK_H=triton.next_power_of_2(heads)
+            qk,
+            positions,
+            cos_sin,
+            qk.stride(0),
+            heads,
+            v,
+            k_cache,
+            v_cache,
+            slots,
+            v.stride(0),
+            num_kv,
+            HALF=d // 2,
+            BLOCK_H=triton.next_power_of_2(heads),
+            WRITE_KV=kv is not None,
+            BLOCK_KV=triton.next_power_of_2(max(num_kv, 1)),
+        )
+
+
+@triton.jit
+def _write_kv_kernel(
+    k,
+    v,
+    k_cache,
+    v_cache,
+    slots,
+    stride_kt,
+    stride_vt,
+    num_kv,
+    D: tl.constexpr,
+    BLOCK_KV: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+):
+    t = tl.program_id(0).to(tl.int64)
+    row = tl.load(slots + t).to(tl.int64) * num_kv * D  # int64: a big cache passes 2**31 elements
+    h = tl.arange(0, BLOCK_KV)[:, None]
+    c = tl.arange(0, BLOCK_D)[None, :]
+    m = (h < num_kv) & (c < D)
+    tl.store(k_cache + row + h * D + c, tl.load(k + t * stride_kt + h * D + c, mask=m), mask=m)
+    tl.store(v_cache + row + h * D + c, tl.load(v + t * stride_vt + h * D + c, mask=m), mask=m)
+
+
+def write_kv_fused(
+    k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor
+) -> None:
+    """`attention.write_kv` in one launch: k, v [T, Hk, d] with stride(1) == d (views of a wider row are
+    fine); caches [num_blocks, block_size, Hk, d]; token t goes to flat slot slots[t]."""
+    t, num_kv, d = k.shape
+    assert v.shape == k.shape and slots.shape == (t,)
+    assert k.stride(2) == v.stride(2) == 1 and k.stride(1) == v.stride(1) == d
+    for cache in (k_cache, v_cache):
+        assert cache.is_contiguous() and cache.shape[2:] == (num_kv, d) and cache.dtype == k.dtype
+    if t:
+        _write_kv_kernel[(t,)](
+            k,
+            v,
+            k_cache,
+            v_cache,
+            slots,
+            k.stride(0),
+            v.stride(0),
+            num_kv,
+            D=d,
+            BLOCK_KV=triton.next_power_of_2(num_kv),
+            BLOCK_D=triton.next_power_of_2(d),
         )
 
 

@@ -43,11 +43,23 @@ class Attention(nn.Module):
         self, positions: torch.Tensor, x: torch.Tensor, meta: AttentionMetadata, num_tokens: int
     ) -> torch.Tensor:
         t_local, d, sp = x.shape[0], self.d, self.layout.sp
-        q, k, v = self.qkv_proj(x).split([self.num_q * d, self.num_kv * d, self.num_kv * d], dim=-1)
+        qkv = self.qkv_proj(x)
+        q, k, v = qkv.split([self.num_q * d, self.num_kv * d, self.num_kv * d], dim=-1)
         q, k, v = q.view(t_local, self.num_q, d), k.view(t_local, self.num_kv, d), v.view(t_local, self.num_kv, d)
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
-        q, k = self.rotary(positions, q, k)
+        fused = sp == 1 and x.is_cuda  # RoPE writes the new K and V into the cache in its launch
+        if fused:
+            from shifttune.kernels.fused import rope_, rope_and_write_kv
+
+            if self.q_norm is None:  # q and k side by side in the qkv rows: one launch rotates both
+                qk = qkv[:, : (self.num_q + self.num_kv) * d].view(t_local, -1, d)
+            else:
+                rope_(q, positions, self.rotary.cos_sin)
+                qk = k
+            rope_and_write_kv(qk, positions, self.rotary.cos_sin, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        else:
+            q, k = self.rotary(positions, q, k)
         if sp > 1:
             # Ulysses: per destination s, its 1/SP of my query heads and the KV heads those use.
             heads = self.num_q // sp
@@ -63,7 +75,9 @@ class Attention(nn.Module):
             recv = recv.reshape(sp * t_local, -1, d)[:num_tokens]  # every token of the step, padding dropped
             num_kv = (recv.shape[1] - heads) // 2
             q, k, v = recv.split([heads, num_kv, num_kv], dim=1)
-        write_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)  # then attention reads it, new tokens too
+        if not fused:
+            write_kv(k, v, self.k_cache, self.v_cache, meta.slot_mapping)
+        # NOTE: the cache holds this step's K/V (written above) before attention reads it, new tokens too.
         o = attend(self.attn_fn, q, k, v, self.k_cache, self.v_cache, meta, self.scale)
         if sp > 1:
             o = F.pad(o, (0, 0, 0, 0, 0, sp * t_local - num_tokens)).view(sp, t_local, -1, d)
