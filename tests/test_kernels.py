@@ -17,6 +17,8 @@ from shifttune.kernels.attention import AttentionMetadata  # noqa: E402
 from shifttune.kernels.attention_ref import paged_attention_ref  # noqa: E402
 from shifttune.kernels.paged_attention import paged_attention  # noqa: E402
 
+DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+
 
 def make_case(q_lens, ctx_lens, hq, hk, d, block_size, device="cpu", dtype=torch.float32, seed=0):
     """A step: sequence i has ctx_lens[i] cached tokens before this step and q_lens[i] new ones."""
@@ -276,8 +278,9 @@ def _write_kv_ref(k, v, k_cache, v_cache, slots):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("qk_norm", [False, True])
 def test_rope_and_write_kv_match_torch(dtype, qk_norm):
-    """RoPE with the KV-cache write in the same launch (interpreted on CPU) against RotaryEmbedding and the
-    torch cache write: q and k side by side in the qkv rows (one launch), or k alone (q_norm/k_norm: new tensors)."""
+    """RoPE with the KV-cache write in the same launch (interpreted on CPU, compiled on GPU) against the torch
+    RoPE and cache write on CPU: q and k side by side in the qkv rows (one launch), or k alone (q_norm/k_norm:
+    new tensors)."""
     from shifttune.kernels.fused import rope_and_write_kv
     from shifttune.model.layers import RotaryEmbedding
 
@@ -286,21 +289,23 @@ def test_rope_and_write_kv_match_torch(dtype, qk_norm):
     qkv, k_cache, v_cache, slots, positions = _kv_case(dtype, hq, hk, d)
     assert not qkv.is_contiguous()
     q, k, v = (qkv[:, a * d : b * d].view(5, -1, d) for a, b in ((0, hq), (hq, hq + hk), (hq + hk, hq + 2 * hk)))
+    ref_q, ref_k = rotary(positions, q.clone(), k.clone())  # CPU tensors: the torch path
+    ref_kc, ref_vc = _write_kv_ref(ref_k, v, k_cache, v_cache, slots)
+    qkv, k_cache, v_cache, slots, positions = (x.to(DEV) for x in (qkv, k_cache, v_cache, slots, positions))
+    q, k, v = (qkv[:, a * d : b * d].view(5, -1, d) for a, b in ((0, hq), (hq, hq + hk), (hq + hk, hq + 2 * hk)))
     if qk_norm:
         k = k.contiguous()
-    ref_q, ref_k = rotary(positions, q.clone(), k.clone())
-    ref_kc, ref_vc = _write_kv_ref(ref_k, v, k_cache, v_cache, slots)
     v_before = v.clone()
     qk = k if qk_norm else qkv[:, : (hq + hk) * d].view(5, hq + hk, d)
-    rope_and_write_kv(qk, positions, rotary.cos_sin, v, k_cache, v_cache, slots)
+    rope_and_write_kv(qk, positions, rotary.cos_sin.to(DEV), v, k_cache, v_cache, slots)
     if not qk_norm:
-        torch.testing.assert_close(q, ref_q)
-    torch.testing.assert_close(k, ref_k)
+        torch.testing.assert_close(q.cpu(), ref_q)
+    torch.testing.assert_close(k.cpu(), ref_k)
     assert torch.equal(v, v_before)
-    torch.testing.assert_close(k_cache, ref_kc)
-    assert torch.equal(v_cache, ref_vc)
+    torch.testing.assert_close(k_cache.cpu(), ref_kc)
+    assert torch.equal(v_cache.cpu(), ref_vc)
     # the cache holds exactly the rotated k the kernel left in place; rows not in `slots` are untouched
-    assert torch.equal(k_cache, _write_kv_ref(k, v, ref_kc, ref_vc, slots)[0])
+    assert torch.equal(k_cache.cpu(), _write_kv_ref(k.cpu(), v.cpu(), ref_kc, ref_vc, slots.cpu())[0])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -315,9 +320,11 @@ def test_write_kv_fused_matches_torch(dtype, d):
     _, k, v = qkv.view(5, hq + 2 * hk, d).split([hq, hk, hk], dim=1)
     assert not k.is_contiguous() and not v.is_contiguous()
     ref_kc, ref_vc = _write_kv_ref(k, v, k_cache, v_cache, slots)
+    qkv, k_cache, v_cache, slots = (x.to(DEV) for x in (qkv, k_cache, v_cache, slots))
+    _, k, v = qkv.view(5, hq + 2 * hk, d).split([hq, hk, hk], dim=1)
     write_kv_fused(k, v, k_cache, v_cache, slots)
-    assert torch.equal(k_cache, ref_kc)
-    assert torch.equal(v_cache, ref_vc)
+    assert torch.equal(k_cache.cpu(), ref_kc)
+    assert torch.equal(v_cache.cpu(), ref_vc)
 
 
 @pytest.mark.parametrize("n, vocab", [(6, 50), (6, 2500), (6, 20000)])  # 20000: three chunks
