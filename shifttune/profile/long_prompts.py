@@ -79,12 +79,17 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> dict:
     }
 
 
-def prompt_flops(cfg: ModelConfig, tokens: int) -> float:
-    """Linear layers on every prompt token, causal attention, the LM head on the one sampled row."""
+def linear_flops(cfg: ModelConfig, tokens: int) -> float:
+    """The decoder layers' matmuls on `tokens` tokens (no attention, no LM head)."""
     h, d = cfg.hidden_size, cfg.head_dim
     per_layer = h * (cfg.num_heads + 2 * cfg.num_kv_heads) * d + cfg.num_heads * d * h + 3 * h * cfg.intermediate_size
-    linear = 2 * cfg.num_layers * per_layer * tokens + 2 * h * cfg.vocab_size
-    return linear + 4 * cfg.num_layers * cfg.num_heads * d * tokens * (tokens + 1) / 2
+    return 2 * cfg.num_layers * per_layer * tokens
+
+
+def prompt_flops(cfg: ModelConfig, tokens: int) -> float:
+    """Linear layers on every prompt token, causal attention, the LM head on the one sampled row."""
+    linear = linear_flops(cfg, tokens) + 2 * cfg.hidden_size * cfg.vocab_size
+    return linear + cfg.num_layers * attention_flops(cfg.num_heads, cfg.head_dim, tokens, 0)
 
 
 def attention_flops(hq: int, d: int, n: int, prefix: int) -> float:
@@ -155,12 +160,37 @@ def run_engine(args, path: str, lengths: list[int], rate: float, device: torch.d
             f"({100 * floor / warm:.0f}% of floor)")  # fmt: skip
     if device.type == "cuda":
         startup["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
+        if args.breakdown:
+            startup["chunk_breakdown"] = chunk_breakdown(engine, args.chunk, rate)
     llm.shutdown()
     del llm, engine
     gc.collect()
     if device.type == "cuda":
         startup["memory_after_shutdown_bytes"] = torch.cuda.memory_allocated()
     return rows, startup, skipped
+
+
+def chunk_breakdown(engine, chunk: int, rate: float) -> list[dict]:
+    """Where the device time of one eager `chunk`-token prefill step goes (kernel time by category, profiled),
+    from position 0 and after 3 chunks of cached prefix, beside its matmul and attention FLOPs at `rate`."""
+    from shifttune.config import TP
+    from shifttune.profile.step_timing import breakdown_step, synthetic_step
+
+    cfg, out = engine.config.model_config, []
+    for prefix in (0, 3 * chunk):
+        if prefix + chunk >= engine.config.max_model_len:
+            continue
+        step = synthetic_step(TP, 1, chunk, prefix + chunk, engine.config.block_size)
+        kernels = engine.executor.collective_rpc(breakdown_step, step, 3)
+        linear_ms = 1e3 * linear_flops(cfg, chunk) / rate
+        attention_ms = 1e3 * cfg.num_layers * attention_flops(cfg.num_heads, cfg.head_dim, chunk, prefix) / rate
+        out.append({"tokens": chunk, "prefix": prefix, "linear_floor_ms": linear_ms,
+                    "attention_floor_ms": attention_ms, "kernel_ms": kernels})  # fmt: skip
+        log(f"breakdown {chunk} tokens after {prefix}: gemm {kernels['gemm']:.1f} ms (floor {linear_ms:.1f}), "
+            f"attention {kernels['attention']:.1f} ms (floor {attention_ms:.1f}), elementwise "
+            f"{kernels['fused_elementwise']:.1f}, other {kernels['other']:.1f}, sum {kernels['kernel_sum_ms']:.1f}, "
+            f"wall {kernels['wall_ms']:.1f}")  # fmt: skip
+    return out
 
 
 # ---- attention of one layer ------------------------------------------------------------------------
@@ -319,6 +349,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--chunk", type=int, default=None, help="max_num_batched_tokens (default 8192; 128 on cpu)")
     ap.add_argument("--max-model-len", type=int, default=None, help="default: the longest prompt + 1")
     ap.add_argument("--no-layer-bench", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="GPU: kernel time by category of one chunk (profiled)")
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
