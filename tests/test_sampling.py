@@ -14,6 +14,7 @@ from shifttune.kernels.sampling_ref import (
     filter_ref,
     sample_ref,
     search_span,
+    thresholds,
     top_p_cut_ref,
     uniform_noise,
 )
@@ -318,6 +319,119 @@ def test_sample_kernels_give_a_row_the_same_token_alone_or_in_a_batch():
         assert alone.item() == batch[j].item()
 
 
+# 4 chunks of 2000; brackets overflow the CAP entries `_finish_kernel` takes, some also the copies (SPILL_CAP)
+SPILL_SHAPES = {"CHUNK": 512, "CAP": 8, "SPILL_CAP": 48, "SPLIT_SUB": 256, "SPILL_SUB": 128}
+
+
+def _spill_setup(monkeypatch):
+    """The kernels module with small chunks and copies, and a dict that gets each call's workspace."""
+    from shifttune.kernels import sampling
+
+    for name, value in SPILL_SHAPES.items():
+        monkeypatch.setattr(sampling, name, value)
+    monkeypatch.setattr(sampling, "WARPS", sampling.WARPS | {"split": 2})  # one 16-byte load a thread: 256 entries
+    seen: dict[str, torch.Tensor] = {}
+    workspace = sampling.workspace
+    monkeypatch.setattr(sampling, "workspace", lambda *a: seen.update(workspace(*a)) or seen)
+    return sampling, seen
+
+
+def _spilled(seen: dict[str, torch.Tensor], n: int) -> list[bool]:
+    """Per row of the last call, whether some chunk's bracket held more than `_finish_kernel` takes (a spill row)."""
+    return (seen["counts"].view(n, -1).max(dim=1).values > SPILL_SHAPES["CAP"]).tolist()
+
+
+def _kernel_cuts(seen: dict[str, torch.Tensor], x: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
+    """[n] the top-p cut that the kernels' per-pass masses in the last call's workspace give (spill rows only),
+    the search run here as `top_p_cut_ref` runs it; x: the logits after top-k and temperature."""
+    n = x.shape[0]
+    partial = seen["partial"].view(NUM_PASSES, n, -1, NUM_THRESHOLDS).cpu()
+    m = x.max(dim=-1).values
+    e = torch.where(x > -torch.inf, (x - m.unsqueeze(1)).exp(), 0.0)
+    need = top_p * e.sum(dim=-1)
+    lo = torch.maximum(torch.where(x > -torch.inf, x, torch.inf).min(dim=-1).values, m - search_span(x.shape[1], top_p))
+    hi, above = m, torch.zeros(n)
+    for k in range(NUM_PASSES):
+        t = thresholds(lo, hi)
+        mass = above.unsqueeze(1) + partial[k].sum(dim=1)  # passes after the first: entries in the first bracket
+        c = (mass >= need.unsqueeze(1)).sum(dim=-1)
+        if k == 0:  # the mass at or above the first bracket's upper end
+            above = mass.gather(1, (c.clamp(max=NUM_THRESHOLDS - 1)).unsqueeze(1)).squeeze(1)
+        lo, hi = (torch.where(c > 0, t.gather(1, (c - 1).clamp(min=0).unsqueeze(1)).squeeze(1), lo),
+                  torch.where(c < NUM_THRESHOLDS, t.gather(1, c.clamp(max=NUM_THRESHOLDS - 1).unsqueeze(1)).squeeze(1),
+                              hi))  # fmt: skip
+    return lo
+
+
+def _spill_logits(kind: str, n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
+    if kind == "bf16":  # as dummy weights give them: the cut falls in the dense middle of the logits
+        return (torch.randn(n, vocab, generator=gen) * 1.3).to(torch.bfloat16).float()
+    # groups of equal logits: the last bracket holds a whole group, much of the kept mass (the draw's buckets)
+    return torch.randint(0, 12, (n, vocab), generator=gen).float() * 0.25
+
+
+@pytest.mark.parametrize("kind", ["bf16", "ties"])
+def test_sample_kernels_match_the_reference_when_every_row_spills(monkeypatch, kind):
+    """Every row's bracket overflows what `_finish_kernel` takes: the spill kernels run the other passes and the
+    draw over all chunks (from the copies, or the logits where a chunk's bracket overflowed them too), and
+    `_finish_kernel` picks the best that the last cut keeps. Top-p with min-p and top-k on some rows; the
+    cut that the kernels' masses give is the reference's (a draw seldom shows a cut a little off). Row 4: a few
+    likely tokens over a flat bulk that top-p keeps and min-p drops. Rows 5 and 7: two groups of equal logits
+    1.5 steps of the last pass apart, the larger one just below the last cut."""
+    sampling, seen = _spill_setup(monkeypatch)
+    n, vocab = 8, 2000
+    gen = torch.Generator().manual_seed(11)
+    logits = _spill_logits(kind, n, vocab, gen)
+    v = torch.arange(vocab)
+    logits[4] = torch.where(v % 100 == 7, 2.0, 0.0)
+    logits[5] = logits[7] = torch.where(v % 100 == 7, 2.0, torch.where(v % 10 == 0, 1.0, 1.0 - 2.3e-5))
+    inv_temp = torch.full((n,), 1 / 0.8)
+    top_p = torch.tensor([0.95, 0.9, 0.5, 0.99, 0.95, 0.1, 0.7, 0.1])
+    min_p = torch.tensor([0.0, 0.05, 0.0, 0.0, 0.3, 0.0, 0.1, 0.0])
+    k = torch.tensor([0, 0, 0, 1500, 0, 0, 1000, 0])
+    kth = logits.sort(dim=-1, descending=True).values.gather(1, (k - 1).clamp(min=0).unsqueeze(1)).squeeze(1)
+    cut_k = torch.where(k > 0, kth, -torch.inf)
+    seeds, steps = torch.randint(0, 2**62, (n,), generator=gen), torch.randint(0, 1000, (n,), generator=gen)
+    greedy = torch.zeros(n, dtype=torch.bool)
+    want = sample_ref(logits, inv_temp, cut_k, top_p, min_p, seeds, steps, greedy).tolist()
+    dev = [t.to(DEV) for t in (logits, torch.arange(n), inv_temp, cut_k, top_p, min_p, seeds, steps, greedy)]
+    assert sampling.sample(*dev).tolist() == want
+    assert all(_spilled(seen, n))
+    counts = seen["counts"].view(n, -1)
+    assert (counts > 48).any() and ((counts > 8) & (counts <= 48)).any()  # chunks read from logits, from copies
+    x = torch.where(logits >= cut_k.unsqueeze(1), logits * inv_temp.unsqueeze(1), -torch.inf)
+    assert torch.equal(_kernel_cuts(seen, x, top_p), top_p_cut_ref(x, top_p))
+
+
+def test_sample_kernels_give_a_spill_row_the_same_token_alone_or_in_a_mixed_batch(monkeypatch):
+    """Spill rows next to rows the copies suffice for, greedy, top-k and no-top-p rows: each row draws the same
+    token alone as in the batch (settings read at permuted rows)."""
+    sampling, seen = _spill_setup(monkeypatch)
+    n, vocab = 6, 2000
+    gen = torch.Generator().manual_seed(12)
+    logits = torch.cat([_spill_logits("bf16", 1, vocab, gen), torch.randn(1, vocab, generator=gen) * 4,
+                        _spill_logits("bf16", 2, vocab, gen), _spill_logits("ties", 2, vocab, gen)])  # fmt: skip
+    inv_temp = torch.full((n,), 1 / 0.8)
+    top_p = torch.tensor([0.95, 0.95, 0.9, 1.0, 0.9, 0.99])
+    min_p = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.02])
+    greedy = torch.tensor([False, False, True, False, False, False])
+    cut_k = torch.full((n,), -torch.inf)
+    cut_k[4] = logits[4].sort(descending=True).values[4]  # top-5: a small bracket
+    seeds, steps = torch.randint(0, 2**62, (n,), generator=gen), torch.randint(0, 1000, (n,), generator=gen)
+    perm = torch.tensor([3, 0, 5, 1, 4, 2])
+    tables = [torch.empty_like(t) for t in (inv_temp, top_p, min_p, seeds, steps, greedy)]
+    for t, dst in zip((inv_temp, top_p, min_p, seeds, steps, greedy), tables):
+        dst[perm] = t  # row i's settings at perm[i]
+    logits, cut_k, rows, tables = logits.to(DEV), cut_k.to(DEV), perm.to(DEV), [t.to(DEV) for t in tables]
+    batch = sampling.sample(logits, rows, tables[0], cut_k, *tables[1:]).tolist()
+    assert _spilled(seen, n) == [True, False, False, False, False, True]
+    alone = [sampling.sample(logits[j : j + 1], rows[j : j + 1], tables[0], cut_k[j : j + 1], *tables[1:]).item()
+             for j in range(n)]  # fmt: skip
+    assert alone == batch
+    want = sample_ref(logits.cpu(), inv_temp, cut_k.cpu(), top_p, min_p, seeds, steps, greedy).tolist()
+    assert batch == want
+
+
 def test_kernel_sampler_matches_the_torch_sampler():
     """The runner's Sampler on its kernel path (interpreted on CPU) and on its torch path, over a few steps of a
     mixed batch: same tokens, same logprobs, and the kernels move the step counters on."""
@@ -341,9 +455,12 @@ def test_kernel_sampler_matches_the_torch_sampler():
 def test_sampler_workspace_parts_start_on_16_bytes(vocab):
     """Triton compiles a binary per pointer alignment: with a small vocabulary the parts of the workspace
     sat at odd offsets for some row counts, and the first batch of such a count compiled the sampler anew."""
-    from shifttune.kernels.sampling import CAP, workspace
+    from shifttune.kernels.sampling import SPILL_CAP, workspace
 
     for n in range(1, 6):
         ws = workspace(n, vocab, torch.device("cpu"))
         assert all(t.data_ptr() % 16 == 0 for t in ws.values())
-        assert ws["cand_x"].numel() == ws["cand_i"].numel() == CAP * ws["counts"].numel()
+        chunks = ws["counts"].numel()
+        assert ws["cand_x"].numel() == ws["cand_i"].numel() == SPILL_CAP * chunks
+        assert ws["spill_val"].numel() == ws["spill_idx"].numel() == NUM_THRESHOLDS * chunks
+        assert ws["partial"].numel() == NUM_PASSES * NUM_THRESHOLDS * chunks

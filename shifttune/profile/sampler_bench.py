@@ -2,14 +2,20 @@
 
     python -m shifttune.profile.sampler_bench --out sampler.json
 
-Per batch (1, 8, 32, 128, 256) and logits (flat as dummy weights give them, peaked as a trained model's),
-with top-p 0.95, temperature 0.8 and a seed per row:
+Per batch (1, 8, 32, 128, 256) and kind of logits, with top-p 0.95, temperature 0.8 and a seed per row:
+- "flat" (randn * 0.02): nearly uniform, the nucleus most of the vocabulary, few entries near the cut;
+- "peaked" (randn * 4): as a trained model's, a small nucleus;
+- "dummy" ((randn * 1.3) in bf16): what the engine's dummy weights give (a unit-RMS hidden state times
+  N(0, 0.02^2) weights over 4096 dims, bf16 logits); the top-p cut falls in the dense middle of the
+  logits, so every row "spills" (its bracket overflows the copies: the spill kernels run on it).
+The numbers:
 - `sampler_ms`: the whole `Sampler` call between CUDA events, host included (launches, Python);
 - `sampler_device_ms`: the same call queued behind a GPU sleep, so only the GPU's own time counts (what
   the engine loop pays: its host runs ahead of the GPU);
 - `kernels_us`: each kernel's mean device time per call (torch.profiler), by kernel name.
-Then, where this tree's `kernels/sampling.py` has them: tokens against the torch reference and a row
-alone against the same row in a batch, and a sweep of its CHUNK and per-kernel num_warps.
+Then, where this tree's `kernels/sampling.py` has them: tokens against the torch reference (each kind) and a
+row alone against the same row in a batch (flat and dummy), and a sweep of its CHUNK, loop steps and
+per-kernel num_warps.
 
 The file also runs in an older checkout (only torch and each tree's own sampler are used): a tree without
 `runner/sampler.py` (before commit 897797a) is driven through `engine/sampler.py` (whose call waits for
@@ -31,21 +37,29 @@ import torch
 
 BATCHES = (1, 8, 32, 128, 256)
 DEVICE = "cuda"
-SWEEP_CASES = ((1, False), (32, False), (256, False), (256, True))  # (batch, peaked)
+KINDS = ("flat", "peaked", "dummy")  # of logits (see `_logits`)
+SWEEP_CASES = ((1, "flat"), (32, "flat"), (32, "dummy"), (256, "flat"), (256, "peaked"))  # (batch, kind)
 SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is the default
     ("default", {}),
-    ("chunk4096", {"CHUNK": 4096, "CAP": 512}),
+    ("chunk4096", {"CHUNK": 4096, "CAP": 512, "SPILL_CAP": 1024}),
     ("split_sub4096", {"SPLIT_SUB": 4096}),
     ("split_sub8192", {"SPLIT_SUB": 8192}),
+    ("spill_sub512", {"SPILL_SUB": 512}),
+    ("spill_cap4096", {"SPILL_CAP": 4096}),
     ("split_w4", {"WARPS": {"split": 4}}),
+    ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
 ]
 
 
-def _logits(batch: int, vocab: int, peaked: bool, dev: torch.device) -> torch.Tensor:
+def _logits(batch: int, vocab: int, kind: str, dev: torch.device) -> torch.Tensor:
+    """[batch, vocab] float32 logits of a kind in KINDS (seeded by the batch size)."""
     gen = torch.Generator(device=dev).manual_seed(batch)
-    return torch.randn(batch, vocab, device=dev, generator=gen) * (4.0 if peaked else 0.02)
+    x = torch.randn(batch, vocab, device=dev, generator=gen)
+    if kind == "dummy":  # the engine's dummy weights: N(0, 1.3^2) logits in bf16, cast to float32 by the sampler
+        return (x * 1.3).to(torch.bfloat16).float()
+    return x * {"flat": 0.02, "peaked": 4.0}[kind]
 
 
 def make_sampler(batch: int, dev: torch.device) -> tuple[Callable[[torch.Tensor], object], str]:
@@ -114,11 +128,11 @@ def kernel_times(fn: Callable[[], object], iters: int) -> dict[str, float]:
     return dict(sorted(((k, round(v, 2)) for k, v in totals.items()), key=lambda kv: -kv[1]))
 
 
-def bench(batch: int, vocab: int, peaked: bool, sleep_cycles: int) -> dict:
+def bench(batch: int, vocab: int, kind: str, sleep_cycles: int) -> dict:
     dev = torch.device(DEVICE)
-    logits = _logits(batch, vocab, peaked, dev)
+    logits = _logits(batch, vocab, kind, dev)
     call, api = make_sampler(batch, dev)
-    row = {"batch": batch, "vocab": vocab, "logits": "peaked" if peaked else "flat", "api": api}
+    row = {"batch": batch, "vocab": vocab, "logits": kind, "api": api}
     # NOTE: runner.sampler.Sampler catches a failing batch call and retries row by row, returning token 0 and
     # `errors` for rows that fail: without this check a broken kernel would be timed as if it worked.
     errors = getattr(call(logits), "errors", None)
@@ -156,34 +170,35 @@ def _settings(batch: int, dev: torch.device) -> tuple[torch.Tensor, ...]:
 
 
 def checks(k, vocab: int) -> dict:
-    """Tokens of the kernels against the torch reference (mixed settings, flat and peaked logits), and a
-    seeded row alone against the same row in a batch of 256."""
+    """Tokens of the kernels against the torch reference (mixed settings, each kind of logits), and a seeded
+    row alone against the same row in a batch of 256 (flat and dummy logits)."""
     from shifttune.kernels.sampling_ref import sample_ref
 
     dev = torch.device(DEVICE)
     out: dict[str, object] = {}
-    for peaked in (False, True):
+    for kind in KINDS:
         n = 48
-        logits = _logits(n, vocab, peaked, dev)
+        logits = _logits(n, vocab, kind, dev)
         inv_temp, top_p, min_p, seeds, steps, greedy = _settings(n, dev)
         rows = torch.arange(n, device=dev)
         got = k.sample(logits, rows, inv_temp, None, top_p, min_p, seeds, steps, greedy)
         ref = sample_ref(logits, inv_temp, torch.full((n,), -torch.inf, device=dev), top_p, min_p, seeds, steps,
                          greedy)  # fmt: skip
-        out[f"tokens_match_ref_{'peaked' if peaked else 'flat'}"] = f"{int((got == ref).sum())}/{n}"
-    logits = _logits(256, vocab, False, dev)
+        out[f"tokens_match_ref_{kind}"] = f"{int((got == ref).sum())}/{n}"
     tables = _settings(256, dev)
-    batch = k.sample(logits, torch.arange(256, device=dev), tables[0], None, *tables[1:])
-    alone = [int(k.sample(logits[j : j + 1], torch.tensor([j], device=dev), tables[0], None, *tables[1:]))
-             for j in (0, 37, 255)]  # fmt: skip
-    out["row_alone_equals_row_in_batch"] = alone == [int(batch[j]) for j in (0, 37, 255)]
+    for kind in ("flat", "dummy"):
+        logits = _logits(256, vocab, kind, dev)
+        batch = k.sample(logits, torch.arange(256, device=dev), tables[0], None, *tables[1:])
+        alone = [int(k.sample(logits[j : j + 1], torch.tensor([j], device=dev), tables[0], None, *tables[1:]))
+                 for j in (0, 37, 255)]  # fmt: skip
+        out[f"row_alone_equals_row_in_batch_{kind}"] = alone == [int(batch[j]) for j in (0, 37, 255)]
     return out
 
 
 def sweep(k, vocab: int, sleep_cycles: int) -> list[dict]:
     """Device ms of `kernels.sampling.sample` (no Sampler around it) per CHUNK / num_warps choice."""
     dev = torch.device(DEVICE)
-    names = ("CHUNK", "CAP", "SPLIT_SUB", "WARPS")
+    names = ("CHUNK", "CAP", "SPILL_CAP", "SPLIT_SUB", "SPILL_SUB", "WARPS")
     saved = {a: getattr(k, a) for a in names if hasattr(k, a)}
     rows = []
     try:
@@ -194,14 +209,14 @@ def sweep(k, vocab: int, sleep_cycles: int) -> list[dict]:
                 setattr(k, a, saved[a] | v if a == "WARPS" else v)
             t = time.perf_counter()
             row = {"config": name} | {a: getattr(k, a) for a in saved}
-            for batch, peaked in SWEEP_CASES:
-                logits = _logits(batch, vocab, peaked, dev)
+            for batch, kind in SWEEP_CASES:
+                logits = _logits(batch, vocab, kind, dev)
                 tables = _settings(batch, dev)
                 tables = (tables[0], torch.full((batch,), 0.95, device=dev), torch.zeros(batch, device=dev),
                           *tables[3:5], torch.zeros(batch, dtype=torch.bool, device=dev))  # fmt: skip
                 rows_dev = torch.arange(batch, device=dev)
                 fn = lambda: k.sample(logits, rows_dev, tables[0], None, *tables[1:])  # noqa: E731
-                row[f"b{batch}_{'peaked' if peaked else 'flat'}_device_ms"] = time_call(fn, 20, sleep_cycles)
+                row[f"b{batch}_{kind}_device_ms"] = time_call(fn, 20, sleep_cycles)
             row["seconds_incl_compile"] = round(time.perf_counter() - t, 1)
             rows.append(row)
             print(row, flush=True)
@@ -231,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
         pass
     rows = []
     for batch in BATCHES:
-        for peaked in (False, True):
-            rows.append(bench(batch, args.vocab, peaked, sleep_cycles))
+        for kind in KINDS:
+            rows.append(bench(batch, args.vocab, kind, sleep_cycles))
             print({k: round(v, 4) if isinstance(v, float) else v for k, v in rows[-1].items()}, flush=True)
     out["rows"] = rows
 
