@@ -29,7 +29,7 @@ from types import SimpleNamespace
 import httpx
 import pytest
 
-from shifttune.telemetry.nvml import NvmlSampler
+from shifttune.telemetry.nvml import NvmlSampler, clock_and_power, recording
 from shifttune.tui.scrape import Window, parse, quantile
 from shifttune.tui.serving_view import ServingApp, make_app
 from shifttune.tui.snapshot import SP, TP, ModeShare, Quantiles, RequestRow, ServingSnapshot, StepCell
@@ -125,6 +125,20 @@ def fake_sampler(samples: int = 24, **kw) -> NvmlSampler:
 
 
 # ---- NVML ---------------------------------------------------------------------------------------------
+def test_recording_gives_the_clock_and_power_a_benchmark_ran_at():
+    """`recording` samples in a thread for its block; `clock_and_power` sums up what it saw (benchmarks record the
+    SM clock a step ran at: a power-limited GPU runs sustained matmuls ~20% slower than after idle)."""
+    with recording(0.001, nvml=FakeNvml(gpus=1)) as sampler:
+        time.sleep(0.05)
+    got, clocks, power = clock_and_power(sampler), sampler.history(0, "sm_clock"), sampler.history(0, "power")
+    assert got["samples"] == len(clocks) >= 3 and set(clocks) <= {1755.0, 1770.0, 1785.0}
+    assert got["sm_clock_mhz_median"] == statistics.median(clocks) and got["sm_clock_mhz_min"] == min(clocks)
+    assert got["power_w_median"] == statistics.median(power) and got["power_w_max"] == max(power) <= 460
+    with recording(0.001, nvml=FakeNvml(driver=False)) as sampler:
+        time.sleep(0.01)
+    assert clock_and_power(sampler) == {}  # no driver: nothing recorded, no error
+
+
 def test_the_nvml_sampler_caches_handles_and_never_asks_twice_for_an_unsupported_field():
     fake = FakeNvml(gpus=2, unsupported={1: {"power", "nvlink", "power_limit"}})
     now = [0.0]

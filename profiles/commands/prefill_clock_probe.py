@@ -3,7 +3,7 @@ decode steps or after an idle gap (as a server at a moderate rate runs it)? Issu
 check found the server's prefill steps at 0.89-0.91 x the profile's time for the same shape, decode at
 1.01-1.02 x. A power-capped GPU lowers its SM clock under sustained matmul work; decode (memory-bound)
 draws less power. This times one shape three ways on one GPU, with the SM clock and power NVML reports
-meanwhile (sampled every 5 ms by a thread):
+meanwhile (`telemetry.nvml.recording`, every 5 ms):
 
     python profiles/commands/prefill_clock_probe.py --model llama-3.1-8b --out probe.json
 
@@ -20,7 +20,6 @@ import argparse
 import json
 import statistics
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -29,46 +28,7 @@ import torch
 from shifttune import LLM
 from shifttune.config import TP
 from shifttune.profile.step_timing import synthetic_step
-
-
-class ClockSampler:
-    """SM clock (MHz) and power (W) of GPU 0 every `period` seconds while `with`-ed."""
-
-    def __init__(self, period: float = 0.005):
-        import pynvml
-
-        pynvml.nvmlInit()
-        self.nvml, self.handle, self.period = pynvml, pynvml.nvmlDeviceGetHandleByIndex(0), period
-        self.samples: list[tuple[float, float]] = []
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            clock = self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM)
-            power = self.nvml.nvmlDeviceGetPowerUsage(self.handle) / 1e3
-            self.samples.append((clock, power))
-            time.sleep(self.period)
-
-    def __enter__(self):
-        self.samples, self._stop = [], threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self) -> dict:
-        clocks, power = [c for c, _ in self.samples], [p for _, p in self.samples]
-        if not clocks:
-            return {}
-        return {
-            "sm_clock_mhz_median": statistics.median(clocks),
-            "sm_clock_mhz_min": min(clocks),
-            "power_w_median": statistics.median(power),
-            "power_w_max": max(power),
-            "samples": len(clocks),
-        }
+from shifttune.telemetry.nvml import clock_and_power, recording
 
 
 def timed(fn) -> tuple[torch.cuda.Event, torch.cuda.Event]:
@@ -87,26 +47,26 @@ def probe(runner, block_size: int, prompts: int, reps: int) -> dict:
         prefill(), decode()
     torch.cuda.synchronize()
     out = {}
-    with ClockSampler() as clocks:
+    with recording(0.005) as clocks:
         events = [timed(prefill) for _ in range(2 * reps)]
         torch.cuda.synchronize()
-    out["back_to_back"] = {"ms": [s.elapsed_time(e) for s, e in events]} | clocks.summary()
+    out["back_to_back"] = {"ms": [s.elapsed_time(e) for s, e in events]} | clock_and_power(clocks)
     out["back_to_back"]["first_7_median_ms"] = statistics.median(out["back_to_back"]["ms"][:7])  # the profile's 2 + 5
-    with ClockSampler() as clocks:
+    with recording(0.005) as clocks:
         events = []
         for _ in range(reps):
             for _ in range(20):
                 decode()
             events.append(timed(prefill))
             torch.cuda.synchronize()
-    out["after_decode"] = {"ms": [s.elapsed_time(e) for s, e in events]} | clocks.summary()
-    with ClockSampler() as clocks:
+    out["after_decode"] = {"ms": [s.elapsed_time(e) for s, e in events]} | clock_and_power(clocks)
+    with recording(0.005) as clocks:
         events = []
         for _ in range(reps):
             time.sleep(0.5)
             events.append(timed(prefill))
             torch.cuda.synchronize()
-    out["after_idle"] = {"ms": [s.elapsed_time(e) for s, e in events]} | clocks.summary()
+    out["after_idle"] = {"ms": [s.elapsed_time(e) for s, e in events]} | clock_and_power(clocks)
     for v in out.values():
         v["median_ms"] = statistics.median(v["ms"])
     base = out["back_to_back"]["median_ms"]

@@ -9,7 +9,10 @@ for each prefill attention path; and per-layer attention TFLOP/s of those paths 
 The GPU run takes about 5 minutes on an H100 (dummy weights). The floor of a prompt of L tokens is its
 FLOPs at the card's bf16 matmul rate: linear layers 2 x (matmul parameters) x L, plus causal attention
 4 x layers x query heads x head_dim x L (L + 1) / 2, plus the LM head on the one sampled row. The rate is
-measured here with torch.matmul on square bf16 matrices (8192 and 16384; the faster one counts).
+measured here with torch.matmul on square bf16 matrices (8192 and 16384; the faster one counts). On GPU the
+rows also give the floor at the rate after SUSTAIN_S of back-to-back products (`floor_sustained_s`: a power-
+limited card holds a lower clock through a long prefill than in the first seconds) and the SM clock and power
+NVML saw during each length's requests (`gpu`).
 "128k" is 131,071 tokens: the prompt must leave one token of room in the model's 131,072. Every request
 has its own random token ids (prefix caching is off as well), and the same ids across paths, whose first
 tokens the rows record. Lengths whose KV cache does not fit the card are skipped and listed as such.
@@ -50,8 +53,10 @@ from shifttune.kernels.prefill_attention import (
     probe_sdpa,
 )
 from shifttune.profile.step_timing import summarize, time_fn
+from shifttune.telemetry.nvml import clock_and_power, recording
 
 GPU_LENGTHS = (8192, 32768, 65536, 131071)
+SUSTAIN_S = 5.0  # seconds of back-to-back products before the sustained matmul rate is timed
 CPU_LENGTHS = (64, 200, 520)
 GPU_LAYER_LENGTHS = (8192, 16384, 32768, 65536)
 CPU_LAYER_LENGTHS = (48, 96)
@@ -63,7 +68,8 @@ def log(msg: str) -> None:
 
 def matmul_rate(device: torch.device, dtype: torch.dtype) -> dict:
     """The card's matmul rate (FLOP/s): torch.matmul on square matrices, the median of a few runs; the
-    fastest size counts."""
+    fastest size counts. On GPU also the rate after SUSTAIN_S of back-to-back 8192^3 products: a long prefill
+    runs at the clock the card holds under its power limit, not at the first seconds' boost."""
     sizes = (8192, 16384) if device.type == "cuda" else (512, 1024)
     rates = {}
     for n in sizes:
@@ -72,11 +78,27 @@ def matmul_rate(device: torch.device, dtype: torch.dtype) -> dict:
         ms = summarize(time_fn(lambda: torch.matmul(a, b), device, 3, 10))[0]
         rates[str(n)] = 2 * n**3 / (ms / 1e3)
     best = max(rates, key=rates.get)
-    return {
+    out = {
         "flops_per_s": rates[best],
         "how": f"torch.matmul {dtype} {best}x{best} @ {best}x{best}, median of 10 (sizes tried: {', '.join(rates)})",
         "by_size": rates,
     }
+    if device.type == "cuda":
+        n = sizes[0]
+        a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
+        with recording(0.05) as clocks:
+            until = time.perf_counter() + SUSTAIN_S
+            while time.perf_counter() < until:
+                for _ in range(20):
+                    torch.matmul(a, b)
+                torch.cuda.synchronize()
+            ms = summarize(time_fn(lambda: torch.matmul(a, b), device, 0, 20))[0]
+        out |= {
+            "sustained_flops_per_s": 2 * n**3 / (ms / 1e3),
+            "sustained_how": f"{n}^3 products back to back for {SUSTAIN_S:g} s, then the median of 20",
+            "sustained_gpu": clock_and_power(clocks),
+        }
+    return out
 
 
 def linear_flops(cfg: ModelConfig, tokens: int) -> float:
@@ -97,7 +119,9 @@ def attention_flops(hq: int, d: int, n: int, prefix: int) -> float:
 
 
 # ---- the engine, one prompt at a time ------------------------------------------------------------
-def run_engine(args, path: str, lengths: list[int], rate: float, device: torch.device) -> tuple[list, dict, list]:
+def run_engine(
+    args, path: str, lengths: list[int], rate: float, device: torch.device, sustained: float | None = None
+) -> tuple[list, dict, list]:
     """TTFT rows of one prefill path; its start-up record; the lengths it skipped (with why)."""
     kw = dict(
         device=args.device,
@@ -131,14 +155,15 @@ def run_engine(args, path: str, lengths: list[int], rate: float, device: torch.d
             log(f"{path}: skipping {length} tokens: {why}")
             continue
         times, first_token = [], None
-        for run in range(1 + args.repeats):
-            gen = torch.Generator().manual_seed(1000 * length + run)
-            ids = torch.randint(10, cfg.vocab_size, (length,), generator=gen).tolist()
-            t0 = time.perf_counter()
-            out = llm.generate([ids], params)[0]
-            times.append(time.perf_counter() - t0)
-            if run == 0:
-                first_token = out.outputs[0].token_ids[0]
+        with recording(0.05) as clocks:  # no NVML (CPU): records nothing
+            for run in range(1 + args.repeats):
+                gen = torch.Generator().manual_seed(1000 * length + run)
+                ids = torch.randint(10, cfg.vocab_size, (length,), generator=gen).tolist()
+                t0 = time.perf_counter()
+                out = llm.generate([ids], params)[0]
+                times.append(time.perf_counter() - t0)
+                if run == 0:
+                    first_token = out.outputs[0].token_ids[0]
         warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
         floor = prompt_flops(cfg, length) / rate
         rows.append(
@@ -154,10 +179,20 @@ def run_engine(args, path: str, lengths: list[int], rate: float, device: torch.d
                 "first_over_warm": times[0] / warm,
                 "first_token": first_token,
                 "chunk_tokens": args.chunk,
+                "gpu": clock_and_power(clocks),
             }
+            | (
+                {
+                    "floor_sustained_s": floor * rate / sustained,
+                    "floor_sustained_over_ttft": floor * rate / sustained / warm,
+                }
+                if sustained
+                else {}
+            )
         )
+        clock = rows[-1]["gpu"].get("sm_clock_mhz_median")
         log(f"{path}: {length:7d} tokens  first {times[0]:.3f} s  warm {warm:.3f} s  floor {floor:.3f} s "
-            f"({100 * floor / warm:.0f}% of floor)")  # fmt: skip
+            f"({100 * floor / warm:.0f}% of floor)" + (f", SM clock {clock:.0f} MHz" if clock else ""))  # fmt: skip
     if device.type == "cuda":
         startup["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
         if args.breakdown:
@@ -390,7 +425,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows, startup, skipped = [], {}, []
     result |= {"rows": rows, "startup": startup, "skipped": skipped}
     for path in args.paths.split(","):
-        r, s, k = run_engine(args, path, lengths, rate, device)
+        r, s, k = run_engine(args, path, lengths, rate, device, result["matmul"].get("sustained_flops_per_s"))
         rows += r
         startup[path] = s
         skipped += k
@@ -414,11 +449,16 @@ def save(out: Path, result: dict, began: float) -> None:
 
 
 def print_summary(result: dict) -> None:
-    print(f"{result['card']}: matmul {result['matmul']['flops_per_s'] / 1e12:.0f} TFLOP/s")
+    mm = result["matmul"]
+    sustained = f", {mm['sustained_flops_per_s'] / 1e12:.0f} sustained" if "sustained_flops_per_s" in mm else ""
+    print(f"{result['card']}: matmul {mm['flops_per_s'] / 1e12:.0f} TFLOP/s{sustained}")
     print(f"{'path':6} {'tokens':>8} {'first s':>9} {'warm s':>9} {'floor s':>9} {'floor/warm':>10} {'first/warm':>10}")
     for r in result["rows"]:
+        at_sustained = (
+            f" ({r['floor_sustained_over_ttft']:.1%} at the sustained rate)" if "floor_sustained_s" in r else ""
+        )
         print(f"{r['path']:6} {r['prompt_tokens']:8d} {r['first_ttft_s']:9.3f} {r['ttft_s']:9.3f} {r['floor_s']:9.3f} "
-              f"{r['floor_over_ttft']:10.1%} {r['first_over_warm']:10.2f}")  # fmt: skip
+              f"{r['floor_over_ttft']:10.1%} {r['first_over_warm']:10.2f}{at_sustained}")  # fmt: skip
     for s in result["skipped"]:
         print(f"skipped {s['path']} {s['prompt_tokens']}: {s['why']}")
     layer = result.get("attention_layer")

@@ -9,11 +9,13 @@ why in `latest().reason` and does nothing else, so a view that uses it works on 
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 from collections import deque
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 FIELDS = ("util", "memory", "power", "temperature", "sm_clock", "nvlink")
 
@@ -202,6 +204,29 @@ class NvmlSampler:
                 if key not in self._history:
                     self._history[key] = deque(maxlen=self._history_len)
                 self._history[key].append(float(value))
+
+
+@contextmanager
+def recording(interval_s: float = 0.01, nvml: Any = None) -> Iterator[NvmlSampler]:
+    """A sampler running for the `with` block, its history long enough for minutes (benchmarks: what the
+    GPU's clock and power were while something ran)."""
+    sampler = NvmlSampler(interval_s, history=1 << 20, nvml=nvml).start()
+    try:
+        yield sampler
+    finally:
+        sampler.stop()
+
+
+def clock_and_power(sampler: NvmlSampler, gpu: int = 0) -> dict:
+    """What `sampler` recorded of one GPU: SM clock (median, min; MHz) and power (median, max; W), the number of
+    readings; {} when it has none (no NVML)."""
+    clocks, power = sampler.history(gpu, "sm_clock"), sampler.history(gpu, "power")
+    if not clocks:
+        return {}
+    out = {"sm_clock_mhz_median": statistics.median(clocks), "sm_clock_mhz_min": min(clocks), "samples": len(clocks)}
+    if power:
+        out |= {"power_w_median": statistics.median(power), "power_w_max": max(power)}
+    return out
 
 
 def _text(value: str | bytes) -> str:
