@@ -15,6 +15,7 @@ export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 LOG=$OUT/all_gpu.log
 bash profiles/commands/check_gpu.sh 2>&1 | tail -40 > "$LOG"
 timeout 90 python profiles/commands/gemv_probe.py --out "$OUT/gemv_probe.json" 2>&1 | grep -v Warning | tee -a "$LOG"
-LP_ARGS="--paths sdpa --lengths 8192,32768,131071 --no-layer-bench" timeout 200 bash profiles/commands/long_prompts_gpu.sh \
-  2>&1 | tail -20 >> "$LOG"
+G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
+timeout 200 python -m shifttune.profile.long_prompts --model llama-3.1-8b --breakdown --paths sdpa \
+  --lengths 8192,32768,131071 --no-layer-bench --out "$OUT/long_prompts_$G.json" 2>&1 | grep -v Warning | tail -20 >> "$LOG"
 cd "$OUT" && tar czf all_gpu.tgz --exclude all_gpu.tgz --exclude all_gpu.log . && find . -type f ! -name 'all_gpu.*' -delete
