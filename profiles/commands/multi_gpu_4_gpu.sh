@@ -13,7 +13,12 @@
 # TESTS_K="1-4 or invariance or sync or graph or shutdown or compile" after session 10's run (profiles/runs/
 # multi_gpu_4_h200_s10: the first 15 passed). Multi-GPU device time counts in full, start-up included.
 # Everything lands in $OUT/multi_gpu_4_$PART.tgz (the device returns at most 8 files) plus multi_gpu_4.log.
-# Not yet here (next calls): recommend + `bench --compare tp,sp,shift` at 4k in / 250 out, the TUI screenshot.
+#   PART=serve MODES=tp bash profiles/commands/multi_gpu_4_gpu.sh   (5; one mode per call: a 70B server starts in
+#   minutes; then MODES=sp, MODES=shift) -- written in session 10, not yet run:
+# 5. `shifttune recommend` for 4k in / 250 out at 1 req/s and at 8 req/s (the measured 4-GPU profile when step 3
+#    left one in /tmp, else predicted), then `shifttune bench --compare $MODES` on the same workload at the same
+#    rates (SP x TP = 4 x 1, the recommended threshold), llama-3.3-70b dummy bf16 (the paper used FP8 weights).
+# Not yet here: the bursty mix, the TUI screenshot.
 set -u
 OUT=${OUT:-/tmp/out}
 PART=${PART:-tests}
@@ -34,6 +39,18 @@ if [ "$PART" = tests ]; then
   tar czf $OUT/multi_gpu_4_tests.tgz -C $W . && stamp done && exit 0
 fi
 M=llama-3.3-70b
+if [ "$PART" = serve ]; then
+  P=$W/measured_${M}_${G}x4.json && [ -f $P ] && PROF="--profile $P" || PROF="--model $M --gpus 4x$G"
+  timeout 60 python -m shifttune.cli recommend $PROF --input-len 4096 --output-len 250 --rate 1,8 --json \
+    > $W/recommend_4k_250.json 2> $W/recommend.log
+  stamp "recommend rc=$?: $(head -c 300 $W/recommend_4k_250.json)"
+  THR=$(python -c "import json; print(json.load(open('$W/recommend_4k_250.json')).get('threshold') or 256)" 2>/dev/null || echo 256)
+  timeout 500 python -m shifttune.cli bench --compare ${MODES:-tp} --model $M --device cuda --sp 4 --tp 1 --threshold $THR \
+    --rates 1,8 --num-prompts 60 --input-len 4096 --output-len 250 --server-arg='--load-format dummy' \
+    --out $W/bench_compare_${MODES:-tp}.json > $W/bench_${MODES:-tp}.log 2>&1
+  stamp "bench --compare ${MODES:-tp} rc=$?: $(tail -3 $W/bench_${MODES:-tp}.log)"
+  tar czf $OUT/multi_gpu_4_serve.tgz -C $W . && stamp done && exit 0
+fi
 C=$W/collectives_${G}x4.json && [ -f $C ] || C=shifttune/data/collectives/${G}x4.json  # else the shipped table
 CT=""; [ -f $C ] && CT="--collective-table $C"
 GRID="--tokens 1,8,32,128,256,1024,4096,8192 --contexts 2048,8192"
