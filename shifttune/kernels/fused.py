@@ -91,12 +91,7 @@ def _rope_kernel(
         dst = row + kh[:, None] * (2 * HALF) + d[None, :]
         tl.store(k_cache + dst, r1, mask=km)
         tl.store(k_cache + dst + HALF, r2, mask=km)
-        vh = tl.arange(0, BLOCK_KV)[:, None]
-        c = tl.arange(0, 2 * HALF)[None, :]
-        vm = vh < num_kv
-        tl.store(
-            v_cache + row + vh * (2 * HALF) + c, tl.load(v + t * stride_vt + vh * (2 * HALF) + c, mask=vm), mask=vm
-        )
+        _copy_heads(v + t * stride_vt, v_cache + row, num_kv, 2 * HALF, BLOCK_KV, 2 * HALF)
 
 
 def rope_(qk: torch.Tensor, positions: torch.Tensor, cos_sin: torch.Tensor) -> None:
@@ -131,8 +126,7 @@ def _rope(
     if kv is not None:
         assert v.shape == (t, num_kv, d) and v.stride(2) == 1 and v.stride(1) == d and num_kv <= heads
         assert slots.shape == (t,), "one slot per token (a padded token's slot is a scratch block's)"
-        for cache in (k_cache, v_cache):
-            assert cache.is_contiguous() and cache.shape[2:] == (num_kv, d) and cache.dtype == qk.dtype
+        _check_caches(k_cache, v_cache, num_kv, d, qk.dtype)
     if t:
         _rope_kernel[(t,)](
             qk,
@@ -153,6 +147,11 @@ def _rope(
         )
 
 
+def _check_caches(k_cache: torch.Tensor, v_cache: torch.Tensor, num_kv: int, d: int, dtype: torch.dtype) -> None:
+    for cache in (k_cache, v_cache):
+        assert cache.is_contiguous() and cache.shape[2:] == (num_kv, d) and cache.dtype == dtype
+
+
 @triton.jit
 def _write_kv_kernel(
     k,
@@ -169,11 +168,17 @@ def _write_kv_kernel(
 ):
     t = tl.program_id(0).to(tl.int64)
     row = tl.load(slots + t).to(tl.int64) * num_kv * D  # int64: a big cache passes 2**31 elements
+    _copy_heads(k + t * stride_kt, k_cache + row, num_kv, D, BLOCK_KV, BLOCK_D)
+    _copy_heads(v + t * stride_vt, v_cache + row, num_kv, D, BLOCK_KV, BLOCK_D)
+
+
+@triton.jit
+def _copy_heads(src, dst, num_kv, D: tl.constexpr, BLOCK_KV: tl.constexpr, BLOCK_D: tl.constexpr):
+    """num_kv heads of D contiguous elements from `src` (one token's row) to `dst` (its cache slot)."""
     h = tl.arange(0, BLOCK_KV)[:, None]
     c = tl.arange(0, BLOCK_D)[None, :]
     m = (h < num_kv) & (c < D)
-    tl.store(k_cache + row + h * D + c, tl.load(k + t * stride_kt + h * D + c, mask=m), mask=m)
-    tl.store(v_cache + row + h * D + c, tl.load(v + t * stride_vt + h * D + c, mask=m), mask=m)
+    tl.store(dst + h * D + c, tl.load(src + h * D + c, mask=m), mask=m)
 
 
 def write_kv_fused(
@@ -184,8 +189,7 @@ def write_kv_fused(
     t, num_kv, d = k.shape
     assert v.shape == k.shape and slots.shape == (t,)
     assert k.stride(2) == v.stride(2) == 1 and k.stride(1) == v.stride(1) == d
-    for cache in (k_cache, v_cache):
-        assert cache.is_contiguous() and cache.shape[2:] == (num_kv, d) and cache.dtype == k.dtype
+    _check_caches(k_cache, v_cache, num_kv, d, k.dtype)
     if t:
         _write_kv_kernel[(t,)](
             k,
