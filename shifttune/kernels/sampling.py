@@ -332,6 +332,21 @@ def _suffix_bests(x, v, idx, unsure, t, top, top_at, NT: tl.constexpr):
 
 
 @triton.jit
+def _spill_row(rows, inv_temp, cut_k, top_p, stats, partial, counts, i, chunk, n, vbits, PASS: tl.constexpr,
+               HAS_K: tl.constexpr, C: tl.constexpr, NT: tl.constexpr):  # fmt: skip
+    """What a spill-kernel program of row i and `chunk` starts from at pass PASS (2 .. NUM_PASSES): (the row's
+    settings row, 1/T, top-k cut, max, the first bracket [lo1, hi1), the bracket [lo, hi) the pass narrows, the
+    chunk's count of first-bracket entries)."""
+    r = tl.load(rows + i)
+    p, inv_t = tl.load(top_p + r), tl.load(inv_temp + r)
+    ck = tl.load(cut_k + i) if HAS_K else 0.0
+    m, lowest, total = _row_stats(stats, i, n, C)
+    lo1, hi1, above = _first_bracket(partial, i, m, lowest, total, p, vbits, C, NT)
+    lo, hi = _later_bracket(partial, i, n, lo1, hi1, above, p * total, PASS - 1, C, NT)
+    return r, inv_t, ck, m, lo1, hi1, lo, hi, tl.load(counts + i * C + chunk)
+
+
+@triton.jit
 def _spill_mass_kernel(logits, stride, rows, inv_temp, cut_k, top_p, stats, partial, cand_x, cand_i, counts,
                        vocab, vbits, HAS_K: tl.constexpr, PASS: tl.constexpr, C: tl.constexpr,
                        CHUNK: tl.constexpr, CAP: tl.constexpr, KEEP: tl.constexpr, BLK: tl.constexpr,
@@ -339,13 +354,8 @@ def _spill_mass_kernel(logits, stride, rows, inv_temp, cut_k, top_p, stats, part
     """Pass PASS (2 .. NUM_PASSES - 1) of a spill row: its chunk's masses at the pass's thresholds."""
     i, chunk, n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(0)
     if _spills(counts, i, C, CAP):
-        r = tl.load(rows + i)
-        p, inv_t = tl.load(top_p + r), tl.load(inv_temp + r)
-        ck = tl.load(cut_k + i) if HAS_K else 0.0
-        m, lowest, total = _row_stats(stats, i, n, C)
-        lo1, hi1, above = _first_bracket(partial, i, m, lowest, total, p, vbits, C, NT)
-        lo, hi = _later_bracket(partial, i, n, lo1, hi1, above, p * total, PASS - 1, C, NT)
-        count = tl.load(counts + i * C + chunk)
+        _r, inv_t, ck, m, lo1, hi1, lo, hi, count = _spill_row(rows, inv_temp, cut_k, top_p, stats, partial, counts,
+                                                               i, chunk, n, vbits, PASS, HAS_K, C, NT)  # fmt: skip
         mass = tl.zeros((NT,), tl.float32)
         for b in range(tl.where(count <= KEEP, tl.cdiv(count, BLK), CHUNK // BLK)):
             x, _idx = _bracket_entries(logits, stride, cand_x, cand_i, i, chunk, b, count, vocab, inv_t, ck, lo1, hi1,
@@ -366,17 +376,12 @@ def _spill_draw_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seed
     [lo1, hi1) above the min-p floor are drawn."""
     i, chunk, n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(0)
     if _spills(counts, i, C, CAP):
-        r = tl.load(rows + i)
-        p, inv_t = tl.load(top_p + r), tl.load(inv_temp + r)
-        ck = tl.load(cut_k + i) if HAS_K else 0.0
-        m, lowest, total = _row_stats(stats, i, n, C)
-        lo1, hi1, above = _first_bracket(partial, i, m, lowest, total, p, vbits, C, NT)
-        lo, hi = _later_bracket(partial, i, n, lo1, hi1, above, p * total, PASSES - 1, C, NT)
+        r, inv_t, ck, m, lo1, hi1, lo, hi, count = _spill_row(rows, inv_temp, cut_k, top_p, stats, partial, counts,
+                                                              i, chunk, n, vbits, PASSES, HAS_K, C, NT)  # fmt: skip
         floor = _min_p_floor(m, tl.load(min_p + r))
         k_lo, k_hi = _row_key(seeds, steps, r, c0, c1, c2, c3)
         t = _thresholds(lo, hi, NT)
         js = tl.arange(0, NT)
-        count = tl.load(counts + i * C + chunk)
         mass = tl.zeros((NT,), tl.float32)
         sure = tl.full((BLK,), float("-inf"), tl.float32)  # per position, the best entry >= hi so far
         sure_at = tl.full((BLK,), _BIG, tl.int32)
