@@ -357,3 +357,53 @@ def test_sample_kernel_matches_the_torch_reference(n, vocab):
     no_k = [args[0], torch.full_like(args[1], -torch.inf), *args[2:5], args[5] + 1, args[6]]
     got = sample(logits, at, tables[0], None, *tables[2:])
     assert got.tolist() == sample_ref(logits, *no_k).tolist()
+
+
+def test_graph_inputs_kernel_matches_the_torch_path():
+    """One launch (`kernels/step_inputs.py`) fills a CUDA graph's input buffers as `InputBatch.prepare`
+    plus `StepGraphs.copy_inputs` do: prefill chunks, partial chunks that do not sample, decode rows whose
+    token is still on the device, a bucket with padding, and a step with fewer sequences than the last
+    (their block-table rows go back to the scratch block). Every buffer is compared whole."""
+    from types import SimpleNamespace
+
+    from shifttune.runner.cuda_graphs import StepGraphs
+    from shifttune.runner.input_batch import PENDING, InputBatch, NewRequest, StepDelta
+    from shifttune.runner.sampler import RequestSampling
+
+    bs, max_rows, max_len, scratch, dev = 4, 8, 64, 40, torch.device(DEV)
+    cfg = SimpleNamespace(cuda_graph_max_tokens=64, max_num_batched_tokens=64, max_num_seqs=max_rows, block_size=bs,
+                          parallel=SimpleNamespace(sp=1), max_model_len=max_len,
+                          model_config=SimpleNamespace(vocab_size=32))  # fmt: skip
+    runner = SimpleNamespace(config=cfg, device=dev, scratch_block=scratch)
+    ref, fused = StepGraphs(runner, capture=False), StepGraphs(runner, capture=False)
+    batch = InputBatch(max_rows, max_len // bs, bs, scratch, 64, dev)
+    gen = torch.Generator().manual_seed(0)
+    blocks = torch.randperm(scratch, generator=gen).tolist()  # scattered physical blocks
+
+    def new(req: int, n_blocks: int, computed: int = 0) -> NewRequest:
+        return NewRequest(req, [blocks.pop() for _ in range(n_blocks)], computed, 0, RequestSampling())
+
+    steps = [  # prefill: 9 tokens, 6 of 11 (does not sample), 3 after a 4-token cached prefix
+        StepDelta("tp", [0, 1, 2], [9, 6, 3], list(range(100, 118)), [0, 2], [new(0, 3), new(1, 3), new(2, 2, 4)]),
+        StepDelta(
+            "tp",
+            [0, 1, 2],
+            [1, 5, 1],
+            [PENDING, *range(200, 205), PENDING],
+            [0, 1, 2],
+            new_block_ids=[(1, [blocks.pop()])],
+        ),  # fmt: skip
+        StepDelta("tp", [2, 1], [1, 1], [PENDING, PENDING], [0, 1], finished_req_ids=[0]),  # bucket 2: no padding
+        StepDelta("tp", [1], [1], [PENDING], [0], new_block_ids=[(1, [blocks.pop()])], finished_req_ids=[2]),
+    ]
+    for delta in steps:
+        batch.update(delta)
+        step, rows, rows_dev = batch.prepare(delta)
+        ref.copy_inputs(step)
+        got_rows, got_rows_dev = batch.load_graph(delta, fused)
+        assert got_rows == rows and torch.equal(got_rows_dev, rows_dev)
+        for name in ("ids", "pos", "slots", "qsl", "seq_lens", "block_tables", "samples"):
+            assert torch.equal(getattr(fused, name), getattr(ref, name)), name
+        ref.rows_in_use = fused.rows_in_use = len(delta.req_ids)
+        batch.advance(delta)
+        batch.last_token[rows_dev] = torch.randint(0, 32, (len(rows),), generator=gen).to(dev)

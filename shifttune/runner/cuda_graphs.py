@@ -137,12 +137,20 @@ class StepGraphs:
         t = num_tokens
         if t > self.buckets[-1]:
             return False
-        b = next(x for x in self.buckets if x >= t)
+        b = self.bucket_for(t)
         return num_seqs <= self.seqs_for(b) - (1 if t < b else 0) and num_samples <= self.seqs_for(b)
 
+    def bucket_for(self, num_tokens: int) -> int:
+        return next(x for x in self.buckets if x >= num_tokens)
+
     def run(self, step: StepTensors) -> torch.Tensor:
+        """Copies a step's inputs into the graph's buffers, pads them and replays (the torch path)."""
+        self.copy_inputs(step)
+        return self.replay(step.mode, step.num_tokens, len(step.seq_lens_cpu), step.sample_indices.shape[0])
+
+    def copy_inputs(self, step: StepTensors) -> None:
         t, n, k = step.num_tokens, len(step.seq_lens_cpu), step.sample_indices.shape[0]
-        b = next(x for x in self.buckets if x >= t)
+        b = self.bucket_for(t)
         self.ids[:t].copy_(step.ids[:t])
         self.pos[:t].copy_(step.positions[:t])
         self.slots[:t].copy_(step.slot_mapping)
@@ -151,9 +159,26 @@ class StepGraphs:
         self.block_tables[:n, : step.block_tables.shape[1]].copy_(step.block_tables)
         self.samples[:k].copy_(step.sample_indices)
         self._fill_padding(t, n, k, b)
-        self.rows_in_use = n
+
+    def load(self, parts: list[torch.Tensor], batch, width: int) -> None:
+        """Writes a step's inputs and padding into the graph's buffers in one launch (GPU,
+        `kernels/step_inputs.py`) from its upload `parts` (token ids, rows, starts, query starts, sample
+        indices) and the persistent batch; `width`: block-table columns the step reads."""
+        from shifttune.kernels.step_inputs import load_graph_inputs  # NOTE: lazy: Triton is GPU-only here
+        from shifttune.runner.input_batch import PENDING
+
+        b = self.bucket_for(parts[0].shape[0])
+        buffers = (self.ids, self.pos, self.slots, self.qsl, self.seq_lens, self.block_tables, self.samples)
+        load_graph_inputs(parts, batch.block_table, batch.last_token, buffers, b, self.seqs_for(b), width,
+                          self.rows_in_use, self.runner.scratch_block, self.runner.config.block_size,
+                          PENDING)  # fmt: skip
+
+    def replay(self, mode: str, num_tokens: int, num_seqs: int, num_samples: int) -> torch.Tensor:
+        """Runs the step whose inputs are in the buffers; returns its logits [num_samples, vocab]."""
+        b = self.bucket_for(num_tokens)
+        self.rows_in_use = num_seqs
         self.num_replays += 1
         if not self.capture:
-            return self._forward(step.mode, b)[:k]
-        self.graphs[(step.mode, b)].replay()
-        return self.logits[:k]
+            return self._forward(mode, b)[:num_samples]
+        self.graphs[(mode, b)].replay()
+        return self.logits[:num_samples]

@@ -89,16 +89,10 @@ class InputBatch:
     def prepare(self, delta: StepDelta, pad_tokens: int = 0) -> tuple[StepTensors, list[int], torch.Tensor]:
         """The step's device inputs (ids and positions padded by `pad_tokens`), and the rows that sample
         (host list and the same on the device)."""
-        rows = [self.rows[r] for r in delta.req_ids]
-        starts = [self.num_computed[r] for r in rows]
-        qsl = [0]
-        for n in delta.num_tokens:
-            qsl.append(qsl[-1] + n)
-        lens = [s + n for s, n in zip(starts, delta.num_tokens)]
-        samples = [qsl[i + 1] - 1 for i in delta.sampling]
+        rows, starts, qsl, lens, samples, sample_rows = self._host_parts(delta)
         t, b = qsl[-1], len(rows)
-        parts = (delta.token_ids, rows, starts, qsl, lens, samples, [rows[i] for i in delta.sampling])
-        ids, rows_dev, starts_dev, qsl_dev, lens_dev, samples_dev, sample_rows = to_device_parts(
+        parts = (delta.token_ids, rows, starts, qsl, lens, samples, sample_rows)
+        ids, rows_dev, starts_dev, qsl_dev, lens_dev, samples_dev, sample_rows_dev = to_device_parts(
             parts, torch.int64, self.device
         )
         if t == b:  # decode only: one token per request
@@ -116,7 +110,28 @@ class InputBatch:
             zeros = torch.zeros(pad_tokens, dtype=torch.int64, device=self.device)
             ids, pos = torch.cat([ids, zeros]), torch.cat([pos, zeros])
         step = StepTensors(delta.mode, ids, pos, slots, qsl_dev, lens_dev, tables, samples_dev, qsl, lens)
-        return step, [rows[i] for i in delta.sampling], sample_rows
+        return step, sample_rows, sample_rows_dev
+
+    def load_graph(self, delta: StepDelta, graphs) -> tuple[list[int], torch.Tensor]:
+        """`prepare` for a step a CUDA graph runs (Triton): one upload, and one launch that writes the step's
+        inputs straight into the graph's buffers (`StepGraphs.load`). Returns the rows that sample (host
+        list and the same on the device)."""
+        rows, starts, qsl, lens, samples, sample_rows = self._host_parts(delta)
+        parts = (delta.token_ids, rows, starts, qsl, samples, sample_rows)
+        *uploaded, sample_rows_dev = to_device_parts(parts, torch.int64, self.device)
+        graphs.load(uploaded, self, -(-max(lens) // self.block_size))
+        return sample_rows, sample_rows_dev
+
+    def _host_parts(self, delta: StepDelta) -> tuple[list[int], ...]:
+        """(rows, starts, query starts, lengths, sample indices, sampling rows) of a step, from host state."""
+        rows = [self.rows[r] for r in delta.req_ids]
+        starts = [self.num_computed[r] for r in rows]
+        qsl = [0]
+        for n in delta.num_tokens:
+            qsl.append(qsl[-1] + n)
+        lens = [s + n for s, n in zip(starts, delta.num_tokens)]
+        samples = [qsl[i + 1] - 1 for i in delta.sampling]
+        return rows, starts, qsl, lens, samples, [rows[i] for i in delta.sampling]
 
     def advance(self, delta: StepDelta) -> None:
         """After the step ran: its tokens are in the cache."""

@@ -278,8 +278,12 @@ class ModelRunner:
         batch.update(delta)
         t, b, k = len(delta.token_ids), len(delta.req_ids), len(delta.sampling)
         graphs = self.graphs is not None and self.graphs.can_run(t, b, k)
-        step, rows, rows_dev = batch.prepare(delta, 0 if graphs else -t % self.model_for(delta.mode).layout.sp)
-        logits = self._run(step, graphs)
+        if graphs and self.config.attention_backend == "triton":  # one launch fills the graph's inputs
+            rows, rows_dev = batch.load_graph(delta, self.graphs)
+            logits = self.graphs.replay(delta.mode, t, b, k)
+        else:
+            step, rows, rows_dev = batch.prepare(delta, 0 if graphs else -t % self.model_for(delta.mode).layout.sp)
+            logits = self._run(step, graphs)
         batch.advance(delta)
         sampled = batch.sample(logits, rows, rows_dev) if k else None
         if self.state.rank != 0:

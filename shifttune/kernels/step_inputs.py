@@ -1,0 +1,132 @@
+"""A graph step's inputs in one launch: token ids (with the tokens the previous step left on the device),
+positions, slot mapping, query starts, sequence lengths, block-table rows and sample indices, written
+straight into the CUDA graph's input buffers together with the bucket's padding.
+
+The torch path (`InputBatch.prepare`, then `StepGraphs.run`'s copies and `_fill_padding`) does the same in
+about twenty launches of a few microseconds each, which the GPU waits for between steps; it stays the CPU
+path and the reference in the tests.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+NUM_PAD_PROGRAMS = 4
+
+
+@triton.jit
+def _graph_inputs_kernel(
+    token_ids,
+    rows,
+    starts,
+    qsl_in,
+    samples_in,
+    table,
+    table_stride,
+    last_token,
+    ids,
+    pos,
+    slots,
+    qsl,
+    seq_lens,
+    tables,
+    tables_stride,
+    samples,
+    num_tokens,
+    num_seqs,
+    num_samples,
+    bucket,
+    bucket_seqs,
+    width,
+    full_width,
+    rows_in_use,
+    scratch_block,
+    BS: tl.constexpr,
+    PENDING: tl.constexpr,
+    BLOCK: tl.constexpr,
+    NUM_PAD: tl.constexpr,
+):
+    """Programs [0, num_seqs): sequence s's tokens and block-table row. Programs after them: the padding
+    (tokens num_tokens..bucket go to the scratch slot; one padding sequence owns them, empty ones follow;
+    stale block-table rows back to the scratch block) and the sample indices."""
+    s = tl.program_id(0)
+    offs = tl.arange(0, BLOCK)
+    if s < num_seqs:
+        row = tl.load(rows + s)
+        start = tl.load(starts + s)
+        q0 = tl.load(qsl_in + s)
+        q1 = tl.load(qsl_in + s + 1)
+        last = tl.load(last_token + row)
+        for off in range(q0, q1, BLOCK):
+            tok = off + offs
+            m = tok < q1
+            p = start + tok - q0
+            t = tl.load(token_ids + tok, mask=m, other=0)
+            t = tl.where(t == PENDING, last, t)
+            block = tl.load(table + row * table_stride + p // BS, mask=m, other=0)
+            tl.store(ids + tok, t, mask=m)
+            tl.store(pos + tok, p, mask=m)
+            tl.store(slots + tok, block * BS + p % BS, mask=m)
+        tl.store(qsl + s + 1, q1)
+        tl.store(seq_lens + s, start + q1 - q0)
+        if s == 0:
+            tl.store(qsl, q1 * 0)
+        for c in range(0, width, BLOCK):
+            col = c + offs
+            m = col < width
+            tl.store(tables + s * tables_stride + col, tl.load(table + row * table_stride + col, mask=m), mask=m)
+    else:
+        j = s - num_seqs
+        scratch_slot = scratch_block * BS
+        for off in range(num_tokens + j * BLOCK, bucket, NUM_PAD * BLOCK):
+            tok = off + offs
+            m = tok < bucket
+            tl.store(ids + tok, tok * 0, mask=m)
+            tl.store(pos + tok, tok * 0, mask=m)
+            tl.store(slots + tok, tok * 0 + scratch_slot, mask=m)
+        for r in range(num_seqs + j, rows_in_use, NUM_PAD):
+            for c in range(0, full_width, BLOCK):
+                col = c + offs
+                m = col < full_width
+                tl.store(tables + r * tables_stride + col, col * 0 + scratch_block, mask=m)
+        if j == 0:
+            for off in range(0, bucket_seqs, BLOCK):
+                i = off + offs
+                pad_seq = (i >= num_seqs) & (i < bucket_seqs)
+                tl.store(qsl + i + 1, i * 0 + bucket, mask=pad_seq)
+                n = tl.where(i == num_seqs, tl.maximum(bucket - num_tokens, 1), 1)
+                tl.store(seq_lens + i, n, mask=pad_seq)
+                m = i < bucket_seqs
+                v = tl.load(samples_in + i, mask=i < num_samples, other=0)
+                tl.store(samples + i, v, mask=m)
+
+
+def load_graph_inputs(
+    parts: list[torch.Tensor],
+    table: torch.Tensor,
+    last_token: torch.Tensor,
+    buffers: tuple[torch.Tensor, ...],
+    bucket: int,
+    bucket_seqs: int,
+    width: int,
+    rows_in_use: int,
+    scratch_block: int,
+    block_size: int,
+    pending: int,
+) -> None:
+    """parts: the step's uploaded (token ids, rows, starts, query starts, sample indices); table and
+    last_token: the persistent batch's; buffers: the graph's (ids, positions, slots, query starts, sequence
+    lengths, block tables, sample indices), written for `bucket` tokens over `bucket_seqs` sequences.
+    `width`: block-table columns the step reads; `rows_in_use`: rows that held real sequences last step.
+    A token id `pending` stands for the row's `last_token`."""
+    token_ids, rows, starts, qsl_in, samples_in = parts
+    ids, pos, slots, qsl, seq_lens, tables, samples = buffers
+    num_seqs = rows.shape[0]
+    _graph_inputs_kernel[(num_seqs + NUM_PAD_PROGRAMS,)](
+        token_ids, rows, starts, qsl_in, samples_in, table, table.stride(0), last_token,
+        ids, pos, slots, qsl, seq_lens, tables, tables.stride(0), samples,
+        token_ids.shape[0], num_seqs, samples_in.shape[0], bucket, bucket_seqs, width, tables.shape[1],
+        rows_in_use, scratch_block, BS=block_size, PENDING=pending, BLOCK=128, NUM_PAD=NUM_PAD_PROGRAMS, num_warps=4,
+    )  # fmt: skip
