@@ -407,3 +407,34 @@ def test_graph_inputs_kernel_matches_the_torch_path():
         ref.rows_in_use = fused.rows_in_use = len(delta.req_ids)
         batch.advance(delta)
         batch.last_token[rows_dev] = torch.randint(0, 32, (len(rows),), generator=gen).to(dev)
+
+
+_COMPILE_STEP_INPUTS_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from shifttune.kernels import step_inputs as si
+
+names = si._graph_inputs_kernel.arg_names
+consts = dict(BS=16, PENDING=-1, BLOCK=128, NUM_PAD=si.NUM_PAD_PROGRAMS)
+ptrs = ("token_ids", "rows", "starts", "qsl_in", "samples_in", "table", "last_token", "ids", "pos", "slots", "qsl",
+        "seq_lens", "tables", "samples")
+sig = {n: "constexpr" if n in consts else "*i64" if n in ptrs else "i32" for n in names}
+triton.compile(ASTSource(si._graph_inputs_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+               options=dict(num_warps=4))
+"""
+
+
+def test_graph_inputs_kernel_compiles_for_sm90():
+    """The interpreter runs what the compiler may refuse (it found one: a name bound in both branches of
+    an `if` with two types): compile the graph-inputs kernel for sm_90 (no GPU needed)."""
+    import subprocess
+    import sys
+
+    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 3):
+        pytest.skip("the ASTSource attribute format used here is Triton >= 3.3's")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    res = subprocess.run([sys.executable, "-c", _COMPILE_STEP_INPUTS_FOR_SM90], capture_output=True, text=True, env=env)
+    if res.returncode != 0 and ("ptxas" in res.stderr or "ImportError" in res.stderr):
+        pytest.skip(f"no sm_90 toolchain here: {res.stderr.strip().splitlines()[-1]}")
+    assert res.returncode == 0, res.stderr[-3000:]

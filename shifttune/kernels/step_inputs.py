@@ -53,14 +53,16 @@ def _graph_inputs_kernel(
     stale block-table rows back to the scratch block) and the sample indices."""
     s = tl.program_id(0)
     offs = tl.arange(0, BLOCK)
+    # NOTE: Triton merges names bound in both branches of an `if` and wants one type for each: the two
+    # branches use their own names (the interpreter does not check this; tests/test_kernels.py compiles it).
     if s < num_seqs:
         row = tl.load(rows + s)
         start = tl.load(starts + s)
         q0 = tl.load(qsl_in + s)
         q1 = tl.load(qsl_in + s + 1)
         last = tl.load(last_token + row)
-        for off in range(q0, q1, BLOCK):
-            tok = off + offs
+        for tok0 in range(q0, q1, BLOCK):
+            tok = tok0 + offs
             m = tok < q1
             p = start + tok - q0
             t = tl.load(token_ids + tok, mask=m, other=0)
@@ -73,34 +75,32 @@ def _graph_inputs_kernel(
         tl.store(seq_lens + s, start + q1 - q0)
         if s == 0:
             tl.store(qsl, q1 * 0)
-        for c in range(0, width, BLOCK):
-            col = c + offs
-            m = col < width
-            tl.store(tables + s * tables_stride + col, tl.load(table + row * table_stride + col, mask=m), mask=m)
+        for c0 in range(0, width, BLOCK):
+            col = c0 + offs
+            cm = col < width
+            tl.store(tables + s * tables_stride + col, tl.load(table + row * table_stride + col, mask=cm), mask=cm)
     else:
         j = s - num_seqs
         scratch_slot = scratch_block * BS
-        for off in range(num_tokens + j * BLOCK, bucket, NUM_PAD * BLOCK):
-            tok = off + offs
-            m = tok < bucket
-            tl.store(ids + tok, tok * 0, mask=m)
-            tl.store(pos + tok, tok * 0, mask=m)
-            tl.store(slots + tok, tok * 0 + scratch_slot, mask=m)
+        for pad0 in range(num_tokens + j * BLOCK, bucket, NUM_PAD * BLOCK):
+            ptok = pad0 + offs
+            pm = ptok < bucket
+            tl.store(ids + ptok, ptok * 0, mask=pm)
+            tl.store(pos + ptok, ptok * 0, mask=pm)
+            tl.store(slots + ptok, ptok * 0 + scratch_slot, mask=pm)
         for r in range(num_seqs + j, rows_in_use, NUM_PAD):
-            for c in range(0, full_width, BLOCK):
-                col = c + offs
-                m = col < full_width
-                tl.store(tables + r * tables_stride + col, col * 0 + scratch_block, mask=m)
+            for pc0 in range(0, full_width, BLOCK):
+                pcol = pc0 + offs
+                tl.store(tables + r * tables_stride + pcol, pcol * 0 + scratch_block, mask=pcol < full_width)
         if j == 0:
-            for off in range(0, bucket_seqs, BLOCK):
-                i = off + offs
+            for i0 in range(0, bucket_seqs, BLOCK):
+                i = i0 + offs
                 pad_seq = (i >= num_seqs) & (i < bucket_seqs)
                 tl.store(qsl + i + 1, i * 0 + bucket, mask=pad_seq)
                 n = tl.where(i == num_seqs, tl.maximum(bucket - num_tokens, 1), 1)
                 tl.store(seq_lens + i, n, mask=pad_seq)
-                m = i < bucket_seqs
                 v = tl.load(samples_in + i, mask=i < num_samples, other=0)
-                tl.store(samples + i, v, mask=m)
+                tl.store(samples + i, v, mask=i < bucket_seqs)
 
 
 def load_graph_inputs(

@@ -154,17 +154,26 @@ def run_engine(
             skipped.append({"path": path, "prompt_tokens": length, "why": why})
             log(f"{path}: skipping {length} tokens: {why}")
             continue
-        times, device_s, first_token = [], [], None
+        times, device_s, request_clocks, profiles, first_token = [], [], [], [], None
         with recording(0.05) as clocks:  # no NVML (CPU): records nothing
             for run in range(1 + args.repeats):
                 gen = torch.Generator().manual_seed(1000 * length + run)
                 ids = torch.randint(10, cfg.vocab_size, (length,), generator=gen).tolist()
-                before = engine.stats.num_steps
+                before, seen = engine.stats.num_steps, len(clocks.history(0, "sm_clock"))
+                prof = (
+                    _start_profile()
+                    if args.profile_first and device.type == "cuda" and length == lengths[0] and run < 2
+                    else None
+                )
                 t0 = time.perf_counter()
                 out = llm.generate([ids], params)[0]
                 times.append(time.perf_counter() - t0)
+                if prof is not None:
+                    profiles.append(_stop_profile(prof))
                 steps = list(engine.stats.steps)[before - engine.stats.num_steps :]
                 device_s.append(sum(st.duration_s for st in steps))
+                mhz = clocks.history(0, "sm_clock")[seen:]
+                request_clocks.append(statistics.median(mhz) if mhz else None)
                 if run == 0:
                     first_token = out.outputs[0].token_ids[0]
         warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
@@ -184,6 +193,7 @@ def run_engine(
                 # on the device waited for the host (compiles, plans, allocations), not for the GPU
                 "first_device_s": device_s[0],
                 "warm_device_s": device_s[1:],
+                "sm_clock_mhz_per_request": request_clocks,  # median NVML reading during each (first, warm...)
                 "first_token": first_token,
                 "chunk_tokens": args.chunk,
                 "gpu": clock_and_power(clocks),
@@ -196,7 +206,11 @@ def run_engine(
                 if sustained
                 else {}
             )
+            | ({"profile_first_two": profiles} if profiles else {})
         )
+        for name, prof in zip(("first", "second"), profiles):
+            log(f"{path}: {length} tokens, {name} request profiled: busy {prof['busy_us'] / 1e3:.1f} ms, idle "
+                f"{prof['idle_us'] / 1e3:.1f} ms, gaps {[round(g['us']) for g in prof['gaps']]} us")  # fmt: skip
         clock = rows[-1]["gpu"].get("sm_clock_mhz_median")
         log(f"{path}: {length:7d} tokens  first {times[0]:.3f} s (device {device_s[0]:.3f})  warm {warm:.3f} s "
             f"(device {statistics.median(device_s[1:] or device_s):.3f})  floor {floor:.3f} s "
@@ -211,6 +225,25 @@ def run_engine(
     if device.type == "cuda":
         startup["memory_after_shutdown_bytes"] = torch.cuda.memory_allocated()
     return rows, startup, skipped
+
+
+def _start_profile():
+    from torch.profiler import ProfilerActivity, profile
+
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    prof.__enter__()
+    return prof
+
+
+def _stop_profile(prof) -> dict:
+    """The profiled request's device timeline (`loop_overhead.timeline_summary`): busy, idle, largest gaps
+    and kernel time by name."""
+    from shifttune.profile.loop_overhead import timeline_summary
+
+    torch.cuda.synchronize()
+    prof.__exit__(None, None, None)
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    return timeline_summary([(e.time_range.start, e.time_range.end, e.name) for e in kernels], top=8)
 
 
 def chunk_breakdown(engine, chunk: int, rate: float) -> list[dict]:
@@ -393,6 +426,9 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--max-model-len", type=int, default=None, help="default: the longest prompt + 1")
     ap.add_argument("--no-layer-bench", action="store_true")
     ap.add_argument("--breakdown", action="store_true", help="GPU: kernel time by category of one chunk (profiled)")
+    ap.add_argument(
+        "--profile-first", action="store_true", help="GPU: profile the first 2 requests of the first length"
+    )
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"
     if cuda and not torch.cuda.is_available():
