@@ -30,5 +30,5 @@ cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
 (cd gpu_old/s10 && PYTHONPATH=$PWD timeout 170 python /tmp/loop_overhead.py --model llama-3.1-8b \
   --out "$OUT/loop_overhead_before.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
 timeout 120 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths 8192,32768 --profile-first \
-  --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -6 | tee -a "$LOG"
+  --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -10 | tee -a "$LOG"
 stamp done
