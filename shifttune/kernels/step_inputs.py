@@ -16,7 +16,13 @@ import triton.language as tl
 NUM_PAD_PROGRAMS = 4
 
 
-@triton.jit
+# NOTE: every integer argument unspecialized: Triton compiles a variant per value of 1 and multiple of 16, which
+# steps of every shape would otherwise meet one by one while serving (the engine compiles this once at start).
+INT_ARGS = ["table_stride", "tables_stride", "num_tokens", "num_seqs", "num_samples", "bucket", "bucket_seqs",
+            "width", "full_width", "rows_in_use", "scratch_block"]  # fmt: skip
+
+
+@triton.jit(do_not_specialize=INT_ARGS)
 def _graph_inputs_kernel(
     token_ids,
     rows,

@@ -17,6 +17,7 @@ import torch
 
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.paged_attention import choose_num_splits
+from shifttune.kernels.upload import to_device_parts
 from shifttune.runner.step_input import StepTensors
 
 TOKEN_BUCKETS = (
@@ -172,6 +173,13 @@ class StepGraphs:
         load_graph_inputs(parts, batch.block_table, batch.last_token, buffers, b, self.seqs_for(b), width,
                           self.rows_in_use, self.runner.scratch_block, self.runner.config.block_size,
                           PENDING)  # fmt: skip
+
+    def warm_up_load(self, batch) -> None:
+        """Compiles the graph-inputs kernel at start: one token of a row no request holds (its block-table
+        row is all scratch), written into the buffers that the next step overwrites."""
+        row = batch.free_rows[-1]
+        parts = to_device_parts(([0], [row], [0], [0, 1], [0]), torch.int64, self.runner.device)
+        self.load(parts, batch, 1)
 
     def replay(self, mode: str, num_tokens: int, num_seqs: int, num_samples: int) -> torch.Tensor:
         """Runs the step whose inputs are in the buffers; returns its logits [num_samples, vocab]."""

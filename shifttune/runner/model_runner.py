@@ -37,11 +37,12 @@ from shifttune.model.layout import make_layout
 from shifttune.model.llama import CausalLM
 from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
-from shifttune.runner.input_batch import InputBatch, StepDelta
+from shifttune.runner.input_batch import InputBatch, NewRequest, StepDelta
 from shifttune.runner.sampler import RequestSampling, SamplerOutput, logprobs_dicts
-from shifttune.runner.step_input import ScheduledTokens, StepInput, StepTensors, build_step_input
+from shifttune.runner.step_input import StepInput, StepTensors
 
 GIB = 1 << 30
+WARM_UP_REQ_ID = -1  # the start-up step's request (the engine's ids count from 0)
 
 
 def attention_backend(name: str) -> AttentionBackend:
@@ -178,12 +179,15 @@ class ModelRunner:
         )  # fmt: skip
         start = time.perf_counter()
         # A full-budget prefill on the first blocks (no request holds them yet, and a request writes a block
-        # before it reads it): the GEMM shapes and the allocator's pools of the first long prompt.
+        # before it reads it), through `execute` as a request's would run: the GEMM shapes, the allocator's
+        # pools and the first launch of every kernel a long prompt's step makes (input building included:
+        # CUDA loads a kernel's module at its first launch, which held an H200's first 8k prompt up 40 ms).
         n = max(1, min(c.max_num_batched_tokens, c.max_model_len - 1, self.num_kv_blocks * c.block_size))
-        seq = ScheduledTokens([0] * n, 0, list(range(-(-n // c.block_size))), True)
+        blocks = list(range(-(-n // c.block_size)))
         for mode in self.modes:
-            step = build_step_input(mode, [seq], c.block_size)
-            self._run(self.upload(step, -n % self.model_for(mode).layout.sp), False)
+            new = NewRequest(WARM_UP_REQ_ID, blocks, 0, 0, RequestSampling())
+            self.execute(StepDelta(mode, [WARM_UP_REQ_ID], [n], [0] * n, [0], new_requests=[new]))
+            self.input_batch.update(StepDelta(mode, [], [], [], [], finished_req_ids=[WARM_UP_REQ_ID]))
         sampler, row = self.input_batch.sampler, self.input_batch.free_rows[-1]  # a row no request holds
         logits, rows = (
             torch.zeros(1, c.model_config.vocab_size, device=self.device),
@@ -193,6 +197,8 @@ class ModelRunner:
             sampler.set_rows([row], [RequestSampling(temperature=1.0, top_p=0.9, top_k=top_k, min_p=0.05)], [0])
             sampler(logits, [row], rows)
         sampler.release(row)
+        if self.graphs is not None and c.attention_backend == "triton":
+            self.graphs.warm_up_load(self.input_batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # NOTE: torch keeps the memory cached: the first request reuses it
         self.startup["eager_step_and_sampler_s"] = time.perf_counter() - start
