@@ -108,10 +108,10 @@ def test_every_graph_writes_one_shared_logits_buffer(hf_models):
 
     with LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", cuda_graph_max_tokens=256) as llm:
         runner = llm.llm_engine.executor.runner
-        shared = runner.graphs.logits.data_ptr()
+        shared, before = runner.graphs.logits.data_ptr(), runner.graphs.num_replays  # start-up may replay one
         for step in (synthetic_step("tp", 1, 1, 40, 16), synthetic_step("tp", 32, 1, 40, 16)):
             assert runner.execute_model(step).data_ptr() == shared
-        assert runner.graphs.num_replays == 2
+        assert runner.graphs.num_replays == before + 2
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
