@@ -8,7 +8,7 @@
 #    batch-1 breakdown and offline throughput; 3. the same script file on gpu_old/s10 (the "before" numbers,
 #    same card, same call); 4. long_prompts at 8k and 32k: first request against warm ones, wall and device.
 # Into $OUT: check.log, loop_timeline.json, loop_overhead.json, loop_overhead_before.json, long_prompts.json,
-# tests.log.
+# tests.log. BEFORE=0 skips 3, LONG=0 skips 4, TIMELINE_CASES picks the cases of the timeline (default 0,1,3,6).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1
@@ -21,14 +21,17 @@ timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/te
 stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
 timeout 90 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph_inputs" >> "$OUT/tests.log" 2>&1
 stamp "kernel tests rc=$?: $(tail -1 "$OUT/tests.log")"
-timeout 100 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases 0,1,3,6 --no-offline --timeline \
+timeout 100 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases "${TIMELINE_CASES:-0,1,3,6}" \
+  --no-offline --timeline \
   --out "$OUT/loop_timeline.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
 timeout 170 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out "$OUT/loop_overhead.json" 2>&1 \
   | grep -v -i warn | tee -a "$LOG"
-stamp "before (gpu_old/s10):"
-cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
-(cd gpu_old/s10 && PYTHONPATH=$PWD timeout 170 python /tmp/loop_overhead.py --model llama-3.1-8b \
-  --out "$OUT/loop_overhead_before.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
-timeout 120 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths 8192,32768 --profile-first \
+if [ "${BEFORE:-1}" = 1 ]; then
+  stamp "before (gpu_old/s10):"
+  cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
+  (cd gpu_old/s10 && PYTHONPATH=$PWD timeout 170 python /tmp/loop_overhead.py --model llama-3.1-8b \
+    --out "$OUT/loop_overhead_before.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+fi
+[ "${LONG:-1}" = 1 ] && timeout 120 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths 8192,32768 --profile-first \
   --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -10 | tee -a "$LOG"
 stamp done

@@ -9,6 +9,9 @@ wall time of `step()` over the steps where all of them decode (schedule, inputs,
 stop checks, outputs; with async scheduling, one call launches a step and reads back the one before);
 gpu_ms is the device time of the same shape's CUDA graph replayed back to back with its inputs in place
 (the model and its logits; no input building, no sampling, no host). ratio = loop_ms / gpu_ms.
+gpu_engine_inputs_ms replays the graph of the case's last step on the inputs it left in the graph's buffers
+(the engine's own block tables rather than the synthetic step's contiguous ones); ratio_engine_inputs =
+loop_ms / that: what the loop adds over the same step on the same KV-cache layout.
 device_ms is the engine's own record of its steps (CUDA events around inputs, model and sampling), and
 call_ms the profiler's measure (`time_step`: `execute_model` calls of the same step queued back to back).
 Offline: 256 random 1024-token prompts, 128 tokens each,
@@ -138,11 +141,34 @@ def replay_ms(runner, step, iters: int) -> float:
         return start.elapsed_time(end) / iters
 
 
+def replay_last_ms(runner, num_tokens: int, iters: int) -> float:
+    """Device ms of the graph the last step ran, replayed on the inputs still in its buffers: the engine's
+    own block tables and lengths (where `replay_ms` has each sequence own a contiguous run of blocks). Its
+    K/V writes land on the last step's slots, with the values the step wrote there."""
+    import torch
+
+    graphs = runner.graphs
+    graph = graphs.graphs[(TP, next(b for b in graphs.buckets if b >= num_tokens))]
+    with torch.inference_mode():
+        for _ in range(3):
+            graph.replay()
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(iters):
+            graph.replay()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / iters
+
+
 def measure(
     engine: LLMEngine, batch: int, context: int, sampling: str, new_tokens: int, timeline: bool = False
 ) -> dict:
     tl = {} if timeline else None
     steps = decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens), tl)
+    cuda = engine.config.device == "cuda" and engine.executor.runner.graphs is not None
+    # NOTE: the last step that ran is the last all-decode step of the batch (every request stops at once)
+    engine_ms = engine.executor.collective_rpc(replay_last_ms, batch, 20) if cuda else None
     step = synthetic_step(TP, batch, 1, context, engine.config.block_size)
     call, _ = engine.executor.collective_rpc(time_step, step, 3, 20)
     loop_ms, call_ms = percentile([w for w, _ in steps], 0.5), percentile(call, 0.5)
@@ -150,7 +176,9 @@ def measure(
     gpu_ms = engine.executor.collective_rpc(replay_ms, step, 20) if engine.config.device == "cuda" else call_ms
     return {"batch": batch, "context": context, "sampling": sampling, "loop_ms": loop_ms, "gpu_ms": gpu_ms,
             "ratio": loop_ms / gpu_ms, "device_ms": device_ms, "call_ms": call_ms,
-            "decode_steps": len(steps)} | ({"timeline_5_steps": tl} if tl else {})  # fmt: skip
+            "decode_steps": len(steps)} | ({"timeline_5_steps": tl} if tl else {}) | (
+        {"gpu_engine_inputs_ms": engine_ms, "ratio_engine_inputs": loop_ms / engine_ms} if engine_ms else {}
+    )  # fmt: skip
 
 
 def offline_throughput(llm: LLM, num_prompts: int = 256, prompt_len: int = 1024, new_tokens: int = 128) -> dict:
@@ -200,7 +228,8 @@ def main(argv: list[str] | None = None) -> None:
             result["rows"].append(r)
             print(f"batch {batch:>3} context {context:>5} {sampling:<45} loop {r['loop_ms']:7.2f} ms  "
                   f"gpu {r['gpu_ms']:7.2f} ms  x{r['ratio']:.3f}  device {r['device_ms']:7.2f}  "
-                  f"call {r['call_ms']:7.2f}", flush=True)  # fmt: skip
+                  f"call {r['call_ms']:7.2f}" + (f"  engine-input graph {r['gpu_engine_inputs_ms']:7.2f} "
+                  f"x{r['ratio_engine_inputs']:.3f}" if "gpu_engine_inputs_ms" in r else ""), flush=True)  # fmt: skip
             if "timeline_5_steps" in r:
                 t = r["timeline_5_steps"]
                 gaps = [round(g["us"]) for g in t["gaps"]]
