@@ -8,7 +8,7 @@
 #    batch-1 breakdown and offline throughput; 3. the same script file on gpu_old/s10 (the "before" numbers,
 #    same card, same call); 4. long_prompts at 8k and 32k: first request against warm ones, wall and device.
 # Into $OUT: check.log, loop_timeline.json, loop_overhead.json, loop_overhead_before.json, long_prompts.json,
-# tests.log. BEFORE=0 skips 3, LONG=0 skips 4, TIMELINE_CASES picks the cases of the timeline (default 0,1,3,6).
+# tests.log. TESTS=0 skips 1, BEFORE=0 skips 3, LONG=0 skips 4, TIMELINE_CASES picks the cases of the timeline (default 0,1,3,6).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1
@@ -17,10 +17,12 @@ python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hy
 stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 export PYTHONPATH=$PWD
-timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
-stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
-timeout 90 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph_inputs" >> "$OUT/tests.log" 2>&1
-stamp "kernel tests rc=$?: $(tail -1 "$OUT/tests.log")"
+if [ "${TESTS:-1}" = 1 ]; then
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 90 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph_inputs" >> "$OUT/tests.log" 2>&1
+  stamp "kernel tests rc=$?: $(tail -1 "$OUT/tests.log")"
+fi
 timeout 100 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases "${TIMELINE_CASES:-0,1,3,6}" \
   --no-offline --timeline \
   --out "$OUT/loop_timeline.json" 2>&1 | grep -v -i warn | tee -a "$LOG"

@@ -9,9 +9,9 @@ wall time of `step()` over the steps where all of them decode (schedule, inputs,
 stop checks, outputs; with async scheduling, one call launches a step and reads back the one before);
 gpu_ms is the device time of the same shape's CUDA graph replayed back to back with its inputs in place
 (the model and its logits; no input building, no sampling, no host). ratio = loop_ms / gpu_ms.
-gpu_engine_inputs_ms replays the graph of the case's last step on the inputs it left in the graph's buffers
-(the engine's own block tables rather than the synthetic step's contiguous ones); ratio_engine_inputs =
-loop_ms / that: what the loop adds over the same step on the same KV-cache layout.
+gpu_engine_inputs_ms replays the graph on the inputs of one of the case's own full-batch decode steps (kept
+while it ran: the engine's block tables rather than the synthetic step's contiguous ones); ratio_engine_inputs
+= loop_ms / that: what the loop adds over the same step on the same KV-cache layout.
 device_ms is the engine's own record of its steps (CUDA events around inputs, model and sampling), and
 call_ms the profiler's measure (`time_step`: `execute_model` calls of the same step queued back to back).
 Offline: 256 random 1024-token prompts, 128 tokens each,
@@ -52,7 +52,7 @@ def params(sampling: str, i: int, new_tokens: int) -> SamplingParams:
 
 
 def decode_steps(
-    engine: LLMEngine, batch: int, prompt_len: int, params_of, timeline: dict | None = None
+    engine: LLMEngine, batch: int, prompt_len: int, params_of, timeline: dict | None = None, keep: dict | None = None
 ) -> list[tuple[float, StepStats]]:
     """Runs `batch` requests (prompts of `prompt_len` tokens, `params_of(i)`) to the end through
     `LLMEngine.step`; returns (wall ms, the step's record) of the steps where all of them decode. With
@@ -75,6 +75,8 @@ def decode_steps(
         step = engine.stats.steps[-1]
         if step.shape.num_prefill_tokens == 0 and step.shape.num_seqs == batch:
             out.append((wall, step))
+            if keep is not None and len(out) == 3:  # GPU: the step in flight is a full-batch decode too
+                keep["snapshot"] = engine.executor.collective_rpc(snapshot_graph_inputs, batch)
     if prof is not None:  # fewer decode steps than the window
         _profile_window(prof, timeline)
     return out
@@ -141,15 +143,29 @@ def replay_ms(runner, step, iters: int) -> float:
         return start.elapsed_time(end) / iters
 
 
-def replay_last_ms(runner, num_tokens: int, iters: int) -> float:
-    """Device ms of the graph the last step ran, replayed on the inputs still in its buffers: the engine's
-    own block tables and lengths (where `replay_ms` has each sequence own a contiguous run of blocks). Its
-    K/V writes land on the last step's slots, with the values the step wrote there."""
+GRAPH_INPUTS = ("ids", "pos", "slots", "qsl", "seq_lens", "block_tables", "samples")
+
+
+def snapshot_graph_inputs(runner, batch: int) -> dict | None:
+    """The graph's input buffers as the step in flight left them, when it holds the whole batch (None if
+    not): that step's own block tables and lengths, to replay later (`replay_snapshot_ms`)."""
+    graphs = runner.graphs
+    if graphs is None or graphs.rows_in_use != batch:
+        return None
+    return {name: getattr(graphs, name).clone() for name in GRAPH_INPUTS}
+
+
+def replay_snapshot_ms(runner, snapshot: dict, batch: int, iters: int) -> float:
+    """Device ms of a decode step of `batch` rows replayed on `snapshot`'s inputs: the engine's own KV
+    layout, where `replay_ms` has each sequence own a contiguous run of blocks. Its K/V writes land on the
+    snapshot step's slots, with the values that step wrote there (the blocks are free, and unchanged)."""
     import torch
 
     graphs = runner.graphs
-    graph = graphs.graphs[(TP, next(b for b in graphs.buckets if b >= num_tokens))]
     with torch.inference_mode():
+        for name, saved in snapshot.items():
+            getattr(graphs, name).copy_(saved)
+        graph = graphs.graphs[(TP, next(b for b in graphs.buckets if b >= batch))]
         for _ in range(3):
             graph.replay()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -165,10 +181,10 @@ def measure(
     engine: LLMEngine, batch: int, context: int, sampling: str, new_tokens: int, timeline: bool = False
 ) -> dict:
     tl = {} if timeline else None
-    steps = decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens), tl)
-    cuda = engine.config.device == "cuda" and engine.executor.runner.graphs is not None
-    # NOTE: the last step that ran is the last all-decode step of the batch (every request stops at once)
-    engine_ms = engine.executor.collective_rpc(replay_last_ms, batch, 20) if cuda else None
+    keep: dict | None = {} if engine.config.device == "cuda" else None
+    steps = decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens), tl, keep)
+    snap = (keep or {}).get("snapshot")
+    engine_ms = engine.executor.collective_rpc(replay_snapshot_ms, snap, batch, 20) if snap else None
     step = synthetic_step(TP, batch, 1, context, engine.config.block_size)
     call, _ = engine.executor.collective_rpc(time_step, step, 3, 20)
     loop_ms, call_ms = percentile([w for w, _ in steps], 0.5), percentile(call, 0.5)
