@@ -155,3 +155,17 @@ def test_timeline_summary_splits_a_window_into_busy_and_idle():
     assert t["gaps"] == [{"us": 8.0, "after": "b", "before": "c"}, {"us": 1.0, "after": "c", "before": "d"}]
     assert t["kernels_us"] == {"a": 10, "c": 10, "d": 9, "b": 7, "e": 3}
     assert timeline_summary([])["window_us"] == 0
+
+
+def test_the_loop_benchmark_decodes_its_whole_batch_however_long_the_prefill():
+    """Prompts are admitted one chunk per step, and the first ones decode meanwhile: with only `new_tokens`
+    each, they would finish before the last ones start and no step would hold the whole batch (a case run
+    alone measured nothing). The benchmark gives each request as many extra tokens as the prefill takes."""
+    from shifttune.profile.loop_overhead import GREEDY, measure
+
+    llm = LLM("tiny", device="cpu", max_num_batched_tokens=256)  # 8 x ~500-token prompts: ~16 prefill steps
+    try:
+        row = measure(llm.llm_engine, 8, 512, GREEDY, 4)
+    finally:
+        llm.shutdown()
+    assert row["decode_steps"] >= 4 and row["loop_ms"] > 0

@@ -4,7 +4,9 @@ weight-read floor, with where its GPU time goes; and offline throughput through 
 
     python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out profiles/loop_overhead_<card>.json
 
-For each case, `batch` requests whose prompts fill the context decode together; loop_ms is the median
+For each case, `batch` requests whose prompts fill the context decode together (each generates --new-tokens
+more tokens than the steps its batch's prefill takes, and no prompt shares a prefix with another case's, so
+every case decodes its whole batch for --new-tokens steps, alone or after others); loop_ms is the median
 wall time of `step()` over the steps where all of them decode (schedule, inputs, model, sampling,
 stop checks, outputs; with async scheduling, one call launches a step and reads back the one before);
 gpu_ms is the device time of the same shape's CUDA graph replayed back to back with its inputs in place
@@ -59,8 +61,9 @@ def decode_steps(
     `timeline` (a dict), the calls after the 2nd all-decode step until the 7th are profiled and the dict
     gets `timeline_summary`'s keys."""
     vocab = engine.config.model_config.vocab_size
+    salt = 7919 * batch + prompt_len  # NOTE: no prompt shares a prefix with another case's (prefix cache)
     for i in range(batch):
-        ids = [(i * 131 + j * 7) % vocab for j in range(prompt_len)]
+        ids = [(salt + i * 131 + j * 7) % vocab for j in range(prompt_len)]
         engine.add_request(f"loop-{batch}-{prompt_len}-{i}", ids, params_of(i))
     out, prof = [], None
     while engine.has_unfinished_requests():
@@ -182,7 +185,10 @@ def measure(
 ) -> dict:
     tl = {} if timeline else None
     keep: dict | None = {} if engine.config.device == "cuda" else None
-    steps = decode_steps(engine, batch, context - new_tokens, lambda i: params(sampling, i, new_tokens), tl, keep)
+    # NOTE: prompts are admitted one prefill chunk per step; the first ones decode meanwhile and would finish
+    # before the last ones start: each request gets `new_tokens` more tokens than there are prefill steps.
+    n = new_tokens + -(-batch * context // engine.config.max_num_batched_tokens) + 1
+    steps = decode_steps(engine, batch, context - n, lambda i: params(sampling, i, n), tl, keep)
     snap = (keep or {}).get("snapshot")
     engine_ms = engine.executor.collective_rpc(replay_snapshot_ms, snap, batch, 20) if snap else None
     step = synthetic_step(TP, batch, 1, context, engine.config.block_size)
