@@ -161,11 +161,15 @@ def test_the_loop_benchmark_decodes_its_whole_batch_however_long_the_prefill():
     """Prompts are admitted one chunk per step, and the first ones decode meanwhile: with only `new_tokens`
     each, they would finish before the last ones start and no step would hold the whole batch (a case run
     alone measured nothing). The benchmark gives each request as many extra tokens as the prefill takes."""
-    from shifttune.profile.loop_overhead import GREEDY, measure
+    from shifttune.profile.loop_overhead import GREEDY, SAMPLED, measure
 
     llm = LLM("tiny", device="cpu", max_num_batched_tokens=256)  # 8 x ~500-token prompts: ~16 prefill steps
     try:
         row = measure(llm.llm_engine, 8, 512, GREEDY, 4)
+        # the same shape sampled: its prompts share no prefix with the greedy case's (no prefix-cache hit)
+        again = measure(llm.llm_engine, 8, 512, SAMPLED, 4)
+        hits = llm.llm_engine.stats.num_prefix_cache_hit_blocks
     finally:
         llm.shutdown()
-    assert row["decode_steps"] >= 4 and row["loop_ms"] > 0
+    assert row["decode_steps"] >= 4 and row["loop_ms"] > 0 and again["decode_steps"] >= 4
+    assert hits == 0

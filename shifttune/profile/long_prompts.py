@@ -155,16 +155,14 @@ def run_engine(
             log(f"{path}: skipping {length} tokens: {why}")
             continue
         times, device_s, request_clocks, profiles, first_token = [], [], [], [], None
+        profile = args.profile_first and device.type == "cuda" and length == lengths[0]
         with recording(0.05) as clocks:  # no NVML (CPU): records nothing
-            for run in range(1 + args.repeats):
+            # a profiled warm request (the second) is timed but not counted: one more runs in its place
+            for run in range(1 + args.repeats + (1 if profile else 0)):
                 gen = torch.Generator().manual_seed(1000 * length + run)
                 ids = torch.randint(10, cfg.vocab_size, (length,), generator=gen).tolist()
                 before, seen = engine.stats.num_steps, len(clocks.history(0, "sm_clock"))
-                prof = (
-                    _start_profile()
-                    if args.profile_first and device.type == "cuda" and length == lengths[0] and run < 2
-                    else None
-                )
+                prof = _start_profile() if profile and run < 2 else None
                 t0 = time.perf_counter()
                 out = llm.generate([ids], params)[0]
                 times.append(time.perf_counter() - t0)
@@ -176,7 +174,8 @@ def run_engine(
                 request_clocks.append(statistics.median(mhz) if mhz else None)
                 if run == 0:
                     first_token = out.outputs[0].token_ids[0]
-        warm = statistics.median(times[1:]) if len(times) > 1 else times[0]
+        warm_from = 2 if profile else 1
+        warm = statistics.median(times[warm_from:]) if len(times) > warm_from else times[0]
         floor = prompt_flops(cfg, length) / rate
         rows.append(
             {
@@ -185,14 +184,14 @@ def run_engine(
                 "prompt_tokens": length,
                 "ttft_s": warm,
                 "first_ttft_s": times[0],
-                "warm_ttft_s": times[1:],
+                "warm_ttft_s": times[warm_from:],
                 "floor_s": floor,
                 "floor_over_ttft": floor / warm,
                 "first_over_warm": times[0] / warm,
                 # the engine's record of its steps' device time: a first request slower in wall time than
                 # on the device waited for the host (compiles, plans, allocations), not for the GPU
                 "first_device_s": device_s[0],
-                "warm_device_s": device_s[1:],
+                "warm_device_s": device_s[warm_from:],
                 "sm_clock_mhz_per_request": request_clocks,  # median NVML reading during each (first, warm...)
                 "first_token": first_token,
                 "chunk_tokens": args.chunk,
@@ -213,7 +212,7 @@ def run_engine(
                 f"{prof['idle_us'] / 1e3:.1f} ms, gaps {[round(g['us']) for g in prof['gaps']]} us")  # fmt: skip
         clock = rows[-1]["gpu"].get("sm_clock_mhz_median")
         log(f"{path}: {length:7d} tokens  first {times[0]:.3f} s (device {device_s[0]:.3f})  warm {warm:.3f} s "
-            f"(device {statistics.median(device_s[1:] or device_s):.3f})  floor {floor:.3f} s "
+            f"(device {statistics.median(device_s[warm_from:] or device_s):.3f})  floor {floor:.3f} s "
             f"({100 * floor / warm:.0f}% of floor)" + (f", SM clock {clock:.0f} MHz" if clock else ""))  # fmt: skip
     if device.type == "cuda":
         startup["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
@@ -427,7 +426,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--no-layer-bench", action="store_true")
     ap.add_argument("--breakdown", action="store_true", help="GPU: kernel time by category of one chunk (profiled)")
     ap.add_argument(
-        "--profile-first", action="store_true", help="GPU: profile the first 2 requests of the first length"
+        "--profile-first",
+        action="store_true",
+        help="GPU: profile the first 2 requests of the first length (the first's time includes the profiler; "
+        "the second is not counted as warm: one more request runs)",
     )
     args = ap.parse_args(argv)
     cuda = args.device == "cuda"

@@ -29,6 +29,7 @@ The script uses the package's public API only, so the same file can time an olde
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -43,6 +44,7 @@ from shifttune.profile.step_timing import breakdown_step, measure_ceilings, step
 
 GREEDY = "greedy"
 SAMPLED = "temperature 0.8, top-p 0.95, per-request seed"
+_REQUESTS = itertools.count()  # every request of the process; 131 k mod the vocabulary differs for k < vocabulary
 CASES = [(1, 2048, GREEDY), (32, 2048, GREEDY), (32, 2048, SAMPLED), (128, 2048, GREEDY), (256, 1024, SAMPLED),
          (1, 8192, GREEDY), (32, 8192, SAMPLED), (256, 512, SAMPLED)]  # fmt: skip
 
@@ -61,9 +63,10 @@ def decode_steps(
     `timeline` (a dict), the calls after the 2nd all-decode step until the 7th are profiled and the dict
     gets `timeline_summary`'s keys."""
     vocab = engine.config.model_config.vocab_size
-    salt = 7919 * batch + prompt_len  # NOTE: no prompt shares a prefix with another case's (prefix cache)
     for i in range(batch):
-        ids = [(salt + i * 131 + j * 7) % vocab for j in range(prompt_len)]
+        # NOTE: a first token no other request of this process had: no prompt shares a prefix (prefix cache)
+        k = next(_REQUESTS)
+        ids = [(k * 131 + j * 7) % vocab for j in range(prompt_len)]
         engine.add_request(f"loop-{batch}-{prompt_len}-{i}", ids, params_of(i))
     out, prof = [], None
     while engine.has_unfinished_requests():
@@ -168,6 +171,7 @@ def replay_snapshot_ms(runner, snapshot: dict, batch: int, iters: int) -> float:
     with torch.inference_mode():
         for name, saved in snapshot.items():
             getattr(graphs, name).copy_(saved)
+        graphs.rows_in_use = max(graphs.rows_in_use, batch)  # the next step resets these rows to scratch
         graph = graphs.graphs[(TP, next(b for b in graphs.buckets if b >= batch))]
         for _ in range(3):
             graph.replay()
@@ -188,6 +192,8 @@ def measure(
     # NOTE: prompts are admitted one prefill chunk per step; the first ones decode meanwhile and would finish
     # before the last ones start: each request gets `new_tokens` more tokens than there are prefill steps.
     n = new_tokens + -(-batch * context // engine.config.max_num_batched_tokens) + 1
+    if n >= context:
+        raise ValueError(f"context {context} leaves no prompt for {n} new tokens per request (batch {batch})")
     steps = decode_steps(engine, batch, context - n, lambda i: params(sampling, i, n), tl, keep)
     snap = (keep or {}).get("snapshot")
     engine_ms = engine.executor.collective_rpc(replay_snapshot_ms, snap, batch, 20) if snap else None

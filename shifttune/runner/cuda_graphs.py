@@ -175,11 +175,12 @@ class StepGraphs:
                           PENDING)  # fmt: skip
 
     def warm_up_load(self, batch) -> None:
-        """Compiles the graph-inputs kernel at start: one token of a row no request holds (its block-table
-        row is all scratch), written into the buffers that the next step overwrites."""
+        """Compiles the graph-inputs kernel at start: one token of a row no request holds, written into the
+        buffers (row 0 of the block tables gets that row's first block: the next step resets or rewrites it)."""
         row = batch.free_rows[-1]
         parts = to_device_parts(([0], [row], [0], [0, 1], [0]), torch.int64, self.runner.device)
         self.load(parts, batch, 1)
+        self.rows_in_use = max(self.rows_in_use, 1)
 
     def replay(self, mode: str, num_tokens: int, num_seqs: int, num_samples: int) -> torch.Tensor:
         """Runs the step whose inputs are in the buffers; returns its logits [num_samples, vocab]."""
