@@ -151,22 +151,29 @@ json.dump(buffers, sys.stdout)
 """
 
 
-def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
-    """The interpreter does not lower the kernel: compile it for sm_90 here (Triton's bundled ptxas, no
-    GPU needed), with and without the fused merge, and check K/V tiles keep num_stages - 1 buffers
-    (decode) rather than the one Triton falls back to when the block-table load is in the address chain."""
-    import json
+def _compile_for_sm90(script: str) -> str:
+    """Runs a script that compiles kernels for sm_90 with Triton's bundled toolchain (no GPU, no interpreter);
+    returns its stdout. Skips where that toolchain or the ASTSource format (Triton >= 3.3) is missing."""
     import subprocess
     import sys
 
     if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 3):
         pytest.skip("the ASTSource attribute format used here is Triton >= 3.3's")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _COMPILE_FOR_SM90], capture_output=True, text=True, env=env)
+    res = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env)
     if res.returncode != 0 and ("ptxas" in res.stderr or "ImportError" in res.stderr):
         pytest.skip(f"no sm_90 toolchain here: {res.stderr.strip().splitlines()[-1]}")
     assert res.returncode == 0, res.stderr[-3000:]
-    buffers = json.loads(res.stdout)
+    return res.stdout
+
+
+def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
+    """The interpreter does not lower the kernel: compile it for sm_90 here (Triton's bundled ptxas, no
+    GPU needed), with and without the fused merge, and check K/V tiles keep num_stages - 1 buffers
+    (decode) rather than the one Triton falls back to when the block-table load is in the address chain."""
+    import json
+
+    buffers = json.loads(_compile_for_sm90(_COMPILE_FOR_SM90))
     assert buffers == {"0-16-3": [2], "1-16-3": [2], "2-16-3": [2], "0-64-2": [2]}, buffers
 
 
@@ -428,13 +435,4 @@ triton.compile(ASTSource(si._graph_inputs_kernel, sig, consts), target=GPUTarget
 def test_graph_inputs_kernel_compiles_for_sm90():
     """The interpreter runs what the compiler may refuse (it found one: a name bound in both branches of
     an `if` with two types): compile the graph-inputs kernel for sm_90 (no GPU needed)."""
-    import subprocess
-    import sys
-
-    if tuple(int(x) for x in triton.__version__.split(".")[:2]) < (3, 3):
-        pytest.skip("the ASTSource attribute format used here is Triton >= 3.3's")
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    res = subprocess.run([sys.executable, "-c", _COMPILE_STEP_INPUTS_FOR_SM90], capture_output=True, text=True, env=env)
-    if res.returncode != 0 and ("ptxas" in res.stderr or "ImportError" in res.stderr):
-        pytest.skip(f"no sm_90 toolchain here: {res.stderr.strip().splitlines()[-1]}")
-    assert res.returncode == 0, res.stderr[-3000:]
+    _compile_for_sm90(_COMPILE_STEP_INPUTS_FOR_SM90)

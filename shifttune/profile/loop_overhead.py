@@ -136,17 +136,24 @@ def replay_ms(runner, step, iters: int) -> float:
 
     with torch.inference_mode():
         runner.execute_model(step)  # puts the inputs in the graph's buffers
-        graphs = runner.graphs
-        graph = graphs.graphs[(step.mode, next(b for b in graphs.buckets if b >= len(step.input_ids)))]
-        for _ in range(3):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
+        return _graph_ms(runner.graphs, step.mode, len(step.input_ids), iters)
+
+
+def _graph_ms(graphs, mode: str, num_tokens: int, iters: int) -> float:
+    """Device ms of one replay of the graph of `num_tokens` tokens in `mode`, on the inputs in its buffers
+    (3 replays first, then `iters` timed back to back)."""
+    import torch
+
+    graph = graphs.graphs[(mode, next(b for b in graphs.buckets if b >= num_tokens))]
+    for _ in range(3):
+        graph.replay()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(iters):
+        graph.replay()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / iters
 
 
 GRAPH_INPUTS = ("ids", "pos", "slots", "qsl", "seq_lens", "block_tables", "samples")
@@ -172,16 +179,7 @@ def replay_snapshot_ms(runner, snapshot: dict, batch: int, iters: int) -> float:
         for name, saved in snapshot.items():
             getattr(graphs, name).copy_(saved)
         graphs.rows_in_use = max(graphs.rows_in_use, batch)  # the next step resets these rows to scratch
-        graph = graphs.graphs[(TP, next(b for b in graphs.buckets if b >= batch))]
-        for _ in range(3):
-            graph.replay()
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
-            graph.replay()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / iters
+        return _graph_ms(graphs, TP, batch, iters)
 
 
 def measure(
