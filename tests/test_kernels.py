@@ -402,6 +402,16 @@ def test_graph_inputs_kernel_matches_the_torch_path():
         ),  # fmt: skip
         StepDelta("tp", [2, 1], [1, 1], [PENDING, PENDING], [0, 1], finished_req_ids=[0]),  # bucket 2: no padding
         StepDelta("tp", [1], [1], [PENDING], [0], new_block_ids=[(1, [blocks.pop()])], finished_req_ids=[2]),
+        # six more requests join, then all leave at once: more stale rows than padding programs
+        StepDelta(
+            "tp",
+            [1, *range(3, 9)],
+            [1] + [2] * 6,
+            [PENDING, *range(300, 312)],
+            list(range(7)),
+            [new(r, 1) for r in range(3, 9)],
+        ),  # fmt: skip
+        StepDelta("tp", [1], [1], [PENDING], [0], finished_req_ids=list(range(3, 9))),
     ]
     for delta in steps:
         batch.update(delta)
@@ -423,7 +433,7 @@ from triton.compiler import ASTSource
 from shifttune.kernels import step_inputs as si
 
 names = si._graph_inputs_kernel.arg_names
-consts = dict(BS=16, PENDING=-1, BLOCK=128, NUM_PAD=si.NUM_PAD_PROGRAMS)
+consts = dict(BS=16, PENDING=-1, BLOCK=128)
 ptrs = ("token_ids", "rows", "starts", "qsl_in", "samples_in", "table", "last_token", "ids", "pos", "slots", "qsl",
         "seq_lens", "tables", "samples")
 sig = {n: "constexpr" if n in consts else "*i64" if n in ptrs else "i32" for n in names}

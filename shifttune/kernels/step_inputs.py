@@ -13,13 +13,13 @@ import torch
 import triton
 import triton.language as tl
 
-NUM_PAD_PROGRAMS = 4
+NUM_PAD_PROGRAMS = 4  # programs for the padding at least; one more per stale block-table row past that
 
 
 # NOTE: every integer argument unspecialized: Triton compiles a variant per value of 1 and multiple of 16, which
 # steps of every shape would otherwise meet one by one while serving (the engine compiles this once at start).
 INT_ARGS = ["table_stride", "tables_stride", "num_tokens", "num_seqs", "num_samples", "bucket", "bucket_seqs",
-            "width", "full_width", "rows_in_use", "scratch_block"]  # fmt: skip
+            "width", "full_width", "rows_in_use", "scratch_block", "num_pad"]  # fmt: skip
 
 
 @triton.jit(do_not_specialize=INT_ARGS)
@@ -49,10 +49,10 @@ def _graph_inputs_kernel(
     full_width,
     rows_in_use,
     scratch_block,
+    num_pad,
     BS: tl.constexpr,
     PENDING: tl.constexpr,
     BLOCK: tl.constexpr,
-    NUM_PAD: tl.constexpr,
 ):
     """Programs [0, num_seqs): sequence s's tokens and block-table row. Programs after them: the padding
     (tokens num_tokens..bucket go to the scratch slot; one padding sequence owns them, empty ones follow;
@@ -88,13 +88,13 @@ def _graph_inputs_kernel(
     else:
         j = s - num_seqs
         scratch_slot = scratch_block * BS
-        for pad0 in range(num_tokens + j * BLOCK, bucket, NUM_PAD * BLOCK):
+        for pad0 in range(num_tokens + j * BLOCK, bucket, num_pad * BLOCK):
             ptok = pad0 + offs
             pm = ptok < bucket
             tl.store(ids + ptok, ptok * 0, mask=pm)
             tl.store(pos + ptok, ptok * 0, mask=pm)
             tl.store(slots + ptok, ptok * 0 + scratch_slot, mask=pm)
-        for r in range(num_seqs + j, rows_in_use, NUM_PAD):
+        for r in range(num_seqs + j, rows_in_use, num_pad):
             for pc0 in range(0, full_width, BLOCK):
                 pcol = pc0 + offs
                 tl.store(tables + r * tables_stride + pcol, pcol * 0 + scratch_block, mask=pcol < full_width)
@@ -130,9 +130,12 @@ def load_graph_inputs(
     token_ids, rows, starts, qsl_in, samples_in = parts
     ids, pos, slots, qsl, seq_lens, tables, samples = buffers
     num_seqs = rows.shape[0]
-    _graph_inputs_kernel[(num_seqs + NUM_PAD_PROGRAMS,)](
+    # NOTE: a batch that shrinks a lot (256 rows to 1) resets every stale row whole (up to max_model_len /
+    # block_size columns): one program per row, not a few looping over all of them
+    num_pad = max(NUM_PAD_PROGRAMS, rows_in_use - num_seqs)
+    _graph_inputs_kernel[(num_seqs + num_pad,)](
         token_ids, rows, starts, qsl_in, samples_in, table, table.stride(0), last_token,
         ids, pos, slots, qsl, seq_lens, tables, tables.stride(0), samples,
         token_ids.shape[0], num_seqs, samples_in.shape[0], bucket, bucket_seqs, width, tables.shape[1],
-        rows_in_use, scratch_block, BS=block_size, PENDING=pending, BLOCK=128, NUM_PAD=NUM_PAD_PROGRAMS, num_warps=4,
+        rows_in_use, scratch_block, num_pad, BS=block_size, PENDING=pending, BLOCK=128, num_warps=4,
     )  # fmt: skip
