@@ -2,7 +2,7 @@
 positions, slot mapping, query starts, sequence lengths, block-table rows and sample indices, written
 straight into the CUDA graph's input buffers together with the bucket's padding.
 
-The torch path (`InputBatch.prepare`, then `StepGraphs.run`'s copies and `_fill_padding`) does the same in
+The torch path (`InputBatch.prepare`, then `StepGraphs.copy_inputs`: copies and `_fill_padding`) does the same in
 about twenty launches of a few microseconds each, which the GPU waits for between steps; it stays the CPU
 path and the reference in the tests.
 """
