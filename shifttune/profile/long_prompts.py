@@ -52,6 +52,7 @@ from shifttune.kernels.prefill_attention import (
     StepAttention,
     probe_sdpa,
 )
+from shifttune.profile.loop_overhead import device_timeline, start_profile
 from shifttune.profile.step_timing import summarize, time_fn
 from shifttune.telemetry.nvml import clock_and_power, recording
 
@@ -162,12 +163,12 @@ def run_engine(
                 gen = torch.Generator().manual_seed(1000 * length + run)
                 ids = torch.randint(10, cfg.vocab_size, (length,), generator=gen).tolist()
                 before, seen = engine.stats.num_steps, len(clocks.history(0, "sm_clock"))
-                prof = _start_profile() if profile and run < 2 else None
+                prof = start_profile() if profile and run < 2 else None
                 t0 = time.perf_counter()
                 out = llm.generate([ids], params)[0]
                 times.append(time.perf_counter() - t0)
                 if prof is not None:
-                    profiles.append(_stop_profile(prof))
+                    profiles.append(device_timeline(prof, top=8))
                 steps = list(engine.stats.steps)[before - engine.stats.num_steps :]
                 device_s.append(sum(st.duration_s for st in steps))
                 mhz = clocks.history(0, "sm_clock")[seen:]
@@ -224,25 +225,6 @@ def run_engine(
     if device.type == "cuda":
         startup["memory_after_shutdown_bytes"] = torch.cuda.memory_allocated()
     return rows, startup, skipped
-
-
-def _start_profile():
-    from torch.profiler import ProfilerActivity, profile
-
-    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-    prof.__enter__()
-    return prof
-
-
-def _stop_profile(prof) -> dict:
-    """The profiled request's device timeline (`loop_overhead.timeline_summary`): busy, idle, largest gaps
-    and kernel time by name."""
-    from shifttune.profile.loop_overhead import timeline_summary
-
-    torch.cuda.synchronize()
-    prof.__exit__(None, None, None)
-    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    return timeline_summary([(e.time_range.start, e.time_range.end, e.name) for e in kernels], top=8)
 
 
 def chunk_breakdown(engine, chunk: int, rate: float) -> list[dict]:

@@ -70,8 +70,11 @@ def decode_steps(
         engine.add_request(f"loop-{batch}-{prompt_len}-{i}", ids, params_of(i))
     out, prof = [], None
     while engine.has_unfinished_requests():
-        if timeline is not None and (len(out) == 2 and prof is None or len(out) == 7 and prof is not None):
-            prof = _profile_window(prof, timeline)
+        if timeline is not None and len(out) == 2 and prof is None:
+            prof = start_profile()
+        elif prof is not None and len(out) == 7:
+            timeline.update(device_timeline(prof))
+            prof = None
         before = engine.stats.num_steps
         start = time.perf_counter()
         engine.step()
@@ -84,24 +87,27 @@ def decode_steps(
             if keep is not None and len(out) == 3:  # GPU: the step in flight is a full-batch decode too
                 keep["snapshot"] = engine.executor.collective_rpc(snapshot_graph_inputs, batch)
     if prof is not None:  # fewer decode steps than the window
-        _profile_window(prof, timeline)
+        timeline.update(device_timeline(prof))
     return out
 
 
-def _profile_window(prof, timeline: dict):
-    """Starts the profiler (prof None) or stops it and fills `timeline`."""
-    import torch
+def start_profile():
+    """The torch profiler (CPU and CUDA activities), started; `device_timeline` stops it."""
     from torch.profiler import ProfilerActivity, profile
 
-    if prof is None:
-        prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
-        prof.__enter__()
-        return prof
+    prof = profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA])
+    prof.__enter__()
+    return prof
+
+
+def device_timeline(prof, top: int = 5) -> dict:
+    """Stops `prof` (after the device's queued work) and sums up the kernels it saw (`timeline_summary`)."""
+    import torch
+
     torch.cuda.synchronize()
     prof.__exit__(None, None, None)
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-    timeline.update(timeline_summary([(e.time_range.start, e.time_range.end, e.name) for e in kernels]))
-    return None
+    return timeline_summary([(e.time_range.start, e.time_range.end, e.name) for e in kernels], top)
 
 
 def timeline_summary(spans: list[tuple[float, float, str]], top: int = 5) -> dict:

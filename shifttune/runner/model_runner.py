@@ -103,6 +103,12 @@ class ModelRunner:
                              self.num_kv_heads, SDPA_MIN_PAIRS if auto else 0)  # fmt: skip
 
     @property
+    def _graph_inputs_in_one_launch(self) -> bool:
+        """Graph steps get their inputs from one Triton launch (`StepGraphs.load`); Triton attention says Triton
+        runs here (GPU, or the interpreter in CPU tests). Otherwise the torch path fills them."""
+        return self.graphs is not None and self.config.attention_backend == "triton"
+
+    @property
     def weight_bytes(self) -> dict[str, int]:
         """Bytes of each mode's weights on this rank (SP: 0 when SP == 1, where TP's weights serve both)."""
 
@@ -197,7 +203,7 @@ class ModelRunner:
             sampler.set_rows([row], [RequestSampling(temperature=1.0, top_p=0.9, top_k=top_k, min_p=0.05)], [0])
             sampler(logits, [row], rows)
         sampler.release(row)
-        if self.graphs is not None and c.attention_backend == "triton":
+        if self._graph_inputs_in_one_launch:
             self.graphs.warm_up_load(self.input_batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # NOTE: torch keeps the memory cached: the first request reuses it
@@ -284,7 +290,7 @@ class ModelRunner:
         batch.update(delta)
         t, b, k = len(delta.token_ids), len(delta.req_ids), len(delta.sampling)
         graphs = self.graphs is not None and self.graphs.can_run(t, b, k)
-        if graphs and self.config.attention_backend == "triton":  # one launch fills the graph's inputs
+        if graphs and self._graph_inputs_in_one_launch:
             rows, rows_dev = batch.load_graph(delta, self.graphs)
             logits = self.graphs.replay(delta.mode, t, b, k)
         else:
