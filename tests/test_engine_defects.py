@@ -71,10 +71,10 @@ def test_a_request_that_fails_in_a_step_fails_alone(llm, monkeypatch):
     batch = engine.executor.runner.input_batch
     real = Sampler._sample
 
-    def flaky(self, logits, rows, rows_dev):  # the runner's sampler fails on the row of request "bad"
+    def flaky(self, logits, rows, rows_dev, last_token):  # the runner's sampler fails on the row of request "bad"
         if batch.rows.get(bad) in rows:
             raise RuntimeError("boom")
-        return real(self, logits, rows, rows_dev)
+        return real(self, logits, rows, rows_dev, last_token)
 
     monkeypatch.setattr(Sampler, "_sample", flaky)
     engine.add_request("bad", [0, 5, 6], GREEDY)

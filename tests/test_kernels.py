@@ -446,3 +446,21 @@ def test_graph_inputs_kernel_compiles_for_sm90():
     """The interpreter runs what the compiler may refuse (it found one: a name bound in both branches of
     an `if` with two types): compile the graph-inputs kernel for sm_90 (no GPU needed)."""
     _compile_for_sm90(_COMPILE_STEP_INPUTS_FOR_SM90)
+
+
+_COMPILE_ARGMAX_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from shifttune.kernels import sampling as s
+
+ptrs = dict(logits="*bf16", rows="*i64", keys="*i64", tickets="*i32", out="*i64", steps="*i64", last_token="*i64")
+consts = dict(CHUNK=s.GREEDY_CHUNK, ADVANCE=True, WRITE_LAST=True)
+sig = {n: "constexpr" if n in consts else ptrs.get(n, "i32") for n in s._argmax_kernel.arg_names}
+triton.compile(ASTSource(s._argmax_kernel, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+"""
+
+
+def test_greedy_argmax_kernel_compiles_for_sm90():
+    """The greedy sampler's one launch (64-bit atomic max, tickets) compiled for sm_90, not only interpreted."""
+    _compile_for_sm90(_COMPILE_ARGMAX_FOR_SM90)

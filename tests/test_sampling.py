@@ -432,6 +432,59 @@ def test_sample_kernels_give_a_spill_row_the_same_token_alone_or_in_a_mixed_batc
     assert batch == want
 
 
+def test_greedy_kernel_is_torch_argmax_and_writes_the_next_inputs(monkeypatch):
+    """`greedy_sample` (one launch, interpreted on CPU) against torch.argmax: ties within and across chunks
+    (the first wins), -0 before +0, a row of -inf, negative rows, a vocabulary that is not a whole number of
+    chunks, bf16 logits; it writes each token at its row of `last_token`, moves the steps on, and leaves its
+    keys and tickets as it found them (a second call gives the same)."""
+    from shifttune.kernels import sampling
+
+    monkeypatch.setattr(sampling, "GREEDY_CHUNK", 64)
+    n, vocab = 7, 300  # 5 chunks, the last one partial
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(n, vocab, generator=gen)
+    logits[0, [10, 70, 200]] = 9.0  # the same max in chunks 0, 1, 3
+    logits[1, [150, 140]] = 9.0  # two in one chunk
+    logits[2] = -torch.rand(vocab, generator=gen) - 1
+    logits[2, [5, 130]] = torch.tensor([-0.0, 0.0])  # equal to torch: the first
+    logits[3] = -torch.inf
+    logits[4, 299] = 50.0  # the partial chunk's last entry
+    logits[5] = -torch.rand(vocab, generator=gen)
+    rows = torch.tensor([6, 0, 5, 1, 4, 2, 3])
+    for dtype in (torch.float32, torch.bfloat16):
+        x = logits.to(dtype)
+        want = x.float().argmax(dim=-1)
+        for _ in range(2):
+            steps, last = torch.arange(10, 17), torch.full((8,), -1)
+            dev = [t.to(DEV) for t in (x, rows, steps, last)]
+            got = sampling.greedy_sample(dev[0], dev[1], dev[2], advance=True, last_token=dev[3])
+            assert got.tolist() == want.tolist()
+            assert dev[3][rows].tolist() == want.tolist() and dev[3][7].item() == -1
+            assert (dev[2].cpu() - torch.arange(10, 17))[rows].tolist() == [1] * n
+    assert got.tolist()[:5] == [10, 140, 5, 0, 299]
+    assert sampling.greedy_sample(dev[0], dev[1], dev[2]).tolist() == want.tolist()  # no advance: steps stay
+    assert (dev[2].cpu() - torch.arange(10, 17))[rows].tolist() == [1] * n
+
+
+def test_sample_kernels_take_bf16_logits_as_their_float32_values():
+    """The kernels widen bf16 logits on load: the same tokens as the reference on logits.float(), with and
+    without top-k, and every row's token written at its row of `last_token`."""
+    from shifttune.kernels import sampling
+
+    n, vocab = 6, 3000
+    gen = torch.Generator().manual_seed(9)
+    logits = (torch.randn(n, vocab, generator=gen) * 1.5).to(torch.bfloat16)
+    tables = _tables(n, gen)
+    want = sample_ref(logits.float(), tables[0], torch.full((n,), -torch.inf), *tables[1:])
+    dev = [t.to(DEV) for t in (logits, torch.arange(n), *tables)]
+    last = torch.full((n,), -1, device=DEV)
+    got = sampling.sample(dev[0], dev[1], dev[2], None, *dev[3:], last_token=last)
+    assert got.tolist() == want.tolist() == last.tolist()
+    kth = logits.float().topk(20, dim=-1).values[:, -1]
+    want = sample_ref(logits.float(), tables[0], kth, *tables[1:])
+    assert sampling.sample(dev[0], dev[1], dev[2], kth.to(DEV), *dev[3:]).tolist() == want.tolist()
+
+
 def test_kernel_sampler_matches_the_torch_sampler():
     """The runner's Sampler on its kernel path (interpreted on CPU) and on its torch path, over a few steps of a
     mixed batch: same tokens, same logprobs, and the kernels move the step counters on."""
@@ -445,10 +498,19 @@ def test_kernel_sampler_matches_the_torch_sampler():
     gen = torch.Generator().manual_seed(8)
     for _ in range(3):
         logits = (torch.randn(4, 700, generator=gen) * 2).to(DEV)
-        outs = [s(logits.clone(), rows, torch.tensor(rows, device=DEV)) for s in samplers]
-        assert outs[0].tokens.tolist() == outs[1].tokens.tolist()
+        lasts = [torch.full((6,), -1, device=DEV) for _ in samplers]
+        outs = [s(logits.clone(), rows, torch.tensor(rows, device=DEV), last) for s, last in zip(samplers, lasts)]
+        assert outs[0].tokens.tolist() == outs[1].tokens.tolist() == lasts[0][rows].tolist() == lasts[1][rows].tolist()
         assert torch.equal(outs[0].chosen_logprobs, outs[1].chosen_logprobs)
     assert samplers[0].step.tolist() == samplers[1].step.tolist() == [2 + 3, 1 + 3, 0, 5 + 3, 0 + 3, 0]
+    for s in samplers:  # an all-greedy batch: the kernel path's one launch
+        s.set_rows([2, 5], [kinds[0], kinds[0]], [0, 0])
+    logits = (torch.randn(2, 700, generator=gen) * 2).to(torch.bfloat16).to(DEV)
+    lasts = [torch.full((6,), -1, device=DEV) for _ in samplers]
+    outs = [s(logits, [5, 2], torch.tensor([5, 2], device=DEV), last) for s, last in zip(samplers, lasts)]
+    assert outs[0].tokens.tolist() == outs[1].tokens.tolist() == logits.float().argmax(-1).tolist()
+    assert lasts[0].tolist() == lasts[1].tolist() and lasts[0][[5, 2]].tolist() == outs[0].tokens.tolist()
+    assert samplers[0].step.tolist() == samplers[1].step.tolist() == [2 + 3, 1 + 3, 1, 5 + 3, 0 + 3, 1]
 
 
 @pytest.mark.parametrize("vocab", [97, 1000, 128256])

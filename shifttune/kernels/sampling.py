@@ -22,6 +22,13 @@ size; same algorithm and results as `sampling_ref.sample_ref`.
    other passes on the copies (in registers), the draw among those the cut keeps, the chunks' bests folded
    in. Then the row's step counter moves on.
 
+A batch of greedy rows only takes one launch instead (`greedy_sample`): `_argmax_kernel` [rows, chunks] folds each
+chunk's best into a per-row 64-bit key (value, then lowest index) with one atomic max, and the chunk that arrives
+last writes the token, the row's next-step input and its step counter.
+
+Logits come in the model's dtype (bf16 or fp32): every kernel widens them to fp32 on load, which is exact, so
+the tokens are those of the reference on `logits.float()` without that copy.
+
 NOTE: launches pass results through small per-chunk buffers that every later program folds itself in the
 same order (no launch in between). CHUNK and each kernel's num_warps are fixed, not chosen per batch: the
 float sums (the masses) then come out bit for bit the same for a row alone or in any batch, so a seeded
@@ -57,6 +64,7 @@ _ONE_MINUS_ULP = tl.constexpr(1.0 - 2.0**-24)  # f - this, for f in [1, 2) on a 
 _BIG = tl.constexpr(2**31 - 1)
 _IDX_MASK = tl.constexpr(2**28 - 1)  # vocabulary indices in a packed key (`_suffix_bests`)
 _NO_KEY = tl.constexpr(-(2**63))
+GREEDY_CHUNK = 4096  # vocabulary entries per program of `_argmax_kernel`
 
 
 @triton.jit
@@ -409,7 +417,8 @@ def _spill_draw_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seed
 
 @triton.jit
 def _finish_kernel(rows, top_p, min_p, seeds, steps, greedy, stats, partial, cand_x, cand_i, counts, best_val,
-                   best_idx, spill_val, spill_idx, out, vbits, c0, c1, c2, c3, ADVANCE: tl.constexpr,
+                   best_idx, spill_val, spill_idx, out, last_token, vbits, c0, c1, c2, c3, ADVANCE: tl.constexpr,
+                   WRITE_LAST: tl.constexpr,
                    C: tl.constexpr, CAP: tl.constexpr, KEEP: tl.constexpr, NT: tl.constexpr,
                    PASSES: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     i, n = tl.program_id(0).to(tl.int64), tl.num_programs(0)
@@ -443,8 +452,37 @@ def _finish_kernel(rows, top_p, min_p, seeds, steps, greedy, stats, partial, can
             top, top_at = _best(v, idx)
             best, best_at = _merge(best, best_at, top, top_at)
     tl.store(out + i, best_at.to(tl.int64))
+    if WRITE_LAST:
+        tl.store(last_token + r, best_at.to(tl.int64))
     if ADVANCE:
         tl.store(steps + r, tl.load(steps + r) + 1)
+
+
+@triton.jit
+def _argmax_kernel(logits, stride, rows, keys, tickets, out, steps, last_token, vocab, CHUNK: tl.constexpr,
+                   ADVANCE: tl.constexpr, WRITE_LAST: tl.constexpr):  # fmt: skip
+    i, chunk = tl.program_id(0).to(tl.int64), tl.program_id(1)
+    offs = chunk * CHUNK + tl.arange(0, CHUNK)
+    x = tl.load(logits + i * stride + offs, mask=offs < vocab, other=float("-inf")).to(tl.float32)
+    top, top_at = _best(x, offs)
+    bits = top.to(tl.int32, bitcast=True)
+    # NOTE: an int32 that orders as the float does (negative floats: the low 31 bits flipped; -0 as +0, which
+    # torch.argmax holds equal), above a low word that is larger for a lower index: the max key is the first max
+    order = tl.where(bits == -(2**31), 0, bits ^ ((bits >> 31) & 0x7FFFFFFF))
+    key = (order.to(tl.int64) << 32) | (top_at * -1 + _BIG).to(tl.int64)
+    tl.atomic_max(keys + i, key, sem="acq_rel", scope="gpu")
+    tl.debug_barrier()
+    ticket = tl.atomic_add(tickets + i, 1, sem="acq_rel", scope="gpu")
+    if ticket == tl.num_programs(1) - 1:  # the last chunk of the row: every other key is in
+        best = tl.atomic_xchg(keys + i, _NO_KEY, sem="acq_rel", scope="gpu")  # back to the start state
+        tl.atomic_xchg(tickets + i, 0)
+        token = (best & 0xFFFFFFFF) * -1 + _BIG
+        tl.store(out + i, token)
+        r = tl.load(rows + i)
+        if WRITE_LAST:
+            tl.store(last_token + r, token)
+        if ADVANCE:
+            tl.store(steps + r, tl.load(steps + r) + 1)
 
 
 def workspace(n: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
@@ -483,10 +521,12 @@ def sample(
     steps: torch.Tensor,
     greedy: torch.Tensor,
     advance: bool = False,
+    last_token: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Same draw as `sampling_ref.sample_ref`: [n] int64 tokens of logits [n, V] float32. Row i's settings
-    are at rows[i] of inv_temp, top_p, min_p, seeds (int64), steps (int64), greedy (bool); cut_k [n] is
-    per logits row (None: no top-k in the batch). `advance`: steps[rows] += 1 after the draw."""
+    """Same draw as `sampling_ref.sample_ref`: [n] int64 tokens of logits [n, V] (bf16 or float32; the
+    reference runs on them as float32). Row i's settings are at rows[i] of inv_temp, top_p, min_p, seeds
+    (int64), steps (int64), greedy (bool); cut_k [n] float32 is per logits row (None: no top-k in the batch).
+    `advance`: steps[rows] += 1 after the draw; `last_token`: also writes each token at its row there."""
     n, vocab = logits.shape
     assert vocab <= 2**28, "`_suffix_bests` packs vocabulary indices in 28 bits"
     if n == 0:
@@ -496,7 +536,7 @@ def sample(
     ws = workspace(n, vocab, logits.device)
     out = torch.empty(n, dtype=torch.int64, device=logits.device)
     has_k, vbits, fast = cut_k is not None, (vocab - 1).bit_length(), os.environ.get("TRITON_INTERPRET") != "1"
-    ck = cut_k if has_k else inv_temp
+    ck = cut_k.contiguous() if has_k else inv_temp  # NOTE: read at i, unit stride (a topk column is not)
     head = (logits, logits.stride(0), rows, inv_temp, ck)
     grid = (n, c)
     _stats_kernel[grid](*head, ws["stats"], vocab, HAS_K=has_k, C=c, CHUNK=CHUNK, num_warps=WARPS["stats"])
@@ -517,6 +557,44 @@ def sample(
                              PASSES=NUM_PASSES, FAST=fast, **spill, num_warps=WARPS["spill_draw"])  # fmt: skip
     _finish_kernel[(n,)](rows, top_p, min_p, seeds, steps, greedy, *(ws[k] for k in ("stats", "partial", "cand_x")),
                          *(ws[k] for k in ("cand_i", "counts", "best_val", "best_idx", "spill_val", "spill_idx")),
-                         out, vbits, *MIX, ADVANCE=advance, C=c, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS,
+                         out, out if last_token is None else last_token, vbits, *MIX, ADVANCE=advance,
+                         WRITE_LAST=last_token is not None, C=c, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS,
                          PASSES=NUM_PASSES, FAST=fast, num_warps=WARPS["finish"])  # fmt: skip
     return out
+
+
+def greedy_sample(
+    logits: torch.Tensor,
+    rows: torch.Tensor,
+    steps: torch.Tensor,
+    advance: bool = False,
+    last_token: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """[n] int64: logits.argmax(-1) (the first largest entry of each row) in one launch; `advance` and
+    `last_token` as in `sample`."""
+    n, vocab = logits.shape
+    if n == 0:
+        return torch.empty(0, dtype=torch.int64, device=logits.device)
+    logits = logits if logits.stride(1) == 1 else logits.contiguous()
+    keys, tickets = _argmax_state(logits.device, n)
+    out = torch.empty(n, dtype=torch.int64, device=logits.device)
+    _argmax_kernel[(n, triton.cdiv(vocab, GREEDY_CHUNK))](
+        logits, logits.stride(0), rows, keys, tickets, out, steps, out if last_token is None else last_token, vocab,
+        CHUNK=GREEDY_CHUNK, ADVANCE=advance, WRITE_LAST=last_token is not None, num_warps=4)  # fmt: skip
+    return out
+
+
+_argmax_states: dict[torch.device, tuple[torch.Tensor, torch.Tensor]] = {}
+
+
+def _argmax_state(device: torch.device, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(keys [>= n] int64 at the empty key, tickets [>= n] int32 at 0) shared by every `_argmax_kernel` launch on
+    `device`. NOTE: each launch's last program per row puts its key and ticket back, which the next launch
+    on this stream relies on."""
+    state = _argmax_states.get(device)
+    if state is None or state[0].numel() < n:
+        size = max(n, 1024)
+        state = (torch.full((size,), -(2**63), dtype=torch.int64, device=device),
+                 torch.zeros(size, dtype=torch.int32, device=device))  # fmt: skip
+        _argmax_states[device] = state
+    return state

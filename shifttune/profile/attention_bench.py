@@ -15,7 +15,10 @@ K+V bytes / the card's measured copy rate (`floor_nominal_us`: at the datasheet 
 kernel's launch options one at a time around the defaults on every row, then runs the per-option
 winners together; with `--old-kernel FILE` the same rows on an older paged_attention.py, in the same
 process and on the same card; a few prefill rows show the prefill path did not change. Every output is
-checked against an fp32 reference on the GPU.
+checked against an fp32 reference on the GPU. `--batches` / `--contexts` pick the decode rows (and drop the
+extra 128k, prefill and batch-256 rows). Each row also gives `launch_floor_us`: the same graph of `layers`
+launches of a kernel with the same grid whose programs only load one value and store it, which is what
+any one-launch attention costs at least there.
 """
 
 from __future__ import annotations
@@ -31,6 +34,8 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.attention_ref import paged_attention_ref
@@ -112,6 +117,10 @@ def main(argv=None) -> None:
     ap.add_argument("--old-max-model-len", type=int, default=131072, help="the old engine's graph split rule used it")
     ap.add_argument("--no-sweep", action="store_true", help="--decode: defaults only")
     ap.add_argument("--max-layers", type=int, default=32, help="--decode: calls per graph, on distinct caches")
+    ap.add_argument(
+        "--batches", default=None, help=f"--decode: batch sizes, comma-separated (default {DECODE_BATCHES})"
+    )
+    ap.add_argument("--contexts", default=None, help=f"--decode: contexts, comma-separated (default {DECODE_CONTEXTS})")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("attention_bench: times the Triton kernel on a CUDA GPU, and none is visible here")
@@ -298,7 +307,7 @@ class Step:
         return ((got - want).norm() / want.norm()).item()
 
 
-def time_layers(step: Step, call, dev, scale: float, ref: list[torch.Tensor], budget_ms: float = 25.0) -> dict:
+def time_layers(step: Step, call, dev, scale: float, ref: list[torch.Tensor] | None, budget_ms: float = 25.0) -> dict:
     """Microseconds per call of `call(q, k_cache, v_cache, meta, scale)` with `step.layers` calls captured in
     one CUDA graph; the error is of layer 0's output of the captured graph after all the replays."""
 
@@ -314,13 +323,33 @@ def time_layers(step: Step, call, dev, scale: float, ref: list[torch.Tensor], bu
         one = summarize(time_fn(graph.replay, dev, 2, 3))[0]
         iters = max(5, min(50, int(budget_ms / max(one, 1e-3))))
         med, p10, p90 = summarize(time_fn(graph.replay, dev, 1, iters))
-        err = step.rel_err(outs[0], ref)
+        err = step.rel_err(outs[0], ref) if ref is not None else None
         del graph, outs
     except Exception as e:  # e.g. a launch option that does not fit shared memory
         torch.cuda.synchronize()
         return dict(error=f"{type(e).__name__}: {str(e)[:200]}")
     n = step.layers
     return dict(us=1e3 * med / n, p10_us=1e3 * p10 / n, p90_us=1e3 * p90 / n, rel_err=err)
+
+
+@triton.jit
+def _one_load_kernel(src, out):
+    pid = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
+    tl.store(out + pid, tl.load(src))
+
+
+def launch_floor_us(step: Step, pa: ModuleType, hq: int, hk: int, sms: int) -> float:
+    """Microseconds per launch of `_one_load_kernel` on the attention kernel's grid for this step, `step.layers`
+    launches in one CUDA graph: the least a one-launch attention can take there."""
+    t, n = step.q.shape[0], step.metas[0].block_tables.shape[0]
+    grid = (pa.launch_shape(t, n, hq, hk)[2], hk, pa.choose_num_splits(t, n, hq, hk, None, sms))
+    out = torch.empty(grid[0] * grid[1] * grid[2], dtype=torch.int32, device=step.q.device)
+
+    def call(q, kc, vc, meta, scale):
+        _one_load_kernel[grid](meta.seq_lens, out)
+        return q
+
+    return time_layers(step, call, step.q.device, 1.0, None)["us"]
 
 
 def decode_main(args, argv) -> None:
@@ -356,8 +385,11 @@ def decode_main(args, argv) -> None:
         splits = old.choose_num_splits(grid_q, hk, args.old_max_model_len)
         return old.paged_attention(q, kc, vc, meta, scale, num_splits=splits)
 
-    cases = [("decode", b, c) for b in DECODE_BATCHES for c in DECODE_CONTEXTS] + [("decode", 1, 131072)]
-    cases += [("prefill", 1, 2048), ("chunk", 512, 8192), ("decode", 256, 2048)]  # the prefill path, a big batch
+    batches = [int(x) for x in args.batches.split(",")] if args.batches else DECODE_BATCHES
+    contexts = [int(x) for x in args.contexts.split(",")] if args.contexts else DECODE_CONTEXTS
+    cases = [("decode", b, c) for b in batches for c in contexts]
+    if not (args.batches or args.contexts):  # a long context, the prefill path, a big batch
+        cases += [("decode", 1, 131072), ("prefill", 1, 2048), ("chunk", 512, 8192), ("decode", 256, 2048)]
     rows = []
     for kind, n, context in cases:
         if kind == "decode":
@@ -390,6 +422,8 @@ def decode_main(args, argv) -> None:
         )
         new = time_layers(step, new_call(), dev, scale, ref)
         row.update(us_per_layer=new.get("us"), ratio=new["us"] / floor_us if "us" in new else None, new=new)
+        if kind == "decode":
+            row["launch_floor_us"] = launch_floor_us(step, pa, hq, hk, sms)
         if old is not None:  # its split count: from the longest context eagerly, from max_model_len in graphs
             grid_q = old.launch_shape(t, len(q_lens), hq, hk)[2]
             row["old_splits"] = old.choose_num_splits(grid_q, hk, max(seq_lens))
@@ -411,6 +445,7 @@ def decode_main(args, argv) -> None:
         line = f"{kind:7s} n={n:4d} C={context:6d} L={layers:2d}: {new.get('us', float('nan')):8.1f} us"
         line += (
             f"  floor {floor_us:7.1f}  x{row['ratio'] or float('nan'):5.2f}  err {new.get('rel_err', float('nan')):.1e}"
+            f"  one-load launch {row.get('launch_floor_us', float('nan')):5.1f}"
         )
         if old is not None:
             old_us, rule_us = row["old"].get("us", math.nan), row["old_graph_rule"].get("us", math.nan)

@@ -140,6 +140,4 @@ class InputBatch:
 
     def sample(self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor):
         """Samples the rows' next tokens and keeps them on the device for the next step's PENDING inputs."""
-        out = self.sampler(logits, rows, rows_dev)
-        self.last_token[rows_dev] = out.tokens
-        return out
+        return self.sampler(logits, rows, rows_dev, self.last_token)

@@ -194,14 +194,15 @@ class ModelRunner:
             new = NewRequest(WARM_UP_REQ_ID, blocks, 0, 0, RequestSampling())
             self.execute(StepDelta(mode, [WARM_UP_REQ_ID], [n], [0] * n, [0], new_requests=[new]))
             self.input_batch.update(StepDelta(mode, [], [], [], [], finished_req_ids=[WARM_UP_REQ_ID]))
-        sampler, row = self.input_batch.sampler, self.input_batch.free_rows[-1]  # a row no request holds
+        batch, row = self.input_batch, self.input_batch.free_rows[-1]  # a row no request holds
         logits, rows = (
-            torch.zeros(1, c.model_config.vocab_size, device=self.device),
+            torch.zeros(1, c.model_config.vocab_size, dtype=c.torch_dtype, device=self.device),  # as lm_head's
             torch.tensor([row], device=self.device),
         )
+        sampler = batch.sampler
         for top_k in (5, -1):  # with and without a top-k cut (the kernels may specialize on it)
             sampler.set_rows([row], [RequestSampling(temperature=1.0, top_p=0.9, top_k=top_k, min_p=0.05)], [0])
-            sampler(logits, [row], rows)
+            batch.sample(logits, [row], rows)
         sampler.release(row)
         if self._graph_inputs_in_one_launch:
             self.graphs.warm_up_load(self.input_batch)

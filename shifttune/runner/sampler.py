@@ -1,7 +1,8 @@
 """Token sampling for a whole step on the runner, in a fixed number of launches whatever the batch and its
 mix of greedy, random and seeded requests: min_tokens masking, top-k (one bounded `topk`), temperature,
-top-p (a sort-free cut), min-p and the draw in four kernels that also move the rows' step counters on
-(`kernels/sampling.py` on GPU; the torch reference on CPU), logprobs. Nothing here waits for the device.
+top-p (a sort-free cut), min-p and the draw in kernels that also move the rows' step counters on and write
+each token where the next step's inputs take it (`kernels/sampling.py` on GPU, one launch for an all-greedy
+batch; the torch reference on CPU), logprobs. Nothing here waits for the device.
 
 Randomness is counter-based: the noise of a request at its n-th output token for vocabulary entry v is a
 hash of (its seed, n, v), so a seeded request yields the same tokens alone or anywhere in any batch.
@@ -80,21 +81,26 @@ class Sampler:
         self.settings[row] = None
 
     @torch.inference_mode()
-    def __call__(self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor) -> SamplerOutput:
-        """logits [k, V] of the sampling rows `rows` (host list; `rows_dev` the same on the device)."""
+    def __call__(
+        self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor, last_token: torch.Tensor | None = None
+    ) -> SamplerOutput:
+        """logits [k, V] of the sampling rows `rows` (host list; `rows_dev` the same on the device), in the
+        model's dtype. `last_token`: each token is also written at its row there (the next step's input)."""
         try:
-            return self._sample(logits, rows, rows_dev)
+            return self._sample(logits, rows, rows_dev, last_token)
         except Exception:
             pass
         # NOTE: one request must not stop every other: sample row by row, and fail only the rows that fail.
         parts, errors = [], {}
         for i, r in enumerate(rows):
             try:
-                parts.append(self._sample(logits[i : i + 1], [r], rows_dev[i : i + 1]))
+                parts.append(self._sample(logits[i : i + 1], [r], rows_dev[i : i + 1], last_token))
             except Exception as e:
                 errors[i] = f"{type(e).__name__}: {e}"
                 parts.append(SamplerOutput(torch.zeros(1, dtype=torch.int64, device=logits.device)))
         out = SamplerOutput(torch.cat([p.tokens for p in parts]), errors=errors)
+        if last_token is not None:
+            last_token[rows_dev] = out.tokens  # the failed rows' token 0 too
         k = max((p.top_ids.shape[1] for p in parts if p.top_ids is not None), default=0)
         if any(p.chosen_logprobs is not None for p in parts):
             nan = torch.full((1,), float("nan"), device=logits.device)
@@ -109,59 +115,75 @@ class Sampler:
             out.top_ids = torch.cat([pad(p.top_ids, 0, torch.int64) for p in parts])
         return out
 
-    def _sample(self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor) -> SamplerOutput:
-        vocab = logits.shape[1]
-        logits = logits.float()  # the step's own logits: min_tokens masks them in place
+    def _sample(
+        self, logits: torch.Tensor, rows: list[int], rows_dev: torch.Tensor, last_token: torch.Tensor | None
+    ) -> SamplerOutput:
+        if not self.kernels:
+            logits = logits.float()  # the torch reference runs in float32 (the kernels widen on load)
         settings = [self.settings[r] for r in rows]
         want = [s.logprobs for s in settings]
-        raw = torch.log_softmax(logits, dim=-1) if any(w is not None for w in want) else None
-        self._mask_min_tokens(logits, rows, settings)
+        raw = torch.log_softmax(logits, dim=-1, dtype=torch.float32) if any(w is not None for w in want) else None
+        logits = self._mask_min_tokens(logits, rows, settings)
         k_top = max((w or 0 for w in want if w is not None), default=0)
         top = raw.topk(k_top, dim=-1) if raw is not None and k_top else None  # before the draw moves steps on
-        advanced = False
-        if all(s.greedy for s in settings):
-            tokens = logits.argmax(dim=-1)
-        else:
-            cut_k = None
-            k_max = max((s.top_k for s in settings if s.top_k > 0), default=0)
-            if k_max:  # one bounded topk for the rows that use top-k; the others get no cut
-                top_k = self.top_k[rows_dev]
-                kth = logits.topk(min(k_max, vocab), dim=-1).values
-                kth = kth.gather(1, (top_k.clamp(1, min(k_max, vocab)) - 1).unsqueeze(1)).squeeze(1)
-                cut_k = torch.where(top_k > 0, kth, -torch.inf)
-            if self.kernels:
-                from shifttune.kernels.sampling import sample  # NOTE: lazy: Triton is GPU-only here
+        if self.kernels:
+            from shifttune.kernels.sampling import greedy_sample, sample  # NOTE: lazy: Triton is GPU-only here
 
-                # the kernels read the settings at rows_dev themselves and move the steps on
-                tokens = sample(logits, rows_dev, self.inv_temp, cut_k, self.top_p, self.min_p, self.seed, self.step,
-                                self.greedy, advance=True)  # fmt: skip
-                advanced = True
+            # the kernels read the settings at rows_dev themselves, move the steps on and write last_token
+            if all(s.greedy for s in settings):
+                tokens = greedy_sample(logits, rows_dev, self.step, advance=True, last_token=last_token)
             else:
+                tokens = sample(logits, rows_dev, self.inv_temp, self._cut_k(logits, settings, rows_dev), self.top_p,
+                                self.min_p, self.seed, self.step, self.greedy, advance=True,
+                                last_token=last_token)  # fmt: skip
+        else:
+            if all(s.greedy for s in settings):
+                tokens = logits.argmax(dim=-1)
+            else:
+                cut_k = self._cut_k(logits, settings, rows_dev)
                 if cut_k is None:
                     cut_k = torch.full((len(rows),), -torch.inf, device=logits.device)
                 tokens = sample_ref(logits, self.inv_temp[rows_dev], cut_k, self.top_p[rows_dev],
                                     self.min_p[rows_dev], self.seed[rows_dev], self.step[rows_dev],
                                     self.greedy[rows_dev])  # fmt: skip
+            self.step[rows_dev] += 1
+            if last_token is not None:
+                last_token[rows_dev] = tokens
         out = SamplerOutput(tokens)
         if raw is not None:
             out.chosen_logprobs = raw.gather(1, tokens.unsqueeze(1)).squeeze(1)
         if top is not None:
             out.top_logprobs, out.top_ids = top.values, top.indices
-        if not advanced:
-            self.step[rows_dev] += 1
         for r in rows:
             self.num_sampled[r] += 1
         return out
 
-    def _mask_min_tokens(self, logits: torch.Tensor, rows: list[int], settings: list[RequestSampling]) -> None:
+    def _cut_k(
+        self, logits: torch.Tensor, settings: list[RequestSampling], rows_dev: torch.Tensor
+    ) -> torch.Tensor | None:
+        """[k] float32 the top-k cut of each row (-inf where the row has none), or None when no row has top-k:
+        one bounded `topk` for the batch."""
+        k_max = min(max((s.top_k for s in settings if s.top_k > 0), default=0), logits.shape[1])
+        if not k_max:
+            return None
+        top_k = self.top_k[rows_dev]
+        kth = logits.topk(k_max, dim=-1).values.float()
+        kth = kth.gather(1, (top_k.clamp(1, k_max) - 1).unsqueeze(1)).squeeze(1)
+        return torch.where(top_k > 0, kth, -torch.inf)
+
+    def _mask_min_tokens(self, logits: torch.Tensor, rows: list[int], settings: list[RequestSampling]) -> torch.Tensor:
+        """The logits, or a copy with the stop tokens of rows under their min_tokens at -inf."""
         index: list[list[int]] = [[], []]
         for i, (r, s) in enumerate(zip(rows, settings)):
             if self.num_sampled[r] < s.min_tokens:
                 index[0] += [i] * len(s.banned_before_min)
                 index[1] += s.banned_before_min
-        if index[0]:
-            at = to_device(index, torch.int64, logits.device)
-            logits[at[0], at[1]] = float("-inf")
+        if not index[0]:
+            return logits
+        at = to_device(index, torch.int64, logits.device)
+        logits = logits.clone()
+        logits[at[0], at[1]] = float("-inf")
+        return logits
 
 
 def logprobs_dicts(tokens: list[int], chosen: list[float] | None, top_vals, top_ids, want: list[int | None]):

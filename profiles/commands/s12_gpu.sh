@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Session 12's GPU checks, two one-GPU device calls (each < 10 min), from the repository root (carry: wheels,
+# gpu_old; gpu_old/s11 = `git archive 5a825e4`, the tree before the one-launch greedy sampler and bf16 logits):
+#   PART=a bash profiles/commands/s12_gpu.sh   # GPU tests; issue 10's loop benchmark on this tree and on s11
+#   PART=b bash profiles/commands/s12_gpu.sh   # issue 14: decode attention at batch 1-8 beside a one-load
+#                                              # launch in the same graph; first/warm TTFT at 64k and 128k
+# Into $OUT: check.log, tests.log, loop_overhead.json, loop_overhead_before.json (a); decode_attention.json,
+# long_prompts.json (b).
+set -u
+OUT=${OUT:-/tmp/out}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+LOG=$OUT/check.log
+python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hypothesis > /dev/null 2>&1
+stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+if [ "${PART:-a}" = a ]; then
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph_inputs" >> "$OUT/tests.log" 2>&1
+  stamp "kernel tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 120 python -m pytest -q -p no:cacheprovider tests/test_sampling.py -k "kernel or greedy or bf16" >> "$OUT/tests.log" 2>&1
+  stamp "sampler kernel tests (compiled) rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 170 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out "$OUT/loop_overhead.json" 2>&1 \
+    | grep -v -i warn | tee -a "$LOG"
+  stamp "before (gpu_old/s11):"
+  cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
+  (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 170 python /tmp/loop_overhead.py --model llama-3.1-8b \
+    --out "$OUT/loop_overhead_before.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+else
+  timeout 200 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 --contexts 2048,8192,32768 \
+    --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
+  timeout 330 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths 65536,131072 \
+    --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -8 | tee -a "$LOG"
+fi
+stamp done
