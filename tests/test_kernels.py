@@ -464,3 +464,24 @@ triton.compile(ASTSource(s._argmax_kernel, sig, consts), target=GPUTarget("cuda"
 def test_greedy_argmax_kernel_compiles_for_sm90():
     """The greedy sampler's one launch (64-bit atomic max, tickets) compiled for sm_90, not only interpreted."""
     _compile_for_sm90(_COMPILE_ARGMAX_FOR_SM90)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("d", [16, 24])
+def test_merge_by_lse_matches_the_torch_merge(dtype, d):
+    """The one-launch merge of two SDPA parts (interpreted on CPU) against the torch expression it replaces on
+    GPU: o1 and o2 are [M, H, d] views of head-major outputs, sliced past r discarded rows, as SDPA gives them."""
+    from shifttune.kernels.fused import merge_by_lse
+
+    gen = torch.Generator().manual_seed(4)
+    big, heads, r, n = 300, 3, 7, 290  # 290 rows: several blocks, the last partial
+    o1, o2 = (torch.randn(1, heads, big, d, generator=gen).to(dtype).transpose(1, 2)[0] for _ in range(2))
+    l1, l2 = (torch.randn(heads, big, generator=gen) * 4 for _ in range(2))
+    share = torch.sigmoid(l1[:, r : r + n] - l2[:, r : r + n]).t().unsqueeze(-1)
+    want = torch.lerp(o2[r : r + n].float(), o1[r : r + n].float(), share).to(dtype)
+    o1, o2, l1, l2 = (x.to(DEV) for x in (o1, o2, l1, l2))
+    out = torch.full((n, heads, d), float("nan"), dtype=dtype, device=DEV)
+    merge_by_lse(o1[r : r + n], l1[:, r : r + n], o2[r : r + n], l2[:, r : r + n], out)
+    tol = 1e-6 if dtype == torch.float32 else 1e-2
+    torch.testing.assert_close(out.cpu().float(), want.float(), rtol=tol, atol=tol)
+    assert not torch.equal(out.cpu(), o1[r : r + n].cpu()) and not torch.equal(out.cpu(), o2[r : r + n].cpu())

@@ -309,3 +309,21 @@ def test_the_pair_threshold_agrees_with_the_committed_h200_sweep():
     rows = rows["attention_layer"]["threshold"]
     lost = [query_key_pairs(r["tokens"], r["prefix"]) for r in rows if r["engine_sdpa"]["ms"] > r["engine_paged"]["ms"]]
     assert max(lost) < SDPA_MIN_PAIRS <= suggest_min_pairs(rows)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("n, prefix", [(512, 300), (1000, 2048), (256, 4096)])
+def test_chunks_after_a_prefix_on_cudnn_match_the_reference(n, prefix):
+    """On the GPU's own SDPA (cuDNN where the probe finds it, in bf16): a chunk after a cached prefix runs as
+    two calls merged by their log-sum-exp in one Triton launch (`fused.merge_by_lse`)."""
+    hq, hk, d, bs = 32, 8, 128, 16
+    q, k, v, kc, vc, meta = make_step([n], [prefix], hq, hk, d, bs)
+    want = reference(q, kc, vc, meta, d**-0.5)
+    support = probe_sdpa(torch.device("cuda"), torch.bfloat16, hq, hk, d)
+    if not support.lse:
+        pytest.skip(f"this GPU's SDPA gives no log-sum-exp: {support.notes}")
+    q, k, v, kc, vc = (x.cuda().bfloat16() for x in (q, k, v, kc, vc))
+    out = torch.full_like(q, float("nan"))
+    SdpaPrefill(support, 256).sequence(q, k, v, kc, vc, meta.block_tables[0].cuda(), prefix, d**-0.5, out)
+    assert rel_err(out.float().cpu(), want) < 1e-2

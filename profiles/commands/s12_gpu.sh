@@ -2,10 +2,11 @@
 # Session 12's GPU checks, two one-GPU device calls (each < 10 min), from the repository root (carry: wheels,
 # gpu_old; gpu_old/s11 = `git archive 5a825e4`, the tree before the one-launch greedy sampler and bf16 logits):
 #   PART=a bash profiles/commands/s12_gpu.sh   # GPU tests; issue 10's loop benchmark on this tree and on s11
-#   PART=b bash profiles/commands/s12_gpu.sh   # issue 14: decode attention at batch 1-8 beside a one-load
-#                                              # launch in the same graph; first/warm TTFT at 64k and 128k
-# Into $OUT: check.log, tests.log, loop_overhead.json, loop_overhead_before.json (a); decode_attention.json,
-# long_prompts.json (b).
+#   PART=b bash profiles/commands/s12_gpu.sh   # issue 14: the SDPA prefix-chunk GPU tests; decode attention at
+#       batch 1-8 beside a one-load launch in the same graph; TTFT and first/warm at 32k, 64k and 128k - 1, and 32k
+#       on s11 (before the one-launch merge of the two SDPA parts)
+# Into $OUT: check.log, tests.log, loop_overhead.json, loop_overhead_before.json (a); tests_b.log,
+# decode_attention.json, long_prompts.json, long_prompts_before.json (b).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -27,9 +28,17 @@ if [ "${PART:-a}" = a ]; then
   (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 170 python /tmp/loop_overhead.py --model llama-3.1-8b \
     --out "$OUT/loop_overhead_before.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
 else
-  timeout 200 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 --contexts 2048,8192,32768 \
+  timeout 120 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py tests/test_kernels.py \
+    -k "cudnn or merge_by_lse" > "$OUT/tests_b.log" 2>&1
+  stamp "SDPA prefix-chunk and merge tests rc=$?: $(tail -1 "$OUT/tests_b.log")"
+  timeout 150 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 --contexts 2048,8192,32768 \
     --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
-  timeout 330 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths 65536,131072 \
-    --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -8 | tee -a "$LOG"
+  timeout 220 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
+    --lengths 32768,65536,131071 --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -9 \
+    | tee -a "$LOG"
+  stamp "before (gpu_old/s11), 32k:"
+  (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 100 python -m shifttune.profile.long_prompts --model llama-3.1-8b \
+    --paths sdpa --lengths 32768 --no-layer-bench --out "$OUT/long_prompts_before.json" 2>&1 | grep -v -i warn \
+    | tail -4 | tee -a "$LOG")
 fi
 stamp done

@@ -1,5 +1,6 @@
 """Fused small ops for GPU steps: residual add + RMSNorm, RoPE on q and k in one pass (optionally also
-writing the new K and V into the paged KV cache), the KV-cache write alone (K and V in one launch), SiLU(gate) * up.
+writing the new K and V into the paged KV cache), the KV-cache write alone (K and V in one launch), SiLU(gate) * up,
+and the merge of two attention parts by their log-sum-exp (a prefill chunk after a cached prefix on SDPA).
 
 Each replaces several elementwise launches with one; at decode sizes those launches, not bytes, are
 what costs (a 70B step has hundreds of them). Same math as the torch code in `model/layers.py`
@@ -224,3 +225,34 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
         block = 1024
         _silu_mul_kernel[(n_rows, triton.cdiv(n_cols, block))](gate_up.contiguous(), out, n_cols, BLOCK=block)
     return out
+
+
+@triton.jit
+def _merge_lse_kernel(o1, o2, l1, l2, out, n, d, s1_t, s1_h, s2_t, s2_h, sl1, sl2, so_t, so_h, BLOCK_D: tl.constexpr,
+                      BLOCK_T: tl.constexpr):  # fmt: skip
+    t = tl.program_id(0) * BLOCK_T + tl.arange(0, BLOCK_T)
+    h = tl.program_id(1).to(tl.int64)
+    ok = t < n
+    cols = tl.arange(0, BLOCK_D)
+    m = ok[:, None] & (cols < d)[None, :]
+    a = tl.load(l1 + h * sl1 + t, mask=ok, other=0.0)
+    b = tl.load(l2 + h * sl2 + t, mask=ok, other=0.0)
+    w = 1.0 / (1.0 + tl.exp(b - a))  # o1's share exp(a) / (exp(a) + exp(b)), in float32
+    t64 = t.to(tl.int64)[:, None]
+    x1 = tl.load(o1 + t64 * s1_t + h * s1_h + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    x2 = tl.load(o2 + t64 * s2_t + h * s2_h + cols[None, :], mask=m, other=0.0).to(tl.float32)
+    o = x2 + w[:, None] * (x1 - x2)
+    tl.store(out + t64 * so_t + h * so_h + cols[None, :], o.to(out.dtype.element_ty), mask=m)
+
+
+def merge_by_lse(o1: torch.Tensor, l1: torch.Tensor, o2: torch.Tensor, l2: torch.Tensor, out: torch.Tensor) -> None:
+    """out = (exp(l1) * o1 + exp(l2) * o2) / (exp(l1) + exp(l2)) per token and head, in float32: o1, o2, out
+    [n, H, d] (any strides, unit stride over d), l1, l2 [H, n] (unit stride over n). One launch; the torch
+    expression in `SdpaPrefill.sequence` is the CPU path and the reference."""
+    n, heads, d = out.shape
+    assert o1.stride(2) == o2.stride(2) == out.stride(2) == 1 and l1.stride(1) == l2.stride(1) == 1
+    block_d = triton.next_power_of_2(d)
+    block_t = max(1, 4096 // block_d)
+    _merge_lse_kernel[(triton.cdiv(n, block_t), heads)](
+        o1, o2, l1, l2, out, n, d, o1.stride(0), o1.stride(1), o2.stride(0), o2.stride(1), l1.stride(0),
+        l2.stride(0), out.stride(0), out.stride(1), BLOCK_D=block_d, BLOCK_T=block_t, num_warps=4)  # fmt: skip

@@ -101,6 +101,11 @@ class SdpaPrefill:
             return
         o1, l1 = self.attention(qb, kb, vb, True, scale, lse=True)
         o2, l2 = self.attention(qb, kp[:p0], vp[:p0], False, scale, lse=True)
+        if q.is_cuda:  # one launch instead of casts, sigmoid, lerp and a copy (~13 ms of an 8k chunk on an H200)
+            from shifttune.kernels.fused import merge_by_lse  # NOTE: lazy: Triton is GPU-only here
+
+            merge_by_lse(o1[r:m], l1[:, r:m], o2[r:m], l2[:, r:m], out)
+            return
         # the two parts weigh exp(l1) : exp(l2), so o1's share is sigmoid(l1 - l2); mixed in fp32 (a bf16 share
         # would cost ~0.4% of every weight)
         share = torch.sigmoid(l1[:, r:m] - l2[:, r:m]).t().unsqueeze(-1)  # [n, Hq, 1], fp32
