@@ -3,8 +3,9 @@
 
 The model runner builds a `StepPlan` for every eager step from the step's host-side lengths
 (`StepAttention.plan`); `kernels.attention.attend` runs it in every layer. A sequence whose chunk has
-at least `min_tokens` new tokens goes to SDPA on contiguous copies: its new K/V come straight from the
-projection and its cached prefix is gathered from the paged cache. torch aligns `is_causal` top-left,
+at least `min_tokens` new tokens goes to SDPA on contiguous copies (or, when it needs no padding, on the
+projection's own views): its new K/V come straight from the projection and its cached prefix is gathered
+from the paged cache. torch aligns `is_causal` top-left,
 and its `causal_lower_right` bias never reaches cuDNN (it goes to flash or memory-efficient attention,
 or materializes a mask). So a chunk of n tokens after a prefix of P cached ones runs as two calls
 merged by their log-sum-exp: the chunk's queries against the first P0 keys with no mask (P0 = P
@@ -86,15 +87,21 @@ class SdpaPrefill:
         r = prefix - p0  # prefix keys that join the chunk's causal block
         m = r + n
         size = -(-m // pad) * pad
-        qb, kb, vb = q.new_empty(size, hq, d), k.new_empty(size, hk, d), v.new_empty(size, hk, d)
-        qb[:r].zero_()
-        qb[r:m], qb[m:] = q, 0
-        kb[m:], vb[m:] = 0, 0  # NOTE: zeros, not garbage: a NaN behind the causal mask could still leak through
         if prefix:
             idx = blocks[: -(-prefix // k_cache.shape[1])]
             kp, vp = k_cache[idx].flatten(0, 1), v_cache[idx].flatten(0, 1)  # [blocks * block_size, Hk, d]
-            kb[:r], vb[:r] = kp[p0:prefix], vp[p0:prefix]
-        kb[r:m], vb[r:m] = k, v
+        # NOTE: cuDNN builds a plan per shape and strides: `warm_up` builds contiguous ones and ones for q, k, v
+        # as views into one projection's rows (equal row strides); those are the only views passed as they are
+        if size == n and q.stride(0) == k.stride(0) == v.stride(0):  # no padding, no prefix rows in the block
+            qb, kb, vb = q, k, v
+        else:
+            qb, kb, vb = q.new_empty(size, hq, d), k.new_empty(size, hk, d), v.new_empty(size, hk, d)
+            qb[:r].zero_()
+            qb[r:m], qb[m:] = q, 0
+            kb[m:], vb[m:] = 0, 0  # NOTE: zeros, not garbage: a NaN behind the causal mask could still leak through
+            if r:
+                kb[:r], vb[:r] = kp[p0:prefix], vp[p0:prefix]
+            kb[r:m], vb[r:m] = k, v
         if p0 == 0:
             o, _ = self.attention(qb, kb, vb, True, scale, lse=False)
             out.copy_(o[r:m])
@@ -296,7 +303,8 @@ class StepAttention:
     ) -> dict[str, float]:
         """Compiles every pinned paged launch and builds the cuDNN plans of the common SDPA shapes (square
         causal blocks up to SDPA_WARM_MAX_TOKENS and the full chunk; a full chunk after 1, 2, ... full
-        chunks of prefix). Reads the cache (layer 0), writes nothing there. Returns seconds per part."""
+        chunks of prefix), each for contiguous inputs and for views into one projection's rows. Reads the
+        cache (layer 0), writes nothing there. Returns seconds per part."""
         dev, dtype, d = k_cache.device, k_cache.dtype, k_cache.shape[-1]
         times = {}
         start = time.perf_counter()
@@ -327,6 +335,9 @@ class StepAttention:
                 q = torch.zeros(n, self.hq, d, dtype=dtype, device=dev)
                 k = torch.zeros(n, self.hk, d, dtype=dtype, device=dev)
                 self.sdpa.sequence(q, k, k, k_cache, v_cache, blocks, prefix, scale, torch.empty_like(q))
+                qkv = torch.zeros(n, (self.hq + 2 * self.hk) * d, dtype=dtype, device=dev)  # as the projection's
+                views = (x.view(n, -1, d) for x in qkv.split([self.hq * d, self.hk * d, self.hk * d], dim=1))
+                self.sdpa.sequence(*views, k_cache, v_cache, blocks, prefix, scale, torch.empty_like(q))
             _sync(dev)
         times["sdpa_plans_s"] = time.perf_counter() - start
         times["sdpa_shapes"] = len(shapes)
