@@ -5,8 +5,11 @@
 #   PART=b bash profiles/commands/s12_gpu.sh   # issue 14: the SDPA prefix-chunk GPU tests; decode attention at
 #       batch 1-8 beside a one-load launch in the same graph; TTFT and first/warm at 32k, 64k and 128k - 1, and 32k
 #       on s11 (before the one-launch merge of the two SDPA parts)
+#   PART=c bash profiles/commands/s12_gpu.sh   # after the no-copy SDPA views: GPU tests; TTFT and first/warm at
+#       8k, 32k and 128k - 1; 32k on s11 again
 # Into $OUT: check.log, tests.log, loop_overhead.json, loop_overhead_before.json (a); tests_b.log,
-# decode_attention.json, long_prompts.json, long_prompts_before.json (b).
+# decode_attention.json, long_prompts.json, long_prompts_before.json (b); tests_c.log, long_prompts.json,
+# long_prompts_before.json (c).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -27,6 +30,19 @@ if [ "${PART:-a}" = a ]; then
   cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
   (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 170 python /tmp/loop_overhead.py --model llama-3.1-8b \
     --out "$OUT/loop_overhead_before.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+elif [ "${PART}" = c ]; then
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests_c.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests_c.log")"
+  timeout 120 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py tests/test_kernels.py \
+    -k "cudnn or merge_by_lse or gpu" >> "$OUT/tests_c.log" 2>&1
+  stamp "SDPA, merge and kernel GPU tests rc=$?: $(tail -1 "$OUT/tests_c.log")"
+  timeout 200 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
+    --lengths 8192,32768,131071 --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -9 \
+    | tee -a "$LOG"
+  stamp "before (gpu_old/s11), 32k:"
+  (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 100 python -m shifttune.profile.long_prompts --model llama-3.1-8b \
+    --paths sdpa --lengths 32768 --no-layer-bench --out "$OUT/long_prompts_before.json" 2>&1 | grep -v -i warn \
+    | tail -4 | tee -a "$LOG")
 else
   timeout 120 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py tests/test_kernels.py \
     -k "cudnn or merge_by_lse" > "$OUT/tests_b.log" 2>&1
