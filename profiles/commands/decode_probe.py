@@ -1,0 +1,181 @@
+"""Where small-batch decode attention loses its time: probe kernels beside the engine's, in the same graphs.
+
+    PYTHONPATH=$PWD python profiles/commands/decode_probe.py --out decode_probe.json        (a CUDA GPU)
+
+At batch 1, 2k context the engine's paged kernel takes ~11 us a layer (H100, attention_bench) against a 2.8 us
+HBM floor, while a kernel on the same grid that only loads one value takes 1.3 us. The engine kernel's programs
+wait on a chain of dependent loads before their K/V loads can start: the query-start table (binary search for
+the sequence), then the sequence's query start and length, then its length in the cache (from which its split
+range follows), then the block-table entries of the range, then K and V. Pure-decode probe kernels (one query
+token per sequence: the program's sequence is its grid index) cut that chain:
+
+- `contiguous`: splits are equal key ranges from the sequence length (as the engine's): seq_len, then block
+  table, then K/V;
+- `interleaved`: split s takes tiles s, s + S, s + 2S, ...: its first block-table load does not wait for the
+  length, so the chain is (seq_len, block table, Q in parallel), then K/V;
+- each with the partials merged by a second launch (`kernel`) or by the split that arrives last (`fused`).
+
+Every variant is checked against the fp32 reference on the GPU (`rel_err` of each timing; the interpreter
+cannot run these loops: its scalars are 1-element arrays, which Python's range refuses), and timed as
+`layers` calls on distinct caches in one CUDA graph (attention_bench's harness), with the engine kernel and
+the one-load launch in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+
+from shifttune.kernels.paged_attention import _attend_tile, _merge_block, _merge_splits_kernel, _store_partial
+
+
+@triton.jit
+def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, counters, scale,
+                         stride_bt, num_tokens, num_splits, HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr,
+                         BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr,
+                         INTERLEAVE: tl.constexpr, FUSED: tl.constexpr, GP2: tl.constexpr,
+                         S_CHUNK: tl.constexpr):  # fmt: skip
+    seq = tl.program_id(0)  # pure decode: one query token per sequence, token index = sequence index
+    kv_head = tl.program_id(1)
+    split = tl.program_id(2)
+    G: tl.constexpr = HQ // HK
+    rows = tl.arange(0, BLOCK_M)
+    head = kv_head * G + rows
+    row_ok = rows < G
+    d = tl.arange(0, D)
+    qk_scale = scale * 1.4426950408889634
+    if INTERLEAVE:  # the first tile's blocks are loaded before the length is known (masked to the table row)
+        k0 = split * TILE + tl.arange(0, TILE)
+        block = tl.load(block_tables + seq * stride_bt + k0 // BLOCK_SIZE, mask=k0 // BLOCK_SIZE < stride_bt, other=0)
+    seq_len = tl.load(seq_lens + seq)
+    Q = tl.load(q + seq * HQ * D + head[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+    q_pos = tl.zeros([BLOCK_M], tl.int32) + seq_len - 1
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    if INTERLEAVE:
+        n_tiles = (seq_len + TILE - 1) // TILE
+        n_act = tl.minimum(num_splits, n_tiles)
+        if split >= n_act:
+            return
+        for t in range(split, n_tiles, num_splits):
+            nk = (t + num_splits) * TILE + tl.arange(0, TILE)
+            next_block = tl.load(block_tables + seq * stride_bt + nk // BLOCK_SIZE, mask=nk < seq_len, other=0)
+            m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, t * TILE, seq_len, q_pos, kv_head, qk_scale,
+                                         m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, False)  # fmt: skip
+            block = next_block
+    else:
+        per_split = ((seq_len + num_splits - 1) // num_splits + TILE - 1) // TILE * TILE
+        n_act = (seq_len + per_split - 1) // per_split
+        if split >= n_act:
+            return
+        kv_lo = split * per_split
+        kv_hi = tl.minimum(seq_len, kv_lo + per_split)
+        k0 = kv_lo + tl.arange(0, TILE)
+        block = tl.load(block_tables + seq * stride_bt + k0 // BLOCK_SIZE, mask=k0 < kv_hi, other=0)
+        for start in range(kv_lo, kv_hi, TILE):
+            nk = start + TILE + tl.arange(0, TILE)
+            next_block = tl.load(block_tables + seq * stride_bt + nk // BLOCK_SIZE, mask=nk < kv_hi, other=0)
+            m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i,
+                                         l_i, acc, HK, D, BLOCK_SIZE, TILE, False)  # fmt: skip
+            block = next_block
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tok = tl.zeros([BLOCK_M], tl.int32) + seq
+    _store_partial(part_out, part_lse, o, m_i, l_i, split, num_tokens, tok, head, row_ok, HQ, D)
+    if FUSED:
+        tl.debug_barrier()
+        counter = counters + seq * HK + kv_head
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_act - 1:
+            _merge_block(out, part_out, part_lse, seq, 1, kv_head, n_act, num_tokens, HQ, D, G, GP2, S_CHUNK)
+            tl.atomic_xchg(counter, 0)
+
+
+def probe_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits, interleave, fused, tile=64,
+                    num_warps=4, num_stages=3):  # fmt: skip
+    """[T, Hq, D] attention of T decode tokens (token i of sequence i)."""
+    t, hq, d = q.shape
+    bs, hk = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q)
+    part_out = torch.empty((num_splits, t, hq, d), dtype=torch.float32, device=q.device)
+    # NOTE: splits past a short sequence's last tile write nothing: their log-sum-exp must read -inf
+    part_lse = torch.full((num_splits, t, hq), float("-inf"), dtype=torch.float32, device=q.device)
+    counters = _counters(q.device, t * hk)
+    gp2 = triton.next_power_of_2(hq // hk)
+    _probe_decode_kernel[(t, hk, num_splits)](
+        out, q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, counters, scale, block_tables.stride(0),
+        t, num_splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs, BLOCK_M=16, TILE=tile, INTERLEAVE=interleave, FUSED=fused,
+        GP2=gp2, S_CHUNK=min(64, max(1, 8192 // (gp2 * d))), num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+    if not fused:
+        _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d,
+                                        SPLITS_P2=triton.next_power_of_2(num_splits))  # fmt: skip
+    return out
+
+
+_COUNTERS: dict = {}
+
+
+def _counters(device, n):
+    buf = _COUNTERS.get(device)
+    if buf is None or buf.numel() < n:
+        buf = _COUNTERS[device] = torch.zeros(max(n, 4096), dtype=torch.int32, device=device)
+    return buf
+
+
+VARIANTS = {f"{s}_{m}": dict(interleave=s == "interleaved", fused=m == "fused")
+            for s in ("contiguous", "interleaved") for m in ("kernel", "fused")}  # fmt: skip
+
+
+def main(argv=None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path)
+    ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--contexts", default="2048,8192")
+    args = ap.parse_args(argv)
+    from shifttune.kernels import paged_attention as pa
+    from shifttune.profile.attention_bench import Step, launch_floor_us, time_layers
+    from shifttune.profile.step_timing import measure_ceilings
+
+    dev = torch.device("cuda")
+    name, t0 = torch.cuda.get_device_name(), time.perf_counter()
+    ceil = measure_ceilings(dev)
+    hq, hk, d, bs, scale, sms = 32, 8, 128, 16, 128**-0.5, pa.sm_count(dev)
+    rows = []
+    for b in (int(x) for x in args.batches.split(",")):
+        for c in (int(x) for x in args.contexts.split(",")):
+            kv_bytes = 2 * b * c * hk * d * 2
+            layers = max(1, min(32, -(-(256 << 20) // kv_bytes)))
+            step = Step([1] * b, [c] * b, hq, hk, d, bs, layers, dev)
+            ref = step.reference(scale)
+            splits = pa.choose_num_splits(b, b, hq, hk, None, sms)
+            row = dict(batch=b, context=c, layers_in_graph=layers, num_splits=splits,
+                       floor_us=1e6 * kv_bytes / ceil.hbm_bytes_per_s,
+                       launch_floor_us=launch_floor_us(step, pa, hq, hk, sms),
+                       engine=time_layers(step, lambda *a: pa.paged_attention(*a), dev, scale, ref))  # fmt: skip
+            for vname, opts in VARIANTS.items():
+                for s_mult in (1, 2):  # the engine's split count, and twice as many (shorter chains per split)
+                    n_splits = min(pa.MAX_SPLITS, splits * s_mult)
+                    call = (lambda o, n: lambda qq, kc, vc, meta, sc: probe_attention(
+                        qq, kc, vc, meta.block_tables, meta.seq_lens, sc, n, **o))(opts, n_splits)  # fmt: skip
+                    row[f"{vname}_x{s_mult}"] = time_layers(step, call, dev, scale, ref)
+            rows.append(row)
+            best = min((v["us"], k) for k, v in row.items() if isinstance(v, dict) and "us" in v)
+            print(f"b={b} C={c}: floor {row['floor_us']:.1f} us, one-load launch {row['launch_floor_us']:.1f}, "
+                  f"engine {row['engine'].get('us', float('nan')):.1f}, best {best[1]} {best[0]:.1f} "
+                  f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
+            del step
+    result = dict(command="python profiles/commands/decode_probe.py " + " ".join(argv or sys.argv[1:]), card=name,
+                  torch=torch.__version__, triton=triton.__version__, rows=rows)  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
