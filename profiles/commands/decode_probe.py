@@ -37,16 +37,39 @@ from shifttune.kernels.paged_attention import _attend_tile, _merge_block, _merge
 
 
 @triton.jit
+def _attend_tile_fma(Q, k_cache, v_cache, block, start, kv_hi, kv_head, qk_scale, m_i, l_i, acc, HK: tl.constexpr,
+                     D: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
+    """`_attend_tile` on CUDA cores (broadcast products and sums, no tl.dot) for the GP2 rows of one token."""
+    d = tl.arange(0, D)
+    k_idx = start + tl.arange(0, TILE)
+    k_ok = k_idx < kv_hi
+    slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
+    kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
+    K = tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0).to(tl.float32)
+    V = tl.load(v_cache + kv_off, mask=k_ok[:, None], other=0.0).to(tl.float32)
+    s = tl.sum(Q[:, None, :] * K[None, :, :], 2) * qk_scale  # [GP2, TILE]
+    s = tl.where(k_ok[None, :], s, float("-inf"))
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+    p = tl.exp2(s - m_safe[:, None])
+    alpha = tl.exp2(m_i - m_safe)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None] + tl.sum(p[:, :, None] * V[None, :, :], 1)
+    return m_new, l_i, acc
+
+
+@triton.jit
 def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, counters, scale,
                          stride_bt, num_tokens, num_splits, HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr,
                          BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr,
                          INTERLEAVE: tl.constexpr, FUSED: tl.constexpr, GP2: tl.constexpr,
-                         S_CHUNK: tl.constexpr):  # fmt: skip
+                         S_CHUNK: tl.constexpr, MMA: tl.constexpr):  # fmt: skip
     seq = tl.program_id(0)  # pure decode: one query token per sequence, token index = sequence index
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
     G: tl.constexpr = HQ // HK
-    rows = tl.arange(0, BLOCK_M)
+    R: tl.constexpr = BLOCK_M if MMA else GP2  # query rows of the tiles: tl.dot needs 16
+    rows = tl.arange(0, R)
     head = kv_head * G + rows
     row_ok = rows < G
     d = tl.arange(0, D)
@@ -56,10 +79,12 @@ def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_
         block = tl.load(block_tables + seq * stride_bt + k0 // BLOCK_SIZE, mask=k0 // BLOCK_SIZE < stride_bt, other=0)
     seq_len = tl.load(seq_lens + seq)
     Q = tl.load(q + seq * HQ * D + head[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-    q_pos = tl.zeros([BLOCK_M], tl.int32) + seq_len - 1
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    if not MMA:
+        Q = Q.to(tl.float32)
+    q_pos = tl.zeros([R], tl.int32) + seq_len - 1
+    m_i = tl.full([R], float("-inf"), tl.float32)
+    l_i = tl.zeros([R], tl.float32)
+    acc = tl.zeros([R, D], tl.float32)
     if INTERLEAVE:
         n_tiles = (seq_len + TILE - 1) // TILE
         n_act = tl.minimum(num_splits, n_tiles)
@@ -68,8 +93,12 @@ def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_
         for t in range(split, n_tiles, num_splits):
             nk = (t + num_splits) * TILE + tl.arange(0, TILE)
             next_block = tl.load(block_tables + seq * stride_bt + nk // BLOCK_SIZE, mask=nk < seq_len, other=0)
-            m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, t * TILE, seq_len, q_pos, kv_head, qk_scale,
-                                         m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, False)  # fmt: skip
+            if MMA:
+                m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, t * TILE, seq_len, q_pos, kv_head, qk_scale,
+                                             m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE, False)  # fmt: skip
+            else:
+                m_i, l_i, acc = _attend_tile_fma(Q, k_cache, v_cache, block, t * TILE, seq_len, kv_head, qk_scale, m_i,
+                                                 l_i, acc, HK, D, BLOCK_SIZE, TILE)  # fmt: skip
             block = next_block
     else:
         per_split = ((seq_len + num_splits - 1) // num_splits + TILE - 1) // TILE * TILE
@@ -83,11 +112,15 @@ def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_
         for start in range(kv_lo, kv_hi, TILE):
             nk = start + TILE + tl.arange(0, TILE)
             next_block = tl.load(block_tables + seq * stride_bt + nk // BLOCK_SIZE, mask=nk < kv_hi, other=0)
-            m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i,
-                                         l_i, acc, HK, D, BLOCK_SIZE, TILE, False)  # fmt: skip
+            if MMA:
+                m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i,
+                                             l_i, acc, HK, D, BLOCK_SIZE, TILE, False)  # fmt: skip
+            else:
+                m_i, l_i, acc = _attend_tile_fma(Q, k_cache, v_cache, block, start, kv_hi, kv_head, qk_scale, m_i, l_i,
+                                                 acc, HK, D, BLOCK_SIZE, TILE)  # fmt: skip
             block = next_block
     o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tok = tl.zeros([BLOCK_M], tl.int32) + seq
+    tok = tl.zeros([R], tl.int32) + seq
     _store_partial(part_out, part_lse, o, m_i, l_i, split, num_tokens, tok, head, row_ok, HQ, D)
     if FUSED:
         tl.debug_barrier()
@@ -99,7 +132,7 @@ def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_
 
 
 def probe_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits, interleave, fused, tile=64,
-                    num_warps=4, num_stages=3):  # fmt: skip
+                    num_warps=4, num_stages=3, mma=True, merge=True):  # fmt: skip
     """[T, Hq, D] attention of T decode tokens (token i of sequence i)."""
     t, hq, d = q.shape
     bs, hk = k_cache.shape[1], k_cache.shape[2]
@@ -112,7 +145,10 @@ def probe_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spli
     _probe_decode_kernel[(t, hk, num_splits)](
         out, q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, counters, scale, block_tables.stride(0),
         t, num_splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs, BLOCK_M=16, TILE=tile, INTERLEAVE=interleave, FUSED=fused,
-        GP2=gp2, S_CHUNK=min(64, max(1, 8192 // (gp2 * d))), num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+        GP2=gp2, S_CHUNK=min(64, max(1, 8192 // (gp2 * d))), MMA=mma, num_warps=num_warps,
+        num_stages=num_stages)  # fmt: skip
+    if not merge:  # timing only: the attention launch alone
+        return out
     if not fused:
         _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d,
                                         SPLITS_P2=triton.next_power_of_2(num_splits))  # fmt: skip
@@ -133,11 +169,21 @@ VARIANTS = {f"{s}_{m}": dict(interleave=s == "interleaved", fused=m == "fused")
             for s in ("contiguous", "interleaved") for m in ("kernel", "fused")}  # fmt: skip
 
 
+# launch options tried one at a time on contiguous_kernel_x1 (--sweep); "no_merge": the attention launch alone
+SWEEP = [("stages_1", dict(num_stages=1)), ("stages_2", dict(num_stages=2)), ("tile_16", dict(tile=16)),
+         ("tile_32", dict(tile=32)), ("tile_128", dict(tile=128)), ("warps_2", dict(num_warps=2)),
+         ("warps_8", dict(num_warps=8)), ("fma_tile_16", dict(mma=False, tile=16)),
+         ("fma_tile_32_w8", dict(mma=False, tile=32, num_warps=8)),
+         ("fma_tile_64_w8", dict(mma=False, tile=64, num_warps=8)),
+         ("no_merge", dict(merge=False))]  # fmt: skip
+
+
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path)
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--contexts", default="2048,8192")
+    ap.add_argument("--sweep", action="store_true", help="also launch options of contiguous_kernel_x1 (SWEEP)")
     args = ap.parse_args(argv)
     from shifttune.kernels import paged_attention as pa
     from shifttune.profile.attention_bench import Step, launch_floor_us, time_layers
@@ -165,8 +211,14 @@ def main(argv=None) -> None:
                     call = (lambda o, n: lambda qq, kc, vc, meta, sc: probe_attention(
                         qq, kc, vc, meta.block_tables, meta.seq_lens, sc, n, **o))(opts, n_splits)  # fmt: skip
                     row[f"{vname}_x{s_mult}"] = time_layers(step, call, dev, scale, ref)
+            if args.sweep:  # launch options of contiguous_kernel_x1, one at a time
+                opts0 = VARIANTS["contiguous_kernel"]
+                for label, extra in SWEEP:
+                    call = (lambda o: lambda qq, kc, vc, meta, sc: probe_attention(
+                        qq, kc, vc, meta.block_tables, meta.seq_lens, sc, splits, **o))(opts0 | extra)  # fmt: skip
+                    row[label] = time_layers(step, call, dev, scale, None if extra.get("merge") is False else ref)
             rows.append(row)
-            best = min((v["us"], k) for k, v in row.items() if isinstance(v, dict) and "us" in v)
+            best = min((v["us"], k) for k, v in row.items() if isinstance(v, dict) and "us" in v and k != "no_merge")
             print(f"b={b} C={c}: floor {row['floor_us']:.1f} us, one-load launch {row['launch_floor_us']:.1f}, "
                   f"engine {row['engine'].get('us', float('nan')):.1f}, best {best[1]} {best[0]:.1f} "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
