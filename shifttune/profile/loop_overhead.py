@@ -246,8 +246,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cases", default="all", help="comma-separated case numbers (0-based) or all")
     ap.add_argument("--no-offline", action="store_true", help="skip the LLM.generate throughput run")
     ap.add_argument("--timeline", action="store_true", help="GPU: profile 5 decode steps per case (see above)")
+    ap.add_argument(
+        "--programs-per-sm",
+        type=int,
+        default=None,
+        help="GPU: split-KV rule of the paged kernel (default: its PROGRAMS_PER_SM), to compare rules",
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
+    if args.programs_per_sm:
+        from shifttune.kernels import paged_attention  # NOTE: lazy: Triton is GPU-only
+
+        paged_attention.PROGRAMS_PER_SM = args.programs_per_sm
     cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     llm = LLM(args.model, device=args.device, load_format="dummy", max_model_len=max(c for _, c, _ in cases))
     engine = llm.llm_engine
