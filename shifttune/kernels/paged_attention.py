@@ -29,7 +29,10 @@ import triton.language as tl
 from shifttune.kernels.attention import AttentionMetadata
 
 MAX_SPLITS = 64  # the most split-KV ways `choose_num_splits` returns
-PROGRAMS_PER_SM = 2  # split until this many programs per SM hold work (when the step alone has fewer)
+# split until this many programs per SM hold work (when the step alone has fewer). 1, not 2: on an H100 every
+# batch 1-8 decode row (2k-32k) of attention_bench ran as fast or faster, and batch-1 decode steps 0.6% faster
+# (profiles/runs/s12_h100); not yet measured on an H200, where an older kernel preferred 2 at 32k contexts
+PROGRAMS_PER_SM = 1
 # Launch configuration by path: decode-like steps (16-row tiles) and prefill chunks (64-row tiles).
 # Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1; see the key loop).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
