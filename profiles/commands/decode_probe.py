@@ -131,6 +131,38 @@ def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_
             tl.atomic_xchg(counter, 0)
 
 
+@triton.jit
+def _load_only_kernel(out, k_cache, v_cache, block_tables, seq_lens, stride_bt, num_splits, HK: tl.constexpr,
+                      D: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
+    """The K/V loads of `_probe_decode_kernel` (contiguous splits) and nothing else: one sum stored per program."""
+    seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    seq_len = tl.load(seq_lens + seq)
+    per_split = ((seq_len + num_splits - 1) // num_splits + TILE - 1) // TILE * TILE
+    kv_lo = split * per_split
+    kv_hi = tl.minimum(seq_len, kv_lo + per_split)
+    d = tl.arange(0, D)
+    total = tl.zeros([TILE, D], tl.float32)
+    for start in range(kv_lo, kv_hi, TILE):
+        k_idx = start + tl.arange(0, TILE)
+        k_ok = k_idx < kv_hi
+        block = tl.load(block_tables + seq * stride_bt + k_idx // BLOCK_SIZE, mask=k_ok, other=0)
+        kv_off = (block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE)[:, None] * (HK * D) + kv_head * D + d[None, :]
+        total += tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0).to(tl.float32)
+        total += tl.load(v_cache + kv_off, mask=k_ok[:, None], other=0.0).to(tl.float32)
+    pid = (seq * tl.num_programs(1) + kv_head) * num_splits + split
+    tl.store(out + pid, tl.sum(tl.sum(total, 1), 0))
+
+
+def load_only(k_cache, v_cache, block_tables, seq_lens, num_splits, tile=64, num_warps=4, num_stages=3):
+    """Runs `_load_only_kernel` on the decode grid; returns its [T * Hk * splits] sums."""
+    t, hk = seq_lens.shape[0], k_cache.shape[2]
+    out = torch.empty(t * hk * num_splits, dtype=torch.float32, device=k_cache.device)
+    _load_only_kernel[(t, hk, num_splits)](out, k_cache, v_cache, block_tables, seq_lens, block_tables.stride(0),
+                                           num_splits, HK=hk, D=k_cache.shape[3], BLOCK_SIZE=k_cache.shape[1],
+                                           TILE=tile, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+    return out
+
+
 def probe_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits, interleave, fused, tile=64,
                     num_warps=4, num_stages=3, mma=True, merge=True):  # fmt: skip
     """[T, Hq, D] attention of T decode tokens (token i of sequence i)."""
@@ -176,6 +208,8 @@ SWEEP = [("stages_1", dict(num_stages=1)), ("stages_2", dict(num_stages=2)), ("t
          ("fma_tile_32_w8", dict(mma=False, tile=32, num_warps=8)),
          ("fma_tile_64_w8", dict(mma=False, tile=64, num_warps=8)),
          ("no_merge", dict(merge=False))]  # fmt: skip
+# --sweep also times `load_only` (the K/V loads alone) and the engine kernel on a cache whose blocks are in
+# order (`contiguous_blocks`): what the loads cost by themselves, and what scattered blocks add
 
 
 def main(argv=None) -> None:
@@ -217,8 +251,20 @@ def main(argv=None) -> None:
                     call = (lambda o: lambda qq, kc, vc, meta, sc: probe_attention(
                         qq, kc, vc, meta.block_tables, meta.seq_lens, sc, splits, **o))(opts0 | extra)  # fmt: skip
                     row[label] = time_layers(step, call, dev, scale, None if extra.get("merge") is False else ref)
+
+                def loads(qq, kc, vc, meta, sc):
+                    load_only(kc, vc, meta.block_tables, meta.seq_lens, splits)
+                    return qq
+
+                row["load_only"] = time_layers(step, loads, dev, scale, None)
+                in_order = Step([1] * b, [c] * b, hq, hk, d, bs, layers, dev, scattered=False)
+                row["engine_contiguous_blocks"] = time_layers(in_order, lambda *a: pa.paged_attention(*a), dev, scale,
+                                                              in_order.reference(scale))  # fmt: skip
+                row["load_only_contiguous_blocks"] = time_layers(in_order, loads, dev, scale, None)
+                del in_order
             rows.append(row)
-            best = min((v["us"], k) for k, v in row.items() if isinstance(v, dict) and "us" in v and k != "no_merge")
+            partial = ("no_merge", "load_only", "load_only_contiguous_blocks")  # not whole attentions
+            best = min((v["us"], k) for k, v in row.items() if isinstance(v, dict) and "us" in v and k not in partial)
             print(f"b={b} C={c}: floor {row['floor_us']:.1f} us, one-load launch {row['launch_floor_us']:.1f}, "
                   f"engine {row['engine'].get('us', float('nan')):.1f}, best {best[1]} {best[0]:.1f} "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip

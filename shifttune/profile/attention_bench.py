@@ -258,14 +258,26 @@ def load_kernel_module(path: Path) -> ModuleType:
 class Step:
     """`layers` copies of one attention step (the same queries, different KV blocks of one big cache)."""
 
-    def __init__(self, q_lens: list[int], seq_lens: list[int], hq: int, hk: int, d: int, bs: int, layers: int, dev):
+    def __init__(
+        self,
+        q_lens: list[int],
+        seq_lens: list[int],
+        hq: int,
+        hk: int,
+        d: int,
+        bs: int,
+        layers: int,
+        dev,
+        scattered: bool = True,
+    ):
         self.q_lens, self.seq_lens, self.layers = q_lens, seq_lens, layers
         blocks = [-(-n // bs) for n in seq_lens]
         width, per_layer = max(blocks), sum(blocks)
         total = layers * per_layer + 1
         self.k_cache = torch.empty(total, bs, hk, d, device=dev, dtype=torch.bfloat16).normal_()
         self.v_cache = torch.empty_like(self.k_cache).normal_()
-        perm = torch.randperm(total, device=dev).to(torch.int32)  # scattered blocks, as in a used cache
+        # scattered blocks, as in a used cache (else each sequence's blocks in order, one after the other)
+        perm = (torch.randperm(total, device=dev) if scattered else torch.arange(total, device=dev)).to(torch.int32)
         qsl = [0]
         for n in q_lens:
             qsl.append(qsl[-1] + n)
