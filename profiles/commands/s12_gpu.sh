@@ -16,6 +16,16 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
 LOG=$OUT/check.log
 python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hypothesis > /dev/null 2>&1
 stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+long_prompts() {  # seconds, lengths: TTFT and first/warm on this tree
+  timeout "$1" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths "$2" \
+    --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -9 | tee -a "$LOG"
+}
+long_prompts_before() {  # 32k on gpu_old/s11, in the same call
+  stamp "before (gpu_old/s11), 32k:"
+  (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 100 python -m shifttune.profile.long_prompts --model llama-3.1-8b \
+    --paths sdpa --lengths 32768 --no-layer-bench --out "$OUT/long_prompts_before.json" 2>&1 | grep -v -i warn \
+    | tail -4 | tee -a "$LOG")
+}
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
@@ -36,25 +46,15 @@ elif [ "${PART}" = c ]; then
   timeout 120 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py tests/test_kernels.py \
     -k "cudnn or merge_by_lse or gpu" >> "$OUT/tests_c.log" 2>&1
   stamp "SDPA, merge and kernel GPU tests rc=$?: $(tail -1 "$OUT/tests_c.log")"
-  timeout 200 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
-    --lengths 8192,32768,131071 --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -9 \
-    | tee -a "$LOG"
-  stamp "before (gpu_old/s11), 32k:"
-  (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 100 python -m shifttune.profile.long_prompts --model llama-3.1-8b \
-    --paths sdpa --lengths 32768 --no-layer-bench --out "$OUT/long_prompts_before.json" 2>&1 | grep -v -i warn \
-    | tail -4 | tee -a "$LOG")
+  long_prompts 200 8192,32768,131071
+  long_prompts_before
 else
   timeout 120 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py tests/test_kernels.py \
     -k "cudnn or merge_by_lse" > "$OUT/tests_b.log" 2>&1
   stamp "SDPA prefix-chunk and merge tests rc=$?: $(tail -1 "$OUT/tests_b.log")"
   timeout 150 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 --contexts 2048,8192,32768 \
     --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | tee -a "$LOG"
-  timeout 220 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
-    --lengths 32768,65536,131071 --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -9 \
-    | tee -a "$LOG"
-  stamp "before (gpu_old/s11), 32k:"
-  (cd gpu_old/s11 && PYTHONPATH=$PWD timeout 100 python -m shifttune.profile.long_prompts --model llama-3.1-8b \
-    --paths sdpa --lengths 32768 --no-layer-bench --out "$OUT/long_prompts_before.json" 2>&1 | grep -v -i warn \
-    | tail -4 | tee -a "$LOG")
+  long_prompts 220 32768,65536,131071
+  long_prompts_before
 fi
 stamp done
