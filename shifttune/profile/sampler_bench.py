@@ -54,11 +54,11 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
 
 
 def _logits(batch: int, vocab: int, kind: str, dev: torch.device) -> torch.Tensor:
-    """[batch, vocab] float32 logits of a kind in KINDS (seeded by the batch size)."""
+    """[batch, vocab] logits of a kind in KINDS (seeded by the batch size): float32, or bf16 for "dummy"."""
     gen = torch.Generator(device=dev).manual_seed(batch)
     x = torch.randn(batch, vocab, device=dev, generator=gen)
-    if kind == "dummy":  # the engine's dummy weights: N(0, 1.3^2) logits in bf16, cast to float32 by the sampler
-        return (x * 1.3).to(torch.bfloat16).float()
+    if kind == "dummy":  # the engine's dummy weights: N(0, 1.3^2) logits in bf16, as lm_head hands them over
+        return (x * 1.3).to(torch.bfloat16)
     return x * {"flat": 0.02, "peaked": 4.0}[kind]
 
 
@@ -145,7 +145,7 @@ def bench(batch: int, vocab: int, kind: str, sleep_cycles: int) -> dict:
         row["kernels_us"] = kernel_times(lambda: call(logits), 10)
     except Exception as e:  # the profiler is a convenience here, not the measurement
         row["kernels_us"] = f"profiler failed: {type(e).__name__}: {e}"
-    row["hbm_floor_one_read_ms"] = 1e3 * batch * vocab * 4 / 3.35e12
+    row["hbm_floor_one_read_ms"] = 1e3 * batch * vocab * logits.element_size() / 3.35e12
     return row
 
 
@@ -182,8 +182,8 @@ def checks(k, vocab: int) -> dict:
         inv_temp, top_p, min_p, seeds, steps, greedy = _settings(n, dev)
         rows = torch.arange(n, device=dev)
         got = k.sample(logits, rows, inv_temp, None, top_p, min_p, seeds, steps, greedy)
-        ref = sample_ref(logits, inv_temp, torch.full((n,), -torch.inf, device=dev), top_p, min_p, seeds, steps,
-                         greedy)  # fmt: skip
+        ref = sample_ref(logits.float(), inv_temp, torch.full((n,), -torch.inf, device=dev), top_p, min_p, seeds,
+                         steps, greedy)  # fmt: skip
         out[f"tokens_match_ref_{kind}"] = f"{int((got == ref).sum())}/{n}"
     tables = _settings(256, dev)
     for kind in ("flat", "dummy"):
