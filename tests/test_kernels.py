@@ -485,3 +485,27 @@ def test_merge_by_lse_matches_the_torch_merge(dtype, d):
     tol = 1e-6 if dtype == torch.float32 else 1e-2
     torch.testing.assert_close(out.cpu().float(), want.float(), rtol=tol, atol=tol)
     assert not torch.equal(out.cpu(), o1[r : r + n].cpu()) and not torch.equal(out.cpu(), o2[r : r + n].cpu())
+
+
+_COMPILE_SPLIT_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from shifttune.kernels import sampling as s
+
+f32 = ("inv_temp", "cut_k", "top_p", "min_p", "stats", "partial", "cand_x", "best_val")
+i32 = ("cand_i", "counts", "best_idx")
+types = dict(logits="*bf16", rows="*i64", seeds="*i64", steps="*i64", greedy="*i1", c0="u64", c1="u64", c2="u64",
+             c3="u64") | {n: "*fp32" for n in f32} | {n: "*i32" for n in i32}
+for two in (False, True):
+    consts = dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=1024, CAP=1024, KEEP=2048, NT=16, FAST=True,
+                  TWO_SWEEPS=two)
+    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in s._split_kernel.arg_names}
+    triton.compile(ASTSource(s._split_kernel, sig, consts), target=GPUTarget("cuda", 90, 32),
+                   options=dict(num_warps=8))
+"""
+
+
+def test_sampler_split_kernel_compiles_for_sm90_both_ways():
+    """`_split_kernel` with its bracket copied out per SUB block and in a second sweep, compiled for sm_90."""
+    _compile_for_sm90(_COMPILE_SPLIT_FOR_SM90)
