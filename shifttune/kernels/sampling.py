@@ -266,8 +266,7 @@ def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, st
     best_at = tl.full((SUB // W, W), 0, tl.int32)
     cols = tl.zeros((W,), tl.int32)  # TWO_SWEEPS: bracket entries per column so far
     for sub in range(CHUNK // SUB):  # not unrolled: one SUB block's registers
-        # W = one vector load per thread: each column lies in one thread's registers
-        offs = chunk * CHUNK + sub * SUB + tl.arange(0, SUB // W)[:, None] * W + tl.arange(0, W)[None, :]
+        offs = _sub_offsets(chunk, sub, CHUNK, SUB, W)
         x = _load(logits, stride, i, offs, vocab, inv_t, ck, HAS_K)
         if use_p:
             inside = ((x >= lo) & (x < hi)).to(tl.int32)
@@ -278,10 +277,7 @@ def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, st
                 found = tl.sum(per_col, 0)
                 if found > 0:  # copy out column by column: a scan of W column counts, the rest within threads
                     pos = count + (tl.cumsum(per_col, 0) - per_col)[None, :] + tl.cumsum(inside, 0) - inside
-                    ok = (inside > 0) & (pos < KEEP)
-                    at = i * (C * KEEP) + _copy_at(pos, chunk, C, CAP, KEEP)
-                    tl.store(cand_x + at, x, mask=ok)
-                    tl.store(cand_i + at, offs, mask=ok)
+                    _copy_out(cand_x, cand_i, x, offs, inside, pos, i, chunk, C, CAP, KEEP)
                 count += found
         if draw:
             v = x
@@ -296,19 +292,33 @@ def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, st
             if count > 0:  # the copies: column c's entries (every SUB block, in order) after those of columns < c
                 run = tl.cumsum(cols, 0) - cols
                 for sub in range(CHUNK // SUB):
-                    offs = chunk * CHUNK + sub * SUB + tl.arange(0, SUB // W)[:, None] * W + tl.arange(0, W)[None, :]
+                    offs = _sub_offsets(chunk, sub, CHUNK, SUB, W)
                     x = _load(logits, stride, i, offs, vocab, inv_t, ck, HAS_K)  # again: from L2
                     inside = ((x >= lo) & (x < hi)).to(tl.int32)
-                    pos = run[None, :] + tl.cumsum(inside, 0) - inside
-                    ok = (inside > 0) & (pos < KEEP)
-                    at = i * (C * KEEP) + _copy_at(pos, chunk, C, CAP, KEEP)
-                    tl.store(cand_x + at, x, mask=ok)
-                    tl.store(cand_i + at, offs, mask=ok)
+                    _copy_out(cand_x, cand_i, x, offs, inside, run[None, :] + tl.cumsum(inside, 0) - inside, i, chunk,
+                              C, CAP, KEEP)  # fmt: skip
                     run += tl.sum(inside, 0)
     best, best_at = _best(best, best_at)
     tl.store(counts + i * C + chunk, count)
     tl.store(best_val + i * C + chunk, best)
     tl.store(best_idx + i * C + chunk, best_at)
+
+
+@triton.jit
+def _sub_offsets(chunk, sub, CHUNK: tl.constexpr, SUB: tl.constexpr, W: tl.constexpr):
+    """[SUB // W, W] vocabulary entries of block `sub` of `chunk`: W = one vector load per thread, so each column
+    lies in one thread's registers."""
+    return chunk * CHUNK + sub * SUB + tl.arange(0, SUB // W)[:, None] * W + tl.arange(0, W)[None, :]
+
+
+@triton.jit
+def _copy_out(cand_x, cand_i, x, offs, inside, pos, i, chunk, C: tl.constexpr, CAP: tl.constexpr,
+              KEEP: tl.constexpr):  # fmt: skip
+    """Writes the bracket entries (`inside`) of a block at their copy positions `pos` (the first KEEP only)."""
+    ok = (inside > 0) & (pos < KEEP)
+    at = i * (C * KEEP) + _copy_at(pos, chunk, C, CAP, KEEP)
+    tl.store(cand_x + at, x, mask=ok)
+    tl.store(cand_i + at, offs, mask=ok)
 
 
 @triton.jit
