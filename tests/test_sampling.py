@@ -275,9 +275,7 @@ def _tables(n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize(
     "scale, config",
-    [(0.02, {}), (3.0, {}), (0.02, {"CAP": 16}), (0.02, {"CHUNK": 1024, "CAP": 128, "SPLIT_SUB": 512, "WARPS": 4}),
-     (0.02, {"SPLIT_TWO_SWEEPS": True}), (0.02, {"CAP": 16, "SPLIT_TWO_SWEEPS": True}),
-     (0.02, {"CHUNK": 1024, "CAP": 128, "SPLIT_SUB": 512, "WARPS": 4, "SPLIT_TWO_SWEEPS": True})],
+    [(0.02, {}), (3.0, {}), (0.02, {"CAP": 16}), (0.02, {"CHUNK": 1024, "CAP": 128, "SPLIT_SUB": 512, "WARPS": 4})],
 )  # fmt: skip
 def test_sample_kernels_match_the_reference(monkeypatch, scale, config):
     """The four kernels (interpreted on CPU) against `sample_ref`, settings read at permuted rows of the tables,
@@ -325,13 +323,12 @@ def test_sample_kernels_give_a_row_the_same_token_alone_or_in_a_batch():
 SPILL_SHAPES = {"CHUNK": 512, "CAP": 8, "SPILL_CAP": 48, "SPLIT_SUB": 256, "SPILL_SUB": 128}
 
 
-def _spill_setup(monkeypatch, two_sweeps: bool = False):
+def _spill_setup(monkeypatch):
     """The kernels module with small chunks and copies, and a dict that gets each call's workspace."""
     from shifttune.kernels import sampling
 
     for name, value in SPILL_SHAPES.items():
         monkeypatch.setattr(sampling, name, value)
-    monkeypatch.setattr(sampling, "SPLIT_TWO_SWEEPS", two_sweeps)
     monkeypatch.setattr(sampling, "WARPS", sampling.WARPS | {"split": 2})  # one 16-byte load a thread: 256 entries
     seen: dict[str, torch.Tensor] = {}
     workspace = sampling.workspace
@@ -373,17 +370,15 @@ def _spill_logits(kind: str, n: int, vocab: int, gen: torch.Generator) -> torch.
     return torch.randint(0, 12, (n, vocab), generator=gen).float() * 0.25
 
 
-@pytest.mark.parametrize("two_sweeps", [False, True])
 @pytest.mark.parametrize("kind", ["bf16", "ties"])
-def test_sample_kernels_match_the_reference_when_every_row_spills(monkeypatch, kind, two_sweeps):
+def test_sample_kernels_match_the_reference_when_every_row_spills(monkeypatch, kind):
     """Every row's bracket overflows what `_finish_kernel` takes: the spill kernels run the other passes and the
     draw over all chunks (from the copies, or the logits where a chunk's bracket overflowed them too), and
     `_finish_kernel` picks the best that the last cut keeps. Top-p with min-p and top-k on some rows; the
     cut that the kernels' masses give is the reference's (a draw seldom shows a cut a little off). Row 4: a few
     likely tokens over a flat bulk that top-p keeps and min-p drops. Rows 5 and 7: two groups of equal logits
-    1.5 steps of the last pass apart, the larger one just below the last cut. `two_sweeps`: `_split_kernel`
-    copies the bracket out in a second sweep (`SPLIT_TWO_SWEEPS`)."""
-    sampling, seen = _spill_setup(monkeypatch, two_sweeps)
+    1.5 steps of the last pass apart, the larger one just below the last cut."""
+    sampling, seen = _spill_setup(monkeypatch)
     n, vocab = 8, 2000
     gen = torch.Generator().manual_seed(11)
     logits = _spill_logits(kind, n, vocab, gen)
@@ -408,11 +403,10 @@ def test_sample_kernels_match_the_reference_when_every_row_spills(monkeypatch, k
     assert torch.equal(_kernel_cuts(seen, x, top_p), top_p_cut_ref(x, top_p))
 
 
-@pytest.mark.parametrize("two_sweeps", [False, True])
-def test_sample_kernels_give_a_spill_row_the_same_token_alone_or_in_a_mixed_batch(monkeypatch, two_sweeps):
+def test_sample_kernels_give_a_spill_row_the_same_token_alone_or_in_a_mixed_batch(monkeypatch):
     """Spill rows next to rows the copies suffice for, greedy, top-k and no-top-p rows: each row draws the same
     token alone as in the batch (settings read at permuted rows)."""
-    sampling, seen = _spill_setup(monkeypatch, two_sweeps)
+    sampling, seen = _spill_setup(monkeypatch)
     n, vocab = 6, 2000
     gen = torch.Generator().manual_seed(12)
     logits = torch.cat([_spill_logits("bf16", 1, vocab, gen), torch.randn(1, vocab, generator=gen) * 4,

@@ -7,8 +7,8 @@ size; same algorithm and results as `sampling_ref.sample_ref`.
    [max(lowest, max - span), max] (rows with top-p < 1 only).
 3. `_split_kernel` [rows, chunks]: after that pass the cut lies in a bracket [lo1, hi1). Entries >= hi1 (and
    above the min-p floor) are kept for sure: their Gumbel-max draw is done here, best per chunk. Entries
-   in the bracket, the only ones the three other passes need, are copied out (value, index) per chunk, up
-   to SPILL_CAP of them. A row of which some chunk holds more than CAP "spills" (its cut lies in the dense
+   in the bracket, the only ones the three other passes need, are counted per thread, then copied out
+   (value, index) per chunk, up to SPILL_CAP of them, by a second sweep over the chunk (from L2). A row of which some chunk holds more than CAP "spills" (its cut lies in the dense
    middle of the logits): launches 4 and 5 run its other passes, over all its chunks at once.
 4. `_spill_mass_kernel` [rows, chunks], launched for passes 2 and 3, spill rows only (the others exit at
    once): the bracket so far, rebuilt from the earlier passes' per-chunk masses, then the chunk's masses at
@@ -53,10 +53,6 @@ CAP = CHUNK // 8  # bracket entries per chunk that `_finish_kernel` takes (past 
 # for a 128k vocabulary; a first bracket at the densest part of normal logits holds ~22% of the entries
 SPILL_CAP = CHUNK // 4
 SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk (~110 registers: 2 programs/SM)
-# `_split_kernel` copies the bracket out with a block-wide sum and scan per SUB block (False), or counts per
-# thread and writes the copies in a second sweep over the chunk, one sum and one scan in all (True). Same
-# entries, another order within a chunk. Not yet timed: `sampler_bench`'s sweep compares the two.
-SPLIT_TWO_SWEEPS = False
 SPILL_SUB = 1024  # entries per step of the spill kernels' loops over a chunk's bracket entries
 WARPS = {"stats": 8, "mass": 8, "split": 8, "spill_mass": 4, "spill_draw": 4, "finish": 16}  # num_warps per kernel
 assert NUM_PASSES >= 2, "the spill kernels run passes 2 .. NUM_PASSES"
@@ -245,8 +241,7 @@ def _mass_kernel(logits, stride, rows, inv_temp, cut_k, top_p, greedy, stats, pa
 def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, steps, greedy, stats, partial,
                   cand_x, cand_i, counts, best_val, best_idx, vocab, vbits, c0, c1, c2, c3, HAS_K: tl.constexpr,
                   C: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, W: tl.constexpr, CAP: tl.constexpr,
-                  KEEP: tl.constexpr, NT: tl.constexpr, FAST: tl.constexpr,
-                  TWO_SWEEPS: tl.constexpr):  # fmt: skip
+                  KEEP: tl.constexpr, NT: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     i, chunk, n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(0)
     r = tl.load(rows + i)
     p, g, inv_t = tl.load(top_p + r), tl.load(greedy + r), tl.load(inv_temp + r)
@@ -264,21 +259,12 @@ def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, st
     # per position of the [SUB // W, W] block, the best so far (value, index): one reduction after the loop
     best = tl.full((SUB // W, W), float("-inf"), tl.float32)
     best_at = tl.full((SUB // W, W), 0, tl.int32)
-    cols = tl.zeros((W,), tl.int32)  # TWO_SWEEPS: bracket entries per column so far
+    cols = tl.zeros((W,), tl.int32)  # bracket entries per column (per thread) so far
     for sub in range(CHUNK // SUB):  # not unrolled: one SUB block's registers
         offs = _sub_offsets(chunk, sub, CHUNK, SUB, W)
         x = _load(logits, stride, i, offs, vocab, inv_t, ck, HAS_K)
-        if use_p:
-            inside = ((x >= lo) & (x < hi)).to(tl.int32)
-            if TWO_SWEEPS:  # count within threads only; the copies are written by a second sweep below
-                cols += tl.sum(inside, 0)
-            else:
-                per_col = tl.sum(inside, 0)
-                found = tl.sum(per_col, 0)
-                if found > 0:  # copy out column by column: a scan of W column counts, the rest within threads
-                    pos = count + (tl.cumsum(per_col, 0) - per_col)[None, :] + tl.cumsum(inside, 0) - inside
-                    _copy_out(cand_x, cand_i, x, offs, inside, pos, i, chunk, C, CAP, KEEP)
-                count += found
+        if use_p:  # count within threads only; the copies are written by a second sweep below
+            cols += tl.sum(((x >= lo) & (x < hi)).to(tl.int32), 0)
         if draw:
             v = x
             if g == 0:
@@ -286,18 +272,17 @@ def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, st
             v = tl.where(x >= sure, v, float("-inf"))
             better = v > best  # strictly: a position keeps its first (lowest) index on ties
             best, best_at = tl.where(better, v, best), tl.where(better, offs, best_at)
-    if TWO_SWEEPS:
-        if use_p:
-            count = tl.sum(cols, 0)  # one block-wide sum and (when some entry is in) one scan, not one per SUB
-            if count > 0:  # the copies: column c's entries (every SUB block, in order) after those of columns < c
-                run = tl.cumsum(cols, 0) - cols
-                for sub in range(CHUNK // SUB):
-                    offs = _sub_offsets(chunk, sub, CHUNK, SUB, W)
-                    x = _load(logits, stride, i, offs, vocab, inv_t, ck, HAS_K)  # again: from L2
-                    inside = ((x >= lo) & (x < hi)).to(tl.int32)
-                    _copy_out(cand_x, cand_i, x, offs, inside, run[None, :] + tl.cumsum(inside, 0) - inside, i, chunk,
-                              C, CAP, KEEP)  # fmt: skip
-                    run += tl.sum(inside, 0)
+    if use_p:
+        count = tl.sum(cols, 0)  # one block-wide sum and (when some entry is in) one scan, not one per SUB block
+        if count > 0:  # the copies: column c's entries (every SUB block, in order) after those of columns < c
+            run = tl.cumsum(cols, 0) - cols
+            for sub in range(CHUNK // SUB):
+                offs = _sub_offsets(chunk, sub, CHUNK, SUB, W)
+                x = _load(logits, stride, i, offs, vocab, inv_t, ck, HAS_K)  # again: from L2
+                inside = ((x >= lo) & (x < hi)).to(tl.int32)
+                _copy_out(cand_x, cand_i, x, offs, inside, run[None, :] + tl.cumsum(inside, 0) - inside, i, chunk, C,
+                          CAP, KEEP)  # fmt: skip
+                run += tl.sum(inside, 0)
     best, best_at = _best(best, best_at)
     tl.store(counts + i * C + chunk, count)
     tl.store(best_val + i * C + chunk, best)
@@ -581,7 +566,6 @@ def sample(
     _split_kernel[grid](*head, top_p, min_p, seeds, steps, greedy, ws["stats"], ws["partial"], *copies, ws["best_val"],
                         ws["best_idx"], vocab, vbits, *MIX, HAS_K=has_k, C=c, CHUNK=CHUNK,
                         SUB=max(min(SPLIT_SUB, CHUNK), w), W=w, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS, FAST=fast,
-                        TWO_SWEEPS=SPLIT_TWO_SWEEPS,
                         num_warps=WARPS["split"])  # fmt: skip
     spill = dict(C=c, CHUNK=CHUNK, CAP=CAP, KEEP=keep, BLK=min(SPILL_SUB, CHUNK), NT=NUM_THRESHOLDS)
     for k in range(2, NUM_PASSES):  # spill rows only: the others exit at once

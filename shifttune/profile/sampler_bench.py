@@ -50,7 +50,6 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
     ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
-    ("split_two_sweeps", {"SPLIT_TWO_SWEEPS": True}),
 ]
 
 
