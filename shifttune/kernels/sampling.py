@@ -8,8 +8,9 @@ size; same algorithm and results as `sampling_ref.sample_ref`.
 3. `_split_kernel` [rows, chunks]: after that pass the cut lies in a bracket [lo1, hi1). Entries >= hi1 (and
    above the min-p floor) are kept for sure: their Gumbel-max draw is done here, best per chunk. Entries
    in the bracket, the only ones the three other passes need, are counted per thread, then copied out
-   (value, index) per chunk, up to SPILL_CAP of them, by a second sweep over the chunk (from L2). A row of which some chunk holds more than CAP "spills" (its cut lies in the dense
-   middle of the logits): launches 4 and 5 run its other passes, over all its chunks at once.
+   (value, index) per chunk, up to SPILL_CAP of them, by a second sweep over the chunk (from L2). A row of
+   which some chunk holds more than CAP "spills" (its cut lies in the dense middle of the logits): launches 4
+   and 5 run its other passes, over all its chunks at once.
 4. `_spill_mass_kernel` [rows, chunks], launched for passes 2 and 3, spill rows only (the others exit at
    once): the bracket so far, rebuilt from the earlier passes' per-chunk masses, then the chunk's masses at
    the pass's thresholds of its entries in [lo1, hi1): its copies, or its logits where they overflowed.
