@@ -173,3 +173,23 @@ def test_the_loop_benchmark_decodes_its_whole_batch_however_long_the_prefill():
         llm.shutdown()
     assert row["decode_steps"] >= 4 and row["loop_ms"] > 0 and again["decode_steps"] >= 4
     assert hits == 0
+
+
+def test_the_persistent_batch_keeps_each_tables_span():
+    """Each row's `BlockSpan` across appends, the step's spans in its order, and a row reused by a new request
+    starting over."""
+    from shifttune.config import TP
+    from shifttune.runner.input_batch import InputBatch, NewRequest, StepDelta
+    from shifttune.runner.sampler import RequestSampling
+
+    batch = InputBatch(4, 16, 4, 0, 64, torch.device("cpu"))
+
+    def step(new=(), appended=(), finished=(), ids=(1, 2)):
+        delta = StepDelta(TP, list(ids), [1] * len(ids), [5] * len(ids), [], [NewRequest(r, b, 0, 0, RequestSampling())
+                          for r, b in new], list(appended), list(finished))  # fmt: skip
+        batch.update(delta)
+        return [(s.lo, s.hi) for s in batch.prepare(delta)[0].block_spans]
+
+    assert step(new=[(1, [6, 5]), (2, [3])]) == [([6, 5], [6, 6]), ([3], [3])]
+    assert step(appended=[(1, [9])], ids=(2, 1)) == [([3], [3]), ([6, 5, 5], [6, 6, 9])]
+    assert step(new=[(3, [1, 2])], finished=[1], ids=(3, 2)) == [([1, 1], [1, 2]), ([3], [3])]

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
-from shifttune.kernels.attention import AttentionMetadata, attend
+from shifttune.kernels.attention import AttentionMetadata, BlockSpan, attend
 from shifttune.kernels.attention_ref import paged_attention_ref
 from shifttune.kernels.prefill_attention import (
     PAGED_PAD,
@@ -23,13 +23,16 @@ from shifttune.kernels.prefill_attention import (
 from conftest import LAYOUTS, MAX_TOKENS, PROMPTS, hf_reference
 
 
-def make_step(q_lens, ctx_lens, hq, hk, d, block_size, seed=0):
+def make_step(q_lens, ctx_lens, hq, hk, d, block_size, seed=0, in_order=False):
     """A step in a paged cache: sequence i has ctx_lens[i] cached tokens and q_lens[i] new ones (their K/V
-    already written, as the model writes them before attention). Returns q, k, v, caches, meta."""
+    already written, as the model writes them before attention). Its blocks are numbered in order when
+    `in_order`, else shuffled. Returns q, k, v, caches, meta (with each table's `BlockSpan`)."""
     gen = torch.Generator().manual_seed(seed)
     seq_lens = [c + n for c, n in zip(ctx_lens, q_lens)]
     per_seq = [-(-n // block_size) for n in seq_lens]
     perm = torch.randperm(sum(per_seq) + 2, generator=gen).tolist()
+    if in_order:
+        perm = list(range(2, len(perm))) + [0, 1]
     tables, used = [], 0
     for nb in per_seq:
         tables.append(perm[used : used + nb])
@@ -56,6 +59,7 @@ def make_step(q_lens, ctx_lens, hq, hk, d, block_size, seed=0):
         block_tables=torch.tensor([b + [0] * (width - len(b)) for b in tables]),
         query_start_loc_cpu=qsl,
         seq_lens_cpu=seq_lens,
+        block_spans=[BlockSpan().extend(b) for b in tables],
     )
     return q, k, v, k_cache, v_cache, meta
 
@@ -97,6 +101,47 @@ def test_strided_views_as_the_model_passes_them():
 
 # decode tokens, a short chunk after a prefix, fresh prompts, a long chunk after a long prefix
 MIXED = ([1, 5, 40, 1, 23, 2], [30, 12, 0, 7, 50, 0])
+
+
+def test_block_span():
+    span = BlockSpan().extend([7, 5, 6, 9, 8, 20])
+    assert [span.range_start(n) for n in range(8)] == [None, 7, None, 5, None, 5, None, None]
+    assert BlockSpan().range_start(1) is None
+
+
+@pytest.mark.parametrize("layout", ["ascending", "descending", "shuffled"])
+def test_a_prefix_that_fills_one_range_of_the_cache_is_read_in_place(layout):
+    """A chunk's unmasked prefix keys in blocks that fill one range of the cache (in order or not) are read as a
+    slice of the cache, not through the block table: the table's entries for them overwritten with a wrong
+    block change nothing then, and do change the output when the blocks are not one range (the test's own check
+    that it can fail). The prefix rows past P0 (here 6 of 30) still come through the table."""
+    hq, hk, d, bs, pad, n, prefix = 4, 2, 16, 4, 8, 9, 30
+    q, k, v, kc, vc, meta = make_step([n], [prefix], hq, hk, d, bs, in_order=layout != "shuffled")
+    table = meta.block_tables[0].clone()
+    if layout == "descending":  # as a table gets them back after another sequence freed them (in reverse)
+        nb = -(-(n + prefix) // bs)
+        order = table[:nb].flip(0)
+        kc[order], vc[order] = kc[table[:nb]].clone(), vc[table[:nb]].clone()
+        table[:nb] = order
+        meta.block_tables[0] = table
+    want = reference(q, kc, vc, meta, d**-0.5)
+    span = BlockSpan().extend(table.tolist())
+    assert (span.range_start(24 // bs) is not None) == (layout != "shuffled")
+    wrong = table.clone()
+    wrong[: 24 // bs] = table[-1]  # a block past the prefix
+    out = torch.empty_like(q)
+    SdpaPrefill(SdpaSupport("math"), pad).sequence(q, k, v, kc, vc, wrong, prefix, d**-0.5, out, span)
+    assert (rel_err(out, want) < 1e-5) == (layout != "shuffled")
+    SdpaPrefill(SdpaSupport("math"), pad).sequence(q, k, v, kc, vc, table, prefix, d**-0.5, out, span)
+    assert rel_err(out, want) < 1e-5
+
+
+def test_the_step_plan_passes_each_sequence_its_span():
+    q, k, v, kc, vc, meta = make_step(*MIXED, 8, 2, 16, 4, in_order=True)
+    meta.plan = StepAttention(SdpaPrefill(SdpaSupport("math"), 8), 2, False, 8, 2).plan(meta)
+    assert [span for *_, span in meta.plan.sdpa_seqs] == [meta.block_spans[i] for i in (1, 2, 4, 5)]
+    out = attend(paged_attention_ref, q, k, v, kc, vc, meta, 16**-0.5)
+    assert rel_err(out, reference(q, kc, vc, meta, 16**-0.5)) < 1e-5
 
 
 @pytest.mark.parametrize("min_tokens", [2, 20])

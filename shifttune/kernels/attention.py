@@ -9,14 +9,36 @@ the rest through the paged backend); `attend` runs the plan when there is one.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
 
 if TYPE_CHECKING:  # NOTE: prefill_attention imports this module; the plan's type is only named here
     from shifttune.kernels.prefill_attention import StepPlan
+
+
+@dataclass
+class BlockSpan:
+    """The lowest and highest block id among a block table's first 1, 2, ... blocks: where its first n blocks
+    are one range of the paged cache (in any order), prefill attention reads their keys as one slice."""
+
+    lo: list[int] = field(default_factory=list)
+    hi: list[int] = field(default_factory=list)
+
+    def extend(self, blocks: Iterable[int]) -> BlockSpan:
+        for b in blocks:
+            self.lo.append(min(self.lo[-1], b) if self.lo else b)
+            self.hi.append(max(self.hi[-1], b) if self.hi else b)
+        return self
+
+    def range_start(self, n: int) -> int | None:
+        """The lowest block id when the first n blocks are the ids [it, it + n) (a table never holds a block
+        twice), else None."""
+        if 0 < n <= len(self.lo) and self.hi[n - 1] - self.lo[n - 1] + 1 == n:
+            return self.lo[n - 1]
+        return None
 
 
 @dataclass
@@ -29,6 +51,7 @@ class AttentionMetadata:
     block_tables: torch.Tensor  # [B, max_blocks] (-1 padded)
     query_start_loc_cpu: list[int] | None  # host copies: the torch reference loops over sequences
     seq_lens_cpu: list[int] | None
+    block_spans: list[BlockSpan] | None = None  # per sequence, of its block table (host; prefill attention)
     num_splits: int | None = None  # split-KV ways for the Triton kernel; fixed when captured in a graph
     block_m: int | None = None  # query rows per Triton program; None: chosen from tokens per sequence
     plan: StepPlan | None = None  # eager steps: how the step splits between SDPA and the paged backend

@@ -143,9 +143,11 @@ def run_engine(
     engine = llm.llm_engine
     runner = engine.executor.runner
     cfg = engine.config.model_config
-    support = runner.attention.sdpa.support.__dict__.copy() if runner.attention.sdpa else None
+    sdpa = runner.attention.sdpa
+    support = sdpa.support.__dict__.copy() if sdpa else None
     startup |= {"runner": dict(runner.startup), "resolved_path": runner.attention.path, "sdpa_support": support}
     del runner
+    reads = (lambda: dict(sdpa.prefix_reads)) if sdpa else dict  # in-process runner (one rank)
     log(f"{path}: engine up in {startup['engine_s']:.1f} s ({startup['runner']}), path {startup['resolved_path']}")
     rows, skipped = [], []
     params = SamplingParams(temperature=0, max_tokens=1, ignore_eos=True)
@@ -155,14 +157,14 @@ def run_engine(
             skipped.append({"path": path, "prompt_tokens": length, "why": why})
             log(f"{path}: skipping {length} tokens: {why}")
             continue
-        times, device_s, request_clocks, profiles, first_token = [], [], [], [], None
+        times, device_s, request_clocks, profiles, first_token, in_place = [], [], [], [], None, []
         profile = args.profile_first and device.type == "cuda" and length == lengths[0]
         with recording(0.05) as clocks:  # no NVML (CPU): records nothing
             # a profiled warm request (the second) is timed but not counted: one more runs in its place
             for run in range(1 + args.repeats + (1 if profile else 0)):
                 gen = torch.Generator().manual_seed(1000 * length + run)
                 ids = torch.randint(10, cfg.vocab_size, (length,), generator=gen).tolist()
-                before, seen = engine.stats.num_steps, len(clocks.history(0, "sm_clock"))
+                before, seen, read = engine.stats.num_steps, len(clocks.history(0, "sm_clock")), reads()
                 prof = start_profile() if profile and run < 2 else None
                 t0 = time.perf_counter()
                 out = llm.generate([ids], params)[0]
@@ -170,6 +172,8 @@ def run_engine(
                 if prof is not None:
                     profiles.append(device_timeline(prof, top=8))
                 steps = list(engine.stats.steps)[before - engine.stats.num_steps :]
+                n = {k: v - read.get(k, 0) for k, v in reads().items()}
+                in_place.append(n["in_place"] / max(1, sum(n.values())) if n else None)
                 device_s.append(sum(st.duration_s for st in steps))
                 mhz = clocks.history(0, "sm_clock")[seen:]
                 request_clocks.append(statistics.median(mhz) if mhz else None)
@@ -195,6 +199,9 @@ def run_engine(
                 "warm_device_s": device_s[warm_from:],
                 "sm_clock_mhz_per_request": request_clocks,  # median NVML reading during each (first, warm...)
                 "first_token": first_token,
+                # per request (first, warm...): the share of SDPA calls whose cached prefix was read in place, not
+                # gathered (`BlockSpan`; its blocks are one range of the cache as the block manager handed them out)
+                "prefix_in_place_share": in_place,
                 "chunk_tokens": args.chunk,
                 "gpu": clock_and_power(clocks),
             }
@@ -214,7 +221,8 @@ def run_engine(
         clock = rows[-1]["gpu"].get("sm_clock_mhz_median")
         log(f"{path}: {length:7d} tokens  first {times[0]:.3f} s (device {device_s[0]:.3f})  warm {warm:.3f} s "
             f"(device {statistics.median(device_s[warm_from:] or device_s):.3f})  floor {floor:.3f} s "
-            f"({100 * floor / warm:.0f}% of floor)" + (f", SM clock {clock:.0f} MHz" if clock else ""))  # fmt: skip
+            f"({100 * floor / warm:.0f}% of floor)" + (f", SM clock {clock:.0f} MHz" if clock else "")
+            + f", prefix read in place {in_place}")  # fmt: skip
     if device.type == "cuda":
         startup["peak_memory_bytes"] = torch.cuda.max_memory_allocated()
         if args.breakdown:

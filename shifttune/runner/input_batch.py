@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from shifttune.kernels.attention import BlockSpan
 from shifttune.kernels.upload import to_device, to_device_parts
 from shifttune.runner.sampler import RequestSampling, Sampler
 from shifttune.runner.step_input import StepTensors
@@ -52,6 +53,7 @@ class InputBatch:
         self.free_rows = list(range(max_rows - 1, -1, -1))
         self.num_computed = [0] * max_rows
         self.num_blocks = [0] * max_rows
+        self.block_spans = [BlockSpan() for _ in range(max_rows)]
         self.block_table = torch.full((max_rows, max_blocks), scratch_block, dtype=torch.int64, device=device)
         self.last_token = torch.zeros(max_rows, dtype=torch.int64, device=device)
         self.sampler = Sampler(max_rows, device)
@@ -70,6 +72,7 @@ class InputBatch:
             row = self.rows[r.req_id] = self.free_rows.pop()
             new_rows.append(row)
             self.num_computed[row], self.num_blocks[row] = r.num_computed_tokens, 0
+            self.block_spans[row] = BlockSpan()
             self._append_blocks(row, r.block_ids, writes)
         for req_id, blocks in delta.new_block_ids:
             self._append_blocks(self.rows[req_id], blocks, writes)
@@ -81,6 +84,7 @@ class InputBatch:
 
     def _append_blocks(self, row: int, blocks: list[int], writes: list[list[int]]) -> None:
         n = self.num_blocks[row]
+        self.block_spans[row].extend(blocks)
         writes[0] += [row] * len(blocks)
         writes[1] += range(n, n + len(blocks))
         writes[2] += blocks
@@ -109,7 +113,8 @@ class InputBatch:
         if pad_tokens:
             zeros = torch.zeros(pad_tokens, dtype=torch.int64, device=self.device)
             ids, pos = torch.cat([ids, zeros]), torch.cat([pos, zeros])
-        step = StepTensors(delta.mode, ids, pos, slots, qsl_dev, lens_dev, tables, samples_dev, qsl, lens)
+        spans = [self.block_spans[r] for r in rows]
+        step = StepTensors(delta.mode, ids, pos, slots, qsl_dev, lens_dev, tables, samples_dev, qsl, lens, spans)
         return step, sample_rows, sample_rows_dev
 
     def load_graph(self, delta: StepDelta, graphs) -> tuple[list[int], torch.Tensor]:

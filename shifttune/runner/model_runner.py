@@ -21,7 +21,7 @@ from collections.abc import Callable
 import torch
 
 from shifttune.config import SP, TP, EngineConfig
-from shifttune.kernels.attention import AttentionBackend, AttentionMetadata
+from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, BlockSpan
 from shifttune.kernels.attention_ref import paged_attention_ref
 from shifttune.kernels.prefill_attention import (
     SDPA_MIN_PAIRS,
@@ -257,7 +257,8 @@ class ModelRunner:
         )
         out = to_device_parts(lists, torch.int64, self.device)
         out[5] = out[5].view(len(step.block_tables), width)
-        return StepTensors(step.mode, *out, step.query_start_loc, step.seq_lens)
+        spans = [BlockSpan().extend(row) for row in step.block_tables]
+        return StepTensors(step.mode, *out, step.query_start_loc, step.seq_lens, spans)
 
     @torch.inference_mode()
     def execute_model(self, step: StepInput) -> torch.Tensor | None:
@@ -314,6 +315,7 @@ class ModelRunner:
             block_tables=step.block_tables,
             query_start_loc_cpu=step.query_start_loc_cpu,
             seq_lens_cpu=step.seq_lens_cpu,
+            block_spans=step.block_spans,
         )
         meta.plan = self.attention.plan(meta)
         samples = step.sample_indices if step.sample_indices.numel() else None

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from shifttune.kernels.attention import BlockSpan
+
 
 @dataclass
 class StepInput:
@@ -36,6 +38,7 @@ class StepTensors:
     sample_indices: torch.Tensor  # [k] positions in the step of the tokens that sample
     query_start_loc_cpu: list[int]
     seq_lens_cpu: list[int]
+    block_spans: list[BlockSpan] | None = None  # per sequence, of its block table (host)
 
     @property
     def num_tokens(self) -> int:

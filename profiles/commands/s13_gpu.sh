@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Session 13's one-GPU checks (each part < 10 min), from the repository root (carry: wheels, gpu_old;
+# gpu_old/s13a = `git archive 53a89f9`, the tree before the in-place prefix reads and the two-sweep split kernel):
+#   PART=a bash profiles/commands/s13_gpu.sh   # issue 14: SDPA GPU tests; TTFT at 8k-128k on this tree; 128k - 1
+#       alone in a fresh engine on this tree and on s13a; issue 10: a five-step timeline of batch 256 at 512, sampled
+# Into $OUT: check.log, tests.log, long_prompts.json, long_prompts_128k.json, long_prompts_128k_before.json,
+# loop_timeline.json.
+set -u
+OUT=${OUT:-/tmp/out}
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
+LOG=$OUT/check.log
+python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hypothesis > /dev/null 2>&1
+stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+long_prompts() {  # tree, seconds, lengths, out
+  (cd "$1" && PYTHONPATH=$PWD timeout "$2" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
+    --lengths "$3" --no-layer-bench --out "$4" 2>&1 | grep -v -i warn | grep -E "tokens|floor|error|Error" | tail -6 \
+    | tee -a "$LOG")
+}
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+if [ "${PART:-a}" = a ]; then
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py -k "cudnn or gpu" \
+    > "$OUT/tests.log" 2>&1
+  stamp "SDPA GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  long_prompts . 170 8192,32768,65536,131071 "$OUT/long_prompts.json"
+  stamp "128k - 1 alone, this tree:"
+  long_prompts . 100 131071 "$OUT/long_prompts_128k.json"
+  stamp "128k - 1 alone, before (gpu_old/s13a):"
+  long_prompts gpu_old/s13a 100 131071 "$OUT/long_prompts_128k_before.json"
+  timeout 90 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases 7 --no-offline --timeline \
+    --out "$OUT/loop_timeline.json" 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+fi
+stamp done
