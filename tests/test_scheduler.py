@@ -90,3 +90,25 @@ def test_block_manager_prefix_chain_refcounts_and_eviction():
     d = _seq(list(range(100, 108)), "d")
     bm.allocate(d, [], 8)
     assert bm.match_prefix(_seq([1, 2, 3, 4, 0])) == []
+
+
+def test_a_growing_sequence_takes_the_block_next_to_its_last():
+    """A sequence's next block is the one numbered next to its last (above, else below) when that one is free,
+    so its blocks fill one range of the cache and prefill attention reads its prefix in place; but a free block
+    that still caches a prefix is not taken out of the queue's order for that."""
+    from shifttune.kernels.attention import BlockSpan
+
+    for caching in (False, True):
+        bm = BlockManager(num_blocks=8, block_size=2, enable_prefix_caching=caching)
+        a, b, c = _seq(list(range(8)), "a"), _seq(list(range(20, 24)), "b"), _seq(list(range(50, 66)), "c")
+        for seq in (a, b):
+            bm.allocate(seq, [], len(seq.token_ids))
+            bm.mark_computed(seq, 0, len(seq.token_ids))
+        assert (a.block_table, b.block_table) == ([0, 1, 2, 3], [4, 5])
+        bm.free(a)
+        bm.free(b)  # the queue: 6, 7, then 3, 2, 1, 0, then 5, 4
+        bm.allocate(c, [], 2)
+        for n in range(4, 17, 2):
+            bm.append(c, n)
+        assert c.block_table == ([6, 7, 3, 2, 1, 0, 5, 4] if caching else [6, 7, 3, 4, 5, 2, 1, 0])
+        assert (BlockSpan().extend(c.block_table).range_start(5) == 3) is not caching

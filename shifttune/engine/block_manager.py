@@ -3,13 +3,17 @@
 A full block is identified by a chained hash (hash of the previous block's hash and its own tokens).
 Blocks whose reference count drops to zero go back to the free queue but keep their hash, so a
 later request with the same prefix can take them back until they are reused for other tokens.
+
+New blocks come from the head of the free queue, except that a sequence takes the block numbered next to
+its last one (above, else below) when that one is free and caches nothing: a long prompt's blocks then fill
+one range of the cache, whose keys prefill attention reads in place (`kernels.attention.BlockSpan`).
 """
 
 from __future__ import annotations
 
 import hashlib
 from array import array
-from collections import deque
+from collections import OrderedDict
 
 from shifttune.engine.sequence import Sequence
 
@@ -36,7 +40,8 @@ class BlockManager:
         self.watermark_blocks = max(1, int(watermark * num_blocks)) if watermark > 0 else 0
         self.enable_prefix_caching = enable_prefix_caching
         self.blocks = [Block(i) for i in range(num_blocks)]
-        self.free_block_ids: deque[int] = deque(range(num_blocks))
+        # a queue (O(1) at both ends and, unlike a dict's first key, for any block taken out of its middle)
+        self.free_block_ids: OrderedDict[int, None] = OrderedDict.fromkeys(range(num_blocks))
         self.hash_to_block_id: dict[int, int] = {}
         self.num_prefix_hits = 0  # blocks taken from the prefix cache, for stats and tests
 
@@ -82,7 +87,7 @@ class BlockManager:
         for block_id in cached:
             block = self.blocks[block_id]
             if block.ref_count == 0:
-                self.free_block_ids.remove(block_id)
+                del self.free_block_ids[block_id]
             block.ref_count += 1
         self.num_prefix_hits += len(cached)
         seq.block_table = list(cached)
@@ -94,11 +99,25 @@ class BlockManager:
     def append(self, seq: Sequence, num_tokens: int) -> None:
         """Grows the block table to hold `num_tokens` tokens."""
         while len(seq.block_table) < blocks_for(num_tokens, self.block_size):
-            block = self.blocks[self.free_block_ids.popleft()]
-            if block.hash is not None and self.hash_to_block_id.get(block.hash) == block.block_id:
+            block = self.blocks[self._take(seq.block_table[-1] if seq.block_table else None)]
+            if self._caches(block.block_id):
                 del self.hash_to_block_id[block.hash]  # evict: this block now gets other tokens
             block.hash, block.token_ids, block.ref_count = None, (), 1
             seq.block_table.append(block.block_id)
+
+    def _take(self, last: int | None) -> int:
+        """A free block for a table that ends in `last`: last + 1 or last - 1 when free and caching nothing,
+        else the head of the queue (the block cached longest ago)."""
+        if last is not None:
+            for block_id in (last + 1, last - 1):
+                if block_id in self.free_block_ids and not self._caches(block_id):
+                    del self.free_block_ids[block_id]
+                    return block_id
+        return self.free_block_ids.popitem(last=False)[0]
+
+    def _caches(self, block_id: int) -> bool:
+        h = self.blocks[block_id].hash
+        return h is not None and self.hash_to_block_id.get(h) == block_id
 
     def mark_computed(self, seq: Sequence, old: int, new: int) -> None:
         """Registers the hashes of blocks that became full when computed tokens went from old to new."""
@@ -119,5 +138,5 @@ class BlockManager:
             block = self.blocks[block_id]
             block.ref_count -= 1
             if block.ref_count == 0:
-                self.free_block_ids.append(block_id)
+                self.free_block_ids[block_id] = None
         seq.block_table = []
