@@ -3,8 +3,10 @@
 # gpu_old/s13a = `git archive 53a89f9`, the tree before the in-place prefix reads and the two-sweep split kernel):
 #   PART=a bash profiles/commands/s13_gpu.sh   # issue 14: SDPA GPU tests; TTFT at 8k-128k on this tree; 128k - 1
 #       alone in a fresh engine on this tree and on s13a; issue 10: a five-step timeline of batch 256 at 512, sampled
+#   PART=b bash profiles/commands/s13_gpu.sh   # after the block manager's next-block rule: issue 14's TTFT table at
+#       8k-128k with one 128k chunk's kernel breakdown; issue 10's loop table
 # Into $OUT: check.log, tests.log, long_prompts.json, long_prompts_128k.json, long_prompts_128k_before.json,
-# loop_timeline.json.
+# loop_timeline.json (a); long_prompts.json, loop_overhead.json (b).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -28,5 +30,11 @@ if [ "${PART:-a}" = a ]; then
   long_prompts gpu_old/s13a 100 131071 "$OUT/long_prompts_128k_before.json"
   timeout 90 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases 7 --no-offline --timeline \
     --out "$OUT/loop_timeline.json" 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+elif [ "$PART" = b ]; then
+  (timeout 240 python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths \
+    8192,32768,65536,131071 --no-layer-bench --breakdown --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn \
+    | grep -E "tokens|floor|error|Error" | tail -6 | tee -a "$LOG")
+  timeout 200 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out "$OUT/loop_overhead.json" 2>&1 \
+    | grep -v -i warn | tee -a "$LOG"
 fi
 stamp done

@@ -7,14 +7,13 @@ at least `min_tokens` new tokens goes to SDPA on contiguous copies (or, when it 
 projection's own views): its new K/V come straight from the projection and its cached prefix is read from
 the paged cache in place when its blocks fill one range of it, in any order (`BlockSpan`), else gathered.
 torch aligns `is_causal` top-left, and its `causal_lower_right` bias never reaches cuDNN (it goes to flash or
-memory-efficient attention, or materializes a mask). So a chunk of n tokens after a prefix of P cached ones runs as two calls
-merged by their log-sum-exp: the chunk's queries against the first P0 keys with no mask (P0 = P
-rounded down to the pad), and against the remaining r = P - P0 prefix keys plus the chunk's own keys
-as one square causal block in which r discarded query rows sit in front of the real ones (one call
-when P0 = 0). Query and key counts are padded with zeros at the end (rows a causal mask hides from
-the real ones, or discarded query rows) to multiples of `pad`: cuDNN builds one execution plan per
-shape, and padding bounds the shapes it meets (and keeps lengths multiples of 128, which older cuDNN
-releases need for correct results).
+memory-efficient attention, or materializes a mask). So a chunk of n tokens after a prefix of P cached ones
+runs as two calls merged by their log-sum-exp: the chunk's queries against the first P0 keys with no mask (P0
+= P rounded down to the pad), and against the remaining r = P - P0 prefix keys plus the chunk's own keys as
+one square causal block in which r discarded query rows sit in front of the real ones (one call when P0 = 0).
+Query and key counts are padded with zeros at the end (rows a causal mask hides from the real ones, or
+discarded query rows) to multiples of `pad`: cuDNN builds one execution plan per shape, and padding bounds the
+shapes it meets (and keeps lengths multiples of 128, which older cuDNN releases need for correct results).
 `warm_up` builds the plans of the common shapes at start.
 
 Everything else goes to the paged kernel in one launch. With the Triton kernel its integer arguments

@@ -237,13 +237,14 @@ def run_engine(
 
 def chunk_breakdown(engine, chunk: int, rate: float) -> list[dict]:
     """Where the device time of one eager `chunk`-token prefill step goes (kernel time by category, profiled),
-    from position 0 and after 3 chunks of cached prefix, beside its matmul and attention FLOPs at `rate`."""
+    from position 0, after 3 chunks of cached prefix and after the longest whole-chunk prefix the engine
+    takes, beside its matmul and attention FLOPs at `rate`."""
     from shifttune.config import TP
     from shifttune.profile.step_timing import breakdown_step, synthetic_step
 
-    cfg, out = engine.config.model_config, []
-    for prefix in (0, 3 * chunk):
-        if prefix + chunk >= engine.config.max_model_len:
+    cfg, out, longest = engine.config.model_config, [], engine.config.max_model_len - 1
+    for prefix in sorted({0, 3 * chunk, longest // chunk * chunk - chunk}):
+        if prefix < 0 or prefix + chunk > longest:
             continue
         step = synthetic_step(TP, 1, chunk, prefix + chunk, engine.config.block_size)
         kernels = engine.executor.collective_rpc(breakdown_step, step, 3)
