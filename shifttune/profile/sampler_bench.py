@@ -38,7 +38,7 @@ import torch
 BATCHES = (1, 8, 32, 128, 256)
 DEVICE = "cuda"
 KINDS = ("flat", "peaked", "dummy")  # of logits (see `_logits`)
-SWEEP_CASES = ((1, "flat"), (32, "flat"), (32, "dummy"), (256, "flat"), (256, "peaked"))  # (batch, kind)
+SWEEP_CASES = ((1, "flat"), (32, "flat"), (32, "dummy"), (256, "flat"), (256, "peaked"), (256, "dummy"))
 SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is the default
     ("default", {}),
     ("chunk4096", {"CHUNK": 4096, "CAP": 512, "SPILL_CAP": 1024}),
@@ -50,6 +50,9 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
     ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
+    ("cap2048", {"CAP": 2048}),  # rows whose bracket holds up to 2048 entries a chunk (dummy weights') don't spill
+    ("cap2048_finish_w32", {"CAP": 2048, "WARPS": {"finish": 32}}),
+    ("cap2048_spill4096_finish_w32", {"CAP": 2048, "SPILL_CAP": 4096, "WARPS": {"finish": 32}}),
 ]
 
 
