@@ -142,8 +142,8 @@ def test_collective_model_says_what_was_measured():
     assert used["nccl all_reduce P=4 graph"] == "measured on 4 GPUs"
     assert "extrapolated" in used["nccl all_reduce P=8 graph"]
     assert "not measured" in used["nccl all_gather P=4 graph"] and "assumed" in used["nccl all_reduce P=4 eager"]
-    # H100 has no table of its own: H200's, said so
-    assert "not measured on this GPU" in collective_model_for("h100").note
+    # H100 has its own table (4 H100s, session 13); a GPU of the same fabric without one gets another's, said so
+    assert collective_model_for("h100").source.endswith("h100x4.json") and not collective_model_for("h100").note
     with pytest.raises(ConfigError, match="no collective measurements"):
         collective_model_for("a100")
 

@@ -5,8 +5,11 @@
 #       alone in a fresh engine on this tree and on s13a; issue 10: a five-step timeline of batch 256 at 512, sampled
 #   PART=b bash profiles/commands/s13_gpu.sh   # after the block manager's next-block rule: issue 14's TTFT table at
 #       8k-128k with one 128k chunk's kernel breakdown; issue 10's loop table
+#   PART=c bash profiles/commands/s13_gpu.sh   # `_split_kernel` on 4 warps: the one-GPU engine tests (HF oracle, graphs,
+#       shutdown, no compiles after start-up); the sampler against its reference and its sweep; issue 10's loop table
 # Into $OUT: check.log, tests.log, long_prompts.json, long_prompts_128k.json, long_prompts_128k_before.json,
-# loop_timeline.json (a); long_prompts.json, loop_overhead.json (b).
+# loop_timeline.json (a); long_prompts.json, loop_overhead.json (b); tests.log, sampler_bench.json,
+# loop_overhead.json (c).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -35,6 +38,13 @@ elif [ "$PART" = b ]; then
     8192,32768,65536,131071 --no-layer-bench --breakdown --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn \
     | grep -E "tokens|floor|error|Error" | tail -6 | tee -a "$LOG")
   timeout 200 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out "$OUT/loop_overhead.json" 2>&1 \
+    | grep -v -i warn | tee -a "$LOG"
+elif [ "$PART" = c ]; then
+  timeout 170 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 150 python -m shifttune.profile.sampler_bench --out "$OUT/sampler_bench.json" 2>&1 | grep -v -i warn \
+    | grep -E "tokens_match|config|wrote" | cut -c1-330 | tee -a "$LOG"
+  timeout 210 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out "$OUT/loop_overhead.json" 2>&1 \
     | grep -v -i warn | tee -a "$LOG"
 fi
 stamp done

@@ -53,9 +53,11 @@ CAP = CHUNK // 8  # bracket entries per chunk that `_finish_kernel` takes (past 
 # bracket entries copied out per chunk (past it, the spill kernels read the chunk's logits): 8 bytes each, n * 256 KiB
 # for a 128k vocabulary; a first bracket at the densest part of normal logits holds ~22% of the entries
 SPILL_CAP = CHUNK // 4
-SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk (~110 registers: 2 programs/SM)
+SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
 SPILL_SUB = 1024  # entries per step of the spill kernels' loops over a chunk's bracket entries
-WARPS = {"stats": 8, "mass": 8, "split": 8, "spill_mass": 4, "spill_draw": 4, "finish": 16}  # num_warps per kernel
+# num_warps per kernel; `_split_kernel` with 4 rather than 8 (H100, `sampler_bench` sweep, session 13): batch 256
+# 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us
+WARPS = {"stats": 8, "mass": 8, "split": 4, "spill_mass": 4, "spill_draw": 4, "finish": 16}
 assert NUM_PASSES >= 2, "the spill kernels run passes 2 .. NUM_PASSES"
 
 _LN2 = tl.constexpr(LN2)

@@ -46,13 +46,11 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
     ("split_sub8192", {"SPLIT_SUB": 8192}),
     ("spill_sub512", {"SPILL_SUB": 512}),
     ("spill_cap4096", {"SPILL_CAP": 4096}),
-    ("split_w4", {"WARPS": {"split": 4}}),
+    ("split_w8", {"WARPS": {"split": 8}}),
+    ("split_w2", {"WARPS": {"split": 2}}),
     ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
-    ("cap2048", {"CAP": 2048}),  # rows whose bracket holds up to 2048 entries a chunk (dummy weights') don't spill
-    ("cap2048_finish_w32", {"CAP": 2048, "WARPS": {"finish": 32}}),
-    ("cap2048_spill4096_finish_w32", {"CAP": 2048, "SPILL_CAP": 4096, "WARPS": {"finish": 32}}),
 ]
 
 
