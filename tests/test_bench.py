@@ -279,6 +279,25 @@ def test_arrivals_inf_all_at_once_and_poisson_at_a_rate(tok):
     assert with_arrivals(reqs, None, 0) is reqs  # a trace keeps its own times
 
 
+def test_bursty_arrivals_keep_the_rate_and_cluster(tok):
+    """--burstiness k: Gamma gaps of shape k, mean 1 / rate, coefficient of variation 1 / sqrt(k) (Poisson's
+    is 1); the recommender's simulator gets the same arrivals (`Workload`); bad values are refused."""
+    reqs = random_requests(tok, 4000, LengthRange(4, 4), LengthRange(2, 2), seed=0)
+    for k, cv in ((1.0, 1.0), (0.25, 2.0), (4.0, 0.5)):
+        gaps = np.diff([r.arrival_s for r in with_arrivals(reqs, 8.0, 3, burstiness=k)])
+        assert np.mean(gaps) == pytest.approx(1 / 8, rel=0.1) and np.std(gaps) / np.mean(gaps) == pytest.approx(
+            cv, rel=0.15
+        )
+        sim = [w.arrival_s for w in Workload(rate=8.0, num_requests=4000, seed=3, burstiness=k).requests()]
+        assert np.allclose(np.diff(sim), gaps)
+    for bad in (0.0, -1.0, math.inf, math.nan):
+        with pytest.raises(ConfigError, match="burstiness"):
+            Workload(rate=8.0, burstiness=bad).requests()
+        with pytest.raises(ConfigError) as e:
+            BenchConfig(base_url="http://127.0.0.1:1", burstiness=bad).validate()
+        assert e.value.field == "burstiness"
+
+
 # ---------------------------------------------------------------- the client
 
 

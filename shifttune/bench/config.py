@@ -59,6 +59,7 @@ class BenchConfig:
     dataset: str = "random"
     dataset_path: Path | None = None
     time_scale: float = 1.0  # trace: multiplies the trace's arrival times (0.5 = twice as fast)
+    burstiness: float = 1.0  # shape of the Gamma-distributed gaps between arrivals: 1 Poisson, < 1 bursty
     slo_ttft_ms: float | None = None
     slo_tpot_ms: float | None = None
     seed: int = 0
@@ -104,6 +105,10 @@ class BenchConfig:
             raise ConfigError("must be a positive number", "time_scale")
         if self.time_scale != 1.0 and self.dataset != "trace":
             raise ConfigError("only for --dataset trace (use --rate for the others)", "time_scale")
+        if not (math.isfinite(self.burstiness) and self.burstiness > 0):
+            raise ConfigError("must be a positive number (1: Poisson arrivals, below 1: burstier)", "burstiness")
+        if self.burstiness != 1.0 and self.dataset == "trace":
+            raise ConfigError("--dataset trace replays the trace's own arrival times", "burstiness")
         for name in ("slo_ttft_ms", "slo_tpot_ms"):
             value = getattr(self, name)
             if value is not None and not value > 0:

@@ -119,12 +119,16 @@ def build_requests(cfg: BenchConfig, tok: BenchTokenizer) -> list[BenchRequest]:
     )
 
 
-def with_arrivals(requests: list[BenchRequest], rate: float | None, seed: int) -> list[BenchRequest]:
+def with_arrivals(
+    requests: list[BenchRequest], rate: float | None, seed: int, burstiness: float = 1.0
+) -> list[BenchRequest]:
     """Arrival times for one run: None keeps the requests' own (a trace), inf sends all at once, a rate
-    gives Poisson arrivals (the first at 0, as vLLM sends it)."""
+    gives Poisson arrivals, or Gamma-distributed gaps of shape `burstiness` (`Workload`; the first at 0,
+    as vLLM sends it)."""
     if rate is None:
         return requests
     if math.isinf(rate):
         return [replace(r, arrival_s=0.0) for r in requests]
-    times = [w.arrival_s for w in Workload(rate=rate, num_requests=len(requests), seed=seed).requests()]
+    work = Workload(rate=rate, num_requests=len(requests), seed=seed, burstiness=burstiness)
+    times = [w.arrival_s for w in work.requests()]
     return [replace(r, arrival_s=t - times[0]) for r, t in zip(requests, times)]

@@ -120,6 +120,7 @@ def record(
         "num_prompts": cfg.num_prompts,
         "request_rate": rate_label(rate) if rate is None or math.isinf(rate) else rate,
         "time_scale": cfg.time_scale if rate is None else None,
+        "burstiness": cfg.burstiness if rate is not None and math.isfinite(rate) else None,
         "max_concurrency": cfg.concurrency,
         "slo_ttft_ms": cfg.slo_ttft_ms,
         "slo_tpot_ms": cfg.slo_tpot_ms,
@@ -183,7 +184,7 @@ async def _bench(cfg: BenchConfig, reporter: Reporter, label: str) -> BenchRun:
                     run.interrupted = True
                     break
                 reporter.start(f"{label}rate {rate_label(rate)}", len(requests))
-                batch = with_arrivals(requests, rate, cfg.seed)
+                batch = with_arrivals(requests, rate, cfg.seed, cfg.burstiness)
                 results, duration, interrupted = await run_requests(client, batch, cfg.concurrency, reporter, stop)
                 run.records.append(record(cfg, model, tok.name, rate, results, duration, interrupted,
                                           client.ignore_eos))  # fmt: skip

@@ -68,13 +68,14 @@ class ValidateConfig:
     output_len: LengthRange = LengthRange(128, 128)
     seed: int = 0
     api_key: str | None = None
+    burstiness: float = 1.0  # of the arrivals (`Workload`)
     warmup_prompts: int = 16  # sent at the highest rate before the measured runs, results dropped
     probe_requests: int = 8  # lone requests to the idle server for its host time per request (0: none)
 
     def bench_config(self, rate: float, seed: int, num_prompts: int) -> BenchConfig:
         return BenchConfig(base_url=self.base_url, api_key=self.api_key, rates=[rate], num_prompts=num_prompts,
                            input_len=self.input_len, output_len=self.output_len, tokenizer=PROMPT_TOKENIZER,
-                           seed=seed)  # fmt: skip
+                           seed=seed, burstiness=self.burstiness)  # fmt: skip
 
 
 def _headers(api_key: str | None) -> dict:
@@ -293,7 +294,7 @@ def validate(cfg: ValidateConfig) -> dict:
     rows = []
     for i, rate in enumerate(cfg.rates):
         bench = cfg.bench_config(rate, cfg.seed + SEED_STRIDE * (i + 1), cfg.num_prompts)
-        sent = with_arrivals(build_requests(bench, tok), rate, bench.seed)  # what run_bench sends
+        sent = with_arrivals(build_requests(bench, tok), rate, bench.seed, bench.burstiness)  # what run_bench sends
         requests = [Request(r.arrival_s, r.input_len, r.output_len) for r in sent]
         predicted = simulated(cfg, settings, requests, loop)
         since = server_now(cfg.base_url, cfg.api_key)

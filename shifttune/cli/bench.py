@@ -72,7 +72,8 @@ def bench(
     endpoint: Annotated[str, typer.Option(help="Completions path.")] = "/v1/completions",
     api_key: Annotated[Optional[str], typer.Option(help="Sent as `Authorization: Bearer KEY`.")] = None,
     rate: Annotated[
-        Optional[str], typer.Option(help="Requests/s, Poisson arrivals; inf = all at once (default).")
+        Optional[str],
+        typer.Option(help="Requests/s, Poisson arrivals (see --burstiness); inf = all at once (default)."),
     ] = None,
     rates: Annotated[Optional[str], typer.Option(help="A sweep: comma-separated rates, e.g. 1,2,4,inf.")] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="Most requests in flight (default: no limit).")] = None,
@@ -92,6 +93,13 @@ def bench(
         ),
     ] = None,
     time_scale: Annotated[float, typer.Option(help="Trace: multiply its arrival times (0.5 = twice as fast).")] = 1.0,
+    burstiness: Annotated[
+        float,
+        typer.Option(
+            help="Gaps between arrivals are Gamma-distributed with this shape and mean 1/rate (as vLLM's "
+            "benchmark): 1 = Poisson, below 1 burstier (0.25: bursts, gaps' coefficient of variation 2)."
+        ),
+    ] = 1.0,
     slo_ttft: Annotated[Optional[float], typer.Option("--slo-ttft", help="TTFT objective (ms), for goodput.")] = None,
     slo_tpot: Annotated[Optional[float], typer.Option("--slo-tpot", help="TPOT objective (ms), for goodput.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of prompts, lengths and arrivals.")] = 0,
@@ -158,6 +166,7 @@ def bench(
             dataset=dataset,
             dataset_path=dataset_path,
             time_scale=time_scale,
+            burstiness=burstiness,
             slo_ttft_ms=slo_ttft,
             slo_tpot_ms=slo_tpot,
             seed=seed,

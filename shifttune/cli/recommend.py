@@ -124,7 +124,8 @@ def _validate_command(request: RecommendRequest, url: str, spread: float) -> str
     return shlex.join(["shifttune", "recommend", "--validate", url, *where,
                        "--rate", ",".join(f"{r:g}" for r in request.rates or []),
                        "--num-requests", str(request.num_requests), "--input-len", str(request.input_len),
-                       "--output-len", str(request.output_len), "--spread", f"{spread:g}"])  # fmt: skip
+                       "--output-len", str(request.output_len), "--spread", f"{spread:g}"]
+                      + (["--burstiness", f"{request.burstiness:g}"] if request.burstiness != 1 else []))  # fmt: skip
 
 
 def _validate(request: RecommendRequest, url: str, spread: float, api_key: Optional[str], out: Optional[Path]) -> None:
@@ -138,7 +139,7 @@ def _validate(request: RecommendRequest, url: str, spread: float, api_key: Optio
         prof, path, _ = resolve_profile(request)
         cfg = ValidateConfig(url, prof, path, request.rates or [], request.num_requests,
                              with_spread(request.input_len, spread), with_spread(request.output_len, spread),
-                             api_key=api_key)  # fmt: skip
+                             api_key=api_key, burstiness=request.burstiness)  # fmt: skip
         data = {"command": _validate_command(request, url, spread)} | validate(cfg)
     except ConfigError as e:
         fail_config(e, FLAGS)
@@ -177,7 +178,8 @@ def recommend(
     rate: Annotated[
         Optional[str],
         typer.Option(
-            help="Predict latencies at these arrival rates (requests/s, Poisson; comma-separated for a sweep, "
+            help="Predict latencies at these arrival rates (requests/s, Poisson unless --burstiness; comma-separated "
+            "for a sweep, "
             "e.g. 1,2,4,8). Default on GPU profiles: one rate, about half of what TP mode alone sustains."
         ),
     ] = None,
@@ -185,6 +187,13 @@ def recommend(
     output_len: Annotated[int, typer.Option(help="Mean output tokens per request.")] = 256,
     spread: Annotated[float, typer.Option(help="Lengths uniform within +-spread x mean.")] = 0.25,
     num_requests: Annotated[int, typer.Option(help="Requests to simulate.")] = 300,
+    burstiness: Annotated[
+        float,
+        typer.Option(
+            help="Arrivals: Gamma-distributed gaps of this shape and mean 1/rate (as `shifttune bench "
+            "--burstiness`): 1 = Poisson, below 1 burstier."
+        ),
+    ] = 1.0,
     trace: Annotated[Optional[Path], typer.Option(help="Azure LLM inference trace CSV instead of --rate.")] = None,
     slo_ttft: Annotated[Optional[float], typer.Option("--slo-ttft", help="TTFT objective (ms, p99).")] = None,
     slo_tpot: Annotated[Optional[float], typer.Option("--slo-tpot", help="TPOT objective (ms, p99).")] = None,
@@ -220,7 +229,8 @@ def recommend(
         fail(f"--rate takes numbers, e.g. 2 or 1,2,4; got {rate!r}")
     try:
         request = RecommendRequest(profile_file, model, None if gpus is None else parse_gpus(gpus), context, rates,
-                                   trace, input_len, output_len, spread, num_requests, slo_ttft, slo_tpot)  # fmt: skip
+                                   trace, input_len, output_len, spread, num_requests, slo_ttft, slo_tpot,
+                                   burstiness=burstiness)  # fmt: skip
         if validate_url is not None:
             return _validate(request, validate_url, spread, api_key, out)
         prof, result, data = make_recommendation(request)

@@ -156,7 +156,8 @@ def plan(
     result.notes += launch.notes
     for workload in workloads:
         rate = None if workload.trace is not None else workload.rate
-        result.predictions += [{"rate": rate} | r for r in predict(profile, result, workload)]
+        shape = {} if workload.trace is not None or workload.burstiness == 1 else {"burstiness": workload.burstiness}
+        result.predictions += [{"rate": rate} | shape | r for r in predict(profile, result, workload)]
     return result
 
 

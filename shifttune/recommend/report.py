@@ -30,7 +30,7 @@ class RecommendRequest:
     model: str | None = None
     gpus: GpuRequest | int | None = None  # a count, and optionally the GPU type ("4xH200")
     context: int | None = None  # where the threshold is read; default: the input length, else the median
-    rates: list[float] | None = None  # Poisson arrival rates to predict at
+    rates: list[float] | None = None  # arrival rates to predict at (Poisson, or bursty: `burstiness`)
     trace: Path | None = None  # or an Azure trace CSV
     input_len: int = 2048
     output_len: int = 256
@@ -38,6 +38,7 @@ class RecommendRequest:
     num_requests: int = 300
     slo_ttft_ms: float | None = None  # p99 objectives
     slo_tpot_ms: float | None = None
+    burstiness: float = 1.0  # Gamma shape of the gaps between arrivals (`Workload`): 1 Poisson, < 1 bursty
 
     def validate(self) -> None:
         for name, bad, rule in (
@@ -46,6 +47,7 @@ class RecommendRequest:
             ("output_len", self.output_len < 1, "must be >= 1"),
             ("num_requests", self.num_requests < 1, "must be >= 1"),
             ("spread", not 0 <= self.spread < 1, "must be in [0, 1)"),
+            ("burstiness", not (math.isfinite(self.burstiness) and self.burstiness > 0), "must be a positive number"),
             ("rate", self.rates is not None and not all(math.isfinite(r) and r > 0 for r in self.rates),
              "must be positive numbers"),
             ("slo_ttft", self.slo_ttft_ms is not None and not self.slo_ttft_ms > 0, "must be > 0 (ms)"),
@@ -59,7 +61,7 @@ class RecommendRequest:
             return [Workload(trace=load_azure_trace(self.trace, limit=self.num_requests))]
         return [
             Workload(rate=r, num_requests=self.num_requests, input_len=self.input_len, output_len=self.output_len,
-                     spread=self.spread)
+                     spread=self.spread, burstiness=self.burstiness)
             for r in self.rates or []
         ]  # fmt: skip
 

@@ -25,8 +25,10 @@ class Request:
 
 @dataclass
 class Workload:
-    """Poisson arrivals at `rate` requests/s with lengths drawn uniformly within +-`spread` of the means,
-    or the requests of a trace."""
+    """Arrivals at `rate` requests/s with lengths drawn uniformly within +-`spread` of the means, or the
+    requests of a trace. Gaps between arrivals are Gamma-distributed with shape `burstiness` and mean
+    1 / rate, as vLLM's benchmark draws them: 1 is Poisson, below 1 burstier (their coefficient of variation
+    is 1 / sqrt(burstiness)), above 1 more even."""
 
     rate: float = 1.0
     num_requests: int = 200
@@ -35,6 +37,7 @@ class Workload:
     spread: float = 0.0  # 0.25: lengths uniform in [0.75, 1.25] x mean
     seed: int = 0
     trace: list[Request] | None = None
+    burstiness: float = 1.0
 
     def requests(self) -> list[Request]:
         if self.trace is not None:
@@ -43,14 +46,17 @@ class Workload:
             raise ConfigError(f"arrival rate must be a positive number, got {self.rate}")
         if self.num_requests < 1 or self.input_len < 1 or self.output_len < 1 or not 0 <= self.spread < 1:
             raise ConfigError("num_requests, input_len and output_len must be >= 1 and spread in [0, 1)")
+        if not (math.isfinite(self.burstiness) and self.burstiness > 0):
+            raise ConfigError(f"burstiness must be a positive number, got {self.burstiness}")
         rng = random.Random(self.seed)
         t, out = 0.0, []
 
         def draw(mean: int) -> int:
             return max(1, round(mean * rng.uniform(1 - self.spread, 1 + self.spread)))
 
+        k = self.burstiness
         for _ in range(self.num_requests):
-            t += rng.expovariate(self.rate)
+            t += rng.expovariate(self.rate) if k == 1 else rng.gammavariate(k, 1 / (self.rate * k))
             out.append(Request(t, draw(self.input_len), draw(self.output_len)))
         return out
 
