@@ -136,6 +136,20 @@ def test_a_prefix_that_fills_one_range_of_the_cache_is_read_in_place(layout):
     assert rel_err(out, want) < 1e-5
 
 
+@pytest.mark.parametrize("bs, pad, prefix, in_place", [(4, 2, 7, False), (4, 8, 13, True), (4, 8, 16, True),
+                                                       (8, 4, 12, False), (2, 8, 17, True)])  # fmt: skip
+def test_prefix_keys_past_p0_come_from_the_table(bs, pad, prefix, in_place):
+    """Pads and block sizes that leave P0 inside a block (then the first P0 keys are gathered too) or the last
+    r prefix keys across blocks from an offset: in order, the result is the reference's either way."""
+    hq, hk, d, n = 4, 2, 16, 9
+    q, k, v, kc, vc, meta = make_step([n], [prefix], hq, hk, d, bs, in_order=True)
+    out = torch.empty_like(q)
+    impl = SdpaPrefill(SdpaSupport("math"), pad)
+    impl.sequence(q, k, v, kc, vc, meta.block_tables[0], prefix, d**-0.5, out, meta.block_spans[0])
+    assert rel_err(out, reference(q, kc, vc, meta, d**-0.5)) < 1e-5
+    assert impl.prefix_reads == {"in_place": int(in_place), "gathered": int(not in_place)}
+
+
 def test_the_step_plan_passes_each_sequence_its_span():
     q, k, v, kc, vc, meta = make_step(*MIXED, 8, 2, 16, 4, in_order=True)
     meta.plan = StepAttention(SdpaPrefill(SdpaSupport("math"), 8), 2, False, 8, 2).plan(meta)
@@ -358,14 +372,16 @@ def test_the_pair_threshold_agrees_with_the_committed_h200_sweep():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("in_order", [False, True])
 @pytest.mark.parametrize("n, prefix", [(512, 300), (1000, 2048), (256, 4096), (512, 0), (1024, 2048)])
-def test_chunks_after_a_prefix_on_cudnn_match_the_reference(n, prefix):
+def test_chunks_after_a_prefix_on_cudnn_match_the_reference(n, prefix, in_order):
     """On the GPU's own SDPA (cuDNN where the probe finds it, in bf16), q, k, v views into one projection
     output as the model passes them: a chunk after a cached prefix runs as two calls merged by their
     log-sum-exp in one Triton launch (`fused.merge_by_lse`); a chunk that needs no padding (n and the prefix
-    multiples of the pad) goes to SDPA as those views, with no copies."""
+    multiples of the pad) goes to SDPA as those views, with no copies. `in_order`: the prefix's blocks are one
+    range of the cache, read in place (a view) with the table's span."""
     hq, hk, d, bs = 32, 8, 128, 16
-    q, k, v, kc, vc, meta = make_step([n], [prefix], hq, hk, d, bs)
+    q, k, v, kc, vc, meta = make_step([n], [prefix], hq, hk, d, bs, in_order=in_order)
     want = reference(q, kc, vc, meta, d**-0.5)
     support = probe_sdpa(torch.device("cuda"), torch.bfloat16, hq, hk, d)
     if prefix and not support.lse:
@@ -374,5 +390,8 @@ def test_chunks_after_a_prefix_on_cudnn_match_the_reference(n, prefix):
     q, k, v = (x.view(n, -1, d) for x in qkv.split([hq * d, hk * d, hk * d], dim=1))
     kc, vc = kc.cuda().bfloat16(), vc.cuda().bfloat16()
     out = torch.full_like(q, float("nan"))
-    SdpaPrefill(support, 256).sequence(q, k, v, kc, vc, meta.block_tables[0].cuda(), prefix, d**-0.5, out)
+    impl = SdpaPrefill(support, 256)
+    span = meta.block_spans[0] if in_order else None
+    impl.sequence(q, k, v, kc, vc, meta.block_tables[0].cuda(), prefix, d**-0.5, out, span)
     assert rel_err(out.float().cpu(), want) < 1e-2
+    assert impl.prefix_reads["in_place"] == (1 if in_order and prefix >= 256 else 0)

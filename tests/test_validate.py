@@ -84,8 +84,10 @@ def test_validate_refuses_a_profile_of_another_layout():
     cfg = ValidateConfig("http://127.0.0.1:1", load_profile(SHIPPED_DIR / "tiny_cpux2.json"), None, [1.0])
     settings = {"model": "tiny", "tp": 4, "sp": 1, "policy": "threshold", "threshold": 16}
     with pytest.raises(ConfigError, match="measured on 2 ranks"):
-        simulated(cfg, settings, [Request(0.0, 8, 2)])
-    assert simulated(cfg, settings | {"tp": 1, "sp": 2}, [Request(0.0, 8, 2)])["requests"] == 1
+        simulated(cfg.profile, cfg.profile_path, settings, [Request(0.0, 8, 2)])
+    assert (
+        simulated(cfg.profile, cfg.profile_path, settings | {"tp": 1, "sp": 2}, [Request(0.0, 8, 2)])["requests"] == 1
+    )
 
 
 def test_validate_needs_a_server_and_rates(tmp_path: Path):

@@ -126,8 +126,8 @@ def engine_loop(settings: dict, profile: Profile, host: dict | None = None) -> E
     return loop
 
 
-def step_models(cfg: ValidateConfig, settings: dict) -> dict[str, StepTimeModel]:
-    tp, sp, prof = settings["tp"], settings["sp"], cfg.profile
+def step_models(prof: Profile, settings: dict) -> dict[str, StepTimeModel]:
+    tp, sp = settings["tp"], settings["sp"]
     if prof.world_size != tp * sp:
         raise ConfigError(f"the profile was measured on {prof.world_size} ranks; the server runs SP={sp} x TP={tp}",
                           "profile")  # fmt: skip
@@ -138,13 +138,14 @@ def step_models(cfg: ValidateConfig, settings: dict) -> dict[str, StepTimeModel]
 
 
 def simulated(
-    cfg: ValidateConfig, settings: dict, requests: list[Request], loop: EngineLoop | None = None,
+    prof: Profile, profile_path: str | None, settings: dict, requests: list[Request], loop: EngineLoop | None = None,
     step_ms: StepFn | None = None,
 ) -> dict:  # fmt: skip
-    """The simulator's summary for these requests on the profile, with the server's layout, policy and loop."""
-    tp, sp, prof = settings["tp"], settings["sp"], cfg.profile
-    models = step_models(cfg, settings)
-    policy = make_policy(settings["policy"], settings["threshold"], tp, sp, cfg.profile_path)
+    """The simulator's summary for these requests on the profile (read from `profile_path` when the server's
+    policy is the profile's), with the server's layout, policy and loop."""
+    tp, sp = settings["tp"], settings["sp"]
+    models = step_models(prof, settings)
+    policy = make_policy(settings["policy"], settings["threshold"], tp, sp, profile_path)
     fact = next((f for f in prof.factorizations if (f.tp, f.sp) == (tp, sp)), None)
     kv_tokens = fact.kv_capacity_tokens if fact is not None and fact.kv_capacity_tokens else 1 << 30
     loop = loop or engine_loop(settings, prof)
@@ -153,9 +154,9 @@ def simulated(
     return res.summary()
 
 
-def compare_row(rate: float, predicted: dict, measured: dict) -> dict:
+def compare_row(rate: float, predicted: dict, measured: dict, metrics: list[tuple] = METRICS) -> dict:
     row: dict = {"rate": rate, "requests": measured["completed"], "failed": measured["failed"]}
-    for name, sim_key, bench_key, tol in METRICS:
+    for name, sim_key, bench_key, tol in metrics:
         pred, meas = predicted[sim_key], measured[bench_key]
         err = (pred - meas) / meas if meas else math.nan
         row[name] = {"predicted": pred, "measured": meas, "rel_error": err, "tolerance": tol,
@@ -285,7 +286,7 @@ def validate(cfg: ValidateConfig) -> dict:
     if not cfg.rates:
         raise ConfigError("give the rates to validate at, e.g. --rate 1,4,8", "rate")
     settings = server_settings(cfg.base_url, cfg.api_key)
-    models = step_models(cfg, settings)
+    models = step_models(cfg.profile, settings)
     if cfg.warmup_prompts:
         run_bench(cfg.bench_config(max(cfg.rates), cfg.seed, cfg.warmup_prompts))
     host = probe(cfg, models, engine_loop(settings, cfg.profile))
@@ -296,7 +297,7 @@ def validate(cfg: ValidateConfig) -> dict:
         bench = cfg.bench_config(rate, cfg.seed + SEED_STRIDE * (i + 1), cfg.num_prompts)
         sent = with_arrivals(build_requests(bench, tok), rate, bench.seed, bench.burstiness)  # what run_bench sends
         requests = [Request(r.arrival_s, r.input_len, r.output_len) for r in sent]
-        predicted = simulated(cfg, settings, requests, loop)
+        predicted = simulated(cfg.profile, cfg.profile_path, settings, requests, loop)
         since = server_now(cfg.base_url, cfg.api_key)
         record = run_bench(bench).records[0]
         if not record["completed"]:
@@ -344,7 +345,7 @@ def diagnostics(cfg: ValidateConfig, settings: dict, requests: list[Request], lo
         # NOTE: a step function sees no prefill tokens: steps past the run's largest decode step count as prefill
         return base(mode, tokens, context) * scale["decode" if tokens <= largest_decode else "prefill"]
 
-    rerun = simulated(cfg, settings, requests, loop, measured_steps)
+    rerun = simulated(cfg.profile, cfg.profile_path, settings, requests, loop, measured_steps)
     return {
         "ttft_parts_measured": parts,
         "ttft_parts_predicted": {

@@ -5,8 +5,11 @@ Blocks whose reference count drops to zero go back to the free queue but keep th
 later request with the same prefix can take them back until they are reused for other tokens.
 
 New blocks come from the head of the free queue, except that a sequence takes the block numbered next to
-its last one (above, else below) when that one is free and caches nothing: a long prompt's blocks then fill
-one range of the cache, whose keys prefill attention reads in place (`kernels.attention.BlockSpan`).
+its last one (above, else below) when that one is free and caches nothing, so that a long prompt's blocks
+tend to fill one range of the cache, whose keys prefill attention reads in place (`kernels.attention.BlockSpan`).
+With prefix caching on, freed blocks keep caching their tokens and are not taken out of the queue's order:
+once the cache has been through use, the ranges come mostly from the queue's order (runs of blocks freed
+together come back together, in reverse, which is one range too).
 """
 
 from __future__ import annotations
@@ -107,7 +110,7 @@ class BlockManager:
 
     def _take(self, last: int | None) -> int:
         """A free block for a table that ends in `last`: last + 1 or last - 1 when free and caching nothing,
-        else the head of the queue (the block cached longest ago)."""
+        else the head of the queue (the block freed longest ago)."""
         if last is not None:
             for block_id in (last + 1, last - 1):
                 if block_id in self.free_block_ids and not self._caches(block_id):

@@ -4,8 +4,9 @@
 The model runner builds a `StepPlan` for every eager step from the step's host-side lengths
 (`StepAttention.plan`); `kernels.attention.attend` runs it in every layer. A sequence whose chunk has
 at least `min_tokens` new tokens goes to SDPA on contiguous copies (or, when it needs no padding, on the
-projection's own views): its new K/V come straight from the projection and its cached prefix is read from
-the paged cache in place when its blocks fill one range of it, in any order (`BlockSpan`), else gathered.
+projection's own views): its new K/V come straight from the projection and its cached prefix from the paged
+cache: the first P0 keys (below) in place when their blocks fill one range of it, in any order, and P0 is a
+multiple of the block size (`BlockSpan`), else gathered; the other prefix keys are always gathered.
 torch aligns `is_causal` top-left, and its `causal_lower_right` bias never reaches cuDNN (it goes to flash or
 memory-efficient attention, or materializes a mask). So a chunk of n tokens after a prefix of P cached ones
 runs as two calls merged by their log-sum-exp: the chunk's queries against the first P0 keys with no mask (P0

@@ -173,7 +173,7 @@ def run_engine(
                     profiles.append(device_timeline(prof, top=8))
                 steps = list(engine.stats.steps)[before - engine.stats.num_steps :]
                 n = {k: v - read.get(k, 0) for k, v in reads().items()}
-                in_place.append(n["in_place"] / max(1, sum(n.values())) if n else None)
+                in_place.append(n["in_place"] / sum(n.values()) if sum(n.values()) else None)
                 device_s.append(sum(st.duration_s for st in steps))
                 mhz = clocks.history(0, "sm_clock")[seen:]
                 request_clocks.append(statistics.median(mhz) if mhz else None)
@@ -200,7 +200,8 @@ def run_engine(
                 "sm_clock_mhz_per_request": request_clocks,  # median NVML reading during each (first, warm...)
                 "first_token": first_token,
                 # per request (first, warm...): the share of SDPA calls whose cached prefix was read in place, not
-                # gathered (`BlockSpan`; its blocks are one range of the cache as the block manager handed them out)
+                # gathered (`BlockSpan`; its blocks are one range of the cache as the block manager handed them
+                # out); None for a prompt of one chunk (no prefix)
                 "prefix_in_place_share": in_place,
                 "chunk_tokens": args.chunk,
                 "gpu": clock_and_power(clocks),
@@ -238,7 +239,8 @@ def run_engine(
 def chunk_breakdown(engine, chunk: int, rate: float) -> list[dict]:
     """Where the device time of one eager `chunk`-token prefill step goes (kernel time by category, profiled),
     from position 0, after 3 chunks of cached prefix and after the longest whole-chunk prefix the engine
-    takes, beside its matmul and attention FLOPs at `rate`."""
+    takes, beside its matmul and attention FLOPs at `rate`. The synthetic step's blocks are one range, so its
+    prefix is read in place (the TTFT rows say how often the engine's own requests were)."""
     from shifttune.config import TP
     from shifttune.profile.step_timing import breakdown_step, synthetic_step
 

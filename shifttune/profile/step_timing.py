@@ -52,7 +52,8 @@ class StepTiming:
 
 def synthetic_step(mode: str, num_seqs: int, tokens_per_seq: int, context: int, block_size: int) -> StepInput:
     """`num_seqs` sequences that each hold `context` tokens after this step, `tokens_per_seq` of them new
-    (1 = decode). Sequence i owns a contiguous run of blocks; the last token of each is sampled."""
+    (1 = decode). Sequence i owns a contiguous run of blocks (so prefill attention reads its cached prefix in
+    place, as for a long prompt in a cache that was not through use); the last token of each is sampled."""
     assert tokens_per_seq <= context
     blocks, start = -(-context // block_size), context - tokens_per_seq
     seqs = (

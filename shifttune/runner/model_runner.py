@@ -257,7 +257,10 @@ class ModelRunner:
         )
         out = to_device_parts(lists, torch.int64, self.device)
         out[5] = out[5].view(len(step.block_tables), width)
-        spans = [BlockSpan().extend(row) for row in step.block_tables]
+        qsl = step.query_start_loc
+        # only chunks of several tokens can go to prefill attention (`StepAttention.takes`), which reads these
+        spans = [BlockSpan().extend(row) if qsl[i + 1] - qsl[i] > 1 else BlockSpan()
+                 for i, row in enumerate(step.block_tables)]  # fmt: skip
         return StepTensors(step.mode, *out, step.query_start_loc, step.seq_lens, spans)
 
     @torch.inference_mode()
