@@ -611,6 +611,48 @@ def test_serve_command_follows_the_contract():
         assert e.value.field == field_name
 
 
+PROFILE_X2 = REPO / "shifttune" / "data" / "profiles" / "tiny_cpux2.json"
+
+
+def test_compare_refuses_a_profile_it_cannot_use(tmp_path):
+    """--profile: only with --compare, of the layout it runs, and without --concurrency; refused before any
+    server starts."""
+    base = ["--model", "tiny", "--num-prompts", "2", "--rate", "4"]
+    r = _cli("--base-url", "http://127.0.0.1:1", "--profile", str(PROFILE_X2), *base[2:])
+    assert r.exit_code != 0 and "--profile: only with --compare" in r.output
+    r = _cli("--compare", "tp,shift", "--sp", "4", "--profile", str(PROFILE_X2), *base)
+    assert r.exit_code != 0 and "measured on 2 ranks" in r.output and "server logs" not in r.output
+    r = _cli("--compare", "tp", "--profile", str(PROFILE_X2), "--concurrency", "2", *base)
+    assert r.exit_code != 0 and "--concurrency" in r.output
+    r = _cli("--compare", "tp", "--profile", str(tmp_path / "none.json"), *base)
+    assert r.exit_code != 0 and "none.json" in r.output
+
+
+def test_compare_predicts_each_run_beside_the_measured_one(tmp_path):
+    """Two real CPU servers (tp and shift, SP=2 gloo ranks, the tiny model): each record carries the simulator's
+    TTFT, TPOT and throughput for the requests it sent on the shipped 2-rank profile, with the measured values
+    and their relative errors, and the table shows them."""
+    out = tmp_path / "cmp.json"
+    r = _cli("--compare", "tp,shift", "--model", "tiny", "--sp", "2", "--profile", str(PROFILE_X2),
+             "--num-prompts", "6", "--rate", "4", "--burstiness", "0.5", "--input-len", "48", "--output-len", "6",
+             "--out", str(out), "--startup-timeout", "300")  # fmt: skip
+    assert r.exit_code == 0, r.output
+    assert "predicted (measured profile, simulator) vs measured" in r.output
+    records = json.loads(out.read_text())["results"]
+    assert [x["mode"] for x in records] == ["tp", "shift"] and all(x["burstiness"] == 0.5 for x in records)
+    for rec in records:
+        pred = rec["predicted"]
+        assert pred["profile"] == str(PROFILE_X2) and pred["profile_kind"] == "measured"
+        metrics = pred["metrics"]
+        assert set(metrics) == {"ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "output_throughput"}
+        assert metrics["output_throughput"]["measured"] == rec["output_throughput"]
+        assert metrics["ttft_p99_ms"]["measured"] == rec["p99_ttft_ms"]
+        for m in metrics.values():
+            assert m["predicted"] > 0 and m["rel_error"] == pytest.approx(
+                (m["predicted"] - m["measured"]) / m["measured"]
+            )
+
+
 @pytest.mark.parametrize("ignore_sigint", [False, True])
 def test_a_server_is_waited_for_then_stopped(tmp_path, ignore_sigint):
     from shifttune.bench.compare import ServeProcess

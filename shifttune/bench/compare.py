@@ -5,6 +5,11 @@ mode's shift policy (tp: forced TP, sp: forced SP x TP, shift: the threshold pol
 port, its output going to a log file; wait for GET /health to answer 200 (a server that exits or does
 not answer in time is an error that shows its last log lines); run the benchmark; stop the server:
 SIGINT to its process group, then SIGTERM, then SIGKILL, each after a timeout.
+
+With a profile (`--profile`, measured or predicted for this model on these devices), each mode's records also
+get the simulator's prediction for the requests it sent, at their arrival times, with the server's own layout,
+policy and engine settings (`recommend --validate`'s simulation, without its probe of the server's host time
+per request): TTFT and TPOT p50/p99 and output throughput, predicted beside measured, with the error of each.
 """
 
 from __future__ import annotations
@@ -25,11 +30,16 @@ import httpx
 
 from shifttune.bench.client import ServerError
 from shifttune.bench.config import BenchConfig
+from shifttune.bench.datasets import BenchRequest
 from shifttune.bench.runner import Reporter, run_bench
 from shifttune.bench.tokenizer import default_tokenizer_name
 from shifttune.config import ConfigError
+from shifttune.engine.profile_schema import Profile, load_profile
+from shifttune.recommend.workload import Request
 
 MODE_POLICY = {"tp": "tp", "sp": "sp", "shift": "threshold"}  # mode -> `serve --shift-policy`
+# predicted vs measured beside `validate.METRICS`: (name, simulator key, record key, tolerance)
+THROUGHPUT = ("output_throughput", "output_tok_per_s", "output_throughput", 0.10)
 HOST = "127.0.0.1"
 LOG_LINES = 20
 
@@ -45,6 +55,7 @@ class CompareConfig:
     server_args: list[str] = field(default_factory=list)  # appended to every serve command line
     startup_timeout_s: float = 600.0
     stop_timeout_s: float = 30.0
+    profile: Path | None = None  # predict each run on it (see the module docstring)
 
     def validate(self) -> None:
         if not self.modes or len(set(self.modes)) != len(self.modes) or set(self.modes) - set(MODE_POLICY):
@@ -59,6 +70,19 @@ class CompareConfig:
             raise ConfigError("must be >= 0", "threshold")
         if not self.startup_timeout_s > 0:
             raise ConfigError("must be > 0 (seconds)", "startup_timeout_s")
+
+    def load_profile(self, bench: BenchConfig) -> Profile | None:
+        """The profile to predict on, checked against the layout (ConfigError), or None."""
+        if self.profile is None:
+            return None
+        if bench.concurrency is not None:
+            raise ConfigError("the simulation sends every request at its arrival time: not with --concurrency",
+                              "profile")  # fmt: skip
+        prof = load_profile(self.profile)
+        if prof.world_size != self.sp * self.tp:
+            raise ConfigError(f"{self.profile} was measured on {prof.world_size} ranks; --compare runs SP={self.sp} "
+                              f"x TP={self.tp}", "profile")  # fmt: skip
+        return prof
 
 
 def parse_modes(text: str) -> list[str]:
@@ -166,6 +190,7 @@ class CompareRun:
     logs: dict[str, Path] = field(default_factory=dict)
     interrupted: bool = False
     error: str | None = None  # why a mode could not run (the modes before it are kept)
+    notes: list[str] = field(default_factory=list)
 
 
 def run_compare(
@@ -177,6 +202,7 @@ def run_compare(
     cfg.validate()
     tokenizer = bench.tokenizer or default_tokenizer_name(cfg.model)
     replace(bench, base_url=f"http://{HOST}:1", tokenizer=tokenizer).validate()  # before any server starts
+    prof = cfg.load_profile(bench)
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="shifttune-bench-"))
     out = CompareRun()
     for mode in cfg.modes:
@@ -188,6 +214,11 @@ def run_compare(
             server.wait_healthy(cfg.startup_timeout_s)
             run = run_bench(replace(bench, base_url=server.base_url, model=None, tokenizer=tokenizer), reporter,
                             label=f"{mode}: ")  # fmt: skip
+            if prof is not None:
+                try:
+                    predict(prof, str(cfg.profile), server.base_url, run.records, run.sent)
+                except ServerError as e:  # the measured records stand without it
+                    out.notes.append(f"mode {mode}: no prediction: {e}")
         except KeyboardInterrupt:
             out.interrupted = True
             break
@@ -201,3 +232,28 @@ def run_compare(
             out.interrupted = True
             break
     return out
+
+
+def predict(prof: Profile, profile_path: str, base_url: str, records: list[dict], sent: list[list[BenchRequest]]):
+    """Adds "predicted" to each record that completed requests: per metric (TTFT and TPOT p50/p99, output
+    throughput), the simulator's value for the requests sent (their arrival times and lengths), the measured
+    one and the relative error, on the layout, policy and engine settings the server at `base_url` reports."""
+    # NOTE: lazy: validate imports serve_vs_offline, which imports this module
+    from shifttune.bench.validate import METRICS, compare_row, engine_loop, server_settings, simulated
+
+    metrics = [*METRICS, THROUGHPUT]
+    settings = server_settings(base_url)
+    loop = engine_loop(settings, prof)
+    for record, batch in zip(records, sent):
+        if not record["completed"]:
+            continue
+        requests = [Request(r.arrival_s, r.input_len, r.output_len) for r in batch]
+        summary = simulated(prof, profile_path, settings, requests, loop)
+        row = compare_row(record["request_rate"], summary, record, metrics)
+        record["predicted"] = {
+            "metrics": {name: row[name] for name, *_ in metrics},
+            "profile": profile_path,
+            "profile_kind": "predicted" if prof.predicted else "measured",
+            "engine_loop": loop.kwargs(),
+            "host_time": "not modelled (0 ms per request)",
+        }

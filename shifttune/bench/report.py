@@ -120,6 +120,24 @@ def compare_table(runs: dict[str, list[dict]]) -> Table:
     return table
 
 
+def prediction_table(runs: dict[str, list[dict]]) -> Table | None:
+    """Predicted beside measured for the records that carry a prediction (`bench --compare --profile`)."""
+    rows = [(mode, r) for mode, recs in runs.items() for r in recs if r.get("predicted")]
+    if not rows:
+        return None
+    kind = rows[0][1]["predicted"]["profile_kind"]
+    table = Table(title=f"predicted ({kind} profile, simulator) vs measured")
+    for col in ("mode", "rate/s", "metric", "predicted", "measured", "error"):
+        table.add_column(col, justify="left" if col in ("mode", "metric") else "right")
+    for mode, r in rows:
+        metrics = list(r["predicted"]["metrics"].items())
+        for i, (name, m) in enumerate(metrics):
+            table.add_row(mode if i == 0 else "", _rate(r) if i == 0 else "", name, f"{m['predicted']:.2f}",
+                          f"{m['measured']:.2f}", f"{100 * m['rel_error']:+.1f}%",
+                          end_section=i == len(metrics) - 1)  # fmt: skip
+    return table
+
+
 def save_plot(runs: dict[str, list[dict]], path: Path) -> None:
     """Latency vs output throughput, one line per label (a mode, or the server): TTFT and TPOT, p50
     solid and p99 dashed. PNG, SVG or PDF by the file's suffix."""

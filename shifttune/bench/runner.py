@@ -51,6 +51,7 @@ class BenchRun:
     tokenizer: str
     records: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    sent: list[list[BenchRequest]] = field(default_factory=list)  # per record: the requests, at their arrival times
 
 
 def rate_label(rate: float | None) -> str:
@@ -185,6 +186,7 @@ async def _bench(cfg: BenchConfig, reporter: Reporter, label: str) -> BenchRun:
                     break
                 reporter.start(f"{label}rate {rate_label(rate)}", len(requests))
                 batch = with_arrivals(requests, rate, cfg.seed, cfg.burstiness)
+                run.sent.append(batch)
                 results, duration, interrupted = await run_requests(client, batch, cfg.concurrency, reporter, stop)
                 run.records.append(record(cfg, model, tok.name, rate, results, duration, interrupted,
                                           client.ignore_eos))  # fmt: skip

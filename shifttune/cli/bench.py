@@ -130,6 +130,13 @@ def bench(
         ),
     ] = None,
     startup_timeout: Annotated[float, typer.Option(help="--compare: seconds to wait for GET /health.")] = 600.0,
+    profile: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="--compare: a profile of this model on these devices (`shifttune profile`, measured or --predict): "
+            "each run's TTFT, TPOT and throughput are also simulated on it and shown beside the measured ones."
+        ),
+    ] = None,
 ) -> None:
     """Benchmark an OpenAI-compatible completions server with streamed requests; metrics as `vllm bench serve`.
 
@@ -176,14 +183,16 @@ def bench(
         if compare is None:
             if base_url is None:
                 fail("--base-url: which server? e.g. --base-url http://127.0.0.1:8000 (or --compare to start ours)")
+            if profile is not None:
+                fail("--profile: only with --compare (for one server: `shifttune recommend --validate URL`)")
             runs, interrupted, notes, error = _run_one(cfg)
         else:
             if base_url is not None:
                 fail("--base-url: not with --compare, which starts its own servers")
             if model is None:
                 fail("--model: --compare needs the model for `shifttune serve` to load")
-            runs, interrupted, notes, error = _run_compare(cfg, compare, model, sp, tp, device, threshold, server_arg,
-                                                           startup_timeout)  # fmt: skip
+            runs, interrupted, notes, error = _run_compare(cfg, compare, model, sp, tp, device, threshold, profile,
+                                                           server_arg, startup_timeout)  # fmt: skip
     except ConfigError as e:
         fail_config(e, FLAGS)
     except ServerError as e:
@@ -223,6 +232,7 @@ def _run_compare(
     tp: int,
     device: str,
     threshold: int,
+    profile: Path | None,
     server_arg: list[str] | None,
     startup_timeout: float,
 ) -> Outcome:
@@ -233,10 +243,11 @@ def _run_compare(
         server_args = [a for arg in server_arg or [] for a in shlex.split(arg)]
     except ValueError as e:
         fail(f"--server-arg: {e}")
-    compare = CompareConfig(parse_modes(modes), model, sp, tp, device, threshold, server_args, startup_timeout)
+    compare = CompareConfig(parse_modes(modes), model, sp, tp, device, threshold, server_args, startup_timeout,
+                            profile=profile)  # fmt: skip
     with RichProgress(console) as progress:
         result = run_compare(compare, cfg, progress)
-    notes = [f"server logs: {', '.join(f'{m} {p}' for m, p in result.logs.items())}"]
+    notes = [f"server logs: {', '.join(f'{m} {p}' for m, p in result.logs.items())}", *result.notes]
     return result.runs, result.interrupted, notes, result.error
 
 
@@ -246,6 +257,7 @@ def _finish(runs: dict[str, list[dict]], compared: bool, notes: list[str], out: 
         bench_payload,
         compare_table,
         latency_table,
+        prediction_table,
         results_table,
         save_plot,
         write_json,
@@ -260,6 +272,9 @@ def _finish(runs: dict[str, list[dict]], compared: bool, notes: list[str], out: 
             notes.append(f"{label}: the server rejected ignore_eos; outputs may end early at EOS")
     if compared:
         stdout.print(compare_table(runs))
+        predicted = prediction_table(runs)
+        if predicted is not None:
+            stdout.print(predicted)
     else:
         for label, recs in runs.items():
             stdout.print(results_table(recs, title=f"{label} @ {recs[0]['base_url']}"))
