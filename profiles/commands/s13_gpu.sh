@@ -7,9 +7,11 @@
 #       8k-128k with one 128k chunk's kernel breakdown; issue 10's loop table
 #   PART=c bash profiles/commands/s13_gpu.sh   # `_split_kernel` on 4 warps: the one-GPU engine tests (HF oracle, graphs,
 #       shutdown, no compiles after start-up); the sampler against its reference and its sweep; issue 10's loop table
+#   PART=d bash profiles/commands/s13_gpu.sh   # SDPA GPU tests with block spans; `bench --compare tp --profile` on one
+#       GPU (llama-3.1-8b dummy, TP=1, the predicted profile of 1 x this GPU): predicted beside measured, end to end
 # Into $OUT: check.log, tests.log, long_prompts.json, long_prompts_128k.json, long_prompts_128k_before.json,
 # loop_timeline.json (a); long_prompts.json, loop_overhead.json (b); tests.log, sampler_bench.json,
-# loop_overhead.json (c).
+# loop_overhead.json (c); tests.log, predicted_profile.json, bench_compare_tp.json, bench_tp.log (d).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -46,5 +48,17 @@ elif [ "$PART" = c ]; then
     | grep -E "tokens_match|config|wrote" | cut -c1-330 | tee -a "$LOG"
   timeout 210 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --out "$OUT/loop_overhead.json" 2>&1 \
     | grep -v -i warn | tee -a "$LOG"
+elif [ "$PART" = d ]; then
+  python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py -k "cudnn or gpu" \
+    > "$OUT/tests.log" 2>&1
+  stamp "SDPA GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
+  python -m shifttune.cli profile --model llama-3.1-8b --predict --gpus 1x$G --out "$OUT/predicted_profile.json" \
+    2>&1 | tail -1 | tee -a "$LOG"
+  timeout 420 python -m shifttune.cli bench --compare tp --model llama-3.1-8b --device cuda --sp 1 --tp 1 \
+    --profile "$OUT/predicted_profile.json" --rates 2,8 --num-prompts 40 --input-len 2048 --output-len 128 \
+    --server-arg='--load-format dummy' --out "$OUT/bench_compare_tp.json" > "$OUT/bench_tp.log" 2>&1
+  stamp "bench --compare tp --profile rc=$?"; tail -22 "$OUT/bench_tp.log" | tee -a "$LOG"
 fi
 stamp done
