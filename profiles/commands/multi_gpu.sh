@@ -66,7 +66,7 @@ serve)
 print(d['best_sp'], d['best_tp'], d.get('threshold') or 256)" 2>/dev/null || echo "$GPUS 1 256")
   timeout 520 python -m shifttune.cli bench --compare ${MODES:-tp} --model $M --device cuda --sp $SP --tp $TP \
     --threshold $THR --rates ${RATES:-1,8} --burstiness ${BURSTINESS:-1} --num-prompts 60 --input-len 4096 \
-    --output-len 250 --profile $P --server-arg='--load-format dummy' \
+    --output-len 250 --profile $P --tokenizer tiny --server-arg='--load-format dummy' \
     --out $W/bench_compare_${MODES:-tp}_b${BURSTINESS:-1}.json > $W/bench_${MODES:-tp}.log 2>&1
   stamp "bench --compare ${MODES:-tp} (SP=$SP x TP=$TP, threshold $THR) rc=$?: $(tail -3 $W/bench_${MODES:-tp}.log)" ;;
 tui)

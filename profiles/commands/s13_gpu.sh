@@ -58,7 +58,7 @@ elif [ "$PART" = d ]; then
     2>&1 | tail -1 | tee -a "$LOG"
   timeout 420 python -m shifttune.cli bench --compare tp --model llama-3.1-8b --device cuda --sp 1 --tp 1 \
     --profile "$OUT/predicted_profile.json" --rates 2,8 --num-prompts 40 --input-len 2048 --output-len 128 \
-    --server-arg='--load-format dummy' --out "$OUT/bench_compare_tp.json" > "$OUT/bench_tp.log" 2>&1
+    --tokenizer tiny --server-arg="--load-format dummy" --out "$OUT/bench_compare_tp.json" > "$OUT/bench_tp.log" 2>&1
   stamp "bench --compare tp --profile rc=$?"; tail -22 "$OUT/bench_tp.log" | tee -a "$LOG"
 fi
 stamp done
