@@ -406,6 +406,8 @@ def test_run_bench_records_carry_vllm_keys(fake):
         json.dumps(r, allow_nan=False)
     assert len(fake.requests) == 11  # the test request first
     assert fake.requests[0]["max_tokens"] == 3
+    first, second = ({json.dumps(r["prompt"]) for r in fake.requests[a:b]} for a, b in ((1, 6), (6, 11)))
+    assert len(first) == len(second) == 5 and not first & second  # each rate its own prompts: no prefix-cache hits
 
 
 # ---------------------------------------------------------------- the command

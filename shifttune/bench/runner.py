@@ -1,7 +1,8 @@
 """Runs a benchmark: the server's model, the workload, one run per rate, results as vLLM-style records.
 
 Requests leave at their arrival times (a task each); `concurrency` caps how many are in flight, the
-rest wait for a slot, as in vLLM. Ctrl-C (SIGINT) stops sending, cancels what is in flight and keeps
+rest wait for a slot, as in vLLM. Each rate of a sweep sends prompts of its own (the prompts' seed plus the
+rate's index), so no run is served from the prefix cache an earlier one filled. Ctrl-C (SIGINT) stops sending, cancels what is in flight and keeps
 the results that completed; the run and the sweep are then marked interrupted.
 """
 
@@ -180,12 +181,15 @@ async def _bench(cfg: BenchConfig, reporter: Reporter, label: str) -> BenchRun:
             )
             if test is not None and not test.success:
                 raise ServerError(f"the test request to {cfg.url} (model {model!r}) failed: {test.error}")
-            for rate in cfg.rate_list():
+            for i, rate in enumerate(cfg.rate_list()):
                 if stop.is_set():
                     run.interrupted = True
                     break
                 reporter.start(f"{label}rate {rate_label(rate)}", len(requests))
-                batch = with_arrivals(requests, rate, cfg.seed, cfg.burstiness)
+                # NOTE: each rate of a sweep its own prompts (seed + its index): the same ones again would find
+                # their KV in the server's prefix cache, which the earlier rate's run filled
+                prompts = requests if i == 0 else build_requests(replace(cfg, seed=cfg.seed + i), tok)
+                batch = with_arrivals(prompts, rate, cfg.seed, cfg.burstiness)
                 run.sent.append(batch)
                 results, duration, interrupted = await run_requests(client, batch, cfg.concurrency, reporter, stop)
                 run.records.append(record(cfg, model, tok.name, rate, results, duration, interrupted,

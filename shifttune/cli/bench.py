@@ -75,7 +75,10 @@ def bench(
         Optional[str],
         typer.Option(help="Requests/s, Poisson arrivals (see --burstiness); inf = all at once (default)."),
     ] = None,
-    rates: Annotated[Optional[str], typer.Option(help="A sweep: comma-separated rates, e.g. 1,2,4,inf.")] = None,
+    rates: Annotated[
+        Optional[str],
+        typer.Option(help="A sweep: comma-separated rates, e.g. 1,2,4,inf (each rate with prompts of its own)."),
+    ] = None,
     concurrency: Annotated[Optional[int], typer.Option(help="Most requests in flight (default: no limit).")] = None,
     num_prompts: Annotated[int, typer.Option(help="Requests per run (trace: its first N).")] = 200,
     input_len: Annotated[
