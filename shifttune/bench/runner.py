@@ -1,9 +1,10 @@
 """Runs a benchmark: the server's model, the workload, one run per rate, results as vLLM-style records.
 
 Requests leave at their arrival times (a task each); `concurrency` caps how many are in flight, the
-rest wait for a slot, as in vLLM. Each rate of a sweep sends prompts of its own (the prompts' seed plus the
-rate's index), so no run is served from the prefix cache an earlier one filled. Ctrl-C (SIGINT) stops sending, cancels what is in flight and keeps
-the results that completed; the run and the sweep are then marked interrupted.
+rest wait for a slot, as in vLLM. Each rate of a sweep sends prompts of its own (the prompts' seed plus
+the rate's index), so no run is served from the prefix cache an earlier one filled. Ctrl-C (SIGINT)
+stops sending, cancels what is in flight and keeps the results that completed; the run and the sweep
+are then marked interrupted.
 """
 
 from __future__ import annotations
