@@ -141,7 +141,7 @@ ints = dict(scale="fp32", num_seqs="i32", stride_bt="i32", num_tokens="i32", str
 buffers = {}
 for split, block_m, stages in [(0, 16, 3), (1, 16, 3), (2, 16, 3), (0, 64, 2)]:
     consts = dict(HQ=32, HK=8, D=128, BLOCK_SIZE=16, BLOCK_Q=block_m // 4, BLOCK_M=block_m, TILE=64, SPLIT=split,
-                  GP2=4, S_CHUNK=16)
+                  GP2=4, S_CHUNK=16, PDL=split == 2)  # the split launch with PDL: griddepcontrol compiles
     sig = {**ptrs, **ints, **{k: "constexpr" for k in consts}}
     src = ASTSource(pa._paged_attention_kernel, sig, consts, {(i,): [["tt.divisibility", 16]] for i in range(10)})
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=stages))

@@ -183,7 +183,7 @@ def probe_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spli
         return out
     if not fused:
         _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d,
-                                        SPLITS_P2=triton.next_power_of_2(num_splits))  # fmt: skip
+                                        SPLITS_P2=triton.next_power_of_2(num_splits), PDL=False)  # fmt: skip
     return out
 
 

@@ -25,6 +25,7 @@ import functools
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels.attention import AttentionMetadata
 
@@ -39,6 +40,10 @@ DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
+# Programmatic dependent launch (sm_90+): the attention kernel starts while the launch before it (RoPE, which
+# writes q and the new K/V) finishes, and waits for it (`gdc_wait`) only before reading q; the merge launch
+# starts as the attention programs leave their key loops, and waits before reading the partials.
+LAUNCH_PDL = True
 
 _NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
 
@@ -194,6 +199,7 @@ def _paged_attention_kernel(
     SPLIT: tl.constexpr,  # _NO_SPLIT, _FUSED_MERGE or _KERNEL_MERGE
     GP2: tl.constexpr,
     S_CHUNK: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -224,6 +230,8 @@ def _paged_attention_kernel(
     d = tl.arange(0, D)
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
+    if PDL:  # NOTE: q and this step's K/V come from the launch before (RoPE); the lengths and tables from earlier
+        gdc_wait()
     Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
     q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
 
@@ -250,6 +258,8 @@ def _paged_attention_kernel(
                                      acc, HK, D, BLOCK_SIZE, TILE, True)
         block = next_block
     # fmt: on
+    if PDL:
+        gdc_launch_dependents()  # the merge may launch (it waits for this launch to finish before reading)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
     o = acc / l_safe[:, None]
     if SPLIT == 0:
@@ -283,7 +293,10 @@ def _merge_splits_kernel(
     HQ: tl.constexpr,
     D: tl.constexpr,
     SPLITS_P2: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0)  # token * HQ + head
     s = tl.arange(0, SPLITS_P2)
     s_ok = s < num_splits
@@ -338,6 +351,12 @@ def sm_count(device: torch.device | None = None) -> int:
     return _sm_count(device.index if device is not None and device.index is not None else torch.cuda.current_device())
 
 
+@functools.cache
+def _has_pdl(index: int) -> bool:
+    """Whether CUDA device `index` (-1: the current one) runs programmatic dependent launches (sm_90+)."""
+    return torch.cuda.get_device_capability(None if index < 0 else index)[0] >= 9
+
+
 _counters: dict[torch.device, list[torch.Tensor]] = {}
 
 
@@ -380,6 +399,7 @@ def paged_attention(
     assert merge in ("fused", "kernel")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     group_p2 = triton.next_power_of_2(hq // hk)
+    pdl = LAUNCH_PDL and q.is_cuda and _has_pdl(q.device.index if q.device.index is not None else -1)
     if num_splits > 1:
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_splits, num_tokens, hq), dtype=torch.float32, device=q.device)
@@ -415,8 +435,10 @@ def paged_attention(
         SPLIT=mode,
         GP2=group_p2,
         S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
+        PDL=pdl,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],
+        launch_pdl=pdl,
     )
     if mode == _KERNEL_MERGE:
         _merge_splits_kernel[(num_tokens * hq,)](
@@ -428,5 +450,7 @@ def paged_attention(
             HQ=hq,
             D=dim,
             SPLITS_P2=triton.next_power_of_2(num_splits),
+            PDL=pdl,
+            launch_pdl=pdl,
         )
     return out
