@@ -9,9 +9,13 @@
 #       shutdown, no compiles after start-up); the sampler against its reference and its sweep; issue 10's loop table
 #   PART=d bash profiles/commands/s13_gpu.sh   # SDPA GPU tests with block spans; `bench --compare tp --profile` on one
 #       GPU (llama-3.1-8b dummy, TP=1, the predicted profile of 1 x this GPU): predicted beside measured, end to end
+#   PART=e bash profiles/commands/s13_gpu.sh   # programmatic dependent launch in paged attention (gpu_old/s13b =
+#       `git archive 9b886c9`, the tree before it): GPU tests; decode attention at batch 1-8 and the loop's greedy
+#       cases (batch 1, 32, 128 at 2k; batch 1 at 8k) on both trees in the same call
 # Into $OUT: check.log, tests.log, long_prompts.json, long_prompts_128k.json, long_prompts_128k_before.json,
 # loop_timeline.json (a); long_prompts.json, loop_overhead.json (b); tests.log, sampler_bench.json,
-# loop_overhead.json (c); tests.log, predicted_profile.json, bench_compare_tp.json, bench_tp.log (d).
+# loop_overhead.json (c); tests.log, predicted_profile.json, bench_compare_tp.json, bench_tp.log (d); tests.log,
+# decode_attention.json, decode_attention_before.json, loop_overhead.json, loop_overhead_before.json (e).
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -60,5 +64,20 @@ elif [ "$PART" = d ]; then
     --profile "$OUT/predicted_profile.json" --rates 2,8 --num-prompts 40 --input-len 2048 --output-len 128 \
     --tokenizer tiny --server-arg="--load-format dummy" --out "$OUT/bench_compare_tp.json" > "$OUT/bench_tp.log" 2>&1
   stamp "bench --compare tp --profile rc=$?"; tail -22 "$OUT/bench_tp.log" | tee -a "$LOG"
+elif [ "$PART" = e ]; then
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
+  stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
+  for tree in . gpu_old/s13b; do
+    sfx=$([ $tree = . ] && echo "" || echo _before)
+    stamp "tree $tree:"
+    (cd $tree && PYTHONPATH=$PWD timeout 60 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 \
+      --contexts 2048,8192,32768 --out "$OUT/decode_attention$sfx.json" 2>&1 | grep -v -i warn | grep -E "^decode  b" \
+      | tee -a "$LOG")
+    (cd $tree && PYTHONPATH=$PWD timeout 150 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1,3,5 \
+      --no-offline --out "$OUT/loop_overhead$sfx.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+  done
 fi
 stamp done
