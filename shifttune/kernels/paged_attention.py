@@ -42,7 +42,8 @@ PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
 # Programmatic dependent launch (sm_90+): the attention kernel starts while the launch before it (RoPE, which
 # writes q and the new K/V) finishes, and waits for it (`gdc_wait`) only before reading q; the merge launch
-# starts as the attention programs leave their key loops, and waits before reading the partials.
+# starts as the attention programs leave their key loops, and waits before reading the partials. On an H100,
+# decode attention at batch 1-8, 2k: 0.6-1.5 us less per layer (profiles/runs/s13_h100/f_pdl)
 LAUNCH_PDL = True
 
 _NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
