@@ -10,12 +10,7 @@
 # Into $OUT: check.log, tests.log, loop_overhead.json, loop_overhead_before.json (a); tests_b.log,
 # decode_attention.json, long_prompts.json, long_prompts_before.json (b); tests_c.log, long_prompts.json,
 # long_prompts_before.json (c).
-set -u
-OUT=${OUT:-/tmp/out}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-LOG=$OUT/check.log
-python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hypothesis > /dev/null 2>&1
-stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+. "$(dirname "$0")/gpu_setup.sh"
 long_prompts() {  # seconds, lengths: TTFT and first/warm on this tree
   timeout "$1" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa --lengths "$2" \
     --no-layer-bench --out "$OUT/long_prompts.json" 2>&1 | grep -v -i warn | tail -9 | tee -a "$LOG"

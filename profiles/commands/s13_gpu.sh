@@ -16,12 +16,7 @@
 # loop_timeline.json (a); long_prompts.json, loop_overhead.json (b); tests.log, sampler_bench.json,
 # loop_overhead.json (c); tests.log, predicted_profile.json, bench_compare_tp.json, bench_tp.log (d); tests.log,
 # decode_attention.json, decode_attention_before.json, loop_overhead.json, loop_overhead_before.json (e).
-set -u
-OUT=${OUT:-/tmp/out}
-export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
-LOG=$OUT/check.log
-python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hypothesis > /dev/null 2>&1
-stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
+. "$(dirname "$0")/gpu_setup.sh"
 long_prompts() {  # tree, seconds, lengths, out
   (cd "$1" && PYTHONPATH=$PWD timeout "$2" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
     --lengths "$3" --no-layer-bench --out "$4" 2>&1 | grep -v -i warn | grep -E "tokens|floor|error|Error" | tail -6 \
