@@ -506,3 +506,35 @@ triton.compile(ASTSource(s._split_kernel, sig, consts), target=GPUTarget("cuda",
 def test_sampler_split_kernel_compiles_for_sm90():
     """`_split_kernel` (its bracket counted per thread, then copied out in a second sweep) compiled for sm_90."""
     _compile_for_sm90(_COMPILE_SPLIT_FOR_SM90)
+
+
+_COMPILE_PDL_FOR_SM90 = """
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from shifttune.kernels import fused as f, paged_attention as pa
+
+cases = [
+    (f._add_rms_norm_kernel, dict(x="*bf16", residual="*bf16", weight="*bf16", out="*bf16", res_out="*bf16",
+                                  n_cols="i32", eps="fp32"), dict(HAS_RES=True, BLOCK=4096, PDL=True)),
+    (f._silu_mul_kernel, dict(gate_up="*bf16", out="*bf16", n_cols="i32"), dict(BLOCK=1024, PDL=True)),
+    (f._rope_kernel, dict(qk="*bf16", positions="*i64", cos_sin="*fp32", stride_t="i32", num_heads="i32", v="*bf16",
+                          k_cache="*bf16", v_cache="*bf16", slots="*i64", stride_vt="i32", num_kv="i32"),
+     dict(HALF=64, BLOCK_H=64, WRITE_KV=True, BLOCK_KV=8, PDL=True)),
+    (pa._merge_splits_kernel, dict(out="*bf16", part_out="*fp32", part_lse="*fp32", num_tokens="i32",
+                                   num_splits="i32"), dict(HQ=32, D=128, SPLITS_P2=32, PDL=True)),
+]
+for fn, types, consts in cases:
+    sig = {**types, **{k: "constexpr" for k in consts}}
+    k = triton.compile(ASTSource(fn, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+    assert "griddepcontrol.wait" in k.asm["ptx"], fn.__name__
+    print(fn.__name__, "griddepcontrol.launch_dependents" in k.asm["ptx"])
+"""
+
+
+def test_kernels_with_programmatic_dependent_launch_compile_for_sm90():
+    """The PDL variants (`launch.pdl`): each waits for the launch before it (griddepcontrol.wait in its PTX);
+    RoPE also lets the next launch (attention) start at once."""
+    out = dict(line.split() for line in _compile_for_sm90(_COMPILE_PDL_FOR_SM90).splitlines())
+    assert out == {"_add_rms_norm_kernel": "False", "_silu_mul_kernel": "False", "_rope_kernel": "True",
+                   "_merge_splits_kernel": "False"}  # fmt: skip

@@ -2,9 +2,11 @@
 writing the new K and V into the paged KV cache), the KV-cache write alone (K and V in one launch), SiLU(gate) * up,
 and the merge of two attention parts by their log-sum-exp (a prefill chunk after a cached prefix on SDPA).
 
-Each replaces several elementwise launches with one; at decode sizes those launches, not bytes, are
-what costs (a 70B step has hundreds of them). Same math as the torch code in `model/layers.py`
-(float32 inside, cast back) and `attention.write_kv`, which stays the CPU path and the reference in the tests.
+Each replaces several elementwise launches with one; at decode sizes those launches, not bytes, are what costs
+(a 70B step has hundreds of them). RMSNorm, RoPE and SiLU launch with programmatic dependent launch
+(`launch.py`): each waits for the launch before it first thing, so only its launch overlaps. Same math as the
+torch code in `model/layers.py` (float32 inside, cast back) and `attention.write_kv`, which stays the CPU path
+and the reference in the tests.
 """
 
 from __future__ import annotations
@@ -12,10 +14,16 @@ from __future__ import annotations
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from shifttune.kernels.launch import pdl
 
 
 @triton.jit
-def _add_rms_norm_kernel(x, residual, weight, out, res_out, n_cols, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+def _add_rms_norm_kernel(x, residual, weight, out, res_out, n_cols, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+                         PDL: tl.constexpr):  # fmt: skip
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -46,7 +54,9 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
             eps,
             HAS_RES=residual is not None,
             BLOCK=triton.next_power_of_2(n_cols),
+            PDL=pdl(x.device),
             num_warps=8 if n_cols >= 4096 else 4,
+            launch_pdl=pdl(x.device),
         )
     return out if residual is None else (out, res_out)
 
@@ -68,9 +78,14 @@ def _rope_kernel(
     BLOCK_H: tl.constexpr,
     WRITE_KV: tl.constexpr,
     BLOCK_KV: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Rotates heads [0, num_heads) of token t in place (q and k heads side by side in one tensor). With
-    WRITE_KV, the last num_kv of them (K) and token t's num_kv V heads also go to row slots[t] of the caches."""
+    WRITE_KV, the last num_kv of them (K) and token t's num_kv V heads also go to row slots[t] of the caches.
+    PDL: the next launch (attention) may start at once; it waits for this one before reading q."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t)
     d = tl.arange(0, HALF)
@@ -145,6 +160,8 @@ def _rope(
             BLOCK_H=triton.next_power_of_2(heads),
             WRITE_KV=kv is not None,
             BLOCK_KV=triton.next_power_of_2(max(num_kv, 1)),
+            PDL=pdl(qk.device),
+            launch_pdl=pdl(qk.device),
         )
 
 
@@ -208,7 +225,9 @@ def write_kv_fused(
 
 
 @triton.jit
-def _silu_mul_kernel(gate_up, out, n_cols, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gate_up, out, n_cols, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < n_cols
@@ -223,7 +242,9 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     out = torch.empty((n_rows, n_cols), dtype=gate_up.dtype, device=gate_up.device)
     if n_rows:
         block = 1024
-        _silu_mul_kernel[(n_rows, triton.cdiv(n_cols, block))](gate_up.contiguous(), out, n_cols, BLOCK=block)
+        _silu_mul_kernel[(n_rows, triton.cdiv(n_cols, block))](
+            gate_up.contiguous(), out, n_cols, BLOCK=block, PDL=pdl(out.device), launch_pdl=pdl(out.device)
+        )
     return out
 
 

@@ -28,6 +28,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels.attention import AttentionMetadata
+from shifttune.kernels.launch import pdl as use_pdl
 
 MAX_SPLITS = 64  # the most split-KV ways `choose_num_splits` returns
 # split until this many programs per SM hold work (when the step alone has fewer). 1, not 2: on an H100 every
@@ -40,11 +41,10 @@ DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
-# Programmatic dependent launch (sm_90+): the attention kernel starts while the launch before it (RoPE, which
-# writes q and the new K/V) finishes, and waits for it (`gdc_wait`) only before reading q; the merge launch
-# starts as the attention programs leave their key loops, and waits before reading the partials. On an H100,
-# decode attention at batch 1-8, 2k: 0.6-1.5 us less per layer (profiles/runs/s13_h100/f_pdl)
-LAUNCH_PDL = True
+# Programmatic dependent launch (`launch.pdl`): the attention kernel starts while the launch before it (RoPE,
+# which writes q and the new K/V) finishes, and waits for it (`gdc_wait`) only before reading q; the merge
+# launch starts as the attention programs leave their key loops, and waits before reading the partials. On an
+# H100, decode attention at batch 1-8, 2k: 0.6-1.5 us less per layer (profiles/runs/s13_h100/f_pdl).
 
 _NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
 
@@ -352,12 +352,6 @@ def sm_count(device: torch.device | None = None) -> int:
     return _sm_count(device.index if device is not None and device.index is not None else torch.cuda.current_device())
 
 
-@functools.cache
-def _has_pdl(index: int) -> bool:
-    """Whether CUDA device `index` (-1: the current one) runs programmatic dependent launches (sm_90+)."""
-    return torch.cuda.get_device_capability(None if index < 0 else index)[0] >= 9
-
-
 _counters: dict[torch.device, list[torch.Tensor]] = {}
 
 
@@ -400,7 +394,7 @@ def paged_attention(
     assert merge in ("fused", "kernel")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     group_p2 = triton.next_power_of_2(hq // hk)
-    pdl = LAUNCH_PDL and q.is_cuda and _has_pdl(q.device.index if q.device.index is not None else -1)
+    pdl = use_pdl(q.device)
     if num_splits > 1:
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_splits, num_tokens, hq), dtype=torch.float32, device=q.device)

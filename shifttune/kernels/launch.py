@@ -1,0 +1,25 @@
+"""Launch options shared by the Triton kernels: programmatic dependent launch (PDL).
+
+On sm_90 and newer a kernel launched with `launch_pdl=True` may start while the launch before it on the stream
+is still finishing; it must call `gdc_wait()` before touching anything that launch writes (the kernels here call
+it before their first such load or store). Its launch latency and any work before the wait then overlap the
+previous kernel. Off GPU (the interpreter) and before Hopper it is off.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+
+LAUNCH_PDL = True  # the switch for every kernel that supports it
+
+
+def pdl(device: torch.device) -> bool:
+    """Whether launches on `device` use programmatic dependent launch."""
+    return LAUNCH_PDL and device.type == "cuda" and _sm90(-1 if device.index is None else device.index)
+
+
+@functools.cache
+def _sm90(index: int) -> bool:
+    return torch.cuda.get_device_capability(None if index < 0 else index)[0] >= 9
