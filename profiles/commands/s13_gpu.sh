@@ -12,10 +12,13 @@
 #   PART=e bash profiles/commands/s13_gpu.sh   # programmatic dependent launch in paged attention (gpu_old/s13b =
 #       `git archive 9b886c9`, the tree before it): GPU tests; decode attention at batch 1-8 and the loop's greedy
 #       cases (batch 1, 32, 128 at 2k; batch 1 at 8k) on both trees in the same call
+#   PART=f bash profiles/commands/s13_gpu.sh   # PDL in RMSNorm, RoPE and SiLU too: GPU tests; the loop's greedy cases
+#       and batch-1 floor share on this tree and on gpu_old/s13b (no PDL) in the same call
 # Into $OUT: check.log, tests.log, long_prompts.json, long_prompts_128k.json, long_prompts_128k_before.json,
 # loop_timeline.json (a); long_prompts.json, loop_overhead.json (b); tests.log, sampler_bench.json,
 # loop_overhead.json (c); tests.log, predicted_profile.json, bench_compare_tp.json, bench_tp.log (d); tests.log,
-# decode_attention.json, decode_attention_before.json, loop_overhead.json, loop_overhead_before.json (e).
+# decode_attention.json, decode_attention_before.json, loop_overhead.json, loop_overhead_before.json (e); tests.log,
+# loop_overhead.json, loop_overhead_before.json (f).
 . "$(dirname "$0")/gpu_setup.sh"
 long_prompts() {  # tree, seconds, lengths, out
   (cd "$1" && PYTHONPATH=$PWD timeout "$2" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
@@ -71,6 +74,18 @@ elif [ "$PART" = e ]; then
     (cd $tree && PYTHONPATH=$PWD timeout 60 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 \
       --contexts 2048,8192,32768 --out "$OUT/decode_attention$sfx.json" 2>&1 | grep -v -i warn | grep -E "^decode  b" \
       | tee -a "$LOG")
+    (cd $tree && PYTHONPATH=$PWD timeout 150 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1,3,5 \
+      --no-offline --out "$OUT/loop_overhead$sfx.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+  done
+elif [ "$PART" = f ]; then
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
+  stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
+  for tree in . gpu_old/s13b . gpu_old/s13b; do
+    sfx=$([ $tree = . ] && echo "" || echo _before)
+    stamp "tree $tree:"
     (cd $tree && PYTHONPATH=$PWD timeout 150 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1,3,5 \
       --no-offline --out "$OUT/loop_overhead$sfx.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
   done
