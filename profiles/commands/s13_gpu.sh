@@ -18,7 +18,7 @@
 # loop_timeline.json (a); long_prompts.json, loop_overhead.json (b); tests.log, sampler_bench.json,
 # loop_overhead.json (c); tests.log, predicted_profile.json, bench_compare_tp.json, bench_tp.log (d); tests.log,
 # decode_attention.json, decode_attention_before.json, loop_overhead.json, loop_overhead_before.json (e); tests.log,
-# loop_overhead.json, loop_overhead_before.json (f).
+# loop_overhead_{1,2}.json, loop_overhead_before_{1,2}.json (f).
 . "$(dirname "$0")/gpu_setup.sh"
 long_prompts() {  # tree, seconds, lengths, out
   (cd "$1" && PYTHONPATH=$PWD timeout "$2" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
@@ -83,11 +83,13 @@ elif [ "$PART" = f ]; then
   timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
   stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
   cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
-  for tree in . gpu_old/s13b . gpu_old/s13b; do
-    sfx=$([ $tree = . ] && echo "" || echo _before)
-    stamp "tree $tree:"
-    (cd $tree && PYTHONPATH=$PWD timeout 150 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1,3,5 \
-      --no-offline --out "$OUT/loop_overhead$sfx.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+  for run in 1 2; do
+    for tree in . gpu_old/s13b; do
+      sfx=$([ $tree = . ] && echo "" || echo _before)_$run
+      stamp "tree $tree, run $run:"
+      (cd $tree && PYTHONPATH=$PWD timeout 150 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1,3,5 \
+        --no-offline --out "$OUT/loop_overhead$sfx.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+    done
   done
 fi
 stamp done
