@@ -14,8 +14,9 @@
 #       cases (batch 1, 32, 128 at 2k; batch 1 at 8k) on both trees in the same call
 #   PART=f bash profiles/commands/s13_gpu.sh   # PDL in RMSNorm, RoPE and SiLU too: GPU tests; the loop's greedy cases
 #       and batch-1 floor share on this tree and on gpu_old/s13b (no PDL) in the same call
-#   PART=g bash profiles/commands/s13_gpu.sh   # which PDL launch slows batch 32: this tree, gpu_old/s13d (this tree
-#       without RoPE's early trigger), gpu_old/s13b (no PDL), the loop's batch 1 and 32 cases at 2k, twice
+#   PART=g bash profiles/commands/s13_gpu.sh   # which of the fused kernels' PDL launches slows batch 32: copies of this
+#       tree with FUSED_PDL on, with it on but no early trigger in RoPE, and this tree (off); the loop's batch 1 and
+#       32 cases at 2k, twice
 # Into $OUT: check.log, tests.log, long_prompts.json, long_prompts_128k.json, long_prompts_128k_before.json,
 # loop_timeline.json (a); long_prompts.json, loop_overhead.json (b); tests.log, sampler_bench.json,
 # loop_overhead.json (c); tests.log, predicted_profile.json, bench_compare_tp.json, bench_tp.log (d); tests.log,
@@ -95,8 +96,13 @@ elif [ "$PART" = f ]; then
   done
 elif [ "$PART" = g ]; then
   cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
+  for v in on norope; do
+    rm -rf /tmp/$v && mkdir /tmp/$v && cp -r shifttune /tmp/$v/
+    sed -i 's/^FUSED_PDL = False/FUSED_PDL = True/' /tmp/$v/shifttune/kernels/fused.py
+  done
+  sed -i '/^        gdc_launch_dependents()$/d' /tmp/norope/shifttune/kernels/fused.py
   for run in 1 2; do
-    for tree in . gpu_old/s13d gpu_old/s13b; do
+    for tree in /tmp/on /tmp/norope .; do
       stamp "tree $tree, run $run:"
       (cd $tree && PYTHONPATH=$PWD timeout 100 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1 \
         --no-offline --out "$OUT/loop_$(basename $tree)_$run.json" 2>&1 | grep -v -i warn | grep batch | tee -a "$LOG")

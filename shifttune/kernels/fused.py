@@ -3,10 +3,10 @@ writing the new K and V into the paged KV cache), the KV-cache write alone (K an
 and the merge of two attention parts by their log-sum-exp (a prefill chunk after a cached prefix on SDPA).
 
 Each replaces several elementwise launches with one; at decode sizes those launches, not bytes, are what costs
-(a 70B step has hundreds of them). RMSNorm, RoPE and SiLU launch with programmatic dependent launch
-(`launch.py`): each waits for the launch before it first thing, so only its launch overlaps. Same math as the
-torch code in `model/layers.py` (float32 inside, cast back) and `attention.write_kv`, which stays the CPU path
-and the reference in the tests.
+(a 70B step has hundreds of them). RMSNorm, RoPE and SiLU can launch with programmatic dependent launch
+(`launch.py`; FUSED_PDL): each waits for the launch before it first thing, so only its launch overlaps. Same
+math as the torch code in `model/layers.py` (float32 inside, cast back) and `attention.write_kv`, which stays
+the CPU path and the reference in the tests.
 """
 
 from __future__ import annotations
@@ -16,7 +16,18 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from shifttune.kernels.launch import pdl
+from shifttune.kernels.launch import pdl as _any_pdl
+
+# Programmatic dependent launch for RMSNorm, RoPE (which then lets attention start at once) and SiLU: off. On an
+# H100 (profiles/runs/s13_h100/g_pdl_all, llama-3.1-8b decode graphs, against no PDL) batch 1 at 2k ran 1.4%
+# faster (6.32 -> 6.23 ms) and batch 128 0.4%, but batch 32 1.6% slower (9.27 -> 9.42 ms) in both runs; which
+# launch costs at batch 32 is not known yet (`PART=g bash profiles/commands/s13_gpu.sh` times RoPE's early
+# trigger apart). Paged attention's own PDL (`paged_attention.py`) stays on: neutral at batch 32, faster below.
+FUSED_PDL = False
+
+
+def pdl(device: torch.device) -> bool:
+    return FUSED_PDL and _any_pdl(device)
 
 
 @triton.jit
