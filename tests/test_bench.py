@@ -645,6 +645,7 @@ def test_compare_predicts_each_run_beside_the_measured_one(tmp_path):
     for rec in records:
         pred = rec["predicted"]
         assert pred["profile"] == str(PROFILE_X2) and pred["profile_kind"] == "measured"
+        assert pred["host_time"]["requests"] >= 1 and pred["host_time"]["host_ms"] > 0  # probed after the run
         metrics = pred["metrics"]
         assert set(metrics) == {"ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "tpot_p99_ms", "output_throughput"}
         assert metrics["output_throughput"]["measured"] == rec["output_throughput"]

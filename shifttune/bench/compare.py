@@ -8,8 +8,8 @@ SIGINT to its process group, then SIGTERM, then SIGKILL, each after a timeout.
 
 With a profile (`--profile`, measured or predicted for this model on these devices), each mode's records also
 get the simulator's prediction for the requests it sent, at their arrival times, with the server's own layout,
-policy and engine settings (`recommend --validate`'s simulation, without its probe of the server's host time
-per request): TTFT and TPOT p50/p99 and output throughput, predicted beside measured, with the error of each.
+policy and engine settings and its host time per request (`recommend --validate`'s simulation and probe):
+TTFT and TPOT p50/p99 and output throughput, predicted beside measured, with the error of each.
 """
 
 from __future__ import annotations
@@ -216,7 +216,7 @@ def run_compare(
                             label=f"{mode}: ")  # fmt: skip
             if prof is not None:
                 try:
-                    predict(prof, str(cfg.profile), server.base_url, run.records, run.sent)
+                    predict(prof, str(cfg.profile), replace(bench, base_url=server.base_url), run.records, run.sent)
                 except ServerError as e:  # the measured records stand without it
                     out.notes.append(f"mode {mode}: no prediction: {e}")
         except KeyboardInterrupt:
@@ -234,16 +234,22 @@ def run_compare(
     return out
 
 
-def predict(prof: Profile, profile_path: str, base_url: str, records: list[dict], sent: list[list[BenchRequest]]):
+def predict(prof: Profile, profile_path: str, bench: BenchConfig, records: list[dict], sent: list[list[BenchRequest]]):
     """Adds "predicted" to each record that completed requests: per metric (TTFT and TPOT p50/p99, output
     throughput), the simulator's value for the requests sent (their arrival times and lengths), the measured
-    one and the relative error, on the layout, policy and engine settings the server at `base_url` reports."""
+    one and the relative error, on the layout, policy and engine settings the server at `bench.base_url`
+    reports, with its host time per request measured by lone probe requests after the run (`validate.probe`)."""
     # NOTE: lazy: validate imports serve_vs_offline, which imports this module
-    from shifttune.bench.validate import METRICS, compare_row, engine_loop, server_settings, simulated
+    from shifttune.bench.validate import (METRICS, ValidateConfig, compare_row, engine_loop, probe, server_settings,
+                                          simulated, step_models)  # fmt: skip
 
     metrics = [*METRICS, THROUGHPUT]
-    settings = server_settings(base_url)
-    loop = engine_loop(settings, prof)
+    settings = server_settings(bench.base_url, bench.api_key)
+    probe_cfg = ValidateConfig(bench.base_url, prof, profile_path, [], seed=bench.seed, api_key=bench.api_key)
+    if bench.input_len is not None:
+        probe_cfg.input_len = bench.input_len
+    host = probe(probe_cfg, step_models(prof, settings), engine_loop(settings, prof))
+    loop = engine_loop(settings, prof, host)
     for record, batch in zip(records, sent):
         if not record["completed"]:
             continue
@@ -255,5 +261,5 @@ def predict(prof: Profile, profile_path: str, base_url: str, records: list[dict]
             "profile": profile_path,
             "profile_kind": "predicted" if prof.predicted else "measured",
             "engine_loop": loop.kwargs(),
-            "host_time": "not modelled (0 ms per request)",
+            "host_time": host or "not measured: the server keeps no trace (0 ms per request)",
         }
