@@ -616,6 +616,24 @@ def test_serve_command_follows_the_contract():
 PROFILE_X2 = REPO / "shifttune" / "data" / "profiles" / "tiny_cpux2.json"
 
 
+def test_shift_ratios_put_shift_against_the_mode_it_should_match():
+    from shifttune.bench.report import shift_ratio_table, shift_ratios
+
+    def rec(rate, ttft, tpot, thr):
+        return {"request_rate": rate, "median_ttft_ms": ttft, "p99_ttft_ms": 2 * ttft, "median_tpot_ms": tpot,
+                "p99_tpot_ms": 2 * tpot, "output_throughput": thr}  # fmt: skip
+
+    runs = {"tp": [rec(1.0, 100, 10, 50), rec(8.0, 400, 12, 300)], "sp": [rec(1.0, 60, 30, 55), rec(8.0, 90, 33, 360)],
+            "shift": [rec(1.0, 62, 10.5, 55), rec(8.0, 99, 15, 342)]}  # fmt: skip
+    ratios = shift_ratios(runs)
+    assert [r["rate"] for r in ratios] == [1.0, 8.0]
+    assert ratios[1]["shift_over_sp_ttft_p50"] == pytest.approx(99 / 90)
+    assert ratios[1]["shift_over_tp_tpot_p99"] == pytest.approx(15 / 12)
+    assert ratios[1]["shift_over_sp_output_throughput"] == pytest.approx(342 / 360)
+    assert shift_ratios({"tp": runs["tp"], "sp": runs["sp"]}) == []  # no shift run, nothing to say
+    assert shift_ratio_table(ratios).row_count == 2
+
+
 def test_compare_refuses_a_profile_it_cannot_use(tmp_path):
     """--profile: only with --compare, of the layout it runs, and without --concurrency; refused before any
     server starts."""
@@ -640,8 +658,13 @@ def test_compare_predicts_each_run_beside_the_measured_one(tmp_path):
              "--out", str(out), "--startup-timeout", "300")  # fmt: skip
     assert r.exit_code == 0, r.output
     assert "predicted (measured profile, simulator) vs measured" in r.output
-    records = json.loads(out.read_text())["results"]
+    data = json.loads(out.read_text())
+    records = data["results"]
     assert [x["mode"] for x in records] == ["tp", "shift"] and all(x["burstiness"] == 0.5 for x in records)
+    tp, shift = records
+    (ratios,) = data["shift_ratios"]  # no sp run: only the TPOT ratios
+    assert set(ratios) == {"rate", "shift_over_tp_tpot_p50", "shift_over_tp_tpot_p99"}
+    assert ratios["shift_over_tp_tpot_p50"] == pytest.approx(shift["median_tpot_ms"] / tp["median_tpot_ms"])
     for rec in records:
         pred = rec["predicted"]
         assert pred["profile"] == str(PROFILE_X2) and pred["profile_kind"] == "measured"

@@ -120,6 +120,43 @@ def compare_table(runs: dict[str, list[dict]]) -> Table:
     return table
 
 
+# shift mode against the mode it should match on each metric (the paper: SP's TTFT, TP's TPOT, SP's throughput)
+SHIFT_RATIOS = (
+    ("shift_over_sp_ttft_p50", "sp", "median_ttft_ms"),
+    ("shift_over_sp_ttft_p99", "sp", "p99_ttft_ms"),
+    ("shift_over_tp_tpot_p50", "tp", "median_tpot_ms"),
+    ("shift_over_tp_tpot_p99", "tp", "p99_tpot_ms"),
+    ("shift_over_sp_output_throughput", "sp", "output_throughput"),
+)
+
+
+def shift_ratios(runs: dict[str, list[dict]]) -> list[dict]:
+    """Per rate that shift and another mode both ran: shift's TTFT over SP's, its TPOT over TP's and its output
+    throughput over SP's (SHIFT_RATIOS; those whose mode did not run are left out)."""
+    out = []
+    for r in runs.get("shift", []):
+        row: dict = {"rate": r["request_rate"]}
+        for name, mode, key in SHIFT_RATIOS:
+            other = next((o for o in runs.get(mode, []) if o["request_rate"] == r["request_rate"]), None)
+            if other is not None and other[key]:
+                row[name] = r[key] / other[key]
+        if len(row) > 1:
+            out.append(row)
+    return out
+
+
+def shift_ratio_table(ratios: list[dict]) -> Table:
+    table = Table(title="shift against SP (TTFT, throughput) and TP (TPOT): 1.00 = the same")
+    table.add_column("rate/s")
+    for name, *_ in SHIFT_RATIOS:
+        table.add_column(name.removeprefix("shift_over_").replace("_", " "), justify="right")
+    for row in ratios:
+        rate = row["rate"]
+        table.add_row(f"{rate:g}" if isinstance(rate, (int, float)) else str(rate),
+                      *(f"{row[n]:.2f}" if n in row else "" for n, *_ in SHIFT_RATIOS))  # fmt: skip
+    return table
+
+
 def prediction_table(runs: dict[str, list[dict]]) -> Table | None:
     """Predicted beside measured for the records that carry a prediction (`bench --compare --profile`)."""
     rows = [(mode, r) for mode, recs in runs.items() for r in recs if r.get("predicted")]
@@ -175,12 +212,12 @@ def _finite(obj: object) -> object:
     return obj
 
 
-def bench_payload(records: list[dict], command: str, compare: bool = False) -> dict:
+def bench_payload(records: list[dict], command: str, compare: bool = False, ratios: list[dict] | None = None) -> dict:
     """One run: its record (+ the command line). A sweep: {"command", "results": [records]}. A comparison:
-    the same, each record with its "mode"."""
+    the same, each record with its "mode", and `shift_ratios` when shift ran beside TP or SP."""
     if len(records) == 1 and not compare:
         return records[0] | {"command": command}
-    return {"command": command, "results": records}
+    return {"command": command, "results": records} | ({"shift_ratios": ratios} if ratios else {})
 
 
 def write_json(path: Path, payload: dict) -> None:

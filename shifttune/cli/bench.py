@@ -263,6 +263,8 @@ def _finish(runs: dict[str, list[dict]], compared: bool, notes: list[str], out: 
         prediction_table,
         results_table,
         save_plot,
+        shift_ratio_table,
+        shift_ratios,
         write_json,
     )
 
@@ -273,8 +275,11 @@ def _finish(runs: dict[str, list[dict]], compared: bool, notes: list[str], out: 
     for label, recs in runs.items():
         if recs and not recs[0]["ignore_eos"]:
             notes.append(f"{label}: the server rejected ignore_eos; outputs may end early at EOS")
+    ratios = shift_ratios(runs) if compared else []
     if compared:
         stdout.print(compare_table(runs))
+        if ratios:
+            stdout.print(shift_ratio_table(ratios))
         predicted = prediction_table(runs)
         if predicted is not None:
             stdout.print(predicted)
@@ -286,7 +291,7 @@ def _finish(runs: dict[str, list[dict]], compared: bool, notes: list[str], out: 
         stdout.print(f"note: {note}", soft_wrap=True, highlight=False)
     try:
         if out is not None:
-            write_json(out, bench_payload(records, shlex.join(sys.argv), compare=compared))
+            write_json(out, bench_payload(records, shlex.join(sys.argv), compare=compared, ratios=ratios))
             stdout.print(f"results saved to {out}")
         if plot is not None:
             save_plot(runs, plot)
