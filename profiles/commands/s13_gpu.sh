@@ -28,6 +28,16 @@ long_prompts() {  # tree, seconds, lengths, out
     --lengths "$3" --no-layer-bench --out "$4" 2>&1 | grep -v -i warn | grep -E "tokens|floor|error|Error" | tail -6 \
     | tee -a "$LOG")
 }
+gpu_tests() {  # the one-GPU engine tests and the kernels' GPU tests, into $OUT/tests.log
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
+  stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+}
+loop_on() {  # tree, seconds, cases, out: this tree's loop_overhead.py (the public API only) run on another tree
+  (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
+    --cases "$3" --no-offline --out "$4" 2>&1 | grep -v -i warn | grep -E "batch" | tee -a "$LOG")
+}
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
   timeout 100 python -m pytest -q -p no:cacheprovider tests/test_prefill_attention.py -k "cudnn or gpu" \
@@ -66,36 +76,25 @@ elif [ "$PART" = d ]; then
     --tokenizer tiny --server-arg="--load-format dummy" --out "$OUT/bench_compare_tp.json" > "$OUT/bench_tp.log" 2>&1
   stamp "bench --compare tp --profile rc=$?"; tail -22 "$OUT/bench_tp.log" | tee -a "$LOG"
 elif [ "$PART" = e ]; then
-  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
-  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
-  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
-  stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
-  cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
+  gpu_tests
   for tree in . gpu_old/s13b; do
     sfx=$([ $tree = . ] && echo "" || echo _before)
     stamp "tree $tree:"
     (cd $tree && PYTHONPATH=$PWD timeout 60 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 \
       --contexts 2048,8192,32768 --out "$OUT/decode_attention$sfx.json" 2>&1 | grep -v -i warn | grep -E "^decode  b" \
       | tee -a "$LOG")
-    (cd $tree && PYTHONPATH=$PWD timeout 150 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1,3,5 \
-      --no-offline --out "$OUT/loop_overhead$sfx.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+    loop_on $tree 150 0,1,3,5 "$OUT/loop_overhead$sfx.json"
   done
 elif [ "$PART" = f ]; then
-  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
-  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
-  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
-  stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
-  cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
+  gpu_tests
   for run in 1 2; do
     for tree in . gpu_old/s13b; do
       sfx=$([ $tree = . ] && echo "" || echo _before)_$run
       stamp "tree $tree, run $run:"
-      (cd $tree && PYTHONPATH=$PWD timeout 150 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1,3,5 \
-        --no-offline --out "$OUT/loop_overhead$sfx.json" 2>&1 | grep -v -i warn | tee -a "$LOG")
+      loop_on $tree 150 0,1,3,5 "$OUT/loop_overhead$sfx.json"
     done
   done
 elif [ "$PART" = g ]; then
-  cp shifttune/profile/loop_overhead.py /tmp/loop_overhead.py
   for v in on norope; do
     rm -rf /tmp/$v && mkdir /tmp/$v && cp -r shifttune /tmp/$v/
     sed -i 's/^FUSED_PDL = False/FUSED_PDL = True/' /tmp/$v/shifttune/kernels/fused.py
@@ -104,8 +103,7 @@ elif [ "$PART" = g ]; then
   for run in 1 2; do
     for tree in /tmp/on /tmp/norope .; do
       stamp "tree $tree, run $run:"
-      (cd $tree && PYTHONPATH=$PWD timeout 100 python /tmp/loop_overhead.py --model llama-3.1-8b --cases 0,1 \
-        --no-offline --out "$OUT/loop_$(basename $tree)_$run.json" 2>&1 | grep -v -i warn | grep batch | tee -a "$LOG")
+      loop_on $tree 100 0,1 "$OUT/loop_$(basename $tree)_$run.json"
     done
   done
 fi

@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from shifttune.kernels.launch import pdl as _any_pdl
+from shifttune.kernels.launch import pdl_args
 
 # Programmatic dependent launch for RMSNorm, RoPE (which then lets attention start at once) and SiLU: off. On an
 # H100 (profiles/runs/s13_h100/g_pdl_all, llama-3.1-8b decode graphs, against no PDL) batch 1 at 2k ran 1.4%
@@ -24,10 +24,6 @@ from shifttune.kernels.launch import pdl as _any_pdl
 # launch costs at batch 32 is not known yet (`PART=g bash profiles/commands/s13_gpu.sh` times RoPE's early
 # trigger apart). Paged attention's own PDL (`paged_attention.py`) stays on: neutral at batch 32, faster below.
 FUSED_PDL = False
-
-
-def pdl(device: torch.device) -> bool:
-    return FUSED_PDL and _any_pdl(device)
 
 
 @triton.jit
@@ -65,9 +61,8 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
             eps,
             HAS_RES=residual is not None,
             BLOCK=triton.next_power_of_2(n_cols),
-            PDL=pdl(x.device),
+            **pdl_args(x.device, FUSED_PDL),
             num_warps=8 if n_cols >= 4096 else 4,
-            launch_pdl=pdl(x.device),
         )
     return out if residual is None else (out, res_out)
 
@@ -171,8 +166,7 @@ def _rope(
             BLOCK_H=triton.next_power_of_2(heads),
             WRITE_KV=kv is not None,
             BLOCK_KV=triton.next_power_of_2(max(num_kv, 1)),
-            PDL=pdl(qk.device),
-            launch_pdl=pdl(qk.device),
+            **pdl_args(qk.device, FUSED_PDL),
         )
 
 
@@ -254,7 +248,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if n_rows:
         block = 1024
         _silu_mul_kernel[(n_rows, triton.cdiv(n_cols, block))](
-            gate_up.contiguous(), out, n_cols, BLOCK=block, PDL=pdl(out.device), launch_pdl=pdl(out.device)
+            gate_up.contiguous(), out, n_cols, BLOCK=block, **pdl_args(out.device, FUSED_PDL)
         )
     return out
 

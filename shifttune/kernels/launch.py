@@ -20,6 +20,12 @@ def pdl(device: torch.device) -> bool:
     return LAUNCH_PDL and device.type == "cuda" and _sm90(-1 if device.index is None else device.index)
 
 
+def pdl_args(device: torch.device, enabled: bool = True) -> dict[str, bool]:
+    """A PDL kernel's `PDL` constexpr and the `launch_pdl` launch option, which go together."""
+    on = enabled and pdl(device)
+    return {"PDL": on, "launch_pdl": on}
+
+
 @functools.cache
 def _sm90(index: int) -> bool:
     return torch.cuda.get_device_capability(None if index < 0 else index)[0] >= 9

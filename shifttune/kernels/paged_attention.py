@@ -28,7 +28,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.launch import pdl as use_pdl
+from shifttune.kernels.launch import pdl_args
 
 MAX_SPLITS = 64  # the most split-KV ways `choose_num_splits` returns
 # split until this many programs per SM hold work (when the step alone has fewer). 1, not 2: on an H100 every
@@ -394,7 +394,7 @@ def paged_attention(
     assert merge in ("fused", "kernel")
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     group_p2 = triton.next_power_of_2(hq // hk)
-    pdl = use_pdl(q.device)
+    pdl = pdl_args(q.device)
     if num_splits > 1:
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_splits, num_tokens, hq), dtype=torch.float32, device=q.device)
@@ -430,10 +430,9 @@ def paged_attention(
         SPLIT=mode,
         GP2=group_p2,
         S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
-        PDL=pdl,
+        **pdl,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],
-        launch_pdl=pdl,
     )
     if mode == _KERNEL_MERGE:
         _merge_splits_kernel[(num_tokens * hq,)](
@@ -445,7 +444,6 @@ def paged_attention(
             HQ=hq,
             D=dim,
             SPLITS_P2=triton.next_power_of_2(num_splits),
-            PDL=pdl,
-            launch_pdl=pdl,
+            **pdl,
         )
     return out

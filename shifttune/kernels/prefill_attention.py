@@ -84,13 +84,12 @@ class SdpaPrefill:
         sequence are cached before them, in the blocks `blocks` lists (a device row of its block table; `span`:
         the same table's, from the host). Writes the chunk's attention output into `out` [n, Hq, d]."""
         n, hq, d = q.shape
-        hk, pad = k.shape[1], self.pad
+        hk, pad, bs = k.shape[1], self.pad, k_cache.shape[1]
         p0 = prefix - prefix % pad  # keys every query sees in full
         r = prefix - p0  # prefix keys that join the chunk's causal block
         m = r + n
         size = -(-m // pad) * pad
         if p0:  # the keys every query sees: [p0, Hk, d]
-            bs = k_cache.shape[1]
             first = span.range_start(p0 // bs) if span is not None and p0 % bs == 0 else None
             # NOTE: unmasked, these keys are a set: blocks that fill one range of the cache, in any order, are read
             # in place (a view), not gathered (~4 KiB a token a layer for a llama-8b, read and written per chunk)
@@ -107,7 +106,6 @@ class SdpaPrefill:
             qb[r:m], qb[m:] = q, 0
             kb[m:], vb[m:] = 0, 0  # NOTE: zeros, not garbage: a NaN behind the causal mask could still leak through
             if r:  # the prefix keys past p0 (fewer than `pad`), gathered
-                bs = k_cache.shape[1]
                 tail = blocks[p0 // bs : -(-prefix // bs)]
                 kb[:r], vb[:r] = (cache[tail].flatten(0, 1)[p0 % bs : p0 % bs + r] for cache in (k_cache, v_cache))
             kb[r:m], vb[r:m] = k, v

@@ -52,8 +52,7 @@ class InputBatch:
         self.rows: dict[int, int] = {}  # req id -> row
         self.free_rows = list(range(max_rows - 1, -1, -1))
         self.num_computed = [0] * max_rows
-        self.num_blocks = [0] * max_rows
-        self.block_spans = [BlockSpan() for _ in range(max_rows)]
+        self.block_spans = [BlockSpan() for _ in range(max_rows)]  # each row's blocks so far: their count, id range
         self.block_table = torch.full((max_rows, max_blocks), scratch_block, dtype=torch.int64, device=device)
         self.last_token = torch.zeros(max_rows, dtype=torch.int64, device=device)
         self.sampler = Sampler(max_rows, device)
@@ -71,8 +70,7 @@ class InputBatch:
         for r in delta.new_requests:
             row = self.rows[r.req_id] = self.free_rows.pop()
             new_rows.append(row)
-            self.num_computed[row], self.num_blocks[row] = r.num_computed_tokens, 0
-            self.block_spans[row] = BlockSpan()
+            self.num_computed[row], self.block_spans[row] = r.num_computed_tokens, BlockSpan()
             self._append_blocks(row, r.block_ids, writes)
         for req_id, blocks in delta.new_block_ids:
             self._append_blocks(self.rows[req_id], blocks, writes)
@@ -83,12 +81,12 @@ class InputBatch:
                               [r.num_output_tokens for r in delta.new_requests])  # fmt: skip
 
     def _append_blocks(self, row: int, blocks: list[int], writes: list[list[int]]) -> None:
-        n = self.num_blocks[row]
-        self.block_spans[row].extend(blocks)
+        span = self.block_spans[row]
+        n = len(span.lo)  # blocks the row holds
+        span.extend(blocks)
         writes[0] += [row] * len(blocks)
         writes[1] += range(n, n + len(blocks))
         writes[2] += blocks
-        self.num_blocks[row] = n + len(blocks)
 
     def prepare(self, delta: StepDelta, pad_tokens: int = 0) -> tuple[StepTensors, list[int], torch.Tensor]:
         """The step's device inputs (ids and positions padded by `pad_tokens`), and the rows that sample
