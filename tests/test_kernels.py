@@ -147,6 +147,8 @@ for split, block_m, stages in [(0, 16, 3), (1, 16, 3), (2, 16, 3), (0, 64, 2)]:
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=stages))
     allocs = [ln.split("memdesc<")[1].split("x")[0] for ln in k.asm["ttgir"].splitlines() if "local_alloc :" in ln]
     buffers[f"{split}-{block_m}-{stages}"] = sorted(set(int(a) for a in allocs))
+    if consts["PDL"]:  # 16-byte K/V loads issued before the wait for the launch before
+        buffers["loads_before_wait"] = k.asm["ptx"].split("griddepcontrol.wait")[0].count("ld.global.v4")
 json.dump(buffers, sys.stdout)
 """
 
@@ -170,11 +172,14 @@ def _compile_for_sm90(script: str) -> str:
 def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
     """The interpreter does not lower the kernel: compile it for sm_90 here (Triton's bundled ptxas, no
     GPU needed), with and without the fused merge, and check K/V tiles keep num_stages - 1 buffers
-    (decode) rather than the one Triton falls back to when the block-table load is in the address chain."""
+    (decode) rather than the one Triton falls back to when the block-table load is in the address chain,
+    and that the PDL variant loads its first tile before it waits."""
     import json
 
     buffers = json.loads(_compile_for_sm90(_COMPILE_FOR_SM90))
-    assert buffers == {"0-16-3": [2], "1-16-3": [2], "2-16-3": [2], "0-64-2": [2]}, buffers
+    # with PDL, each of the 128 threads has issued its 8 + 8 loads of the first 64-key K and V tiles (bf16,
+    # d 128) before it waits for the launch before
+    assert buffers == {"0-16-3": [2], "1-16-3": [2], "2-16-3": [2], "0-64-2": [2], "loads_before_wait": 16}, buffers
 
 
 @pytest.mark.gpu
@@ -520,7 +525,7 @@ cases = [
     (f._silu_mul_kernel, dict(gate_up="*bf16", out="*bf16", n_cols="i32"), dict(BLOCK=1024, PDL=True)),
     (f._rope_kernel, dict(qk="*bf16", positions="*i64", cos_sin="*fp32", stride_t="i32", num_heads="i32", v="*bf16",
                           k_cache="*bf16", v_cache="*bf16", slots="*i64", stride_vt="i32", num_kv="i32"),
-     dict(HALF=64, BLOCK_H=64, WRITE_KV=True, BLOCK_KV=8, PDL=True)),
+     dict(HALF=64, BLOCK_H=64, WRITE_KV=True, BLOCK_KV=8, PDL=True, TRIGGER=True)),
     (pa._merge_splits_kernel, dict(out="*bf16", part_out="*fp32", part_lse="*fp32", num_tokens="i32",
                                    num_splits="i32"), dict(HQ=32, D=128, SPLITS_P2=32, PDL=True)),
 ]
@@ -537,4 +542,4 @@ def test_kernels_with_programmatic_dependent_launch_compile_for_sm90():
     RoPE also lets the next launch (attention) start at once."""
     out = dict(line.split() for line in _compile_for_sm90(_COMPILE_PDL_FOR_SM90).splitlines())
     assert out == {"_add_rms_norm_kernel": "False", "_silu_mul_kernel": "False", "_rope_kernel": "True",
-                   "_merge_splits_kernel": "False"}  # fmt: skip
+                   "_merge_splits_kernel": "True"}  # fmt: skip

@@ -24,6 +24,10 @@ from shifttune.kernels.launch import pdl_args
 # launch costs at batch 32 is not known yet (`PART=g bash profiles/commands/s13_gpu.sh` times RoPE's early
 # trigger apart). Paged attention's own PDL (`paged_attention.py`) stays on: neutral at batch 32, faster below.
 FUSED_PDL = False
+# RoPE lets the next launch (paged attention, launched with PDL) start at once even when it is not launched with PDL
+# itself: attention then loads its cached keys while RoPE runs, and waits for RoPE only before reading q and the
+# keys RoPE writes.
+ROPE_EARLY_TRIGGER = True
 
 
 @triton.jit
@@ -85,13 +89,15 @@ def _rope_kernel(
     WRITE_KV: tl.constexpr,
     BLOCK_KV: tl.constexpr,
     PDL: tl.constexpr,
+    TRIGGER: tl.constexpr,
 ):
     """Rotates heads [0, num_heads) of token t in place (q and k heads side by side in one tensor). With
     WRITE_KV, the last num_kv of them (K) and token t's num_kv V heads also go to row slots[t] of the caches.
-    PDL: the next launch (attention) may start at once; it waits for this one before reading q."""
+    TRIGGER: the next launch (attention) may start at once; it waits for this one before reading q."""
+    if TRIGGER:
+        gdc_launch_dependents()
     if PDL:
         gdc_wait()
-        gdc_launch_dependents()
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(positions + t)
     d = tl.arange(0, HALF)
@@ -166,6 +172,7 @@ def _rope(
             BLOCK_H=triton.next_power_of_2(heads),
             WRITE_KV=kv is not None,
             BLOCK_KV=triton.next_power_of_2(max(num_kv, 1)),
+            TRIGGER=pdl_args(qk.device, ROPE_EARLY_TRIGGER)["PDL"],
             **pdl_args(qk.device, FUSED_PDL),
         )
 

@@ -72,36 +72,25 @@ def _tile_blocks(block_tables, seq, stride_bt, start, kv_hi, BLOCK_SIZE: tl.cons
 
 
 @triton.jit
-def _attend_tile(
-    Q,
-    k_cache,
-    v_cache,
-    block,
-    start,
-    kv_hi,
-    q_pos,
-    kv_head,
-    qk_scale,
-    m_i,
-    l_i,
-    acc,
-    HK: tl.constexpr,
-    D: tl.constexpr,
-    BLOCK_SIZE: tl.constexpr,
-    TILE: tl.constexpr,
-    MASK: tl.constexpr,
-):
-    """One tile of TILE keys (in the physical blocks `block`), folded into the online softmax (base 2)."""
+def _load_tile(k_cache, v_cache, block, start, lo, hi, kv_head, K_else, V_else, HK: tl.constexpr, D: tl.constexpr,
+               BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
+    """K and V [TILE, D] of keys start .. start + TILE (in the physical blocks `block`) that lie in [lo, hi);
+    the others from K_else / V_else."""
     d = tl.arange(0, D)
     k_idx = start + tl.arange(0, TILE)
-    k_ok = k_idx < kv_hi
+    ok = ((k_idx >= lo) & (k_idx < hi))[:, None]
     slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
     kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
-    K = tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0)
-    V = tl.load(v_cache + kv_off, mask=k_ok[:, None], other=0.0)
+    return tl.load(k_cache + kv_off, mask=ok, other=K_else), tl.load(v_cache + kv_off, mask=ok, other=V_else)
+
+
+@triton.jit
+def _attend_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE: tl.constexpr, MASK: tl.constexpr):
+    """Keys start .. start + TILE (K, V; zeros past kv_hi), folded into the online softmax (base 2)."""
+    k_idx = start + tl.arange(0, TILE)
     s = tl.dot(Q, tl.trans(K)) * qk_scale
     if MASK:
-        s = tl.where(k_ok[None, :] & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
+        s = tl.where((k_idx[None, :] < kv_hi) & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet
     p = tl.exp2(s - m_safe[:, None])
@@ -231,32 +220,43 @@ def _paged_attention_kernel(
     d = tl.arange(0, D)
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
-    if PDL:  # NOTE: q and this step's K/V come from the launch before (RoPE); the lengths and tables from earlier
+    # The split's first tile is loaded before the wait for the launch before (RoPE, which writes q and this
+    # step's K/V), all but the keys this step writes, which are loaded after it.
+    # NOTE: the keys before seq_len - q_len, like the lengths and block tables, were written before that
+    # launch began (every launch waits for the one before it to finish before it can finish itself).
+    cached = seq_len - q_len
+    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
+    zero = tl.zeros([TILE, D], k_cache.dtype.element_ty)
+    # fmt: off
+    K, V = _load_tile(k_cache, v_cache, block, kv_lo, 0, tl.minimum(kv_hi, cached), kv_head, zero, zero, HK, D,
+                      BLOCK_SIZE, TILE)
+    if PDL:
         gdc_wait()
+    K, V = _load_tile(k_cache, v_cache, block, kv_lo, cached, kv_hi, kv_head, K, V, HK, D, BLOCK_SIZE, TILE)
     Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
-    q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
+    q_pos = cached + tok  # absolute position: query sees keys 0 .. q_pos
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     qk_scale = scale * 1.4426950408889634  # softmax in base 2: exp2 is the native instruction
+    m_i, l_i, acc = _attend_tile(Q, K, V, kv_lo, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, True)
     # Keys up to the block's first query position are visible to every row: no mask there.
-    first_pos = seq_len - q_len + local_block * BLOCK_Q
+    first_pos = cached + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
     # NOTE: each iteration loads the next tile's block numbers itself (carried to the next iteration):
     # with the block-table load inside the K/V address chain, Triton's pipeliner keeps one K/V buffer
     # whatever num_stages is (no load in flight during a tile's math); this way it keeps num_stages - 1.
-    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
-    # fmt: off
-    for start in range(kv_lo, full_hi, TILE):
+    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo + TILE, kv_hi, BLOCK_SIZE, TILE)
+    for start in range(kv_lo + TILE, full_hi, TILE):
         next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
-                                     acc, HK, D, BLOCK_SIZE, TILE, False)
+        K, V = _load_tile(k_cache, v_cache, block, start, 0, kv_hi, kv_head, zero, zero, HK, D, BLOCK_SIZE, TILE)
+        m_i, l_i, acc = _attend_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, False)
         block = next_block
-    for start in range(full_hi, kv_hi, TILE):
+    for start in range(tl.maximum(full_hi, kv_lo + TILE), kv_hi, TILE):
         next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
-                                     acc, HK, D, BLOCK_SIZE, TILE, True)
+        K, V = _load_tile(k_cache, v_cache, block, start, 0, kv_hi, kv_head, zero, zero, HK, D, BLOCK_SIZE, TILE)
+        m_i, l_i, acc = _attend_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, True)
         block = next_block
     # fmt: on
     if PDL:
@@ -297,6 +297,7 @@ def _merge_splits_kernel(
     PDL: tl.constexpr,
 ):
     if PDL:
+        gdc_launch_dependents()  # what follows waits for this launch before reading its output
         gdc_wait()
     row = tl.program_id(0)  # token * HQ + head
     s = tl.arange(0, SPLITS_P2)

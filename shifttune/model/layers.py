@@ -143,7 +143,9 @@ class ParallelLMHead(nn.Module):
         self.register_buffer("shard_order", order, persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
-        shards = self.group.all_gather(F.linear(hidden, self.weight).float())  # [group, n, rows]
+        # NOTE: in the model's dtype, not float32: the sampler's kernels widen on load (exact), so a float32
+        # copy would only double the bytes every later pass over the logits reads
+        shards = self.group.all_gather(F.linear(hidden, self.weight))  # [group, n, rows]
         if self.shard_order is not None:
             shards = shards.index_select(0, self.shard_order)
         logits = shards.permute(1, 0, 2).reshape(hidden.shape[0], -1)

@@ -72,9 +72,9 @@ class StepGraphs:
         self.block_tables = torch.full((s_max, self.width), runner.scratch_block, dtype=torch.int64, device=dev)
         self.samples = torch.zeros(s_max, dtype=torch.int64, device=dev)
         self.rows_in_use = 0  # block-table rows holding real sequences since the last step
-        # NOTE: every graph writes its logits here; a [rows, vocab] fp32 output per bucket would keep
-        # ~0.1 GB per bucket alive at a 128k vocabulary, allocated after the KV cache was sized.
-        self.logits = torch.empty(s_max, cfg.model_config.vocab_size, dtype=torch.float32, device=dev)
+        # NOTE: every graph writes its logits here; a [rows, vocab] output per bucket would keep
+        # ~0.05 GB per bucket alive at a 128k vocabulary, allocated after the KV cache was sized.
+        self.logits = torch.empty(s_max, cfg.model_config.vocab_size, dtype=cfg.torch_dtype, device=dev)
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.num_replays = 0
         if not capture:
