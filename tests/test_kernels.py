@@ -141,14 +141,14 @@ ints = dict(scale="fp32", num_seqs="i32", stride_bt="i32", num_tokens="i32", str
 buffers = {}
 for split, block_m, stages in [(0, 16, 3), (1, 16, 3), (2, 16, 3), (0, 64, 2)]:
     consts = dict(HQ=32, HK=8, D=128, BLOCK_SIZE=16, BLOCK_Q=block_m // 4, BLOCK_M=block_m, TILE=64, SPLIT=split,
-                  GP2=4, S_CHUNK=16, PDL=split == 2)  # the split launch with PDL: griddepcontrol compiles
+                  GP2=4, S_CHUNK=16, PDL=split == 2, PREFETCH_TILES=2 * (split == 2))  # the split launch with PDL
     sig = {**ptrs, **ints, **{k: "constexpr" for k in consts}}
     src = ASTSource(pa._paged_attention_kernel, sig, consts, {(i,): [["tt.divisibility", 16]] for i in range(10)})
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=stages))
     allocs = [ln.split("memdesc<")[1].split("x")[0] for ln in k.asm["ttgir"].splitlines() if "local_alloc :" in ln]
     buffers[f"{split}-{block_m}-{stages}"] = sorted(set(int(a) for a in allocs))
-    if consts["PDL"]:  # 16-byte K/V loads issued before the wait for the launch before
-        buffers["loads_before_wait"] = k.asm["ptx"].split("griddepcontrol.wait")[0].count("ld.global.v4")
+    if consts["PDL"]:  # L2 prefetches issued before the wait for the launch before
+        buffers["prefetches_before_wait"] = k.asm["ptx"].split("griddepcontrol.wait")[0].count("prefetch.global.L2")
 json.dump(buffers, sys.stdout)
 """
 
@@ -173,13 +173,13 @@ def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
     """The interpreter does not lower the kernel: compile it for sm_90 here (Triton's bundled ptxas, no
     GPU needed), with and without the fused merge, and check K/V tiles keep num_stages - 1 buffers
     (decode) rather than the one Triton falls back to when the block-table load is in the address chain,
-    and that the PDL variant loads its first tile before it waits."""
+    and that the PDL variant asks L2 for its first tiles before it waits."""
     import json
 
     buffers = json.loads(_compile_for_sm90(_COMPILE_FOR_SM90))
-    # with PDL, each of the 128 threads has issued its 8 + 8 loads of the first 64-key K and V tiles (bf16,
-    # d 128) before it waits for the launch before
-    assert buffers == {"0-16-3": [2], "1-16-3": [2], "2-16-3": [2], "0-64-2": [2], "loads_before_wait": 16}, buffers
+    # with PDL, each of the 128 threads asks L2 for one 128-byte line of K and one of V in each of the first two
+    # 64-key tiles (bf16, d 128: two lines a key) before it waits for the launch before
+    assert buffers == {"0-16-3": [2], "1-16-3": [2], "2-16-3": [2], "0-64-2": [2], "prefetches_before_wait": 4}, buffers
 
 
 @pytest.mark.gpu
@@ -384,6 +384,7 @@ def test_graph_inputs_kernel_matches_the_torch_path():
 
     bs, max_rows, max_len, scratch, dev = 4, 8, 64, 40, torch.device(DEV)
     cfg = SimpleNamespace(cuda_graph_max_tokens=64, max_num_batched_tokens=64, max_num_seqs=max_rows, block_size=bs,
+                          torch_dtype=torch.float32,
                           parallel=SimpleNamespace(sp=1), max_model_len=max_len,
                           model_config=SimpleNamespace(vocab_size=32))  # fmt: skip
     runner = SimpleNamespace(config=cfg, device=dev, scratch_block=scratch)

@@ -46,6 +46,8 @@ MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at 
 # launch starts as the attention programs leave their key loops, and waits before reading the partials. On an
 # H100, decode attention at batch 1-8, 2k: 0.6-1.5 us less per layer (profiles/runs/s13_h100/f_pdl).
 
+PREFETCH_TILES = 2  # with PDL: K/V tiles a program asks L2 for before it waits for RoPE
+
 _NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
 
 
@@ -72,25 +74,52 @@ def _tile_blocks(block_tables, seq, stride_bt, start, kv_hi, BLOCK_SIZE: tl.cons
 
 
 @triton.jit
-def _load_tile(k_cache, v_cache, block, start, lo, hi, kv_head, K_else, V_else, HK: tl.constexpr, D: tl.constexpr,
-               BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
-    """K and V [TILE, D] of keys start .. start + TILE (in the physical blocks `block`) that lie in [lo, hi);
-    the others from K_else / V_else."""
-    d = tl.arange(0, D)
+def _prefetch_tile(k_cache, v_cache, block, start, kv_head, HK: tl.constexpr, D: tl.constexpr,
+                   BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
+    """Asks for the K and V rows of keys start .. start + TILE (physical blocks `block`) to be brought into L2,
+    one `prefetch.global.L2` per 128-byte line, without waiting for them."""
+    LINE: tl.constexpr = 1024 // k_cache.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
     k_idx = start + tl.arange(0, TILE)
-    ok = ((k_idx >= lo) & (k_idx < hi))[:, None]
     slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
-    kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
-    return tl.load(k_cache + kv_off, mask=ok, other=K_else), tl.load(v_cache + kv_off, mask=ok, other=V_else)
+    off = slot[:, None] * (HK * D) + kv_head * D + (tl.arange(0, D // LINE) * LINE)[None, :]
+    for cache in tl.static_range(2):
+        base = k_cache if cache == 0 else v_cache
+        tl.inline_asm_elementwise(
+            "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [base + off], dtype=tl.int32, is_pure=False, pack=1
+        )
 
 
 @triton.jit
-def _attend_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE: tl.constexpr, MASK: tl.constexpr):
-    """Keys start .. start + TILE (K, V; zeros past kv_hi), folded into the online softmax (base 2)."""
+def _attend_tile(
+    Q,
+    k_cache,
+    v_cache,
+    block,
+    start,
+    kv_hi,
+    q_pos,
+    kv_head,
+    qk_scale,
+    m_i,
+    l_i,
+    acc,
+    HK: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILE: tl.constexpr,
+    MASK: tl.constexpr,
+):
+    """One tile of TILE keys (in the physical blocks `block`), folded into the online softmax (base 2)."""
+    d = tl.arange(0, D)
     k_idx = start + tl.arange(0, TILE)
+    k_ok = k_idx < kv_hi
+    slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
+    kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
+    K = tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0)
+    V = tl.load(v_cache + kv_off, mask=k_ok[:, None], other=0.0)
     s = tl.dot(Q, tl.trans(K)) * qk_scale
     if MASK:
-        s = tl.where((k_idx[None, :] < kv_hi) & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
+        s = tl.where(k_ok[None, :] & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet
     p = tl.exp2(s - m_safe[:, None])
@@ -190,6 +219,7 @@ def _paged_attention_kernel(
     GP2: tl.constexpr,
     S_CHUNK: tl.constexpr,
     PDL: tl.constexpr,
+    PREFETCH_TILES: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -220,43 +250,37 @@ def _paged_attention_kernel(
     d = tl.arange(0, D)
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
-    # The split's first tile is loaded before the wait for the launch before (RoPE, which writes q and this
-    # step's K/V), all but the keys this step writes, which are loaded after it.
-    # NOTE: the keys before seq_len - q_len, like the lengths and block tables, were written before that
-    # launch began (every launch waits for the one before it to finish before it can finish itself).
-    cached = seq_len - q_len
-    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
-    zero = tl.zeros([TILE, D], k_cache.dtype.element_ty)
-    # fmt: off
-    K, V = _load_tile(k_cache, v_cache, block, kv_lo, 0, tl.minimum(kv_hi, cached), kv_head, zero, zero, HK, D,
-                      BLOCK_SIZE, TILE)
-    if PDL:
+    if PDL:  # NOTE: q and this step's K/V come from the launch before (RoPE); the lengths and tables from earlier
+        # While RoPE runs, the split's first PREFETCH_TILES tiles of cached keys move into L2 (addresses only:
+        # a key this step writes is read after the wait, and the prefetch changes no value).
+        for t in tl.static_range(PREFETCH_TILES):
+            pf_block = _tile_blocks(block_tables, seq, stride_bt, kv_lo + t * TILE, kv_hi, BLOCK_SIZE, TILE)
+            _prefetch_tile(k_cache, v_cache, pf_block, kv_lo + t * TILE, kv_head, HK, D, BLOCK_SIZE, TILE)
         gdc_wait()
-    K, V = _load_tile(k_cache, v_cache, block, kv_lo, cached, kv_hi, kv_head, K, V, HK, D, BLOCK_SIZE, TILE)
     Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
-    q_pos = cached + tok  # absolute position: query sees keys 0 .. q_pos
+    q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     qk_scale = scale * 1.4426950408889634  # softmax in base 2: exp2 is the native instruction
-    m_i, l_i, acc = _attend_tile(Q, K, V, kv_lo, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, True)
     # Keys up to the block's first query position are visible to every row: no mask there.
-    first_pos = cached + local_block * BLOCK_Q
+    first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
     # NOTE: each iteration loads the next tile's block numbers itself (carried to the next iteration):
     # with the block-table load inside the K/V address chain, Triton's pipeliner keeps one K/V buffer
     # whatever num_stages is (no load in flight during a tile's math); this way it keeps num_stages - 1.
-    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo + TILE, kv_hi, BLOCK_SIZE, TILE)
-    for start in range(kv_lo + TILE, full_hi, TILE):
+    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
+    # fmt: off
+    for start in range(kv_lo, full_hi, TILE):
         next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
-        K, V = _load_tile(k_cache, v_cache, block, start, 0, kv_hi, kv_head, zero, zero, HK, D, BLOCK_SIZE, TILE)
-        m_i, l_i, acc = _attend_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, False)
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
+                                     acc, HK, D, BLOCK_SIZE, TILE, False)
         block = next_block
-    for start in range(tl.maximum(full_hi, kv_lo + TILE), kv_hi, TILE):
+    for start in range(full_hi, kv_hi, TILE):
         next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
-        K, V = _load_tile(k_cache, v_cache, block, start, 0, kv_hi, kv_head, zero, zero, HK, D, BLOCK_SIZE, TILE)
-        m_i, l_i, acc = _attend_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, True)
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
+                                     acc, HK, D, BLOCK_SIZE, TILE, True)
         block = next_block
     # fmt: on
     if PDL:
@@ -431,6 +455,7 @@ def paged_attention(
         SPLIT=mode,
         GP2=group_p2,
         S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
+        PREFETCH_TILES=PREFETCH_TILES if pdl["PDL"] else 0,
         **pdl,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],
