@@ -16,8 +16,7 @@ from shifttune.kernels import paged_attention as pa
 PTRS = dict(out="*bf16", q="*bf16", k_cache="*bf16", v_cache="*bf16", block_tables="*i64", seq_lens="*i64",
             query_start_loc="*i64", part_out="*fp32", part_lse="*fp32", counters="*i32")  # fmt: skip
 INTS = dict(scale="fp32", num_seqs="i32", stride_bt="i32", num_tokens="i32", stride_qt="i32", num_splits="i32")
-CONSTS = dict(HQ=32, HK=8, D=128, BLOCK_SIZE=16, BLOCK_Q=4, BLOCK_M=16, TILE=64, SPLIT=2, GP2=4, S_CHUNK=16, PDL=False,
-              PREFETCH_TILES=0)
+CONSTS = dict(HQ=32, HK=8, D=128, BLOCK_SIZE=16, BLOCK_Q=4, BLOCK_M=16, TILE=64, SPLIT=2, GP2=4, S_CHUNK=16, PDL=False)
 
 for stages in (1, 2, 3):
     sig = {**PTRS, **INTS, **{k: "constexpr" for k in CONSTS}}

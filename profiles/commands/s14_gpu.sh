@@ -6,10 +6,13 @@
 #       greedy cases on this tree, on gpu_old/s14a and on a copy of this tree without RoPE's early trigger
 #   PART=b bash profiles/commands/s14_gpu.sh   # paged attention asks L2 for its first tiles before waiting: the same,
 #       plus a copy of this tree without the L2 prefetch (PREFETCH_TILES = 0)
-#   PART=c bash profiles/commands/s14_gpu.sh   # the loop's sampled cases on this tree and on gpu_old/s14a, twice
-#       (alternating), and the whole loop table with offline throughput on this tree
+#   PART=b ...  (run at d09d3fd; attention_bench then failed on --old-kernel's outdated call, and 9 engine GPU tests
+#       on the prefetch's arange for d = 32)
+#   PART=c bash profiles/commands/s14_gpu.sh   # RoPE's early trigger only for steps whose attention splits, logits in
+#       the model's dtype, paged attention as in gpu_old/s14a: GPU tests; the loop's greedy and sampled cases on this
+#       tree and on gpu_old/s14a; the whole loop table with offline throughput on this tree
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), loop_{here,before,notrigger}.json (a, b),
-# loop_noprefetch.json (b); loop_sampled_{here,before}_{1,2}.json, loop_overhead.json (c).
+# loop_noprefetch.json (b); tests.log, loop_{here,before}.json, loop_overhead.json (c).
 . "$(dirname "$0")/gpu_setup.sh"
 gpu_tests() {  # the one-GPU engine tests and the kernels' GPU tests, into $OUT/tests.log
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
@@ -41,11 +44,10 @@ if [ "${PART:-a}" = a ] || [ "$PART" = b ]; then
     loop_on $tree 100 0,1,3,5 "$OUT/loop_$([ $tree = . ] && echo here || basename $tree | sed s/s14a/before/).json"
   done
 elif [ "$PART" = c ]; then
-  for run in 1 2; do
-    for tree in . gpu_old/s14a; do
-      stamp "tree $tree, run $run:"
-      loop_on $tree 100 2,4,7 "$OUT/loop_sampled_$([ $tree = . ] && echo here || echo before)_$run.json"
-    done
+  gpu_tests
+  for tree in . gpu_old/s14a; do
+    stamp "tree $tree:"
+    loop_on $tree 150 0,1,2,3,4,7 "$OUT/loop_$([ $tree = . ] && echo here || echo before).json"
   done
   stamp "the whole table with offline throughput, this tree:"
   loop_on . 240 all "$OUT/loop_overhead.json" " "

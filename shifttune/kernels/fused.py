@@ -17,6 +17,7 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels.launch import pdl_args
+from shifttune.kernels.paged_attention import sm_count
 
 # Programmatic dependent launch for RMSNorm, RoPE (which then lets attention start at once) and SiLU: off. On an
 # H100 (profiles/runs/s13_h100/g_pdl_all, llama-3.1-8b decode graphs, against no PDL) batch 1 at 2k ran 1.4%
@@ -24,9 +25,10 @@ from shifttune.kernels.launch import pdl_args
 # launch costs at batch 32 is not known yet (`PART=g bash profiles/commands/s13_gpu.sh` times RoPE's early
 # trigger apart). Paged attention's own PDL (`paged_attention.py`) stays on: neutral at batch 32, faster below.
 FUSED_PDL = False
-# RoPE lets the next launch (paged attention, launched with PDL) start at once even when it is not launched with PDL
-# itself: attention then loads its cached keys while RoPE runs, and waits for RoPE only before reading q and the
-# keys RoPE writes.
+# RoPE that writes the KV cache lets paged attention (launched with PDL) start at once, though RoPE itself is not
+# launched with PDL, when the step has fewer tokens x KV heads than the GPU has SMs (attention then splits its keys).
+# H100, llama-3.1-8b decode graphs, in one call (profiles/runs/s14_h100/b_l2_prefetch): batch 1 at 2k 6.28 vs 6.34 ms
+# without, but batch 32 9.38 vs 9.33 (also in a_register_prefetch: 9.45 vs 9.35), whose attention fills the GPU.
 ROPE_EARLY_TRIGGER = True
 
 
@@ -156,6 +158,7 @@ def _rope(
         assert slots.shape == (t,), "one slot per token (a padded token's slot is a scratch block's)"
         _check_caches(k_cache, v_cache, num_kv, d, qk.dtype)
     if t:
+        early = pdl_args(qk.device, ROPE_EARLY_TRIGGER and kv is not None and t * num_kv < sm_count(qk.device))["PDL"]
         _rope_kernel[(t,)](
             qk,
             positions,
@@ -172,7 +175,7 @@ def _rope(
             BLOCK_H=triton.next_power_of_2(heads),
             WRITE_KV=kv is not None,
             BLOCK_KV=triton.next_power_of_2(max(num_kv, 1)),
-            TRIGGER=pdl_args(qk.device, ROPE_EARLY_TRIGGER)["PDL"],
+            TRIGGER=early,
             **pdl_args(qk.device, FUSED_PDL),
         )
 

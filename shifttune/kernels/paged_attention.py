@@ -46,8 +46,6 @@ MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at 
 # launch starts as the attention programs leave their key loops, and waits before reading the partials. On an
 # H100, decode attention at batch 1-8, 2k: 0.6-1.5 us less per layer (profiles/runs/s13_h100/f_pdl).
 
-PREFETCH_TILES = 2  # with PDL: K/V tiles a program asks L2 for before it waits for RoPE
-
 _NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
 
 
@@ -71,22 +69,6 @@ def _tile_blocks(block_tables, seq, stride_bt, start, kv_hi, BLOCK_SIZE: tl.cons
     """Physical block of each key start .. start + TILE of the sequence (0 past kv_hi)."""
     k_idx = start + tl.arange(0, TILE)
     return tl.load(block_tables + seq * stride_bt + k_idx // BLOCK_SIZE, mask=k_idx < kv_hi, other=0)
-
-
-@triton.jit
-def _prefetch_tile(k_cache, v_cache, block, start, kv_head, HK: tl.constexpr, D: tl.constexpr,
-                   BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
-    """Asks for the K and V rows of keys start .. start + TILE (physical blocks `block`) to be brought into L2,
-    one `prefetch.global.L2` per 128-byte line, without waiting for them."""
-    LINE: tl.constexpr = 1024 // k_cache.dtype.element_ty.primitive_bitwidth  # elements per 128-byte line
-    k_idx = start + tl.arange(0, TILE)
-    slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
-    off = slot[:, None] * (HK * D) + kv_head * D + (tl.arange(0, D // LINE) * LINE)[None, :]
-    for cache in tl.static_range(2):
-        base = k_cache if cache == 0 else v_cache
-        tl.inline_asm_elementwise(
-            "prefetch.global.L2 [$1]; mov.u32 $0, 0;", "=r,l", [base + off], dtype=tl.int32, is_pure=False, pack=1
-        )
 
 
 @triton.jit
@@ -219,7 +201,6 @@ def _paged_attention_kernel(
     GP2: tl.constexpr,
     S_CHUNK: tl.constexpr,
     PDL: tl.constexpr,
-    PREFETCH_TILES: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -251,11 +232,6 @@ def _paged_attention_kernel(
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
     if PDL:  # NOTE: q and this step's K/V come from the launch before (RoPE); the lengths and tables from earlier
-        # While RoPE runs, the split's first PREFETCH_TILES tiles of cached keys move into L2 (addresses only:
-        # a key this step writes is read after the wait, and the prefetch changes no value).
-        for t in tl.static_range(PREFETCH_TILES):
-            pf_block = _tile_blocks(block_tables, seq, stride_bt, kv_lo + t * TILE, kv_hi, BLOCK_SIZE, TILE)
-            _prefetch_tile(k_cache, v_cache, pf_block, kv_lo + t * TILE, kv_head, HK, D, BLOCK_SIZE, TILE)
         gdc_wait()
     Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
     q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
@@ -321,7 +297,6 @@ def _merge_splits_kernel(
     PDL: tl.constexpr,
 ):
     if PDL:
-        gdc_launch_dependents()  # what follows waits for this launch before reading its output
         gdc_wait()
     row = tl.program_id(0)  # token * HQ + head
     s = tl.arange(0, SPLITS_P2)
@@ -455,7 +430,6 @@ def paged_attention(
         SPLIT=mode,
         GP2=group_p2,
         S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
-        PREFETCH_TILES=PREFETCH_TILES if pdl["PDL"] else 0,
         **pdl,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],

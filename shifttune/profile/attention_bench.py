@@ -2,7 +2,7 @@
 
     python -m shifttune.profile.attention_bench --out attn.json   (needs a CUDA GPU)
     python -m shifttune.profile.attention_bench --decode --old-kernel gpu_old/shifttune/kernels/paged_attention.py \
-        --out decode.json
+        --out decode.json   (the old file must have today's `paged_attention` signature)
 
 Default mode: shapes of a Llama-3.3-70B layer on one of 4 GPUs (16 query heads, 2 KV heads, d=128,
 bf16). Decode: batch x context, floor = KV bytes / HBM bandwidth. Prefill: one causal sequence, floor =
@@ -114,7 +114,6 @@ def main(argv=None) -> None:
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--old-kernel", type=Path, default=None, help="--decode: also time this paged_attention.py")
-    ap.add_argument("--old-max-model-len", type=int, default=131072, help="the old engine's graph split rule used it")
     ap.add_argument("--no-sweep", action="store_true", help="--decode: defaults only")
     ap.add_argument("--max-layers", type=int, default=32, help="--decode: calls per graph, on distinct caches")
     ap.add_argument(
@@ -392,11 +391,6 @@ def decode_main(args, argv) -> None:
 
         return call
 
-    def old_graph_call(q, kc, vc, meta, scale):  # the split count the old engine's CUDA graphs used
-        grid_q = old.launch_shape(q.shape[0], meta.block_tables.shape[0], hq, hk)[2]
-        splits = old.choose_num_splits(grid_q, hk, args.old_max_model_len)
-        return old.paged_attention(q, kc, vc, meta, scale, num_splits=splits)
-
     batches = [int(x) for x in args.batches.split(",")] if args.batches else DECODE_BATCHES
     contexts = [int(x) for x in args.contexts.split(",")] if args.contexts else DECODE_CONTEXTS
     cases = [("decode", b, c) for b in batches for c in contexts]
@@ -436,15 +430,10 @@ def decode_main(args, argv) -> None:
         row.update(us_per_layer=new.get("us"), ratio=new["us"] / floor_us if "us" in new else None, new=new)
         if kind == "decode":
             row["launch_floor_us"] = launch_floor_us(step, pa, hq, hk, sms)
-        if old is not None:  # its split count: from the longest context eagerly, from max_model_len in graphs
-            grid_q = old.launch_shape(t, len(q_lens), hq, hk)[2]
-            row["old_splits"] = old.choose_num_splits(grid_q, hk, max(seq_lens))
-            row["old_graph_rule_splits"] = old.choose_num_splits(grid_q, hk, args.old_max_model_len)
-            row["old_graph_rule"] = time_layers(step, old_graph_call, dev, scale, ref)
-            same = row["old_splits"] == row["old_graph_rule_splits"]
-            row["old"] = row["old_graph_rule"] if same else time_layers(step, old.paged_attention, dev, scale, ref)
+        if old is not None:  # with its own defaults (an old file with today's `paged_attention` signature)
+            row["old"] = time_layers(step, old.paged_attention, dev, scale, ref)
             if "us" in row["old"] and "us" in new:
-                row["speedup_vs_old"] = min(row["old"]["us"], row["old_graph_rule"].get("us", math.inf)) / new["us"]
+                row["speedup_vs_old"] = row["old"]["us"] / new["us"]
         if not args.no_sweep and kind == "decode" and context in SWEEP_CONTEXTS:
             split = row["num_splits"] > 1  # split and merge options change nothing where the step does not split
             row["sweep"] = {
@@ -460,8 +449,7 @@ def decode_main(args, argv) -> None:
             f"  one-load launch {row.get('launch_floor_us', float('nan')):5.1f}"
         )
         if old is not None:
-            old_us, rule_us = row["old"].get("us", math.nan), row["old_graph_rule"].get("us", math.nan)
-            line += f"  old {old_us:8.1f} / graph rule {rule_us:8.1f}"
+            line += f"  old {row['old'].get('us', math.nan):8.1f}"
         if "sweep" in row:
             best = min(((v["us"], k) for k, v in row["sweep"].items() if "us" in v), default=(float("nan"), "-"))
             line += f"  best alt {best[1]} {best[0]:.1f}"
