@@ -11,8 +11,12 @@
 #   PART=c bash profiles/commands/s14_gpu.sh   # RoPE's early trigger only for steps whose attention splits, logits in
 #       the model's dtype, paged attention as in gpu_old/s14a: GPU tests; the loop's greedy and sampled cases on this
 #       tree and on gpu_old/s14a; the whole loop table with offline throughput on this tree
+#   PART=d bash profiles/commands/s14_gpu.sh   # `_split_kernel` loads 16 bytes of logits per thread whatever their
+#       dtype (8 for bf16 before): sampler_bench with the dummy logits in bf16 and in float32 and its sweep; the loop's
+#       batch-256 sampled cases on this tree and on gpu_old/s14a
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), loop_{here,before,notrigger}.json (a, b),
-# loop_noprefetch.json (b); tests.log, loop_{here,before}.json, loop_overhead.json (c).
+# loop_noprefetch.json (b); tests.log, loop_{here,before}.json, loop_overhead.json (c); sampler_bench.json,
+# loop_b256_{here,before}.json (d).
 . "$(dirname "$0")/gpu_setup.sh"
 gpu_tests() {  # the one-GPU engine tests and the kernels' GPU tests, into $OUT/tests.log
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
@@ -51,5 +55,13 @@ elif [ "$PART" = c ]; then
   done
   stamp "the whole table with offline throughput, this tree:"
   loop_on . 240 all "$OUT/loop_overhead.json" " "
+elif [ "$PART" = d ]; then
+  timeout 240 python -m shifttune.profile.sampler_bench --out "$OUT/sampler_bench.json" > "$OUT/sampler_bench.log" 2>&1
+  stamp "sampler_bench rc=$?"; grep -E "tokens_match|config|wrote|Error" "$OUT/sampler_bench.log" | cut -c1-400 \
+    | tee -a "$LOG"
+  for tree in . gpu_old/s14a; do
+    stamp "tree $tree:"
+    loop_on $tree 100 4,7 "$OUT/loop_b256_$([ $tree = . ] && echo here || echo before).json"
+  done
 fi
 stamp done

@@ -54,6 +54,7 @@ CAP = CHUNK // 8  # bracket entries per chunk that `_finish_kernel` takes (past 
 # for a 128k vocabulary; a first bracket at the densest part of normal logits holds ~22% of the entries
 SPILL_CAP = CHUNK // 4
 SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
+SPLIT_LOAD_BYTES = 16  # logits bytes per thread and load in `_split_kernel`: its W is 32 x warps x this / element size
 SPILL_SUB = 1024  # entries per step of the spill kernels' loops over a chunk's bracket entries
 # num_warps per kernel; `_split_kernel` with 4 rather than 8 (H100, `sampler_bench` sweep, session 13): batch 256
 # 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us
@@ -565,7 +566,7 @@ def sample(
     _mass_kernel[grid](*head, top_p, greedy, ws["stats"], ws["partial"], vocab, vbits, HAS_K=has_k, C=c, CHUNK=CHUNK,
                        NT=NUM_THRESHOLDS, num_warps=WARPS["mass"])  # fmt: skip
     copies = tuple(ws[k] for k in ("cand_x", "cand_i", "counts"))
-    w, keep = 128 * WARPS["split"], _keep()  # one 16-byte load per thread
+    w, keep = 32 * WARPS["split"] * max(1, SPLIT_LOAD_BYTES // logits.element_size()), _keep()
     _split_kernel[grid](*head, top_p, min_p, seeds, steps, greedy, ws["stats"], ws["partial"], *copies, ws["best_val"],
                         ws["best_idx"], vocab, vbits, *MIX, HAS_K=has_k, C=c, CHUNK=CHUNK,
                         SUB=max(min(SPLIT_SUB, CHUNK), w), W=w, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS, FAST=fast,

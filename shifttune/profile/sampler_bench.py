@@ -37,8 +37,9 @@ import torch
 
 BATCHES = (1, 8, 32, 128, 256)
 DEVICE = "cuda"
-KINDS = ("flat", "peaked", "dummy")  # of logits (see `_logits`)
-SWEEP_CASES = ((1, "flat"), (32, "flat"), (32, "dummy"), (256, "flat"), (256, "peaked"), (256, "dummy"))
+KINDS = ("flat", "peaked", "dummy", "dummy_f32")  # of logits (see `_logits`)
+SWEEP_CASES = ((1, "flat"), (32, "flat"), (32, "dummy"), (256, "flat"), (256, "peaked"), (256, "dummy"),
+               (256, "dummy_f32"))  # fmt: skip
 SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is the default
     ("default", {}),
     ("chunk4096", {"CHUNK": 4096, "CAP": 512, "SPILL_CAP": 1024}),
@@ -48,6 +49,8 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
     ("spill_cap4096", {"SPILL_CAP": 4096}),
     ("split_w8", {"WARPS": {"split": 8}}),
     ("split_w2", {"WARPS": {"split": 2}}),
+    ("split_load8", {"SPLIT_LOAD_BYTES": 8}),  # bf16: 4 entries per thread and load (the rule before session 14)
+    ("split_load32", {"SPLIT_LOAD_BYTES": 32}),
     ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
@@ -55,11 +58,14 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
 
 
 def _logits(batch: int, vocab: int, kind: str, dev: torch.device) -> torch.Tensor:
-    """[batch, vocab] logits of a kind in KINDS (seeded by the batch size): float32, or bf16 for "dummy"."""
+    """[batch, vocab] logits of a kind in KINDS (seeded by the batch size): float32, or bf16 for "dummy"
+    ("dummy_f32": the same values as "dummy", in float32, as the engine's CUDA graphs handed them over before
+    session 14)."""
     gen = torch.Generator(device=dev).manual_seed(batch)
     x = torch.randn(batch, vocab, device=dev, generator=gen)
-    if kind == "dummy":  # the engine's dummy weights: N(0, 1.3^2) logits in bf16, as lm_head hands them over
-        return (x * 1.3).to(torch.bfloat16)
+    if kind.startswith("dummy"):  # the engine's dummy weights: N(0, 1.3^2) logits in bf16, as lm_head hands them over
+        x = (x * 1.3).to(torch.bfloat16)
+        return x.float() if kind == "dummy_f32" else x  # dummy_f32: the same values in float32
     return x * {"flat": 0.02, "peaked": 4.0}[kind]
 
 
@@ -199,7 +205,7 @@ def checks(k, vocab: int) -> dict:
 def sweep(k, vocab: int, sleep_cycles: int) -> list[dict]:
     """Device ms of `kernels.sampling.sample` (no Sampler around it) per CHUNK / num_warps choice."""
     dev = torch.device(DEVICE)
-    names = ("CHUNK", "CAP", "SPILL_CAP", "SPLIT_SUB", "SPILL_SUB", "WARPS")
+    names = ("CHUNK", "CAP", "SPILL_CAP", "SPLIT_SUB", "SPILL_SUB", "SPLIT_LOAD_BYTES", "WARPS")
     saved = {a: getattr(k, a) for a in names if hasattr(k, a)}
     rows = []
     try:
