@@ -54,7 +54,10 @@ CAP = CHUNK // 8  # bracket entries per chunk that `_finish_kernel` takes (past 
 # for a 128k vocabulary; a first bracket at the densest part of normal logits holds ~22% of the entries
 SPILL_CAP = CHUNK // 4
 SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
-SPLIT_LOAD_BYTES = 16  # logits bytes per thread and load in `_split_kernel`: its W is 32 x warps x this / element size
+# logits bytes per thread and load in `_split_kernel` (its W is 32 x warps x this / element size). H100, batch 256,
+# device ms (profiles/runs/s14_h100/d_split_load): bf16 dummy-weight logits 0.697 / 0.543 / 0.503 at 8 / 16 / 32
+# bytes (8 was the rule for bf16 before: 16 bytes of float32), the same values in float32 0.595 / 0.512 / 0.509
+SPLIT_LOAD_BYTES = 32
 SPILL_SUB = 1024  # entries per step of the spill kernels' loops over a chunk's bracket entries
 # num_warps per kernel; `_split_kernel` with 4 rather than 8 (H100, `sampler_bench` sweep, session 13): batch 256
 # 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us

@@ -50,7 +50,7 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
     ("split_w8", {"WARPS": {"split": 8}}),
     ("split_w2", {"WARPS": {"split": 2}}),
     ("split_load8", {"SPLIT_LOAD_BYTES": 8}),  # bf16: 4 entries per thread and load (the rule before session 14)
-    ("split_load32", {"SPLIT_LOAD_BYTES": 32}),
+    ("split_load16", {"SPLIT_LOAD_BYTES": 16}),
     ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
