@@ -14,9 +14,11 @@
 #   PART=d bash profiles/commands/s14_gpu.sh   # `_split_kernel` loads 16 bytes of logits per thread whatever their
 #       dtype (8 for bf16 before): sampler_bench with the dummy logits in bf16 and in float32 and its sweep; the loop's
 #       batch-256 sampled cases on this tree and on gpu_old/s14a
+#   PART=e bash profiles/commands/s14_gpu.sh   # `_split_kernel` at 32 bytes a load: sampler_bench (no sweep; its token
+#       checks); a five-step timeline of batch 256 at 512, sampled; the loop's batch-256 sampled cases twice
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), loop_{here,before,notrigger}.json (a, b),
 # loop_noprefetch.json (b); tests.log, loop_{here,before}.json, loop_overhead.json (c); sampler_bench.json,
-# loop_b256_{here,before}.json (d).
+# loop_b256_{here,before}.json (d); sampler_bench.json, loop_timeline.json, loop_b256_{1,2}.json (e).
 . "$(dirname "$0")/gpu_setup.sh"
 gpu_tests() {  # the one-GPU engine tests and the kernels' GPU tests, into $OUT/tests.log
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
@@ -63,5 +65,12 @@ elif [ "$PART" = d ]; then
     stamp "tree $tree:"
     loop_on $tree 100 4,7 "$OUT/loop_b256_$([ $tree = . ] && echo here || echo before).json"
   done
+elif [ "$PART" = e ]; then
+  timeout 120 python -m shifttune.profile.sampler_bench --no-sweep --out "$OUT/sampler_bench.json" \
+    > "$OUT/sampler_bench.log" 2>&1
+  stamp "sampler_bench rc=$?"; grep -E "tokens_match|wrote|Error" "$OUT/sampler_bench.log" | cut -c1-400 | tee -a "$LOG"
+  timeout 90 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases 7 --no-offline --timeline \
+    --out "$OUT/loop_timeline.json" 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
+  for run in 1 2; do loop_on . 100 4,7 "$OUT/loop_b256_$run.json"; done
 fi
 stamp done
