@@ -6,8 +6,9 @@
 #   GPUS=8 PART=serve MODES=tp RATES=1,8 bash profiles/commands/multi_gpu.sh    # recommend + bench --compare MODES
 #   GPUS=8 PART=serve MODES=sp BURSTINESS=0.25 RATES=8 bash profiles/commands/multi_gpu.sh   # a bursty mix
 #   GPUS=8 PART=tui bash profiles/commands/multi_gpu.sh         # serve's live view under load, screenshots (SVG)
-# GPUS=4 runs the same on the first 4 GPUs (CUDA_VISIBLE_DEVICES). Model: llama-3.3-70b, dummy bf16 weights (the
-# paper used FP8 weights: say so beside every comparison). Multi-GPU device time counts in full, start-up included.
+# GPUS=4 runs the same on the first 4 GPUs (CUDA_VISIBLE_DEVICES). Model: llama-3.3-70b (MODEL= another), dummy bf16
+# weights (the paper used FP8 weights: say so beside every comparison). Multi-GPU device time counts in full, start-up
+# included. serve also takes NUM_PROMPTS (60) and BENCH_TIMEOUT (520 s).
 #   tests:   tests/test_gpu.py -k "$TESTS_K": the HF oracle in bf16 at every (TP, SP) whose heads divide, the mode
 #            flipping mid-run, KV invariance across modes (~25 s a multi-GPU test: about 15 per call);
 #   profile: `profile --collectives`, then `shifttune profile` over every feasible factorization of GPUS (a grid of
@@ -64,8 +65,9 @@ serve)
   stamp "recommend on $P rc=$?: $(head -c 300 $W/recommend_4k_250.json)"
   read -r SP TP THR < <(python -c "import json; d = json.load(open('$W/recommend_4k_250.json'))
 print(d['best_sp'], d['best_tp'], d.get('threshold') or 256)" 2>/dev/null || echo "$GPUS 1 256")
-  timeout 520 python -m shifttune.cli bench --compare ${MODES:-tp} --model $M --device cuda --sp $SP --tp $TP \
-    --threshold $THR --rates ${RATES:-1,8} --burstiness ${BURSTINESS:-1} --num-prompts 60 --input-len 4096 \
+  timeout ${BENCH_TIMEOUT:-520} python -m shifttune.cli bench --compare ${MODES:-tp} --model $M --device cuda --sp $SP \
+    --tp $TP --threshold $THR --rates ${RATES:-1,8} --burstiness ${BURSTINESS:-1} --num-prompts ${NUM_PROMPTS:-60} \
+    --input-len 4096 \
     --output-len 250 --profile $P --tokenizer tiny --server-arg='--load-format dummy' \
     --out $W/bench_compare_${MODES:-tp}_b${BURSTINESS:-1}.json > $W/bench_${MODES:-tp}.log 2>&1
   stamp "bench --compare ${MODES:-tp} (SP=$SP x TP=$TP, threshold $THR) rc=$?: $(tail -3 $W/bench_${MODES:-tp}.log)" ;;
