@@ -27,7 +27,7 @@ M=${MODEL:-llama-3.3-70b}
 export CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-$(seq -s, 0 $((GPUS - 1)))}
 W=/tmp/multi_gpu_$GPUS && mkdir -p $W
 LOG=$OUT/multi_gpu.log
-python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hypothesis fastapi uvicorn textual \
+python -m pip install -q --no-index --find-links wheels pytest pytest-timeout hypothesis fastapi uvicorn textual plotext \
   > /dev/null 2>&1
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
