@@ -255,3 +255,39 @@ def test_version_1_profiles_still_load_with_weights_keyed_by_mode(cpu_profile):
     data["version"] = 3
     with pytest.raises(ProfileError, match="reads 1 and 2"):
         profile_from_dict(data)
+
+
+@pytest.mark.parametrize(
+    "device, rounds, calls, median",
+    [
+        ("cuda", [[10.0] * 8 + [20.0, 25.0], [10.0] * 10], 2, 10.0),  # a second round settles it
+        ("cuda", [[10.0, 30.0] * 5] * 6, 4, 20.0),  # never settles: MAX_ROUNDS rounds, then the pooled summary
+        ("cuda", [[10.0] * 10], 1, 10.0),  # tight at once
+        ("cpu", [[10.0, 30.0] * 5], 1, 20.0),  # on CPU the spread is the host's: one round
+    ],
+)
+def test_measure_point_runs_a_wide_gpu_point_again(monkeypatch, device, rounds, calls, median):
+    """A GPU point whose runs spread wider than NOISY_SPREAD is run again (up to MAX_ROUNDS rounds) and
+    summarized over every run; a tight one and any CPU point take one round."""
+    from types import SimpleNamespace
+
+    from shifttune.profile import step_sweep
+
+    assert step_sweep.MAX_ROUNDS == 4
+    monkeypatch.setattr(step_sweep, "synthetic_step", lambda *a: "step")
+    monkeypatch.setattr(step_sweep, "step_floors", lambda *a: (1.0, 1.0, 1.0, 1.0))
+    supply, seen = iter(rounds), []
+
+    def collective_rpc(fn, step, warmup, iters):
+        seen.append((warmup, iters))
+        return next(supply), 7 + len(seen)  # (run times, peak memory)
+
+    engine = SimpleNamespace(
+        executor=SimpleNamespace(
+            runner=SimpleNamespace(num_kv_blocks=1000, weight_bytes={}), collective_rpc=collective_rpc
+        ),
+        config=SimpleNamespace(device=device, block_size=16),
+    )
+    timing, peak = step_sweep.measure_point(engine, "tp", 1, 64, 256, 3, 10, None)
+    assert len(seen) == calls and seen[0] == (3, 10) and all(s == (1, 10) for s in seen[1:])
+    assert timing.median_ms == median and peak == 7 + calls
