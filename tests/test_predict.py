@@ -67,6 +67,10 @@ def test_grid_and_factorizations_are_the_profilers():
     assert grid.GPU_TOKENS == step_sweep.DECODE + step_sweep.PREFILL and grid.GPU_CONTEXTS == profiler.GPU_CONTEXTS
     assert all(grid.step_shape(t, c) == step_sweep.step_shape(t, c, 256) for t in grid.GPU_TOKENS for c in (512, 32768))
     assert [factorizations(p) for p in (1, 4, 8)] == [profiler.factorizations(p) for p in (1, 4, 8)]
+    from shifttune.kernels import prefill_attention
+
+    assert (grid.SDPA_MIN_TOKENS, grid.SDPA_MIN_PAIRS) == (prefill_attention.SDPA_MIN_TOKENS,
+                                                           prefill_attention.SDPA_MIN_PAIRS)  # fmt: skip
 
 
 def test_memory_rule_is_the_profilers(monkeypatch):

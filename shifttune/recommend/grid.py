@@ -13,6 +13,9 @@ GPU_TOKENS = DECODE + PREFILL
 GPU_CONTEXTS = [512, 2048, 8192, 32768]
 MAX_DECODE = 256  # tokens per step up to this are decode batches (the profile's max_decode_batch)
 CUDA_GRAPH_MAX_TOKENS = 2048  # steps up to this many tokens replay CUDA graphs (EngineConfig's default)
+# prefill chunks "auto" sends to SDPA: at least this many new tokens and query-key pairs (kernels/prefill_attention.py)
+SDPA_MIN_TOKENS = 256
+SDPA_MIN_PAIRS = 4 * 1024 * 1024
 
 
 def step_shape(tokens: int, context: int, max_decode: int = MAX_DECODE) -> tuple[int, int]:

@@ -5,7 +5,8 @@ Per decoder layer on one rank (shapes from `shapes.py`): the four GEMMs (qkv, o,
 the longer of reading their weights and activations at `gemm_bw` x the HBM ceiling and their FLOPs at
 `gemm_mm` x the matmul ceiling; attention the longer of reading the KV of the step at `attn_bw` and its
 FLOPs at `attn_mm` (scaled by a power of the GQA group over 4: the kernel works on all query heads of a
-KV head at once), plus a fixed `attn_us`; norms, RoPE, SiLU x up and the Ulysses packing
+KV head at once), or at `attn_sdpa_mm` for the long eager chunks the engine sends to cuDNN SDPA, plus a
+fixed `attn_us`; norms, RoPE, SiLU x up and the Ulysses packing
 move their bytes at `elem_bw`, the KV write at `index_bw`; every kernel adds `kernel_us`. The head
 (embedding, final norm, LM head, full-vocab logits) the same way, plus `head_us` per step.
 
@@ -22,7 +23,15 @@ from dataclasses import dataclass
 from shifttune.config import SP, TP, ModelConfig
 from shifttune.engine.profile_schema import model_summary
 from shifttune.recommend.gpus import GPUS_FILE, GpuSpec
-from shifttune.recommend.grid import CUDA_GRAPH_MAX_TOKENS, GPU_CONTEXTS, GPU_TOKENS, MAX_DECODE, step_shape
+from shifttune.recommend.grid import (
+    CUDA_GRAPH_MAX_TOKENS,
+    GPU_CONTEXTS,
+    GPU_TOKENS,
+    MAX_DECODE,
+    SDPA_MIN_PAIRS,
+    SDPA_MIN_TOKENS,
+    step_shape,
+)
 from shifttune.recommend.op_table import OpEntry, OpTable
 from shifttune.recommend.shapes import RankShapes, rank_shapes
 
@@ -37,6 +46,7 @@ class RooflineConstants:
     attn_mm: float  # fraction of the matmul ceiling attention reaches (at a GQA group of 4)
     attn_group_exp: float  # attention's FLOP rate grows as (GQA group / 4) ** this
     attn_us: float  # fixed time of one attention call
+    attn_sdpa_mm: float  # fraction of the matmul ceiling torch's cuDNN SDPA reaches on long eager prefill chunks
     elem_bw: float  # fraction of the HBM ceiling elementwise kernels reach
     index_bw: float  # the same for the KV-cache write (an indexed copy)
     kernel_us: float  # per kernel in a replayed graph
@@ -54,12 +64,21 @@ def _gemm_ms(m: int, n: int, k: int, elem: int, gpu: GpuSpec, c: RooflineConstan
     return 1e3 * max(read, compute)
 
 
+def sdpa_chunk(tokens: int, per: int, context: int) -> bool:
+    """Whether the engine's "auto" prefill attention sends chunks of `per` new tokens at `context` to SDPA
+    (`kernels/prefill_attention.py`): in eager steps only (graphs run the paged kernel), long enough chunks."""
+    pairs = per * (context - per + per / 2)
+    return tokens > CUDA_GRAPH_MAX_TOKENS and per >= SDPA_MIN_TOKENS and pairs >= SDPA_MIN_PAIRS
+
+
 def attention_ms(hq: int, hk: int, d: int, seqs: int, per: int, context: int, elem: int, gpu: GpuSpec,
-                 c: RooflineConstants) -> float:  # fmt: skip
-    """The paged-attention kernel for `seqs` sequences of `per` new tokens each at `context`."""
+                 c: RooflineConstants, sdpa: bool = False) -> float:  # fmt: skip
+    """The paged-attention kernel (or, `sdpa`, cuDNN SDPA) for `seqs` sequences of `per` new tokens each at
+    `context`."""
     kv_read = seqs * context * hk * d * 2 * elem
     visible = seqs * (per * (context - per) + per * (per + 1) / 2)
-    rate = min(1.0, c.attn_mm * (max(1, hq // hk) / 4) ** c.attn_group_exp) * gpu.matmul_flops_per_s
+    mm = c.attn_sdpa_mm if sdpa else c.attn_mm * (max(1, hq // hk) / 4) ** c.attn_group_exp
+    rate = min(1.0, mm) * gpu.matmul_flops_per_s
     return c.attn_us / 1e3 + 1e3 * max(kv_read / (c.attn_bw * gpu.hbm_bytes_per_s), 4 * hq * d * visible / rate)
 
 
@@ -75,7 +94,7 @@ def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: i
         + _gemm_ms(m, h, s.mlp_rows, elem, gpu, c)
     )
     hq, hk = s.attn_q_heads, s.cache_kv_heads
-    attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c)
+    attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c, sdpa_chunk(tokens, per, context))
     moved = 2 * 4 * m * h + 2 * m * (s.q_heads + s.kv_heads) * d + 3 * m * s.mlp_rows
     kernels = 4 + 2 + 2 + 1 + 2 + 1  # GEMMs, norms, RoPE on q and k, SiLU, KV write (k, v), attention
     if s.sp > 1:  # Ulysses: pack q/k/v for the all-to-all, unpack after; the output back the same way
