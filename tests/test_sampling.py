@@ -275,7 +275,8 @@ def _tables(n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize(
     "scale, config",
-    [(0.02, {}), (3.0, {}), (0.02, {"CAP": 16}), (0.02, {"CHUNK": 1024, "CAP": 128, "SPLIT_SUB": 512, "WARPS": 4})],
+    [(0.02, {}), (3.0, {}), (0.02, {"CAP": 16}),
+     (0.02, {"CHUNK": 1024, "CAP": 128, "SPLIT_SUB": 512, "WARPS": 4, "SPLIT_ROW_BYTES": 8})],
 )  # fmt: skip
 def test_sample_kernels_match_the_reference(monkeypatch, scale, config):
     """The four kernels (interpreted on CPU) against `sample_ref`, settings read at permuted rows of the tables,
@@ -329,7 +330,7 @@ def _spill_setup(monkeypatch):
 
     for name, value in SPILL_SHAPES.items():
         monkeypatch.setattr(sampling, name, value)
-    monkeypatch.setattr(sampling, "WARPS", sampling.WARPS | {"split": 2})  # one 16-byte load a thread: 256 entries
+    monkeypatch.setattr(sampling, "WARPS", sampling.WARPS | {"split": 2})  # 32 bytes a thread and row: W = 512 bf16
     seen: dict[str, torch.Tensor] = {}
     workspace = sampling.workspace
     monkeypatch.setattr(sampling, "workspace", lambda *a: seen.update(workspace(*a)) or seen)

@@ -114,7 +114,7 @@ def test_graph_buckets_are_the_runners():
     for max_tokens, max_seqs, budget in [(2048, 256, 8192), (2048, 8, 8192), (1000, 256, 600)]:
         cfg = SimpleNamespace(cuda_graph_max_tokens=max_tokens, max_num_batched_tokens=budget, max_num_seqs=max_seqs,
                               parallel=SimpleNamespace(sp=1), block_size=16, max_model_len=4096,
-                              model_config=SimpleNamespace(vocab_size=8))  # fmt: skip
+                              torch_dtype=torch.float32, model_config=SimpleNamespace(vocab_size=8))  # fmt: skip
         runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0)
         graphs, sim = StepGraphs(runner, capture=False), GraphBuckets(max_tokens, max_seqs, budget)
         for t in [1, 3, 7, 8, 9, 200, 255, 256, 257, 600, 1000, 1024, 1025, 1038, 1500, 2048, 2049]:

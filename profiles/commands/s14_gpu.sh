@@ -7,7 +7,7 @@
 #   PART=b bash profiles/commands/s14_gpu.sh   # paged attention asks L2 for its first tiles before waiting: the same,
 #       plus a copy of this tree without the L2 prefetch (PREFETCH_TILES = 0)
 #   PART=b ...  (run at d09d3fd; attention_bench then failed on --old-kernel's outdated call, and 9 engine GPU tests
-#       on the prefetch's arange for d = 32)
+#       on the prefetch's arange for d = 32; PREFETCH_TILES is gone since, so at later commits "noprefetch" = this tree)
 #   PART=c bash profiles/commands/s14_gpu.sh   # RoPE's early trigger only for steps whose attention splits, logits in
 #       the model's dtype, paged attention as in gpu_old/s14a: GPU tests; the loop's greedy and sampled cases on this
 #       tree and on gpu_old/s14a; the whole loop table with offline throughput on this tree

@@ -19,7 +19,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from shifttune.kernels.launch import pdl_args
 from shifttune.kernels.paged_attention import sm_count
 
-# Programmatic dependent launch for RMSNorm, RoPE (which then lets attention start at once) and SiLU: off. On an
+# Programmatic dependent launch for RMSNorm, RoPE and SiLU (each waiting for the launch before it): off. On an
 # H100 (profiles/runs/s13_h100/g_pdl_all, llama-3.1-8b decode graphs, against no PDL) batch 1 at 2k ran 1.4%
 # faster (6.32 -> 6.23 ms) and batch 128 0.4%, but batch 32 1.6% slower (9.27 -> 9.42 ms) in both runs; which
 # launch costs at batch 32 is not known yet (`PART=g bash profiles/commands/s13_gpu.sh` times RoPE's early

@@ -54,10 +54,11 @@ CAP = CHUNK // 8  # bracket entries per chunk that `_finish_kernel` takes (past 
 # for a 128k vocabulary; a first bracket at the densest part of normal logits holds ~22% of the entries
 SPILL_CAP = CHUNK // 4
 SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
-# logits bytes per thread and load in `_split_kernel` (its W is 32 x warps x this / element size). H100, batch 256,
-# device ms (profiles/runs/s14_h100/d_split_load): bf16 dummy-weight logits 0.697 / 0.543 / 0.503 at 8 / 16 / 32
-# bytes (8 was the rule for bf16 before: 16 bytes of float32), the same values in float32 0.595 / 0.512 / 0.509
-SPLIT_LOAD_BYTES = 32
+# contiguous logits bytes a thread holds in each row of `_split_kernel`'s [SUB // W, W] blocks: W = 32 x warps x this
+# / element size (at most CHUNK). H100, batch 256, device ms (profiles/runs/s14_h100/d_split_load, where it was named
+# SPLIT_LOAD_BYTES): bf16 dummy-weight logits 0.697 / 0.543 / 0.503 at 8 / 16 / 32 bytes (8 was bf16's before: W was
+# fixed for 16 bytes of float32), the same values in float32 0.595 / 0.512 / 0.509
+SPLIT_ROW_BYTES = 32
 SPILL_SUB = 1024  # entries per step of the spill kernels' loops over a chunk's bracket entries
 # num_warps per kernel; `_split_kernel` with 4 rather than 8 (H100, `sampler_bench` sweep, session 13): batch 256
 # 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us
@@ -298,8 +299,8 @@ def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, st
 
 @triton.jit
 def _sub_offsets(chunk, sub, CHUNK: tl.constexpr, SUB: tl.constexpr, W: tl.constexpr):
-    """[SUB // W, W] vocabulary entries of block `sub` of `chunk`: W = one vector load per thread, so each column
-    lies in one thread's registers."""
+    """[SUB // W, W] vocabulary entries of block `sub` of `chunk`: each thread holds a few contiguous entries of
+    every row (SPLIT_ROW_BYTES), so each column lies in one thread's registers."""
     return chunk * CHUNK + sub * SUB + tl.arange(0, SUB // W)[:, None] * W + tl.arange(0, W)[None, :]
 
 
@@ -569,10 +570,12 @@ def sample(
     _mass_kernel[grid](*head, top_p, greedy, ws["stats"], ws["partial"], vocab, vbits, HAS_K=has_k, C=c, CHUNK=CHUNK,
                        NT=NUM_THRESHOLDS, num_warps=WARPS["mass"])  # fmt: skip
     copies = tuple(ws[k] for k in ("cand_x", "cand_i", "counts"))
-    w, keep = 32 * WARPS["split"] * max(1, SPLIT_LOAD_BYTES // logits.element_size()), _keep()
+    w, keep = min(CHUNK, 32 * WARPS["split"] * max(1, SPLIT_ROW_BYTES // logits.element_size())), _keep()
+    sub = max(min(SPLIT_SUB, CHUNK), w)
+    assert CHUNK % sub == 0 and sub % w == 0, "`_split_kernel` walks its chunk in whole [SUB // W, W] blocks"
     _split_kernel[grid](*head, top_p, min_p, seeds, steps, greedy, ws["stats"], ws["partial"], *copies, ws["best_val"],
                         ws["best_idx"], vocab, vbits, *MIX, HAS_K=has_k, C=c, CHUNK=CHUNK,
-                        SUB=max(min(SPLIT_SUB, CHUNK), w), W=w, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS, FAST=fast,
+                        SUB=sub, W=w, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS, FAST=fast,
                         num_warps=WARPS["split"])  # fmt: skip
     spill = dict(C=c, CHUNK=CHUNK, CAP=CAP, KEEP=keep, BLK=min(SPILL_SUB, CHUNK), NT=NUM_THRESHOLDS)
     for k in range(2, NUM_PASSES):  # spill rows only: the others exit at once

@@ -7,7 +7,8 @@ Per batch (1, 8, 32, 128, 256) and kind of logits, with top-p 0.95, temperature 
 - "peaked" (randn * 4): as a trained model's, a small nucleus;
 - "dummy" ((randn * 1.3) in bf16): what the engine's dummy weights give (a unit-RMS hidden state times
   N(0, 0.02^2) weights over 4096 dims, bf16 logits); the top-p cut falls in the dense middle of the
-  logits, so every row "spills" (its bracket overflows the copies: the spill kernels run on it).
+  logits, so every row "spills" (its bracket overflows the copies: the spill kernels run on it);
+- "dummy_f32": the same values in float32 (what the engine's CUDA graphs handed the sampler before session 14).
 The numbers:
 - `sampler_ms`: the whole `Sampler` call between CUDA events, host included (launches, Python);
 - `sampler_device_ms`: the same call queued behind a GPU sleep, so only the GPU's own time counts (what
@@ -49,8 +50,8 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
     ("spill_cap4096", {"SPILL_CAP": 4096}),
     ("split_w8", {"WARPS": {"split": 8}}),
     ("split_w2", {"WARPS": {"split": 2}}),
-    ("split_load8", {"SPLIT_LOAD_BYTES": 8}),  # bf16: 4 entries per thread and load (the rule before session 14)
-    ("split_load16", {"SPLIT_LOAD_BYTES": 16}),
+    ("split_row8", {"SPLIT_ROW_BYTES": 8}),  # bf16: 4 entries a thread and row (the rule before session 14)
+    ("split_row16", {"SPLIT_ROW_BYTES": 16}),
     ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
@@ -205,11 +206,13 @@ def checks(k, vocab: int) -> dict:
 def sweep(k, vocab: int, sleep_cycles: int) -> list[dict]:
     """Device ms of `kernels.sampling.sample` (no Sampler around it) per CHUNK / num_warps choice."""
     dev = torch.device(DEVICE)
-    names = ("CHUNK", "CAP", "SPILL_CAP", "SPLIT_SUB", "SPILL_SUB", "SPLIT_LOAD_BYTES", "WARPS")
+    names = ("CHUNK", "CAP", "SPILL_CAP", "SPLIT_SUB", "SPILL_SUB", "SPLIT_ROW_BYTES", "WARPS")
     saved = {a: getattr(k, a) for a in names if hasattr(k, a)}
     rows = []
     try:
         for name, attrs in SWEEP:
+            if any(a not in saved for a in attrs):  # an older tree without this knob: its row would be the default's
+                continue
             for a, v in saved.items():
                 setattr(k, a, v)
             for a, v in attrs.items():

@@ -7,7 +7,7 @@ hold). A point's step time is one rank's work from the op table (head + layers x
 collective of the step in that mode from the collective model:
 
     TP mode, P ranks:   2 all-reduces per layer + 1 for the embedding, of T x hidden, over P; one
-                        all-gather of the sampled rows' logits (fp32, V/P each) over P
+                        all-gather of the sampled rows' logits (model dtype, V/P each) over P
     SP x TP mode:       the same all-reduces over TP on T/SP rows; per layer two all-to-alls over SP
                         (q, k, v packed: SP x T/SP x (H/P + 2 KV) x d, and the output back); the
                         sampled rows' all-reduce over SP and their logits' all-gather over TP
@@ -80,7 +80,7 @@ def step_collectives(cfg: ModelConfig, s: RankShapes, tokens: int, num_sampled: 
     """(op, group size, bytes of each rank's input, times per step) for one step in the mode of `s`."""
     h, d, layers = cfg.hidden_size, cfg.head_dim, cfg.num_layers
     m = s.gemm_rows(tokens)
-    logits = num_sampled * s.vocab_rows * 4  # fp32 logits of this rank's vocab rows
+    logits = num_sampled * s.vocab_rows * elem  # logits of this rank's vocab rows, in the model's dtype
     if s.mode == TP:
         return [("all_reduce", s.tp, m * h * elem, 2 * layers + 1), ("all_gather", s.tp, logits, 1)]
     qkv = s.sp * m * (s.attn_q_heads + 2 * s.kv_heads_per_dest) * d * elem

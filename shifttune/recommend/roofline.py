@@ -111,7 +111,7 @@ def head_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: in
     seqs, _ = step_shape(tokens, context, max_decode)
     m, h = s.gemm_rows(tokens), cfg.hidden_size
     lm_head = _gemm_ms(seqs, s.vocab_rows, h, elem, gpu, c)
-    moved = 3 * m * h * elem + 3 * m * h * elem + 3 * seqs * cfg.vocab_size * 4  # embed + mask, norm, logits
+    moved = 3 * m * h * elem + 3 * m * h * elem + 3 * seqs * cfg.vocab_size * elem  # embed + mask, norm, logits
     return c.head_us / 1e3 + lm_head + 1e3 * moved / (c.elem_bw * gpu.hbm_bytes_per_s) + 6 * c.kernel_us / 1e3
 
 
