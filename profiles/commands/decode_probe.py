@@ -13,7 +13,9 @@ token per sequence: the program's sequence is its grid index) cut that chain:
   table, then K/V;
 - `interleaved`: split s takes tiles s, s + S, s + 2S, ...: its first block-table load does not wait for the
   length, so the chain is (seq_len, block table, Q in parallel), then K/V;
-- each with the partials merged by a second launch (`kernel`) or by the split that arrives last (`fused`).
+- each with the partials merged by a second launch (`kernel`) or by the split that arrives last (`fused`);
+- `tma_kernel`: K and V by the tensor-memory accelerator, one [16, d] descriptor load per block of each (the
+  engine kernel spends most of its instructions on per-thread cp.async addresses), kernel merge.
 
 Every variant is checked against the fp32 reference on the GPU (`rel_err` of each timing; the interpreter
 cannot run these loops: its scalars are 1-element arrays, which Python's range refuses), and timed as
@@ -132,6 +134,71 @@ def _probe_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_
 
 
 @triton.jit
+def _probe_tma_kernel(q, k_desc, v_desc, block_tables, seq_lens, part_out, part_lse, scale, stride_bt, num_tokens,
+                      num_splits, HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+                      BLOCK_M: tl.constexpr):  # fmt: skip
+    """Pure decode with K/V brought in by the tensor-memory accelerator: one descriptor load per 16-token block
+    of K and of V ([BLOCK_SIZE, D] boxes of the caches seen as [slots, Hk x D]) instead of per-thread address
+    arithmetic; split s takes an equal run of whole blocks; partials merged by `_merge_splits_kernel`."""
+    seq, kv_head, split = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+    G: tl.constexpr = HQ // HK
+    rows = tl.arange(0, BLOCK_M)
+    head = kv_head * G + rows
+    row_ok = rows < G
+    d = tl.arange(0, D)
+    seq_len = tl.load(seq_lens + seq)
+    n_blocks = (seq_len + BLOCK_SIZE - 1) // BLOCK_SIZE
+    per_split = (n_blocks + num_splits - 1) // num_splits
+    b_lo = split * per_split
+    b_hi = tl.minimum(n_blocks, b_lo + per_split)
+    Q = tl.load(q + seq * HQ * D + head[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
+    qk_scale = scale * 1.4426950408889634
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, D], tl.float32)
+    col = (kv_head * D).to(tl.int32)
+    # NOTE: each iteration loads the next block number (carried), as the engine kernel does, so the descriptor
+    # loads' coordinates do not wait on a load of the same iteration
+    block = tl.load(block_tables + seq * stride_bt + b_lo, mask=b_lo < b_hi, other=0)
+    for b in range(b_lo, b_hi):
+        next_block = tl.load(block_tables + seq * stride_bt + b + 1, mask=b + 1 < b_hi, other=0)
+        row = (block * BLOCK_SIZE).to(tl.int32)
+        K = k_desc.load([row, col])
+        V = v_desc.load([row, col])
+        k_idx = b * BLOCK_SIZE + tl.arange(0, BLOCK_SIZE)
+        s = tl.where((k_idx < seq_len)[None, :], tl.dot(Q, tl.trans(K)) * qk_scale, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.exp2(s - m_safe[:, None])
+        alpha = tl.exp2(m_i - m_safe)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None] + tl.dot(p.to(V.dtype), V)
+        m_i = m_new
+        block = next_block
+    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+    tok = tl.zeros([BLOCK_M], tl.int32) + seq
+    _store_partial(part_out, part_lse, o, m_i, l_i, split, num_tokens, tok, head, row_ok, HQ, D)
+
+
+def probe_tma_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_splits, num_warps=4, num_stages=4):
+    """[T, Hq, D] attention of T decode tokens (token i of sequence i) through `_probe_tma_kernel`."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    t, hq, d = q.shape
+    bs, hk = k_cache.shape[1], k_cache.shape[2]
+    out = torch.empty_like(q)
+    part_out = torch.empty((num_splits, t, hq, d), dtype=torch.float32, device=q.device)
+    part_lse = torch.empty((num_splits, t, hq), dtype=torch.float32, device=q.device)
+    k_desc, v_desc = (TensorDescriptor.from_tensor(c.view(-1, hk * d), block_shape=[bs, d]) for c in (k_cache, v_cache))
+    _probe_tma_kernel[(t, hk, num_splits)](q, k_desc, v_desc, block_tables, seq_lens, part_out, part_lse, scale,
+                                           block_tables.stride(0), t, num_splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs,
+                                           BLOCK_M=16, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
+    _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d,
+                                    SPLITS_P2=triton.next_power_of_2(num_splits), PDL=False)  # fmt: skip
+    return out
+
+
+@triton.jit
 def _load_only_kernel(out, k_cache, v_cache, block_tables, seq_lens, stride_bt, num_splits, HK: tl.constexpr,
                       D: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
     """The K/V loads of `_probe_decode_kernel` (contiguous splits) and nothing else: one sum stored per program."""
@@ -245,6 +312,11 @@ def main(argv=None) -> None:
                     call = (lambda o, n: lambda qq, kc, vc, meta, sc: probe_attention(
                         qq, kc, vc, meta.block_tables, meta.seq_lens, sc, n, **o))(opts, n_splits)  # fmt: skip
                     row[f"{vname}_x{s_mult}"] = time_layers(step, call, dev, scale, ref)
+            for s_mult in (1, 2):  # K/V by TMA descriptor loads, one 16-token block at a time
+                n_splits = min(pa.MAX_SPLITS, splits * s_mult)
+                call = (lambda n: lambda qq, kc, vc, meta, sc: probe_tma_attention(
+                    qq, kc, vc, meta.block_tables, meta.seq_lens, sc, n))(n_splits)  # fmt: skip
+                row[f"tma_kernel_x{s_mult}"] = time_layers(step, call, dev, scale, ref)
             if args.sweep:  # launch options of contiguous_kernel_x1, one at a time
                 opts0 = VARIANTS["contiguous_kernel"]
                 for label, extra in SWEEP:
