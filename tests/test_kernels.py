@@ -540,3 +540,20 @@ def test_kernels_with_programmatic_dependent_launch_compile_for_sm90():
     out = dict(line.split() for line in _compile_for_sm90(_COMPILE_PDL_FOR_SM90).splitlines())
     assert out == {"_add_rms_norm_kernel": "False", "_silu_mul_kernel": "False", "_rope_kernel": "True",
                    "_merge_splits_kernel": "False"}  # fmt: skip
+
+
+@pytest.mark.parametrize("ctx, splits", [([100, 37, 16, 1], 1), ([100, 37, 16, 1], 3), ([255, 64], 8), ([5], 4)])
+def test_tma_decode_probe_matches_reference(ctx, splits):
+    """`profiles/commands/decode_probe.py`'s TMA variant (K/V by tensor-descriptor loads of whole blocks; the
+    interpreter runs descriptors too), including splits that get no block."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "profiles" / "commands"))
+    from decode_probe import probe_tma_attention
+
+    n = len(ctx)
+    q, kc, vc, meta = make_case([1] * n, [c - 1 for c in ctx], 8, 2, 32, 16, device=DEV)
+    out = probe_tma_attention(q, kc, vc, meta.block_tables, meta.seq_lens, 32**-0.5, splits)
+    ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), 32**-0.5)
+    assert ((out.double().cpu() - ref).norm() / ref.norm()) < (2e-2 if DEV == "cuda" else 1e-5)
