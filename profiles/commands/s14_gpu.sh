@@ -16,9 +16,13 @@
 #       batch-256 sampled cases on this tree and on gpu_old/s14a
 #   PART=e bash profiles/commands/s14_gpu.sh   # `_split_kernel` at 32 bytes a load: sampler_bench (no sweep; its token
 #       checks); a five-step timeline of batch 256 at 512, sampled; the loop's batch-256 sampled cases twice
+#   PART=f bash profiles/commands/s14_gpu.sh   # (not run in session 14: written after its device time ran out) GPU
+#       tests; decode attention at batch 1-8 (attention_bench); decode_probe with its TMA variant against the engine
+#       kernel; sampler_bench's token checks
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), loop_{here,before,notrigger}.json (a, b),
 # loop_noprefetch.json (b); tests.log, loop_{here,before}.json, loop_overhead.json (c); sampler_bench.json,
-# loop_b256_{here,before}.json (d); sampler_bench.json, loop_timeline.json, loop_b256_{1,2}.json (e).
+# loop_b256_{here,before}.json (d); sampler_bench.json, loop_timeline.json, loop_b256_{1,2}.json (e); tests.log,
+# decode_attention.json, decode_probe.json, sampler_bench.json (+ their .log) (f).
 . "$(dirname "$0")/gpu_setup.sh"
 gpu_tests() {  # the one-GPU engine tests and the kernels' GPU tests, into $OUT/tests.log
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
@@ -72,5 +76,16 @@ elif [ "$PART" = e ]; then
   timeout 90 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases 7 --no-offline --timeline \
     --out "$OUT/loop_timeline.json" 2>&1 | grep -v -i warn | tail -3 | tee -a "$LOG"
   for run in 1 2; do loop_on . 100 4,7 "$OUT/loop_b256_$run.json"; done
+elif [ "$PART" = f ]; then
+  gpu_tests
+  timeout 100 python -m shifttune.profile.attention_bench --decode --batches 1,2,4,8 --contexts 2048,8192 \
+    --out "$OUT/decode_attention.json" > "$OUT/decode_attention.log" 2>&1
+  stamp "attention_bench rc=$?"; grep -E "^decode  b|Error" "$OUT/decode_attention.log" | tail -12 | tee -a "$LOG"
+  timeout 200 python profiles/commands/decode_probe.py --batches 1,2,4,8 --contexts 2048,8192 \
+    --out "$OUT/decode_probe.json" > "$OUT/decode_probe.log" 2>&1
+  stamp "decode_probe rc=$?"; grep -E "^b=|Error" "$OUT/decode_probe.log" | tee -a "$LOG"
+  timeout 120 python -m shifttune.profile.sampler_bench --no-sweep --out "$OUT/sampler_bench.json" \
+    > "$OUT/sampler_bench.log" 2>&1
+  stamp "sampler_bench rc=$?"; grep -E "tokens_match|Error" "$OUT/sampler_bench.log" | cut -c1-400 | tee -a "$LOG"
 fi
 stamp done
