@@ -272,15 +272,15 @@ def test_step_time_is_ops_plus_collectives(tmp_path):
     model = CollectiveModel(SHARED, "shared")
     tp_point = next(p for p in prof.points if p.mode == TP)
     ar = model.time_ms("all_reduce", 4, 1 * 8192 * 2)
-    ag = model.time_ms("all_gather", 4, 1 * 128256 // 4 * 4)
+    ag = model.time_ms("all_gather", 4, 1 * 128256 // 4 * 2)  # the sampled row's bf16 logits, V / P of them
     assert tp_point.median_ms == pytest.approx(0.5 + 80 * 0.1 + 161 * ar + ag)
     sp_point = next(p for p in prof.points if p.mode == SP)  # 4096 tokens: eager, 2048 rows per rank
     expected = 2.0 + 80 * 1.0 + 161 * model.time_ms("all_reduce", 2, 2048 * 8192 * 2, False)
     expected += 80 * model.time_ms("all_to_all", 2, 2 * 2048 * (16 + 2 * 2) * 128 * 2, False)
     expected += 80 * model.time_ms("all_to_all", 2, 2 * 2048 * 16 * 128 * 2, False)
     expected += model.time_ms("all_reduce", 2, 2 * 8192 * 2, False) + model.time_ms(
-        "all_gather", 2, 2 * 64128 * 4, False
-    )
+        "all_gather", 2, 2 * 64128 * 2, False
+    )  # the two sampled rows' bf16 logits, V / TP of them
     assert sp_point.median_ms == pytest.approx(expected)
     assert prof.sources["missing_from_op_table"] and len(prof.points) == 2  # the table held two points
     c = cfg("llama-3.1-8b")
