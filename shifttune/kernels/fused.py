@@ -16,7 +16,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from shifttune.kernels.launch import pdl_args
+from shifttune.kernels.launch import pdl, pdl_args
 from shifttune.kernels.paged_attention import sm_count
 
 # Programmatic dependent launch for RMSNorm, RoPE and SiLU (each waiting for the launch before it): off. On an
@@ -158,7 +158,7 @@ def _rope(
         assert slots.shape == (t,), "one slot per token (a padded token's slot is a scratch block's)"
         _check_caches(k_cache, v_cache, num_kv, d, qk.dtype)
     if t:
-        early = pdl_args(qk.device, ROPE_EARLY_TRIGGER and kv is not None and t * num_kv < sm_count(qk.device))["PDL"]
+        early = ROPE_EARLY_TRIGGER and kv is not None and pdl(qk.device) and t * num_kv < sm_count(qk.device)
         _rope_kernel[(t,)](
             qk,
             positions,

@@ -78,8 +78,8 @@ def measure_point(
         return None
     step = synthetic_step(mode, seqs, per, context, cfg.block_size)
     ms, peak = engine.executor.collective_rpc(time_step, step, warmup, iters)
-    rounds = 1 if cfg.device == "cuda" else MAX_ROUNDS
-    while rounds < MAX_ROUNDS and spread(ms) > NOISY_SPREAD:
+    rounds = 1
+    while cfg.device == "cuda" and rounds < MAX_ROUNDS and spread(ms) > NOISY_SPREAD:
         more, more_peak = engine.executor.collective_rpc(time_step, step, 1, iters)
         ms, peak, rounds = ms + more, max(peak, more_peak), rounds + 1
     med, p10, p90 = summarize(ms)
