@@ -498,7 +498,7 @@ f32 = ("inv_temp", "cut_k", "top_p", "min_p", "stats", "partial", "cand_x", "bes
 i32 = ("cand_i", "counts", "best_idx")
 types = dict(logits="*bf16", rows="*i64", seeds="*i64", steps="*i64", greedy="*i1", c0="u64", c1="u64", c2="u64",
              c3="u64") | {n: "*fp32" for n in f32} | {n: "*i32" for n in i32}
-consts = dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=2048, CAP=1024, KEEP=2048, NT=16, FAST=True)
+consts = dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=2048, KEEP=2048, NT=16, FAST=True)
 sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in s._split_kernel.arg_names}
 triton.compile(ASTSource(s._split_kernel, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
 """

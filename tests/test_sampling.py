@@ -275,13 +275,15 @@ def _tables(n: int, gen: torch.Generator) -> tuple[torch.Tensor, ...]:
 
 @pytest.mark.parametrize(
     "scale, config",
-    [(0.02, {}), (3.0, {}), (0.02, {"CAP": 16}),
-     (0.02, {"CHUNK": 1024, "CAP": 128, "SPLIT_SUB": 512, "WARPS": 4, "SPLIT_ROW_BYTES": 8})],
+    [(0.02, {}), (3.0, {}), (0.02, {"COPY_CAP": 16}),
+     (0.02, {"CHUNK": 1024, "COPY_CAP": 128, "FINISH_BLOCK": 256, "SPLIT_SUB": 512, "WARPS": 4,
+             "SPLIT_ROW_BYTES": 8})],
 )  # fmt: skip
 def test_sample_kernels_match_the_reference(monkeypatch, scale, config):
     """The four kernels (interpreted on CPU) against `sample_ref`, settings read at permuted rows of the tables,
-    with and without top-k. CAP 16: the bracket overflows its copies and the last kernel reads the logits;
-    the last case: other shapes (several chunks, a loop in `_split_kernel`, narrower blocks)."""
+    with and without top-k. COPY_CAP 16: the bracket overflows its copies and the last kernel reads the logits;
+    the last case: other shapes (several chunks, loops in `_split_kernel` and `_finish_kernel`, narrower
+    blocks)."""
     from shifttune.kernels import sampling
 
     for name, value in config.items():
@@ -320,15 +322,16 @@ def test_sample_kernels_give_a_row_the_same_token_alone_or_in_a_batch():
         assert alone.item() == batch[j].item()
 
 
-# 4 chunks of 2000; brackets overflow the CAP entries `_finish_kernel` takes, some also the copies (SPILL_CAP)
-SPILL_SHAPES = {"CHUNK": 512, "CAP": 8, "SPILL_CAP": 48, "SPLIT_SUB": 256, "SPILL_SUB": 128}
+# 4 chunks of 2000: `_finish_kernel` takes 32 copies of each chunk a block; a dense bracket takes several blocks,
+# and some chunks' brackets overflow their copies (COPY_CAP) and are read from the logits
+DENSE_SHAPES = {"CHUNK": 512, "COPY_CAP": 48, "FINISH_BLOCK": 128, "SPLIT_SUB": 256}
 
 
-def _spill_setup(monkeypatch):
-    """The kernels module with small chunks and copies, and a dict that gets each call's workspace."""
+def _dense_setup(monkeypatch):
+    """The kernels module with small chunks, copies and blocks, and a dict that gets each call's workspace."""
     from shifttune.kernels import sampling
 
-    for name, value in SPILL_SHAPES.items():
+    for name, value in DENSE_SHAPES.items():
         monkeypatch.setattr(sampling, name, value)
     monkeypatch.setattr(sampling, "WARPS", sampling.WARPS | {"split": 2})  # 32 bytes a thread and row: W = 512 bf16
     seen: dict[str, torch.Tensor] = {}
@@ -337,16 +340,19 @@ def _spill_setup(monkeypatch):
     return sampling, seen
 
 
-def _spilled(seen: dict[str, torch.Tensor], n: int) -> list[bool]:
-    """Per row of the last call, whether some chunk's bracket held more than `_finish_kernel` takes (a spill row)."""
-    return (seen["counts"].view(n, -1).max(dim=1).values > SPILL_SHAPES["CAP"]).tolist()
+def _dense(seen: dict[str, torch.Tensor], n: int) -> list[bool]:
+    """Per row of the last call, whether `_finish_kernel` took more than one block of its copies (more than 32
+    first-bracket entries in some chunk)."""
+    return (seen["counts"].view(n, -1).max(dim=1).values > 32).tolist()
 
 
 def _kernel_cuts(seen: dict[str, torch.Tensor], x: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
-    """[n] the top-p cut that the kernels' per-pass masses in the last call's workspace give (spill rows only),
-    the search run here as `top_p_cut_ref` runs it; x: the logits after top-k and temperature."""
+    """[n] the top-p cut that the kernels' per-pass masses in the last call's workspace give (the first pass's
+    per chunk, the others' per row), the search run here as `top_p_cut_ref` runs it; x: the logits after top-k
+    and temperature."""
     n = x.shape[0]
-    partial = seen["partial"].view(NUM_PASSES, n, -1, NUM_THRESHOLDS).cpu()
+    passes = [seen["partial"].view(n, -1, NUM_THRESHOLDS).cpu().sum(dim=1)]
+    passes += list(seen["masses"].view(NUM_PASSES - 1, n, NUM_THRESHOLDS).cpu())
     m = x.max(dim=-1).values
     e = torch.where(x > -torch.inf, (x - m.unsqueeze(1)).exp(), 0.0)
     need = top_p * e.sum(dim=-1)
@@ -354,7 +360,7 @@ def _kernel_cuts(seen: dict[str, torch.Tensor], x: torch.Tensor, top_p: torch.Te
     hi, above = m, torch.zeros(n)
     for k in range(NUM_PASSES):
         t = thresholds(lo, hi)
-        mass = above.unsqueeze(1) + partial[k].sum(dim=1)  # passes after the first: entries in the first bracket
+        mass = above.unsqueeze(1) + passes[k]  # passes after the first: entries in the first bracket
         c = (mass >= need.unsqueeze(1)).sum(dim=-1)
         if k == 0:  # the mass at or above the first bracket's upper end
             above = mass.gather(1, (c.clamp(max=NUM_THRESHOLDS - 1)).unsqueeze(1)).squeeze(1)
@@ -364,7 +370,7 @@ def _kernel_cuts(seen: dict[str, torch.Tensor], x: torch.Tensor, top_p: torch.Te
     return lo
 
 
-def _spill_logits(kind: str, n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
+def _dense_logits(kind: str, n: int, vocab: int, gen: torch.Generator) -> torch.Tensor:
     if kind == "bf16":  # as dummy weights give them: the cut falls in the dense middle of the logits
         return (torch.randn(n, vocab, generator=gen) * 1.3).to(torch.bfloat16).float()
     # groups of equal logits: the last bracket holds a whole group, much of the kept mass (the draw's buckets)
@@ -372,17 +378,16 @@ def _spill_logits(kind: str, n: int, vocab: int, gen: torch.Generator) -> torch.
 
 
 @pytest.mark.parametrize("kind", ["bf16", "ties"])
-def test_sample_kernels_match_the_reference_when_every_row_spills(monkeypatch, kind):
-    """Every row's bracket overflows what `_finish_kernel` takes: the spill kernels run the other passes and the
-    draw over all chunks (from the copies, or the logits where a chunk's bracket overflowed them too), and
-    `_finish_kernel` picks the best that the last cut keeps. Top-p with min-p and top-k on some rows; the
-    cut that the kernels' masses give is the reference's (a draw seldom shows a cut a little off). Row 4: a few
-    likely tokens over a flat bulk that top-p keeps and min-p drops. Rows 5 and 7: two groups of equal logits
-    1.5 steps of the last pass apart, the larger one just below the last cut."""
-    sampling, seen = _spill_setup(monkeypatch)
+def test_sample_kernels_match_the_reference_when_every_bracket_is_dense(monkeypatch, kind):
+    """Every row's first bracket takes `_finish_kernel` several blocks: the other passes and the draw run over
+    all chunks (from the copies, or the logits where a chunk's bracket overflowed them). Top-p with min-p and
+    top-k on some rows; the cut that the kernels' masses give is the reference's (a draw seldom shows a cut a
+    little off). Row 4: a few likely tokens over a flat bulk that top-p keeps and min-p drops. Rows 5 and 7: two
+    groups of equal logits 1.5 steps of the last pass apart, the larger one just below the last cut."""
+    sampling, seen = _dense_setup(monkeypatch)
     n, vocab = 8, 2000
     gen = torch.Generator().manual_seed(11)
-    logits = _spill_logits(kind, n, vocab, gen)
+    logits = _dense_logits(kind, n, vocab, gen)
     v = torch.arange(vocab)
     logits[4] = torch.where(v % 100 == 7, 2.0, 0.0)
     logits[5] = logits[7] = torch.where(v % 100 == 7, 2.0, torch.where(v % 10 == 0, 1.0, 1.0 - 2.3e-5))
@@ -397,21 +402,21 @@ def test_sample_kernels_match_the_reference_when_every_row_spills(monkeypatch, k
     want = sample_ref(logits, inv_temp, cut_k, top_p, min_p, seeds, steps, greedy).tolist()
     dev = [t.to(DEV) for t in (logits, torch.arange(n), inv_temp, cut_k, top_p, min_p, seeds, steps, greedy)]
     assert sampling.sample(*dev).tolist() == want
-    assert all(_spilled(seen, n))
+    assert all(_dense(seen, n))
     counts = seen["counts"].view(n, -1)
-    assert (counts > 48).any() and ((counts > 8) & (counts <= 48)).any()  # chunks read from logits, from copies
+    assert (counts > 48).any() and ((counts > 32) & (counts <= 48)).any()  # from the logits; copies of 2 blocks
     x = torch.where(logits >= cut_k.unsqueeze(1), logits * inv_temp.unsqueeze(1), -torch.inf)
     assert torch.equal(_kernel_cuts(seen, x, top_p), top_p_cut_ref(x, top_p))
 
 
-def test_sample_kernels_give_a_spill_row_the_same_token_alone_or_in_a_mixed_batch(monkeypatch):
-    """Spill rows next to rows the copies suffice for, greedy, top-k and no-top-p rows: each row draws the same
-    token alone as in the batch (settings read at permuted rows)."""
-    sampling, seen = _spill_setup(monkeypatch)
+def test_sample_kernels_give_a_dense_row_the_same_token_alone_or_in_a_mixed_batch(monkeypatch):
+    """Rows with dense brackets next to rows of one block, greedy, top-k and no-top-p rows: each row draws the
+    same token alone as in the batch (settings read at permuted rows)."""
+    sampling, seen = _dense_setup(monkeypatch)
     n, vocab = 6, 2000
     gen = torch.Generator().manual_seed(12)
-    logits = torch.cat([_spill_logits("bf16", 1, vocab, gen), torch.randn(1, vocab, generator=gen) * 4,
-                        _spill_logits("bf16", 2, vocab, gen), _spill_logits("ties", 2, vocab, gen)])  # fmt: skip
+    logits = torch.cat([_dense_logits("bf16", 1, vocab, gen), torch.randn(1, vocab, generator=gen) * 4,
+                        _dense_logits("bf16", 2, vocab, gen), _dense_logits("ties", 2, vocab, gen)])  # fmt: skip
     inv_temp = torch.full((n,), 1 / 0.8)
     top_p = torch.tensor([0.95, 0.95, 0.9, 1.0, 0.9, 0.99])
     min_p = torch.tensor([0.0, 0.0, 0.0, 0.0, 0.0, 0.02])
@@ -425,7 +430,7 @@ def test_sample_kernels_give_a_spill_row_the_same_token_alone_or_in_a_mixed_batc
         dst[perm] = t  # row i's settings at perm[i]
     logits, cut_k, rows, tables = logits.to(DEV), cut_k.to(DEV), perm.to(DEV), [t.to(DEV) for t in tables]
     batch = sampling.sample(logits, rows, tables[0], cut_k, *tables[1:]).tolist()
-    assert _spilled(seen, n) == [True, False, False, False, False, True]
+    assert _dense(seen, n) == [True, False, False, False, False, True]
     alone = [sampling.sample(logits[j : j + 1], rows[j : j + 1], tables[0], cut_k[j : j + 1], *tables[1:]).item()
              for j in range(n)]  # fmt: skip
     assert alone == batch
@@ -518,12 +523,12 @@ def test_kernel_sampler_matches_the_torch_sampler():
 def test_sampler_workspace_parts_start_on_16_bytes(vocab):
     """Triton compiles a binary per pointer alignment: with a small vocabulary the parts of the workspace
     sat at odd offsets for some row counts, and the first batch of such a count compiled the sampler anew."""
-    from shifttune.kernels.sampling import SPILL_CAP, workspace
+    from shifttune.kernels.sampling import COPY_CAP, workspace
 
     for n in range(1, 6):
         ws = workspace(n, vocab, torch.device("cpu"))
         assert all(t.data_ptr() % 16 == 0 for t in ws.values())
         chunks = ws["counts"].numel()
-        assert ws["cand_x"].numel() == ws["cand_i"].numel() == SPILL_CAP * chunks
-        assert ws["spill_val"].numel() == ws["spill_idx"].numel() == NUM_THRESHOLDS * chunks
-        assert ws["partial"].numel() == NUM_PASSES * NUM_THRESHOLDS * chunks
+        assert ws["cand_x"].numel() == ws["cand_i"].numel() == COPY_CAP * chunks
+        assert ws["partial"].numel() == NUM_THRESHOLDS * chunks
+        assert ws["masses"].numel() == (NUM_PASSES - 1) * NUM_THRESHOLDS * n

@@ -1,4 +1,4 @@
-"""The sampler on GPU: seven Triton launches whatever the batch's mix, grids that depend only on the batch
+"""The sampler on GPU: four Triton launches whatever the batch's mix, grids that depend only on the batch
 size; same algorithm and results as `sampling_ref.sample_ref`.
 
 1. `_stats_kernel` [rows, chunks]: per chunk of CHUNK entries, max, lowest finite value and mass
@@ -7,21 +7,12 @@ size; same algorithm and results as `sampling_ref.sample_ref`.
    [max(lowest, max - span), max] (rows with top-p < 1 only).
 3. `_split_kernel` [rows, chunks]: after that pass the cut lies in a bracket [lo1, hi1). Entries >= hi1 (and
    above the min-p floor) are kept for sure: their Gumbel-max draw is done here, best per chunk. Entries
-   in the bracket, the only ones the three other passes need, are counted per thread, then copied out
-   (value, index) per chunk, up to SPILL_CAP of them, by a second sweep over the chunk (from L2). A row of
-   which some chunk holds more than CAP "spills" (its cut lies in the dense middle of the logits): launches 4
-   and 5 run its other passes, over all its chunks at once.
-4. `_spill_mass_kernel` [rows, chunks], launched for passes 2 and 3, spill rows only (the others exit at
-   once): the bracket so far, rebuilt from the earlier passes' per-chunk masses, then the chunk's masses at
-   the pass's thresholds of its entries in [lo1, hi1): its copies, or its logits where they overflowed.
-5. `_spill_draw_kernel` [rows, chunks], spill rows only: the same for the last pass, and the draw among the
-   same entries above the min-p floor: the best of those >= hi3 (kept whatever the last cut) folded into
-   the chunk's best, and for each cut the last pass may pick (lo3 or one of its thresholds) the best of
-   those between that cut and hi3.
-6. `_finish_kernel` [rows]: one program per row. Spill rows: the last cut from the last pass's per-chunk
-   masses, then the best of the chunks' bests for that cut and of their other bests. Other rows: the three
-   other passes on the copies (in registers), the draw among those the cut keeps, the chunks' bests folded
-   in. Then the row's step counter moves on.
+   in the bracket, the only ones the other passes need, are counted per thread, then copied out (value,
+   index) per chunk, up to COPY_CAP of them, by a second sweep over the chunk (from L2).
+4. `_finish_kernel` [rows]: one program per row. The other passes over the row's bracket entries, all chunks
+   at once in blocks of FINISH_BLOCK (from the copies, or from the logits of a chunk whose bracket overflowed
+   them), then the draw among those the last cut keeps, the chunks' bests folded in. Then the row's step
+   counter moves on.
 
 A batch of greedy rows only takes one launch instead (`greedy_sample`): `_argmax_kernel` [rows, chunks] folds each
 chunk's best into a per-row 64-bit key (value, then lowest index) with one atomic max, and the chunk that arrives
@@ -30,10 +21,10 @@ last writes the token, the row's next-step input and its step counter.
 Logits come in the model's dtype (bf16 or fp32): every kernel widens them to fp32 on load, which is exact, so
 the tokens are those of the reference on `logits.float()` without that copy.
 
-NOTE: launches pass results through small per-chunk buffers that every later program folds itself in the
-same order (no launch in between). CHUNK and each kernel's num_warps are fixed, not chosen per batch: the
-float sums (the masses) then come out bit for bit the same for a row alone or in any batch, so a seeded
-request draws the same tokens wherever it is.
+NOTE: the first pass's per-chunk masses pass through a small buffer that every later program folds in the same
+order; the other passes run in one program per row. CHUNK, FINISH_BLOCK and each kernel's num_warps are fixed,
+not chosen per batch: the float sums (the masses) then come out bit for bit the same for a row alone or in any
+batch, so a seeded request draws the same tokens wherever it is.
 """
 
 from __future__ import annotations
@@ -49,28 +40,25 @@ from shifttune.kernels.sampling_ref import LN2, MIX, MIX32, NUM_PASSES, NUM_THRE
 from shifttune.kernels.upload import aligned_length
 
 CHUNK = 8192  # vocabulary entries per program of the chunked kernels
-CAP = CHUNK // 8  # bracket entries per chunk that `_finish_kernel` takes (past it, in some chunk, the row spills)
-# bracket entries copied out per chunk (past it, the spill kernels read the chunk's logits): 8 bytes each, n * 256 KiB
-# for a 128k vocabulary; a first bracket at the densest part of normal logits holds ~22% of the entries
-SPILL_CAP = CHUNK // 4
+# bracket entries copied out per chunk, 8 bytes each (n * 256 KiB for a 128k vocabulary); past it, `_finish_kernel`
+# reads that chunk's logits. A first bracket at the densest part of normal logits holds ~22% of the entries.
+COPY_CAP = CHUNK // 4
+FINISH_BLOCK = 4096  # bracket entries per step of `_finish_kernel`'s loops (FINISH_BLOCK // chunks per chunk)
 SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
 # contiguous logits bytes a thread holds in each row of `_split_kernel`'s [SUB // W, W] blocks: W = 32 x warps x this
 # / element size (at most CHUNK). H100, batch 256, device ms (profiles/runs/s14_h100/d_split_load, where it was named
 # SPLIT_LOAD_BYTES): bf16 dummy-weight logits 0.697 / 0.543 / 0.503 at 8 / 16 / 32 bytes (8 was bf16's before: W was
 # fixed for 16 bytes of float32), the same values in float32 0.595 / 0.512 / 0.509
 SPLIT_ROW_BYTES = 32
-SPILL_SUB = 1024  # entries per step of the spill kernels' loops over a chunk's bracket entries
 # num_warps per kernel; `_split_kernel` with 4 rather than 8 (H100, `sampler_bench` sweep, session 13): batch 256
 # 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us
-WARPS = {"stats": 8, "mass": 8, "split": 4, "spill_mass": 4, "spill_draw": 4, "finish": 16}
-assert NUM_PASSES >= 2, "the spill kernels run passes 2 .. NUM_PASSES"
+WARPS = {"stats": 8, "mass": 8, "split": 4, "finish": 16}
 
 _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(1 / LN2)
 _H0, _H1, _H2 = (tl.constexpr(c) for c in MIX32)
 _ONE_MINUS_ULP = tl.constexpr(1.0 - 2.0**-24)  # f - this, for f in [1, 2) on a 2**-23 grid: an odd multiple of 2**-24
 _BIG = tl.constexpr(2**31 - 1)
-_IDX_MASK = tl.constexpr(2**28 - 1)  # vocabulary indices in a packed key (`_suffix_bests`)
 _NO_KEY = tl.constexpr(-(2**63))
 GREEDY_CHUNK = 4096  # vocabulary entries per program of `_argmax_kernel`
 
@@ -148,22 +136,6 @@ def _fold(partial, i, C: tl.constexpr, NT: tl.constexpr):
 def _first_bracket(partial, i, m, lowest, total, p, vbits, C: tl.constexpr, NT: tl.constexpr):
     """(lo, hi, mass at or above hi) after the first pass, from its per-chunk masses [n, C, NT]."""
     return _narrow(_fold(partial, i, C, NT), _lowest_cut(m, lowest, p, vbits), m, p * total, NT)
-
-
-@triton.jit
-def _later_bracket(partial, i, n, lo1, hi1, above, need, DONE: tl.constexpr, C: tl.constexpr, NT: tl.constexpr):
-    """(lo, hi) of a spill row after DONE passes, from the first bracket [lo1, hi1), the mass at or above hi1 and
-    the other passes' per-chunk masses of entries in [lo1, hi1) (`partial` [passes, n, C, NT])."""
-    lo, hi = lo1, hi1
-    for k in tl.static_range(1, DONE):
-        lo, hi, _above = _narrow(above + _fold(partial + k * n * C * NT, i, C, NT), lo, hi, need, NT)
-    return lo, hi
-
-
-@triton.jit
-def _spills(counts, i, C: tl.constexpr, CAP: tl.constexpr):
-    """Whether row i's bracket held more than CAP entries of some chunk (then the spill kernels run on it)."""
-    return tl.max(tl.load(counts + i * C + tl.arange(0, C)), 0) > CAP
 
 
 @triton.jit
@@ -248,8 +220,8 @@ def _mass_kernel(logits, stride, rows, inv_temp, cut_k, top_p, greedy, stats, pa
 @triton.jit
 def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, steps, greedy, stats, partial,
                   cand_x, cand_i, counts, best_val, best_idx, vocab, vbits, c0, c1, c2, c3, HAS_K: tl.constexpr,
-                  C: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, W: tl.constexpr, CAP: tl.constexpr,
-                  KEEP: tl.constexpr, NT: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+                  C: tl.constexpr, CHUNK: tl.constexpr, SUB: tl.constexpr, W: tl.constexpr, KEEP: tl.constexpr,
+                  NT: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     i, chunk, n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(0)
     r = tl.load(rows + i)
     p, g, inv_t = tl.load(top_p + r), tl.load(greedy + r), tl.load(inv_temp + r)
@@ -289,7 +261,7 @@ def _split_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, st
                 x = _load(logits, stride, i, offs, vocab, inv_t, ck, HAS_K)  # again: from L2
                 inside = ((x >= lo) & (x < hi)).to(tl.int32)
                 _copy_out(cand_x, cand_i, x, offs, inside, run[None, :] + tl.cumsum(inside, 0) - inside, i, chunk, C,
-                          CAP, KEEP)  # fmt: skip
+                          KEEP)  # fmt: skip
                 run += tl.sum(inside, 0)
     best, best_at = _best(best, best_at)
     tl.store(counts + i * C + chunk, count)
@@ -305,178 +277,77 @@ def _sub_offsets(chunk, sub, CHUNK: tl.constexpr, SUB: tl.constexpr, W: tl.const
 
 
 @triton.jit
-def _copy_out(cand_x, cand_i, x, offs, inside, pos, i, chunk, C: tl.constexpr, CAP: tl.constexpr,
-              KEEP: tl.constexpr):  # fmt: skip
-    """Writes the bracket entries (`inside`) of a block at their copy positions `pos` (the first KEEP only)."""
+def _copy_out(cand_x, cand_i, x, offs, inside, pos, i, chunk, C: tl.constexpr, KEEP: tl.constexpr):
+    """Writes the bracket entries (`inside`) of a block at their copy positions `pos` (the first KEEP only):
+    row i's copies are [C, KEEP]."""
     ok = (inside > 0) & (pos < KEEP)
-    at = i * (C * KEEP) + _copy_at(pos, chunk, C, CAP, KEEP)
+    at = (i * C + chunk) * KEEP + pos
     tl.store(cand_x + at, x, mask=ok)
     tl.store(cand_i + at, offs, mask=ok)
 
 
 @triton.jit
-def _copy_at(pos, chunk, C: tl.constexpr, CAP: tl.constexpr, KEEP: tl.constexpr):
-    """Where copy `pos` of a chunk lies in its row's [C * KEEP] copies: the first CAP of each chunk first (the
-    [C, CAP] that `_finish_kernel` takes), then the other KEEP - CAP of each chunk."""
-    return tl.where(pos < CAP, chunk * CAP + pos, C * CAP + chunk * (KEEP - CAP) + pos - CAP)
-
-
-@triton.jit
-def _bracket_entries(logits, stride, cand_x, cand_i, i, chunk, b, count, vocab, inv_t, ck, lo1, hi1,
-                     HAS_K: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr, CAP: tl.constexpr,
-                     KEEP: tl.constexpr, BLK: tl.constexpr):  # fmt: skip
-    """Block b of [BLK] of the chunk's entries in [lo1, hi1): (value, index), -inf past them. From the copies
-    when all `count` were copied out (cdiv(count, BLK) blocks), else from the logits (CHUNK // BLK blocks)."""
-    s = b * BLK + tl.arange(0, BLK)
-    if count <= KEEP:
-        ok, at = s < count, i * (C * KEEP) + _copy_at(s, chunk, C, CAP, KEEP)
+def _bracket_block(logits, stride, cand_x, cand_i, counts, i, j, nb, over, vocab, inv_t, ck, lo1, hi1,
+                   HAS_K: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr, KEEP: tl.constexpr,
+                   BLK: tl.constexpr):  # fmt: skip
+    """Block j of row i's first-bracket entries, those in [lo1, hi1): [BLK] (value, index), -inf elsewhere.
+    Blocks j < nb come from the copies of every chunk whose bracket fitted them (BLK // C copies of each); the
+    next ones from the logits of the chunks `over` [C] marks (overflowed), CHUNK // BLK blocks each."""
+    s = tl.arange(0, BLK)
+    if j < nb:
+        chunk, pos = s // (BLK // C), j * (BLK // C) + s % (BLK // C)
+        count = tl.load(counts + i * C + chunk)
+        ok = (pos < count) & (count <= KEEP)
+        at = (i * C + chunk) * KEEP + pos
         x = tl.load(cand_x + at, mask=ok, other=float("-inf"))
         idx = tl.load(cand_i + at, mask=ok, other=0)
     else:
-        idx = chunk * CHUNK + s
+        k, b = (j - nb) // (CHUNK // BLK), (j - nb) % (CHUNK // BLK)
+        cs = tl.arange(0, C)
+        chunk = tl.sum(tl.where(over & (tl.cumsum(over.to(tl.int32), 0) == k + 1), cs, 0), 0)  # the k-th marked
+        idx = chunk * CHUNK + b * BLK + s
         x = _load(logits, stride, i, idx, vocab, inv_t, ck, HAS_K)
         x = tl.where((x >= lo1) & (x < hi1), x, float("-inf"))
     return x, idx
 
 
 @triton.jit
-def _suffix_bests(x, v, idx, unsure, t, top, top_at, NT: tl.constexpr):
-    """top, top_at [NT] with, for each c, the best (v, idx) of the `unsure` entries >= t_c (t_0 = lo: all) merged
-    in. A staircase: the best entry above the last level sets the bests up to its bucket (the count of the
-    thresholds t_1.. at or below it), then the best above that bucket, and so on: as many steps as records."""
-    tl.static_assert(NT <= 16)
-    js = tl.arange(0, NT)
-    bucket = tl.sum((x[None, :] >= t[:, None]).to(tl.int32), 0)
-    # one int64 per entry that orders as the draw does (v, then the lower index) and carries the bucket: one
-    # reduction per step. The float's bits as an ordered int (0.0 for -0.0, which compares equal to it).
-    bits = tl.where(v == 0.0, 0.0, v).to(tl.int32, bitcast=True)
-    key = ((bits ^ ((bits >> 31) & 0x7FFFFFFF)).to(tl.int64) << 32) | ((idx ^ _IDX_MASK).to(tl.int64) << 4) | bucket
-    key = tl.where(unsure, key, _NO_KEY)
-    level = tl.full((), -1, tl.int32)
-    best = tl.max(key, 0)
-    while best != _NO_KEY:
-        high = (best >> 32).to(tl.int32)
-        bt = (high ^ ((high >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
-        bt_at = ((best >> 4) & _IDX_MASK).to(tl.int32) ^ _IDX_MASK
-        new, new_at = _merge(top, top_at, bt, bt_at)
-        step = (js > level) & (js <= (best & 15).to(tl.int32))
-        top, top_at = tl.where(step, new, top), tl.where(step, new_at, top_at)
-        level = (best & 15).to(tl.int32)
-        best = tl.max(tl.where(bucket > level, key, _NO_KEY), 0)
-    return top, top_at
-
-
-@triton.jit
-def _spill_row(rows, inv_temp, cut_k, top_p, stats, partial, counts, i, chunk, n, vbits, PASS: tl.constexpr,
-               HAS_K: tl.constexpr, C: tl.constexpr, NT: tl.constexpr):  # fmt: skip
-    """What a spill-kernel program of row i and `chunk` starts from at pass PASS (2 .. NUM_PASSES): (the row's
-    settings row, 1/T, top-k cut, max, the first bracket [lo1, hi1), the bracket [lo, hi) the pass narrows, the
-    chunk's count of first-bracket entries)."""
-    r = tl.load(rows + i)
-    p, inv_t = tl.load(top_p + r), tl.load(inv_temp + r)
-    ck = tl.load(cut_k + i) if HAS_K else 0.0
-    m, lowest, total = _row_stats(stats, i, n, C)
-    lo1, hi1, above = _first_bracket(partial, i, m, lowest, total, p, vbits, C, NT)
-    lo, hi = _later_bracket(partial, i, n, lo1, hi1, above, p * total, PASS - 1, C, NT)
-    return r, inv_t, ck, m, lo1, hi1, lo, hi, tl.load(counts + i * C + chunk)
-
-
-@triton.jit
-def _spill_mass_kernel(logits, stride, rows, inv_temp, cut_k, top_p, stats, partial, cand_x, cand_i, counts,
-                       vocab, vbits, HAS_K: tl.constexpr, PASS: tl.constexpr, C: tl.constexpr,
-                       CHUNK: tl.constexpr, CAP: tl.constexpr, KEEP: tl.constexpr, BLK: tl.constexpr,
-                       NT: tl.constexpr):  # fmt: skip
-    """Pass PASS (2 .. NUM_PASSES - 1) of a spill row: its chunk's masses at the pass's thresholds."""
-    i, chunk, n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(0)
-    if _spills(counts, i, C, CAP):
-        _r, inv_t, ck, m, lo1, hi1, lo, hi, count = _spill_row(rows, inv_temp, cut_k, top_p, stats, partial, counts,
-                                                               i, chunk, n, vbits, PASS, HAS_K, C, NT)  # fmt: skip
-        mass = tl.zeros((NT,), tl.float32)
-        for b in range(tl.where(count <= KEEP, tl.cdiv(count, BLK), CHUNK // BLK)):
-            x, _idx = _bracket_entries(logits, stride, cand_x, cand_i, i, chunk, b, count, vocab, inv_t, ck, lo1, hi1,
-                                       HAS_K, C, CHUNK, CAP, KEEP, BLK)  # fmt: skip
-            mass += _masses(x, tl.exp(x - m), lo, hi, NT)
-        tl.store(partial + (((PASS - 1) * n + i) * C + chunk) * NT + tl.arange(0, NT), mass)
-
-
-@triton.jit
-def _spill_draw_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, steps, stats, partial, cand_x,
-                       cand_i, counts, best_val, best_idx, spill_val, spill_idx, vocab, vbits, c0, c1,
-                       c2, c3, HAS_K: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr, CAP: tl.constexpr,
-                       KEEP: tl.constexpr, BLK: tl.constexpr, NT: tl.constexpr, PASSES: tl.constexpr,
-                       FAST: tl.constexpr):  # fmt: skip
-    """The last pass of a spill row and its draw, per chunk: the masses at the last pass's thresholds t_1..t_NT
-    of [lo, hi) (the bracket after the other passes); the best entry >= hi, folded into the chunk's best; and
-    for each c < NT the best entry of [t_c, hi) (t_0 = lo): the last cut is t_c for some c. Only entries in
-    [lo1, hi1) above the min-p floor are drawn."""
-    i, chunk, n = tl.program_id(0).to(tl.int64), tl.program_id(1), tl.num_programs(0)
-    if _spills(counts, i, C, CAP):
-        r, inv_t, ck, m, lo1, hi1, lo, hi, count = _spill_row(rows, inv_temp, cut_k, top_p, stats, partial, counts,
-                                                              i, chunk, n, vbits, PASSES, HAS_K, C, NT)  # fmt: skip
-        floor = _min_p_floor(m, tl.load(min_p + r))
-        k_lo, k_hi = _row_key(seeds, steps, r, c0, c1, c2, c3)
-        t = _thresholds(lo, hi, NT)
-        js = tl.arange(0, NT)
-        mass = tl.zeros((NT,), tl.float32)
-        sure = tl.full((BLK,), float("-inf"), tl.float32)  # per position, the best entry >= hi so far
-        sure_at = tl.full((BLK,), _BIG, tl.int32)
-        top = tl.full((NT,), float("-inf"), tl.float32)  # per c, the best entry of [t_c, hi) so far
-        top_at = tl.full((NT,), _BIG, tl.int32)
-        for b in range(tl.where(count <= KEEP, tl.cdiv(count, BLK), CHUNK // BLK)):
-            x, idx = _bracket_entries(logits, stride, cand_x, cand_i, i, chunk, b, count, vocab, inv_t, ck, lo1, hi1,
-                                      HAS_K, C, CHUNK, CAP, KEEP, BLK)  # fmt: skip
-            mass += _masses(x, tl.exp(x - m), lo, hi, NT)
-            keep = (x >= lo) & (x >= floor)
-            v = tl.where(keep, x + _gumbel(idx, k_lo, k_hi, FAST), float("-inf"))
-            sure, sure_at = _merge(sure, sure_at, tl.where(x >= hi, v, float("-inf")), idx)  # copies: any order
-            unsure = keep & (x < hi)
-            if tl.sum(unsure.to(tl.int32), 0) > 0:  # few entries: most blocks skip this
-                top, top_at = _suffix_bests(x, v, idx, unsure, t, top, top_at, NT)
-        tl.store(partial + (((PASSES - 1) * n + i) * C + chunk) * NT + js, mass)
-        tl.store(spill_val + (i * C + chunk) * NT + js, top)
-        tl.store(spill_idx + (i * C + chunk) * NT + js, top_at)
-        s, s_at = _best(sure, sure_at)
-        # NOTE: this program alone owns the slot after `_split_kernel` (entries >= max(hi1, floor) there)
-        best, best_at = _merge(tl.load(best_val + i * C + chunk), tl.load(best_idx + i * C + chunk), s, s_at)
-        tl.store(best_val + i * C + chunk, best)
-        tl.store(best_idx + i * C + chunk, best_at)
-
-
-@triton.jit
-def _finish_kernel(rows, top_p, min_p, seeds, steps, greedy, stats, partial, cand_x, cand_i, counts, best_val,
-                   best_idx, spill_val, spill_idx, out, last_token, vbits, c0, c1, c2, c3, ADVANCE: tl.constexpr,
-                   WRITE_LAST: tl.constexpr,
-                   C: tl.constexpr, CAP: tl.constexpr, KEEP: tl.constexpr, NT: tl.constexpr,
+def _finish_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, steps, greedy, stats, partial,
+                   masses, cand_x, cand_i, counts, best_val, best_idx, out, last_token, vocab, vbits, c0, c1, c2, c3,
+                   ADVANCE: tl.constexpr, WRITE_LAST: tl.constexpr, HAS_K: tl.constexpr, C: tl.constexpr,
+                   CHUNK: tl.constexpr, KEEP: tl.constexpr, BLK: tl.constexpr, NT: tl.constexpr,
                    PASSES: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
+    """One program per row: the chunks' bests; for top-p rows, passes 2 .. PASSES over the first bracket's
+    entries (their masses into `masses` [PASSES - 1, n, NT]), then the draw among those the last cut keeps."""
     i, n = tl.program_id(0).to(tl.int64), tl.num_programs(0)
     r = tl.load(rows + i)
     p, g = tl.load(top_p + r), tl.load(greedy + r)
     cs = tl.arange(0, C)
     best, best_at = _best(tl.load(best_val + i * C + cs), tl.load(best_idx + i * C + cs))
     if (p < 1.0) & (g == 0):
+        inv_t = tl.load(inv_temp + r)
+        ck = tl.load(cut_k + i) if HAS_K else 0.0
         m, lowest, total = _row_stats(stats, i, n, C)
-        lo, hi, above = _first_bracket(partial, i, m, lowest, total, p, vbits, C, NT)
-        floor = _min_p_floor(m, tl.load(min_p + r))
+        lo1, hi1, above = _first_bracket(partial, i, m, lowest, total, p, vbits, C, NT)
+        count = tl.load(counts + i * C + cs)
+        over = count > KEEP
+        nb = tl.cdiv(tl.max(tl.where(over, 0, count), 0), BLK // C)
+        blocks = nb + tl.sum(over.to(tl.int32), 0) * (CHUNK // BLK)
+        lo, hi = lo1, hi1
+        for k in tl.static_range(PASSES - 1):
+            mass = tl.zeros((NT,), tl.float32)
+            for j in range(blocks):
+                x, _idx = _bracket_block(logits, stride, cand_x, cand_i, counts, i, j, nb, over, vocab, inv_t, ck,
+                                         lo1, hi1, HAS_K, C, CHUNK, KEEP, BLK)  # fmt: skip
+                mass += _masses(x, tl.exp(x - m), lo, hi, NT)
+            tl.store(masses + (k * n + i) * NT + tl.arange(0, NT), mass)
+            lo, hi, _above = _narrow(above + mass, lo, hi, p * total, NT)
+        cut = tl.maximum(lo, _min_p_floor(m, tl.load(min_p + r)))
         k_lo, k_hi = _row_key(seeds, steps, r, c0, c1, c2, c3)
-        if _spills(counts, i, C, CAP):  # the last pass's cut picks the bests `_spill_draw_kernel` kept apart
-            lo, hi = _later_bracket(partial, i, n, lo, hi, above, p * total, PASSES - 1, C, NT)
-            mass = above + _fold(partial + (PASSES - 1) * n * C * NT, i, C, NT)
-            c = tl.sum((mass >= p * total).to(tl.int32), 0)
-            js = tl.arange(0, NT)
-            block = (i * C + cs[:, None]) * NT + js[None, :]
-            kept = tl.where(js[None, :] == c, tl.load(spill_val + block), float("-inf"))  # [C, NT]: c < NT
-            top, top_at = _best(kept, tl.load(spill_idx + block))
-            best, best_at = _merge(best, best_at, top, top_at)
-        else:  # the copies [C, CAP] (the first of the row's), all in registers for the three passes and the draw
-            s = tl.arange(0, C * CAP)
-            ok = s % CAP < tl.load(counts + i * C + s // CAP)
-            x = tl.load(cand_x + i * (C * KEEP) + s, mask=ok, other=float("-inf"))
-            e = tl.exp(x - m)
-            for _ in tl.static_range(PASSES - 1):
-                lo, hi, _above = _narrow(above + _masses(x, e, lo, hi, NT), lo, hi, p * total, NT)
-            idx = tl.load(cand_i + i * (C * KEEP) + s, mask=ok, other=0)
-            v = tl.where(x >= tl.maximum(lo, floor), x + _gumbel(idx, k_lo, k_hi, FAST), float("-inf"))
-            top, top_at = _best(v, idx)
+        for j in range(blocks):
+            x, idx = _bracket_block(logits, stride, cand_x, cand_i, counts, i, j, nb, over, vocab, inv_t, ck, lo1,
+                                    hi1, HAS_K, C, CHUNK, KEEP, BLK)  # fmt: skip
+            top, top_at = _best(tl.where(x >= cut, x + _gumbel(idx, k_lo, k_hi, FAST), float("-inf")), idx)
             best, best_at = _merge(best, best_at, top, top_at)
     tl.store(out + i, best_at.to(tl.int64))
     if WRITE_LAST:
@@ -513,20 +384,19 @@ def _argmax_kernel(logits, stride, rows, keys, tickets, out, steps, last_token, 
 
 
 def workspace(n: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
-    """The launches' buffers for n rows (two allocations). `partial`: [NUM_PASSES, n, C, NT] the passes'
-    per-chunk masses (passes 2.. of spill rows only); `cand_*` [n, C * SPILL_CAP] the bracket's copies
-    (`_copy_at`); `spill_*` [n, C, NT] the spill draw's bests per cut."""
+    """The launches' buffers for n rows (two allocations). `partial` [n, C, NT]: the first pass's per-chunk
+    masses; `masses` [NUM_PASSES - 1, n, NT]: the other passes' masses; `cand_*` [n, C, COPY_CAP]: the first
+    bracket's copies."""
     c, nt, keep = triton.next_power_of_2(triton.cdiv(vocab, CHUNK)), NUM_THRESHOLDS, _keep()
-    f_parts = _parts([3 * n * c, NUM_PASSES * n * c * nt, n * c * keep, n * c, n * c * nt], torch.float32, device)
-    i_parts = _parts([n * c * keep, n * c, n * c, n * c * nt], torch.int32, device)
-    names = ("stats", "partial", "cand_x", "best_val", "spill_val"), ("cand_i", "counts", "best_idx", "spill_idx")
+    f_parts = _parts([3 * n * c, n * c * nt, (NUM_PASSES - 1) * n * nt, n * c * keep, n * c], torch.float32, device)
+    i_parts = _parts([n * c * keep, n * c, n * c], torch.int32, device)
+    names = ("stats", "partial", "masses", "cand_x", "best_val"), ("cand_i", "counts", "best_idx")
     return dict(zip(names[0], f_parts)) | dict(zip(names[1], i_parts))
 
 
 def _keep() -> int:
-    """Bracket entries copied out per chunk: SPILL_CAP, at least CAP (what `_finish_kernel` takes) and at most
-    CHUNK."""
-    return max(CAP, min(SPILL_CAP, CHUNK))
+    """Bracket entries copied out per chunk: COPY_CAP, at most CHUNK."""
+    return min(COPY_CAP, CHUNK)
 
 
 def _parts(sizes: list[int], dtype: torch.dtype, device: torch.device) -> list[torch.Tensor]:
@@ -555,7 +425,6 @@ def sample(
     (int64), steps (int64), greedy (bool); cut_k [n] float32 is per logits row (None: no top-k in the batch).
     `advance`: steps[rows] += 1 after the draw; `last_token`: also writes each token at its row there."""
     n, vocab = logits.shape
-    assert vocab <= 2**28, "`_suffix_bests` packs vocabulary indices in 28 bits"
     if n == 0:
         return torch.empty(0, dtype=torch.int64, device=logits.device)
     logits = logits if logits.stride(1) == 1 else logits.contiguous()
@@ -575,20 +444,14 @@ def sample(
     assert CHUNK % sub == 0 and sub % w == 0, "`_split_kernel` walks its chunk in whole [SUB // W, W] blocks"
     _split_kernel[grid](*head, top_p, min_p, seeds, steps, greedy, ws["stats"], ws["partial"], *copies, ws["best_val"],
                         ws["best_idx"], vocab, vbits, *MIX, HAS_K=has_k, C=c, CHUNK=CHUNK,
-                        SUB=sub, W=w, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS, FAST=fast,
-                        num_warps=WARPS["split"])  # fmt: skip
-    spill = dict(C=c, CHUNK=CHUNK, CAP=CAP, KEEP=keep, BLK=min(SPILL_SUB, CHUNK), NT=NUM_THRESHOLDS)
-    for k in range(2, NUM_PASSES):  # spill rows only: the others exit at once
-        _spill_mass_kernel[grid](*head, top_p, ws["stats"], ws["partial"], *copies, vocab, vbits, HAS_K=has_k, PASS=k,
-                                 **spill, num_warps=WARPS["spill_mass"])  # fmt: skip
-    _spill_draw_kernel[grid](*head, top_p, min_p, seeds, steps, ws["stats"], ws["partial"], *copies, ws["best_val"],
-                             ws["best_idx"], ws["spill_val"], ws["spill_idx"], vocab, vbits, *MIX, HAS_K=has_k,
-                             PASSES=NUM_PASSES, FAST=fast, **spill, num_warps=WARPS["spill_draw"])  # fmt: skip
-    _finish_kernel[(n,)](rows, top_p, min_p, seeds, steps, greedy, *(ws[k] for k in ("stats", "partial", "cand_x")),
-                         *(ws[k] for k in ("cand_i", "counts", "best_val", "best_idx", "spill_val", "spill_idx")),
-                         out, out if last_token is None else last_token, vbits, *MIX, ADVANCE=advance,
-                         WRITE_LAST=last_token is not None, C=c, CAP=CAP, KEEP=keep, NT=NUM_THRESHOLDS,
-                         PASSES=NUM_PASSES, FAST=fast, num_warps=WARPS["finish"])  # fmt: skip
+                        SUB=sub, W=w, KEEP=keep, NT=NUM_THRESHOLDS, FAST=fast, num_warps=WARPS["split"])  # fmt: skip
+    blk = min(FINISH_BLOCK, CHUNK)
+    assert blk % c == 0 and CHUNK % blk == 0, "`_finish_kernel` takes whole blocks of copies and of a chunk's logits"
+    _finish_kernel[(n,)](*head, top_p, min_p, seeds, steps, greedy, ws["stats"], ws["partial"], ws["masses"], *copies,
+                         ws["best_val"], ws["best_idx"], out, out if last_token is None else last_token, vocab, vbits,
+                         *MIX, ADVANCE=advance, WRITE_LAST=last_token is not None, HAS_K=has_k, C=c, CHUNK=CHUNK,
+                         KEEP=keep, BLK=blk, NT=NUM_THRESHOLDS, PASSES=NUM_PASSES, FAST=fast,
+                         num_warps=WARPS["finish"])  # fmt: skip
     return out
 
 

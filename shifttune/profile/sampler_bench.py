@@ -7,7 +7,8 @@ Per batch (1, 8, 32, 128, 256) and kind of logits, with top-p 0.95, temperature 
 - "peaked" (randn * 4): as a trained model's, a small nucleus;
 - "dummy" ((randn * 1.3) in bf16): what the engine's dummy weights give (a unit-RMS hidden state times
   N(0, 0.02^2) weights over 4096 dims, bf16 logits); the top-p cut falls in the dense middle of the
-  logits, so every row "spills" (its bracket overflows the copies: the spill kernels run on it);
+  logits, so every row's first bracket is dense (~22% of the vocabulary: `_finish_kernel` loops over
+  many blocks of copies; before session 15 every such row "spilled" to two more kinds of kernels);
 - "dummy_f32": the same values in float32 (what the engine's CUDA graphs handed the sampler before session 14).
 The numbers:
 - `sampler_ms`: the whole `Sampler` call between CUDA events, host included (launches, Python);
@@ -39,22 +40,21 @@ import torch
 BATCHES = (1, 8, 32, 128, 256)
 DEVICE = "cuda"
 KINDS = ("flat", "peaked", "dummy", "dummy_f32")  # of logits (see `_logits`)
-SWEEP_CASES = ((1, "flat"), (32, "flat"), (32, "dummy"), (256, "flat"), (256, "peaked"), (256, "dummy"),
+SWEEP_CASES = ((1, "flat"), (1, "dummy"), (32, "flat"), (32, "dummy"), (256, "flat"), (256, "peaked"), (256, "dummy"),
                (256, "dummy_f32"))  # fmt: skip
 SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is the default
     ("default", {}),
-    ("chunk4096", {"CHUNK": 4096, "CAP": 512, "SPILL_CAP": 1024}),
+    ("chunk4096", {"CHUNK": 4096, "COPY_CAP": 1024}),
     ("split_sub4096", {"SPLIT_SUB": 4096}),
-    ("split_sub8192", {"SPLIT_SUB": 8192}),
-    ("spill_sub512", {"SPILL_SUB": 512}),
-    ("spill_cap4096", {"SPILL_CAP": 4096}),
+    ("copy_cap4096", {"COPY_CAP": 4096}),
     ("split_w8", {"WARPS": {"split": 8}}),
-    ("split_w2", {"WARPS": {"split": 2}}),
-    ("split_row8", {"SPLIT_ROW_BYTES": 8}),  # bf16: 4 entries a thread and row (the rule before session 14)
     ("split_row16", {"SPLIT_ROW_BYTES": 16}),
-    ("spill_w8", {"WARPS": {"spill_mass": 8, "spill_draw": 8}}),
     ("mass_w4", {"WARPS": {"mass": 4}}),
+    ("finish_block2048", {"FINISH_BLOCK": 2048}),
+    ("finish_block8192", {"FINISH_BLOCK": 8192}),
+    ("finish_w8", {"WARPS": {"finish": 8}}),
     ("finish_w32", {"WARPS": {"finish": 32}}),
+    ("finish_block2048_w8", {"FINISH_BLOCK": 2048, "WARPS": {"finish": 8}}),
 ]
 
 
@@ -206,7 +206,7 @@ def checks(k, vocab: int) -> dict:
 def sweep(k, vocab: int, sleep_cycles: int) -> list[dict]:
     """Device ms of `kernels.sampling.sample` (no Sampler around it) per CHUNK / num_warps choice."""
     dev = torch.device(DEVICE)
-    names = ("CHUNK", "CAP", "SPILL_CAP", "SPLIT_SUB", "SPILL_SUB", "SPLIT_ROW_BYTES", "WARPS")
+    names = ("CHUNK", "COPY_CAP", "FINISH_BLOCK", "SPLIT_SUB", "SPLIT_ROW_BYTES", "WARPS")
     saved = {a: getattr(k, a) for a in names if hasattr(k, a)}
     rows = []
     try:

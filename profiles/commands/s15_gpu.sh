@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Session 15's one-GPU checks (each part < 10 min), from the repository root (carry: wheels, gpu_old/s15a =
+# `git archive 9ef12cb`, the tree before this session):
+#   PART=a bash profiles/commands/s15_gpu.sh   # the sampler's passes 2-4 and draw in one program per row (no spill
+#       kernels): sampling kernel tests compiled for the GPU; sampler_bench (no sweep) on this tree and on
+#       gpu_old/s15a; the loop's batch-256 sampled cases on both
+#   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench's sweep; the whole loop table with offline
+#       throughput on this tree
+# Into $OUT: check.log, tests.log, sampler_{here,before}.json (+ .log), loop_b256_{here,before}.json (a);
+# tests.log, sampler_sweep.json (+ .log), loop_overhead.json (b).
+. "$(dirname "$0")/gpu_setup.sh"
+loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
+  (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
+    --cases "$3" --out "$4" ${5:---no-offline} 2>&1 | grep -v -i warn | grep -E "batch|offline" | tee -a "$LOG")
+}
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+if [ "${PART:-a}" = a ]; then
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_sampling.py -k "kernel or sampler" > "$OUT/tests.log" 2>&1
+  stamp "sampling kernel tests on the GPU rc=$?: $(tail -1 "$OUT/tests.log")"
+  for tree in . gpu_old/s15a; do
+    name=$([ $tree = . ] && echo here || echo before)
+    (cd $tree && PYTHONPATH=$PWD timeout 120 python -m shifttune.profile.sampler_bench --no-sweep \
+      --out "$OUT/sampler_$name.json" > "$OUT/sampler_$name.log" 2>&1)
+    stamp "sampler_bench $name rc=$?"; grep -E "tokens_match|Error" "$OUT/sampler_$name.log" | cut -c1-400 | tee -a "$LOG"
+  done
+  for tree in . gpu_old/s15a; do
+    stamp "tree $tree:"
+    loop_on $tree 120 4,7 "$OUT/loop_b256_$([ $tree = . ] && echo here || echo before).json"
+  done
+elif [ "$PART" = b ]; then
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
+  stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 200 python -m shifttune.profile.sampler_bench --out "$OUT/sampler_sweep.json" > "$OUT/sampler_sweep.log" 2>&1
+  stamp "sampler_bench rc=$?"; grep -E "tokens_match|config|Error" "$OUT/sampler_sweep.log" | cut -c1-400 | tee -a "$LOG"
+  stamp "the whole table with offline throughput, this tree:"
+  loop_on . 240 all "$OUT/loop_overhead.json" " "
+fi
+stamp done
