@@ -488,26 +488,31 @@ def test_merge_by_lse_matches_the_torch_merge(dtype, d):
     assert not torch.equal(out.cpu(), o1[r : r + n].cpu()) and not torch.equal(out.cpu(), o2[r : r + n].cpu())
 
 
-_COMPILE_SPLIT_FOR_SM90 = """
+_COMPILE_SAMPLER_FOR_SM90 = """
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 from shifttune.kernels import sampling as s
 
-f32 = ("inv_temp", "cut_k", "top_p", "min_p", "stats", "partial", "cand_x", "best_val")
+f32 = ("inv_temp", "cut_k", "top_p", "min_p", "stats", "partial", "masses", "cand_x", "best_val")
 i32 = ("cand_i", "counts", "best_idx")
-types = dict(logits="*bf16", rows="*i64", seeds="*i64", steps="*i64", greedy="*i1", c0="u64", c1="u64", c2="u64",
-             c3="u64") | {n: "*fp32" for n in f32} | {n: "*i32" for n in i32}
-consts = dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=2048, KEEP=2048, NT=16, FAST=True)
-sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in s._split_kernel.arg_names}
-triton.compile(ASTSource(s._split_kernel, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4))
+types = dict(logits="*bf16", rows="*i64", seeds="*i64", steps="*i64", greedy="*i1", out="*i64", last_token="*i64",
+             c0="u64", c1="u64", c2="u64", c3="u64") | {n: "*fp32" for n in f32} | {n: "*i32" for n in i32}
+for kernel, consts, warps in [
+    (s._split_kernel, dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=2048, KEEP=2048, NT=16, FAST=True), 4),
+    (s._finish_kernel, dict(ADVANCE=True, WRITE_LAST=True, HAS_K=True, C=16, CHUNK=8192, KEEP=2048, BLK=4096, NT=16,
+                            PASSES=4, FAST=True), 16),
+]:
+    sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in kernel.arg_names}
+    triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
 """
 
 
-def test_sampler_split_kernel_compiles_for_sm90():
-    """`_split_kernel` (its bracket counted per thread, then copied out in a second sweep) compiled for sm_90 at
-    the W it gets for bf16 logits (4 warps, SPLIT_ROW_BYTES 32)."""
-    _compile_for_sm90(_COMPILE_SPLIT_FOR_SM90)
+def test_sampler_split_and_finish_kernels_compile_for_sm90():
+    """`_split_kernel` (its bracket counted per thread, then copied out in a second sweep) at the W it gets for
+    bf16 logits (4 warps, SPLIT_ROW_BYTES 32), and `_finish_kernel` (its loops over copies or logits, whose
+    branches the interpreter does not type-check), compiled for sm_90."""
+    _compile_for_sm90(_COMPILE_SAMPLER_FOR_SM90)
 
 
 _COMPILE_PDL_FOR_SM90 = """

@@ -294,18 +294,16 @@ def _bracket_block(logits, stride, cand_x, cand_i, counts, i, j, nb, over, vocab
     Blocks j < nb come from the copies of every chunk whose bracket fitted them (BLK // C copies of each); the
     next ones from the logits of the chunks `over` [C] marks (overflowed), CHUNK // BLK blocks each."""
     s = tl.arange(0, BLK)
-    if j < nb:
+    if j < nb:  # NOTE: names other than x and idx differ between the branches (Triton types each name once)
         chunk, pos = s // (BLK // C), j * (BLK // C) + s % (BLK // C)
         count = tl.load(counts + i * C + chunk)
-        ok = (pos < count) & (count <= KEEP)
         at = (i * C + chunk) * KEEP + pos
-        x = tl.load(cand_x + at, mask=ok, other=float("-inf"))
-        idx = tl.load(cand_i + at, mask=ok, other=0)
+        x = tl.load(cand_x + at, mask=(pos < count) & (count <= KEEP), other=float("-inf"))
+        idx = tl.load(cand_i + at, mask=(pos < count) & (count <= KEEP), other=0)
     else:
         k, b = (j - nb) // (CHUNK // BLK), (j - nb) % (CHUNK // BLK)
-        cs = tl.arange(0, C)
-        chunk = tl.sum(tl.where(over & (tl.cumsum(over.to(tl.int32), 0) == k + 1), cs, 0), 0)  # the k-th marked
-        idx = chunk * CHUNK + b * BLK + s
+        marked = over & (tl.cumsum(over.to(tl.int32), 0) == k + 1)  # the k-th chunk `over` marks
+        idx = tl.sum(tl.where(marked, tl.arange(0, C), 0), 0) * CHUNK + b * BLK + s
         x = _load(logits, stride, i, idx, vocab, inv_t, ck, HAS_K)
         x = tl.where((x >= lo1) & (x < hi1), x, float("-inf"))
     return x, idx
