@@ -500,7 +500,7 @@ types = dict(logits="*bf16", rows="*i64", seeds="*i64", steps="*i64", greedy="*i
              c0="u64", c1="u64", c2="u64", c3="u64") | {n: "*fp32" for n in f32} | {n: "*i32" for n in i32}
 for kernel, consts, warps in [
     (s._split_kernel, dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=2048, KEEP=2048, NT=16, FAST=True), 4),
-    (s._finish_kernel, dict(ADVANCE=True, WRITE_LAST=True, HAS_K=True, C=16, CHUNK=8192, KEEP=2048, BLK=4096, NT=16,
+    (s._finish_kernel, dict(ADVANCE=True, WRITE_LAST=True, HAS_K=True, C=16, CHUNK=8192, KEEP=2048, BLK=2048, NT=16,
                             PASSES=4, FAST=True), 16),
 ]:
     sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in kernel.arg_names}

@@ -43,7 +43,7 @@ CHUNK = 8192  # vocabulary entries per program of the chunked kernels
 # bracket entries copied out per chunk, 8 bytes each (n * 256 KiB for a 128k vocabulary); past it, `_finish_kernel`
 # reads that chunk's logits. A first bracket at the densest part of normal logits holds ~22% of the entries.
 COPY_CAP = CHUNK // 4
-FINISH_BLOCK = 4096  # bracket entries per step of `_finish_kernel`'s loops (FINISH_BLOCK // chunks per chunk)
+FINISH_BLOCK = 2048  # bracket entries per step of `_finish_kernel`'s loops (FINISH_BLOCK // chunks per chunk)
 SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
 # contiguous logits bytes a thread holds in each row of `_split_kernel`'s [SUB // W, W] blocks: W = 32 x warps x this
 # / element size (at most CHUNK). H100, batch 256, device ms (profiles/runs/s14_h100/d_split_load, where it was named
@@ -287,26 +287,40 @@ def _copy_out(cand_x, cand_i, x, offs, inside, pos, i, chunk, C: tl.constexpr, K
 
 
 @triton.jit
-def _bracket_block(logits, stride, cand_x, cand_i, counts, i, j, nb, over, vocab, inv_t, ck, lo1, hi1,
-                   HAS_K: tl.constexpr, C: tl.constexpr, CHUNK: tl.constexpr, KEEP: tl.constexpr,
-                   BLK: tl.constexpr):  # fmt: skip
-    """Block j of row i's first-bracket entries, those in [lo1, hi1): [BLK] (value, index), -inf elsewhere.
-    Blocks j < nb come from the copies of every chunk whose bracket fitted them (BLK // C copies of each); the
-    next ones from the logits of the chunks `over` [C] marks (overflowed), CHUNK // BLK blocks each."""
+def _copies(cand_x, cand_i, counts, i, j, C: tl.constexpr, KEEP: tl.constexpr, BLK: tl.constexpr):
+    """Block j of row i's copies, BLK // C of each chunk: [BLK] (value, index), -inf past a chunk's count and in
+    every chunk whose bracket overflowed its copies."""
     s = tl.arange(0, BLK)
-    if j < nb:  # NOTE: names other than x and idx differ between the branches (Triton types each name once)
-        chunk, pos = s // (BLK // C), j * (BLK // C) + s % (BLK // C)
-        count = tl.load(counts + i * C + chunk)
-        at = (i * C + chunk) * KEEP + pos
-        x = tl.load(cand_x + at, mask=(pos < count) & (count <= KEEP), other=float("-inf"))
-        idx = tl.load(cand_i + at, mask=(pos < count) & (count <= KEEP), other=0)
-    else:
-        k, b = (j - nb) // (CHUNK // BLK), (j - nb) % (CHUNK // BLK)
-        marked = over & (tl.cumsum(over.to(tl.int32), 0) == k + 1)  # the k-th chunk `over` marks
-        idx = tl.sum(tl.where(marked, tl.arange(0, C), 0), 0) * CHUNK + b * BLK + s
-        x = _load(logits, stride, i, idx, vocab, inv_t, ck, HAS_K)
-        x = tl.where((x >= lo1) & (x < hi1), x, float("-inf"))
-    return x, idx
+    chunk, pos = s // (BLK // C), j * (BLK // C) + s % (BLK // C)
+    count = tl.load(counts + i * C + chunk)
+    ok = (pos < count) & (count <= KEEP)
+    at = (i * C + chunk) * KEEP + pos
+    return tl.load(cand_x + at, mask=ok, other=float("-inf")), tl.load(cand_i + at, mask=ok, other=0)
+
+
+@triton.jit
+def _chunk_bracket(logits, stride, i, chunk, b, vocab, inv_t, ck, lo1, hi1, HAS_K: tl.constexpr, CHUNK: tl.constexpr,
+                   BLK: tl.constexpr):  # fmt: skip
+    """Block b of `chunk`'s logits, -inf outside the first bracket [lo1, hi1): [BLK] (value, index)."""
+    idx = chunk * CHUNK + b * BLK + tl.arange(0, BLK)
+    x = _load(logits, stride, i, idx, vocab, inv_t, ck, HAS_K)
+    return tl.where((x >= lo1) & (x < hi1), x, float("-inf")), idx
+
+
+@triton.jit
+def _add_masses(acc, x, m, t):
+    """acc [NT, B] plus each entry's mass where it is at or above each threshold t [NT]: no reduction here, one
+    per pass."""
+    return acc + (x[None, :] >= t[:, None]).to(tl.float32) * tl.exp(x - m)[None, :]
+
+
+@triton.jit
+def _add_draw(top, top_at, x, idx, cut, k_lo, k_hi, FAST: tl.constexpr):
+    """Per position of the block, the best (value + Gumbel noise, then the lower index) of the entries at or
+    above `cut` so far."""
+    v = tl.where(x >= cut, x + _gumbel(idx, k_lo, k_hi, FAST), float("-inf"))
+    better = (v > top) | ((v == top) & (idx < top_at))
+    return tl.where(better, v, top), tl.where(better, idx, top_at)
 
 
 @triton.jit
@@ -316,7 +330,9 @@ def _finish_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, s
                    CHUNK: tl.constexpr, KEEP: tl.constexpr, BLK: tl.constexpr, NT: tl.constexpr,
                    PASSES: tl.constexpr, FAST: tl.constexpr):  # fmt: skip
     """One program per row: the chunks' bests; for top-p rows, passes 2 .. PASSES over the first bracket's
-    entries (their masses into `masses` [PASSES - 1, n, NT]), then the draw among those the last cut keeps."""
+    entries (their masses into `masses` [PASSES - 1, n, NT]), then the draw among those the last cut keeps.
+    Each pass and the draw walk the copies (blocks 0 .. nb - 1, the next block's loads issued before this one's
+    math), then the logits of each chunk whose bracket overflowed its copies."""
     i, n = tl.program_id(0).to(tl.int64), tl.num_programs(0)
     r = tl.load(rows + i)
     p, g = tl.load(top_p + r), tl.load(greedy + r)
@@ -328,25 +344,40 @@ def _finish_kernel(logits, stride, rows, inv_temp, cut_k, top_p, min_p, seeds, s
         m, lowest, total = _row_stats(stats, i, n, C)
         lo1, hi1, above = _first_bracket(partial, i, m, lowest, total, p, vbits, C, NT)
         count = tl.load(counts + i * C + cs)
-        over = count > KEEP
-        nb = tl.cdiv(tl.max(tl.where(over, 0, count), 0), BLK // C)
-        blocks = nb + tl.sum(over.to(tl.int32), 0) * (CHUNK // BLK)
+        nb = tl.cdiv(tl.max(tl.where(count > KEEP, 0, count), 0), BLK // C)
         lo, hi = lo1, hi1
         for k in tl.static_range(PASSES - 1):
-            mass = tl.zeros((NT,), tl.float32)
-            for j in range(blocks):
-                x, _idx = _bracket_block(logits, stride, cand_x, cand_i, counts, i, j, nb, over, vocab, inv_t, ck,
-                                         lo1, hi1, HAS_K, C, CHUNK, KEEP, BLK)  # fmt: skip
-                mass += _masses(x, tl.exp(x - m), lo, hi, NT)
+            t = _thresholds(lo, hi, NT)
+            acc = tl.zeros((NT, BLK), tl.float32)
+            x, _idx = _copies(cand_x, cand_i, counts, i, 0, C, KEEP, BLK)
+            for j in range(nb):
+                x_next, _idx = _copies(cand_x, cand_i, counts, i, j + 1, C, KEEP, BLK)
+                acc = _add_masses(acc, x, m, t)
+                x = x_next
+            for c in range(C):
+                if tl.load(counts + i * C + c) > KEEP:
+                    for b in range(CHUNK // BLK):
+                        y, _iy = _chunk_bracket(logits, stride, i, c, b, vocab, inv_t, ck, lo1, hi1, HAS_K, CHUNK, BLK)
+                        acc = _add_masses(acc, y, m, t)
+            mass = tl.sum(acc, 1)
             tl.store(masses + (k * n + i) * NT + tl.arange(0, NT), mass)
             lo, hi, _above = _narrow(above + mass, lo, hi, p * total, NT)
         cut = tl.maximum(lo, _min_p_floor(m, tl.load(min_p + r)))
         k_lo, k_hi = _row_key(seeds, steps, r, c0, c1, c2, c3)
-        for j in range(blocks):
-            x, idx = _bracket_block(logits, stride, cand_x, cand_i, counts, i, j, nb, over, vocab, inv_t, ck, lo1,
-                                    hi1, HAS_K, C, CHUNK, KEEP, BLK)  # fmt: skip
-            top, top_at = _best(tl.where(x >= cut, x + _gumbel(idx, k_lo, k_hi, FAST), float("-inf")), idx)
-            best, best_at = _merge(best, best_at, top, top_at)
+        top = tl.full((BLK,), float("-inf"), tl.float32)
+        top_at = tl.full((BLK,), _BIG, tl.int32)
+        x, idx = _copies(cand_x, cand_i, counts, i, 0, C, KEEP, BLK)
+        for j in range(nb):
+            x_next, idx_next = _copies(cand_x, cand_i, counts, i, j + 1, C, KEEP, BLK)
+            top, top_at = _add_draw(top, top_at, x, idx, cut, k_lo, k_hi, FAST)
+            x, idx = x_next, idx_next
+        for c in range(C):
+            if tl.load(counts + i * C + c) > KEEP:
+                for b in range(CHUNK // BLK):
+                    y, iy = _chunk_bracket(logits, stride, i, c, b, vocab, inv_t, ck, lo1, hi1, HAS_K, CHUNK, BLK)
+                    top, top_at = _add_draw(top, top_at, y, iy, cut, k_lo, k_hi, FAST)
+        top, top_at = _best(top, top_at)
+        best, best_at = _merge(best, best_at, top, top_at)
     tl.store(out + i, best_at.to(tl.int64))
     if WRITE_LAST:
         tl.store(last_token + r, best_at.to(tl.int64))
