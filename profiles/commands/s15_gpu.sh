@@ -4,10 +4,13 @@
 #   PART=a bash profiles/commands/s15_gpu.sh   # the sampler's passes 2-4 and draw in one program per row (no spill
 #       kernels): sampling kernel tests compiled for the GPU; sampler_bench (no sweep) on this tree and on
 #       gpu_old/s15a; the loop's batch-256 sampled cases on both
+#   PART=c bash profiles/commands/s15_gpu.sh   # _finish_kernel with per-position masses and the next block's loads
+#       first: sampling kernel tests on the GPU; sampler_bench with its sweep on this tree, without on gpu_old/s15a
 #   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench's sweep; the whole loop table with offline
 #       throughput on this tree
 # Into $OUT: check.log, tests.log, sampler_{here,before}.json (+ .log), loop_b256_{here,before}.json (a);
-# tests.log, sampler_sweep.json (+ .log), loop_overhead.json (b).
+# tests.log, sampler_sweep.json (+ .log), loop_overhead.json (b); tests.log, sampler_sweep.json, sampler_before.json
+# (+ their .log) (c).
 . "$(dirname "$0")/gpu_setup.sh"
 loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
   (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
@@ -27,6 +30,14 @@ if [ "${PART:-a}" = a ]; then
     stamp "tree $tree:"
     loop_on $tree 120 4,7 "$OUT/loop_b256_$([ $tree = . ] && echo here || echo before).json"
   done
+elif [ "$PART" = c ]; then
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_sampling.py -k "kernel or sampler" > "$OUT/tests.log" 2>&1
+  stamp "sampling kernel tests on the GPU rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 330 python -m shifttune.profile.sampler_bench --out "$OUT/sampler_sweep.json" > "$OUT/sampler_sweep.log" 2>&1
+  stamp "sampler_bench rc=$?"; grep -E "tokens_match|config|Error" "$OUT/sampler_sweep.log" | cut -c1-600 | tee -a "$LOG"
+  (cd gpu_old/s15a && PYTHONPATH=$PWD timeout 120 python -m shifttune.profile.sampler_bench --no-sweep \
+    --out "$OUT/sampler_before.json" > "$OUT/sampler_before.log" 2>&1)
+  stamp "sampler_bench before rc=$?"
 elif [ "$PART" = b ]; then
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
   stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
