@@ -6,10 +6,10 @@
 #       gpu_old/s15a; the loop's batch-256 sampled cases on both
 #   PART=c bash profiles/commands/s15_gpu.sh   # _finish_kernel with per-position masses and the next block's loads
 #       first: sampling kernel tests on the GPU; sampler_bench with its sweep on this tree, without on gpu_old/s15a
-#   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench's sweep; the whole loop table with offline
-#       throughput on this tree
+#   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench (no sweep); the whole loop table with
+#       offline throughput on this tree; the batch-256 sampled cases on gpu_old/s15a
 # Into $OUT: check.log, tests.log, sampler_{here,before}.json (+ .log), loop_b256_{here,before}.json (a);
-# tests.log, sampler_sweep.json (+ .log), loop_overhead.json (b); tests.log, sampler_sweep.json, sampler_before.json
+# tests.log, sampler_bench.json (+ .log), loop_overhead.json, loop_b256_before.json (b); tests.log, sampler_sweep.json, sampler_before.json
 # (+ their .log) (c).
 . "$(dirname "$0")/gpu_setup.sh"
 loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
@@ -43,9 +43,12 @@ elif [ "$PART" = b ]; then
   stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
   timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
   stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
-  timeout 200 python -m shifttune.profile.sampler_bench --out "$OUT/sampler_sweep.json" > "$OUT/sampler_sweep.log" 2>&1
-  stamp "sampler_bench rc=$?"; grep -E "tokens_match|config|Error" "$OUT/sampler_sweep.log" | cut -c1-400 | tee -a "$LOG"
+  timeout 100 python -m shifttune.profile.sampler_bench --no-sweep --out "$OUT/sampler_bench.json" \
+    > "$OUT/sampler_bench.log" 2>&1
+  stamp "sampler_bench rc=$?"; grep -E "tokens_match|Error" "$OUT/sampler_bench.log" | cut -c1-400 | tee -a "$LOG"
   stamp "the whole table with offline throughput, this tree:"
   loop_on . 240 all "$OUT/loop_overhead.json" " "
+  stamp "tree gpu_old/s15a:"
+  loop_on gpu_old/s15a 100 4,7 "$OUT/loop_b256_before.json"
 fi
 stamp done

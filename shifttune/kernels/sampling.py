@@ -51,8 +51,11 @@ SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
 # fixed for 16 bytes of float32), the same values in float32 0.595 / 0.512 / 0.509
 SPLIT_ROW_BYTES = 32
 # num_warps per kernel; `_split_kernel` with 4 rather than 8 (H100, `sampler_bench` sweep, session 13): batch 256
-# 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us
-WARPS = {"stats": 8, "mass": 8, "split": 4, "finish": 16}
+# 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us. Session 15
+# (profiles/runs/s15_h100/c_finish_loops), batch 256 flat / peaked / dummy: `_mass_kernel` with 4 0.348 / 0.328 /
+# 0.376 vs 8 0.355 / 0.333 / 0.387; `_finish_kernel` with 8 0.349 / 0.328 / 0.389 vs 16 (32: +0.05 ms), batch 32
+# flat 0.073 vs 0.076
+WARPS = {"stats": 8, "mass": 4, "split": 4, "finish": 8}
 
 _LN2 = tl.constexpr(LN2)
 _LOG2E = tl.constexpr(1 / LN2)
