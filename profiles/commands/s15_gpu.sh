@@ -6,11 +6,13 @@
 #       gpu_old/s15a; the loop's batch-256 sampled cases on both
 #   PART=c bash profiles/commands/s15_gpu.sh   # _finish_kernel with per-position masses and the next block's loads
 #       first: sampling kernel tests on the GPU; sampler_bench with its sweep on this tree, without on gpu_old/s15a
+#   PART=d bash profiles/commands/s15_gpu.sh   # the whole loop table again, with offline throughput, on this tree;
+#       offline and the batch-256 sampled cases on gpu_old/s15a
 #   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench (no sweep); the whole loop table with
 #       offline throughput on this tree; the batch-256 sampled cases on gpu_old/s15a
 # Into $OUT: check.log, tests.log, sampler_{here,before}.json (+ .log), loop_b256_{here,before}.json (a);
 # tests.log, sampler_bench.json (+ .log), loop_overhead.json, loop_b256_before.json (b); tests.log, sampler_sweep.json, sampler_before.json
-# (+ their .log) (c).
+# (+ their .log) (c); loop_overhead.json, loop_before.json (d).
 . "$(dirname "$0")/gpu_setup.sh"
 loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
   (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
@@ -38,6 +40,10 @@ elif [ "$PART" = c ]; then
   (cd gpu_old/s15a && PYTHONPATH=$PWD timeout 120 python -m shifttune.profile.sampler_bench --no-sweep \
     --out "$OUT/sampler_before.json" > "$OUT/sampler_before.log" 2>&1)
   stamp "sampler_bench before rc=$?"
+elif [ "$PART" = d ]; then
+  loop_on . 240 all "$OUT/loop_overhead.json" " "
+  stamp "tree gpu_old/s15a, offline and batch 256 sampled:"
+  loop_on gpu_old/s15a 200 4,7 "$OUT/loop_before.json" " "
 elif [ "$PART" = b ]; then
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
   stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
