@@ -8,11 +8,13 @@
 #       first: sampling kernel tests on the GPU; sampler_bench with its sweep on this tree, without on gpu_old/s15a
 #   PART=d bash profiles/commands/s15_gpu.sh   # the whole loop table again, with offline throughput, on this tree;
 #       offline and the batch-256 sampled cases on gpu_old/s15a
+#       (run at 9b96243: the old tree's offline run failed, its LLM made for 1024-token contexts; see part e)
+#   PART=e bash profiles/commands/s15_gpu.sh   # offline throughput and cases 4, 5, 7 on this tree and gpu_old/s15a
 #   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench (no sweep); the whole loop table with
 #       offline throughput on this tree; the batch-256 sampled cases on gpu_old/s15a
 # Into $OUT: check.log, tests.log, sampler_{here,before}.json (+ .log), loop_b256_{here,before}.json (a);
 # tests.log, sampler_bench.json (+ .log), loop_overhead.json, loop_b256_before.json (b); tests.log, sampler_sweep.json, sampler_before.json
-# (+ their .log) (c); loop_overhead.json, loop_before.json (d).
+# (+ their .log) (c); loop_overhead.json, loop_before.json (d); loop_{here,before}.json (e).
 . "$(dirname "$0")/gpu_setup.sh"
 loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
   (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
@@ -44,6 +46,11 @@ elif [ "$PART" = d ]; then
   loop_on . 240 all "$OUT/loop_overhead.json" " "
   stamp "tree gpu_old/s15a, offline and batch 256 sampled:"
   loop_on gpu_old/s15a 200 4,7 "$OUT/loop_before.json" " "
+elif [ "$PART" = e ]; then  # cases 4,5,7: case 5 (8k) gives the LLM room for offline's 1024 + 128 tokens
+  for tree in . gpu_old/s15a; do
+    stamp "tree $tree, offline and cases 4, 5, 7:"
+    loop_on $tree 200 4,5,7 "$OUT/loop_$([ $tree = . ] && echo here || echo before).json" " "
+  done
 elif [ "$PART" = b ]; then
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
   stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
