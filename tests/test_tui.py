@@ -277,8 +277,9 @@ def test_keys_change_the_engines_threshold_and_policy(cpu_server):
                     async with httpx.AsyncClient(timeout=60) as http:
                         assert (await http.post(f"{url}/v1/completions", json=prompt)).status_code == 200
                     assert metric(url, 'shifttune:steps_total{mode="sp"') == sp_steps
-            await pilot.pause(0.3)
-            assert app.snapshot.policy == "threshold" and app.snapshot.threshold == 8  # the view shows it
+            # the view shows it at its next refresh (every REFRESH_S; a fixed pause here was sometimes too short)
+            await until(lambda: app.snapshot.policy == "threshold" and app.snapshot.threshold == 8, timeout=10)
+            await pilot.pause()
             assert "threshold 8" in str(app.query_one("#header").content)
 
     try:
@@ -304,7 +305,10 @@ def test_the_mode_badge_follows_the_steps_the_engine_runs(cpu_server, tmp_path):
 
     async def run() -> ServingApp:
         timing = tmp_path / "timing.json"
-        app = Watched(ServerSource(url), NvmlSampler(nvml=FakeNvml(driver=False)), interval_s=0.1, timing_path=timing)
+        # NOTE: /metrics every 0.2 s (1 s by default): on a fast machine the burst and the pause below took less than
+        # a second, and the last snapshot's mode share still came from the scrape before the burst
+        source = ServerSource(url, metrics_every_s=0.2)
+        app = Watched(source, NvmlSampler(nvml=FakeNvml(driver=False)), interval_s=0.1, timing_path=timing)
         async with app.run_test(size=(150, 46)) as pilot:
             await until(lambda: app.snapshot is not None and app.snapshot.kind == "shifttune")
             first = app.source.last_step
@@ -316,6 +320,7 @@ def test_the_mode_badge_follows_the_steps_the_engine_runs(cpu_server, tmp_path):
             await pilot.pause(0.5)
             live = httpx.get(f"{url}/v1/shifttune/live", params={"after": first}, timeout=10).json()
             app.server_steps = live["steps"]
+            await until(lambda: sum(app.snapshot.share.steps.values()) > 0)  # a scrape after the burst is shown
             await pilot.pause()
         return app
 
