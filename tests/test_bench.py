@@ -408,6 +408,8 @@ def test_run_bench_records_carry_vllm_keys(fake):
     assert fake.requests[0]["max_tokens"] == 3
     first, second = ({json.dumps(r["prompt"]) for r in fake.requests[a:b]} for a, b in ((1, 6), (6, 11)))
     assert len(first) == len(second) == 5 and not first & second  # each rate its own prompts: no prefix-cache hits
+    test = json.dumps(fake.requests[0]["prompt"])
+    assert len(fake.requests[0]["prompt"]) == 8 and test not in first | second  # nor with the test request
 
 
 # ---------------------------------------------------------------- the command
