@@ -1,0 +1,83 @@
+"""What decode attention costs inside the engine's decode step, against its HBM floor (GPU).
+
+    python profiles/commands/decode_attention_marginal.py --model llama-3.1-8b --out marginal.json
+
+`attention_bench --decode` times the attention launches of one layer back to back in a graph; in the engine's
+decode graph they sit between RoPE (which lets them launch early, PDL) and the output projection. This times
+the engine's decode step (its CUDA graph, `measure_point`) at batch 1-8 and contexts 2k and 8k twice: as built,
+and with paged attention replaced by an empty output (no launch; the tokens are garbage, the timing is not).
+The difference over the layers is attention's cost per layer in the step, next to its floor (the layer's K/V
+bytes over this card's measured HBM bandwidth).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from shifttune import LLM
+from shifttune.config import TP
+from shifttune.kernels import paged_attention as pa
+from shifttune.profile.step_sweep import measure_point
+from shifttune.profile.step_timing import measure_ceilings
+
+
+def no_attention(q, k_cache, v_cache, meta, scale, **kwargs):
+    return torch.empty_like(q)
+
+
+def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict[str, float], object]:
+    """Decode step ms per (batch, context) point, and the model's config."""
+    llm = LLM(model, device="cuda", load_format="dummy", max_model_len=max(c for _, c in points) + 64)
+    try:
+        engine, ceilings = llm.llm_engine, measure_ceilings(torch.device("cuda"))
+        out = {}
+        for batch, context in points:
+            timing, _ = measure_point(engine, TP, batch, context, 256, 5, iters, ceilings)
+            out[f"{batch}x{context}"] = timing.median_ms
+            print(f"b={batch} C={context}: {timing.median_ms:.4f} ms", flush=True)
+        return out, engine.config.model_config
+    finally:
+        llm.shutdown()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--contexts", default="2048,8192")
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("decode_attention_marginal needs a GPU")
+    points = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]
+    engine_ms, cfg = step_ms(args.model, points, args.iters)
+    pa.paged_attention = no_attention  # NOTE: read when the next LLM's runner picks its backend
+    bare_ms, _ = step_ms(args.model, points, args.iters)
+    hbm = measure_ceilings(torch.device("cuda")).hbm_bytes_per_s
+    kv_bytes_per_token = 2 * cfg.num_kv_heads * cfg.head_dim * 2  # K and V, bf16, one layer
+    rows = []
+    for batch, context in points:
+        key = f"{batch}x{context}"
+        per_layer_us = 1e3 * (engine_ms[key] - bare_ms[key]) / cfg.num_layers
+        floor_us = 1e6 * batch * context * kv_bytes_per_token / hbm
+        rows.append({"batch": batch, "context": context, "step_ms": engine_ms[key], "step_without_attention_ms":
+                     bare_ms[key], "attention_us_per_layer": per_layer_us, "floor_us": floor_us,
+                     "over_floor": per_layer_us / floor_us})  # fmt: skip
+        print(
+            f"b={batch} C={context}: attention {per_layer_us:.1f} us a layer in the step, floor {floor_us:.1f} "
+            f"({per_layer_us / floor_us:.2f}x)",
+            flush=True,
+        )
+    out = {"command": " ".join(sys.argv), "card": torch.cuda.get_device_name(0), "model": args.model,
+           "hbm_bytes_per_s": hbm, "rows": rows}  # fmt: skip
+    args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
