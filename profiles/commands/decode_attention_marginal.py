@@ -30,8 +30,8 @@ def no_attention(q, k_cache, v_cache, meta, scale, **kwargs):
     return torch.empty_like(q)
 
 
-def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict[str, float], object]:
-    """Decode step ms per (batch, context) point, and the model's config."""
+def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict[str, float], object, float]:
+    """Decode step ms per (batch, context) point, the model's config, and the HBM bandwidth measured meanwhile."""
     llm = LLM(model, device="cuda", load_format="dummy", max_model_len=max(c for _, c in points) + 64)
     try:
         engine, ceilings = llm.llm_engine, measure_ceilings(torch.device("cuda"))
@@ -40,7 +40,7 @@ def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict
             timing, _ = measure_point(engine, TP, batch, context, 256, 5, iters, ceilings)
             out[f"{batch}x{context}"] = timing.median_ms
             print(f"b={batch} C={context}: {timing.median_ms:.4f} ms", flush=True)
-        return out, engine.config.model_config
+        return out, engine.config.model_config, ceilings.hbm_bytes_per_s
     finally:
         llm.shutdown()
 
@@ -56,10 +56,11 @@ def main(argv: list[str] | None = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("decode_attention_marginal needs a GPU")
     points = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]
-    engine_ms, cfg = step_ms(args.model, points, args.iters)
+    # NOTE: the bandwidth as measured with the first engine up (as loop_overhead.py measures it): measured after
+    # both engines shut down, it came out 2.58e12 B/s instead of ~3.0e12 (session 15's first run)
+    engine_ms, cfg, hbm = step_ms(args.model, points, args.iters)
     pa.paged_attention = no_attention  # NOTE: read when the next LLM's runner picks its backend
-    bare_ms, _ = step_ms(args.model, points, args.iters)
-    hbm = measure_ceilings(torch.device("cuda")).hbm_bytes_per_s
+    bare_ms, _, _ = step_ms(args.model, points, args.iters)
     kv_bytes_per_token = 2 * cfg.num_kv_heads * cfg.head_dim * 2  # K and V, bf16, one layer
     rows = []
     for batch, context in points:
