@@ -10,6 +10,8 @@
 #       offline and the batch-256 sampled cases on gpu_old/s15a
 #       (run at 9b96243: the old tree's offline run failed, its LLM made for 1024-token contexts; see part e)
 #   PART=e bash profiles/commands/s15_gpu.sh   # offline throughput and cases 4, 5, 7 on this tree and gpu_old/s15a
+#   PART=f bash profiles/commands/s15_gpu.sh   # sampler_bench with its sweep of FINISH_BLOCK / warps (the mass
+#       accumulators' registers)
 #   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench (no sweep); the whole loop table with
 #       offline throughput on this tree; the batch-256 sampled cases on gpu_old/s15a
 # Into $OUT: check.log, tests.log, sampler_{here,before}.json (+ .log), loop_b256_{here,before}.json (a);
@@ -51,6 +53,9 @@ elif [ "$PART" = e ]; then  # cases 4,5,7: case 5 (8k) gives the LLM room for of
     stamp "tree $tree, offline and cases 4, 5, 7:"
     loop_on $tree 200 4,5,7 "$OUT/loop_$([ $tree = . ] && echo here || echo before).json" " "
   done
+elif [ "$PART" = f ]; then
+  timeout 330 python -m shifttune.profile.sampler_bench --out "$OUT/sampler_sweep.json" > "$OUT/sampler_sweep.log" 2>&1
+  stamp "sampler_bench rc=$?"; grep -E "tokens_match|config|Error" "$OUT/sampler_sweep.log" | cut -c1-700 | tee -a "$LOG"
 elif [ "$PART" = b ]; then
   timeout 150 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
   stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"

@@ -46,15 +46,14 @@ SWEEP = [  # (name, attributes of `kernels.sampling` to set); the first one is t
     ("default", {}),
     ("chunk4096", {"CHUNK": 4096, "COPY_CAP": 1024}),
     ("split_sub4096", {"SPLIT_SUB": 4096}),
-    ("copy_cap4096", {"COPY_CAP": 4096}),
     ("split_w8", {"WARPS": {"split": 8}}),
-    ("split_row16", {"SPLIT_ROW_BYTES": 16}),
-    ("mass_w4", {"WARPS": {"mass": 4}}),
-    ("finish_block2048", {"FINISH_BLOCK": 2048}),
-    ("finish_block8192", {"FINISH_BLOCK": 8192}),
-    ("finish_w8", {"WARPS": {"finish": 8}}),
-    ("finish_w32", {"WARPS": {"finish": 32}}),
-    ("finish_block2048_w8", {"FINISH_BLOCK": 2048, "WARPS": {"finish": 8}}),
+    ("mass_w8", {"WARPS": {"mass": 8}}),
+    ("finish_w16", {"WARPS": {"finish": 16}}),
+    # `_finish_kernel` keeps FINISH_BLOCK x 16 float32 mass accumulators: 2048 fill half an SM's registers
+    ("finish_block1024", {"FINISH_BLOCK": 1024}),
+    ("finish_block1024_w4", {"FINISH_BLOCK": 1024, "WARPS": {"finish": 4}}),
+    ("finish_block512_w4", {"FINISH_BLOCK": 512, "WARPS": {"finish": 4}}),
+    ("finish_block4096_w16", {"FINISH_BLOCK": 4096, "WARPS": {"finish": 16}}),
 ]
 
 
