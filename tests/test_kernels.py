@@ -499,9 +499,10 @@ i32 = ("cand_i", "counts", "best_idx")
 types = dict(logits="*bf16", rows="*i64", seeds="*i64", steps="*i64", greedy="*i1", out="*i64", last_token="*i64",
              c0="u64", c1="u64", c2="u64", c3="u64") | {n: "*fp32" for n in f32} | {n: "*i32" for n in i32}
 for kernel, consts, warps in [
-    (s._split_kernel, dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=2048, KEEP=2048, NT=16, FAST=True), 4),
-    (s._finish_kernel, dict(ADVANCE=True, WRITE_LAST=True, HAS_K=True, C=16, CHUNK=8192, KEEP=2048, BLK=2048, NT=16,
-                            PASSES=4, FAST=True), 16),
+    (s._split_kernel, dict(HAS_K=True, C=16, CHUNK=8192, SUB=2048, W=32 * s.WARPS["split"] * s.SPLIT_ROW_BYTES // 2,
+                           KEEP=2048, NT=16, FAST=True), s.WARPS["split"]),
+    (s._finish_kernel, dict(ADVANCE=True, WRITE_LAST=True, HAS_K=True, C=16, CHUNK=8192, KEEP=2048, BLK=s.FINISH_BLOCK,
+                            NT=16, PASSES=4, FAST=True), s.WARPS["finish"]),
 ]:
     sig = {n: "constexpr" if n in consts else types.get(n, "i32") for n in kernel.arg_names}
     triton.compile(ASTSource(kernel, sig, consts), target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps))
@@ -510,8 +511,8 @@ for kernel, consts, warps in [
 
 def test_sampler_split_and_finish_kernels_compile_for_sm90():
     """`_split_kernel` (its bracket counted per thread, then copied out in a second sweep) at the W it gets for
-    bf16 logits (4 warps, SPLIT_ROW_BYTES 32), and `_finish_kernel` (its loops over copies or logits, whose
-    branches the interpreter does not type-check), compiled for sm_90."""
+    bf16 logits (SPLIT_ROW_BYTES 32), and `_finish_kernel` (its loops over copies or logits, which the
+    interpreter does not type-check), compiled for sm_90 with the num_warps they run with."""
     _compile_for_sm90(_COMPILE_SAMPLER_FOR_SM90)
 
 

@@ -29,7 +29,8 @@ def test_torchrun_matches_single_rank(tmp_path):
         outs = llm.generate([[0, 5, 6, 7, 8], [0, 9]], SamplingParams(temperature=0, max_tokens=6, ignore_eos=True))
         modes = sorted({{s.mode for s in llm.llm_engine.stats.steps}})
         llm.shutdown()
-        json.dump({{"tokens": [o.outputs[0].token_ids for o in outs], "modes": modes}}, open({str(tmp_path / "out.json")!r}, "w"))
+        out = {{"tokens": [o.outputs[0].token_ids for o in outs], "modes": modes}}
+        json.dump(out, open({str(tmp_path / "out.json")!r}, "w"))
     """)
     )
     env = os.environ | {"OMP_NUM_THREADS": "1"}

@@ -322,9 +322,9 @@ def test_sample_kernels_give_a_row_the_same_token_alone_or_in_a_batch():
         assert alone.item() == batch[j].item()
 
 
-# 4 chunks of 2000: `_finish_kernel` takes 32 copies of each chunk a block; a dense bracket takes several blocks,
-# and some chunks' brackets overflow their copies (COPY_CAP) and are read from the logits
-DENSE_SHAPES = {"CHUNK": 512, "COPY_CAP": 48, "FINISH_BLOCK": 128, "SPLIT_SUB": 256}
+# 4 chunks of 2000: `_finish_kernel` takes 16 copies of each chunk a block (up to 3 blocks of the 48 copies), or 64
+# logits of a chunk whose bracket overflowed its copies (8 blocks a chunk)
+DENSE_SHAPES = {"CHUNK": 512, "COPY_CAP": 48, "FINISH_BLOCK": 64, "SPLIT_SUB": 256}
 
 
 def _dense_setup(monkeypatch):
@@ -340,10 +340,21 @@ def _dense_setup(monkeypatch):
     return sampling, seen
 
 
+def _finish_blocks(seen: dict[str, torch.Tensor], n: int) -> tuple[list[int], list[int]]:
+    """Per row of the last call, the blocks `_finish_kernel` walked in each pass: (of copies, of logits), from
+    the chunks' bracket counts as the kernel reads them."""
+    counts = seen["counts"].view(n, -1).cpu()
+    keep, chunk, block = DENSE_SHAPES["COPY_CAP"], DENSE_SHAPES["CHUNK"], DENSE_SHAPES["FINISH_BLOCK"]
+    per_chunk = block // counts.shape[1]
+    copies = (counts.where(counts <= keep, 0).amax(dim=1) + per_chunk - 1) // per_chunk
+    logits = (counts > keep).sum(dim=1) * (chunk // block)
+    return copies.tolist(), logits.tolist()
+
+
 def _dense(seen: dict[str, torch.Tensor], n: int) -> list[bool]:
-    """Per row of the last call, whether `_finish_kernel` took more than one block of its copies (more than 32
-    first-bracket entries in some chunk)."""
-    return (seen["counts"].view(n, -1).max(dim=1).values > 32).tolist()
+    """Per row of the last call, whether `_finish_kernel` walked more than one block a pass."""
+    copies, logits = _finish_blocks(seen, n)
+    return [c + g > 1 for c, g in zip(copies, logits)]
 
 
 def _kernel_cuts(seen: dict[str, torch.Tensor], x: torch.Tensor, top_p: torch.Tensor) -> torch.Tensor:
@@ -402,9 +413,9 @@ def test_sample_kernels_match_the_reference_when_every_bracket_is_dense(monkeypa
     want = sample_ref(logits, inv_temp, cut_k, top_p, min_p, seeds, steps, greedy).tolist()
     dev = [t.to(DEV) for t in (logits, torch.arange(n), inv_temp, cut_k, top_p, min_p, seeds, steps, greedy)]
     assert sampling.sample(*dev).tolist() == want
-    assert all(_dense(seen, n))
-    counts = seen["counts"].view(n, -1)
-    assert (counts > 48).any() and ((counts > 32) & (counts <= 48)).any()  # from the logits; copies of 2 blocks
+    copy_blocks, logit_blocks = _finish_blocks(seen, n)
+    assert all(_dense(seen, n)) and max(copy_blocks) == 3 and 0 in copy_blocks  # 3 blocks of copies; all logits
+    assert any(c > 0 and g > 0 for c, g in zip(copy_blocks, logit_blocks))  # copies of some chunks, logits of others
     x = torch.where(logits >= cut_k.unsqueeze(1), logits * inv_temp.unsqueeze(1), -torch.inf)
     assert torch.equal(_kernel_cuts(seen, x, top_p), top_p_cut_ref(x, top_p))
 

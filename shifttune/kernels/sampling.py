@@ -22,9 +22,9 @@ Logits come in the model's dtype (bf16 or fp32): every kernel widens them to fp3
 the tokens are those of the reference on `logits.float()` without that copy.
 
 NOTE: the first pass's per-chunk masses pass through a small buffer that every later program folds in the same
-order; the other passes run in one program per row. CHUNK, FINISH_BLOCK and each kernel's num_warps are fixed,
-not chosen per batch: the float sums (the masses) then come out bit for bit the same for a row alone or in any
-batch, so a seeded request draws the same tokens wherever it is.
+order; the other passes run in one program per row. CHUNK, COPY_CAP, FINISH_BLOCK and each kernel's num_warps
+are fixed, not chosen per batch: the float sums (the masses) then come out bit for bit the same for a row alone or
+in any batch, so a seeded request draws the same tokens wherever it is.
 """
 
 from __future__ import annotations
@@ -43,7 +43,9 @@ CHUNK = 8192  # vocabulary entries per program of the chunked kernels
 # bracket entries copied out per chunk, 8 bytes each (n * 256 KiB for a 128k vocabulary); past it, `_finish_kernel`
 # reads that chunk's logits. A first bracket at the densest part of normal logits holds ~22% of the entries.
 COPY_CAP = CHUNK // 4
-FINISH_BLOCK = 2048  # bracket entries per step of `_finish_kernel`'s loops (FINISH_BLOCK // chunks per chunk)
+# entries per step of `_finish_kernel`'s loops: FINISH_BLOCK // chunks copies of each chunk, or FINISH_BLOCK logits of
+# a chunk whose bracket overflowed its copies
+FINISH_BLOCK = 2048
 SPLIT_SUB = 2048  # entries per step of `_split_kernel`'s loop over its chunk
 # contiguous logits bytes a thread holds in each row of `_split_kernel`'s [SUB // W, W] blocks: W = 32 x warps x this
 # / element size (at most CHUNK). H100, batch 256, device ms (profiles/runs/s14_h100/d_split_load, where it was named
@@ -53,8 +55,8 @@ SPLIT_ROW_BYTES = 32
 # num_warps per kernel; `_split_kernel` with 4 rather than 8 (H100, `sampler_bench` sweep, session 13): batch 256
 # 0.386 / 0.360 / 0.698 ms vs 0.399 / 0.378 / 0.802 (flat / peaked / dummy-weight logits), batch 1 +2 us. Session 15
 # (profiles/runs/s15_h100/c_finish_loops), batch 256 flat / peaked / dummy: `_mass_kernel` with 4 0.348 / 0.328 /
-# 0.376 vs 8 0.355 / 0.333 / 0.387; `_finish_kernel` with 8 0.349 / 0.328 / 0.389 vs 16 (32: +0.05 ms), batch 32
-# flat 0.073 vs 0.076
+# 0.376 vs 8 0.355 / 0.333 / 0.387; `_finish_kernel` with 8 0.349 / 0.328 / 0.389 vs 16 0.355 / 0.333 / 0.387 (32:
+# +0.05 ms), batch 32 flat 0.073 vs 0.076
 WARPS = {"stats": 8, "mass": 4, "split": 4, "finish": 8}
 
 _LN2 = tl.constexpr(LN2)
@@ -78,14 +80,17 @@ def _load(logits, stride, i, offs, vocab, inv_t, ck, HAS_K: tl.constexpr):
 
 @triton.jit
 def _row_stats(stats, i, n, C: tl.constexpr):
-    """(max, lowest finite, mass relative to the max) of row i from its chunks' [3, n, C] statistics."""
+    """(max, lowest finite, mass relative to the max) of row i from its chunks' [3, n, C] statistics.
+
+    NOTE: the mass is a sequential fold, chunk 0 first (as `_fold`): the kernels that call this run with
+    different num_warps, and their first brackets (built on this mass) must agree to the bit."""
     cs = tl.arange(0, C)
-    cm = tl.load(stats + i * C + cs)
-    clo = tl.load(stats + (n + i) * C + cs)
-    cmass = tl.load(stats + (2 * n + i) * C + cs)
-    m = tl.max(cm, 0)
-    total = tl.sum(tl.where(cm > float("-inf"), cmass * tl.exp(cm - m), 0.0), 0)
-    return m, tl.min(clo, 0), total
+    m = tl.max(tl.load(stats + i * C + cs), 0)
+    total = tl.zeros((), tl.float32)
+    for c in tl.static_range(C):
+        mc = tl.load(stats + i * C + c)
+        total += tl.where(mc > float("-inf"), tl.load(stats + (2 * n + i) * C + c) * tl.exp(mc - m), 0.0)
+    return m, tl.min(tl.load(stats + (n + i) * C + cs), 0), total
 
 
 @triton.jit
@@ -417,8 +422,8 @@ def _argmax_kernel(logits, stride, rows, keys, tickets, out, steps, last_token, 
 
 def workspace(n: int, vocab: int, device: torch.device) -> dict[str, torch.Tensor]:
     """The launches' buffers for n rows (two allocations). `partial` [n, C, NT]: the first pass's per-chunk
-    masses; `masses` [NUM_PASSES - 1, n, NT]: the other passes' masses; `cand_*` [n, C, COPY_CAP]: the first
-    bracket's copies."""
+    masses; `masses` [NUM_PASSES - 1, n, NT]: the other passes' masses (written for top-p rows only); `cand_*`
+    [n, C, COPY_CAP]: the first bracket's copies."""
     c, nt, keep = triton.next_power_of_2(triton.cdiv(vocab, CHUNK)), NUM_THRESHOLDS, _keep()
     f_parts = _parts([3 * n * c, n * c * nt, (NUM_PASSES - 1) * n * nt, n * c * keep, n * c], torch.float32, device)
     i_parts = _parts([n * c * keep, n * c, n * c], torch.int32, device)
