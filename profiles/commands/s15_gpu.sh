@@ -12,7 +12,7 @@
 #   PART=e bash profiles/commands/s15_gpu.sh   # offline throughput and cases 4, 5, 7 on this tree and gpu_old/s15a
 #   PART=f bash profiles/commands/s15_gpu.sh   # sampler_bench with its sweep of FINISH_BLOCK / warps (the mass
 #       accumulators' registers)
-#   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests; sampler_bench (no sweep); the whole loop table with
+#   PART=b bash profiles/commands/s15_gpu.sh   # GPU tests (with the sampling kernels'); sampler_bench (no sweep); the whole loop table with
 #       offline throughput on this tree; the batch-256 sampled cases on gpu_old/s15a
 # Into $OUT: check.log, tests.log, sampler_{here,before}.json (+ .log), loop_b256_{here,before}.json (a);
 # tests.log, sampler_bench.json (+ .log), loop_overhead.json, loop_b256_before.json (b); tests.log, sampler_sweep.json, sampler_before.json
@@ -61,6 +61,8 @@ elif [ "$PART" = b ]; then
   stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
   timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
   stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 150 python -m pytest -q -p no:cacheprovider tests/test_sampling.py -k "kernel or sampler" >> "$OUT/tests.log" 2>&1
+  stamp "sampling kernel tests on the GPU rc=$?: $(tail -1 "$OUT/tests.log")"
   timeout 100 python -m shifttune.profile.sampler_bench --no-sweep --out "$OUT/sampler_bench.json" \
     > "$OUT/sampler_bench.log" 2>&1
   stamp "sampler_bench rc=$?"; grep -E "tokens_match|Error" "$OUT/sampler_bench.log" | cut -c1-400 | tee -a "$LOG"
