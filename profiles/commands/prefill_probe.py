@@ -9,7 +9,8 @@ On 4 GPUs (session 14) the server's step for a lone 4k prompt took 54.8 ms of de
 - `LLM.generate` of lone prompts of that length, one at a time, max_tokens 1 (the GPU idle before each): the
   step's device time as the engine records it (CUDA events from the start of the runner's `execute`), and on
   every rank when `execute` was entered (relative to rank 0) and how long its host took to return from it
-  (the step's launch: inputs built, kernels queued).
+  (the step's launch: inputs built, kernels queued), and each rank's device time from that entry to the end of
+  what it queued (a rank whose time is its host's waited for its host).
 A rank that enters late or launches slowly holds every collective of the step, and the device time shows it.
 """
 
@@ -32,22 +33,33 @@ from shifttune.profile.step_timing import Ceilings, measure_ceilings
 
 
 def install_timer(runner) -> None:
-    """Wraps this rank's `execute`: (wall time at entry, host seconds until it returned) per call."""
+    """Wraps this rank's `execute`: per call, the wall time at entry, the host seconds until it returned, and (GPU)
+    CUDA events at entry and after the last work it queued, read by `gather_calls`."""
     runner.probe_calls = []
     execute = runner.execute
+    cuda = runner.device.type == "cuda"
 
     def timed(delta):
         t0, c0 = time.time(), time.perf_counter()
+        events = (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) if cuda else None
+        if events:
+            events[0].record()
         out = execute(delta)
-        runner.probe_calls.append((t0, time.perf_counter() - c0))
+        if events:
+            events[1].record()
+        runner.probe_calls.append((t0, time.perf_counter() - c0, events))
         return out
 
     runner.execute = timed
 
 
-def gather_calls(runner) -> list[list[tuple[float, float]]]:
-    """Every rank's recorded calls (rank order), then cleared."""
-    mine, runner.probe_calls = runner.probe_calls, []
+def gather_calls(runner) -> list[list[tuple[float, float, float | None]]]:
+    """Every rank's recorded calls (rank order): (entry wall time, host s, this rank's device ms from entry to the
+    end of what it queued, or None on CPU), then cleared."""
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize()
+    mine = [(t, h, ev[0].elapsed_time(ev[1]) if ev else None) for t, h, ev in runner.probe_calls]
+    runner.probe_calls = []
     if runner.state.cpu_group is None:
         return [mine]
     out = [None] * dist.get_world_size(runner.state.cpu_group)
@@ -79,12 +91,13 @@ def probe(model: str, tp: int, prompt_len: int, lone: int, iters: int, device: s
             step = engine.stats.steps[-1]
             assert step.shape.num_prefill_tokens == prompt_len, step.shape
             calls = engine.executor.collective_rpc(gather_calls)
-            first = [c[0] for c in calls]  # each rank's (entry, host s) of the prefill's execute
+            first = [c[0] for c in calls]  # each rank's (entry, host s, device ms) of the prefill's execute
             rows.append({
                 "device_ms": 1e3 * step.duration_s,
                 "generate_ms": 1e3 * wall,
                 "entry_lag_ms": [1e3 * (c[0] - first[0][0]) for c in first],
                 "execute_host_ms": [1e3 * c[1] for c in first],
+                "rank_device_ms": [c[2] for c in first],
             })  # fmt: skip
             print(f"tp={tp} lone {k}: {rows[-1]}", flush=True)
         med = {key: statistics.median(r[key] for r in rows) for key in ("device_ms", "generate_ms")}
