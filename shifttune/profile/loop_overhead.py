@@ -36,7 +36,7 @@ import time
 from pathlib import Path
 
 from shifttune import LLM
-from shifttune.config import TP
+from shifttune.config import TP, ConfigError
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.stats import StepStats, percentile
@@ -258,8 +258,14 @@ def main(argv: list[str] | None = None) -> None:
         from shifttune.kernels import paged_attention  # NOTE: lazy: Triton is GPU-only
 
         paged_attention.PROGRAMS_PER_SM = args.programs_per_sm
-    cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
-    llm = LLM(args.model, device=args.device, load_format="dummy", max_model_len=max(c for _, c, _ in cases))
+    try:
+        cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
+    except (ValueError, IndexError):
+        ap.error(f"--cases: comma-separated numbers from 0 to {len(CASES) - 1}, or all")
+    try:
+        llm = LLM(args.model, device=args.device, load_format="dummy", max_model_len=max(c for _, c, _ in cases))
+    except ConfigError as e:
+        sys.exit(f"loop_overhead: {e}")
     engine = llm.llm_engine
     result = {"command": "python -m shifttune.profile.loop_overhead " + " ".join(argv or sys.argv[1:]),
               "model": args.model, "rows": []}  # fmt: skip
