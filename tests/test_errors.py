@@ -106,3 +106,17 @@ def test_eos_ids_come_from_the_generation_config_too(hf_models, tmp_path):
     m = _copy(hf_models["llama"], tmp_path / "m", eos_token_id=2)
     (m / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 7]}))
     assert EngineConfig(model=str(m)).model_config.eos_token_ids == (2, 7)
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="checks what a machine without a GPU prints")
+@pytest.mark.parametrize("module", ["loop_overhead", "sampler_bench", "attention_bench"])
+def test_gpu_benchmarks_say_in_one_line_that_they_need_a_gpu(module, tmp_path):
+    """The GPU benchmarks, started where no CUDA GPU is visible: a non-zero exit and one line, not a traceback."""
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", f"shifttune.profile.{module}", "--out", str(tmp_path / "x.json")],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert res.returncode != 0 and len(lines) == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
+    assert "GPU" in lines[0], lines
