@@ -326,9 +326,7 @@ def _add_masses(acc, x, m, t):
 def _add_draw(top, top_at, x, idx, cut, k_lo, k_hi, FAST: tl.constexpr):
     """Per position of the block, the best (value + Gumbel noise, then the lower index) of the entries at or
     above `cut` so far."""
-    v = tl.where(x >= cut, x + _gumbel(idx, k_lo, k_hi, FAST), float("-inf"))
-    better = (v > top) | ((v == top) & (idx < top_at))
-    return tl.where(better, v, top), tl.where(better, idx, top_at)
+    return _merge(top, top_at, tl.where(x >= cut, x + _gumbel(idx, k_lo, k_hi, FAST), float("-inf")), idx)
 
 
 @triton.jit
