@@ -30,10 +30,6 @@ gpu_tests() {  # the one-GPU engine tests and the kernels' GPU tests, into $OUT/
   timeout 100 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
   stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
 }
-loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
-  (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
-    --cases "$3" --out "$4" ${5:---no-offline} 2>&1 | grep -v -i warn | grep -E "batch|offline" | tee -a "$LOG")
-}
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ] || [ "$PART" = b ]; then
   gpu_tests

@@ -18,10 +18,6 @@
 # tests.log, sampler_bench.json (+ .log), loop_overhead.json, loop_b256_before.json (b); tests.log, sampler_sweep.json, sampler_before.json
 # (+ their .log) (c); loop_overhead.json, loop_before.json (d); loop_{here,before}.json (e).
 . "$(dirname "$0")/gpu_setup.sh"
-loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
-  (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
-    --cases "$3" --out "$4" ${5:---no-offline} 2>&1 | grep -v -i warn | grep -E "batch|offline" | tee -a "$LOG")
-}
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
   timeout 200 python -m pytest -q -p no:cacheprovider tests/test_sampling.py -k "kernel or sampler" > "$OUT/tests.log" 2>&1
