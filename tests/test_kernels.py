@@ -563,3 +563,84 @@ def test_tma_decode_probe_matches_reference(ctx, splits):
     out = probe_tma_attention(q, kc, vc, meta.block_tables, meta.seq_lens, 32**-0.5, splits)
     ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), 32**-0.5)
     assert ((out.double().cpu() - ref).norm() / ref.norm()) < (2e-2 if DEV == "cuda" else 1e-5)
+
+
+def _int64(meta: AttentionMetadata) -> AttentionMetadata:
+    """The metadata as the engine's CUDA graphs hold it (int64), which the cluster kernel reads."""
+    return AttentionMetadata(
+        meta.slot_mapping,
+        meta.query_start_loc.long(),
+        meta.seq_lens.long(),
+        meta.block_tables.long(),
+        meta.query_start_loc_cpu,
+        meta.seq_lens_cpu,
+    )
+
+
+def _hopper() -> bool:
+    return torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9
+
+
+CLUSTER_CASES = [
+    ([1], [2047]),  # batch 1 at 2k: 16 CTAs of 128 keys
+    ([1, 1], [4095, 15]),
+    ([1] * 4, [8000, 2, 20000, 511]),
+    ([1] * 8, [0, 63, 64, 65, 1000, 5, 16, 17]),  # contexts around tile and block edges, a one-key sequence
+    ([7, 1], [3000, 12000]),  # a chunk of 7 new tokens: two query blocks, causal inside the block
+    ([3, 0, 1], [5, 9, 100]),  # a sequence with no new token (as a graph's padding rows)
+]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+@pytest.mark.parametrize("q_lens, ctx", CLUSTER_CASES)
+@pytest.mark.parametrize("hq, hk", [(32, 8), (16, 2), (8, 8), (32, 4), (16, 1)])
+@pytest.mark.parametrize("cluster", [2, 4, 8, 16])
+def test_cluster_decode_matches_reference_on_gpu(q_lens, ctx, hq, hk, cluster):
+    """Every cluster size and group size against the fp64 reference; blocks no sequence owns hold NaN, so a
+    key read past a sequence's end (or a stale pipeline stage) shows."""
+    from shifttune.kernels.cluster_decode import cluster_decode_attention
+
+    q, kc, vc, meta = make_case(q_lens, ctx, hq, hk, 128, 16, device="cuda", dtype=torch.bfloat16)
+    used = set(meta.block_tables.flatten().tolist())
+    unused = [b for b in range(kc.shape[0]) if b not in used]
+    kc[unused], vc[unused] = float("nan"), float("nan")
+    scale = 128**-0.5
+    out = cluster_decode_attention(q, kc, vc, _int64(meta), scale, cluster)
+    ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), scale)
+    err = (out.double().cpu() - ref).norm() / ref.norm()
+    assert err < 1e-2, err
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not _hopper(), reason="needs a Hopper GPU")
+def test_small_decode_steps_take_the_cluster_kernel_and_replay_in_a_graph():
+    """paged_attention sends batch 1-8 decode steps (Llama-3.1-8B heads) to the cluster kernel and larger ones
+    to Triton; a captured launch follows new lengths and block tables written into its buffers."""
+    from shifttune.kernels.cluster_decode import cluster_decode_attention, cluster_size
+    from shifttune.kernels.paged_attention import sm_count
+
+    sms = sm_count(torch.device("cuda"))
+    sizes = {}
+    for batch in (1, 2, 4, 8, 16, 32):
+        q, kc, _, meta = make_case([1] * batch, [100] * batch, 32, 8, 128, 16, device="cuda", dtype=torch.bfloat16)
+        sizes[batch] = cluster_size(q, kc, _int64(meta), 16, sms)
+    if sms == 132:  # H100 SXM, H200
+        assert sizes == {1: 16, 2: 8, 4: 4, 8: 2, 16: 0, 32: 0}, sizes
+    assert sizes[1] >= 2 and sizes[32] == 0, sizes
+
+    q, kc, vc, meta = make_case([1, 1], [3000, 700], 32, 8, 128, 16, device="cuda", dtype=torch.bfloat16)
+    meta = _int64(meta)
+    scale = 128**-0.5
+    first = paged_attention(q, kc, vc, meta, scale)
+    assert torch.equal(first, cluster_decode_attention(q, kc, vc, meta, scale, 8))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = paged_attention(q, kc, vc, meta, scale)
+    meta.seq_lens.copy_(torch.tensor([1200, 2900], device="cuda"))  # shorter, longer: the same blocks suffice
+    meta.block_tables.copy_(meta.block_tables.flip(0)[:, : meta.block_tables.shape[1]])
+    graph.replay()
+    new = AttentionMetadata(meta.slot_mapping, meta.query_start_loc, meta.seq_lens, meta.block_tables,
+                            [0, 1, 2], [1200, 2900])  # fmt: skip
+    ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(new), scale)
+    assert (out.double().cpu() - ref).norm() / ref.norm() < 1e-2

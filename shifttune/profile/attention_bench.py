@@ -276,16 +276,17 @@ class Step:
         self.k_cache = torch.empty(total, bs, hk, d, device=dev, dtype=torch.bfloat16).normal_()
         self.v_cache = torch.empty_like(self.k_cache).normal_()
         # scattered blocks, as in a used cache (else each sequence's blocks in order, one after the other)
-        perm = (torch.randperm(total, device=dev) if scattered else torch.arange(total, device=dev)).to(torch.int32)
+        perm = torch.randperm(total, device=dev) if scattered else torch.arange(total, device=dev)
         qsl = [0]
         for n in q_lens:
             qsl.append(qsl[-1] + n)
         self.q = torch.randn(qsl[-1], hq, d, device=dev, dtype=torch.bfloat16)
-        qsl_t = torch.tensor(qsl, dtype=torch.int32, device=dev)
-        lens_t = torch.tensor(seq_lens, dtype=torch.int32, device=dev)
+        # int64 metadata, as the engine's CUDA graphs hold it
+        qsl_t = torch.tensor(qsl, dtype=torch.int64, device=dev)
+        lens_t = torch.tensor(seq_lens, dtype=torch.int64, device=dev)
         self.metas = []
         for layer in range(layers):
-            table = torch.zeros(len(seq_lens), width, dtype=torch.int32, device=dev)
+            table = torch.zeros(len(seq_lens), width, dtype=torch.int64, device=dev)
             used = layer * per_layer
             for i, n in enumerate(blocks):
                 table[i, :n] = perm[used : used + n]
@@ -365,6 +366,7 @@ def launch_floor_us(step: Step, pa: ModuleType, hq: int, hk: int, sms: int) -> f
 
 def decode_main(args, argv) -> None:
     from shifttune.kernels import paged_attention as pa  # NOTE: lazy: Triton is GPU-only
+    from shifttune.kernels.cluster_decode import cluster_size
 
     t0 = time.perf_counter()
     dev = torch.device("cuda")
@@ -380,11 +382,15 @@ def decode_main(args, argv) -> None:
         flush=True,
     )
 
-    def new_call(**opts):
+    def new_call(triton_only: bool = False, **opts):
+        """The kernel as the engine calls it (no options: small decode steps take the cluster kernel), or the
+        Triton kernel with these options."""
         opts = dict(opts)
         per_sm = opts.pop("programs_per_sm", None)
 
         def call(q, kc, vc, meta, scale):
+            if not (triton_only or opts or per_sm):
+                return pa.paged_attention(q, kc, vc, meta, scale)
             t, n = q.shape[0], meta.block_tables.shape[0]
             splits = pa.choose_num_splits(t, n, hq, hk, None, sms, per_sm)
             return pa.paged_attention(q, kc, vc, meta, scale, num_splits=splits, **opts)
@@ -428,6 +434,11 @@ def decode_main(args, argv) -> None:
         )
         new = time_layers(step, new_call(), dev, scale, ref)
         row.update(us_per_layer=new.get("us"), ratio=new["us"] / floor_us if "us" in new else None, new=new)
+        row["cluster"] = cluster_size(
+            step.q, step.k_cache, step.metas[0], pa.launch_shape(t, len(q_lens), hq, hk)[0], sms
+        )
+        if row["cluster"]:  # the same step on the Triton kernel
+            row["triton"] = time_layers(step, new_call(triton_only=True), dev, scale, ref)
         if kind == "decode":
             row["launch_floor_us"] = launch_floor_us(step, pa, hq, hk, sms)
         if old is not None:  # with its own defaults (an old file with today's `paged_attention` signature)
@@ -448,6 +459,8 @@ def decode_main(args, argv) -> None:
             f"  floor {floor_us:7.1f}  x{row['ratio'] or float('nan'):5.2f}  err {new.get('rel_err', float('nan')):.1e}"
             f"  one-load launch {row.get('launch_floor_us', float('nan')):5.1f}"
         )
+        if row["cluster"]:
+            line += f"  cluster {row['cluster']}, triton {row['triton'].get('us', math.nan):8.1f}"
         if old is not None:
             line += f"  old {row['old'].get('us', math.nan):8.1f}"
         if "sweep" in row:

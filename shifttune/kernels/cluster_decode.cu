@@ -1,0 +1,309 @@
+// Decode attention over the paged KV cache for steps too small to fill the GPU (Hopper, sm_90+): one launch.
+//
+// A thread-block cluster of C CTAs owns one (query block, KV head): each CTA streams an equal share of the
+// sequence's keys into shared memory with bulk asynchronous copies (one 256-byte key row per copy, gathered
+// through the block table), runs an online softmax on tensor cores (mma.sync m16n8k16: the 16 rows are the
+// query block's tokens x the G query heads of the KV head), and the cluster merges its C partial results
+// through distributed shared memory: no partials in global memory and no second launch.
+// Compiled at run time by NVRTC (`cluster_decode.py`); no headers, so it needs no CUDA toolkit.
+//
+// Template parameters: C (CTAs per cluster), G (query heads per KV head, a power of two <= 16), BS (tokens
+// per cache block). Head size 128, bf16 q / cache / output, int64 metadata.
+
+typedef unsigned short bf16_t;
+typedef long long i64;
+
+#define HEAD 128                          // head size
+#define TILE 64                           // keys per pipeline stage
+#define ROW (HEAD + 8)                    // shared-memory row stride (elements): 272 B, conflict-free ldmatrix
+#define STAGES 4                          // tiles in flight per CTA
+#define WARPS 4                           // each warp takes 16 keys of a tile
+#define STAGE_ELEMS (2 * TILE * ROW)      // K then V
+#define SMEM_BYTES (STAGES * STAGE_ELEMS * 2 + STAGES * 8)
+#define NEG_INF (-__int_as_float(0x7f800000))
+
+__device__ __forceinline__ unsigned smem_addr(const void* p) {
+    unsigned a;
+    asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
+    return a;
+}
+
+__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
+    unsigned done;
+    do {
+        asm volatile(
+            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
+            : "=r"(done) : "r"(bar), "r"(parity) : "memory");
+    } while (!done);
+}
+
+__device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(unsigned (&r)[4], unsigned addr) {
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr));
+}
+
+// d += a (16x16, row) * b (16x8, col), bf16 in, fp32 accumulate
+__device__ __forceinline__ void mma(float (&d)[4], const unsigned (&a)[4], unsigned b0, unsigned b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ unsigned pack_bf16(float lo, float hi) {
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+
+__device__ __forceinline__ float ld_cluster(unsigned local, unsigned rank) {
+    unsigned remote;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(remote) : "r"(local), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(remote) : "memory");
+    return v;
+}
+
+__device__ __forceinline__ void cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;" ::: "memory");
+}
+
+__device__ __forceinline__ float shfl_max4(float x) {
+    x = fmaxf(x, __shfl_xor_sync(0xffffffff, x, 1));
+    return fmaxf(x, __shfl_xor_sync(0xffffffff, x, 2));
+}
+
+__device__ __forceinline__ float shfl_sum4(float x) {
+    x += __shfl_xor_sync(0xffffffff, x, 1);
+    return x + __shfl_xor_sync(0xffffffff, x, 2);
+}
+
+// Warp 0 asks for tile `t` of this CTA's keys: 2 x TILE bulk copies of one key row each, counted on the
+// stage's mbarrier. Keys past kv_hi copy the last key (finite data; the softmax masks them).
+template <int BS>
+__device__ __forceinline__ void load_tile(int t, int lane, bf16_t* stages, unsigned bars, const bf16_t* k_cache,
+                                          const bf16_t* v_cache, const i64* table, int kv_lo, int kv_hi, int hk,
+                                          int kv_head) {
+    const int stage = t % STAGES;
+    const unsigned bar = bars + stage * 8;
+    if (lane == 0)
+        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2 * TILE * HEAD * 2)
+                     : "memory");
+    __syncwarp();
+    bf16_t* ks = stages + stage * STAGE_ELEMS;
+    for (int j = lane; j < TILE; j += 32) {
+        int key = min(kv_lo + t * TILE + j, kv_hi - 1);
+        i64 slot = table[key / BS] * BS + key % BS;
+        i64 off = (slot * hk + kv_head) * HEAD;
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                smem_addr(ks + j * ROW)),
+            "l"(k_cache + off), "r"(HEAD * 2), "r"(bar)
+            : "memory");
+        asm volatile(
+            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
+                smem_addr(ks + (TILE + j) * ROW)),
+            "l"(v_cache + off), "r"(HEAD * 2), "r"(bar)
+            : "memory");
+    }
+}
+
+template <int C, int G, int BS>
+__global__ void __cluster_dims__(C, 1, 1) __launch_bounds__(WARPS * 32, 1)
+cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf16_t* __restrict__ k_cache,
+               const bf16_t* __restrict__ v_cache, const i64* __restrict__ block_tables,
+               const i64* __restrict__ seq_lens, const i64* __restrict__ query_start_loc, int num_seqs,
+               int stride_bt, int stride_qt, int hk, double scale_log2_d) {
+    constexpr int BQ = 16 / G;  // query tokens per block: BQ x G = 16 rows
+    extern __shared__ __align__(128) unsigned char smem[];
+    bf16_t* stages = reinterpret_cast<bf16_t*>(smem);
+    const unsigned bars = smem_addr(smem + STAGES * STAGE_ELEMS * 2);
+
+    const int rank = blockIdx.x, kv_head = blockIdx.y, q_block = blockIdx.z;
+    const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
+
+    // The sequence that owns query block q_block: blocks of sequence i start at qsl[i] / BQ + i.
+    int lo = 0, hi = num_seqs;
+    while (lo < hi) {
+        int mid = (lo + hi) >> 1;
+        if (query_start_loc[mid] / BQ + mid <= q_block) lo = mid + 1; else hi = mid;
+    }
+    const int seq = lo - 1;
+    const i64 q_start = query_start_loc[seq];
+    const int q_len = (int)(query_start_loc[seq + 1] - q_start);
+    const int local_block = q_block - (int)(q_start / BQ + seq);
+    if (local_block * BQ >= q_len) return;  // NOTE: the same for every CTA of the cluster
+    const int seq_len = (int)seq_lens[seq];
+    const int last_tok = min(q_len, (local_block + 1) * BQ) - 1;
+    const int kv_end = seq_len - q_len + last_tok + 1;  // keys the block's last query sees
+    const int per = ((kv_end + C - 1) / C + TILE - 1) / TILE * TILE;
+    const int kv_lo = rank * per, kv_hi = min(kv_end, kv_lo + per);
+    const int n_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + TILE - 1) / TILE : 0;
+    const i64* table = block_tables + (i64)seq * stride_bt;
+
+    if (tid < STAGES) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bars + tid * 8) : "memory");
+    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+    __syncthreads();
+    asm volatile("griddepcontrol.wait;" ::: "memory");  // q and this step's K/V come from the launch before
+    if (warp == 0)
+        for (int t = 0; t < min(n_tiles, STAGES); ++t)
+            load_tile<BS>(t, lane, stages, bars, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
+
+    // This lane's two rows of the 16 (mma fragment rows g and g + 8): token and head, query position.
+    const int g = lane >> 2, t4 = lane & 3;
+    int q_pos[2];
+    unsigned qa[8][4];  // Q as the A operand, 8 k-steps of 16 dims
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = g + 8 * h, tok = local_block * BQ + row / G;
+        const bool ok = row < BQ * G && tok < q_len;
+        q_pos[h] = ok ? seq_len - q_len + tok : -1;  // -1: the row sees no key
+        const unsigned* qrow = reinterpret_cast<const unsigned*>(
+            q + (q_start + (ok ? tok : 0)) * stride_qt + (kv_head * G + row % G) * HEAD);
+#pragma unroll
+        for (int j = 0; j < 8; ++j) {
+            qa[j][h] = ok ? qrow[(16 * j + 2 * t4) / 2] : 0u;
+            qa[j][2 + h] = ok ? qrow[(16 * j + 8 + 2 * t4) / 2] : 0u;
+        }
+    }
+    const float scale_log2 = (float)scale_log2_d;
+    float m[2] = {NEG_INF, NEG_INF}, l[2] = {0.f, 0.f};
+    float acc[16][4];
+#pragma unroll
+    for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
+
+    for (int t = 0; t < n_tiles; ++t) {
+        mbar_wait(bars + (t % STAGES) * 8, (t / STAGES) & 1);
+        const bf16_t* ks = stages + (t % STAGES) * STAGE_ELEMS + (16 * warp) * ROW;
+        const bf16_t* vs = ks + TILE * ROW;
+        float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
+#pragma unroll
+        for (int jj = 0; jj < 4; ++jj)
+#pragma unroll
+            for (int nt = 0; nt < 2; ++nt) {
+                unsigned b[4];
+                ldmatrix_x4(b, smem_addr(ks + (8 * nt + (lane & 7)) * ROW + 32 * jj + 8 * (lane >> 3)));
+                mma(s[nt], qa[2 * jj], b[0], b[1]);
+                mma(s[nt], qa[2 * jj + 1], b[2], b[3]);
+            }
+        // online softmax in base 2 over this warp's 16 keys
+        const int key0 = kv_lo + t * TILE + 16 * warp + 2 * t4;
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                const int key = key0 + 8 * nt + (i & 1), h = i >> 1;
+                s[nt][i] = (key < kv_hi && key <= q_pos[h]) ? s[nt][i] * scale_log2 : NEG_INF;
+                mx[h] = fmaxf(mx[h], s[nt][i]);
+            }
+        float alpha[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const float m_new = fmaxf(m[h], shfl_max4(mx[h]));
+            const float m_safe = m_new == NEG_INF ? 0.f : m_new;
+            alpha[h] = exp2f(m[h] - m_safe);
+            m[h] = m_new;
+            mx[h] = m_safe;
+        }
+        float rs[2] = {0.f, 0.f};
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+            for (int i = 0; i < 4; ++i) {
+                s[nt][i] = exp2f(s[nt][i] - mx[i >> 1]);
+                rs[i >> 1] += s[nt][i];
+            }
+        l[0] = l[0] * alpha[0] + rs[0];
+        l[1] = l[1] * alpha[1] + rs[1];
+#pragma unroll
+        for (int n = 0; n < 16; ++n) {
+            acc[n][0] *= alpha[0]; acc[n][1] *= alpha[0];
+            acc[n][2] *= alpha[1]; acc[n][3] *= alpha[1];
+        }
+        // P as the A operand (16 rows x 16 keys): the S fragments of the two 8-key tiles, repacked
+        const unsigned pa[4] = {pack_bf16(s[0][0], s[0][1]), pack_bf16(s[0][2], s[0][3]),
+                                pack_bf16(s[1][0], s[1][1]), pack_bf16(s[1][2], s[1][3])};
+#pragma unroll
+        for (int p = 0; p < 8; ++p) {
+            unsigned b[4];
+            const int mtx = lane >> 3;
+            ldmatrix_x4_trans(b, smem_addr(vs + (8 * (mtx & 1) + (lane & 7)) * ROW + 16 * p + 8 * (mtx >> 1)));
+            mma(acc[2 * p], pa, b[0], b[1]);
+            mma(acc[2 * p + 1], pa, b[2], b[3]);
+        }
+        __syncthreads();  // every warp is done with this stage: refill it
+        if (warp == 0 && t + STAGES < n_tiles)
+            load_tile<BS>(t + STAGES, lane, stages, bars, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
+    }
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+
+    // Merge the 4 warps in shared memory (the stages are free now): per warp 16 rows of (m, l, acc[128]).
+    float* w_acc = reinterpret_cast<float*>(smem);               // [WARPS][16][HEAD]
+    float* w_ml = w_acc + WARPS * 16 * HEAD;                      // [WARPS][16][2]
+    float* c_acc = w_ml + WARPS * 16 * 2;                         // [16][HEAD]: this CTA's partial, read
+    float* c_ml = c_acc + 16 * HEAD;                              // [16][2]       by the whole cluster
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int row = g + 8 * h;
+        const float l_row = shfl_sum4(l[h]);
+        if (t4 == 0) {
+            w_ml[(warp * 16 + row) * 2] = m[h];
+            w_ml[(warp * 16 + row) * 2 + 1] = l_row;
+        }
+#pragma unroll
+        for (int n = 0; n < 16; ++n) {
+            float* dst = w_acc + (warp * 16 + row) * HEAD + 8 * n + 2 * t4;
+            dst[0] = acc[n][2 * h];
+            dst[1] = acc[n][2 * h + 1];
+        }
+    }
+    __syncthreads();
+    for (int row = 0; row < 16; ++row) {
+        float mw[WARPS], top = NEG_INF;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) top = fmaxf(top, mw[w] = w_ml[(w * 16 + row) * 2]);
+        const float safe = top == NEG_INF ? 0.f : top;
+        float a = 0.f, den = 0.f;
+#pragma unroll
+        for (int w = 0; w < WARPS; ++w) {
+            const float sc = exp2f(mw[w] - safe);
+            a += w_acc[(w * 16 + row) * HEAD + tid] * sc;
+            den += w_ml[(w * 16 + row) * 2 + 1] * sc;
+        }
+        c_acc[row * HEAD + tid] = a;
+        if (tid == 0) {
+            c_ml[row * 2] = top;
+            c_ml[row * 2 + 1] = den;
+        }
+    }
+    cluster_sync();  // every CTA's partial is in its shared memory
+
+    // Each CTA merges (16 x HEAD) / C outputs across the cluster and writes them.
+    constexpr int PER_CTA = 16 * HEAD / C;
+    for (int idx = rank * PER_CTA + tid; idx < (rank + 1) * PER_CTA; idx += WARPS * 32) {
+        const int row = idx / HEAD, d = idx % HEAD, tok = local_block * BQ + row / G;
+        if (row >= BQ * G || tok >= q_len) continue;
+        float mr[C], top = NEG_INF;
+#pragma unroll
+        for (int r = 0; r < C; ++r) top = fmaxf(top, mr[r] = ld_cluster(smem_addr(c_ml + row * 2), r));
+        const float safe = top == NEG_INF ? 0.f : top;
+        float num = 0.f, den = 0.f;
+#pragma unroll
+        for (int r = 0; r < C; ++r) {
+            const float sc = exp2f(mr[r] - safe);
+            num += ld_cluster(smem_addr(c_acc + row * HEAD + d), r) * sc;
+            den += ld_cluster(smem_addr(c_ml + row * 2 + 1), r) * sc;
+        }
+        const float o = den > 0.f ? num / den : 0.f;
+        const unsigned bits = pack_bf16(o, 0.f);
+        out[(q_start + tok) * (i64)(hk * G * HEAD) + (kv_head * G + row % G) * HEAD + d] = (bf16_t)(bits & 0xffff);
+    }
+    cluster_sync();  // no CTA leaves while another still reads its shared memory
+}
