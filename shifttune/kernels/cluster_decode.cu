@@ -1,8 +1,8 @@
 // Decode attention over the paged KV cache for steps too small to fill the GPU (Hopper, sm_90+): one launch.
 //
 // A thread-block cluster of C CTAs owns one (query block, KV head): each CTA streams an equal share of the
-// sequence's keys into shared memory with bulk asynchronous copies (one 256-byte key row per copy, gathered
-// through the block table), runs an online softmax on tensor cores (mma.sync m16n8k16: the 16 rows are the
+// sequence's keys into shared memory with asynchronous copies (cp.async, 16 bytes a thread, gathered through the
+// block table; one bulk copy per 256-byte key row was measured 2-3x slower: the copy engine's per-request cost), runs an online softmax on tensor cores (mma.sync m16n8k16: the 16 rows are the
 // query block's tokens x the G query heads of the KV head), and the cluster merges its C partial results
 // through distributed shared memory: no partials in global memory and no second launch.
 // Compiled at run time by NVRTC (`cluster_decode.py`); no headers, so it needs no CUDA toolkit.
@@ -19,22 +19,13 @@ typedef long long i64;
 #define STAGES 4                          // tiles in flight per CTA
 #define WARPS 4                           // each warp takes 16 keys of a tile
 #define STAGE_ELEMS (2 * TILE * ROW)      // K then V
-#define SMEM_BYTES (STAGES * STAGE_ELEMS * 2 + STAGES * 8)
+#define SMEM_BYTES (STAGES * STAGE_ELEMS * 2)
 #define NEG_INF (-__int_as_float(0x7f800000))
 
 __device__ __forceinline__ unsigned smem_addr(const void* p) {
     unsigned a;
     asm("{ .reg .u64 t; cvta.to.shared.u64 t, %1; cvt.u32.u64 %0, t; }" : "=r"(a) : "l"(p));
     return a;
-}
-
-__device__ __forceinline__ void mbar_wait(unsigned bar, unsigned parity) {
-    unsigned done;
-    do {
-        asm volatile(
-            "{ .reg .pred p; mbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2; selp.u32 %0, 1, 0, p; }"
-            : "=r"(done) : "r"(bar), "r"(parity) : "memory");
-    } while (!done);
 }
 
 __device__ __forceinline__ void ldmatrix_x4(unsigned (&r)[4], unsigned addr) {
@@ -84,34 +75,27 @@ __device__ __forceinline__ float shfl_sum4(float x) {
     return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// Warp 0 asks for tile `t` of this CTA's keys: 2 x TILE bulk copies of one key row each, counted on the
-// stage's mbarrier. Keys past kv_hi copy the last key (finite data; the softmax masks them).
+// Every thread asks for its share of tile `t` of this CTA's keys (16-byte copies: K and V rows of 256 bytes, each
+// row's block from the block table) and closes a commit group. Keys past kv_hi copy the last key (finite data;
+// the softmax masks them); t past the last tile commits an empty group, so the group count stays per tile.
 template <int BS>
-__device__ __forceinline__ void load_tile(int t, int lane, bf16_t* stages, unsigned bars, const bf16_t* k_cache,
+__device__ __forceinline__ void load_tile(int t, int n_tiles, int tid, bf16_t* stages, const bf16_t* k_cache,
                                           const bf16_t* v_cache, const i64* table, int kv_lo, int kv_hi, int hk,
                                           int kv_head) {
-    const int stage = t % STAGES;
-    const unsigned bar = bars + stage * 8;
-    if (lane == 0)
-        asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(bar), "r"(2 * TILE * HEAD * 2)
-                     : "memory");
-    __syncwarp();
-    bf16_t* ks = stages + stage * STAGE_ELEMS;
-    for (int j = lane; j < TILE; j += 32) {
-        int key = min(kv_lo + t * TILE + j, kv_hi - 1);
-        i64 slot = table[key / BS] * BS + key % BS;
-        i64 off = (slot * hk + kv_head) * HEAD;
-        asm volatile(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                smem_addr(ks + j * ROW)),
-            "l"(k_cache + off), "r"(HEAD * 2), "r"(bar)
-            : "memory");
-        asm volatile(
-            "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];" ::"r"(
-                smem_addr(ks + (TILE + j) * ROW)),
-            "l"(v_cache + off), "r"(HEAD * 2), "r"(bar)
-            : "memory");
+    if (t < n_tiles) {
+        bf16_t* ks = stages + (t % STAGES) * STAGE_ELEMS;
+#pragma unroll
+        for (int i = 0; i < TILE * HEAD / 8 / (WARPS * 32); ++i) {
+            const int idx = tid + i * WARPS * 32, j = idx / (HEAD / 8), c = idx % (HEAD / 8) * 8;
+            const int key = min(kv_lo + t * TILE + j, kv_hi - 1);
+            const i64 off = ((table[key / BS] * BS + key % BS) * hk + kv_head) * HEAD + c;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(ks + j * ROW + c)),
+                         "l"(k_cache + off) : "memory");
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(ks + (TILE + j) * ROW + c)),
+                         "l"(v_cache + off) : "memory");
+        }
     }
+    asm volatile("cp.async.commit_group;" ::: "memory");
 }
 
 template <int C, int G, int BS>
@@ -123,7 +107,6 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
     constexpr int BQ = 16 / G;  // query tokens per block: BQ x G = 16 rows
     extern __shared__ __align__(128) unsigned char smem[];
     bf16_t* stages = reinterpret_cast<bf16_t*>(smem);
-    const unsigned bars = smem_addr(smem + STAGES * STAGE_ELEMS * 2);
 
     const int rank = blockIdx.x, kv_head = blockIdx.y, q_block = blockIdx.z;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
@@ -147,13 +130,9 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
     const int n_tiles = kv_hi > kv_lo ? (kv_hi - kv_lo + TILE - 1) / TILE : 0;
     const i64* table = block_tables + (i64)seq * stride_bt;
 
-    if (tid < STAGES) asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;" ::"r"(bars + tid * 8) : "memory");
-    asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
-    __syncthreads();
     asm volatile("griddepcontrol.wait;" ::: "memory");  // q and this step's K/V come from the launch before
-    if (warp == 0)
-        for (int t = 0; t < min(n_tiles, STAGES); ++t)
-            load_tile<BS>(t, lane, stages, bars, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
+    for (int t = 0; t < STAGES - 1; ++t)
+        load_tile<BS>(t, n_tiles, tid, stages, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
 
     // This lane's two rows of the 16 (mma fragment rows g and g + 8): token and head, query position.
     const int g = lane >> 2, t4 = lane & 3;
@@ -179,7 +158,10 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
     for (int n = 0; n < 16; ++n) acc[n][0] = acc[n][1] = acc[n][2] = acc[n][3] = 0.f;
 
     for (int t = 0; t < n_tiles; ++t) {
-        mbar_wait(bars + (t % STAGES) * 8, (t / STAGES) & 1);
+        // refill the stage tile t - 1 used (every warp left it at the barrier that ended the last iteration)
+        load_tile<BS>(t + STAGES - 1, n_tiles, tid, stages, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
+        asm volatile("cp.async.wait_group %0;" ::"n"(STAGES - 1) : "memory");  // this thread's copies of tile t
+        __syncthreads();                                                       // and every other thread's
         const bf16_t* ks = stages + (t % STAGES) * STAGE_ELEMS + (16 * warp) * ROW;
         const bf16_t* vs = ks + TILE * ROW;
         float s[2][4] = {{0.f, 0.f, 0.f, 0.f}, {0.f, 0.f, 0.f, 0.f}};
@@ -238,9 +220,7 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
             mma(acc[2 * p], pa, b[0], b[1]);
             mma(acc[2 * p + 1], pa, b[2], b[3]);
         }
-        __syncthreads();  // every warp is done with this stage: refill it
-        if (warp == 0 && t + STAGES < n_tiles)
-            load_tile<BS>(t + STAGES, lane, stages, bars, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
+        __syncthreads();  // every warp is done with this stage
     }
     asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
 

@@ -29,7 +29,7 @@ MAX_CLUSTER = 16  # CTAs per cluster; above 8 is a non-portable size that H100 a
 HEAD = 128
 THREADS = 128
 TILE, ROW, STAGES = 64, HEAD + 8, 4  # as #defined in the source
-SMEM_BYTES = STAGES * 2 * TILE * ROW * 2 + STAGES * 8
+SMEM_BYTES = STAGES * 2 * TILE * ROW * 2
 _SOURCE = Path(__file__).with_name("cluster_decode.cu")
 _FUNC_MAX_DYNAMIC_SHARED_SIZE_BYTES, _FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 8, 14  # CUfunction_attribute
 
