@@ -3,6 +3,8 @@
 #   PART=a bash profiles/commands/s16_gpu.sh   # the cluster decode kernel: its GPU tests; attention_bench --decode
 #       (batch 1-8 x 2k/8k/32k: cluster kernel and Triton kernel on the same steps), at most 8 CTAs a cluster at
 #       batch 1-2; decode attention's cost inside the engine's decode step with each kernel
+#   PART=b bash profiles/commands/s16_gpu.sh   # the same after the block-table reads moved a tile ahead of the copies,
+#       with a sweep of cluster size (8, 16) and tiles in flight (2-4) at batch 1-8
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), decode_attention_c8.json, marginal_{cluster,triton}.json
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
@@ -20,6 +22,24 @@ from shifttune.profile import attention_bench
 cluster_decode.MAX_CLUSTER = 8
 attention_bench.main(sys.argv[1:])" --decode --batches 1,2 --contexts 2048,8192 --no-sweep \
     --out "$OUT/decode_attention_c8.json" 2>&1 | grep -E "decode|Error" | cut -c1-300 | tee -a "$LOG"
+  for k in cluster triton; do
+    timeout 150 python profiles/commands/decode_attention_marginal.py --out "$OUT/marginal_$k.json" \
+      $([ $k = triton ] && echo --triton) 2>&1 | grep -E "attention|Error" | tee -a "$LOG"
+  done
+fi
+if [ "$PART" = b ]; then
+  timeout 240 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py -k "cluster" > "$OUT/tests.log" 2>&1
+  stamp "cluster kernel tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  grep -E "Error|error|assert" "$OUT/tests.log" | head -20 | cut -c1-300 | tee -a "$LOG"
+  for v in 8:4 16:4 8:3 8:2 16:2; do
+    timeout 90 python -c "
+import sys
+from shifttune.kernels import cluster_decode
+from shifttune.profile import attention_bench
+cluster_decode.MAX_CLUSTER, cluster_decode.STAGES = map(int, sys.argv[1].split(':'))
+attention_bench.main(sys.argv[2:])" $v --decode --batches 1,2,4,8 --contexts 2048,8192,32768 --no-sweep \
+      --out "$OUT/decode_attention_${v/:/_}.json" 2>&1 | grep -E "decode  n|Error" | cut -c1-300 | sed "s/^/$v /" | tee -a "$LOG"
+  done
   for k in cluster triton; do
     timeout 150 python profiles/commands/decode_attention_marginal.py --out "$OUT/marginal_$k.json" \
       $([ $k = triton ] && echo --triton) 2>&1 | grep -E "attention|Error" | tee -a "$LOG"

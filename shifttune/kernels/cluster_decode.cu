@@ -16,7 +16,9 @@ typedef long long i64;
 #define HEAD 128                          // head size
 #define TILE 64                           // keys per pipeline stage
 #define ROW (HEAD + 8)                    // shared-memory row stride (elements): 272 B, conflict-free ldmatrix
-#define STAGES 4                          // tiles in flight per CTA
+#ifndef STAGES
+#define STAGES 4                          // tiles in flight per CTA (the launcher passes -DSTAGES)
+#endif
 #define WARPS 4                           // each warp takes 16 keys of a tile
 #define STAGE_ELEMS (2 * TILE * ROW)      // K then V
 #define SMEM_BYTES (STAGES * STAGE_ELEMS * 2)
@@ -75,20 +77,31 @@ __device__ __forceinline__ float shfl_sum4(float x) {
     return x + __shfl_xor_sync(0xffffffff, x, 2);
 }
 
-// Every thread asks for its share of tile `t` of this CTA's keys (16-byte copies: K and V rows of 256 bytes, each
-// row's block from the block table) and closes a commit group. Keys past kv_hi copy the last key (finite data;
-// the softmax masks them); t past the last tile commits an empty group, so the group count stays per tile.
+#define COPIES (TILE * HEAD / 8 / (WARPS * 32))  // 16-byte copies per thread per tile, for K and for V each
+
+// Tile t's keys as this thread copies them: the cache row (slot * hk + kv_head) of each of its COPIES keys.
+// Keys past kv_hi take the last key (finite data; the softmax masks them). Read a tile ahead of the copies, so
+// the block-table loads are not in the copies' address chain.
 template <int BS>
-__device__ __forceinline__ void load_tile(int t, int n_tiles, int tid, bf16_t* stages, const bf16_t* k_cache,
-                                          const bf16_t* v_cache, const i64* table, int kv_lo, int kv_hi, int hk,
-                                          int kv_head) {
+__device__ __forceinline__ void tile_rows(i64 (&rows)[COPIES], int t, int tid, const i64* table, int kv_lo, int kv_hi,
+                                          int hk, int kv_head) {
+#pragma unroll
+    for (int i = 0; i < COPIES; ++i) {
+        const int key = min(kv_lo + t * TILE + (tid + i * WARPS * 32) / (HEAD / 8), kv_hi - 1);
+        rows[i] = (table[key / BS] * BS + key % BS) * hk + kv_head;
+    }
+}
+
+// Every thread asks for its share of tile t (16-byte copies of K and V rows) and closes a commit group; t past
+// the last tile commits an empty group, so the group count stays one per tile.
+__device__ __forceinline__ void copy_tile(const i64 (&rows)[COPIES], int t, int n_tiles, int tid, bf16_t* stages,
+                                          const bf16_t* k_cache, const bf16_t* v_cache) {
     if (t < n_tiles) {
         bf16_t* ks = stages + (t % STAGES) * STAGE_ELEMS;
 #pragma unroll
-        for (int i = 0; i < TILE * HEAD / 8 / (WARPS * 32); ++i) {
+        for (int i = 0; i < COPIES; ++i) {
             const int idx = tid + i * WARPS * 32, j = idx / (HEAD / 8), c = idx % (HEAD / 8) * 8;
-            const int key = min(kv_lo + t * TILE + j, kv_hi - 1);
-            const i64 off = ((table[key / BS] * BS + key % BS) * hk + kv_head) * HEAD + c;
+            const i64 off = rows[i] * HEAD + c;
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(ks + j * ROW + c)),
                          "l"(k_cache + off) : "memory");
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(ks + (TILE + j) * ROW + c)),
@@ -131,8 +144,14 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
     const i64* table = block_tables + (i64)seq * stride_bt;
 
     asm volatile("griddepcontrol.wait;" ::: "memory");  // q and this step's K/V come from the launch before
+    i64 rows[STAGES - 1][COPIES];
+#pragma unroll
     for (int t = 0; t < STAGES - 1; ++t)
-        load_tile<BS>(t, n_tiles, tid, stages, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
+        if (t < n_tiles) tile_rows<BS>(rows[t], t, tid, table, kv_lo, kv_hi, hk, kv_head);
+#pragma unroll
+    for (int t = 0; t < STAGES - 1; ++t) copy_tile(rows[t], t, n_tiles, tid, stages, k_cache, v_cache);
+    i64 next[COPIES];  // the rows of the next tile to copy
+    if (STAGES - 1 < n_tiles) tile_rows<BS>(next, STAGES - 1, tid, table, kv_lo, kv_hi, hk, kv_head);
 
     // This lane's two rows of the 16 (mma fragment rows g and g + 8): token and head, query position.
     const int g = lane >> 2, t4 = lane & 3;
@@ -159,7 +178,8 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
 
     for (int t = 0; t < n_tiles; ++t) {
         // refill the stage tile t - 1 used (every warp left it at the barrier that ended the last iteration)
-        load_tile<BS>(t + STAGES - 1, n_tiles, tid, stages, k_cache, v_cache, table, kv_lo, kv_hi, hk, kv_head);
+        copy_tile(next, t + STAGES - 1, n_tiles, tid, stages, k_cache, v_cache);
+        if (t + STAGES < n_tiles) tile_rows<BS>(next, t + STAGES, tid, table, kv_lo, kv_hi, hk, kv_head);
         asm volatile("cp.async.wait_group %0;" ::"n"(STAGES - 1) : "memory");  // this thread's copies of tile t
         __syncthreads();                                                       // and every other thread's
         const bf16_t* ks = stages + (t % STAGES) * STAGE_ELEMS + (16 * warp) * ROW;
