@@ -5,6 +5,8 @@
 #       batch 1-2; decode attention's cost inside the engine's decode step with each kernel
 #   PART=b bash profiles/commands/s16_gpu.sh   # the same after the block-table reads moved a tile ahead of the copies,
 #       with a sweep of cluster size (8, 16) and tiles in flight (2-4) at batch 1-8
+#   PART=c bash profiles/commands/s16_gpu.sh   # cluster tests; a sweep of cluster size : tiles in flight : warps a CTA
+#       (8 warps: tiles of 128 keys) at batch 1-8; decode attention inside the engine's step with the defaults
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), decode_attention_c8.json, marginal_{cluster,triton}.json
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
@@ -44,4 +46,20 @@ attention_bench.main(sys.argv[2:])" $v --decode --batches 1,2,4,8 --contexts 204
     timeout 150 python profiles/commands/decode_attention_marginal.py --out "$OUT/marginal_$k.json" \
       $([ $k = triton ] && echo --triton) 2>&1 | grep -E "attention|Error" | tee -a "$LOG"
   done
+fi
+if [ "$PART" = c ]; then
+  timeout 240 python -m pytest -q -x -p no:cacheprovider tests/test_kernels.py -k "cluster" > "$OUT/tests.log" 2>&1
+  stamp "cluster kernel tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  grep -E "Error|error|assert" "$OUT/tests.log" | head -20 | cut -c1-300 | tee -a "$LOG"
+  for v in ${VARIANTS:-16:2:4 16:2:8 8:2:8 8:3:8 16:3:8}; do
+    timeout 90 python -c "
+import sys
+from shifttune.kernels import cluster_decode
+from shifttune.profile import attention_bench
+cluster_decode.MAX_CLUSTER, cluster_decode.STAGES, cluster_decode.WARPS = map(int, sys.argv[1].split(':'))
+attention_bench.main(sys.argv[2:])" $v --decode --batches 1,2,4,8 --contexts 2048,8192,32768 --no-sweep \
+      --out "$OUT/decode_attention_${v//:/_}.json" 2>&1 | grep -E "decode  n|Error" | cut -c1-300 | sed "s/^/$v /" | tee -a "$LOG"
+  done
+  timeout 150 python profiles/commands/decode_attention_marginal.py --out "$OUT/marginal_cluster.json" 2>&1 \
+    | grep -E "attention|Error" | tee -a "$LOG"
 fi

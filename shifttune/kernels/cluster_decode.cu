@@ -14,12 +14,14 @@ typedef unsigned short bf16_t;
 typedef long long i64;
 
 #define HEAD 128                          // head size
-#define TILE 64                           // keys per pipeline stage
 #define ROW (HEAD + 8)                    // shared-memory row stride (elements): 272 B, conflict-free ldmatrix
 #ifndef STAGES
 #define STAGES 4                          // tiles in flight per CTA (the launcher passes -DSTAGES)
 #endif
+#ifndef WARPS
 #define WARPS 4                           // each warp takes 16 keys of a tile
+#endif
+#define TILE (16 * WARPS)                 // keys per pipeline stage
 #define STAGE_ELEMS (2 * TILE * ROW)      // K then V
 #define SMEM_BYTES (STAGES * STAGE_ELEMS * 2)
 #define NEG_INF (-__int_as_float(0x7f800000))
@@ -83,25 +85,25 @@ __device__ __forceinline__ float shfl_sum4(float x) {
 // Keys past kv_hi take the last key (finite data; the softmax masks them). Read a tile ahead of the copies, so
 // the block-table loads are not in the copies' address chain.
 template <int BS>
-__device__ __forceinline__ void tile_rows(i64 (&rows)[COPIES], int t, int tid, const i64* table, int kv_lo, int kv_hi,
+__device__ __forceinline__ void tile_rows(unsigned (&rows)[COPIES], int t, int tid, const i64* table, int kv_lo, int kv_hi,
                                           int hk, int kv_head) {
 #pragma unroll
     for (int i = 0; i < COPIES; ++i) {
         const int key = min(kv_lo + t * TILE + (tid + i * WARPS * 32) / (HEAD / 8), kv_hi - 1);
-        rows[i] = (table[key / BS] * BS + key % BS) * hk + kv_head;
+        rows[i] = (unsigned)((table[key / BS] * BS + key % BS) * hk + kv_head);  // < 2^32 cache rows
     }
 }
 
 // Every thread asks for its share of tile t (16-byte copies of K and V rows) and closes a commit group; t past
 // the last tile commits an empty group, so the group count stays one per tile.
-__device__ __forceinline__ void copy_tile(const i64 (&rows)[COPIES], int t, int n_tiles, int tid, bf16_t* stages,
+__device__ __forceinline__ void copy_tile(const unsigned (&rows)[COPIES], int t, int n_tiles, int tid, bf16_t* stages,
                                           const bf16_t* k_cache, const bf16_t* v_cache) {
     if (t < n_tiles) {
         bf16_t* ks = stages + (t % STAGES) * STAGE_ELEMS;
 #pragma unroll
         for (int i = 0; i < COPIES; ++i) {
             const int idx = tid + i * WARPS * 32, j = idx / (HEAD / 8), c = idx % (HEAD / 8) * 8;
-            const i64 off = rows[i] * HEAD + c;
+            const i64 off = (i64)rows[i] * HEAD + c;
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(ks + j * ROW + c)),
                          "l"(k_cache + off) : "memory");
             asm volatile("cp.async.cg.shared.global [%0], [%1], 16;" ::"r"(smem_addr(ks + (TILE + j) * ROW + c)),
@@ -144,13 +146,13 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
     const i64* table = block_tables + (i64)seq * stride_bt;
 
     asm volatile("griddepcontrol.wait;" ::: "memory");  // q and this step's K/V come from the launch before
-    i64 rows[STAGES - 1][COPIES];
+    unsigned rows[STAGES - 1][COPIES];
 #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t)
         if (t < n_tiles) tile_rows<BS>(rows[t], t, tid, table, kv_lo, kv_hi, hk, kv_head);
 #pragma unroll
     for (int t = 0; t < STAGES - 1; ++t) copy_tile(rows[t], t, n_tiles, tid, stages, k_cache, v_cache);
-    i64 next[COPIES];  // the rows of the next tile to copy
+    unsigned next[COPIES];  // the rows of the next tile to copy
     if (STAGES - 1 < n_tiles) tile_rows<BS>(next, STAGES - 1, tid, table, kv_lo, kv_hi, hk, kv_head);
 
     // This lane's two rows of the 16 (mma fragment rows g and g + 8): token and head, query position.
@@ -265,7 +267,8 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
         }
     }
     __syncthreads();
-    for (int row = 0; row < 16; ++row) {
+    for (int idx = tid; idx < 16 * HEAD; idx += WARPS * 32) {
+        const int row = idx / HEAD;
         float mw[WARPS], top = NEG_INF;
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) top = fmaxf(top, mw[w] = w_ml[(w * 16 + row) * 2]);
@@ -274,11 +277,11 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
 #pragma unroll
         for (int w = 0; w < WARPS; ++w) {
             const float sc = exp2f(mw[w] - safe);
-            a += w_acc[(w * 16 + row) * HEAD + tid] * sc;
+            a += w_acc[(w * 16 + row) * HEAD + idx % HEAD] * sc;
             den += w_ml[(w * 16 + row) * 2 + 1] * sc;
         }
-        c_acc[row * HEAD + tid] = a;
-        if (tid == 0) {
+        c_acc[idx] = a;
+        if (idx % HEAD == 0) {
             c_ml[row * 2] = top;
             c_ml[row * 2 + 1] = den;
         }

@@ -27,9 +27,10 @@ log = logging.getLogger(__name__)
 CLUSTER_DECODE = True  # the switch: False sends every step to the Triton kernel
 # CTAs per cluster: 16 (a non-portable size) was slower than 8 at batch 1 on an H100 (17.2 vs 11.1 us at 2k;
 # profiles/runs/s16_gpu/b_cp_async): not every GPC has 16 SMs free for one cluster
-MAX_CLUSTER = 8
-STAGES = 4  # K/V tiles of 64 keys in flight per CTA (STAGES - 1 ahead of the one in use)
-HEAD, THREADS, TILE, ROW = 128, 128, 64, 128 + 8  # as #defined in the source
+MAX_CLUSTER = 16
+STAGES = 2  # K/V tiles in flight per CTA (STAGES - 1 ahead of the one in use)
+WARPS = 8  # per CTA; a tile holds 16 keys per warp
+HEAD, ROW = 128, 128 + 8  # as #defined in the source
 _SOURCE = Path(__file__).with_name("cluster_decode.cu")
 _FUNC_MAX_DYNAMIC_SHARED_SIZE_BYTES, _FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED = 8, 14  # CUfunction_attribute
 
@@ -55,28 +56,31 @@ def cluster_size(q: torch.Tensor, k_cache: torch.Tensor, meta: AttentionMetadata
     if 2 * busy > num_sms:
         return 0
     cluster = min(MAX_CLUSTER, 1 << int(math.log2(num_sms // busy)))
-    return cluster if _kernel(cluster, group, k_cache.shape[1], q.device.index or 0, STAGES) is not None else 0
+    kernel = _kernel(cluster, group, k_cache.shape[1], q.device.index or 0, STAGES, WARPS)
+    return cluster if kernel is not None else 0
 
 
-def smem_bytes(stages: int) -> int:
-    return stages * 2 * TILE * ROW * 2  # K and V tiles, bf16
+def smem_bytes(stages: int, warps: int) -> int:
+    return stages * 2 * 16 * warps * ROW * 2  # K and V tiles, bf16
 
 
 @functools.cache
-def _kernel(cluster: int, group: int, block_size: int, device_index: int, stages: int):
+def _kernel(cluster: int, group: int, block_size: int, device_index: int, stages: int, warps: int):
     """The compiled instance, or None when NVRTC or the driver refuse it (logged once)."""
     name = f"cluster_decode<{cluster}, {group}, {block_size}>"
     try:
         with torch.cuda.device(device_index):
-            options = ["--use_fast_math", f"-DSTAGES={stages}"]
+            options = ["--use_fast_math", f"-DSTAGES={stages}", f"-DWARPS={warps}"]
             kernel = torch.cuda._compile_kernel(_SOURCE.read_text(), name, nvcc_options=options)
             libcuda = torch.cuda._utils._get_gpu_runtime_library()
             for attr, value in (
-                (_FUNC_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_bytes(stages)),
+                (_FUNC_MAX_DYNAMIC_SHARED_SIZE_BYTES, smem_bytes(stages, warps)),
                 (_FUNC_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1),
             ):
                 torch.cuda._utils._check_cuda(libcuda.cuFuncSetAttribute(kernel.func, attr, value))
-            kernel._max_shared_mem_bytes = smem_bytes(stages)  # NOTE: what torch's launcher checks launches against
+            kernel._max_shared_mem_bytes = smem_bytes(
+                stages, warps
+            )  # NOTE: what torch's launcher checks launches against
     except Exception as e:  # noqa: BLE001 - any failure means the Triton kernel runs instead
         log.warning("cluster decode attention %s unavailable (%s); using the Triton kernel", name, e)
         return None
@@ -98,9 +102,9 @@ def cluster_decode_attention(
     assert q.stride(2) == 1 and q.stride(1) == dim and k_cache.is_contiguous() and v_cache.is_contiguous()
     out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     grid_q = num_tokens // (16 // group) + num_seqs  # as launch_shape: a sequence's blocks start at qsl / BQ + i
-    _kernel(cluster, group, block_size, q.device.index or 0, STAGES)(
+    _kernel(cluster, group, block_size, q.device.index or 0, STAGES, WARPS)(
         grid=(cluster, hk, grid_q),
-        block=(THREADS, 1, 1),
+        block=(32 * WARPS, 1, 1),
         args=[
             out,
             q,
@@ -115,6 +119,6 @@ def cluster_decode_attention(
             hk,
             float(scale * 1.4426950408889634),  # base 2: the kernel's softmax uses exp2
         ],
-        shared_mem=smem_bytes(STAGES),
+        shared_mem=smem_bytes(STAGES, WARPS),
     )
     return out
