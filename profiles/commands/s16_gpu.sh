@@ -7,6 +7,8 @@
 #       with a sweep of cluster size (8, 16) and tiles in flight (2-4) at batch 1-8
 #   PART=c bash profiles/commands/s16_gpu.sh   # cluster tests; a sweep of cluster size : tiles in flight : warps a CTA
 #       (8 warps: tiles of 128 keys) at batch 1-8; decode attention inside the engine's step with the defaults
+#   PART=d bash profiles/commands/s16_gpu.sh   # read_floor_probe.py (what reading a batch 1-8 step's K/V bytes costs,
+#       no attention); cluster size 16, 3 tiles in flight, 4 warps at batch 1-2
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), decode_attention_c8.json, marginal_{cluster,triton}.json
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
@@ -62,4 +64,17 @@ attention_bench.main(sys.argv[2:])" $v --decode --batches 1,2,4,8 --contexts 204
   done
   timeout 150 python profiles/commands/decode_attention_marginal.py --out "$OUT/marginal_cluster.json" 2>&1 \
     | grep -E "attention|Error" | tee -a "$LOG"
+fi
+if [ "$PART" = d ]; then
+  timeout 120 python profiles/commands/read_floor_probe.py --out "$OUT/read_floor.json" 2>&1 | tee -a "$LOG"
+  VARIANTS="16:3:4 8:4:4" PART=c_sweep
+  for v in $VARIANTS; do
+    timeout 90 python -c "
+import sys
+from shifttune.kernels import cluster_decode
+from shifttune.profile import attention_bench
+cluster_decode.MAX_CLUSTER, cluster_decode.STAGES, cluster_decode.WARPS = map(int, sys.argv[1].split(':'))
+attention_bench.main(sys.argv[2:])" $v --decode --batches 1,2 --contexts 2048,8192,32768 --no-sweep \
+      --out "$OUT/decode_attention_${v//:/_}.json" 2>&1 | grep -E "decode  n|Error" | cut -c1-300 | sed "s/^/$v /" | tee -a "$LOG"
+  done
 fi
