@@ -52,12 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--contexts", default="2048,8192")
     ap.add_argument("--iters", type=int, default=30)
     ap.add_argument("--out", type=Path, required=True)
-    ap.add_argument("--triton", action="store_true", help="the Triton kernel only (no cluster decode kernel)")
     args = ap.parse_args(argv)
-    if args.triton:
-        from shifttune.kernels import cluster_decode
-
-        cluster_decode.CLUSTER_DECODE = False
     if not torch.cuda.is_available():
         sys.exit("decode_attention_marginal needs a GPU")
     points = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]

@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Session 16's one-GPU checks (each part < 10 min), from the repository root (carry: wheels):
+# Session 16's one-GPU checks (each part < 10 min), from the repository root (carry: wheels). Parts a-d timed the
+# cluster decode kernel (shifttune/kernels/cluster_decode.{cu,py}), which lost to the Triton kernel everywhere and
+# was removed after them: run them from the commits named in profiles/runs/s16_gpu/README.md.
 #   PART=a bash profiles/commands/s16_gpu.sh   # the cluster decode kernel: its GPU tests; attention_bench --decode
 #       (batch 1-8 x 2k/8k/32k: cluster kernel and Triton kernel on the same steps), at most 8 CTAs a cluster at
 #       batch 1-2; decode attention's cost inside the engine's decode step with each kernel

@@ -28,7 +28,6 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.cluster_decode import cluster_decode_attention, cluster_size
 from shifttune.kernels.launch import pdl_args
 
 MAX_SPLITS = 64  # the most split-KV ways `choose_num_splits` returns
@@ -381,15 +380,11 @@ def paged_attention(
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].
     Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG / PREFILL_CONFIG;
-    `merge` is "fused" (the last split merges) or "kernel" (a second launch merges). With every option
-    at its default, a step `cluster_decode.cluster_size` accepts (small decode steps on Hopper) runs there."""
+    `merge` is "fused" (the last split merges) or "kernel" (a second launch merges)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
     num_seqs = meta.block_tables.shape[0]
-    defaults = num_splits is None and tile is None and num_warps is None and num_stages is None and merge == MERGE
     block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m or meta.block_m)
-    if defaults and (cluster := cluster_size(q, k_cache, meta, block_m, sm_count(q.device))):
-        return cluster_decode_attention(q, k_cache, v_cache, meta, scale, cluster)
     num_splits = (
         num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sm_count(q.device))
     )

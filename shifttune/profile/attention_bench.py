@@ -366,7 +366,6 @@ def launch_floor_us(step: Step, pa: ModuleType, hq: int, hk: int, sms: int) -> f
 
 def decode_main(args, argv) -> None:
     from shifttune.kernels import paged_attention as pa  # NOTE: lazy: Triton is GPU-only
-    from shifttune.kernels.cluster_decode import cluster_size
 
     t0 = time.perf_counter()
     dev = torch.device("cuda")
@@ -382,15 +381,11 @@ def decode_main(args, argv) -> None:
         flush=True,
     )
 
-    def new_call(triton_only: bool = False, **opts):
-        """The kernel as the engine calls it (no options: small decode steps take the cluster kernel), or the
-        Triton kernel with these options."""
+    def new_call(**opts):
         opts = dict(opts)
         per_sm = opts.pop("programs_per_sm", None)
 
         def call(q, kc, vc, meta, scale):
-            if not (triton_only or opts or per_sm):
-                return pa.paged_attention(q, kc, vc, meta, scale)
             t, n = q.shape[0], meta.block_tables.shape[0]
             splits = pa.choose_num_splits(t, n, hq, hk, None, sms, per_sm)
             return pa.paged_attention(q, kc, vc, meta, scale, num_splits=splits, **opts)
@@ -434,11 +429,6 @@ def decode_main(args, argv) -> None:
         )
         new = time_layers(step, new_call(), dev, scale, ref)
         row.update(us_per_layer=new.get("us"), ratio=new["us"] / floor_us if "us" in new else None, new=new)
-        row["cluster"] = cluster_size(
-            step.q, step.k_cache, step.metas[0], pa.launch_shape(t, len(q_lens), hq, hk)[0], sms
-        )
-        if row["cluster"]:  # the same step on the Triton kernel
-            row["triton"] = time_layers(step, new_call(triton_only=True), dev, scale, ref)
         if kind == "decode":
             row["launch_floor_us"] = launch_floor_us(step, pa, hq, hk, sms)
         if old is not None:  # with its own defaults (an old file with today's `paged_attention` signature)
@@ -459,8 +449,6 @@ def decode_main(args, argv) -> None:
             f"  floor {floor_us:7.1f}  x{row['ratio'] or float('nan'):5.2f}  err {new.get('rel_err', float('nan')):.1e}"
             f"  one-load launch {row.get('launch_floor_us', float('nan')):5.1f}"
         )
-        if row["cluster"]:
-            line += f"  cluster {row['cluster']}, triton {row['triton'].get('us', math.nan):8.1f}"
         if old is not None:
             line += f"  old {row['old'].get('us', math.nan):8.1f}"
         if "sweep" in row:
