@@ -6,7 +6,7 @@ Decode attention at batch 1, 2k context reads 8.4 MB of K/V a layer (Llama-3.1-8
 its HBM floor on an H100 is 2.8 us and the issue's target twice that. This times kernels that do nothing but
 read that many contiguous bytes, as `attention_bench --decode` times attention: `layers` calls on distinct
 buffers (more than 4x the L2 in all) captured in one CUDA graph, per call. A Triton kernel whose programs each
-sum one contiguous chunk with 16-byte loads (grid of 1, 2 and 4 programs per SM) and torch's own sum. The best
+sum one contiguous chunk (grid of 1-16 programs per SM, loads of 512-4096 elements) and torch's own sum. The best
 of them is what reading the bytes costs on this card at that size, before any attention math or merge.
 """
 
@@ -66,8 +66,8 @@ def main(argv: list[str] | None = None) -> None:
         layers = max(8, -(-(256 << 20) // nbytes))
         bufs = [torch.randn(n, device=dev, dtype=torch.bfloat16) for _ in range(layers)]
         row = {"tokens": tokens, "bytes": nbytes, "layers_in_graph": layers, "floor_us": 1e6 * nbytes / hbm}
-        for per_sm in (1, 2, 4):
-            for block in (1024, 4096):
+        for per_sm in (1, 2, 4, 8, 16):
+            for block in (512, 1024, 4096):
                 grid = sms * per_sm
                 chunk = triton.cdiv(triton.cdiv(n, grid), block) * block
                 out = torch.empty(grid, device=dev, dtype=torch.float32)

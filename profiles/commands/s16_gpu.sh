@@ -11,6 +11,8 @@
 #       (8 warps: tiles of 128 keys) at batch 1-8; decode attention inside the engine's step with the defaults
 #   PART=d bash profiles/commands/s16_gpu.sh   # read_floor_probe.py (what reading a batch 1-8 step's K/V bytes costs,
 #       no attention); cluster size 16, 3 tiles in flight, 4 warps at batch 1-2
+#   PART=e bash profiles/commands/s16_gpu.sh   # read_floor_probe.py with 1-16 programs per SM; attention_bench --decode
+#       with its sweep of launch options at batch 1-2, 2k (the engine's Triton kernel)
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), decode_attention_c8.json, marginal_{cluster,triton}.json
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
@@ -79,4 +81,9 @@ cluster_decode.MAX_CLUSTER, cluster_decode.STAGES, cluster_decode.WARPS = map(in
 attention_bench.main(sys.argv[2:])" $v --decode --batches 1,2 --contexts 2048,8192,32768 --no-sweep \
       --out "$OUT/decode_attention_${v//:/_}.json" 2>&1 | grep -E "decode  n|Error" | cut -c1-300 | sed "s/^/$v /" | tee -a "$LOG"
   done
+fi
+if [ "$PART" = e ]; then
+  timeout 200 python profiles/commands/read_floor_probe.py --out "$OUT/read_floor.json" 2>&1 | tee -a "$LOG"
+  timeout 200 python -m shifttune.profile.attention_bench --decode --batches 1,2 --contexts 2048 \
+    --out "$OUT/decode_attention.json" 2>&1 | grep -E "decode|combined|Error" | cut -c1-300 | tee -a "$LOG"
 fi
