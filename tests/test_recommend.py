@@ -90,6 +90,21 @@ def test_simulator_single_request_is_prefill_then_decode_steps():
     assert res.e2e_ms == [pytest.approx(11.0 + 4 * 1.01)]
 
 
+def test_simulator_on_a_huge_kv_cache_is_quick_and_unchanged():
+    """A tiny model on a big card has millions of KV blocks; the simulator used to build a free list of all of them
+    (minutes, gigabytes): `recommend --gpus 4xH200` on the default model hung. Past what the running sequences can
+    hold the cache never binds, so the schedule is the same as with a merely large cache."""
+    import time
+
+    step = lambda mode, t, c: 1.0 + 0.01 * t  # noqa: E731
+    reqs = Workload(rate=50.0, num_requests=300, input_len=200, output_len=20, seed=3).requests()
+    t0 = time.perf_counter()
+    huge = simulate(reqs, FixedPolicy("tp"), step, kv_capacity_tokens=1 << 34, max_num_seqs=64)
+    assert time.perf_counter() - t0 < 20
+    large = simulate(reqs, FixedPolicy("tp"), step, kv_capacity_tokens=1 << 20, max_num_seqs=64)
+    assert huge.ttft_ms == large.ttft_ms and huge.e2e_ms == large.e2e_ms
+
+
 def test_step_model_interpolates_and_extrapolates():
     prof = synthetic_profile(lambda t, c: 1.0 + t, lambda t, c: 2.0 + t)
     m = StepTimeModel(prof, "tp", 1, 2)

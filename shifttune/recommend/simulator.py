@@ -160,6 +160,11 @@ def simulate(
             f"a request of {too_long[0].input_len}+{too_long[0].output_len} tokens exceeds the KV "
             f"cache ({kv_capacity_tokens} tokens)"
         )
+    # NOTE: never more blocks than the running sequences can hold at once, with room to spare: a small model on a big
+    # card has millions of free blocks, and a free list that long took minutes and gigabytes to build. Past this
+    # size the cache never binds, as with every block.
+    longest = max((blocks_for(r.input_len + r.output_len, block_size) for r in requests), default=1)
+    num_blocks = min(num_blocks, 2 * max_num_seqs * longest + 100)
     scheduler = Scheduler(
         BlockManager(num_blocks, block_size, enable_prefix_caching=False), max_num_seqs, max_num_batched_tokens
     )
