@@ -120,3 +120,32 @@ def test_gpu_benchmarks_say_in_one_line_that_they_need_a_gpu(module, tmp_path):
     lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
     assert res.returncode != 0 and len(lines) == 1 and "Traceback" not in res.stderr, res.stdout + res.stderr
     assert "GPU" in lines[0], lines
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["profile", "--device", "cpu", "--out", "{blocked}/p.json"],
+        ["profile", "--device", "cpu", "--out", "{folder}"],
+        ["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "4xH200", "--out", "{blocked}/p.json"],
+        ["generate", "-o", "{blocked}/g.json"],
+        ["serve", "tiny", "--device", "cpu", "--log-file", "{blocked}/s.log"],
+        ["recommend", "--plot", "{blocked}/plan.png"],
+        ["bench", "--base-url", "http://127.0.0.1:9", "--out", "{blocked}/b.json"],
+    ],
+)
+def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, tmp_path):
+    """One line and exit 2, before an engine starts (generate used to lose its results at the end, profile to
+    print a worker's traceback): a file where the folder should be, or a folder given as the file."""
+    blocked = tmp_path / "not_a_folder"
+    blocked.write_text("")
+    args = [a.format(blocked=blocked, folder=tmp_path) for a in args]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2, result.output
+    assert "Traceback" not in result.output
+    assert "cannot write" in result.output or "is a folder" in result.output, result.output
+
+
+def test_serve_refuses_a_port_out_of_range():
+    result = CliRunner().invoke(app, ["serve", "tiny", "--device", "cpu", "--port", "70000"])
+    assert result.exit_code == 2 and "--port: must be 0-65535" in result.output, result.output

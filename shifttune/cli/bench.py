@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from shifttune.cli.common import console, fail, fail_config
+from shifttune.cli.common import check_writable, console, fail, fail_config
 from shifttune.config import ConfigError
 
 if TYPE_CHECKING:
@@ -47,15 +47,6 @@ def _length(text: str | None, field: str):
     from shifttune.bench.config import LengthRange
 
     return None if text is None else LengthRange.parse(text, field)
-
-
-def _check_file_target(path: Path | None, flag: str, suffixes: tuple[str, ...] | None = None) -> None:
-    if path is None:
-        return
-    if suffixes and path.suffix.lower() not in suffixes:
-        fail(f"{flag} must end in {', '.join(suffixes)}, not {path.name!r}")
-    if not path.parent.is_dir():
-        fail(f"{flag}: the directory {str(path.parent)!r} does not exist")
 
 
 def bench(
@@ -160,8 +151,8 @@ def bench(
     from shifttune.bench.client import ServerError  # NOTE: lazy: httpx loads only when this command runs
     from shifttune.bench.config import BenchConfig
 
-    _check_file_target(out, "--out")
-    _check_file_target(plot, "--plot", PLOT_SUFFIXES)
+    check_writable(out, "--out")
+    check_writable(plot, "--plot", PLOT_SUFFIXES)
     try:
         cfg = BenchConfig(
             base_url=base_url or "http://127.0.0.1",

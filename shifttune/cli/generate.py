@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shifttune.cli.common import MODEL_HELP, console, fail, fail_config, size
+from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, size
 from shifttune.config import MODES, SHIFT_POLICIES, ConfigError
 
 DEMO_PROMPTS = ["The capital of France is", "Shift parallelism switches between"]
@@ -90,6 +90,7 @@ def generate(
     """Generate text for a few prompts and show which mode each engine step ran in."""
     from shifttune import LLM, SamplingParams  # NOTE: lazy: torch loads only for commands that run the engine
 
+    check_writable(output, "--output", make_folder=True)
     prompts = prompts or DEMO_PROMPTS
     try:
         params = SamplingParams(

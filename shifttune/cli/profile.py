@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from shifttune.cli.common import MODEL_HELP, console, fail, fail_config, parse_ints
+from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, parse_ints
 from shifttune.config import ConfigError
 
 
@@ -200,6 +200,7 @@ def profile(
             warmup=warmup,
         )
         out = out or default_profile_path(settings)
+        check_writable(out, "--out", make_folder=True)
         command = "shifttune profile " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else ""
         live = tui and sys.stdout.isatty() and sys.stdin.isatty()
         result = (_live_view_run if live else _progress_bar_run)(settings, out, command)

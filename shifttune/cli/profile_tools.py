@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from shifttune.cli.common import console, fail, fail_config, parse_ints
+from shifttune.cli.common import check_writable, console, fail, fail_config, parse_ints
 from shifttune.config import ConfigError
 
 
@@ -40,6 +40,7 @@ def _ops(model: str, gpus: str | None, device: str, tokens, contexts, iters: int
     settings = OpsSettings(model, sizes, device, **grid, warmup=warmup, iters=iters, rounds=rounds, layers=layers,
                            breakdown=parse_ints(breakdown, "--breakdown"))  # fmt: skip
     out = out or default_ops_path(settings)
+    check_writable(out, "--out", make_folder=True)
     table = run_ops(settings, out, _command(), lambda e: console.print(f"[{e.done}/{e.total}] {e.message}"))
     console.print(f"wrote {out}: {len(table.entries)} entries, {len(table.skipped)} skipped", soft_wrap=True)
 
@@ -54,6 +55,7 @@ def _collectives(gpus: str | None, device: str, out) -> None:
     if ranks < 2:
         fail("--collectives needs at least 2 ranks (--gpus 2 or more)")
     out = out or default_collectives_path(ranks, device)
+    check_writable(out, "--out", make_folder=True)
     table = measure_collectives(ranks, device)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1))
@@ -72,6 +74,7 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
                                collectives=collective_table)  # fmt: skip
     prof = predict_profile(settings, _command())
     out = out or Path("profiles") / f"{Path(model).name.lower()}_{request.slug}x{request.count}_predicted.json"
+    check_writable(out, "--out", make_folder=True)
     prof.save(out)
     ops = prof.sources["op_table"]
     console.print(f"caveat: {CAVEAT}", soft_wrap=True, highlight=False)
@@ -87,6 +90,8 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
 
 def _compare(paths: tuple[Path, Path], out) -> None:
     from shifttune.engine.profile_schema import load_profile
+
+    check_writable(out, "--out", make_folder=True)
     from shifttune.recommend.compare import compare_profiles
 
     result = compare_profiles(load_profile(paths[0]), load_profile(paths[1]))

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shifttune.cli.common import fail, fail_config, size
+from shifttune.cli.common import check_writable, fail, fail_config, size
 from shifttune.config import SP, TP, ConfigError
 
 if TYPE_CHECKING:
@@ -221,8 +221,8 @@ def recommend(
     from shifttune.recommend.report import RecommendRequest
     from shifttune.recommend.report import recommend as make_recommendation
 
-    if plot is not None and plot.suffix.lower() not in (".png", ".svg", ".pdf"):
-        fail(f"--plot must end in .png, .svg or .pdf, not {plot.name!r}")
+    check_writable(plot, "--plot", (".png", ".svg", ".pdf"))
+    check_writable(out, "--out")
     try:
         rates = [float(x) for x in rate.split(",") if x.strip()] if rate is not None else None
     except ValueError:
