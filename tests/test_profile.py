@@ -109,6 +109,14 @@ def test_cli_profile_on_cpu(tmp_path):
     )
     assert result.exit_code == 0, result.output
     assert len(load_profile(out).points) == 4
+    # the runs asked for are the runs made, also where they equal the GPU defaults (CPU used to cut 10 to 3)
+    ten = ["--iters", "10", "--warmup", "3", "--out", str(tmp_path / "ten.json")]
+    asked = CliRunner().invoke(
+        app, ["profile", "--device", "cpu", "--gpus", "1", "--tokens", "1", "--contexts", "64", *ten]
+    )
+    assert asked.exit_code == 0, asked.output
+    settings = json.loads((tmp_path / "ten.json").read_text())["engine"]
+    assert (settings["iters"], settings["warmup"]) == (10, 3), settings
     bad = CliRunner().invoke(app, ["profile", "--device", "cpu", "--gpus", "3", "--out", str(tmp_path / "x.json")])
     assert bad.exit_code == 2 and "no SP x TP factorization of 3 can run" in bad.output
 

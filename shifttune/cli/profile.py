@@ -96,13 +96,16 @@ def profile(
         typer.Option(help="Context lengths, comma-separated. Default: 512,2048,8192,32768 (CPU: 64,256)."),
     ] = None,
     iters: Annotated[
-        int,
+        Optional[int],
         typer.Option(
             help="Timed runs per point (median, p10, p90). Default: 10 (CPU: 3). On GPUs a point whose runs spread "
-            "more than 15% is run this many times again, up to 4 rounds."
+            "more than 15% is run this many times again, up to 4 rounds.",
+            show_default=False,
         ),
-    ] = 10,
-    warmup: Annotated[int, typer.Option(help="Untimed runs first. Default: 3 (CPU: 1).")] = 3,
+    ] = None,
+    warmup: Annotated[
+        Optional[int], typer.Option(help="Untimed runs first. Default: 3 (CPU: 1).", show_default=False)
+    ] = None,
     out: Annotated[
         Optional[Path], typer.Option("--out", "-o", help="Profile JSON. Default: profiles/<model>_<gpu>x<N>.json")
     ] = None,
@@ -165,6 +168,11 @@ def profile(
     Ctrl-C keeps every measured point; running the same command again resumes. --ops, --collectives,
     --predict and --compare are the predictor's tools: a profile for GPUs you do not have.
     """
+    # CPU timings are a demonstration: fewer runs unless asked
+    iters = iters if iters is not None else 3 if device == "cpu" else 10
+    warmup = warmup if warmup is not None else 1 if device == "cpu" else 3
+    if iters < 1 or warmup < 0:
+        fail("--iters must be >= 1 and --warmup >= 0")
     if sum([ops, predict, collectives, compare is not None]) > 1:
         fail("--ops, --predict, --collectives and --compare are separate runs; pass one")
     if ops or predict or collectives or compare is not None:
@@ -177,9 +185,6 @@ def profile(
         return
     from shifttune.profile.profiler import ProfileSettings, default_profile_path  # NOTE: lazy: loads torch
 
-    if device == "cpu":  # CPU timings are a demonstration: fewer runs unless asked
-        iters = min(iters, 3) if iters == 10 else iters
-        warmup = min(warmup, 1) if warmup == 3 else warmup
     try:
         if gpus is None:
             import torch

@@ -32,8 +32,6 @@ def _ops(model: str, gpus: str | None, device: str, tokens, contexts, iters: int
     _need_cuda(device, "--ops")
     from shifttune.profile.ops import OpsSettings, default_ops_path, run_ops  # NOTE: lazy: loads torch
 
-    if device == "cpu":
-        iters, warmup = (min(iters, 3), min(warmup, 1)) if (iters, warmup) == (10, 3) else (iters, warmup)
     sizes = parse_ints(gpus, "--gpus") or [1, 2, 4, 8]
     grid = {"tokens": parse_ints(tokens, "--tokens"), "contexts": parse_ints(contexts, "--contexts")}
     rounds = 1 if device == "cpu" else 2
