@@ -347,3 +347,13 @@ def test_cli_refuses_bad_recommend_arguments():
     ]:
         r = CliRunner().invoke(app, ["recommend", *args])
         assert r.exit_code == 2 and message in r.output, (args, r.output)
+
+
+def test_recommend_refuses_a_model_or_gpus_beside_a_profile(tmp_path):
+    """The profile says which model and GPUs it measured; --model / --gpus beside it were silently ignored."""
+    from shifttune.recommend.shipped import pick_shipped_profile
+
+    shipped = str(pick_shipped_profile(None, None, None))
+    for extra in (["--model", "llama-3.1-8b"], ["--gpus", "8xH100"]):
+        r = CliRunner().invoke(app, ["recommend", "--profile", shipped, *extra])
+        assert r.exit_code == 2 and "only without --profile" in r.output, r.output

@@ -75,6 +75,9 @@ def meets_slo(prediction: dict, slo_ttft_ms: float | None, slo_tpot_ms: float | 
 def resolve_profile(req: RecommendRequest) -> tuple[Profile, str | None, str]:
     """(profile, its file or None, a label for it): given, shipped measured, or predicted."""
     if req.profile is not None:
+        if req.model is not None or req.gpus is not None:  # NOTE: they were ignored, silently
+            raise ConfigError("the profile names its model and GPUs; give --model and --gpus only without --profile",
+                              field="profile")  # fmt: skip
         return load_profile(req.profile), str(req.profile), str(req.profile)
     gpus = GpuRequest(req.gpus) if isinstance(req.gpus, int) else req.gpus
     count, slug = (gpus.count, gpus.slug) if gpus is not None else (None, None)
