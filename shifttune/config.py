@@ -285,6 +285,10 @@ class EngineConfig:
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError("must be >= 1", field=name)
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ConfigError("must be >= 1", field="max_model_len")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ConfigError(f"must be in (0, 1], not {self.gpu_memory_utilization}", field="gpu_memory_utilization")
         self.parallel = ParallelConfig(self.tensor_parallel_size, self.sequence_parallel_size)
         self.model_path = resolve_model_path(self.model)
         self.model_config, raw = load_model_config(self.model_path)

@@ -149,3 +149,19 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, tmp_p
 def test_serve_refuses_a_port_out_of_range():
     result = CliRunner().invoke(app, ["serve", "tiny", "--device", "cpu", "--port", "70000"])
     assert result.exit_code == 2 and "--port: must be 0-65535" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (dict(max_model_len=-5), "max_model_len: must be >= 1"),
+        (dict(max_model_len=0), "max_model_len: must be >= 1"),
+        (dict(gpu_memory_utilization=0), "gpu_memory_utilization: must be in"),
+        (dict(gpu_memory_utilization=2), "gpu_memory_utilization: must be in"),
+    ],
+)
+def test_engine_sizes_out_of_range_are_refused(kwargs, message):
+    """Before: a negative max_model_len surfaced as a worker's RuntimeError about range steps, 0 as "no memory
+    left for the KV cache", and any gpu_memory_utilization was taken."""
+    with pytest.raises(ConfigError, match=message):
+        EngineConfig(model="tiny", **kwargs)
