@@ -284,6 +284,14 @@ def test_api_key_and_queue_limit():
         auth = {"authorization": "Bearer sekret"}
         assert httpx.get(f"{url}/v1/models", headers=auth).json()["data"][0]["id"] == "tiny"
         assert httpx.get(f"{url}/health").status_code == 200  # health and metrics stay open
+        # bench says why it gets no model list (it said "lists no model; name one with --model")
+        from shifttune.bench.client import ServerError, list_models
+
+        with pytest.raises(ServerError, match="wants an API key"):
+            asyncio.run(list_models(url))
+        with pytest.raises(ServerError, match="refused this --api-key"):
+            asyncio.run(list_models(url, "wrong"))
+        assert asyncio.run(list_models(url, "sekret")) == ["tiny"]
 
         async def burst() -> list[int]:
             body = {"prompt": "x", "max_tokens": 64, "ignore_eos": True}

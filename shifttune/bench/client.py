@@ -74,13 +74,19 @@ def _client(api_key: str | None, timeout_s: float) -> httpx.AsyncClient:
 
 
 async def list_models(base_url: str, api_key: str | None = None) -> list[str]:
-    """GET /v1/models; raises ServerError when the server cannot be reached (other failures: [])."""
+    """GET /v1/models; raises ServerError when the server cannot be reached or refuses the API key (other
+    failures: [])."""
     url = base_url.rstrip("/") + "/v1/models"
     async with _client(api_key, 10.0) as client:
         try:
             resp = await client.get(url)
         except httpx.HTTPError as e:
             raise ServerError(f"cannot reach the server at {base_url}: {type(e).__name__}: {e}") from None
+    if resp.status_code in (401, 403):
+        raise ServerError(
+            f"{url} answered {resp.status_code}: "
+            + ("the server wants an API key (--api-key)" if api_key is None else "the server refused this --api-key")
+        )
     if resp.status_code != 200:
         return []
     try:
