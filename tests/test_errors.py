@@ -165,3 +165,17 @@ def test_engine_sizes_out_of_range_are_refused(kwargs, message):
     left for the KV cache", and any gpu_memory_utilization was taken."""
     with pytest.raises(ConfigError, match=message):
         EngineConfig(model="tiny", **kwargs)
+
+
+def test_profile_predict_and_compare_say_what_is_missing_or_mismatched(tmp_path):
+    from shifttune.recommend.shipped import pick_shipped_profile
+
+    r = CliRunner().invoke(app, ["profile", "--predict", "--model", "llama-3.1-8b"])
+    assert r.exit_code == 2 and "--predict needs the GPU type with the count" in r.output, r.output
+    pred = tmp_path / "pred.json"
+    r = CliRunner().invoke(
+        app, ["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "1xH100", "--out", str(pred)]
+    )
+    assert r.exit_code == 0, r.output
+    r = CliRunner().invoke(app, ["profile", "--compare", str(pick_shipped_profile(None, None, None)), str(pred)])
+    assert r.exit_code == 2 and "different models (tiny and llama-3.1-8b)" in r.output, r.output  # was: an empty table

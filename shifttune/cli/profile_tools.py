@@ -64,7 +64,9 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
     from shifttune.recommend.gpus import parse_gpus
     from shifttune.recommend.predict import CAVEAT, PredictSettings, predict_profile
 
-    request = parse_gpus(gpus or "")
+    if not gpus:
+        fail("--predict needs the GPU type with the count, e.g. --gpus 4xH200")
+    request = parse_gpus(gpus)
     if request.slug is None:
         fail("--predict needs the GPU type with the count, e.g. --gpus 4xH200")
     settings = PredictSettings(model, request.count, request.slug, tokens=parse_ints(tokens, "--tokens"),
@@ -88,11 +90,14 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
 
 def _compare(paths: tuple[Path, Path], out) -> None:
     from shifttune.engine.profile_schema import load_profile
-
-    check_writable(out, "--out", make_folder=True)
     from shifttune.recommend.compare import compare_profiles
 
-    result = compare_profiles(load_profile(paths[0]), load_profile(paths[1]))
+    check_writable(out, "--out", make_folder=True)
+    measured, predicted = load_profile(paths[0]), load_profile(paths[1])
+    names = [p.model.get("name") for p in (measured, predicted)]
+    if names[0] != names[1]:
+        fail(f"--compare: the profiles are of different models ({names[0]} and {names[1]}); compare one model's")
+    result = compare_profiles(measured, predicted)
     table = Table(title=f"predicted vs measured step time ({paths[1].name} vs {paths[0].name})")
     for col in ("mode", "TP x SP", "tokens", "context", "measured ms", "predicted ms", "error"):
         table.add_column(col, justify="right")
