@@ -118,6 +118,8 @@ def read_json_file(path: Path, what: str, error: type[Exception]) -> dict:
     """A JSON file a user named (`what`: "profile", "operator table"...); `error` with one clear line if it
     is missing or not JSON."""
     path = Path(path)
+    if path.is_dir():
+        raise error(f"{what} {path} is a folder; give the JSON file")
     if not path.is_file():
         raise error(f"{what} {path} does not exist")
     try:

@@ -85,6 +85,10 @@ def test_not_json_is_refused(tmp_path):
     bad.write_text("{nope")
     with pytest.raises(ProfileError, match="not valid JSON"):
         load_profile(bad)
+    with pytest.raises(ProfileError, match="does not exist"):
+        load_profile(tmp_path / "missing.json")
+    with pytest.raises(ProfileError, match="is a folder; give the JSON file"):  # it said "does not exist"
+        load_profile(tmp_path)
 
 
 def test_cli_profile_on_cpu(tmp_path):
