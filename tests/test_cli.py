@@ -72,3 +72,10 @@ def test_rerunning_a_finished_profile_says_nothing_is_left(cpu_profile):  # noqa
     assert any(e.message and "nothing left to measure" in e.message for e in events)
     assert all(e.point is None for e in events)
     assert stat.S_IMODE(out.stat().st_mode) == 0o644  # a profile is made to be shared
+
+
+def test_version_prints_the_installed_version():
+    from importlib.metadata import version
+
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0 and result.output.strip() == f"shifttune {version('shifttune')}", result.output

@@ -43,9 +43,21 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"shifttune {version('shifttune')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def main(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", metavar="", help="Log engine details.")] = False,
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", metavar="", help="Print the version and exit.", callback=_version, is_eager=True),
+    ] = False,
 ) -> None:
     logging.basicConfig(
         level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
