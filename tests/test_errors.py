@@ -179,3 +179,15 @@ def test_profile_predict_and_compare_say_what_is_missing_or_mismatched(tmp_path)
     assert r.exit_code == 0, r.output
     r = CliRunner().invoke(app, ["profile", "--compare", str(pick_shipped_profile(None, None, None)), str(pred)])
     assert r.exit_code == 2 and "different models (tiny and llama-3.1-8b)" in r.output, r.output  # was: an empty table
+
+
+def test_a_model_bigger_than_host_memory_is_refused_before_ranks_start(monkeypatch):
+    """On CPU ranks llama-3.1-8b in float32 (30 GiB) on a 24 GiB machine ended in the OOM killer; now one line."""
+    from shifttune.engine import llm_engine
+
+    monkeypatch.setattr(llm_engine, "host_memory_available", lambda: 100_000)  # tiny's weights: ~1.4 MB in fp32
+    with pytest.raises(ConfigError, match=r"tiny in float32 needs at least 0\.0 GiB of host memory"):
+        LLM("tiny", device="cpu")
+    monkeypatch.setattr(llm_engine, "host_memory_available", lambda: None)  # not Linux: no check
+    with LLM("tiny", device="cpu") as llm:
+        assert llm.generate(["hi"], SamplingParams(max_tokens=2))[0].outputs[0].token_ids

@@ -52,6 +52,8 @@ class LLMEngine:
         self.policy = make_policy(
             config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp, config.shift_profile
         )  # a bad profile is refused before any process starts
+        if config.device == "cpu":
+            check_host_memory(config)
         self.tokenizer = load_tokenizer(config)
         self.input_processor = InputProcessor(config, self.tokenizer)
         self.executor = Executor(config)
@@ -268,3 +270,28 @@ class LLMEngine:
             if clear is not None:  # cuBLAS keeps a workspace per handle and stream from the caching allocator
                 clear()
             torch.cuda.empty_cache()
+
+
+def host_memory_available() -> int | None:
+    """Bytes the kernel says new allocations can have (Linux's MemAvailable), None where it does not say."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def check_host_memory(config: EngineConfig) -> None:
+    """On CPU ranks: refuses a model whose weights alone (one copy, the least the ranks hold together) exceed the
+    host's available memory, before any process starts (it used to end in the OOM killer or a rank's traceback)."""
+    available = host_memory_available()
+    need = config.model_config.num_params * torch.empty((), dtype=config.torch_dtype).element_size()
+    if available is not None and need > available:
+        raise ConfigError(
+            f"{config.model} in {config.dtype} needs at least {need / 2**30:.1f} GiB of host memory for its weights; "
+            f"{available / 2**30:.1f} GiB is available",
+            field="model",
+        )
