@@ -171,8 +171,9 @@ def recommend(
     context: Annotated[
         Optional[int],
         typer.Option(
-            help="Context length the threshold is read at (default: the workload's input length, else the median "
-            "profiled); outside the profiled range the nearest profiled context is used, with a note."
+            help="Context length the threshold is read at (default: --input-len where latencies are predicted, i.e. "
+            "with --rate or on a GPU profile; else the median profiled); outside the profiled range the nearest "
+            "profiled context is used, with a note."
         ),
     ] = None,
     rate: Annotated[
