@@ -55,7 +55,6 @@ def _collectives(gpus: str | None, device: str, out) -> None:
     out = out or default_collectives_path(ranks, device)
     check_writable(out, "--out", make_folder=True)
     table = measure_collectives(ranks, device)
-    out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(table, indent=1))
     console.print(f"wrote {out}", soft_wrap=True)
 
@@ -69,12 +68,12 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
     request = parse_gpus(gpus)
     if request.slug is None:
         fail("--predict needs the GPU type with the count, e.g. --gpus 4xH200")
+    out = out or Path("profiles") / f"{Path(model).name.lower()}_{request.slug}x{request.count}_predicted.json"
+    check_writable(out, "--out", make_folder=True)
     settings = PredictSettings(model, request.count, request.slug, tokens=parse_ints(tokens, "--tokens"),
                                contexts=parse_ints(contexts, "--contexts"), op_table=op_table,
                                collectives=collective_table)  # fmt: skip
     prof = predict_profile(settings, _command())
-    out = out or Path("profiles") / f"{Path(model).name.lower()}_{request.slug}x{request.count}_predicted.json"
-    check_writable(out, "--out", make_folder=True)
     prof.save(out)
     ops = prof.sources["op_table"]
     console.print(f"caveat: {CAVEAT}", soft_wrap=True, highlight=False)
@@ -94,9 +93,10 @@ def _compare(paths: tuple[Path, Path], out) -> None:
 
     check_writable(out, "--out", make_folder=True)
     measured, predicted = load_profile(paths[0]), load_profile(paths[1])
-    names = [p.model.get("name") for p in (measured, predicted)]
-    if names[0] != names[1]:
-        fail(f"--compare: the profiles are of different models ({names[0]} and {names[1]}); compare one model's")
+    shape = ("hidden_size", "num_layers", "num_heads", "num_kv_heads", "intermediate_size")  # not the name: a path
+    if [measured.model.get(k) for k in shape] != [predicted.model.get(k) for k in shape]:
+        names = f"{measured.model.get('name')} and {predicted.model.get('name')}"
+        fail(f"--compare: the profiles are of different models ({names}); compare one model's")
     result = compare_profiles(measured, predicted)
     table = Table(title=f"predicted vs measured step time ({paths[1].name} vs {paths[0].name})")
     for col in ("mode", "TP x SP", "tokens", "context", "measured ms", "predicted ms", "error"):
