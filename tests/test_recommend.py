@@ -357,3 +357,12 @@ def test_recommend_refuses_a_model_or_gpus_beside_a_profile(tmp_path):
     for extra in (["--model", "llama-3.1-8b"], ["--gpus", "8xH100"]):
         r = CliRunner().invoke(app, ["recommend", "--profile", shipped, *extra])
         assert r.exit_code == 2 and "only without --profile" in r.output, r.output
+
+
+def test_recommend_out_saves_what_json_prints(tmp_path):
+    """--out used to write only with --validate; without it, it silently wrote nothing."""
+    out = tmp_path / "rec.json"
+    r = CliRunner().invoke(app, ["recommend", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    printed = CliRunner().invoke(app, ["recommend", "--json"])
+    assert json.loads(out.read_text()) == json.loads(printed.output)

@@ -211,7 +211,12 @@ def recommend(
         ),
     ] = None,
     api_key: Annotated[Optional[str], typer.Option(help="--validate: sent as `Authorization: Bearer KEY`.")] = None,
-    out: Annotated[Optional[Path], typer.Option(help="--validate: save the comparison table here (JSON).")] = None,
+    out: Annotated[
+        Optional[Path],
+        typer.Option(
+            help="Save the recommendation here as JSON (as --json prints it); with --validate, the comparison."
+        ),
+    ] = None,
 ) -> None:
     """Turn a profile into SP/TP degrees, a switching threshold, memory, predictions and launch commands.
 
@@ -241,6 +246,11 @@ def recommend(
         fail_config(e, FLAGS)
     except OSError as e:
         fail(f"cannot write the plot: {e}")
+    if out is not None:
+        try:
+            out.write_text(json.dumps(data, indent=1))
+        except OSError as e:
+            fail(f"cannot write {out}: {e}")
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return
@@ -248,3 +258,5 @@ def recommend(
     print(terminal_plot(prof, result))  # plotext's own ANSI colors: not through Rich
     if plot is not None:
         Console().print(f"plot saved to {plot}")
+    if out is not None:
+        Console().print(f"saved to {out}")
