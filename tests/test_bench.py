@@ -60,6 +60,7 @@ class FakeServer:
     reject_ignore_eos: bool = False
     fail_every: int = 0  # every n-th request answers 500
     fail_from: int = 0  # the n-th request and all after it answer 500
+    models: list[str] = field(default_factory=lambda: ["tiny"])  # what GET /v1/models lists
     requests: list[dict] = field(default_factory=list)
     rejections: int = 0
     url: str = ""
@@ -73,7 +74,7 @@ def _app(state: FakeServer) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": "tiny", "object": "model"}]}
+        return {"object": "list", "data": [{"id": m, "object": "model"} for m in state.models]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -520,8 +521,16 @@ def test_missing_url_and_a_down_server_are_one_line(fake):
 
 
 def test_unknown_model_tokenizer_is_a_flag_error(fake):
+    fake.models = ["org/remote-model"]
     result = _cli("--base-url", fake.url, "--model", "org/remote-model", "--num-prompts", "1")
     assert result.exit_code == 2 and "--tokenizer: the model 'org/remote-model'" in result.output
+
+
+def test_a_model_the_server_does_not_serve_is_one_line(fake):
+    """It used to be taken on trust (and then blamed on --tokenizer, or failed every request)."""
+    result = _cli("--base-url", fake.url, "--model", "nosuch", "--num-prompts", "1")
+    assert result.exit_code == 2 and "serves 'tiny', not --model 'nosuch'" in result.output, result.output
+    assert not fake.requests
 
 
 def test_a_failing_test_request_stops_before_the_run(fake):

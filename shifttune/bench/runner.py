@@ -149,6 +149,8 @@ def record(
 
 async def _resolve_model(cfg: BenchConfig) -> str:
     models = await list_models(cfg.base_url, cfg.api_key)  # also the "is the server up" check
+    if cfg.model and models and cfg.model not in models:  # NOTE: its requests would all fail (404)
+        raise ServerError(f"{cfg.base_url} serves {', '.join(map(repr, models))}, not --model {cfg.model!r}")
     if cfg.model:
         return cfg.model
     if not models:
