@@ -512,8 +512,9 @@ def test_bad_flags_fail_with_one_line_naming_the_flag(fake, argv, message):
 
 
 def test_missing_url_and_a_down_server_are_one_line(fake):
-    result = _cli("--num-prompts", "1")
-    assert result.exit_code == 2 and "--base-url: which server?" in result.output
+    for argv in ([], ["--base-url", ""]):  # an empty URL was taken for http://127.0.0.1 (port 80)
+        result = _cli(*argv, "--num-prompts", "1")
+        assert result.exit_code == 2 and "--base-url: which server?" in result.output
     port = _free_port()  # nothing listens there
     result = _cli("--base-url", f"http://127.0.0.1:{port}", "--num-prompts", "1")
     assert result.exit_code == 2 and "cannot reach the server at" in result.output

@@ -175,7 +175,7 @@ def bench(
             request_timeout_s=request_timeout,
         )
         if compare is None:
-            if base_url is None:
+            if not base_url:
                 fail("--base-url: which server? e.g. --base-url http://127.0.0.1:8000 (or --compare to start ours)")
             if profile is not None:
                 fail("--profile: only with --compare (for one server: `shifttune recommend --validate URL`)")
