@@ -384,6 +384,10 @@ def test_a_port_in_use_is_one_line():
         proc = subprocess.run([*SERVE, "tiny", "--device", "cpu", "--port", str(port)], capture_output=True,
                               text=True, timeout=120)  # fmt: skip
     assert proc.returncode == 2 and f"--port: cannot listen on 127.0.0.1:{port}" in proc.stderr
+    # an address this machine does not have is the host's fault, not the port's (it said --port)
+    proc = subprocess.run([*SERVE, "tiny", "--device", "cpu", "--host", "999.1.1.1"], capture_output=True, text=True,
+                          timeout=120)  # fmt: skip
+    assert proc.returncode == 2 and "--host: cannot listen on 999.1.1.1:8000" in proc.stderr, proc.stderr
 
 
 def test_bench_against_the_cpu_server_writes_a_valid_report(tiny_server, tmp_path):

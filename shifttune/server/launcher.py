@@ -7,6 +7,7 @@ to stop (its `q` key), which is the same graceful stop as Ctrl-C.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import signal
@@ -50,7 +51,11 @@ def bind(host: str, port: int) -> socket.socket:
         sock.bind((host, port))
     except OSError as e:
         sock.close()
-        raise ConfigError(f"cannot listen on {host}:{port}: {e.strerror or e}", field="port") from None
+        # NOTE: an address this host does not have (or cannot resolve) is the host's fault, a taken port the port's
+        bad_host = isinstance(e, socket.gaierror) or e.errno == errno.EADDRNOTAVAIL
+        raise ConfigError(
+            f"cannot listen on {host}:{port}: {e.strerror or e}", field="host" if bad_host else "port"
+        ) from None
     sock.set_inheritable(True)
     return sock
 
