@@ -183,6 +183,7 @@ BAD_REQUESTS = [
     ("/v1/completions", {"model": "nope", "prompt": "hi"}),
     ("/v1/completions", {"prompt": [1, 2, 10**6]}),
     ("/v1/completions", {"prompt": [5] * 5000}),
+    ("/v1/completions", {"prompt": "hi", "max_tokens": 10**6}),  # past the context: vLLM's 400, not a silent cut
     ("/v1/completions", {"prompt": "hi", "temperature": -1}),
     ("/v1/completions", {"prompt": "hi", "top_p": 2}),
     ("/v1/completions", {"prompt": "hi", "top_k": -7}),

@@ -81,7 +81,7 @@ def engine_settings(c) -> dict:
 
 def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_model_len: int,
               api_key: str | None = None) -> FastAPI:  # fmt: skip
-    serving = Serving(engine, model_name, engine.tokenizer)
+    serving = Serving(engine, model_name, engine.tokenizer, max_model_len)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):

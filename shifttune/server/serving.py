@@ -107,8 +107,9 @@ class Choice:
 
 
 class Serving:
-    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer):
+    def __init__(self, engine: AsyncEngine, model_name: str, tokenizer, max_model_len: int):
         self.engine, self.model_name, self.tokenizer = engine, model_name, tokenizer
+        self.max_model_len = max_model_len
 
     # ---- preparation (may refuse) -------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
@@ -124,6 +125,11 @@ class Serving:
                 text, ids = self.engine.prepare(prompt, params)
             except ConfigError as e:
                 raise APIError(400, str(e), e.field) from None
+            if params.max_tokens is not None and len(ids) + params.max_tokens > self.max_model_len:  # as vLLM answers
+                raise APIError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, you "
+                               f"requested {len(ids) + params.max_tokens} tokens ({len(ids)} in the prompt, "
+                               f"{params.max_tokens} in the completion). Please reduce the length of the prompt or "
+                               "completion.", "max_tokens")  # fmt: skip
             choices.append(Choice(i, f"{base}-{i}", (text, ids)))
             self.engine.trace.received(choices[-1].request_id, len(ids))
         return choices
