@@ -13,6 +13,8 @@
 #       no attention); cluster size 16, 3 tiles in flight, 4 warps at batch 1-2
 #   PART=e bash profiles/commands/s16_gpu.sh   # read_floor_probe.py with 1-16 programs per SM; attention_bench --decode
 #       with its sweep of launch options at batch 1-2, 2k (the engine's Triton kernel)
+#   PART=f bash profiles/commands/s16_gpu.sh   # the session's last tree: tests/test_gpu.py, the kernels' GPU tests, the
+#       server tests on the GPU (tiny model)
 # Into $OUT: check.log, tests.log, decode_attention.json (+ .log), decode_attention_c8.json, marginal_{cluster,triton}.json
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
@@ -86,4 +88,11 @@ if [ "$PART" = e ]; then
   timeout 200 python profiles/commands/read_floor_probe.py --out "$OUT/read_floor.json" 2>&1 | tee -a "$LOG"
   timeout 200 python -m shifttune.profile.attention_bench --decode --batches 1,2 --contexts 2048 \
     --out "$OUT/decode_attention.json" 2>&1 | grep -E "decode|combined|Error" | cut -c1-300 | tee -a "$LOG"
+fi
+if [ "$PART" = f ]; then
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_gpu.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  timeout 120 python -m pytest -q -p no:cacheprovider tests/test_kernels.py -k "gpu or graph" >> "$OUT/tests.log" 2>&1
+  stamp "kernel GPU tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG"
 fi
