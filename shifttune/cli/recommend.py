@@ -128,6 +128,13 @@ def _validate_command(request: RecommendRequest, url: str, spread: float) -> str
                       + (["--burstiness", f"{request.burstiness:g}"] if request.burstiness != 1 else []))  # fmt: skip
 
 
+def _save_json(out: Path, data: dict) -> None:
+    try:
+        out.write_text(json.dumps(data, indent=1))
+    except OSError as e:
+        fail(f"cannot write {out}: {e}")
+
+
 def _validate(request: RecommendRequest, url: str, spread: float, api_key: Optional[str], out: Optional[Path]) -> None:
     """`--validate URL`: the simulation against what the server measures, per rate (`bench/validate.py`)."""
     from shifttune.bench.client import ServerError
@@ -147,10 +154,7 @@ def _validate(request: RecommendRequest, url: str, spread: float, api_key: Optio
         fail(str(e))
     Console().print(_validation_table(data))
     if out is not None:
-        try:
-            out.write_text(json.dumps(data, indent=1))
-        except OSError as e:
-            fail(f"cannot write {out}: {e}")
+        _save_json(out, data)
         Console().print(f"saved to {out}")
 
 
@@ -247,10 +251,7 @@ def recommend(
     except OSError as e:
         fail(f"cannot write the plot: {e}")
     if out is not None:
-        try:
-            out.write_text(json.dumps(data, indent=1))
-        except OSError as e:
-            fail(f"cannot write {out}: {e}")
+        _save_json(out, data)
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return

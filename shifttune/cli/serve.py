@@ -97,8 +97,6 @@ def serve(
         fail(f"two models given: {model_arg!r} and --model {model!r}")
     if max_queue_len is not None and max_queue_len < 1:
         fail("--max-queue-len: must be >= 1")
-    if not 0 <= port <= 65535:
-        fail(f"--port: must be 0-65535, not {port}")
     check_writable(log_file, "--log-file", make_folder=True)
     logging.getLogger("shifttune").setLevel(logging.INFO)
     try:

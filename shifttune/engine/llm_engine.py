@@ -288,7 +288,7 @@ def check_host_memory(config: EngineConfig) -> None:
     """On CPU ranks: refuses a model whose weights alone (one copy, the least the ranks hold together) exceed the
     host's available memory, before any process starts (it used to end in the OOM killer or a rank's traceback)."""
     available = host_memory_available()
-    need = config.model_config.num_params * torch.empty((), dtype=config.torch_dtype).element_size()
+    need = config.model_config.num_params * config.torch_dtype.itemsize
     if available is not None and need > available:
         raise ConfigError(
             f"{config.model} in {config.dtype} needs at least {need / 2**30:.1f} GiB of host memory for its weights; "

@@ -49,6 +49,9 @@ def bind(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
+    except OverflowError:  # the port, out of range (socket raises this before any OSError)
+        sock.close()
+        raise ConfigError(f"must be 0-65535, not {port}", field="port") from None
     except OSError as e:
         sock.close()
         # NOTE: an address this host does not have (or cannot resolve) is the host's fault, a taken port the port's
