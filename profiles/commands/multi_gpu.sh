@@ -8,7 +8,7 @@
 #   GPUS=8 PART=tui bash profiles/commands/multi_gpu.sh         # serve's live view under load, screenshots (SVG)
 # GPUS=4 runs the same on the first 4 GPUs (CUDA_VISIBLE_DEVICES). Model: llama-3.3-70b (MODEL= another), dummy bf16
 # weights (the paper used FP8 weights: say so beside every comparison). Multi-GPU device time counts in full, start-up
-# included. serve also takes NUM_PROMPTS (60) and BENCH_TIMEOUT (520 s).
+# included. serve also takes NUM_PROMPTS (60) and BENCH_TIMEOUT (520 s); profile takes PROFILE_TIMEOUT (360 s).
 #   tests:   tests/test_gpu.py -k "$TESTS_K": the HF oracle in bf16 at every (TP, SP) whose heads divide, the mode
 #            flipping mid-run, KV invariance across modes (~25 s a multi-GPU test: about 15 per call);
 #   profile: `profile --collectives`, then `shifttune profile` over every feasible factorization of GPUS (a grid of
@@ -51,7 +51,7 @@ profile)
   timeout 90 python -m shifttune.cli profile --collectives --gpus $GPUS --out $W/collectives_${G}x$GPUS.json \
     > $W/collectives.log 2>&1
   stamp "collectives rc=$?: $(tail -1 $W/collectives.log)"
-  timeout 360 python -m shifttune.cli profile --model $M --gpus $GPUS --load-format dummy --no-tui --iters 5 \
+  timeout ${PROFILE_TIMEOUT:-360} python -m shifttune.cli profile --model $M --gpus $GPUS --load-format dummy --no-tui --iters 5 \
     --warmup 2 $GRID --out $W/measured_${M}_${G}x$GPUS.json > $W/profile.log 2>&1
   stamp "profile rc=$?: $(tail -1 $W/profile.log)"
   predicted $W/predicted_${M}_${G}x$GPUS.json
