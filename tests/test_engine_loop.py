@@ -193,3 +193,25 @@ def test_the_persistent_batch_keeps_each_tables_span():
     assert step(new=[(1, [6, 5]), (2, [3])]) == [([6, 5], [6, 6]), ([3], [3])]
     assert step(appended=[(1, [9])], ids=(2, 1)) == [([3], [3]), ([6, 5, 5], [6, 6, 9])]
     assert step(new=[(3, [1, 2])], finished=[1], ids=(3, 2)) == [([1, 1], [1, 2]), ([3], [3])]
+
+
+def test_a_step_with_first_tokens_is_read_back_before_an_eager_step_launches(hf_models):
+    """Async scheduling with CUDA graphs: once a prompt ends in the step in flight and the next step runs eagerly,
+    `step` returns that step's tokens before launching the next one, so the first token never waits behind
+    another step's launch; with nothing eager to launch, it launches first."""
+    params = SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
+    with LLM(str(hf_models["llama"]), block_size=4, async_scheduling=True) as llm:
+        engine = llm.llm_engine
+        assert engine._graph_tokens is None  # no graphs on CPU: no such rule
+        engine._graph_tokens = 0  # as on a GPU whose graphs cover no step
+        engine.add_request("a", [1, 17, 42, 99, 5, 8], params)
+        assert engine.step() == []  # a's prefill launched; nothing was in flight
+        engine.add_request("b", [1, 60, 61, 62, 63], params)
+        outs = engine.step()
+        assert [(o.request_id, len(o.outputs[0].token_ids)) for o in outs] == [("a", 1)]
+        assert engine._in_flight is None and [s.request_id for s in engine.scheduler.waiting] == ["b"]
+        assert engine.step() == [] and engine._in_flight.shape.num_prefill_tokens == 5  # b's prefill, a's decode
+        engine._graph_tokens = 1 << 20  # as if graphs covered every step: launch first, read back after
+        outs = engine.step()
+        assert [(o.request_id, len(o.outputs[0].token_ids)) for o in outs] == [("a", 2), ("b", 1)]
+        assert engine._in_flight is not None and engine._in_flight.shape.num_prefill_tokens == 0

@@ -177,6 +177,22 @@ def test_async_scheduling_costs_a_request_that_arrives_while_busy_one_step():
     assert sorted(asyn.queue_ms) == pytest.approx([0.0, 5.0]) and sorted(asyn.engine_ms) == pytest.approx([10, 20])
 
 
+def test_the_simulation_reads_a_prompts_last_step_back_before_an_eager_step():
+    """The engine's rule (`LLMEngine.step`): a step in which a prompt ends is read back before an eager step is
+    scheduled, so prompts that arrived while it ran share the next step (not one step each, queued behind it)."""
+    from shifttune.engine.policy import FixedPolicy
+    from shifttune.recommend.simulator import simulate
+    from shifttune.recommend.workload import Request
+
+    seen: list[int] = []
+    step = lambda mode, t, c: seen.append(t) or (10.0 if t <= 2048 else 100.0)  # noqa: E731
+    reqs = [Request(0.0, 10, 40), Request(0.05, 3000, 2), Request(0.06, 3000, 2), Request(0.1, 3000, 2)]
+    res = simulate(reqs, FixedPolicy("tp"), step, kv_capacity_tokens=1 << 16, cuda_graph_max_tokens=2048,
+                   async_scheduling=True)  # fmt: skip
+    assert seen[:8] == [16, 1, 1, 1, 1, 1, 3001, 6002]  # decode + 3000; then 2 decodes + both later prompts
+    assert sorted(res.ttft_ms) == pytest.approx([10.0, 110.0, 160.0, 200.0])
+
+
 def test_graph_padding_and_host_time_in_the_simulation():
     """A 1000-token prompt runs the 1024-token graph; with another request decoding, 1001 tokens run it too;
     the server's host time per request adds to TTFT and E2E, not to TPOT."""

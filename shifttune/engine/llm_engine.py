@@ -41,6 +41,7 @@ class InFlightStep:
     sampling: list[Sequence]  # requests that sample a token in it, in the runner's order
     computed: list[tuple[Sequence, int, int]]  # (request, computed tokens before, after)
     output: ModelRunnerOutput
+    first_tokens: bool = False  # some request's first token is sampled in it (a prompt ends there)
 
 
 class LLMEngine:
@@ -77,6 +78,9 @@ class LLMEngine:
         self._ids = itertools.count()
         self._runner_ids = itertools.count()
         self._in_flight: InFlightStep | None = None
+        # on CUDA with graphs, steps of more tokens than this run eagerly (a launch per kernel; see `step`)
+        graphs = config.device == "cuda" and not config.enforce_eager
+        self._graph_tokens: int | None = config.cuda_graph_max_tokens if graphs else None
         self._stats = EngineStats(
             kv_blocks_total=runner.num_kv_blocks,
             weight_bytes_per_rank=runner.weight_bytes,
@@ -146,10 +150,19 @@ class LLMEngine:
     def step(self) -> list[RequestOutput]:
         """Schedules and launches one step, then reads back the step before it (async scheduling: the
         host's work overlaps the device's); returns outputs of requests that advanced or finished."""
+        done = self._in_flight
+        eager_next = self._graph_tokens is not None and self.scheduler.next_step_tokens() > self._graph_tokens
+        if done is not None and done.first_tokens and eager_next:
+            # NOTE: read the step in flight back before launching an eager one. Launching an eager step takes
+            # the host one call per kernel, and with a big step still queued the launch queue fills, so the
+            # host returns only when most of the new step has run: a prompt's first token would wait for
+            # the next step (on 4 x H200, 70B, a burst of 4k prompts: +0.3-0.6 s of TTFT a prompt).
+            self._in_flight = None
+            return self._complete(done)
         launched = self._launch()
         if not self.config.async_scheduling:
             return self._complete(launched) if launched else []
-        done, self._in_flight = self._in_flight, launched
+        self._in_flight = launched
         return self._complete(done) if done else []
 
     def _launch(self) -> InFlightStep | None:
@@ -166,7 +179,8 @@ class LLMEngine:
         self.scheduler.update_computed(sched)
         for seq in sampling:
             seq.num_pending += 1
-        return InFlightStep(mode, shape, sampling, computed, output)
+        first = any(seq.num_output_tokens == 0 for seq in sampling)
+        return InFlightStep(mode, shape, sampling, computed, output, first)
 
     def _delta(self, sched: SchedulerOutput, mode: str) -> StepDelta:
         """What the runners need to know of this step that they do not know yet."""

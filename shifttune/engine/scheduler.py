@@ -78,6 +78,12 @@ class Scheduler:
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
 
+    def next_step_tokens(self) -> int:
+        """At most how many tokens the next `schedule` takes (prefix-cache hits not subtracted): the running
+        sequences' remaining prompt chunks or one decode token each, then the waiting prompts, up to the budget."""
+        n = sum(max(len(s) - s.num_computed_tokens, 1) for s in self.running) + sum(len(s) for s in self.waiting)
+        return min(n, self.max_num_batched_tokens)
+
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)
 

@@ -8,7 +8,8 @@ latency and throughput, for TP-only, SP-only and shift under the same arrivals.
 Besides step times, the simulation follows what the engine's loop does with them (`EngineLoop`):
 - async scheduling (on CUDA): the loop launches step n + 1 and then reads step n back, so when a request
   arrives, the step after the running one is already queued and the request joins the one after that,
-  and a step's tokens count from the end of the step on the device;
+  and a step's tokens count from the end of the step on the device; except that, with CUDA graphs, a step
+  in which a prompt ends is read back before an eager step (more tokens than the graphs cover) is launched;
 - CUDA graphs: a step of up to `cuda_graph_max_tokens` tokens runs the graph of the smallest token
   bucket that holds it, so it takes the time of that many tokens (a 1024-token prompt with one decode
   token runs the 1280-token graph);
@@ -135,6 +136,7 @@ class SimResult:
 class _Step:
     end: float  # when the device finishes it (s)
     sampling: list[Sequence]
+    first_tokens: bool  # a prompt ends in it: the engine reads it back before launching an eager step
 
 
 def simulate(
@@ -205,7 +207,7 @@ def simulate(
         scheduler.update_computed(out)
         for seq in sampling:
             seq.num_pending += 1
-        return _Step(end, sampling)
+        return _Step(end, sampling, any(seq.num_output_tokens == 0 for seq in sampling))
 
     def complete(step: _Step) -> None:
         """The step's tokens are read back at its end (the engine's `_complete`)."""
@@ -230,6 +232,12 @@ def simulate(
 
     while next_req < len(pending) or scheduler.has_unfinished() or in_flight is not None:
         admit()
+        eager_next = graphs is not None and scheduler.next_step_tokens() > cuda_graph_max_tokens
+        if in_flight is not None and in_flight.first_tokens and eager_next:
+            done, in_flight = in_flight, None  # the engine's rule in `LLMEngine.step` (CUDA graphs on)
+            clock = max(clock, done.end)
+            complete(done)
+            continue
         out = scheduler.schedule()
         scheduler.released.clear()  # what the engine tells its runners; nothing to tell here
         launched = launch(out) if out.scheduled else None
