@@ -366,3 +366,26 @@ def test_recommend_out_saves_what_json_prints(tmp_path):
     assert r.exit_code == 0, r.output
     printed = CliRunner().invoke(app, ["recommend", "--json"])
     assert json.loads(out.read_text()) == json.loads(printed.output)
+
+
+def test_floors_of_a_profile_measured_without_them():
+    """`fill_floors`: a TP decode step reads this rank's weights and its sequences' K/V; the matmul floor grows with
+    the step's tokens; a saved profile keeps the floors and the loader refuses a bad one."""
+    from shifttune.engine.profile_schema import ProfileError, profile_from_dict
+    from shifttune.profile.step_timing import Ceilings, fill_floors
+
+    prof = synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t, name="llama-3.1-8b")
+    prof.factorizations[0].weight_bytes_per_rank = {"tp": 8 * 10**9, "sp": 0}
+    prof.factorizations[1].weight_bytes_per_rank = {"tp": 8 * 10**9, "sp": 16 * 10**9}
+    assert fill_floors(prof, Ceilings(1e12, 1e14)) == len(prof.points)
+    decode = next(p for p in prof.points if (p.mode, p.tokens, p.context) == ("tp", 1, 2048))
+    kv = 2 * 32 * (8 // 2) * 128 * 2 * 2048  # K and V, 32 layers, 4 of the 8 KV heads on each of 2 ranks, bf16
+    assert decode.bandwidth_floor_ms == pytest.approx(1e3 * (8e9 + kv) / 1e12)
+    assert decode.floor_ms == decode.bandwidth_floor_ms
+    sp = {p.tokens: p for p in prof.points if p.mode == "sp" and p.context == 2048}
+    assert 3.5 < sp[1024].matmul_floor_ms / sp[256].matmul_floor_ms <= 4.0
+    data = prof.to_dict()
+    assert profile_from_dict(data, "x").points[0].matmul_floor_ms == prof.points[0].matmul_floor_ms
+    data["points"][0]["matmul_floor_ms"] = -1.0
+    with pytest.raises(ProfileError, match="matmul_floor_ms must be a positive number"):
+        profile_from_dict(data, "x")

@@ -51,8 +51,9 @@ def _progress_bar_run(settings, out: Path, command: str):
                 bar.console.print(event.message, soft_wrap=True)
             if event.point is not None:
                 p = event.point
+                floor = f" ({p.floor_ms / p.median_ms:4.0%} of its floor)" if p.floor_ms else ""
                 bar.console.print(
-                    f"  {p.mode} TP={p.tp} SP={p.sp} T={p.tokens:>6} C={p.context:>6}: {p.median_ms:9.3f} ms"
+                    f"  {p.mode} TP={p.tp} SP={p.sp} T={p.tokens:>6} C={p.context:>6}: {p.median_ms:9.3f} ms{floor}"
                 )
 
         return run_profile(settings, out, command, show)

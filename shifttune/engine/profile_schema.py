@@ -80,10 +80,20 @@ class Point:
     p90_ms: float
     peak_memory_bytes: int | None = None
     kv_capacity_tokens: int | None = None
+    # one rank's bytes / the card's HBM rate and FLOPs / its matmul rate (`Profile.ceilings`); None off GPUs
+    bandwidth_floor_ms: float | None = None
+    matmul_floor_ms: float | None = None
 
     @property
     def key(self) -> tuple:
         return (self.mode, self.tp, self.sp, self.tokens, self.context)
+
+    @property
+    def floor_ms(self) -> float | None:
+        """The higher of the two floors: no run of this step on this card can be faster."""
+        if self.bandwidth_floor_ms is None or self.matmul_floor_ms is None:
+            return None
+        return max(self.bandwidth_floor_ms, self.matmul_floor_ms)
 
 
 @dataclass
@@ -99,6 +109,7 @@ class Profile:
     points: list[Point] = field(default_factory=list)
     predicted: bool = False
     sources: dict = field(default_factory=dict)
+    ceilings: dict = field(default_factory=dict)  # the card's hbm_bytes_per_s and matmul_flops_per_s, and their source
 
     @property
     def world_size(self) -> int:
@@ -177,7 +188,9 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
         for key in ("tp", "sp", "tokens", "context", "num_seqs", "tokens_per_seq"):
             if _require(p, key, int, where) < 1:
                 raise ProfileError(f"{where}.{key} must be >= 1")
-        for key in ("median_ms", "p10_ms", "p90_ms"):
+        for key in ("median_ms", "p10_ms", "p90_ms", "bandwidth_floor_ms", "matmul_floor_ms"):
+            if key.endswith("floor_ms") and p.get(key) is None:
+                continue
             v = _require(p, key, (int, float), where)
             if not math.isfinite(v) or v <= 0:
                 raise ProfileError(f"{where}.{key} must be a positive number, got {v!r}")
@@ -189,6 +202,8 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
     predicted = data.get("predicted", False)
     if not isinstance(predicted, bool) or not isinstance(data.get("sources", {}), dict):
         raise ProfileError(f"{source}: predicted must be true or false and sources an object")
+    if not isinstance(data.get("ceilings", {}), dict):
+        raise ProfileError(f"{source}: ceilings must be an object")
     return Profile(
         hardware=data["hardware"],
         software=data["software"],
@@ -201,6 +216,7 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
         points=points,
         predicted=predicted,
         sources=data.get("sources", {}),
+        ceilings=data.get("ceilings", {}),
     )
 
 

@@ -21,7 +21,7 @@ from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.profile_schema import Factorization, Point, Profile, ProfileError, load_profile, model_summary
 from shifttune.profile.step_sweep import DECODE, PREFILL, measure_point
 from shifttune.recommend.shapes import memory_check
-from shifttune.profile.step_timing import Ceilings, fill_kv_cache_random
+from shifttune.profile.step_timing import Ceilings, fill_kv_cache_random, measure_ceilings
 from shifttune.telemetry.hardware import describe_hardware, describe_software
 
 GPU_CONTEXTS = [512, 2048, 8192, 32768]
@@ -160,6 +160,7 @@ def run_profile(
         )
     elif done:
         progress(ProgressEvent(done, total, "resuming", message=f"resuming: {done} of {total} points already in {out}"))
+    ceilings = _ceilings(settings, profile)
     for tp, sp, modes in plan:
         remaining = [
             (t, c, m)
@@ -204,6 +205,10 @@ def run_profile(
                     command=command,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 )
+            if ceilings is not None and not profile.ceilings:
+                profile.ceilings = {"hbm_bytes_per_s": ceilings.hbm_bytes_per_s,
+                                    "matmul_flops_per_s": ceilings.matmul_flops_per_s,
+                                    "source": "measured on GPU 0 before the engines started"}  # fmt: skip
             # what a deployment of this layout could hold, not just what this sweep allocated
             capacity = runner.kv_blocks_memory_limit * config.block_size
             _set_factorization(
@@ -219,7 +224,7 @@ def run_profile(
                 label = f"TP={tp} SP={sp} {mode} mode, {t} tokens at context {c}"
                 progress(ProgressEvent(done, total, label))
                 got = measure_point(
-                    engine, mode, t, c, settings.max_decode, settings.warmup, settings.iters, Ceilings(1.0, 1.0)
+                    engine, mode, t, c, settings.max_decode, settings.warmup, settings.iters, ceilings or Ceilings(1, 1)
                 )
                 done += 1
                 if got is None:
@@ -240,6 +245,8 @@ def run_profile(
                     timing.p90_ms,
                     peak,
                     capacity,
+                    timing.bandwidth_floor_ms if ceilings else None,
+                    timing.matmul_floor_ms if ceilings else None,
                 )
                 profile.points.append(point)
                 profile.save(out)
@@ -252,6 +259,18 @@ def run_profile(
     profile.factorizations.sort(key=lambda f: -f.tp)
     profile.save(out)
     return profile
+
+
+def _ceilings(settings: ProfileSettings, profile: Profile | None) -> Ceilings | None:
+    """The card's HBM and matmul rates for the points' floors: a resumed profile's, else measured now (on a GPU;
+    none on CPU, where floors mean little)."""
+    if profile is not None and profile.ceilings:
+        return Ceilings(profile.ceilings["hbm_bytes_per_s"], profile.ceilings["matmul_flops_per_s"])
+    if settings.device != "cuda":
+        return None
+    ceilings = measure_ceilings(torch.device("cuda"))
+    torch.cuda.empty_cache()  # its 2 GiB of buffers go back before the engines size their KV caches
+    return ceilings
 
 
 def _set_factorization(profile: Profile, fact: Factorization) -> None:

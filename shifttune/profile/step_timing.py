@@ -228,3 +228,26 @@ def kernel_breakdown(fn, iters: int) -> dict[str, float]:
     out["wall_ms"] = 1e3 * wall
     out["top_kernels"] = dict(sorted(top.items(), key=lambda kv: -kv[1])[:12])
     return out
+
+
+def fill_floors(profile, ceilings: Ceilings) -> int:
+    """Sets each point's floors of `profile` (a `Profile` measured before profiles kept them) from its model,
+    its factorizations' weight bytes and `ceilings`; returns how many points got them. The model must be one
+    that `EngineConfig` resolves (a built-in name or a local checkpoint)."""
+    name, dtype = profile.model["name"], profile.model.get("dtype", "bfloat16")
+    p = profile.world_size
+    weights = {(f.tp, f.sp): f.weight_bytes_per_rank for f in profile.factorizations if f.feasible}
+    configs: dict[tuple[int, int], EngineConfig] = {}
+    n = 0
+    for pt in profile.points:
+        layout = (p, 1) if pt.mode == TP else (pt.tp, pt.sp)
+        if layout not in weights:
+            continue
+        if layout not in configs:  # the CPU engine's config: the shapes and dtype are all a floor needs
+            configs[layout] = EngineConfig(model=name, tensor_parallel_size=layout[0], sequence_parallel_size=layout[1],
+                                           device="cpu", dtype=dtype, load_format="dummy")  # fmt: skip
+        _, _, pt.bandwidth_floor_ms, pt.matmul_floor_ms = step_floors(
+            configs[layout], weights[layout], pt.mode, pt.num_seqs, pt.tokens_per_seq, pt.context, ceilings
+        )
+        n += 1
+    return n
