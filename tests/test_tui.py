@@ -109,6 +109,7 @@ class FakeNvml:
         return 1755 + 15 * (self._call("sm_clock", h) % 3)
 
     def nvmlDeviceGetFieldValues(self, h, ids):
+        assert all(scope == 0xFFFFFFFF for _, scope in ids)  # every link's traffic, not link 0's
         k = self._call("nvlink", h)
         return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(ullVal=k * (1 << 20) * (i + 1)))
                 for i, _ in enumerate(ids)]  # fmt: skip

@@ -12,8 +12,9 @@
 #   tests:   tests/test_gpu.py -k "$TESTS_K": the HF oracle in bf16 at every (TP, SP) whose heads divide, the mode
 #            flipping mid-run, KV invariance across modes (~25 s a multi-GPU test: about 15 per call);
 #   profile: `profile --collectives`, then `shifttune profile` over every feasible factorization of GPUS (a grid of
-#            decode batches 1-32 at 2k and prefill steps up to 16k), the predicted profile of the same grid from the
-#            shipped op table and this call's collectives, and `profile --compare` of the two;
+#            decode batches 1-32 at 2k and prefill steps up to 16k; each point with its floors), the issue's bars
+#            (floors.txt), the predicted profile of the same grid from the shipped op table and this call's
+#            collectives, and `profile --compare` of the two;
 #   serve:   `recommend` for 4k in / 250 out at RATES, then `bench --compare MODES` on the same workload (one mode per
 #            call: a 70B server starts in minutes) with --profile (the committed measured profile of this part's
 #            earlier run when $PROFILE names it, else a predicted one made here): predicted beside measured;
@@ -54,6 +55,8 @@ profile)
   timeout ${PROFILE_TIMEOUT:-360} python -m shifttune.cli profile --model $M --gpus $GPUS --load-format dummy --no-tui --iters 5 \
     --warmup 2 $GRID --out $W/measured_${M}_${G}x$GPUS.json > $W/profile.log 2>&1
   stamp "profile rc=$?: $(tail -1 $W/profile.log)"
+  python profiles/commands/profile_floors.py $W/measured_${M}_${G}x$GPUS.json > $W/floors.txt 2>&1
+  stamp "floors (issue 13's bars): $(grep -c 'NOT met' $W/floors.txt) not met, $(grep -c ': met' $W/floors.txt) met"
   predicted $W/predicted_${M}_${G}x$GPUS.json
   python -m shifttune.cli profile --compare $W/measured_${M}_${G}x$GPUS.json $W/predicted_${M}_${G}x$GPUS.json \
     --out $W/compare_${M}_${G}x$GPUS.json > $W/compare.txt 2>&1

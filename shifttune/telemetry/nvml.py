@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 FIELDS = ("util", "memory", "power", "temperature", "sm_clock", "nvlink")
+ALL_LINKS = 0xFFFFFFFF  # an NVLink field's scope (UINT_MAX): every link of the GPU
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,11 @@ class NvmlSampler:
     def _nvlink(self, gpu: _Gpu, failed: set[str], now: float) -> tuple[float | None, float | None]:
         """Bytes/s sent and received over NVLink since the last reading (the counters are KiB totals)."""
         nv = self._nvml
-        ids = [nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX]
+        # NOTE: a field's scope is the link it counts, link 0 when none is given; ALL_LINKS asks for the sum
+        ids = [
+            (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, ALL_LINKS),
+            (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, ALL_LINKS),
+        ]
         values = self._query(gpu, "nvlink", failed, lambda: nv.nvmlDeviceGetFieldValues(gpu.handle, ids))
         if values is None:
             return None, None
