@@ -211,7 +211,8 @@ def test_a_step_with_first_tokens_is_read_back_before_an_eager_step_launches(hf_
         assert [(o.request_id, len(o.outputs[0].token_ids)) for o in outs] == [("a", 1)]
         assert engine._in_flight is None and [s.request_id for s in engine.scheduler.waiting] == ["b"]
         assert engine.step() == [] and engine._in_flight.shape.num_prefill_tokens == 5  # b's prefill, a's decode
-        engine._graph_tokens = 1 << 20  # as if graphs covered every step: launch first, read back after
-        outs = engine.step()
+        engine._graph_tokens = engine.scheduler.next_step_tokens()  # the next step (2 decodes) just fits a graph
+        outs = engine.step()  # so it is launched first and b's first token read back after
         assert [(o.request_id, len(o.outputs[0].token_ids)) for o in outs] == [("a", 2), ("b", 1)]
-        assert engine._in_flight is not None and engine._in_flight.shape.num_prefill_tokens == 0
+        step = engine._in_flight
+        assert step is not None and step.shape.num_prefill_tokens == 0 and not step.first_tokens  # b's 2nd token

@@ -191,6 +191,12 @@ def test_the_simulation_reads_a_prompts_last_step_back_before_an_eager_step():
                    async_scheduling=True)  # fmt: skip
     assert seen[:8] == [16, 1, 1, 1, 1, 1, 3001, 6002]  # decode + 3000; then 2 decodes + both later prompts
     assert sorted(res.ttft_ms) == pytest.approx([10.0, 110.0, 160.0, 200.0])
+    # the step of the first request's second token ends no prompt: the 3000-token step is queued behind it at once
+    seen.clear()
+    reqs = [Request(0.0, 10, 40), Request(0.005, 3000, 2), Request(0.015, 3000, 2)]
+    res = simulate(reqs, FixedPolicy("tp"), step, kv_capacity_tokens=1 << 16, cuda_graph_max_tokens=2048,
+                   async_scheduling=True)  # fmt: skip
+    assert seen[:4] == [16, 1, 3001, 3002] and sorted(res.ttft_ms) == pytest.approx([10.0, 115.0, 205.0])
 
 
 def test_graph_padding_and_host_time_in_the_simulation():

@@ -79,7 +79,7 @@ class LLMEngine:
         self._runner_ids = itertools.count()
         self._in_flight: InFlightStep | None = None
         # on CUDA with graphs, steps of more tokens than this run eagerly (a launch per kernel; see `step`)
-        graphs = config.device == "cuda" and not config.enforce_eager
+        graphs = config.device == "cuda" and not config.enforce_eager and config.cuda_graph_max_tokens > 0
         self._graph_tokens: int | None = config.cuda_graph_max_tokens if graphs else None
         self._stats = EngineStats(
             kv_blocks_total=runner.num_kv_blocks,
@@ -151,8 +151,7 @@ class LLMEngine:
         """Schedules and launches one step, then reads back the step before it (async scheduling: the
         host's work overlaps the device's); returns outputs of requests that advanced or finished."""
         done = self._in_flight
-        eager_next = self._graph_tokens is not None and self.scheduler.next_step_tokens() > self._graph_tokens
-        if done is not None and done.first_tokens and eager_next:
+        if done is not None and done.first_tokens and self._eager_next():
             # NOTE: read the step in flight back before launching an eager one. Launching an eager step takes
             # the host one call per kernel, and with a big step still queued the launch queue fills, so the
             # host returns only when most of the new step has run: a prompt's first token would wait for
@@ -177,10 +176,14 @@ class LLMEngine:
                     for s in sched.scheduled]  # fmt: skip
         output = self.executor.collective_rpc("execute", self._delta(sched, mode))
         self.scheduler.update_computed(sched)
+        first = any(seq.awaits_first_token for seq in sampling)
         for seq in sampling:
             seq.num_pending += 1
-        first = any(seq.num_output_tokens == 0 for seq in sampling)
         return InFlightStep(mode, shape, sampling, computed, output, first)
+
+    def _eager_next(self) -> bool:
+        """Would the next step run eagerly (more tokens than the CUDA graphs cover)? False without graphs."""
+        return self._graph_tokens is not None and self.scheduler.next_step_tokens() > self._graph_tokens
 
     def _delta(self, sched: SchedulerOutput, mode: str) -> StepDelta:
         """What the runners need to know of this step that they do not know yet."""

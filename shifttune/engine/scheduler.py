@@ -8,6 +8,8 @@ it is recomputed later from its tokens, which keeps outputs unchanged.
 
 from __future__ import annotations
 
+import itertools
+
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -79,10 +81,21 @@ class Scheduler:
         self.waiting.append(seq)
 
     def next_step_tokens(self) -> int:
-        """At most how many tokens the next `schedule` takes (prefix-cache hits not subtracted): the running
-        sequences' remaining prompt chunks or one decode token each, then the waiting prompts, up to the budget."""
-        n = sum(max(len(s) - s.num_computed_tokens, 1) for s in self.running) + sum(len(s) for s in self.waiting)
-        return min(n, self.max_num_batched_tokens)
+        """At most how many tokens the next `schedule` takes, by its own rules short of the KV cache's and the
+        prefix cache's: the running sequences' remaining prompt chunks or decode tokens, then the waiting prompts
+        that fit `max_num_seqs`, up to the budget."""
+        budget, n = self.max_num_batched_tokens, 0
+        for seq in self.running:
+            n += 0 if self.is_done_pending(seq) else len(seq) - seq.num_computed_tokens
+            if n >= budget:
+                return budget
+        for seq in itertools.islice(self.waiting, max(0, self.max_num_seqs - len(self.running))):
+            if seq.num_pending:
+                break
+            n += len(seq)
+            if n >= budget:
+                return budget
+        return n
 
     def has_unfinished(self) -> bool:
         return bool(self.waiting or self.running)

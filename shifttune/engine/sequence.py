@@ -53,6 +53,11 @@ class Sequence:
         return len(self.token_ids) - self.num_prompt_tokens
 
     @property
+    def awaits_first_token(self) -> bool:
+        """Nothing sampled yet, read back or in flight: the next token it samples is its first."""
+        return len(self) == self.num_prompt_tokens
+
+    @property
     def is_finished(self) -> bool:
         return self.status == SequenceStatus.FINISHED
 

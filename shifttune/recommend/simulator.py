@@ -205,9 +205,10 @@ def simulate(
         end = max(clock, device_free) + step_ms(mode, tokens, shape.mean_context) / 1e3
         device_free = end
         scheduler.update_computed(out)
+        first = any(seq.awaits_first_token for seq in sampling)
         for seq in sampling:
             seq.num_pending += 1
-        return _Step(end, sampling, any(seq.num_output_tokens == 0 for seq in sampling))
+        return _Step(end, sampling, first)
 
     def complete(step: _Step) -> None:
         """The step's tokens are read back at its end (the engine's `_complete`)."""
@@ -232,8 +233,12 @@ def simulate(
 
     while next_req < len(pending) or scheduler.has_unfinished() or in_flight is not None:
         admit()
-        eager_next = graphs is not None and scheduler.next_step_tokens() > cuda_graph_max_tokens
-        if in_flight is not None and in_flight.first_tokens and eager_next:
+        if (
+            in_flight is not None
+            and in_flight.first_tokens
+            and graphs is not None
+            and scheduler.next_step_tokens() > cuda_graph_max_tokens
+        ):
             done, in_flight = in_flight, None  # the engine's rule in `LLMEngine.step` (CUDA graphs on)
             clock = max(clock, done.end)
             complete(done)
