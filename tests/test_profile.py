@@ -52,6 +52,25 @@ def test_rerun_resumes_without_measuring_again(cpu_profile, tmp_path):
         run_profile(ProfileSettings(**(SMALL | {"contexts": [64]})), partial, "test")
 
 
+def test_floors_on_gpus_only_and_for_every_point_of_a_resumed_profile(cpu_profile, tmp_path, monkeypatch):
+    """A CPU profile has no ceilings and no floors; resuming a profile that has none where ceilings are known (as
+    on a GPU) gives the points measured before the floors too."""
+    import shifttune.profile.profiler as profiler
+    from shifttune.profile.step_timing import Ceilings
+
+    _, prof, _ = cpu_profile
+    assert prof.ceilings == {} and all(p.floor_ms is None for p in prof.points)
+    partial = tmp_path / "partial.json"
+    data = prof.to_dict()
+    data["points"] = data["points"][:5]
+    partial.write_text(json.dumps(data))
+    monkeypatch.setattr(profiler, "_ceilings", lambda settings, profile: Ceilings(1e12, 1e14))
+    again = run_profile(ProfileSettings(**SMALL), partial, "test")
+    assert again.ceilings["hbm_bytes_per_s"] == 1e12 and len(again.points) == len(prof.points)
+    assert all(p.bandwidth_floor_ms > 0 and p.matmul_floor_ms > 0 for p in again.points)
+    assert load_profile(partial).points[0].floor_ms == again.points[0].floor_ms
+
+
 def test_factorizations_and_infeasible_ones_are_listed(tmp_path):
     assert factorizations(4) == [(4, 1), (2, 2), (1, 4)]
     # the tiny model has 8 heads and 2 KV heads: P = 8 works, with each KV head replicated 4 ways

@@ -384,8 +384,13 @@ def test_floors_of_a_profile_measured_without_them():
     assert decode.floor_ms == decode.bandwidth_floor_ms
     sp = {p.tokens: p for p in prof.points if p.mode == "sp" and p.context == 2048}
     assert 3.5 < sp[1024].matmul_floor_ms / sp[256].matmul_floor_ms <= 4.0
+    assert sp[1].bandwidth_floor_ms == pytest.approx(1e3 * (16e9 + kv) / 1e12)  # the SP layout's weights (TP 1)
     data = prof.to_dict()
     assert profile_from_dict(data, "x").points[0].matmul_floor_ms == prof.points[0].matmul_floor_ms
     data["points"][0]["matmul_floor_ms"] = -1.0
     with pytest.raises(ProfileError, match="matmul_floor_ms must be a positive number"):
+        profile_from_dict(data, "x")
+    data["points"][0]["matmul_floor_ms"] = 1.0
+    data["ceilings"] = {"source": "hand-written"}
+    with pytest.raises(ProfileError, match="ceilings lacks 'hbm_bytes_per_s'"):
         profile_from_dict(data, "x")

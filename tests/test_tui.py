@@ -56,8 +56,9 @@ class FakeNvml:
             super().__init__(f"NVML error {value}")
             self.value = value
 
-    def __init__(self, gpus: int = 2, unsupported: dict[int, set[str]] | None = None, driver: bool = True):
-        self.n, self.unsupported, self.driver = gpus, unsupported or {}, driver
+    def __init__(self, gpus: int = 2, unsupported: dict[int, set[str]] | None = None, driver: bool = True,
+                 per_link: frozenset[int] = frozenset()):  # fmt: skip
+        self.n, self.unsupported, self.driver, self.per_link = gpus, unsupported or {}, driver, per_link
         self.calls: Counter = Counter()
         self.reads: Counter = Counter()
 
@@ -109,10 +110,22 @@ class FakeNvml:
         return 1755 + 15 * (self._call("sm_clock", h) % 3)
 
     def nvmlDeviceGetFieldValues(self, h, ids):
-        assert all(scope == 0xFFFFFFFF for _, scope in ids)  # every link's traffic, not link 0's
+        """NVLink KiB totals: k MiB sent and 2k received on each link at the k-th query; a GPU in `per_link`
+        refuses the all-links scope (a per-field status), as an older driver might."""
         k = self._call("nvlink", h)
-        return [SimpleNamespace(nvmlReturn=0, value=SimpleNamespace(ullVal=k * (1 << 20) * (i + 1)))
-                for i, _ in enumerate(ids)]  # fmt: skip
+        out = []
+        for field_id, scope in ids:
+            assert scope == 0xFFFFFFFF or h in self.per_link  # every link's traffic, never link 0's alone
+            status = 2 if scope == 0xFFFFFFFF and h in self.per_link else 0
+            out.append(
+                SimpleNamespace(nvmlReturn=status, value=SimpleNamespace(ullVal=k * (1 << 20) * (field_id - 137)))
+            )
+        return out
+
+    def nvmlDeviceGetNvLinkState(self, h, link):
+        if link >= 8:
+            raise self.NVMLError(2)
+        return int(link < 3)  # links 0-2 active
 
 
 def fake_sampler(samples: int = 24, **kw) -> NvmlSampler:
@@ -160,6 +173,19 @@ def test_the_nvml_sampler_caches_handles_and_never_asks_twice_for_an_unsupported
     assert g1.unsupported == {"power", "nvlink"} and g1.power_w is None and g1.power_limit_w is None
     assert sampler.history(0, "util") == [float((40 + 7 * k) % 101) for k in (1, 2, 3)]
     assert len(sampler.history(0, "nvlink")) == 2  # no rate from the first reading
+
+
+def test_nvlink_traffic_adds_up_the_active_links_where_the_driver_refuses_the_all_links_scope():
+    fake = FakeNvml(gpus=2, per_link=frozenset({1}))
+    now = [0.0]
+    sampler = NvmlSampler(nvml=fake, clock=lambda: now[0])
+    for _ in range(3):
+        reading = sampler.sample()
+        now[0] += 0.5
+    g0, g1 = reading.gpus
+    assert g0.nvlink_tx == pytest.approx((1 << 20) * 1024 / 0.5)  # one all-links counter
+    assert g1.nvlink_tx == pytest.approx(3 * (1 << 20) * 1024 / 0.5) and g1.nvlink_rx == pytest.approx(2 * g1.nvlink_tx)
+    assert "nvlink" not in g1.unsupported and fake.calls[("nvlink", 1)] == 4  # refused once, then links 0-2
 
 
 def test_without_an_nvidia_driver_the_sampler_says_so_and_the_view_still_works():

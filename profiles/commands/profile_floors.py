@@ -24,6 +24,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, help="write the profile with floors here (default: print only)")
     args = ap.parse_args()
     prof = load_profile(args.profile)
+    if prof.hardware.get("device") != "cuda":
+        raise SystemExit(f"{args.profile} was not measured on GPUs: its steps have no HBM or matmul floor")
     if not prof.ceilings:
         spec = gpu_spec(gpu_slug(prof.hardware.get("gpu_name", "")))
         source = f"shipped ceilings of the {spec.slug} (shifttune/data/gpus.json), not this run's"
@@ -35,12 +37,14 @@ def main() -> None:
     fill_floors(prof, Ceilings(c["hbm_bytes_per_s"], c["matmul_flops_per_s"]))
     print(f"{'mode':>4} {'TP':>2} {'SP':>2} {'tokens':>6} {'ctx':>6} {'ms':>9} {'floor':>9} {'of floor':>8}  bar")
     for pt in sorted(prof.points, key=lambda q: (q.mode, -q.tp, q.context, q.tokens)):
+        floor = pt.floor_ms
+        if floor is None:  # a layout the profile has no weight sizes for
+            continue
         bar = ""
         if pt.mode == TP and pt.tokens_per_seq == 1 and pt.tokens <= 32 and pt.context == 2048:
             bar = "weight-read >= 70%: " + ("met" if pt.bandwidth_floor_ms / pt.median_ms >= 0.70 else "NOT met")
         elif pt.mode == SP and 8192 <= pt.tokens <= 16384:
             bar = "matmul >= 67%: " + ("met" if pt.matmul_floor_ms / pt.median_ms >= 0.67 else "NOT met")
-        floor = pt.floor_ms
         print(f"{pt.mode:>4} {pt.tp:>2} {pt.sp:>2} {pt.tokens:>6} {pt.context:>6} {pt.median_ms:9.2f} {floor:9.2f} "
               f"{floor / pt.median_ms:8.0%}  {bar}")  # fmt: skip
     if args.out:

@@ -202,8 +202,13 @@ def profile_from_dict(data: dict, source: str = "profile") -> Profile:
     predicted = data.get("predicted", False)
     if not isinstance(predicted, bool) or not isinstance(data.get("sources", {}), dict):
         raise ProfileError(f"{source}: predicted must be true or false and sources an object")
-    if not isinstance(data.get("ceilings", {}), dict):
+    ceilings = data.get("ceilings", {})
+    if not isinstance(ceilings, dict):
         raise ProfileError(f"{source}: ceilings must be an object")
+    for key in ("hbm_bytes_per_s", "matmul_flops_per_s") if ceilings else ():
+        v = _require(ceilings, key, (int, float), f"{source}: ceilings")
+        if not math.isfinite(v) or v <= 0:
+            raise ProfileError(f"{source}: ceilings.{key} must be a positive number, got {v!r}")
     return Profile(
         hardware=data["hardware"],
         software=data["software"],

@@ -21,7 +21,7 @@ from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.profile_schema import Factorization, Point, Profile, ProfileError, load_profile, model_summary
 from shifttune.profile.step_sweep import DECODE, PREFILL, measure_point
 from shifttune.recommend.shapes import memory_check
-from shifttune.profile.step_timing import Ceilings, fill_kv_cache_random, measure_ceilings
+from shifttune.profile.step_timing import Ceilings, fill_floors, fill_kv_cache_random, measure_ceilings
 from shifttune.telemetry.hardware import describe_hardware, describe_software
 
 GPU_CONTEXTS = [512, 2048, 8192, 32768]
@@ -160,7 +160,9 @@ def run_profile(
         )
     elif done:
         progress(ProgressEvent(done, total, "resuming", message=f"resuming: {done} of {total} points already in {out}"))
-    ceilings = _ceilings(settings, profile)
+    ceilings = _ceilings(settings, profile) if done < total else None
+    if profile is not None and ceilings is not None:
+        _set_ceilings(profile, ceilings)  # a resumed profile from before profiles kept floors gets them too
     for tp, sp, modes in plan:
         remaining = [
             (t, c, m)
@@ -205,10 +207,8 @@ def run_profile(
                     command=command,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 )
-            if ceilings is not None and not profile.ceilings:
-                profile.ceilings = {"hbm_bytes_per_s": ceilings.hbm_bytes_per_s,
-                                    "matmul_flops_per_s": ceilings.matmul_flops_per_s,
-                                    "source": "measured on GPU 0 before the engines started"}  # fmt: skip
+            if ceilings is not None:
+                _set_ceilings(profile, ceilings)
             # what a deployment of this layout could hold, not just what this sweep allocated
             capacity = runner.kv_blocks_memory_limit * config.block_size
             _set_factorization(
@@ -271,6 +271,15 @@ def _ceilings(settings: ProfileSettings, profile: Profile | None) -> Ceilings | 
     ceilings = measure_ceilings(torch.device("cuda"))
     torch.cuda.empty_cache()  # its 2 GiB of buffers go back before the engines size their KV caches
     return ceilings
+
+
+def _set_ceilings(profile: Profile, ceilings: Ceilings) -> None:
+    if profile.ceilings:
+        return
+    profile.ceilings = {"hbm_bytes_per_s": ceilings.hbm_bytes_per_s, "matmul_flops_per_s": ceilings.matmul_flops_per_s,
+                        "source": "measured on GPU 0 before the engines started"}  # fmt: skip
+    if profile.points:
+        fill_floors(profile, ceilings)
 
 
 def _set_factorization(profile: Profile, fact: Factorization) -> None:

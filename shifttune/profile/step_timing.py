@@ -109,11 +109,11 @@ def measure_ceilings(device: torch.device) -> Ceilings:
     n = 1 << 29  # bf16 elements: 1 GiB
     a = torch.randn(n, device=device, dtype=torch.bfloat16)
     b = torch.empty_like(a)
-    copy_ms = _time_cuda(lambda: b.copy_(a), warmup=3, iters=20)
+    copy_ms = _time_cuda(lambda: b.copy_(a), warmup=10, iters=100)  # ~0.1 s of each: the clocks settle
     hbm = 2 * a.numel() * a.element_size() / (percentile(copy_ms, 0.5) / 1e3)
     x = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
     y = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
-    mm_ms = _time_cuda(lambda: x @ y, warmup=3, iters=20)
+    mm_ms = _time_cuda(lambda: x @ y, warmup=10, iters=100)
     return Ceilings(hbm, 2 * 8192**3 / (percentile(mm_ms, 0.5) / 1e3))
 
 

@@ -54,6 +54,7 @@ class _Gpu:
     name: str
     power_limit_w: float | None
     unsupported: set[str] = field(default_factory=set)
+    nvlink_scopes: list[int] = field(default_factory=lambda: [ALL_LINKS])  # NVLink counters to add up
     nvlink_last: tuple[float, float, float] | None = None  # (time, tx KiB, rx KiB): NVML's counters are totals
 
 
@@ -182,23 +183,37 @@ class NvmlSampler:
     def _nvlink(self, gpu: _Gpu, failed: set[str], now: float) -> tuple[float | None, float | None]:
         """Bytes/s sent and received over NVLink since the last reading (the counters are KiB totals)."""
         nv = self._nvml
-        # NOTE: a field's scope is the link it counts, link 0 when none is given; ALL_LINKS asks for the sum
-        ids = [
-            (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, ALL_LINKS),
-            (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX, ALL_LINKS),
-        ]
+        # NOTE: a field's scope is the link it counts, link 0 when none is given; ALL_LINKS asks for the sum, and
+        # a driver that refuses it is asked link by link (the active ones)
+        fields = (nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_TX, nv.NVML_FI_DEV_NVLINK_THROUGHPUT_DATA_RX)
+        ids = [(f, scope) for scope in gpu.nvlink_scopes for f in fields]
         values = self._query(gpu, "nvlink", failed, lambda: nv.nvmlDeviceGetFieldValues(gpu.handle, ids))
         if values is None:
             return None, None
         if any(v.nvmlReturn != nv.NVML_SUCCESS for v in values):
+            links = self._active_links(gpu) if gpu.nvlink_scopes == [ALL_LINKS] else []
+            if links:
+                gpu.nvlink_scopes = links
+                return self._nvlink(gpu, failed, now)
             gpu.unsupported.add("nvlink")  # per-field status: this GPU has no NVLink counters
             return None, None
-        tx, rx = (float(v.value.ullVal) for v in values)
+        tx = sum(float(v.value.ullVal) for v in values[0::2])
+        rx = sum(float(v.value.ullVal) for v in values[1::2])
         last, gpu.nvlink_last = gpu.nvlink_last, (now, tx, rx)
         if last is None or now <= last[0]:
             return None, None
         dt = now - last[0]
         return max(0.0, tx - last[1]) * 1024 / dt, max(0.0, rx - last[2]) * 1024 / dt
+
+    def _active_links(self, gpu: _Gpu) -> list[int]:
+        links = []
+        for link in range(getattr(self._nvml, "NVML_NVLINK_MAX_LINKS", 18)):
+            try:
+                if self._nvml.nvmlDeviceGetNvLinkState(gpu.handle, link) == 1:
+                    links.append(link)
+            except self._nvml.NVMLError:
+                break  # past the GPU's last link
+        return links
 
     def _record(self, s: GpuSample) -> None:
         nvlink = None if s.nvlink_tx is None else s.nvlink_tx + (s.nvlink_rx or 0.0)
