@@ -158,6 +158,8 @@ def test_serve_refuses_a_port_out_of_range():
         (dict(max_model_len=0), "max_model_len: must be >= 1"),
         (dict(gpu_memory_utilization=0), "gpu_memory_utilization: must be in"),
         (dict(gpu_memory_utilization=2), "gpu_memory_utilization: must be in"),
+        (dict(all_reduce="symm_mem"), "all_reduce: symm_mem needs CUDA GPUs"),
+        (dict(all_reduce="ring"), "all_reduce: must be one of nccl, symm_mem"),
     ],
 )
 def test_engine_sizes_out_of_range_are_refused(kwargs, message):

@@ -49,6 +49,23 @@ def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.parametrize("tp,sp", [(2, 1), (1, 2), (2, 2), (4, 1), (8, 1), (2, 4)])
+def test_hf_oracle_with_the_symmetric_memory_all_reduce(hf_models, tp, sp):
+    """all_reduce="symm_mem": the row-parallel layers' sums go through the one-shot kernel (in graphs and eager),
+    in both modes; the tokens pass the bf16 rule against HF in float32."""
+    path = hf_models["qwen3"]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    with _gpu_llm(path, tp, sp, all_reduce="symm_mem") as llm:
+        engine = llm.llm_engine
+        assert engine.executor.runner.state.world_group.one_shot is not None
+        for policy, threshold in (("tp", 256), ("sp", 256), ("threshold", 4)):
+            engine.set_policy(policy, threshold)
+            outs = llm.generate(PROMPTS, params)
+            exact = check_against_hf_fp32(str(path), PROMPTS, [o.outputs[0].token_ids for o in outs])
+            assert exact >= len(PROMPTS) // 2
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_a_step_does_not_sync_the_host(hf_models):
     """Inside execute_model (inputs, forward, logits) nothing waits for the GPU: decode steps replayed from
     graphs and an eager step past the graphs' largest bucket. Only reading sampled tokens syncs, later."""

@@ -190,3 +190,29 @@ def test_ctrl_c_stops_every_rank_cleanly():
     assert not [
         w for w in workers if os.path.exists(f"/proc/{w}") and "Z" not in open(f"/proc/{w}/stat").read().split()[2]
     ]
+
+
+def test_a_group_sends_the_all_reduces_that_fit_its_one_shot_buffer_there(monkeypatch):
+    """Group.all_reduce: through the one-shot path when the tensor fits its buffer (a new tensor), else in place
+    through torch.distributed; a group of one rank returns its input."""
+    import torch.distributed as dist
+
+    class OneShot:
+        calls = 0
+
+        def fits(self, x):
+            return x.numel() <= 8
+
+        def __call__(self, x):
+            OneShot.calls += 1
+            return x * 2
+
+    seen = []
+    monkeypatch.setattr(dist, "all_reduce", lambda x, group: seen.append(group) or x.mul_(3))
+    handle = object()
+    group = Group([0, 1], 0, handle, OneShot())
+    small, big = torch.ones(8), torch.ones(9)
+    assert torch.equal(group.all_reduce(small), torch.full((8,), 2.0)) and torch.equal(small, torch.ones(8))
+    out = group.all_reduce(big)
+    assert out is big and torch.equal(big, torch.full((9,), 3.0)) and seen == [handle] and OneShot.calls == 1
+    assert Group([0], 0, None, OneShot()).all_reduce(small) is small

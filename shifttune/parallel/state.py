@@ -19,6 +19,30 @@ from shifttune.config import ParallelConfig
 _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
 
 
+ONE_SHOT_MAX_BYTES = 1 << 20  # from 4 MiB up NCCL was faster in a graph on 4 H200s (profiles/runs/s17_h200x4)
+
+
+class OneShotAllReduce:
+    """Torch's symmetric-memory one-shot all-reduce of inputs up to `max_bytes`: each rank copies its input into
+    a buffer its peers can read over NVLink, and one kernel sums every rank's buffer (no ring of NCCL steps).
+    NOTE: built by every rank of the group together (the buffer's rendezvous is a collective)."""
+
+    def __init__(self, handle, dtype: torch.dtype, device: torch.device, max_bytes: int = ONE_SHOT_MAX_BYTES):
+        import torch.distributed._symmetric_memory as symm_mem
+
+        self.group_name = handle.group_name
+        self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
+        symm_mem.rendezvous(self.buffer, self.group_name)
+
+    def fits(self, x: torch.Tensor) -> bool:
+        return x.dtype == self.buffer.dtype and x.device == self.buffer.device and x.numel() <= self.buffer.numel()
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.numel()
+        out = torch.ops.symm_mem.one_shot_all_reduce_copy(self.buffer[:n], x.reshape(n), "sum", self.group_name)
+        return out.view(x.shape)
+
+
 @dataclass
 class Group:
     """A process group plus the facts the model needs about it."""
@@ -26,14 +50,19 @@ class Group:
     ranks: list[int]
     rank_in_group: int
     handle: object | None  # torch ProcessGroup; None when the group has one rank
+    one_shot: OneShotAllReduce | None = None  # all-reduces that fit it go there instead of NCCL
 
     @property
     def size(self) -> int:
         return len(self.ranks)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        if self.handle is not None:
-            dist.all_reduce(x, group=self.handle)
+        """The group's sum of `x`: in place through NCCL / gloo, or a new tensor through the one-shot path."""
+        if self.handle is None:
+            return x
+        if self.one_shot is not None and self.one_shot.fits(x):
+            return self.one_shot(x)
+        dist.all_reduce(x, group=self.handle)
         return x
 
     def all_gather(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,8 +105,17 @@ class ParallelState:
         return self.parallel.tp_mode_shard(self.rank)
 
 
-def init_parallel_state(parallel: ParallelConfig, rank: int, device: str, init_method: str | None) -> ParallelState:
-    """Joins the process group (unless P == 1) and builds every group; all ranks must call this together."""
+def init_parallel_state(
+    parallel: ParallelConfig,
+    rank: int,
+    device: str,
+    init_method: str | None,
+    all_reduce: str = "nccl",
+    dtype: torch.dtype = torch.bfloat16,
+) -> ParallelState:
+    """Joins the process group (unless P == 1) and builds every group; all ranks must call this together.
+    all_reduce "symm_mem": the world and TP groups' small all-reduces (TP mode's and SP x TP mode's row-parallel
+    layers) go through `OneShotAllReduce` buffers of `dtype`."""
     p, tp, sp = parallel.world_size, parallel.tp, parallel.sp
     tp_ranks = [parallel.sp_index(rank) * tp + t for t in range(tp)]
     sp_ranks = [s * tp + parallel.tp_index(rank) for s in range(sp)]
@@ -104,9 +142,15 @@ def init_parallel_state(parallel: ParallelConfig, rank: int, device: str, init_m
         handles[ranks] = dist.new_group(list(ranks)) if sp > 1 else None
     handles[tuple(range(p))] = dist.group.WORLD
     cpu_group = dist.new_group(backend="gloo") if backend != "gloo" else dist.group.WORLD
-    return ParallelState(
-        rank, parallel, make(tp_ranks, handles), make(sp_ranks, handles), make(list(range(p)), handles), cpu_group
-    )
+    tp_group, world_group = make(tp_ranks, handles), make(list(range(p)), handles)
+    if all_reduce == "symm_mem":
+        dev = torch.device("cuda", torch.cuda.current_device())
+        world_group.one_shot = OneShotAllReduce(world_group.handle, dtype, dev)
+        if tp_group.handle is not None and tp_group.ranks != world_group.ranks:
+            tp_group.one_shot = OneShotAllReduce(tp_group.handle, dtype, dev)
+        elif tp_group.handle is not None:
+            tp_group.one_shot = world_group.one_shot
+    return ParallelState(rank, parallel, tp_group, make(sp_ranks, handles), world_group, cpu_group)
 
 
 def destroy_parallel_state() -> None:

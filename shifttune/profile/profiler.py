@@ -41,6 +41,7 @@ class ProfileSettings:
     warmup: int = 3
     iters: int = 10
     gpu_memory_utilization: float = 0.9
+    all_reduce: str = "nccl"  # EngineConfig.all_reduce
 
     def __post_init__(self) -> None:
         cpu = self.device == "cpu"
@@ -134,7 +135,8 @@ def run_profile(
             "load_format": settings.load_format,
             "ranks": settings.ranks,
             "dtype": settings.dtype,
-        },
+        }
+        | ({"all_reduce": settings.all_reduce} if settings.all_reduce != "nccl" else {}),
     )
     grid = {"tokens": settings.tokens, "contexts": settings.contexts}
     profile = _resume(out, settings, hardware, grid, engine_settings)
@@ -188,6 +190,7 @@ def run_profile(
             max_model_len=max(settings.contexts),
             gpu_memory_utilization=settings.gpu_memory_utilization,
             enable_prefix_caching=False,
+            all_reduce=settings.all_reduce,
         )
         engine = LLMEngine(config)
         try:
@@ -292,6 +295,8 @@ def _resume(out: Path, settings: ProfileSettings, hardware: dict, grid: dict, en
         return None
     old = load_profile(out)
     differ = [k for k, v in engine.items() if old.engine.get(k) != v]
+    if old.engine.get("all_reduce", "nccl") != settings.all_reduce and "all_reduce" not in differ:
+        differ.append("all_reduce")
     if old.model.get("name") != settings.model:
         differ.append("model")
     if old.grid != grid:

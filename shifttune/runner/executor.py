@@ -64,7 +64,8 @@ def _error(rank: int, e: Exception) -> str:
 def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tuple[ModelRunner | None, object]:
     """Joins the groups, builds the runner, agrees on the KV cache size, allocates it (and captures the
     graphs). A failure on any rank at either stage is raised on every rank. Returns (runner, state)."""
-    state = init_parallel_state(config.parallel, rank, config.device, init_method)
+    state = init_parallel_state(config.parallel, rank, config.device, init_method, config.all_reduce,
+                                config.torch_dtype)  # fmt: skip
     world = config.parallel.world_size
     runner, error = None, None
     try:
