@@ -6,6 +6,8 @@
 #   GPUS=8 PART=serve MODES=tp RATES=1,8 bash profiles/commands/multi_gpu.sh    # recommend + bench --compare MODES
 #   GPUS=8 PART=serve MODES=sp BURSTINESS=0.25 RATES=8 bash profiles/commands/multi_gpu.sh   # a bursty mix
 #   GPUS=8 PART=tui bash profiles/commands/multi_gpu.sh         # serve's live view under load, screenshots (SVG)
+#   GPUS=4 PART=burst TP=4 bash profiles/commands/multi_gpu.sh  # bursty 4k prompts, the engine's read-back rule off/on
+#   GPUS=8 PART=allreduce bash profiles/commands/multi_gpu.sh   # TP decode: NCCL vs symmetric-memory all-reduce
 # GPUS=4 runs the same on the first 4 GPUs (CUDA_VISIBLE_DEVICES). Model: llama-3.3-70b (MODEL= another), dummy bf16
 # weights (the paper used FP8 weights: say so beside every comparison). Multi-GPU device time counts in full, start-up
 # included. serve also takes NUM_PROMPTS (60) and BENCH_TIMEOUT (520 s); profile takes PROFILE_TIMEOUT (360 s).
@@ -78,6 +80,16 @@ tui)
   timeout 540 python -m shifttune.tui.capture --model $M --device cuda --sp ${SP:-$GPUS} --tp ${TP:-1} \
     --repeats 1 --shots 3 --deadline 420 --out $W/tui > $W/tui.log 2>&1
   stamp "tui capture rc=$?: $(tail -2 $W/tui.log)" ;;
-*) stamp "unknown PART=$PART (tests, profile, serve, tui)"; exit 2 ;;
+burst)
+  [ -n "$PROFILE" ] && PA="--profile $PROFILE" || PA=""
+  timeout 540 python profiles/commands/burst_probe.py --model $M --tp ${TP:-$GPUS} --sp ${SP:-1} \
+    --policy ${POLICY:-tp} --threshold ${THRESHOLD:-256} --repeats ${REPEATS:-1} $PA --out $W/burst_probe.json \
+    > $W/burst.log 2>&1
+  stamp "burst probe rc=$?: $(tail -4 $W/burst.log)" ;;
+allreduce)
+  timeout 540 python profiles/commands/all_reduce_probe.py --model $M --tp $GPUS --out $W/all_reduce_probe.json \
+    > $W/allreduce.log 2>&1
+  stamp "all-reduce probe rc=$?: $(tail -9 $W/allreduce.log)" ;;
+*) stamp "unknown PART=$PART (tests, profile, serve, tui, burst, allreduce)"; exit 2 ;;
 esac
 tar czf $OUT/multi_gpu_${GPUS}_$PART.tgz -C $W . && stamp done

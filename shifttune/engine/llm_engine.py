@@ -30,6 +30,8 @@ from shifttune.runner.model_runner import ModelRunnerOutput
 from shifttune.runner.sampler import RequestSampling
 
 logger = logging.getLogger("shifttune")
+# `step`'s rule: read a step in which a prompt ends back before launching an eager step (off: for A/B probes)
+READ_BACK_BEFORE_EAGER = True
 
 
 @dataclass
@@ -151,7 +153,7 @@ class LLMEngine:
         """Schedules and launches one step, then reads back the step before it (async scheduling: the
         host's work overlaps the device's); returns outputs of requests that advanced or finished."""
         done = self._in_flight
-        if done is not None and done.first_tokens and self._eager_next():
+        if done is not None and done.first_tokens and READ_BACK_BEFORE_EAGER and self._eager_next():
             # NOTE: read the step in flight back before launching an eager one. Launching an eager step takes
             # the host one call per kernel, and with a big step still queued the launch queue fills, so the
             # host returns only when most of the new step has run: a prompt's first token would wait for
