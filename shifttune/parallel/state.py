@@ -8,6 +8,7 @@ Collectives on a group of one rank are no-ops, so a single-rank engine never tou
 from __future__ import annotations
 
 import datetime
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,9 @@ class OneShotAllReduce:
         import torch.distributed._symmetric_memory as symm_mem
 
         self.group_name = handle.group_name
+        with warnings.catch_warnings():  # NOTE: torch < 2.9 needs it for a subgroup; later ones call it deprecated
+            warnings.simplefilter("ignore", FutureWarning)
+            symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
         symm_mem.rendezvous(self.buffer, self.group_name)
 
