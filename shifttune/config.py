@@ -304,6 +304,8 @@ class EngineConfig:
         if self.dtype == "auto":
             self.dtype = "bfloat16" if self.device == "cuda" else "float32"
         one_of("dtype", DTYPES)
+        if self.all_reduce == "symm_mem" and self.dtype not in ("bfloat16", "float32"):
+            raise ConfigError(f"symm_mem sums bfloat16 or float32, not {self.dtype}", field="all_reduce")
         if self.device == "cpu" and self.dtype == "float16":
             raise ConfigError("float16 is not supported on CPU; use float32 or bfloat16", field="dtype")
         self._check_devices()

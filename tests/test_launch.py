@@ -216,3 +216,20 @@ def test_a_group_sends_the_all_reduces_that_fit_its_one_shot_buffer_there(monkey
     out = group.all_reduce(big)
     assert out is big and torch.equal(big, torch.full((9,), 3.0)) and seen == [handle] and OneShot.calls == 1
     assert Group([0], 0, None, OneShot()).all_reduce(small) is small
+
+
+def test_a_second_symmetric_memory_engine_in_one_process_is_refused_before_workers_start(monkeypatch):
+    """Torch numbers symmetric-memory exchanges per process: the driver of a second symm_mem engine would wait
+    forever for fresh workers, so the executor refuses at once (no worker is spawned)."""
+    import shifttune.parallel.state as state
+    from shifttune.config import EngineConfig
+    from shifttune.runner.executor import Executor
+
+    config = EngineConfig(model="tiny", tensor_parallel_size=2)
+    config.all_reduce = "symm_mem"  # as on a GPU host (validate refuses it on CPU)
+    monkeypatch.setattr(state, "_rendezvous_done", 1)
+    spawned = []
+    monkeypatch.setattr("multiprocessing.context.SpawnProcess.start", lambda self: spawned.append(self))
+    with pytest.raises(ConfigError, match="start this engine in a new process"):
+        Executor(config)
+    assert spawned == []

@@ -2,11 +2,11 @@
 
     python profiles/commands/all_reduce_probe.py --model llama-3.3-70b --tp 4 --out all_reduce_probe.json
 
-For each all-reduce (`EngineConfig.all_reduce`), one engine in TP mode on --tp GPUs (dummy weights) times decode
-steps of each batch at --context (the profile's synthetic steps, CUDA graphs) next to their floors (this card's
-measured ceilings), and generates --tokens greedy tokens for a few prompts: the two engines' tokens are compared
-(the sums' order differs, so a rare near-tie may flip a token). Issue 13's bar: TP decode >= 70% of the weight-read
-floor at batch 1-32, 2k.
+For each all-reduce (NCCL first: torch sets symmetric memory up once per process), one engine in TP mode on --tp
+GPUs (dummy weights) times decode steps of each batch at --context (the profile's synthetic steps, CUDA graphs)
+next to their floors (this card's measured ceilings), and generates --tokens greedy tokens for a few prompts: the
+two engines' tokens are compared (the sums' order differs, so a rare near-tie may flip a token). Issue 13's bar:
+TP decode >= 70% of the weight-read floor at batch 1-32, 2k.
 """
 
 from __future__ import annotations
@@ -34,7 +34,11 @@ def run(args: argparse.Namespace, all_reduce: str, ceilings) -> dict:
         engine.executor.collective_rpc(fill_kv_cache_random)
         steps = {}
         for b in args.batches:
-            timing, _ = measure_point(engine, TP, b, args.context, max(args.batches), 3, args.iters, ceilings)
+            got = measure_point(engine, TP, b, args.context, max(args.batches), 3, args.iters, ceilings)
+            if got is None:
+                print(f"{all_reduce:>8} batch {b:>3}: skipped, the KV cache cannot hold it", flush=True)
+                continue
+            timing, _ = got
             steps[b] = {"median_ms": timing.median_ms, "p10_ms": timing.p10_ms, "p90_ms": timing.p90_ms,
                         "bandwidth_floor_ms": timing.bandwidth_floor_ms,
                         "of_floor": timing.bandwidth_floor_ms / timing.median_ms}  # fmt: skip

@@ -21,6 +21,14 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 
 
 ONE_SHOT_MAX_BYTES = 1 << 20  # from 4 MiB up NCCL was faster in a graph on 4 H200s (profiles/runs/s17_h200x4)
+_rendezvous_done = 0  # symmetric-memory rendezvous this process has taken part in
+
+
+def symm_mem_used_in_this_process() -> bool:
+    """NOTE: torch numbers a process's symmetric-memory exchanges with one counter for the process's lifetime,
+    so a driver that set up one engine's buffers can never rendezvous with the freshly spawned workers of the
+    next (their counters start at 0): the rendezvous would wait forever."""
+    return _rendezvous_done > 0
 
 
 class OneShotAllReduce:
@@ -31,15 +39,20 @@ class OneShotAllReduce:
     def __init__(self, handle, dtype: torch.dtype, device: torch.device, max_bytes: int = ONE_SHOT_MAX_BYTES):
         import torch.distributed._symmetric_memory as symm_mem
 
+        global _rendezvous_done
         self.group_name = handle.group_name
-        with warnings.catch_warnings():  # NOTE: torch < 2.9 needs it for a subgroup; later ones call it deprecated
+        with warnings.catch_warnings():  # NOTE: older torch needs it for a subgroup; 2.11 calls it deprecated
             warnings.simplefilter("ignore", FutureWarning)
             symm_mem.enable_symm_mem_for_group(self.group_name)
         self.buffer = symm_mem.empty(max_bytes // dtype.itemsize, dtype=dtype, device=device)
+        _rendezvous_done += 1
         symm_mem.rendezvous(self.buffer, self.group_name)
 
     def fits(self, x: torch.Tensor) -> bool:
-        return x.dtype == self.buffer.dtype and x.device == self.buffer.device and x.numel() <= self.buffer.numel()
+        """Same dtype and device, no bigger than the buffer, whole 4-byte words (the kernel's unit)."""
+        n = x.numel()
+        same = x.dtype == self.buffer.dtype and x.device == self.buffer.device
+        return same and n <= self.buffer.numel() and n * x.element_size() % 4 == 0
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.numel()

@@ -142,6 +142,9 @@ def run_profile(
     profile = _resume(out, settings, hardware, grid, engine_settings)
     measured = {pt.key for pt in profile.points} if profile else set()
     plan = _plan(settings, feasible)
+    if settings.all_reduce == "symm_mem" and len(plan) > 1:
+        raise ConfigError("symm_mem sets torch's symmetric memory up once per process: profile one factorization "
+                          "at a time (--gpus with one layout)", field="all_reduce")  # fmt: skip
     todo = [
         (tp, sp, mode, t, c)
         for tp, sp, modes in plan

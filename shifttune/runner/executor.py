@@ -25,8 +25,8 @@ from contextlib import contextmanager
 import torch
 import torch.distributed as dist
 
-from shifttune.config import EngineConfig
-from shifttune.parallel.state import destroy_parallel_state, init_parallel_state
+from shifttune.config import ConfigError, EngineConfig
+from shifttune.parallel.state import destroy_parallel_state, init_parallel_state, symm_mem_used_in_this_process
 from shifttune.runner.model_runner import ModelRunner
 
 
@@ -146,6 +146,12 @@ class Executor:
             rank, init_method = int(os.environ["RANK"]), "env://"
         else:
             rank, init_method = 0, None
+            if p > 1 and config.all_reduce == "symm_mem" and symm_mem_used_in_this_process():
+                raise ConfigError(
+                    "symm_mem: an earlier engine of this process set up symmetric memory, and torch cannot set it "
+                    "up again with new workers; start this engine in a new process, or use nccl",
+                    field="all_reduce",
+                )
             if p > 1:
                 init_method = f"tcp://127.0.0.1:{config.master_port or free_port()}"
                 ctx = mp.get_context("spawn")
