@@ -689,6 +689,11 @@ def test_compare_predicts_each_run_beside_the_measured_one(tmp_path):
             assert m["predicted"] > 0 and m["rel_error"] == pytest.approx(
                 (m["predicted"] - m["measured"]) / m["measured"]
             )
+        per_req = pred["ttft_ms_per_request"]  # each request's simulated TTFT, in the order sent
+        assert len(per_req) == 6 and all(t > 0 for t in per_req)
+        assert sorted(per_req)[2] <= metrics["ttft_p50_ms"]["predicted"] <= sorted(per_req)[3]
+        gaps = sorted(1e3 * m - p for m, p in zip(rec["ttfts"], per_req))
+        assert pred["ttft_gap_ms"]["max"] == pytest.approx(gaps[-1])
 
 
 @pytest.mark.parametrize("ignore_sigint", [False, True])

@@ -232,3 +232,15 @@ def test_profile_steps_are_linear_between_measured_token_counts():
     assert step("tp", lo, 512) == pytest.approx(m.predict(lo, 512))
     assert step("tp", mid, 512) == pytest.approx(1.0 + mid)  # the profile's curve is affine: exact
     assert step("tp", xs[-1] * 2, 512) == pytest.approx(m.predict(xs[-1] * 2, 512))
+
+
+def test_the_simulation_gives_each_request_its_ttft_in_the_order_given():
+    """`SimResult.ttft_by_request` is keyed by the request's index in the list passed, whatever the arrival order."""
+    from shifttune.engine.policy import FixedPolicy
+    from shifttune.recommend.simulator import simulate
+    from shifttune.recommend.workload import Request
+
+    reqs = [Request(0.5, 100, 2), Request(0.0, 100, 2), Request(0.2, 100, 2)]  # listed out of arrival order
+    res = simulate(reqs, FixedPolicy("tp"), lambda mode, t, c: 10.0, kv_capacity_tokens=1 << 16)
+    assert set(res.ttft_by_request) == {0, 1, 2} and sorted(res.ttft_by_request.values()) == sorted(res.ttft_ms)
+    assert res.ttft_by_request[1] == pytest.approx(10.0)  # the first to arrive found the engine idle

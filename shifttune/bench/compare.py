@@ -35,6 +35,7 @@ from shifttune.bench.runner import Reporter, run_bench
 from shifttune.bench.tokenizer import default_tokenizer_name
 from shifttune.config import ConfigError
 from shifttune.engine.profile_schema import Profile, load_profile
+from shifttune.engine.stats import percentile
 from shifttune.recommend.workload import Request
 
 MODE_POLICY = {"tp": "tp", "sp": "sp", "shift": "threshold"}  # mode -> `serve --shift-policy`
@@ -254,10 +255,15 @@ def predict(prof: Profile, profile_path: str, bench: BenchConfig, records: list[
         if not record["completed"]:
             continue
         requests = [Request(r.arrival_s, r.input_len, r.output_len) for r in batch]
-        summary = simulated(prof, profile_path, settings, requests, loop)
+        summary = simulated(prof, profile_path, settings, requests, loop, per_request=True)
         row = compare_row(record["request_rate"], summary, record, metrics)
+        per_req = summary["ttft_ms_per_request"]
+        gaps = [1e3 * m - p for m, p, e in zip(record["ttfts"], per_req, record["errors"]) if p is not None and not e]
         record["predicted"] = {
             "metrics": {name: row[name] for name, *_ in metrics},
+            # each request's TTFT as simulated, in the order sent; measured minus predicted, where it completed
+            "ttft_ms_per_request": per_req,
+            "ttft_gap_ms": {"median": percentile(gaps, 0.5), "max": max(gaps)} if gaps else None,
             "profile": profile_path,
             "profile_kind": "predicted" if prof.predicted else "measured",
             "engine_loop": loop.kwargs(),

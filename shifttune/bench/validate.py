@@ -139,10 +139,11 @@ def step_models(prof: Profile, settings: dict) -> dict[str, StepTimeModel]:
 
 def simulated(
     prof: Profile, profile_path: str | None, settings: dict, requests: list[Request], loop: EngineLoop | None = None,
-    step_ms: StepFn | None = None,
+    step_ms: StepFn | None = None, per_request: bool = False,
 ) -> dict:  # fmt: skip
     """The simulator's summary for these requests on the profile (read from `profile_path` when the server's
-    policy is the profile's), with the server's layout, policy and loop."""
+    policy is the profile's), with the server's layout, policy and loop; `per_request`: with each request's
+    TTFT too ("ttft_ms_per_request", in the order of `requests`)."""
     tp, sp = settings["tp"], settings["sp"]
     models = step_models(prof, settings)
     policy = make_policy(settings["policy"], settings["threshold"], tp, sp, profile_path)
@@ -151,6 +152,8 @@ def simulated(
     loop = loop or engine_loop(settings, prof)
     res = simulate(requests, policy, step_ms or profile_step_ms(models), kv_capacity_tokens=kv_tokens,
                    block_size=int(prof.engine.get("block_size", 16)), **loop.kwargs())  # fmt: skip
+    if per_request:
+        return res.summary() | {"ttft_ms_per_request": [res.ttft_by_request.get(i) for i in range(len(requests))]}
     return res.summary()
 
 

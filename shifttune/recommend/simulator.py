@@ -113,6 +113,7 @@ class SimResult:
     input_tokens: int = 0
     duration_s: float = 0.0
     steps_per_mode: dict[str, int] = field(default_factory=lambda: dict.fromkeys(MODES, 0))
+    ttft_by_request: dict[int, float] = field(default_factory=dict)  # by the request's index in `simulate`'s list
 
     def summary(self) -> dict:
         return {
@@ -173,7 +174,8 @@ def simulate(
     graphs = EngineLoop(max_num_seqs, max_num_batched_tokens, cuda_graph_max_tokens=cuda_graph_max_tokens).graphs()
     result = SimResult(getattr(policy, "name", "policy"))
     ingress, egress = ingress_ms / 1e3, egress_ms / 1e3
-    pending = sorted(requests, key=lambda r: r.arrival_s)
+    order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)  # a request's id: its index
+    pending = [requests[i] for i in order]
     arrival: dict[str, float] = {}
     scheduled_at: dict[str, float] = {}
     first_token: dict[str, float] = {}
@@ -184,7 +186,7 @@ def simulate(
         nonlocal next_req
         while next_req < len(pending) and pending[next_req].arrival_s + ingress <= clock:
             r = pending[next_req]
-            seq = Sequence(str(next_req), None, [0] * r.input_len, SamplingParams(max_tokens=r.output_len))
+            seq = Sequence(str(order[next_req]), None, [0] * r.input_len, SamplingParams(max_tokens=r.output_len))
             arrival[seq.request_id] = r.arrival_s
             scheduler.add(seq)
             next_req += 1
@@ -225,6 +227,7 @@ def simulate(
                 scheduler.finish(seq, "length")
                 n = seq.num_output_tokens
                 result.ttft_ms.append(1e3 * (first_token[rid] + egress - arrival[rid]))
+                result.ttft_by_request[int(rid)] = result.ttft_ms[-1]
                 if n > 1:
                     result.tpot_ms.append(1e3 * (step.end - first_token[rid]) / (n - 1))
                 result.e2e_ms.append(1e3 * (step.end + egress - arrival[rid]))
