@@ -627,3 +627,15 @@ def test_serve_lists_no_tui_and_top_needs_a_terminal():
     assert result.exit_code == 2 and "draws in a terminal" in result.output
     assert make_app(StaticSource(fixed_snapshot()), role="serve").BINDINGS[0].description == "stop server"
     assert Window().latest is None and parse("", 0.0).value("x") is None
+
+
+def test_nvlink_rates_keep_their_column_from_idle_to_full_links():
+    """A GPU block's NVLink line: one decimal below 10 GB/s, whole GB/s above, so hundreds of GB/s fit the 17-wide
+    value column as 0.2 does (the sparkline never shifts)."""
+    from shifttune.telemetry.nvml import GpuSample
+    from shifttune.tui.widgets import GpuPanel
+
+    panel = GpuPanel(None)
+    for tx, rx, shown in ((2e8, 1.5e8, "↑0.2 ↓0.1 GB/s"), (450.4e9, 12.6e9, "↑450 ↓13 GB/s")):
+        line = panel._block(GpuSample(0, "NVIDIA H200", nvlink_tx=tx, nvlink_rx=rx)).plain.splitlines()[-1]
+        assert shown in line and len(line.split("GB/s")[0]) <= len("NVLink ") + 17

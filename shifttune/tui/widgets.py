@@ -163,8 +163,9 @@ class GpuPanel(Widget):
 
         mem = f"{_size(s.mem_used)}/{_size(s.mem_total)} GiB" if s.mem_used is not None else None
         nvlink = None
-        if s.nvlink_tx is not None:
-            nvlink = f"↑{s.nvlink_tx / 1e9:.1f} ↓{(s.nvlink_rx or 0) / 1e9:.1f} GB/s"
+        if s.nvlink_tx is not None:  # whole GB/s from 10 up: "↑450 ↓450 GB/s" fits the column like "↑0.2 ↓0.2 GB/s"
+            rate = lambda b: f"{b / 1e9:.1f}" if b < 1e10 else f"{b / 1e9:.0f}"  # noqa: E731
+            nvlink = f"↑{rate(s.nvlink_tx)} ↓{rate(s.nvlink_rx or 0)} GB/s"
         lines = [
             Text(f"GPU {s.index} · {s.name}", style="bold"),
             self._line(s, "util", "util", f"{s.util_pct:.0f} %" if s.util_pct is not None else None, "util"),
