@@ -151,7 +151,8 @@ class LLMEngine:
     # ---- the step -------------------------------------------------------------------------------
     def step(self) -> list[RequestOutput]:
         """Schedules and launches one step, then reads back the step before it (async scheduling: the
-        host's work overlaps the device's); returns outputs of requests that advanced or finished."""
+        host's work overlaps the device's); returns outputs of requests that advanced or finished. A step in
+        which a prompt ends is read back alone, with no launch, when the next step would run eagerly."""
         done = self._in_flight
         if done is not None and done.first_tokens and READ_BACK_BEFORE_EAGER and self._eager_next():
             # NOTE: read the step in flight back before launching an eager one. Launching an eager step takes
