@@ -63,10 +63,8 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
     from shifttune.recommend.gpus import parse_gpus
     from shifttune.recommend.predict import CAVEAT, PredictSettings, predict_profile
 
-    if not gpus:
-        fail("--predict needs the GPU type with the count, e.g. --gpus 4xH200")
-    request = parse_gpus(gpus)
-    if request.slug is None:
+    request = parse_gpus(gpus) if gpus else None
+    if request is None or request.slug is None:
         fail("--predict needs the GPU type with the count, e.g. --gpus 4xH200")
     out = out or Path("profiles") / f"{Path(model).name.lower()}_{request.slug}x{request.count}_predicted.json"
     check_writable(out, "--out", make_folder=True)

@@ -179,7 +179,7 @@ class LLMEngine:
                     for s in sched.scheduled]  # fmt: skip
         output = self.executor.collective_rpc("execute", self._delta(sched, mode))
         self.scheduler.update_computed(sched)
-        first = any(seq.awaits_first_token for seq in sampling)
+        first = shape.num_prefill_tokens > 0 and any(seq.awaits_first_token for seq in sampling)  # decode: none
         for seq in sampling:
             seq.num_pending += 1
         return InFlightStep(mode, shape, sampling, computed, output, first)

@@ -163,10 +163,9 @@ def init_parallel_state(
     if all_reduce == "symm_mem":
         dev = torch.device("cuda", torch.cuda.current_device())
         world_group.one_shot = OneShotAllReduce(world_group.handle, dtype, dev)
-        if tp_group.handle is not None and tp_group.ranks != world_group.ranks:
-            tp_group.one_shot = OneShotAllReduce(tp_group.handle, dtype, dev)
-        elif tp_group.handle is not None:
-            tp_group.one_shot = world_group.one_shot
+        if tp_group.handle is not None:  # TP mode's world group, or this rank's TP group of SP x TP mode
+            same = tp_group.ranks == world_group.ranks
+            tp_group.one_shot = world_group.one_shot if same else OneShotAllReduce(tp_group.handle, dtype, dev)
     return ParallelState(rank, parallel, tp_group, make(sp_ranks, handles), world_group, cpu_group)
 
 

@@ -166,8 +166,6 @@ def run_profile(
     elif done:
         progress(ProgressEvent(done, total, "resuming", message=f"resuming: {done} of {total} points already in {out}"))
     ceilings = _ceilings(settings, profile) if done < total else None
-    if profile is not None and ceilings is not None:
-        _set_ceilings(profile, ceilings)  # a resumed profile from before profiles kept floors gets them too
     for tp, sp, modes in plan:
         remaining = [
             (t, c, m)
@@ -213,7 +211,7 @@ def run_profile(
                     command=command,
                     created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 )
-            if ceilings is not None:
+            if ceilings is not None:  # a resumed profile from before profiles kept floors gets them too
                 _set_ceilings(profile, ceilings)
             # what a deployment of this layout could hold, not just what this sweep allocated
             capacity = runner.kv_blocks_memory_limit * config.block_size

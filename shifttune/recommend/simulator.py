@@ -207,7 +207,7 @@ def simulate(
         end = max(clock, device_free) + step_ms(mode, tokens, shape.mean_context) / 1e3
         device_free = end
         scheduler.update_computed(out)
-        first = any(seq.awaits_first_token for seq in sampling)
+        first = shape.num_prefill_tokens > 0 and any(seq.awaits_first_token for seq in sampling)
         for seq in sampling:
             seq.num_pending += 1
         return _Step(end, sampling, first)
