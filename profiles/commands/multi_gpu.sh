@@ -21,6 +21,7 @@
 #            call: a 70B server starts in minutes) with --profile (the committed measured profile of this part's
 #            earlier run when $PROFILE names it, else a predicted one made here): predicted beside measured;
 #   tui:     `python -m shifttune.tui.capture` on the GPUS with the shift policy under a bench load.
+# Every part also logs the live views' NVML readings (nvml_$PART.jsonl: utilization, power, NVLink GB/s a second).
 # Everything lands in $OUT/multi_gpu_${GPUS}_$PART.tgz (the device returns at most 8 files) plus multi_gpu.log.
 set -u
 OUT=${OUT:-/tmp/out}
@@ -37,6 +38,8 @@ stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 stamp "gpus ($CUDA_VISIBLE_DEVICES): $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   | sort | uniq -c)"
 nvidia-smi topo -m > $W/topo.txt 2>&1
+python profiles/commands/nvml_log.py --out $W/nvml_$PART.jsonl --seconds 590 > /dev/null 2>&1 &  # the sampler's view
+trap "kill $! 2>/dev/null" EXIT
 G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
 PROFILE=${PROFILE:-}
 GRID="--tokens 1,8,32,128,256,1024,4096,8192,16384 --contexts 2048,8192"
