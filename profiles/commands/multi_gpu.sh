@@ -10,7 +10,8 @@
 #   GPUS=8 PART=allreduce bash profiles/commands/multi_gpu.sh   # TP decode: NCCL vs symmetric-memory all-reduce
 # GPUS=4 runs the same on the first 4 GPUs (CUDA_VISIBLE_DEVICES). Model: llama-3.3-70b (MODEL= another), dummy bf16
 # weights (the paper used FP8 weights: say so beside every comparison). Multi-GPU device time counts in full, start-up
-# included. serve also takes NUM_PROMPTS (60) and BENCH_TIMEOUT (520 s); profile takes PROFILE_TIMEOUT (360 s).
+# included. serve also takes NUM_PROMPTS (60) and BENCH_TIMEOUT (520 s); profile PROFILE_TIMEOUT (360 s); tests
+# TESTS_TIMEOUT (480 s); burst and allreduce PROBE_TIMEOUT (540 s).
 #   tests:   tests/test_gpu.py -k "$TESTS_K": the HF oracle in bf16 at every (TP, SP) whose heads divide, the mode
 #            flipping mid-run, KV invariance across modes (~25 s a multi-GPU test: about 15 per call);
 #   profile: `profile --collectives`, then `shifttune profile` over every feasible factorization of GPUS (a grid of
@@ -50,7 +51,7 @@ predicted() {  # the predicted profile of the grid on GPUS of this type (CPU wor
 }
 case "$PART" in
 tests)
-  timeout 480 python -m pytest -q -rA -p no:cacheprovider --timeout 150 tests/test_gpu.py -k "${TESTS_K:-not 8}" \
+  timeout ${TESTS_TIMEOUT:-480} python -m pytest -q -rA -p no:cacheprovider --timeout 150 tests/test_gpu.py -k "${TESTS_K:-not 8}" \
     > $W/gpu_tests.log 2>&1
   stamp "tests/test_gpu.py -k '${TESTS_K:-not 8}' rc=$?: $(tail -1 $W/gpu_tests.log)" ;;
 profile)
@@ -85,12 +86,12 @@ tui)
   stamp "tui capture rc=$?: $(tail -2 $W/tui.log)" ;;
 burst)
   [ -n "$PROFILE" ] && PA="--profile $PROFILE" || PA=""
-  timeout 540 python profiles/commands/burst_probe.py --model $M --tp ${TP:-$GPUS} --sp ${SP:-1} \
+  timeout ${PROBE_TIMEOUT:-540} python profiles/commands/burst_probe.py --model $M --tp ${TP:-$GPUS} --sp ${SP:-1} \
     --policy ${POLICY:-tp} --threshold ${THRESHOLD:-256} --repeats ${REPEATS:-1} $PA --out $W/burst_probe.json \
     > $W/burst.log 2>&1
   stamp "burst probe rc=$?: $(tail -4 $W/burst.log)" ;;
 allreduce)
-  timeout 540 python profiles/commands/all_reduce_probe.py --model $M --tp $GPUS --out $W/all_reduce_probe.json \
+  timeout ${PROBE_TIMEOUT:-540} python profiles/commands/all_reduce_probe.py --model $M --tp $GPUS --out $W/all_reduce_probe.json \
     > $W/allreduce.log 2>&1
   stamp "all-reduce probe rc=$?: $(tail -9 $W/allreduce.log)" ;;
 *) stamp "unknown PART=$PART (tests, profile, serve, tui, burst, allreduce)"; exit 2 ;;
