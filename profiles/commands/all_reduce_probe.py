@@ -5,7 +5,8 @@
 For each all-reduce (NCCL first: torch sets symmetric memory up once per process), one engine in TP mode on --tp
 GPUs (dummy weights) times decode steps of each batch at --context (the profile's synthetic steps, CUDA graphs)
 next to their floors (this card's measured ceilings), and generates --tokens greedy tokens for a few prompts: the
-two engines' tokens are compared (the sums' order differs, so a rare near-tie may flip a token). Issue 13's bar:
+two engines' tokens are compared (the sums' order differs and dummy weights give near-flat logits, so they part after
+a few tokens: the GPU HF-oracle test is the correctness check). Issue 13's bar:
 TP decode >= 70% of the weight-read floor at batch 1-32, 2k.
 """
 
@@ -85,9 +86,15 @@ def main() -> None:
             result[all_reduce] = {"error": f"{type(e).__name__}: {e}"[:500]}
             print(f"{all_reduce}: {result[all_reduce]['error']}", flush=True)
     if "tokens" in result["nccl"] and "tokens" in result["symm_mem"]:
-        same = sum(a == b for a, b in zip(result["nccl"]["tokens"], result["symm_mem"]["tokens"]))
-        result["same_greedy_tokens"] = f"{same} of {len(result['nccl']['tokens'])} prompts"
-        print("same greedy tokens:", result["same_greedy_tokens"])
+        pairs = list(zip(result["nccl"]["tokens"], result["symm_mem"]["tokens"]))
+        same = sum(a == b for a, b in pairs)
+        result["same_greedy_tokens"] = f"{same} of {len(pairs)} prompts"
+        # NOTE: dummy weights give near-flat logits, so a sum's order flips tokens often; the HF-oracle GPU test
+        # (test_hf_oracle_with_the_symmetric_memory_all_reduce) is the correctness check, this only a sanity one.
+        result["first_tokens_agreeing"] = [next((i for i, (x, y) in enumerate(zip(a, b)) if x != y), len(a))
+                                           for a, b in pairs]  # fmt: skip
+        print("same greedy tokens:", result["same_greedy_tokens"], "; first tokens agreeing per prompt:",
+              result["first_tokens_agreeing"])  # fmt: skip
     args.out.write_text(json.dumps(result, indent=1))
     print(f"wrote {args.out}")
 

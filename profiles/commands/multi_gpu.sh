@@ -40,7 +40,7 @@ stamp "gpus ($CUDA_VISIBLE_DEVICES): $(nvidia-smi --query-gpu=name,memory.total,
   | sort | uniq -c)"
 nvidia-smi topo -m > $W/topo.txt 2>&1
 python profiles/commands/nvml_log.py --out $W/nvml_$PART.jsonl --seconds 590 > /dev/null 2>&1 &  # the sampler's view
-trap "kill $! 2>/dev/null" EXIT
+NVML_LOG=$! && trap "kill $NVML_LOG 2>/dev/null" EXIT
 G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
 PROFILE=${PROFILE:-}
 GRID="--tokens 1,8,32,128,256,1024,4096,8192,16384 --contexts 2048,8192"
@@ -96,4 +96,5 @@ allreduce)
   stamp "all-reduce probe rc=$?: $(tail -9 $W/allreduce.log)" ;;
 *) stamp "unknown PART=$PART (tests, profile, serve, tui, burst, allreduce)"; exit 2 ;;
 esac
+kill $NVML_LOG 2>/dev/null; wait $NVML_LOG 2>/dev/null  # tar wants the log finished
 tar czf $OUT/multi_gpu_${GPUS}_$PART.tgz -C $W . && stamp done
