@@ -18,14 +18,14 @@ DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
 
 @pytest.mark.parametrize("m,n,k", [(1, 100, 300), (3, 256, 1024), (16, 130, 513), (5, 64, 128)])
 @pytest.mark.parametrize("split_k", [None, 1, 3, 8])
-@pytest.mark.parametrize("early_w", [False, True])
-def test_gemv_matches_matmul(m, n, k, split_k, early_w):
+@pytest.mark.parametrize("early_w,reduce", [(False, "kernel"), (True, "kernel"), (False, "fused")])
+def test_gemv_matches_matmul(m, n, k, split_k, early_w, reduce):
     """Ragged N and K (masked tiles), splits that leave the last one short or empty, every row count up to 16."""
     gen = torch.Generator().manual_seed(m * 1000 + n + k)
     x = torch.randn(m, k, generator=gen)
     w = torch.randn(n, k, generator=gen)
     dtype = torch.bfloat16 if DEV == "cuda" else torch.float32
-    got = gemv(x.to(DEV, dtype), w.to(DEV, dtype), split_k=split_k, early_w=early_w).float().cpu()
+    got = gemv(x.to(DEV, dtype), w.to(DEV, dtype), split_k=split_k, early_w=early_w, reduce=reduce).float().cpu()
     want = x.to(dtype).float() @ w.to(dtype).float().T
     tol = 2e-2 * k**0.5 if dtype == torch.bfloat16 else 1e-3
     assert got.shape == (m, n) and (got - want).abs().max().item() < tol
@@ -45,3 +45,15 @@ def test_split_k_fills_the_gpu_with_whole_k_blocks():
     assert choose_split_k(1280, 8192, 132) == 16
     assert choose_split_k(28672, 4096, 132) == 1  # 448 tiles fill 132 SMs already
     assert choose_split_k(64, 128, 132) == 1  # one K block: nothing to split
+
+
+def test_fused_reduce_leaves_its_tickets_at_zero():
+    """The last split of each column tile puts its ticket back: a second launch (as a graph replay) is right too."""
+    from shifttune.kernels.paged_attention import split_counters
+
+    gen = torch.Generator().manual_seed(2)
+    x, w = torch.randn(2, 1024, generator=gen).to(DEV), torch.randn(200, 1024, generator=gen).to(DEV)
+    for _ in range(2):
+        got = gemv(x, w, split_k=4, reduce="fused").float().cpu()
+        assert (got - x.cpu() @ w.cpu().T).abs().max().item() < (0.5 if DEV == "cuda" else 1e-3)
+    assert int(split_counters(torch.device(DEV), 4, "gemv").abs().sum()) == 0

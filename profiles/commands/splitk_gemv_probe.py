@@ -72,10 +72,8 @@ def main() -> None:
                    "cublas_us": graph_us(lambda a, b: F.linear(a, b), copies, x), "gemv": []}  # fmt: skip
             base = choose_split_k(n, k, sms)
             splits = sorted({max(1, base // 2), base, base * 2})
-            for split, early, stages, bn in itertools.product(splits, (False, True), (3, 4), (32, 64)):
-                if early and stages == 4:
-                    continue  # early_w runs unpipelined (num_stages 1)
-                cfg = {"split_k": split, "early_w": early, "num_stages": stages, "block_n": bn}
+            for split, reduce, stages, bn in itertools.product(splits, ("kernel", "fused"), (3, 4), (32, 64)):
+                cfg = {"split_k": split, "reduce": reduce, "num_stages": stages, "block_n": bn}
                 got = gemv(x, copies[0], **cfg).float()
                 err = ((got - want).abs().max() / want.abs().max()).item()
                 us = graph_us(lambda a, b, c=cfg: gemv(a, b, **c), copies, x)
@@ -84,7 +82,7 @@ def main() -> None:
             row["best"] = best
             print(f"{name:>16} [{n}x{k}] M={m:>2}: floor {floor_us:6.1f} us, cuBLAS {row['cublas_us']:6.1f} "
                   f"({floor_us / row['cublas_us']:.0%}), gemv {best['us']:6.1f} ({floor_us / best['us']:.0%}) "
-                  f"split {best['split_k']} early {best['early_w']} stages {best['num_stages']} bn {best['block_n']}"
+                  f"split {best['split_k']} {best['reduce']} stages {best['num_stages']} bn {best['block_n']}"
                   f" err {best['rel_err']:.1e}", flush=True)  # fmt: skip
             result["cases"].append(row)
         del copies

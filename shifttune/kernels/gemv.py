@@ -4,7 +4,8 @@ At decode batch sizes a linear layer is a read of its weight. cuBLAS tiles such 
 weight with few rows (a TP rank's qkv or o_proj shard) leaves SMs idle: on one H200, llama-3.3-70b's TP4 qkv shard
 ([2560, 8192]) ran at 63% of the HBM rate and its TP8 one at 45% (`profiles/commands/tp_decode_layer_probe.py`).
 Here the weight is cut into BLOCK_N rows x K / SPLIT_K columns per program, enough programs to keep every SM
-streaming; each writes an fp32 partial and a second launch sums the SPLIT_K partials into y (dtype of x). Both
+streaming; each writes an fp32 partial and a second launch sums the SPLIT_K partials into y (dtype of x), or
+(reduce="fused") the last split of each column tile to finish sums them in the same launch. Both
 launch with programmatic dependent launch where it is on (`launch.py`): the GEMV waits for the launch before it
 only after its first weight tile is on the way (the weights are not written by the step); the sum starts as the
 GEMV programs leave their loops.
@@ -18,15 +19,16 @@ import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels.launch import pdl_args
-from shifttune.kernels.paged_attention import sm_count
+from shifttune.kernels.paged_attention import sm_count, split_counters
 
 MAX_ROWS = 16  # the most rows of x (tokens of a step) this path takes; tl.dot's smallest tile
 BLOCK_N, BLOCK_K = 64, 128
 
 
 @triton.jit
-def _gemv_kernel(x, w, part, M, N, K, stride_xm, stride_wn, k_per_split, BLOCK_M: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EARLY_W: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+def _gemv_kernel(x, w, y, part, counters, M, N, K, stride_xm, stride_wn, k_per_split, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EARLY_W: tl.constexpr, FUSED: tl.constexpr,
+                 PDL: tl.constexpr):  # fmt: skip
     pid_n, pid_k = tl.program_id(0), tl.program_id(1)
     rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     rm = tl.arange(0, BLOCK_M)
@@ -62,7 +64,26 @@ def _gemv_kernel(x, w, part, M, N, K, stride_xm, stride_wn, k_per_split, BLOCK_M
             acc += tl.dot(x_tile, tl.trans(w_tile))
     if PDL:
         gdc_launch_dependents()
-    tl.store(part + pid_k * M * N + rm[:, None] * N + rn[None, :], acc, mask=m_ok & (rn[None, :] < N))
+    offs = rm[:, None] * N + rn[None, :]
+    ok = m_ok & (rn[None, :] < N)
+    n_splits = tl.num_programs(1)
+    if FUSED and n_splits == 1:
+        tl.store(y + offs, acc.to(y.dtype.element_ty), mask=ok)
+    else:
+        tl.store(part + pid_k * M * N + offs, acc, mask=ok)
+    if FUSED and n_splits > 1:
+        # NOTE: as paged attention's fused merge: the barrier orders this program's partial stores before its
+        # (acq_rel, GPU-scope) ticket; the last of the column tile's splits sums them (.cg: from L2, written by
+        # other SMs) and puts the ticket back to zero for the next launch.
+        tl.debug_barrier()
+        counter = counters + pid_n
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_splits - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for s in range(0, n_splits):
+                total += tl.load(part + s * M * N + offs, mask=ok, other=0.0, cache_modifier=".cg")
+            tl.store(y + offs, total.to(y.dtype.element_ty), mask=ok)
+            tl.atomic_xchg(counter, 0)
 
 
 @triton.jit
@@ -86,12 +107,15 @@ def choose_split_k(n: int, k: int, num_sms: int, block_n: int = BLOCK_N, block_k
 
 
 def gemv(x: torch.Tensor, w: torch.Tensor, split_k: int | None = None, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
-         early_w: bool = False, num_stages: int = 3, num_warps: int = 4) -> torch.Tensor:  # fmt: skip
+         early_w: bool = False, num_stages: int = 3, num_warps: int = 4,
+         reduce: str = "kernel") -> torch.Tensor:  # fmt: skip
     """x [M, K] (unit stride along K), w [N, K] contiguous, M <= MAX_ROWS -> [M, N] in x's dtype (F.linear
-    without bias), accumulated in float32."""
+    without bias), accumulated in float32. `reduce`: "kernel" (a second launch sums the splits) or "fused" (the
+    last split of each column tile to finish sums them)."""
     m, k = x.shape
     n = w.shape[0]
     assert m <= MAX_ROWS and w.shape[1] == k and w.is_contiguous() and x.stride(1) == 1
+    assert reduce in ("kernel", "fused")
     split_k = split_k or choose_split_k(n, k, sm_count(x.device), block_n, block_k)
     k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
     split_k = triton.cdiv(k, k_per_split)  # splits that hold columns
@@ -100,11 +124,16 @@ def gemv(x: torch.Tensor, w: torch.Tensor, split_k: int | None = None, block_n: 
         return y
     part = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
     pdl = pdl_args(x.device)
-    _gemv_kernel[(triton.cdiv(n, block_n), split_k)](
-        x, w, part, m, n, k, x.stride(0), w.stride(0), k_per_split,
-        BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=early_w, **pdl, num_warps=num_warps,
-        num_stages=1 if early_w else num_stages,
+    fused = reduce == "fused"
+    tiles = triton.cdiv(n, block_n)
+    counters = split_counters(x.device, tiles, "gemv") if fused and split_k > 1 else part
+    _gemv_kernel[(tiles, split_k)](
+        x, w, y, part, counters, m, n, k, x.stride(0), w.stride(0), k_per_split,
+        BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=early_w, FUSED=fused, **pdl,
+        num_warps=num_warps, num_stages=1 if early_w else num_stages,
     )  # fmt: skip
+    if fused:
+        return y
     block = 1024
     _sum_splits_kernel[(triton.cdiv(m * n, block),)](part, y, m * n, SPLIT_K=split_k, BLOCK=block, **pdl)
     return y
