@@ -1,4 +1,4 @@
-"""Decode-sized linear layers on one GPU: cuBLAS (F.linear) against the split-K GEMV (`kernels/gemv.py`) over its
+"""Decode-sized linear layers on one GPU: cuBLAS (F.linear) against a split-K GEMV (below) over its
 launch options, at the weight shapes of TP ranks of llama-3.3-70b and llama-3.1-8b, against the HBM floor.
 
     python profiles/commands/splitk_gemv_probe.py --out splitk_gemv_probe.json
@@ -6,6 +6,13 @@ launch options, at the weight shapes of TP ranks of llama-3.3-70b and llama-3.1-
 Each case runs R products in one CUDA graph, each on its own copy of the weight (R copies hold >= 4x the L2), so
 every weight comes from HBM as in a step; time per product = graph replay / R (median of replays). The GEMV's
 output is checked against F.linear's on the same inputs.
+
+The split-K GEMV, kept here with its measurements (not used by the engine: on an H200 it beat cuBLAS by 1-2.5% of
+a decode step at best, `profiles/runs/s18_h200/README.md`): the weight is cut into BLOCK_N rows x K / SPLIT_K
+columns per program, each program writes an fp32 partial, and a second launch sums them (reduce="kernel") or the
+last split of each column tile to finish does (reduce="fused", tickets as paged attention's fused merge). Both
+launch with programmatic dependent launch on Hopper; early_w loads the first weight tile before waiting for the
+launch before.
 """
 
 from __future__ import annotations
@@ -19,9 +26,142 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from shifttune.kernels.gemv import choose_split_k, gemv
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+
+from shifttune.kernels.launch import pdl_args
 from shifttune.kernels.paged_attention import sm_count
 from shifttune.profile.step_timing import _time_cuda, measure_ceilings, summarize
+
+MAX_ROWS = 16  # the most rows of x (tokens of a step) this path takes; tl.dot's smallest tile
+BLOCK_N, BLOCK_K = 64, 128
+
+
+_TICKETS: dict[torch.device, torch.Tensor] = {}
+
+
+def _tickets(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets, one per column tile; the fused reduction puts each back to zero. NOTE: never freed
+    or replaced while large enough: a captured graph keeps the address it saw."""
+    if device not in _TICKETS or _TICKETS[device].numel() < n:
+        _TICKETS[device] = torch.zeros(max(n, 1 << 12), dtype=torch.int32, device=device)
+    return _TICKETS[device]
+
+
+@triton.jit
+def _gemv_kernel(x, w, y, part, counters, M, N, K, stride_xm, stride_wn, k_per_split, BLOCK_M: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, EARLY_W: tl.constexpr, FUSED: tl.constexpr,
+                 PDL: tl.constexpr):  # fmt: skip
+    pid_n, pid_k = tl.program_id(0), tl.program_id(1)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rm = tl.arange(0, BLOCK_M)
+    k_lo = pid_k * k_per_split
+    k_hi = tl.minimum(K, k_lo + k_per_split)
+    n_ok = rn[:, None] < N
+    m_ok = rm[:, None] < M
+    w_rows = w + rn[:, None].to(tl.int64) * stride_wn
+    acc = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+    if EARLY_W:
+        # NOTE: the first weight tile is loaded before waiting for the launch before (it writes x, never w);
+        # the loop carries the next tile by hand, so the compiler's pipelining (which could hoist x loads above
+        # the wait) stays off (num_stages=1).
+        rk = k_lo + tl.arange(0, BLOCK_K)
+        w_tile = tl.load(w_rows + rk[None, :], mask=n_ok & (rk[None, :] < k_hi), other=0.0)
+        if PDL:
+            gdc_wait()
+        for kk in range(0, k_per_split, BLOCK_K):
+            rk = k_lo + kk + tl.arange(0, BLOCK_K)
+            x_tile = tl.load(x + rm[:, None] * stride_xm + rk[None, :], mask=m_ok & (rk[None, :] < k_hi), other=0.0)
+            nxt = rk + BLOCK_K
+            w_next = tl.load(w_rows + nxt[None, :], mask=n_ok & (nxt[None, :] < k_hi), other=0.0)
+            acc += tl.dot(x_tile, tl.trans(w_tile))
+            w_tile = w_next
+    else:
+        if PDL:
+            gdc_wait()
+        for kk in range(0, k_per_split, BLOCK_K):
+            rk = k_lo + kk + tl.arange(0, BLOCK_K)
+            k_ok = rk[None, :] < k_hi
+            w_tile = tl.load(w_rows + rk[None, :], mask=n_ok & k_ok, other=0.0)
+            x_tile = tl.load(x + rm[:, None] * stride_xm + rk[None, :], mask=m_ok & k_ok, other=0.0)
+            acc += tl.dot(x_tile, tl.trans(w_tile))
+    if PDL:
+        gdc_launch_dependents()
+    offs = rm[:, None] * N + rn[None, :]
+    ok = m_ok & (rn[None, :] < N)
+    n_splits = tl.num_programs(1)
+    if FUSED and n_splits == 1:
+        tl.store(y + offs, acc.to(y.dtype.element_ty), mask=ok)
+    else:
+        tl.store(part + pid_k * M * N + offs, acc, mask=ok)
+    if FUSED and n_splits > 1:
+        # NOTE: as paged attention's fused merge: the barrier orders this program's partial stores before its
+        # (acq_rel, GPU-scope) ticket; the last of the column tile's splits sums them (.cg: from L2, written by
+        # other SMs) and puts the ticket back to zero for the next launch.
+        tl.debug_barrier()
+        counter = counters + pid_n
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel", scope="gpu")
+        if ticket == n_splits - 1:
+            total = tl.zeros([BLOCK_M, BLOCK_N], tl.float32)
+            for s in range(0, n_splits):
+                total += tl.load(part + s * M * N + offs, mask=ok, other=0.0, cache_modifier=".cg")
+            tl.store(y + offs, total.to(y.dtype.element_ty), mask=ok)
+            tl.atomic_xchg(counter, 0)
+
+
+@triton.jit
+def _sum_splits_kernel(part, y, MN, SPLIT_K: tl.constexpr, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    ok = offs < MN
+    if PDL:
+        gdc_wait()
+    acc = tl.zeros([BLOCK], tl.float32)
+    for s in tl.static_range(SPLIT_K):
+        acc += tl.load(part + s * MN + offs, mask=ok, other=0.0)
+    tl.store(y + offs, acc.to(y.dtype.element_ty), mask=ok)
+
+
+def choose_split_k(n: int, k: int, num_sms: int, block_n: int = BLOCK_N, block_k: int = BLOCK_K) -> int:
+    """Split-K ways so that the programs (N tiles x splits) reach about two per SM, each with a whole number of
+    BLOCK_K columns; 1 when the N tiles alone do."""
+    tiles = triton.cdiv(n, block_n)
+    split = max(1, min(triton.cdiv(2 * num_sms, tiles), k // block_k))
+    return triton.next_power_of_2(split) if split > 1 else 1
+
+
+def gemv(x: torch.Tensor, w: torch.Tensor, split_k: int | None = None, block_n: int = BLOCK_N, block_k: int = BLOCK_K,
+         early_w: bool = False, num_stages: int = 3, num_warps: int = 4,
+         reduce: str = "kernel") -> torch.Tensor:  # fmt: skip
+    """x [M, K] (unit stride along K), w [N, K] contiguous, M <= MAX_ROWS -> [M, N] in x's dtype (F.linear
+    without bias), accumulated in float32. `reduce`: "kernel" (a second launch sums the splits) or "fused" (the
+    last split of each column tile to finish sums them)."""
+    m, k = x.shape
+    n = w.shape[0]
+    assert m <= MAX_ROWS and w.shape[1] == k and w.is_contiguous() and x.stride(1) == 1
+    assert reduce in ("kernel", "fused")
+    split_k = split_k or choose_split_k(n, k, sm_count(x.device), block_n, block_k)
+    k_per_split = triton.cdiv(triton.cdiv(k, split_k), block_k) * block_k
+    split_k = triton.cdiv(k, k_per_split)  # splits that hold columns
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    if m == 0:
+        return y
+    part = torch.empty((split_k, m, n), dtype=torch.float32, device=x.device)
+    pdl = pdl_args(x.device)
+    fused = reduce == "fused"
+    tiles = triton.cdiv(n, block_n)
+    counters = _tickets(x.device, tiles) if fused and split_k > 1 else part
+    _gemv_kernel[(tiles, split_k)](
+        x, w, y, part, counters, m, n, k, x.stride(0), w.stride(0), k_per_split,
+        BLOCK_M=MAX_ROWS, BLOCK_N=block_n, BLOCK_K=block_k, EARLY_W=early_w, FUSED=fused, **pdl,
+        num_warps=num_warps, num_stages=1 if early_w else num_stages,
+    )  # fmt: skip
+    if fused:
+        return y
+    block = 1024
+    _sum_splits_kernel[(triton.cdiv(m * n, block),)](part, y, m * n, SPLIT_K=split_k, BLOCK=block, **pdl)
+    return y
+
 
 SHAPES = {  # name: (N, K) of the weight, [out, in]
     "70b_tp4_qkv": (2560, 8192), "70b_tp4_o": (8192, 2048), "70b_tp4_gate_up": (14336, 8192),

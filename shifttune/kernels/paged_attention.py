@@ -352,14 +352,13 @@ def sm_count(device: torch.device | None = None) -> int:
     return _sm_count(device.index if device is not None and device.index is not None else torch.cuda.current_device())
 
 
-_counters: dict[tuple[torch.device, str], list[torch.Tensor]] = {}
+_counters: dict[torch.device, list[torch.Tensor]] = {}
 
 
-def split_counters(device: torch.device, n: int, owner: str = "attention") -> torch.Tensor:
-    """Zeroed int32 tickets (one per group of programs that merge; the last to arrive merges and puts its ticket
-    back to zero), shared by every launch of `owner`'s kernel on `device`.
+def _split_counters(device: torch.device, n: int) -> torch.Tensor:
+    """Zeroed int32 tickets, one per (query block, KV head), shared by every launch on `device`.
     NOTE: buffers are never freed, since a captured CUDA graph keeps using the address it saw."""
-    bufs = _counters.setdefault((device, owner), [])
+    bufs = _counters.setdefault(device, [])
     if not bufs or bufs[-1].numel() < n:
         bufs.append(torch.zeros(max(n, 1 << 14), dtype=torch.int32, device=device))
     return bufs[-1]
@@ -400,7 +399,7 @@ def paged_attention(
         part_out = torch.empty((num_splits, num_tokens, hq, dim), dtype=torch.float32, device=q.device)
         part_lse = torch.empty((num_splits, num_tokens, hq), dtype=torch.float32, device=q.device)
         mode = _FUSED_MERGE if merge == "fused" else _KERNEL_MERGE
-        counters = split_counters(q.device, grid_q * hk) if mode == _FUSED_MERGE else part_lse
+        counters = _split_counters(q.device, grid_q * hk) if mode == _FUSED_MERGE else part_lse
     else:
         part_out = part_lse = counters = out  # unused
         mode = _NO_SPLIT
