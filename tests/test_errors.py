@@ -146,6 +146,13 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, tmp_p
     assert "cannot write" in result.output or "is a folder" in result.output, result.output
 
 
+@pytest.mark.parametrize("value, message", [("gloo", "--all-reduce"), ("symm_mem", "symm_mem needs CUDA GPUs")])
+def test_serve_refuses_an_all_reduce_it_cannot_run(value, message):
+    """An unknown --all-reduce, and symm_mem off CUDA, are one line naming the flag before anything starts."""
+    result = CliRunner().invoke(app, ["serve", "tiny", "--device", "cpu", "--all-reduce", value])
+    assert result.exit_code == 2 and message in result.output and "Traceback" not in result.output, result.output
+
+
 def test_serve_refuses_a_port_out_of_range():
     result = CliRunner().invoke(app, ["serve", "tiny", "--device", "cpu", "--port", "70000"])
     assert result.exit_code == 2 and "--port: must be 0-65535" in result.output, result.output
