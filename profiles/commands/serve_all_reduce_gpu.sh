@@ -15,5 +15,5 @@ for AR in nccl symm_mem; do
   timeout ${BENCH_TIMEOUT:-200} python -m shifttune.cli bench --compare tp --model $M --device cuda --tp $GPUS --sp 1 \
     --rates ${RATES:-inf} --num-prompts ${NUM_PROMPTS:-32} --input-len 1024 --output-len 128 --tokenizer tiny \
     --server-arg="--load-format dummy --all-reduce $AR" --out $OUT/bench_tp_$AR.json > $OUT/bench_tp_$AR.log 2>&1
-  echo "$AR rc=$?: $(grep -E '^│ tp' $OUT/bench_tp_$AR.log | head -2)" | tee -a "$OUT/serve_all_reduce.log"
+  echo "$AR rc=$?: $(grep -E 'TTFT p50|TPOT p50|output tok/s|failed' $OUT/bench_tp_$AR.log | tr -s ' ' | tr '\n' ' ')" | tee -a "$OUT/serve_all_reduce.log"
 done
