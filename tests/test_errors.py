@@ -146,7 +146,10 @@ def test_an_output_that_cannot_be_written_is_refused_before_any_work(args, tmp_p
     assert "cannot write" in result.output or "is a folder" in result.output, result.output
 
 
-@pytest.mark.parametrize("value, message", [("gloo", "--all-reduce"), ("symm_mem", "symm_mem needs CUDA GPUs")])
+@pytest.mark.parametrize(
+    "value, message",
+    [("gloo", "--all-reduce: must be one of nccl, symm_mem"), ("symm_mem", "--all-reduce: symm_mem needs CUDA GPUs")],
+)
 def test_serve_refuses_an_all_reduce_it_cannot_run(value, message):
     """An unknown --all-reduce, and symm_mem off CUDA, are one line naming the flag before anything starts."""
     result = CliRunner().invoke(app, ["serve", "tiny", "--device", "cpu", "--all-reduce", value])

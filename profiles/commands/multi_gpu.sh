@@ -39,7 +39,7 @@ stamp() { echo "[$(date +%T)] $*" | tee -a "$LOG"; }
 stamp "gpus ($CUDA_VISIBLE_DEVICES): $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader \
   | sort | uniq -c)"
 nvidia-smi topo -m > $W/topo.txt 2>&1
-python profiles/commands/nvml_log.py --out $W/nvml_$PART.jsonl --seconds 590 > /dev/null 2>&1 &  # the sampler's view
+python profiles/commands/nvml_log.py --out $W/nvml_$PART.jsonl --seconds 590 > $W/nvml_$PART.err 2>&1 &  # the sampler's view
 NVML_LOG=$! && trap "kill $NVML_LOG 2>/dev/null" EXIT
 G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
 PROFILE=${PROFILE:-}

@@ -7,6 +7,7 @@
 set -u
 OUT=${OUT:-/tmp/out}
 GPUS=${GPUS:-2}
+mkdir -p "$OUT"
 M=${MODEL:-llama-3.1-8b}
 python -m pip install -q --no-index --find-links wheels fastapi uvicorn textual plotext > /dev/null 2>&1
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1

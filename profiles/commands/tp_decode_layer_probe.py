@@ -38,7 +38,8 @@ LINEARS = (("qkv_proj", "self_attn"), ("o_proj", "self_attn"), ("gate_up_proj", 
 
 def eager_kernels(runner, step, iters: int, layers: int) -> dict[str, dict]:
     """{kernel name: {us per layer, calls per step}} of an eager step; kernels that run once per step are kept
-    whole (the head's)."""
+    whole (the head's). NOTE: a kernel that runs in every layer and in the head too (a norm) counts its head call
+    in the per-layer time (1/layers of it)."""
     from torch.profiler import ProfilerActivity, profile
 
     graphs, runner.graphs = runner.graphs, None
@@ -57,7 +58,7 @@ def eager_kernels(runner, step, iters: int, layers: int) -> dict[str, dict]:
         if us and evt.device_type.name == "CUDA":
             calls = evt.count / iters
             key, per = ("us_per_layer", layers) if calls >= layers else ("us_per_step", 1)
-            out[evt.key[:100]] = {key: us / iters / per, "calls_per_step": calls}
+            out[evt.key] = {key: us / iters / per, "calls_per_step": calls}
     return dict(sorted(out.items(), key=lambda kv: -next(iter(kv[1].values()))))
 
 
@@ -96,6 +97,8 @@ def main() -> None:
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
+    if args.layers < 2:
+        raise SystemExit("--layers: at least 2 (a layer is the difference between --layers layers and one)")
     ceilings = measure_ceilings(torch.device("cuda"))
     hbm = ceilings.hbm_bytes_per_s
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "gpu": torch.cuda.get_device_name(0),
@@ -132,7 +135,7 @@ def main() -> None:
                   f"eager kernels {kernel_sum:.1f} us a layer; alone: {lin}", flush=True)  # fmt: skip
             for name, k in list(row["kernels"].items())[:10]:
                 if "us_per_layer" in k:
-                    print(f"    {k['us_per_layer']:7.2f} us x{k['calls_per_step'] / args.layers:.0f}  {name}")
+                    print(f"    {k['us_per_layer']:7.2f} us x{k['calls_per_step'] / args.layers:.0f}  {name[:100]}")
         _release(runner)
         del runner
         result["tp"][tp] = entry
