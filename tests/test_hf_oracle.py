@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from shifttune import LLM, SamplingParams
-from conftest import LAYOUTS, MAX_TOKENS, PROMPTS, hf_reference
+from conftest import LAYOUTS, MAX_TOKENS, PROMPTS, cpu_llm, hf_reference
 
 # threshold 4: the batched prefill (> 4 tokens) runs in SP x TP mode, the 4-sequence decode steps in TP
 POLICIES = [("tp", 256), ("sp", 256), ("threshold", 4)]
@@ -19,7 +19,7 @@ def test_greedy_matches_hf(hf_models, model_kind, tp, sp):
     ref_tokens, ref_logprobs = hf_reference(path)
     vocab = len(ref_logprobs[0])
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=vocab)
-    with LLM(str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, block_size=4) as llm:
+    with cpu_llm(path, tp, sp, block_size=4) as llm:
         engine = llm.llm_engine
         for policy, threshold in POLICIES:
             engine.set_policy(policy, threshold)

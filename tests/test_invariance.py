@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from shifttune import LLM, SamplingParams
-from conftest import MAX_TOKENS, PROMPTS, hf_reference
+from conftest import LAYOUTS, MAX_TOKENS, PROMPTS, cpu_llm, hf_reference
 
 
 def run_with_modes(llm: LLM, prompts, first: str, then: str):
@@ -25,14 +25,14 @@ def run_with_modes(llm: LLM, prompts, first: str, then: str):
 
 
 @pytest.mark.parametrize("model_kind", ["llama", "qwen3"])
-@pytest.mark.parametrize("tp,sp", [(1, 2), (2, 2)])
+@pytest.mark.parametrize("tp,sp", [(tp, sp) for tp, sp in LAYOUTS if sp > 1])  # the layouts with two modes
 def test_prefill_in_one_mode_decode_in_the_other(hf_models, model_kind, tp, sp):
     path = hf_models[model_kind]
     ref, _ = hf_reference(path)
-    with LLM(
-        str(path),
-        tensor_parallel_size=tp,
-        sequence_parallel_size=sp,
+    with cpu_llm(
+        path,
+        tp,
+        sp,
         block_size=4,
         enable_prefix_caching=False,
         async_scheduling=True,  # a step's mode is chosen at launch, before the step before it is read back

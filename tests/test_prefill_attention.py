@@ -20,7 +20,7 @@ from shifttune.kernels.prefill_attention import (
     StepAttention,
     probe_sdpa,
 )
-from conftest import LAYOUTS, MAX_TOKENS, PROMPTS, hf_reference
+from conftest import LAYOUTS, MAX_TOKENS, PROMPTS, cpu_llm, hf_reference
 
 
 def make_step(q_lens, ctx_lens, hq, hk, d, block_size, seed=0, in_order=False):
@@ -258,8 +258,8 @@ def test_engine_with_sdpa_prefill_matches_hf(hf_models, model_kind, tp, sp):
     ref_tokens, ref_logprobs = hf_reference(path)
     vocab = len(ref_logprobs[0])
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True, logprobs=vocab)
-    with LLM(str(path), tensor_parallel_size=tp, sequence_parallel_size=sp, block_size=4, shift_threshold=4,
-             prefill_attention="sdpa", max_num_batched_tokens=11) as llm:  # fmt: skip
+    with cpu_llm(path, tp, sp, block_size=4, shift_threshold=4, prefill_attention="sdpa",
+                 max_num_batched_tokens=11) as llm:  # fmt: skip
         assert llm.llm_engine.executor.runner.attention.path == "sdpa"
         outs = llm.generate(PROMPTS, params)
         for out, tokens, lp in zip(outs, ref_tokens, ref_logprobs):
