@@ -209,3 +209,36 @@ def test_planner_prints_the_launch_lines_and_their_notes():
         f"--ulysses-sequence-parallel-size 2 --enable-shift-parallel --shift-parallel-threshold {result.threshold}"
     )
     assert any("vLLM 0.26.0" in n for n in result.notes)
+
+
+@pytest.mark.parametrize(
+    "tp, sp, threshold, kw",
+    [(8, 1, None, {}), (4, 2, 0, {}), (4, 2, 300, {}), (4, 2, None, {}),
+     (4, 2, 300, {"profile_path": "p.json", "profile_policy": True})],
+)  # fmt: skip
+def test_serve_lines_parse_as_shifttune_serve_and_say_the_plan(tp, sp, threshold, kw):
+    """Every `shifttune serve` line recommend prints is one the serve command accepts, with the plan's layout and
+    policy (parsed by the CLI itself, without starting anything)."""
+    import shlex
+
+    from typer.main import get_command
+
+    from shifttune.cli.app import app
+
+    cmds, _ = lines(gpu_profile(), tp, sp, threshold, **kw)
+    serve = get_command(app).commands["serve"]
+    for key in ("shifttune_serve", "shifttune_serve_profile_policy"):
+        if key not in cmds:
+            continue
+        argv = shlex.split(cmds[key])
+        assert argv[:3] == ["shifttune", "serve", "llama-3.1-8b"]
+        params = serve.make_context("serve", argv[2:]).params
+        want_tp, want_sp = (tp, sp) if threshold is not None or key.endswith("profile_policy") else (tp * sp, 1)
+        assert (params["tensor_parallel_size"], params["sequence_parallel_size"]) == (want_tp, want_sp)
+        assert params["device"] == "cuda" and params["load_format"] == "dummy"
+        if key.endswith("profile_policy"):
+            assert (params["shift_policy"], str(params["profile"])) == ("profile", "p.json")
+        elif threshold == 0:
+            assert params["shift_policy"] == "sp"
+        elif threshold is not None and sp > 1:
+            assert (params["shift_policy"], params["shift_threshold"]) == ("threshold", threshold)

@@ -228,25 +228,35 @@ def vllm_lines(dep: Deployment, profile: Profile) -> Launch:
 
 
 def shifttune_lines(dep: Deployment, device: str) -> dict[str, str]:
-    """shifttune's own lines, with the model as the user gave it; configs without weights load dummy ones."""
+    """shifttune's own lines (the server, the Python API, offline generation), with the model as the user gave it;
+    configs without weights load dummy ones."""
     model, tp, sp, th = dep.model, dep.tp, dep.sp, dep.threshold
     dummy = _bundled(model) and model.lower() not in CPU_ONLY_MODELS  # bundled configs ship without weights
     fmt, fmt_py = (" --load-format dummy", "load_format='dummy', ") if dummy else ("", "")
     llm = f"LLM(model={model!r}, tensor_parallel_size={tp}, sequence_parallel_size={sp}, device={device!r}, {fmt_py}"
     generate = f"shifttune generate --model {model}"
+    serve = f"shifttune serve {model}"
+    on = f" --device {device}{fmt}"
     if sp == 1:
-        return {"shifttune_generate": f"{generate} --tp {dep.world_size} --device {device}{fmt}"}
+        return {"shifttune_serve": f"{serve} -tp {dep.world_size}{on}",
+                "shifttune_generate": f"{generate} --tp {dep.world_size}{on}"}  # fmt: skip
     cmds = {}
     if th == 0:
+        cmds["shifttune_serve"] = f"{serve} -tp {tp} -sp {sp} --shift-policy {SP}{on}"
         cmds["shifttune_python"] = llm + f"shift_policy={SP!r})"
-        cmds["shifttune_generate"] = f"{generate} --tp {tp} --sp {sp} --policy {SP} --device {device}{fmt}"
+        cmds["shifttune_generate"] = f"{generate} --tp {tp} --sp {sp} --policy {SP}{on}"
         return cmds
     if th is not None:
+        cmds["shifttune_serve"] = f"{serve} -tp {tp} -sp {sp} --shift-threshold {th}{on}"
         cmds["shifttune_python"] = llm + f"shift_policy='threshold', shift_threshold={th})"
-        cmds["shifttune_generate"] = f"{generate} --tp {tp} --sp {sp} --threshold {th} --device {device}{fmt}"
+        cmds["shifttune_generate"] = f"{generate} --tp {tp} --sp {sp} --threshold {th}{on}"
     else:  # SP x TP never pays at this context: plain TP, unless the profile policy below
-        cmds["shifttune_generate"] = f"{generate} --tp {dep.world_size} --device {device}{fmt}"
+        cmds["shifttune_serve"] = f"{serve} -tp {dep.world_size}{on}"
+        cmds["shifttune_generate"] = f"{generate} --tp {dep.world_size}{on}"
     if dep.profile_path and dep.profile_policy:
+        cmds["shifttune_serve_profile_policy"] = (
+            f"{serve} -tp {tp} -sp {sp} --shift-policy profile --profile {dep.profile_path}{on}"
+        )
         cmds["shifttune_python_profile_policy"] = llm + f"shift_policy='profile', shift_profile={dep.profile_path!r})"
     return cmds
 
