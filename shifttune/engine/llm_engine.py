@@ -21,7 +21,7 @@ from shifttune.engine.input_processor import InputProcessor, load_tokenizer
 from shifttune.engine.policy import make_policy
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.scheduler import Scheduler, SchedulerOutput
-from shifttune.engine.sequence import RequestOutput, Sequence, SequenceStatus
+from shifttune.engine.sequence import RequestOutput, Sequence, SequenceStatus, samples_a_first_token
 from shifttune.engine.stats import EngineStats, StepShape, StepStats
 from shifttune.model.loader import check_checkpoint
 from shifttune.runner.executor import Executor
@@ -179,7 +179,7 @@ class LLMEngine:
                     for s in sched.scheduled]  # fmt: skip
         output = self.executor.collective_rpc("execute", self._delta(sched, mode))
         self.scheduler.update_computed(sched)
-        first = shape.num_prefill_tokens > 0 and any(seq.awaits_first_token for seq in sampling)  # decode: none
+        first = samples_a_first_token(shape.num_prefill_tokens, sampling)
         for seq in sampling:
             seq.num_pending += 1
         return InFlightStep(mode, shape, sampling, computed, output, first)

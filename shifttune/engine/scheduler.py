@@ -9,7 +9,6 @@ it is recomputed later from its tokens, which keeps outputs unchanged.
 from __future__ import annotations
 
 import itertools
-
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass

@@ -62,6 +62,12 @@ class Sequence:
         return self.status == SequenceStatus.FINISHED
 
 
+def samples_a_first_token(num_prefill_tokens: int, sampling: list[Sequence]) -> bool:
+    """Whether a step samples some request's first token (a prompt ends in it): `LLMEngine.step`'s read-back rule
+    and the simulator's. A step without prompt tokens cannot, so pure decode steps skip the scan."""
+    return num_prefill_tokens > 0 and any(seq.awaits_first_token for seq in sampling)
+
+
 @dataclass
 class CompletionOutput:
     index: int

@@ -30,7 +30,7 @@ from shifttune.engine.policy import ShiftPolicy
 from shifttune.engine.profile_schema import Profile
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.scheduler import Scheduler, SchedulerOutput
-from shifttune.engine.sequence import Sequence
+from shifttune.engine.sequence import Sequence, samples_a_first_token
 from shifttune.engine.stats import percentile
 from shifttune.engine.step_model import StepTimeModel
 from shifttune.recommend.grid import CUDA_GRAPH_MAX_TOKENS
@@ -207,7 +207,7 @@ def simulate(
         end = max(clock, device_free) + step_ms(mode, tokens, shape.mean_context) / 1e3
         device_free = end
         scheduler.update_computed(out)
-        first = shape.num_prefill_tokens > 0 and any(seq.awaits_first_token for seq in sampling)
+        first = samples_a_first_token(shape.num_prefill_tokens, sampling)
         for seq in sampling:
             seq.num_pending += 1
         return _Step(end, sampling, first)
