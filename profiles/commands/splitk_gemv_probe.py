@@ -32,7 +32,8 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels.launch import pdl_args
 from shifttune.kernels.paged_attention import sm_count
-from shifttune.profile.step_timing import _time_cuda, measure_ceilings, summarize
+from shifttune.profile.attention_bench import graph_time
+from shifttune.profile.step_timing import measure_ceilings
 
 MAX_ROWS = 16  # the most rows of x (tokens of a step) this path takes; tl.dot's smallest tile
 BLOCK_N, BLOCK_K = 64, 128
@@ -176,16 +177,8 @@ SHAPES = {  # name: (N, K) of the weight, [out, in]
 
 
 def graph_us(fn, copies: list[torch.Tensor], x: torch.Tensor) -> float:
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        for w in copies:
-            fn(x, w)  # compile / pick kernels outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for w in copies:
-            fn(x, w)
-    return 1e3 * summarize(_time_cuda(graph.replay, 3, 30))[0] / len(copies)
+    """Microseconds per fn(x, w), one call per weight copy, all in one CUDA graph."""
+    return 1e3 * graph_time(lambda: [fn(x, w) for w in copies], x.device, 30)[0] / len(copies)
 
 
 def main() -> None:

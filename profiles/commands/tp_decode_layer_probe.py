@@ -23,9 +23,9 @@ import torch
 import torch.nn.functional as F
 
 from shifttune.config import TP
+from shifttune.profile.attention_bench import graph_time
 from shifttune.profile.ops import OpsSettings, _release, build_rank
 from shifttune.profile.step_timing import (
-    _time_cuda,
     fill_kv_cache_random,
     measure_ceilings,
     summarize,
@@ -69,16 +69,7 @@ def linear_alone(runner, batch: int, hbm: float) -> dict[str, dict]:
     for name, parent in LINEARS:
         weights = [getattr(getattr(layer, parent), name).weight for layer in model.layers]
         x = torch.randn(batch, weights[0].shape[1], device=runner.device, dtype=weights[0].dtype)
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
-        with torch.cuda.stream(stream):
-            for w in weights:
-                F.linear(x, w)  # warm: cuBLAS picks its kernel
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            for w in weights:
-                F.linear(x, w)
-        us = 1e3 * summarize(_time_cuda(graph.replay, 5, 50))[0] / len(weights)
+        us = 1e3 * graph_time(lambda: [F.linear(x, w) for w in weights], runner.device, 50)[0] / len(weights)
         nbytes = weights[0].numel() * weights[0].element_size()
         out[name] = {"shape": list(weights[0].shape), "mbytes": nbytes / 1e6, "us": us,
                      "floor_us": 1e6 * nbytes / hbm, "of_hbm": nbytes / hbm / (us / 1e6)}  # fmt: skip
