@@ -1,6 +1,7 @@
-"""Session 18's numbers that are read off committed run files rather than printed by the run itself: the NVML
-sampler's largest NVLink rate per run, one TP rank's decode-layer kernels by kind, and the re-measured
-llama-3.3-70b H200 op table against the one it replaced (from git). CPU only, from the repository root:
+"""Session 18's numbers that are read off committed run files rather than printed by the run itself: the NVML sampler's
+largest NVLink rate per run, one TP rank's decode-layer kernels by kind, what the split-K GEMV would save a layer,
+and the re-measured llama-3.3-70b H200 op table against the one it replaced (from git). CPU only, from the
+repository root:
 
     python profiles/commands/s18_derived.py > profiles/runs/s18_derived.txt
 """
@@ -42,6 +43,27 @@ def layer_kernels() -> None:
             print(f"TP{tp} batch {batch}: eager kernels a layer (us): {sums}; graphed layer {row['layer_us']:.1f}")
 
 
+def gemv_savings() -> None:
+    """What taking the split-K GEMV wherever it beat cuBLAS would save a layer at batch 1 (the second probe run)."""
+    d = json.loads((RUNS / "s18_h200/splitk_gemv_b/splitk_gemv_probe.json").read_text())
+    layer = json.loads((RUNS / "s18_h200/tp_decode_layer/tp_decode_layer.json").read_text())["tp"]
+    saved: dict[str, float] = {}
+    for c in d["cases"]:
+        if c["rows"] == 1:
+            group = (
+                c["shape"].rsplit("_", 1)[0] if not c["shape"].endswith("gate_up") else c["shape"][: -len("_gate_up")]
+            )
+            saved[group] = saved.get(group, 0.0) + max(0.0, c["cublas_us"] - c["best"]["us"])
+    for group, us in saved.items():
+        tp = group.split("_tp")[1]
+        share = (
+            f" = {us / layer[tp]['batches']['1']['layer_us']:.1%} of the graphed layer"
+            if group.startswith("70b")
+            else ""
+        )
+        print(f"split-K GEMV where it wins, batch 1, {group}: {us:.1f} us a layer{share}")
+
+
 def op_table() -> None:
     old = json.loads(subprocess.run(["git", "show", f"{OLD_OP_TABLE_COMMIT}:{OP_TABLE}"], capture_output=True,
                                     text=True, check=True).stdout)  # fmt: skip
@@ -63,4 +85,5 @@ def op_table() -> None:
 if __name__ == "__main__":
     nvlink()
     layer_kernels()
+    gemv_savings()
     op_table()

@@ -8,8 +8,8 @@ every weight comes from HBM as in a step; time per product = graph replay / R (m
 output is checked against F.linear's on the same inputs (largest error over the largest output <= 1e-2); a setting
 that fails is printed and never chosen.
 
-The split-K GEMV, kept here with its measurements (not used by the engine: on an H200 it beat cuBLAS by 1-2% of a
-decode step, ~5% of a TP8 layer, at best: `profiles/runs/s18_h200/README.md`): the weight is cut into BLOCK_N rows x
+The split-K GEMV, kept here with its measurements (not used by the engine: on an H200 it would save 1.9% of a 70B
+TP4 layer and 4.6% of a TP8 one at best: `profiles/runs/s18_h200/README.md`): the weight is cut into BLOCK_N rows x
 K / SPLIT_K columns per program, each program writes an fp32 partial, and a second launch sums them
 (reduce="kernel") or the last split of each column tile to finish does (reduce="fused", tickets as paged attention's
 fused merge). Both launch with programmatic dependent launch on Hopper; early_w loads the first weight tile before
