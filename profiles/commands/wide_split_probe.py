@@ -1,0 +1,177 @@
+"""Small-batch decode attention with many more, smaller split-KV programs (GPU; issue 14's batch 1-2 item).
+
+    PYTHONPATH=$PWD python profiles/commands/wide_split_probe.py --out wide_split.json
+
+`read_floor_probe.py` (session 16) found that reading batch 1's 8.4 MB of K/V takes 9.2 us with one 4-warp
+program per SM, the layout the engine's decode attention uses (`PROGRAMS_PER_SM = 1`), and 4.7 us with eight.
+Earlier sweeps of the attention kernel stopped at two programs per SM (`MAX_SPLITS`, and the merge kernel loads
+all of a row's splits at once). This runs the engine's own `_paged_attention_kernel` with 1-8 programs per SM
+(splits per query block and KV head up to 256, tiles of 16-64 keys, 1-3 stages, 2-4 warps) and merges the
+partials either with the engine's merge kernel or with one that takes a chunk of d per program (so a row with
+hundreds of splits is not one program's registers). Both launches use programmatic dependent launch, as the
+engine's do.
+
+Phase 1 times every option on the `--search` rows (batch 1 and 2 at 2k by default); phase 2 times the engine's
+default and the best `--keep` options of phase 1 on every row (`--batches` x `--contexts`), with the same rule for
+the split count at every row (programs per SM, as `choose_num_splits`), since a CUDA graph's choice must hold for
+every context length. Every timing is checked against the fp32 reference (`rel_err`); harness: attention_bench's
+`time_layers` (`layers` calls on distinct caches in one CUDA graph).
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import triton
+import triton.language as tl
+from triton.language.extra.cuda import gdc_wait
+
+from shifttune.kernels import paged_attention as pa
+from shifttune.kernels.launch import pdl_args
+from shifttune.profile.attention_bench import Step, launch_floor_us, time_layers
+from shifttune.profile.step_timing import measure_ceilings
+
+
+@triton.jit
+def _chunk_merge_kernel(out, part_out, part_lse, num_tokens, num_splits, HQ: tl.constexpr, D: tl.constexpr,
+                        DC: tl.constexpr, SPLITS_P2: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+    """`_merge_splits_kernel` for DC of the D output columns of one (token, head) row."""
+    if PDL:
+        gdc_wait()
+    row = tl.program_id(0)
+    c = tl.program_id(1) * DC + tl.arange(0, DC)
+    s = tl.arange(0, SPLITS_P2)
+    s_ok = s < num_splits
+    lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"))
+    top = tl.max(lse, 0)
+    w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
+    off = (s * num_tokens * HQ + row).to(tl.int64)[:, None] * D + c[None, :]
+    parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0)
+    o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
+    tl.store(out + row.to(tl.int64) * D + c, o.to(out.dtype.element_ty))
+
+
+def splits_for(num_tokens: int, num_seqs: int, hq: int, hk: int, sms: int, per_sm: int, cap: int) -> int:
+    """`choose_num_splits` with another programs-per-SM count and split cap."""
+    _, block_q, _ = pa.launch_shape(num_tokens, num_seqs, hq, hk)
+    busy = max(num_seqs, triton.cdiv(num_tokens, block_q)) * hk
+    return 1 if busy >= sms else max(1, min(triton.cdiv(per_sm * sms, busy), cap))
+
+
+def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None):
+    """The engine kernel with these launch options (kernel merge); merge_dc None: the engine's merge kernel."""
+    t, hq, d = q.shape
+    bs, hk = kc.shape[1], kc.shape[2]
+    n = meta.block_tables.shape[0]
+    block_m, block_q, grid_q = pa.launch_shape(t, n, hq, hk)
+    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
+    part_out = torch.empty((splits, t, hq, d), dtype=torch.float32, device=q.device)
+    part_lse = torch.empty((splits, t, hq), dtype=torch.float32, device=q.device)
+    pdl = pdl_args(q.device)
+    pa._paged_attention_kernel[(grid_q, hk, splits)](
+        out, q, kc, vc, meta.block_tables, meta.seq_lens, meta.query_start_loc, part_out, part_lse, part_lse, scale,
+        n, meta.block_tables.stride(0), t, q.stride(0), splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs, BLOCK_Q=block_q,
+        BLOCK_M=block_m, TILE=tile, SPLIT=pa._KERNEL_MERGE, GP2=triton.next_power_of_2(hq // hk), S_CHUNK=1, **pdl,
+        num_warps=warps, num_stages=stages)  # fmt: skip
+    sp2 = triton.next_power_of_2(splits)
+    if merge_dc is None:
+        pa._merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, splits, HQ=hq, D=d, SPLITS_P2=sp2, **pdl)
+    else:
+        _chunk_merge_kernel[(t * hq, d // merge_dc)](out, part_out, part_lse, t, splits, HQ=hq, D=d, DC=merge_dc,
+                                                     SPLITS_P2=sp2, **pdl)  # fmt: skip
+    return out
+
+
+def options(args) -> list[dict]:
+    grid = itertools.product(
+        [int(x) for x in args.per_sm.split(",")],
+        [int(x) for x in args.tiles.split(",")],
+        [int(x) for x in args.warps.split(",")],
+        [int(x) for x in args.stages.split(",")],
+        [None if x == "engine" else int(x) for x in args.merges.split(",")],
+    )
+    return [dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m) for p, t, w, s, m in grid]
+
+
+def label(o: dict) -> str:
+    merge = "engine" if o["merge_dc"] is None else f"dc{o['merge_dc']}"
+    return f"p{o['per_sm']}_t{o['tile']}_w{o['warps']}_s{o['stages']}_m{merge}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--search", default="1x2048,2x2048", help="rows of phase 1, batch x context")
+    ap.add_argument("--batches", default="1,2,4,8")
+    ap.add_argument("--contexts", default="2048,8192,32768")
+    ap.add_argument("--per-sm", default="1,2,4,8")
+    ap.add_argument("--tiles", default="16,32,64")
+    ap.add_argument("--warps", default="2,4")
+    ap.add_argument("--stages", default="1,2,3")
+    ap.add_argument("--merges", default="engine,32")
+    ap.add_argument("--cap", type=int, default=256, help="most splits per query block and KV head")
+    ap.add_argument("--keep", type=int, default=8, help="options of phase 1 timed on every row")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("wide_split_probe needs a GPU")
+    dev = torch.device("cuda")
+    name, t0 = torch.cuda.get_device_name(), time.perf_counter()
+    ceil = measure_ceilings(dev)
+    hq, hk, d, bs, scale, sms = 32, 8, 128, 16, 128**-0.5, pa.sm_count(dev)
+    print(f"{name}: {sms} SMs, copy rate {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s", flush=True)
+
+    def run_row(b: int, c: int, opts: list[dict]) -> dict:
+        kv_bytes = 2 * b * c * hk * d * 2
+        layers = max(1, min(32, -(-(256 << 20) // kv_bytes)))
+        step = Step([1] * b, [c] * b, hq, hk, d, bs, layers, dev)
+        ref = step.reference(scale)
+        row = dict(batch=b, context=c, layers_in_graph=layers, floor_us=1e6 * kv_bytes / ceil.hbm_bytes_per_s,
+                   engine_splits=pa.choose_num_splits(b, b, hq, hk, None, sms),
+                   launch_floor_us=launch_floor_us(step, pa, hq, hk, sms),
+                   engine=time_layers(step, lambda *a: pa.paged_attention(*a), dev, scale, ref),
+                   options={})  # fmt: skip
+        for o in opts:
+            splits = splits_for(b, b, hq, hk, sms, o["per_sm"], args.cap)
+            call = (lambda o, s: lambda qq, kc, vc, meta, sc: attention(
+                qq, kc, vc, meta, sc, s, o["tile"], o["warps"], o["stages"], o["merge_dc"]))(o, splits)  # fmt: skip
+            row["options"][label(o)] = dict(splits=splits, **time_layers(step, call, dev, scale, ref))
+        timed = [(v["us"], k) for k, v in row["options"].items() if "us" in v and (v["rel_err"] or 1) < 2e-2]
+        best = min(timed) if timed else (float("nan"), None)
+        row.update(best=best[1], best_us=best[0], best_over_floor=best[0] / row["floor_us"],
+                   engine_over_floor=row["engine"].get("us", float("nan")) / row["floor_us"])  # fmt: skip
+        print(f"b={b} C={c}: floor {row['floor_us']:.1f} us, launch {row['launch_floor_us']:.1f}, engine "
+              f"{row['engine'].get('us', float('nan')):.1f} ({row['engine_over_floor']:.2f}x), best {best[1]} "
+              f"{best[0]:.1f} ({row['best_over_floor']:.2f}x) [{time.perf_counter() - t0:.0f} s]",
+              flush=True)  # fmt: skip
+        del step
+        return row
+
+    search = []
+    for bc in args.search.split(","):
+        b, c = (int(x) for x in bc.split("x"))
+        search.append(run_row(b, c, options(args)))
+    # phase 2: the options with the best geometric mean over the search rows (errors excluded)
+    scores = {}
+    for k in search[0]["options"]:
+        us = [r["options"][k].get("us") for r in search]
+        ok = all(u is not None and (r["options"][k]["rel_err"] or 1) < 2e-2 for u, r in zip(us, search))
+        if ok:
+            scores[k] = sum(torch.tensor(us).log().tolist()) / len(us)
+    keep = sorted(scores, key=scores.get)[: args.keep]
+    by_label = {label(o): o for o in options(args)}
+    rows = [run_row(b, c, [by_label[k] for k in keep]) for b in map(int, args.batches.split(","))
+            for c in map(int, args.contexts.split(","))]  # fmt: skip
+    result = dict(command="python profiles/commands/wide_split_probe.py " + " ".join(argv or sys.argv[1:]),
+                  card=name, torch=torch.__version__, triton=triton.__version__, sms=sms,
+                  hbm_bytes_per_s=ceil.hbm_bytes_per_s, search=search, kept=keep, rows=rows)  # fmt: skip
+    args.out.write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
