@@ -90,22 +90,22 @@ SPLIT_CASES = [
 
 
 @pytest.mark.parametrize(
-    "case, merge, merge_elems",
+    "case, merge, chunk",
     [pytest.param(c, "fused", None, id=f"b{len(c[0])}-fused") for c in SPLIT_CASES]
     + [
         pytest.param(c, m, e, id=f"b{len(c[0])}-{m}{'-chunked' if e else ''}")
         for c in (SPLIT_CASES[0], SPLIT_CASES[-1])
-        for m, e in (("fused", 256), ("kernel", None))
+        for m, e in (("fused", 256), ("kernel", None), ("kernel", 4))
     ],
 )
-def test_triton_split_decode_matches_reference_on_cpu(case, merge, merge_elems, monkeypatch):
-    """Many splits, merged in the same launch by the last split (also a few splits at a time:
-    merge_elems) or by the merge kernel."""
+def test_triton_split_decode_matches_reference_on_cpu(case, merge, chunk, monkeypatch):
+    """Many splits, merged in the same launch by the last split (also a few splits at a time: chunk =
+    MERGE_ELEMS) or by the merge kernel (also a row's d over several programs: chunk = MERGE_COLUMNS)."""
     from shifttune.kernels import paged_attention as pa
 
     q_lens, ctx, hq, hk, d, bs, splits = case
-    if merge_elems:
-        monkeypatch.setattr(pa, "MERGE_ELEMS", merge_elems)
+    if chunk:
+        monkeypatch.setattr(pa, "MERGE_ELEMS" if merge == "fused" else "MERGE_COLUMNS", chunk)
     q, kc, vc, meta = make_case(q_lens, ctx, hq, hk, d, bs, seed=len(q_lens))
     scale = d**-0.5
     ref = reference(q, kc, vc, meta, scale)
@@ -121,7 +121,11 @@ def test_triton_num_splits_depend_on_step_shape_only():
     """Splits fill the GPU at small batches and stop once the query blocks alone fill it."""
     from shifttune.kernels.paged_attention import MAX_SPLITS, choose_num_splits
 
-    assert choose_num_splits(1, 1, 32, 8, num_sms=132) == 17  # 8 KV heads x 17 splits: a program per SM
+    # batch 1-2 of 8 KV heads are small steps (SMALL_STEP_PROGRAMS_PER_SM = 4 programs per SM), batch 4 is not
+    assert choose_num_splits(1, 1, 32, 8, num_sms=132) == MAX_SPLITS  # 66, capped
+    assert choose_num_splits(2, 2, 32, 8, num_sms=132) == 33  # 16 KV heads x 33 splits: 4 programs per SM
+    assert choose_num_splits(4, 4, 32, 8, num_sms=132) == 5  # 32 x 5: a program per SM
+    assert choose_num_splits(1, 1, 32, 8, num_sms=132, programs_per_sm=1) == 17
     assert choose_num_splits(1, 1, 16, 2, num_sms=132) == MAX_SPLITS
     assert choose_num_splits(8, 8, 32, 8, num_sms=132) == 3
     assert choose_num_splits(128, 128, 32, 8, num_sms=132) == 1
@@ -530,7 +534,7 @@ cases = [
                           k_cache="*bf16", v_cache="*bf16", slots="*i64", stride_vt="i32", num_kv="i32"),
      dict(HALF=64, BLOCK_H=64, WRITE_KV=True, BLOCK_KV=8, PDL=True, TRIGGER=True)),
     (pa._merge_splits_kernel, dict(out="*bf16", part_out="*fp32", part_lse="*fp32", num_tokens="i32",
-                                   num_splits="i32"), dict(HQ=32, D=128, SPLITS_P2=32, PDL=True)),
+                                   num_splits="i32"), dict(HQ=32, D=128, DC=32, SPLITS_P2=32, PDL=True)),
 ]
 for fn, types, consts in cases:
     sig = {**types, **{k: "constexpr" for k in consts}}

@@ -347,6 +347,21 @@ def test_the_start_up_warm_up_runs(hf_models, monkeypatch):
         assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS[:2], params)] == ref_tokens[:2]
 
 
+@pytest.mark.parametrize("hk, decode_seqs", [(8, [PAGED_PAD]), (1, [PAGED_PAD, 2 * PAGED_PAD])])
+def test_warm_up_compiles_both_decode_launch_configurations(hk, decode_seqs):
+    """With one KV head a pinned decode launch of 16 sequences is a small step (its own launch options) and one of
+    32 is not: the warm-up compiles both, so a bigger eager batch does not compile while serving."""
+    from shifttune.kernels import paged_attention as pa
+
+    attention = StepAttention(None, 0, True, 8 * hk, hk)
+    launches = attention._warm_launches(torch.device("cpu"))  # 132 SMs off GPU
+    assert sorted({n for m, n, _ in launches if m == 16}) == decode_seqs
+    assert {n for m, n, _ in launches if m == 64} == {PAGED_PAD}
+    assert len(launches) == (len(decode_seqs) + 1) * len(PAGED_SPLITS)
+    small = [pa.is_small_step(n * hk, 132) for n in decode_seqs]
+    assert small == ([False] if hk == 8 else [True, False])
+
+
 def test_auto_takes_chunks_by_query_key_pairs():
     from shifttune.kernels.prefill_attention import SDPA_MIN_PAIRS, SDPA_MIN_TOKENS
 

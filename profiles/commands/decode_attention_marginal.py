@@ -7,7 +7,8 @@ decode graph they sit between RoPE (which lets them launch early, PDL) and the o
 the engine's decode step (its CUDA graph, `measure_point`) at batch 1-8 and contexts 2k and 8k twice: as built,
 and with paged attention replaced by an empty output (no launch; the tokens are garbage, the timing is not).
 The difference over the layers is attention's cost per layer in the step, next to its floor (the layer's K/V
-bytes over this card's measured HBM bandwidth).
+bytes over this card's measured HBM bandwidth). `--compare-rule` also times the step with the launch rule from
+before session 19 (no small steps: one program per SM and DECODE_CONFIG at every batch).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--contexts", default="2048,8192")
     ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--compare-rule", action="store_true", help="also the step without the small-step launch rule")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -59,6 +61,11 @@ def main(argv: list[str] | None = None) -> None:
     # NOTE: the bandwidth as measured with the first engine up (as loop_overhead.py measures it): measured after
     # both engines shut down, it came out 2.58e12 B/s instead of ~3.0e12 (session 15's first run)
     engine_ms, cfg, hbm = step_ms(args.model, points, args.iters)
+    old_rule_ms = {}
+    if args.compare_rule:
+        ratio, pa.SMALL_STEP_RATIO = pa.SMALL_STEP_RATIO, 1 << 30  # no step is small
+        old_rule_ms, _, _ = step_ms(args.model, points, args.iters)
+        pa.SMALL_STEP_RATIO = ratio
     pa.paged_attention = no_attention  # NOTE: read when the next LLM's runner picks its backend
     bare_ms, _, _ = step_ms(args.model, points, args.iters)
     kv_bytes_per_token = 2 * cfg.num_kv_heads * cfg.head_dim * 2  # K and V, bf16, one layer
@@ -70,6 +77,9 @@ def main(argv: list[str] | None = None) -> None:
         rows.append({"batch": batch, "context": context, "step_ms": engine_ms[key], "step_without_attention_ms":
                      bare_ms[key], "attention_us_per_layer": per_layer_us, "floor_us": floor_us,
                      "over_floor": per_layer_us / floor_us})  # fmt: skip
+        if key in old_rule_ms:
+            rows[-1]["step_old_rule_ms"] = old_rule_ms[key]
+            rows[-1]["attention_us_per_layer_old_rule"] = 1e3 * (old_rule_ms[key] - bare_ms[key]) / cfg.num_layers
         print(
             f"b={batch} C={context}: attention {per_layer_us:.1f} us a layer in the step, floor {floor_us:.1f} "
             f"({per_layer_us / floor_us:.2f}x)",

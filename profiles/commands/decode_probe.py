@@ -193,7 +193,7 @@ def probe_tma_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_
     _probe_tma_kernel[(t, hk, num_splits)](q, k_desc, v_desc, block_tables, seq_lens, part_out, part_lse, scale,
                                            block_tables.stride(0), t, num_splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs,
                                            BLOCK_M=16, num_warps=num_warps, num_stages=num_stages)  # fmt: skip
-    _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d,
+    _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d, DC=d,
                                     SPLITS_P2=triton.next_power_of_2(num_splits), PDL=False)  # fmt: skip
     return out
 
@@ -249,7 +249,7 @@ def probe_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, num_spli
     if not merge:  # timing only: the attention launch alone
         return out
     if not fused:
-        _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d,
+        _merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, num_splits, HQ=hq, D=d, DC=d,
                                         SPLITS_P2=triton.next_power_of_2(num_splits), PDL=False)  # fmt: skip
     return out
 

@@ -7,9 +7,10 @@ program per SM, the layout the engine's decode attention uses (`PROGRAMS_PER_SM 
 Earlier sweeps of the attention kernel stopped at two programs per SM (`MAX_SPLITS`, and the merge kernel loads
 all of a row's splits at once). This runs the engine's own `_paged_attention_kernel` with 1-8 programs per SM
 (splits per query block and KV head up to 256, tiles of 16-64 keys, 1-3 stages, 2-4 warps) and merges the
-partials either with the engine's merge kernel or with one that takes a chunk of d per program (so a row with
-hundreds of splits is not one program's registers). Both launches use programmatic dependent launch, as the
-engine's do.
+partials with the engine's merge kernel either one program per (token, head) row, as before session 19 (`mengine`
+in the option labels), or with d split over programs (`mdc32`: 32 columns each, so a row with hundreds of splits
+is not one program's registers; the engine's merge since session 19). Both launches use programmatic dependent
+launch, as the engine's do.
 
 Phase 1 times every option on the `--search` rows (batch 1 and 2 at 2k by default); phase 2 times the engine's
 default and the best `--keep` options of phase 1 on every row (`--batches` x `--contexts`), with the same rule for
@@ -29,32 +30,11 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
-from triton.language.extra.cuda import gdc_wait
 
 from shifttune.kernels import paged_attention as pa
 from shifttune.kernels.launch import pdl_args
 from shifttune.profile.attention_bench import Step, launch_floor_us, time_layers
 from shifttune.profile.step_timing import measure_ceilings
-
-
-@triton.jit
-def _chunk_merge_kernel(out, part_out, part_lse, num_tokens, num_splits, HQ: tl.constexpr, D: tl.constexpr,
-                        DC: tl.constexpr, SPLITS_P2: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
-    """`_merge_splits_kernel` for DC of the D output columns of one (token, head) row."""
-    if PDL:
-        gdc_wait()
-    row = tl.program_id(0)
-    c = tl.program_id(1) * DC + tl.arange(0, DC)
-    s = tl.arange(0, SPLITS_P2)
-    s_ok = s < num_splits
-    lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"))
-    top = tl.max(lse, 0)
-    w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
-    off = (s * num_tokens * HQ + row).to(tl.int64)[:, None] * D + c[None, :]
-    parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0)
-    o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
-    tl.store(out + row.to(tl.int64) * D + c, o.to(out.dtype.element_ty))
 
 
 def splits_for(num_tokens: int, num_seqs: int, hq: int, hk: int, sms: int, per_sm: int, cap: int) -> int:
@@ -65,7 +45,8 @@ def splits_for(num_tokens: int, num_seqs: int, hq: int, hk: int, sms: int, per_s
 
 
 def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None):
-    """The engine kernel with these launch options (kernel merge); merge_dc None: the engine's merge kernel."""
+    """The engine kernel with these launch options (kernel merge), its merge kernel with merge_dc columns a program
+    (None: all d, as one program per row merged before session 19)."""
     t, hq, d = q.shape
     bs, hk = kc.shape[1], kc.shape[2]
     n = meta.block_tables.shape[0]
@@ -79,12 +60,9 @@ def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages
         n, meta.block_tables.stride(0), t, q.stride(0), splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs, BLOCK_Q=block_q,
         BLOCK_M=block_m, TILE=tile, SPLIT=pa._KERNEL_MERGE, GP2=triton.next_power_of_2(hq // hk), S_CHUNK=1, **pdl,
         num_warps=warps, num_stages=stages)  # fmt: skip
-    sp2 = triton.next_power_of_2(splits)
-    if merge_dc is None:
-        pa._merge_splits_kernel[(t * hq,)](out, part_out, part_lse, t, splits, HQ=hq, D=d, SPLITS_P2=sp2, **pdl)
-    else:
-        _chunk_merge_kernel[(t * hq, d // merge_dc)](out, part_out, part_lse, t, splits, HQ=hq, D=d, DC=merge_dc,
-                                                     SPLITS_P2=sp2, **pdl)  # fmt: skip
+    dc = merge_dc or d
+    pa._merge_splits_kernel[(t * hq, d // dc)](out, part_out, part_lse, t, splits, HQ=hq, D=d, DC=dc,
+                                               SPLITS_P2=triton.next_power_of_2(splits), **pdl)  # fmt: skip
     return out
 
 

@@ -38,9 +38,17 @@ PROGRAMS_PER_SM = 1
 # Launch configuration by path: decode-like steps (16-row tiles) and prefill chunks (64-row tiles).
 # Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1; see the key loop).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
+# Small decode steps (query blocks x KV heads with work x SMALL_STEP_RATIO <= SMs: batch 1-2 of 8 KV heads on
+# 132 SMs) split into 4 programs per SM and run them unpipelined on 2 warps: their loads, not a program's
+# pipeline, are what the step waits for. On an H100, decode attention at batch 1-2, 2k-32k, 2-13% faster than
+# with DECODE_CONFIG and one program per SM, and slower from batch 4 (profiles/runs/s19_h100/a_wide_split).
+SMALL_STEP_RATIO = 8
+SMALL_STEP_PROGRAMS_PER_SM = 4
+SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
+MERGE_COLUMNS = 32  # output columns per program of the merge kernel (a row's d split over d / 32 programs)
 # Programmatic dependent launch (`launch.pdl`): the attention kernel starts while the launch before it (RoPE,
 # which writes q and the new K/V) finishes, and waits for it (`gdc_wait`) only before reading q; the merge
 # launch starts as the attention programs leave their key loops, and waits before reading the partials. On an
@@ -293,9 +301,11 @@ def _merge_splits_kernel(
     num_splits,
     HQ: tl.constexpr,
     D: tl.constexpr,
+    DC: tl.constexpr,
     SPLITS_P2: tl.constexpr,
     PDL: tl.constexpr,
 ):
+    """Columns DC * program_id(1) .. + DC of one (token, head) row, from all its splits' partials."""
     if PDL:
         gdc_wait()
     row = tl.program_id(0)  # token * HQ + head
@@ -304,7 +314,7 @@ def _merge_splits_kernel(
     lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"))
     top = tl.max(lse, 0)
     w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
-    d = tl.arange(0, D)
+    d = tl.program_id(1) * DC + tl.arange(0, DC)
     off = (s * num_tokens * HQ + row).to(tl.int64)[:, None] * D + d[None, :]
     parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0)
     o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
@@ -320,6 +330,17 @@ def launch_shape(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int 
     return block_m, block_q, num_tokens // block_q + num_seqs
 
 
+def busy_programs(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None = None) -> int:
+    """Query blocks x KV heads that hold tokens in a step of this size (the grid's other query blocks are empty)."""
+    _, block_q, _ = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
+    return max(num_seqs, triton.cdiv(num_tokens, block_q)) * hk
+
+
+def is_small_step(busy: int, num_sms: int) -> bool:
+    """Whether a decode-like step with `busy` programs of work runs with SMALL_STEP_CONFIG."""
+    return busy * SMALL_STEP_RATIO <= num_sms
+
+
 def choose_num_splits(
     num_tokens: int,
     num_seqs: int,
@@ -331,13 +352,14 @@ def choose_num_splits(
 ) -> int:
     """Split-KV ways for a step of this many tokens and sequences (never of its context lengths, so a
     CUDA graph's choice holds for every replay): none when the query blocks that hold tokens already
-    fill the GPU once, else enough for about `programs_per_sm` (PROGRAMS_PER_SM) programs with work per SM."""
+    fill the GPU once, else enough for about `programs_per_sm` programs with work per SM (default
+    PROGRAMS_PER_SM; SMALL_STEP_PROGRAMS_PER_SM for small steps)."""
     num_sms = num_sms or sm_count()
-    _, block_q, _ = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
-    busy = max(num_seqs, triton.cdiv(num_tokens, block_q)) * hk  # the grid's other query blocks are empty
+    busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
     if busy >= num_sms:
         return 1
-    return max(1, min(triton.cdiv((programs_per_sm or PROGRAMS_PER_SM) * num_sms, busy), MAX_SPLITS))
+    per_sm = programs_per_sm or (SMALL_STEP_PROGRAMS_PER_SM if is_small_step(busy, num_sms) else PROGRAMS_PER_SM)
+    return max(1, min(triton.cdiv(per_sm * num_sms, busy), MAX_SPLITS))
 
 
 @functools.cache
@@ -379,16 +401,21 @@ def paged_attention(
 ) -> torch.Tensor:
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].
-    Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG / PREFILL_CONFIG;
+    Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG (SMALL_STEP_CONFIG for
+    small decode steps) / PREFILL_CONFIG;
     `merge` is "fused" (the last split merges) or "kernel" (a second launch merges)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
     num_seqs = meta.block_tables.shape[0]
     block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m or meta.block_m)
-    num_splits = (
-        num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sm_count(q.device))
-    )
-    config = DECODE_CONFIG if block_m < 64 else PREFILL_CONFIG
+    sms = sm_count(q.device)
+    num_splits = num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sms)
+    if block_m >= 64:
+        config = PREFILL_CONFIG
+    elif is_small_step(busy_programs(num_tokens, num_seqs, hq, hk, block_m), sms):
+        config = SMALL_STEP_CONFIG
+    else:
+        config = DECODE_CONFIG
     tile = tile or (config["tile"] if dim <= 128 else 32)
     assert q.stride(2) == 1 and q.stride(1) == dim
     assert merge in ("fused", "kernel")
@@ -435,7 +462,8 @@ def paged_attention(
         num_stages=num_stages or config["num_stages"],
     )
     if mode == _KERNEL_MERGE:
-        _merge_splits_kernel[(num_tokens * hq,)](
+        columns = min(MERGE_COLUMNS, dim)
+        _merge_splits_kernel[(num_tokens * hq, dim // columns)](
             out,
             part_out,
             part_lse,
@@ -443,6 +471,7 @@ def paged_attention(
             num_splits,
             HQ=hq,
             D=dim,
+            DC=columns,
             SPLITS_P2=triton.next_power_of_2(num_splits),
             **pdl,
         )

@@ -297,6 +297,19 @@ class StepAttention:
         want = min(-(-2 * _sm_count(device) // busy), -(-max_len // 256), PAGED_SPLITS[-1])
         return block_m, max(s for s in PAGED_SPLITS if s <= max(want, 1))
 
+    def _warm_launches(self, device: torch.device) -> list[tuple[int, int, int]]:
+        """(query rows per program, padded sequences, splits) of every pinned paged binary: each split count at
+        PAGED_PAD sequences, and for decode-like launches also at the fewest padded sequences that are no small
+        step, where the kernel runs another launch configuration (`paged_attention.is_small_step`: with one KV
+        head, 16 sequences are small and 32 are not)."""
+        from shifttune.kernels.paged_attention import is_small_step  # NOTE: lazy: Triton, only when pinned
+
+        seqs = PAGED_PAD
+        while is_small_step(seqs * self.hk, _sm_count(device)):
+            seqs += PAGED_PAD
+        counts = {16: sorted({PAGED_PAD, seqs}), 64: [PAGED_PAD]}
+        return [(m, n, s) for m, ns in counts.items() for n in ns for s in PAGED_SPLITS]
+
     # ---- start-up -------------------------------------------------------------------------------
     def warm_up(
         self,
@@ -317,22 +330,21 @@ class StepAttention:
         times = {}
         start = time.perf_counter()
         if self.pin_paged:
-            q = torch.zeros(PAGED_PAD, self.hq, d, dtype=dtype, device=dev)
-            for block_m in (16, 64):
-                for splits in PAGED_SPLITS:
-                    tables = torch.full((PAGED_PAD, PAGED_PAD), scratch_block, dtype=torch.int64, device=dev)
-                    qsl, lens = [0] + [PAGED_PAD] * PAGED_PAD, [PAGED_PAD] + [1] * (PAGED_PAD - 1)
-                    meta = AttentionMetadata(
-                        torch.zeros(0, dtype=torch.int64, device=dev),
-                        torch.tensor(qsl, device=dev),
-                        torch.tensor(lens, device=dev),
-                        tables,
-                        qsl,
-                        lens,
-                        num_splits=splits,
-                        block_m=block_m,
-                    )
-                    paged(q, k_cache, v_cache, meta, scale)
+            for block_m, seqs, splits in self._warm_launches(dev):
+                q = torch.zeros(seqs, self.hq, d, dtype=dtype, device=dev)
+                tables = torch.full((seqs, PAGED_PAD), scratch_block, dtype=torch.int64, device=dev)
+                qsl, lens = [0] + [seqs] * seqs, [seqs] + [1] * (seqs - 1)
+                meta = AttentionMetadata(
+                    torch.zeros(0, dtype=torch.int64, device=dev),
+                    torch.tensor(qsl, device=dev),
+                    torch.tensor(lens, device=dev),
+                    tables,
+                    qsl,
+                    lens,
+                    num_splits=splits,
+                    block_m=block_m,
+                )
+                paged(q, k_cache, v_cache, meta, scale)
             _sync(dev)
         times["paged_kernel_s"] = time.perf_counter() - start
         start = time.perf_counter()

@@ -496,7 +496,12 @@ def decode_main(args, argv) -> None:
         "ceilings": {"hbm_bytes_per_s": ceil.hbm_bytes_per_s, "matmul_flops_per_s": ceil.matmul_flops_per_s},
         "nominal_hbm_bytes_per_s": nominal,
         "defaults": dict(
-            decode=pa.DECODE_CONFIG, prefill=pa.PREFILL_CONFIG, programs_per_sm=pa.PROGRAMS_PER_SM, merge=pa.MERGE
+            decode=pa.DECODE_CONFIG,
+            small_step=dict(pa.SMALL_STEP_CONFIG, programs_per_sm=pa.SMALL_STEP_PROGRAMS_PER_SM),
+            prefill=pa.PREFILL_CONFIG,
+            programs_per_sm=pa.PROGRAMS_PER_SM,
+            merge=pa.MERGE,
+            merge_columns=pa.MERGE_COLUMNS,
         ),
         "max_rel_err": max(errors),
         "sweep_summary": summary,

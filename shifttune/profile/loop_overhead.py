@@ -250,7 +250,8 @@ def main(argv: list[str] | None = None) -> None:
         "--programs-per-sm",
         type=int,
         default=None,
-        help="GPU: split-KV rule of the paged kernel (default: its PROGRAMS_PER_SM), to compare rules",
+        help="GPU: split-KV rule of the paged kernel at every batch, small steps too (default: its PROGRAMS_PER_SM, "
+        "and SMALL_STEP_PROGRAMS_PER_SM with SMALL_STEP_CONFIG for small steps), to compare rules",
     )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
@@ -258,6 +259,7 @@ def main(argv: list[str] | None = None) -> None:
         from shifttune.kernels import paged_attention  # NOTE: lazy: Triton is GPU-only
 
         paged_attention.PROGRAMS_PER_SM = args.programs_per_sm
+        paged_attention.SMALL_STEP_RATIO = 1 << 30  # no step is small
     try:
         cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     except (ValueError, IndexError):

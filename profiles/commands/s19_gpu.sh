@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Session 19's one-GPU checks (each part < 10 min), from the repository root of a snapshot (carry: the snapshot,
+# wheels; old_paged_attention.py in it = shifttune/kernels/paged_attention.py before the small-step rule, ff59bde):
+#   PART=a bash profiles/commands/s19_gpu.sh   # decode attention with the small-step launch rule (issue 14):
+#       attention_bench --decode against the kernel file before it; the engine's decode step with / without the
+#       rule / without attention (decode_attention_marginal.py); tests/test_gpu.py and the kernels' GPU tests
+# Into $OUT: check.log, decode_attention.json, marginal.json, tests.log
+. "$(dirname "$0")/gpu_setup.sh"
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+if [ "${PART:-a}" = a ]; then
+  timeout 200 python -m shifttune.profile.attention_bench --decode --no-sweep --old-kernel old_paged_attention.py \
+    --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | cut -c1-300 | tee -a "$LOG"
+  timeout 240 python profiles/commands/decode_attention_marginal.py --compare-rule --out "$OUT/marginal.json" 2>&1 \
+    | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
+  timeout 200 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py + tests/test_kernels.py rc=$?: $(tail -1 "$OUT/tests.log")"
+  grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG"
+fi
