@@ -18,6 +18,8 @@ from shifttune.kernels.attention_ref import paged_attention_ref  # noqa: E402
 from shifttune.kernels.paged_attention import paged_attention  # noqa: E402
 
 DEV = "cuda" if torch.cuda.is_available() else "cpu"  # CPU: the interpreter
+# tests of CPU tensors through the interpreter (fp32, tight tolerances); their GPU counterparts are the `gpu` ones
+interpreted = pytest.mark.skipif(torch.cuda.is_available(), reason="Triton interpreter test (CPU tensors)")
 
 
 def make_case(q_lens, ctx_lens, hq, hk, d, block_size, device="cpu", dtype=torch.float32, seed=0):
@@ -63,6 +65,7 @@ CASES = [
 ]
 
 
+@interpreted
 @pytest.mark.parametrize("q_lens, ctx, hq, hk, d, bs", CASES)
 @pytest.mark.parametrize("num_splits", [1, 3])
 def test_triton_matches_reference_on_cpu(q_lens, ctx, hq, hk, d, bs, num_splits):
@@ -89,6 +92,7 @@ SPLIT_CASES = [
 ]
 
 
+@interpreted
 @pytest.mark.parametrize(
     "case, merge, chunk",
     [pytest.param(c, "fused", None, id=f"b{len(c[0])}-fused") for c in SPLIT_CASES]
@@ -235,6 +239,7 @@ def _to_cpu(meta):
     )
 
 
+@interpreted
 def test_fused_ops_match_torch_layers():
     """The fused Triton ops (interpreted on CPU) against the torch code they replace on GPU."""
     from shifttune.kernels.fused import add_rms_norm, rope_, silu_and_mul

@@ -7,8 +7,11 @@ decode graph they sit between RoPE (which lets them launch early, PDL) and the o
 the engine's decode step (its CUDA graph, `measure_point`) at batch 1-8 and contexts 2k and 8k twice: as built,
 and with paged attention replaced by an empty output (no launch; the tokens are garbage, the timing is not).
 The difference over the layers is attention's cost per layer in the step, next to its floor (the layer's K/V
-bytes over this card's measured HBM bandwidth). `--compare-rule` also times the step with the launch rule from
-before session 19 (no small steps: one program per SM and DECODE_CONFIG at every batch).
+bytes over this card's measured HBM bandwidth). `--rules` times the step under other launch rules of the paged
+kernel too, each `SMALL[/mCOLUMNS]`: SMALL is `default` (the tree's), `off` (no small steps: one program per SM
+and DECODE_CONFIG at every batch, as before session 19) or `pP_tT_wW_sS` (small steps at P programs per SM, tile
+T, W warps, S stages); COLUMNS the merge kernel's columns a program (128: one program per row, as before session
+19). E.g. `--rules default,off/m128,off,p2_t64_w4_s1`.
 """
 
 from __future__ import annotations
@@ -29,6 +32,27 @@ from shifttune.profile.step_timing import measure_ceilings
 
 def no_attention(q, k_cache, v_cache, meta, scale, **kwargs):
     return torch.empty_like(q)
+
+
+RULE_KNOBS = ("SMALL_STEP_RATIO", "SMALL_STEP_PROGRAMS_PER_SM", "SMALL_STEP_CONFIG", "MERGE_COLUMNS")
+
+
+def apply_rule(rule: str) -> None:
+    """Sets the paged kernel's launch rule `SMALL[/mCOLUMNS]` (see the module docstring) for engines built next."""
+    small, _, merge = rule.partition("/")
+    if merge:
+        if not (merge.startswith("m") and merge[1:].isdigit()):
+            raise ValueError(f"merge part {merge!r} is not mCOLUMNS")
+        pa.MERGE_COLUMNS = int(merge[1:])
+    if small == "off":
+        pa.SMALL_STEP_RATIO = 1 << 30  # no step is small
+    elif small != "default":
+        try:
+            p, t, w, st = (int(x[1:]) for x in small.split("_"))
+        except ValueError:
+            raise ValueError(f"{small!r} is not default, off or pP_tT_wW_sS") from None
+        pa.SMALL_STEP_PROGRAMS_PER_SM = p
+        pa.SMALL_STEP_CONFIG = dict(tile=t, num_warps=w, num_stages=st)
 
 
 def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict[str, float], object, float]:
@@ -52,7 +76,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--batches", default="1,2,4,8")
     ap.add_argument("--contexts", default="2048,8192")
     ap.add_argument("--iters", type=int, default=30)
-    ap.add_argument("--compare-rule", action="store_true", help="also the step without the small-step launch rule")
+    ap.add_argument("--rules", default="default", help="launch rules of the paged kernel to time (see above)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -60,31 +84,37 @@ def main(argv: list[str] | None = None) -> None:
     points = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]
     # NOTE: the bandwidth as measured with the first engine up (as loop_overhead.py measures it): measured after
     # both engines shut down, it came out 2.58e12 B/s instead of ~3.0e12 (session 15's first run)
-    engine_ms, cfg, hbm = step_ms(args.model, points, args.iters)
-    old_rule_ms = {}
-    if args.compare_rule:
-        ratio, pa.SMALL_STEP_RATIO = pa.SMALL_STEP_RATIO, 1 << 30  # no step is small
-        old_rule_ms, _, _ = step_ms(args.model, points, args.iters)
-        pa.SMALL_STEP_RATIO = ratio
+    rules = args.rules.split(",")
+    rule_ms = {}
+    for rule in rules:
+        saved = {k: getattr(pa, k) for k in RULE_KNOBS}
+        try:
+            apply_rule(rule)
+        except ValueError as e:
+            ap.error(f"--rules {rule}: {e}")
+        print(f"rule {rule}", flush=True)
+        rule_ms[rule], cfg, hbm = step_ms(args.model, points, args.iters)
+        for k, v in saved.items():
+            setattr(pa, k, v)
     pa.paged_attention = no_attention  # NOTE: read when the next LLM's runner picks its backend
     bare_ms, _, _ = step_ms(args.model, points, args.iters)
     kv_bytes_per_token = 2 * cfg.num_kv_heads * cfg.head_dim * 2  # K and V, bf16, one layer
     rows = []
     for batch, context in points:
         key = f"{batch}x{context}"
-        per_layer_us = 1e3 * (engine_ms[key] - bare_ms[key]) / cfg.num_layers
         floor_us = 1e6 * batch * context * kv_bytes_per_token / hbm
-        rows.append({"batch": batch, "context": context, "step_ms": engine_ms[key], "step_without_attention_ms":
-                     bare_ms[key], "attention_us_per_layer": per_layer_us, "floor_us": floor_us,
-                     "over_floor": per_layer_us / floor_us})  # fmt: skip
-        if key in old_rule_ms:
-            rows[-1]["step_old_rule_ms"] = old_rule_ms[key]
-            rows[-1]["attention_us_per_layer_old_rule"] = 1e3 * (old_rule_ms[key] - bare_ms[key]) / cfg.num_layers
-        print(
-            f"b={batch} C={context}: attention {per_layer_us:.1f} us a layer in the step, floor {floor_us:.1f} "
-            f"({per_layer_us / floor_us:.2f}x)",
-            flush=True,
+        per_rule = {}
+        for rule in rules:
+            us = 1e3 * (rule_ms[rule][key] - bare_ms[key]) / cfg.num_layers
+            per_rule[rule] = {"step_ms": rule_ms[rule][key], "attention_us_per_layer": us, "over_floor": us / floor_us}
+        first = per_rule[rules[0]]
+        rows.append({"batch": batch, "context": context, "step_ms": first["step_ms"], "step_without_attention_ms":
+                     bare_ms[key], "attention_us_per_layer": first["attention_us_per_layer"], "floor_us": floor_us,
+                     "over_floor": first["over_floor"], "rules": per_rule})  # fmt: skip
+        parts = ", ".join(
+            f"{r} {v['attention_us_per_layer']:.1f} ({v['over_floor']:.2f}x)" for r, v in per_rule.items()
         )
+        print(f"b={batch} C={context}: attention us a layer in the step, floor {floor_us:.1f}: {parts}", flush=True)
     out = {"command": " ".join(sys.argv), "card": torch.cuda.get_device_name(0), "model": args.model,
            "hbm_bytes_per_s": hbm, "rows": rows}  # fmt: skip
     args.out.write_text(json.dumps(out, indent=1))

@@ -4,15 +4,23 @@
 #   PART=a bash profiles/commands/s19_gpu.sh   # decode attention with the small-step launch rule (issue 14):
 #       attention_bench --decode against the kernel file before it; the engine's decode step with / without the
 #       rule / without attention (decode_attention_marginal.py); tests/test_gpu.py and the kernels' GPU tests
-# Into $OUT: check.log, decode_attention.json, marginal.json, tests.log
+#   PART=b bash profiles/commands/s19_gpu.sh   # the engine's decode step at batch 1-2, 2k-32k under launch rules of
+#       the paged kernel (decode_attention_marginal.py --rules: the tree's, before session 19, merge change only, two
+#       other small-step options)
+# Into $OUT: check.log, decode_attention.json, marginal.json, tests.log (a); marginal_rules.json (b)
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
   timeout 200 python -m shifttune.profile.attention_bench --decode --no-sweep --old-kernel old_paged_attention.py \
     --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | cut -c1-300 | tee -a "$LOG"
-  timeout 240 python profiles/commands/decode_attention_marginal.py --compare-rule --out "$OUT/marginal.json" 2>&1 \
+  timeout 240 python profiles/commands/decode_attention_marginal.py --rules default,off --out "$OUT/marginal.json" 2>&1 \
     | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
   timeout 200 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py > "$OUT/tests.log" 2>&1
   stamp "tests/test_gpu.py + tests/test_kernels.py rc=$?: $(tail -1 "$OUT/tests.log")"
   grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG"
+fi
+if [ "$PART" = b ]; then
+  timeout 570 python profiles/commands/decode_attention_marginal.py --batches 1,2 --contexts 2048,8192,32768 \
+    --rules default,off/m128,off,p2_t64_w4_s1,p4_t32_w4_s1 --out "$OUT/marginal_rules.json" 2>&1 \
+    | grep -E "^b=|^rule|Error" | cut -c1-400 | tee -a "$LOG"
 fi
