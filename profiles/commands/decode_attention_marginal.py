@@ -84,12 +84,13 @@ def main(argv: list[str] | None = None) -> None:
     points = [(int(b), int(c)) for c in args.contexts.split(",") for b in args.batches.split(",")]
     # NOTE: the bandwidth as measured with the first engine up (as loop_overhead.py measures it): measured after
     # both engines shut down, it came out 2.58e12 B/s instead of ~3.0e12 (session 15's first run)
-    rules = args.rules.split(",")
+    specs = args.rules.split(",")
+    rules = [r if specs[:i].count(r) == 0 else f"{r}#{specs[:i].count(r) + 1}" for i, r in enumerate(specs)]  # repeats
     rule_ms = {}
     for rule in rules:
         saved = {k: getattr(pa, k) for k in RULE_KNOBS}
         try:
-            apply_rule(rule)
+            apply_rule(rule.partition("#")[0])
         except ValueError as e:
             ap.error(f"--rules {rule}: {e}")
         print(f"rule {rule}", flush=True)
