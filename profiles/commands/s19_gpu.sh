@@ -7,7 +7,11 @@
 #   PART=b bash profiles/commands/s19_gpu.sh   # the engine's decode step at batch 1-2, 2k-32k under launch rules of
 #       the paged kernel (decode_attention_marginal.py --rules: the tree's, before session 19, merge change only, two
 #       other small-step options)
-# Into $OUT: check.log, decode_attention.json, marginal.json, tests.log (a); marginal_rules.json (b)
+#   HQ=32 HK=8 PART=c bash profiles/commands/s19_gpu.sh   # wide_split_probe.py: every launch option (1-4 programs
+#       per SM, tile 32/64, 2/4 warps, 1/3 stages, with and without the one-tile path) on every row (batch 1-8 x
+#       2k-32k) at these head counts (8B: 32/8; a TP rank of 70B: 16/2 at TP 4, 8/1 at TP 8)
+# Into $OUT: check.log, decode_attention.json, marginal.json, tests.log (a); marginal_rules.json (b);
+# wide_split_hq<HQ>_hk<HK>.json (c)
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
@@ -23,4 +27,10 @@ if [ "$PART" = b ]; then
   timeout 570 python profiles/commands/decode_attention_marginal.py --batches 1,2 --contexts 2048,8192,32768 \
     --rules default,off/m128,off,p2_t64_w4_s1,p4_t32_w4_s1 --out "$OUT/marginal_rules.json" 2>&1 \
     | grep -E "^b=|^rule|Error" | cut -c1-400 | tee -a "$LOG"
+fi
+if [ "$PART" = c ]; then
+  rows=1x2048,1x8192,1x32768,2x2048,2x8192,2x32768,4x2048,4x8192,4x32768,8x2048,8x8192,8x32768
+  timeout 560 python profiles/commands/wide_split_probe.py --hq "${HQ:-32}" --hk "${HK:-8}" --search $rows --keep 0 \
+    --per-sm 1,2,4 --tiles 32,64 --warps 2,4 --stages 1,3 --merges 32 --one-tile 0,1 \
+    --out "$OUT/wide_split_hq${HQ:-32}_hk${HK:-8}.json" 2>&1 | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
 fi

@@ -32,7 +32,6 @@ import torch
 import triton
 
 from shifttune.kernels import paged_attention as pa
-from shifttune.kernels.launch import pdl_args
 from shifttune.profile.attention_bench import Step, launch_floor_us, time_layers
 from shifttune.profile.step_timing import measure_ceilings
 
@@ -44,26 +43,17 @@ def splits_for(num_tokens: int, num_seqs: int, hq: int, hk: int, sms: int, per_s
     return 1 if busy >= sms else max(1, min(triton.cdiv(per_sm * sms, busy), cap))
 
 
-def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None):
-    """The engine kernel with these launch options (kernel merge), its merge kernel with merge_dc columns a program
-    (None: all d, as one program per row merged before session 19)."""
-    t, hq, d = q.shape
-    bs, hk = kc.shape[1], kc.shape[2]
-    n = meta.block_tables.shape[0]
-    block_m, block_q, grid_q = pa.launch_shape(t, n, hq, hk)
-    out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
-    part_out = torch.empty((splits, t, hq, d), dtype=torch.float32, device=q.device)
-    part_lse = torch.empty((splits, t, hq), dtype=torch.float32, device=q.device)
-    pdl = pdl_args(q.device)
-    pa._paged_attention_kernel[(grid_q, hk, splits)](
-        out, q, kc, vc, meta.block_tables, meta.seq_lens, meta.query_start_loc, part_out, part_lse, part_lse, scale,
-        n, meta.block_tables.stride(0), t, q.stride(0), splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs, BLOCK_Q=block_q,
-        BLOCK_M=block_m, TILE=tile, SPLIT=pa._KERNEL_MERGE, GP2=triton.next_power_of_2(hq // hk), S_CHUNK=1, **pdl,
-        num_warps=warps, num_stages=stages)  # fmt: skip
-    dc = merge_dc or d
-    pa._merge_splits_kernel[(t * hq, d // dc)](out, part_out, part_lse, t, splits, HQ=hq, D=d, DC=dc,
-                                               SPLITS_P2=triton.next_power_of_2(splits), **pdl)  # fmt: skip
-    return out
+def attention(
+    q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None, one_tile: bool
+):
+    """The engine's paged attention with these launch options (kernel merge); merge_dc: the merge kernel's columns
+    a program (None: all d, one program per row, as before session 19)."""
+    columns, pa.MERGE_COLUMNS = pa.MERGE_COLUMNS, merge_dc or q.shape[2]
+    try:
+        return pa.paged_attention(q, kc, vc, meta, scale, num_splits=splits, tile=tile, num_warps=warps,
+                                  num_stages=stages, merge="kernel", one_tile=one_tile)  # fmt: skip
+    finally:
+        pa.MERGE_COLUMNS = columns
 
 
 def options(args) -> list[dict]:
@@ -73,13 +63,14 @@ def options(args) -> list[dict]:
         [int(x) for x in args.warps.split(",")],
         [int(x) for x in args.stages.split(",")],
         [None if x == "engine" else int(x) for x in args.merges.split(",")],
+        [bool(int(x)) for x in args.one_tile.split(",")],
     )
-    return [dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m) for p, t, w, s, m in grid]
+    return [dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m, one_tile=o) for p, t, w, s, m, o in grid]
 
 
 def label(o: dict) -> str:
     merge = "engine" if o["merge_dc"] is None else f"dc{o['merge_dc']}"
-    return f"p{o['per_sm']}_t{o['tile']}_w{o['warps']}_s{o['stages']}_m{merge}"
+    return f"p{o['per_sm']}_t{o['tile']}_w{o['warps']}_s{o['stages']}_m{merge}" + ("_one" if o["one_tile"] else "")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,15 +84,18 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warps", default="2,4")
     ap.add_argument("--stages", default="1,2,3")
     ap.add_argument("--merges", default="engine,32")
+    ap.add_argument("--one-tile", default="0", help="1: splits of one tile skip the key loops (ONE_TILE); 0,1: both")
+    ap.add_argument("--hq", type=int, default=32, help="query heads (Llama-3.1-8B: 32; a TP rank of 70B: 64 / TP)")
+    ap.add_argument("--hk", type=int, default=8, help="KV heads")
     ap.add_argument("--cap", type=int, default=256, help="most splits per query block and KV head")
-    ap.add_argument("--keep", type=int, default=8, help="options of phase 1 timed on every row")
+    ap.add_argument("--keep", type=int, default=8, help="options of phase 1 timed on every row (0: no phase 2)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("wide_split_probe needs a GPU")
     dev = torch.device("cuda")
     name, t0 = torch.cuda.get_device_name(), time.perf_counter()
     ceil = measure_ceilings(dev)
-    hq, hk, d, bs, scale, sms = 32, 8, 128, 16, 128**-0.5, pa.sm_count(dev)
+    hq, hk, d, bs, scale, sms = args.hq, args.hk, 128, 16, 128**-0.5, pa.sm_count(dev)
     print(f"{name}: {sms} SMs, copy rate {ceil.hbm_bytes_per_s / 1e12:.2f} TB/s", flush=True)
 
     def run_row(b: int, c: int, opts: list[dict]) -> dict:
@@ -109,15 +103,16 @@ def main(argv: list[str] | None = None) -> None:
         layers = max(1, min(32, -(-(256 << 20) // kv_bytes)))
         step = Step([1] * b, [c] * b, hq, hk, d, bs, layers, dev)
         ref = step.reference(scale)
-        row = dict(batch=b, context=c, layers_in_graph=layers, floor_us=1e6 * kv_bytes / ceil.hbm_bytes_per_s,
+        row = dict(hq=hq, hk=hk, batch=b, context=c, layers_in_graph=layers,
+                   floor_us=1e6 * kv_bytes / ceil.hbm_bytes_per_s,
                    engine_splits=pa.choose_num_splits(b, b, hq, hk, None, sms),
                    launch_floor_us=launch_floor_us(step, pa, hq, hk, sms),
                    engine=time_layers(step, lambda *a: pa.paged_attention(*a), dev, scale, ref),
                    options={})  # fmt: skip
         for o in opts:
             splits = splits_for(b, b, hq, hk, sms, o["per_sm"], args.cap)
-            call = (lambda o, s: lambda qq, kc, vc, meta, sc: attention(
-                qq, kc, vc, meta, sc, s, o["tile"], o["warps"], o["stages"], o["merge_dc"]))(o, splits)  # fmt: skip
+            call = (lambda o, s: lambda qq, kc, vc, meta, sc: attention(qq, kc, vc, meta, sc, s, o["tile"], o["warps"],
+                    o["stages"], o["merge_dc"], o["one_tile"]))(o, splits)  # fmt: skip
             row["options"][label(o)] = dict(splits=splits, **time_layers(step, call, dev, scale, ref))
         timed = [(v["us"], k) for k, v in row["options"].items() if "us" in v and (v["rel_err"] or 1) < 2e-2]
         best = min(timed) if timed else (float("nan"), None)
@@ -144,7 +139,7 @@ def main(argv: list[str] | None = None) -> None:
     keep = sorted(scores, key=scores.get)[: args.keep]
     by_label = {label(o): o for o in options(args)}
     rows = [run_row(b, c, [by_label[k] for k in keep]) for b in map(int, args.batches.split(","))
-            for c in map(int, args.contexts.split(","))]  # fmt: skip
+            for c in map(int, args.contexts.split(","))] if keep else []  # fmt: skip
     result = dict(command="python profiles/commands/wide_split_probe.py " + " ".join(argv or sys.argv[1:]),
                   card=name, torch=torch.__version__, triton=triton.__version__, sms=sms,
                   hbm_bytes_per_s=ceil.hbm_bytes_per_s, search=search, kept=keep, rows=rows)  # fmt: skip

@@ -120,6 +120,27 @@ def _attend_tile(
 
 
 @triton.jit
+def _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi, q_pos, kv_head,
+               qk_scale, m_i, l_i, acc, HK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr,
+               TILE: tl.constexpr):  # fmt: skip
+    """Keys kv_lo .. kv_hi a tile at a time (`block`: the first tile's blocks): unmasked up to full_hi, then masked.
+    NOTE: each iteration loads the next tile's block numbers itself (carried to the next iteration): with the
+    block-table load inside the K/V address chain, Triton's pipeliner keeps one K/V buffer whatever num_stages
+    is (no load in flight during a tile's math); this way it keeps num_stages - 1."""
+    for start in range(kv_lo, full_hi, TILE):
+        next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
+                                     acc, HK, D, BLOCK_SIZE, TILE, False)  # fmt: skip
+        block = next_block
+    for start in range(full_hi, kv_hi, TILE):
+        next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
+        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
+                                     acc, HK, D, BLOCK_SIZE, TILE, True)  # fmt: skip
+        block = next_block
+    return m_i, l_i, acc
+
+
+@triton.jit
 def _store_partial(
     part_out, part_lse, o, m_i, l_i, split, num_tokens, token, head, row_ok, HQ: tl.constexpr, D: tl.constexpr
 ):
@@ -209,6 +230,7 @@ def _paged_attention_kernel(
     GP2: tl.constexpr,
     S_CHUNK: tl.constexpr,
     PDL: tl.constexpr,
+    ONE_TILE: tl.constexpr,  # splits of one tile take a path without the loops
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -251,21 +273,18 @@ def _paged_attention_kernel(
     # Keys up to the block's first query position are visible to every row: no mask there.
     first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
-    # NOTE: each iteration loads the next tile's block numbers itself (carried to the next iteration):
-    # with the block-table load inside the K/V address chain, Triton's pipeliner keeps one K/V buffer
-    # whatever num_stages is (no load in flight during a tile's math); this way it keeps num_stages - 1.
     block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
     # fmt: off
-    for start in range(kv_lo, full_hi, TILE):
-        next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
-                                     acc, HK, D, BLOCK_SIZE, TILE, False)
-        block = next_block
-    for start in range(full_hi, kv_hi, TILE):
-        next_block = _tile_blocks(block_tables, seq, stride_bt, start + TILE, kv_hi, BLOCK_SIZE, TILE)
-        m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i,
-                                     acc, HK, D, BLOCK_SIZE, TILE, True)
-        block = next_block
+    if ONE_TILE:
+        if kv_hi - kv_lo <= TILE:  # NOTE: a split of one tile skips the pipelined loops, whose prologue costs more
+            m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, kv_lo, kv_hi, q_pos, kv_head, qk_scale, m_i,
+                                         l_i, acc, HK, D, BLOCK_SIZE, TILE, True)
+        else:
+            m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi,
+                                       kv_hi, q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)
+    else:
+        m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
+                                   q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)
     # fmt: on
     if PDL:
         gdc_launch_dependents()  # the merge may launch (it waits for this launch to finish before reading)
@@ -398,11 +417,12 @@ def paged_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     merge: str = MERGE,
+    one_tile: bool | None = None,
 ) -> torch.Tensor:
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].
     Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG (SMALL_STEP_CONFIG for
-    small decode steps) / PREFILL_CONFIG;
+    small decode steps) / PREFILL_CONFIG (`one_tile`: splits of one tile skip the key loops);
     `merge` is "fused" (the last split merges) or "kernel" (a second launch merges)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
@@ -458,6 +478,7 @@ def paged_attention(
         GP2=group_p2,
         S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
         **pdl,
+        ONE_TILE=config.get("one_tile", False) if one_tile is None else one_tile,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],
     )
