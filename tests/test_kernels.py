@@ -84,7 +84,7 @@ def test_triton_matches_reference_on_cpu(q_lens, ctx, hq, hk, d, bs, num_splits)
 SPLIT_CASES = [
     # q_lens, cached context, Hq, Hk, D, block size, splits (None: `choose_num_splits`, 64 at batch 1):
     # decode at batch 1-8 over long-ish contexts; 16-key tiles give each split a few tiles
-    ([1], [1500], 4, 1, 16, 16, None),  # batch 1: 64 splits, all active
+    ([1], [1500], 4, 1, 16, 16, None),  # batch 1: 256 splits, 94 of them hold keys
     ([1, 1], [1023, 40], 4, 1, 16, 8, 16),  # the short sequence uses a few of the splits
     ([1] * 4, [700, 33, 1200, 5], 4, 1, 16, 16, 16),
     ([1] * 8, [300, 1, 900, 64, 65, 511, 2000, 17], 6, 2, 16, 4, 8),  # GQA 3:1 (a group that is no power of 2)
@@ -146,8 +146,8 @@ def test_triton_num_splits_depend_on_step_shape_only():
     from shifttune.kernels.paged_attention import MAX_SPLITS, choose_num_splits
 
     # batch 1-2 of 8 KV heads are small steps (SMALL_STEP_PROGRAMS_PER_SM = 4 programs per SM), batch 4 is not
-    assert choose_num_splits(1, 1, 32, 8, num_sms=132) == MAX_SPLITS  # 66, capped
-    assert choose_num_splits(2, 2, 32, 8, num_sms=132) == 33  # 16 KV heads x 33 splits: 4 programs per SM
+    assert choose_num_splits(1, 1, 32, 8, num_sms=132) == 66  # 8 KV heads x 66 splits: 4 programs per SM
+    assert choose_num_splits(2, 2, 32, 8, num_sms=132) == 33
     assert choose_num_splits(4, 4, 32, 8, num_sms=132) == 5  # 32 x 5: a program per SM
     assert choose_num_splits(1, 1, 32, 8, num_sms=132, programs_per_sm=1) == 17
     assert choose_num_splits(1, 1, 16, 2, num_sms=132) == MAX_SPLITS
@@ -220,8 +220,9 @@ def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
     ],
 )
 @pytest.mark.parametrize("merge", ["fused", "kernel"])
-def test_triton_matches_reference_on_gpu_bf16(q_lens, ctx, merge):
-    q, kc, vc, meta = make_case(q_lens, ctx, 16, 2, 128, 16, device="cuda", dtype=torch.bfloat16)
+@pytest.mark.parametrize("hq, hk", [(16, 2), (32, 8)])  # GQA groups of 8 and 4: both small-step configurations
+def test_triton_matches_reference_on_gpu_bf16(q_lens, ctx, merge, hq, hk):
+    q, kc, vc, meta = make_case(q_lens, ctx, hq, hk, 128, 16, device="cuda", dtype=torch.bfloat16)
     scale = 128**-0.5
     out = paged_attention(q, kc, vc, meta, scale, merge=merge)
     ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), scale)

@@ -8,10 +8,10 @@ the engine's decode step (its CUDA graph, `measure_point`) at batch 1-8 and cont
 and with paged attention replaced by an empty output (no launch; the tokens are garbage, the timing is not).
 The difference over the layers is attention's cost per layer in the step, next to its floor (the layer's K/V
 bytes over this card's measured HBM bandwidth). `--rules` times the step under other launch rules of the paged
-kernel too, each `SMALL[/mCOLUMNS]`: SMALL is `default` (the tree's), `off` (no small steps: one program per SM
-and DECODE_CONFIG at every batch, as before session 19) or `pP_tT_wW_sS` (small steps at P programs per SM, tile
-T, W warps, S stages); COLUMNS the merge kernel's columns a program (128: one program per row, as before session
-19). E.g. `--rules default,off/m128,off,p2_t64_w4_s1`.
+kernel too, each `SMALL[/mCOLUMNS]`: SMALL is `default` (the tree's), `off` (no small steps: one program per
+SM, DECODE_CONFIG and at most 64 splits at every batch, as before session 19) or `pP_tT_wW_sS` (small steps at
+P programs per SM, tile T, W warps, S stages, any GQA group); COLUMNS the merge kernel's columns a program (128:
+one program per row, as before session 19). E.g. `--rules default,off/m128,off,p2_t64_w4_s1`.
 """
 
 from __future__ import annotations
@@ -34,7 +34,14 @@ def no_attention(q, k_cache, v_cache, meta, scale, **kwargs):
     return torch.empty_like(q)
 
 
-RULE_KNOBS = ("SMALL_STEP_RATIO", "SMALL_STEP_PROGRAMS_PER_SM", "SMALL_STEP_CONFIG", "MERGE_COLUMNS")
+RULE_KNOBS = (
+    "SMALL_STEP_RATIO",
+    "SMALL_STEP_PROGRAMS_PER_SM",
+    "SMALL_STEP_CONFIG",
+    "SMALL_STEP_CONFIG_WIDE_GROUP",
+    "MERGE_COLUMNS",
+    "MAX_SPLITS",
+)
 
 
 def apply_rule(rule: str) -> None:
@@ -46,13 +53,14 @@ def apply_rule(rule: str) -> None:
         pa.MERGE_COLUMNS = int(merge[1:])
     if small == "off":
         pa.SMALL_STEP_RATIO = 1 << 30  # no step is small
+        pa.MAX_SPLITS = 64
     elif small != "default":
         try:
             p, t, w, st = (int(x[1:]) for x in small.split("_"))
         except ValueError:
             raise ValueError(f"{small!r} is not default, off or pP_tT_wW_sS") from None
         pa.SMALL_STEP_PROGRAMS_PER_SM = p
-        pa.SMALL_STEP_CONFIG = dict(tile=t, num_warps=w, num_stages=st)
+        pa.SMALL_STEP_CONFIG = pa.SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=t, num_warps=w, num_stages=st)
 
 
 def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict[str, float], object, float]:

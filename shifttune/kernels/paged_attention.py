@@ -30,7 +30,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.launch import pdl_args
 
-MAX_SPLITS = 64  # the most split-KV ways `choose_num_splits` returns
+MAX_SPLITS = 256  # the most split-KV ways `choose_num_splits` returns
 # split until this many programs per SM hold work (when the step alone has fewer). 1, not 2: on an H100 every
 # batch 1-8 decode row (2k-32k) of attention_bench ran as fast or faster, and batch-1 decode steps 0.6% faster
 # (profiles/runs/s12_h100); not yet measured on an H200, where an older kernel preferred 2 at 32k contexts
@@ -38,13 +38,17 @@ PROGRAMS_PER_SM = 1
 # Launch configuration by path: decode-like steps (16-row tiles) and prefill chunks (64-row tiles).
 # Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1; see the key loop).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
-# Small decode steps (query blocks x KV heads with work x SMALL_STEP_RATIO <= SMs: batch 1-2 of 8 KV heads on
-# 132 SMs) split into 4 programs per SM and run them unpipelined on 2 warps: their loads, not a program's
-# pipeline, are what the step waits for. On an H100, decode attention at batch 1-2, 2k-32k, 2-13% faster than
-# with DECODE_CONFIG and one program per SM, and slower from batch 4 (profiles/runs/s19_h100/a_wide_split).
+# Small decode steps (query blocks x KV heads with work x SMALL_STEP_RATIO <= SMs: batch 1-2 of 8 KV heads, 1-16
+# of one, on 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's
+# pipeline, are what the step waits for. Tile and warps by the GQA group (query heads per KV head): on an H100,
+# over batch 1-16 x 2k-32k, groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP
+# rank of Llama-3.3-70B) on 32-key tiles and 4 warps; with them decode attention came within 3% of the best of
+# 48 launch options (geometric mean; 13% at worst) against 15% (2x) with one program per SM and at most 64
+# splits (profiles/runs/s19_h100/d_options).
 SMALL_STEP_RATIO = 8
 SMALL_STEP_PROGRAMS_PER_SM = 4
-SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)
+SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
+SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=32, num_warps=4, num_stages=1)  # groups of more than 4
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
@@ -421,8 +425,8 @@ def paged_attention(
 ) -> torch.Tensor:
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].
-    Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG (SMALL_STEP_CONFIG for
-    small decode steps) / PREFILL_CONFIG (`one_tile`: splits of one tile skip the key loops);
+    Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG (SMALL_STEP_CONFIG[_WIDE_GROUP]
+    for small decode steps) / PREFILL_CONFIG (`one_tile`: splits of one tile skip the key loops);
     `merge` is "fused" (the last split merges) or "kernel" (a second launch merges)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
@@ -433,7 +437,7 @@ def paged_attention(
     if block_m >= 64:
         config = PREFILL_CONFIG
     elif is_small_step(busy_programs(num_tokens, num_seqs, hq, hk, block_m), sms):
-        config = SMALL_STEP_CONFIG
+        config = SMALL_STEP_CONFIG if hq // hk <= 4 else SMALL_STEP_CONFIG_WIDE_GROUP
     else:
         config = DECODE_CONFIG
     tile = tile or (config["tile"] if dim <= 128 else 32)
