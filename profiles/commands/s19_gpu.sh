@@ -11,8 +11,10 @@
 #   HQ=32 HK=8 PART=c bash profiles/commands/s19_gpu.sh   # wide_split_probe.py: every launch option (1-4 programs
 #       per SM, tile 32/64, 2/4 warps, 1/3 stages, with and without the one-tile path) on every row (batch 1-8 x
 #       2k-32k) at these head counts (8B: 32/8; a TP rank of 70B: 16/2 at TP 4, 8/1 at TP 8)
+#   PART=d bash profiles/commands/s19_gpu.sh   # wide_split_probe.py at batch 1-2 (8B heads): what the merge costs
+#       (kernel merge with 16-64 columns a program, the last split merging, no merge at all)
 # Into $OUT: check.log, decode_attention*.json, marginal.json, tests.log (a); marginal_rules.json (b);
-# wide_split_hq<HQ>_hk<HK>.json (c)
+# wide_split_hq<HQ>_hk<HK>.json (c); merge_cost.json (d)
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
@@ -41,4 +43,9 @@ if [ "$PART" = c ]; then
   timeout 560 python profiles/commands/wide_split_probe.py --hq "${HQ:-32}" --hk "${HK:-8}" --search $rows --keep 0 \
     --per-sm 1,2,4 --tiles 32,64 --warps 2,4 --stages 1,3 --merges 32 --one-tile 0,1 \
     --out "$OUT/wide_split_hq${HQ:-32}_hk${HK:-8}.json" 2>&1 | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
+fi
+if [ "$PART" = d ]; then
+  timeout 400 python profiles/commands/wide_split_probe.py --search 1x2048,2x2048,1x8192,2x8192 --keep 0 \
+    --per-sm 2,4 --tiles 64 --warps 2,4 --stages 1 --merges 16,32,64 --merge-modes kernel,fused,none \
+    --out "$OUT/merge_cost.json" 2>&1 | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
 fi

@@ -43,17 +43,28 @@ def splits_for(num_tokens: int, num_seqs: int, hq: int, hk: int, sms: int, per_s
     return 1 if busy >= sms else max(1, min(triton.cdiv(per_sm * sms, busy), cap))
 
 
-def attention(
-    q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None, one_tile: bool
-):
-    """The engine's paged attention with these launch options (kernel merge); merge_dc: the merge kernel's columns
-    a program (None: all d, one program per row, as before session 19)."""
+class _NoLaunch:
+    """Stands in for the merge kernel (`merge="none"`): indexing it by a grid gives a launch that does nothing."""
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: None
+
+
+def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None,
+              one_tile: bool, merge: str = "kernel"):  # fmt: skip
+    """The engine's paged attention with these launch options; merge_dc: the merge kernel's columns a program (None:
+    all d, one program per row, as before session 19); merge: "kernel", "fused" (the last split merges) or "none"
+    (no merge launch: what the attention launch alone costs; the output is not attention's)."""
     columns, pa.MERGE_COLUMNS = pa.MERGE_COLUMNS, merge_dc or q.shape[2]
+    merge_kernel = pa._merge_splits_kernel
+    if merge == "none":
+        pa._merge_splits_kernel = _NoLaunch()
     try:
         return pa.paged_attention(q, kc, vc, meta, scale, num_splits=splits, tile=tile, num_warps=warps,
-                                  num_stages=stages, merge="kernel", one_tile=one_tile)  # fmt: skip
+                                  num_stages=stages, merge="fused" if merge == "fused" else "kernel",
+                                  one_tile=one_tile)  # fmt: skip
     finally:
-        pa.MERGE_COLUMNS = columns
+        pa.MERGE_COLUMNS, pa._merge_splits_kernel = columns, merge_kernel
 
 
 def options(args) -> list[dict]:
@@ -64,13 +75,19 @@ def options(args) -> list[dict]:
         [int(x) for x in args.stages.split(",")],
         [None if x == "engine" else int(x) for x in args.merges.split(",")],
         [bool(int(x)) for x in args.one_tile.split(",")],
+        args.merge_modes.split(","),
     )
-    return [dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m, one_tile=o) for p, t, w, s, m, o in grid]
+    return [
+        dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m, one_tile=o, merge=mm) for p, t, w, s, m, o, mm in grid
+    ]
 
 
 def label(o: dict) -> str:
     merge = "engine" if o["merge_dc"] is None else f"dc{o['merge_dc']}"
-    return f"p{o['per_sm']}_t{o['tile']}_w{o['warps']}_s{o['stages']}_m{merge}" + ("_one" if o["one_tile"] else "")
+    mode = "" if o["merge"] == "kernel" else f"_{o['merge']}"
+    return (
+        f"p{o['per_sm']}_t{o['tile']}_w{o['warps']}_s{o['stages']}_m{merge}" + ("_one" if o["one_tile"] else "") + mode
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -84,6 +101,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--warps", default="2,4")
     ap.add_argument("--stages", default="1,2,3")
     ap.add_argument("--merges", default="engine,32")
+    ap.add_argument("--merge-modes", default="kernel", help="kernel, fused (the last split merges), none (no merge)")
     ap.add_argument("--one-tile", default="0", help="1: splits of one tile skip the key loops (ONE_TILE); 0,1: both")
     ap.add_argument("--hq", type=int, default=32, help="query heads (Llama-3.1-8B: 32; a TP rank of 70B: 64 / TP)")
     ap.add_argument("--hk", type=int, default=8, help="KV heads")
@@ -112,9 +130,10 @@ def main(argv: list[str] | None = None) -> None:
         for o in opts:
             splits = splits_for(b, b, hq, hk, sms, o["per_sm"], args.cap)
             call = (lambda o, s: lambda qq, kc, vc, meta, sc: attention(qq, kc, vc, meta, sc, s, o["tile"], o["warps"],
-                    o["stages"], o["merge_dc"], o["one_tile"]))(o, splits)  # fmt: skip
-            row["options"][label(o)] = dict(splits=splits, **time_layers(step, call, dev, scale, ref))
-        timed = [(v["us"], k) for k, v in row["options"].items() if "us" in v and (v["rel_err"] or 1) < 2e-2]
+                    o["stages"], o["merge_dc"], o["one_tile"], o["merge"]))(o, splits)  # fmt: skip
+            timing = time_layers(step, call, dev, scale, None if o["merge"] == "none" else ref)
+            row["options"][label(o)] = dict(splits=splits, **timing)
+        timed = [(v["us"], k) for k, v in row["options"].items() if "us" in v and (v["rel_err"] or 1) < 2e-2]  # merged
         best = min(timed) if timed else (float("nan"), None)
         row.update(best=best[1], best_us=best[0], best_over_floor=best[0] / row["floor_us"],
                    engine_over_floor=row["engine"].get("us", float("nan")) / row["floor_us"])  # fmt: skip
