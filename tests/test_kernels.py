@@ -121,26 +121,6 @@ def test_triton_split_decode_matches_reference_on_cpu(case, merge, chunk, monkey
         assert all(int(b.abs().sum()) == 0 for b in pa._counters[q.device])
 
 
-@interpreted
-@pytest.mark.parametrize(
-    "q_lens, ctx, splits",
-    [
-        ([1], [255], 16),  # every split one tile of 16 keys, the last one partial
-        ([1, 1, 1], [100, 37, 2], 8),  # one- and two-tile splits, and empty ones
-        ([5, 1], [60, 300], 4),  # a chunk of 5 new tokens (causal mask inside the one tile) and a decode
-    ],
-)
-@pytest.mark.parametrize("merge", ["kernel", "fused"])
-def test_one_tile_splits_match_reference_on_cpu(q_lens, ctx, splits, merge):
-    """`one_tile`: a split whose keys fit one tile takes the path without the key loops (masked), the others the
-    loops."""
-    q, kc, vc, meta = make_case(q_lens, ctx, 8, 2, 16, 4, seed=7)
-    scale = 16**-0.5
-    ref = reference(q, kc, vc, meta, scale)
-    out = paged_attention(q, kc, vc, meta, scale, num_splits=splits, tile=16, merge=merge, one_tile=True)
-    assert (out.double() - ref).norm() / ref.norm() < 1e-5
-
-
 def test_triton_num_splits_depend_on_step_shape_only():
     """Splits fill the GPU at small batches and stop once the query blocks alone fill it."""
     from shifttune.kernels.paged_attention import MAX_SPLITS, choose_num_splits

@@ -51,7 +51,7 @@ class _NoLaunch:
 
 
 def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None,
-              one_tile: bool, merge: str = "kernel"):  # fmt: skip
+              merge: str = "kernel"):  # fmt: skip
     """The engine's paged attention with these launch options; merge_dc: the merge kernel's columns a program (None:
     all d, one program per row, as before session 19); merge: "kernel", "fused" (the last split merges) or "none"
     (no merge launch: what the attention launch alone costs; the output is not attention's)."""
@@ -61,8 +61,7 @@ def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages
         pa._merge_splits_kernel = _NoLaunch()
     try:
         return pa.paged_attention(q, kc, vc, meta, scale, num_splits=splits, tile=tile, num_warps=warps,
-                                  num_stages=stages, merge="fused" if merge == "fused" else "kernel",
-                                  one_tile=one_tile)  # fmt: skip
+                                  num_stages=stages, merge="fused" if merge == "fused" else "kernel")  # fmt: skip
     finally:
         pa.MERGE_COLUMNS, pa._merge_splits_kernel = columns, merge_kernel
 
@@ -74,20 +73,15 @@ def options(args) -> list[dict]:
         [int(x) for x in args.warps.split(",")],
         [int(x) for x in args.stages.split(",")],
         [None if x == "engine" else int(x) for x in args.merges.split(",")],
-        [bool(int(x)) for x in args.one_tile.split(",")],
         args.merge_modes.split(","),
     )
-    return [
-        dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m, one_tile=o, merge=mm) for p, t, w, s, m, o, mm in grid
-    ]
+    return [dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m, merge=mm) for p, t, w, s, m, mm in grid]
 
 
 def label(o: dict) -> str:
     merge = "engine" if o["merge_dc"] is None else f"dc{o['merge_dc']}"
     mode = "" if o["merge"] == "kernel" else f"_{o['merge']}"
-    return (
-        f"p{o['per_sm']}_t{o['tile']}_w{o['warps']}_s{o['stages']}_m{merge}" + ("_one" if o["one_tile"] else "") + mode
-    )
+    return f"p{o['per_sm']}_t{o['tile']}_w{o['warps']}_s{o['stages']}_m{merge}{mode}"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -102,7 +96,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--stages", default="1,2,3")
     ap.add_argument("--merges", default="engine,32")
     ap.add_argument("--merge-modes", default="kernel", help="kernel, fused (the last split merges), none (no merge)")
-    ap.add_argument("--one-tile", default="0", help="1: splits of one tile skip the key loops (ONE_TILE); 0,1: both")
     ap.add_argument("--hq", type=int, default=32, help="query heads (Llama-3.1-8B: 32; a TP rank of 70B: 64 / TP)")
     ap.add_argument("--hk", type=int, default=8, help="KV heads")
     ap.add_argument("--cap", type=int, default=256, help="most splits per query block and KV head")
@@ -130,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
         for o in opts:
             splits = splits_for(b, b, hq, hk, sms, o["per_sm"], args.cap)
             call = (lambda o, s: lambda qq, kc, vc, meta, sc: attention(qq, kc, vc, meta, sc, s, o["tile"], o["warps"],
-                    o["stages"], o["merge_dc"], o["one_tile"], o["merge"]))(o, splits)  # fmt: skip
+                    o["stages"], o["merge_dc"], o["merge"]))(o, splits)  # fmt: skip
             timing = time_layers(step, call, dev, scale, None if o["merge"] == "none" else ref)
             row["options"][label(o)] = dict(splits=splits, **timing)
         timed = [(v["us"], k) for k, v in row["options"].items() if "us" in v and (v["rel_err"] or 1) < 2e-2]  # merged

@@ -44,7 +44,8 @@ DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
 # over batch 1-16 x 2k-32k, groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP
 # rank of Llama-3.3-70B) on 32-key tiles and 4 warps; with them decode attention came within 3% of the best of
 # 48 launch options (geometric mean; 13% at worst) against 15% (2x) with one program per SM and at most 64
-# splits (profiles/runs/s19_h100/d_options).
+# splits (profiles/runs/s19_h100/d_options; its option "one" was a path for one-tile splits without the key loop,
+# within noise of the loop and dropped).
 SMALL_STEP_RATIO = 8
 SMALL_STEP_PROGRAMS_PER_SM = 4
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
@@ -234,7 +235,6 @@ def _paged_attention_kernel(
     GP2: tl.constexpr,
     S_CHUNK: tl.constexpr,
     PDL: tl.constexpr,
-    ONE_TILE: tl.constexpr,  # splits of one tile take a path without the loops
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -279,16 +279,8 @@ def _paged_attention_kernel(
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
     block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
     # fmt: off
-    if ONE_TILE:
-        if kv_hi - kv_lo <= TILE:  # NOTE: a split of one tile skips the pipelined loops, whose prologue costs more
-            m_i, l_i, acc = _attend_tile(Q, k_cache, v_cache, block, kv_lo, kv_hi, q_pos, kv_head, qk_scale, m_i,
-                                         l_i, acc, HK, D, BLOCK_SIZE, TILE, True)
-        else:
-            m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi,
-                                       kv_hi, q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)
-    else:
-        m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
-                                   q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)
+    m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
+                               q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)
     # fmt: on
     if PDL:
         gdc_launch_dependents()  # the merge may launch (it waits for this launch to finish before reading)
@@ -360,7 +352,7 @@ def busy_programs(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int
 
 
 def is_small_step(busy: int, num_sms: int) -> bool:
-    """Whether a decode-like step with `busy` programs of work runs with SMALL_STEP_CONFIG."""
+    """Whether a decode-like step with `busy` programs of work runs with SMALL_STEP_CONFIG[_WIDE_GROUP]."""
     return busy * SMALL_STEP_RATIO <= num_sms
 
 
@@ -421,12 +413,11 @@ def paged_attention(
     num_warps: int | None = None,
     num_stages: int | None = None,
     merge: str = MERGE,
-    one_tile: bool | None = None,
 ) -> torch.Tensor:
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].
     Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG (SMALL_STEP_CONFIG[_WIDE_GROUP]
-    for small decode steps) / PREFILL_CONFIG (`one_tile`: splits of one tile skip the key loops);
+    for small decode steps) / PREFILL_CONFIG;
     `merge` is "fused" (the last split merges) or "kernel" (a second launch merges)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
@@ -482,7 +473,6 @@ def paged_attention(
         GP2=group_p2,
         S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
         **pdl,
-        ONE_TILE=config.get("one_tile", False) if one_tile is None else one_tile,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],
     )

@@ -498,6 +498,7 @@ def decode_main(args, argv) -> None:
         "defaults": dict(
             decode=pa.DECODE_CONFIG,
             small_step=dict(pa.SMALL_STEP_CONFIG, programs_per_sm=pa.SMALL_STEP_PROGRAMS_PER_SM),
+            small_step_wide_group=pa.SMALL_STEP_CONFIG_WIDE_GROUP,
             prefill=pa.PREFILL_CONFIG,
             programs_per_sm=pa.PROGRAMS_PER_SM,
             merge=pa.MERGE,
