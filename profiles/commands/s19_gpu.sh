@@ -14,8 +14,10 @@
 #       2k-32k) at these head counts (8B: 32/8; a TP rank of 70B: 16/2 at TP 4, 8/1 at TP 8)
 #   PART=d bash profiles/commands/s19_gpu.sh   # wide_split_probe.py at batch 1-2 (8B heads): what the merge costs
 #       (kernel merge with 16-64 columns a program, the last split merging, no merge at all)
+#   PART=e bash profiles/commands/s19_gpu.sh   # the decode step on this tree and on gpu_prev/ (another snapshot,
+#       carried beside it), alternately twice each (decode_attention_marginal.py at batch 1-4, 2k and 8k)
 # Into $OUT: check.log, decode_attention*.json, marginal.json, tests.log (a); marginal_rules.json (b);
-# wide_split_hq<HQ>_hk<HK>.json (c); merge_cost.json (d)
+# wide_split_hq<HQ>_hk<HK>.json (c); merge_cost.json (d); marginal_{this,prev}_{1,2}.json (e)
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
@@ -49,4 +51,14 @@ if [ "$PART" = d ]; then
   timeout 400 python profiles/commands/wide_split_probe.py --search 1x2048,2x2048,1x8192,2x8192 --keep 0 \
     --per-sm 2,4 --tiles 64 --warps 2,4 --stages 1 --merges 16,32,64 --merge-modes kernel,fused,none \
     --out "$OUT/merge_cost.json" 2>&1 | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
+fi
+if [ "$PART" = e ]; then
+  for i in 1 2; do
+    for tree in this prev; do
+      dir=.; [ $tree = prev ] && dir=gpu_prev
+      (cd $dir && PYTHONPATH=$PWD timeout 140 python profiles/commands/decode_attention_marginal.py --batches 1,2,4 \
+        --contexts 2048,8192 --iters 50 --out "$OUT/marginal_${tree}_$i.json" 2>&1 | grep -E "^b=.*floor|Error" \
+        | sed "s/^/$tree $i: /" | cut -c1-300 | tee -a "$LOG")
+    done
+  done
 fi
