@@ -82,7 +82,7 @@ def test_triton_matches_reference_on_cpu(q_lens, ctx, hq, hk, d, bs, num_splits)
 
 
 SPLIT_CASES = [
-    # q_lens, cached context, Hq, Hk, D, block size, splits (None: `choose_num_splits`, 64 at batch 1):
+    # q_lens, cached context, Hq, Hk, D, block size, splits (None: `choose_num_splits`, 256 at batch 1):
     # decode at batch 1-8 over long-ish contexts; 16-key tiles give each split a few tiles
     ([1], [1500], 4, 1, 16, 16, None),  # batch 1: 256 splits, 94 of them hold keys
     ([1, 1], [1023, 40], 4, 1, 16, 8, 16),  # the short sequence uses a few of the splits
@@ -147,14 +147,20 @@ ptrs = dict(out="*bf16", q="*bf16", k_cache="*bf16", v_cache="*bf16", block_tabl
             query_start_loc="*i64", part_out="*fp32", part_lse="*fp32", counters="*i32")
 ints = dict(scale="fp32", num_seqs="i32", stride_bt="i32", num_tokens="i32", stride_qt="i32", num_splits="i32")
 buffers = {}
-for split, block_m, stages in [(0, 16, 3), (1, 16, 3), (2, 16, 3), (0, 64, 2)]:
-    consts = dict(HQ=32, HK=8, D=128, BLOCK_SIZE=16, BLOCK_Q=block_m // 4, BLOCK_M=block_m, TILE=64, SPLIT=split,
-                  GP2=4, S_CHUNK=16, PDL=split == 2)  # the split launch with PDL: griddepcontrol compiles
+small, wide = pa.SMALL_STEP_CONFIG, pa.SMALL_STEP_CONFIG_WIDE_GROUP
+cases = [(0, 16, 3, pa.DECODE_CONFIG, 8), (1, 16, 3, pa.DECODE_CONFIG, 8), (2, 16, 3, pa.DECODE_CONFIG, 8),
+         (0, 64, 2, pa.PREFILL_CONFIG, 8), (2, 16, 1, small, 8), (2, 16, 1, wide, 2)]  # small steps: GQA groups 4, 8
+for split, block_m, stages, config, hk in cases:
+    group = 32 // hk
+    consts = dict(HQ=32, HK=hk, D=128, BLOCK_SIZE=16, BLOCK_Q=block_m // group, BLOCK_M=block_m, TILE=config["tile"],
+                  SPLIT=split, GP2=group, S_CHUNK=16, PDL=split == 2)  # the split launch with PDL: griddepcontrol
+    assert config["num_stages"] == stages
     sig = {**ptrs, **ints, **{k: "constexpr" for k in consts}}
     src = ASTSource(pa._paged_attention_kernel, sig, consts, {(i,): [["tt.divisibility", 16]] for i in range(10)})
-    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4, num_stages=stages))
+    options = dict(num_warps=config["num_warps"], num_stages=stages)
+    k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     allocs = [ln.split("memdesc<")[1].split("x")[0] for ln in k.asm["ttgir"].splitlines() if "local_alloc :" in ln]
-    buffers[f"{split}-{block_m}-{stages}"] = sorted(set(int(a) for a in allocs))
+    buffers[f"{split}-{block_m}-{stages}-t{config['tile']}"] = sorted(set(int(a) for a in allocs))
 json.dump(buffers, sys.stdout)
 """
 
@@ -178,11 +184,13 @@ def _compile_for_sm90(script: str) -> str:
 def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
     """The interpreter does not lower the kernel: compile it for sm_90 here (Triton's bundled ptxas, no
     GPU needed), with and without the fused merge, and check K/V tiles keep num_stages - 1 buffers
-    (decode) rather than the one Triton falls back to when the block-table load is in the address chain."""
+    (decode) rather than the one Triton falls back to when the block-table load is in the address chain; the
+    small-step configurations (one stage, both GQA-group variants) compile too, with no K/V buffer at all."""
     import json
 
     buffers = json.loads(_compile_for_sm90(_COMPILE_FOR_SM90))
-    assert buffers == {"0-16-3": [2], "1-16-3": [2], "2-16-3": [2], "0-64-2": [2]}, buffers
+    assert buffers == {"0-16-3-t64": [2], "1-16-3-t64": [2], "2-16-3-t64": [2], "0-64-2-t64": [2],
+                       "2-16-1-t64": [], "2-16-1-t32": []}, buffers  # fmt: skip
 
 
 @pytest.mark.gpu

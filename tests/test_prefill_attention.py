@@ -347,19 +347,38 @@ def test_the_start_up_warm_up_runs(hf_models, monkeypatch):
         assert [o.outputs[0].token_ids for o in llm.generate(PROMPTS[:2], params)] == ref_tokens[:2]
 
 
-@pytest.mark.parametrize("hk, decode_seqs", [(8, [PAGED_PAD]), (1, [PAGED_PAD, 2 * PAGED_PAD])])
-def test_warm_up_compiles_both_decode_launch_configurations(hk, decode_seqs):
-    """With one KV head a pinned decode launch of 16 sequences is a small step (its own launch options) and one of
-    32 is not: the warm-up compiles both, so a bigger eager batch does not compile while serving."""
+@pytest.mark.parametrize("hq, hk", [(8, 1), (32, 8)])
+def test_eager_pinned_launches_run_warmed_configurations(hq, hk, monkeypatch):
+    """Every paged launch of a pinned eager step uses a kernel configuration (constexprs, warps, stages) that the
+    start-up warm-up launched: with one KV head a padded decode launch of 16 sequences is a small step (its own
+    launch options) and one of 32 is not, and the warm-up covers both."""
     from shifttune.kernels import paged_attention as pa
 
-    attention = StepAttention(None, 0, True, 8 * hk, hk)
-    launches = attention._warm_launches(torch.device("cpu"))  # 132 SMs off GPU
-    assert sorted({n for m, n, _ in launches if m == 16}) == decode_seqs
-    assert {n for m, n, _ in launches if m == 64} == {PAGED_PAD}
-    assert len(launches) == (len(decode_seqs) + 1) * len(PAGED_SPLITS)
-    small = [pa.is_small_step(n * hk, 132) for n in decode_seqs]
-    assert small == ([False] if hk == 8 else [True, False])
+    launches = []
+
+    class Recorder:  # stands in for a Triton kernel: records each launch's keyword options
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            return lambda *args, **options: launches.append((self.name, tuple(sorted(options.items()))))
+
+    monkeypatch.setattr(pa, "_paged_attention_kernel", Recorder("attention"))
+    monkeypatch.setattr(pa, "_merge_splits_kernel", Recorder("merge"))
+    attention = StepAttention(None, 0, True, hq, hk)
+    cache = torch.zeros(64, 4, hk, 16)
+    attention.warm_up(pa.paged_attention, cache, cache, 0.25, 64, 256, 64, 0)
+    warmed = set(launches)
+    launches.clear()
+    for seqs in (1, 5, 15, 16, 17, 33):
+        for per_seq in (1, 4):
+            q, k, v, kc, vc, meta = make_step([per_seq] * seqs, [20] * seqs, hq, hk, 16, 4)
+            attention.plan(meta).run(pa.paged_attention, q, k, v, kc, vc, 0.25)
+    configs = {
+        tuple(dict(o)[k] for k in ("TILE", "num_warps", "num_stages")) for name, o in launches if name == "attention"
+    }
+    assert launches and set(launches) <= warmed
+    assert len(configs) == (2 if hk == 1 else 1)  # one KV head: small steps' configuration and the other one
 
 
 def test_auto_takes_chunks_by_query_key_pairs():

@@ -31,12 +31,12 @@ from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.launch import pdl_args
 
 MAX_SPLITS = 256  # the most split-KV ways `choose_num_splits` returns
-# split until this many programs per SM hold work (when the step alone has fewer). 1, not 2: on an H100 every
-# batch 1-8 decode row (2k-32k) of attention_bench ran as fast or faster, and batch-1 decode steps 0.6% faster
-# (profiles/runs/s12_h100); not yet measured on an H200, where an older kernel preferred 2 at 32k contexts
+# split until this many programs per SM hold work (when the step alone has fewer), small steps aside (below). 1,
+# not 2: on an H100 every batch 1-8 decode row (2k-32k) of attention_bench ran as fast or faster, and batch-1
+# decode steps 0.6% faster (profiles/runs/s12_h100, before small steps had their own rule)
 PROGRAMS_PER_SM = 1
-# Launch configuration by path: decode-like steps (16-row tiles) and prefill chunks (64-row tiles).
-# Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1; see the key loop).
+# Launch configuration by path: decode-like steps (16-row tiles; small ones: SMALL_STEP_CONFIG[_WIDE_GROUP]) and
+# prefill chunks (64-row tiles). Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
 # Small decode steps (query blocks x KV heads with work x SMALL_STEP_RATIO <= SMs: batch 1-2 of 8 KV heads, 1-16
 # of one, on 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's
@@ -278,10 +278,8 @@ def _paged_attention_kernel(
     first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
     block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
-    # fmt: off
     m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
-                               q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)
-    # fmt: on
+                               q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)  # fmt: skip
     if PDL:
         gdc_launch_dependents()  # the merge may launch (it waits for this launch to finish before reading)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -351,9 +349,11 @@ def busy_programs(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int
     return max(num_seqs, triton.cdiv(num_tokens, block_q)) * hk
 
 
-def is_small_step(busy: int, num_sms: int) -> bool:
-    """Whether a decode-like step with `busy` programs of work runs with SMALL_STEP_CONFIG[_WIDE_GROUP]."""
-    return busy * SMALL_STEP_RATIO <= num_sms
+def is_small_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None, num_sms: int) -> bool:
+    """Whether a step of this size is a small decode step: decode-like (16-row tiles) with so few programs of work
+    that it runs SMALL_STEP_CONFIG[_WIDE_GROUP] at SMALL_STEP_PROGRAMS_PER_SM."""
+    block_m, _, _ = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
+    return block_m < 64 and busy_programs(num_tokens, num_seqs, hq, hk, block_m) * SMALL_STEP_RATIO <= num_sms
 
 
 def choose_num_splits(
@@ -373,7 +373,8 @@ def choose_num_splits(
     busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
     if busy >= num_sms:
         return 1
-    per_sm = programs_per_sm or (SMALL_STEP_PROGRAMS_PER_SM if is_small_step(busy, num_sms) else PROGRAMS_PER_SM)
+    small = is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms)
+    per_sm = programs_per_sm or (SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM)
     return max(1, min(triton.cdiv(per_sm * num_sms, busy), MAX_SPLITS))
 
 
@@ -427,7 +428,7 @@ def paged_attention(
     num_splits = num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sms)
     if block_m >= 64:
         config = PREFILL_CONFIG
-    elif is_small_step(busy_programs(num_tokens, num_seqs, hq, hk, block_m), sms):
+    elif is_small_step(num_tokens, num_seqs, hq, hk, block_m, sms):
         config = SMALL_STEP_CONFIG if hq // hk <= 4 else SMALL_STEP_CONFIG_WIDE_GROUP
     else:
         config = DECODE_CONFIG

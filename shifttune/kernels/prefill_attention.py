@@ -289,7 +289,9 @@ class StepAttention:
     def _launch(self, tokens: int, num_seqs: int, max_len: int, device: torch.device) -> tuple[int, int]:
         """(query rows per program, split-KV ways) of a pinned launch: 16-row tiles for decode-like
         launches, 64 for chunks; splits until about two programs per SM hold keys, never below 256 keys
-        a split, rounded down to a power of 2 (so that only warmed binaries run)."""
+        a split, rounded down to a power of 2 (so that only warmed binaries run). NOTE: a small step here
+        runs the kernel's small-step configuration with these splits, not the 4 programs per SM the CUDA
+        graphs' `choose_num_splits` gives it (eager small steps were not measured apart)."""
         block_m = 16 if tokens <= 4 * num_seqs else 64
         group = self.hq // self.hk
         rows_per_block = max(1, max(block_m, 1 << (group - 1).bit_length()) // group)
@@ -305,7 +307,7 @@ class StepAttention:
         from shifttune.kernels.paged_attention import is_small_step  # NOTE: lazy: Triton, only when pinned
 
         seqs = PAGED_PAD
-        while is_small_step(seqs * self.hk, _sm_count(device)):
+        while is_small_step(seqs, seqs, self.hq, self.hk, 16, _sm_count(device)):
             seqs += PAGED_PAD
         counts = {16: sorted({PAGED_PAD, seqs}), 64: [PAGED_PAD]}
         return [(m, n, s) for m, ns in counts.items() for n in ns for s in PAGED_SPLITS]

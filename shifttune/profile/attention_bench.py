@@ -46,7 +46,7 @@ DECODE_CONTEXTS = (2048, 8192, 32768)
 # one launch option changed at a time around the defaults (paged_attention keyword arguments;
 # programs_per_sm picks num_splits through choose_num_splits)
 SWEEP = (
-    ("splits_2_per_sm", dict(programs_per_sm=2)),  # the rule before session 12 (the default is 1)
+    ("splits_2_per_sm", dict(programs_per_sm=2)),  # the rule before session 12 (default: 1; small steps 4)
     ("splits_4_per_sm", dict(programs_per_sm=4)),
     ("merge_fused", dict(merge="fused")),
     ("tile_32", dict(tile=32)),
