@@ -148,13 +148,12 @@ ptrs = dict(out="*bf16", q="*bf16", k_cache="*bf16", v_cache="*bf16", block_tabl
 ints = dict(scale="fp32", num_seqs="i32", stride_bt="i32", num_tokens="i32", stride_qt="i32", num_splits="i32")
 buffers = {}
 small, wide = pa.SMALL_STEP_CONFIG, pa.SMALL_STEP_CONFIG_WIDE_GROUP
-cases = [(0, 16, 3, pa.DECODE_CONFIG, 8), (1, 16, 3, pa.DECODE_CONFIG, 8), (2, 16, 3, pa.DECODE_CONFIG, 8),
-         (0, 64, 2, pa.PREFILL_CONFIG, 8), (2, 16, 1, small, 8), (2, 16, 1, wide, 2)]  # small steps: GQA groups 4, 8
-for split, block_m, stages, config, hk in cases:
-    group = 32 // hk
+cases = [(0, 16, pa.DECODE_CONFIG, 8), (1, 16, pa.DECODE_CONFIG, 8), (2, 16, pa.DECODE_CONFIG, 8),
+         (0, 64, pa.PREFILL_CONFIG, 8), (2, 16, small, 8), (2, 16, wide, 2)]  # small steps: GQA groups 4, 16
+for split, block_m, config, hk in cases:
+    group, stages = 32 // hk, config["num_stages"]
     consts = dict(HQ=32, HK=hk, D=128, BLOCK_SIZE=16, BLOCK_Q=block_m // group, BLOCK_M=block_m, TILE=config["tile"],
                   SPLIT=split, GP2=group, S_CHUNK=16, PDL=split == 2)  # the split launch with PDL: griddepcontrol
-    assert config["num_stages"] == stages
     sig = {**ptrs, **ints, **{k: "constexpr" for k in consts}}
     src = ASTSource(pa._paged_attention_kernel, sig, consts, {(i,): [["tt.divisibility", 16]] for i in range(10)})
     options = dict(num_warps=config["num_warps"], num_stages=stages)

@@ -16,10 +16,10 @@
 #       (kernel merge with 16-64 columns a program, the last split merging, no merge at all)
 #   PART=e bash profiles/commands/s19_gpu.sh   # the decode step on this tree and on gpu_prev/ (another snapshot,
 #       carried beside it), alternately twice each (decode_attention_marginal.py at batch 1-4, 2k and 8k)
-#   PART=f bash profiles/commands/s19_gpu.sh   # wide_split_probe.py at batch 1-2 (8B heads): one cooperative launch
-#       whose splits merge together (merge mode coop) against the two launches and the attention launch alone
+#   (part f, one cooperative launch whose splits merge together, ran at b47b14d: the kernel lives in
+#   wide_split_probe.py there, dropped after)
 # Into $OUT: check.log, decode_attention*.json, marginal.json, tests.log (a); marginal_rules.json (b);
-# wide_split_hq<HQ>_hk<HK>.json (c); merge_cost.json (d); marginal_{this,prev}_{1,2}.json (e); coop.json (f)
+# wide_split_hq<HQ>_hk<HK>.json (c); merge_cost.json (d); marginal_{this,prev}_{1,2}.json (e)
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
@@ -63,9 +63,4 @@ if [ "$PART" = e ]; then
         | sed "s/^/$tree $i: /" | cut -c1-300 | tee -a "$LOG")
     done
   done
-fi
-if [ "$PART" = f ]; then
-  timeout 240 python profiles/commands/wide_split_probe.py --search 1x2048,2x2048,1x8192,2x8192 --keep 0 \
-    --per-sm 2,4 --tiles 32,64 --warps 2,4 --stages 1 --merges 32 --merge-modes kernel,coop,none \
-    --out "$OUT/coop.json" 2>&1 | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
 fi

@@ -3,10 +3,11 @@
     PYTHONPATH=$PWD python profiles/commands/wide_split_probe.py --out wide_split.json
 
 `read_floor_probe.py` (session 16) found that reading batch 1's 8.4 MB of K/V takes 9.2 us with one 4-warp
-program per SM, the layout the engine's decode attention uses (`PROGRAMS_PER_SM = 1`), and 4.7 us with eight.
-Earlier sweeps of the attention kernel stopped at two programs per SM (`MAX_SPLITS`, and the merge kernel loads
+program per SM, the layout of the engine's decode attention before session 19, and 4.7 us with eight. Earlier
+sweeps of the attention kernel stopped at two programs per SM (`MAX_SPLITS` was 64, and the merge kernel loaded
 all of a row's splits at once). This runs the engine's own `_paged_attention_kernel` with 1-8 programs per SM
-(splits per query block and KV head up to 256, tiles of 16-64 keys, 1-3 stages, 2-4 warps) and merges the
+(`choose_num_splits` at each option's count: up to MAX_SPLITS splits per query block and KV head), tiles of
+16-64 keys, 1-3 stages, 2-4 warps, and merges the
 partials with the engine's merge kernel either one program per (token, head) row, as before session 19 (`mengine`
 in the option labels), or with d split over programs (`mdc32`: 32 columns each, so a row with hundreds of splits
 is not one program's registers; the engine's merge since session 19). Both launches use programmatic dependent
@@ -30,106 +31,10 @@ from pathlib import Path
 
 import torch
 import triton
-import triton.language as tl
-from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels import paged_attention as pa
-from shifttune.kernels.launch import pdl_args
 from shifttune.profile.attention_bench import Step, launch_floor_us, time_layers
 from shifttune.profile.step_timing import measure_ceilings
-
-
-def splits_for(num_tokens: int, num_seqs: int, hq: int, hk: int, sms: int, per_sm: int, cap: int) -> int:
-    """`choose_num_splits` with another programs-per-SM count and split cap."""
-    _, block_q, _ = pa.launch_shape(num_tokens, num_seqs, hq, hk)
-    busy = max(num_seqs, triton.cdiv(num_tokens, block_q)) * hk
-    return 1 if busy >= sms else max(1, min(triton.cdiv(per_sm * sms, busy), cap))
-
-
-@triton.jit
-def _coop_decode_kernel(out, q, k_cache, v_cache, block_tables, seq_lens, part_out, part_lse, counters, scale,
-                        stride_bt, num_tokens, num_splits, HQ: tl.constexpr, HK: tl.constexpr, D: tl.constexpr,
-                        BLOCK_SIZE: tl.constexpr, BLOCK_M: tl.constexpr, TILE: tl.constexpr, DC: tl.constexpr,
-                        SPLITS_P2: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
-    """Pure decode (token i of sequence i) in one cooperative launch: each split stores its partial, the splits of a
-    (token, KV head) wait for each other at a counter, then the first G * D / DC of them merge DC columns of one
-    head each; the last to finish puts the counters back to zero. NOTE: the waits need every program of the grid
-    resident at once, which a cooperative launch guarantees (or refuses to launch)."""
-    seq = tl.program_id(0)
-    kv_head = tl.program_id(1)
-    split = tl.program_id(2)
-    G: tl.constexpr = HQ // HK
-    seq_len = tl.load(seq_lens + seq)
-    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), TILE) * TILE
-    kv_lo = split * per_split
-    kv_hi = tl.minimum(seq_len, kv_lo + per_split)
-    rows = tl.arange(0, BLOCK_M)
-    head = kv_head * G + rows
-    row_ok = rows < G
-    d = tl.arange(0, D)
-    if PDL:
-        gdc_wait()
-    Q = tl.load(q + seq * HQ * D + head[:, None] * D + d[None, :], mask=row_ok[:, None], other=0.0)
-    q_pos = tl.zeros([BLOCK_M], tl.int32) + seq_len - 1
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, D], tl.float32)
-    full_hi = kv_lo + tl.maximum(kv_hi - kv_lo, 0) // TILE * TILE
-    block = pa._tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
-    m_i, l_i, acc = pa._key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
-                                  q_pos, kv_head, scale * 1.4426950408889634, m_i, l_i, acc, HK, D, BLOCK_SIZE,
-                                  TILE)  # fmt: skip
-    if PDL:
-        gdc_launch_dependents()
-    o = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-    tok = tl.zeros([BLOCK_M], tl.int32) + seq
-    pa._store_partial(part_out, part_lse, o, m_i, l_i, split, num_tokens, tok, head, row_ok, HQ, D)
-    tl.debug_barrier()
-    arrived = counters + 2 * (seq * HK + kv_head)
-    done = arrived + 1
-    tl.atomic_add(arrived, 1, sem="release", scope="gpu")
-    n = tl.atomic_add(arrived, 0, sem="acquire", scope="gpu")
-    while n < num_splits:
-        n = tl.atomic_add(arrived, 0, sem="acquire", scope="gpu")
-    CHUNKS: tl.constexpr = D // DC
-    if split < G * CHUNKS:
-        row = seq * HQ + kv_head * G + split // CHUNKS
-        c = (split % CHUNKS) * DC + tl.arange(0, DC)
-        s = tl.arange(0, SPLITS_P2)
-        s_ok = s < num_splits
-        lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"), cache_modifier=".cg")
-        top = tl.max(lse, 0)
-        w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
-        off = (s * num_tokens * HQ + row).to(tl.int64)[:, None] * D + c[None, :]
-        parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0, cache_modifier=".cg")
-        merged = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
-        tl.store(out + row.to(tl.int64) * D + c, merged.to(out.dtype.element_ty))
-    if tl.atomic_add(done, 1, sem="acq_rel", scope="gpu") == num_splits - 1:
-        tl.atomic_xchg(arrived, 0)
-        tl.atomic_xchg(done, 0)
-
-
-_COOP_COUNTERS: dict = {}
-
-
-def coop_attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None):
-    """`_coop_decode_kernel` for a pure-decode step (one new token per sequence)."""
-    t, hq, d = q.shape
-    bs, hk = kc.shape[1], kc.shape[2]
-    counters = _COOP_COUNTERS.get(q.device)
-    if counters is None or counters.numel() < 2 * t * hk:
-        counters = _COOP_COUNTERS[q.device] = torch.zeros(max(2 * t * hk, 4096), dtype=torch.int32, device=q.device)
-    out = torch.empty_like(q)
-    part_out = torch.empty((splits, t, hq, d), dtype=torch.float32, device=q.device)
-    part_lse = torch.empty((splits, t, hq), dtype=torch.float32, device=q.device)
-    dc = merge_dc or d
-    assert splits >= (hq // hk) * (d // dc), "fewer splits than merge work items"
-    _coop_decode_kernel[(t, hk, splits)](
-        out, q, kc, vc, meta.block_tables, meta.seq_lens, part_out, part_lse, counters, scale,
-        meta.block_tables.stride(0), t, splits, HQ=hq, HK=hk, D=d, BLOCK_SIZE=bs, BLOCK_M=16, TILE=tile, DC=dc,
-        SPLITS_P2=triton.next_power_of_2(splits), **pdl_args(q.device), launch_cooperative_grid=True,
-        num_warps=warps, num_stages=stages)  # fmt: skip
-    return out
 
 
 class _NoLaunch:
@@ -142,11 +47,8 @@ class _NoLaunch:
 def attention(q, kc, vc, meta, scale, splits: int, tile: int, warps: int, stages: int, merge_dc: int | None,
               merge: str = "kernel"):  # fmt: skip
     """The engine's paged attention with these launch options; merge_dc: the merge kernel's columns a program (None:
-    all d, one program per row, as before session 19); merge: "kernel", "fused" (the last split merges), "coop"
-    (`_coop_decode_kernel`: one cooperative launch whose splits merge together; pure decode steps only) or "none"
+    all d, one program per row, as before session 19); merge: "kernel", "fused" (the last split merges) or "none"
     (no merge launch: what the attention launch alone costs; the output is not attention's)."""
-    if merge == "coop":
-        return coop_attention(q, kc, vc, meta, scale, splits, tile, warps, stages, merge_dc)
     columns, pa.MERGE_COLUMNS = pa.MERGE_COLUMNS, merge_dc or q.shape[2]
     merge_kernel = pa._merge_splits_kernel
     if merge == "none":
@@ -190,11 +92,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument(
         "--merge-modes",
         default="kernel",
-        help="kernel, fused (the last split merges), coop (one cooperative launch), none (no merge)",
+        help="kernel, fused (the last split merges), none (no merge; coop, one cooperative launch, at b47b14d)",
     )
     ap.add_argument("--hq", type=int, default=32, help="query heads (Llama-3.1-8B: 32; a TP rank of 70B: 64 / TP)")
     ap.add_argument("--hk", type=int, default=8, help="KV heads")
-    ap.add_argument("--cap", type=int, default=256, help="most splits per query block and KV head")
     ap.add_argument("--keep", type=int, default=8, help="options of phase 1 timed on every row (0: no phase 2)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
@@ -217,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
                    engine=time_layers(step, lambda *a: pa.paged_attention(*a), dev, scale, ref),
                    options={})  # fmt: skip
         for o in opts:
-            splits = splits_for(b, b, hq, hk, sms, o["per_sm"], args.cap)
+            splits = pa.choose_num_splits(b, b, hq, hk, None, sms, o["per_sm"])
             call = (lambda o, s: lambda qq, kc, vc, meta, sc: attention(qq, kc, vc, meta, sc, s, o["tile"], o["warps"],
                     o["stages"], o["merge_dc"], o["merge"]))(o, splits)  # fmt: skip
             timing = time_layers(step, call, dev, scale, None if o["merge"] == "none" else ref)

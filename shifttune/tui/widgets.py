@@ -121,6 +121,11 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.1f}"
 
 
+def _rate(bytes_per_s: float) -> str:
+    """GB/s, whole from 10 up: "↑450 ↓450 GB/s" fits the column as "↑0.2 ↓0.2 GB/s" does."""
+    return f"{bytes_per_s / 1e9:.1f}" if bytes_per_s < 1e10 else f"{bytes_per_s / 1e9:.0f}"
+
+
 class GpuPanel(Widget):
     """One block per GPU from the NVML sampler, each value with a short history; or why there are none."""
 
@@ -163,9 +168,8 @@ class GpuPanel(Widget):
 
         mem = f"{_size(s.mem_used)}/{_size(s.mem_total)} GiB" if s.mem_used is not None else None
         nvlink = None
-        if s.nvlink_tx is not None:  # whole GB/s from 10 up: "↑450 ↓450 GB/s" fits the column like "↑0.2 ↓0.2 GB/s"
-            rate = lambda b: f"{b / 1e9:.1f}" if b < 1e10 else f"{b / 1e9:.0f}"  # noqa: E731
-            nvlink = f"↑{rate(s.nvlink_tx)} ↓{rate(s.nvlink_rx or 0)} GB/s"
+        if s.nvlink_tx is not None:
+            nvlink = f"↑{_rate(s.nvlink_tx)} ↓{_rate(s.nvlink_rx or 0)} GB/s"
         lines = [
             Text(f"GPU {s.index} · {s.name}", style="bold"),
             self._line(s, "util", "util", f"{s.util_pct:.0f} %" if s.util_pct is not None else None, "util"),
