@@ -42,10 +42,10 @@ DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
 # of one, on 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's
 # pipeline, are what the step waits for. Tile and warps by the GQA group (query heads per KV head): on an H100,
 # over batch 1-16 x 2k-32k, groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP
-# rank of Llama-3.3-70B) on 32-key tiles and 4 warps; with them decode attention came within 3% of the best of
-# 48 launch options (geometric mean; 13% at worst) against 15% (2x) with one program per SM and at most 64
-# splits (profiles/runs/s19_h100/d_options; its option "one" was a path for one-tile splits without the key loop,
-# within noise of the loop and dropped).
+# rank of Llama-3.3-70B) on 32-key tiles and 4 warps; with them decode attention came within 3% of each row's
+# best of 48 launch options (geometric mean; 13% at worst) against 12% (32% at worst) for one program per SM and
+# DECODE_CONFIG (profiles/runs/s19_h100/d_options, profiles/runs/s19_derived.txt; the options marked "one" there
+# ran a path for one-tile splits without the key loop, within noise of the loop and dropped).
 SMALL_STEP_RATIO = 8
 SMALL_STEP_PROGRAMS_PER_SM = 4
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
