@@ -58,9 +58,23 @@ def merge_cost() -> None:
                   f"{kernel:.2f}; best {line}; two launches - attention alone {kernel - best['none']:.2f}")  # fmt: skip
 
 
+def tp_layouts() -> None:
+    """One TP rank of 70B (16/2 and 8/1 heads) in e_final_rule: the old kernel file against the new, same call."""
+    for name in ("decode_attention_hq16_hk2", "decode_attention_hq8_hk1"):
+        rows = json.loads((RUNS / "s19_h100/e_final_rule" / f"{name}.json").read_text())["rows"]
+        for lo, hi in (((1, 8), (2048, 8192)), ((1, 32), (32768, 32768)), ((16, 32), (2048, 8192))):
+            sel = [r for r in rows if lo[0] <= r["batch"] <= lo[1] and hi[0] <= r["context"] <= hi[1]]
+            less = [1 - r["new"]["us"] / r["old"]["us"] for r in sel]
+            print(
+                f"H100 {name} batch {lo[0]}-{lo[1]}, context {hi[0]}-{hi[1]}: time less than before "
+                f"{100 * min(less):.1f}% to {100 * max(less):.1f}% ({len(sel)} rows)"
+            )
+
+
 def main() -> None:
     rules()
     merge_cost()
+    tp_layouts()
 
 
 if __name__ == "__main__":
