@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Session 20's one-GPU check (< 10 min), from the repository root (carry: wheels, gpu_old with
+# gpu_old/paged_attention_head.py = shifttune/kernels/paged_attention.py of the commit before EARLY_KV):
+#   bash profiles/commands/s20_gpu.sh
+# Decode attention with small steps loading their first tile's cached K/V before the PDL wait (EARLY_KV, issue 14):
+# attention_bench --decode against the kernel file before it (8B heads; a TP rank of 70B at TP 4 and 8); the
+# engine's decode step with EARLY_KV on and off, alternately twice each, and without attention
+# (decode_attention_marginal.py --rules default,default/e0,...); the kernels' and the engine's GPU tests.
+# Into $OUT: check.log, decode_attention*.json, marginal.json, tests.log
+. "$(dirname "$0")/gpu_setup.sh"
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+timeout 200 python -m shifttune.profile.attention_bench --decode --no-sweep --old-kernel gpu_old/paged_attention_head.py \
+  --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | cut -c1-300 | tee -a "$LOG"
+for h in "16 2" "8 1"; do
+  set -- $h
+  timeout 150 python -m shifttune.profile.attention_bench --decode --no-sweep --hq $1 --hk $2 \
+    --batches 1,2,4,8,16,32 --contexts 2048,8192,32768 --old-kernel gpu_old/paged_attention_head.py \
+    --out "$OUT/decode_attention_hq$1_hk$2.json" 2>&1 | grep -E "^decode  b=|worst" | tee -a "$LOG"
+done
+timeout 330 python profiles/commands/decode_attention_marginal.py --batches 1,2,4 --contexts 2048,8192 --iters 50 \
+  --rules default,default/e0,default,default/e0 --out "$OUT/marginal.json" 2>&1 | grep -E "^b=.*floor|Error" \
+  | cut -c1-400 | tee -a "$LOG"
+timeout 280 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py \
+  tests/test_prefill_attention.py > "$OUT/tests.log" 2>&1
+stamp "tests rc=$?: $(tail -1 "$OUT/tests.log")"
+grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG"
