@@ -8,11 +8,10 @@ the engine's decode step (its CUDA graph, `measure_point`) at batch 1-8 and cont
 and with paged attention replaced by an empty output (no launch; the tokens are garbage, the timing is not).
 The difference over the layers is attention's cost per layer in the step, next to its floor (the layer's K/V
 bytes over this card's measured HBM bandwidth). `--rules` times the step under other launch rules of the paged
-kernel too, each `SMALL[/mCOLUMNS][/eEARLY]`: SMALL is `default` (the tree's), `off` (no small steps: one program
-per SM, DECODE_CONFIG and at most 64 splits at every batch, as before session 19) or `pP_tT_wW_sS` (small steps
-at P programs per SM, tile T, W warps, S stages, any GQA group); COLUMNS the merge kernel's columns a program (128:
-one program per row, as before session 19); EARLY 1 or 0: small steps load their first tile's cached K/V before
-the PDL wait or not (`EARLY_KV`). E.g. `--rules default,off/m128,off,p2_t64_w4_s1,default/e0`.
+kernel too, each `SMALL[/mCOLUMNS]`: SMALL is `default` (the tree's), `off` (no small steps: one program per
+SM, DECODE_CONFIG and at most 64 splits at every batch, as before session 19) or `pP_tT_wW_sS` (small steps at
+P programs per SM, tile T, W warps, S stages, any GQA group); COLUMNS the merge kernel's columns a program (128:
+one program per row, as before session 19). E.g. `--rules default,off/m128,off,p2_t64_w4_s1`.
 """
 
 from __future__ import annotations
@@ -42,21 +41,16 @@ RULE_KNOBS = (
     "SMALL_STEP_CONFIG_WIDE_GROUP",
     "MERGE_COLUMNS",
     "MAX_SPLITS",
-    "EARLY_KV",
 )
 
 
 def apply_rule(rule: str) -> None:
-    """Sets the paged kernel's launch rule `SMALL[/mCOLUMNS][/eEARLY]` (see the module docstring) for engines built
-    next."""
-    small, *parts = rule.split("/")
-    for part in parts:
-        if part.startswith("m") and part[1:].isdigit():
-            pa.MERGE_COLUMNS = int(part[1:])
-        elif part in ("e0", "e1"):
-            pa.EARLY_KV = part == "e1"
-        else:
-            raise ValueError(f"part {part!r} is not mCOLUMNS, e0 or e1")
+    """Sets the paged kernel's launch rule `SMALL[/mCOLUMNS]` (see the module docstring) for engines built next."""
+    small, _, merge = rule.partition("/")
+    if merge:
+        if not (merge.startswith("m") and merge[1:].isdigit()):
+            raise ValueError(f"merge part {merge!r} is not mCOLUMNS")
+        pa.MERGE_COLUMNS = int(merge[1:])
     if small == "off":
         pa.SMALL_STEP_RATIO = 1 << 30  # no step is small
         pa.MAX_SPLITS = 64

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Session 20's one-GPU check (< 10 min), from the repository root (carry: wheels, gpu_old with
+# Session 20's one-GPU check (< 10 min), ran at 816c834, the one commit with EARLY_KV (reverted after: slower), from
+# the repository root (carry: wheels, gpu_old with
 # gpu_old/paged_attention_head.py = shifttune/kernels/paged_attention.py of the commit before EARLY_KV):
 #   bash profiles/commands/s20_gpu.sh
 # Decode attention with small steps loading their first tile's cached K/V before the PDL wait (EARLY_KV, issue 14):

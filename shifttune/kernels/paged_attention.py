@@ -50,8 +50,6 @@ SMALL_STEP_RATIO = 8
 SMALL_STEP_PROGRAMS_PER_SM = 4
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
 SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=32, num_warps=4, num_stages=1)  # groups of more than 4
-# Small steps load their first tile's cached keys before the PDL wait (see the kernel), while RoPE still runs.
-EARLY_KV = True
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
@@ -87,27 +85,36 @@ def _tile_blocks(block_tables, seq, stride_bt, start, kv_hi, BLOCK_SIZE: tl.cons
 
 
 @triton.jit
-def _load_tile(k_cache, v_cache, block, start, lo, hi, kv_head, HK: tl.constexpr, D: tl.constexpr,
-               BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr):  # fmt: skip
-    """K and V of keys start .. start + TILE (in the physical blocks `block`); rows outside lo .. hi are 0."""
+def _attend_tile(
+    Q,
+    k_cache,
+    v_cache,
+    block,
+    start,
+    kv_hi,
+    q_pos,
+    kv_head,
+    qk_scale,
+    m_i,
+    l_i,
+    acc,
+    HK: tl.constexpr,
+    D: tl.constexpr,
+    BLOCK_SIZE: tl.constexpr,
+    TILE: tl.constexpr,
+    MASK: tl.constexpr,
+):
+    """One tile of TILE keys (in the physical blocks `block`), folded into the online softmax (base 2)."""
     d = tl.arange(0, D)
     k_idx = start + tl.arange(0, TILE)
-    k_ok = (k_idx >= lo) & (k_idx < hi)
+    k_ok = k_idx < kv_hi
     slot = block.to(tl.int64) * BLOCK_SIZE + k_idx % BLOCK_SIZE
     kv_off = slot[:, None] * (HK * D) + kv_head * D + d[None, :]
     K = tl.load(k_cache + kv_off, mask=k_ok[:, None], other=0.0)
     V = tl.load(v_cache + kv_off, mask=k_ok[:, None], other=0.0)
-    return K, V
-
-
-@triton.jit
-def _fold_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE: tl.constexpr, MASK: tl.constexpr):
-    """Keys start .. start + TILE (K, V) folded into the online softmax (base 2); MASK: hide keys at kv_hi and
-    after, and those after each row's query position."""
-    k_idx = start + tl.arange(0, TILE)
     s = tl.dot(Q, tl.trans(K)) * qk_scale
     if MASK:
-        s = tl.where((k_idx[None, :] < kv_hi) & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
+        s = tl.where(k_ok[None, :] & (k_idx[None, :] <= q_pos[:, None]), s, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, 1))
     m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)  # rows with no visible key yet
     p = tl.exp2(s - m_safe[:, None])
@@ -115,15 +122,6 @@ def _fold_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE: tl.c
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None] + tl.dot(p.to(V.dtype), V)
     return m_new, l_i, acc
-
-
-@triton.jit
-def _attend_tile(Q, k_cache, v_cache, block, start, kv_hi, q_pos, kv_head, qk_scale, m_i, l_i, acc,
-                 HK: tl.constexpr, D: tl.constexpr, BLOCK_SIZE: tl.constexpr, TILE: tl.constexpr,
-                 MASK: tl.constexpr):  # fmt: skip
-    """One tile of TILE keys (in the physical blocks `block`), loaded and folded into the online softmax."""
-    K, V = _load_tile(k_cache, v_cache, block, start, 0, kv_hi, kv_head, HK, D, BLOCK_SIZE, TILE)
-    return _fold_tile(Q, K, V, start, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, MASK)
 
 
 @triton.jit
@@ -237,7 +235,6 @@ def _paged_attention_kernel(
     GP2: tl.constexpr,
     S_CHUNK: tl.constexpr,
     PDL: tl.constexpr,
-    EARLY_KV: tl.constexpr,
 ):
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
@@ -268,38 +265,21 @@ def _paged_attention_kernel(
     d = tl.arange(0, D)
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
+    if PDL:  # NOTE: q and this step's K/V come from the launch before (RoPE); the lengths and tables from earlier
+        gdc_wait()
+    Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
+    q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
+
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_M], tl.float32)
     acc = tl.zeros([BLOCK_M, D], tl.float32)
     qk_scale = scale * 1.4426950408889634  # softmax in base 2: exp2 is the native instruction
-    q_pos = seq_len - q_len + tok  # absolute position: query sees keys 0 .. q_pos
     # Keys up to the block's first query position are visible to every row: no mask there.
     first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
     block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
-    if EARLY_KV:
-        # NOTE: keys cached before this step (below seq_len - q_len) were written by earlier steps, not by the
-        # launch before (RoPE): the first tile's are loaded before the wait, the step's own ones after it.
-        cached = seq_len - q_len
-        K, V = _load_tile(k_cache, v_cache, block, kv_lo, kv_lo, tl.minimum(kv_hi, cached), kv_head, HK, D,
-                          BLOCK_SIZE, TILE)  # fmt: skip
-        if PDL:
-            gdc_wait()
-        K_new, V_new = _load_tile(k_cache, v_cache, block, kv_lo, tl.maximum(cached, kv_lo), kv_hi, kv_head, HK, D,
-                                  BLOCK_SIZE, TILE)  # fmt: skip
-        Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
-        m_i, l_i, acc = _fold_tile(Q, K + K_new, V + V_new, kv_lo, kv_hi, q_pos, qk_scale, m_i, l_i, acc, TILE, True)
-        loop_lo = kv_lo + TILE
-        block = _tile_blocks(block_tables, seq, stride_bt, loop_lo, kv_hi, BLOCK_SIZE, TILE)
-        m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, loop_lo,
-                                   tl.maximum(full_hi, loop_lo), kv_hi, q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D,
-                                   BLOCK_SIZE, TILE)  # fmt: skip
-    else:
-        if PDL:  # NOTE: q and this step's K/V come from the launch before (RoPE); the lengths and tables from earlier
-            gdc_wait()
-        Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
-        m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
-                                   q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)  # fmt: skip
+    m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
+                               q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)  # fmt: skip
     if PDL:
         gdc_launch_dependents()  # the merge may launch (it waits for this launch to finish before reading)
     l_safe = tl.where(l_i == 0.0, 1.0, l_i)
@@ -446,10 +426,9 @@ def paged_attention(
     block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m or meta.block_m)
     sms = sm_count(q.device)
     num_splits = num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sms)
-    small = block_m < 64 and is_small_step(num_tokens, num_seqs, hq, hk, block_m, sms)
     if block_m >= 64:
         config = PREFILL_CONFIG
-    elif small:
+    elif is_small_step(num_tokens, num_seqs, hq, hk, block_m, sms):
         config = SMALL_STEP_CONFIG if hq // hk <= 4 else SMALL_STEP_CONFIG_WIDE_GROUP
     else:
         config = DECODE_CONFIG
@@ -495,7 +474,6 @@ def paged_attention(
         GP2=group_p2,
         S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
         **pdl,
-        EARLY_KV=EARLY_KV and small,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],
     )
