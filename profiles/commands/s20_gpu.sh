@@ -8,8 +8,23 @@
 # engine's decode step with EARLY_KV on and off, alternately twice each, and without attention
 # (decode_attention_marginal.py --rules default,default/e0,...); the kernels' and the engine's GPU tests.
 # Into $OUT: check.log, decode_attention*.json, marginal.json, tests.log
+#   PART=b bash profiles/commands/s20_gpu.sh   # PDL in the fused kernels (RMSNorm, RoPE, SiLU): the 8B decode step at
+#       batch 1-128, 2k, with it off and on, alternately twice (fused_pdl_probe.py); one TP rank's 70B decode layer
+#       at TP 4 and 8 with it off and on (tp_decode_layer_probe.py --fused-pdl); the fused kernels' GPU tests.
+#       Into $OUT: check.log, fused_pdl.json, tp_layer_{off,on}.json, tests.log
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
+if [ "${PART:-a}" = b ]; then
+  timeout 330 python profiles/commands/fused_pdl_probe.py --rules off,on,off,on --out "$OUT/fused_pdl.json" 2>&1 \
+    | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
+  for r in off on; do
+    timeout 100 python profiles/commands/tp_decode_layer_probe.py --tp 4,8 --batches 1,8,32 --fused-pdl $r \
+      --out "$OUT/tp_layer_$r.json" 2>&1 | grep -E "^TP|Error" | sed "s/^/$r: /" | cut -c1-200 | tee -a "$LOG"
+  done
+  timeout 100 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py -k "fused or rope or norm or silu or pdl" > "$OUT/tests.log" 2>&1
+  stamp "tests rc=$?: $(tail -1 "$OUT/tests.log")"
+  exit 0
+fi
 timeout 200 python -m shifttune.profile.attention_bench --decode --no-sweep --old-kernel gpu_old/paged_attention_head.py \
   --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | cut -c1-300 | tee -a "$LOG"
 for h in "16 2" "8 1"; do

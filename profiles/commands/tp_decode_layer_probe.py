@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 
 from shifttune.config import TP
+from shifttune.kernels import fused
 from shifttune.profile.attention_bench import graph_time
 from shifttune.profile.ops import OpsSettings, _release, build_rank
 from shifttune.profile.step_timing import (
@@ -84,15 +85,21 @@ def main() -> None:
     ap.add_argument("--context", type=int, default=2048)
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--iters", type=int, default=20)
+    ap.add_argument(
+        "--fused-pdl", choices=["off", "on"], default=None, help="RMSNorm, RoPE and SiLU with PDL (default: the tree's)"
+    )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
+    if args.fused_pdl:
+        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = args.fused_pdl == "on", None
     if args.layers < 2:
         raise SystemExit("--layers: at least 2 (a layer is the difference between --layers layers and one)")
     ceilings = measure_ceilings(torch.device("cuda"))
     hbm = ceilings.hbm_bytes_per_s
     result = {"command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]), "gpu": torch.cuda.get_device_name(0),
+              "fused_pdl": fused.FUSED_PDL,
               "ceilings": {"hbm_bytes_per_s": hbm, "matmul_flops_per_s": ceilings.matmul_flops_per_s},
               "tp": {}}  # fmt: skip
     print(f"{result['gpu']}: HBM {hbm / 1e12:.2f} TB/s", flush=True)

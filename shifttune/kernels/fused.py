@@ -25,11 +25,17 @@ from shifttune.kernels.paged_attention import sm_count
 # launch costs at batch 32 is not known yet (`PART=g bash profiles/commands/s13_gpu.sh` times RoPE's early
 # trigger apart). Paged attention's own PDL (`paged_attention.py`) stays on: neutral at batch 32, faster below.
 FUSED_PDL = False
+FUSED_PDL_MAX_TOKENS: int | None = None  # with FUSED_PDL: only steps of at most this many tokens (None: every step)
 # RoPE that writes the KV cache lets paged attention (launched with PDL) start at once, though RoPE itself is not
 # launched with PDL, when the step has fewer tokens x KV heads than the GPU has SMs (attention then splits its keys).
 # H100, llama-3.1-8b decode graphs, in one call (profiles/runs/s14_h100/b_l2_prefetch): batch 1 at 2k 6.28 vs 6.34 ms
 # without, but batch 32 9.38 vs 9.33 (also in a_register_prefetch: 9.45 vs 9.35), whose attention fills the GPU.
 ROPE_EARLY_TRIGGER = True
+
+
+def _fused_pdl(num_tokens: int) -> bool:
+    """Whether a fused kernel of a step of this many tokens launches with PDL (FUSED_PDL, FUSED_PDL_MAX_TOKENS)."""
+    return FUSED_PDL and (FUSED_PDL_MAX_TOKENS is None or num_tokens <= FUSED_PDL_MAX_TOKENS)
 
 
 @triton.jit
@@ -67,7 +73,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
             eps,
             HAS_RES=residual is not None,
             BLOCK=triton.next_power_of_2(n_cols),
-            **pdl_args(x.device, FUSED_PDL),
+            **pdl_args(x.device, _fused_pdl(n_rows)),
             num_warps=8 if n_cols >= 4096 else 4,
         )
     return out if residual is None else (out, res_out)
@@ -176,7 +182,7 @@ def _rope(
             WRITE_KV=kv is not None,
             BLOCK_KV=triton.next_power_of_2(max(num_kv, 1)),
             TRIGGER=early,
-            **pdl_args(qk.device, FUSED_PDL),
+            **pdl_args(qk.device, _fused_pdl(t)),
         )
 
 
@@ -258,7 +264,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if n_rows:
         block = 1024
         _silu_mul_kernel[(n_rows, triton.cdiv(n_cols, block))](
-            gate_up.contiguous(), out, n_cols, BLOCK=block, **pdl_args(out.device, FUSED_PDL)
+            gate_up.contiguous(), out, n_cols, BLOCK=block, **pdl_args(out.device, _fused_pdl(n_rows))
         )
     return out
 

@@ -1,0 +1,89 @@
+"""The engine's decode step with and without programmatic dependent launch in the fused kernels (GPU).
+
+    python profiles/commands/fused_pdl_probe.py --rules off,on,off,on --out fused_pdl.json
+
+`fused.FUSED_PDL` launches RMSNorm, RoPE and SiLU with PDL (each waits for the launch before it first thing, so
+its launch overlaps the one before). Session 13 measured it on against off in the loop at three batches on an
+H100: batch 1 at 2k 1.4% faster, batch 128 0.4% faster, batch 32 1.6% slower (`profiles/runs/s13_h100/g_pdl_all`).
+This times the decode step (its CUDA graph, `measure_point`, as `profile` does) at every batch of --batches and
+--context under each rule, one engine per rule, in the order given (repeats labelled #2, ...), so a rule for the
+batches where it pays can be read off one call: `off`, `on` (every batch) or `onN` (on for steps of at most N
+tokens, `fused.FUSED_PDL_MAX_TOKENS`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from shifttune import LLM
+from shifttune.config import TP
+from shifttune.kernels import fused
+from shifttune.profile.step_sweep import measure_point
+from shifttune.profile.step_timing import measure_ceilings
+
+
+def apply_rule(rule: str) -> None:
+    """Sets fused.FUSED_PDL / FUSED_PDL_MAX_TOKENS for `rule` (off, on or onN), for engines built next."""
+    if rule == "off":
+        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = False, None
+    elif rule == "on":
+        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = True, None
+    elif rule.startswith("on") and rule[2:].isdigit():
+        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = True, int(rule[2:])
+    else:
+        raise ValueError(f"{rule!r} is not off, on or onN")
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", default="llama-3.1-8b")
+    ap.add_argument("--batches", default="1,2,4,8,16,32,64,128")
+    ap.add_argument("--context", type=int, default=2048)
+    ap.add_argument("--iters", type=int, default=30)
+    ap.add_argument("--rules", default="off,on,off,on", help="rules to time, in order (see above)")
+    ap.add_argument("--out", type=Path, required=True)
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        sys.exit("fused_pdl_probe needs a GPU")
+    batches = [int(b) for b in args.batches.split(",")]
+    specs = args.rules.split(",")
+    for spec in set(specs):
+        try:
+            apply_rule(spec)
+        except ValueError as e:
+            ap.error(f"--rules: {e}")
+    rules = [r if specs[:i].count(r) == 0 else f"{r}#{specs[:i].count(r) + 1}" for i, r in enumerate(specs)]
+    saved = (fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS)
+    step_ms: dict[str, dict[int, float]] = {}
+    floor_ms: dict[int, float] = {}
+    for rule in rules:
+        apply_rule(rule.partition("#")[0])
+        llm = LLM(args.model, device="cuda", load_format="dummy", max_model_len=args.context + 64)
+        try:
+            engine, ceilings = llm.llm_engine, measure_ceilings(torch.device("cuda"))
+            step_ms[rule] = {}
+            for batch in batches:
+                timing, _ = measure_point(engine, TP, batch, args.context, 256, 5, args.iters, ceilings)
+                step_ms[rule][batch] = timing.median_ms
+                floor_ms[batch] = timing.floor_ms
+                print(f"rule {rule} b={batch} C={args.context}: {timing.median_ms:.4f} ms", flush=True)
+        finally:
+            llm.shutdown()
+    fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = saved
+    rows = []
+    for batch in batches:
+        per_rule = {r: step_ms[r][batch] for r in rules}
+        rows.append({"batch": batch, "context": args.context, "floor_ms": floor_ms[batch], "step_ms": per_rule})
+        parts = ", ".join(f"{r} {ms:.4f}" for r, ms in per_rule.items())
+        print(f"b={batch} C={args.context}: step ms, floor {floor_ms[batch]:.3f}: {parts}", flush=True)
+    out = {"command": " ".join(sys.argv), "card": torch.cuda.get_device_name(0), "model": args.model, "rows": rows}
+    args.out.write_text(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
