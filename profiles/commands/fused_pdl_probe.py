@@ -6,9 +6,7 @@
 its launch overlaps the one before). Session 13 measured it on against off in the loop at three batches on an
 H100: batch 1 at 2k 1.4% faster, batch 128 0.4% faster, batch 32 1.6% slower (`profiles/runs/s13_h100/g_pdl_all`).
 This times the decode step (its CUDA graph, `measure_point`, as `profile` does) at every batch of --batches and
---context under each rule, one engine per rule, in the order given (repeats labelled #2, ...), so a rule for the
-batches where it pays can be read off one call: `off`, `on` (every batch) or `onN` (on for steps of at most N
-tokens, `fused.FUSED_PDL_MAX_TOKENS`).
+--context under each rule, `off` or `on`, one engine per rule, in the order given (repeats labelled #2, ...).
 """
 
 from __future__ import annotations
@@ -28,15 +26,10 @@ from shifttune.profile.step_timing import measure_ceilings
 
 
 def apply_rule(rule: str) -> None:
-    """Sets fused.FUSED_PDL / FUSED_PDL_MAX_TOKENS for `rule` (off, on or onN), for engines built next."""
-    if rule == "off":
-        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = False, None
-    elif rule == "on":
-        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = True, None
-    elif rule.startswith("on") and rule[2:].isdigit():
-        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = True, int(rule[2:])
-    else:
-        raise ValueError(f"{rule!r} is not off, on or onN")
+    """Sets fused.FUSED_PDL for `rule` (off or on), for engines built next."""
+    if rule not in ("off", "on"):
+        raise ValueError(f"{rule!r} is not off or on")
+    fused.FUSED_PDL = rule == "on"
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -58,7 +51,7 @@ def main(argv: list[str] | None = None) -> None:
         except ValueError as e:
             ap.error(f"--rules: {e}")
     rules = [r if specs[:i].count(r) == 0 else f"{r}#{specs[:i].count(r) + 1}" for i, r in enumerate(specs)]
-    saved = (fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS)
+    saved = fused.FUSED_PDL
     step_ms: dict[str, dict[int, float]] = {}
     floor_ms: dict[int, float] = {}
     for rule in rules:
@@ -74,7 +67,7 @@ def main(argv: list[str] | None = None) -> None:
                 print(f"rule {rule} b={batch} C={args.context}: {timing.median_ms:.4f} ms", flush=True)
         finally:
             llm.shutdown()
-    fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = saved
+    fused.FUSED_PDL = saved
     rows = []
     for batch in batches:
         per_rule = {r: step_ms[r][batch] for r in rules}

@@ -93,7 +93,7 @@ def main() -> None:
     if not torch.cuda.is_available():
         raise SystemExit("needs a CUDA GPU")
     if args.fused_pdl:
-        fused.FUSED_PDL, fused.FUSED_PDL_MAX_TOKENS = args.fused_pdl == "on", None
+        fused.FUSED_PDL = args.fused_pdl == "on"
     if args.layers < 2:
         raise SystemExit("--layers: at least 2 (a layer is the difference between --layers layers and one)")
     ceilings = measure_ceilings(torch.device("cuda"))

@@ -19,23 +19,18 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from shifttune.kernels.launch import pdl, pdl_args
 from shifttune.kernels.paged_attention import sm_count
 
-# Programmatic dependent launch for RMSNorm, RoPE and SiLU (each waiting for the launch before it): off. On an
-# H100 (profiles/runs/s13_h100/g_pdl_all, llama-3.1-8b decode graphs, against no PDL) batch 1 at 2k ran 1.4%
-# faster (6.32 -> 6.23 ms) and batch 128 0.4%, but batch 32 1.6% slower (9.27 -> 9.42 ms) in both runs; which
-# launch costs at batch 32 is not known yet (`PART=g bash profiles/commands/s13_gpu.sh` times RoPE's early
-# trigger apart). Paged attention's own PDL (`paged_attention.py`) stays on: neutral at batch 32, faster below.
-FUSED_PDL = False
-FUSED_PDL_MAX_TOKENS: int | None = None  # with FUSED_PDL: only steps of at most this many tokens (None: every step)
-# RoPE that writes the KV cache lets paged attention (launched with PDL) start at once, though RoPE itself is not
-# launched with PDL, when the step has fewer tokens x KV heads than the GPU has SMs (attention then splits its keys).
-# H100, llama-3.1-8b decode graphs, in one call (profiles/runs/s14_h100/b_l2_prefetch): batch 1 at 2k 6.28 vs 6.34 ms
-# without, but batch 32 9.38 vs 9.33 (also in a_register_prefetch: 9.45 vs 9.35), whose attention fills the GPU.
+# Programmatic dependent launch for RMSNorm, RoPE and SiLU (each waiting for the launch before it): on. Llama-3.1-8B
+# decode step at 2k, on against off alternately twice in one call (profiles/commands/fused_pdl_probe.py): H100 batch
+# 1-16 0.6-0.8% faster (batch 1 6.32 -> 6.27 ms), 32-128 within 0.1%; H200 batch 1-32 0.8-1.1% faster, 64 0.3%,
+# 128 within 0.1% (profiles/runs/s20_h100/c_fused_pdl, s20_h200/b_fused_pdl, s20_derived.txt). Session 13 had
+# seen batch 32 1.6% slower on an H100 with the kernels of then (s13_h100/g_pdl_all); not again with today's.
+FUSED_PDL = True
+# RoPE that writes the KV cache lets paged attention (launched with PDL) start at once, before RoPE's own wait,
+# when the step has fewer tokens x KV heads than the GPU has SMs (attention then splits its keys). H100,
+# llama-3.1-8b decode graphs with FUSED_PDL off, in one call (profiles/runs/s14_h100/b_l2_prefetch): batch 1 at 2k
+# 6.28 vs 6.34 ms without, but batch 32 9.38 vs 9.33 (also in a_register_prefetch: 9.45 vs 9.35), whose attention
+# fills the GPU.
 ROPE_EARLY_TRIGGER = True
-
-
-def _fused_pdl(num_tokens: int) -> bool:
-    """Whether a fused kernel of a step of this many tokens launches with PDL (FUSED_PDL, FUSED_PDL_MAX_TOKENS)."""
-    return FUSED_PDL and (FUSED_PDL_MAX_TOKENS is None or num_tokens <= FUSED_PDL_MAX_TOKENS)
 
 
 @triton.jit
@@ -73,7 +68,7 @@ def add_rms_norm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.T
             eps,
             HAS_RES=residual is not None,
             BLOCK=triton.next_power_of_2(n_cols),
-            **pdl_args(x.device, _fused_pdl(n_rows)),
+            **pdl_args(x.device, FUSED_PDL),
             num_warps=8 if n_cols >= 4096 else 4,
         )
     return out if residual is None else (out, res_out)
@@ -182,7 +177,7 @@ def _rope(
             WRITE_KV=kv is not None,
             BLOCK_KV=triton.next_power_of_2(max(num_kv, 1)),
             TRIGGER=early,
-            **pdl_args(qk.device, _fused_pdl(t)),
+            **pdl_args(qk.device, FUSED_PDL),
         )
 
 
@@ -264,7 +259,7 @@ def silu_and_mul(gate_up: torch.Tensor) -> torch.Tensor:
     if n_rows:
         block = 1024
         _silu_mul_kernel[(n_rows, triton.cdiv(n_cols, block))](
-            gate_up.contiguous(), out, n_cols, BLOCK=block, **pdl_args(out.device, _fused_pdl(n_rows))
+            gate_up.contiguous(), out, n_cols, BLOCK=block, **pdl_args(out.device, FUSED_PDL)
         )
     return out
 
