@@ -63,8 +63,11 @@ def apply_rule(rule: str) -> None:
         pa.SMALL_STEP_CONFIG = pa.SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=t, num_warps=w, num_stages=st)
 
 
-def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict[str, float], object, float]:
-    """Decode step ms per (batch, context) point, the model's config, and the HBM bandwidth measured meanwhile."""
+def step_ms(
+    model: str, points: list[tuple[int, int]], iters: int, floors: dict[str, float] | None = None
+) -> tuple[dict[str, float], object, float]:
+    """Decode step ms per (batch, context) point ("BxC"), the model's config, and the HBM bandwidth measured
+    meanwhile; `floors` (when given) gets each point's weight + KV read floor in ms."""
     llm = LLM(model, device="cuda", load_format="dummy", max_model_len=max(c for _, c in points) + 64)
     try:
         engine, ceilings = llm.llm_engine, measure_ceilings(torch.device("cuda"))
@@ -72,10 +75,17 @@ def step_ms(model: str, points: list[tuple[int, int]], iters: int) -> tuple[dict
         for batch, context in points:
             timing, _ = measure_point(engine, TP, batch, context, 256, 5, iters, ceilings)
             out[f"{batch}x{context}"] = timing.median_ms
+            if floors is not None:
+                floors[f"{batch}x{context}"] = timing.floor_ms
             print(f"b={batch} C={context}: {timing.median_ms:.4f} ms", flush=True)
         return out, engine.config.model_config, ceilings.hbm_bytes_per_s
     finally:
         llm.shutdown()
+
+
+def label_repeats(specs: list[str]) -> list[str]:
+    """Rule specs with repeats labelled: a,b,a -> a,b,a#2."""
+    return [r if specs[:i].count(r) == 0 else f"{r}#{specs[:i].count(r) + 1}" for i, r in enumerate(specs)]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -93,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     # NOTE: the bandwidth as measured with the first engine up (as loop_overhead.py measures it): measured after
     # both engines shut down, it came out 2.58e12 B/s instead of ~3.0e12 (session 15's first run)
     specs = args.rules.split(",")
-    rules = [r if specs[:i].count(r) == 0 else f"{r}#{specs[:i].count(r) + 1}" for i, r in enumerate(specs)]  # repeats
+    rules = label_repeats(specs)
     rule_ms = {}
     for rule in rules:
         saved = {k: getattr(pa, k) for k in RULE_KNOBS}

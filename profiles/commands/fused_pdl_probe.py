@@ -18,11 +18,9 @@ from pathlib import Path
 
 import torch
 
-from shifttune import LLM
-from shifttune.config import TP
+from decode_attention_marginal import label_repeats, step_ms
+
 from shifttune.kernels import fused
-from shifttune.profile.step_sweep import measure_point
-from shifttune.profile.step_timing import measure_ceilings
 
 
 def apply_rule(rule: str) -> None:
@@ -50,30 +48,23 @@ def main(argv: list[str] | None = None) -> None:
             apply_rule(spec)
         except ValueError as e:
             ap.error(f"--rules: {e}")
-    rules = [r if specs[:i].count(r) == 0 else f"{r}#{specs[:i].count(r) + 1}" for i, r in enumerate(specs)]
+    rules = label_repeats(specs)
     saved = fused.FUSED_PDL
-    step_ms: dict[str, dict[int, float]] = {}
-    floor_ms: dict[int, float] = {}
+    points = [(b, args.context) for b in batches]
+    ms: dict[str, dict[str, float]] = {}
+    floor_ms: dict[str, float] = {}
     for rule in rules:
         apply_rule(rule.partition("#")[0])
-        llm = LLM(args.model, device="cuda", load_format="dummy", max_model_len=args.context + 64)
-        try:
-            engine, ceilings = llm.llm_engine, measure_ceilings(torch.device("cuda"))
-            step_ms[rule] = {}
-            for batch in batches:
-                timing, _ = measure_point(engine, TP, batch, args.context, 256, 5, args.iters, ceilings)
-                step_ms[rule][batch] = timing.median_ms
-                floor_ms[batch] = timing.floor_ms
-                print(f"rule {rule} b={batch} C={args.context}: {timing.median_ms:.4f} ms", flush=True)
-        finally:
-            llm.shutdown()
+        print(f"rule {rule}", flush=True)
+        ms[rule], _, _ = step_ms(args.model, points, args.iters, floor_ms)
     fused.FUSED_PDL = saved
     rows = []
     for batch in batches:
-        per_rule = {r: step_ms[r][batch] for r in rules}
-        rows.append({"batch": batch, "context": args.context, "floor_ms": floor_ms[batch], "step_ms": per_rule})
-        parts = ", ".join(f"{r} {ms:.4f}" for r, ms in per_rule.items())
-        print(f"b={batch} C={args.context}: step ms, floor {floor_ms[batch]:.3f}: {parts}", flush=True)
+        key = f"{batch}x{args.context}"
+        per_rule = {r: ms[r][key] for r in rules}
+        rows.append({"batch": batch, "context": args.context, "floor_ms": floor_ms[key], "step_ms": per_rule})
+        parts = ", ".join(f"{r} {v:.4f}" for r, v in per_rule.items())
+        print(f"b={batch} C={args.context}: step ms, floor {floor_ms[key]:.3f}: {parts}", flush=True)
     out = {"command": " ".join(sys.argv), "card": torch.cuda.get_device_name(0), "model": args.model, "rows": rows}
     args.out.write_text(json.dumps(out, indent=1))
 

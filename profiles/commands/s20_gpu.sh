@@ -17,7 +17,7 @@ stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=c
 #   PART=c bash profiles/commands/s20_gpu.sh   # part b's two probes again, the layer probe at TP 8 only, twice
 if [ "${PART:-a}" = c ]; then
   timeout 330 python profiles/commands/fused_pdl_probe.py --rules off,on,off,on --out "$OUT/fused_pdl.json" 2>&1 \
-    | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
+    | grep -E "^b=.*floor|Error" | cut -c1-300 | tee -a "$LOG"
   for r in off on off on; do
     n=$(ls "$OUT"/tp_layer_"$r"*.json 2>/dev/null | wc -l)
     timeout 100 python profiles/commands/tp_decode_layer_probe.py --tp 8 --batches 1,8,32 --fused-pdl $r \
@@ -27,7 +27,7 @@ if [ "${PART:-a}" = c ]; then
 fi
 if [ "${PART:-a}" = b ]; then
   timeout 330 python profiles/commands/fused_pdl_probe.py --rules off,on,off,on --out "$OUT/fused_pdl.json" 2>&1 \
-    | grep -E "^b=|Error" | cut -c1-300 | tee -a "$LOG"
+    | grep -E "^b=.*floor|Error" | cut -c1-300 | tee -a "$LOG"
   for r in off on; do
     timeout 100 python profiles/commands/tp_decode_layer_probe.py --tp 4,8 --batches 1,8,32 --fused-pdl $r \
       --out "$OUT/tp_layer_$r.json" 2>&1 | grep -E "^TP|Error" | sed "s/^/$r: /" | cut -c1-200 | tee -a "$LOG"
