@@ -15,6 +15,15 @@
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 #   PART=c bash profiles/commands/s20_gpu.sh   # part b's two probes again, the layer probe at TP 8 only, twice
+#   PART=d bash profiles/commands/s20_gpu.sh   # fused_pdl_probe.py after its rewrite on decode_attention_marginal's
+#       step_ms (batch 1 and 32, off and on), and the loop (loop_overhead.py, batch 1 and 32 at 2k, greedy) with PDL on
+if [ "${PART:-a}" = d ]; then
+  timeout 200 python profiles/commands/fused_pdl_probe.py --batches 1,32 --rules off,on --out "$OUT/fused_pdl.json" \
+    2>&1 | grep -E "^b=.*floor|Error" | cut -c1-300 | tee -a "$LOG"
+  timeout 300 python -m shifttune.profile.loop_overhead --model llama-3.1-8b --cases 0,1 --no-offline \
+    --out "$OUT/loop_overhead.json" 2>&1 | grep -v -i warn | grep -E "batch|Error" | cut -c1-300 | tee -a "$LOG"
+  exit 0
+fi
 if [ "${PART:-a}" = c ]; then
   timeout 330 python profiles/commands/fused_pdl_probe.py --rules off,on,off,on --out "$OUT/fused_pdl.json" 2>&1 \
     | grep -E "^b=.*floor|Error" | cut -c1-300 | tee -a "$LOG"
