@@ -3,7 +3,8 @@
     python profiles/commands/s20_derived.py > profiles/runs/s20_derived.txt
 
 PDL in the fused kernels (fused_pdl_probe.py, off and on alternately twice): the decode step's change per batch
-with on against off (each rule's two runs averaged), and the TP rank layer probe's (tp_decode_layer_probe.py).
+with on against off (each rule's runs averaged), and the TP rank layer probe's (tp_decode_layer_probe.py); the
+loop with it on (loop_overhead.py).
 """
 
 import json
@@ -16,7 +17,7 @@ def mean(xs):
     return sum(xs) / len(xs)
 
 
-for folder in ("s20_h100/c_fused_pdl", "s20_h200/b_fused_pdl"):
+for folder in ("s20_h100/c_fused_pdl", "s20_h200/b_fused_pdl", "s20_h100/e_loop_fused_pdl_on"):
     d = json.loads((RUNS / folder / "fused_pdl.json").read_text())
     print(f"{folder} ({d['card']}, {d['model']}): `{d['command']}`")
     for row in d["rows"]:
@@ -35,3 +36,12 @@ for folder in ("s20_h100/c_fused_pdl", "s20_h200/b_fused_pdl"):
         off, on = by.get(False, []), by.get(True, [])
         print(f"  TP{tp} rank layer batch {b:3d}: off {', '.join(f'{x:.1f}' for x in off)} us; "
               f"on {', '.join(f'{x:.1f}' for x in on)} us")  # fmt: skip
+
+loop = json.loads((RUNS / "s20_h100/e_loop_fused_pdl_on/loop_overhead.json").read_text())
+b1 = loop["batch1_decode"]
+print(f"s20_h100/e_loop_fused_pdl_on ({loop['card']}): `{loop['command']}`")
+for row in loop["rows"]:
+    print(f"  batch {row['batch']} context {row['context']} {row.get('sampling', '')}: loop {row['loop_ms']:.3f} ms, "
+          f"graph {row['gpu_ms']:.3f} ms, ratio {row['ratio']:.3f}")  # fmt: skip
+print(f"  batch-1 decode at {b1['context']}: loop {b1['loop_ms']:.3f} ms, floor {b1['floor_ms']:.3f} ms = "
+      f"{b1['floor_share']:.1%} of the loop")
