@@ -17,6 +17,32 @@ stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=c
 #   PART=c bash profiles/commands/s20_gpu.sh   # part b's two probes again, the layer probe at TP 8 only, twice
 #   PART=d bash profiles/commands/s20_gpu.sh   # fused_pdl_probe.py after its rewrite on decode_attention_marginal's
 #       step_ms (batch 1 and 32, off and on), and the loop (loop_overhead.py, batch 1 and 32 at 2k, greedy) with PDL on
+#   PART=e bash profiles/commands/s20_gpu.sh   # the shipped llama-3.1-8b op table of this card against today's
+#       engine: a measured P = 1 profile, the predicted one from the shipped table and --compare; then the table
+#       measured again (P = 1, 2, 4, 8; it lands in shifttune/data/op_tables/ and in $OUT/op_table.tgz) and --compare
+#       of its prediction. Into $OUT: check.log, compare_{shipped,new}.txt, e.tgz (everything)
+if [ "${PART:-a}" = e ]; then
+  M=llama-3.1-8b S="python -m shifttune.cli profile --model llama-3.1-8b" W=/tmp/s20e && mkdir -p $W
+  G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
+  T=shifttune/data/op_tables/${M}_$G.json
+  timeout 200 $S --gpus 1 --iters 5 --warmup 2 --no-tui --out $W/measured_${M}_${G}x1.json > $W/measured.log 2>&1
+  stamp "measured P = 1 rc=$?: $(tail -1 $W/measured.log)"
+  for t in shipped new; do
+    if [ $t = new ]; then
+      rm -f $T && timeout 330 $S --ops --gpus 1,2,4,8 --out $T > $W/ops.log 2>&1
+      stamp "ops rc=$?: $(tail -1 $W/ops.log)"
+    fi
+    [ -f $T ] || { stamp "$t: no table $T"; continue; }
+    cp $T $W/table_$t.json
+    $S --predict --gpus "1x$G" --op-table $T --out $W/predicted_$t.json > $W/predict_$t.log 2>&1
+    python -m shifttune.cli profile --compare $W/measured_${M}_${G}x1.json $W/predicted_$t.json \
+      --out $W/compare_$t.json > $W/compare_$t.txt 2>&1
+    stamp "$t table: $(grep -i -E "median|p90" $W/compare_$t.txt | head -3 | tr '\n' ' ')"
+    cp $W/compare_$t.txt "$OUT/"
+  done
+  tar czf "$OUT/e.tgz" -C $W .
+  exit 0
+fi
 if [ "${PART:-a}" = d ]; then
   timeout 200 python profiles/commands/fused_pdl_probe.py --batches 1,32 --rules off,on --out "$OUT/fused_pdl.json" \
     2>&1 | grep -E "^b=.*floor|Error" | cut -c1-300 | tee -a "$LOG"
