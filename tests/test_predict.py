@@ -355,6 +355,8 @@ def test_recommend_predicts_for_gpus_it_does_not_have(gpus, layouts):
     assert time.time() - start < 20
     data = json.loads(r.output)
     assert data["profile_kind"] == "predicted" and data["caveat"].startswith("predicted profile")
+    made = data["profile_sources"]["op_table"]["created"][:10]  # the caveat dates the table: it times its engine
+    assert len(made) == 10 and f"op table: measured on {made}, " in data["caveat"]
     assert data["world_size"] == int(gpus[0]) and (data["best_tp"], data["best_sp"]) in layouts
     assert isinstance(data["threshold"], int) and data["threshold"] > 0
     shift = next(p for p in data["predictions"] if p["label"].startswith("shift (threshold"))

@@ -61,7 +61,7 @@ def _collectives(gpus: str | None, device: str, out) -> None:
 
 def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, collective_table) -> None:
     from shifttune.recommend.gpus import parse_gpus
-    from shifttune.recommend.predict import CAVEAT, PredictSettings, predict_profile
+    from shifttune.recommend.predict import CAVEAT, PredictSettings, op_table_label, predict_profile
 
     request = parse_gpus(gpus) if gpus else None
     if request is None or request.slug is None:
@@ -75,7 +75,7 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
     prof.save(out)
     ops = prof.sources["op_table"]
     console.print(f"caveat: {CAVEAT}", soft_wrap=True, highlight=False)
-    console.print(f"op table: {ops['method']}, {ops['file']}", soft_wrap=True, highlight=False)
+    console.print(f"op table: {op_table_label(ops)}", soft_wrap=True, highlight=False)
     if prof.sources.get("collectives"):
         console.print(f"collectives: {prof.sources['collectives']['table']}", soft_wrap=True, highlight=False)
     console.print(

@@ -55,6 +55,13 @@ CAVEAT = (
 )
 
 
+def op_table_label(ops: dict) -> str:
+    """How a predicted profile's `sources["op_table"]` is named to users: method, the date it was made (a table
+    times the engine version that measured it), file."""
+    made = f" on {ops['created'][:10]}" if ops.get("created") else ""
+    return f"{ops.get('method', '?')}{made}, {ops.get('file', '?')}"
+
+
 @dataclass
 class PredictSettings:
     model: str

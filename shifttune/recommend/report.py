@@ -19,7 +19,7 @@ from shifttune.engine.profile_schema import Profile, load_profile
 from shifttune.engine.step_model import StepTimeModel
 from shifttune.recommend.gpus import GpuRequest
 from shifttune.recommend.planner import Plan, plan
-from shifttune.recommend.predict import CAVEAT, PredictSettings, predict_profile
+from shifttune.recommend.predict import CAVEAT, PredictSettings, op_table_label, predict_profile
 from shifttune.recommend.shipped import pick_shipped_profile
 from shifttune.recommend.workload import Workload, load_azure_trace
 
@@ -124,7 +124,7 @@ def recommend(req: RecommendRequest) -> tuple[Profile, Plan, dict]:
         ops = prof.sources.get("op_table") or {}
         coll = prof.sources.get("collectives") or {}
         data["caveat"] = (
-            f"{CAVEAT}; op table: {ops.get('method', '?')}, {ops.get('file', '?')}; collectives: "
+            f"{CAVEAT}; op table: {op_table_label(ops)}; collectives: "
             f"{coll.get('table', 'none (one GPU)')}"
             + (f" ({coll['note']})" if coll.get("note") else "")
             + ("; write it with `shifttune profile --predict` to use shift_policy='profile'" if path is None else "")
