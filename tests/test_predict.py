@@ -346,6 +346,15 @@ def test_compare_scores_every_point_and_reads_the_crossovers(tmp_path):
     assert json.loads((tmp_path / "c.json").read_text())["overall"]["points"] == 12
 
 
+def test_op_table_label_dates_the_table():
+    from shifttune.recommend.predict import op_table_label
+
+    ops = {"method": "measured", "file": "t.json", "created": "2026-11-27T04:04:48+00:00"}
+    assert op_table_label(ops) == "measured on 2026-11-27, t.json"
+    assert op_table_label({"method": "roofline", "file": "r.json"}) == "roofline, r.json"  # no date: none said
+    assert op_table_label({}) == "?, ?"
+
+
 # ---- recommend on GPUs this machine does not have ------------------------------------------------------
 @pytest.mark.parametrize("gpus,layouts", [("4xH200", {(2, 2)}), ("8xH200", {(4, 2), (2, 4)})])
 def test_recommend_predicts_for_gpus_it_does_not_have(gpus, layouts):

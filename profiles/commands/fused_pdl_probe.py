@@ -17,7 +17,6 @@ import sys
 from pathlib import Path
 
 import torch
-
 from decode_attention_marginal import label_repeats, step_ms
 
 from shifttune.kernels import fused
@@ -43,21 +42,23 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit("fused_pdl_probe needs a GPU")
     batches = [int(b) for b in args.batches.split(",")]
     specs = args.rules.split(",")
+    saved = fused.FUSED_PDL
     for spec in set(specs):
         try:
             apply_rule(spec)
         except ValueError as e:
             ap.error(f"--rules: {e}")
     rules = label_repeats(specs)
-    saved = fused.FUSED_PDL
     points = [(b, args.context) for b in batches]
     ms: dict[str, dict[str, float]] = {}
-    floor_ms: dict[str, float] = {}
-    for rule in rules:
-        apply_rule(rule.partition("#")[0])
-        print(f"rule {rule}", flush=True)
-        ms[rule], _, _ = step_ms(args.model, points, args.iters, floor_ms)
-    fused.FUSED_PDL = saved
+    floor_ms: dict[str, float] = {}  # NOTE: each engine measures the HBM rate again; rows keep the last one's floor
+    try:
+        for rule in rules:
+            apply_rule(rule.partition("#")[0])
+            print(f"rule {rule}", flush=True)
+            ms[rule], _, _ = step_ms(args.model, points, args.iters, floor_ms)
+    finally:
+        fused.FUSED_PDL = saved
     rows = []
     for batch in batches:
         key = f"{batch}x{args.context}"

@@ -43,5 +43,7 @@ print(f"s20_h100/e_loop_fused_pdl_on ({loop['card']}): `{loop['command']}`")
 for row in loop["rows"]:
     print(f"  batch {row['batch']} context {row['context']} {row.get('sampling', '')}: loop {row['loop_ms']:.3f} ms, "
           f"graph {row['gpu_ms']:.3f} ms, ratio {row['ratio']:.3f}")  # fmt: skip
-print(f"  batch-1 decode at {b1['context']}: loop {b1['loop_ms']:.3f} ms, floor {b1['floor_ms']:.3f} ms = "
-      f"{b1['floor_share']:.1%} of the loop")
+print(
+    f"  batch-1 decode at {b1['context']}: loop {b1['loop_ms']:.3f} ms, floor {b1['floor_ms']:.3f} ms = "
+    f"{b1['floor_share']:.1%} of the loop"
+)

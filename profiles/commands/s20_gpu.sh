@@ -19,8 +19,8 @@ stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=c
 #       step_ms (batch 1 and 32, off and on), and the loop (loop_overhead.py, batch 1 and 32 at 2k, greedy) with PDL on
 #   PART=e bash profiles/commands/s20_gpu.sh   # the shipped llama-3.1-8b op table of this card against today's
 #       engine: a measured P = 1 profile, the predicted one from the shipped table and --compare; then the table
-#       measured again (P = 1, 2, 4, 8; it lands in shifttune/data/op_tables/ and in $OUT/op_table.tgz) and --compare
-#       of its prediction. Into $OUT: check.log, compare_{shipped,new}.txt, e.tgz (everything)
+#       measured again (P = 1, 2, 4, 8; it lands in shifttune/data/op_tables/ and in $OUT/e.tgz) and --compare
+#       of its prediction. Into $OUT: check.log, compare_{shipped,new}.txt, e.tgz (everything, the new table too)
 if [ "${PART:-a}" = e ]; then
   M=llama-3.1-8b S="python -m shifttune.cli profile --model llama-3.1-8b" W=/tmp/s20e && mkdir -p $W
   G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
@@ -71,6 +71,9 @@ if [ "${PART:-a}" = b ]; then
   stamp "tests rc=$?: $(tail -1 "$OUT/tests.log")"
   exit 0
 fi
+# NOTE: part a (the rest of this file) needs 816c834's tree: EARLY_KV and the marginal probe's e0 rule were reverted
+python -c "import shifttune.kernels.paged_attention as pa; pa.EARLY_KV" 2>/dev/null \
+  || { stamp "part a runs at 816c834 only (EARLY_KV)"; exit 2; }
 timeout 200 python -m shifttune.profile.attention_bench --decode --no-sweep --old-kernel gpu_old/paged_attention_head.py \
   --out "$OUT/decode_attention.json" 2>&1 | grep -v -i warn | cut -c1-300 | tee -a "$LOG"
 for h in "16 2" "8 1"; do

@@ -21,7 +21,7 @@ from shifttune.kernels.paged_attention import sm_count
 
 # Programmatic dependent launch for RMSNorm, RoPE and SiLU (each waiting for the launch before it): on. Llama-3.1-8B
 # decode step at 2k, on against off alternately twice in one call (profiles/commands/fused_pdl_probe.py): H100 batch
-# 1-16 0.6-0.8% faster (batch 1 6.32 -> 6.27 ms), 32-128 within 0.1%; H200 batch 1-32 0.8-1.1% faster, 64 0.3%,
+# 1-16 0.6-0.8% faster (batch 1 6.32 -> 6.27 ms), 32-128 within 0.1%; H200 batch 1-32 0.8-1.1% faster, 64 0.25%,
 # 128 within 0.1% (profiles/runs/s20_h100/c_fused_pdl, s20_h200/b_fused_pdl, s20_derived.txt). Session 13 had
 # seen batch 32 1.6% slower on an H100 with the kernels of then (s13_h100/g_pdl_all); not again with today's.
 FUSED_PDL = True
