@@ -7,17 +7,18 @@
 # ("before"); then the table measured again (`profile --ops --gpus 1,2,4,8 --breakdown 1,32,512,8192`; it lands in
 # shifttune/data/op_tables/) and the same comparison ("after"). A model the budget cuts keeps its partial table:
 # FRESH=0 resumes it (`profile --ops` keeps the layouts already in the file) and skips the "before" half.
-# Into $OUT: check.log, <model>/{measured_*.json, predicted_*.json, compare_*.{txt,json}, *.log}, op_tables.tgz
+# Into $OUT: check.log, <model>_compare_{before,after}.txt, <model>.tgz (measured_*.json, predicted_*.json, compare_*.{txt,json}, *.log),
+# op_tables.tgz
 . "$(dirname "$0")/gpu_setup.sh"
 MODELS=${MODELS:-"mistral-7b-v0.3 qwen2.5-7b"}
 BUDGET=${BUDGET:-560}  # seconds for all models
 FRESH=${FRESH:-1}
 G=$(python -c "import torch; from shifttune.recommend.gpus import gpu_slug; print(gpu_slug(torch.cuda.get_device_name(0)))")
-stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader); slug $G; commit $(git rev-parse --short HEAD 2>/dev/null)"
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader); slug $G"
 START=$SECONDS
 left() { echo $((BUDGET - (SECONDS - START))); }
 for M in $MODELS; do
-  W=$OUT/$M && mkdir -p "$W"
+  W=/tmp/refresh/$M && mkdir -p "$W"
   S="python -m shifttune.cli profile --model $M" T=shifttune/data/op_tables/${M}_$G.json
   measured=$W/measured_${M}_${G}x1.json
   # predicted from $T (or the roofline) and compared with the measured profile: $1 = before | after
@@ -40,5 +41,7 @@ for M in $MODELS; do
   timeout "$(left)" $S --ops --gpus 1,2,4,8 --breakdown 1,32,512,8192 --out "$T" > "$W/ops.log" 2>&1
   stamp "$M ops rc=$? after $((SECONDS - START)) s: $(tail -1 "$W/ops.log")"
   [ -f "$measured" ] && [ -f "$T" ] && check after
+  for f in before after; do [ -f "$W/compare_$f.txt" ] && cp "$W/compare_$f.txt" "$OUT/${M}_compare_$f.txt"; done
+  tar czf "$OUT/$M.tgz" -C /tmp/refresh "$M"
 done
 tar czf "$OUT/op_tables.tgz" shifttune/data/op_tables
