@@ -38,6 +38,7 @@ for M in $MODELS; do
     [ -f "$T" ] && cp "$T" "$W/table_before.json" && rm -f "$T"
   fi
   [ "$(left)" -lt 40 ] && { stamp "$M: no time left for --ops"; continue; }
+  stamp "$M before --ops: $(nvidia-smi --query-gpu=memory.used --format=csv,noheader) used; processes: $(nvidia-smi --query-compute-apps=pid,used_memory --format=csv,noheader | tr '\n' ' ')"
   timeout "$(left)" $S --ops --gpus 1,2,4,8 --breakdown 1,32,512,8192 --out "$T" > "$W/ops.log" 2>&1
   stamp "$M ops rc=$? after $((SECONDS - START)) s: $(tail -1 "$W/ops.log")"
   [ -f "$measured" ] && [ -f "$T" ] && check after
