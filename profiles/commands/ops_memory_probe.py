@@ -7,6 +7,8 @@ import argparse
 import functools
 import gc
 import json
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -19,8 +21,10 @@ log: list[dict] = []
 
 def snap(where: str) -> None:
     free, total = torch.cuda.mem_get_info()
-    row = {"where": where, "free_gib": free / GIB, "reserved_gib": torch.cuda.memory_reserved() / GIB,
-           "allocated_gib": torch.cuda.memory_allocated() / GIB, "outside_torch_gib": (total - free - torch.cuda.memory_reserved()) / GIB}  # fmt: skip
+    reserved = torch.cuda.memory_reserved()
+    allocated = torch.cuda.memory_allocated()
+    row = {"where": where, "free_gib": free / GIB, "reserved_gib": reserved / GIB, "allocated_gib": allocated / GIB,
+           "outside_torch_gib": (total - free - reserved) / GIB}  # fmt: skip
     log.append(row)
     print(" ".join(f"{k}={v:.2f}" if isinstance(v, float) else str(v) for k, v in row.items()), flush=True)
 
@@ -39,14 +43,17 @@ def traced(owner, name: str) -> None:
     setattr(owner, name, wrapper)
 
 
-for owner, name in [(model_runner.ModelRunner, "allocate_kv_cache"), (model_runner.ModelRunner, "warm_up"),
-                    (model_runner.ModelRunner, "execute"), (cuda_graphs.StepGraphs, "__init__"),
-                    (cuda_graphs.StepGraphs, "warm_up_load"), (model_runner.ModelRunner, "_num_kv_blocks")]:  # fmt: skip
+Runner, Graphs = model_runner.ModelRunner, cuda_graphs.StepGraphs
+for owner, name in [(Runner, "allocate_kv_cache"), (Runner, "warm_up"), (Runner, "execute"), (Graphs, "__init__"),
+                    (Graphs, "warm_up_load"), (Runner, "_num_kv_blocks")]:  # fmt: skip
     traced(owner, name)
 
 p = argparse.ArgumentParser()
 p.add_argument("--models", default="mistral-7b-v0.3,llama-3.1-8b")
 p.add_argument("--out", default="ops_memory.json")
+p.add_argument(
+    "--run-ops", action="store_true", help="run_ops at P = 1 as `profile --ops` does (the table to a temp file)"
+)
 args = p.parse_args()
 result = {"gpu": torch.cuda.get_device_name(0), "models": {}}
 for m in args.models.split(","):
@@ -54,10 +61,14 @@ for m in args.models.split(","):
     s = ops.OpsSettings(m, [1])
     error = None
     try:
-        runner = ops.build_rank(s, 1, 1, s.layers)
-        print(m, "num_kv_blocks", runner.num_kv_blocks, flush=True)
-        ops._release(runner)
-        del runner
+        if args.run_ops:
+            s = ops.OpsSettings(m, [1], breakdown=[1, 32, 512, 8192])
+            ops.run_ops(s, Path(tempfile.mkdtemp()) / "table.json", "probe", print)
+        else:
+            runner = ops.build_rank(s, 1, 1, s.layers)
+            print(m, "num_kv_blocks", runner.num_kv_blocks, flush=True)
+            ops._release(runner)
+            del runner
     except Exception as e:  # noqa: BLE001 (the probe reports it)
         error = f"{type(e).__name__}: {e}"
         print(m, "FAILED", error, flush=True)
