@@ -178,11 +178,17 @@ class ModelRunner:
         sampled (non-greedy) rows, so that the first request of each shape runs as fast as the next. GPU
         engines call it at start; it runs on CPU too (tests)."""
         c = self.config
+        if self._graph_inputs_in_one_launch:
+            self.graphs.warm_up_load(self.input_batch)
         attn = self.models[TP].layers[0].self_attn
         self.startup.update(
             self.attention.warm_up(attn.attn_fn, self.k_cache[0], self.v_cache[0], attn.scale,
                                    c.max_num_batched_tokens, c.max_model_len, self.num_kv_blocks, self.scratch_block)
         )  # fmt: skip
+        if self.device.type == "cuda":
+            # NOTE: the cuDNN plans' workspaces are freed but stay in torch's cache, which can then hold every byte
+            # the KV cache left: CUDA could load no kernel module after (an H100 failed so, mistral-7b-v0.3 --ops).
+            torch.cuda.empty_cache()
         start = time.perf_counter()
         # A full-budget prefill on the first blocks (no request holds them yet, and a request writes a block
         # before it reads it), through `execute` as a request's would run: the GEMM shapes, the allocator's
@@ -204,8 +210,6 @@ class ModelRunner:
             sampler.set_rows([row], [RequestSampling(temperature=1.0, top_p=0.9, top_k=top_k, min_p=0.05)], [0])
             batch.sample(logits, [row], rows)
         sampler.release(row)
-        if self._graph_inputs_in_one_launch:
-            self.graphs.warm_up_load(self.input_batch)
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # NOTE: torch keeps the memory cached: the first request reuses it
         self.startup["eager_step_and_sampler_s"] = time.perf_counter() - start
