@@ -288,6 +288,26 @@ def test_step_time_is_ops_plus_collectives(tmp_path):
     assert predict_profile(PredictSettings("llama-3.1-8b", 1, "h200")).sources["collectives"] is None
 
 
+# (model, card, the engine's measured P = 1 profile on that card from the device run that measured the shipped table)
+SHIPPED_CHECKS = [
+    ("llama-3.1-8b", "h200", "s20_h200/e_op_table_8b/measured_llama-3.1-8b_h200x1.json"),
+    ("llama-3.1-8b", "h100", "s21_h100/a_op_table_llama_3_1_8b/measured_llama-3.1-8b_h100x1.json"),
+    ("qwen3-8b", "h100", "s21_h100/b_op_table_qwen3_8b/measured_qwen3-8b_h100x1.json"),
+    ("mistral-7b-v0.3", "h100", "s21_h100/e_op_table_mistral/measured_mistral-7b-v0.3_h100x1.json"),
+]
+
+
+@pytest.mark.parametrize("model,gpu,measured", SHIPPED_CHECKS)
+def test_a_shipped_op_table_predicts_the_engine_it_timed(model, gpu, measured):
+    """The shipped table of a card predicts the engine's measured one-GPU profile on that card: a stale or wrong
+    table, or a predictor change that breaks the sum, shows here (the roofline was 16% off at the median on H100)."""
+    prof = predict_profile(PredictSettings(model, 1, gpu), command="test")
+    assert prof.sources["op_table"]["method"] != "roofline", prof.sources["op_table"]
+    result = compare_profiles(load_profile(ROOT / "profiles" / "runs" / measured), prof)
+    assert result["overall"]["points"] >= 50
+    assert result["overall"]["median_abs_error"] < 0.02 and result["overall"]["p90_abs_error"] < 0.05, result["overall"]
+
+
 def test_predict_from_the_cpu_op_table_and_compare(tiny_ops, tmp_path):
     out, table, _ = tiny_ops
     prof = predict_profile(PredictSettings("tiny", 1, "cpu", op_table=out))
