@@ -28,6 +28,7 @@ class GpuSpec:
     memory_bytes: int
     hbm_bytes_per_s: float
     matmul_flops_per_s: float
+    sm_count: int
     sources: dict = field(default_factory=dict, compare=False)
 
 

@@ -16,6 +16,11 @@ CUDA_GRAPH_MAX_TOKENS = 2048  # steps up to this many tokens replay CUDA graphs 
 # prefill chunks "auto" sends to SDPA: at least this many new tokens and query-key pairs (kernels/prefill_attention.py)
 SDPA_MIN_TOKENS = 256
 SDPA_MIN_PAIRS = 4 * 1024 * 1024
+# split-KV ways of a CUDA graph's paged attention (kernels/paged_attention.py: choose_num_splits, is_small_step)
+PROGRAMS_PER_SM = 1
+SMALL_STEP_PROGRAMS_PER_SM = 4
+SMALL_STEP_RATIO = 8
+MAX_SPLITS = 256
 
 
 def step_shape(tokens: int, context: int, max_decode: int = MAX_DECODE) -> tuple[int, int]:

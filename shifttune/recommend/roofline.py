@@ -6,13 +6,16 @@ the longer of reading their weights and activations at `gemm_bw` x the HBM ceili
 `gemm_mm` x the matmul ceiling; attention the longer of reading the KV of the step at `attn_bw` and its
 FLOPs at `attn_mm` (scaled by a power of the GQA group over 4: the kernel works on all query heads of a
 KV head at once), or at `attn_sdpa_mm` for the long eager chunks the engine sends to cuDNN SDPA, plus a
-fixed `attn_us`; norms, RoPE, SiLU x up and the Ulysses packing
-move their bytes at `elem_bw`, the KV write at `index_bw`; every kernel adds `kernel_us`. The head
-(embedding, final norm, LM head, full-vocab logits) the same way, plus `head_us` per step.
+fixed `attn_us`; in a graphed step attention runs on the share of the GPU its programs fill (a graph fixes
+its split-KV ways for its bucket, so one sequence's prefill chunk may hold few programs); norms, RoPE,
+SiLU x up and the Ulysses packing move their bytes at `elem_bw`, the KV write at `index_bw`; every kernel
+adds `kernel_us`; an eager SP-mode layer takes at least `eager_sp_us`. The head (embedding, final norm,
+LM head, full-vocab logits) the same way, plus `head_us` per step.
 
-The constants (`data/gpus.json`, "roofline") were fitted to the measured H200 sweep of Llama-3.1-8B
-(`profiles/runs/sweep_llama-3.1-8b_tp1_h200x1.json`); `tests/test_predict.py` checks the table
-against those steps and against the H100 decode steps in `profiles/loop_overhead_h100_*.json`.
+The constants (`data/gpus.json`, "roofline") are fitted by `profiles/commands/roofline_fit.py` to the
+measured H200 op tables of Llama-3.1-8B and Qwen3-8B (today's kernels, every layout of P = 1-8);
+`tests/test_predict.py` holds them to those, to the 70B table and to the one-GPU profiles measured on an
+H100, which the fit did not see.
 """
 
 from __future__ import annotations
@@ -28,8 +31,12 @@ from shifttune.recommend.grid import (
     GPU_CONTEXTS,
     GPU_TOKENS,
     MAX_DECODE,
+    MAX_SPLITS,
+    PROGRAMS_PER_SM,
     SDPA_MIN_PAIRS,
     SDPA_MIN_TOKENS,
+    SMALL_STEP_PROGRAMS_PER_SM,
+    SMALL_STEP_RATIO,
     step_shape,
 )
 from shifttune.recommend.op_table import OpEntry, OpTable
@@ -51,6 +58,8 @@ class RooflineConstants:
     index_bw: float  # the same for the KV-cache write (an indexed copy)
     kernel_us: float  # per kernel in a replayed graph
     head_us: float  # per step: input upload and graph launch
+    attn_fill: float = 1.0  # programs an SM must hold for graphed attention to reach its full rate
+    eager_sp_us: float = 0.0  # least time of an SP-mode layer in an eager step (fitted; its kernels' launches)
     source: str = ""
 
     @classmethod
@@ -71,15 +80,33 @@ def sdpa_chunk(tokens: int, per: int, context: int) -> bool:
     return tokens > CUDA_GRAPH_MAX_TOKENS and per >= SDPA_MIN_TOKENS and pairs >= SDPA_MIN_PAIRS
 
 
+def graph_attention_programs(tokens: int, seqs: int, per: int, hq: int, hk: int, sms: int) -> int:
+    """Programs with work in a graphed step's paged attention. The graph fixes its split-KV ways for its
+    bucket, as if the bucket's sequence capacity (min(tokens, MAX_DECODE)) held the tokens
+    (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`): a prefill chunk of one
+    sequence runs unsplit, on as few programs as its query blocks x KV heads."""
+    group = max(1, hq // hk)
+    capacity = min(tokens, MAX_DECODE)
+    block_m = max(16 if tokens < MAX_DECODE else 64, 1 << (group - 1).bit_length())
+    block_q = block_m // group
+    busy = max(capacity, -(-tokens // block_q)) * hk
+    splits = 1
+    if busy < sms:
+        small = block_m < 64 and busy * SMALL_STEP_RATIO <= sms
+        splits = max(1, min(-(-(SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM) * sms // busy), MAX_SPLITS))
+    return seqs * -(-per // block_q) * hk * splits
+
+
 def attention_ms(hq: int, hk: int, d: int, seqs: int, per: int, context: int, elem: int, gpu: GpuSpec,
-                 c: RooflineConstants, sdpa: bool = False) -> float:  # fmt: skip
+                 c: RooflineConstants, sdpa: bool = False, programs: int | None = None) -> float:  # fmt: skip
     """The paged-attention kernel (or, `sdpa`, cuDNN SDPA) for `seqs` sequences of `per` new tokens each at
-    `context`."""
+    `context`; `programs`: how many hold work, where fewer than the GPU's SMs (it then runs on that share)."""
     kv_read = seqs * context * hk * d * 2 * elem
     visible = seqs * (per * (context - per) + per * (per + 1) / 2)
     mm = c.attn_sdpa_mm if sdpa else c.attn_mm * (max(1, hq // hk) / 4) ** c.attn_group_exp
-    rate = min(1.0, mm) * gpu.matmul_flops_per_s
-    return c.attn_us / 1e3 + 1e3 * max(kv_read / (c.attn_bw * gpu.hbm_bytes_per_s), 4 * hq * d * visible / rate)
+    share = min(1.0, programs / (c.attn_fill * gpu.sm_count)) if programs else 1.0
+    rate = min(1.0, mm) * gpu.matmul_flops_per_s * share
+    return c.attn_us / 1e3 + 1e3 * max(kv_read / (c.attn_bw * gpu.hbm_bytes_per_s * share), 4 * hq * d * visible / rate)
 
 
 def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: int, gpu: GpuSpec,
@@ -94,7 +121,9 @@ def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: i
         + _gemm_ms(m, h, s.mlp_rows, elem, gpu, c)
     )
     hq, hk = s.attn_q_heads, s.cache_kv_heads
-    attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c, sdpa_chunk(tokens, per, context))
+    graphed = tokens <= CUDA_GRAPH_MAX_TOKENS
+    programs = graph_attention_programs(tokens, seqs, per, hq, hk, gpu.sm_count) if graphed else None
+    attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c, sdpa_chunk(tokens, per, context), programs)
     moved = 2 * 4 * m * h + 2 * m * (s.q_heads + s.kv_heads) * d + 3 * m * s.mlp_rows
     kernels = 4 + 2 + 2 + 1 + 2 + 1  # GEMMs, norms, RoPE on q and k, SiLU, KV write (k, v), attention
     if s.sp > 1:  # Ulysses: pack q/k/v for the all-to-all, unpack after; the output back the same way
@@ -102,7 +131,8 @@ def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: i
         kernels += 6
     elementwise = 1e3 * (moved * elem / (c.elem_bw * gpu.hbm_bytes_per_s))
     kv_write = 1e3 * (2 * tokens * hk * d * elem / (c.index_bw * gpu.hbm_bytes_per_s))
-    return gemms + attention + elementwise + kv_write + kernels * c.kernel_us / 1e3
+    gpu_ms = gemms + attention + elementwise + kv_write + kernels * c.kernel_us / 1e3
+    return gpu_ms if graphed or s.sp == 1 else max(gpu_ms, c.eager_sp_us / 1e3)
 
 
 def head_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: int, gpu: GpuSpec,
