@@ -249,8 +249,9 @@ def test_roofline_mirrors_the_graphs_attention_launch():
         pa.PROGRAMS_PER_SM, pa.SMALL_STEP_PROGRAMS_PER_SM, pa.SMALL_STEP_RATIO, pa.MAX_SPLITS)  # fmt: skip
     for hq, hk in [(32, 8), (16, 4), (8, 2), (4, 1), (64, 8), (8, 1), (40, 8), (5, 1)]:
         for tokens in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]:
-            capacity = min(tokens, grid.MAX_DECODE)  # runner/cuda_graphs.py: seqs_for(bucket)
-            block_m = 16 if tokens < grid.MAX_DECODE else 64  # StepGraphs._forward
+            max_seqs = grid.MAX_DECODE + 1  # StepGraphs.max_seqs at max_num_seqs = MAX_DECODE
+            capacity = min(tokens, max_seqs)  # StepGraphs.seqs_for(bucket)
+            block_m = 16 if tokens < max_seqs else 64  # StepGraphs._forward
             splits = pa.choose_num_splits(tokens, capacity, hq, hk, block_m, num_sms=132)
             _, block_q, _ = pa.launch_shape(tokens, capacity, hq, hk, block_m)
             seqs, per = grid.step_shape(tokens, 8192)

@@ -82,12 +82,12 @@ def sdpa_chunk(tokens: int, per: int, context: int) -> bool:
 
 def graph_attention_programs(tokens: int, seqs: int, per: int, hq: int, hk: int, sms: int) -> int:
     """Programs with work in a graphed step's paged attention. The graph fixes its split-KV ways for its
-    bucket, as if the bucket's sequence capacity (min(tokens, MAX_DECODE)) held the tokens
+    bucket, as if the bucket's sequence capacity (min(tokens, MAX_DECODE + 1)) held the tokens
     (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`): a prefill chunk of one
     sequence runs unsplit, on as few programs as its query blocks x KV heads."""
     group = max(1, hq // hk)
-    capacity = min(tokens, MAX_DECODE)
-    block_m = max(16 if tokens < MAX_DECODE else 64, 1 << (group - 1).bit_length())
+    capacity = min(tokens, MAX_DECODE + 1)  # StepGraphs.max_seqs: one row more than max_num_seqs
+    block_m = max(16 if tokens <= MAX_DECODE else 64, 1 << (group - 1).bit_length())  # StepGraphs._forward
     block_q = block_m // group
     busy = max(capacity, -(-tokens // block_q)) * hk
     splits = 1
