@@ -210,7 +210,7 @@ def test_op_table_format_refuses_bad_files():
             op_table_from_dict(good | change)
 
 
-def test_roofline_against_measured_tables_and_profiles():
+def test_roofline_against_measured_tables_and_profiles(tmp_path):
     """The provisional table (roofline constants fitted by profiles/commands/roofline_fit.py to the H200 8B op tables)
     reproduces the tables it was fitted to, and predicts what it was not fitted to: the 70B table's TP ranks (other
     shapes, a GQA group of 8) and the engine's measured one-GPU profiles on an H100 (another card). Bounds: the fit's
@@ -232,36 +232,46 @@ def test_roofline_against_measured_tables_and_profiles():
         assert statistics.median(errors) < median and sorted(errors)[int(0.9 * len(errors))] < p90, (model, gpu)
     for model, gpu, measured in SHIPPED_CHECKS[1:]:  # the H100 profiles
         table = roofline_table(model, cfg(model), gpus[gpu], [1])
-        predicted = predict_profile(PredictSettings(model, 1, gpu, op_table=_saved(table)), command="test")
+        predicted = predict_profile(PredictSettings(model, 1, gpu, op_table=_saved(table, tmp_path)), command="test")
         o = compare_profiles(load_profile(ROOT / "profiles" / "runs" / measured), predicted)["overall"]
         assert o["median_abs_error"] < 0.04 and o["p90_abs_error"] < 0.10 and o["max_abs_error"] < 0.25, (model, o)
 
 
 def test_roofline_mirrors_the_graphs_attention_launch():
-    """graph_attention_programs computes the graphed paged attention's split-KV choice as the engine does
-    (`choose_num_splits` with the bucket's sequence capacity, `launch_shape`), for decode batches and prefill chunks
-    at the GQA groups of the bundled models' TP ranks."""
+    """graph_attention_programs computes the graphed paged attention's launch as the engine does: the bucket a step
+    replays, its sequence capacity and tile (StepGraphs), the split-KV ways (`choose_num_splits`, `launch_shape`),
+    for decode batches and prefill chunks, bucket sizes and others, at the GQA groups of the bundled models' ranks."""
     pa = pytest.importorskip("shifttune.kernels.paged_attention")
+    import itertools
+
+    import torch
+
     from shifttune.recommend import grid
     from shifttune.recommend.roofline import graph_attention_programs
+    from shifttune.runner import cuda_graphs
 
     assert (grid.PROGRAMS_PER_SM, grid.SMALL_STEP_PROGRAMS_PER_SM, grid.SMALL_STEP_RATIO, grid.MAX_SPLITS) == (
         pa.PROGRAMS_PER_SM, pa.SMALL_STEP_PROGRAMS_PER_SM, pa.SMALL_STEP_RATIO, pa.MAX_SPLITS)  # fmt: skip
-    for hq, hk in [(32, 8), (16, 4), (8, 2), (4, 1), (64, 8), (8, 1), (40, 8), (5, 1)]:
-        for tokens in [1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 2048]:
-            max_seqs = grid.MAX_DECODE + 1  # StepGraphs.max_seqs at max_num_seqs = MAX_DECODE
-            capacity = min(tokens, max_seqs)  # StepGraphs.seqs_for(bucket)
-            block_m = 16 if tokens < max_seqs else 64  # StepGraphs._forward
-            splits = pa.choose_num_splits(tokens, capacity, hq, hk, block_m, num_sms=132)
-            _, block_q, _ = pa.launch_shape(tokens, capacity, hq, hk, block_m)
+    assert grid.GRAPH_TOKEN_BUCKETS == cuda_graphs.TOKEN_BUCKETS and grid.GRAPH_TOKEN_BUCKETS[-1] == 2048
+    config = SimpleNamespace(cuda_graph_max_tokens=grid.CUDA_GRAPH_MAX_TOKENS, max_num_batched_tokens=16384,
+                             max_num_seqs=grid.MAX_DECODE, parallel=SimpleNamespace(sp=1), block_size=16,
+                             max_model_len=4096, model_config=SimpleNamespace(vocab_size=8),
+                             torch_dtype=torch.float32)  # fmt: skip
+    graphs = cuda_graphs.StepGraphs(SimpleNamespace(config=config, device=torch.device("cpu"), scratch_block=0), False)
+    shapes = [(32, 8), (16, 4), (8, 2), (4, 1), (64, 8), (8, 1), (40, 8), (5, 1)]
+    for (hq, hk), sms in itertools.product(shapes, (78, 132, 1028)):  # SM counts of other GPUs split differently
+        for tokens in [*grid.GPU_TOKENS[:12], 3, 5, 12, 100, 300, 700, 1500]:
+            bucket = graphs.bucket_for(tokens)
+            block_m = graphs.block_m_for(bucket)
+            splits = pa.choose_num_splits(bucket, graphs.seqs_for(bucket), hq, hk, block_m, num_sms=sms)
+            _, block_q, _ = pa.launch_shape(bucket, graphs.seqs_for(bucket), hq, hk, block_m)
             seqs, per = grid.step_shape(tokens, 8192)
-            assert graph_attention_programs(tokens, seqs, per, hq, hk, 132) == seqs * -(-per // block_q) * hk * splits
+            want = seqs * -(-per // block_q) * hk * splits
+            assert graph_attention_programs(tokens, seqs, per, hq, hk, sms) == want, (hq, hk, sms, tokens)
 
 
-def _saved(table) -> Path:
-    import tempfile
-
-    path = Path(tempfile.mkdtemp()) / "roofline.json"
+def _saved(table, folder: Path) -> Path:
+    path = folder / f"roofline_{table.model['name']}.json"
     table.save(path)
     return path
 

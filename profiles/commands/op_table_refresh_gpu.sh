@@ -6,7 +6,8 @@
 # from the table that ships for this GPU (the roofline where none does) and `profile --compare` of the two
 # ("before"); then the table measured again (`profile --ops --gpus 1,2,4,8 --breakdown 1,32,512,8192`; it lands in
 # shifttune/data/op_tables/) and the same comparison ("after"). A model the budget cuts keeps its partial table:
-# FRESH=0 resumes it (`profile --ops` keeps the layouts already in the file) and skips the "before" half.
+# FRESH=0 resumes it (`profile --ops` keeps the layouts already in the file) and skips both checks (they need the
+# measured profile of the same call).
 # Into $OUT: check.log, <model>_compare_{before,after}.txt, <model>.tgz (measured_*.json, predicted_*.json, compare_*.{txt,json}, *.log),
 # op_tables.tgz
 . "$(dirname "$0")/gpu_setup.sh"

@@ -14,8 +14,9 @@ LM head, full-vocab logits) the same way, plus `head_us` per step.
 
 The constants (`data/gpus.json`, "roofline") are fitted by `profiles/commands/roofline_fit.py` to the
 measured H200 op tables of Llama-3.1-8B and Qwen3-8B (today's kernels, every layout of P = 1-8);
-`tests/test_predict.py` holds them to those, to the 70B table and to the one-GPU profiles measured on an
-H100, which the fit did not see.
+`tests/test_predict.py` holds them to the 8B table, to the 70B table and to the one-GPU profiles measured on
+an H100 (the last two unseen by the fit). Some are fudge factors more than rates: the fit puts `index_bw` at its
+bound (0.3), the KV write absorbing per-token costs the model lacks, and `gemm_bw` a little above the copy rate.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from shifttune.recommend.grid import (
     CUDA_GRAPH_MAX_TOKENS,
     GPU_CONTEXTS,
     GPU_TOKENS,
+    GRAPH_TOKEN_BUCKETS,
     MAX_DECODE,
     MAX_SPLITS,
     PROGRAMS_PER_SM,
@@ -55,7 +57,7 @@ class RooflineConstants:
     attn_us: float  # fixed time of one attention call
     attn_sdpa_mm: float  # fraction of the matmul ceiling torch's cuDNN SDPA reaches on long eager prefill chunks
     elem_bw: float  # fraction of the HBM ceiling elementwise kernels reach
-    index_bw: float  # the same for the KV-cache write (an indexed copy)
+    index_bw: float  # the same for the KV-cache write (an indexed copy; fitted: absorbs other per-token costs)
     kernel_us: float  # per kernel in a replayed graph
     head_us: float  # per step: input upload and graph launch
     attn_fill: float = 1.0  # programs an SM must hold for graphed attention to reach its full rate
@@ -80,16 +82,18 @@ def sdpa_chunk(tokens: int, per: int, context: int) -> bool:
     return tokens > CUDA_GRAPH_MAX_TOKENS and per >= SDPA_MIN_TOKENS and pairs >= SDPA_MIN_PAIRS
 
 
-def graph_attention_programs(tokens: int, seqs: int, per: int, hq: int, hk: int, sms: int) -> int:
-    """Programs with work in a graphed step's paged attention. The graph fixes its split-KV ways for its
-    bucket, as if the bucket's sequence capacity (min(tokens, MAX_DECODE + 1)) held the tokens
-    (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`): a prefill chunk of one
-    sequence runs unsplit, on as few programs as its query blocks x KV heads."""
+def graph_attention_programs(tokens: int, seqs: int, per: int, hq: int, hk: int, sms: int,
+                             max_decode: int = MAX_DECODE) -> int:  # fmt: skip
+    """Programs with work in a graphed step's paged attention. The step replays the graph of the smallest bucket
+    that holds it, whose split-KV ways were fixed as if the bucket's sequence capacity held its tokens
+    (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`): a prefill chunk of one sequence
+    runs unsplit, on as few programs as its query blocks x KV heads."""
+    bucket = next((b for b in GRAPH_TOKEN_BUCKETS if b >= tokens), tokens)
     group = max(1, hq // hk)
-    capacity = min(tokens, MAX_DECODE + 1)  # StepGraphs.max_seqs: one row more than max_num_seqs
-    block_m = max(16 if tokens <= MAX_DECODE else 64, 1 << (group - 1).bit_length())  # StepGraphs._forward
+    capacity = min(bucket, max_decode + 1)  # StepGraphs.max_seqs: one row more than max_num_seqs
+    block_m = max(16 if bucket < max_decode + 1 else 64, 1 << (group - 1).bit_length())  # StepGraphs.block_m_for
     block_q = block_m // group
-    busy = max(capacity, -(-tokens // block_q)) * hk
+    busy = max(capacity, -(-bucket // block_q)) * hk
     splits = 1
     if busy < sms:
         small = block_m < 64 and busy * SMALL_STEP_RATIO <= sms
@@ -100,7 +104,8 @@ def graph_attention_programs(tokens: int, seqs: int, per: int, hq: int, hk: int,
 def attention_ms(hq: int, hk: int, d: int, seqs: int, per: int, context: int, elem: int, gpu: GpuSpec,
                  c: RooflineConstants, sdpa: bool = False, programs: int | None = None) -> float:  # fmt: skip
     """The paged-attention kernel (or, `sdpa`, cuDNN SDPA) for `seqs` sequences of `per` new tokens each at
-    `context`; `programs`: how many hold work, where fewer than the GPU's SMs (it then runs on that share)."""
+    `context`; `programs`: how many hold work in a graphed step, which runs on the share of the GPU they fill
+    (full from `attn_fill` programs an SM)."""
     kv_read = seqs * context * hk * d * 2 * elem
     visible = seqs * (per * (context - per) + per * (per + 1) / 2)
     mm = c.attn_sdpa_mm if sdpa else c.attn_mm * (max(1, hq // hk) / 4) ** c.attn_group_exp
@@ -122,7 +127,7 @@ def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: i
     )
     hq, hk = s.attn_q_heads, s.cache_kv_heads
     graphed = tokens <= CUDA_GRAPH_MAX_TOKENS
-    programs = graph_attention_programs(tokens, seqs, per, hq, hk, gpu.sm_count) if graphed else None
+    programs = graph_attention_programs(tokens, seqs, per, hq, hk, gpu.sm_count, max_decode) if graphed else None
     attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c, sdpa_chunk(tokens, per, context), programs)
     moved = 2 * 4 * m * h + 2 * m * (s.q_heads + s.kv_heads) * d + 3 * m * s.mlp_rows
     kernels = 4 + 2 + 2 + 1 + 2 + 1  # GEMMs, norms, RoPE on q and k, SiLU, KV write (k, v), attention

@@ -98,15 +98,18 @@ class StepGraphs:
     def seqs_for(self, bucket: int) -> int:
         return min(bucket, self.max_seqs)
 
+    def block_m_for(self, bucket: int) -> int:
+        """Query rows per attention program of a bucket's graph. NOTE: the padded sequence count says nothing
+        about tokens per sequence: buckets past the sequence limit hold prefill chunks, which want tall tiles."""
+        return 16 if bucket < self.max_seqs else 64
+
     def _forward(self, mode: str, b: int) -> torch.Tensor:
         model = self.runner.model_for(mode)
         sp, s = model.layout.sp, self.seqs_for(b)
         cfg = self.runner.config
         hk, hq = len(model.layout.cache_kv_heads), cfg.model_config.num_heads // cfg.parallel.world_size
         padded = -(-b // sp) * sp
-        # NOTE: the padded sequence count says nothing about tokens per sequence: buckets past the
-        # sequence limit hold prefill chunks, which want tall query tiles.
-        block_m = 16 if b < self.max_seqs else 64
+        block_m = self.block_m_for(b)
         meta = AttentionMetadata(
             slot_mapping=self.slots[:b],
             query_start_loc=self.qsl[: s + 1],

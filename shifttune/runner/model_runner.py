@@ -190,16 +190,7 @@ class ModelRunner:
             # the KV cache left: CUDA could load no kernel module after (an H100 failed so, mistral-7b-v0.3 --ops).
             torch.cuda.empty_cache()
         start = time.perf_counter()
-        # A full-budget prefill on the first blocks (no request holds them yet, and a request writes a block
-        # before it reads it), through `execute` as a request's would run: the GEMM shapes, the allocator's
-        # pools and the first launch of every kernel a long prompt's step makes (input building included:
-        # CUDA loads a kernel's module at its first launch, which held an H200's first 8k prompt up 40 ms).
-        n = max(1, min(c.max_num_batched_tokens, c.max_model_len - 1, self.num_kv_blocks * c.block_size))
-        blocks = list(range(-(-n // c.block_size)))
-        for mode in self.modes:
-            new = NewRequest(WARM_UP_REQ_ID, blocks, 0, 0, RequestSampling())
-            self.execute(StepDelta(mode, [WARM_UP_REQ_ID], [n], [0] * n, [0], new_requests=[new]))
-            self.input_batch.update(StepDelta(mode, [], [], [], [], finished_req_ids=[WARM_UP_REQ_ID]))
+        # sampled rows first: every kernel module loads before the eager step's pools fill torch's cache
         batch, row = self.input_batch, self.input_batch.free_rows[-1]  # a row no request holds
         logits, rows = (
             torch.zeros(1, c.model_config.vocab_size, dtype=c.torch_dtype, device=self.device),  # as lm_head's
@@ -210,6 +201,16 @@ class ModelRunner:
             sampler.set_rows([row], [RequestSampling(temperature=1.0, top_p=0.9, top_k=top_k, min_p=0.05)], [0])
             batch.sample(logits, [row], rows)
         sampler.release(row)
+        # A full-budget prefill on the first blocks (no request holds them yet, and a request writes a block
+        # before it reads it), through `execute` as a request's would run: the GEMM shapes, the allocator's
+        # pools and the first launch of every kernel a long prompt's step makes (input building included:
+        # CUDA loads a kernel's module at its first launch, which held an H200's first 8k prompt up 40 ms).
+        n = max(1, min(c.max_num_batched_tokens, c.max_model_len - 1, self.num_kv_blocks * c.block_size))
+        blocks = list(range(-(-n // c.block_size)))
+        for mode in self.modes:
+            new = NewRequest(WARM_UP_REQ_ID, blocks, 0, 0, RequestSampling())
+            self.execute(StepDelta(mode, [WARM_UP_REQ_ID], [n], [0] * n, [0], new_requests=[new]))
+            self.input_batch.update(StepDelta(mode, [], [], [], [], finished_req_ids=[WARM_UP_REQ_ID]))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)  # NOTE: torch keeps the memory cached: the first request reuses it
         self.startup["eager_step_and_sampler_s"] = time.perf_counter() - start
