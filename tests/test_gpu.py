@@ -48,6 +48,26 @@ def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
         assert engine.executor.runner.graphs.num_replays > 0  # decode steps replayed CUDA graphs
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_chunk_split_graphs_on_gpu(hf_models, monkeypatch):
+    """CHUNK_SPLIT_GRAPHS on: chunk buckets (past a sequence limit of 2) capture a split graph, prefill chunks
+    of one or two sequences replay it, and the tokens pass the bf16 rule against HF."""
+    from shifttune.runner import cuda_graphs
+
+    monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
+    path = hf_models["llama"]
+    params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
+    with _gpu_llm(path, 1, 1, max_num_seqs=2, cuda_graph_max_tokens=64, max_num_batched_tokens=64) as llm:
+        graphs = llm.llm_engine.executor.runner.graphs
+        assert graphs.split_graphs, "no chunk bucket got a split graph"
+        used = []
+        pick = graphs.use_split_graph
+        monkeypatch.setattr(graphs, "use_split_graph", lambda *a: used.append(pick(*a)) or used[-1])
+        outs = llm.generate(PROMPTS, params)
+        assert True in used and False in used, used
+        assert check_against_hf_fp32(str(path), PROMPTS, [o.outputs[0].token_ids for o in outs]) >= len(PROMPTS) // 2
+
+
 _SYMM_CASE = """
 import json, sys
 from shifttune import LLM, SamplingParams

@@ -87,3 +87,26 @@ def test_padded_graph_buffers_give_the_same_tokens(hf_models):
         # fewer sequences than the last step: rows that held real sequences must go back to scratch
         again = llm.generate(PROMPTS[2:0:-1], params)
         assert [o.outputs[0].token_ids for o in again] == ref_tokens[2:0:-1]
+
+
+def test_chunk_split_graphs_give_the_same_tokens(hf_models, monkeypatch):
+    """CHUNK_SPLIT_GRAPHS: prefill chunks of one or two sequences in buckets past the sequence limit run the
+    graph split for one sequence's chunk (eagerly here, the Triton kernel interpreted): tokens must not change."""
+    from shifttune.runner import cuda_graphs
+
+    monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
+    path = hf_models["qwen3"]
+    ref_tokens, _ = hf_reference(path)
+    params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
+    with LLM(str(path), attention_backend="triton", block_size=4, max_num_seqs=2, max_num_batched_tokens=64,
+             cuda_graph_max_tokens=64) as llm:  # fmt: skip
+        runner = llm.llm_engine.executor.runner
+        graphs = runner.graphs = cuda_graphs.StepGraphs(runner, capture=False)
+        splits = []
+        forward = graphs._forward
+        monkeypatch.setattr(
+            graphs, "_forward", lambda mode, b, split=False: splits.append(split) or forward(mode, b, split)
+        )
+        outs = llm.generate(PROMPTS, params)
+        assert [o.outputs[0].token_ids for o in outs] == ref_tokens
+        assert True in splits and False in splits, splits  # chunks took the split graph, decodes the other

@@ -9,6 +9,12 @@ share one memory pool and one set of input buffers, so switching modes between s
 replaying the other graph. NCCL collectives (all-reduce, all-to-all, all-gather) are captured too.
 
 With `capture=False` the same padded buffers run eagerly: that is how CPU tests check the padding.
+
+A graph fixes its attention's split-KV ways for its bucket as if the bucket's sequence capacity held its
+tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs unsplit, on as few programs as
+its query blocks x KV heads (at TP 8 a quarter of an H100 at 512 tokens). With CHUNK_SPLIT_GRAPHS such
+buckets also get a graph split for one sequence's chunk, replayed when the step's programs would not fill
+the GPU.
 """
 
 from __future__ import annotations
@@ -16,9 +22,13 @@ from __future__ import annotations
 import torch
 
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.paged_attention import choose_num_splits
+from shifttune.kernels.paged_attention import choose_num_splits, launch_shape, sm_count
 from shifttune.kernels.upload import to_device_parts
 from shifttune.runner.step_input import StepTensors
+
+# NOTE: off until measured on a GPU (profiles/commands/chunk_split_probe.py): the split graphs cost capture time
+# and a merge launch a layer; what they save shows in the op tables (TP 8, 512-2048 tokens at 32k context).
+CHUNK_SPLIT_GRAPHS = False
 
 TOKEN_BUCKETS = (
     1,
@@ -76,6 +86,7 @@ class StepGraphs:
         # ~0.05 GB per bucket alive at a 128k vocabulary, allocated after the KV cache was sized.
         self.logits = torch.empty(s_max, cfg.model_config.vocab_size, dtype=cfg.torch_dtype, device=dev)
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
+        self.split_graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}  # CHUNK_SPLIT_GRAPHS's
         self.num_replays = 0
         if not capture:
             return
@@ -84,15 +95,16 @@ class StepGraphs:
             for b in reversed(self.buckets):  # largest first: later graphs reuse its memory
                 self._fill_padding(0, 0, 0, b)
                 for mode in runner.modes:
-                    graph = torch.cuda.CUDAGraph()
-                    self._forward(mode, b)  # warm-up: Triton compiles, NCCL sets up
-                    torch.cuda.synchronize()
-                    with torch.cuda.graph(graph, pool=pool):
-                        logits = self._forward(mode, b)
-                        self.logits[: logits.shape[0]].copy_(logits)
-                    del logits  # its pool memory serves the next capture
-                    pool = graph.pool()
-                    self.graphs[(mode, b)] = graph
+                    for split in (False, True) if self.chunk_splits(mode, b) > 1 else (False,):
+                        graph = torch.cuda.CUDAGraph()
+                        self._forward(mode, b, split)  # warm-up: Triton compiles, NCCL sets up
+                        torch.cuda.synchronize()
+                        with torch.cuda.graph(graph, pool=pool):
+                            logits = self._forward(mode, b, split)
+                            self.logits[: logits.shape[0]].copy_(logits)
+                        del logits  # its pool memory serves the next capture
+                        pool = graph.pool()
+                        (self.split_graphs if split else self.graphs)[(mode, b)] = graph
         torch.cuda.synchronize()
 
     def seqs_for(self, bucket: int) -> int:
@@ -103,11 +115,34 @@ class StepGraphs:
         about tokens per sequence: buckets past the sequence limit hold prefill chunks, which want tall tiles."""
         return 16 if bucket < self.max_seqs else 64
 
-    def _forward(self, mode: str, b: int) -> torch.Tensor:
+    def _heads(self, mode: str) -> tuple[int, int]:
+        """(query heads, cached KV heads) of this rank's attention in `mode`."""
+        cfg = self.runner.config
+        return cfg.model_config.num_heads // cfg.parallel.world_size, len(
+            self.runner.model_for(mode).layout.cache_kv_heads
+        )
+
+    def chunk_splits(self, mode: str, b: int) -> int:
+        """Split-KV ways of bucket b's split graph (CHUNK_SPLIT_GRAPHS): as for one sequence's chunk of b tokens;
+        1 (no split graph) for decode buckets, where the knob is off, or where one chunk fills the GPU already."""
+        if not CHUNK_SPLIT_GRAPHS or b < self.max_seqs:
+            return 1
+        hq, hk = self._heads(mode)
+        return choose_num_splits(b, 1, hq, hk, self.block_m_for(b), sm_count(self.runner.device))
+
+    def use_split_graph(self, mode: str, b: int, num_seqs: int) -> bool:
+        """Whether a step of `num_seqs` sequences in bucket b replays the split graph: its query blocks with tokens
+        (at most one a sequence besides the b tokens' own) leave SMs idle unsplit."""
+        if self.chunk_splits(mode, b) == 1:
+            return False
+        hq, hk = self._heads(mode)
+        _, block_q, _ = launch_shape(b, 1, hq, hk, self.block_m_for(b))
+        return (-(-b // block_q) + num_seqs) * hk < sm_count(self.runner.device)
+
+    def _forward(self, mode: str, b: int, split: bool = False) -> torch.Tensor:
         model = self.runner.model_for(mode)
         sp, s = model.layout.sp, self.seqs_for(b)
-        cfg = self.runner.config
-        hk, hq = len(model.layout.cache_kv_heads), cfg.model_config.num_heads // cfg.parallel.world_size
+        hq, hk = self._heads(mode)
         padded = -(-b // sp) * sp
         block_m = self.block_m_for(b)
         meta = AttentionMetadata(
@@ -117,7 +152,7 @@ class StepGraphs:
             block_tables=self.block_tables[:s],
             query_start_loc_cpu=None,
             seq_lens_cpu=None,
-            num_splits=choose_num_splits(b, s, hq, hk, block_m),
+            num_splits=self.chunk_splits(mode, b) if split else choose_num_splits(b, s, hq, hk, block_m),
             block_m=block_m,
         )
         return self.runner.forward(model, self.ids[:padded], self.pos[:padded], meta, b, self.samples[:s])
@@ -190,7 +225,8 @@ class StepGraphs:
         b = self.bucket_for(num_tokens)
         self.rows_in_use = num_seqs
         self.num_replays += 1
+        split = self.use_split_graph(mode, b, num_seqs)
         if not self.capture:
-            return self._forward(mode, b)[:num_samples]
-        self.graphs[(mode, b)].replay()
+            return self._forward(mode, b, split)[:num_samples]
+        (self.split_graphs if split else self.graphs)[(mode, b)].replay()
         return self.logits[:num_samples]
