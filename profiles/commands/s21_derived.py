@@ -51,3 +51,13 @@ for name, model in (("ops_memory.json", "mistral-7b-v0.3"), ("ops_memory.json", 
           f" before the graph-inputs kernel's load {at['before StepGraphs.warm_up_load']['free_gib']:.2f} GiB; "
           f"allocated {at['before StepGraphs.warm_up_load']['allocated_gib']:.2f} of reserved "
           f"{at['before StepGraphs.warm_up_load']['reserved_gib']:.2f} GiB; error: {error}")  # fmt: skip
+
+# the graphed prefill chunk at TP 8 (one KV head a rank) against P = 1 (RESULTS.md, CHUNK_SPLIT_GRAPHS)
+table = json.loads(
+    (Path(__file__).resolve().parents[2] / "shifttune/data/op_tables/llama-3.1-8b_h100.json").read_text()
+)
+for tp in (1, 8):
+    picked = [e for e in table["entries"] if e["mode"] == "tp" and e["tp"] == tp and e["context"] == 32768]
+    rows = {e["tokens"]: e["layer_ms"] for e in picked if e["tokens"] in (512, 1024, 2048)}
+    print(f"llama-3.1-8b H100 table, TP={tp} layer at 32k context: "
+          + ", ".join(f"{t} tokens {ms:.3f} ms" for t, ms in sorted(rows.items())))  # fmt: skip
