@@ -91,22 +91,29 @@ def test_padded_graph_buffers_give_the_same_tokens(hf_models):
 
 def test_chunk_split_graphs_give_the_same_tokens(hf_models, monkeypatch):
     """CHUNK_SPLIT_GRAPHS: prefill chunks of one or two sequences in buckets past the sequence limit run the
-    graph split for one sequence's chunk (eagerly here, the Triton kernel interpreted): tokens must not change."""
+    graph split for one sequence's chunk (eagerly here, the Triton kernel interpreted), a 150-token prompt's later
+    64-token chunks over several 64-key tiles, so that more than one split holds keys: tokens must not change."""
     from shifttune.runner import cuda_graphs
 
     monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
     path = hf_models["qwen3"]
-    ref_tokens, _ = hf_reference(path)
+    prompts = [*PROMPTS[:2], [1, *range(100, 249)]]  # the last: 150 tokens
+    ref_tokens, _ = hf_reference(path, prompts)
     params = SamplingParams(temperature=0, max_tokens=MAX_TOKENS, ignore_eos=True)
     with LLM(str(path), attention_backend="triton", block_size=4, max_num_seqs=2, max_num_batched_tokens=64,
              cuda_graph_max_tokens=64) as llm:  # fmt: skip
         runner = llm.llm_engine.executor.runner
         graphs = runner.graphs = cuda_graphs.StepGraphs(runner, capture=False)
-        splits = []
+        assert graphs.split_plan, "no chunk bucket got a split graph"
+        runs = []  # (split graph, longest sequence of the step in keys)
         forward = graphs._forward
-        monkeypatch.setattr(
-            graphs, "_forward", lambda mode, b, split=False: splits.append(split) or forward(mode, b, split)
-        )
-        outs = llm.generate(PROMPTS, params)
+
+        def logged(mode, b, split=False):
+            runs.append((split, int(graphs.seq_lens[: graphs.seqs_for(b)].max())))
+            return forward(mode, b, split)
+
+        monkeypatch.setattr(graphs, "_forward", logged)
+        outs = llm.generate(prompts, params)
         assert [o.outputs[0].token_ids for o in outs] == ref_tokens
-        assert True in splits and False in splits, splits  # chunks took the split graph, decodes the other
+        assert any(split and keys > 64 for split, keys in runs), runs  # chunks split over several tiles
+        assert any(not split for split, _ in runs), runs  # decodes: the bucket's own graph

@@ -580,3 +580,34 @@ def test_tma_decode_probe_matches_reference(ctx, splits):
     out = probe_tma_attention(q, kc, vc, meta.block_tables, meta.seq_lens, 32**-0.5, splits)
     ref = reference(q.cpu(), kc.cpu(), vc.cpu(), _to_cpu(meta), 32**-0.5)
     assert ((out.double().cpu() - ref).norm() / ref.norm()) < (2e-2 if DEV == "cuda" else 1e-5)
+
+
+def test_chunk_split_plan(monkeypatch):
+    """CHUNK_SPLIT_GRAPHS's plan on 132 SMs: a TP-8 rank of an 8B model (4 query heads, 1 KV head) gets a split graph
+    for its chunk buckets, 5 ways at 512 tokens (32 query blocks), replayed by steps of up to 130 sequences (with a
+    padding one, fewer than 132 busy blocks); 8 KV heads a rank fill the GPU unsplit (no split graph); and where the
+    bucket's own graph already splits as much (8 sequences of capacity) no second graph is captured."""
+    from types import SimpleNamespace
+
+    from shifttune.runner import cuda_graphs
+
+    monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
+    monkeypatch.setattr(cuda_graphs, "sm_count", lambda device=None: 132)
+
+    def graphs(num_heads: int, kv_heads: int, max_num_seqs: int):
+        model = SimpleNamespace(vocab_size=8, num_heads=num_heads)
+        cfg = SimpleNamespace(cuda_graph_max_tokens=2048, max_num_batched_tokens=8192, max_num_seqs=max_num_seqs,
+                              block_size=16, torch_dtype=torch.float32, parallel=SimpleNamespace(sp=1, world_size=8),
+                              max_model_len=4096, model_config=model)  # fmt: skip
+        layout = SimpleNamespace(cache_kv_heads=list(range(kv_heads)))
+        runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0, modes=("tp",),
+                                 model_for=lambda mode: SimpleNamespace(layout=layout))  # fmt: skip
+        return cuda_graphs.StepGraphs(runner, capture=False)
+
+    tp8 = graphs(32, 1, 256)
+    assert tp8.split_plan[("tp", 512)] == (5, 130)
+    assert min(b for _, b in tp8.split_plan) == 320 and ("tp", 256) not in tp8.split_plan  # decode buckets: none
+    assert tp8.use_split_graph("tp", 512, 1) and tp8.use_split_graph("tp", 512, 130)
+    assert not tp8.use_split_graph("tp", 512, 131) and not tp8.use_split_graph("tp", 256, 1)
+    assert graphs(256, 8, 256).split_plan == {}  # 32 query heads, 8 KV heads a rank: a 320-token chunk fills 132 SMs
+    assert ("tp", 160) not in graphs(32, 1, 8).split_plan  # capacity 9 < 10 query blocks: the graph splits as one chunk

@@ -1,8 +1,9 @@
 """CHUNK_SPLIT_GRAPHS off and on (`runner/cuda_graphs.py`): graphed steps of one rank, built alone on one GPU as
 `profile --ops` builds it (`ops.build_rank`, a few layers), at the layouts whose KV heads per rank leave a one-sequence
 chunk short of programs. Steps: one sequence's chunk of 512 / 1024 / 2048 tokens at each context (the op tables'
-points, where the split graph replays), and mixed steps in the same buckets that stay on the unsplit graph or take
-the split one (2 tokens x 256 sequences; 32 x 16; 128 x 4), so a loss shows too. Rules alternate off, on, off, on.
+points, where the split graph replays), and steps of several sequences in the same buckets that stay on the bucket's
+graph or take the split one (2 tokens x 256 sequences; 32 x 16; 128 x 4; each sequence alike, not decode + chunk),
+so a loss shows too. Rules alternate off, on, off, on; each row says whether its step replays the split graph.
 
     python profiles/commands/chunk_split_probe.py --model llama-3.1-8b --tp 1,4,8 --out chunk_split.json
 
@@ -25,13 +26,15 @@ from shifttune.runner import cuda_graphs
 STEPS = [(1, 512), (1, 1024), (1, 2048), (256, 2), (16, 32), (4, 128)]  # (sequences, tokens each)
 
 
-def layer_ms(settings: ops.OpsSettings, tp: int, contexts: list[int], split: bool) -> tuple[dict, int]:
+def layer_ms(settings: ops.OpsSettings, tp: int, contexts: list[int], split: bool) -> tuple[dict, int, dict]:
     """{(seqs, per, context): ms a layer} of one build, (k layers - 1 layer) / (k - 1) as `profile --ops` splits
-    them, and how many split graphs the build captured."""
+    them, how many split graphs the build captured, and {(seqs, per): whether the step replays one}."""
     cuda_graphs.CHUNK_SPLIT_GRAPHS = split
     runner = ops.build_rank(settings, tp, 1, settings.layers)
-    split_graphs = len(runner.graphs.split_graphs) if runner.graphs else 0  # no graphs on CPU (a smoke run)
+    graphs = runner.graphs  # None on CPU (a smoke run)
+    split_graphs = len(graphs.split_graphs) if graphs else 0
     fill_kv_cache_random(runner)
+    bs = runner.config.block_size
     times: dict[tuple, list[float]] = {}
     for cut in (False, True):
         if cut:  # as ops.run_ops: the same build cut to one layer, graphs captured again
@@ -40,13 +43,16 @@ def layer_ms(settings: ops.OpsSettings, tp: int, contexts: list[int], split: boo
             runner.capture_graphs()
         for c in contexts:
             for seqs, per in STEPS:
-                if per <= c and seqs * -(-c // 16) <= runner.num_kv_blocks:
-                    step = synthetic_step("tp", seqs, per, c, runner.config.block_size)
+                if per <= c and seqs * -(-c // bs) <= runner.num_kv_blocks:
+                    step = synthetic_step("tp", seqs, per, c, bs)
                     ms = summarize(time_step(runner, step, settings.warmup, settings.iters)[0])[0]
                     times.setdefault((seqs, per, c), []).append(ms)
+    replays = {(seqs, per): bool(graphs and graphs.use_split_graph("tp", graphs.bucket_for(seqs * per), seqs))
+               for seqs, per in STEPS}  # fmt: skip
     ops._release(runner)
     del runner
-    return {k: (v[0] - v[1]) / (settings.layers - 1) for k, v in times.items() if len(v) == 2}, split_graphs
+    per_layer = {k: (v[0] - v[1]) / (settings.layers - 1) for k, v in times.items() if len(v) == 2}
+    return per_layer, split_graphs, replays
 
 
 def main() -> None:
@@ -66,9 +72,9 @@ def main() -> None:
     out = {"card": card, "model": args.model, "command": " ".join(sys.argv), "rows": []}
     for tp in (int(t) for t in args.tp.split(",")):
         runs: dict[str, list[dict]] = {"off": [], "on": []}
-        graphs = {}
+        graphs, replays = {}, {}
         for rule in args.rules.split(","):
-            times, graphs[rule] = layer_ms(settings, tp, contexts, rule == "on")
+            times, graphs[rule], replays[rule] = layer_ms(settings, tp, contexts, rule == "on")
             runs[rule].append(times)
         for key in runs["off"][0]:
             off = statistics.mean(r[key] for r in runs["off"])
@@ -78,7 +84,8 @@ def main() -> None:
             print(f"TP={tp} {seqs} x {per} at {c}: {1e3 * off:.1f} / {1e3 * on:.1f} us a layer ({change})", flush=True)
             out["rows"].append({"tp": tp, "seqs": seqs, "per": per, "context": c, "off_ms": off, "on_ms": on,
                                 "runs_off": [r[key] for r in runs["off"]], "runs_on": [r[key] for r in runs["on"]],
-                                "split_graphs_on": graphs.get("on")})  # fmt: skip
+                                "split_graphs_on": graphs.get("on"),
+                                "replays_split_graph_on": replays.get("on", {}).get((seqs, per))})  # fmt: skip
         json.dump(out, open(args.out, "w"), indent=1)
 
 

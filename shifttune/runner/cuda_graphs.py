@@ -11,10 +11,10 @@ replaying the other graph. NCCL collectives (all-reduce, all-to-all, all-gather)
 With `capture=False` the same padded buffers run eagerly: that is how CPU tests check the padding.
 
 A graph fixes its attention's split-KV ways for its bucket as if the bucket's sequence capacity held its
-tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs unsplit, on as few programs as
-its query blocks x KV heads (at TP 8 a quarter of an H100 at 512 tokens). With CHUNK_SPLIT_GRAPHS such
-buckets also get a graph split for one sequence's chunk, replayed when the step's programs would not fill
-the GPU.
+tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs split too little (with 257
+sequences of capacity, unsplit), on as few programs as its query blocks x KV heads (at TP 8 a quarter of
+an H100 at 512 tokens). With CHUNK_SPLIT_GRAPHS such buckets also get a graph split for one sequence's chunk,
+replayed when the step's own sequences would split more than the bucket's graph does.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.paged_attention import choose_num_splits, launch_shape, sm_count
+from shifttune.kernels.paged_attention import choose_num_splits, sm_count
 from shifttune.kernels.upload import to_device_parts
 from shifttune.runner.step_input import StepTensors
 
@@ -87,6 +87,8 @@ class StepGraphs:
         self.logits = torch.empty(s_max, cfg.model_config.vocab_size, dtype=cfg.torch_dtype, device=dev)
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.split_graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}  # CHUNK_SPLIT_GRAPHS's
+        # (mode, bucket) -> (split-KV ways of its split graph, the most sequences a step may hold to replay it)
+        self.split_plan = self._split_plan(runner.modes) if CHUNK_SPLIT_GRAPHS else {}
         self.num_replays = 0
         if not capture:
             return
@@ -95,7 +97,7 @@ class StepGraphs:
             for b in reversed(self.buckets):  # largest first: later graphs reuse its memory
                 self._fill_padding(0, 0, 0, b)
                 for mode in runner.modes:
-                    for split in (False, True) if self.chunk_splits(mode, b) > 1 else (False,):
+                    for split in (False, True) if (mode, b) in self.split_plan else (False,):
                         graph = torch.cuda.CUDAGraph()
                         self._forward(mode, b, split)  # warm-up: Triton compiles, NCCL sets up
                         torch.cuda.synchronize()
@@ -122,22 +124,30 @@ class StepGraphs:
             self.runner.model_for(mode).layout.cache_kv_heads
         )
 
-    def chunk_splits(self, mode: str, b: int) -> int:
-        """Split-KV ways of bucket b's split graph (CHUNK_SPLIT_GRAPHS): as for one sequence's chunk of b tokens;
-        1 (no split graph) for decode buckets, where the knob is off, or where one chunk fills the GPU already."""
-        if not CHUNK_SPLIT_GRAPHS or b < self.max_seqs:
-            return 1
-        hq, hk = self._heads(mode)
-        return choose_num_splits(b, 1, hq, hk, self.block_m_for(b), sm_count(self.runner.device))
+    def _split_plan(self, modes) -> dict[tuple[str, int], tuple[int, int]]:
+        """CHUNK_SPLIT_GRAPHS's plan: for each chunk bucket (past the sequence limit) whose graph splits less
+        than one sequence's chunk of its size would, the chunk's split-KV ways and the most sequences a step may
+        hold while its own demand (`choose_num_splits` with its sequences and a padding one) still splits more
+        than the bucket's graph."""
+        plan, sms = {}, sm_count(self.runner.device)
+        for mode in modes:
+            hq, hk = self._heads(mode)
+            for b in self.buckets:
+                if b < self.max_seqs:
+                    continue
+                block_m = self.block_m_for(b)
+                main = choose_num_splits(b, self.seqs_for(b), hq, hk, block_m, sms)
+                fewest = [
+                    n for n in range(1, self.seqs_for(b)) if choose_num_splits(b, n + 1, hq, hk, block_m, sms) > main
+                ]
+                if fewest:
+                    plan[(mode, b)] = (choose_num_splits(b, 1, hq, hk, block_m, sms), max(fewest))
+        return plan
 
     def use_split_graph(self, mode: str, b: int, num_seqs: int) -> bool:
-        """Whether a step of `num_seqs` sequences in bucket b replays the split graph: its query blocks with tokens
-        (at most one a sequence besides the b tokens' own) leave SMs idle unsplit."""
-        if self.chunk_splits(mode, b) == 1:
-            return False
-        hq, hk = self._heads(mode)
-        _, block_q, _ = launch_shape(b, 1, hq, hk, self.block_m_for(b))
-        return (-(-b // block_q) + num_seqs) * hk < sm_count(self.runner.device)
+        """Whether a step of `num_seqs` sequences in bucket b replays the bucket's split graph (CHUNK_SPLIT_GRAPHS)."""
+        plan = self.split_plan.get((mode, b))
+        return plan is not None and num_seqs <= plan[1]
 
     def _forward(self, mode: str, b: int, split: bool = False) -> torch.Tensor:
         model = self.runner.model_for(mode)
@@ -152,7 +162,7 @@ class StepGraphs:
             block_tables=self.block_tables[:s],
             query_start_loc_cpu=None,
             seq_lens_cpu=None,
-            num_splits=self.chunk_splits(mode, b) if split else choose_num_splits(b, s, hq, hk, block_m),
+            num_splits=self.split_plan[(mode, b)][0] if split else choose_num_splits(b, s, hq, hk, block_m),
             block_m=block_m,
         )
         return self.runner.forward(model, self.ids[:padded], self.pos[:padded], meta, b, self.samples[:s])
