@@ -120,9 +120,8 @@ class StepGraphs:
     def _heads(self, mode: str) -> tuple[int, int]:
         """(query heads, cached KV heads) of this rank's attention in `mode`."""
         cfg = self.runner.config
-        return cfg.model_config.num_heads // cfg.parallel.world_size, len(
-            self.runner.model_for(mode).layout.cache_kv_heads
-        )
+        hk = len(self.runner.model_for(mode).layout.cache_kv_heads)
+        return cfg.model_config.num_heads // cfg.parallel.world_size, hk
 
     def _split_plan(self, modes) -> dict[tuple[str, int], tuple[int, int]]:
         """CHUNK_SPLIT_GRAPHS's plan: for each chunk bucket (past the sequence limit) whose graph splits less
@@ -137,11 +136,11 @@ class StepGraphs:
                     continue
                 block_m = self.block_m_for(b)
                 main = choose_num_splits(b, self.seqs_for(b), hq, hk, block_m, sms)
-                fewest = [
+                wants = [
                     n for n in range(1, self.seqs_for(b)) if choose_num_splits(b, n + 1, hq, hk, block_m, sms) > main
                 ]
-                if fewest:
-                    plan[(mode, b)] = (choose_num_splits(b, 1, hq, hk, block_m, sms), max(fewest))
+                if wants:  # NOTE: the demand falls as sequences grow: `wants` is 1..max(wants)
+                    plan[(mode, b)] = (choose_num_splits(b, 1, hq, hk, block_m, sms), max(wants))
         return plan
 
     def use_split_graph(self, mode: str, b: int, num_seqs: int) -> bool:
