@@ -214,7 +214,8 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
     """The provisional table (roofline constants fitted by profiles/commands/roofline_fit.py to the H200 8B op tables)
     reproduces the tables it was fitted to, and predicts what it was not fitted to: the 70B table's TP ranks (other
     shapes, a GQA group of 8) and the engine's measured one-GPU profiles on an H100 (another card). Bounds: the fit's
-    report (profiles/runs/s21_roofline_fit.txt) with a little room."""
+    report (profiles/runs/s21_roofline_fit.txt) with a little room. Each table is predicted as its engine ran
+    (`engine.chunk_split_graphs`)."""
     import statistics
 
     from shifttune.recommend.gpus import known_gpus
@@ -223,11 +224,12 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
     c, gpus = RooflineConstants.shipped(), known_gpus()
     for model, gpu, median, p90 in [("llama-3.1-8b", "h200", 0.04, 0.12), ("llama-3.3-70b", "h200", 0.035, 0.12)]:
         m = cfg(model)
-        errors = []
-        for e in load_op_table(ROOT / "shifttune/data/op_tables" / f"{model}_{gpu}.json").entries:
+        errors, table = [], load_op_table(ROOT / "shifttune/data/op_tables" / f"{model}_{gpu}.json")
+        split = table.engine.get("chunk_split_graphs", False)
+        for e in table.entries:
             s = rank_shapes(m, e.mode, e.tp, e.sp)
             step = head_ms(m, s, e.tokens, e.context, 2, gpus[gpu], c)
-            step += m.num_layers * layer_ms(m, s, e.tokens, e.context, 2, gpus[gpu], c)
+            step += m.num_layers * layer_ms(m, s, e.tokens, e.context, 2, gpus[gpu], c, chunk_split=split)
             errors.append(abs(step / e.step_ms(m.num_layers) - 1))
         assert statistics.median(errors) < median and sorted(errors)[int(0.9 * len(errors))] < p90, (model, gpu)
     for model, gpu, measured in SHIPPED_CHECKS[1:]:  # the H100 profiles
@@ -237,10 +239,11 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
         assert o["median_abs_error"] < 0.04 and o["p90_abs_error"] < 0.10 and o["max_abs_error"] < 0.25, (model, o)
 
 
-def test_roofline_mirrors_the_graphs_attention_launch():
+def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
     """graph_attention_programs computes the graphed paged attention's launch as the engine does: the bucket a step
     replays, its sequence capacity and tile (StepGraphs), the split-KV ways (`choose_num_splits`, `launch_shape`),
-    for decode batches and prefill chunks, bucket sizes and others, at the GQA groups of the bundled models' ranks."""
+    the chunk buckets' split graphs (StepGraphs.split_plan, use_split_graph), for decode batches and prefill chunks
+    of one or more sequences, bucket sizes and others, at the GQA groups of the bundled models' ranks."""
     pa = pytest.importorskip("shifttune.kernels.paged_attention")
     import itertools
 
@@ -253,21 +256,33 @@ def test_roofline_mirrors_the_graphs_attention_launch():
     assert (grid.PROGRAMS_PER_SM, grid.SMALL_STEP_PROGRAMS_PER_SM, grid.SMALL_STEP_RATIO, grid.MAX_SPLITS) == (
         pa.PROGRAMS_PER_SM, pa.SMALL_STEP_PROGRAMS_PER_SM, pa.SMALL_STEP_RATIO, pa.MAX_SPLITS)  # fmt: skip
     assert grid.GRAPH_TOKEN_BUCKETS == cuda_graphs.TOKEN_BUCKETS and grid.GRAPH_TOKEN_BUCKETS[-1] == 2048
-    config = SimpleNamespace(cuda_graph_max_tokens=grid.CUDA_GRAPH_MAX_TOKENS, max_num_batched_tokens=16384,
-                             max_num_seqs=grid.MAX_DECODE, parallel=SimpleNamespace(sp=1), block_size=16,
-                             max_model_len=4096, model_config=SimpleNamespace(vocab_size=8),
-                             torch_dtype=torch.float32)  # fmt: skip
-    graphs = cuda_graphs.StepGraphs(SimpleNamespace(config=config, device=torch.device("cpu"), scratch_block=0), False)
+    assert grid.CHUNK_SPLIT_GRAPHS == cuda_graphs.CHUNK_SPLIT_GRAPHS
     shapes = [(32, 8), (16, 4), (8, 2), (4, 1), (64, 8), (8, 1), (40, 8), (5, 1)]
+    split_steps = 0
     for (hq, hk), sms in itertools.product(shapes, (78, 132, 1028)):  # SM counts of other GPUs split differently
+        monkeypatch.setattr(cuda_graphs, "sm_count", lambda *_, n=sms: n)
+        config = SimpleNamespace(cuda_graph_max_tokens=grid.CUDA_GRAPH_MAX_TOKENS, max_num_batched_tokens=16384,
+                                 max_num_seqs=grid.MAX_DECODE, parallel=SimpleNamespace(sp=1, world_size=1),
+                                 block_size=16, max_model_len=4096, torch_dtype=torch.float32,
+                                 model_config=SimpleNamespace(vocab_size=8, num_heads=hq))  # fmt: skip
+        model = SimpleNamespace(layout=SimpleNamespace(cache_kv_heads=list(range(hk))))
+        runner = SimpleNamespace(config=config, device=torch.device("cpu"), scratch_block=0, modes=("tp",),
+                                 model_for=lambda _: model)  # fmt: skip
+        graphs = cuda_graphs.StepGraphs(runner, False)
         for tokens in [*grid.GPU_TOKENS[:12], 3, 5, 12, 100, 300, 700, 1500]:
-            bucket = graphs.bucket_for(tokens)
-            block_m = graphs.block_m_for(bucket)
-            splits = pa.choose_num_splits(bucket, graphs.seqs_for(bucket), hq, hk, block_m, num_sms=sms)
-            _, block_q, _ = pa.launch_shape(bucket, graphs.seqs_for(bucket), hq, hk, block_m)
-            seqs, per = grid.step_shape(tokens, 8192)
-            want = seqs * -(-per // block_q) * hk * splits
-            assert graph_attention_programs(tokens, seqs, per, hq, hk, sms) == want, (hq, hk, sms, tokens)
+            for context in (8192, tokens):  # the grid's steps at 8k; at context = tokens, one sequence's chunk
+                bucket = graphs.bucket_for(tokens)
+                seqs, per = grid.step_shape(tokens, context)
+                block_m = graphs.block_m_for(bucket)
+                if graphs.use_split_graph("tp", bucket, seqs):
+                    splits, split_steps = graphs.split_plan[("tp", bucket)][0], split_steps + 1
+                else:
+                    splits = pa.choose_num_splits(bucket, graphs.seqs_for(bucket), hq, hk, block_m, num_sms=sms)
+                _, block_q, _ = pa.launch_shape(bucket, graphs.seqs_for(bucket), hq, hk, block_m)
+                want = seqs * -(-per // block_q) * hk * splits
+                got = graph_attention_programs(tokens, seqs, per, hq, hk, sms)
+                assert got == want, (hq, hk, sms, tokens, context)
+    assert split_steps > 20  # the split graphs' rule is exercised, not only the buckets' own graphs
 
 
 def _saved(table, folder: Path) -> Path:

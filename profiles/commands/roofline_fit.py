@@ -55,18 +55,20 @@ PROFILES = [
 
 
 def entries(model: str, gpu: str) -> list[tuple]:
-    """(cfg, shapes, entry, elem, gpu spec) of every entry of a shipped table."""
+    """(cfg, shapes, entry, elem, gpu spec, whether its engine ran CHUNK_SPLIT_GRAPHS) of every entry of a shipped
+    table."""
     table = load_op_table(OP_TABLE_DIR / f"{model}_{gpu}.json")
     cfg, _ = load_model_config(resolve_model_path(model))
     elem, spec = DTYPE_BYTES[table.model["dtype"]], known_gpus()[gpu]
-    return [(cfg, rank_shapes(cfg, e.mode, e.tp, e.sp), e, elem, spec) for e in table.entries]
+    split = table.engine.get("chunk_split_graphs", False)
+    return [(cfg, rank_shapes(cfg, e.mode, e.tp, e.sp), e, elem, spec, split) for e in table.entries]
 
 
 def errors(rows: list[tuple], c: RooflineConstants) -> tuple[np.ndarray, np.ndarray]:
     """log(roofline / measured) of each entry's layer and step."""
     layer, step = [], []
-    for cfg, s, e, elem, gpu in rows:
-        lay = layer_ms(cfg, s, e.tokens, e.context, elem, gpu, c)
+    for cfg, s, e, elem, gpu, split in rows:
+        lay = layer_ms(cfg, s, e.tokens, e.context, elem, gpu, c, chunk_split=split)
         head = head_ms(cfg, s, e.tokens, e.context, elem, gpu, c)
         layer.append(np.log(lay / e.layer_ms))
         step.append(np.log((head + cfg.num_layers * lay) / e.step_ms(cfg.num_layers)))

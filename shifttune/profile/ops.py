@@ -46,6 +46,7 @@ from shifttune.recommend.gpus import gpu_slug
 from shifttune.recommend.op_table import OpEntry, OpTable, load_op_table
 from shifttune.recommend.predict import factorizations
 from shifttune.recommend.shapes import DTYPE_BYTES, memory_check
+from shifttune.runner import cuda_graphs
 from shifttune.runner.model_runner import ModelRunner
 from shifttune.telemetry.hardware import describe_hardware, describe_software
 
@@ -225,6 +226,7 @@ def new_table(settings: OpsSettings, command: str) -> OpTable:
             "max_decode_batch": settings.max_decode,
             "cuda_graphs": settings.device == "cuda",
             "cuda_graph_max_tokens": EngineConfig.cuda_graph_max_tokens,
+            "chunk_split_graphs": cuda_graphs.CHUNK_SPLIT_GRAPHS,
             "dtype": dtype,
             "warmup": settings.warmup,
             "iters": settings.iters,
@@ -249,6 +251,7 @@ def _resume(out: Path, settings: OpsSettings) -> OpTable | None:
         and old.grid == {"tokens": settings.tokens, "contexts": settings.contexts}
         and old.engine.get("layers_timed") == settings.layers
         and old.engine.get("device") == settings.device
+        and old.engine.get("chunk_split_graphs", False) == cuda_graphs.CHUNK_SPLIT_GRAPHS
     )
     if not same:
         raise ConfigError(f"{out} holds an op table made with other settings; pass another --out or delete it")

@@ -24,6 +24,8 @@ PROGRAMS_PER_SM = 1
 SMALL_STEP_PROGRAMS_PER_SM = 4
 SMALL_STEP_RATIO = 8
 MAX_SPLITS = 256
+# chunk buckets also capture a graph split for one sequence's chunk (runner/cuda_graphs.py: CHUNK_SPLIT_GRAPHS)
+CHUNK_SPLIT_GRAPHS = True
 
 
 def step_shape(tokens: int, context: int, max_decode: int = MAX_DECODE) -> tuple[int, int]:

@@ -10,7 +10,8 @@ Schema (version 1), one JSON object:
     gpu                    name (as NVML reports it), slug ("h100": the file-name key), memory_bytes
     hardware, software     as in a profile (measured tables only)
     model                  as in a profile (`engine/profile_schema.py`)
-    engine                 block_size, max_decode_batch, cuda_graphs, cuda_graph_max_tokens, dtype,
+    engine                 block_size, max_decode_batch, cuda_graphs, cuda_graph_max_tokens,
+                           chunk_split_graphs (absent: tables measured before they were on), dtype,
                            warmup, iters, layers_timed (the decoder layers each timed step ran)
     memory_overhead_bytes  GPU memory a rank uses besides weights and KV cache (context, buffers)
     grid                   tokens (per step), contexts

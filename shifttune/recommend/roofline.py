@@ -28,6 +28,7 @@ from shifttune.config import SP, TP, ModelConfig
 from shifttune.engine.profile_schema import model_summary
 from shifttune.recommend.gpus import GPUS_FILE, GpuSpec
 from shifttune.recommend.grid import (
+    CHUNK_SPLIT_GRAPHS,
     CUDA_GRAPH_MAX_TOKENS,
     GPU_CONTEXTS,
     GPU_TOKENS,
@@ -82,22 +83,30 @@ def sdpa_chunk(tokens: int, per: int, context: int) -> bool:
     return tokens > CUDA_GRAPH_MAX_TOKENS and per >= SDPA_MIN_TOKENS and pairs >= SDPA_MIN_PAIRS
 
 
+def _graph_splits(bucket: int, seqs: int, block_m: int, group: int, hk: int, sms: int) -> int:
+    """`choose_num_splits` of a graph's attention: `seqs` sequence rows, `block_m` query rows a program."""
+    busy = max(seqs, -(-bucket // (block_m // group))) * hk
+    if busy >= sms:
+        return 1
+    small = block_m < 64 and busy * SMALL_STEP_RATIO <= sms
+    return max(1, min(-(-(SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM) * sms // busy), MAX_SPLITS))
+
+
 def graph_attention_programs(tokens: int, seqs: int, per: int, hq: int, hk: int, sms: int,
-                             max_decode: int = MAX_DECODE) -> int:  # fmt: skip
+                             max_decode: int = MAX_DECODE, chunk_split: bool = CHUNK_SPLIT_GRAPHS) -> int:  # fmt: skip
     """Programs with work in a graphed step's paged attention. The step replays the graph of the smallest bucket
     that holds it, whose split-KV ways were fixed as if the bucket's sequence capacity held its tokens
-    (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`): a prefill chunk of one sequence
-    runs unsplit, on as few programs as its query blocks x KV heads."""
+    (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`); in a chunk bucket, a step of few
+    enough sequences replays the graph split for one sequence's chunk (CHUNK_SPLIT_GRAPHS)."""
     bucket = next((b for b in GRAPH_TOKEN_BUCKETS if b >= tokens), tokens)
     group = max(1, hq // hk)
     capacity = min(bucket, max_decode + 1)  # StepGraphs.max_seqs: one row more than max_num_seqs
     block_m = max(16 if bucket < max_decode + 1 else 64, 1 << (group - 1).bit_length())  # StepGraphs.block_m_for
     block_q = block_m // group
-    busy = max(capacity, -(-bucket // block_q)) * hk
-    splits = 1
-    if busy < sms:
-        small = block_m < 64 and busy * SMALL_STEP_RATIO <= sms
-        splits = max(1, min(-(-(SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM) * sms // busy), MAX_SPLITS))
+    splits = _graph_splits(bucket, capacity, block_m, group, hk, sms)
+    chunk = chunk_split and bucket >= max_decode + 1 and seqs < capacity
+    if chunk and _graph_splits(bucket, seqs + 1, block_m, group, hk, sms) > splits:  # StepGraphs.use_split_graph
+        splits = _graph_splits(bucket, 1, block_m, group, hk, sms)
     return seqs * -(-per // block_q) * hk * splits
 
 
@@ -114,9 +123,10 @@ def attention_ms(hq: int, hk: int, d: int, seqs: int, per: int, context: int, el
     return c.attn_us / 1e3 + 1e3 * max(kv_read / (c.attn_bw * gpu.hbm_bytes_per_s * share), 4 * hq * d * visible / rate)
 
 
-def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: int, gpu: GpuSpec,
-             c: RooflineConstants, max_decode: int = MAX_DECODE) -> float:  # fmt: skip
-    """One decoder layer on one rank, collectives excluded."""
+def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: int, gpu: GpuSpec, c: RooflineConstants,
+             max_decode: int = MAX_DECODE, chunk_split: bool = CHUNK_SPLIT_GRAPHS) -> float:  # fmt: skip
+    """One decoder layer on one rank, collectives excluded; `chunk_split`: as an engine with CHUNK_SPLIT_GRAPHS
+    on or off (an op table's `engine.chunk_split_graphs`) runs it."""
     seqs, per = step_shape(tokens, context, max_decode)
     m, h, d = s.gemm_rows(tokens), cfg.hidden_size, cfg.head_dim
     gemms = (
@@ -127,7 +137,9 @@ def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: i
     )
     hq, hk = s.attn_q_heads, s.cache_kv_heads
     graphed = tokens <= CUDA_GRAPH_MAX_TOKENS
-    programs = graph_attention_programs(tokens, seqs, per, hq, hk, gpu.sm_count, max_decode) if graphed else None
+    programs = (
+        graph_attention_programs(tokens, seqs, per, hq, hk, gpu.sm_count, max_decode, chunk_split) if graphed else None
+    )
     attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c, sdpa_chunk(tokens, per, context), programs)
     moved = 2 * 4 * m * h + 2 * m * (s.q_heads + s.kv_heads) * d + 3 * m * s.mlp_rows
     kernels = 4 + 2 + 2 + 1 + 2 + 1  # GEMMs, norms, RoPE on q and k, SiLU, KV write (k, v), attention
