@@ -585,8 +585,9 @@ def test_tma_decode_probe_matches_reference(ctx, splits):
 def test_chunk_split_plan(monkeypatch):
     """CHUNK_SPLIT_GRAPHS's plan on 132 SMs: a TP-8 rank of an 8B model (4 query heads, 1 KV head) gets a split graph
     for its chunk buckets, 5 ways at 512 tokens (32 query blocks), replayed by steps of up to 130 sequences (with a
-    padding one, fewer than 132 busy blocks); 8 KV heads a rank fill the GPU unsplit (no split graph); and where the
-    bucket's own graph already splits as much (8 sequences of capacity) no second graph is captured."""
+    padding one, fewer than 132 busy blocks) with at least as much cached context as new tokens; 8 KV heads a rank
+    fill the GPU unsplit (no split graph); and where the bucket's own graph already splits as much (8 sequences of
+    capacity) no second graph is captured."""
     from types import SimpleNamespace
 
     from shifttune.runner import cuda_graphs
@@ -607,7 +608,8 @@ def test_chunk_split_plan(monkeypatch):
     tp8 = graphs(32, 1, 256)
     assert tp8.split_plan[("tp", 512)] == (5, 130)
     assert min(b for _, b in tp8.split_plan) == 320 and ("tp", 256) not in tp8.split_plan  # decode buckets: none
-    assert tp8.use_split_graph("tp", 512, 1) and tp8.use_split_graph("tp", 512, 130)
-    assert not tp8.use_split_graph("tp", 512, 131) and not tp8.use_split_graph("tp", 256, 1)
+    assert tp8.use_split_graph("tp", 512, 1, 512, 1024) and tp8.use_split_graph("tp", 512, 130, 512, 8192)
+    assert not tp8.use_split_graph("tp", 512, 131, 512, 8192) and not tp8.use_split_graph("tp", 256, 1, 256, 8192)
+    assert not tp8.use_split_graph("tp", 512, 1, 512, 1023)  # less cached context than new tokens: unsplit
     assert graphs(256, 8, 256).split_plan == {}  # 32 query heads, 8 KV heads a rank: a 320-token chunk fills 132 SMs
     assert ("tp", 160) not in graphs(32, 1, 8).split_plan  # capacity 9 < 10 query blocks: the graph splits as one chunk

@@ -256,7 +256,8 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
     assert (grid.PROGRAMS_PER_SM, grid.SMALL_STEP_PROGRAMS_PER_SM, grid.SMALL_STEP_RATIO, grid.MAX_SPLITS) == (
         pa.PROGRAMS_PER_SM, pa.SMALL_STEP_PROGRAMS_PER_SM, pa.SMALL_STEP_RATIO, pa.MAX_SPLITS)  # fmt: skip
     assert grid.GRAPH_TOKEN_BUCKETS == cuda_graphs.TOKEN_BUCKETS and grid.GRAPH_TOKEN_BUCKETS[-1] == 2048
-    assert grid.CHUNK_SPLIT_GRAPHS == cuda_graphs.CHUNK_SPLIT_GRAPHS
+    assert (grid.CHUNK_SPLIT_GRAPHS, grid.CHUNK_SPLIT_MIN_KV_RATIO) == (
+        cuda_graphs.CHUNK_SPLIT_GRAPHS, cuda_graphs.CHUNK_SPLIT_MIN_KV_RATIO)  # fmt: skip
     shapes = [(32, 8), (16, 4), (8, 2), (4, 1), (64, 8), (8, 1), (40, 8), (5, 1)]
     split_steps = 0
     for (hq, hk), sms in itertools.product(shapes, (78, 132, 1028)):  # SM counts of other GPUs split differently
@@ -270,17 +271,17 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
                                  model_for=lambda _: model)  # fmt: skip
         graphs = cuda_graphs.StepGraphs(runner, False)
         for tokens in [*grid.GPU_TOKENS[:12], 3, 5, 12, 100, 300, 700, 1500]:
-            for context in (8192, tokens):  # the grid's steps at 8k; at context = tokens, one sequence's chunk
+            for context in (8192, 2 * tokens, tokens):  # grid steps at 8k; one sequence's chunk with and without cache
                 bucket = graphs.bucket_for(tokens)
                 seqs, per = grid.step_shape(tokens, context)
                 block_m = graphs.block_m_for(bucket)
-                if graphs.use_split_graph("tp", bucket, seqs):
+                if graphs.use_split_graph("tp", bucket, seqs, tokens, seqs * context):
                     splits, split_steps = graphs.split_plan[("tp", bucket)][0], split_steps + 1
                 else:
                     splits = pa.choose_num_splits(bucket, graphs.seqs_for(bucket), hq, hk, block_m, num_sms=sms)
                 _, block_q, _ = pa.launch_shape(bucket, graphs.seqs_for(bucket), hq, hk, block_m)
                 want = seqs * -(-per // block_q) * hk * splits
-                got = graph_attention_programs(tokens, seqs, per, hq, hk, sms)
+                got = graph_attention_programs(tokens, seqs, per, context, hq, hk, sms)
                 assert got == want, (hq, hk, sms, tokens, context)
     assert split_steps > 20  # the split graphs' rule is exercised, not only the buckets' own graphs
 

@@ -28,7 +28,7 @@ STEPS = [(1, 512), (1, 1024), (1, 2048), (256, 2), (16, 32), (4, 128)]  # (seque
 
 def layer_ms(settings: ops.OpsSettings, tp: int, contexts: list[int], split: bool) -> tuple[dict, int, dict]:
     """{(seqs, per, context): ms a layer} of one build, (k layers - 1 layer) / (k - 1) as `profile --ops` splits
-    them, how many split graphs the build captured, and {(seqs, per): whether the step replays one}."""
+    them, how many split graphs the build captured, and {(seqs, per, context): whether the step replays one}."""
     cuda_graphs.CHUNK_SPLIT_GRAPHS = split
     runner = ops.build_rank(settings, tp, 1, settings.layers)
     graphs = runner.graphs  # None on CPU (a smoke run)
@@ -47,8 +47,9 @@ def layer_ms(settings: ops.OpsSettings, tp: int, contexts: list[int], split: boo
                     step = synthetic_step("tp", seqs, per, c, bs)
                     ms = summarize(time_step(runner, step, settings.warmup, settings.iters)[0])[0]
                     times.setdefault((seqs, per, c), []).append(ms)
-    replays = {(seqs, per): bool(graphs and graphs.use_split_graph("tp", graphs.bucket_for(seqs * per), seqs))
-               for seqs, per in STEPS}  # fmt: skip
+    replays = {(seqs, per, c): bool(graphs and graphs.use_split_graph("tp", graphs.bucket_for(seqs * per), seqs,
+                                                                       seqs * per, seqs * c))
+               for seqs, per in STEPS for c in contexts}  # fmt: skip
     ops._release(runner)
     del runner
     per_layer = {k: (v[0] - v[1]) / (settings.layers - 1) for k, v in times.items() if len(v) == 2}
@@ -59,7 +60,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", default="llama-3.1-8b")
     p.add_argument("--tp", default="1,4,8", help="TP degrees of the rank (TP mode), comma-separated")
-    p.add_argument("--contexts", default="2048,8192,32768")
+    p.add_argument("--contexts", default="512,2048,8192,32768")
     p.add_argument("--layers", type=int, default=4)
     p.add_argument("--rules", default="off,on,off,on")
     p.add_argument("--out", default="chunk_split.json")
@@ -85,7 +86,7 @@ def main() -> None:
             out["rows"].append({"tp": tp, "seqs": seqs, "per": per, "context": c, "off_ms": off, "on_ms": on,
                                 "runs_off": [r[key] for r in runs["off"]], "runs_on": [r[key] for r in runs["on"]],
                                 "split_graphs_on": graphs.get("on"),
-                                "replays_split_graph_on": replays.get("on", {}).get((seqs, per))})  # fmt: skip
+                                "replays_split_graph_on": replays.get("on", {}).get((seqs, per, c))})  # fmt: skip
         json.dump(out, open(args.out, "w"), indent=1)
 
 

@@ -26,6 +26,7 @@ SMALL_STEP_RATIO = 8
 MAX_SPLITS = 256
 # chunk buckets also capture a graph split for one sequence's chunk (runner/cuda_graphs.py: CHUNK_SPLIT_GRAPHS)
 CHUNK_SPLIT_GRAPHS = True
+CHUNK_SPLIT_MIN_KV_RATIO = 2  # ... for steps whose cached + new tokens are at least this many times the new ones
 
 
 def step_shape(tokens: int, context: int, max_decode: int = MAX_DECODE) -> tuple[int, int]:

@@ -29,6 +29,7 @@ from shifttune.engine.profile_schema import model_summary
 from shifttune.recommend.gpus import GPUS_FILE, GpuSpec
 from shifttune.recommend.grid import (
     CHUNK_SPLIT_GRAPHS,
+    CHUNK_SPLIT_MIN_KV_RATIO,
     CUDA_GRAPH_MAX_TOKENS,
     GPU_CONTEXTS,
     GPU_TOKENS,
@@ -92,19 +93,20 @@ def _graph_splits(bucket: int, seqs: int, block_m: int, group: int, hk: int, sms
     return max(1, min(-(-(SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM) * sms // busy), MAX_SPLITS))
 
 
-def graph_attention_programs(tokens: int, seqs: int, per: int, hq: int, hk: int, sms: int,
+def graph_attention_programs(tokens: int, seqs: int, per: int, context: int, hq: int, hk: int, sms: int,
                              max_decode: int = MAX_DECODE, chunk_split: bool = CHUNK_SPLIT_GRAPHS) -> int:  # fmt: skip
     """Programs with work in a graphed step's paged attention. The step replays the graph of the smallest bucket
     that holds it, whose split-KV ways were fixed as if the bucket's sequence capacity held its tokens
     (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`); in a chunk bucket, a step of few
-    enough sequences replays the graph split for one sequence's chunk (CHUNK_SPLIT_GRAPHS)."""
+    enough sequences with enough cached context replays the graph split for one sequence's chunk
+    (CHUNK_SPLIT_GRAPHS)."""
     bucket = next((b for b in GRAPH_TOKEN_BUCKETS if b >= tokens), tokens)
     group = max(1, hq // hk)
     capacity = min(bucket, max_decode + 1)  # StepGraphs.max_seqs: one row more than max_num_seqs
     block_m = max(16 if bucket < max_decode + 1 else 64, 1 << (group - 1).bit_length())  # StepGraphs.block_m_for
     block_q = block_m // group
     splits = _graph_splits(bucket, capacity, block_m, group, hk, sms)
-    chunk = chunk_split and bucket >= max_decode + 1 and seqs < capacity
+    chunk = chunk_split and bucket >= max_decode + 1 and seqs < capacity and context >= CHUNK_SPLIT_MIN_KV_RATIO * per
     if chunk and _graph_splits(bucket, seqs + 1, block_m, group, hk, sms) > splits:  # StepGraphs.use_split_graph
         splits = _graph_splits(bucket, 1, block_m, group, hk, sms)
     return seqs * -(-per // block_q) * hk * splits
@@ -138,7 +140,9 @@ def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: i
     hq, hk = s.attn_q_heads, s.cache_kv_heads
     graphed = tokens <= CUDA_GRAPH_MAX_TOKENS
     programs = (
-        graph_attention_programs(tokens, seqs, per, hq, hk, gpu.sm_count, max_decode, chunk_split) if graphed else None
+        graph_attention_programs(tokens, seqs, per, context, hq, hk, gpu.sm_count, max_decode, chunk_split)
+        if graphed
+        else None
     )
     attention = attention_ms(hq, hk, d, seqs, per, context, elem, gpu, c, sdpa_chunk(tokens, per, context), programs)
     moved = 2 * 4 * m * h + 2 * m * (s.q_heads + s.kv_heads) * d + 3 * m * s.mlp_rows

@@ -14,7 +14,8 @@ A graph fixes its attention's split-KV ways for its bucket as if the bucket's se
 tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs split too little (with 257
 sequences of capacity, unsplit), on as few programs as its query blocks x KV heads (at TP 8 a quarter of
 an H100 at 512 tokens). With CHUNK_SPLIT_GRAPHS such buckets also get a graph split for one sequence's chunk,
-replayed when the step's own sequences would split more than the bucket's graph does.
+replayed when the step's own sequences would split more than the bucket's graph does and their cached context is
+at least as long as their new tokens (a prompt's first chunk gains nothing from the split).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ from shifttune.runner.step_input import StepTensors
 # chunk of 512 tokens 11-25% less time a layer at 2k context, 512-1024 tokens 21-57% at 8k and 40-75% at 32k; steps
 # on the bucket's own graph unchanged. Mirrored by recommend/roofline.py (grid.CHUNK_SPLIT_GRAPHS).
 CHUNK_SPLIT_GRAPHS = True
+# NOTE: and only for steps whose KV (cached + new tokens) is at least this many times their new tokens: a prompt's
+# first 512-token chunk ran 3-12% slower split (s22_h100/c, the op table's entries at context = chunk = 512).
+CHUNK_SPLIT_MIN_KV_RATIO = 2
 
 TOKEN_BUCKETS = (
     1,
@@ -83,6 +87,7 @@ class StepGraphs:
         self.block_tables = torch.full((s_max, self.width), runner.scratch_block, dtype=torch.int64, device=dev)
         self.samples = torch.zeros(s_max, dtype=torch.int64, device=dev)
         self.rows_in_use = 0  # block-table rows holding real sequences since the last step
+        self.kv_tokens = 0  # cached + new tokens of the step in the buffers
         # NOTE: every graph writes its logits here; a [rows, vocab] output per bucket would keep
         # ~0.05 GB per bucket alive at a 128k vocabulary, allocated after the KV cache was sized.
         self.logits = torch.empty(s_max, cfg.model_config.vocab_size, dtype=cfg.torch_dtype, device=dev)
@@ -144,10 +149,11 @@ class StepGraphs:
                     plan[(mode, b)] = (choose_num_splits(b, 1, hq, hk, block_m, sms), max(wants))
         return plan
 
-    def use_split_graph(self, mode: str, b: int, num_seqs: int) -> bool:
-        """Whether a step of `num_seqs` sequences in bucket b replays the bucket's split graph (CHUNK_SPLIT_GRAPHS)."""
+    def use_split_graph(self, mode: str, b: int, num_seqs: int, num_tokens: int, kv_tokens: int) -> bool:
+        """Whether a step of `num_seqs` sequences, `num_tokens` new tokens and `kv_tokens` cached + new tokens in
+        bucket b replays the bucket's split graph (CHUNK_SPLIT_GRAPHS)."""
         plan = self.split_plan.get((mode, b))
-        return plan is not None and num_seqs <= plan[1]
+        return plan is not None and num_seqs <= plan[1] and kv_tokens >= CHUNK_SPLIT_MIN_KV_RATIO * num_tokens
 
     def _forward(self, mode: str, b: int, split: bool = False) -> torch.Tensor:
         model = self.runner.model_for(mode)
@@ -207,12 +213,14 @@ class StepGraphs:
         self.seq_lens[:n].copy_(step.seq_lens)
         self.block_tables[:n, : step.block_tables.shape[1]].copy_(step.block_tables)
         self.samples[:k].copy_(step.sample_indices)
+        self.kv_tokens = sum(step.seq_lens_cpu)
         self._fill_padding(t, n, k, b)
 
-    def load(self, parts: list[torch.Tensor], batch, width: int) -> None:
+    def load(self, parts: list[torch.Tensor], batch, width: int, kv_tokens: int) -> None:
         """Writes a step's inputs and padding into the graph's buffers in one launch (GPU,
         `kernels/step_inputs.py`) from its upload `parts` (token ids, rows, starts, query starts, sample
-        indices) and the persistent batch; `width`: block-table columns the step reads."""
+        indices) and the persistent batch; `width`: block-table columns the step reads; `kv_tokens`: its
+        cached + new tokens."""
         from shifttune.kernels.step_inputs import load_graph_inputs  # NOTE: lazy: Triton is GPU-only here
         from shifttune.runner.input_batch import PENDING
 
@@ -221,13 +229,14 @@ class StepGraphs:
         load_graph_inputs(parts, batch.block_table, batch.last_token, buffers, b, self.seqs_for(b), width,
                           self.rows_in_use, self.runner.scratch_block, self.runner.config.block_size,
                           PENDING)  # fmt: skip
+        self.kv_tokens = kv_tokens
 
     def warm_up_load(self, batch) -> None:
         """Compiles the graph-inputs kernel at start: one token of a row no request holds, written into the
         buffers (row 0 of the block tables gets that row's first block: the next step resets or rewrites it)."""
         row = batch.free_rows[-1]
         parts = to_device_parts(([0], [row], [0], [0, 1], [0]), torch.int64, self.runner.device)
-        self.load(parts, batch, 1)
+        self.load(parts, batch, 1, 1)
         self.rows_in_use = max(self.rows_in_use, 1)
 
     def replay(self, mode: str, num_tokens: int, num_seqs: int, num_samples: int) -> torch.Tensor:
@@ -235,7 +244,7 @@ class StepGraphs:
         b = self.bucket_for(num_tokens)
         self.rows_in_use = num_seqs
         self.num_replays += 1
-        split = self.use_split_graph(mode, b, num_seqs)
+        split = self.use_split_graph(mode, b, num_seqs, num_tokens, self.kv_tokens)
         if not self.capture:
             return self._forward(mode, b, split)[:num_samples]
         (self.split_graphs if split else self.graphs)[(mode, b)].replay()

@@ -122,7 +122,7 @@ class InputBatch:
         rows, starts, qsl, lens, samples, sample_rows = self._host_parts(delta)
         parts = (delta.token_ids, rows, starts, qsl, samples, sample_rows)
         *uploaded, sample_rows_dev = to_device_parts(parts, torch.int64, self.device)
-        graphs.load(uploaded, self, -(-max(lens) // self.block_size))
+        graphs.load(uploaded, self, -(-max(lens) // self.block_size), sum(lens))
         return sample_rows, sample_rows_dev
 
     def _host_parts(self, delta: StepDelta) -> tuple[list[int], ...]:
