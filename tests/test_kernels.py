@@ -399,7 +399,7 @@ def test_graph_inputs_kernel_matches_the_torch_path():
                           torch_dtype=torch.float32,
                           parallel=SimpleNamespace(sp=1), max_model_len=max_len,
                           model_config=SimpleNamespace(vocab_size=32))  # fmt: skip
-    runner = SimpleNamespace(config=cfg, device=dev, scratch_block=scratch)
+    runner = SimpleNamespace(config=cfg, device=dev, scratch_block=scratch, modes=())  # no split graphs
     ref, fused = StepGraphs(runner, capture=False), StepGraphs(runner, capture=False)
     batch = InputBatch(max_rows, max_len // bs, bs, scratch, 64, dev)
     gen = torch.Generator().manual_seed(0)
@@ -439,6 +439,7 @@ def test_graph_inputs_kernel_matches_the_torch_path():
         assert got_rows == rows and torch.equal(got_rows_dev, rows_dev)
         for name in ("ids", "pos", "slots", "qsl", "seq_lens", "block_tables", "samples"):
             assert torch.equal(getattr(fused, name), getattr(ref, name)), name
+        assert fused.kv_tokens == ref.kv_tokens == sum(step.seq_lens_cpu)
         ref.rows_in_use = fused.rows_in_use = len(delta.req_ids)
         batch.advance(delta)
         batch.last_token[rows_dev] = torch.randint(0, 32, (len(rows),), generator=gen).to(dev)
