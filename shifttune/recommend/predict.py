@@ -39,7 +39,7 @@ from shifttune.recommend.collectives import NCCL, CollectiveModel, collective_mo
 from shifttune.recommend.gpus import gpu_spec
 from shifttune.recommend.grid import CUDA_GRAPH_MAX_TOKENS, blocks_needed, step_shape
 from shifttune.recommend.op_table import OpTable, load_op_table, shipped_op_table
-from shifttune.recommend.roofline import roofline_table
+from shifttune.recommend.roofline import roofline_table, with_split_graphs
 from shifttune.recommend.shapes import (
     DTYPE_BYTES,
     RankShapes,
@@ -112,7 +112,7 @@ def collectives_ms(model: CollectiveModel, calls: list[tuple], in_graph: bool, b
 
 def resolve_op_table(settings: PredictSettings, cfg: ModelConfig) -> tuple[OpTable, str]:
     """The op table to use and where it came from: --op-table, else the shipped measured one when it covers
-    this GPU count, else the roofline."""
+    this GPU count, else the roofline. A measured table from before the split graphs is adjusted for them."""
     name = Path(settings.model).name.lower()
     if settings.op_table is not None:
         table = load_op_table(settings.op_table)
@@ -122,17 +122,24 @@ def resolve_op_table(settings: PredictSettings, cfg: ModelConfig) -> tuple[OpTab
         if table.gpu.get("slug") != settings.gpu:
             raise ConfigError(f"{settings.op_table} was measured on {table.gpu.get('name')}, not a "
                               f"{settings.gpu.upper()}", field="op_table")  # fmt: skip
-        return table, str(settings.op_table)
+        return _current(table, cfg, settings, str(settings.op_table))
     why = "no measured op table of this model on this GPU ships"
     shipped = shipped_op_table(settings.model, settings.gpu)
     if shipped is not None:
         table = load_op_table(shipped)
         if settings.gpus in table.world_sizes():
-            return table, str(shipped)
+            return _current(table, cfg, settings, str(shipped))
         why = f"the shipped measured table ({shipped.name}) covers P = {table.world_sizes()}, not {settings.gpus}"
     table = roofline_table(name, cfg, gpu_spec(settings.gpu), sorted({1, settings.gpus}),
                            settings.dtype or "bfloat16", settings.tokens, settings.contexts)  # fmt: skip
     return table, f"computed ({why})"
+
+
+def _current(table: OpTable, cfg: ModelConfig, settings: PredictSettings, where: str) -> tuple[OpTable, str]:
+    """The table as today's engine would time it (its `source` says what was adjusted)."""
+    if table.engine.get("cuda_graphs"):  # split graphs are CUDA graphs
+        table = with_split_graphs(table, cfg, gpu_spec(settings.gpu))[0]
+    return table, where
 
 
 def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
