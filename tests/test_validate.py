@@ -115,7 +115,7 @@ def test_graph_buckets_are_the_runners():
         cfg = SimpleNamespace(cuda_graph_max_tokens=max_tokens, max_num_batched_tokens=budget, max_num_seqs=max_seqs,
                               parallel=SimpleNamespace(sp=1), block_size=16, max_model_len=4096,
                               torch_dtype=torch.float32, model_config=SimpleNamespace(vocab_size=8))  # fmt: skip
-        runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0)
+        runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0, modes=())
         graphs, sim = StepGraphs(runner, capture=False), GraphBuckets(max_tokens, max_seqs, budget)
         for t in [1, 3, 7, 8, 9, 200, 255, 256, 257, 600, 1000, 1024, 1025, 1038, 1500, 2048, 2049]:
             for n in {1, 2, min(t, 9), min(t, max_seqs), min(t, max_seqs + 1)}:
