@@ -234,7 +234,7 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
         assert statistics.median(errors) < median and sorted(errors)[int(0.9 * len(errors))] < p90, (model, gpu)
     # NOTE: 5%, not the fit report's 3.4%: two H100 machines' P = 1 profiles of the same engine differ by up to 2.5%
     # at most points (s21_h100/a and s22_h100/d), which moved the roofline's median error from 3.4% to 4.6%
-    for model, gpu, measured in SHIPPED_CHECKS[1:]:  # the H100 profiles
+    for model, gpu, measured in [c for c in SHIPPED_CHECKS if c[1] == "h100"]:  # another card than the fit's
         table = roofline_table(model, cfg(model), gpus[gpu], [1])
         predicted = predict_profile(PredictSettings(model, 1, gpu, op_table=_saved(table, tmp_path)), command="test")
         o = compare_profiles(load_profile(ROOT / "profiles" / "runs" / measured), predicted)["overall"]
@@ -357,10 +357,8 @@ def test_step_time_is_ops_plus_collectives(tmp_path):
 
 # (model, card, the engine's measured P = 1 profile on that card from the device run that measured the shipped table)
 SHIPPED_CHECKS = [
-    ("llama-3.1-8b", "h200", "s20_h200/e_op_table_8b/measured_llama-3.1-8b_h200x1.json"),
-    ("llama-3.1-8b", "h100", "s22_h100/d_op_table_llama/llama-3.1-8b/measured_llama-3.1-8b_h100x1.json"),
-    ("qwen3-8b", "h100", "s21_h100/b_op_table_qwen3_8b/measured_qwen3-8b_h100x1.json"),
-    ("mistral-7b-v0.3", "h100", "s21_h100/e_op_table_mistral/measured_mistral-7b-v0.3_h100x1.json"),
+    (c["model"], c["gpu"], c["measured"])
+    for c in json.loads((ROOT / "profiles/runs/table_checks.json").read_text())["checks"]
 ]
 
 

@@ -47,10 +47,7 @@ EFFICIENCY = (0.02, 1.2)  # the ceilings are measured rates (a copy, one big mat
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 # the engine's measured one-GPU profiles (`shifttune profile`) of the same sessions: what a user compares with
 PROFILES = [
-    ("llama-3.1-8b", "h200", "s20_h200/e_op_table_8b/measured_llama-3.1-8b_h200x1.json"),
-    ("llama-3.1-8b", "h100", "s22_h100/d_op_table_llama/llama-3.1-8b/measured_llama-3.1-8b_h100x1.json"),
-    ("qwen3-8b", "h100", "s21_h100/b_op_table_qwen3_8b/measured_qwen3-8b_h100x1.json"),
-    ("mistral-7b-v0.3", "h100", "s21_h100/e_op_table_mistral/measured_mistral-7b-v0.3_h100x1.json"),
+    (c["model"], c["gpu"], c["measured"]) for c in json.loads((RUNS / "table_checks.json").read_text())["checks"]
 ]
 
 
