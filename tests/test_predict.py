@@ -20,7 +20,13 @@ from shifttune.recommend.collectives import ASSUMED_EAGER_LAUNCH_MS, CollectiveM
 from shifttune.recommend.compare import compare_profiles
 from shifttune.recommend.gpus import gpu_slug, parse_gpus
 from shifttune.recommend.op_table import OpEntry, OpTable, OpTableError, load_op_table, op_table_from_dict
-from shifttune.recommend.predict import PredictSettings, factorizations, predict_profile, step_collectives
+from shifttune.recommend.predict import (
+    PredictSettings,
+    factorizations,
+    op_table_label,
+    predict_profile,
+    step_collectives,
+)
 from shifttune.recommend.roofline import head_ms, layer_ms
 from shifttune.recommend.shapes import memory_check, rank_shapes, weight_bytes_per_rank
 
@@ -529,3 +535,5 @@ def test_a_table_from_before_split_graphs_is_adjusted_for_them():
         after.append(abs(a.layer_ms / n.layer_ms - 1))
     assert len(after) == changed and statistics.median(before) > 0.4
     assert statistics.median(after) < 0.07 and max(after) < 0.2, (statistics.median(after), max(after))
+    ops = predict_profile(PredictSettings("qwen3-8b", 4, "h100"), command="test").sources["op_table"]
+    assert ops["split_graph_entries_adjusted"] > 0 and "adjusted by the roofline" in op_table_label(ops)

@@ -57,9 +57,11 @@ CAVEAT = (
 
 def op_table_label(ops: dict) -> str:
     """How a predicted profile's `sources["op_table"]` is named to users: method, the date it was made (a table
-    times the engine version that measured it), file."""
+    times the engine version that measured it), file, and what was adjusted."""
     made = f" on {ops['created'][:10]}" if ops.get("created") else ""
-    return f"{ops.get('method', '?')}{made}, {ops.get('file', '?')}"
+    adjusted = ops.get("split_graph_entries_adjusted")
+    note = f" ({adjusted} entries measured without split graphs, adjusted by the roofline)" if adjusted else ""
+    return f"{ops.get('method', '?')}{made}, {ops.get('file', '?')}{note}"
 
 
 @dataclass
@@ -212,7 +214,8 @@ def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
         raise ConfigError(f"the op table {table_from} has no entries for {p} GPUs on this grid")
     sources = {
         "op_table": {"file": table_from, "method": table.method, "source": table.source,
-                     "gpu": table.gpu.get("name"), "created": table.created},
+                     "gpu": table.gpu.get("name"), "created": table.created,
+                     "split_graph_entries_adjusted": table.engine.get("split_graph_entries_adjusted", 0)},
         "collectives": coll.describe() if coll else None,
         "all_reduce_backend": settings.all_reduce_backend,
         "step_time": "one rank's head + num_layers x layer from the op table, plus the step's collectives",

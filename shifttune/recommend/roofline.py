@@ -239,4 +239,5 @@ def with_split_graphs(table: OpTable, cfg: ModelConfig, gpu: GpuSpec, constants:
     if not changed:
         return table, 0
     source = f"{table.source}; {changed} entries adjusted by the roofline for split graphs (measured without them)"
-    return replace(table, entries=entries, source=source), changed
+    engine = {**table.engine, "split_graph_entries_adjusted": changed}
+    return replace(table, entries=entries, source=source, engine=engine), changed
