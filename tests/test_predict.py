@@ -267,31 +267,33 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
     assert (grid.CHUNK_SPLIT_GRAPHS, grid.CHUNK_SPLIT_MIN_KV_RATIO) == (
         cuda_graphs.CHUNK_SPLIT_GRAPHS, cuda_graphs.CHUNK_SPLIT_MIN_KV_RATIO)  # fmt: skip
     shapes = [(32, 8), (16, 4), (8, 2), (4, 1), (64, 8), (8, 1), (40, 8), (5, 1)]
-    split_steps = 0
-    for (hq, hk), sms in itertools.product(shapes, (78, 132, 1028)):  # SM counts of other GPUs split differently
-        monkeypatch.setattr(cuda_graphs, "sm_count", lambda *_, n=sms: n)
+    split_steps, several = 0, 0
+    for (hq, hk), sms, max_seqs in itertools.product(shapes, (78, 132, 1028), (grid.MAX_DECODE, 20)):
+        monkeypatch.setattr(cuda_graphs, "sm_count", lambda *_, n=sms: n)  # SM counts of other GPUs split differently
         config = SimpleNamespace(cuda_graph_max_tokens=grid.CUDA_GRAPH_MAX_TOKENS, max_num_batched_tokens=16384,
-                                 max_num_seqs=grid.MAX_DECODE, parallel=SimpleNamespace(sp=1, world_size=1),
+                                 max_num_seqs=max_seqs, parallel=SimpleNamespace(sp=1, world_size=1),
                                  block_size=16, max_model_len=4096, torch_dtype=torch.float32,
                                  model_config=SimpleNamespace(vocab_size=8, num_heads=hq))  # fmt: skip
         model = SimpleNamespace(layout=SimpleNamespace(cache_kv_heads=list(range(hk))))
         runner = SimpleNamespace(config=config, device=torch.device("cpu"), scratch_block=0, modes=("tp",),
                                  model_for=lambda _: model)  # fmt: skip
         graphs = cuda_graphs.StepGraphs(runner, False)
-        for tokens in [*grid.GPU_TOKENS[:12], 3, 5, 12, 100, 300, 700, 1500]:
-            for context in (8192, 2 * tokens, tokens):  # grid steps at 8k; one sequence's chunk with and without cache
+        for tokens in [*grid.GPU_TOKENS[:12], 3, 5, 12, 17, 100, 300, 700, 1500]:
+            # grid steps at 8k and 512-1024 (several sequences a chunk step); one sequence's chunk, cached or not
+            for context in (8192, 512, 1024, 2 * tokens, tokens):
                 bucket = graphs.bucket_for(tokens)
-                seqs, per = grid.step_shape(tokens, context)
+                seqs, per = grid.step_shape(tokens, context, max_seqs)
                 block_m = graphs.block_m_for(bucket)
-                if graphs.use_split_graph("tp", bucket, seqs, tokens, seqs * context):
+                if graphs.use_split_graph("tp", bucket, seqs, seqs * per, seqs * context):
                     splits, split_steps = graphs.split_plan[("tp", bucket)][0], split_steps + 1
+                    several += seqs > 1
                 else:
                     splits = pa.choose_num_splits(bucket, graphs.seqs_for(bucket), hq, hk, block_m, num_sms=sms)
                 _, block_q, _ = pa.launch_shape(bucket, graphs.seqs_for(bucket), hq, hk, block_m)
                 want = seqs * -(-per // block_q) * hk * splits
-                got = graph_attention_programs(tokens, seqs, per, context, hq, hk, sms)
-                assert got == want, (hq, hk, sms, tokens, context)
-    assert split_steps > 20  # the split graphs' rule is exercised, not only the buckets' own graphs
+                got = graph_attention_programs(tokens, seqs, per, context, hq, hk, sms, max_seqs)
+                assert got == want, (hq, hk, sms, max_seqs, tokens, context)
+    assert split_steps > 20 and several > 5  # the split graphs' rule is exercised, with several sequences too
 
 
 def _saved(table, folder: Path) -> Path:
@@ -381,6 +383,7 @@ def test_a_shipped_op_table_predicts_the_engine_it_timed(model, gpu, measured):
 
 def test_predict_from_the_cpu_op_table_and_compare(tiny_ops, tmp_path):
     out, table, _ = tiny_ops
+    assert table.engine["cuda_graphs"] is False and table.engine["chunk_split_graphs"] is False  # no CUDA graphs
     prof = predict_profile(PredictSettings("tiny", 1, "cpu", op_table=out))
     for p in prof.points:
         e = table.get(TP, 1, 1, p.tokens, p.context)

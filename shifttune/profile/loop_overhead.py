@@ -146,11 +146,13 @@ def replay_ms(runner, step, iters: int) -> float:
 
 
 def _graph_ms(graphs, mode: str, num_tokens: int, iters: int) -> float:
-    """Device ms of one replay of the graph of `num_tokens` tokens in `mode`, on the inputs in its buffers
-    (3 replays first, then `iters` timed back to back)."""
+    """Device ms of one replay of the graph the step in the buffers replayed (`num_tokens` tokens in `mode`; its
+    bucket's own graph or split one), on those inputs (3 replays first, then `iters` timed back to back)."""
     import torch
 
-    graph = graphs.graphs[(mode, next(b for b in graphs.buckets if b >= num_tokens))]
+    b = graphs.bucket_for(num_tokens)
+    split = graphs.use_split_graph(mode, b, graphs.rows_in_use, num_tokens, graphs.kv_tokens)  # as `replay` chose
+    graph = (graphs.split_graphs if split else graphs.graphs)[(mode, b)]
     for _ in range(3):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

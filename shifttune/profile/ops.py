@@ -46,7 +46,6 @@ from shifttune.recommend.gpus import gpu_slug
 from shifttune.recommend.op_table import OpEntry, OpTable, load_op_table
 from shifttune.recommend.predict import factorizations
 from shifttune.recommend.shapes import DTYPE_BYTES, memory_check
-from shifttune.runner import cuda_graphs
 from shifttune.runner.model_runner import ModelRunner
 from shifttune.telemetry.hardware import describe_hardware, describe_software
 
@@ -226,7 +225,7 @@ def new_table(settings: OpsSettings, command: str) -> OpTable:
             "max_decode_batch": settings.max_decode,
             "cuda_graphs": settings.device == "cuda",
             "cuda_graph_max_tokens": EngineConfig.cuda_graph_max_tokens,
-            "chunk_split_graphs": cuda_graphs.CHUNK_SPLIT_GRAPHS,
+            "chunk_split_graphs": _chunk_split_graphs(settings.device),
             "dtype": dtype,
             "warmup": settings.warmup,
             "iters": settings.iters,
@@ -242,6 +241,15 @@ def new_table(settings: OpsSettings, command: str) -> OpTable:
     )
 
 
+def _chunk_split_graphs(device: str) -> bool:
+    """Whether this engine's CUDA graphs include split graphs for prefill chunks (none without CUDA graphs)."""
+    if device != "cuda":
+        return False
+    from shifttune.runner import cuda_graphs  # NOTE: lazy: it imports Triton, which CPU installs may lack
+
+    return cuda_graphs.CHUNK_SPLIT_GRAPHS
+
+
 def _resume(out: Path, settings: OpsSettings) -> OpTable | None:
     if not out.exists():
         return None
@@ -251,7 +259,7 @@ def _resume(out: Path, settings: OpsSettings) -> OpTable | None:
         and old.grid == {"tokens": settings.tokens, "contexts": settings.contexts}
         and old.engine.get("layers_timed") == settings.layers
         and old.engine.get("device") == settings.device
-        and old.engine.get("chunk_split_graphs", False) == cuda_graphs.CHUNK_SPLIT_GRAPHS
+        and old.engine.get("chunk_split_graphs", False) == _chunk_split_graphs(settings.device)
     )
     if not same:
         raise ConfigError(f"{out} holds an op table made with other settings; pass another --out or delete it")
