@@ -6,6 +6,7 @@ import os
 
 import pytest
 import torch
+from conftest import stand_in_step_graphs
 
 triton = pytest.importorskip("triton")
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
@@ -589,28 +590,19 @@ def test_chunk_split_plan(monkeypatch):
     padding one, fewer than 132 busy blocks) with at least as much cached context as new tokens; 8 KV heads a rank
     fill the GPU unsplit (no split graph); and where the bucket's own graph already splits as much (8 sequences of
     capacity) no second graph is captured."""
-    from types import SimpleNamespace
-
     from shifttune.runner import cuda_graphs
 
     monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
     monkeypatch.setattr(cuda_graphs, "sm_count", lambda device=None: 132)
-
-    def graphs(num_heads: int, kv_heads: int, max_num_seqs: int):
-        model = SimpleNamespace(vocab_size=8, num_heads=num_heads)
-        cfg = SimpleNamespace(cuda_graph_max_tokens=2048, max_num_batched_tokens=8192, max_num_seqs=max_num_seqs,
-                              block_size=16, torch_dtype=torch.float32, parallel=SimpleNamespace(sp=1, world_size=8),
-                              max_model_len=4096, model_config=model)  # fmt: skip
-        layout = SimpleNamespace(cache_kv_heads=list(range(kv_heads)))
-        runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0, modes=("tp",),
-                                 model_for=lambda mode: SimpleNamespace(layout=layout))  # fmt: skip
-        return cuda_graphs.StepGraphs(runner, capture=False)
-
-    tp8 = graphs(32, 1, 256)
+    tp8 = stand_in_step_graphs(32, 1, 256, world_size=8)
     assert tp8.split_plan[("tp", 512)] == (5, 130)
     assert min(b for _, b in tp8.split_plan) == 320 and ("tp", 256) not in tp8.split_plan  # decode buckets: none
     assert tp8.use_split_graph("tp", 512, 1, 512, 1024) and tp8.use_split_graph("tp", 512, 130, 512, 8192)
     assert not tp8.use_split_graph("tp", 512, 131, 512, 8192) and not tp8.use_split_graph("tp", 256, 1, 256, 8192)
     assert not tp8.use_split_graph("tp", 512, 1, 512, 1023)  # less cached context than new tokens: unsplit
-    assert graphs(256, 8, 256).split_plan == {}  # 32 query heads, 8 KV heads a rank: a 320-token chunk fills 132 SMs
-    assert ("tp", 160) not in graphs(32, 1, 8).split_plan  # capacity 9 < 10 query blocks: the graph splits as one chunk
+    assert (
+        stand_in_step_graphs(256, 8, 256, world_size=8).split_plan == {}
+    )  # 32 query heads, 8 KV heads a rank: a 320-token chunk fills 132 SMs
+    assert ("tp", 160) not in stand_in_step_graphs(
+        32, 1, 8, world_size=8
+    ).split_plan  # capacity 9 < 10 query blocks: the graph splits as one chunk

@@ -12,6 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 from typer.testing import CliRunner
+from conftest import stand_in_step_graphs
 
 from shifttune.cli import app
 from shifttune.config import SP, TP, ConfigError, load_model_config, resolve_model_path
@@ -255,8 +256,6 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
     pa = pytest.importorskip("shifttune.kernels.paged_attention")
     import itertools
 
-    import torch
-
     from shifttune.recommend import grid
     from shifttune.recommend.roofline import graph_attention_programs
     from shifttune.runner import cuda_graphs
@@ -270,14 +269,8 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
     split_steps, several = 0, 0
     for (hq, hk), sms, max_seqs in itertools.product(shapes, (78, 132, 1028), (grid.MAX_DECODE, 20)):
         monkeypatch.setattr(cuda_graphs, "sm_count", lambda *_, n=sms: n)  # SM counts of other GPUs split differently
-        config = SimpleNamespace(cuda_graph_max_tokens=grid.CUDA_GRAPH_MAX_TOKENS, max_num_batched_tokens=16384,
-                                 max_num_seqs=max_seqs, parallel=SimpleNamespace(sp=1, world_size=1),
-                                 block_size=16, max_model_len=4096, torch_dtype=torch.float32,
-                                 model_config=SimpleNamespace(vocab_size=8, num_heads=hq))  # fmt: skip
-        model = SimpleNamespace(layout=SimpleNamespace(cache_kv_heads=list(range(hk))))
-        runner = SimpleNamespace(config=config, device=torch.device("cpu"), scratch_block=0, modes=("tp",),
-                                 model_for=lambda _: model)  # fmt: skip
-        graphs = cuda_graphs.StepGraphs(runner, False)
+        graphs = stand_in_step_graphs(hq, hk, max_seqs)
+        assert graphs.buckets[-1] == grid.CUDA_GRAPH_MAX_TOKENS
         for tokens in [*grid.GPU_TOKENS[:12], 3, 5, 12, 17, 100, 300, 700, 1500]:
             # grid steps at 8k and 512-1024 (several sequences a chunk step); one sequence's chunk, cached or not
             for context in (8192, 512, 1024, 2 * tokens, tokens):
@@ -525,8 +518,9 @@ def test_a_table_from_before_split_graphs_is_adjusted_for_them():
     old = load_op_table(ROOT / "profiles/runs/s22_h100/c_kv_prefetch_and_table/llama-3.1-8b/table_before.json")
     new = load_op_table(ROOT / "shifttune/data/op_tables/llama-3.1-8b_h100.json")
     assert "chunk_split_graphs" not in old.engine and new.engine["chunk_split_graphs"] is True
-    assert with_split_graphs(new, m, h100) == (new, 0)
-    adjusted, changed = with_split_graphs(old, m, h100)
+    assert with_split_graphs(new, m, h100) is new
+    adjusted = with_split_graphs(old, m, h100)
+    changed = adjusted.engine["split_graph_entries_adjusted"]
     assert 40 <= changed <= 80 and "adjusted by the roofline" in adjusted.source
     before, after = [], []
     for e in old.entries:

@@ -98,7 +98,8 @@ def main() -> None:
               f"bulk {share['bulk']:.1f}; prefetch alone {us['pf_line']:.1f} / {us['pf_bulk']:.1f}")  # fmt: skip
 
     print("\n## 4. with_split_graphs: the session-21 table adjusted, against s22_h100/d")
-    adjusted, changed = with_split_graphs(s21, cfg, known_gpus()["h100"])
+    adjusted = with_split_graphs(s21, cfg, known_gpus()["h100"])
+    changed = adjusted.engine["split_graph_entries_adjusted"]
     before, after = [], []
     for e in s21.entries:
         x, y = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), d.get(e.mode, e.tp, e.sp, e.tokens, e.context)

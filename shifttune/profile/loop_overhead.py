@@ -150,9 +150,7 @@ def _graph_ms(graphs, mode: str, num_tokens: int, iters: int) -> float:
     bucket's own graph or split one), on those inputs (3 replays first, then `iters` timed back to back)."""
     import torch
 
-    b = graphs.bucket_for(num_tokens)
-    split = graphs.use_split_graph(mode, b, graphs.rows_in_use, num_tokens, graphs.kv_tokens)  # as `replay` chose
-    graph = (graphs.split_graphs if split else graphs.graphs)[(mode, b)]
+    graph = graphs.graph_for(mode, num_tokens, graphs.rows_in_use)
     for _ in range(3):
         graph.replay()
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)

@@ -140,7 +140,7 @@ def resolve_op_table(settings: PredictSettings, cfg: ModelConfig) -> tuple[OpTab
 def _current(table: OpTable, cfg: ModelConfig, settings: PredictSettings, where: str) -> tuple[OpTable, str]:
     """The table as today's engine would time it (its `source` says what was adjusted)."""
     if table.engine.get("cuda_graphs"):  # split graphs are CUDA graphs
-        table = with_split_graphs(table, cfg, gpu_spec(settings.gpu))[0]
+        table = with_split_graphs(table, cfg, gpu_spec(settings.gpu))
     return table, where
 
 

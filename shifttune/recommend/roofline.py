@@ -44,7 +44,7 @@ from shifttune.recommend.grid import (
     step_shape,
 )
 from shifttune.recommend.op_table import OpEntry, OpTable
-from shifttune.recommend.shapes import RankShapes, rank_shapes
+from shifttune.recommend.shapes import DTYPE_BYTES, RankShapes, rank_shapes
 
 ASSUMED_MEMORY_OVERHEAD = 1 << 30  # CUDA context and buffers besides weights and KV: assumed, not measured
 
@@ -177,8 +177,6 @@ def roofline_table(
     constants: RooflineConstants | None = None,
 ) -> OpTable:
     """The analytic table of `name` on `gpu` for every valid factorization of each world size."""
-    from shifttune.recommend.shapes import DTYPE_BYTES  # one table of element sizes
-
     c = constants or RooflineConstants.shipped()
     elem = DTYPE_BYTES[dtype]
     tokens, contexts = tokens or GPU_TOKENS, contexts or GPU_CONTEXTS
@@ -212,18 +210,17 @@ def roofline_table(
     return table
 
 
-def with_split_graphs(table: OpTable, cfg: ModelConfig, gpu: GpuSpec, constants: RooflineConstants | None = None
-                      ) -> tuple[OpTable, int]:  # fmt: skip
+def with_split_graphs(table: OpTable, cfg: ModelConfig, gpu: GpuSpec,
+                      constants: RooflineConstants | None = None) -> OpTable:  # fmt: skip
     """A measured table whose engine ran without CHUNK_SPLIT_GRAPHS (`engine.chunk_split_graphs` absent or false)
-    as today's engine would time it, and how many entries changed: each entry whose step now replays a split graph
+    as today's engine would time it, with how many entries changed in `engine.split_graph_entries_adjusted`
+    (and its `source`): each entry whose step now replays a split graph
     loses the layer time the roofline says the split saves (keeping at least half of
     what the roofline's ratio would). On the H100 llama-3.1-8b table measured both ways
     (profiles/runs/s21_h100/a, s22_h100/d) this takes the split entries' |error| from a median of 56% (max 304%)
     to 4.7% (max 13%). Tables measured with split graphs, and engines without them, come back unchanged."""
     if not CHUNK_SPLIT_GRAPHS or table.engine.get("chunk_split_graphs", False):
-        return table, 0
-    from shifttune.recommend.shapes import DTYPE_BYTES  # one table of element sizes
-
+        return table
     c, elem = constants or RooflineConstants.shipped(), DTYPE_BYTES[table.model.get("dtype", "bfloat16")]
     entries, changed = [], 0
     max_decode = table.engine.get("max_decode_batch", MAX_DECODE)
@@ -240,7 +237,7 @@ def with_split_graphs(table: OpTable, cfg: ModelConfig, gpu: GpuSpec, constants:
         else:
             entries.append(e)
     if not changed:
-        return table, 0
+        return table
     source = f"{table.source}; {changed} entries adjusted by the roofline for split graphs (measured without them)"
     engine = {**table.engine, "split_graph_entries_adjusted": changed}
-    return replace(table, entries=entries, source=source, engine=engine), changed
+    return replace(table, entries=entries, source=source, engine=engine)

@@ -239,13 +239,21 @@ class StepGraphs:
         self.load(parts, batch, 1, 1)
         self.rows_in_use = max(self.rows_in_use, 1)
 
+    def _pick(self, mode: str, num_tokens: int, num_seqs: int) -> tuple[int, bool]:
+        """(bucket, whether its split graph) for the step whose inputs are in the buffers."""
+        b = self.bucket_for(num_tokens)
+        return b, self.use_split_graph(mode, b, num_seqs, num_tokens, self.kv_tokens)
+
+    def graph_for(self, mode: str, num_tokens: int, num_seqs: int) -> torch.cuda.CUDAGraph:
+        """The captured graph that the step whose inputs are in the buffers replays."""
+        b, split = self._pick(mode, num_tokens, num_seqs)
+        return (self.split_graphs if split else self.graphs)[(mode, b)]
+
     def replay(self, mode: str, num_tokens: int, num_seqs: int, num_samples: int) -> torch.Tensor:
         """Runs the step whose inputs are in the buffers; returns its logits [num_samples, vocab]."""
-        b = self.bucket_for(num_tokens)
         self.rows_in_use = num_seqs
         self.num_replays += 1
-        split = self.use_split_graph(mode, b, num_seqs, num_tokens, self.kv_tokens)
         if not self.capture:
-            return self._forward(mode, b, split)[:num_samples]
-        (self.split_graphs if split else self.graphs)[(mode, b)].replay()
+            return self._forward(mode, *self._pick(mode, num_tokens, num_seqs))[:num_samples]
+        self.graph_for(mode, num_tokens, num_seqs).replay()
         return self.logits[:num_samples]
