@@ -7,7 +7,10 @@
    s22_h100/c (on, every chunk step with few sequences), s22_h100/d (on, only with cached context >= new tokens,
    shipped); entries grouped by what the rule does to them, and the split entries by context / chunk and KV heads;
 3. kv_prefetch_probe (s22_h100/c): decode attention with K/V prefetched into L2;
-4. `with_split_graphs` on the session-21 table against s22_h100/d.
+4. `with_split_graphs` on the session-21 table against s22_h100/d, and how many entries it adjusts in each shipped
+   table;
+5. the engine's measured P = 1 profile of llama-3.1-8b on two H100 machines (s21_h100/a, s22_h100/d);
+6. the eager entries that moved most between session 21's table and d's, with their head_ms.
 """
 
 from __future__ import annotations
@@ -18,7 +21,9 @@ from pathlib import Path
 
 from shifttune.config import load_model_config, resolve_model_path
 from shifttune.recommend.gpus import known_gpus
-from shifttune.recommend.op_table import load_op_table
+from shifttune.engine.profile_schema import load_profile
+from shifttune.recommend.compare import compare_profiles
+from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
 from shifttune.recommend.roofline import graph_attention_programs, with_split_graphs
 from shifttune.recommend.shapes import rank_shapes
 
@@ -110,6 +115,32 @@ def main() -> None:
         xs = sorted(xs)
         print(f"{changed} adjusted entries, |error| {label}: median {100 * statistics.median(xs):.1f}%, "
               f"p90 {100 * xs[int(0.9 * len(xs))]:.1f}%, max {100 * xs[-1]:.1f}%")  # fmt: skip
+    for path in sorted(OP_TABLE_DIR.glob("*.json")):
+        table = load_op_table(path)
+        model, _ = load_model_config(resolve_model_path(table.model["name"]))
+        adjusted = with_split_graphs(table, model, known_gpus()[table.gpu["slug"]])
+        print(f"  {path.name}: {adjusted.engine.get('split_graph_entries_adjusted', 0)} of {len(table.entries)} "
+              "entries adjusted")  # fmt: skip
+
+    print("\n## 5. llama-3.1-8b P = 1 profile, two H100 machines: s22_h100/d against s21_h100/a")
+    runs = RUNS.parent
+    s21_profile = load_profile(runs / "s21_h100/a_op_table_llama_3_1_8b/measured_llama-3.1-8b_h100x1.json")
+    s22_profile = load_profile(RUNS / "d_op_table_llama/llama-3.1-8b/measured_llama-3.1-8b_h100x1.json")
+    result = compare_profiles(s21_profile, s22_profile)
+    o = result["overall"]
+    within = sum(abs(r["error"]) <= 0.025 for r in result["points"])
+    print(f"{o['points']} points: |difference| median {100 * o['median_abs_error']:.1f}%, p90 "
+          f"{100 * o['p90_abs_error']:.1f}%, max {100 * o['max_abs_error']:.1f}%; {within} within 2.5%")  # fmt: skip
+
+    print("\n## 6. eager entries (> 2048 tokens) that moved most, session 21 -> d: layer_ms, head_ms")
+    moved = sorted(
+        ((e, s21.get(e.mode, e.tp, e.sp, e.tokens, e.context)) for e in d.entries if e.tokens > 2048),
+        key=lambda pair: -abs(pair[0].layer_ms / pair[1].layer_ms - 1),
+    )
+    for e, a in moved[:8]:
+        change = 100 * (e.layer_ms / a.layer_ms - 1)
+        print(f"  {e.key}: layer {a.layer_ms:.3f} -> {e.layer_ms:.3f} ms ({change:+.0f}%), "
+              f"head {a.head_ms:.2f} -> {e.head_ms:.2f} ms")  # fmt: skip
 
 
 if __name__ == "__main__":
