@@ -63,6 +63,9 @@ CASES = [
     ([7, 1, 20], [0, 9, 13], 4, 2, 16, 4),  # fresh prefill + decode + prefill after a cached prefix
     ([33], [70], 2, 2, 32, 16),  # one long chunk after a long prefix, MHA
     ([3, 5], [0, 2], 8, 2, 16, 8),
+    # a decode graph's padding: five decodes, a padding sequence of 3 tokens, two empty ones; the kernel's guess of
+    # a query block's sequence (one token each) holds for the decodes and misses past them
+    ([1, 1, 1, 1, 1, 3, 0, 0], [40, 3, 17, 60, 9, 0, 1, 1], 8, 2, 16, 4),
 ]
 
 

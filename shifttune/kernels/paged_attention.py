@@ -63,18 +63,31 @@ _NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
 
 
 @triton.jit
-def _find_seq(query_start_loc, num_seqs, q_block, BLOCK_Q: tl.constexpr):
-    """The sequence that owns global query block `q_block`: blocks of sequence i start at qsl[i] // BLOCK_Q + i."""
-    lo = 0
-    hi = num_seqs
-    while lo < hi:
-        mid = (lo + hi) // 2
-        first = tl.load(query_start_loc + mid) // BLOCK_Q + mid
-        if first <= q_block:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo - 1
+def _find_seq(query_start_loc, seq_lens, num_seqs, q_block, BLOCK_Q: tl.constexpr):
+    """(sequence, its first query token, the token after its last, its length) of global query block `q_block`
+    (blocks of sequence i start at qsl[i] // BLOCK_Q + i).
+    NOTE: in a decode step each sequence holds one token, so sequence i owns block i + i // BLOCK_Q (and an empty one
+    after every BLOCK_Q-th). That guess's three loads go out at once, first thing; the binary search, a chain of
+    dependent loads ahead of the block table's and the K/V's, runs only where the guess misses (prefill chunks)."""
+    seq = tl.minimum(q_block - q_block // (BLOCK_Q + 1), num_seqs - 1)
+    q_start = tl.load(query_start_loc + seq)
+    q_end = tl.load(query_start_loc + seq + 1)
+    seq_len = tl.load(seq_lens + seq)
+    if (q_start // BLOCK_Q + seq > q_block) | (q_end // BLOCK_Q + seq + 1 <= q_block):
+        lo = 0
+        hi = num_seqs
+        while lo < hi:
+            mid = (lo + hi) // 2
+            first = tl.load(query_start_loc + mid) // BLOCK_Q + mid
+            if first <= q_block:
+                lo = mid + 1
+            else:
+                hi = mid
+        seq = lo - 1
+        q_start = tl.load(query_start_loc + seq)
+        q_end = tl.load(query_start_loc + seq + 1)
+        seq_len = tl.load(seq_lens + seq)
+    return seq, q_start, q_end, seq_len
 
 
 @triton.jit
@@ -239,13 +252,11 @@ def _paged_attention_kernel(
     q_block = tl.program_id(0)
     kv_head = tl.program_id(1)
     split = tl.program_id(2)
-    seq = _find_seq(query_start_loc, num_seqs, q_block, BLOCK_Q)
-    q_start = tl.load(query_start_loc + seq)
-    q_len = tl.load(query_start_loc + seq + 1) - q_start
+    seq, q_start, q_end, seq_len = _find_seq(query_start_loc, seq_lens, num_seqs, q_block, BLOCK_Q)
+    q_len = q_end - q_start
     local_block = q_block - (q_start // BLOCK_Q + seq)
     if local_block * BLOCK_Q >= q_len:
         return
-    seq_len = tl.load(seq_lens + seq)
     G: tl.constexpr = HQ // HK
     last_tok = tl.minimum(q_len, (local_block + 1) * BLOCK_Q) - 1
     kv_end = seq_len - q_len + last_tok + 1  # keys the block's last query sees
