@@ -52,9 +52,9 @@ def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
 def test_chunk_split_graphs_on_gpu(hf_models, monkeypatch):
     """CHUNK_SPLIT_GRAPHS on: chunk buckets (past a sequence limit of 2) capture a split graph, prefill chunks
     of one or two sequences replay it, and the tokens pass the bf16 rule against HF."""
-    from shifttune.runner import cuda_graphs
+    from shifttune.kernels import split_kv
 
-    monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
+    monkeypatch.setattr(split_kv, "CHUNK_SPLIT_GRAPHS", True)
     path = hf_models["llama"]
     prompts = [*PROMPTS, [1, *range(100, 249)]]  # the last: 150 tokens, its later chunks over several 64-key tiles
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)

@@ -93,9 +93,10 @@ def test_chunk_split_graphs_give_the_same_tokens(hf_models, monkeypatch):
     """CHUNK_SPLIT_GRAPHS: prefill chunks of one or two sequences in buckets past the sequence limit run the
     graph split for one sequence's chunk (eagerly here, the Triton kernel interpreted), a 150-token prompt's later
     64-token chunks over several 64-key tiles, so that more than one split holds keys: tokens must not change."""
+    from shifttune.kernels import split_kv
     from shifttune.runner import cuda_graphs
 
-    monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
+    monkeypatch.setattr(split_kv, "CHUNK_SPLIT_GRAPHS", True)
     path = hf_models["qwen3"]
     prompts = [*PROMPTS[:2], [1, *range(100, 249)]]  # the last: 150 tokens
     ref_tokens, _ = hf_reference(path, prompts)

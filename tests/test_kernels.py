@@ -127,17 +127,17 @@ def test_triton_split_decode_matches_reference_on_cpu(case, merge, chunk, monkey
 
 def test_triton_num_splits_depend_on_step_shape_only():
     """Splits fill the GPU at small batches and stop once the query blocks alone fill it."""
-    from shifttune.kernels.paged_attention import MAX_SPLITS, choose_num_splits
+    from shifttune.kernels.split_kv import MAX_SPLITS, choose_num_splits
 
     # batch 1-2 of 8 KV heads are small steps (SMALL_STEP_PROGRAMS_PER_SM = 4 programs per SM), batch 4 is not
-    assert choose_num_splits(1, 1, 32, 8, num_sms=132) == 66  # 8 KV heads x 66 splits: 4 programs per SM
-    assert choose_num_splits(2, 2, 32, 8, num_sms=132) == 33
-    assert choose_num_splits(4, 4, 32, 8, num_sms=132) == 5  # 32 x 5: a program per SM
-    assert choose_num_splits(1, 1, 32, 8, num_sms=132, programs_per_sm=1) == 17
-    assert choose_num_splits(1, 1, 16, 2, num_sms=132) == MAX_SPLITS
-    assert choose_num_splits(8, 8, 32, 8, num_sms=132) == 3
-    assert choose_num_splits(128, 128, 32, 8, num_sms=132) == 1
-    assert choose_num_splits(2048, 1, 32, 8, num_sms=132) == 1  # a long prefill chunk fills the GPU itself
+    assert choose_num_splits(1, 1, 32, 8, None, 132) == 66  # 8 KV heads x 66 splits: 4 programs per SM
+    assert choose_num_splits(2, 2, 32, 8, None, 132) == 33
+    assert choose_num_splits(4, 4, 32, 8, None, 132) == 5  # 32 x 5: a program per SM
+    assert choose_num_splits(1, 1, 32, 8, None, 132, programs_per_sm=1) == 17
+    assert choose_num_splits(1, 1, 16, 2, None, 132) == MAX_SPLITS
+    assert choose_num_splits(8, 8, 32, 8, None, 132) == 3
+    assert choose_num_splits(128, 128, 32, 8, None, 132) == 1
+    assert choose_num_splits(2048, 1, 32, 8, None, 132) == 1  # a long prefill chunk fills the GPU itself
 
 
 _COMPILE_FOR_SM90 = """
@@ -593,9 +593,10 @@ def test_chunk_split_plan(monkeypatch):
     padding one, fewer than 132 busy blocks) with at least as much cached context as new tokens; 8 KV heads a rank
     fill the GPU unsplit (no split graph); and where the bucket's own graph already splits as much (8 sequences of
     capacity) no second graph is captured."""
+    from shifttune.kernels import split_kv
     from shifttune.runner import cuda_graphs
 
-    monkeypatch.setattr(cuda_graphs, "CHUNK_SPLIT_GRAPHS", True)
+    monkeypatch.setattr(split_kv, "CHUNK_SPLIT_GRAPHS", True)
     monkeypatch.setattr(cuda_graphs, "sm_count", lambda device=None: 132)
     tp8 = stand_in_step_graphs(32, 1, 256, world_size=8)
     assert tp8.split_plan[("tp", 512)] == (5, 130)

@@ -254,18 +254,14 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
     replays, its sequence capacity and tile (StepGraphs), the split-KV ways (`choose_num_splits`, `launch_shape`),
     the chunk buckets' split graphs (StepGraphs.split_plan, use_split_graph), for decode batches and prefill chunks
     of one or more sequences, bucket sizes and others, at the GQA groups of the bundled models' ranks."""
-    pa = pytest.importorskip("shifttune.kernels.paged_attention")
     import itertools
 
+    from shifttune.kernels.split_kv import choose_num_splits, launch_shape
     from shifttune.recommend import grid
     from shifttune.recommend.roofline import graph_attention_programs
     from shifttune.runner import cuda_graphs
 
-    assert (grid.PROGRAMS_PER_SM, grid.SMALL_STEP_PROGRAMS_PER_SM, grid.SMALL_STEP_RATIO, grid.MAX_SPLITS) == (
-        pa.PROGRAMS_PER_SM, pa.SMALL_STEP_PROGRAMS_PER_SM, pa.SMALL_STEP_RATIO, pa.MAX_SPLITS)  # fmt: skip
     assert grid.GRAPH_TOKEN_BUCKETS == cuda_graphs.TOKEN_BUCKETS and grid.GRAPH_TOKEN_BUCKETS[-1] == 2048
-    assert (grid.CHUNK_SPLIT_GRAPHS, grid.CHUNK_SPLIT_MIN_KV_RATIO) == (
-        cuda_graphs.CHUNK_SPLIT_GRAPHS, cuda_graphs.CHUNK_SPLIT_MIN_KV_RATIO)  # fmt: skip
     shapes = [(32, 8), (16, 4), (8, 2), (4, 1), (64, 8), (8, 1), (40, 8), (5, 1)]
     split_steps, several = 0, 0
     for (hq, hk), sms, max_seqs in itertools.product(shapes, (78, 132, 1028), (grid.MAX_DECODE, 20)):
@@ -282,8 +278,8 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
                     splits, split_steps = graphs.split_plan[("tp", bucket)][0], split_steps + 1
                     several += seqs > 1
                 else:
-                    splits = pa.choose_num_splits(bucket, graphs.seqs_for(bucket), hq, hk, block_m, num_sms=sms)
-                _, block_q, _ = pa.launch_shape(bucket, graphs.seqs_for(bucket), hq, hk, block_m)
+                    splits = choose_num_splits(bucket, graphs.seqs_for(bucket), hq, hk, block_m, sms)
+                _, block_q, _ = launch_shape(bucket, graphs.seqs_for(bucket), hq, hk, block_m)
                 want = seqs * -(-per // block_q) * hk * splits
                 got = graph_attention_programs(tokens, seqs, per, context, hq, hk, sms, max_seqs)
                 assert got == want, (hq, hk, sms, max_seqs, tokens, context)

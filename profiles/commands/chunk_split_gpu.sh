@@ -18,7 +18,7 @@ fi
 timeout 420 python profiles/commands/chunk_split_probe.py --tp 4,8 --out "$OUT/chunk_split.json" 2>&1 \
   | grep -E "^TP=|Error" | tee -a "$LOG"
 timeout 150 python -c "
-import sys, pytest, shifttune.runner.cuda_graphs as g
+import sys, pytest, shifttune.kernels.split_kv as g
 g.CHUNK_SPLIT_GRAPHS = True
 sys.exit(pytest.main(['-q', '-p', 'no:cacheprovider', 'tests/test_gpu.py', '-k', 'chunk_split or oracle_bf16 or compile or shared_logits']))
 " > "$OUT/tests_on.log" 2>&1

@@ -1,4 +1,4 @@
-"""CHUNK_SPLIT_GRAPHS off and on (`runner/cuda_graphs.py`): graphed steps of one rank, built alone on one GPU as
+"""CHUNK_SPLIT_GRAPHS off and on (`kernels/split_kv.py`): graphed steps of one rank, built alone on one GPU as
 `profile --ops` builds it (`ops.build_rank`, a few layers), at the layouts whose KV heads per rank leave a one-sequence
 chunk short of programs. Steps: one sequence's chunk of 512 / 1024 / 2048 tokens at each context (the op tables'
 points, where the split graph replays), and steps of several sequences in the same buckets that stay on the bucket's
@@ -21,7 +21,7 @@ import torch
 
 from shifttune.profile import ops
 from shifttune.profile.step_timing import fill_kv_cache_random, summarize, synthetic_step, time_step
-from shifttune.runner import cuda_graphs
+from shifttune.kernels import split_kv
 
 STEPS = [(1, 512), (1, 1024), (1, 2048), (256, 2), (16, 32), (4, 128)]  # (sequences, tokens each)
 
@@ -29,7 +29,7 @@ STEPS = [(1, 512), (1, 1024), (1, 2048), (256, 2), (16, 32), (4, 128)]  # (seque
 def layer_ms(settings: ops.OpsSettings, tp: int, contexts: list[int], split: bool) -> tuple[dict, int, dict]:
     """{(seqs, per, context): ms a layer} of one build, (k layers - 1 layer) / (k - 1) as `profile --ops` splits
     them, how many split graphs the build captured, and {(seqs, per, context): whether the step replays one}."""
-    cuda_graphs.CHUNK_SPLIT_GRAPHS = split
+    split_kv.CHUNK_SPLIT_GRAPHS = split
     runner = ops.build_rank(settings, tp, 1, settings.layers)
     graphs = runner.graphs  # None on CPU (a smoke run)
     split_graphs = len(graphs.split_graphs) if graphs else 0

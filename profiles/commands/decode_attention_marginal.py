@@ -26,6 +26,7 @@ import torch
 from shifttune import LLM
 from shifttune.config import TP
 from shifttune.kernels import paged_attention as pa
+from shifttune.kernels import split_kv
 from shifttune.profile.step_sweep import measure_point
 from shifttune.profile.step_timing import measure_ceilings
 
@@ -34,13 +35,13 @@ def no_attention(q, k_cache, v_cache, meta, scale, **kwargs):
     return torch.empty_like(q)
 
 
-RULE_KNOBS = (
-    "SMALL_STEP_RATIO",
-    "SMALL_STEP_PROGRAMS_PER_SM",
-    "SMALL_STEP_CONFIG",
-    "SMALL_STEP_CONFIG_WIDE_GROUP",
-    "MERGE_COLUMNS",
-    "MAX_SPLITS",
+RULE_KNOBS = (  # (module, name): the split rule's knobs live in split_kv, the launch configurations in pa
+    (split_kv, "SMALL_STEP_RATIO"),
+    (split_kv, "SMALL_STEP_PROGRAMS_PER_SM"),
+    (pa, "SMALL_STEP_CONFIG"),
+    (pa, "SMALL_STEP_CONFIG_WIDE_GROUP"),
+    (pa, "MERGE_COLUMNS"),
+    (split_kv, "MAX_SPLITS"),
 )
 
 
@@ -52,14 +53,14 @@ def apply_rule(rule: str) -> None:
             raise ValueError(f"merge part {merge!r} is not mCOLUMNS")
         pa.MERGE_COLUMNS = int(merge[1:])
     if small == "off":
-        pa.SMALL_STEP_RATIO = 1 << 30  # no step is small
-        pa.MAX_SPLITS = 64
+        split_kv.SMALL_STEP_RATIO = 1 << 30  # no step is small
+        split_kv.MAX_SPLITS = 64
     elif small != "default":
         try:
             p, t, w, st = (int(x[1:]) for x in small.split("_"))
         except ValueError:
             raise ValueError(f"{small!r} is not default, off or pP_tT_wW_sS") from None
-        pa.SMALL_STEP_PROGRAMS_PER_SM = p
+        split_kv.SMALL_STEP_PROGRAMS_PER_SM = p
         pa.SMALL_STEP_CONFIG = pa.SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=t, num_warps=w, num_stages=st)
 
 
@@ -106,15 +107,15 @@ def main(argv: list[str] | None = None) -> None:
     rules = label_repeats(specs)
     rule_ms = {}
     for rule in rules:
-        saved = {k: getattr(pa, k) for k in RULE_KNOBS}
+        saved = {(m, k): getattr(m, k) for m, k in RULE_KNOBS}
         try:
             apply_rule(rule.partition("#")[0])
         except ValueError as e:
             ap.error(f"--rules {rule}: {e}")
         print(f"rule {rule}", flush=True)
         rule_ms[rule], cfg, hbm = step_ms(args.model, points, args.iters)
-        for k, v in saved.items():
-            setattr(pa, k, v)
+        for (m, k), v in saved.items():
+            setattr(m, k, v)
     pa.paged_attention = no_attention  # NOTE: read when the next LLM's runner picks its backend
     bare_ms, _, _ = step_ms(args.model, points, args.iters)
     kv_bytes_per_token = 2 * cfg.num_kv_heads * cfg.head_dim * 2  # K and V, bf16, one layer

@@ -35,6 +35,7 @@ import torch
 import triton
 import triton.language as tl
 
+from shifttune.kernels import split_kv
 from shifttune.kernels.paged_attention import _attend_tile, _merge_block, _merge_splits_kernel, _store_partial
 
 
@@ -308,12 +309,12 @@ def main(argv=None) -> None:
                        engine=time_layers(step, lambda *a: pa.paged_attention(*a), dev, scale, ref))  # fmt: skip
             for vname, opts in VARIANTS.items():
                 for s_mult in (1, 2):  # the engine's split count, and twice as many (shorter chains per split)
-                    n_splits = min(pa.MAX_SPLITS, splits * s_mult)
+                    n_splits = min(split_kv.MAX_SPLITS, splits * s_mult)
                     call = (lambda o, n: lambda qq, kc, vc, meta, sc: probe_attention(
                         qq, kc, vc, meta.block_tables, meta.seq_lens, sc, n, **o))(opts, n_splits)  # fmt: skip
                     row[f"{vname}_x{s_mult}"] = time_layers(step, call, dev, scale, ref)
             for s_mult in (1, 2):  # K/V by TMA descriptor loads, one 16-token block at a time
-                n_splits = min(pa.MAX_SPLITS, splits * s_mult)
+                n_splits = min(split_kv.MAX_SPLITS, splits * s_mult)
                 call = (lambda n: lambda qq, kc, vc, meta, sc: probe_tma_attention(
                     qq, kc, vc, meta.block_tables, meta.seq_lens, sc, n))(n_splits)  # fmt: skip
                 row[f"tma_kernel_x{s_mult}"] = time_layers(step, call, dev, scale, ref)

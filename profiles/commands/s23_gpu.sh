@@ -5,7 +5,11 @@
 #     1. attention_bench --decode (Llama-3.1-8B heads, batch 1-8 x 2k / 4k / 8k / 32k) on this tree's
 #        kernel and on the file before it, row by row in one process, twice (issue 14's decode item);
 #     2. the engine's GPU tests (tests/test_gpu.py, tests/test_kernels.py).
-# Into $OUT: check.log, decode_attention_{1,2}.json, tests.log
+#   PART=b bash profiles/commands/s23_gpu.sh   # after the split rule moved to kernels/split_kv.py (torch-free):
+#     the engine's GPU tests; attention_bench --decode at batch 1-2, 2k (its knobs now read from split_kv);
+#     decode_attention_marginal.py with the rule before session 19 ("off", patched through split_kv) and the default
+# Into $OUT: check.log, decode_attention_{1,2}.json, tests.log (a); tests_b.log, decode_attention_b.json,
+# marginal_b.json (b)
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
@@ -18,4 +22,13 @@ if [ "${PART:-a}" = a ]; then
   timeout 240 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py > "$OUT/tests.log" 2>&1
   stamp "tests/test_gpu.py + tests/test_kernels.py rc=$?: $(tail -1 "$OUT/tests.log")"
   grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG"
+fi
+if [ "${PART:-a}" = b ]; then
+  timeout 240 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py > "$OUT/tests_b.log" 2>&1
+  stamp "tests/test_gpu.py + tests/test_kernels.py rc=$?: $(tail -1 "$OUT/tests_b.log")"
+  grep -E "FAILED|Error" "$OUT/tests_b.log" | head -10 | cut -c1-300 | tee -a "$LOG"
+  timeout 90 python -m shifttune.profile.attention_bench --decode --no-sweep --batches 1,2 --contexts 2048 \
+    --out "$OUT/decode_attention_b.json" 2>&1 | grep -E "^decode +b=|worst|Error" | cut -c1-300 | tee -a "$LOG"
+  timeout 200 python profiles/commands/decode_attention_marginal.py --batches 1,2 --contexts 2048 --iters 20 \
+    --rules default,off --out "$OUT/marginal_b.json" 2>&1 | grep -E "^b=|^rule|Error" | cut -c1-300 | tee -a "$LOG"
 fi

@@ -12,8 +12,8 @@ one kernel, not two, but measured 6% slower over the decode sweep on an H200 and
 keys are cut into equal TILE-aligned splits inside the kernel, so a short context uses fewer of the
 launched splits and the others exit at once.
 
-Grid sizes depend only on the number of tokens and sequences, never on context lengths, and
-`choose_num_splits` only on token, sequence and head counts, so launches can be captured in CUDA
+Grid sizes depend only on the number of tokens and sequences, never on context lengths, and the split-KV ways
+(`split_kv.choose_num_splits`) only on token, sequence, head and SM counts, so launches can be captured in CUDA
 graphs. Tested on CPU under TRITON_INTERPRET=1 against `attention_ref.py`; timed on GPUs by
 `shifttune.profile.attention_bench`.
 """
@@ -27,27 +27,22 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
+from shifttune.kernels import split_kv
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.launch import pdl_args
+from shifttune.kernels.split_kv import choose_num_splits, is_small_step, launch_shape
 
-MAX_SPLITS = 256  # the most split-KV ways `choose_num_splits` returns
-# split until this many programs per SM hold work (when the step alone has fewer), small steps aside (below). 1,
-# not 2: on an H100 every batch 1-8 decode row (2k-32k) of attention_bench ran as fast or faster, and batch-1
-# decode steps 0.6% faster (profiles/runs/s12_h100, before small steps had their own rule)
-PROGRAMS_PER_SM = 1
 # Launch configuration by path: decode-like steps (16-row tiles; small ones: SMALL_STEP_CONFIG[_WIDE_GROUP]) and
 # prefill chunks (64-row tiles). Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
-# Small decode steps (query blocks x KV heads with work x SMALL_STEP_RATIO <= SMs: batch 1-2 of 8 KV heads, 1-16
-# of one, on 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's
-# pipeline, are what the step waits for. Tile and warps by the GQA group (query heads per KV head): on an H100,
-# over batch 1-16 x 2k-32k, groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP
-# rank of Llama-3.3-70B) on 32-key tiles and 4 warps; with them decode attention came within 3% of each row's
-# best of 48 launch options (geometric mean; 13% at worst) against 12% (32% at worst) for one program per SM and
-# DECODE_CONFIG (profiles/runs/s19_h100/d_options, profiles/runs/s19_derived.txt; the options marked "one" there
-# ran a path for one-tile splits without the key loop, within noise of the loop and dropped).
-SMALL_STEP_RATIO = 8
-SMALL_STEP_PROGRAMS_PER_SM = 4
+# Small decode steps (`split_kv.is_small_step`: batch 1-2 of 8 KV heads, 1-16 of one, on 132 SMs) split into 4
+# programs per SM and run them unpipelined: their loads, not a program's pipeline, are what the step waits for. Tile
+# and warps by the GQA group (query heads per KV head): on an H100, over batch 1-16 x 2k-32k, groups of 4
+# (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP rank of Llama-3.3-70B) on 32-key tiles and
+# 4 warps; with them decode attention came within 3% of each row's best of 48 launch options (geometric mean; 13% at
+# worst) against 12% (32% at worst) for one program per SM and DECODE_CONFIG (profiles/runs/s19_h100/d_options,
+# profiles/runs/s19_derived.txt; the options marked "one" there ran a path for one-tile splits without the key
+# loop, within noise of the loop and dropped).
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
 SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=32, num_warps=4, num_stages=1)  # groups of more than 4
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
@@ -345,50 +340,6 @@ def _merge_splits_kernel(
     tl.store(out + row.to(tl.int64) * D + d, o.to(out.dtype.element_ty))
 
 
-def launch_shape(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None = None) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_Q, query-block grid size) the kernel uses for a step of this size."""
-    group = hq // hk
-    decode_like = num_tokens <= 4 * num_seqs
-    block_m = max(block_m or (16 if decode_like else 64), triton.next_power_of_2(group))
-    block_q = block_m // group
-    return block_m, block_q, num_tokens // block_q + num_seqs
-
-
-def busy_programs(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None = None) -> int:
-    """Query blocks x KV heads that hold tokens in a step of this size (the grid's other query blocks are empty)."""
-    _, block_q, _ = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
-    return max(num_seqs, triton.cdiv(num_tokens, block_q)) * hk
-
-
-def is_small_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None, num_sms: int) -> bool:
-    """Whether a step of this size is a small decode step: decode-like (16-row tiles) with so few programs of work
-    that it runs SMALL_STEP_CONFIG[_WIDE_GROUP] at SMALL_STEP_PROGRAMS_PER_SM."""
-    block_m, _, _ = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
-    return block_m < 64 and busy_programs(num_tokens, num_seqs, hq, hk, block_m) * SMALL_STEP_RATIO <= num_sms
-
-
-def choose_num_splits(
-    num_tokens: int,
-    num_seqs: int,
-    hq: int,
-    hk: int,
-    block_m: int | None = None,
-    num_sms: int | None = None,
-    programs_per_sm: int | None = None,
-) -> int:
-    """Split-KV ways for a step of this many tokens and sequences (never of its context lengths, so a
-    CUDA graph's choice holds for every replay): none when the query blocks that hold tokens already
-    fill the GPU once, else enough for about `programs_per_sm` programs with work per SM (default
-    PROGRAMS_PER_SM; SMALL_STEP_PROGRAMS_PER_SM for small steps)."""
-    num_sms = num_sms or sm_count()
-    busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
-    if busy >= num_sms:
-        return 1
-    small = is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms)
-    per_sm = programs_per_sm or (SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM)
-    return max(1, min(triton.cdiv(per_sm * num_sms, busy), MAX_SPLITS))
-
-
 @functools.cache
 def _sm_count(index: int) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
@@ -483,7 +434,7 @@ def paged_attention(
         TILE=tile,
         SPLIT=mode,
         GP2=group_p2,
-        S_CHUNK=min(triton.next_power_of_2(MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
+        S_CHUNK=min(triton.next_power_of_2(split_kv.MAX_SPLITS), max(1, MERGE_ELEMS // (group_p2 * dim))),
         **pdl,
         num_warps=num_warps or config["num_warps"],
         num_stages=num_stages or config["num_stages"],

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, BlockSpan
+from shifttune.kernels.split_kv import is_small_step
 from shifttune.kernels.upload import to_device_parts
 
 PREFILL_PATHS = ("auto", "paged", "sdpa")
@@ -302,10 +303,8 @@ class StepAttention:
     def _warm_launches(self, device: torch.device) -> list[tuple[int, int, int]]:
         """(query rows per program, padded sequences, splits) of every pinned paged binary: each split count at
         PAGED_PAD sequences, and for decode-like launches also at the fewest padded sequences that are no small
-        step, where the kernel runs another launch configuration (`paged_attention.is_small_step`: with one KV
+        step, where the kernel runs another launch configuration (`split_kv.is_small_step`: with one KV
         head, 16 sequences are small and 32 are not)."""
-        from shifttune.kernels.paged_attention import is_small_step  # NOTE: lazy: Triton, only when pinned
-
         seqs = PAGED_PAD
         while is_small_step(seqs, seqs, self.hq, self.hk, 16, _sm_count(device)):
             seqs += PAGED_PAD

@@ -38,6 +38,7 @@ import triton
 import triton.language as tl
 
 from shifttune.kernels.attention import AttentionMetadata
+from shifttune.kernels import split_kv
 from shifttune.kernels.attention_ref import paged_attention_ref
 from shifttune.profile.step_timing import Ceilings, measure_ceilings, summarize, time_fn
 
@@ -497,10 +498,10 @@ def decode_main(args, argv) -> None:
         "nominal_hbm_bytes_per_s": nominal,
         "defaults": dict(
             decode=pa.DECODE_CONFIG,
-            small_step=dict(pa.SMALL_STEP_CONFIG, programs_per_sm=pa.SMALL_STEP_PROGRAMS_PER_SM),
+            small_step=dict(pa.SMALL_STEP_CONFIG, programs_per_sm=split_kv.SMALL_STEP_PROGRAMS_PER_SM),
             small_step_wide_group=pa.SMALL_STEP_CONFIG_WIDE_GROUP,
             prefill=pa.PREFILL_CONFIG,
-            programs_per_sm=pa.PROGRAMS_PER_SM,
+            programs_per_sm=split_kv.PROGRAMS_PER_SM,
             merge=pa.MERGE,
             merge_columns=pa.MERGE_COLUMNS,
         ),

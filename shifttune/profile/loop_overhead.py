@@ -40,6 +40,7 @@ from shifttune.config import TP, ConfigError
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.sampling_params import SamplingParams
 from shifttune.engine.stats import StepStats, percentile
+from shifttune.kernels import split_kv
 from shifttune.profile.step_timing import breakdown_step, measure_ceilings, step_floors, synthetic_step, time_step
 
 GREEDY = "greedy"
@@ -256,10 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     if args.programs_per_sm:
-        from shifttune.kernels import paged_attention  # NOTE: lazy: Triton is GPU-only
-
-        paged_attention.PROGRAMS_PER_SM = args.programs_per_sm
-        paged_attention.SMALL_STEP_RATIO = 1 << 30  # no step is small
+        split_kv.PROGRAMS_PER_SM = args.programs_per_sm
+        split_kv.SMALL_STEP_RATIO = 1 << 30  # no step is small
     try:
         cases = CASES if args.cases == "all" else [CASES[int(i)] for i in args.cases.split(",")]
     except (ValueError, IndexError):

@@ -31,6 +31,7 @@ import torch
 
 from shifttune.config import SP, TP, ConfigError, EngineConfig, ParallelConfig, load_model_config, resolve_model_path
 from shifttune.engine.profile_schema import model_summary
+from shifttune.kernels import split_kv
 from shifttune.parallel.state import Group, ParallelState
 from shifttune.profile.profiler import ProfileSettings
 from shifttune.profile.step_sweep import step_shape
@@ -245,9 +246,7 @@ def _chunk_split_graphs(device: str) -> bool:
     """Whether this engine's CUDA graphs include split graphs for prefill chunks (none without CUDA graphs)."""
     if device != "cuda":
         return False
-    from shifttune.runner import cuda_graphs  # NOTE: lazy: it imports Triton, which CPU installs may lack
-
-    return cuda_graphs.CHUNK_SPLIT_GRAPHS
+    return split_kv.CHUNK_SPLIT_GRAPHS
 
 
 def _resume(out: Path, settings: OpsSettings) -> OpTable | None:

@@ -19,14 +19,6 @@ GRAPH_TOKEN_BUCKETS = (1, 2, 4, 8, 16, 24, 32, 48, 64, 96, 128, 160, 192, 224, 2
 # prefill chunks "auto" sends to SDPA: at least this many new tokens and query-key pairs (kernels/prefill_attention.py)
 SDPA_MIN_TOKENS = 256
 SDPA_MIN_PAIRS = 4 * 1024 * 1024
-# split-KV ways of a CUDA graph's paged attention (kernels/paged_attention.py: choose_num_splits, is_small_step)
-PROGRAMS_PER_SM = 1
-SMALL_STEP_PROGRAMS_PER_SM = 4
-SMALL_STEP_RATIO = 8
-MAX_SPLITS = 256
-# chunk buckets also capture a graph split for one sequence's chunk (runner/cuda_graphs.py: CHUNK_SPLIT_GRAPHS)
-CHUNK_SPLIT_GRAPHS = True
-CHUNK_SPLIT_MIN_KV_RATIO = 2  # ... for steps whose cached + new tokens are at least this many times the new ones
 
 
 def step_shape(tokens: int, context: int, max_decode: int = MAX_DECODE) -> tuple[int, int]:

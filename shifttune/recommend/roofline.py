@@ -26,21 +26,16 @@ from dataclasses import dataclass, replace
 
 from shifttune.config import SP, TP, ModelConfig
 from shifttune.engine.profile_schema import model_summary
+from shifttune.kernels.split_kv import CHUNK_SPLIT_GRAPHS, CHUNK_SPLIT_MIN_KV_RATIO, choose_num_splits, launch_shape
 from shifttune.recommend.gpus import GPUS_FILE, GpuSpec
 from shifttune.recommend.grid import (
-    CHUNK_SPLIT_GRAPHS,
-    CHUNK_SPLIT_MIN_KV_RATIO,
     CUDA_GRAPH_MAX_TOKENS,
     GPU_CONTEXTS,
     GPU_TOKENS,
     GRAPH_TOKEN_BUCKETS,
     MAX_DECODE,
-    MAX_SPLITS,
-    PROGRAMS_PER_SM,
     SDPA_MIN_PAIRS,
     SDPA_MIN_TOKENS,
-    SMALL_STEP_PROGRAMS_PER_SM,
-    SMALL_STEP_RATIO,
     step_shape,
 )
 from shifttune.recommend.op_table import OpEntry, OpTable
@@ -84,31 +79,21 @@ def sdpa_chunk(tokens: int, per: int, context: int) -> bool:
     return tokens > CUDA_GRAPH_MAX_TOKENS and per >= SDPA_MIN_TOKENS and pairs >= SDPA_MIN_PAIRS
 
 
-def _graph_splits(bucket: int, seqs: int, block_m: int, group: int, hk: int, sms: int) -> int:
-    """`choose_num_splits` of a graph's attention: `seqs` sequence rows, `block_m` query rows a program."""
-    busy = max(seqs, -(-bucket // (block_m // group))) * hk
-    if busy >= sms:
-        return 1
-    small = block_m < 64 and busy * SMALL_STEP_RATIO <= sms
-    return max(1, min(-(-(SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM) * sms // busy), MAX_SPLITS))
-
-
 def graph_attention_programs(tokens: int, seqs: int, per: int, context: int, hq: int, hk: int, sms: int,
                              max_decode: int = MAX_DECODE, chunk_split: bool = CHUNK_SPLIT_GRAPHS) -> int:  # fmt: skip
     """Programs with work in a graphed step's paged attention. The step replays the graph of the smallest bucket
     that holds it, whose split-KV ways were fixed as if the bucket's sequence capacity held its tokens
-    (`runner/cuda_graphs.py`, `kernels/paged_attention.py::choose_num_splits`); in a chunk bucket, a step of few
+    (`runner/cuda_graphs.py`, `kernels/split_kv.py`: the kernel's own rule); in a chunk bucket, a step of few
     enough sequences with enough cached context replays the graph split for one sequence's chunk
     (CHUNK_SPLIT_GRAPHS)."""
     bucket = next((b for b in GRAPH_TOKEN_BUCKETS if b >= tokens), tokens)
-    group = max(1, hq // hk)
     capacity = min(bucket, max_decode + 1)  # StepGraphs.max_seqs: one row more than max_num_seqs
-    block_m = max(16 if bucket < max_decode + 1 else 64, 1 << (group - 1).bit_length())  # StepGraphs.block_m_for
-    block_q = block_m // group
-    splits = _graph_splits(bucket, capacity, block_m, group, hk, sms)
+    block_m = 16 if bucket < max_decode + 1 else 64  # StepGraphs.block_m_for
+    _, block_q, _ = launch_shape(bucket, capacity, hq, hk, block_m)
+    splits = choose_num_splits(bucket, capacity, hq, hk, block_m, sms)
     chunk = chunk_split and bucket >= max_decode + 1 and seqs < capacity and context >= CHUNK_SPLIT_MIN_KV_RATIO * per
-    if chunk and _graph_splits(bucket, seqs + 1, block_m, group, hk, sms) > splits:  # StepGraphs.use_split_graph
-        splits = _graph_splits(bucket, 1, block_m, group, hk, sms)
+    if chunk and choose_num_splits(bucket, seqs + 1, hq, hk, block_m, sms) > splits:  # StepGraphs.use_split_graph
+        splits = choose_num_splits(bucket, 1, hq, hk, block_m, sms)
     return seqs * -(-per // block_q) * hk * splits
 
 

@@ -13,9 +13,10 @@ With `capture=False` the same padded buffers run eagerly: that is how CPU tests 
 A graph fixes its attention's split-KV ways for its bucket as if the bucket's sequence capacity held its
 tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs split too little (with 257
 sequences of capacity, unsplit), on as few programs as its query blocks x KV heads (at TP 8 a quarter of
-an H100 at 512 tokens). With CHUNK_SPLIT_GRAPHS such buckets also get a graph split for one sequence's chunk,
-replayed when the step's own sequences would split more than the bucket's graph does and their cached context is
-at least as long as their new tokens (a prompt's first chunk gains nothing from the split).
+an H100 at 512 tokens). With CHUNK_SPLIT_GRAPHS (`kernels/split_kv.py`) such buckets also get a graph split
+for one sequence's chunk, replayed when the step's own sequences would split more than the bucket's graph does
+and their cached + new tokens are at least twice their new tokens (a prompt's first chunk gains nothing from the
+split).
 """
 
 from __future__ import annotations
@@ -23,17 +24,11 @@ from __future__ import annotations
 import torch
 
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.paged_attention import choose_num_splits, sm_count
+from shifttune.kernels.paged_attention import sm_count
+from shifttune.kernels import split_kv
+from shifttune.kernels.split_kv import choose_num_splits
 from shifttune.kernels.upload import to_device_parts
 from shifttune.runner.step_input import StepTensors
-
-# Measured on an H100 (profiles/runs/s22_h100/a_chunk_split): a TP-4 / TP-8 rank of an 8B model, one sequence's
-# chunk of 512 tokens 11-25% less time a layer at 2k context, 512-1024 tokens 21-57% at 8k and 40-75% at 32k; steps
-# on the bucket's own graph unchanged. Mirrored by recommend/roofline.py (grid.CHUNK_SPLIT_GRAPHS).
-CHUNK_SPLIT_GRAPHS = True
-# NOTE: and only for steps whose KV (cached + new tokens) is at least this many times their new tokens: a prompt's
-# first 512-token chunk ran 3-12% slower split (s22_h100/c, the op table's entries at context = chunk = 512).
-CHUNK_SPLIT_MIN_KV_RATIO = 2
 
 TOKEN_BUCKETS = (
     1,
@@ -94,7 +89,7 @@ class StepGraphs:
         self.graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}
         self.split_graphs: dict[tuple[str, int], torch.cuda.CUDAGraph] = {}  # CHUNK_SPLIT_GRAPHS's
         # (mode, bucket) -> (split-KV ways of its split graph, the most sequences a step may hold to replay it)
-        self.split_plan = self._split_plan(runner.modes) if CHUNK_SPLIT_GRAPHS else {}
+        self.split_plan = self._split_plan(runner.modes) if split_kv.CHUNK_SPLIT_GRAPHS else {}
         self.num_replays = 0
         if not capture:
             return
@@ -153,7 +148,7 @@ class StepGraphs:
         """Whether a step of `num_seqs` sequences, `num_tokens` new tokens and `kv_tokens` cached + new tokens in
         bucket b replays the bucket's split graph (CHUNK_SPLIT_GRAPHS)."""
         plan = self.split_plan.get((mode, b))
-        return plan is not None and num_seqs <= plan[1] and kv_tokens >= CHUNK_SPLIT_MIN_KV_RATIO * num_tokens
+        return plan is not None and num_seqs <= plan[1] and kv_tokens >= split_kv.CHUNK_SPLIT_MIN_KV_RATIO * num_tokens
 
     def _forward(self, mode: str, b: int, split: bool = False) -> torch.Tensor:
         model = self.runner.model_for(mode)
@@ -168,7 +163,9 @@ class StepGraphs:
             block_tables=self.block_tables[:s],
             query_start_loc_cpu=None,
             seq_lens_cpu=None,
-            num_splits=self.split_plan[(mode, b)][0] if split else choose_num_splits(b, s, hq, hk, block_m),
+            num_splits=self.split_plan[(mode, b)][0]
+            if split
+            else choose_num_splits(b, s, hq, hk, block_m, sm_count(self.runner.device)),
             block_m=block_m,
         )
         return self.runner.forward(model, self.ids[:padded], self.pos[:padded], meta, b, self.samples[:s])
