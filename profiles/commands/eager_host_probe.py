@@ -7,13 +7,17 @@ For each layout (a rank built alone as `profile --ops` builds it: `ops.build_ran
 each step of more tokens than the CUDA graphs hold: the step's wall time (synchronized, as `profile` times it); the
 host's time to enqueue it while the GPU is held busy (`torch.cuda._sleep`), so nothing waits on the device; the
 device's time for it with the host ahead (CUDA events around it, queued behind the sleep); and, for one run of the
-largest step of each layout, torch.profiler's ops by self CPU time (inflated by the profiler; for proportions).
+step (`--profile`), torch.profiler's ops by self CPU time and cProfile's functions by own and cumulative time
+(both inflated by the profilers; for proportions).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
+import io
 import json
+import pstats
 import statistics
 import time
 from pathlib import Path
@@ -61,6 +65,27 @@ def device(run) -> float:
     return a.elapsed_time(b)
 
 
+def host_profiles(run) -> dict[str, str]:
+    """One run of the step under torch.profiler (ops by self CPU time) and cProfile (functions by own and by
+    cumulative time), the GPU held busy meanwhile so that the host never waits."""
+    torch.cuda._sleep(SLEEP_CYCLES)
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        run()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(SLEEP_CYCLES)
+    cp = cProfile.Profile()
+    cp.enable()
+    run()
+    cp.disable()
+    torch.cuda.synchronize()
+    out = {"torch": prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=50)}
+    for key in ("tottime", "cumtime"):
+        buf = io.StringIO()
+        pstats.Stats(cp, stream=buf).sort_stats(key).print_stats(25)
+        out[f"cprofile_{key}"] = buf.getvalue()
+    return out
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="llama-3.1-8b")
@@ -68,6 +93,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--steps", default="4096x8192,8192x8192", help="tokens x context, ...")
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--iters", type=int, default=10)
+    ap.add_argument("--profile", action="store_true", help="also profile one run of each step on the host")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     steps = [tuple(int(x) for x in s.split("x")) for s in args.steps.split(",")]
@@ -91,16 +117,12 @@ def main(argv: list[str] | None = None) -> None:
                        wall_ms=wall_ms, host_ms=host_ms, device_ms=device_ms)  # fmt: skip
             row["host_over_device"] = row["host_ms"] / row["device_ms"]
             rows.append(row)
+            if args.profile:
+                profiles[f"{spec} {tokens}x{context}"] = host_profiles(run)
             print(f"{mode} TP={tp} SP={sp} {tokens}x{context}: wall {row['wall_ms']:.2f} ms, "
                   f"host {row['host_ms']:.2f}, device {row['device_ms']:.2f} "
                   f"(host/device {row['host_over_device']:.2f}) "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            run()
-            torch.cuda.synchronize()
-        profiles[spec] = prof.key_averages().table(
-            sort_by="self_cpu_time_total", row_limit=18, max_name_column_width=50
-        )
         ops._release(runner)
         del runner
     result = dict(command="python profiles/commands/eager_host_probe.py " + " ".join(argv or []),
