@@ -8,13 +8,16 @@ each step of more tokens than the CUDA graphs hold: the step's wall time (synchr
 host's time to enqueue it while the GPU is held busy (`torch.cuda._sleep`), so nothing waits on the device; the
 device's time for it with the host ahead (CUDA events around it, queued behind the sleep); and, for one run of the
 step (`--profile`), torch.profiler's ops by self CPU time and cProfile's functions by own and cumulative time
-(both inflated by the profilers; for proportions).
+(both inflated by the profilers; for proportions). With `--graph-max-tokens N` each layout is built a second time with
+CUDA graphs for steps of up to N tokens (`cuda_graph_max_tokens`; the paged Triton kernel then runs their
+attention, not cuDNN SDPA) and the same steps are timed replayed: what capturing them would gain.
 """
 
 from __future__ import annotations
 
 import argparse
 import cProfile
+import functools
 import io
 import json
 import pstats
@@ -24,6 +27,7 @@ from pathlib import Path
 
 import torch
 
+from shifttune.config import EngineConfig
 from shifttune.profile import ops
 from shifttune.profile.step_sweep import step_shape
 from shifttune.profile.step_timing import fill_kv_cache_random, synthetic_step
@@ -94,16 +98,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--layers", type=int, default=8)
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", action="store_true", help="also profile one run of each step on the host")
+    ap.add_argument("--graph-max-tokens", type=int, default=None, help="also time the steps captured in graphs")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     steps = [tuple(int(x) for x in s.split("x")) for s in args.steps.split(",")]
     settings = ops.OpsSettings(args.model, tokens=sorted({t for t, _ in steps}), contexts=sorted({c for _, c in steps}),
                                layers=args.layers)  # fmt: skip
     rows, profiles, t0 = [], {}, time.perf_counter()
-    for spec in args.layouts.split(","):
+    builds = [(spec, None) for spec in args.layouts.split(",")]
+    if args.graph_max_tokens:
+        builds = [(spec, g) for spec in args.layouts.split(",") for g in (None, args.graph_max_tokens)]
+    for spec, graph_max in builds:
         mode, tp, sp = spec.split(":")
         tp, sp = int(tp), int(sp)
+        # NOTE: the probe's own knob: `profile --ops` builds ranks with the engine's default graph limit
+        ops.EngineConfig = functools.partial(EngineConfig, cuda_graph_max_tokens=graph_max or 2048)
         runner = ops.build_rank(settings, tp, sp, args.layers)
+        ops.EngineConfig = EngineConfig
         fill_kv_cache_random(runner)
         for tokens, context in steps:
             seqs, per = step_shape(tokens, context, settings.max_decode)
@@ -113,13 +124,15 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.synchronize()
 
             wall_ms, host_ms, device_ms = (median_ms(fn, run, args.iters) for fn in (wall, host, device))
-            row = dict(mode=mode, tp=tp, sp=sp, tokens=tokens, context=context, layers=args.layers,
+            graphed = runner.graphs is not None and runner.graphs.can_run(tokens, seqs, seqs)
+            row = dict(mode=mode, tp=tp, sp=sp, tokens=tokens, context=context, layers=args.layers, graphed=graphed,
                        wall_ms=wall_ms, host_ms=host_ms, device_ms=device_ms)  # fmt: skip
             row["host_over_device"] = row["host_ms"] / row["device_ms"]
             rows.append(row)
-            if args.profile:
+            if args.profile and not graphed:
                 profiles[f"{spec} {tokens}x{context}"] = host_profiles(run)
-            print(f"{mode} TP={tp} SP={sp} {tokens}x{context}: wall {row['wall_ms']:.2f} ms, "
+            label = f"{mode} TP={tp} SP={sp} {tokens}x{context}{' graphed' if graphed else ''}"
+            print(f"{label}: wall {row['wall_ms']:.2f} ms, "
                   f"host {row['host_ms']:.2f}, device {row['device_ms']:.2f} "
                   f"(host/device {row['host_over_device']:.2f}) "
                   f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
