@@ -286,6 +286,19 @@ def test_roofline_mirrors_the_graphs_attention_launch(monkeypatch):
     assert split_steps > 20 and several > 5  # the split graphs' rule is exercised, with several sequences too
 
 
+def test_the_roofline_follows_the_engines_split_graph_knob(monkeypatch):
+    """The roofline reads CHUNK_SPLIT_GRAPHS from `kernels/split_kv.py` when it runs, as the engine does: a probe
+    that turns it off (as chunk_split_probe.py does) gets predictions without split graphs too."""
+    from shifttune.kernels import split_kv
+    from shifttune.recommend.roofline import graph_attention_programs
+
+    step = (512, 1, 512, 32768, 4, 1, 132)  # one sequence's 512-token chunk at 32k on a TP-8 rank of an 8B model
+    on = graph_attention_programs(*step)
+    assert on == graph_attention_programs(*step, chunk_split=True) > graph_attention_programs(*step, chunk_split=False)
+    monkeypatch.setattr(split_kv, "CHUNK_SPLIT_GRAPHS", False)
+    assert graph_attention_programs(*step) == graph_attention_programs(*step, chunk_split=False)
+
+
 def _saved(table, folder: Path) -> Path:
     path = folder / f"roofline_{table.model['name']}.json"
     table.save(path)

@@ -7,7 +7,9 @@ HBM floor, while a kernel on the same grid that only loads one value takes 1.3 u
 wait on a chain of dependent loads before their K/V loads can start: the query-start table (binary search for
 the sequence), then the sequence's query start and length, then its length in the cache (from which its split
 range follows), then the block-table entries of the range, then K and V. Pure-decode probe kernels (one query
-token per sequence: the program's sequence is its grid index) cut that chain:
+token per sequence: the program's sequence is its grid index) cut that chain. (Since session 23 the engine kernel
+guesses a decode program's sequence and loads its query start, length and cache length at once, d9d3184; the
+binary search runs only where the guess misses.)
 
 - `contiguous`: splits are equal key ranges from the sequence length (as the engine's): seq_len, then block
   table, then K/V;

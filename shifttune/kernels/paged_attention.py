@@ -61,10 +61,11 @@ _NO_SPLIT, _FUSED_MERGE, _KERNEL_MERGE = 0, 1, 2
 def _find_seq(query_start_loc, seq_lens, num_seqs, q_block, BLOCK_Q: tl.constexpr):
     """(sequence, its first query token, the token after its last, its length) of global query block `q_block`
     (blocks of sequence i start at qsl[i] // BLOCK_Q + i).
-    NOTE: in a decode step each sequence holds one token, so sequence i owns block i + i // BLOCK_Q (and an empty one
-    after every BLOCK_Q-th). That guess's three loads go out at once, first thing; the binary search, a chain of
-    dependent loads ahead of the block table's and the K/V's, runs only where the guess misses (prefill chunks)."""
-    seq = tl.minimum(q_block - q_block // (BLOCK_Q + 1), num_seqs - 1)
+    NOTE: in a decode step each sequence holds one token, so sequence i owns block i + i // BLOCK_Q, and every
+    BLOCK_Q-th sequence also the empty block after it. That guess's three loads go out at once, first thing; the
+    binary search, a chain of dependent loads ahead of the block table's and the K/V's, runs only where the guess
+    misses (prefill chunks)."""
+    seq = tl.minimum(q_block - (q_block + 1) // (BLOCK_Q + 1), num_seqs - 1)
     q_start = tl.load(query_start_loc + seq)
     q_end = tl.load(query_start_loc + seq + 1)
     seq_len = tl.load(seq_lens + seq)

@@ -251,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
         "--programs-per-sm",
         type=int,
         default=None,
-        help="GPU: split-KV rule of the paged kernel at every batch, small steps too (default: its PROGRAMS_PER_SM, "
-        "and SMALL_STEP_PROGRAMS_PER_SM with SMALL_STEP_CONFIG for small steps), to compare rules",
+        help="GPU: split-KV rule of the paged kernel at every batch, small steps too (default: split_kv's "
+        "PROGRAMS_PER_SM, and SMALL_STEP_PROGRAMS_PER_SM with the kernel's SMALL_STEP_CONFIG for small steps), "
+        "to compare rules",
     )
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)

@@ -26,7 +26,8 @@ from dataclasses import dataclass, replace
 
 from shifttune.config import SP, TP, ModelConfig
 from shifttune.engine.profile_schema import model_summary
-from shifttune.kernels.split_kv import CHUNK_SPLIT_GRAPHS, CHUNK_SPLIT_MIN_KV_RATIO, choose_num_splits, launch_shape
+from shifttune.kernels import split_kv
+from shifttune.kernels.split_kv import choose_num_splits, launch_shape
 from shifttune.recommend.gpus import GPUS_FILE, GpuSpec
 from shifttune.recommend.grid import (
     CUDA_GRAPH_MAX_TOKENS,
@@ -80,18 +81,24 @@ def sdpa_chunk(tokens: int, per: int, context: int) -> bool:
 
 
 def graph_attention_programs(tokens: int, seqs: int, per: int, context: int, hq: int, hk: int, sms: int,
-                             max_decode: int = MAX_DECODE, chunk_split: bool = CHUNK_SPLIT_GRAPHS) -> int:  # fmt: skip
+                             max_decode: int = MAX_DECODE, chunk_split: bool | None = None) -> int:  # fmt: skip
     """Programs with work in a graphed step's paged attention. The step replays the graph of the smallest bucket
     that holds it, whose split-KV ways were fixed as if the bucket's sequence capacity held its tokens
     (`runner/cuda_graphs.py`, `kernels/split_kv.py`: the kernel's own rule); in a chunk bucket, a step of few
     enough sequences with enough cached context replays the graph split for one sequence's chunk
-    (CHUNK_SPLIT_GRAPHS)."""
+    (CHUNK_SPLIT_GRAPHS; `chunk_split` None: as the engine's `split_kv` says now)."""
     bucket = next((b for b in GRAPH_TOKEN_BUCKETS if b >= tokens), tokens)
     capacity = min(bucket, max_decode + 1)  # StepGraphs.max_seqs: one row more than max_num_seqs
     block_m = 16 if bucket < max_decode + 1 else 64  # StepGraphs.block_m_for
     _, block_q, _ = launch_shape(bucket, capacity, hq, hk, block_m)
     splits = choose_num_splits(bucket, capacity, hq, hk, block_m, sms)
-    chunk = chunk_split and bucket >= max_decode + 1 and seqs < capacity and context >= CHUNK_SPLIT_MIN_KV_RATIO * per
+    chunk_split = split_kv.CHUNK_SPLIT_GRAPHS if chunk_split is None else chunk_split
+    chunk = (
+        chunk_split
+        and bucket >= max_decode + 1
+        and seqs < capacity
+        and context >= split_kv.CHUNK_SPLIT_MIN_KV_RATIO * per
+    )
     if chunk and choose_num_splits(bucket, seqs + 1, hq, hk, block_m, sms) > splits:  # StepGraphs.use_split_graph
         splits = choose_num_splits(bucket, 1, hq, hk, block_m, sms)
     return seqs * -(-per // block_q) * hk * splits
@@ -111,7 +118,7 @@ def attention_ms(hq: int, hk: int, d: int, seqs: int, per: int, context: int, el
 
 
 def layer_ms(cfg: ModelConfig, s: RankShapes, tokens: int, context: int, elem: int, gpu: GpuSpec, c: RooflineConstants,
-             max_decode: int = MAX_DECODE, chunk_split: bool = CHUNK_SPLIT_GRAPHS) -> float:  # fmt: skip
+             max_decode: int = MAX_DECODE, chunk_split: bool | None = None) -> float:  # fmt: skip
     """One decoder layer on one rank, collectives excluded; `chunk_split`: as an engine with CHUNK_SPLIT_GRAPHS
     on or off (an op table's `engine.chunk_split_graphs`) runs it."""
     seqs, per = step_shape(tokens, context, max_decode)
@@ -175,7 +182,7 @@ def roofline_table(
             "max_decode_batch": MAX_DECODE,
             "cuda_graphs": True,
             "cuda_graph_max_tokens": CUDA_GRAPH_MAX_TOKENS,
-            "chunk_split_graphs": CHUNK_SPLIT_GRAPHS,
+            "chunk_split_graphs": split_kv.CHUNK_SPLIT_GRAPHS,
             "dtype": dtype,
         },  # fmt: skip
         grid={"tokens": list(tokens), "contexts": list(contexts)},
@@ -204,7 +211,7 @@ def with_split_graphs(table: OpTable, cfg: ModelConfig, gpu: GpuSpec,
     what the roofline's ratio would). On the H100 llama-3.1-8b table measured both ways
     (profiles/runs/s21_h100/a, s22_h100/d) this takes the split entries' |error| from a median of 56% (max 304%)
     to 4.7% (max 13%). Tables measured with split graphs, and engines without them, come back unchanged."""
-    if not CHUNK_SPLIT_GRAPHS or table.engine.get("chunk_split_graphs", False):
+    if not split_kv.CHUNK_SPLIT_GRAPHS or table.engine.get("chunk_split_graphs", False):
         return table
     c, elem = constants or RooflineConstants.shipped(), DTYPE_BYTES[table.model.get("dtype", "bfloat16")]
     entries, changed = [], 0
