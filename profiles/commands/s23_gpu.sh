@@ -8,8 +8,10 @@
 #   PART=b bash profiles/commands/s23_gpu.sh   # after the split rule moved to kernels/split_kv.py (torch-free):
 #     the engine's GPU tests; attention_bench --decode at batch 1-2, 2k (its knobs now read from split_kv);
 #     decode_attention_marginal.py with the rule before session 19 ("off", patched through split_kv) and the default
+#   PART=c bash profiles/commands/s23_gpu.sh   # the decode step at batch 1-2, 2k / 8k under the small-step rule and
+#     the rule before it ("off", with today's and with a 128-column merge), three times each in turn
 # Into $OUT: check.log, decode_attention_{1,2}.json, tests.log (a); tests_b.log, decode_attention_b.json,
-# marginal_b.json (b)
+# marginal_b.json (b); marginal_c.json (c)
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader)"
 if [ "${PART:-a}" = a ]; then
@@ -31,4 +33,9 @@ if [ "${PART:-a}" = b ]; then
     --out "$OUT/decode_attention_b.json" 2>&1 | grep -E "^decode +b=|worst|Error" | cut -c1-300 | tee -a "$LOG"
   timeout 200 python profiles/commands/decode_attention_marginal.py --batches 1,2 --contexts 2048 --iters 20 \
     --rules default,off --out "$OUT/marginal_b.json" 2>&1 | grep -E "^b=|^rule|Error" | cut -c1-300 | tee -a "$LOG"
+fi
+if [ "${PART:-a}" = c ]; then
+  timeout 560 python profiles/commands/decode_attention_marginal.py --batches 1,2 --contexts 2048,8192 --iters 30 \
+    --rules default,off,off/m128,default,off,off/m128,default,off,off/m128 --out "$OUT/marginal_c.json" 2>&1 \
+    | grep -E "^b=.*floor|Error" | cut -c1-400 | tee -a "$LOG"
 fi
