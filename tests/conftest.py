@@ -40,9 +40,10 @@ PROMPTS = [
 MAX_TOKENS = 8
 
 
-def stand_in_step_graphs(num_heads: int, kv_heads: int, max_num_seqs: int, world_size: int = 1):
+def stand_in_step_graphs(num_heads: int, kv_heads: int, max_num_seqs: int, world_size: int = 1, sp: int = 1):
     """StepGraphs (capture off, on CPU) of a rank with `num_heads` / world_size query heads and `kv_heads` cached
-    KV heads, CUDA graphs up to 2048 tokens: its buckets and split plan, without a model."""
+    KV heads, CUDA graphs up to 2048 tokens (and both modes where `sp` > 1): its buckets and split plan, without a
+    model."""
     from types import SimpleNamespace
 
     from shifttune.runner.cuda_graphs import StepGraphs
@@ -50,9 +51,10 @@ def stand_in_step_graphs(num_heads: int, kv_heads: int, max_num_seqs: int, world
     model = SimpleNamespace(vocab_size=8, num_heads=num_heads)
     cfg = SimpleNamespace(cuda_graph_max_tokens=2048, max_num_batched_tokens=8192, max_num_seqs=max_num_seqs,
                           block_size=16, torch_dtype=torch.float32, max_model_len=4096, model_config=model,
-                          parallel=SimpleNamespace(sp=1, world_size=world_size))  # fmt: skip
+                          parallel=SimpleNamespace(sp=sp, world_size=world_size))  # fmt: skip
     layout = SimpleNamespace(cache_kv_heads=list(range(kv_heads)))
-    runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0, modes=("tp",),
+    modes = ("tp", "sp") if sp > 1 else ("tp",)
+    runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0, modes=modes,
                              model_for=lambda mode: SimpleNamespace(layout=layout))  # fmt: skip
     return StepGraphs(runner, capture=False)
 

@@ -587,6 +587,25 @@ def test_tma_decode_probe_matches_reference(ctx, splits):
     assert ((out.double().cpu() - ref).norm() / ref.norm()) < (2e-2 if DEV == "cuda" else 1e-5)
 
 
+def test_sp_mode_graph_buckets_past_the_graph_limit(monkeypatch):
+    """SP_GRAPH_TOKENS_PER_RANK (off as shipped): SP mode gets buckets up to that many tokens a rank past
+    `cuda_graph_max_tokens` (2048 here), TP mode keeps the limit, and the split plan covers each mode's buckets."""
+    from shifttune.runner import cuda_graphs
+
+    monkeypatch.setattr(cuda_graphs, "sm_count", lambda device=None: 132)
+    off = stand_in_step_graphs(32, 2, 256, world_size=4, sp=4)
+    assert cuda_graphs.SP_GRAPH_TOKENS_PER_RANK == 0 and off.buckets[-1] == 2048
+    assert not off.can_run(4096, 1, 1, "sp") and off.can_run(2048, 1, 1, "sp") and off.can_run(2048, 1, 1, "tp")
+    monkeypatch.setattr(cuda_graphs, "SP_GRAPH_TOKENS_PER_RANK", 1024)
+    on = stand_in_step_graphs(32, 2, 256, world_size=4, sp=4)  # SP 4: up to 4096 tokens (8192 allowed a step)
+    assert on.buckets[-3:] == [2048, 3072, 4096] and on.mode_limit == {"tp": 2048, "sp": 4096}
+    assert on.can_run(4096, 1, 1, "sp") and on.bucket_for(2049) == 3072 and not on.can_run(2049, 1, 1, "tp")
+    assert on.modes_for(3072) == ["sp"] and on.modes_for(2048) == ["tp", "sp"]
+    assert on.max_seqs == off.max_seqs and on.width * 16 >= 4096
+    assert on.split_plan and all(b <= on.mode_limit[mode] for mode, b in on.split_plan)
+    assert stand_in_step_graphs(32, 2, 256, world_size=4, sp=1).buckets[-1] == 2048  # no SP mode: no SP buckets
+
+
 def test_chunk_split_plan(monkeypatch):
     """CHUNK_SPLIT_GRAPHS's plan on 132 SMs: a TP-8 rank of an 8B model (4 query heads, 1 KV head) gets a split graph
     for its chunk buckets, 5 ways at 512 tokens (32 query blocks), replayed by steps of up to 130 sequences (with a

@@ -10,7 +10,9 @@ device's time for it with the host ahead (CUDA events around it, queued behind t
 step (`--profile`), torch.profiler's ops by self CPU time and cProfile's functions by own and cumulative time
 (both inflated by the profilers; for proportions). With `--graph-max-tokens N` each layout is built a second time with
 CUDA graphs for steps of up to N tokens (`cuda_graph_max_tokens`; the paged Triton kernel then runs their
-attention, not cuDNN SDPA) and the same steps are timed replayed: what capturing them would gain.
+attention, not cuDNN SDPA) and the same steps are timed replayed: what capturing them would gain. With
+`--sp-graph-tokens-per-rank N` the second build follows the engine's own rule instead
+(`cuda_graphs.SP_GRAPH_TOKENS_PER_RANK`: SP-mode graphs up to N tokens a rank, TP mode as shipped).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from shifttune.config import EngineConfig
 from shifttune.profile import ops
 from shifttune.profile.step_sweep import step_shape
 from shifttune.profile.step_timing import fill_kv_cache_random, synthetic_step
+from shifttune.runner import cuda_graphs
 
 SLEEP_CYCLES = 200_000_000  # ~0.1 s at 1.98 GHz: longer than any step's enqueue
 
@@ -99,20 +102,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", action="store_true", help="also profile one run of each step on the host")
     ap.add_argument("--graph-max-tokens", type=int, default=None, help="also time the steps captured in graphs")
+    ap.add_argument("--sp-graph-tokens-per-rank", type=int, default=None, help="also time them under this SP rule")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     steps = [tuple(int(x) for x in s.split("x")) for s in args.steps.split(",")]
     settings = ops.OpsSettings(args.model, tokens=sorted({t for t, _ in steps}), contexts=sorted({c for _, c in steps}),
                                layers=args.layers)  # fmt: skip
     rows, profiles, t0 = [], {}, time.perf_counter()
-    builds = [(spec, None) for spec in args.layouts.split(",")]
-    if args.graph_max_tokens:
-        builds = [(spec, g) for spec in args.layouts.split(",") for g in (None, args.graph_max_tokens)]
-    for spec, graph_max in builds:
+    builds = [(spec, None, 0) for spec in args.layouts.split(",")]
+    if args.graph_max_tokens or args.sp_graph_tokens_per_rank:
+        second = (args.graph_max_tokens, args.sp_graph_tokens_per_rank or 0)
+        builds = [(spec, *b) for spec in args.layouts.split(",") for b in ((None, 0), second)]
+    for spec, graph_max, sp_per_rank in builds:
         mode, tp, sp = spec.split(":")
         tp, sp = int(tp), int(sp)
         # NOTE: the probe's own knob: `profile --ops` builds ranks with the engine's default graph limit
         ops.EngineConfig = functools.partial(EngineConfig, cuda_graph_max_tokens=graph_max or 2048)
+        cuda_graphs.SP_GRAPH_TOKENS_PER_RANK = sp_per_rank
         runner = ops.build_rank(settings, tp, sp, args.layers)
         ops.EngineConfig = EngineConfig
         fill_kv_cache_random(runner)
@@ -124,7 +130,7 @@ def main(argv: list[str] | None = None) -> None:
             torch.cuda.synchronize()
 
             wall_ms, host_ms, device_ms = (median_ms(fn, run, args.iters) for fn in (wall, host, device))
-            graphed = runner.graphs is not None and runner.graphs.can_run(tokens, seqs, seqs)
+            graphed = runner.graphs is not None and runner.graphs.can_run(tokens, seqs, seqs, mode)
             row = dict(mode=mode, tp=tp, sp=sp, tokens=tokens, context=context, layers=args.layers, graphed=graphed,
                        wall_ms=wall_ms, host_ms=host_ms, device_ms=device_ms)  # fmt: skip
             row["host_over_device"] = row["host_ms"] / row["device_ms"]

@@ -10,6 +10,9 @@ replaying the other graph. NCCL collectives (all-reduce, all-to-all, all-gather)
 
 With `capture=False` the same padded buffers run eagerly: that is how CPU tests check the padding.
 
+SP_GRAPH_TOKENS_PER_RANK (off) would give SP mode buckets past `cuda_graph_max_tokens` as well, up to that many
+tokens a rank: eager SP steps at P = 4-8 wait on the host.
+
 A graph fixes its attention's split-KV ways for its bucket as if the bucket's sequence capacity held its
 tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs split too little (with 257
 sequences of capacity, unsplit), on as few programs as its query blocks x KV heads (at TP 8 a quarter of
@@ -23,9 +26,10 @@ from __future__ import annotations
 
 import torch
 
+from shifttune.config import SP
+from shifttune.kernels import split_kv
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.paged_attention import sm_count
-from shifttune.kernels import split_kv
 from shifttune.kernels.split_kv import choose_num_splits
 from shifttune.kernels.upload import to_device_parts
 from shifttune.runner.step_input import StepTensors
@@ -57,6 +61,13 @@ TOKEN_BUCKETS = (
     1536,
     2048,
 )
+# SP-mode steps of up to this many tokens a rank (x SP) also replay graphs, past `cuda_graph_max_tokens`, in buckets
+# SP_TOKEN_BUCKETS up to that limit; 0: off. NOTE: off until checked: eager SP steps at P = 4-8 are paced by the host
+# (a 4096-token step 1.6-2.5x its device time on an H100), and replayed from graphs up to 4096 tokens they took
+# 29-65% less time at P = 8 (SP 4 x TP 2, SP 8) and 10-30% at SP 4 (profiles/runs/s23_h100/h_eager_vs_graphed), but
+# SP-mode graphs past 2048 tokens have run on no multi-GPU machine, and the predictions do not mirror them yet.
+SP_GRAPH_TOKENS_PER_RANK = 0
+SP_TOKEN_BUCKETS = (3072, 4096, 6144, 8192, 12288, 16384)
 
 
 class StepGraphs:
@@ -69,6 +80,12 @@ class StepGraphs:
             self.buckets.append(limit)
         # one row more than max_num_seqs: a full batch still has room for the padding sequence
         self.max_seqs = min(cfg.max_num_seqs + 1, self.buckets[-1])
+        # the most tokens a step of each mode may hold to replay a graph (SP_GRAPH_TOKENS_PER_RANK: SP mode further)
+        self.mode_limit = dict.fromkeys(runner.modes, self.buckets[-1])
+        sp_limit = min(SP_GRAPH_TOKENS_PER_RANK * cfg.parallel.sp, cfg.max_num_batched_tokens)
+        if SP in runner.modes and sp_limit > self.buckets[-1]:
+            self.buckets += [b for b in SP_TOKEN_BUCKETS if self.buckets[-1] < b < sp_limit] + [sp_limit]
+            self.mode_limit[SP] = sp_limit
         t_max, s_max, sp = self.buckets[-1], self.max_seqs, cfg.parallel.sp
         dev, bs = runner.device, cfg.block_size
         # wide enough for real sequences and for the padding sequence, which may own up to t_max tokens
@@ -97,7 +114,7 @@ class StepGraphs:
         with torch.inference_mode():
             for b in reversed(self.buckets):  # largest first: later graphs reuse its memory
                 self._fill_padding(0, 0, 0, b)
-                for mode in runner.modes:
+                for mode in self.modes_for(b):
                     for split in (False, True) if (mode, b) in self.split_plan else (False,):
                         graph = torch.cuda.CUDAGraph()
                         self._forward(mode, b, split)  # warm-up: Triton compiles, NCCL sets up
@@ -109,6 +126,10 @@ class StepGraphs:
                         pool = graph.pool()
                         (self.split_graphs if split else self.graphs)[(mode, b)] = graph
         torch.cuda.synchronize()
+
+    def modes_for(self, bucket: int) -> list[str]:
+        """The modes whose graphs include this bucket (SP only, past `cuda_graph_max_tokens`)."""
+        return [mode for mode in self.runner.modes if bucket <= self.mode_limit[mode]]
 
     def seqs_for(self, bucket: int) -> int:
         return min(bucket, self.max_seqs)
@@ -133,7 +154,7 @@ class StepGraphs:
         for mode in modes:
             hq, hk = self._heads(mode)
             for b in self.buckets:
-                if b < self.max_seqs:
+                if b < self.max_seqs or b > self.mode_limit[mode]:
                     continue
                 block_m = self.block_m_for(b)
                 main = choose_num_splits(b, self.seqs_for(b), hq, hk, block_m, sms)
@@ -185,9 +206,9 @@ class StepGraphs:
         self.rows_in_use = num_seqs
         self.samples[num_samples:s].zero_()
 
-    def can_run(self, num_tokens: int, num_seqs: int, num_samples: int) -> bool:
+    def can_run(self, num_tokens: int, num_seqs: int, num_samples: int, mode: str) -> bool:
         t = num_tokens
-        if t > self.buckets[-1]:
+        if t > self.mode_limit[mode]:
             return False
         b = self.bucket_for(t)
         return num_seqs <= self.seqs_for(b) - (1 if t < b else 0) and num_samples <= self.seqs_for(b)

@@ -279,7 +279,7 @@ class ModelRunner:
         graph when one fits) and returns the logits of its sampled tokens on rank 0. Step timing calls it
         back to back: the device time of a step, without the host building its inputs each time."""
         graphs = self.graphs is not None and self.graphs.can_run(
-            len(step.input_ids), len(step.seq_lens), len(step.sample_indices)
+            len(step.input_ids), len(step.seq_lens), len(step.sample_indices), step.mode
         )
         pad = 0 if graphs else -len(step.input_ids) % self.model_for(step.mode).layout.sp
         tensors = self.upload(step, pad)
@@ -299,7 +299,7 @@ class ModelRunner:
         batch = self.input_batch
         batch.update(delta)
         t, b, k = len(delta.token_ids), len(delta.req_ids), len(delta.sampling)
-        graphs = self.graphs is not None and self.graphs.can_run(t, b, k)
+        graphs = self.graphs is not None and self.graphs.can_run(t, b, k, delta.mode)
         if graphs and self._graph_inputs_in_one_launch:
             rows, rows_dev = batch.load_graph(delta, self.graphs)
             logits = self.graphs.replay(delta.mode, t, b, k)
