@@ -11,8 +11,9 @@ step (`--profile`), torch.profiler's ops by self CPU time and cProfile's functio
 (both inflated by the profilers; for proportions). With `--graph-max-tokens N` each layout is built a second time with
 CUDA graphs for steps of up to N tokens (`cuda_graph_max_tokens`; the paged Triton kernel then runs their
 attention, not cuDNN SDPA) and the same steps are timed replayed: what capturing them would gain. With
-`--sp-graph-tokens-per-rank N` the second build follows the engine's own rule instead
-(`cuda_graphs.SP_GRAPH_TOKENS_PER_RANK`: SP-mode graphs up to N tokens a rank, TP mode as shipped).
+`--sp-graph-tokens-per-gpu N` the second build follows the engine's own rule instead
+(`cuda_graphs.SP_GRAPH_TOKENS_PER_GPU`: SP-mode graphs up to N tokens per GPU of the deployment, TP mode as shipped;
+it was `--sp-graph-tokens-per-rank`, N x SP tokens, when k_sp_graph_rule ran).
 """
 
 from __future__ import annotations
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--iters", type=int, default=10)
     ap.add_argument("--profile", action="store_true", help="also profile one run of each step on the host")
     ap.add_argument("--graph-max-tokens", type=int, default=None, help="also time the steps captured in graphs")
-    ap.add_argument("--sp-graph-tokens-per-rank", type=int, default=None, help="also time them under this SP rule")
+    ap.add_argument("--sp-graph-tokens-per-gpu", type=int, default=None, help="also time them under this SP rule")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
     steps = [tuple(int(x) for x in s.split("x")) for s in args.steps.split(",")]
@@ -110,15 +111,15 @@ def main(argv: list[str] | None = None) -> None:
                                layers=args.layers)  # fmt: skip
     rows, profiles, t0 = [], {}, time.perf_counter()
     builds = [(spec, None, 0) for spec in args.layouts.split(",")]
-    if args.graph_max_tokens or args.sp_graph_tokens_per_rank:
-        second = (args.graph_max_tokens, args.sp_graph_tokens_per_rank or 0)
+    if args.graph_max_tokens or args.sp_graph_tokens_per_gpu:
+        second = (args.graph_max_tokens, args.sp_graph_tokens_per_gpu or 0)
         builds = [(spec, *b) for spec in args.layouts.split(",") for b in ((None, 0), second)]
-    for spec, graph_max, sp_per_rank in builds:
+    for spec, graph_max, sp_per_gpu in builds:
         mode, tp, sp = spec.split(":")
         tp, sp = int(tp), int(sp)
         # NOTE: the probe's own knob: `profile --ops` builds ranks with the engine's default graph limit
         ops.EngineConfig = functools.partial(EngineConfig, cuda_graph_max_tokens=graph_max or 2048)
-        cuda_graphs.SP_GRAPH_TOKENS_PER_RANK = sp_per_rank
+        cuda_graphs.SP_GRAPH_TOKENS_PER_GPU = sp_per_gpu
         runner = ops.build_rank(settings, tp, sp, args.layers)
         ops.EngineConfig = EngineConfig
         fill_kv_cache_random(runner)

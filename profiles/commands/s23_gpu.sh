@@ -10,8 +10,8 @@
 #     decode_attention_marginal.py with the rule before session 19 ("off", patched through split_kv) and the default
 #   PART=c bash profiles/commands/s23_gpu.sh   # the decode step at batch 1-2, 2k / 8k under the small-step rule and
 #     the rule before it ("off", with today's and with a 128-column merge), three times each in turn
-#   PART=d bash profiles/commands/s23_gpu.sh   # GPU tests (SP_GRAPH_TOKENS_PER_RANK off as shipped), then
-#     eager_host_probe.py with the engine's SP-graph rule at 1024 tokens a rank against eager, one rank a layout
+#   PART=d bash profiles/commands/s23_gpu.sh   # GPU tests (SP_GRAPH_TOKENS_PER_GPU off as shipped), then
+#     eager_host_probe.py with the engine's SP-graph rule (512 tokens per GPU) against eager, one rank a layout
 # Into $OUT: check.log, decode_attention_{1,2}.json, tests.log (a); tests_b.log, decode_attention_b.json,
 # marginal_b.json (b); marginal_c.json (c); tests_d.log, sp_graphs.json (d)
 . "$(dirname "$0")/gpu_setup.sh"
@@ -41,11 +41,12 @@ if [ "${PART:-a}" = c ]; then
     --rules default,off,off/m128,default,off,off/m128,default,off,off/m128 --out "$OUT/marginal_c.json" 2>&1 \
     | grep -E "^b=.*floor|Error" | cut -c1-400 | tee -a "$LOG"
 fi
-if [ "${PART:-a}" = d ]; then  # SP_GRAPH_TOKENS_PER_RANK: GPU tests as shipped (off), then the rule on one rank at 1024
+if [ "${PART:-a}" = d ]; then  # the SP-graph knob: GPU tests as shipped (off), then the rule on one rank
+  # (k_sp_graph_rule ran this at 3aab7c9 as --sp-graph-tokens-per-rank 1024: 1024 x SP tokens)
   timeout 240 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py > "$OUT/tests_d.log" 2>&1
   stamp "tests/test_gpu.py + tests/test_kernels.py rc=$?: $(tail -1 "$OUT/tests_d.log")"
   grep -E "FAILED|Error" "$OUT/tests_d.log" | head -10 | cut -c1-300 | tee -a "$LOG"
   timeout 300 python profiles/commands/eager_host_probe.py --layouts tp:4:1,sp:1:4,sp:2:4,sp:1:8 \
-    --steps 4096x8192,4096x4096,8192x8192 --sp-graph-tokens-per-rank 1024 --out "$OUT/sp_graphs.json" 2>&1 \
+    --steps 4096x8192,4096x4096,8192x8192 --sp-graph-tokens-per-gpu 512 --out "$OUT/sp_graphs.json" 2>&1 \
     | grep -E "^(tp|sp) |Error" | tee -a "$LOG"
 fi

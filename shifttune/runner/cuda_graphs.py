@@ -10,8 +10,8 @@ replaying the other graph. NCCL collectives (all-reduce, all-to-all, all-gather)
 
 With `capture=False` the same padded buffers run eagerly: that is how CPU tests check the padding.
 
-SP_GRAPH_TOKENS_PER_RANK (off) would give SP mode buckets past `cuda_graph_max_tokens` as well, up to that many
-tokens a rank: eager SP steps at P = 4-8 wait on the host.
+SP_GRAPH_TOKENS_PER_GPU (off) would give SP mode buckets past `cuda_graph_max_tokens` as well, up to that many
+tokens per GPU of the deployment: eager SP steps at P = 4-8 wait on the host.
 
 A graph fixes its attention's split-KV ways for its bucket as if the bucket's sequence capacity held its
 tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs split too little (with 257
@@ -61,12 +61,14 @@ TOKEN_BUCKETS = (
     1536,
     2048,
 )
-# SP-mode steps of up to this many tokens a rank (x SP) also replay graphs, past `cuda_graph_max_tokens`, in buckets
-# SP_TOKEN_BUCKETS up to that limit; 0: off. NOTE: off until checked: eager SP steps at P = 4-8 are paced by the host
-# (a 4096-token step 1.6-2.5x its device time on an H100), and replayed from graphs up to 4096 tokens they took
-# 29-65% less time at P = 8 (SP 4 x TP 2, SP 8) and 10-30% at SP 4 (profiles/runs/s23_h100/h_eager_vs_graphed), but
+# SP-mode steps of up to this many tokens per GPU of the deployment (x TP x SP) also replay graphs, past
+# `cuda_graph_max_tokens`, in buckets SP_TOKEN_BUCKETS up to that limit; 0: off. NOTE: off until checked. Eager SP
+# steps at P = 4-8 are paced by the host (a 4096-token step 1.6-3.3x its device time on an H100); replayed from graphs
+# (the paged Triton kernel then runs their attention, 9-22% slower than cuDNN SDPA) one rank's 4096-token step took
+# 26-65% less time at 512 tokens a GPU (SP 4 x TP 2, SP 8), but at 1024 a GPU it ranged from -30% to +13% (SP 4) and
+# was +6% at 8192 tokens on SP 8 (profiles/runs/s23_h100/h_eager_vs_graphed, k_sp_graph_rule): 512 is the candidate.
 # SP-mode graphs past 2048 tokens have run on no multi-GPU machine, and the predictions do not mirror them yet.
-SP_GRAPH_TOKENS_PER_RANK = 0
+SP_GRAPH_TOKENS_PER_GPU = 0
 SP_TOKEN_BUCKETS = (3072, 4096, 6144, 8192, 12288, 16384)
 
 
@@ -80,9 +82,9 @@ class StepGraphs:
             self.buckets.append(limit)
         # one row more than max_num_seqs: a full batch still has room for the padding sequence
         self.max_seqs = min(cfg.max_num_seqs + 1, self.buckets[-1])
-        # the most tokens a step of each mode may hold to replay a graph (SP_GRAPH_TOKENS_PER_RANK: SP mode further)
+        # the most tokens a step of each mode may hold to replay a graph (SP_GRAPH_TOKENS_PER_GPU: SP mode further)
         self.mode_limit = dict.fromkeys(runner.modes, self.buckets[-1])
-        sp_limit = min(SP_GRAPH_TOKENS_PER_RANK * cfg.parallel.sp, cfg.max_num_batched_tokens)
+        sp_limit = min(SP_GRAPH_TOKENS_PER_GPU * cfg.parallel.world_size, cfg.max_num_batched_tokens)
         if SP in runner.modes and sp_limit > self.buckets[-1]:
             self.buckets += [b for b in SP_TOKEN_BUCKETS if self.buckets[-1] < b < sp_limit] + [sp_limit]
             self.mode_limit[SP] = sp_limit
