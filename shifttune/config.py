@@ -241,6 +241,10 @@ class EngineConfig:
     enable_prefix_caching: bool = True
     enforce_eager: bool = False  # no CUDA graphs
     cuda_graph_max_tokens: int = 2048  # steps up to this many tokens replay captured CUDA graphs
+    # experimental, 0 = off: SP-mode steps of up to this many tokens per GPU (x TP x SP) replay graphs as well, past
+    # cuda_graph_max_tokens (eager SP steps at P = 4-8 wait on the host; see runner/cuda_graphs.py). `profile
+    # --predict` and `recommend` assume it is off.
+    sp_cuda_graph_tokens_per_gpu: int = 0
     attention_backend: str = "auto"  # "auto" (triton on cuda, torch on cpu) | "torch" | "triton"
     # prefill chunks of eager steps: "paged" (the attention backend above), "sdpa" (torch SDPA: cuDNN on cuda,
     # math on cpu; decode tokens stay paged) or "auto" (sdpa for long chunks on cuda when cuDNN passes a
@@ -290,6 +294,8 @@ class EngineConfig:
             self.async_scheduling = self.device == "cuda"
         if self.shift_threshold < 0:
             raise ConfigError("must be >= 0", field="shift_threshold")
+        if self.sp_cuda_graph_tokens_per_gpu < 0:
+            raise ConfigError("must be >= 0", field="sp_cuda_graph_tokens_per_gpu")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):
             if getattr(self, name) < 1:
                 raise ConfigError("must be >= 1", field=name)

@@ -588,23 +588,22 @@ def test_tma_decode_probe_matches_reference(ctx, splits):
 
 
 def test_sp_mode_graph_buckets_past_the_graph_limit(monkeypatch):
-    """SP_GRAPH_TOKENS_PER_GPU (off as shipped): SP mode gets buckets up to that many tokens per GPU past
+    """sp_cuda_graph_tokens_per_gpu (off by default): SP mode gets buckets up to that many tokens per GPU past
     `cuda_graph_max_tokens` (2048 here), TP mode keeps the limit, and the split plan covers each mode's buckets."""
     from shifttune.runner import cuda_graphs
 
     monkeypatch.setattr(cuda_graphs, "sm_count", lambda device=None: 132)
     off = stand_in_step_graphs(32, 1, 256, world_size=8, sp=4)
-    assert cuda_graphs.SP_GRAPH_TOKENS_PER_GPU == 0 and off.buckets[-1] == 2048
+    assert off.buckets[-1] == 2048
     assert not off.can_run(4096, 1, 1, "sp") and off.can_run(2048, 1, 1, "sp") and off.can_run(2048, 1, 1, "tp")
-    monkeypatch.setattr(cuda_graphs, "SP_GRAPH_TOKENS_PER_GPU", 512)
-    on = stand_in_step_graphs(32, 1, 256, world_size=8, sp=4)  # SP 4 x TP 2: up to 4096 tokens (8192 allowed a step)
+    on = stand_in_step_graphs(32, 1, 256, world_size=8, sp=4, sp_tokens_per_gpu=512)  # SP 4 x TP 2: up to 4096
     assert on.buckets[-3:] == [2048, 3072, 4096] and on.mode_limit == {"tp": 2048, "sp": 4096}
     assert on.can_run(4096, 1, 1, "sp") and on.bucket_for(2049) == 3072 and not on.can_run(2049, 1, 1, "tp")
     assert on.modes_for(3072) == ["sp"] and on.modes_for(2048) == ["tp", "sp"]
     assert on.max_seqs == off.max_seqs and on.width * 16 >= 4096
     assert on.split_plan and all(b <= on.mode_limit[mode] for mode, b in on.split_plan)
-    assert stand_in_step_graphs(32, 1, 256, world_size=8, sp=1).buckets[-1] == 2048  # no SP mode: no SP buckets
-    assert stand_in_step_graphs(32, 2, 256, world_size=4, sp=4).buckets[-1] == 2048  # P = 4: 512 x 4, no more
+    assert stand_in_step_graphs(32, 1, 256, 8, sp=1, sp_tokens_per_gpu=512).buckets[-1] == 2048  # no SP mode
+    assert stand_in_step_graphs(32, 2, 256, 4, sp=4, sp_tokens_per_gpu=512).buckets[-1] == 2048  # P = 4: 512 x 4
 
 
 def test_chunk_split_plan(monkeypatch):

@@ -12,7 +12,7 @@ step (`--profile`), torch.profiler's ops by self CPU time and cProfile's functio
 CUDA graphs for steps of up to N tokens (`cuda_graph_max_tokens`; the paged Triton kernel then runs their
 attention, not cuDNN SDPA) and the same steps are timed replayed: what capturing them would gain. With
 `--sp-graph-tokens-per-gpu N` the second build follows the engine's own rule instead
-(`cuda_graphs.SP_GRAPH_TOKENS_PER_GPU`: SP-mode graphs up to N tokens per GPU of the deployment, TP mode as shipped;
+(EngineConfig's `sp_cuda_graph_tokens_per_gpu`: SP-mode graphs up to N tokens per GPU, TP mode as shipped;
 it was `--sp-graph-tokens-per-rank`, N x SP tokens, when k_sp_graph_rule ran).
 """
 
@@ -34,7 +34,6 @@ from shifttune.config import EngineConfig
 from shifttune.profile import ops
 from shifttune.profile.step_sweep import step_shape
 from shifttune.profile.step_timing import fill_kv_cache_random, synthetic_step
-from shifttune.runner import cuda_graphs
 
 SLEEP_CYCLES = 200_000_000  # ~0.1 s at 1.98 GHz: longer than any step's enqueue
 
@@ -118,8 +117,8 @@ def main(argv: list[str] | None = None) -> None:
         mode, tp, sp = spec.split(":")
         tp, sp = int(tp), int(sp)
         # NOTE: the probe's own knob: `profile --ops` builds ranks with the engine's default graph limit
-        ops.EngineConfig = functools.partial(EngineConfig, cuda_graph_max_tokens=graph_max or 2048)
-        cuda_graphs.SP_GRAPH_TOKENS_PER_GPU = sp_per_gpu
+        ops.EngineConfig = functools.partial(EngineConfig, cuda_graph_max_tokens=graph_max or 2048,
+                                             sp_cuda_graph_tokens_per_gpu=sp_per_gpu)  # fmt: skip
         runner = ops.build_rank(settings, tp, sp, args.layers)
         ops.EngineConfig = EngineConfig
         fill_kv_cache_random(runner)

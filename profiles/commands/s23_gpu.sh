@@ -10,7 +10,7 @@
 #     decode_attention_marginal.py with the rule before session 19 ("off", patched through split_kv) and the default
 #   PART=c bash profiles/commands/s23_gpu.sh   # the decode step at batch 1-2, 2k / 8k under the small-step rule and
 #     the rule before it ("off", with today's and with a 128-column merge), three times each in turn
-#   PART=d bash profiles/commands/s23_gpu.sh   # GPU tests (SP_GRAPH_TOKENS_PER_GPU off as shipped), then
+#   PART=d bash profiles/commands/s23_gpu.sh   # GPU tests (sp_cuda_graph_tokens_per_gpu off, the default), then
 #     eager_host_probe.py with the engine's SP-graph rule (512 tokens per GPU) against eager, one rank a layout
 # Into $OUT: check.log, decode_attention_{1,2}.json, tests.log (a); tests_b.log, decode_attention_b.json,
 # marginal_b.json (b); marginal_c.json (c); tests_d.log, sp_graphs.json (d)

@@ -10,8 +10,9 @@ replaying the other graph. NCCL collectives (all-reduce, all-to-all, all-gather)
 
 With `capture=False` the same padded buffers run eagerly: that is how CPU tests check the padding.
 
-SP_GRAPH_TOKENS_PER_GPU (off) would give SP mode buckets past `cuda_graph_max_tokens` as well, up to that many
-tokens per GPU of the deployment: eager SP steps at P = 4-8 wait on the host.
+`sp_cuda_graph_tokens_per_gpu` (EngineConfig, experimental, off by default) gives SP mode buckets past
+`cuda_graph_max_tokens` as well, up to that many tokens per GPU of the deployment: eager SP steps at P = 4-8 wait on
+the host.
 
 A graph fixes its attention's split-KV ways for its bucket as if the bucket's sequence capacity held its
 tokens, so a prefill chunk of one or a few sequences in a chunk bucket runs split too little (with 257
@@ -61,14 +62,14 @@ TOKEN_BUCKETS = (
     1536,
     2048,
 )
-# SP-mode steps of up to this many tokens per GPU of the deployment (x TP x SP) also replay graphs, past
-# `cuda_graph_max_tokens`, in buckets SP_TOKEN_BUCKETS up to that limit; 0: off. NOTE: off until checked. Eager SP
+# SP-mode buckets past `cuda_graph_max_tokens`, up to `sp_cuda_graph_tokens_per_gpu` x TP x SP tokens (and that
+# limit itself). NOTE: the option is off by default until checked. Eager SP
 # steps at P = 4-8 are paced by the host (a 4096-token step 1.6-3.3x its device time on an H100); replayed from graphs
 # (the paged Triton kernel then runs their attention, 9-22% slower than cuDNN SDPA) one rank's 4096-token step took
 # 26-65% less time at 512 tokens a GPU (SP 4 x TP 2, SP 8), but at 1024 a GPU it ranged from -30% to +13% (SP 4) and
 # was +6% at 8192 tokens on SP 8 (profiles/runs/s23_h100/h_eager_vs_graphed, k_sp_graph_rule): 512 is the candidate.
-# SP-mode graphs past 2048 tokens have run on no multi-GPU machine, and the predictions do not mirror them yet.
-SP_GRAPH_TOKENS_PER_GPU = 0
+# SP-mode graphs past 2048 tokens have run on no multi-GPU machine (CPU ranks cannot check them: graphs need the
+# Triton kernel, whose interpreter runs in the test's own process only), and the predictions do not mirror them yet.
 SP_TOKEN_BUCKETS = (3072, 4096, 6144, 8192, 12288, 16384)
 
 
@@ -82,12 +83,13 @@ class StepGraphs:
             self.buckets.append(limit)
         # one row more than max_num_seqs: a full batch still has room for the padding sequence
         self.max_seqs = min(cfg.max_num_seqs + 1, self.buckets[-1])
-        # the most tokens a step of each mode may hold to replay a graph (SP_GRAPH_TOKENS_PER_GPU: SP mode further)
+        # the most tokens a step of each mode may hold to replay a graph (sp_cuda_graph_tokens_per_gpu: SP further)
         self.mode_limit = dict.fromkeys(runner.modes, self.buckets[-1])
-        sp_limit = min(SP_GRAPH_TOKENS_PER_GPU * cfg.parallel.world_size, cfg.max_num_batched_tokens)
-        if SP in runner.modes and sp_limit > self.buckets[-1]:
-            self.buckets += [b for b in SP_TOKEN_BUCKETS if self.buckets[-1] < b < sp_limit] + [sp_limit]
-            self.mode_limit[SP] = sp_limit
+        if SP in runner.modes:
+            sp_limit = min(cfg.sp_cuda_graph_tokens_per_gpu * cfg.parallel.world_size, cfg.max_num_batched_tokens)
+            if sp_limit > self.buckets[-1]:
+                self.buckets += [b for b in SP_TOKEN_BUCKETS if self.buckets[-1] < b < sp_limit] + [sp_limit]
+                self.mode_limit[SP] = sp_limit
         t_max, s_max, sp = self.buckets[-1], self.max_seqs, cfg.parallel.sp
         dev, bs = runner.device, cfg.block_size
         # wide enough for real sequences and for the padding sequence, which may own up to t_max tokens
