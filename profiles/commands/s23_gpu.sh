@@ -46,7 +46,7 @@ if [ "${PART:-a}" = d ]; then  # the SP-graph knob: GPU tests as shipped (off), 
   timeout 240 python -m pytest -q -p no:cacheprovider tests/test_gpu.py tests/test_kernels.py > "$OUT/tests_d.log" 2>&1
   stamp "tests/test_gpu.py + tests/test_kernels.py rc=$?: $(tail -1 "$OUT/tests_d.log")"
   grep -E "FAILED|Error" "$OUT/tests_d.log" | head -10 | cut -c1-300 | tee -a "$LOG"
-  timeout 300 python profiles/commands/eager_host_probe.py --layouts tp:4:1,sp:1:4,sp:2:4,sp:1:8 \
-    --steps 4096x8192,4096x4096,8192x8192 --sp-graph-tokens-per-gpu 512 --out "$OUT/sp_graphs.json" 2>&1 \
+  timeout 300 python profiles/commands/eager_host_probe.py --layouts ${LAYOUTS:-tp:4:1,sp:1:4,sp:2:4,sp:1:8} \
+    --steps ${STEPS:-4096x8192,4096x4096,8192x8192} --sp-graph-tokens-per-gpu 512 --out "$OUT/sp_graphs.json" 2>&1 \
     | grep -E "^(tp|sp) |Error" | tee -a "$LOG"
 fi
