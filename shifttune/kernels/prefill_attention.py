@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, BlockSpan
-from shifttune.kernels.split_kv import is_small_step
+from shifttune.kernels.split_kv import busy_programs, is_small_step
 from shifttune.kernels.upload import to_device_parts
 
 PREFILL_PATHS = ("auto", "paged", "sdpa")
@@ -294,9 +294,7 @@ class StepAttention:
         runs the kernel's small-step configuration with these splits, not the 4 programs per SM the CUDA
         graphs' `choose_num_splits` gives it (eager small steps were not measured apart)."""
         block_m = 16 if tokens <= 4 * num_seqs else 64
-        group = self.hq // self.hk
-        rows_per_block = max(1, max(block_m, 1 << (group - 1).bit_length()) // group)
-        busy = max(num_seqs, -(-tokens // rows_per_block)) * self.hk
+        busy = busy_programs(tokens, num_seqs, self.hq, self.hk, block_m)
         want = min(-(-2 * _sm_count(device) // busy), -(-max_len // 256), PAGED_SPLITS[-1])
         return block_m, max(s for s in PAGED_SPLITS if s <= max(want, 1))
 

@@ -37,8 +37,8 @@ import torch.nn.functional as F
 import triton
 import triton.language as tl
 
-from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels import split_kv
+from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.attention_ref import paged_attention_ref
 from shifttune.profile.step_timing import Ceilings, measure_ceilings, summarize, time_fn
 

@@ -244,9 +244,7 @@ def new_table(settings: OpsSettings, command: str) -> OpTable:
 
 def _chunk_split_graphs(device: str) -> bool:
     """Whether this engine's CUDA graphs include split graphs for prefill chunks (none without CUDA graphs)."""
-    if device != "cuda":
-        return False
-    return split_kv.CHUNK_SPLIT_GRAPHS
+    return device == "cuda" and split_kv.CHUNK_SPLIT_GRAPHS
 
 
 def _resume(out: Path, settings: OpsSettings) -> OpTable | None:
