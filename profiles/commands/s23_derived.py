@@ -8,7 +8,9 @@
    (their `table_before.json`): the split-graph entries as measured then, and as `with_split_graphs` adjusts them;
 3. the H100 llama-3.1-8b table measured on a third machine (s23_h100/d) against the shipped one (s22_h100/d): graph
    entries and eager entries; the two machines' P = 1 profiles;
-4. how many entries `with_split_graphs` still adjusts in each shipped table.
+4. how many entries `with_split_graphs` still adjusts in each shipped table;
+5. eager steps against their device time, and eager against graphed, from eager_host_probe.py (s23_h100/f, g, h, k,
+   l): the ranges the session-23 note quotes.
 """
 
 from __future__ import annotations
@@ -92,6 +94,40 @@ def llama_repeat() -> None:
           f"max {100 * o['max_abs_error']:.1f}%")  # fmt: skip
 
 
+def eager_and_graphed() -> None:
+    print("\n## 5. eager_host_probe: wall / device time of eager steps, and graphed against eager (same call)")
+    runs = {"f": "f_eager_host/eager_host.json", "g": "g_eager_host_profiles/eager_host_profiles.json",
+            "h": "h_eager_vs_graphed/eager_vs_graphed.json", "k": "k_sp_graph_rule/sp_graphs.json",
+            "l": "l_sp_graph_option/sp_graphs.json"}  # fmt: skip
+    ratios: dict[str, list[float]] = {}
+    changes: dict[str, list[float]] = {}
+    slower: list[float] = []
+    for run, path in runs.items():
+        rows = json.loads((S23 / path).read_text())["rows"]
+        eager = {(r["mode"], r["tp"], r["sp"], r["tokens"], r["context"]): r for r in rows if not r.get("graphed")}
+        for r in rows:
+            key = (r["mode"], r["tp"], r["sp"], r["tokens"], r["context"])
+            layout = f"{r['mode']} TP {r['tp']} SP {r['sp']} (P = {r['tp'] * r['sp']})"
+            if not r.get("graphed"):
+                if r["tokens"] == 4096:
+                    ratios.setdefault(layout, []).append(r["wall_ms"] / r["device_ms"])
+                continue
+            e = eager[key]
+            per_gpu = r["tokens"] // (r["tp"] * r["sp"])
+            changes.setdefault(f"{layout}, {per_gpu} tokens a GPU", []).append(r["wall_ms"] / e["wall_ms"] - 1)
+            slower.append(r["device_ms"] / e["device_ms"] - 1)
+            change = 100 * (r["wall_ms"] / e["wall_ms"] - 1)
+            print(f"  {run}: {layout} {r['tokens']}x{r['context']}: eager {e['wall_ms']:.2f} / {e['device_ms']:.2f} "
+                  f"-> graphed {r['wall_ms']:.2f} / {r['device_ms']:.2f} ms ({change:+.0f}%)")  # fmt: skip
+    print("eager 4096-token steps, wall / device, over f, g, h, k, l:")
+    for layout, xs in sorted(ratios.items()):
+        print(f"  {layout}: {min(xs):.2f}-{max(xs):.2f}x")
+    print("graphed against eager, wall:")
+    for label, xs in sorted(changes.items()):
+        print(f"  {label}: {100 * min(xs):+.0f}% .. {100 * max(xs):+.0f}%")
+    print(f"graphed device time against eager: {100 * min(slower):+.0f}% .. {100 * max(slower):+.0f}%")
+
+
 def main() -> None:
     decode_rows()
     print("\n## 2. op tables measured with split graphs against session 21's, H100")
@@ -105,6 +141,7 @@ def main() -> None:
         adjusted = with_split_graphs(table, model, known_gpus()[table.gpu["slug"]])
         print(f"  {path.name}: {adjusted.engine.get('split_graph_entries_adjusted', 0)} of {len(table.entries)} "
               f"(measured with split graphs: {bool(table.engine.get('chunk_split_graphs'))})")  # fmt: skip
+    eager_and_graphed()
 
 
 if __name__ == "__main__":

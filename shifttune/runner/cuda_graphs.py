@@ -65,7 +65,7 @@ TOKEN_BUCKETS = (
 # SP-mode buckets past `cuda_graph_max_tokens`, up to `sp_cuda_graph_tokens_per_gpu` x TP x SP tokens (and that
 # limit itself). NOTE: the option is off by default until checked. Eager SP steps at P = 4-8 are paced by the host (a
 # 4096-token step 1.1-3.4x its device time on H100s, 1.6-3.4x at P = 8); replayed from graphs (the paged Triton
-# kernel then runs their attention, 9-22% slower than cuDNN SDPA) one rank's 4096-token step took 26-65% less time at
+# kernel then runs their attention, 7-23% slower than cuDNN SDPA) one rank's 4096-token step took 26-65% less time at
 # 512 tokens a GPU (SP 4 x TP 2, SP 8), but at 1024 a GPU it ranged from -30% to +13% (SP 4) and was +6% at 8192
 # tokens on SP 8 (profiles/runs/s23_h100/h_eager_vs_graphed, k_sp_graph_rule, l_sp_graph_option): 512 is the
 # candidate. SP-mode graphs past 2048 tokens have run on no multi-GPU machine (CPU ranks cannot check them: graphs
