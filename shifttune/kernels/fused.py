@@ -16,8 +16,7 @@ import triton
 import triton.language as tl
 from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
-from shifttune.kernels.launch import pdl, pdl_args
-from shifttune.kernels.paged_attention import sm_count
+from shifttune.kernels.launch import pdl, pdl_args, sm_count
 
 # Programmatic dependent launch for RMSNorm, RoPE and SiLU (each waiting for the launch before it): on. Llama-3.1-8B
 # decode step at 2k, on against off alternately twice in one call (profiles/commands/fused_pdl_probe.py): H100 batch

@@ -20,8 +20,6 @@ graphs. Tested on CPU under TRITON_INTERPRET=1 against `attention_ref.py`; timed
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
@@ -29,7 +27,7 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 
 from shifttune.kernels import split_kv
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.launch import pdl_args
+from shifttune.kernels.launch import pdl_args, sm_count
 from shifttune.kernels.split_kv import choose_num_splits, is_small_step, launch_shape
 
 # Launch configuration by path: decode-like steps (16-row tiles; small ones: SMALL_STEP_CONFIG[_WIDE_GROUP]) and
@@ -339,18 +337,6 @@ def _merge_splits_kernel(
     parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0)
     o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out + row.to(tl.int64) * D + d, o.to(out.dtype.element_ty))
-
-
-@functools.cache
-def _sm_count(index: int) -> int:
-    return torch.cuda.get_device_properties(index).multi_processor_count
-
-
-def sm_count(device: torch.device | None = None) -> int:
-    """SMs of `device` (the current CUDA device when None); 132 (an H100) without CUDA."""
-    if (device is not None and device.type != "cuda") or not torch.cuda.is_available():
-        return 132
-    return _sm_count(device.index if device is not None and device.index is not None else torch.cuda.current_device())
 
 
 _counters: dict[torch.device, list[torch.Tensor]] = {}

@@ -34,6 +34,7 @@ import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, BlockSpan
+from shifttune.kernels.launch import sm_count
 from shifttune.kernels.split_kv import busy_programs, is_small_step
 from shifttune.kernels.upload import to_device_parts
 
@@ -295,7 +296,7 @@ class StepAttention:
         graphs' `choose_num_splits` gives it (eager small steps were not measured apart)."""
         block_m = 16 if tokens <= 4 * num_seqs else 64
         busy = busy_programs(tokens, num_seqs, self.hq, self.hk, block_m)
-        want = min(-(-2 * _sm_count(device) // busy), -(-max_len // 256), PAGED_SPLITS[-1])
+        want = min(-(-2 * sm_count(device) // busy), -(-max_len // 256), PAGED_SPLITS[-1])
         return block_m, max(s for s in PAGED_SPLITS if s <= max(want, 1))
 
     def _warm_launches(self, device: torch.device) -> list[tuple[int, int, int]]:
@@ -304,7 +305,7 @@ class StepAttention:
         step, where the kernel runs another launch configuration (`split_kv.is_small_step`: with one KV
         head, 16 sequences are small and 32 are not)."""
         seqs = PAGED_PAD
-        while is_small_step(seqs, seqs, self.hq, self.hk, 16, _sm_count(device)):
+        while is_small_step(seqs, seqs, self.hq, self.hk, 16, sm_count(device)):
             seqs += PAGED_PAD
         counts = {16: sorted({PAGED_PAD, seqs}), 64: [PAGED_PAD]}
         return [(m, n, s) for m, ns in counts.items() for n in ns for s in PAGED_SPLITS]
@@ -381,12 +382,6 @@ class StepAttention:
                 shapes.append((chunk, prefix))  # NOTE: (chunk, P) builds both the causal-with-LSE and the prefix plan
                 prefix += chunk
         return shapes
-
-
-def _sm_count(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 132  # an H100: CPU runs only test the launch logic
-    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def _sync(device: torch.device) -> None:

@@ -30,7 +30,7 @@ import torch
 from shifttune.config import SP
 from shifttune.kernels import split_kv
 from shifttune.kernels.attention import AttentionMetadata
-from shifttune.kernels.paged_attention import sm_count
+from shifttune.kernels.launch import sm_count
 from shifttune.kernels.split_kv import choose_num_splits
 from shifttune.kernels.upload import to_device_parts
 from shifttune.runner.step_input import StepTensors
