@@ -218,10 +218,11 @@ def test_op_table_format_refuses_bad_files():
 
 
 def test_roofline_against_measured_tables_and_profiles(tmp_path):
-    """The provisional table (roofline constants fitted by profiles/commands/roofline_fit.py to the H200 8B op tables)
-    reproduces the tables it was fitted to, and predicts what it was not fitted to: the 70B table's TP ranks (other
-    shapes, a GQA group of 8) and the engine's measured one-GPU profiles on an H100 (another card). Bounds: the fit's
-    report (profiles/runs/s21_roofline_fit.txt) with a little room. Each table is predicted as its engine ran
+    """The provisional table (roofline constants fitted by profiles/commands/roofline_fit.py to the H200 llama-3.1-8b
+    and qwen3-8b op tables of session 20) reproduces the tables of those models measured again with split graphs, and
+    predicts what it was not fitted to: mistral-7b-v0.3's table, the 70B's TP ranks (other shapes, a GQA group of 8)
+    and the engine's measured one-GPU profiles on an H100 (another card). Bounds: the fit's report
+    (profiles/runs/s24_roofline_fit.txt, "shipped") with a little room. Each table is predicted as its engine ran
     (`engine.chunk_split_graphs`)."""
     import statistics
 
@@ -229,7 +230,9 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
     from shifttune.recommend.roofline import RooflineConstants, roofline_table
 
     c, gpus = RooflineConstants.shipped(), known_gpus()
-    for model, gpu, median, p90 in [("llama-3.1-8b", "h200", 0.04, 0.12), ("llama-3.3-70b", "h200", 0.035, 0.12)]:
+    tables = [("llama-3.1-8b", "h200", 0.045, 0.125), ("mistral-7b-v0.3", "h200", 0.047, 0.135),
+              ("llama-3.3-70b", "h200", 0.04, 0.13)]  # fmt: skip
+    for model, gpu, median, p90 in tables:
         m = cfg(model)
         errors, table = [], load_op_table(ROOT / "shifttune/data/op_tables" / f"{model}_{gpu}.json")
         split = table.engine.get("chunk_split_graphs", False)
@@ -514,33 +517,38 @@ def test_gpu_tools_say_so_without_a_gpu(tmp_path):
     assert r.exit_code == 2 and "4xH200" in r.output
 
 
-# (model, its H100 table measured without split graphs): session 21's tables, kept as the "before" of the calls that
-# measured them again with split graphs (the shipped H100 tables)
+# (model, card, its table measured without split graphs): the tables the split graphs replaced, kept as the "before"
+# of the calls that measured them again (the shipped ones); with the most |error| an adjusted entry may keep. The 70B's
+# TP-8 and SP x TP ranks with one KV head gain more at 32k than the roofline's split saving says: up to 62% left there
+# (profiles/runs/s24_derived.txt section 1).
 TABLES_BEFORE_SPLIT_GRAPHS = [
-    ("llama-3.1-8b", "s22_h100/c_kv_prefetch_and_table/llama-3.1-8b/table_before.json"),
-    ("qwen3-8b", "s23_h100/b_op_table_qwen3/qwen3-8b/table_before.json"),
-    ("mistral-7b-v0.3", "s23_h100/c_op_table_mistral/mistral-7b-v0.3/table_before.json"),
+    (c["model"], c["gpu"], c["before"])
+    for c in json.loads((ROOT / "profiles/runs/table_checks.json").read_text())["before_split_graphs"]
 ]
+WORST_ADJUSTED = {"h100": 0.30, "h200": 0.35, ("llama-3.3-70b", "h200"): 0.65}
 
 
-@pytest.mark.parametrize("model, before", TABLES_BEFORE_SPLIT_GRAPHS, ids=[m for m, _ in TABLES_BEFORE_SPLIT_GRAPHS])
-def test_a_table_from_before_split_graphs_is_adjusted_for_them(model, before):
-    """with_split_graphs on an H100 table measured without split graphs against the same card's table measured with
-    them (shipped): the entries where a split graph now replays go from |error| median > 40% to < 7% (max < 30%:
-    s23_derived.txt section 2); the others stay as measured; the shipped table comes back unchanged."""
+@pytest.mark.parametrize(
+    "model, gpu, before", TABLES_BEFORE_SPLIT_GRAPHS, ids=[f"{m}-{g}" for m, g, _ in TABLES_BEFORE_SPLIT_GRAPHS]
+)
+def test_a_table_from_before_split_graphs_is_adjusted_for_them(model, gpu, before):
+    """with_split_graphs on a table measured without split graphs against the same card's table measured with them
+    (shipped): the entries where a split graph now replays come within 7% at the median (8B tables: from > 40%;
+    s23_derived.txt section 2, s24_derived.txt section 1), none further than WORST_ADJUSTED; the others stay as
+    measured; the shipped table comes back unchanged."""
     import statistics
 
     from shifttune.recommend.gpus import known_gpus
     from shifttune.recommend.roofline import with_split_graphs
 
-    m, h100 = cfg(model), known_gpus()["h100"]
+    m, card = cfg(model), known_gpus()[gpu]
     old = load_op_table(ROOT / "profiles/runs" / before)
-    new = load_op_table(ROOT / f"shifttune/data/op_tables/{model}_h100.json")
+    new = load_op_table(ROOT / f"shifttune/data/op_tables/{model}_{gpu}.json")
     assert "chunk_split_graphs" not in old.engine and new.engine["chunk_split_graphs"] is True
-    assert with_split_graphs(new, m, h100) is new
-    adjusted = with_split_graphs(old, m, h100)
+    assert with_split_graphs(new, m, card) is new
+    adjusted = with_split_graphs(old, m, card)
     changed = adjusted.engine["split_graph_entries_adjusted"]
-    assert 40 <= changed <= 80 and "adjusted by the roofline" in adjusted.source
+    assert 20 <= changed <= 80 and "adjusted by the roofline" in adjusted.source
     before, after = [], []
     for e in old.entries:
         a, n = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), new.get(e.mode, e.tp, e.sp, e.tokens, e.context)
@@ -549,12 +557,15 @@ def test_a_table_from_before_split_graphs_is_adjusted_for_them(model, before):
         assert a.layer_ms < e.layer_ms and e.tokens <= 2048 and e.context >= 2 * e.tokens_per_seq
         before.append(abs(e.layer_ms / n.layer_ms - 1))
         after.append(abs(a.layer_ms / n.layer_ms - 1))
-    assert len(after) == changed and statistics.median(before) > 0.4
-    assert statistics.median(after) < 0.07 and max(after) < 0.3, (statistics.median(after), max(after))
+    assert len(after) == changed and statistics.median(after) < min(0.07, statistics.median(before))
+    worst = WORST_ADJUSTED.get((model, gpu), WORST_ADJUSTED[gpu])
+    assert max(after) < worst, (statistics.median(after), max(after))
+    if m.num_layers <= 36:  # the 8B models: most of their split entries had been far off
+        assert statistics.median(before) > 0.4
 
 
 def test_prediction_from_a_table_before_split_graphs_says_it_is_adjusted():
-    ops = predict_profile(PredictSettings("qwen3-8b", 4, "h200"), command="test").sources["op_table"]
+    ops = predict_profile(PredictSettings("qwen2.5-7b", 4, "h200"), command="test").sources["op_table"]
     assert ops["split_graph_entries_adjusted"] > 0 and "adjusted by the roofline" in op_table_label(ops)
     ops = predict_profile(PredictSettings("qwen3-8b", 4, "h100"), command="test").sources["op_table"]
     assert ops["split_graph_entries_adjusted"] == 0 and "adjusted by the roofline" not in op_table_label(ops)

@@ -4,6 +4,7 @@ engine, and checks them on tables it was not fitted to: other models, another ca
     pip install -e '.[fit]'                                 # scipy
     python profiles/commands/roofline_fit.py                # fit and report, change nothing
     python profiles/commands/roofline_fit.py --write        # also write the constants into gpus.json
+    python profiles/commands/roofline_fit.py --fit llama-3.1-8b:h100,qwen3-8b:h100   # fit other tables
 
 Each table entry is one rank's work at one layout, step size and context (`profile --ops`); the roofline
 (`recommend/roofline.py`) computes the same two numbers (head_ms, layer_ms) from shapes and the card's measured
@@ -31,12 +32,15 @@ from shifttune.recommend.compare import compare_profiles
 from shifttune.recommend.gpus import GPUS_FILE, known_gpus
 from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
 from shifttune.recommend.predict import PredictSettings, predict_profile
-from shifttune.recommend.roofline import RooflineConstants, head_ms, layer_ms, roofline_table
+from shifttune.recommend.roofline import RooflineConstants, head_ms, layer_ms, roofline_table, with_split_graphs
 from shifttune.recommend.shapes import DTYPE_BYTES, rank_shapes
 
-# tables measured with today's kernels (profiles/runs/s20_h200, s21_h100); the 70B one is session 18's
+# tables measured with today's kernels (s22-s24: with split graphs)
+# the shipped constants' fit: two models' H200 tables; the H100 (another card), mistral-7b-v0.3 and the 70B (GQA group
+# 8) held out. `--fit` fits others, e.g. both cards' (s24_roofline_fit.txt: not written, see RESULTS.md session 24)
 FIT = [("llama-3.1-8b", "h200"), ("qwen3-8b", "h200")]
-HELD_OUT = [("llama-3.1-8b", "h100"), ("qwen3-8b", "h100"), ("mistral-7b-v0.3", "h100"), ("llama-3.3-70b", "h200")]
+TABLES = FIT + [("llama-3.1-8b", "h100"), ("qwen3-8b", "h100"), ("mistral-7b-v0.3", "h100"),
+                ("mistral-7b-v0.3", "h200"), ("llama-3.3-70b", "h200")]  # fmt: skip
 # NOTE: every FIT model has 4 query heads a KV head at every P: the data cannot tell the GQA group's exponent
 FIXED = ("attn_group_exp",)
 BOUNDS = {"attn_us": (0.0, 50.0), "kernel_us": (0.0, 10.0), "head_us": (0.0, 200.0),
@@ -46,9 +50,10 @@ START = {"eager_sp_us": 600.0}
 EFFICIENCY = (0.02, 1.2)  # the ceilings are measured rates (a copy, one big matmul): kernels may beat them a little
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 # the engine's measured one-GPU profiles (`shifttune profile`) of the same sessions: what a user compares with
-PROFILES = [
-    (c["model"], c["gpu"], c["measured"]) for c in json.loads((RUNS / "table_checks.json").read_text())["checks"]
-]
+CHECKS = json.loads((RUNS / "table_checks.json").read_text())
+PROFILES = [(c["model"], c["gpu"], c["measured"]) for c in CHECKS["checks"]]
+# tables measured without split graphs and again with them: how well the roofline's split saving adjusts the first
+BEFORE_SPLIT_GRAPHS = [(c["model"], c["gpu"], c["before"]) for c in CHECKS["before_split_graphs"]]
 
 
 def entries(model: str, gpu: str) -> list[tuple]:
@@ -90,13 +95,31 @@ def profile_error(model: str, gpu: str, measured: str, c: RooflineConstants) -> 
             f"max {100 * o['max_abs_error']:.1f}%")  # fmt: skip
 
 
+def split_adjustment_error(model: str, gpu: str, before: str, c: RooflineConstants) -> str:
+    """|error| of `with_split_graphs` on a table measured without split graphs, entry by adjusted entry, against the
+    same card's shipped table measured with them."""
+    cfg, _ = load_model_config(resolve_model_path(model))
+    old, new = load_op_table(RUNS / before), load_op_table(OP_TABLE_DIR / f"{model}_{gpu}.json")
+    adjusted = with_split_graphs(old, cfg, known_gpus()[gpu], c)
+    err = [
+        abs(a.layer_ms / new.get(e.mode, e.tp, e.sp, e.tokens, e.context).layer_ms - 1)
+        for e, a in zip(old.entries, adjusted.entries)
+        if a.layer_ms != e.layer_ms
+    ]
+    return f"{len(err)} entries, |error| median {100 * statistics.median(err):.1f}%, max {100 * max(err):.1f}%"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--write", action="store_true", help="write the fitted constants into shifttune/data/gpus.json")
+    p.add_argument("--fit", help="tables to fit, as model:gpu,...; the others of the report are held out "
+                   "(default: " + ",".join(f"{m}:{g}" for m, g in FIT) + ")")  # fmt: skip
     args = p.parse_args()
+    fit = [tuple(t.split(":")) for t in args.fit.split(",")] if args.fit else FIT
+    held_out = [t for t in TABLES if t not in fit]
     shipped = RooflineConstants.shipped()
     names = [f.name for f in fields(RooflineConstants) if f.name not in ("source", *FIXED)]
-    fit_rows = [r for m, g in FIT for r in entries(m, g)]
+    fit_rows = [r for m, g in fit for r in entries(m, g)]
 
     def constants(x: np.ndarray) -> RooflineConstants:
         return replace(shipped, **dict(zip(names, map(float, x))))
@@ -109,22 +132,27 @@ def main() -> None:
     x0 = np.clip([getattr(shipped, n) or START.get(n, 0.0) for n in names], lo, hi)
     result = least_squares(residuals, x0, bounds=(lo, hi), loss=LOSS, f_scale=0.05, x_scale="jac")
     fitted = constants(result.x)
-    print("fitted on " + ", ".join(f"{m} {g.upper()}" for m, g in FIT) + f" ({result.message})")
+    print("fitted on " + ", ".join(f"{m} {g.upper()}" for m, g in fit) + f" ({result.message})")
     for n in names:
         print(f"  {n:15s} {getattr(shipped, n):9.4g} -> {getattr(fitted, n):9.4g}")
-    for label, tables in (("fitted", FIT), ("held out", HELD_OUT)):
+    for label, tables in (("fitted", fit), ("held out", held_out)):
         for m, g in tables:
             rows = entries(m, g)
             print(f"{label:8s} {m} {g.upper()}: shipped {summary(rows, shipped)}; fitted {summary(rows, fitted)}")
     for m, g, measured in PROFILES:
         print(f"P = 1 profile {m} {g.upper()} against {measured}: shipped {profile_error(m, g, measured, shipped)}; "
               f"fitted {profile_error(m, g, measured, fitted)}")  # fmt: skip
+    for m, g, before in BEFORE_SPLIT_GRAPHS:
+        print(
+            f"split graphs' saving on {m} {g.upper()} measured without them ({before}): shipped "
+            f"{split_adjustment_error(m, g, before, shipped)}; fitted {split_adjustment_error(m, g, before, fitted)}"
+        )
     if args.write:
         data = json.loads(GPUS_FILE.read_text())
         source = ("efficiencies fitted by profiles/commands/roofline_fit.py (least squares on the log-ratio of layer "
-                  "and step, soft-L1) to every entry of the measured op tables " + ", ".join(f"{m}_{g}" for m, g in FIT)
+                  "and step, soft-L1) to every entry of the measured op tables " + ", ".join(f"{m}_{g}" for m, g in fit)
                   + " (today's kernels, all layouts of P = 1, 2, 4, 8); held out: "
-                  + ", ".join(f"{m}_{g}" for m, g in HELD_OUT))  # fmt: skip
+                  + ", ".join(f"{m}_{g}" for m, g in held_out))  # fmt: skip
         kept = {n: v for n, v in asdict(fitted).items() if n in names or n in FIXED}
         data["roofline"] = {**{n: round(v, 4) for n, v in kept.items()}, "source": source}
         GPUS_FILE.write_text(json.dumps(data, indent=1) + "\n")

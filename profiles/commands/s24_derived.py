@@ -1,0 +1,125 @@
+"""Numbers quoted in RESULTS.md and the session-24 note, derived from the committed device outputs (CPU):
+
+    python profiles/commands/s24_derived.py > profiles/runs/s24_derived.txt
+
+1. the H200 llama-3.3-70b, llama-3.1-8b, qwen3-8b and mistral-7b-v0.3 op tables measured with split graphs
+   (s24_h200/a-d) against the tables they replaced (`table_before.json`): the split-graph entries as measured then,
+   and as `with_split_graphs` adjusts them; every adjusted 70B entry;
+2. the other entries (no split graph) of each new table against its predecessor, graphed (<= 2048 tokens) and
+   eager; and the P = 1 profile checks of the three 8B tables before and after (the device run's compare files);
+3. llama-3.3-70b on 4 x H200: session 17's measured profile against the profile predicted from the table before and
+   from the new one (with session 17's collectives). Session 17's engine ran without split graphs, so the new
+   table's split-graph entries are expected to predict faster steps than that run measured;
+4. how many entries `with_split_graphs` still adjusts in each shipped table.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+from shifttune.config import load_model_config, resolve_model_path
+from shifttune.engine.profile_schema import load_profile
+from shifttune.recommend.compare import compare_profiles
+from shifttune.recommend.gpus import known_gpus
+from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
+from shifttune.recommend.predict import PredictSettings, predict_profile
+from shifttune.recommend.roofline import with_split_graphs
+
+RUNS = Path(__file__).resolve().parents[1] / "runs"
+S24 = RUNS / "s24_h200"
+BEFORE = {
+    "llama-3.3-70b": S24 / "a_op_table_70b/table_before.json",
+    "llama-3.1-8b": S24 / "b_op_table_llama/llama-3.1-8b/table_before.json",
+    "qwen3-8b": S24 / "c_tests_and_op_table_qwen3/qwen3-8b/table_before.json",
+    "mistral-7b-v0.3": S24 / "d_op_table_mistral/mistral-7b-v0.3/table_before.json",
+}
+CHECKS = {
+    "llama-3.1-8b": S24 / "b_op_table_llama/llama-3.1-8b",
+    "qwen3-8b": S24 / "c_tests_and_op_table_qwen3/qwen3-8b",
+    "mistral-7b-v0.3": S24 / "d_op_table_mistral/mistral-7b-v0.3",
+}
+S17 = RUNS / "s17_h200x4/profile_70b"
+
+
+def spread(xs: list[float], signed: bool = True) -> str:
+    xs = sorted(xs)
+    f = (lambda x: f"{100 * x:+.1f}%") if signed else (lambda x: f"{100 * x:.1f}%")
+    return (f"n {len(xs)}, median {f(statistics.median(xs))}, p10 {f(xs[len(xs) // 10])}, "
+            f"p90 {f(xs[9 * len(xs) // 10])}, min {f(xs[0])}, max {f(xs[-1])}")  # fmt: skip
+
+
+def split_entries(model: str) -> None:
+    cfg, _ = load_model_config(resolve_model_path(model))
+    before, after = load_op_table(BEFORE[model]), load_op_table(OP_TABLE_DIR / f"{model}_h200.json")
+    adjusted = with_split_graphs(before, cfg, known_gpus()["h200"])
+    as_measured, as_adjusted, change, rows = [], [], [], []
+    for e in before.entries:
+        x, y = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), after.get(e.mode, e.tp, e.sp, e.tokens, e.context)
+        if y is None or x.layer_ms == e.layer_ms:
+            continue
+        as_measured.append(abs(e.layer_ms / y.layer_ms - 1))
+        as_adjusted.append(abs(x.layer_ms / y.layer_ms - 1))
+        change.append(y.layer_ms / e.layer_ms - 1)
+        rows.append(f"    {e.mode} TP {e.tp} SP {e.sp}, {e.tokens} tokens at {e.context}: before {e.layer_ms:.3f}, "
+                    f"adjusted {x.layer_ms:.3f}, measured {y.layer_ms:.3f} ms a layer")  # fmt: skip
+    print(f"{model}: {adjusted.engine['split_graph_entries_adjusted']} entries adjusted; measured with split graphs "
+          f"against the table before: {spread(change)}")  # fmt: skip
+    print(f"  |error| of the entries as measured before: {spread(as_measured, False)}")
+    print(f"  |error| as with_split_graphs adjusts them: {spread(as_adjusted, False)}")
+    if model == "llama-3.3-70b":
+        print("\n".join(rows))
+
+
+def other_entries(model: str) -> None:
+    cfg, _ = load_model_config(resolve_model_path(model))
+    before, after = load_op_table(BEFORE[model]), load_op_table(OP_TABLE_DIR / f"{model}_h200.json")
+    adjusted = with_split_graphs(before, cfg, known_gpus()["h200"])
+    graph, eager = [], []
+    for e in before.entries:
+        x, y = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), after.get(e.mode, e.tp, e.sp, e.tokens, e.context)
+        if y is not None and x.layer_ms == e.layer_ms:
+            (eager if e.tokens > 2048 else graph).append(y.layer_ms / e.layer_ms - 1)
+    print(f"{model} (before: {before.created[:10]}): graphed entries {spread(graph)}")
+    print(f"{' ' * len(model)}   eager entries (> 2048 tokens) {spread(eager)}")
+    if model in CHECKS:
+        for when in ("before", "after"):
+            o = json.loads((CHECKS[model] / f"compare_{when}.json").read_text())["overall"]
+            print(f"{' ' * len(model)}   P = 1 profile predicted from the table {when}: {o['points']} points, |error| "
+                  f"median {100 * o['median_abs_error']:.1f}%, p90 {100 * o['p90_abs_error']:.1f}%, "
+                  f"max {100 * o['max_abs_error']:.1f}%")  # fmt: skip
+
+
+def seventy_b_on_four() -> None:
+    print("\n## 3. llama-3.3-70b, 4 x H200: session 17's measured profile against predictions from each table")
+    measured = load_profile(S17 / "measured_llama-3.3-70b_h200x4.json")
+    tokens = sorted({p.tokens for p in measured.points})
+    contexts = sorted({p.context for p in measured.points})
+    for label, table in (("before", BEFORE["llama-3.3-70b"]), ("new", OP_TABLE_DIR / "llama-3.3-70b_h200.json")):
+        settings = PredictSettings("llama-3.3-70b", 4, "h200", tokens=tokens, contexts=contexts, op_table=table,
+                                   collectives=S17 / "collectives_h200x4.json")  # fmt: skip
+        result = compare_profiles(measured, predict_profile(settings, command="s24_derived"))
+        o = result["overall"]
+        print(f"table {label}: {o['points']} points, |error| median {100 * o['median_abs_error']:.1f}%, "
+              f"p90 {100 * o['p90_abs_error']:.1f}%, max {100 * o['max_abs_error']:.1f}%")  # fmt: skip
+
+
+def main() -> None:
+    print("## 1. H200 op tables measured with split graphs against the tables before (s24_h200/a-d)")
+    for model in BEFORE:
+        split_entries(model)
+    print("\n## 2. entries without a split graph, new table against the one before (layer time change)")
+    for model in BEFORE:
+        other_entries(model)
+    seventy_b_on_four()
+    print("\n## 4. entries with_split_graphs adjusts in each shipped table")
+    for path in sorted(OP_TABLE_DIR.glob("*.json")):
+        table = load_op_table(path)
+        model, _ = load_model_config(resolve_model_path(table.model["name"]))
+        adjusted = with_split_graphs(table, model, known_gpus()[table.gpu["slug"]])
+        print(f"{path.name}: {adjusted.engine.get('split_graph_entries_adjusted', 0)}")
+
+
+if __name__ == "__main__":
+    main()
