@@ -24,6 +24,7 @@ from dataclasses import asdict, fields, replace
 from pathlib import Path
 
 import numpy as np
+from derived import split_adjusted
 from scipy.optimize import least_squares
 
 from shifttune.config import load_model_config, resolve_model_path
@@ -32,7 +33,7 @@ from shifttune.recommend.compare import compare_profiles
 from shifttune.recommend.gpus import GPUS_FILE, known_gpus
 from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
 from shifttune.recommend.predict import PredictSettings, predict_profile
-from shifttune.recommend.roofline import RooflineConstants, head_ms, layer_ms, roofline_table, with_split_graphs
+from shifttune.recommend.roofline import RooflineConstants, head_ms, layer_ms, roofline_table
 from shifttune.recommend.shapes import DTYPE_BYTES, rank_shapes
 
 # tables measured with today's kernels (s22-s24: with split graphs)
@@ -98,14 +99,8 @@ def profile_error(model: str, gpu: str, measured: str, c: RooflineConstants) -> 
 def split_adjustment_error(model: str, gpu: str, before: str, c: RooflineConstants) -> str:
     """|error| of `with_split_graphs` on a table measured without split graphs, entry by adjusted entry, against the
     same card's shipped table measured with them."""
-    cfg, _ = load_model_config(resolve_model_path(model))
-    old, new = load_op_table(RUNS / before), load_op_table(OP_TABLE_DIR / f"{model}_{gpu}.json")
-    adjusted = with_split_graphs(old, cfg, known_gpus()[gpu], c)
-    err = [
-        abs(a.layer_ms / new.get(e.mode, e.tp, e.sp, e.tokens, e.context).layer_ms - 1)
-        for e, a in zip(old.entries, adjusted.entries)
-        if a.layer_ms != e.layer_ms
-    ]
+    rows, _ = split_adjusted(model, gpu, RUNS / before, c)
+    err = [abs(a.layer_ms / n.layer_ms - 1) for e, a, n in rows if a.layer_ms != e.layer_ms]
     return f"{len(err)} entries, |error| median {100 * statistics.median(err):.1f}%, max {100 * max(err):.1f}%"
 
 

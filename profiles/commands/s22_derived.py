@@ -19,10 +19,12 @@ import json
 import statistics
 from pathlib import Path
 
+from derived import spread
+
 from shifttune.config import load_model_config, resolve_model_path
-from shifttune.recommend.gpus import known_gpus
 from shifttune.engine.profile_schema import load_profile
 from shifttune.recommend.compare import compare_profiles
+from shifttune.recommend.gpus import known_gpus
 from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
 from shifttune.recommend.roofline import graph_attention_programs, with_split_graphs
 from shifttune.recommend.shapes import rank_shapes
@@ -31,12 +33,6 @@ RUNS = Path(__file__).resolve().parents[1] / "runs" / "s22_h100"
 S21 = RUNS / "c_kv_prefetch_and_table/llama-3.1-8b/table_before.json"
 S22C = RUNS / "d_op_table_llama/llama-3.1-8b/table_before.json"
 S22D = Path(__file__).resolve().parents[2] / "shifttune/data/op_tables/llama-3.1-8b_h100.json"
-
-
-def spread(xs: list[float]) -> str:
-    xs = sorted(xs)
-    return (f"n {len(xs)}, median {100 * statistics.median(xs):+.1f}%, p10 {100 * xs[len(xs) // 10]:+.1f}%, "
-            f"p90 {100 * xs[9 * len(xs) // 10]:+.1f}%, min {100 * xs[0]:+.1f}%, max {100 * xs[-1]:+.1f}%")  # fmt: skip
 
 
 def main() -> None:

@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
+
+from derived import split_adjusted, spread
 
 from shifttune.config import load_model_config, resolve_model_path
 from shifttune.engine.profile_schema import load_profile
@@ -28,13 +29,6 @@ from shifttune.recommend.roofline import with_split_graphs
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 S23 = RUNS / "s23_h100"
-
-
-def spread(xs: list[float], signed: bool = True) -> str:
-    xs = sorted(xs)
-    f = (lambda x: f"{100 * x:+.1f}%") if signed else (lambda x: f"{100 * x:.1f}%")
-    return (f"n {len(xs)}, median {f(statistics.median(xs))}, p10 {f(xs[len(xs) // 10])}, "
-            f"p90 {f(xs[9 * len(xs) // 10])}, min {f(xs[0])}, max {f(xs[-1])}")  # fmt: skip
 
 
 def decode_rows() -> None:
@@ -55,22 +49,14 @@ def decode_rows() -> None:
 
 
 def adjusted_against_measured(model: str, folder: str) -> None:
-    cfg, _ = load_model_config(resolve_model_path(model))
-    before = load_op_table(S23 / folder / model / "table_before.json")
-    after = load_op_table(OP_TABLE_DIR / f"{model}_h100.json")
-    adjusted = with_split_graphs(before, cfg, known_gpus()["h100"])
-    as_measured, as_adjusted, change = [], [], []
-    for e in before.entries:
-        x, y = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), after.get(e.mode, e.tp, e.sp, e.tokens, e.context)
-        if y is None or x.layer_ms == e.layer_ms:
-            continue
-        as_measured.append(abs(e.layer_ms / y.layer_ms - 1))
-        as_adjusted.append(abs(x.layer_ms / y.layer_ms - 1))
-        change.append(y.layer_ms / e.layer_ms - 1)
-    print(f"{model}: {adjusted.engine['split_graph_entries_adjusted']} entries adjusted; measured with split graphs "
-          f"against session 21: {spread(change)}")  # fmt: skip
-    print(f"  |error| of session 21's entries as measured: {spread(as_measured, False)}")
-    print(f"  |error| as with_split_graphs adjusts them:   {spread(as_adjusted, False)}")
+    rows, changed = split_adjusted(model, "h100", S23 / folder / model / "table_before.json")
+    rows = [(e, a, n) for e, a, n in rows if a.layer_ms != e.layer_ms]
+    print(f"{model}: {changed} entries adjusted; measured with split graphs against session 21: "
+          f"{spread([n.layer_ms / e.layer_ms - 1 for e, _, n in rows])}")  # fmt: skip
+    measured = spread([abs(e.layer_ms / n.layer_ms - 1) for e, _, n in rows], False)
+    print(f"  |error| of session 21's entries as measured: {measured}")
+    adjusted = spread([abs(a.layer_ms / n.layer_ms - 1) for _, a, n in rows], False)
+    print(f"  |error| as with_split_graphs adjusts them:   {adjusted}")
 
 
 def llama_repeat() -> None:

@@ -16,8 +16,9 @@
 from __future__ import annotations
 
 import json
-import statistics
 from pathlib import Path
+
+from derived import split_adjusted, spread
 
 from shifttune.config import load_model_config, resolve_model_path
 from shifttune.engine.profile_schema import load_profile
@@ -43,45 +44,26 @@ CHECKS = {
 S17 = RUNS / "s17_h200x4/profile_70b"
 
 
-def spread(xs: list[float], signed: bool = True) -> str:
-    xs = sorted(xs)
-    f = (lambda x: f"{100 * x:+.1f}%") if signed else (lambda x: f"{100 * x:.1f}%")
-    return (f"n {len(xs)}, median {f(statistics.median(xs))}, p10 {f(xs[len(xs) // 10])}, "
-            f"p90 {f(xs[9 * len(xs) // 10])}, min {f(xs[0])}, max {f(xs[-1])}")  # fmt: skip
-
-
 def split_entries(model: str) -> None:
-    cfg, _ = load_model_config(resolve_model_path(model))
-    before, after = load_op_table(BEFORE[model]), load_op_table(OP_TABLE_DIR / f"{model}_h200.json")
-    adjusted = with_split_graphs(before, cfg, known_gpus()["h200"])
-    as_measured, as_adjusted, change, rows = [], [], [], []
-    for e in before.entries:
-        x, y = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), after.get(e.mode, e.tp, e.sp, e.tokens, e.context)
-        if y is None or x.layer_ms == e.layer_ms:
-            continue
-        as_measured.append(abs(e.layer_ms / y.layer_ms - 1))
-        as_adjusted.append(abs(x.layer_ms / y.layer_ms - 1))
-        change.append(y.layer_ms / e.layer_ms - 1)
-        rows.append(f"    {e.mode} TP {e.tp} SP {e.sp}, {e.tokens} tokens at {e.context}: before {e.layer_ms:.3f}, "
-                    f"adjusted {x.layer_ms:.3f}, measured {y.layer_ms:.3f} ms a layer")  # fmt: skip
-    print(f"{model}: {adjusted.engine['split_graph_entries_adjusted']} entries adjusted; measured with split graphs "
-          f"against the table before: {spread(change)}")  # fmt: skip
-    print(f"  |error| of the entries as measured before: {spread(as_measured, False)}")
-    print(f"  |error| as with_split_graphs adjusts them: {spread(as_adjusted, False)}")
+    rows, changed = split_adjusted(model, "h200", BEFORE[model])
+    rows = [(e, a, n) for e, a, n in rows if a.layer_ms != e.layer_ms]
+    print(f"{model}: {changed} entries adjusted; measured with split graphs against the table before: "
+          f"{spread([n.layer_ms / e.layer_ms - 1 for e, _, n in rows])}")  # fmt: skip
+    measured = spread([abs(e.layer_ms / n.layer_ms - 1) for e, _, n in rows], False)
+    print(f"  |error| of the entries as measured before: {measured}")
+    adjusted = spread([abs(a.layer_ms / n.layer_ms - 1) for _, a, n in rows], False)
+    print(f"  |error| as with_split_graphs adjusts them: {adjusted}")
     if model == "llama-3.3-70b":
-        print("\n".join(rows))
+        for e, a, n in rows:
+            print(f"    {e.mode} TP {e.tp} SP {e.sp}, {e.tokens} tokens at {e.context}: before {e.layer_ms:.3f}, "
+                  f"adjusted {a.layer_ms:.3f}, measured {n.layer_ms:.3f} ms a layer")  # fmt: skip
 
 
 def other_entries(model: str) -> None:
-    cfg, _ = load_model_config(resolve_model_path(model))
-    before, after = load_op_table(BEFORE[model]), load_op_table(OP_TABLE_DIR / f"{model}_h200.json")
-    adjusted = with_split_graphs(before, cfg, known_gpus()["h200"])
-    graph, eager = [], []
-    for e in before.entries:
-        x, y = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), after.get(e.mode, e.tp, e.sp, e.tokens, e.context)
-        if y is not None and x.layer_ms == e.layer_ms:
-            (eager if e.tokens > 2048 else graph).append(y.layer_ms / e.layer_ms - 1)
-    print(f"{model} (before: {before.created[:10]}): graphed entries {spread(graph)}")
+    rows, _ = split_adjusted(model, "h200", BEFORE[model])
+    graph = [n.layer_ms / e.layer_ms - 1 for e, a, n in rows if a.layer_ms == e.layer_ms and e.tokens <= 2048]
+    eager = [n.layer_ms / e.layer_ms - 1 for e, a, n in rows if a.layer_ms == e.layer_ms and e.tokens > 2048]
+    print(f"{model} (before: {load_op_table(BEFORE[model]).created[:10]}): graphed entries {spread(graph)}")
     print(f"{' ' * len(model)}   eager entries (> 2048 tokens) {spread(eager)}")
     if model in CHECKS:
         for when in ("before", "after"):
