@@ -74,13 +74,13 @@ def test_chunk_split_graphs_on_gpu(hf_models, monkeypatch):
 def test_sp_mode_graphs_past_the_graph_limit_on_gpus(hf_models, monkeypatch, tp, sp):
     """sp_cuda_graph_tokens_per_gpu (experimental, off by default) on SP ranks over NCCL: SP-mode steps past
     `cuda_graph_max_tokens` (64 here; up to 64 x P tokens) replay their graphs, TP-mode steps past it run eagerly, and
-    the tokens pass the bf16 rule against HF in both policies."""
+    the tokens pass the bf16 rule against HF in both policies (no prefix caching: the second prefills all again)."""
     path = hf_models["qwen3"]
     prompts = [*PROMPTS, [1, *range(100, 249)]]  # the last: 150 tokens, prefilled in chunks of up to 64 x P
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
     p = tp * sp
     with _gpu_llm(path, tp, sp, cuda_graph_max_tokens=64, sp_cuda_graph_tokens_per_gpu=64,
-                  max_num_batched_tokens=64 * p) as llm:  # fmt: skip
+                  max_num_batched_tokens=64 * p, enable_prefix_caching=False) as llm:  # fmt: skip
         graphs = llm.llm_engine.executor.runner.graphs  # rank 0's; every rank takes the same path
         assert graphs.mode_limit == {"tp": 64, "sp": 64 * p} and graphs.buckets[-1] == 64 * p
         replayed = []
