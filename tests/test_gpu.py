@@ -74,7 +74,7 @@ def test_chunk_split_graphs_on_gpu(hf_models, monkeypatch):
 def test_sp_mode_graphs_past_the_graph_limit_on_gpus(hf_models, monkeypatch, tp, sp):
     """sp_cuda_graph_tokens_per_gpu (experimental, off by default) on SP ranks over NCCL: SP-mode steps past
     `cuda_graph_max_tokens` (64 here; up to 64 x P tokens) replay their graphs, TP-mode steps past it run eagerly, and
-    the tokens pass the bf16 rule against HF in both policies (no prefix caching: the second prefills all again)."""
+    the tokens pass the bf16 rule against HF in each policy (no prefix caching: each round prefills all again)."""
     path = hf_models["qwen3"]
     prompts = [*PROMPTS, [1, *range(100, 249)]]  # the last: 150 tokens, prefilled in chunks of up to 64 x P
     params = SamplingParams(temperature=0, max_tokens=8, ignore_eos=True)
@@ -86,13 +86,15 @@ def test_sp_mode_graphs_past_the_graph_limit_on_gpus(hf_models, monkeypatch, tp,
         replayed = []
         replay = graphs.replay
         monkeypatch.setattr(graphs, "replay", lambda mode, t, *a: replayed.append((mode, t)) or replay(mode, t, *a))
-        for policy in ("sp", "threshold"):
+        for policy in ("sp", "threshold", "tp"):
             llm.llm_engine.set_policy(policy, 16)
             outs = llm.generate(prompts, params)
             exact = check_against_hf_fp32(str(path), prompts, [o.outputs[0].token_ids for o in outs])
             assert exact >= len(prompts) // 2, policy
         assert any(mode == "sp" and t > 64 for mode, t in replayed), replayed
-        assert all(t <= 64 for mode, t in replayed if mode == "tp"), replayed
+        steps = [(s.mode, s.shape.num_tokens) for s in llm.llm_engine.stats.steps]
+        assert any(mode == "tp" and t > 64 for mode, t in steps), steps  # the "tp" round's prefill chunks ...
+        assert all(t <= 64 for mode, t in replayed if mode == "tp"), replayed  # ... ran eagerly
 
 
 _SYMM_CASE = """

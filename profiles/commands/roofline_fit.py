@@ -105,6 +105,8 @@ def split_adjustment_error(model: str, gpu: str, before: str, c: RooflineConstan
     same card's shipped table measured with them."""
     rows, _ = split_adjusted(model, gpu, RUNS / before, c)
     err = [abs(a.layer_ms / n.layer_ms - 1) for e, a, n in rows if a.layer_ms != e.layer_ms]
+    if not err:
+        return "no entry adjusted"
     return f"{len(err)} entries, |error| median {100 * statistics.median(err):.1f}%, max {100 * max(err):.1f}%"
 
 
@@ -155,8 +157,12 @@ def main() -> None:
         source = ("efficiencies fitted by profiles/commands/roofline_fit.py (least squares on the log-ratio of layer "
                   f"and step, soft-L1) to every entry of the measured op tables {tables} (today's kernels, all layouts "
                   "of P = 1, 2, 4, 8); held out: " + ", ".join(f"{m}_{g}" for m, g in held_out))  # fmt: skip
+        earlier = shipped.source.split("; then ")[0]
         if args.only:  # the others stay as they were fitted
-            source = f"{shipped.source}; then {args.only} alone to {tables} (the others kept)"
+            source = f"{earlier}; then {args.only} alone to {tables} (the others kept)"
+        else:  # NOTE: FIXED constants keep their shipped values: say where those came from
+            source += "; " + ", ".join(f"{n} = {getattr(shipped, n)} kept" for n in FIXED)
+            source += f" (from: {shipped.source.split('; then ')[1]})" if "; then " in shipped.source else ""
         kept = {n: v for n, v in asdict(fitted).items() if n != "source"}
         data["roofline"] = {**{n: round(v, 4) for n, v in kept.items()}, "source": source}
         GPUS_FILE.write_text(json.dumps(data, indent=1) + "\n")
