@@ -222,7 +222,7 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
     and qwen3-8b op tables of session 20, the GQA group's exponent to the 70B's H200 table) reproduces the tables of
     those models measured again with split graphs, and predicts what it was not fitted to: mistral-7b-v0.3's table,
     qwen3-32b's (a GQA group of 8, as the 70B's) and the engine's measured one-GPU profiles on an H100 (another card).
-    Bounds: the fit's report (profiles/runs/s24_roofline_fit.txt, the last run's "fitted") with a little room. Each
+    Bounds: the fit's report (profiles/runs/s24_roofline_fit.txt, run 1's "shipped") with a little room. Each
     table is predicted as its engine ran (`engine.chunk_split_graphs`)."""
     import statistics
 
@@ -519,7 +519,7 @@ def test_gpu_tools_say_so_without_a_gpu(tmp_path):
 
 # (model, card, its table measured without split graphs): the tables the split graphs replaced, kept as the "before"
 # of the calls that measured them again (the shipped ones); with the most |error| an adjusted entry may keep
-# (profiles/runs/s24_roofline_fit.txt, the last report: 13-31%).
+# (profiles/runs/s24_roofline_fit.txt, run 1: 9-31%).
 TABLES_BEFORE_SPLIT_GRAPHS = [
     (c["model"], c["gpu"], c["before"])
     for c in json.loads((ROOT / "profiles/runs/table_checks.json").read_text())["before_split_graphs"]
