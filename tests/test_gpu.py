@@ -70,6 +70,7 @@ def test_chunk_split_graphs_on_gpu(hf_models, monkeypatch):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+@pytest.mark.timeout(300)  # NOTE: not yet seen to pass (s24_h200/e stopped it at 170 s): a hang fails, not blocks
 @pytest.mark.parametrize("tp,sp", [(1, 2), (2, 2), (1, 4)])
 def test_sp_mode_graphs_past_the_graph_limit_on_gpus(hf_models, monkeypatch, tp, sp):
     """sp_cuda_graph_tokens_per_gpu (experimental, off by default) on SP ranks over NCCL: SP-mode steps past
