@@ -19,13 +19,13 @@ import json
 import statistics
 from pathlib import Path
 
-from derived import spread
+from derived import print_adjusted_per_table, spread
 
 from shifttune.config import load_model_config, resolve_model_path
 from shifttune.engine.profile_schema import load_profile
 from shifttune.recommend.compare import compare_profiles
 from shifttune.recommend.gpus import known_gpus
-from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
+from shifttune.recommend.op_table import load_op_table
 from shifttune.recommend.roofline import graph_attention_programs, with_split_graphs
 from shifttune.recommend.shapes import rank_shapes
 
@@ -111,12 +111,7 @@ def main() -> None:
         xs = sorted(xs)
         print(f"{changed} adjusted entries, |error| {label}: median {100 * statistics.median(xs):.1f}%, "
               f"p90 {100 * xs[int(0.9 * len(xs))]:.1f}%, max {100 * xs[-1]:.1f}%")  # fmt: skip
-    for path in sorted(OP_TABLE_DIR.glob("*.json")):
-        table = load_op_table(path)
-        model, _ = load_model_config(resolve_model_path(table.model["name"]))
-        adjusted = with_split_graphs(table, model, known_gpus()[table.gpu["slug"]])
-        print(f"  {path.name}: {adjusted.engine.get('split_graph_entries_adjusted', 0)} of {len(table.entries)} "
-              "entries adjusted")  # fmt: skip
+    print_adjusted_per_table()
 
     print("\n## 5. llama-3.1-8b P = 1 profile, two H100 machines: s22_h100/d against s21_h100/a")
     runs = RUNS.parent

@@ -18,14 +18,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from derived import split_adjusted, spread
+from derived import print_adjusted_per_table, print_split_adjustment, spread
 
-from shifttune.config import load_model_config, resolve_model_path
 from shifttune.engine.profile_schema import load_profile
 from shifttune.recommend.compare import compare_profiles
-from shifttune.recommend.gpus import known_gpus
 from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
-from shifttune.recommend.roofline import with_split_graphs
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 S23 = RUNS / "s23_h100"
@@ -46,17 +43,6 @@ def decode_rows() -> None:
               + f" ({' / '.join(f'{100 * c:+.1f}%' for c in change)}); ratio to floor "
               + " / ".join(f"{r['ratio']:.2f}" for r in rows))  # fmt: skip
     print(f"all rows, both runs: {spread(changes)}")
-
-
-def adjusted_against_measured(model: str, folder: str) -> None:
-    rows, changed = split_adjusted(model, "h100", S23 / folder / model / "table_before.json")
-    rows = [(e, a, n) for e, a, n in rows if a.layer_ms != e.layer_ms]
-    print(f"{model}: {changed} entries adjusted; measured with split graphs against session 21: "
-          f"{spread([n.layer_ms / e.layer_ms - 1 for e, _, n in rows])}")  # fmt: skip
-    measured = spread([abs(e.layer_ms / n.layer_ms - 1) for e, _, n in rows], False)
-    print(f"  |error| of session 21's entries as measured: {measured}")
-    adjusted = spread([abs(a.layer_ms / n.layer_ms - 1) for _, a, n in rows], False)
-    print(f"  |error| as with_split_graphs adjusts them:   {adjusted}")
 
 
 def llama_repeat() -> None:
@@ -117,16 +103,11 @@ def eager_and_graphed() -> None:
 def main() -> None:
     decode_rows()
     print("\n## 2. op tables measured with split graphs against session 21's, H100")
-    adjusted_against_measured("qwen3-8b", "b_op_table_qwen3")
-    adjusted_against_measured("mistral-7b-v0.3", "c_op_table_mistral")
+    for model, folder in (("qwen3-8b", "b_op_table_qwen3"), ("mistral-7b-v0.3", "c_op_table_mistral")):
+        print_split_adjustment(model, "h100", S23 / folder / model / "table_before.json", "session 21")
     llama_repeat()
     print("\n## 4. entries with_split_graphs adjusts in each shipped table")
-    for path in sorted(OP_TABLE_DIR.glob("*.json")):
-        table = load_op_table(path)
-        model, _ = load_model_config(resolve_model_path(table.model["name"]))
-        adjusted = with_split_graphs(table, model, known_gpus()[table.gpu["slug"]])
-        print(f"  {path.name}: {adjusted.engine.get('split_graph_entries_adjusted', 0)} of {len(table.entries)} "
-              f"(measured with split graphs: {bool(table.engine.get('chunk_split_graphs'))})")  # fmt: skip
+    print_adjusted_per_table()
     eager_and_graphed()
 
 

@@ -18,15 +18,12 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from derived import split_adjusted, spread
+from derived import print_adjusted_per_table, print_split_adjustment, split_adjusted, spread
 
-from shifttune.config import load_model_config, resolve_model_path
 from shifttune.engine.profile_schema import load_profile
 from shifttune.recommend.compare import compare_profiles
-from shifttune.recommend.gpus import known_gpus
 from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
 from shifttune.recommend.predict import PredictSettings, predict_profile
-from shifttune.recommend.roofline import with_split_graphs
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
 S24 = RUNS / "s24_h200"
@@ -45,14 +42,7 @@ S17 = RUNS / "s17_h200x4/profile_70b"
 
 
 def split_entries(model: str) -> None:
-    rows, changed = split_adjusted(model, "h200", BEFORE[model])
-    rows = [(e, a, n) for e, a, n in rows if a.layer_ms != e.layer_ms]
-    print(f"{model}: {changed} entries adjusted; measured with split graphs against the table before: "
-          f"{spread([n.layer_ms / e.layer_ms - 1 for e, _, n in rows])}")  # fmt: skip
-    measured = spread([abs(e.layer_ms / n.layer_ms - 1) for e, _, n in rows], False)
-    print(f"  |error| of the entries as measured before: {measured}")
-    adjusted = spread([abs(a.layer_ms / n.layer_ms - 1) for _, a, n in rows], False)
-    print(f"  |error| as with_split_graphs adjusts them: {adjusted}")
+    rows = print_split_adjustment(model, "h200", BEFORE[model], "the table before")
     if model == "llama-3.3-70b":
         for e, a, n in rows:
             print(f"    {e.mode} TP {e.tp} SP {e.sp}, {e.tokens} tokens at {e.context}: before {e.layer_ms:.3f}, "
@@ -96,11 +86,7 @@ def main() -> None:
         other_entries(model)
     seventy_b_on_four()
     print("\n## 4. entries with_split_graphs adjusts in each shipped table")
-    for path in sorted(OP_TABLE_DIR.glob("*.json")):
-        table = load_op_table(path)
-        model, _ = load_model_config(resolve_model_path(table.model["name"]))
-        adjusted = with_split_graphs(table, model, known_gpus()[table.gpu["slug"]])
-        print(f"{path.name}: {adjusted.engine.get('split_graph_entries_adjusted', 0)}")
+    print_adjusted_per_table()
 
 
 if __name__ == "__main__":
