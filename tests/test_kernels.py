@@ -623,9 +623,7 @@ def test_chunk_split_plan(monkeypatch):
     assert tp8.use_split_graph("tp", 512, 1, 512, 1024) and tp8.use_split_graph("tp", 512, 130, 512, 8192)
     assert not tp8.use_split_graph("tp", 512, 131, 512, 8192) and not tp8.use_split_graph("tp", 256, 1, 256, 8192)
     assert not tp8.use_split_graph("tp", 512, 1, 512, 1023)  # less cached context than new tokens: unsplit
-    assert (
-        stand_in_step_graphs(256, 8, 256, world_size=8).split_plan == {}
-    )  # 32 query heads, 8 KV heads a rank: a 320-token chunk fills 132 SMs
-    assert ("tp", 160) not in stand_in_step_graphs(
-        32, 1, 8, world_size=8
-    ).split_plan  # capacity 9 < 10 query blocks: the graph splits as one chunk
+    # 32 query heads, 8 KV heads a rank: a 320-token chunk fills 132 SMs
+    assert stand_in_step_graphs(256, 8, 256, world_size=8).split_plan == {}
+    # capacity 9 < 10 query blocks: the graph splits as one chunk
+    assert ("tp", 160) not in stand_in_step_graphs(32, 1, 8, world_size=8).split_plan

@@ -518,13 +518,17 @@ def test_gpu_tools_say_so_without_a_gpu(tmp_path):
 
 
 # (model, card, its table measured without split graphs): the tables the split graphs replaced, kept as the "before"
-# of the calls that measured them again (the shipped ones); with the most |error| an adjusted entry may keep
-# (profiles/runs/s24_roofline_fit.txt, run 1: 9-31%).
+# of the calls that measured them again (the shipped ones); with the most |error| an adjusted entry may keep (each
+# table's max in profiles/runs/s24_roofline_fit.txt, run 1, with a little room).
 TABLES_BEFORE_SPLIT_GRAPHS = [
     (c["model"], c["gpu"], c["before"])
     for c in json.loads((ROOT / "profiles/runs/table_checks.json").read_text())["before_split_graphs"]
 ]
-WORST_ADJUSTED = {"h100": 0.30, "h200": 0.35}
+WORST_ADJUSTED = {
+    ("llama-3.1-8b", "h100"): 0.20, ("qwen3-8b", "h100"): 0.20, ("mistral-7b-v0.3", "h100"): 0.30,
+    ("llama-3.1-8b", "h200"): 0.30, ("qwen3-8b", "h200"): 0.25, ("mistral-7b-v0.3", "h200"): 0.35,
+    ("llama-3.3-70b", "h200"): 0.15,
+}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -547,7 +551,8 @@ def test_a_table_from_before_split_graphs_is_adjusted_for_them(model, gpu, befor
     assert with_split_graphs(new, m, card) is new
     adjusted = with_split_graphs(old, m, card)
     changed = adjusted.engine["split_graph_entries_adjusted"]
-    assert 20 <= changed <= 80 and "adjusted by the roofline" in adjusted.source
+    eight_b = m.num_layers <= 36  # the 8B models; the 70B's ranks fill the GPU more often unsplit
+    assert (40 if eight_b else 20) <= changed <= 80 and "adjusted by the roofline" in adjusted.source
     before, after = [], []
     for e in old.entries:
         a, n = adjusted.get(e.mode, e.tp, e.sp, e.tokens, e.context), new.get(e.mode, e.tp, e.sp, e.tokens, e.context)
@@ -557,8 +562,8 @@ def test_a_table_from_before_split_graphs_is_adjusted_for_them(model, gpu, befor
         before.append(abs(e.layer_ms / n.layer_ms - 1))
         after.append(abs(a.layer_ms / n.layer_ms - 1))
     assert len(after) == changed and statistics.median(after) < min(0.07, statistics.median(before))
-    assert max(after) < WORST_ADJUSTED[gpu], (statistics.median(after), max(after))
-    if m.num_layers <= 36:  # the 8B models: most of their split entries had been far off
+    assert max(after) < WORST_ADJUSTED[(model, gpu)], (statistics.median(after), max(after))
+    if eight_b:  # most of their split entries had been far off
         assert statistics.median(before) > 0.4
 
 
