@@ -37,14 +37,12 @@ from shifttune.recommend.predict import PredictSettings, predict_profile
 from shifttune.recommend.roofline import RooflineConstants, head_ms, layer_ms, roofline_table
 from shifttune.recommend.shapes import DTYPE_BYTES, rank_shapes
 
-# The shipped constants' fit: two models' H200 tables (session 20's), the others held out; `--fit` fits others (the
-# report of session 24, s24_roofline_fit.txt: both cards' tables were not written, see RESULTS.md). The last three
-# tables have GQA groups of 8, 8 and 7 query heads a KV head (the others 4); qwen3-32b's and qwen2.5-7b's predate
-# split graphs (each table is predicted as its engine ran).
+# The shipped constants' fit: two models' H200 tables (session 20's), every other shipped table held out; `--fit` fits
+# others (the report of session 24, s24_roofline_fit.txt: both cards' tables were not written, see RESULTS.md).
+# llama-3.3-70b and qwen3-32b have GQA groups of 8 query heads a KV head, qwen2.5-7b 7, the others 4; tables that
+# predate split graphs are predicted as their engine ran.
 FIT = [("llama-3.1-8b", "h200"), ("qwen3-8b", "h200")]
-TABLES = FIT + [("llama-3.1-8b", "h100"), ("qwen3-8b", "h100"), ("mistral-7b-v0.3", "h100"),
-                ("mistral-7b-v0.3", "h200"), ("llama-3.3-70b", "h200"), ("qwen3-32b", "h200"),
-                ("qwen2.5-7b", "h200")]  # fmt: skip
+TABLES = [tuple(path.stem.rsplit("_", 1)) for path in sorted(OP_TABLE_DIR.glob("*.json"))]  # (model, gpu) shipped
 # NOTE: every FIT model has 4 query heads a KV head at every P: the data cannot tell the GQA group's exponent, which
 # a fit of the 70B table alone sets (`--only attn_group_exp`)
 FIXED = ("attn_group_exp",)
