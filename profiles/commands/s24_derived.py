@@ -26,18 +26,11 @@ from shifttune.recommend.op_table import OP_TABLE_DIR, load_op_table
 from shifttune.recommend.predict import PredictSettings, predict_profile
 
 RUNS = Path(__file__).resolve().parents[1] / "runs"
-S24 = RUNS / "s24_h200"
-BEFORE = {
-    "llama-3.3-70b": S24 / "a_op_table_70b/table_before.json",
-    "llama-3.1-8b": S24 / "b_op_table_llama/llama-3.1-8b/table_before.json",
-    "qwen3-8b": S24 / "c_tests_and_op_table_qwen3/qwen3-8b/table_before.json",
-    "mistral-7b-v0.3": S24 / "d_op_table_mistral/mistral-7b-v0.3/table_before.json",
-}
-CHECKS = {
-    "llama-3.1-8b": S24 / "b_op_table_llama/llama-3.1-8b",
-    "qwen3-8b": S24 / "c_tests_and_op_table_qwen3/qwen3-8b",
-    "mistral-7b-v0.3": S24 / "d_op_table_mistral/mistral-7b-v0.3",
-}
+# this session's H200 tables (`profiles/runs/table_checks.json`): the table each replaced, and the folder of its P = 1
+# check (the device run's measured profile and compare files)
+_TABLES = json.loads((RUNS / "table_checks.json").read_text())
+BEFORE = {c["model"]: RUNS / c["before"] for c in _TABLES["before_split_graphs"] if c["before"].startswith("s24_")}
+CHECKS = {c["model"]: (RUNS / c["measured"]).parent for c in _TABLES["checks"] if c["measured"].startswith("s24_")}
 S17 = RUNS / "s17_h200x4/profile_70b"
 
 
