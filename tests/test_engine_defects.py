@@ -134,6 +134,37 @@ def test_a_rank_that_fails_after_loading_is_reported():
         LLM("tiny", tensor_parallel_size=2, num_kv_blocks=10**12)  # the KV cache allocation fails on every rank
 
 
+def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypatch):
+    """NCCL (>= 2.26) waits forever to destroy a communicator while a CUDA graph that captured its collectives is
+    alive: on 2 GPUs a shutdown hung where a caller held the graphs (profiles/runs/s25_gpu/a_sp_graph_test_x2), and
+    every worker left its group with its graphs alive. Each rank's last act resets every graph, then leaves."""
+    from conftest import stand_in_step_graphs
+    from shifttune.runner import executor
+    from shifttune.runner.model_runner import ModelRunner
+
+    graphs = stand_in_step_graphs(8, 2, 4)
+    reset = []
+    stand_in = type("Graph", (), {"reset": lambda self: reset.append(self)})
+    graphs.graphs = {("tp", 1): stand_in(), ("tp", 2): stand_in()}
+    graphs.split_graphs = {("tp", 64): stand_in()}
+    runner = ModelRunner.__new__(ModelRunner)  # only what release() touches
+    runner.graphs, runner.models, runner.k_cache, runner.v_cache, runner.input_batch = graphs, {"tp": 1}, 1, 1, 1
+    seen = []
+    monkeypatch.setattr(executor, "destroy_parallel_state", lambda: seen.append((len(reset), runner.graphs)))
+    executor.leave(runner)
+    assert seen == [(3, None)]  # all three graphs reset before the group was left
+    assert graphs.graphs == {} and graphs.split_graphs == {}  # a caller holding the StepGraphs keeps no graph
+
+
+def test_workers_end_by_themselves_on_shutdown():
+    """Each spawned rank leaves on the driver's word with exit code 0 (not terminated after the driver's wait)."""
+    llm = LLM("tiny", tensor_parallel_size=2)
+    procs = llm.llm_engine.executor.procs
+    assert llm.generate([[1, 2, 3]], GREEDY)[0].outputs[0].token_ids
+    llm.shutdown()
+    assert [p.exitcode for p in procs] == [0]
+
+
 def test_world_size_that_is_not_sp_x_tp_is_refused(monkeypatch):
     monkeypatch.setitem(os.environ, "WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="WORLD_SIZE=3 but SP x TP = 2"):

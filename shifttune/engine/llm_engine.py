@@ -281,10 +281,7 @@ class LLMEngine:
         if executor is None:
             return
         self._in_flight = None
-        runner = getattr(executor, "runner", None)
-        if runner is not None:
-            runner.release()  # even if a caller still holds the runner (tools, tests)
-        executor.shutdown()  # collects the runner and empties torch's cache
+        executor.shutdown()  # releases the runner (even if a caller still holds it) and empties torch's cache
         if self.config.device == "cuda":
             clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)
             if clear is not None:  # cuBLAS keeps a workspace per handle and stream from the caching allocator

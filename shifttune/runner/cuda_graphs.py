@@ -132,6 +132,16 @@ class StepGraphs:
                         (self.split_graphs if split else self.graphs)[(mode, b)] = graph
         torch.cuda.synchronize()
 
+    def release(self) -> None:
+        """Destroys every captured graph now, whoever still holds this object.
+        NOTE: NCCL (>= 2.26) will not destroy a communicator while a CUDA graph that captured its collectives is
+        alive (`commDestroySync` polls until the graphs die), so a rank must call this before it leaves its
+        process group, or that rank hangs on shutdown."""
+        for graph in [*self.graphs.values(), *self.split_graphs.values()]:
+            graph.reset()
+        self.graphs.clear()
+        self.split_graphs.clear()
+
     def modes_for(self, bucket: int) -> list[str]:
         """The modes whose graphs include this bucket (SP only, past `cuda_graph_max_tokens`)."""
         return [mode for mode in self.runner.modes if bucket <= self.mode_limit[mode]]

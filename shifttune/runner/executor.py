@@ -72,15 +72,27 @@ def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tup
         runner = ModelRunner(config, state)
     except Exception as e:  # reported to every rank below, not raised here
         error = _error(rank, e)
-    runner_blocks = _agree(state, world, error, runner.num_kv_blocks if runner else 0)
-    runner.num_kv_blocks = min(runner_blocks)
-    for stage in (lambda: runner.allocate_kv_cache(runner.num_kv_blocks), runner.capture_graphs):
-        try:
-            stage()
-        except Exception as e:
-            error = _error(rank, e)
-        _agree(state, world, error)
+    try:
+        runner_blocks = _agree(state, world, error, runner.num_kv_blocks if runner else 0)
+        runner.num_kv_blocks = min(runner_blocks)
+        for stage in (lambda: runner.allocate_kv_cache(runner.num_kv_blocks), runner.capture_graphs):
+            try:
+                stage()
+            except Exception as e:
+                error = _error(rank, e)
+            _agree(state, world, error)
+    except WorkerError:
+        leave(runner)
+        raise
     return runner, state
+
+
+def leave(runner: ModelRunner | None) -> None:
+    """A rank's last act: drops its runner's graphs, weights and cache, then leaves the process group.
+    NOTE: in this order: NCCL waits for the graphs that captured its collectives to die (StepGraphs.release)."""
+    if runner is not None:
+        runner.release()
+    destroy_parallel_state()
 
 
 def worker_loop(runner: ModelRunner, state) -> None:
@@ -110,12 +122,11 @@ def _spawned_worker(config: EngineConfig, rank: int, init_method: str) -> None:
     try:
         runner, state = _start_rank(config, rank, init_method)
     except WorkerError:
-        destroy_parallel_state()
-        return  # the driver reports it
+        return  # _start_rank has left the group; the driver reports it
     try:
         worker_loop(runner, state)
     finally:
-        destroy_parallel_state()
+        leave(runner)
 
 
 @contextmanager
@@ -170,7 +181,7 @@ class Executor:
             try:
                 worker_loop(self.runner, self.state)
             finally:
-                destroy_parallel_state()
+                leave(self.runner)
             sys.exit(0)
 
     def _watch_workers(self) -> None:
@@ -229,11 +240,9 @@ class Executor:
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=5)
-        destroy_parallel_state()
-        # drop weights, cache and graphs now: a tool that builds several engines in turn needs the memory
-        # NOTE: the graphs and the runner point at each other: only a collection frees the graph pools.
-        if getattr(self, "runner", None) is not None:
-            self.runner.graphs = None
+        # drop weights, cache and graphs now (even where a caller still holds the runner): a tool that builds
+        # several engines in turn needs the memory
+        leave(getattr(self, "runner", None))
         self.runner = None
         gc.collect()
         if self.config.device == "cuda":

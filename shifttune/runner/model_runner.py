@@ -218,6 +218,8 @@ class ModelRunner:
     def release(self) -> None:
         """Drops weights, KV cache, graphs and the persistent batch now (shutdown), even where something
         still holds the runner."""
+        if self.graphs is not None:
+            self.graphs.release()
         self.graphs = None
         self.models = {}
         self.k_cache = self.v_cache = None

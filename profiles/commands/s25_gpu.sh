@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Session 25's device checks, from the repository root (carry: wheels, which holds py-spy as well):
+#   PART=a bash profiles/commands/s25_gpu.sh   # on 2 GPUs: the SP-graph test (sp_cuda_graph_tokens_per_gpu) alone,
+#     with py-spy stacks of every python process if it still runs after WATCH s (default 300); then, in the time
+#     left, tests/test_gpu.py's other cases that need 2 GPUs
+# Into $OUT: check.log, sp_graph_test.log, pyspy.txt (only if it hung), p2_tests.log
+. "$(dirname "$0")/gpu_setup.sh"
+python -m pip install -q --no-index --find-links wheels py-spy > /dev/null 2>&1
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tr '\n' ';')"
+if [ "${PART:-a}" = a ]; then
+  T0=$SECONDS
+  timeout 560 python -m pytest -v -s -x -p no:cacheprovider --durations=0 -o faulthandler_timeout=500 \
+    tests/test_gpu.py -k "sp_mode_graphs_past" > "$OUT/sp_graph_test.log" 2>&1 &
+  PID=$!
+  for _ in $(seq "${WATCH:-300}"); do kill -0 $PID 2> /dev/null || break; sleep 1; done
+  if kill -0 $PID 2> /dev/null; then
+    stamp "still running after ${WATCH:-300} s: py-spy stacks of every python process into pyspy.txt"
+    for p in $(pgrep python); do
+      echo "== pid $p: $(tr '\0' ' ' < /proc/$p/cmdline | cut -c1-200)" >> "$OUT/pyspy.txt"
+      timeout 20 py-spy dump --pid "$p" >> "$OUT/pyspy.txt" 2>&1
+    done
+  fi
+  wait $PID
+  stamp "SP-graph test rc=$? in $((SECONDS - T0)) s: $(tail -1 "$OUT/sp_graph_test.log")"
+  grep -E "PASSED|FAILED|Error|assert|slowest|[0-9.]+s (setup|call|teardown)" "$OUT/sp_graph_test.log" | head -20 \
+    | cut -c1-300 | tee -a "$LOG"
+  LEFT=$((${BUDGET:-540} - (SECONDS - T0)))
+  if [ $LEFT -gt 60 ]; then
+    timeout $LEFT python -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "1-2 or 2-1 or symmetric" \
+      --deselect "tests/test_gpu.py::test_sp_mode_graphs_past_the_graph_limit_on_gpus" > "$OUT/p2_tests.log" 2>&1
+    stamp "P = 2 cases of tests/test_gpu.py rc=$? (timeout $LEFT s): $(tail -1 "$OUT/p2_tests.log")"
+    grep -E "FAILED|Error" "$OUT/p2_tests.log" | head -10 | cut -c1-300 | tee -a "$LOG"
+  fi
+fi
