@@ -2,7 +2,7 @@
 # Session 25's device checks, from the repository root (carry: wheels, which holds py-spy as well):
 #   PART=a bash profiles/commands/s25_gpu.sh   # on 2 GPUs: the SP-graph test (sp_cuda_graph_tokens_per_gpu) alone,
 #     with py-spy stacks of every python process if it still runs after WATCH s (default 300); then, in the time
-#     left, tests/test_gpu.py's other cases that need 2 GPUs
+#     left (BUDGET s in all), tests/test_gpu.py's cases selected by P2_K (default: every case that runs on 2 GPUs)
 # Into $OUT: check.log, sp_graph_test.log, pyspy.txt (only if it hung), p2_tests.log
 . "$(dirname "$0")/gpu_setup.sh"
 python -m pip install -q --no-index --find-links wheels py-spy > /dev/null 2>&1
@@ -26,7 +26,7 @@ if [ "${PART:-a}" = a ]; then
     | cut -c1-300 | tee -a "$LOG"
   LEFT=$((${BUDGET:-540} - (SECONDS - T0)))
   if [ $LEFT -gt 60 ]; then
-    timeout $LEFT python -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "1-2 or 2-1 or symmetric" \
+    timeout $LEFT python -m pytest -q -p no:cacheprovider tests/test_gpu.py -k "${P2_K:-1-2 or 2-1 or symmetric}" \
       --deselect "tests/test_gpu.py::test_sp_mode_graphs_past_the_graph_limit_on_gpus" > "$OUT/p2_tests.log" 2>&1
     stamp "P = 2 cases of tests/test_gpu.py rc=$? (timeout $LEFT s): $(tail -1 "$OUT/p2_tests.log")"
     grep -E "FAILED|Error" "$OUT/p2_tests.log" | head -10 | cut -c1-300 | tee -a "$LOG"
