@@ -153,11 +153,14 @@ def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypat
     monkeypatch.setattr(executor, "destroy_parallel_state", lambda: seen.append((len(reset), runner.graphs)))
     executor.leave(runner)
     assert seen == [(3, None)]  # all three graphs reset before the group was left
+    executor.leave(None, timeout=5)  # the driver's way: the same, in a thread it waits for
+    assert seen == [(3, None), (3, None)]
     assert graphs.graphs == {} and graphs.split_graphs == {}  # a caller holding the StepGraphs keeps no graph
 
 
 def test_workers_end_by_themselves_on_shutdown():
-    """Each spawned rank leaves on the driver's word with exit code 0 (not terminated after the driver's wait)."""
+    """Each spawned rank leaves on the driver's word with exit code 0 (not terminated after the driver's wait; on
+    GPUs the driver leaves the process group before it waits: NCCL's teardown waits for every rank's)."""
     llm = LLM("tiny", tensor_parallel_size=2)
     procs = llm.llm_engine.executor.procs
     assert llm.generate([[1, 2, 3]], GREEDY)[0].outputs[0].token_ids

@@ -1,14 +1,33 @@
 #!/usr/bin/env bash
 # Session 25's device checks, from the repository root (carry: wheels, which holds py-spy as well):
-#   PART=a bash profiles/commands/s25_gpu.sh   # on 2 GPUs: the SP-graph test (sp_cuda_graph_tokens_per_gpu) alone,
+#   PART=a bash profiles/commands/s25_gpu.sh   # on 2 GPUs: a shutdown probe (below); the SP-graph test (sp_cuda_graph_tokens_per_gpu) alone,
 #     with py-spy stacks of every python process if it still runs after WATCH s (default 300); then, in the time
 #     left (BUDGET s in all), tests/test_gpu.py's cases selected by P2_K (default: every case that runs on 2 GPUs)
-# Into $OUT: check.log, sp_graph_test.log, pyspy.txt (only if it hung), p2_tests.log
+# Into $OUT: check.log, shutdown_probe.log, sp_graph_test.log, pyspy.txt (only if it hung), p2_tests.log
 . "$(dirname "$0")/gpu_setup.sh"
 python -m pip install -q --no-index --find-links wheels py-spy > /dev/null 2>&1
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tr '\n' ';')"
 if [ "${PART:-a}" = a ]; then
   T0=$SECONDS
+  # the built-in tiny model on 2 GPUs (TP 2): how long shutdown takes and how the worker ends (0: by itself); py-spy
+  # stacks (native frames too) of a worker still alive 6 s into the shutdown
+  timeout 120 python - > "$OUT/shutdown_probe.log" 2>&1 << 'PY'
+import subprocess, threading, time
+from shifttune import LLM, SamplingParams
+llm = LLM("tiny", tensor_parallel_size=2, device="cuda", dtype="bfloat16")
+llm.generate([[1, 2, 3]], SamplingParams(max_tokens=4))
+procs = llm.llm_engine.executor.procs
+def spy():
+    time.sleep(6)
+    for p in procs:
+        if p.is_alive():
+            print(subprocess.run(["py-spy", "dump", "--native", "--pid", str(p.pid)], capture_output=True, text=True).stdout)
+threading.Thread(target=spy, daemon=True).start()
+start = time.time()
+llm.shutdown()
+print(f"SHUTDOWN {time.time() - start:.1f} s, worker exit codes {[p.exitcode for p in procs]}")
+PY
+  stamp "shutdown probe rc=$?: $(grep SHUTDOWN "$OUT/shutdown_probe.log")"
   timeout 560 python -m pytest -v -s -x -p no:cacheprovider --durations=0 -o faulthandler_timeout=500 \
     tests/test_gpu.py -k "sp_mode_graphs_past" > "$OUT/sp_graph_test.log" 2>&1 &
   PID=$!

@@ -87,12 +87,20 @@ def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tup
     return runner, state
 
 
-def leave(runner: ModelRunner | None) -> None:
-    """A rank's last act: drops its runner's graphs, weights and cache, then leaves the process group.
+def leave(runner: ModelRunner | None, timeout: float | None = None) -> None:
+    """A rank's last act: drops its runner's graphs, weights and cache, then leaves the process group (waiting at
+    most `timeout` seconds: a rank that died leaves the others' NCCL teardown waiting; the driver then goes on).
     NOTE: in this order: NCCL waits for the graphs that captured its collectives to die (StepGraphs.release)."""
     if runner is not None:
         runner.release()
-    destroy_parallel_state()
+    if timeout is None:
+        destroy_parallel_state()
+        return
+    leaving = threading.Thread(target=destroy_parallel_state, daemon=True)
+    leaving.start()
+    leaving.join(timeout)
+    if leaving.is_alive():
+        print(f"shifttune: the process group did not close within {timeout:.0f} s; going on", file=sys.stderr)
 
 
 def worker_loop(runner: ModelRunner, state) -> None:
@@ -235,15 +243,16 @@ class Executor:
             sender = threading.Thread(target=tell, daemon=True)
             sender.start()
             sender.join(timeout=5)
+        # drop weights, cache and graphs now (even where a caller still holds the runner): a tool that builds
+        # several engines in turn needs the memory. NOTE: before the workers are waited for: NCCL's communicator
+        # teardown waits for the other ranks' (a worker left alone in it stayed there until it was terminated).
+        leave(getattr(self, "runner", None), timeout=30)
+        self.runner = None
         for proc in self.procs:
             proc.join(timeout=10)
             if proc.is_alive():
                 proc.terminate()
                 proc.join(timeout=5)
-        # drop weights, cache and graphs now (even where a caller still holds the runner): a tool that builds
-        # several engines in turn needs the memory
-        leave(getattr(self, "runner", None))
-        self.runner = None
         gc.collect()
         if self.config.device == "cuda":
             torch.cuda.empty_cache()
