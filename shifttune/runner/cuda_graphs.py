@@ -68,10 +68,10 @@ TOKEN_BUCKETS = (
 # kernel then runs their attention, 7-23% slower than cuDNN SDPA) one rank's 4096-token step took 26-65% less time at
 # 512 tokens a GPU (SP 4 x TP 2, SP 8), but at 1024 a GPU it ranged from -30% to +13% (SP 4) and was +6% at 8192
 # tokens on SP 8 (profiles/runs/s23_h100/h_eager_vs_graphed, k_sp_graph_rule, l_sp_graph_option): 512 is the
-# candidate. On 2 GPUs (SP 2) SP-mode graphs past a 64-token graph limit pass the HF oracle (tests/test_gpu.py,
-# profiles/runs/s25_gpu/c_shutdown_fix2_x2); past 2048 tokens they have run on no multi-GPU machine (CPU ranks cannot
-# check them: graphs need the Triton kernel, whose interpreter runs in the test's own process only), and the
-# predictions do not mirror them yet.
+# candidate. At SP 2, SP 2 x TP 2 and SP 4, SP-mode graphs past a 64-token graph limit pass the HF oracle
+# (tests/test_gpu.py, profiles/runs/s25_gpu c and f); past 2048 tokens they have run on no multi-GPU machine (CPU
+# ranks cannot check them: graphs need the Triton kernel, whose interpreter runs in the test's own process only),
+# and the predictions do not mirror them yet.
 SP_TOKEN_BUCKETS = (3072, 4096, 6144, 8192, 12288, 16384)
 
 
