@@ -6,6 +6,7 @@ import math
 import os
 
 import pytest
+import torch
 
 from shifttune import LLM, SamplingParams
 from shifttune.config import ConfigError, EngineConfig
@@ -134,10 +135,12 @@ def test_a_rank_that_fails_after_loading_is_reported():
         LLM("tiny", tensor_parallel_size=2, num_kv_blocks=10**12)  # the KV cache allocation fails on every rank
 
 
-def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypatch):
+@pytest.mark.parametrize("timeout", [None, 5.0], ids=["worker", "driver"])
+def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypatch, timeout):
     """NCCL (>= 2.26) waits forever to destroy a communicator while a CUDA graph that captured its collectives is
     alive: on 2 GPUs a shutdown hung where a caller held the graphs (profiles/runs/s25_gpu/a_sp_graph_test_x2), and
-    every worker left its group with its graphs alive. Each rank's last act resets every graph, then leaves."""
+    every worker left its group with its graphs alive. Each rank's last act resets every graph, then leaves (the
+    driver's way: in a thread it waits for at most `timeout` s)."""
     from conftest import stand_in_step_graphs
     from shifttune.runner import executor
     from shifttune.runner.model_runner import ModelRunner
@@ -151,11 +154,30 @@ def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypat
     runner.graphs, runner.models, runner.k_cache, runner.v_cache, runner.input_batch = graphs, {"tp": 1}, 1, 1, 1
     seen = []
     monkeypatch.setattr(executor, "destroy_parallel_state", lambda: seen.append((len(reset), runner.graphs)))
-    executor.leave(runner)
+    executor.leave(runner, timeout)
     assert seen == [(3, None)]  # all three graphs reset before the group was left
-    executor.leave(None, timeout=5)  # the driver's way: the same, in a thread it waits for
-    assert seen == [(3, None), (3, None)]
     assert graphs.graphs == {} and graphs.split_graphs == {}  # a caller holding the StepGraphs keeps no graph
+
+
+def test_a_rank_that_fails_to_start_leaves_after_releasing_its_runner(monkeypatch):
+    """Any failure during a rank's start (a WorkerError from another rank, Ctrl-C, a gloo error) releases what the
+    rank built (its graphs) before it leaves the group, not only a WorkerError."""
+    from types import SimpleNamespace
+
+    from shifttune.runner import executor
+
+    events = []
+    runner = SimpleNamespace(num_kv_blocks=4, release=lambda: events.append("release"))
+    runner.allocate_kv_cache = lambda n: None
+    runner.capture_graphs = lambda: (_ for _ in ()).throw(KeyboardInterrupt)
+    state = SimpleNamespace(cpu_group=None)
+    monkeypatch.setattr(executor, "init_parallel_state", lambda *a: state)
+    monkeypatch.setattr(executor, "ModelRunner", lambda config, state: runner)
+    monkeypatch.setattr(executor, "destroy_parallel_state", lambda: events.append("leave"))
+    config = SimpleNamespace(parallel=SimpleNamespace(world_size=1), device="cpu", all_reduce="nccl", torch_dtype=None)
+    with pytest.raises(KeyboardInterrupt):
+        executor._start_rank(config, 0, None)
+    assert events == ["release", "leave"]
 
 
 def test_workers_end_by_themselves_on_shutdown():
@@ -166,6 +188,7 @@ def test_workers_end_by_themselves_on_shutdown():
     assert llm.generate([[1, 2, 3]], GREEDY)[0].outputs[0].token_ids
     llm.shutdown()
     assert [p.exitcode for p in procs] == [0]
+    assert not torch.distributed.is_initialized()  # the driver left the group within its wait
 
 
 def test_world_size_that_is_not_sp_x_tp_is_refused(monkeypatch):

@@ -48,6 +48,7 @@ def test_hf_oracle_bf16_cuda_graphs(hf_models, model_kind, tp, sp):
         assert engine.executor.runner.graphs.num_replays > 0  # decode steps replayed CUDA graphs
         procs = engine.executor.procs
     assert [proc.exitcode for proc in procs] == [0] * (tp * sp - 1)  # workers left by themselves (graphs died first)
+    assert not torch.distributed.is_initialized()  # and so did the driver, within its wait
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
@@ -101,6 +102,7 @@ def test_sp_mode_graphs_past_the_graph_limit_on_gpus(hf_models, monkeypatch, tp,
         procs = llm.llm_engine.executor.procs
     # NOTE: `graphs` is still held here: the shutdown hung before StepGraphs.release (s25_gpu/a_sp_graph_test_x2)
     assert [proc.exitcode for proc in procs] == [0] * (p - 1)  # the workers left by themselves, not terminated
+    assert not torch.distributed.is_initialized()  # and so did the driver, within its wait
 
 
 _SYMM_CASE = """

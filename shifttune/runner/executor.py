@@ -81,7 +81,7 @@ def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tup
             except Exception as e:
                 error = _error(rank, e)
             _agree(state, world, error)
-    except WorkerError:
+    except BaseException:  # another rank's error (WorkerError), Ctrl-C, a broken collective
         leave(runner)
         raise
     return runner, state
@@ -99,7 +99,7 @@ def leave(runner: ModelRunner | None, timeout: float | None = None) -> None:
     leaving = threading.Thread(target=destroy_parallel_state, daemon=True)
     leaving.start()
     leaving.join(timeout)
-    if leaving.is_alive():
+    if leaving.is_alive():  # NOTE: the group stays open: a new multi-rank engine cannot start in this process
         print(f"shifttune: the process group did not close within {timeout:.0f} s; going on", file=sys.stderr)
 
 
