@@ -13,7 +13,8 @@
 # included. serve also takes NUM_PROMPTS (60) and BENCH_TIMEOUT (520 s); profile PROFILE_TIMEOUT (360 s); tests
 # TESTS_TIMEOUT (480 s); burst and allreduce PROBE_TIMEOUT (540 s).
 #   tests:   tests/test_gpu.py -k "$TESTS_K": the HF oracle in bf16 at every (TP, SP) whose heads divide, the mode
-#            flipping mid-run, KV invariance across modes (~25 s a multi-GPU test: about 15 per call);
+#            flipping mid-run, KV invariance across modes (~25 s a multi-GPU test until session 25, whose shutdown fix
+#            took the driver's 10-s wait for its workers away: ~12 s at P = 2, s25_gpu c);
 #   profile: `profile --collectives`, then `shifttune profile` over every feasible factorization of GPUS (a grid of
 #            decode batches 1-32 at 2k and prefill steps up to 16k; each point with its floors), the bars
 #            (floors.txt), the predicted profile of the same grid from the shipped op table and this call's
