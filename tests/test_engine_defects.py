@@ -159,6 +159,21 @@ def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypat
     assert graphs.graphs == {} and graphs.split_graphs == {}  # a caller holding the StepGraphs keeps no graph
 
 
+def test_the_driver_does_not_wait_forever_to_leave_the_group(monkeypatch, capsys):
+    """A teardown that does not finish (a dead peer in NCCL's) holds the driver for `timeout` s, then it goes on."""
+    import threading
+    import time
+
+    from shifttune.runner import executor
+
+    stuck = threading.Event()
+    monkeypatch.setattr(executor, "destroy_parallel_state", lambda: stuck.wait(10))
+    start = time.perf_counter()
+    executor.leave(None, timeout=0.2)
+    assert time.perf_counter() - start < 2 and "did not close within" in capsys.readouterr().err
+    stuck.set()
+
+
 def test_a_rank_that_fails_to_start_leaves_after_releasing_its_runner(monkeypatch):
     """Any failure during a rank's start (a WorkerError from another rank, Ctrl-C, a gloo error) releases what the
     rank built (its graphs) before it leaves the group, not only a WorkerError."""
