@@ -141,6 +141,8 @@ def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypat
     alive: on 2 GPUs a shutdown hung where a caller held the graphs (profiles/runs/s25_gpu/a_sp_graph_test_x2), and
     every worker left its group with its graphs alive. Each rank's last act resets every graph, then leaves (the
     driver's way: in a thread it waits for at most `timeout` s)."""
+    from types import SimpleNamespace
+
     from conftest import stand_in_step_graphs
     from shifttune.runner import executor
     from shifttune.runner.model_runner import ModelRunner
@@ -151,7 +153,8 @@ def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypat
     graphs.graphs = {("tp", 1): stand_in(), ("tp", 2): stand_in()}
     graphs.split_graphs = {("tp", 64): stand_in()}
     runner = ModelRunner.__new__(ModelRunner)  # only what release() touches
-    runner.graphs, runner.models, runner.k_cache, runner.v_cache, runner.input_batch = graphs, {"tp": 1}, 1, 1, 1
+    model = SimpleNamespace(layers=[])
+    runner.graphs, runner.models, runner.k_cache, runner.v_cache, runner.input_batch = graphs, {"tp": model}, 1, 1, 1
     seen = []
     monkeypatch.setattr(executor, "destroy_parallel_state", lambda: seen.append((len(reset), runner.graphs)))
     executor.leave(runner, timeout)

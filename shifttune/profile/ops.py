@@ -179,9 +179,6 @@ def _breakdowns(runner: ModelRunner, mode: str, settings: OpsSettings) -> dict:
 def _release(runner: ModelRunner) -> None:
     """Drops what the runner holds on the device (graphs, cache, weights) so the next one has the memory;
     the caller must drop its own reference too."""
-    for model in runner.models.values():
-        for layer in model.layers:
-            layer.self_attn.k_cache = layer.self_attn.v_cache = None
     runner.release()
     gc.collect()
     if runner.device.type == "cuda":

@@ -221,6 +221,9 @@ class ModelRunner:
         if self.graphs is not None:
             self.graphs.release()
         self.graphs = None
+        for model in self.models.values():  # NOTE: each layer's cache is a view that keeps the whole cache alive
+            for layer in model.layers:
+                layer.self_attn.k_cache = layer.self_attn.v_cache = None
         self.models = {}
         self.k_cache = self.v_cache = None
         self.input_batch = None
