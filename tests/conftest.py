@@ -41,18 +41,25 @@ MAX_TOKENS = 8
 
 
 def stand_in_step_graphs(
-    num_heads: int, kv_heads: int, max_num_seqs: int, world_size: int = 1, sp: int = 1, sp_tokens_per_gpu: int = 0
+    num_heads: int,
+    kv_heads: int,
+    max_num_seqs: int,
+    world_size: int = 1,
+    sp: int = 1,
+    sp_tokens_per_gpu: int = 0,
+    max_tokens: int = 2048,
+    budget: int = 8192,
 ):
     """StepGraphs (capture off, on CPU) of a rank with `num_heads` / world_size query heads and `kv_heads` cached
-    KV heads, CUDA graphs up to 2048 tokens (and both modes where `sp` > 1): its buckets and split plan, without a
-    model."""
+    KV heads, CUDA graphs up to `max_tokens` tokens of a `budget`-token step (and both modes where `sp` > 1): its
+    buckets and split plan, without a model."""
     from types import SimpleNamespace
 
     from shifttune.runner.cuda_graphs import StepGraphs
 
     model = SimpleNamespace(vocab_size=8, num_heads=num_heads)
-    cfg = SimpleNamespace(cuda_graph_max_tokens=2048, sp_cuda_graph_tokens_per_gpu=sp_tokens_per_gpu,
-                          max_num_batched_tokens=8192, max_num_seqs=max_num_seqs,
+    cfg = SimpleNamespace(cuda_graph_max_tokens=max_tokens, sp_cuda_graph_tokens_per_gpu=sp_tokens_per_gpu,
+                          max_num_batched_tokens=budget, max_num_seqs=max_num_seqs,
                           block_size=16, torch_dtype=torch.float32, max_model_len=4096, model_config=model,
                           parallel=SimpleNamespace(sp=sp, world_size=world_size))  # fmt: skip
     layout = SimpleNamespace(cache_kv_heads=list(range(kv_heads)))

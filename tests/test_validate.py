@@ -102,24 +102,14 @@ def test_validate_needs_a_server_and_rates(tmp_path: Path):
 
 def test_graph_buckets_are_the_runners():
     """The simulation pads a step's tokens to the bucket whose CUDA graph the runner would replay."""
-    from types import SimpleNamespace
-
-    import torch
-
+    from conftest import stand_in_step_graphs
     from shifttune.recommend.simulator import TOKEN_BUCKETS, GraphBuckets
     from shifttune.runner.cuda_graphs import TOKEN_BUCKETS as RUNNER_BUCKETS
-    from shifttune.runner.cuda_graphs import StepGraphs
 
     assert TOKEN_BUCKETS == RUNNER_BUCKETS
     for max_tokens, max_seqs, budget in [(2048, 256, 8192), (2048, 8, 8192), (1000, 256, 600)]:
-        model = SimpleNamespace(vocab_size=8, num_heads=4)
-        cfg = SimpleNamespace(cuda_graph_max_tokens=max_tokens, max_num_batched_tokens=budget, max_num_seqs=max_seqs,
-                              parallel=SimpleNamespace(sp=1, world_size=1), block_size=16, max_model_len=4096,
-                              torch_dtype=torch.float32, model_config=model)  # fmt: skip
-        layout = SimpleNamespace(cache_kv_heads=[0])
-        runner = SimpleNamespace(config=cfg, device=torch.device("cpu"), scratch_block=0, modes=("tp",),
-                                 model_for=lambda mode: SimpleNamespace(layout=layout))  # fmt: skip
-        graphs, sim = StepGraphs(runner, capture=False), GraphBuckets(max_tokens, max_seqs, budget)
+        graphs = stand_in_step_graphs(4, 1, max_seqs, max_tokens=max_tokens, budget=budget)
+        sim = GraphBuckets(max_tokens, max_seqs, budget)
         for t in [1, 3, 7, 8, 9, 200, 255, 256, 257, 600, 1000, 1024, 1025, 1038, 1500, 2048, 2049]:
             for n in {1, 2, min(t, 9), min(t, max_seqs), min(t, max_seqs + 1)}:
                 runs = graphs.can_run(t, n, n, "tp")
