@@ -231,7 +231,7 @@ def test_roofline_against_measured_tables_and_profiles(tmp_path):
 
     c, gpus = RooflineConstants.shipped(), known_gpus()
     tables = [("llama-3.1-8b", "h200", 0.045, 0.125), ("mistral-7b-v0.3", "h200", 0.047, 0.135),
-              ("llama-3.3-70b", "h200", 0.033, 0.08), ("qwen3-32b", "h200", 0.057, 0.10)]  # fmt: skip
+              ("llama-3.3-70b", "h200", 0.033, 0.08), ("qwen3-32b", "h200", 0.05, 0.095)]  # fmt: skip
     for model, gpu, median, p90 in tables:
         m = cfg(model)
         errors, table = [], load_op_table(ROOT / "shifttune/data/op_tables" / f"{model}_{gpu}.json")
@@ -383,7 +383,7 @@ def test_a_shipped_op_table_predicts_the_engine_it_timed(model, gpu, measured):
     prof = predict_profile(PredictSettings(model, 1, gpu), command="test")
     assert prof.sources["op_table"]["method"] != "roofline", prof.sources["op_table"]
     result = compare_profiles(load_profile(ROOT / "profiles" / "runs" / measured), prof)
-    assert result["overall"]["points"] >= 50
+    assert result["overall"]["points"] >= 45  # qwen3-32b on an H200: 48 (its weights leave fewer feasible points)
     assert result["overall"]["median_abs_error"] < 0.02 and result["overall"]["p90_abs_error"] < 0.05, result["overall"]
 
 
@@ -520,7 +520,8 @@ def test_gpu_tools_say_so_without_a_gpu(tmp_path):
 # (model, card, its table measured without split graphs): the tables the split graphs replaced, kept as the "before"
 # of the calls that measured them again (the shipped ones); with the most |error| an adjusted entry may keep (each
 # table's max in profiles/runs/s24_roofline_fit.txt, run 1, with a little room; qwen2.5-7b on H200, measured again in
-# session 25: 36.6%) and, where not 7%, the median's bound (qwen2.5-7b: 7.1%).
+# session 25: 36.6%; qwen3-32b on H200, session 26: 8.0%, s26_roofline_fit.txt) and, where not 7%, the median's bound
+# (qwen2.5-7b: 7.1%).
 TABLES_BEFORE_SPLIT_GRAPHS = [
     (c["model"], c["gpu"], c["before"])
     for c in json.loads((ROOT / "profiles/runs/table_checks.json").read_text())["before_split_graphs"]
@@ -528,7 +529,7 @@ TABLES_BEFORE_SPLIT_GRAPHS = [
 WORST_ADJUSTED = {
     ("llama-3.1-8b", "h100"): 0.20, ("qwen3-8b", "h100"): 0.20, ("mistral-7b-v0.3", "h100"): 0.30,
     ("llama-3.1-8b", "h200"): 0.30, ("qwen3-8b", "h200"): 0.25, ("mistral-7b-v0.3", "h200"): 0.35,
-    ("llama-3.3-70b", "h200"): 0.15, ("qwen2.5-7b", "h200"): 0.40,
+    ("llama-3.3-70b", "h200"): 0.15, ("qwen2.5-7b", "h200"): 0.40, ("qwen3-32b", "h200"): 0.10,
 }  # fmt: skip
 WORST_ADJUSTED_MEDIAN = {("qwen2.5-7b", "h200"): 0.08}
 
@@ -572,7 +573,11 @@ def test_a_table_from_before_split_graphs_is_adjusted_for_them(model, gpu, befor
 
 
 def test_prediction_from_a_table_before_split_graphs_says_it_is_adjusted():
-    ops = predict_profile(PredictSettings("qwen3-32b", 4, "h200"), command="test").sources["op_table"]
-    assert ops["split_graph_entries_adjusted"] > 0 and "adjusted by the roofline" in op_table_label(ops)
-    ops = predict_profile(PredictSettings("qwen3-8b", 4, "h100"), command="test").sources["op_table"]
-    assert ops["split_graph_entries_adjusted"] == 0 and "adjusted by the roofline" not in op_table_label(ops)
+    """Every shipped table is measured with split graphs; a table from before them (here session 10's qwen3-32b H200
+    table, kept where it was measured again) is adjusted, and the prediction says so."""
+    before = ROOT / "profiles/runs/s26_gpu/c_op_table_qwen3_32b_resume/qwen3-32b/table_before.json"
+    ops = predict_profile(PredictSettings("qwen3-32b", 4, "h200", op_table=before), command="test").sources["op_table"]
+    assert ops["split_graph_entries_adjusted"] == 33 and "adjusted by the roofline" in op_table_label(ops)
+    for model, gpu in [("qwen3-32b", "h200"), ("qwen3-8b", "h100")]:
+        ops = predict_profile(PredictSettings(model, 4, gpu), command="test").sources["op_table"]
+        assert ops["split_graph_entries_adjusted"] == 0 and "adjusted by the roofline" not in op_table_label(ops)
