@@ -60,6 +60,7 @@ class FakeServer:
     reject_ignore_eos: bool = False
     fail_every: int = 0  # every n-th request answers 500
     fail_from: int = 0  # the n-th request and all after it answer 500
+    abort_after: int = 0  # streams end after this many chunks, the last with finish_reason "abort" (as at shutdown)
     models: list[str] = field(default_factory=lambda: ["tiny"])  # what GET /v1/models lists
     requests: list[dict] = field(default_factory=list)
     rejections: int = 0
@@ -88,16 +89,19 @@ def _app(state: FakeServer) -> FastAPI:
             return JSONResponse({"error": {"message": "boom"}}, 500)
         n = body["max_tokens"]
         prompt = body["prompt"]
+        cut = state.abort_after or n + 1
 
         async def stream():
             await asyncio.sleep(state.ttft_s)
-            for i in range(n):
+            for i in range(min(n, cut)):
                 if i:
                     await asyncio.sleep(state.itl_s)
-                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': f't{i} '}]})}\n\n"
+                reason = "abort" if i == cut - 1 else None
+                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': f't{i} ', 'finish_reason': reason}]})}\n\n"
             if state.send_usage:
                 plen = len(prompt) if isinstance(prompt, list) else len(prompt.split())
-                usage = {"prompt_tokens": plen, "completion_tokens": n, "total_tokens": plen + n}
+                m = min(n, cut)
+                usage = {"prompt_tokens": plen, "completion_tokens": m, "total_tokens": plen + m}
                 yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
             yield "data: [DONE]\n\n"
 
@@ -372,6 +376,16 @@ def test_client_records_server_errors(fake):
     assert results[1].error == "HTTP 500: boom"
     m = compute_metrics(results, 1.0)
     assert (m["completed"], m["failed"]) == (2, 2)
+
+
+def test_client_counts_a_stream_the_server_aborted_as_failed(fake):
+    """A server that shuts down ends its streams with finish_reason "abort" and [DONE]: not a success."""
+    fake.abort_after = 3
+    results, *_ = _send_all(fake.url, [BenchRequest([5], 1, 8), BenchRequest([5], 1, 2)])
+    assert [r.success for r in results] == [False, True]
+    assert results[0].error == "aborted by the server after 3 tokens" and results[1].output_len == 2
+    m = compute_metrics(results, 1.0)
+    assert (m["completed"], m["failed"]) == (1, 1)
 
 
 def test_requests_leave_at_their_arrival_times(fake, tok, tmp_path):

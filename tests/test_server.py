@@ -155,6 +155,17 @@ def test_logprobs(client):
                                           top_logprobs=2, **GREEDY | {"max_tokens": 3})  # fmt: skip
     content = chat.choices[0].logprobs.content
     assert len(content) == 3 and all(len(c.top_logprobs) == 2 for c in content)
+    # streamed, each chunk's text_offset continues the whole response's (a chunk may hold back a piece of text)
+    body = {"prompt": "a", "max_tokens": 8, "logprobs": 1, "temperature": 0, "ignore_eos": True}
+    whole = httpx.post(f"{client.base_url}completions", json=body, timeout=60).json()["choices"][0]["logprobs"]
+    offsets, tokens = [], []
+    with httpx.stream("POST", f"{client.base_url}completions", json=body | {"stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                lp = json.loads(line[6:])["choices"][0]["logprobs"]
+                offsets += lp["text_offset"]
+                tokens += lp["tokens"]
+    assert (offsets, tokens) == (whole["text_offset"], whole["tokens"]) and len(offsets) == 8
 
 
 def test_64_concurrent_streams_match_offline_generation(tiny_server, offline):
@@ -197,6 +208,9 @@ BAD_REQUESTS = [
     ("/v1/chat/completions", {"messages": [{"role": "user"}]}),
     ("/v1/chat/completions", {"messages": []}),
     ("/v1/chat/completions", {"messages": [{"role": "wizard", "content": "x"}]}),
+    ("/v1/completions", b'{"prompt": "\\ud800", "max_tokens": 2}'),  # a lone surrogate: no UTF-8 for it
+    ("/v1/completions", b'{"prompt": ["ok", "\\udfff"], "max_tokens": 2}'),
+    ("/v1/chat/completions", b'{"messages": [{"role": "user", "content": "\\ud800"}]}'),
 ]
 
 
@@ -207,6 +221,20 @@ def test_bad_requests_get_a_4xx_with_an_openai_error_body(tiny_server, path, bod
     assert 400 <= r.status_code < 500, (r.status_code, r.text)
     error = r.json()["error"]
     assert error["message"] and error["code"] == r.status_code
+
+
+def test_refusals_name_the_field_and_unknown_routes_get_an_openai_error_body(tiny_server):
+    with httpx.Client(base_url=tiny_server, timeout=30) as c:  # one keep-alive connection throughout
+        for top in (-1, 21):
+            body = {"messages": [{"role": "user", "content": "a"}], "logprobs": True, "top_logprobs": top}
+            r = c.post("/v1/chat/completions", json=body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == "top_logprobs", r.text
+        r = c.post("/v1/completions", content=b'{"prompt": "\\ud800"}', headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "prompt", r.text
+        assert c.post("/v1/completions", json={"prompt": "ok", "max_tokens": 2}).status_code == 200
+        for method, path, status in [("GET", "/v1/nothing", 404), ("GET", "/v1/completions", 405)]:
+            r = c.request(method, path)
+            assert r.status_code == status and r.json()["error"]["code"] == status, r.text
 
 
 def test_fuzzed_requests_never_get_a_5xx_and_the_engine_keeps_serving(tiny_server):
@@ -279,7 +307,7 @@ def test_metrics_show_both_modes_and_the_policy(tiny_server):
 
 def test_api_key_and_queue_limit():
     args = ("tiny", "--device", "cpu", "--api-key", "sekret", "--max-queue-len", "2", "--max-num-seqs", "1")
-    with server(*args) as (url, _):
+    with server(*args) as (url, proc):
         assert httpx.get(f"{url}/v1/models").status_code == 401
         assert httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
         auth = {"authorization": "Bearer sekret"}
@@ -294,14 +322,40 @@ def test_api_key_and_queue_limit():
             asyncio.run(list_models(url, "wrong"))
         assert asyncio.run(list_models(url, "sekret")) == ["tiny"]
 
-        async def burst() -> list[int]:
+        async def burst() -> list[httpx.Response]:
             body = {"prompt": "x", "max_tokens": 64, "ignore_eos": True}
             async with httpx.AsyncClient(base_url=url, headers=auth, timeout=120) as http:
-                rs = await asyncio.gather(*(http.post("/v1/completions", json=body) for _ in range(12)))
-            return [r.status_code for r in rs]
+                return await asyncio.gather(*(http.post("/v1/completions", json=body | {"stream": i % 2 == 1})
+                                              for i in range(12)))  # fmt: skip
 
-        codes = asyncio.run(burst())
-        assert set(codes) == {200, 503} and codes.count(503) >= 6
+        responses = asyncio.run(burst())  # half of them streams: refused with a 503 too, not cut after a 200
+        codes = [r.status_code for r in responses]
+        assert set(codes) == {200, 503} and codes.count(503) >= 6 and 503 in codes[1::2]
+        assert all("busy" in r.json()["error"]["message"] for r in responses if r.status_code == 503)
+        assert all(r.text.endswith("data: [DONE]\n\n") for r in responses[1::2] if r.status_code == 200)
+    assert "Traceback" not in proc.stdout.read()
+
+
+def test_clients_that_leave_are_aborted_quietly_and_counted_once():
+    """A client gone mid-request, streamed or not, aborts it: the tokens of a step already under way do not count as
+    its first token again (they did: a TTFT of 0 and a live view that showed it running for good), and the log has
+    no traceback (it had one for every non-streamed request whose client left)."""
+    with server("tiny", "--device", "cpu") as (url, proc):
+        body = {"prompt": "x", "max_tokens": 1500, "ignore_eos": True}
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{url}/v1/completions", json=body, timeout=httpx.Timeout(30, read=1.0))
+        with httpx.stream("POST", f"{url}/v1/completions", json=body | {"stream": True}, timeout=30) as r:
+            next(line for line in r.iter_lines() if line.startswith("data: {"))
+        aborted = 'vllm:request_success_total{finished_reason="abort"'
+        deadline = time.time() + 20
+        while time.time() < deadline and (metric(url, aborted) < 2 or metric(url, "vllm:num_requests_running")):
+            time.sleep(0.2)
+        time.sleep(1.0)  # any step under way when the clients left has reported by now
+        assert metric(url, aborted) == 2 and metric(url, "vllm:time_to_first_token_seconds_count") == 2
+        assert metric(url, "vllm:e2e_request_latency_seconds_count") == 0
+        live = httpx.get(f"{url}/v1/shifttune/live", timeout=10).json()
+        assert [r["state"] for r in live["requests"]] == ["abort", "abort"]
+    assert "Traceback" not in proc.stdout.read()
 
 
 def _signal_mid_stream(url: str, proc: subprocess.Popen, sig: int) -> list[str]:

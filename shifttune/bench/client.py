@@ -143,6 +143,7 @@ class CompletionsClient:
         last = start
         chunks = 0
         usage_tokens = None
+        finish_reason = None
         async with self._http.stream("POST", self.url, json=self.payload(req)) as resp:
             if resp.status_code != 200:
                 out.error = error_message(resp.status_code, await resp.aread())
@@ -158,6 +159,7 @@ class CompletionsClient:
                     return out
                 now = time.perf_counter()
                 choices = event.get("choices") or []
+                finish_reason = next((c["finish_reason"] for c in choices if c.get("finish_reason")), finish_reason)
                 if choices:  # as vLLM: every chunk with a choice is an arrival, text or not (no tokenizer)
                     if chunks == 0:
                         out.ttft = now - start
@@ -171,6 +173,9 @@ class CompletionsClient:
                     out.prompt_len = usage.get("prompt_tokens") or out.prompt_len
         if chunks == 0:
             out.error = "the stream carried no choices"
+            return out
+        if finish_reason == "abort":  # the server ended it (shutting down, or it dropped the request)
+            out.error = f"aborted by the server after {usage_tokens if usage_tokens is not None else chunks} tokens"
             return out
         out.success = True
         out.latency = last - start

@@ -23,6 +23,14 @@ def load_tokenizer(config: EngineConfig):
     return AutoTokenizer.from_pretrained(str(path))
 
 
+def check_text(text: str, field: str) -> None:
+    """ConfigError if `text` cannot be UTF-8 encoded (a lone surrogate, as JSON's "\\ud800" gives)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise ConfigError(f"is not valid Unicode text ({e.reason} at character {e.start})", field=field) from None
+
+
 class InputProcessor:
     def __init__(self, config: EngineConfig, tokenizer):
         self.config, self.tokenizer = config, tokenizer
@@ -42,6 +50,7 @@ class InputProcessor:
         if isinstance(prompt, str):
             if self.tokenizer is None:
                 raise ConfigError(f"model {self.config.model!r} has no tokenizer; pass token ids", field="prompt")
+            check_text(prompt, "prompt")
             text, ids = prompt, self.tokenizer.encode(prompt)
         elif isinstance(prompt, (list, tuple)):
             text, ids = None, list(prompt)

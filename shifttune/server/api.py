@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
 
 import shifttune
 from shifttune.config import ConfigError
@@ -53,8 +54,9 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
     return (f"{param}: {msg}" if param else msg), param
 
 
-async def _until_disconnected(request: Request, work):
-    """Runs `work`; if the client goes away first, cancels it (which aborts its engine requests)."""
+async def _until_disconnected(request: Request, work) -> bool:
+    """Runs `work` to its end (True); if the client goes away first, cancels it, which aborts its engine requests
+    (False)."""
     task = asyncio.ensure_future(work)
 
     async def watch() -> None:
@@ -66,7 +68,12 @@ async def _until_disconnected(request: Request, work):
 
     watcher = asyncio.ensure_future(watch())
     try:
-        return await task
+        await task
+        return True
+    except asyncio.CancelledError:
+        if watcher.done() and not watcher.cancelled():  # the client left: nothing to answer, nothing to log
+            return False
+        raise  # this handler itself was cancelled (the server stops)
     finally:
         watcher.cancel()
 
@@ -107,6 +114,10 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
     async def validation_error(_, exc: RequestValidationError):
         message, param = _validation_message(exc)
         return error_response(400, message, param)
+
+    @app.exception_handler(HTTPException)
+    async def http_error(_, exc: HTTPException):  # unknown paths (404), wrong methods (405): OpenAI-shaped too
+        return error_response(exc.status_code, str(exc.detail))
 
     @app.exception_handler(QueueFullError)
     async def queue_full(_, exc: QueueFullError):
@@ -169,7 +180,8 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
         if stream:
             usage = bool(stream_options and stream_options.include_usage)
             return StreamingResponse(events(choices, params, usage), media_type="text/event-stream")
-        await _until_disconnected(request, serving.run_to_end(choices, params))
+        if not await _until_disconnected(request, serving.run_to_end(choices, params)):
+            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
         return response(choices, params)
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)], response_model=CompletionResponse)

@@ -1,11 +1,11 @@
 """AsyncEngine: the server's handle on the engine core process (`engine_core.py`).
 
-HTTP handlers check a request here first (`prepare`: tokenizer and limits, in this process), then
-`generate()` it and read its per-step deltas from an asyncio queue. The core's messages are read on the
-event loop (`add_reader` on the pipe); what goes to the core is written by the event loop itself while the
-pipe has room, else by a sender thread (`pipes.PipeWriter`), so a burst of long prompts never blocks the
-event loop on a full pipe. Aborts (clients gone), policy changes and shutdown go the same way and take
-effect between steps.
+HTTP handlers check a request here first (`prepare`: tokenizer and limits, in this process; `admit`: the
+engine is up and the queue has room), then `generate()` it and read its per-step deltas from an asyncio
+queue. The core's messages are read on the event loop (`add_reader` on the pipe); what goes to the core is
+written by the event loop itself while the pipe has room, else by a sender thread (`pipes.PipeWriter`), so a
+burst of long prompts never blocks the event loop on a full pipe. Aborts (clients gone), policy changes and
+shutdown go the same way and take effect between steps.
 """
 
 from __future__ import annotations
@@ -122,17 +122,24 @@ class AsyncEngine:
         """Tokenizes and checks a request before anything is queued: bad input is the caller's 400."""
         return self.input_processor(prompt, params)
 
+    def admit(self, num_requests: int) -> None:
+        """Takes `num_requests` new requests (one HTTP request's prompts) into the queue, or refuses them all:
+        EngineDeadError if the engine is not running, QueueFullError if they would pass --max-queue-len.
+        NOTE: called before a response starts (a stream's first byte), so a refusal is always a 503."""
+        if self.error is not None or self.stopping:
+            raise EngineDeadError("the engine is not running")
+        if self.max_queue_len is not None and self.num_waiting + num_requests > self.max_queue_len:
+            raise QueueFullError(f"{self.num_waiting} requests are waiting (--max-queue-len {self.max_queue_len})")
+        self.num_waiting += num_requests  # until the core's next report says otherwise
+
     async def generate(
         self, request_id: str, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams
     ) -> AsyncIterator[RequestOutput]:
-        """Per-step outputs of one request until it finishes; leaving early (client gone) aborts it."""
+        """Per-step outputs of one admitted request until it finishes; leaving early (client gone) aborts it."""
         if self.error is not None or self.stopping:
             raise EngineDeadError("the engine is not running")
-        if self.max_queue_len is not None and self.num_waiting >= self.max_queue_len:
-            raise QueueFullError(f"{self.num_waiting} requests are waiting (--max-queue-len {self.max_queue_len})")
         out: asyncio.Queue = asyncio.Queue()
         self.streams[request_id] = out
-        self.num_waiting += 1  # until the core's next report says otherwise
         self.metrics.arrived(request_id, len(prompt_ids))
         self.trace.mark(request_id, 1)
         self._outgoing.send(("add", request_id, prompt_ids, params, prompt_text), request_id)
@@ -210,7 +217,10 @@ class AsyncEngine:
 
     def _observe(self, report: StepReport, outputs: list[RequestOutput]) -> None:
         self.num_waiting = report.waiting
-        self.metrics.observe_step(report, outputs)
+        # NOTE: a step already under way when a client left still returns its request's tokens; that request is
+        # counted as aborted (`metrics.aborted`) and its stream is gone, so those tokens are not a first token
+        live = [o for o in outputs if o.request_id in self.streams]
+        self.metrics.observe_step(report, live)
 
     def _die(self, why: str) -> None:
         code = None

@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from shifttune.config import ConfigError
+from shifttune.engine.input_processor import check_text
 from shifttune.engine.sampling_params import DELTA, SamplingParams
 from shifttune.engine.sequence import RequestOutput
 from shifttune.server.async_engine import AsyncEngine, EngineDeadError
@@ -43,6 +44,7 @@ class APIError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI's API bounds it
 UNSUPPORTED = (  # (field, neutral value): anything else is refused rather than silently ignored
     ("presence_penalty", 0.0),
     ("frequency_penalty", 0.0),
@@ -118,6 +120,7 @@ class Serving:
                            "model_not_found")  # fmt: skip
 
     def prepare(self, prompts: list, params: SamplingParams, prefix: str) -> list[Choice]:
+        """Every prompt checked, then all of them admitted to the engine's queue (or the request refused)."""
         base = f"{prefix}-{uuid.uuid4().hex}"
         choices = []
         for i, prompt in enumerate(prompts):
@@ -131,7 +134,9 @@ class Serving:
                                f"{params.max_tokens} in the completion). Please reduce the length of the prompt or "
                                "completion.", "max_tokens")  # fmt: skip
             choices.append(Choice(i, f"{base}-{i}", (text, ids)))
-            self.engine.trace.received(choices[-1].request_id, len(ids))
+        self.engine.admit(len(choices))
+        for c in choices:
+            self.engine.trace.received(c.request_id, c.num_prompt_tokens)
         return choices
 
     def completion_choices(self, req: CompletionRequest) -> tuple[list[Choice], SamplingParams]:
@@ -148,6 +153,8 @@ class Serving:
         self.check_model(req.model)
         if req.top_logprobs is not None and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
+        if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
+            raise APIError(400, f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = sampling_params(req, req.max_completion_tokens or req.max_tokens, logprobs)
         if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
@@ -162,6 +169,10 @@ class Serving:
             )
         except Exception as e:  # a template that raises on these messages (e.g. roles out of order)
             raise APIError(400, f"the chat template refused these messages: {e}", "messages") from None
+        try:
+            check_text(text, "messages")
+        except ConfigError as e:
+            raise APIError(400, str(e), e.field) from None
         ids = self.tokenizer.encode(text, add_special_tokens=False)
         (choice,) = self.prepare([ids], params, "chatcmpl")
         choice.text_ids = (text, ids)
@@ -245,8 +256,10 @@ class Serving:
             lp = None
             if params.logprobs is not None:
                 ids, lps = choice.token_ids[before:], choice.logprobs[before:]
-                lp = completion_logprobs(self.tokenizer, ids, lps, offsets[choice.index]).model_dump()
-                offsets[choice.index] += len(delta.text)
+                lp = completion_logprobs(self.tokenizer, ids, lps, offsets[choice.index])
+                # as the whole response's offsets: each token's own text (a chunk's text may hold a piece back)
+                offsets[choice.index] += sum(map(len, lp.tokens))
+                lp = lp.model_dump()
             choice_dict = {"index": choice.index, "text": delta.text, "logprobs": lp,
                            "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}  # fmt: skip
             return _sse({"id": rid, "object": "text_completion", "created": created, "model": self.model_name,
