@@ -4,12 +4,14 @@ profile policy reachable from `generate`, notes instead of silent choices, share
 from __future__ import annotations
 
 import json
+import shutil
 import stat
 
 import pytest
 from typer.testing import CliRunner
 
 from shifttune.cli import app
+from shifttune.config import resolve_model_path
 from shifttune.profile.profiler import ProfileSettings, run_profile
 
 from test_profile import SMALL, cpu_profile  # noqa: F401  (the module-scoped CPU profile fixture)
@@ -30,6 +32,10 @@ def run(*argv: str):
         (["generate", "--device", "tpu"], "--device: must be one of cpu, cuda"),
         (["generate", "--policy", "fast"], "--policy: must be one of threshold, profile, tp, sp"),
         (["generate", "--sp", "2", "--policy", "profile"], "--profile: the profile policy needs a profile file"),
+        (["generate", "x" * 3000], "PROMPTS: has 3001 tokens but the model context"),
+        (["profile", "--device", "cpu", "--op-table", "t.json"], "--op-table does nothing for a measured profile"),
+        (["profile", "--compare", "a.json", "b.json", "--tokens", "1,4"], "--tokens does nothing for --compare"),
+        (["profile", "--collectives", "--layers", "2", "--breakdown", "1"], "--layers, --breakdown do nothing for"),
         (["recommend", "--input-len", "0"], "--input-len: must be >= 1"),
         (["recommend", "--rate", "-1"], "--rate: must be positive numbers"),
     ],
@@ -51,6 +57,43 @@ def test_generate_runs_the_profile_policy_from_a_profile_file(cpu_profile, tmp_p
     data = json.loads(report.read_text())
     assert data["policy"] == "profile" and len(data["outputs"][0]["token_ids"]) == 4
     assert sum(data["steps_per_mode"].values()) == len(data["steps"]) > 0
+
+
+def test_the_profile_policy_refuses_a_profile_of_another_model_or_a_broken_file(tmp_path):
+    other = tmp_path / "llama.json"
+    assert (
+        run("profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--out", str(other)).exit_code == 0
+    )
+    for sp in ("2", "1"):  # also at SP = 1, where the policy never runs: the flags are wrong all the same
+        result = run("generate", "--sp", sp, "--tp", str(3 - int(sp)), "--policy", "profile", "--profile", str(other),
+                     "hello")  # fmt: skip
+        assert result.exit_code == 2 and "--profile:" in result.output and "'llama-3.1-8b'" in result.output, (
+            result.output
+        )
+    (tmp_path / "broken.json").write_text("{not json")
+    result = run("generate", "--policy", "profile", "--profile", str(tmp_path / "broken.json"), "hello")
+    assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_a_tokenizer_that_cannot_load_is_one_line(tmp_path):
+    model = tmp_path / "no-tokenizer-json"
+    shutil.copytree(resolve_model_path("tiny"), model)
+    (model / "tokenizer.json").unlink()  # tokenizer_config.json alone: transformers cannot build it
+    result = run("generate", "--model", str(model), "hello")
+    assert result.exit_code == 2 and "--model: cannot load the tokenizer in" in result.output, result.output
+    assert "Traceback" not in result.output and result.output.count("error:") == 1
+
+
+def test_profile_interrupted_before_its_first_point_says_nothing_was_written(monkeypatch, tmp_path):
+    import shifttune.cli.profile as cli_profile
+
+    def interrupted(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_profile, "_progress_bar_run", interrupted)
+    out = tmp_path / "p.json"
+    result = run("profile", "--device", "cpu", "--no-tui", "--out", str(out))
+    assert result.exit_code == 130 and "nothing was written" in result.output and not out.exists(), result.output
 
 
 def test_help_lists_every_policy_and_shows_no_bool_placeholder():

@@ -606,7 +606,8 @@ def test_serve_in_a_terminal_shows_the_view_and_q_stops_it_gracefully(tmp_path):
                 lines.append(line)
                 if len(lines) == 3:
                     os.write(term.master, b"q")
-        assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2] and len(lines) < 200
+        # cut by the stop (abort), long before its 1500 tokens (CI under load once saw 209 lines; idle: ~10)
+        assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2] and len(lines) < 1000
         assert term.proc.wait(30) == 0
         text = log.read_text()
         assert "serving tiny" in text and "stopping (q in the live view)" in text and "Traceback" not in text

@@ -119,7 +119,7 @@ def generate(
             llm.shutdown()
         elapsed = time.perf_counter() - start
     except ConfigError as e:
-        fail_config(e)
+        fail_config(e, {"prompt": "PROMPTS"})  # the positional arguments, not a flag
     except KeyboardInterrupt:
         console.print("interrupted; workers stopped")
         raise typer.Exit(130) from None

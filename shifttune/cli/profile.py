@@ -14,6 +14,16 @@ from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail
 from shifttune.config import ConfigError
 
 
+# The flags each run of `profile` reads (None: a measured profile); any other one given is refused, not ignored.
+TOOL_FLAGS = {
+    None: {"--tokens", "--contexts"},
+    "ops": {"--tokens", "--contexts", "--layers", "--breakdown"},
+    "predict": {"--tokens", "--contexts", "--op-table", "--collective-table"},
+    "collectives": set(),
+    "compare": set(),
+}
+
+
 def parse_int(text: str, flag: str) -> int:
     try:
         return int(text)
@@ -174,10 +184,17 @@ def profile(
     warmup = warmup if warmup is not None else 1 if device == "cpu" else 3
     if sum([ops, predict, collectives, compare is not None]) > 1:
         fail("--ops, --predict, --collectives and --compare are separate runs; pass one")
-    if ops or predict or collectives or compare is not None:
+    tool = "ops" if ops else "predict" if predict else "collectives" if collectives else "compare" if compare else None
+    given = {"--tokens": tokens, "--contexts": contexts, "--op-table": op_table, "--collective-table": collective_table,
+             "--layers": layers, "--breakdown": breakdown}  # fmt: skip
+    unused = [flag for flag, value in given.items() if value is not None and flag not in TOOL_FLAGS[tool]]
+    if unused:
+        run = f"--{tool}" if tool else "a measured profile"
+        fail(f"{', '.join(unused)} {'does' if len(unused) == 1 else 'do'} nothing for {run}; drop "
+             f"{'it' if len(unused) == 1 else 'them'} (see shifttune profile --help)")  # fmt: skip
+    if tool is not None:
         from shifttune.cli.profile_tools import run_tool
 
-        tool = "ops" if ops else "predict" if predict else "collectives" if collectives else "compare"
         run_tool(tool, model=model, gpus=gpus, device=device, tokens=tokens, contexts=contexts, iters=iters,
                  warmup=warmup, out=out, compare=compare, op_table=op_table, collective_table=collective_table,
                  layers=layers, breakdown=breakdown)  # fmt: skip
@@ -211,7 +228,11 @@ def profile(
     except ConfigError as e:
         fail_config(e)
     except KeyboardInterrupt:
-        console.print(f"interrupted: every measured point is in {out}; run the same command to resume", soft_wrap=True)
+        if out is not None and out.exists():
+            console.print(f"interrupted: every measured point is in {out}; run the same command to resume",
+                          soft_wrap=True)  # fmt: skip
+        else:
+            console.print("interrupted before the first point was measured; nothing was written", soft_wrap=True)
         raise typer.Exit(130) from None
     console.print(
         f"wrote {out}: {len(result.points)} points, "

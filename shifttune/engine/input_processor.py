@@ -20,7 +20,11 @@ def load_tokenizer(config: EngineConfig):
         return None
     from transformers import AutoTokenizer  # NOTE: lazy: transformers takes seconds to import
 
-    return AutoTokenizer.from_pretrained(str(path))
+    try:
+        return AutoTokenizer.from_pretrained(str(path))
+    except Exception as e:  # e.g. only tokenizer.model, and no sentencepiece installed
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConfigError(f"cannot load the tokenizer in {path}: {first}", field="model") from None
 
 
 def check_text(text: str, field: str) -> None:

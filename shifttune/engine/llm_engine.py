@@ -52,9 +52,9 @@ class LLMEngine:
         cfg = config.model_config
         if config.load_format != "dummy":
             check_checkpoint(config.model_path, cfg)  # before any process or memory is set up
-        self.policy = make_policy(
-            config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp, config.shift_profile
-        )  # a bad profile is refused before any process starts
+        # a bad profile is refused before any process starts
+        self.policy = make_policy(config.shift_policy, config.shift_threshold, config.parallel.tp, config.parallel.sp,
+                                  config.shift_profile, cfg)  # fmt: skip
         if config.device == "cpu":
             check_host_memory(config)
         self.tokenizer = load_tokenizer(config)
@@ -143,6 +143,7 @@ class LLMEngine:
             c.parallel.tp,
             c.parallel.sp,
             profile or c.shift_profile,
+            c.model_config,
         )
         self.policy, c.shift_policy = policy, name
         c.shift_threshold = threshold if threshold is not None else c.shift_threshold
