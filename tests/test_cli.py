@@ -32,7 +32,7 @@ def run(*argv: str):
         (["generate", "--device", "tpu"], "--device: must be one of cpu, cuda"),
         (["generate", "--policy", "fast"], "--policy: must be one of threshold, profile, tp, sp"),
         (["generate", "--sp", "2", "--policy", "profile"], "--profile: the profile policy needs a profile file"),
-        (["generate", "x" * 3000], "PROMPTS: has 3001 tokens but the model context"),
+        (["generate", "x" * 3000], "error: a prompt: has 3001 tokens but the model context"),
         (["profile", "--device", "cpu", "--op-table", "t.json"], "--op-table does nothing for a measured profile"),
         (["profile", "--compare", "a.json", "b.json", "--tokens", "1,4"], "--tokens does nothing for --compare"),
         (["profile", "--collectives", "--layers", "2", "--breakdown", "1"], "--layers, --breakdown do nothing for"),
@@ -94,6 +94,15 @@ def test_profile_interrupted_before_its_first_point_says_nothing_was_written(mon
     out = tmp_path / "p.json"
     result = run("profile", "--device", "cpu", "--no-tui", "--out", str(out))
     assert result.exit_code == 130 and "nothing was written" in result.output and not out.exists(), result.output
+
+
+def test_generate_takes_serve_s_names_for_the_layout_and_policy(tmp_path):
+    report = tmp_path / "gen.json"
+    result = run("generate", "--tensor-parallel-size", "1", "--sequence-parallel-size", "2", "--shift-policy", "sp",
+                 "--shift-threshold", "8", "--max-tokens", "2", "--output", str(report), "hi")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(report.read_text())
+    assert (data["sp"], data["policy"], data["threshold"]) == (2, "sp", 8) and not data["steps_per_mode"].get("tp")
 
 
 def test_help_lists_every_policy_and_shows_no_bool_placeholder():

@@ -64,15 +64,25 @@ def generate(
         Optional[list[str]], typer.Argument(help="Prompts (text). Default: two short demo prompts.")
     ] = None,
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "tiny",
-    tp: Annotated[int, typer.Option("--tp", help="Tensor-parallel degree of the SP x TP layout.")] = 1,
-    sp: Annotated[int, typer.Option("--sp", help="Ulysses sequence-parallel degree; P = SP x TP ranks.")] = 1,
+    # NOTE: each also answers to `shifttune serve`'s name for it (--tensor-parallel-size, ...)
+    tp: Annotated[
+        int, typer.Option("--tp", "--tensor-parallel-size", help="Tensor-parallel degree of the SP x TP layout.")
+    ] = 1,
+    sp: Annotated[
+        int,
+        typer.Option("--sp", "--sequence-parallel-size", help="Ulysses sequence-parallel degree; P = SP x TP ranks."),
+    ] = 1,
     policy: Annotated[
         str,
         typer.Option(
-            help=f"Mode per step: {' | '.join(SHIFT_POLICIES)} (profile: the faster mode per step, from --profile)."
+            "--policy",
+            "--shift-policy",
+            help=f"Mode per step: {' | '.join(SHIFT_POLICIES)} (profile: the faster mode per step, from --profile).",
         ),
     ] = "threshold",
-    threshold: Annotated[int, typer.Option(help="Steps with <= this many tokens run in TP mode.")] = 256,
+    threshold: Annotated[
+        int, typer.Option("--threshold", "--shift-threshold", help="Steps with <= this many tokens run in TP mode.")
+    ] = 256,
     profile: Annotated[
         Optional[Path], typer.Option("--profile", help="Profile JSON from `shifttune profile`, for --policy profile.")
     ] = None,
@@ -119,7 +129,7 @@ def generate(
             llm.shutdown()
         elapsed = time.perf_counter() - start
     except ConfigError as e:
-        fail_config(e, {"prompt": "PROMPTS"})  # the positional arguments, not a flag
+        fail_config(e, {"prompt": "a prompt"})  # a positional argument, not a flag
     except KeyboardInterrupt:
         console.print("interrupted; workers stopped")
         raise typer.Exit(130) from None
