@@ -556,6 +556,14 @@ def test_a_failing_test_request_stops_before_the_run(fake):
     assert len(fake.requests) == 1
 
 
+def test_some_requests_failing_says_why_on_the_console(fake):
+    fake.fail_every = 3  # the test request and one of every three after it
+    result = _cli("--base-url", fake.url, "--num-prompts", "6", "--input-len", "4", "--output-len", "2")
+    assert result.exit_code == 0 and "2 request(s) failed; most often (2x): HTTP 500: boom" in result.output, (
+        result.output
+    )
+
+
 def test_every_request_failing_is_an_error_with_the_first_message(fake, tmp_path):
     fake.fail_from = 2  # the test request passes, the run's requests fail
     out = tmp_path / "failed.json"

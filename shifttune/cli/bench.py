@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
 
@@ -204,6 +205,11 @@ def bench(
     if all(r["completed"] == 0 for r in records):
         first = next((e for r in records for e in r["errors"] if e), "no error text")
         fail(f"no request completed; first error: {first}")
+    errors = Counter(e for r in records for e in r["errors"] if e)
+    if errors:
+        (common, times), total = errors.most_common(1)[0], sum(errors.values())
+        console.print(f"{total} request(s) failed; most often ({times}x): {common} (each one: \"errors\" in the "
+                      "JSON report)", soft_wrap=True, highlight=False)  # fmt: skip
 
 
 Outcome = tuple[dict[str, list[dict]], bool, list[str], Optional[str]]  # runs, interrupted, notes, error
