@@ -116,8 +116,13 @@ def test_step_model_interpolates_and_extrapolates():
 
 
 def test_profile_policy_in_the_engine(tmp_path):
+    from shifttune.config import load_model_config, resolve_model_path
+    from shifttune.engine.profile_schema import model_summary
+
     path = tmp_path / "p.json"
-    synthetic_profile(lambda t, c: 1 + 0.1 * t, lambda t, c: 2 + 0.01 * t).save(path)  # SP faster above ~11 tokens
+    prof = synthetic_profile(lambda t, c: 1 + 0.1 * t, lambda t, c: 2 + 0.01 * t)  # SP faster above ~11 tokens
+    prof.model = model_summary("tiny", load_model_config(resolve_model_path("tiny"))[0], "float32")  # the engine checks
+    prof.save(path)
     with LLM("tiny", sequence_parallel_size=2, shift_policy="profile", shift_profile=str(path)) as llm:
         llm.generate(
             [[0] + list(range(5, 40)), [0, 7, 8]], SamplingParams(temperature=0, max_tokens=4, ignore_eos=True)
@@ -394,3 +399,85 @@ def test_floors_of_a_profile_measured_without_them():
     data["ceilings"] = {"source": "hand-written"}
     with pytest.raises(ProfileError, match="ceilings lacks 'hbm_bytes_per_s'"):
         profile_from_dict(data, "x")
+
+
+# ---- defects from a review of `recommend` ------------------------------------------------------------------------
+TRACE_HEADER = "TIMESTAMP,ContextTokens,GeneratedTokens\n"
+
+
+def _one_line_error(r, message: str) -> None:
+    assert r.exit_code == 2 and message in r.output, r.output
+    assert r.output.strip().count("\n") == 0 and "Traceback" not in r.output, r.output
+
+
+def test_default_rate_fits_the_kv_cache_and_overload_is_said():
+    """llama-3.3-70b on 2xH100 holds ~32.6k KV tokens (14 sequences of 2048 + 256), not 256 full decode batches: the
+    default rate was 1.6 req/s, past what TP mode sustains there (325 of 410 output tok/s), with TTFTs of 25 s / 54 s
+    printed as if they were a steady state."""
+    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "2xH100", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    [pred] = data["predictions"]
+    assert pred["rate"] < 1.0 and not pred["overloaded"] and pred["ttft_p50_ms"] < 2000
+    assert any("its KV cache holds 14 such sequences" in n for n in data["notes"])
+    assert not any("overloaded" in n for n in data["notes"])
+    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "2xH100", "--rate", "1.6",
+                                 "--slo-ttft", "1000000", "--json"])  # fmt: skip
+    data = json.loads(r.output)
+    [pred] = data["predictions"]
+    assert pred["overloaded"] and not pred["meets_slo"]  # its p99 TTFT (~54 s) is under 1000 s only for 300 requests
+    assert any(n.startswith("TP only at 1.6 req/s is overloaded: its queue grows") for n in data["notes"])
+    text = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "2xH100", "--rate", "1.6"])
+    assert "│ TP only │ overloaded " in text.output and "25410.1" not in text.output  # no TTFTs in the table
+
+
+def test_overloaded_says_whether_the_queue_grows():
+    from shifttune.recommend.planner import overloaded
+
+    step = lambda mode, t, c: 10.0  # noqa: E731  one request at a time, 10 ms each: it serves 100 req/s
+    for rate, expected in ((50.0, False), (90.0, False), (150.0, True)):
+        reqs = Workload(rate=rate, num_requests=2000, input_len=16, output_len=1, seed=1).requests()
+        res = simulate(reqs, FixedPolicy("tp"), step, kv_capacity_tokens=1 << 20, max_num_seqs=1)
+        assert overloaded(reqs, res) is expected, rate
+
+
+def test_recommend_refuses_requests_past_the_models_context(tmp_path):
+    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "4xH200", "--input-len", "200000",
+                                 "--rate", "1"])  # fmt: skip
+    _one_line_error(r, "--input-len 200000 + --output-len 256 exceed llama-3.3-70b's maximum context of 131072 tokens")
+    r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "4xH200", "--input-len", "130000",
+                                 "--rate", "1"])  # fmt: skip
+    _one_line_error(r, "with --spread 0.25, requests reach")
+    trace = tmp_path / "trace.csv"  # the shipped CPU profile's tiny model: 2048 positions
+    trace.write_text(TRACE_HEADER + "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,2000,100\n")
+    r = CliRunner().invoke(app, ["recommend", "--trace", str(trace)])
+    _one_line_error(r, "--trace: 1 of its 2 requests exceed tiny's maximum context of 2048 tokens")
+
+
+def test_no_shift_advice_says_shifttune_keeps_both_copies():
+    """`shifttune generate --tp 1 --sp 2 --policy sp` still loads TP mode's weights (`ModelRunner` builds both layouts
+    whenever SP > 1): only vLLM with Arctic Inference, without shifting, drops the second copy."""
+    data = json.loads(CliRunner().invoke(app, ["recommend", "--json"]).output)
+    [note] = [n for n in data["notes"] if n.startswith("SP x TP wins at every step size")]
+    assert "no second copy of the weights needed" not in note and "shifttune's engine still loads both" in note
+
+
+def test_recommend_refuses_flags_it_would_drop(tmp_path, monkeypatch):
+    trace = tmp_path / "trace.csv"
+    trace.write_text(TRACE_HEADER + "2023-11-16 18:15:46.6805900,374,44\n")
+    r = CliRunner().invoke(app, ["recommend", "--trace", str(trace), "--rate", "3,4"])
+    _one_line_error(r, "--rate: not with --trace")
+    r = CliRunner().invoke(app, ["recommend", "--trace", str(trace), "--input-len", "100", "--burstiness", "0.5"])
+    _one_line_error(r, "--input-len, --burstiness: not with --trace")
+    r = CliRunner().invoke(app, ["recommend", "--trace", str(trace), "--num-requests", "1", "--json"])
+    assert r.exit_code == 0 and json.loads(r.output)["predictions"][0]["requests"] == 1
+    for bad in ("1,,2", "1,2,", ""):
+        _one_line_error(CliRunner().invoke(app, ["recommend", "--rate", bad]), "--rate takes comma-separated numbers")
+    url = "http://127.0.0.1:1"
+    r = CliRunner().invoke(app, ["recommend", "--validate", url, "--rate", "1", "--plot", str(tmp_path / "v.png")])
+    _one_line_error(r, "--plot: not with --validate")
+    monkeypatch.setattr("shifttune.bench.validate.validate", lambda cfg: {"url": cfg.base_url, "rows": []})
+    r = CliRunner().invoke(app, ["recommend", "--validate", url, "--rate", "1", "--input-len", "40", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)  # JSON only: no table
+    assert data["rows"] == [] and data["command"].startswith(f"shifttune recommend --validate {url} --rate 1 ")

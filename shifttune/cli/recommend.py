@@ -20,6 +20,9 @@ if TYPE_CHECKING:
 
 FLAGS = {"input_len": "--input-len", "output_len": "--output-len", "slo_ttft": "--slo-ttft", "slo_tpot": "--slo-tpot",
          "gpus": "--gpus"}  # fmt: skip
+# what a trace sets itself: given with --trace, these flags are refused rather than dropped
+TRACE_SETS = {"rate": "--rate", "input_len": "--input-len", "output_len": "--output-len", "spread": "--spread",
+              "burstiness": "--burstiness"}  # fmt: skip
 
 
 def _headline(data: dict) -> str:
@@ -73,7 +76,7 @@ def _prediction_table(data: dict) -> Table:
         table.add_row(
             "trace" if r["rate"] is None else f"{r['rate']:g}",
             r["label"],
-            f"{r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f}",
+            "overloaded (see note)" if r.get("overloaded") else f"{r['ttft_p50_ms']:.1f} / {r['ttft_p99_ms']:.1f}",
             f"{r['tpot_p50_ms']:.2f} / {r['tpot_p99_ms']:.2f}",
             f"{r['output_tok_per_s']:.0f}",
             f"{r['steps_per_mode'][TP]}/{r['steps_per_mode'][SP]}",
@@ -135,7 +138,9 @@ def _save_json(out: Path, data: dict) -> None:
         fail(f"cannot write {out}: {e}")
 
 
-def _validate(request: RecommendRequest, url: str, spread: float, api_key: Optional[str], out: Optional[Path]) -> None:
+def _validate(
+    request: RecommendRequest, url: str, spread: float, api_key: Optional[str], out: Optional[Path], as_json: bool
+) -> None:
     """`--validate URL`: the simulation against what the server measures, per rate (`bench/validate.py`)."""
     from shifttune.bench.client import ServerError
     from shifttune.bench.validate import ValidateConfig, validate, with_spread
@@ -152,13 +157,36 @@ def _validate(request: RecommendRequest, url: str, spread: float, api_key: Optio
         fail_config(e, FLAGS)
     except ServerError as e:
         fail(str(e))
-    Console().print(_validation_table(data))
     if out is not None:
         _save_json(out, data)
+    if as_json:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    Console().print(_validation_table(data))
+    if out is not None:
         Console().print(f"saved to {out}")
 
 
+def _refuse_ignored(ctx: typer.Context, validating: bool) -> None:
+    """Fails on flags this run would silently drop: what --trace brings itself (arrivals and lengths), and what
+    --validate does not use (it sends --rate's Poisson workload and has no plot)."""
+    # NOTE: by the source's name: newer typer vendors click, whose ParameterSource is then not `click.core`'s
+    sources = {name: getattr(ctx.get_parameter_source(name), "name", "DEFAULT") for name in ctx.params}
+    given = {name for name, source in sources.items() if source not in ("DEFAULT", "DEFAULT_MAP")}
+    if validating:
+        dropped = [flag for name, flag in (("trace", "--trace"), ("plot", "--plot")) if name in given]
+        if dropped:
+            fail(f"{', '.join(dropped)}: not with --validate, which sends --rate's workload and prints a table "
+                 "(--json: as JSON, --out: saved)")  # fmt: skip
+    elif "trace" in given:
+        dropped = [flag for name, flag in TRACE_SETS.items() if name in given]
+        if dropped:
+            fail(f"{', '.join(dropped)}: not with --trace, whose timestamps and token counts are the workload "
+                 "(--num-requests still limits how many of its requests run)")  # fmt: skip
+
+
 def recommend(
+    ctx: typer.Context,
     profile_file: Annotated[
         Optional[Path], typer.Option("--profile", "-p", help="Profile JSON from `shifttune profile`.")
     ] = None,
@@ -199,11 +227,15 @@ def recommend(
             "--burstiness`): 1 = Poisson, below 1 burstier."
         ),
     ] = 1.0,
-    trace: Annotated[Optional[Path], typer.Option(help="Azure LLM inference trace CSV instead of --rate.")] = None,
+    trace: Annotated[
+        Optional[Path], typer.Option(help="Azure LLM inference trace CSV instead of --rate and the lengths.")
+    ] = None,
     slo_ttft: Annotated[Optional[float], typer.Option("--slo-ttft", help="TTFT objective (ms, p99).")] = None,
     slo_tpot: Annotated[Optional[float], typer.Option("--slo-tpot", help="TPOT objective (ms, p99).")] = None,
     plot: Annotated[Optional[Path], typer.Option(help="Save the plot here (.png, .svg or .pdf).")] = None,
-    as_json: Annotated[bool, typer.Option("--json", metavar="", help="Print the plan as JSON only.")] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", metavar="", help="Print the plan (with --validate, the comparison) as JSON only.")
+    ] = False,
     validate_url: Annotated[
         Optional[str],
         typer.Option(
@@ -231,18 +263,19 @@ def recommend(
     from shifttune.recommend.report import RecommendRequest
     from shifttune.recommend.report import recommend as make_recommendation
 
+    _refuse_ignored(ctx, validate_url is not None)
     check_writable(plot, "--plot", (".png", ".svg", ".pdf"))
     check_writable(out, "--out")
     try:
-        rates = [float(x) for x in rate.split(",") if x.strip()] if rate is not None else None
+        rates = [float(x) for x in rate.split(",")] if rate is not None else None
     except ValueError:
-        fail(f"--rate takes numbers, e.g. 2 or 1,2,4; got {rate!r}")
+        fail(f"--rate takes comma-separated numbers, e.g. 2 or 1,2,4; got {rate!r}")
     try:
         request = RecommendRequest(profile_file, model, None if gpus is None else parse_gpus(gpus), context, rates,
                                    trace, input_len, output_len, spread, num_requests, slo_ttft, slo_tpot,
                                    burstiness=burstiness)  # fmt: skip
         if validate_url is not None:
-            return _validate(request, validate_url, spread, api_key, out)
+            return _validate(request, validate_url, spread, api_key, out, as_json)
         prof, result, data = make_recommendation(request)
         if plot is not None:
             save_plot(prof, result, plot)

@@ -17,10 +17,11 @@ from shifttune.engine.policy import FixedPolicy, ProfilePolicy, ThresholdPolicy
 from shifttune.engine.profile_schema import Profile, ProfileError
 from shifttune.engine.step_model import StepTimeModel, crossover
 from shifttune.recommend.launch import Deployment, launch_lines
-from shifttune.recommend.simulator import EngineLoop, profile_step_ms, simulate
-from shifttune.recommend.workload import Workload
+from shifttune.recommend.simulator import EngineLoop, SimResult, profile_step_ms, simulate
+from shifttune.recommend.workload import Request, Workload
 
 ARCTIC_DEFAULT_THRESHOLD = 512  # Arctic Inference's code default (its docs say 256)
+OVERLOAD_DRIFT = 0.05  # TTFT growth over a run, as a fraction of its arrival span, that marks a growing queue
 
 
 @dataclass
@@ -123,7 +124,8 @@ def plan(
         elif threshold == 0:
             notes.append(
                 f"SP x TP wins at every step size at context {at}: run SP={best_sp} x TP={best_tp} "
-                "without shifting (no second copy of the weights needed)."
+                "at every step (no shifting); vLLM with Arctic Inference then loads only that layout's weights, "
+                "but shifttune's engine still loads both (SP x TP mode's and TP mode's copy)."
             )
         elif threshold < ARCTIC_DEFAULT_THRESHOLD / 2 or threshold > ARCTIC_DEFAULT_THRESHOLD * 2:
             notes.append(
@@ -158,7 +160,41 @@ def plan(
         rate = None if workload.trace is not None else workload.rate
         shape = {} if workload.trace is not None or workload.burstiness == 1 else {"burstiness": workload.burstiness}
         result.predictions += [{"rate": rate} | shape | r for r in predict(profile, result, workload)]
+    result.notes += [overload_note(r) for r in result.predictions if r["overloaded"]]
     return result
+
+
+def overload_note(prediction: dict) -> str:
+    """What an overloaded prediction's latencies mean (`overloaded`)."""
+    at = "on the trace" if prediction["rate"] is None else f"at {prediction['rate']:g} req/s"
+    return (
+        f"{prediction['label']} {at} is overloaded: its queue grows through the run (it completes "
+        f"{prediction['output_tok_per_s']:.0f} output tok/s), so its TTFTs (p50 {prediction['ttft_p50_ms'] / 1e3:.1f} "
+        "s) grow with --num-requests instead of settling; lower the rate."
+    )
+
+
+def kv_capacity(profile: Profile, tp: int, sp: int, drop_shift_copy: bool = False) -> int:
+    """KV tokens a deployment of this layout would hold (the profile's factorization; 1 << 30 where it does not
+    say); `drop_shift_copy`: SP-only, with no second (TP-layout) copy of the weights."""
+    f = next((f for f in profile.factorizations if (f.tp, f.sp) == (tp, sp)), None)
+    if f is None or not f.kv_capacity_tokens:
+        return 1 << 30
+    extra = 0
+    if drop_shift_copy and f.kv_bytes_per_token_per_rank:
+        extra = f.weight_bytes_per_rank.get(TP, 0) // f.kv_bytes_per_token_per_rank
+    return f.kv_capacity_tokens + extra
+
+
+def overloaded(requests: list[Request], res: SimResult) -> bool:
+    """Whether the queue grew through the run: the last fifth of arrivals waited for their first token longer than the
+    first fifth by more than `OVERLOAD_DRIFT` of the arrival span (near 0 when the engine keeps up; about
+    (offered / sustained rate - 1) x the span when it cannot), so the latencies depend on how many requests ran."""
+    order = sorted(range(len(requests)), key=lambda i: requests[i].arrival_s)
+    k = max(1, len(order) // 5)
+    first, last = (statistics.mean(res.ttft_by_request[i] for i in part) for part in (order[:k], order[-k:]))
+    span_ms = 1e3 * (requests[order[-1]].arrival_s - requests[order[0]].arrival_s)
+    return last - first > OVERLOAD_DRIFT * span_ms
 
 
 def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
@@ -171,23 +207,12 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
         models[SP] = StepTimeModel(profile, SP, tp, sp)
     requests = workload.requests()
     step_ms, loop = profile_step_ms(models), EngineLoop.of_profile(profile)
-
-    def capacity(tp_: int, sp_: int, drop_shift_copy: bool = False) -> int:
-        """KV tokens a deployment of this layout would hold; SP-only has no second (TP-layout) copy."""
-        f = next((f for f in profile.factorizations if (f.tp, f.sp) == (tp_, sp_)), None)
-        if f is None or not f.kv_capacity_tokens:
-            return 1 << 30
-        extra = 0
-        if drop_shift_copy and f.kv_bytes_per_token_per_rank:
-            extra = f.weight_bytes_per_rank.get(TP, 0) // f.kv_bytes_per_token_per_rank
-        return f.kv_capacity_tokens + extra
-
-    policies = [(FixedPolicy(TP), capacity(p, 1))]
+    policies = [(FixedPolicy(TP), kv_capacity(profile, p, 1))]
     if sp > 1:
         policies += [
-            (FixedPolicy(SP), capacity(tp, sp, drop_shift_copy=True)),
-            (ThresholdPolicy(plan_.threshold if plan_.threshold is not None else 1 << 30), capacity(tp, sp)),
-            (ProfilePolicy(models[TP], models[SP]), capacity(tp, sp)),
+            (FixedPolicy(SP), kv_capacity(profile, tp, sp, drop_shift_copy=True)),
+            (ThresholdPolicy(1 << 30 if plan_.threshold is None else plan_.threshold), kv_capacity(profile, tp, sp)),
+            (ProfilePolicy(models[TP], models[SP]), kv_capacity(profile, tp, sp)),
         ]
     out = []
     for policy, kv_tokens in policies:
@@ -206,5 +231,5 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
             block_size=int(profile.engine.get("block_size", 16)),
             **loop.kwargs(),
         )
-        out.append({"label": label} | res.summary())
+        out.append({"label": label} | res.summary() | {"overloaded": overloaded(requests, res)})
     return out

@@ -14,11 +14,12 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from shifttune.config import TP, ConfigError
+from shifttune.config import TP, ConfigError, load_model_config, resolve_model_path
+from shifttune.engine.block_manager import blocks_for
 from shifttune.engine.profile_schema import Profile, load_profile
 from shifttune.engine.step_model import StepTimeModel
 from shifttune.recommend.gpus import GpuRequest
-from shifttune.recommend.planner import Plan, plan
+from shifttune.recommend.planner import Plan, kv_capacity, plan
 from shifttune.recommend.predict import CAVEAT, PredictSettings, op_table_label, predict_profile
 from shifttune.recommend.shipped import pick_shipped_profile
 from shifttune.recommend.workload import Workload, load_azure_trace
@@ -67,9 +68,10 @@ class RecommendRequest:
 
 
 def meets_slo(prediction: dict, slo_ttft_ms: float | None, slo_tpot_ms: float | None) -> bool:
-    return (slo_ttft_ms is None or prediction["ttft_p99_ms"] <= slo_ttft_ms) and (
-        slo_tpot_ms is None or prediction["tpot_p99_ms"] <= slo_tpot_ms
-    )
+    """Whether the p99s meet the objectives; an overloaded prediction misses any TTFT objective (its TTFTs grow
+    without bound)."""
+    ttft_ok = slo_ttft_ms is None or (not prediction.get("overloaded") and prediction["ttft_p99_ms"] <= slo_ttft_ms)
+    return ttft_ok and (slo_tpot_ms is None or prediction["tpot_p99_ms"] <= slo_tpot_ms)
 
 
 def resolve_profile(req: RecommendRequest) -> tuple[Profile, str | None, str]:
@@ -93,11 +95,50 @@ def resolve_profile(req: RecommendRequest) -> tuple[Profile, str | None, str]:
     return prof, None, f"predicted for {model} on {gpus}"
 
 
+def max_context(model: str | None) -> int | None:
+    """The model's maximum context in tokens (its config's `max_position_embeddings`); None where the model's
+    config cannot be found (a profile measured on a model directory elsewhere)."""
+    if not model:
+        return None
+    try:
+        return load_model_config(resolve_model_path(model))[0].max_position_embeddings
+    except ConfigError:
+        return None
+
+
+def check_context(req: RecommendRequest, model: str | None, workloads: list[Workload]) -> None:
+    """Refuses requests longer (input + output) than the model's maximum context, as `serve` does."""
+    limit = max_context(model)
+    requests = [r for w in workloads for r in w.requests()]
+    if limit is None or not requests:
+        return
+    too_long = [r for r in requests if r.input_len + r.output_len > limit]
+    if not too_long:
+        return
+    longest = max(too_long, key=lambda r: r.input_len + r.output_len)
+    past = f"{model}'s maximum context of {limit} tokens"
+    if req.trace is not None:
+        raise ConfigError(f"{len(too_long)} of its {len(requests)} requests exceed {past} (input + output); the "
+                          f"longest has {longest.input_len} + {longest.output_len}", field="trace")  # fmt: skip
+    if req.input_len + req.output_len > limit:
+        raise ConfigError(f"--input-len {req.input_len} + --output-len {req.output_len} exceed {past}")
+    raise ConfigError(f"with --spread {req.spread:g}, requests reach {longest.input_len} + {longest.output_len} "
+                      f"tokens, past {past}; lower --input-len, --output-len or --spread")  # fmt: skip
+
+
+def decode_batch(prof: Profile, input_len: int, output_len: int) -> int:
+    """The largest decode batch TP mode sustains: `max_decode_batch` sequences, or fewer where its KV cache holds
+    fewer sequences of input + output tokens (the capacity the simulation runs with)."""
+    block = int(prof.engine.get("block_size", 16))
+    fits = kv_capacity(prof, prof.world_size, 1) // block // blocks_for(input_len + output_len, block)
+    return max(1, min(int(prof.engine.get("max_decode_batch", 256)), fits))
+
+
 def default_rate(prof: Profile, input_len: int, output_len: int) -> float:
     """About half the request rate TP mode alone sustains by this profile: a request costs its prefill
-    plus its output tokens' share of full decode batches."""
+    plus its output tokens' share of the fullest decode batches it sustains (`decode_batch`)."""
     tp = StepTimeModel(prof, TP, prof.world_size, 1)
-    batch = int(prof.engine.get("max_decode_batch", 256))
+    batch = decode_batch(prof, input_len, output_len)
     per_request_ms = (
         tp.predict(input_len, input_len) + output_len * tp.predict(batch, input_len + output_len / 2) / batch
     )
@@ -110,14 +151,21 @@ def recommend(req: RecommendRequest) -> tuple[Profile, Plan, dict]:
     req.validate()
     prof, path, label = resolve_profile(req)
     notes = []
+    model = req.model or prof.model.get("name")
     if not req.rates and req.trace is None and prof.hardware.get("device") == "cuda":
         req.rates = [default_rate(prof, req.input_len, req.output_len)]
+        batch = decode_batch(prof, req.input_len, req.output_len)
+        kv_bound = batch < int(prof.engine.get("max_decode_batch", 256))
         notes.append(
             f"no --rate given: latencies predicted at {req.rates[0]:g} req/s ({req.input_len} in / {req.output_len} "
-            "out), about half of what TP mode alone sustains here; --rate 1,2,4 for a sweep"
+            "out), about half of what TP mode alone sustains here"
+            + (f" (its KV cache holds {batch} such sequences at once)" if kv_bound else "")
+            + "; --rate 1,2,4 for a sweep"
         )
+    workloads = req.workloads()
+    check_context(req, model, workloads)
     context = req.context or (req.input_len if req.rates else None)
-    result = plan(prof, context, req.workloads(), path)
+    result = plan(prof, context, workloads, path)
     result.notes = notes + result.notes
     data = result.to_dict() | {"profile": label, "profile_kind": "predicted" if prof.predicted else "measured"}
     if prof.predicted:
