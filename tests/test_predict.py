@@ -415,6 +415,21 @@ def test_a_shipped_op_table_is_found_by_model_and_gpu(tiny_ops, tmp_path, monkey
         predict_profile(PredictSettings("tiny", 4, "cpu", collectives=tmp_path / "gloo.json"))
 
 
+def test_a_collective_table_of_another_device_is_refused(tmp_path):
+    gloo = {"gpu": "cpu", "world_size": 2, "backend": "gloo", "gloo": {"all_reduce_ms": {"1024": 0.5, "65536": 0.9}}}
+    (tmp_path / "gloo.json").write_text(json.dumps(gloo))
+    argv = ["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--collective-table",
+            str(tmp_path / "gloo.json"), "--out", str(tmp_path / "p.json")]  # fmt: skip
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2 and "--collective-table:" in r.output and "measured on cpu, not a H100" in r.output, (
+        r.output
+    )
+    assert not (tmp_path / "p.json").exists()
+    shipped = ROOT / "shifttune/data/collectives/h200x4.json"  # "NVIDIA H200": taken for an H200
+    prof = predict_profile(PredictSettings("llama-3.1-8b", 4, "h200", collectives=shipped))
+    assert prof.sources["collectives"]["table"] == str(shipped)
+
+
 def _profile(times: dict, predicted: bool) -> Profile:
     points = [Point(mode, 2 if mode == TP else 1, 1 if mode == TP else 2, t, c, t, 1, ms, ms, ms)
               for (mode, t, c), ms in times.items()]  # fmt: skip

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from shifttune.config import ConfigError
+from shifttune.recommend.gpus import gpu_slug as slug_of
 
 COLLECTIVES_DIR = Path(__file__).resolve().parent.parent / "data" / "collectives"
 OPS = ("all_reduce", "all_gather", "all_to_all")
@@ -163,10 +164,14 @@ def shipped_collective_tables() -> list[Path]:
 
 
 def collective_model_for(gpu_slug: str, path: Path | None = None) -> CollectiveModel:
-    """The model from `path`, else the shipped table of this GPU type, else the shipped table of another
-    GPU with the same NVLink fabric, labelled as such."""
+    """The model from `path` (refused if the table names another GPU type), else the shipped table of this GPU
+    type, else the shipped table of another GPU with the same NVLink fabric, labelled as such."""
     if path is not None:
-        return CollectiveModel.load(path)
+        model = CollectiveModel.load(path)
+        if model.gpu and slug_of(model.gpu) != gpu_slug:
+            raise ConfigError(f"{path} was measured on {model.gpu}, not a {gpu_slug.upper()}: its collectives would "
+                              "stand for that GPU's", field="collective_table")  # fmt: skip
+        return model
     tables = shipped_collective_tables()
     own = [p for p in tables if p.stem.split("x")[0] == gpu_slug]
     if own:
