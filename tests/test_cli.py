@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import shutil
 import stat
+import subprocess
+import sys
 
 import pytest
 from typer.testing import CliRunner
@@ -103,6 +105,14 @@ def test_generate_takes_serve_s_names_for_the_layout_and_policy(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert (data["sp"], data["policy"], data["threshold"]) == (2, "sp", 8) and not data["steps_per_mode"].get("tp")
+
+
+def test_python_dash_m_shifttune_is_the_command_and_recommend_makes_its_out_folder(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "shifttune", "--help"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "Usage: shifttune" in out.stdout and "recommend" in out.stdout, out.stderr
+    nested = tmp_path / "plans" / "today" / "plan.json"  # as profile --out and generate --output do
+    result = run("recommend", "--out", str(nested))
+    assert result.exit_code == 0 and json.loads(nested.read_text())["profile_kind"] == "measured", result.output
 
 
 def test_help_lists_every_policy_and_shows_no_bool_placeholder():

@@ -92,7 +92,7 @@ def generate(
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 32,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
-    top_k: Annotated[int, typer.Option(help="-1 = off.")] = -1,
+    top_k: Annotated[int, typer.Option(help="Sample from the k likeliest tokens; -1 or 0 = off.")] = -1,
     seed: Annotated[Optional[int], typer.Option(help="Per-request sampling seed.")] = None,
     ignore_eos: Annotated[bool, typer.Option("--ignore-eos", metavar="", help="Keep generating past EOS.")] = False,
     output: Annotated[Optional[Path], typer.Option("--output", "-o", help="Also write results as JSON here.")] = None,

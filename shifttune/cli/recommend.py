@@ -265,7 +265,7 @@ def recommend(
 
     _refuse_ignored(ctx, validate_url is not None)
     check_writable(plot, "--plot", (".png", ".svg", ".pdf"))
-    check_writable(out, "--out")
+    check_writable(out, "--out", make_folder=True)
     try:
         rates = [float(x) for x in rate.split(",")] if rate is not None else None
     except ValueError:
