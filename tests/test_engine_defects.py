@@ -209,6 +209,26 @@ def test_workers_end_by_themselves_on_shutdown():
     assert not torch.distributed.is_initialized()  # the driver left the group within its wait
 
 
+def test_a_ctrl_c_while_a_worker_starts_up_does_not_kill_it(monkeypatch):
+    """Ctrl-C reaches every process of the terminal's group; a worker still importing torch died of it (a traceback,
+    and "worker rank 1 exited") before it could ignore SIGINT. Now it is born with SIGINT blocked."""
+    import multiprocessing.context
+    import signal
+
+    start = multiprocessing.context.SpawnProcess.start
+
+    def start_then_interrupt(self):
+        start(self)
+        os.kill(self.pid, signal.SIGINT)  # the moment a terminal's Ctrl-C would land
+
+    monkeypatch.setattr(multiprocessing.context.SpawnProcess, "start", start_then_interrupt)
+    llm = LLM("tiny", tensor_parallel_size=2)
+    procs = llm.llm_engine.executor.procs
+    assert llm.generate([[1, 2, 3]], GREEDY)[0].outputs[0].token_ids
+    llm.shutdown()
+    assert [p.exitcode for p in procs] == [0]
+
+
 def test_world_size_that_is_not_sp_x_tp_is_refused(monkeypatch):
     monkeypatch.setitem(os.environ, "WORLD_SIZE", "3")
     with pytest.raises(ConfigError, match="WORLD_SIZE=3 but SP x TP = 2"):

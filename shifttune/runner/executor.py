@@ -119,6 +119,7 @@ def _run(runner: ModelRunner, method: str | Callable, args: tuple):
 
 def _spawned_worker(config: EngineConfig, rank: int, init_method: str) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C goes to the driver, which shuts us down
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})  # blocked from birth (`_start_worker`) until now
     parent = os.getppid()
 
     def watch_parent() -> None:
@@ -135,6 +136,18 @@ def _spawned_worker(config: EngineConfig, rank: int, init_method: str) -> None:
         worker_loop(runner, state)
     finally:
         leave(runner)
+
+
+def _start_worker(proc: mp.process.BaseProcess) -> mp.process.BaseProcess:
+    """Starts a spawned worker with SIGINT blocked, which it inherits.
+    NOTE: a Ctrl-C while the new interpreter imports torch (seconds) would otherwise kill it with a traceback before
+    `_spawned_worker` can ignore SIGINT; blocked, the signal waits and is then ignored."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        proc.start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+    return proc
 
 
 @contextmanager
@@ -175,9 +188,8 @@ class Executor:
                 init_method = f"tcp://127.0.0.1:{config.master_port or free_port()}"
                 ctx = mp.get_context("spawn")
                 for r in range(1, p):
-                    proc = ctx.Process(target=_spawned_worker, args=(config, r, init_method), daemon=True)
-                    proc.start()
-                    self.procs.append(proc)
+                    self.procs.append(_start_worker(ctx.Process(target=_spawned_worker, args=(config, r, init_method),
+                                                                daemon=True)))  # fmt: skip
                 threading.Thread(target=self._watch_workers, daemon=True).start()
         self.rank = rank
         try:
