@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -63,6 +64,37 @@ def test_wrong_prompt_types_are_a_config_error(llm, prompt):
     with pytest.raises(ConfigError, match="prompt: "):
         llm.llm_engine.add_request(None, prompt, GREEDY)
     assert not llm.llm_engine.requests
+
+
+def test_the_offline_api_takes_vllm_s_prompt_dicts_chat_and_whole_outputs(llm):
+    """vLLM code runs as it is: {"prompt"} / {"prompt_token_ids"} dicts (one or a list), `chat`, `get_tokenizer`,
+    `cumulative_logprob`; and `generate` returns whole completions even for delta output_kind (it returned the last
+    step's delta)."""
+    tok = llm.get_tokenizer()
+    ids = tok.encode("Hello")
+    ref = llm.generate("Hello", GREEDY)[0].outputs[0]
+    for prompt in ({"prompt": "Hello"}, [{"prompt": "Hello"}], [{"prompt_token_ids": ids}]):
+        assert llm.generate(prompt, GREEDY)[0].outputs[0].token_ids == ref.token_ids
+    with pytest.raises(ConfigError, match="prompt_token_ids"):
+        llm.generate({"text": "Hello"}, GREEDY)
+    delta = llm.generate("Hello", dataclasses.replace(GREEDY, output_kind="delta"))[0].outputs[0]
+    assert (delta.token_ids, delta.text) == (ref.token_ids, ref.text) and len(ref.token_ids) == 6
+    lp = llm.generate("Hello", dataclasses.replace(GREEDY, logprobs=2))[0].outputs[0]
+    assert ref.cumulative_logprob is None and lp.cumulative_logprob < 0
+    assert lp.cumulative_logprob == pytest.approx(sum(d[t] for t, d in zip(lp.token_ids, lp.logprobs)))
+    messages = [{"role": "user", "content": "hi"}]
+    text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    chat_ref = llm.generate([tok.encode(text, add_special_tokens=False)], GREEDY)[0].outputs[0]
+    chats = llm.chat([messages, messages], GREEDY)
+    assert [c.outputs[0].token_ids for c in chats] == [chat_ref.token_ids] * 2
+    assert llm.chat(messages, GREEDY)[0].outputs[0].token_ids == chat_ref.token_ids
+
+
+def test_generate_after_shutdown_says_so():
+    llm = LLM("tiny")
+    llm.shutdown()
+    with pytest.raises(RuntimeError, match="has been shut down"):
+        llm.generate("Hello", GREEDY)
 
 
 def test_a_request_that_fails_in_a_step_fails_alone(llm, monkeypatch):

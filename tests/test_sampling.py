@@ -54,6 +54,9 @@ def test_stop_token_ids_min_tokens_and_stop_strings(llm):
     )
     c = out[0].outputs[0]
     assert c.finish_reason == "stop" and c.stop_reason == stop_tok and c.token_ids == free.token_ids[: first + 1]
+    # the stop token's text is left out, as vLLM does (its id stays in token_ids)
+    assert c.text == llm.llm_engine.tokenizer.decode(free.token_ids[:first], skip_special_tokens=True)
+    assert c.text != llm.llm_engine.tokenizer.decode(c.token_ids, skip_special_tokens=True)
     # min_tokens masks the stop token until that many tokens exist
     out = llm.generate(
         ["xyz"],

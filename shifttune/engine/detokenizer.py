@@ -39,13 +39,15 @@ class Detokenizer:
         seq.output_text += delta
         return delta
 
-    def finalize(self, seq: Sequence) -> None:
+    def finalize(self, seq: Sequence, without_last: bool = False) -> None:
         """At the end, the full decode (after the same prompt context), including any tail that was held
-        back as incomplete UTF-8."""
+        back as incomplete UTF-8; `without_last`: not the last token's text (the stop token that ended it, as vLLM
+        leaves it out)."""
         if self.tokenizer is not None:
             prefix, read = self._start(seq)
             context = self._decode(seq.token_ids[prefix:read])
-            seq.output_text = self._decode(seq.token_ids[prefix:])[len(context) :]
+            end = len(seq.token_ids) - 1 if without_last else len(seq.token_ids)
+            seq.output_text = self._decode(seq.token_ids[prefix:end])[len(context) :]
 
     def release(self, request_id: str) -> None:
         self.offsets.pop(request_id, None)

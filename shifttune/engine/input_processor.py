@@ -35,6 +35,19 @@ def check_text(text: str, field: str) -> None:
         raise ConfigError(f"is not valid Unicode text ({e.reason} at character {e.start})", field=field) from None
 
 
+def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> tuple[str, list[int]]:
+    """(text, token ids) of a conversation through the tokenizer's chat template ({"role", "content"} dicts);
+    ConfigError where the model has no template or the template refuses the messages."""
+    if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+        raise ConfigError("this model has no chat template; give plain prompts (/v1/completions)", "messages")
+    try:
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+    except Exception as e:  # a template that raises on these messages (e.g. roles out of order)
+        raise ConfigError(f"the chat template refused these messages: {e}", field="messages") from None
+    check_text(text, "messages")
+    return text, tokenizer.encode(text, add_special_tokens=False)  # NOTE: the template wrote any BOS itself
+
+
 class InputProcessor:
     def __init__(self, config: EngineConfig, tokenizer):
         self.config, self.tokenizer = config, tokenizer

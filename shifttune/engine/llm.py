@@ -1,14 +1,17 @@
-"""`LLM`: the offline API in vLLM's shape, `LLM(model=...).generate(prompts, SamplingParams(...))`."""
+"""`LLM`: the offline API in vLLM's shape, `LLM(model=...).generate(prompts, SamplingParams(...))` and
+`.chat(messages)`; prompts as text, token ids, or vLLM's {"prompt": ...} / {"prompt_token_ids": [...]} dicts."""
 
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import weakref
 from collections.abc import Sequence as Seq
 
 from shifttune.config import ConfigError, EngineConfig
+from shifttune.engine.input_processor import chat_prompt
 from shifttune.engine.llm_engine import LLMEngine
-from shifttune.engine.sampling_params import SamplingParams
+from shifttune.engine.sampling_params import CUMULATIVE, SamplingParams
 from shifttune.engine.sequence import RequestOutput
 
 
@@ -40,18 +43,39 @@ class LLM:
             **kwargs,
         )
         self.llm_engine = LLMEngine(config)
+        self._closed = False
         # a weak reference, so that an LLM nobody holds can be freed (and its GPU memory with it)
         atexit.register(_shutdown_if_alive, weakref.ref(self))
 
+    def get_tokenizer(self):
+        """The model's HF tokenizer (None for a model without one)."""
+        return self.llm_engine.tokenizer
+
+    def chat(
+        self,
+        messages: list[dict] | Seq[list[dict]],
+        sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
+        use_tqdm: bool = False,
+        add_generation_prompt: bool = True,
+    ) -> list[RequestOutput]:
+        """One conversation ({"role", "content"} dicts) or a list of them, through the model's chat template."""
+        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
+        prompts = [chat_prompt(self.get_tokenizer(), list(c), add_generation_prompt)[1] for c in conversations]
+        return self.generate(prompts, sampling_params, use_tqdm)
+
     def generate(
         self,
-        prompts: str | list[int] | Seq[str] | Seq[list[int]],
+        prompts: str | list[int] | dict | Seq[str] | Seq[list[int]] | Seq[dict],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = False,
     ) -> list[RequestOutput]:
-        """Runs every prompt to completion; outputs come back in the prompts' order."""
-        if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
+        """Runs every prompt to completion; outputs come back in the prompts' order, each with the whole completion
+        (as vLLM's `LLM`, whatever `output_kind` says)."""
+        if self._closed:
+            raise RuntimeError("this LLM has been shut down; create a new one")
+        if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
             prompts = [prompts]
+        prompts = [_prompt(p) for p in prompts]
         params = (
             sampling_params
             if isinstance(sampling_params, Seq)
@@ -59,6 +83,9 @@ class LLM:
         )
         if len(params) != len(prompts):
             raise ConfigError(f"{len(prompts)} prompts but {len(params)} sampling params")
+        params = [
+            dataclasses.replace(p, output_kind=CUMULATIVE) if isinstance(p, SamplingParams) else p for p in params
+        ]  # NOTE: only each request's last output is kept here
         engine = self.llm_engine
         ids: list[str] = []
         try:
@@ -93,6 +120,7 @@ class LLM:
         return [done[rid] for rid in ids]
 
     def shutdown(self) -> None:
+        self._closed = True
         self.llm_engine.shutdown()
 
     def __enter__(self) -> "LLM":
@@ -100,6 +128,17 @@ class LLM:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _prompt(prompt):
+    """vLLM's prompt dicts as text or token ids; other prompts as they are (the input processor checks them)."""
+    if not isinstance(prompt, dict):
+        return prompt
+    if "prompt_token_ids" in prompt:
+        return prompt["prompt_token_ids"]
+    if "prompt" in prompt:
+        return prompt["prompt"]
+    raise ConfigError(f'a prompt dict needs "prompt" or "prompt_token_ids", got keys {sorted(prompt)}', "prompt")
 
 
 def _shutdown_if_alive(ref: weakref.ref) -> None:

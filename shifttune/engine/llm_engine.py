@@ -238,7 +238,7 @@ class LLMEngine:
                 new_text = self.detokenizer.update(seq)
                 self._check_stop(seq, token, len(seq.output_text) - len(new_text))
                 if seq.is_finished and not isinstance(seq.stop_reason, str):  # a stop string already cut it
-                    self.detokenizer.finalize(seq)
+                    self.detokenizer.finalize(seq, without_last=seq.finish_reason == "stop")  # a stop token's text
             outputs.append(RequestOutput.from_seq(seq))
             if seq.is_finished:
                 self.requests.pop(seq.request_id, None)

@@ -77,6 +77,13 @@ class CompletionOutput:
     stop_reason: int | str | None = None
     logprobs: list[dict[int, float]] | None = None
 
+    @property
+    def cumulative_logprob(self) -> float | None:
+        """The sum of the sampled tokens' logprobs (vLLM's field); None unless logprobs were asked for."""
+        if self.logprobs is None:
+            return None
+        return sum(lp[t] for t, lp in zip(self.token_ids, self.logprobs))
+
 
 @dataclass
 class RequestOutput:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 from shifttune.config import ConfigError
-from shifttune.engine.input_processor import check_text
+from shifttune.engine.input_processor import chat_prompt
 from shifttune.engine.sampling_params import DELTA, SamplingParams
 from shifttune.engine.sequence import RequestOutput
 from shifttune.server.async_engine import AsyncEngine, EngineDeadError
@@ -157,23 +157,14 @@ class Serving:
             raise APIError(400, f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = sampling_params(req, req.max_completion_tokens or req.max_tokens, logprobs)
-        if self.tokenizer is None or not getattr(self.tokenizer, "chat_template", None):
-            raise APIError(400, "this model has no chat template; use /v1/completions", "messages")
         messages = [
             {"role": m.role, "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
             for m in req.messages
         ]
         try:
-            text = self.tokenizer.apply_chat_template(
-                messages, add_generation_prompt=req.add_generation_prompt, tokenize=False
-            )
-        except Exception as e:  # a template that raises on these messages (e.g. roles out of order)
-            raise APIError(400, f"the chat template refused these messages: {e}", "messages") from None
-        try:
-            check_text(text, "messages")
+            text, ids = chat_prompt(self.tokenizer, messages, req.add_generation_prompt)
         except ConfigError as e:
             raise APIError(400, str(e), e.field) from None
-        ids = self.tokenizer.encode(text, add_special_tokens=False)
         (choice,) = self.prepare([ids], params, "chatcmpl")
         choice.text_ids = (text, ids)
         return [choice], params
