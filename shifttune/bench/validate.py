@@ -42,6 +42,7 @@ from shifttune.engine.policy import make_policy
 from shifttune.engine.profile_schema import Profile
 from shifttune.engine.stats import percentile
 from shifttune.engine.step_model import StepTimeModel
+from shifttune.recommend.planner import kv_capacity
 from shifttune.recommend.simulator import EngineLoop, StepFn, profile_step_ms, simulate
 from shifttune.recommend.workload import Request
 
@@ -147,10 +148,8 @@ def simulated(
     tp, sp = settings["tp"], settings["sp"]
     models = step_models(prof, settings)
     policy = make_policy(settings["policy"], settings["threshold"], tp, sp, profile_path)
-    fact = next((f for f in prof.factorizations if (f.tp, f.sp) == (tp, sp)), None)
-    kv_tokens = fact.kv_capacity_tokens if fact is not None and fact.kv_capacity_tokens else 1 << 30
     loop = loop or engine_loop(settings, prof)
-    res = simulate(requests, policy, step_ms or profile_step_ms(models), kv_capacity_tokens=kv_tokens,
+    res = simulate(requests, policy, step_ms or profile_step_ms(models), kv_capacity_tokens=kv_capacity(prof, tp, sp),
                    block_size=int(prof.engine.get("block_size", 16)), **loop.kwargs())  # fmt: skip
     if per_request:
         return res.summary() | {"ttft_ms_per_request": [res.ttft_by_request.get(i) for i in range(len(requests))]}

@@ -11,7 +11,7 @@ from collections.abc import Sequence as Seq
 from shifttune.config import ConfigError, EngineConfig
 from shifttune.engine.input_processor import chat_prompt
 from shifttune.engine.llm_engine import LLMEngine
-from shifttune.engine.sampling_params import CUMULATIVE, SamplingParams
+from shifttune.engine.sampling_params import CUMULATIVE, DELTA, SamplingParams
 from shifttune.engine.sequence import RequestOutput
 
 
@@ -83,9 +83,9 @@ class LLM:
         )
         if len(params) != len(prompts):
             raise ConfigError(f"{len(prompts)} prompts but {len(params)} sampling params")
-        params = [
-            dataclasses.replace(p, output_kind=CUMULATIVE) if isinstance(p, SamplingParams) else p for p in params
-        ]  # NOTE: only each request's last output is kept here
+        # NOTE: only each request's last output is kept here, so it must hold everything
+        params = [dataclasses.replace(p, output_kind=CUMULATIVE) if getattr(p, "output_kind", None) == DELTA else p
+                  for p in params]  # fmt: skip
         engine = self.llm_engine
         ids: list[str] = []
         try:

@@ -217,10 +217,7 @@ class AsyncEngine:
 
     def _observe(self, report: StepReport, outputs: list[RequestOutput]) -> None:
         self.num_waiting = report.waiting
-        # NOTE: a step already under way when a client left still returns its request's tokens; that request is
-        # counted as aborted (`metrics.aborted`) and its stream is gone, so those tokens are not a first token
-        live = [o for o in outputs if o.request_id in self.streams]
-        self.metrics.observe_step(report, live)
+        self.metrics.observe_step(report, outputs)
 
     def _die(self, why: str) -> None:
         code = None

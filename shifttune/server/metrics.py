@@ -102,6 +102,10 @@ class ServerMetrics:
 
     def _observe_request(self, out: RequestOutput, now: float) -> None:
         rid = out.request_id
+        if rid not in self._arrival:
+            # NOTE: a step already under way when a client left still returns that request's tokens; it was counted
+            # as aborted (`aborted`), and its tokens are not a first token again
+            return
         new = len(out.outputs[0].token_ids)
         self._generation.inc(new)
         last = self._last_token.get(rid)
