@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Session 27's device checks, from the repository root (carry: wheels):
+#   PART=tests bash profiles/commands/s27_gpu.sh   # tests/test_gpu.py and tests/test_kernels.py on the GPUs present, at
+#     most TESTS_TIMEOUT s (default 480): the engine-side review mends of session 26 (workers born with SIGINT
+#     blocked, the detokenizer's finalize) had only run on CPU
+#   PART=serve bash profiles/commands/s27_gpu.sh   # shifttune serve + bench against the offline engine on GPU 0
+#     (serve_vs_offline, llama-3.1-8b dummy weights, REPEATS runs a case, default 1, SCALE x the prompt counts, default
+#     1): session 26's server and bench mends had only run on CPU
+#   PART=sweep bash profiles/commands/s27_gpu.sh   # issue 14: wide_split_probe over wider tiles at batch 1-2
+# Into $OUT: check.log and each part's logs / JSON
+. "$(dirname "$0")/gpu_setup.sh"
+stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tr '\n' ';')"
+case "${PART:-tests}" in
+tests)
+  T0=$SECONDS
+  timeout "${TESTS_TIMEOUT:-480}" python -m pytest -q -p no:cacheprovider --durations=10 tests/test_gpu.py \
+    tests/test_kernels.py > "$OUT/tests.log" 2>&1
+  stamp "tests/test_gpu.py tests/test_kernels.py rc=$? in $((SECONDS - T0)) s: $(tail -1 "$OUT/tests.log")"
+  grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG" ;;
+serve)
+  python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
+  T0=$SECONDS
+  CUDA_VISIBLE_DEVICES=0 timeout "${SERVE_TIMEOUT:-520}" python -m shifttune.bench.serve_vs_offline \
+    --model llama-3.1-8b --device cuda --repeats "${REPEATS:-1}" --scale "${SCALE:-1}" \
+    --out "$OUT/serve_vs_offline.json" > "$OUT/serve.log" 2>&1
+  stamp "serve_vs_offline rc=$? in $((SECONDS - T0)) s"
+  grep -v -i warn "$OUT/serve.log" | tail -20 | tee -a "$LOG" ;;
+sweep)
+  T0=$SECONDS
+  CUDA_VISIBLE_DEVICES=0 timeout "${SWEEP_TIMEOUT:-520}" python profiles/commands/wide_split_probe.py \
+    --search 1x2048,2x2048 --tiles 64,128,256 --warps 4,8 --per-sm 1,2,4 --stages 1 --merges 32 --keep 4 \
+    --contexts 2048,4096,8192 --out "$OUT/wide_tiles.json" > "$OUT/sweep.log" 2>&1
+  stamp "wide_split_probe rc=$? in $((SECONDS - T0)) s"
+  tail -30 "$OUT/sweep.log" | tee -a "$LOG" ;;
+esac
