@@ -751,3 +751,26 @@ def test_a_server_that_dies_or_never_answers_shows_its_log(tmp_path):
         silent.wait_healthy(1.0, poll_s=0.05)
     assert "did not answer GET /health with 200 within 1 s" in str(e.value) and "loading" in str(e.value)
     assert silent.proc.poll() is not None and time.monotonic() - t0 < 10
+
+
+def test_serve_vs_offline_trace_summary_leaves_the_test_request_out():
+    """The bench's test request (first by arrival) and its steps are not the run: times start at its last step."""
+    from shifttune.bench.serve_vs_offline import trace_summary
+    from shifttune.server.trace import HTTP_FIELDS, STEP_FIELDS
+
+    def req(rid, http, piped, core_in):
+        return {"id": rid, **dict.fromkeys(HTTP_FIELDS), "http": http, "piped": piped, "core_in": core_in}
+
+    def step(scheduled, seqs):
+        return [scheduled, scheduled + 0.01, "tp", seqs, 0, seqs, 10.0, 5.0]
+
+    trace = {"step_fields": list(STEP_FIELDS),
+             "requests": [req("t", 10.0, 10.001, 10.002), req("b", 11.2, 11.21, 11.23), req("a", 11.1, 11.1, 11.12),
+                          req("c", 11.3, 11.31, 11.33)],
+             "steps": [step(10.0, 1), step(10.5, 1), step(11.15, 1), step(11.25, 2), step(11.35, 3), step(11.4, 3)]}  # fmt: skip
+    s = trace_summary(trace, max_num_seqs=2)
+    assert s["requests"] == 3 and s["steps"] == 4  # the test request's two steps are not the run's
+    assert s["first_http_s"] == pytest.approx(0.59) and s["last_http_s"] == pytest.approx(0.79)  # after 10.51
+    assert s["steps_until_full"] == 1 and s["full_at_s"] == pytest.approx(0.74)  # 2 seqs: all max_num_seqs allows
+    assert s["http_to_piped_ms"] == pytest.approx(10 * 2 / 3) and s["piped_to_core_ms"] == pytest.approx(20)
+    assert s["seqs_first_steps"] == [1, 2, 3, 3]

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from contextlib import contextmanager
+from pathlib import Path
 
 import httpx
 import openai
@@ -534,6 +535,32 @@ def test_the_trace_times_a_request_through_both_processes(tiny_server):
     engine = c.get("/v1/shifttune/live").json()["engine"]
     assert engine == {"async_scheduling": False, "max_num_seqs": 256, "max_num_batched_tokens": 8192,
                       "block_size": 16, "cuda_graph_max_tokens": 0}  # fmt: skip
+
+
+def test_a_burst_of_long_prompts_goes_to_the_core_without_the_writer_thread():
+    """The pipe is grown to PIPE_BYTES where Linux allows it, so the adds of 40 prompts of 1k tokens (what one
+    step's worth of a burst is) are written by the caller itself while the core has not read any: with Linux's
+    64 KiB pipe only ~3 fit, and the rest waited for the writer thread, which waits for the GIL."""
+    import multiprocessing as mp
+    import threading
+
+    from shifttune.server.pipes import PIPE_BYTES, PipeWriter, pipe_capacity
+
+    limit = Path("/proc/sys/fs/pipe-max-size")
+    if not limit.exists() or int(limit.read_text()) < PIPE_BYTES:
+        pytest.skip("this system does not let a pipe grow to PIPE_BYTES")
+    read, write = mp.Pipe(duplex=False)
+    sent_by: list[str] = []
+    writer = PipeWriter(write, "test-writer", on_sent=lambda tag: sent_by.append(threading.current_thread().name))
+    assert pipe_capacity(write.fileno()) == PIPE_BYTES
+    ids = list(range(100_000, 101_024))  # token ids as a served prompt's: ~5 kB pickled
+    for i in range(40):
+        writer.send(("add", f"r{i}", ids, None, "x" * 4000), i)
+    assert sent_by == [threading.current_thread().name] * 40
+    assert [read.recv()[1] for _ in range(40)] == [f"r{i}" for i in range(40)]
+    writer.close()
+    read.close()
+    write.close()
 
 
 def test_pipe_writer_keeps_order_and_never_blocks_on_a_stalled_reader():

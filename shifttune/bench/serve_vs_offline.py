@@ -10,12 +10,20 @@ with the same engine settings). Rows: output throughput of both and their ratio,
 requests of (E2E - TTFT) / (output tokens - 1)) of both. Warm-up runs come first on each side. With
 `--repeats N` every case runs N times on each side (cases interleaved: 1, 32, 256, inf, 1, 32, ...) and
 each row reports the median throughput and TPOT over the repeats, with every repeat kept in the row.
+
+`--cases inf,256` runs only those concurrencies. `--trace` keeps the server's `/v1/shifttune/trace` of each served
+run (in `<out>.trace.json`) and puts a summary of it in the row's `server.trace`: when the first and last request
+reached the handler after the bench started sending, how long their add messages took to reach the core, and how
+many engine steps the run took before every sequence it can hold was running. `--server-path DIR` serves the tree
+at DIR (its `shifttune` package first on the server's PYTHONPATH), measured by this tree's bench and offline engine:
+two trees' servers in one call.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -102,23 +110,63 @@ def measure_offline(args, cases) -> list[dict]:
         engine.shutdown()
 
 
+def trace_summary(trace: dict, max_num_seqs: int) -> dict:
+    """What a served run's trace says of its start: times in s after the test request's last step (the bench sends
+    one request before the run), on the host's one clock."""
+    rows = sorted((r for r in trace["requests"] if r["http"] is not None), key=lambda r: r["http"])[1:]  # no test
+    f = trace["step_fields"]
+    steps = [dict(zip(f, s)) for s in trace["steps"]]
+    if not rows:
+        return {"requests": 0}
+    first = rows[0]["http"]
+    t0 = max((s["completed"] for s in steps if s["scheduled"] < first and s["completed"]), default=first)
+    steps = [s for s in steps if s["scheduled"] >= first]
+    full = min(len(rows), max_num_seqs)
+    ramp = next((i for i, s in enumerate(steps) if s["seqs"] >= full), None)
+
+    def mean_ms(a: str, b: str) -> float | None:
+        d = [r[b] - r[a] for r in rows if r[a] is not None and r[b] is not None]
+        return 1e3 * sum(d) / len(d) if d else None
+
+    return {"requests": len(rows), "steps": len(steps), "first_http_s": first - t0,
+            "last_http_s": max(r["http"] for r in rows) - t0,
+            "last_core_in_s": max((r["core_in"] for r in rows if r["core_in"]), default=t0) - t0,
+            "steps_until_full": ramp, "full_at_s": steps[ramp]["scheduled"] - t0 if ramp is not None else None,
+            "http_to_piped_ms": mean_ms("http", "piped"), "piped_to_core_ms": mean_ms("piped", "core_in"),
+            "seqs_first_steps": [s["seqs"] for s in steps[:40]]}  # fmt: skip
+
+
 def measure_server(args, cases, log: Path) -> list[dict]:
+    import httpx
+
     port = free_port()
     cmd = [sys.executable, "-m", "shifttune.cli", "serve", args.model, "--device", args.device, "--load-format",
            "dummy", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
+    if args.server_path is not None:  # the server process (ServeProcess passes os.environ on) imports that tree
+        os.environ["PYTHONPATH"] = str(args.server_path.resolve())
+    traces = []
     with ServeProcess(cmd, port, log) as server:
         server.wait_healthy(900)
         run_bench(bench_config(server.base_url, None, 256, args))  # warm-up: every step shape
+        max_num_seqs = httpx.get(f"{server.base_url}/v1/shifttune/live", timeout=10).json()["engine"]["max_num_seqs"]
         runs = []
         for _ in range(args.repeats):
             runs.append([])
             for c, n in cases:
                 steps, busy = server_steps(server.base_url)
+                started = time.monotonic()
                 record = run_bench(bench_config(server.base_url, c, n, args)).records[0]
                 steps_after, busy_after = server_steps(server.base_url)
                 record = {k: v for k, v in record.items() if not isinstance(v, list)}
-                runs[-1].append(record | {"steps": steps_after - steps, "step_seconds": busy_after - busy})
-        return [_median_run([r[i] for r in runs]) for i in range(len(cases))]
+                record |= {"steps": steps_after - steps, "step_seconds": busy_after - busy}
+                if args.trace:
+                    trace = httpx.get(f"{server.base_url}/v1/shifttune/trace", params={"since": started}, timeout=60)
+                    traces.append({"concurrency": c} | trace.json())
+                    record["trace"] = trace_summary(traces[-1], max_num_seqs)
+                runs[-1].append(record)
+    if args.trace:
+        args.out.with_suffix(".trace.json").write_text(json.dumps(traces))
+    return [_median_run([r[i] for r in runs]) for i in range(len(cases))]
 
 
 def _median_run(runs: list[dict]) -> dict:
@@ -138,9 +186,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="multiply the prompt counts (e.g. 0.1 for a smoke run)")
     ap.add_argument("--server-first", action="store_true", help="measure the server before the offline engine")
     ap.add_argument("--repeats", type=int, default=1, help="runs of every case on each side (rows: the median)")
+    ap.add_argument("--cases", default="1,32,256,inf", help="concurrencies to run, among 1, 32, 256 and inf")
+    ap.add_argument("--trace", action="store_true", help="keep and summarize the server's trace of each run")
+    ap.add_argument("--server-path", type=Path, help="serve the tree at this path (its shifttune package)")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args(argv)
-    cases = [(c, max(1, int(n * args.scale))) for c, n in CASES]
+    wanted = args.cases.split(",")
+    cases = [(c, max(1, int(n * args.scale))) for c, n in CASES if ("inf" if c is None else str(c)) in wanted]
+    if not cases:
+        ap.error(f"--cases: none of {args.cases!r} is among 1, 32, 256, inf")
     log = args.out.with_suffix(".serve.log")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     if args.server_first:  # the order shows whether the GPU's state (clocks, heat) moves the numbers

@@ -21,6 +21,17 @@ from multiprocessing.connection import Connection
 from multiprocessing.reduction import ForkingPickler
 
 HEADER_BYTES = 16  # Connection's length prefix (4 bytes, or 4 + 8 past 2 GiB), rounded up
+PIPE_BYTES = 1 << 20  # asked for at start (Linux's default limit for a user, /proc/sys/fs/pipe-max-size)
+
+
+def grow_pipe(fd: int, size: int = PIPE_BYTES) -> None:
+    """Asks Linux for a pipe of `size` bytes (64 KiB by default); keeps what it has where that is refused."""
+    op = getattr(fcntl, "F_SETPIPE_SZ", None)
+    if op is not None:
+        try:
+            fcntl.fcntl(fd, op, size)
+        except OSError:  # above the system's limit for this user, or not a pipe
+            pass
 
 
 def pipe_capacity(fd: int) -> int | None:
@@ -55,6 +66,9 @@ class PipeWriter:
     def __init__(self, conn: Connection, name: str, on_sent: Callable[[object], None] | None = None):
         self.conn, self.on_sent = conn, on_sent
         self.fd = conn.fileno()
+        # NOTE: a 64 KiB pipe holds ~6 adds of 1k-token prompts: a burst of them then queued for the thread, which
+        # waited for the GIL behind the event loop's streams (512 prompts at once reached the core over 0.6 s)
+        grow_pipe(self.fd)
         cap = pipe_capacity(self.fd)
         self.direct_limit = cap // 2 if cap else 0  # 0: always through the thread
         self.broken = False  # the reader is gone: messages are dropped (the caller learns it elsewhere)
