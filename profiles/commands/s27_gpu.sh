@@ -6,6 +6,8 @@
 #   PART=serve bash profiles/commands/s27_gpu.sh   # shifttune serve + bench against the offline engine on GPU 0
 #     (serve_vs_offline, llama-3.1-8b dummy weights, REPEATS runs a case, default 1, SCALE x the prompt counts, default
 #     1): session 26's server and bench mends had only run on CPU
+#   PART=servetrace bash profiles/commands/s27_gpu.sh   # serve_vs_offline --cases inf,256 --trace, the server of
+#     gpu_old/s27_before (carried: the tree before the pipe change) and this tree's, ROUNDS times each, alternating
 #   PART=sweep bash profiles/commands/s27_gpu.sh   # issue 14: wide_split_probe over wider tiles at batch 1-2
 # Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -25,6 +27,19 @@ serve)
     --out "$OUT/serve_vs_offline.json" > "$OUT/serve.log" 2>&1
   stamp "serve_vs_offline rc=$? in $((SECONDS - T0)) s"
   grep -v -i warn "$OUT/serve.log" | tail -20 | tee -a "$LOG" ;;
+servetrace)
+  python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
+  for r in $(seq "${ROUNDS:-1}"); do
+    for tree in before after; do
+      T0=$SECONDS
+      SP=""; [ $tree = before ] && SP="--server-path gpu_old/s27_before"
+      CUDA_VISIBLE_DEVICES=0 timeout "${SERVE_TIMEOUT:-280}" python -m shifttune.bench.serve_vs_offline \
+        --model llama-3.1-8b --device cuda --cases "${CASES:-inf,256}" --trace $SP \
+        --out "$OUT/svo_${tree}_$r.json" > "$OUT/svo_${tree}_$r.log" 2>&1
+      stamp "serve_vs_offline $tree round $r rc=$? in $((SECONDS - T0)) s"
+      grep -E "^c=" "$OUT/svo_${tree}_$r.log" | tee -a "$LOG"
+    done
+  done ;;
 sweep)
   T0=$SECONDS
   CUDA_VISIBLE_DEVICES=0 timeout "${SWEEP_TIMEOUT:-520}" python profiles/commands/wide_split_probe.py \
