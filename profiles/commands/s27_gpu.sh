@@ -29,6 +29,7 @@ serve)
   grep -v -i warn "$OUT/serve.log" | tail -20 | tee -a "$LOG" ;;
 servetrace)
   python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
+  stamp "before tree has grow_pipe: $(PYTHONPATH=gpu_old/s27_before python -c 'import shifttune.server.pipes as p; print(hasattr(p, "grow_pipe"))'); this tree: $(python -c 'import shifttune.server.pipes as p; print(hasattr(p, "grow_pipe"))')"
   for r in $(seq "${ROUNDS:-1}"); do
     for tree in before after; do
       T0=$SECONDS
