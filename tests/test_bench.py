@@ -764,10 +764,10 @@ def test_serve_vs_offline_trace_summary_leaves_the_test_request_out():
     def step(scheduled, seqs):
         return [scheduled, scheduled + 0.01, "tp", seqs, 0, seqs, 10.0, 5.0]
 
-    trace = {"step_fields": list(STEP_FIELDS),
-             "requests": [req("t", 10.0, 10.001, 10.002), req("b", 11.2, 11.21, 11.23), req("a", 11.1, 11.1, 11.12),
-                          req("c", 11.3, 11.31, 11.33)],
-             "steps": [step(10.0, 1), step(10.5, 1), step(11.15, 1), step(11.25, 2), step(11.35, 3), step(11.4, 3)]}  # fmt: skip
+    requests = [req("t", 10.0, 10.001, 10.002), req("b", 11.2, 11.21, 11.23), req("a", 11.1, 11.1, 11.12),
+                req("c", 11.3, 11.31, 11.33)]  # fmt: skip
+    steps = [step(10.0, 1), step(10.5, 1), step(11.15, 1), step(11.25, 2), step(11.35, 3), step(11.4, 3)]
+    trace = {"step_fields": list(STEP_FIELDS), "requests": requests, "steps": steps}
     s = trace_summary(trace, max_num_seqs=2)
     assert s["requests"] == 3 and s["steps"] == 4  # the test request's two steps are not the run's
     assert s["first_http_s"] == pytest.approx(0.59) and s["last_http_s"] == pytest.approx(0.79)  # after 10.51

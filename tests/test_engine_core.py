@@ -4,6 +4,7 @@ the log, before the core shuts its engine down; pending requests and endpoint ca
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing as mp
 import os
 import threading
@@ -27,8 +28,12 @@ def test_a_failing_step_is_reported_before_the_shutdown(monkeypatch, capfd):
     inbox_r, to_core = mp.Pipe(duplex=False)
     from_core, outbox_w = mp.Pipe(duplex=False)
     core = threading.Thread(target=_run_core, args=(EngineConfig(model="tiny", device="cpu"), inbox_r, outbox_w))
+    gc.unfreeze()
     core.start()
     assert from_core.poll(120) and from_core.recv()[0] == "ready"
+    # the heap it started with is out of the collector's reach before it says ready (here: this process's)
+    assert gc.get_freeze_count() > 0
+    gc.unfreeze()
     to_core.send(("add", "r1", [1, 2, 3], SamplingParams(max_tokens=4), None))
     assert from_core.poll(60)
     msg = from_core.recv()

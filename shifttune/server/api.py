@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException
 import shifttune
 from shifttune.config import ConfigError
 from shifttune.server.async_engine import AsyncEngine, EngineDeadError, QueueFullError
+from shifttune.server.engine_core import freeze_heap
 from shifttune.server.metrics import CONTENT_TYPE, ServerMetrics
 from shifttune.server.protocol import (
     ChatCompletionRequest,
@@ -93,6 +94,7 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
+        freeze_heap()
         try:
             yield
         finally:

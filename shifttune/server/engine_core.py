@@ -20,6 +20,7 @@ as dataclasses holding their prompts, milliseconds):
 from __future__ import annotations
 
 import faulthandler
+import gc
 import os
 import signal
 import sys
@@ -73,6 +74,14 @@ def _first_line(e: BaseException) -> str:
     return text.splitlines()[0] if text else ""
 
 
+def freeze_heap() -> None:
+    """Moves every object alive now out of the garbage collector's reach: what a server process holds from its
+    start (torch, the model's modules, the tokenizer) is never garbage, and each full collection walked all of it.
+    NOTE: measured on the HTTP process (a stand-in core, 512 streams of 2 tokens): 0.56 -> 0.39 s of its CPU."""
+    gc.collect()
+    gc.freeze()
+
+
 def _watch_parent(parent: int) -> None:
     """The server process went away without telling us: leave (the workers follow)."""
     while os.getppid() == parent:
@@ -103,6 +112,7 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: PipeWriter, trace: C
     except BaseException as e:  # a worker that could not start, a GPU that is full: one line for the user
         outbox.send(("failed", type(e).__name__, _first_line(e) or repr(e), None))
         return
+    freeze_heap()
     outbox.send(("ready", {"max_model_len": config.max_model_len, "kv_blocks": engine.block_manager.num_blocks}))
     engine.scheduler.on_schedule = trace.on_schedule
     try:
