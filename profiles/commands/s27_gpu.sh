@@ -7,7 +7,8 @@
 #     (serve_vs_offline, llama-3.1-8b dummy weights, REPEATS runs a case, default 1, SCALE x the prompt counts, default
 #     1): session 26's server and bench mends had only run on CPU
 #   PART=servetrace bash profiles/commands/s27_gpu.sh   # serve_vs_offline --cases inf,256 --trace, the server of
-#     gpu_old/s27_before (carried: the tree before the pipe change) and this tree's, ROUNDS times each, alternating
+#     gpu_old/s27_before (carried: the tree before the pipe and gc changes, d25e724) and this tree's, ROUNDS times
+#     each, alternating
 #   PART=sweep bash profiles/commands/s27_gpu.sh   # issue 14: wide_split_probe over wider tiles at batch 1-2
 # Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -29,7 +30,6 @@ serve)
   grep -v -i warn "$OUT/serve.log" | tail -20 | tee -a "$LOG" ;;
 servetrace)
   python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
-  stamp "before tree has grow_pipe: $(PYTHONPATH=gpu_old/s27_before python -c 'import shifttune.server.pipes as p; print(hasattr(p, "grow_pipe"))'); this tree: $(python -c 'import shifttune.server.pipes as p; print(hasattr(p, "grow_pipe"))')"
   for r in $(seq "${ROUNDS:-1}"); do
     for tree in before after; do
       T0=$SECONDS
@@ -39,6 +39,7 @@ servetrace)
         --out "$OUT/svo_${tree}_$r.json" > "$OUT/svo_${tree}_$r.log" 2>&1
       stamp "serve_vs_offline $tree round $r rc=$? in $((SECONDS - T0)) s"
       grep -E "^c=" "$OUT/svo_${tree}_$r.log" | tee -a "$LOG"
+      grep -m1 "serving the tree" "$OUT/svo_${tree}_$r.serve.log" | tee -a "$LOG"
     done
   done ;;
 sweep)

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -140,10 +139,14 @@ def measure_server(args, cases, log: Path) -> list[dict]:
     import httpx
 
     port = free_port()
-    cmd = [sys.executable, "-m", "shifttune.cli", "serve", args.model, "--device", args.device, "--load-format",
-           "dummy", "--host", "127.0.0.1", "--port", str(port)]  # fmt: skip
-    if args.server_path is not None:  # the server process (ServeProcess passes os.environ on) imports that tree
-        os.environ["PYTHONPATH"] = str(args.server_path.resolve())
+    run = ["-m", "shifttune.cli"]
+    if args.server_path is not None:  # NOTE: -m and -c put the working directory first on sys.path; this goes before
+        # it (the engine core, spawned, gets the server's sys.path)
+        tree = str(args.server_path.resolve())
+        run = ["-c", f"import sys; sys.path.insert(0, {tree!r}); import shifttune; from shifttune.cli.app import app; "
+               "print('serving the tree at', shifttune.__file__, flush=True); app()"]  # fmt: skip
+    cmd = [sys.executable, *run, "serve", args.model, "--device", args.device, "--load-format", "dummy", "--host",
+           "127.0.0.1", "--port", str(port)]  # fmt: skip
     traces = []
     with ServeProcess(cmd, port, log) as server:
         server.wait_healthy(900)
