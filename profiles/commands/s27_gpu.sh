@@ -41,7 +41,9 @@ servetrace)
       grep -E "^c=" "$OUT/svo_${tree}_$r.log" | tee -a "$LOG"
       grep -m1 "serving the tree" "$OUT/svo_${tree}_$r.serve.log" | tee -a "$LOG"
     done
-  done ;;
+  done
+  (cd "$OUT" && tar czf servetrace.tgz svo_* && rm -f svo_*)  # at most 8 files come back
+  stamp "packed: $(ls -la "$OUT"/servetrace.tgz)" ;;
 sweep)
   T0=$SECONDS
   CUDA_VISIBLE_DEVICES=0 timeout "${SWEEP_TIMEOUT:-520}" python profiles/commands/wide_split_probe.py \
