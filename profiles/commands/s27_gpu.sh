@@ -9,6 +9,8 @@
 #   PART=servetrace bash profiles/commands/s27_gpu.sh   # serve_vs_offline --cases inf,256 --trace, the server of
 #     gpu_old/s27_before (carried: the tree before the pipe and gc changes, d25e724) and this tree's, ROUNDS times
 #     each, alternating
+#   PART=standard bash profiles/commands/s27_gpu.sh   # serve_vs_offline --cases inf,256 --trace on this tree, with
+#     uvicorn's plain loop and parser, then with uvloop + httptools installed (uvicorn[standard]), ROUNDS times each
 #   PART=sweep bash profiles/commands/s27_gpu.sh   # issue 14: wide_split_probe over wider tiles at batch 1-2
 # Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -44,6 +46,22 @@ servetrace)
   done
   (cd "$OUT" && tar czf servetrace.tgz svo_* && rm -f svo_*)  # at most 8 files come back
   stamp "packed: $(ls -la "$OUT"/servetrace.tgz)" ;;
+standard)
+  python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
+  for r in $(seq "${ROUNDS:-1}"); do
+    for kind in plain standard; do
+      if [ $kind = standard ]; then python -m pip install -q --no-index --find-links wheels uvloop httptools > /dev/null 2>&1
+      else python -m pip uninstall -q -y uvloop httptools > /dev/null 2>&1; fi
+      T0=$SECONDS
+      CUDA_VISIBLE_DEVICES=0 timeout "${SERVE_TIMEOUT:-280}" python -m shifttune.bench.serve_vs_offline \
+        --model llama-3.1-8b --device cuda --cases "${CASES:-inf,256}" --trace \
+        --out "$OUT/svo_${kind}_$r.json" > "$OUT/svo_${kind}_$r.log" 2>&1
+      stamp "serve_vs_offline $kind round $r rc=$? in $((SECONDS - T0)) s ($(python -c 'import importlib.util as u; print([m for m in ("uvloop", "httptools") if u.find_spec(m)])'))"
+      grep -E "^c=" "$OUT/svo_${kind}_$r.log" | tee -a "$LOG"
+    done
+  done
+  (cd "$OUT" && tar czf standard.tgz svo_* && rm -f svo_*)
+  stamp "packed: $(ls -la "$OUT"/standard.tgz)" ;;
 sweep)
   T0=$SECONDS
   CUDA_VISIBLE_DEVICES=0 timeout "${SWEEP_TIMEOUT:-520}" python profiles/commands/wide_split_probe.py \
