@@ -588,3 +588,44 @@ def test_pipe_writer_keeps_order_and_never_blocks_on_a_stalled_reader():
     writer.close()
     read.close()
     write.close()
+
+
+def test_a_checked_request_reaches_the_core_before_its_response_starts_and_ends_with_it():
+    """The handler sends the add itself (the response body starts later, behind every request of a burst); a
+    response that ends before its body ever ran (the client left) still aborts the request in the core."""
+    from shifttune.config import EngineConfig
+    from shifttune.server.api import EngineStream
+    from shifttune.server.async_engine import AsyncEngine
+    from shifttune.server.metrics import ServerMetrics
+    from shifttune.server.protocol import CompletionRequest
+    from shifttune.server.serving import Serving
+
+    sent: list[tuple] = []
+
+    class Outgoing:
+        def send(self, msg: tuple, tag: object = None) -> None:
+            sent.append(msg)
+
+    engine = AsyncEngine(EngineConfig(model="tiny", device="cpu"), ServerMetrics("tiny"))
+    engine._outgoing = Outgoing()
+    serving = Serving(engine, "tiny", engine.tokenizer, 2048)
+
+    async def scenario() -> None:
+        req = CompletionRequest(model="tiny", prompt=[1, 2, 3], max_tokens=4, stream=True)
+        choices, params = serving.completion_choices(req)
+        assert [m[0] for m in sent] == ["add"] and sent[0][2] == [1, 2, 3]  # no body has run yet
+        rid = choices[0].request_id
+        response = EngineStream(serving.completion_events(choices, params, False), lambda: serving.release(choices))
+
+        async def receive() -> dict:
+            return {"type": "http.disconnect"}
+
+        async def send(message: dict) -> None:  # the client is gone: the headers never leave
+            await asyncio.Event().wait()
+
+        await response({"type": "http", "asgi": {"spec_version": "2.3"}}, receive, send)
+        assert sent[1:] == [("abort", rid)] and engine.streams == {}
+        serving.release(choices)  # again (the body's own cleanup, had it run): nothing more is sent
+        assert len(sent) == 2
+
+    asyncio.run(scenario())

@@ -8,6 +8,7 @@ whose client went away.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from contextlib import asynccontextmanager
 
 from fastapi import Depends, FastAPI, Request
@@ -53,6 +54,21 @@ def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
         loc, msg = loc[:1], "matches none of the accepted types"  # a union: pydantic tried each member
     param = ".".join(loc) or None
     return (f"{param}: {msg}" if param else msg), param
+
+
+class EngineStream(StreamingResponse):
+    """Server-sent events of requests the engine runs already: `on_end()` once the response is over, however it
+    ended (a client that leaves before the first byte never starts the body, whose own cleanup then never runs)."""
+
+    def __init__(self, content, on_end: Callable[[], None]):
+        super().__init__(content, media_type="text/event-stream")
+        self.on_end = on_end
+
+    async def __call__(self, scope, receive, send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.on_end()
 
 
 async def _until_disconnected(request: Request, work) -> bool:
@@ -179,12 +195,16 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
         return ModelList(data=[ModelCard(id=model_name, root=model_name, max_model_len=max_model_len)])
 
     async def respond(request: Request, stream: bool, stream_options, choices, params, events, response):
+        """The response of choices already sent to the engine (`Serving.start`): they end with it."""
         if stream:
             usage = bool(stream_options and stream_options.include_usage)
-            return StreamingResponse(events(choices, params, usage), media_type="text/event-stream")
-        if not await _until_disconnected(request, serving.run_to_end(choices, params)):
-            return Response(status_code=499)  # nginx's "client closed request": nobody reads it
-        return response(choices, params)
+            return EngineStream(events(choices, params, usage), lambda: serving.release(choices))
+        try:
+            if not await _until_disconnected(request, serving.run_to_end(choices, params)):
+                return Response(status_code=499)  # nginx's "client closed request": nobody reads it
+            return response(choices, params)
+        finally:
+            serving.release(choices)
 
     @app.post("/v1/completions", dependencies=[Depends(authorized)], response_model=CompletionResponse)
     async def completions(req: CompletionRequest, request: Request):

@@ -147,7 +147,9 @@ class Serving:
             prompts = [prompts]
         if not prompts:
             raise APIError(400, "prompt is empty", "prompt")
-        return self.prepare(prompts, params, "cmpl"), params
+        choices = self.prepare(prompts, params, "cmpl")
+        self.start(choices, params)
+        return choices, params
 
     def chat_choices(self, req: ChatCompletionRequest) -> tuple[list[Choice], SamplingParams]:
         self.check_model(req.model)
@@ -167,12 +169,27 @@ class Serving:
             raise APIError(400, str(e), e.field) from None
         (choice,) = self.prepare([ids], params, "chatcmpl")
         choice.text_ids = (text, ids)
+        self.start([choice], params)
         return [choice], params
 
     # ---- running ----------------------------------------------------------------------------------
+    def start(self, choices: list[Choice], params: SamplingParams) -> None:
+        """Sends the admitted choices to the engine; whatever follows must end with `release(choices)`."""
+        try:
+            for c in choices:
+                self.engine.add(c.request_id, *c.text_ids, params)
+        except BaseException:
+            self.release(choices)
+            raise
+
+    def release(self, choices: list[Choice]) -> None:
+        """Aborts the choices that have not finished (their response ended early, or never started)."""
+        for c in choices:
+            self.engine.release(c.request_id)
+
     def stream(self, choices: list[Choice], params: SamplingParams) -> AsyncIterator[tuple[Choice, RequestOutput]]:
         """Every choice's per-step outputs as they come, interleaved."""
-        gens = [self.engine.generate(c.request_id, *c.text_ids, params) for c in choices]
+        gens = [self.engine.outputs(c.request_id) for c in choices]
         if len(gens) == 1:
             return tagged(choices[0], gens[0])
         return merge([tagged(c, g) for c, g in zip(choices, gens)])
