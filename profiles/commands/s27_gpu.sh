@@ -6,9 +6,10 @@
 #   PART=serve bash profiles/commands/s27_gpu.sh   # shifttune serve + bench against the offline engine on GPU 0
 #     (serve_vs_offline, llama-3.1-8b dummy weights, REPEATS runs a case, default 1, SCALE x the prompt counts, default
 #     1): session 26's server and bench mends had only run on CPU
-#   PART=servetrace bash profiles/commands/s27_gpu.sh   # serve_vs_offline --cases inf,256 --trace, the server of
-#     gpu_old/s27_before (carried: the tree before the pipe and gc changes, d25e724) and this tree's, ROUNDS times
-#     each, alternating
+#   PART=servetrace TREES="before:plain mid:standard after:standard" bash profiles/commands/s27_gpu.sh
+#     # serve_vs_offline --cases inf,256 --trace of each tree:loop in turn, ROUNDS times: a tree other than "after"
+#     (this one) is gpu_old/s27_<tree> (carried; before = d25e724, mid = 65e3afe), loop "standard" with uvloop +
+#     httptools installed, "plain" without
 #   PART=standard bash profiles/commands/s27_gpu.sh   # serve_vs_offline --cases inf,256 --trace on this tree, with
 #     uvicorn's plain loop and parser, then with uvloop + httptools installed (uvicorn[standard]), ROUNDS times each
 #   PART=sweep bash profiles/commands/s27_gpu.sh   # issue 14: wide_split_probe over wider tiles at batch 1-2
@@ -33,19 +34,22 @@ serve)
 servetrace)
   python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
   for r in $(seq "${ROUNDS:-1}"); do
-    for tree in before after; do
+    for spec in ${TREES:-before:plain after:plain}; do  # tree:loop; a tree other than "after" is gpu_old/s27_<tree>
+      tree=${spec%%:*}; kind=${spec##*:}
+      if [ "$kind" = standard ]; then python -m pip install -q --no-index --find-links wheels uvloop httptools > /dev/null 2>&1
+      else python -m pip uninstall -q -y uvloop httptools > /dev/null 2>&1; fi
+      SP=""; [ "$tree" != after ] && SP="--server-path gpu_old/s27_$tree"
       T0=$SECONDS
-      SP=""; [ $tree = before ] && SP="--server-path gpu_old/s27_before"
       CUDA_VISIBLE_DEVICES=0 timeout "${SERVE_TIMEOUT:-280}" python -m shifttune.bench.serve_vs_offline \
         --model llama-3.1-8b --device cuda --cases "${CASES:-inf,256}" --trace $SP \
-        --out "$OUT/svo_${tree}_$r.json" > "$OUT/svo_${tree}_$r.log" 2>&1
-      stamp "serve_vs_offline $tree round $r rc=$? in $((SECONDS - T0)) s"
-      grep -E "^c=" "$OUT/svo_${tree}_$r.log" | tee -a "$LOG"
-      grep -m1 "serving the tree" "$OUT/svo_${tree}_$r.serve.log" | tee -a "$LOG"
+        --out "$OUT/svo_${tree}_${kind}_$r.json" > "$OUT/svo_${tree}_${kind}_$r.log" 2>&1
+      stamp "serve_vs_offline $tree $kind round $r rc=$? in $((SECONDS - T0)) s"
+      grep -E "^c=" "$OUT/svo_${tree}_${kind}_$r.log" | tee -a "$LOG"
+      grep -m1 "serving the tree" "$OUT/svo_${tree}_${kind}_$r.serve.log" | tee -a "$LOG"
     done
   done
-  (cd "$OUT" && tar czf servetrace.tgz svo_* && rm -f svo_*)  # at most 8 files come back
-  stamp "packed: $(ls -la "$OUT"/servetrace.tgz)" ;;
+  (cd "$OUT" && tar czf "servetrace${TAG:-}.tgz" svo_* && rm -f svo_*)  # at most 8 files come back
+  stamp "packed: $(ls -la "$OUT"/servetrace*.tgz)" ;;
 standard)
   python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
   for r in $(seq "${ROUNDS:-1}"); do
