@@ -26,6 +26,7 @@ SUPPORTED_ARCHITECTURES = {
 }
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
+MAX_SHIFT_THRESHOLD = 2**31 - 1  # tokens a step; anything above every step's size means "always TP"
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "model" / "configs"  # data files (config.json), not code
 
 
@@ -292,8 +293,8 @@ class EngineConfig:
             self.enforce_eager = True
         if self.async_scheduling is None:
             self.async_scheduling = self.device == "cuda"
-        if self.shift_threshold < 0:
-            raise ConfigError("must be >= 0", field="shift_threshold")
+        if not 0 <= self.shift_threshold <= MAX_SHIFT_THRESHOLD:
+            raise ConfigError(f"must be in [0, {MAX_SHIFT_THRESHOLD}]", field="shift_threshold")
         if self.sp_cuda_graph_tokens_per_gpu < 0:
             raise ConfigError("must be >= 0", field="sp_cuda_graph_tokens_per_gpu")
         for name in ("block_size", "max_num_seqs", "max_num_batched_tokens"):

@@ -170,6 +170,8 @@ def test_serve_refuses_a_port_out_of_range():
         (dict(gpu_memory_utilization=2), "gpu_memory_utilization: must be in"),
         (dict(all_reduce="symm_mem"), "all_reduce: symm_mem needs CUDA GPUs"),
         (dict(all_reduce="ring"), "all_reduce: must be one of nccl, symm_mem"),
+        (dict(shift_threshold=-1), r"shift_threshold: must be in \[0, 2147483647\]"),
+        (dict(shift_threshold=10**400), r"shift_threshold: must be in \[0, 2147483647\]"),  # the gauge's float
     ],
 )
 def test_engine_sizes_out_of_range_are_refused(kwargs, message):

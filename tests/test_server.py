@@ -509,6 +509,10 @@ def test_the_policy_changes_between_steps_and_shows_in_metrics(tiny_server):
         r = c.post("/v1/shifttune/policy", json={"policy": "profile"})  # the server was started without a profile
         assert r.status_code == 400 and r.json()["error"]["param"] == "shift_profile"
         assert c.post("/v1/shifttune/policy", json={"threshold": -1}).status_code == 400
+        huge = '{"threshold": 1' + "0" * 400 + "}"  # past a float: the metrics' gauge would overflow
+        r = c.post("/v1/shifttune/policy", content=huge, headers={"content-type": "application/json"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "threshold"
+        assert c.get("/v1/shifttune/policy").json() == {"policy": "sp", "threshold": 16}
     finally:
         c.post("/v1/shifttune/policy", json={"policy": "threshold", "threshold": 16})
     assert metric(tiny_server, "shifttune:shift_threshold") == 16

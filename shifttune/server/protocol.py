@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from shifttune.config import MAX_SHIFT_THRESHOLD
+
 
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
@@ -183,7 +185,7 @@ class PolicyUpdate(OpenAIModel):
     """Body of POST /v1/shifttune/policy: the shift policy and/or threshold, applied between two steps."""
 
     policy: Literal["threshold", "profile", "tp", "sp"] | None = None
-    threshold: int | None = Field(default=None, ge=0)
+    threshold: int | None = Field(default=None, ge=0, le=MAX_SHIFT_THRESHOLD)
 
 
 class PolicyState(BaseModel):
