@@ -476,6 +476,8 @@ def test_recommend_refuses_flags_it_would_drop(tmp_path, monkeypatch):
     url = "http://127.0.0.1:1"
     r = CliRunner().invoke(app, ["recommend", "--validate", url, "--rate", "1", "--plot", str(tmp_path / "v.png")])
     _one_line_error(r, "--plot: not with --validate")
+    r = CliRunner().invoke(app, ["recommend", "--validate", url, "--rate", "1", "--context", "4096", "--slo-ttft", "9"])
+    _one_line_error(r, "--context, --slo-ttft: not with --validate")
     monkeypatch.setattr("shifttune.bench.validate.validate", lambda cfg: {"url": cfg.base_url, "rows": []})
     r = CliRunner().invoke(app, ["recommend", "--validate", url, "--rate", "1", "--input-len", "40", "--json"])
     assert r.exit_code == 0, r.output

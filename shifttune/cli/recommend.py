@@ -169,12 +169,15 @@ def _validate(
 
 def _refuse_ignored(ctx: typer.Context, validating: bool) -> None:
     """Fails on flags this run would silently drop: what --trace brings itself (arrivals and lengths), and what
-    --validate does not use (it sends --rate's Poisson workload and has no plot)."""
+    --validate does not use (it sends --rate's Poisson workload to the server, whose own policy picks the modes, and
+    has no plot and no objectives)."""
     # NOTE: by the source's name: newer typer vendors click, whose ParameterSource is then not `click.core`'s
     sources = {name: getattr(ctx.get_parameter_source(name), "name", "DEFAULT") for name in ctx.params}
     given = {name for name, source in sources.items() if source not in ("DEFAULT", "DEFAULT_MAP")}
     if validating:
-        dropped = [flag for name, flag in (("trace", "--trace"), ("plot", "--plot")) if name in given]
+        unused = (("trace", "--trace"), ("plot", "--plot"), ("context", "--context"), ("slo_ttft", "--slo-ttft"),
+                  ("slo_tpot", "--slo-tpot"))  # fmt: skip
+        dropped = [flag for name, flag in unused if name in given]
         if dropped:
             fail(f"{', '.join(dropped)}: not with --validate, which sends --rate's workload and prints a table "
                  "(--json: as JSON, --out: saved)")  # fmt: skip
