@@ -633,3 +633,22 @@ def test_a_checked_request_reaches_the_core_before_its_response_starts_and_ends_
         assert len(sent) == 2
 
     asyncio.run(scenario())
+
+
+def test_a_burst_into_an_idle_engine_counts_as_waiting_only_past_its_free_sequence_slots():
+    """--max-queue-len bounds requests that wait: before the core's next report, a burst's first max_num_seqs
+    requests will run at once (it used to count them all as waiting and refuse all but 1 + the limit)."""
+    from shifttune.config import EngineConfig
+    from shifttune.server.async_engine import AsyncEngine, QueueFullError
+    from shifttune.server.engine_core import StepReport
+    from shifttune.server.metrics import ServerMetrics
+
+    engine = AsyncEngine(EngineConfig(model="tiny", device="cpu", max_num_seqs=4), ServerMetrics("tiny"), 2)
+    for _ in range(6):  # 4 run, 2 wait
+        engine.admit(1)
+    with pytest.raises(QueueFullError, match="2 requests are waiting"):
+        engine.admit(1)
+    engine._observe(StepReport(3, 1, 1, 10, 0, "tp", 3, 0, 0.01), [])  # 3 run, 1 waits: 1 slot free, 1 may wait
+    engine.admit(2)
+    with pytest.raises(QueueFullError, match="2 requests are waiting"):
+        engine.admit(1)

@@ -55,7 +55,9 @@ class AsyncEngine:
         self.error: BaseException | None = None
         self.on_fatal = lambda: None  # the server's way to stop itself
         self.stopping = False
-        self.num_waiting = 0  # requests the core holds that have not produced a token yet (from its reports)
+        self.num_waiting = 0  # requests the core holds and has not scheduled yet (from its last report)
+        self.num_running = 0  # ... and runs (from its last report)
+        self.num_admitted = 0  # requests admitted since that report
         self.trace = HttpTrace()
         self._call_ids = itertools.count()
         self._outgoing: PipeWriter | None = None  # to the core, from start_core on
@@ -129,9 +131,14 @@ class AsyncEngine:
         NOTE: called before a response starts (a stream's first byte), so a refusal is always a 503."""
         if self.error is not None or self.stopping:
             raise EngineDeadError("the engine is not running")
-        if self.max_queue_len is not None and self.num_waiting + num_requests > self.max_queue_len:
-            raise QueueFullError(f"{self.num_waiting} requests are waiting (--max-queue-len {self.max_queue_len})")
-        self.num_waiting += num_requests  # until the core's next report says otherwise
+        if self.max_queue_len is not None:
+            # NOTE: requests admitted since the core's last report wait only for want of free sequence slots: a
+            # burst into an idle engine runs at once, it was not 1 + --max-queue-len requests and 503s
+            free = max(0, self.config.max_num_seqs - self.num_running)
+            waiting = self.num_waiting + max(0, self.num_admitted - free)
+            if self.num_waiting + max(0, self.num_admitted + num_requests - free) > self.max_queue_len:
+                raise QueueFullError(f"{waiting} requests are waiting (--max-queue-len {self.max_queue_len})")
+        self.num_admitted += num_requests  # until the core's next report says otherwise
 
     def add(self, request_id: str, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams) -> None:
         """Sends an admitted request to the core now; read its outputs with `outputs`, and `release` it in any case.
@@ -227,7 +234,7 @@ class AsyncEngine:
                 future.set_exception(error) if error is not None else future.set_result(value)
 
     def _observe(self, report: StepReport, outputs: list[RequestOutput]) -> None:
-        self.num_waiting = report.waiting
+        self.num_waiting, self.num_running, self.num_admitted = report.waiting, report.running, 0
         self.metrics.observe_step(report, outputs)
 
     def _die(self, why: str) -> None:
