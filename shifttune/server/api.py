@@ -19,7 +19,6 @@ from starlette.exceptions import HTTPException
 import shifttune
 from shifttune.config import ConfigError
 from shifttune.server.async_engine import AsyncEngine, EngineDeadError, QueueFullError
-from shifttune.server.engine_core import freeze_heap
 from shifttune.server.metrics import CONTENT_TYPE, ServerMetrics
 from shifttune.server.protocol import (
     ChatCompletionRequest,
@@ -110,7 +109,6 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         engine.start()
-        freeze_heap()
         try:
             yield
         finally:

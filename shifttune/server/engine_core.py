@@ -75,9 +75,11 @@ def _first_line(e: BaseException) -> str:
 
 
 def freeze_heap() -> None:
-    """Moves every object alive now out of the garbage collector's reach: what a server process holds from its
-    start (torch, the model's modules, the tokenizer) is never garbage, and each full collection walked all of it.
-    NOTE: measured on the HTTP process (a stand-in core, 512 streams of 2 tokens): 0.56 -> 0.39 s of its CPU."""
+    """Moves every object alive now out of the garbage collector's reach: what the core holds from its start (torch,
+    the model's modules) is never garbage, and each full collection between two steps walked all of it.
+    NOTE: the core only. In the HTTP process it cut its CPU for 512 two-token streams 0.56 -> 0.39 s (a stand-in core,
+    2 CPUs), but there, under a burst of 512 new connections, some clients' connections were reset (4 runs of 4; none
+    of 4 without it). Why was not found."""
     gc.collect()
     gc.freeze()
 
