@@ -3,7 +3,7 @@
     python profiles/commands/s27_derived.py > profiles/runs/s27_derived.txt
 
 
-Reads the archives the device calls brought back (`profiles/runs/s27_gpu/{d,e,f,g}_*/*.tgz`, each a folder of
+Reads the archives the device calls brought back (`profiles/runs/s27_gpu/{d,e,f,g,i}_*/*.tgz`, each a folder of
 `serve_vs_offline --trace` results) and prints, per run and concurrency: the served / offline output throughput, the
 median TTFT, and from the server's trace when the burst's first request reached its handler (after the bench's
 test request), how long handlers' adds waited before they were written to the core's pipe, and how many engine steps
@@ -22,7 +22,7 @@ RUNS = Path(__file__).resolve().parents[1] / "runs" / "s27_gpu"
 
 
 def main() -> None:
-    for archive in sorted(RUNS.glob("[defg]_*/*.tgz")):
+    for archive in sorted(RUNS.glob("[defgi]_*/*.tgz")):
         print(f"# {archive.relative_to(RUNS)}")
         with tarfile.open(archive) as tar:
             for member in sorted(tar.getmembers(), key=lambda m: m.name):

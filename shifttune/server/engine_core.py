@@ -78,8 +78,8 @@ def freeze_heap() -> None:
     """Moves every object alive now out of the garbage collector's reach: what the core holds from its start (torch,
     the model's modules) is never garbage, and each full collection between two steps walked all of it.
     NOTE: the core only. In the HTTP process it cut its CPU for 512 two-token streams 0.56 -> 0.39 s (a stand-in core,
-    2 CPUs), but there, under a burst of 512 new connections, some clients' connections were reset (4 runs of 4; none
-    of 4 without it). Why was not found."""
+    2 CPUs), but under bursts of 512 new connections some clients waited 7 s for their headers in every run and had
+    connections reset in 3 of 4 (none of 8 runs without it; profiles/runs/s27_burst_cpu.txt). Why was not found."""
     gc.collect()
     gc.freeze()
 

@@ -1,0 +1,26 @@
+#!/usr/bin/env bash
+# Session 27's CPU burst probe (no GPU): the HTTP process of `shifttune serve` (tiny model's tokenizer) over a stand-in
+# engine core (fakecore.py: every running request gets a token every 15 ms, up to 256 running), hit by RUNS bursts of
+# 512 streamed requests (1024-token prompts, 64 tokens out) from a bare httpx client (burst.py), per server variant:
+#   h11        uvicorn's h11 parser and asyncio loop (the shipped default)
+#   h11-freeze the same with the HTTP process's heap frozen after start-up (gc.freeze, as 65e3afe-2501677 did)
+#   httptools  uvicorn's httptools parser (uvicorn[standard]; needs httptools installed)
+# Each line: the client's failed requests by error, the burst's duration, and when the response headers came back.
+#   bash profiles/commands/s27_burst/run.sh > profiles/runs/s27_burst_cpu.txt
+set -u
+cd "$(dirname "$0")"
+RUNS=${RUNS:-4}
+for variant in ${VARIANTS:-h11 h11-freeze httptools}; do
+  port=$((18700 + RANDOM % 200))
+  case $variant in
+    h11) env=""; args="h11 asyncio" ;;
+    h11-freeze) env="FREEZE=1"; args="h11 asyncio" ;;
+    httptools) env=""; args="httptools asyncio" ;;
+  esac
+  env $env python front.py $port $args > /tmp/s27_burst_front.log 2>&1 &
+  sleep 12
+  for r in $(seq "$RUNS"); do
+    echo "$variant run $r: $(python burst.py $port 512 2>&1 | grep "^errors")"
+  done
+  kill -INT %1; wait
+done
