@@ -10,12 +10,13 @@
 set -u
 cd "$(dirname "$0")"
 RUNS=${RUNS:-4}
-for variant in ${VARIANTS:-h11 h11-freeze httptools}; do
+for variant in ${VARIANTS-h11 h11-freeze httptools}; do
   port=$((18700 + RANDOM % 200))
   case $variant in
     h11) env=""; args="h11 asyncio" ;;
     h11-freeze) env="FREEZE=1"; args="h11 asyncio" ;;
     httptools) env=""; args="httptools asyncio" ;;
+    *) continue ;;
   esac
   env $env python front.py $port $args > /tmp/s27_burst_front.log 2>&1 &
   sleep 12
@@ -24,3 +25,14 @@ for variant in ${VARIANTS:-h11 h11-freeze httptools}; do
   done
   kill -INT %1; wait
 done
+# Then the bench's own client, after a streamed test request or after a GET (after_test.py), against h11 (VARIANTS=""
+# runs only this part; AFTER_TEST="" skips it):
+if [ -n "${AFTER_TEST:-1}" ]; then
+  port=$((18900 + RANDOM % 90))
+  python front.py $port h11 asyncio > /tmp/s27_burst_front.log 2>&1 &
+  sleep 12
+  for r in $(seq "$RUNS"); do
+    for before in test health; do python after_test.py $port 512 64 $before 2>&1 | grep "^after"; done
+  done
+  kill -INT %1; wait
+fi
