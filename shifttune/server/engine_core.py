@@ -77,9 +77,9 @@ def _first_line(e: BaseException) -> str:
 def freeze_heap() -> None:
     """Moves every object alive now out of the garbage collector's reach: what the core holds from its start (torch,
     the model's modules) is never garbage, and each full collection between two steps walked all of it.
-    NOTE: the core only. In the HTTP process it cut its CPU for 512 two-token streams 0.56 -> 0.39 s (a stand-in core,
-    2 CPUs), but under bursts of 512 new connections some clients waited 7 s for their headers in every run and had
-    connections reset in 3 of 4 (none of 8 runs without it; profiles/runs/s27_burst_cpu.txt). Why was not found."""
+    NOTE: the core only. In the HTTP process, under bursts of 512 new connections (2 CPUs, a stand-in core), it made
+    1-3 connections reset and some clients wait 7 s for their headers in 8 bursts of 8; none of 8 without it had a
+    reset (profiles/runs/s27_burst_cpu.txt). Why was not found."""
     gc.collect()
     gc.freeze()
 

@@ -1,6 +1,6 @@
-"""One burst of N streamed completions (1024-token prompts, 64 tokens out) from one bare httpx client, all at once:
+"""One burst of N streamed completions (1024-token prompts, OUTPUT_TOKENS out) from one bare httpx client, all at once:
 
-    python burst.py PORT N
+    python burst.py PORT N [OUTPUT_TOKENS (default 64)]
 
 Prints the failed requests by error, the burst's duration, and when request hooks fired and response headers came
 back (s after the burst began)."""
@@ -15,9 +15,9 @@ import time
 import httpx
 
 
-async def main(port: int, n: int) -> None:
+async def main(port: int, n: int, output_tokens: int) -> None:
     url = f"http://127.0.0.1:{port}/v1/completions"
-    body = {"model": "tiny", "prompt": [5 + i % 250 for i in range(1024)], "max_tokens": 64, "stream": True,
+    body = {"model": "tiny", "prompt": [5 + i % 250 for i in range(1024)], "max_tokens": output_tokens, "stream": True,
             "ignore_eos": True}  # fmt: skip
     hooks: list[float] = []
     headers: list[float] = []
@@ -47,4 +47,4 @@ async def main(port: int, n: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2])))
+    asyncio.run(main(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]) if len(sys.argv) > 3 else 64))

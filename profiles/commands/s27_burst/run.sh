@@ -5,7 +5,8 @@
 #   h11        uvicorn's h11 parser and asyncio loop (the shipped default)
 #   h11-freeze the same with the HTTP process's heap frozen after start-up (gc.freeze, as 65e3afe-2501677 did)
 #   httptools  uvicorn's httptools parser (uvicorn[standard]; needs httptools installed)
-# Each line: the client's failed requests by error, the burst's duration, and when the response headers came back.
+# Each line: the client's failed requests by error, the burst's duration, when the response headers came back, and the
+# CPU time the server's HTTP process spent on the burst (OUTPUT_TOKENS tokens a request, default 64).
 #   bash profiles/commands/s27_burst/run.sh > profiles/runs/s27_burst_cpu.txt
 set -u
 cd "$(dirname "$0")"
@@ -20,8 +21,12 @@ for variant in ${VARIANTS-h11 h11-freeze httptools}; do
   esac
   env $env python front.py $port $args > /tmp/s27_burst_front.log 2>&1 &
   sleep 12
+  pid=$(pgrep -f "front.py $port" | head -1)
   for r in $(seq "$RUNS"); do
-    echo "$variant run $r: $(python burst.py $port 512 2>&1 | grep "^errors")"
+    cpu0=$(awk '{print $14 + $15}' /proc/$pid/stat)
+    line=$(python burst.py $port 512 ${OUTPUT_TOKENS:-64} 2>&1 | grep "^errors")
+    cpu1=$(awk '{print $14 + $15}' /proc/$pid/stat)
+    echo "$variant run $r: $line; HTTP process CPU $(( cpu1 - cpu0 )) ticks of 10 ms"
   done
   kill -INT %1; wait
 done
