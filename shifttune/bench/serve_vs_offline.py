@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+import httpx
+
 from shifttune.bench.compare import ServeProcess, free_port
 from shifttune.bench.config import BenchConfig, LengthRange
 from shifttune.bench.datasets import build_requests
@@ -83,8 +85,6 @@ def _busy_s(steps) -> float:
 
 def server_steps(base_url: str) -> tuple[float, float]:
     """(steps, seconds spent in steps) so far, from the server's /metrics."""
-    import httpx
-
     steps = seconds = 0.0
     for line in httpx.get(f"{base_url}/metrics", timeout=10).text.splitlines():
         if line.startswith("shifttune:steps_total{"):
@@ -136,8 +136,6 @@ def trace_summary(trace: dict, max_num_seqs: int) -> dict:
 
 
 def measure_server(args, cases, log: Path) -> list[dict]:
-    import httpx
-
     port = free_port()
     run = ["-m", "shifttune.cli"]
     if args.server_path is not None:  # NOTE: -m and -c put the working directory first on sys.path; this goes before

@@ -135,17 +135,21 @@ class AsyncEngine:
             # NOTE: requests admitted since the core's last report wait only for want of free sequence slots: a
             # burst into an idle engine runs at once, it was not 1 + --max-queue-len requests and 503s
             free = max(0, self.config.max_num_seqs - self.num_running)
-            waiting = self.num_waiting + max(0, self.num_admitted - free)
-            if self.num_waiting + max(0, self.num_admitted + num_requests - free) > self.max_queue_len:
-                raise QueueFullError(f"{waiting} requests are waiting (--max-queue-len {self.max_queue_len})")
+
+            def waiting(admitted: int) -> int:
+                return self.num_waiting + max(0, admitted - free)
+
+            if waiting(self.num_admitted + num_requests) > self.max_queue_len:
+                raise QueueFullError(
+                    f"{waiting(self.num_admitted)} requests are waiting (--max-queue-len {self.max_queue_len})"
+                )
         self.num_admitted += num_requests  # until the core's next report says otherwise
 
     def add(self, request_id: str, prompt_text: str | None, prompt_ids: list[int], params: SamplingParams) -> None:
-        """Sends an admitted request to the core now; read its outputs with `outputs`, and `release` it in any case.
+        """Sends a request `admit` took (which checked that the engine runs) to the core now; read its outputs with
+        `outputs`, and `release` it in any case.
         NOTE: at once, not when its response starts streaming: a response's body starts a trip through the event
         loop's queue later, behind every other request of a burst (512 at once waited 0.1-0.2 s on an H200)."""
-        if self.error is not None or self.stopping:
-            raise EngineDeadError("the engine is not running")
         self.streams[request_id] = asyncio.Queue()
         self.metrics.arrived(request_id, len(prompt_ids))
         self.trace.mark(request_id, 1)
