@@ -72,6 +72,20 @@ def options(args) -> list[dict]:
     return [dict(per_sm=p, tile=t, warps=w, stages=s, merge_dc=m, merge=mm) for p, t, w, s, m, mm in grid]
 
 
+def parse_label(text: str) -> dict:
+    """The option a `label` names (p2_t128_w4_s1_mdc32_fused -> per_sm 2, tile 128, ...)."""
+    per_sm, tile, warps, stages, merge, *mode = text.split("_")
+    dc = merge.removeprefix("m")
+    return dict(
+        per_sm=int(per_sm[1:]),
+        tile=int(tile[1:]),
+        warps=int(warps[1:]),
+        stages=int(stages[1:]),
+        merge_dc=None if dc == "engine" else int(dc.removeprefix("dc")),
+        merge=mode[0] if mode else "kernel",
+    )
+
+
 def label(o: dict) -> str:
     merge = "engine" if o["merge_dc"] is None else f"dc{o['merge_dc']}"
     mode = "" if o["merge"] == "kernel" else f"_{o['merge']}"
@@ -97,6 +111,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hq", type=int, default=32, help="query heads (Llama-3.1-8B: 32; a TP rank of 70B: 64 / TP)")
     ap.add_argument("--hk", type=int, default=8, help="KV heads")
     ap.add_argument("--keep", type=int, default=8, help="options of phase 1 timed on every row (0: no phase 2)")
+    ap.add_argument("--options", default="", help="labels (p2_t128_w4_s1_mdc32[_fused|_none], ...) timed on every "
+                    "row with no phase 1: --search and the option grid are ignored")  # fmt: skip
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("wide_split_probe needs a GPU")
@@ -135,18 +151,18 @@ def main(argv: list[str] | None = None) -> None:
         return row
 
     search = []
-    for bc in args.search.split(","):
+    for bc in args.search.split(",") if not args.options else []:
         b, c = (int(x) for x in bc.split("x"))
         search.append(run_row(b, c, options(args)))
     # phase 2: the options with the best geometric mean over the search rows (errors excluded)
     scores = {}
-    for k in search[0]["options"]:
+    for k in search[0]["options"] if search else []:
         us = [r["options"][k].get("us") for r in search]
         ok = all(u is not None and (r["options"][k]["rel_err"] or 1) < 2e-2 for u, r in zip(us, search))
         if ok:
             scores[k] = sum(torch.tensor(us).log().tolist()) / len(us)
-    keep = sorted(scores, key=scores.get)[: args.keep]
-    by_label = {label(o): o for o in options(args)}
+    keep = args.options.split(",") if args.options else sorted(scores, key=scores.get)[: args.keep]
+    by_label = {k: parse_label(k) for k in keep}
     rows = [run_row(b, c, [by_label[k] for k in keep]) for b in map(int, args.batches.split(","))
             for c in map(int, args.contexts.split(","))] if keep else []  # fmt: skip
     result = dict(command="python profiles/commands/wide_split_probe.py " + " ".join(argv or sys.argv[1:]),

@@ -267,6 +267,13 @@ def _paged_attention_kernel(
     tok = local_block * BLOCK_Q + rows // G  # query index within the sequence's new tokens
     head = kv_head * G + rows % G
     row_ok = (rows < BLOCK_Q * G) & (tok < q_len)
+    if SPLIT == 2:
+        if split >= n_act:  # no keys: only the log-sum-exp, which tells the merge to skip this split's partials
+            if PDL:  # NOTE: the partial buffers may be memory the launch before still reads
+                gdc_wait()
+            part = split * num_tokens * HQ + (q_start + tok) * HQ + head
+            tl.store(part_lse + part, tl.full([BLOCK_M], float("-inf"), tl.float32), mask=row_ok)
+            return
     d = tl.arange(0, D)
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
@@ -331,10 +338,11 @@ def _merge_splits_kernel(
     s_ok = s < num_splits
     lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"))
     top = tl.max(lse, 0)
-    w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
+    live = s_ok & (lse > float("-inf"))  # splits with keys (an empty one writes no partial output)
+    w = tl.where(live, tl.exp2(lse - top), 0.0)
     d = tl.program_id(1) * DC + tl.arange(0, DC)
     off = (s * num_tokens * HQ + row).to(tl.int64)[:, None] * D + d[None, :]
-    parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0)
+    parts = tl.load(part_out + off, mask=live[:, None], other=0.0)
     o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out + row.to(tl.int64) * D + d, o.to(out.dtype.element_ty))
 
