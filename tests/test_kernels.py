@@ -132,9 +132,11 @@ def test_triton_num_splits_depend_on_step_shape_only():
     """Splits fill the GPU at small batches and stop once the query blocks alone fill it."""
     from shifttune.kernels.split_kv import MAX_SPLITS, choose_num_splits
 
-    # batch 1-2 of 8 KV heads are small steps (SMALL_STEP_PROGRAMS_PER_SM = 4 programs per SM), batch 4 is not
+    # batch 1-2 of 8 KV heads are small steps (batch 1 at SMALL_STEP_PROGRAMS_PER_SM = 4 programs per SM), 4 is not
     assert choose_num_splits(1, 1, 32, 8, None, 132) == 66  # 8 KV heads x 66 splits: 4 programs per SM
-    assert choose_num_splits(2, 2, 32, 8, None, 132) == 33
+    assert choose_num_splits(2, 2, 32, 8, None, 132) == 17  # a larger small step: 2 programs per SM
+    assert choose_num_splits(16, 16, 8, 1, None, 132) == 17  # one KV head: 16 sequences are one too
+    assert choose_num_splits(8, 8, 8, 1, None, 132) == 66
     assert choose_num_splits(4, 4, 32, 8, None, 132) == 5  # 32 x 5: a program per SM
     assert choose_num_splits(1, 1, 32, 8, None, 132, programs_per_sm=1) == 17
     assert choose_num_splits(1, 1, 16, 2, None, 132) == MAX_SPLITS
@@ -156,7 +158,8 @@ ints = dict(scale="fp32", num_seqs="i32", stride_bt="i32", num_tokens="i32", str
 buffers = {}
 small, wide = pa.SMALL_STEP_CONFIG, pa.SMALL_STEP_CONFIG_WIDE_GROUP
 cases = [(0, 16, pa.DECODE_CONFIG, 8), (1, 16, pa.DECODE_CONFIG, 8), (2, 16, pa.DECODE_CONFIG, 8),
-         (0, 64, pa.PREFILL_CONFIG, 8), (2, 16, small, 8), (2, 16, wide, 2)]  # small steps: GQA groups 4, 16
+         (0, 64, pa.PREFILL_CONFIG, 8), (2, 16, small, 8), (2, 16, wide, 2),  # small steps: GQA groups 4, 16
+         (2, 16, pa.WIDE_TILE_CONFIG, 8), (2, 16, pa.WIDE_TILE_CONFIG, 2)]
 for split, block_m, config, hk in cases:
     group, stages = 32 // hk, config["num_stages"]
     consts = dict(HQ=32, HK=hk, D=128, BLOCK_SIZE=16, BLOCK_Q=block_m // group, BLOCK_M=block_m, TILE=config["tile"],
@@ -166,7 +169,7 @@ for split, block_m, config, hk in cases:
     options = dict(num_warps=config["num_warps"], num_stages=stages)
     k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options)
     allocs = [ln.split("memdesc<")[1].split("x")[0] for ln in k.asm["ttgir"].splitlines() if "local_alloc :" in ln]
-    buffers[f"{split}-{block_m}-{stages}-t{config['tile']}"] = sorted(set(int(a) for a in allocs))
+    buffers[f"{split}-{block_m}-{stages}-t{config['tile']}-g{group}"] = sorted(set(int(a) for a in allocs))
 json.dump(buffers, sys.stdout)
 """
 
@@ -191,12 +194,14 @@ def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
     """The interpreter does not lower the kernel: compile it for sm_90 here (Triton's bundled ptxas, no
     GPU needed), with and without the fused merge, and check K/V tiles keep num_stages - 1 buffers
     (decode) rather than the one Triton falls back to when the block-table load is in the address chain; the
-    small-step configurations (one stage, both GQA-group variants) compile too, with no K/V buffer at all."""
+    small-step configurations (one stage, both GQA-group variants, and the larger small steps' 128-key tiles) compile
+    too, with no K/V buffer at all."""
     import json
 
     buffers = json.loads(_compile_for_sm90(_COMPILE_FOR_SM90))
-    assert buffers == {"0-16-3-t64": [2], "1-16-3-t64": [2], "2-16-3-t64": [2], "0-64-2-t64": [2],
-                       "2-16-1-t64": [], "2-16-1-t32": []}, buffers  # fmt: skip
+    assert buffers == {"0-16-3-t64-g4": [2], "1-16-3-t64-g4": [2], "2-16-3-t64-g4": [2], "0-64-2-t64-g4": [2],
+                       "2-16-1-t64-g4": [], "2-16-1-t32-g16": [], "2-16-1-t128-g4": [],
+                       "2-16-1-t128-g16": []}, buffers  # fmt: skip
 
 
 @pytest.mark.gpu

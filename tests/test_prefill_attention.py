@@ -192,6 +192,27 @@ def test_paged_only_steps_need_no_plan_unless_pinned():
     assert all(t.data_ptr() % 16 == 0 for t in (m.query_start_loc, m.seq_lens, m.block_tables))
 
 
+def test_warm_up_covers_every_launch_configuration_of_padded_decode(monkeypatch):
+    """Eager decode launches pad to PAGED_PAD sequences, so with one KV head (132 SMs) 16 sequences run the larger
+    small steps' 128-key tiles and 32 the plain decode configuration: warm-up compiles both, at every split count;
+    with eight KV heads 16 sequences already fill the GPU's small-step budget. On a GPU of 264 SMs, one KV head
+    runs all three decode configurations, at 16, 32 and 48 sequences."""
+    from shifttune.kernels import prefill_attention
+    from shifttune.kernels.split_kv import is_small_step, is_wide_tile_step
+
+    cpu = torch.device("cpu")  # sm_count: 132 off CUDA
+    one = StepAttention(None, 2, True, 8, 1)._warm_launches(cpu)
+    assert sorted({(m, n) for m, n, _ in one}) == [(16, 16), (16, 32), (64, 16)]
+    assert is_wide_tile_step(16, 16, 8, 1, 16, 132) and not is_small_step(32, 32, 8, 1, 16, 132)
+    assert {s for m, n, s in one if (m, n) == (16, 16)} == set(PAGED_SPLITS)
+    eight = StepAttention(None, 2, True, 32, 8)._warm_launches(cpu)
+    assert sorted({(m, n) for m, n, _ in eight}) == [(16, 16), (64, 16)]
+    monkeypatch.setattr(prefill_attention, "sm_count", lambda device: 264)
+    big = StepAttention(None, 2, True, 8, 1)._warm_launches(cpu)
+    assert sorted({(m, n) for m, n, _ in big}) == [(16, 16), (16, 32), (16, 48), (64, 16)]
+    assert not is_wide_tile_step(16, 16, 8, 1, 16, 264) and is_wide_tile_step(32, 32, 8, 1, 16, 264)
+
+
 # tests of CPU tensors through Triton's interpreter (the GPU counterparts are in tests/test_gpu.py)
 triton_on_cpu = pytest.mark.skipif(
     torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") != "1", reason="Triton interpreter test (CPU)"

@@ -28,21 +28,27 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from shifttune.kernels import split_kv
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.launch import pdl_args, sm_count
-from shifttune.kernels.split_kv import choose_num_splits, is_small_step, launch_shape
+from shifttune.kernels.split_kv import choose_num_splits, is_small_step, is_wide_tile_step, launch_shape
 
-# Launch configuration by path: decode-like steps (16-row tiles; small ones: SMALL_STEP_CONFIG[_WIDE_GROUP]) and
-# prefill chunks (64-row tiles). Decode's num_stages 3 keeps two K/V tiles in flight per program (stages - 1).
+# Launch configuration by path: decode-like steps (16-row tiles; small ones: SMALL_STEP_CONFIG[_WIDE_GROUP] or
+# WIDE_TILE_CONFIG) and prefill chunks (64-row tiles). Decode's num_stages 3 keeps two K/V tiles in flight per
+# program (stages - 1).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
-# Small decode steps (`split_kv.is_small_step`: batch 1-2 of 8 KV heads, 1-16 of one, on 132 SMs) split into 4
-# programs per SM and run them unpipelined: their loads, not a program's pipeline, are what the step waits for. Tile
-# and warps by the GQA group (query heads per KV head): on an H100, over batch 1-16 x 2k-32k, groups of 4
-# (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP rank of Llama-3.3-70B) on 32-key tiles and
-# 4 warps; with them decode attention came within 3% of each row's best of 48 launch options (geometric mean; 13% at
-# worst) against 12% (32% at worst) for one program per SM and DECODE_CONFIG (profiles/runs/s19_h100/d_options,
-# profiles/runs/s19_derived.txt; the options marked "one" there ran a path for one-tile splits without the key
-# loop, within noise of the loop and dropped).
+# Small decode steps (`split_kv.is_small_step`) other than the larger ones below (batch 1 of 8 KV heads, 1-8 of one, on
+# 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's pipeline, are what the
+# step waits for. Tile and warps by the GQA group (query heads per KV head): on an H100, over batch 1-16 x 2k-32k,
+# groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP rank of Llama-3.3-70B) on 32-key
+# tiles and 4 warps; with them decode attention came within 3% of each row's best of 48 launch options (geometric mean;
+# 13% at worst) against 12% (32% at worst) for one program per SM and DECODE_CONFIG (profiles/runs/s19_h100/d_options,
+# profiles/runs/s19_derived.txt; the options marked "one" there ran a path for one-tile splits without the key loop,
+# within noise of the loop and dropped).
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
 SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=32, num_warps=4, num_stages=1)  # groups of more than 4
+# The larger small steps (`split_kv.is_wide_tile_step`: batch 2 of 8 KV heads, 5-8 of two, 9-16 of one, on 132 SMs)
+# at 2 programs per SM, on 128-key tiles, any GQA group. On an H100 at the probe's busiest such step of each layout
+# (32/8 heads at batch 2, 16/2 at 8, 8/1 at 16), 2k-32k: 5% / 7% / 6% less time than SMALL_STEP_CONFIG[_WIDE_GROUP] at
+# 2k, 1% more to 9% less at 32k (profiles/runs/s28_gpu/a_probe_h100, option p2_t128_w4_s1_mdc32).
+WIDE_TILE_CONFIG = dict(tile=128, num_warps=4, num_stages=1)
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
@@ -375,7 +381,7 @@ def paged_attention(
     """q: [T, Hq, D] with unit stride over heads and D (a view into the qkv output is fine); caches:
     [num_blocks, block_size, Hk, D] (this step's K/V already written). Returns a contiguous [T, Hq, D].
     Launch options left None come from `meta`, `choose_num_splits` and DECODE_CONFIG (SMALL_STEP_CONFIG[_WIDE_GROUP]
-    for small decode steps) / PREFILL_CONFIG;
+    or WIDE_TILE_CONFIG for small decode steps) / PREFILL_CONFIG;
     `merge` is "fused" (the last split merges) or "kernel" (a second launch merges)."""
     num_tokens, hq, dim = q.shape
     block_size, hk = k_cache.shape[1], k_cache.shape[2]
@@ -385,6 +391,8 @@ def paged_attention(
     num_splits = num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sms)
     if block_m >= 64:
         config = PREFILL_CONFIG
+    elif is_wide_tile_step(num_tokens, num_seqs, hq, hk, block_m, sms):
+        config = WIDE_TILE_CONFIG
     elif is_small_step(num_tokens, num_seqs, hq, hk, block_m, sms):
         config = SMALL_STEP_CONFIG if hq // hk <= 4 else SMALL_STEP_CONFIG_WIDE_GROUP
     else:

@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, BlockSpan
 from shifttune.kernels.launch import sm_count
-from shifttune.kernels.split_kv import busy_programs, is_small_step
+from shifttune.kernels.split_kv import busy_programs, is_small_step, is_wide_tile_step
 from shifttune.kernels.upload import to_device_parts
 
 PREFILL_PATHS = ("auto", "paged", "sdpa")
@@ -301,13 +301,17 @@ class StepAttention:
 
     def _warm_launches(self, device: torch.device) -> list[tuple[int, int, int]]:
         """(query rows per program, padded sequences, splits) of every pinned paged binary: each split count at
-        PAGED_PAD sequences, and for decode-like launches also at the fewest padded sequences that are no small
-        step, where the kernel runs another launch configuration (`split_kv.is_small_step`: with one KV
-        head, 16 sequences are small and 32 are not)."""
-        seqs = PAGED_PAD
-        while is_small_step(seqs, seqs, self.hq, self.hk, 16, sm_count(device)):
+        PAGED_PAD sequences, and for decode-like launches also at the fewest padded sequences of each other launch
+        configuration the kernel runs, up to the first that is no small step (`split_kv.is_small_step`,
+        `is_wide_tile_step`: with one KV head, 16 sequences are a larger small step and 32 no small step)."""
+        sms, seqs, kinds = sm_count(device), PAGED_PAD, {}
+        while True:
+            small = is_small_step(seqs, seqs, self.hq, self.hk, 16, sms)
+            kinds.setdefault((small, is_wide_tile_step(seqs, seqs, self.hq, self.hk, 16, sms)), seqs)
+            if not small:
+                break
             seqs += PAGED_PAD
-        counts = {16: sorted({PAGED_PAD, seqs}), 64: [PAGED_PAD]}
+        counts = {16: sorted(kinds.values()), 64: [PAGED_PAD]}
         return [(m, n, s) for m, ns in counts.items() for n in ns for s in PAGED_SPLITS]
 
     # ---- start-up -------------------------------------------------------------------------------

@@ -15,9 +15,14 @@ MAX_SPLITS = 256  # the most split-KV ways `choose_num_splits` returns
 PROGRAMS_PER_SM = 1
 # Small decode steps (query blocks x KV heads with work x SMALL_STEP_RATIO <= SMs: batch 1-2 of 8 KV heads, 1-16
 # of one, on 132 SMs) split into SMALL_STEP_PROGRAMS_PER_SM programs per SM (their launch configuration:
-# paged_attention.SMALL_STEP_CONFIG[_WIDE_GROUP]).
+# paged_attention.SMALL_STEP_CONFIG[_WIDE_GROUP]), the larger of them (below) into WIDE_TILE_PROGRAMS_PER_SM.
 SMALL_STEP_RATIO = 8
 SMALL_STEP_PROGRAMS_PER_SM = 4
+# The larger small steps (query blocks x KV heads with work x WIDE_TILE_RATIO > SMs: batch 2 of 8 KV heads, 5-8 of
+# two, 9-16 of one, on 132 SMs) split into WIDE_TILE_PROGRAMS_PER_SM programs per SM on 128-key tiles
+# (paged_attention.WIDE_TILE_CONFIG): at 2k context one tile a split.
+WIDE_TILE_RATIO = 16
+WIDE_TILE_PROGRAMS_PER_SM = 2
 # Measured on an H100 (profiles/runs/s22_h100/a_chunk_split): a TP-4 / TP-8 rank of an 8B model, one sequence's
 # chunk of 512 tokens 11-25% less time a layer at 2k context, 512-1024 tokens 21-57% at 8k and 40-75% at 32k; steps
 # on the bucket's own graph unchanged. So chunk buckets also capture a graph split for one sequence's chunk
@@ -54,6 +59,13 @@ def is_small_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int
     return block_m < 64 and busy_programs(num_tokens, num_seqs, hq, hk, block_m) * SMALL_STEP_RATIO <= num_sms
 
 
+def is_wide_tile_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None, num_sms: int) -> bool:
+    """Whether a small decode step is one of the larger ones, which run WIDE_TILE_CONFIG at
+    WIDE_TILE_PROGRAMS_PER_SM."""
+    busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
+    return is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms) and busy * WIDE_TILE_RATIO > num_sms
+
+
 def choose_num_splits(
     num_tokens: int,
     num_seqs: int,
@@ -65,10 +77,16 @@ def choose_num_splits(
 ) -> int:
     """Split-KV ways for a step of this many tokens and sequences on `num_sms` SMs: none when the query blocks that
     hold tokens already fill the GPU once, else enough for about `programs_per_sm` programs with work per SM
-    (default PROGRAMS_PER_SM; SMALL_STEP_PROGRAMS_PER_SM for small steps)."""
+    (default PROGRAMS_PER_SM; SMALL_STEP_PROGRAMS_PER_SM for small steps, WIDE_TILE_PROGRAMS_PER_SM for the larger
+    ones)."""
     busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
     if busy >= num_sms:
         return 1
-    small = is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms)
-    per_sm = programs_per_sm or (SMALL_STEP_PROGRAMS_PER_SM if small else PROGRAMS_PER_SM)
+    if is_wide_tile_step(num_tokens, num_seqs, hq, hk, block_m, num_sms):
+        default = WIDE_TILE_PROGRAMS_PER_SM
+    elif is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms):
+        default = SMALL_STEP_PROGRAMS_PER_SM
+    else:
+        default = PROGRAMS_PER_SM
+    per_sm = programs_per_sm or default
     return max(1, min(-(-per_sm * num_sms // busy), MAX_SPLITS))

@@ -500,6 +500,7 @@ def decode_main(args, argv) -> None:
             decode=pa.DECODE_CONFIG,
             small_step=dict(pa.SMALL_STEP_CONFIG, programs_per_sm=split_kv.SMALL_STEP_PROGRAMS_PER_SM),
             small_step_wide_group=pa.SMALL_STEP_CONFIG_WIDE_GROUP,
+            wide_tile=dict(pa.WIDE_TILE_CONFIG, programs_per_sm=split_kv.WIDE_TILE_PROGRAMS_PER_SM),
             prefill=pa.PREFILL_CONFIG,
             programs_per_sm=split_kv.PROGRAMS_PER_SM,
             merge=pa.MERGE,
