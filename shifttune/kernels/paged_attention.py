@@ -34,8 +34,8 @@ from shifttune.kernels.split_kv import choose_num_splits, is_small_step, is_wide
 # WIDE_TILE_CONFIG) and prefill chunks (64-row tiles). Decode's num_stages 3 keeps two K/V tiles in flight per
 # program (stages - 1).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
-# Small decode steps (`split_kv.is_small_step`) other than the larger ones below (batch 1 of 8 KV heads, 1-8 of one, on
-# 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's pipeline, are what the
+# Small decode steps (`split_kv.is_small_step`) other than the larger ones below (batch 1-2 of 8 KV heads, 1-8 of one,
+# on 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's pipeline, are what the
 # step waits for. Tile and warps by the GQA group (query heads per KV head): on an H100, over batch 1-16 x 2k-32k,
 # groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP rank of Llama-3.3-70B) on 32-key
 # tiles and 4 warps; with them decode attention came within 3% of each row's best of 48 launch options (geometric mean;
@@ -44,10 +44,10 @@ DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
 # within noise of the loop and dropped).
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
 SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=32, num_warps=4, num_stages=1)  # groups of more than 4
-# The larger small steps (`split_kv.is_wide_tile_step`: batch 2 of 8 KV heads, 5-8 of two, 9-16 of one, on 132 SMs)
-# at 2 programs per SM, on 128-key tiles, any GQA group. On an H100 at the probe's busiest such step of each layout
-# (32/8 heads at batch 2, 16/2 at 8, 8/1 at 16), 2k-32k: 5% / 7% / 6% less time than SMALL_STEP_CONFIG[_WIDE_GROUP] at
-# 2k, 1% more to 9% less at 32k (profiles/runs/s28_gpu/a_probe_h100, option p2_t128_w4_s1_mdc32).
+# The larger small steps of GQA groups over 4 (`split_kv.is_wide_tile_step`: batch 5-8 of two KV heads, 9-16 of one,
+# on 132 SMs) at 2 programs per SM, on 128-key tiles. At 16/2 heads batch 8 and 8/1 batch 16, 2k-32k, against
+# SMALL_STEP_CONFIG_WIDE_GROUP: 3-7% less time on an H100 (profiles/runs/s28_gpu/a_probe_h100, option
+# p2_t128_w4_s1_mdc32), 11-18% on an H200, and 5-18% at 16/2 batch 6 and 8/1 batch 12 (b_probe_marginal_h200).
 WIDE_TILE_CONFIG = dict(tile=128, num_warps=4, num_stages=1)
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
@@ -273,13 +273,6 @@ def _paged_attention_kernel(
     tok = local_block * BLOCK_Q + rows // G  # query index within the sequence's new tokens
     head = kv_head * G + rows % G
     row_ok = (rows < BLOCK_Q * G) & (tok < q_len)
-    if SPLIT == 2:
-        if split >= n_act:  # no keys: only the log-sum-exp, which tells the merge to skip this split's partials
-            if PDL:  # NOTE: the partial buffers may be memory the launch before still reads
-                gdc_wait()
-            part = split * num_tokens * HQ + (q_start + tok) * HQ + head
-            tl.store(part_lse + part, tl.full([BLOCK_M], float("-inf"), tl.float32), mask=row_ok)
-            return
     d = tl.arange(0, D)
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
@@ -344,11 +337,10 @@ def _merge_splits_kernel(
     s_ok = s < num_splits
     lse = tl.load(part_lse + s * num_tokens * HQ + row, mask=s_ok, other=float("-inf"))
     top = tl.max(lse, 0)
-    live = s_ok & (lse > float("-inf"))  # splits with keys (an empty one writes no partial output)
-    w = tl.where(live, tl.exp2(lse - top), 0.0)
+    w = tl.where(s_ok & (lse > float("-inf")), tl.exp2(lse - top), 0.0)
     d = tl.program_id(1) * DC + tl.arange(0, DC)
     off = (s * num_tokens * HQ + row).to(tl.int64)[:, None] * D + d[None, :]
-    parts = tl.load(part_out + off, mask=live[:, None], other=0.0)
+    parts = tl.load(part_out + off, mask=s_ok[:, None], other=0.0)
     o = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
     tl.store(out + row.to(tl.int64) * D + d, o.to(out.dtype.element_ty))
 

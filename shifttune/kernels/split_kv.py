@@ -18,9 +18,9 @@ PROGRAMS_PER_SM = 1
 # paged_attention.SMALL_STEP_CONFIG[_WIDE_GROUP]), the larger of them (below) into WIDE_TILE_PROGRAMS_PER_SM.
 SMALL_STEP_RATIO = 8
 SMALL_STEP_PROGRAMS_PER_SM = 4
-# The larger small steps (query blocks x KV heads with work x WIDE_TILE_RATIO > SMs: batch 2 of 8 KV heads, 5-8 of
-# two, 9-16 of one, on 132 SMs) split into WIDE_TILE_PROGRAMS_PER_SM programs per SM on 128-key tiles
-# (paged_attention.WIDE_TILE_CONFIG): at 2k context one tile a split.
+# The larger small steps of GQA groups over 4 query heads per KV head (query blocks x KV heads with work x
+# WIDE_TILE_RATIO > SMs: batch 5-8 of two KV heads, 9-16 of one, on 132 SMs) split into WIDE_TILE_PROGRAMS_PER_SM
+# programs per SM on 128-key tiles (paged_attention.WIDE_TILE_CONFIG): at 2k context one tile a split.
 WIDE_TILE_RATIO = 16
 WIDE_TILE_PROGRAMS_PER_SM = 2
 # Measured on an H100 (profiles/runs/s22_h100/a_chunk_split): a TP-4 / TP-8 rank of an 8B model, one sequence's
@@ -60,10 +60,13 @@ def is_small_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int
 
 
 def is_wide_tile_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None, num_sms: int) -> bool:
-    """Whether a small decode step is one of the larger ones, which run WIDE_TILE_CONFIG at
-    WIDE_TILE_PROGRAMS_PER_SM."""
+    """Whether a small decode step is one of the larger ones of a GQA group over 4, which run WIDE_TILE_CONFIG at
+    WIDE_TILE_PROGRAMS_PER_SM.
+    NOTE: groups of 4 (Llama-3.1-8B) stay on SMALL_STEP_CONFIG: at batch 2 the wide tiles took 5% less time at 2k but
+    1% (H100) and 4% (H200) more at 32k (profiles/runs/s28_gpu/b_probe_marginal_h200)."""
     busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
-    return is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms) and busy * WIDE_TILE_RATIO > num_sms
+    wide = hq // hk > 4 and busy * WIDE_TILE_RATIO > num_sms
+    return wide and is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms)
 
 
 def choose_num_splits(
