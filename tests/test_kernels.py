@@ -66,6 +66,8 @@ CASES = [
     # a decode graph's padding: five decodes, a padding sequence of 3 tokens, two empty ones; the kernel's guess of
     # a query block's sequence (one token each) holds for the decodes and misses past them
     ([1, 1, 1, 1, 1, 3, 0, 0], [40, 3, 17, 60, 9, 0, 1, 1], 8, 2, 16, 4),
+    # twelve decodes of GQA 8:1, a larger small step (`is_wide_tile_step`): 128-key tiles, some partly filled
+    ([1] * 12, [300, 1, 129, 127, 5, 256, 40, 17, 200, 2, 90, 150], 8, 1, 16, 16),
 ]
 
 
@@ -216,6 +218,7 @@ def test_triton_kernel_compiles_for_h100_with_pipelined_loads():
         ([1], [32767]),  # batch 1: the most splits, each many tiles long
         ([1] * 4, [8000, 2, 20000, 511]),
         ([7, 1], [3000, 12000]),
+        ([1] * 8, [2047, 5, 700, 4000, 1, 130, 9000, 64]),  # 16/2 heads: a larger small step (128-key tiles)
     ],
 )
 @pytest.mark.parametrize("merge", ["fused", "kernel"])
