@@ -45,9 +45,9 @@ DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
 SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=32, num_warps=4, num_stages=1)  # groups of more than 4
 # The larger small steps of GQA groups over 4 (`split_kv.is_wide_tile_step`: batch 5-8 of two KV heads, 9-16 of one,
-# on 132 SMs) at 2 programs per SM, on 128-key tiles. At 16/2 heads batch 8 and 8/1 batch 16, 2k-32k, against
-# SMALL_STEP_CONFIG_WIDE_GROUP: 3-7% less time on an H100 (profiles/runs/s28_gpu/a_probe_h100, option
-# p2_t128_w4_s1_mdc32), 11-18% on an H200, and 5-18% at 16/2 batch 6 and 8/1 batch 12 (b_probe_marginal_h200).
+# on 132 SMs) at 2 programs per SM, on 128-key tiles. Against SMALL_STEP_CONFIG_WIDE_GROUP at 4 programs per SM, at
+# 16/2 heads batch 6 and 8 and 8/1 heads batch 12 and 16, 2k-32k: 3-14% less time on an H100, 6-20% on an H200
+# (profiles/runs/s28_gpu/c_probe_h100, e_probe_tests_h200); the rows it leaves alone moved -7% to +1% in the same calls.
 WIDE_TILE_CONFIG = dict(tile=128, num_warps=4, num_stages=1)
 MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "fused" (see the docstring)
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
