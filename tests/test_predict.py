@@ -411,7 +411,9 @@ def test_a_shipped_op_table_is_found_by_model_and_gpu(tiny_ops, tmp_path, monkey
     assert prof.sources["op_table"]["file"] == str(tmp_path / "tiny_cpu.json")
     assert {(p.mode, p.tp, p.sp) for p in prof.points} == {(TP, 2, 1), (SP, 1, 2)}
     assert prof.sources["collectives"]["used"]["nccl all_reduce P=2 eager"] == "measured on 2 GPUs"
-    with pytest.raises(ConfigError, match="unknown GPU type"):  # P = 4 is not in the table: the roofline, no CPU one
+    with pytest.raises(
+        ConfigError, match="unknown GPU type CPU;"
+    ):  # P = 4 is not in the table: the roofline, no CPU one
         predict_profile(PredictSettings("tiny", 4, "cpu", collectives=tmp_path / "gloo.json"))
 
 
@@ -459,6 +461,11 @@ def test_compare_scores_every_point_and_reads_the_crossovers(tmp_path):
     assert r.exit_code == 0, r.output
     assert "median 6.5%" in r.output and "crossover SP=2 x TP=1: measured 512:" in r.output
     assert json.loads((tmp_path / "c.json").read_text())["overall"]["points"] == 12
+    cpu = _profile(meas, False)
+    cpu.hardware = {"device": "cpu", "gpu_name": None, "gpu_count": 0}
+    result = compare_profiles(cpu, _profile(pred, True))
+    assert result["measured"]["gpu"] == "no GPU (cpu)"
+    assert "different GPUs: no GPU (cpu) and NVIDIA H100 80GB HBM3" in result["notes"]
 
 
 def test_op_table_label_dates_the_table():

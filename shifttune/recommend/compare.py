@@ -38,6 +38,11 @@ def _crossovers(profile: Profile) -> dict[str, dict[int, float | None]]:
     return out
 
 
+def _gpu_name(prof: Profile) -> str:
+    """The profile's GPU as NVML named it, or what it ran on instead ("no GPU (cpu)")."""
+    return prof.hardware.get("gpu_name") or f"no GPU ({prof.hardware.get('device', 'unknown device')})"
+
+
 def compare_profiles(measured: Profile, predicted: Profile) -> dict:
     meas = {p.key: p for p in measured.points}
     pred = {p.key: p for p in predicted.points}
@@ -52,7 +57,7 @@ def compare_profiles(measured: Profile, predicted: Profile) -> dict:
         notes.append(f"different models: {measured.model.get('name')} and {predicted.model.get('name')}")
     if measured.world_size != predicted.world_size:
         notes.append(f"different GPU counts: {measured.world_size} and {predicted.world_size}")
-    names = (measured.hardware.get("gpu_name"), predicted.hardware.get("gpu_name"))
+    names = (_gpu_name(measured), _gpu_name(predicted))
     if names[0] != names[1]:
         notes.append(f"different GPUs: {names[0]} and {names[1]}")
     if measured.predicted or not predicted.predicted:

@@ -40,7 +40,7 @@ def known_gpus() -> dict[str, GpuSpec]:
 def gpu_spec(slug: str) -> GpuSpec:
     gpus = known_gpus()
     if slug not in gpus:
-        raise ConfigError(f"unknown GPU type {slug!r}; known: {', '.join(g.upper() for g in gpus)}", field="gpus")
+        raise ConfigError(f"unknown GPU type {slug.upper()}; known: {', '.join(g.upper() for g in gpus)}", field="gpus")
     return gpus[slug]
 
 

@@ -134,11 +134,10 @@ def decode_batch(prof: Profile, input_len: int, output_len: int) -> int:
     return max(1, min(int(prof.engine.get("max_decode_batch", 256)), fits))
 
 
-def default_rate(prof: Profile, input_len: int, output_len: int) -> float:
+def default_rate(prof: Profile, input_len: int, output_len: int, batch: int) -> float:
     """About half the request rate TP mode alone sustains by this profile: a request costs its prefill
-    plus its output tokens' share of the fullest decode batches it sustains (`decode_batch`)."""
+    plus its output tokens' share of the fullest decode batches it sustains (`batch`, from `decode_batch`)."""
     tp = StepTimeModel(prof, TP, prof.world_size, 1)
-    batch = decode_batch(prof, input_len, output_len)
     per_request_ms = (
         tp.predict(input_len, input_len) + output_len * tp.predict(batch, input_len + output_len / 2) / batch
     )
@@ -153,8 +152,8 @@ def recommend(req: RecommendRequest) -> tuple[Profile, Plan, dict]:
     notes = []
     model = req.model or prof.model.get("name")
     if not req.rates and req.trace is None and prof.hardware.get("device") == "cuda":
-        req.rates = [default_rate(prof, req.input_len, req.output_len)]
         batch = decode_batch(prof, req.input_len, req.output_len)
+        req.rates = [default_rate(prof, req.input_len, req.output_len, batch)]
         kv_bound = batch < int(prof.engine.get("max_decode_batch", 256))
         notes.append(
             f"no --rate given: latencies predicted at {req.rates[0]:g} req/s ({req.input_len} in / {req.output_len} "
