@@ -149,6 +149,18 @@ def bundled_models() -> list[str]:
     return sorted((p.name for p in BUNDLED_CONFIG_DIR.iterdir() if p.is_dir()), key=lambda n: (n != "tiny", n))
 
 
+def context_limit(model_config: ModelConfig, raw: dict) -> int:
+    """The longest context in tokens the engine runs a model at: its `max_position_embeddings`, or its sliding window
+    where that is shorter.
+    NOTE: windowed attention is not implemented; a window at least as long as the context is plain causal attention,
+    so sliding-window models (Mistral v0.1) run with max_model_len capped at it."""
+    limit = model_config.max_position_embeddings
+    uses_window = raw.get("use_sliding_window") or model_config.architecture == "MistralForCausalLM"
+    if uses_window and raw.get("sliding_window"):
+        limit = min(limit, int(raw["sliding_window"]))
+    return limit
+
+
 def load_model_config(path: Path) -> tuple[ModelConfig, dict]:
     cfg_file = path / "config.json"
     if not cfg_file.is_file():
@@ -316,12 +328,7 @@ class EngineConfig:
         if self.device == "cpu" and self.dtype == "float16":
             raise ConfigError("float16 is not supported on CPU; use float32 or bfloat16", field="dtype")
         self._check_devices()
-        limit = self.model_config.max_position_embeddings
-        # NOTE: windowed attention is not implemented; a window at least as long as the context is plain
-        # causal attention, so sliding-window models (Mistral v0.1) run with max_model_len capped at it.
-        uses_window = raw.get("use_sliding_window") or self.model_config.architecture == "MistralForCausalLM"
-        if uses_window and raw.get("sliding_window"):
-            limit = min(limit, int(raw["sliding_window"]))
+        limit = context_limit(self.model_config, raw)
         if self.max_model_len is None:
             self.max_model_len = limit
         elif self.max_model_len > limit:

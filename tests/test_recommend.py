@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import statistics
+from pathlib import Path
 
 import pytest
 from typer.testing import CliRunner
@@ -452,6 +453,20 @@ def test_recommend_refuses_requests_past_the_models_context(tmp_path):
     trace.write_text(TRACE_HEADER + "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,2000,100\n")
     r = CliRunner().invoke(app, ["recommend", "--trace", str(trace)])
     _one_line_error(r, "--trace: 1 of its 2 requests exceed tiny's maximum context of 2048 tokens")
+
+
+def test_recommend_caps_a_sliding_window_models_context_as_the_engine_does(tmp_path):
+    """A Mistral v0.1-style config (a 4096-token window, 32768 positions): the engine caps max_model_len at the window,
+    so recommend's context check does too; a window flag that is off leaves the positions."""
+    from shifttune.config import EngineConfig
+    from shifttune.recommend.report import max_context
+
+    src = Path(__file__).resolve().parents[1] / "shifttune/model/configs/mistral-7b-v0.3/config.json"
+    model = tmp_path / "mistral-window"
+    model.mkdir()
+    model.joinpath("config.json").write_text(json.dumps(json.loads(src.read_text()) | {"sliding_window": 4096}))
+    assert max_context(str(model)) == 4096 == EngineConfig(model=str(model), device="cpu").max_model_len
+    assert max_context("qwen2.5-7b") == 32768  # use_sliding_window false: its 131072 window does not apply
 
 
 def test_no_shift_advice_says_shifttune_keeps_both_copies():

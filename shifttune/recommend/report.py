@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-from shifttune.config import TP, ConfigError, load_model_config, resolve_model_path
+from shifttune.config import TP, ConfigError, context_limit, load_model_config, resolve_model_path
 from shifttune.engine.block_manager import blocks_for
 from shifttune.engine.profile_schema import Profile, load_profile
 from shifttune.engine.step_model import StepTimeModel
@@ -96,12 +96,13 @@ def resolve_profile(req: RecommendRequest) -> tuple[Profile, str | None, str]:
 
 
 def max_context(model: str | None) -> int | None:
-    """The model's maximum context in tokens (its config's `max_position_embeddings`); None where the model's
-    config cannot be found (a profile measured on a model directory elsewhere)."""
+    """The model's maximum context in tokens, as the engine caps it (`config.context_limit`: its config's
+    `max_position_embeddings`, or a shorter sliding window); None where the model's config cannot be found (a
+    profile measured on a model directory elsewhere)."""
     if not model:
         return None
     try:
-        return load_model_config(resolve_model_path(model))[0].max_position_embeddings
+        return context_limit(*load_model_config(resolve_model_path(model)))
     except ConfigError:
         return None
 
