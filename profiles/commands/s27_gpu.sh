@@ -18,11 +18,7 @@
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tr '\n' ';')"
 case "${PART:-tests}" in
 tests)
-  T0=$SECONDS
-  timeout "${TESTS_TIMEOUT:-480}" python -m pytest -q -p no:cacheprovider --durations=10 tests/test_gpu.py \
-    tests/test_kernels.py > "$OUT/tests.log" 2>&1
-  stamp "tests/test_gpu.py tests/test_kernels.py rc=$? in $((SECONDS - T0)) s: $(tail -1 "$OUT/tests.log")"
-  grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG" ;;
+  gpu_tests "${TESTS_TIMEOUT:-480}" ;;
 serve)
   python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
   T0=$SECONDS

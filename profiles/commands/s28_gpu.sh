@@ -45,10 +45,6 @@ marginal)
   done
   (cd "$OUT" && tar czf marginal.tgz marginal_* && rm -f marginal_*) ;;
 tests)
-  T0=$SECONDS
-  timeout "${TESTS_TIMEOUT:-480}" python -m pytest -q -p no:cacheprovider --durations=10 tests/test_gpu.py \
-    tests/test_kernels.py > "$OUT/tests.log" 2>&1
-  stamp "tests/test_gpu.py tests/test_kernels.py rc=$? in $((SECONDS - T0)) s: $(tail -1 "$OUT/tests.log")"
-  grep -E "FAILED|Error" "$OUT/tests.log" | head -10 | cut -c1-300 | tee -a "$LOG" ;;
+  gpu_tests "${TESTS_TIMEOUT:-480}" ;;
 esac
 done
