@@ -7,6 +7,9 @@
 #   PART=marginal bash profiles/commands/s28_gpu.sh   # decode_attention_marginal.py (Llama-3.1-8B dummy, batch 1, 2, 4
 #     at 2k and 8k: attention's cost inside the engine's decode graph) on each tree of TREES
 #   PART=tests bash profiles/commands/s28_gpu.sh   # tests/test_gpu.py tests/test_kernels.py, at most TESTS_TIMEOUT s
+#   PART=client bash profiles/commands/s28_gpu.sh   # serve_vs_offline --cases inf --trace (llama-3.1-8b dummy) run from
+#     each tree of TREES: the bench's client, server and engine of gpu_old/s28_before (7f92c5c), then of this tree (the
+#     burst sent a few requests at a time), ROUNDS times
 # PART may list several parts ("probe marginal").
 # Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -44,6 +47,20 @@ marginal)
     grep -v -i warn "$OUT/marginal_$tree.log" | tail -8 | tee -a "$LOG"
   done
   (cd "$OUT" && tar czf marginal.tgz marginal_* && rm -f marginal_*) ;;
+client)
+  python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
+  for r in $(seq "${ROUNDS:-1}"); do
+    for tree in ${TREES:-before after}; do
+      path=$PWD; [ "$tree" != after ] && path=$PWD/gpu_old/s28_$tree
+      T0=$SECONDS  # NOTE: -m puts the working directory first on sys.path: run from the tree itself
+      (cd "$path" && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$path timeout "${SERVE_TIMEOUT:-280}" python -m \
+        shifttune.bench.serve_vs_offline --model llama-3.1-8b --device cuda --cases inf --trace \
+        --out "$OUT/svo_${tree}_$r.json" > "$OUT/svo_${tree}_$r.log" 2>&1)
+      stamp "serve_vs_offline $tree round $r rc=$? in $((SECONDS - T0)) s"
+      grep -E "^c=" "$OUT/svo_${tree}_$r.log" | tee -a "$LOG"
+    done
+  done
+  (cd "$OUT" && tar czf client.tgz svo_* && rm -f svo_*) ;;
 tests)
   gpu_tests "${TESTS_TIMEOUT:-480}" ;;
 esac
