@@ -337,65 +337,6 @@ def _send_all(url: str, reqs: list[BenchRequest], concurrency: int | None = 1, s
     return asyncio.run(go())
 
 
-class _ArrivalServer:
-    """A bare asyncio HTTP server in a thread that logs when it accepts each connection and when each request has
-    fully arrived, and answers each with one completion chunk."""
-
-    BODY = b'data: {"choices": [{"index": 0, "text": "x", "finish_reason": "length"}]}\n\ndata: [DONE]\n\n'
-
-    def __init__(self):
-        self.events: list[tuple[str, float]] = []
-        self.ready, self.port = threading.Event(), 0
-        self.thread = threading.Thread(target=lambda: asyncio.run(self._main()), daemon=True)
-        self.thread.start()
-        assert self.ready.wait(10)
-
-    def close(self):
-        self.loop.call_soon_threadsafe(self.stop.set)
-        self.thread.join(10)
-
-    async def _main(self):
-        self.loop, self.stop = asyncio.get_running_loop(), asyncio.Event()
-        server = await asyncio.start_server(self._handle, "127.0.0.1", 0, backlog=1024)
-        self.port = server.sockets[0].getsockname()[1]
-        self.ready.set()
-        async with server:
-            await self.stop.wait()
-
-    async def _handle(self, reader, writer):
-        self.events.append(("accept", time.monotonic()))
-        try:
-            head = await reader.readuntil(b"\r\n\r\n")
-            length = next(int(v) for k, _, v in (h.partition(b":") for h in head.split(b"\r\n"))
-                          if k.lower() == b"content-length")  # fmt: skip
-            await reader.readexactly(length)
-        except (asyncio.IncompleteReadError, ConnectionError, asyncio.CancelledError):
-            writer.close()
-            return
-        self.events.append(("request", time.monotonic()))
-        writer.write(b"HTTP/1.1 200 OK\r\ncontent-type: text/event-stream\r\nconnection: close\r\n"
-                     b"content-length: %d\r\n\r\n" % len(self.BODY) + self.BODY)  # fmt: skip
-        await writer.drain()
-        writer.close()
-
-
-def test_a_burst_goes_out_a_few_requests_at_a_time():
-    """A burst's first request is on the wire before the client opens its last connections (`SEND_SLOTS`: started all
-    at once, every task of a burst used to build its request and connect before any of them wrote)."""
-    from shifttune.bench.client import SEND_SLOTS
-
-    server = _ArrivalServer()
-    n = 3 * SEND_SLOTS
-    try:
-        results, *_ = _send_all(f"http://127.0.0.1:{server.port}", [BenchRequest([1] * 300, 300, 1)] * n, None)
-    finally:
-        server.close()
-    assert all(r.success for r in results) and len(results) == n, [r.error for r in results]
-    accepts = sorted(t for kind, t in server.events if kind == "accept")
-    first_request = min(t for kind, t in server.events if kind == "request")
-    assert len(accepts) == n and first_request < accepts[-SEND_SLOTS]
-
-
 def test_client_measures_ttft_and_itl(fake):
     reqs = [BenchRequest([5, 6, 7], 3, 6), BenchRequest("a b c d", 4, 4)]
     results, duration, interrupted, _, advanced = _send_all(fake.url, reqs)

@@ -95,34 +95,6 @@ async def list_models(base_url: str, api_key: str | None = None) -> list[str]:
         return []
 
 
-# NOTE: requests go out at most SEND_SLOTS at a time until their bodies are written. Started all at once, each of a
-# burst's asyncio tasks built its request and began its connection before any wrote: httpx's work a request (~0.8 ms
-# on a 2-CPU host, ~1.2 ms on an H200 machine's) kept a burst of 512 off the wire until 0.42 s (0.60-0.64 s there)
-# after the run began (profiles/runs/s28_client_burst_cpu.txt).
-SEND_SLOTS = 8
-
-
-class _SendSlot:
-    """One of SEND_SLOTS, held from before a request's connection until its body is written (or it fails)."""
-
-    def __init__(self, slots: asyncio.Semaphore):
-        self._slots, self._held = slots, False
-
-    async def take(self) -> None:
-        await self._slots.acquire()
-        self._held = True
-
-    def give_back(self) -> None:
-        if self._held:
-            self._held = False
-            self._slots.release()
-
-    async def trace(self, event: str, info: dict) -> None:
-        """httpcore's trace extension: frees the slot once the request body is out."""
-        if event.startswith("http11.send_request_body.") and not event.endswith(".started"):
-            self.give_back()
-
-
 class CompletionsClient:
     """Sends BenchRequests to one completions URL; use as `async with`."""
 
@@ -131,7 +103,6 @@ class CompletionsClient:
         self.ignore_eos = True  # cleared for good when the server rejects it
         self.ignore_eos_rejections = 0
         self._http = _client(api_key, timeout_s)
-        self._send_slots = asyncio.Semaphore(SEND_SLOTS)
 
     async def __aenter__(self) -> CompletionsClient:
         return self
@@ -169,48 +140,37 @@ class CompletionsClient:
     async def _send(self, req: BenchRequest) -> RequestResult:
         out = RequestResult(prompt_len=req.input_len)
         start = time.perf_counter()
-        slot = _SendSlot(self._send_slots)
-        await slot.take()
-        try:
-            trace = {"trace": slot.trace}
-            async with self._http.stream("POST", self.url, json=self.payload(req), extensions=trace) as resp:
-                slot.give_back()
-                return await self._read(resp, out, start)
-        finally:
-            slot.give_back()
-
-    async def _read(self, resp: httpx.Response, out: RequestResult, start: float) -> RequestResult:
-        """`resp`'s streamed completion into `out` (`start`: when the request began)."""
         last = start
         chunks = 0
         usage_tokens = None
         finish_reason = None
-        if resp.status_code != 200:
-            out.error = error_message(resp.status_code, await resp.aread())
-            return out
-        async for line in resp.aiter_lines():
-            event = parse_sse_line(line)
-            if event is DONE:
-                break
-            if not isinstance(event, dict):
-                continue
-            if "error" in event:
-                out.error = error_message(resp.status_code, json.dumps(event).encode())
+        async with self._http.stream("POST", self.url, json=self.payload(req)) as resp:
+            if resp.status_code != 200:
+                out.error = error_message(resp.status_code, await resp.aread())
                 return out
-            now = time.perf_counter()
-            choices = event.get("choices") or []
-            finish_reason = next((c["finish_reason"] for c in choices if c.get("finish_reason")), finish_reason)
-            if choices:  # as vLLM: every chunk with a choice is an arrival, text or not (no tokenizer)
-                if chunks == 0:
-                    out.ttft = now - start
-                else:
-                    out.itl.append(now - last)
-                last = now
-                chunks += 1
-            usage = event.get("usage")
-            if usage:
-                usage_tokens = usage.get("completion_tokens", usage_tokens)
-                out.prompt_len = usage.get("prompt_tokens") or out.prompt_len
+            async for line in resp.aiter_lines():
+                event = parse_sse_line(line)
+                if event is DONE:
+                    break
+                if not isinstance(event, dict):
+                    continue
+                if "error" in event:
+                    out.error = error_message(resp.status_code, json.dumps(event).encode())
+                    return out
+                now = time.perf_counter()
+                choices = event.get("choices") or []
+                finish_reason = next((c["finish_reason"] for c in choices if c.get("finish_reason")), finish_reason)
+                if choices:  # as vLLM: every chunk with a choice is an arrival, text or not (no tokenizer)
+                    if chunks == 0:
+                        out.ttft = now - start
+                    else:
+                        out.itl.append(now - last)
+                    last = now
+                    chunks += 1
+                usage = event.get("usage")
+                if usage:
+                    usage_tokens = usage.get("completion_tokens", usage_tokens)
+                    out.prompt_len = usage.get("prompt_tokens") or out.prompt_len
         if chunks == 0:
             out.error = "the stream carried no choices"
             return out
