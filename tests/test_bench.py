@@ -28,7 +28,14 @@ from typer.testing import CliRunner
 
 from shifttune.bench.client import DONE, CompletionsClient, RequestResult, error_message, parse_sse_line
 from shifttune.bench.config import BenchConfig, LengthRange
-from shifttune.bench.datasets import BenchRequest, random_requests, sharegpt_requests, trace_requests, with_arrivals
+from shifttune.bench.datasets import (
+    BenchRequest,
+    build_requests,
+    random_requests,
+    sharegpt_requests,
+    trace_requests,
+    with_arrivals,
+)
 from shifttune.bench.metrics import compute_metrics, per_request, summarize, tpot
 from shifttune.bench.runner import run_bench, run_requests
 from shifttune.bench.tokenizer import load_tokenizer
@@ -774,3 +781,22 @@ def test_serve_vs_offline_trace_summary_leaves_the_test_request_out():
     assert s["steps_until_full"] == 1 and s["full_at_s"] == pytest.approx(0.74)  # 2 seqs: all max_num_seqs allows
     assert s["http_to_piped_ms"] == pytest.approx(10 * 2 / 3) and s["piped_to_core_ms"] == pytest.approx(20)
     assert s["seqs_first_steps"] == [1, 2, 3, 3]
+
+
+def test_serve_vs_offline_gives_every_case_and_repeat_its_own_prompts():
+    """No run finds its prompts in the prefix cache an earlier run (a warm-up, another case, an earlier repeat) filled:
+    the cases of 256 and inf used to run the same 512 prompts, the second of them decode only."""
+    from argparse import Namespace
+
+    from shifttune.bench.serve_vs_offline import CASES, bench_config, case_seed
+
+    args = Namespace(input_len=16, output_len=4)
+    tok = load_tokenizer("tiny")
+
+    def prompts(n: int, seed: int) -> set[tuple]:
+        return {tuple(r.prompt) for r in build_requests(bench_config("http://x", None, n, args, seed), tok)}
+
+    runs = [prompts(64, 1)] + [prompts(64, case_seed(0, r, i, len(CASES))) for r in range(2) for i in range(len(CASES))]
+    assert all(len(run) == 64 for run in runs)
+    assert len(set().union(*runs)) == 64 * len(runs)  # no prompt in two runs
+    assert prompts(64, case_seed(0, 1, 2, len(CASES))) == runs[1 + len(CASES) + 2]  # both sides: the same per seed

@@ -2,14 +2,14 @@
 
     python -m shifttune.bench.serve_vs_offline --model llama-3.1-8b --device cuda --out serve_vs_offline.json
 
-For each concurrency c (1, 32, 256, and "inf": every prompt sent at once) the same random prompts
-(1024 in, 128 out, ignore_eos) run twice: offline, through the engine's own loop with at most c
-sequences running (`LLMEngine.step` until done, as `LLM.generate` does), and served, through
-`shifttune bench` with at most c requests in flight against `shifttune serve` (started as a subprocess
-with the same engine settings). Rows: output throughput of both and their ratio, and TPOT (mean over
-requests of (E2E - TTFT) / (output tokens - 1)) of both. Warm-up runs come first on each side. With
-`--repeats N` every case runs N times on each side (cases interleaved: 1, 32, 256, inf, 1, 32, ...) and
-each row reports the median throughput and TPOT over the repeats, with every repeat kept in the row.
+For each concurrency c (1, 32, 256, and "inf": every prompt sent at once) the same random prompts (1024 in,
+128 out, ignore_eos; each case and repeat its own, `case_seed`) run twice: offline, through the engine's own
+loop with at most c sequences running (`LLMEngine.step` until done, as `LLM.generate` does), and served,
+through `shifttune bench` with at most c requests in flight against `shifttune serve` (started as a subprocess
+with the same engine settings). Rows: output throughput of both and their ratio, and TPOT (mean over requests
+of (E2E - TTFT) / (output tokens - 1)) of both. Warm-up runs come first on each side. With `--repeats N` every
+case runs N times on each side (cases interleaved: 1, 32, 256, inf, 1, 32, ...) and each row reports the
+median throughput and TPOT over the repeats, with every repeat kept in the row.
 
 `--cases inf,256` runs only those concurrencies. `--trace` keeps the server's `/v1/shifttune/trace` of each served
 run (in `<out>.trace.json`) and puts a summary of it in the row's `server.trace`: when the first and last request
@@ -40,7 +40,15 @@ CASES = [(1, 8), (32, 64), (256, 512), (None, 512)]  # (concurrency, prompts); N
 PROMPT_TOKENIZER = "tiny"  # random ids of exact lengths below every model's vocabulary; their text is noise
 
 
-def bench_config(base_url: str, concurrency: int | None, num_prompts: int, args) -> BenchConfig:
+def case_seed(seed: int, repeat: int, case: int, num_cases: int) -> int:
+    """The prompts' seed of a case (its index in the cases) in a repeat; warm-ups take `seed + 1`.
+    NOTE: every case and repeat has its own prompts. With one seed, the cases of 256 and inf ran the same 512 prompts,
+    and the second found all of them in the prefix cache the first had filled: decode only, offline and served alike
+    (offline 256 steps in 4.7-4.9 s against 288 in 10.9-11.0 s for the case before, profiles/runs/s27_gpu b, i)."""
+    return seed + 2 + repeat * num_cases + case
+
+
+def bench_config(base_url: str, concurrency: int | None, num_prompts: int, args, seed: int) -> BenchConfig:
     return BenchConfig(
         base_url=base_url,
         concurrency=concurrency,
@@ -48,7 +56,7 @@ def bench_config(base_url: str, concurrency: int | None, num_prompts: int, args)
         input_len=LengthRange(args.input_len, args.input_len),
         output_len=LengthRange(args.output_len, args.output_len),
         tokenizer=PROMPT_TOKENIZER,
-        seed=args.seed,
+        seed=seed,
     )
 
 
@@ -101,9 +109,13 @@ def measure_offline(args, cases) -> list[dict]:
     engine = LLMEngine(EngineConfig(model=args.model, device=args.device, load_format="dummy"))
     try:
         tok = load_tokenizer(PROMPT_TOKENIZER)
-        prompts = {c: [r.prompt for r in build_requests(bench_config("http://x", c, n, args), tok)] for c, n in cases}
-        offline_run(engine, prompts[cases[-1][0]][:256], args.output_len, None)  # warm-up: every step shape
-        runs = [[offline_run(engine, prompts[c], args.output_len, c) for c, _ in cases] for _ in range(args.repeats)]
+
+        def prompts(n: int, seed: int) -> list:
+            return [r.prompt for r in build_requests(bench_config("http://x", None, n, args, seed), tok)]
+
+        offline_run(engine, prompts(256, args.seed + 1), args.output_len, None)  # warm-up: every step shape
+        runs = [[offline_run(engine, prompts(n, case_seed(args.seed, r, i, len(cases))), args.output_len, c)
+                 for i, (c, n) in enumerate(cases)] for r in range(args.repeats)]  # fmt: skip
         return [_median_run([r[i] for r in runs]) for i in range(len(cases))]
     finally:
         engine.shutdown()
@@ -148,15 +160,16 @@ def measure_server(args, cases, log: Path) -> list[dict]:
     traces = []
     with ServeProcess(cmd, port, log) as server:
         server.wait_healthy(900)
-        run_bench(bench_config(server.base_url, None, 256, args))  # warm-up: every step shape
+        run_bench(bench_config(server.base_url, None, 256, args, args.seed + 1))  # warm-up: every step shape
         max_num_seqs = httpx.get(f"{server.base_url}/v1/shifttune/live", timeout=10).json()["engine"]["max_num_seqs"]
         runs = []
-        for _ in range(args.repeats):
+        for r in range(args.repeats):
             runs.append([])
-            for c, n in cases:
+            for i, (c, n) in enumerate(cases):
                 steps, busy = server_steps(server.base_url)
                 started = time.monotonic()
-                record = run_bench(bench_config(server.base_url, c, n, args)).records[0]
+                cfg = bench_config(server.base_url, c, n, args, case_seed(args.seed, r, i, len(cases)))
+                record = run_bench(cfg).records[0]
                 steps_after, busy_after = server_steps(server.base_url)
                 record = {k: v for k, v in record.items() if not isinstance(v, list)}
                 record |= {"steps": steps_after - steps, "step_seconds": busy_after - busy}
