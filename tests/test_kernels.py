@@ -66,7 +66,7 @@ CASES = [
     # a decode graph's padding: five decodes, a padding sequence of 3 tokens, two empty ones; the kernel's guess of
     # a query block's sequence (one token each) holds for the decodes and misses past them
     ([1, 1, 1, 1, 1, 3, 0, 0], [40, 3, 17, 60, 9, 0, 1, 1], 8, 2, 16, 4),
-    # twelve decodes of GQA 8:1, a larger small step (`is_wide_tile_step`): 128-key tiles, some partly filled
+    # twelve decodes of GQA 8:1, a larger small step (`step_kind` "wide_tile"): 128-key tiles, some partly filled
     ([1] * 12, [300, 1, 129, 127, 5, 256, 40, 17, 200, 2, 90, 150], 8, 1, 16, 16),
 ]
 

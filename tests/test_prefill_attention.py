@@ -198,19 +198,19 @@ def test_warm_up_covers_every_launch_configuration_of_padded_decode(monkeypatch)
     with eight KV heads 16 sequences already fill the GPU's small-step budget. On a GPU of 264 SMs, one KV head
     runs all three decode configurations, at 16, 32 and 48 sequences."""
     from shifttune.kernels import prefill_attention
-    from shifttune.kernels.split_kv import is_small_step, is_wide_tile_step
+    from shifttune.kernels.split_kv import step_kind
 
     cpu = torch.device("cpu")  # sm_count: 132 off CUDA
     one = StepAttention(None, 2, True, 8, 1)._warm_launches(cpu)
     assert sorted({(m, n) for m, n, _ in one}) == [(16, 16), (16, 32), (64, 16)]
-    assert is_wide_tile_step(16, 16, 8, 1, 16, 132) and not is_small_step(32, 32, 8, 1, 16, 132)
+    assert step_kind(16, 16, 8, 1, 16, 132) == "wide_tile" and step_kind(32, 32, 8, 1, 16, 132) == "plain"
     assert {s for m, n, s in one if (m, n) == (16, 16)} == set(PAGED_SPLITS)
     eight = StepAttention(None, 2, True, 32, 8)._warm_launches(cpu)
     assert sorted({(m, n) for m, n, _ in eight}) == [(16, 16), (64, 16)]
     monkeypatch.setattr(prefill_attention, "sm_count", lambda device: 264)
     big = StepAttention(None, 2, True, 8, 1)._warm_launches(cpu)
     assert sorted({(m, n) for m, n, _ in big}) == [(16, 16), (16, 32), (16, 48), (64, 16)]
-    assert not is_wide_tile_step(16, 16, 8, 1, 16, 264) and is_wide_tile_step(32, 32, 8, 1, 16, 264)
+    assert step_kind(16, 16, 8, 1, 16, 264) == "small" and step_kind(32, 32, 8, 1, 16, 264) == "wide_tile"
 
 
 # tests of CPU tensors through Triton's interpreter (the GPU counterparts are in tests/test_gpu.py)

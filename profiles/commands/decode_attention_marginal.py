@@ -38,6 +38,7 @@ def no_attention(q, k_cache, v_cache, meta, scale, **kwargs):
 RULE_KNOBS = (  # (module, name): the split rule's knobs live in split_kv, the launch configurations in pa
     (split_kv, "SMALL_STEP_RATIO"),
     (split_kv, "SMALL_STEP_PROGRAMS_PER_SM"),
+    (split_kv, "WIDE_TILE_RATIO"),
     (pa, "SMALL_STEP_CONFIG"),
     (pa, "SMALL_STEP_CONFIG_WIDE_GROUP"),
     (pa, "MERGE_COLUMNS"),
@@ -61,6 +62,7 @@ def apply_rule(rule: str) -> None:
         except ValueError:
             raise ValueError(f"{small!r} is not default, off or pP_tT_wW_sS") from None
         split_kv.SMALL_STEP_PROGRAMS_PER_SM = p
+        split_kv.WIDE_TILE_RATIO = 0  # every small step takes this rule, none the wide tiles
         pa.SMALL_STEP_CONFIG = pa.SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=t, num_warps=w, num_stages=st)
 
 

@@ -14,6 +14,7 @@
 # Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tr '\n' ';')"
+tree_path() { if [ "$1" = after ]; then echo "$PWD"; else echo "$PWD/gpu_old/s28_$1"; fi; }  # a tree of TREES
 for part in ${PART:-probe}; do
 case "$part" in
 probe)
@@ -23,7 +24,7 @@ probe)
   OPTS_4=${OPTS_4:-p4_t64_w2_s1_mdc32,p1_t128_w4_s1_mdc32,p2_t128_w4_s1_mdc32}
   OPTS_8=${OPTS_8:-p4_t32_w4_s1_mdc32,p2_t128_w4_s1_mdc32}
   for tree in ${TREES:-before after}; do
-    path=$PWD; [ "$tree" != after ] && path=$PWD/gpu_old/s28_$tree
+    path=$(tree_path "$tree")
     for spec in ${LAYOUTS:-32/8 16/2 8/1}; do
       hq=${spec%%/*}; hk=${spec##*/}; opts=$OPTS_4; batches=1,2,4,8
       [ $((hq / hk)) -gt 4 ] && opts=$OPTS_8 && batches=${BATCHES_8:-1,2,4,6,8,12,16}
@@ -38,7 +39,7 @@ probe)
   (cd "$OUT" && tar czf probe.tgz probe_* && rm -f probe_*) ;;
 marginal)
   for tree in ${TREES:-before after}; do
-    path=$PWD; [ "$tree" != after ] && path=$PWD/gpu_old/s28_$tree
+    path=$(tree_path "$tree")
     T0=$SECONDS
     CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$path timeout "${MARGINAL_TIMEOUT:-150}" python \
       profiles/commands/decode_attention_marginal.py --batches 1,2,4 --contexts 2048,8192 \
@@ -51,7 +52,7 @@ client)
   python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
   for r in $(seq "${ROUNDS:-1}"); do
     for tree in ${TREES:-before after}; do
-      path=$PWD; [ "$tree" != after ] && path=$PWD/gpu_old/s28_$tree
+      path=$(tree_path "$tree")
       T0=$SECONDS  # NOTE: -m puts the working directory first on sys.path: run from the tree itself
       (cd "$path" && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$path timeout "${SERVE_TIMEOUT:-280}" python -m \
         shifttune.bench.serve_vs_offline --model llama-3.1-8b --device cuda --cases inf --trace \

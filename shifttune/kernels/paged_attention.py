@@ -28,23 +28,23 @@ from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 from shifttune.kernels import split_kv
 from shifttune.kernels.attention import AttentionMetadata
 from shifttune.kernels.launch import pdl_args, sm_count
-from shifttune.kernels.split_kv import choose_num_splits, is_small_step, is_wide_tile_step, launch_shape
+from shifttune.kernels.split_kv import choose_num_splits, launch_shape, step_kind
 
 # Launch configuration by path: decode-like steps (16-row tiles; small ones: SMALL_STEP_CONFIG[_WIDE_GROUP] or
 # WIDE_TILE_CONFIG) and prefill chunks (64-row tiles). Decode's num_stages 3 keeps two K/V tiles in flight per
 # program (stages - 1).
 DECODE_CONFIG = dict(tile=64, num_warps=4, num_stages=3)
-# Small decode steps (`split_kv.is_small_step`) other than the larger ones below (batch 1-2 of 8 KV heads, 1-8 of one,
-# on 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's pipeline, are what the
-# step waits for. Tile and warps by the GQA group (query heads per KV head): on an H100, over batch 1-16 x 2k-32k,
-# groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP rank of Llama-3.3-70B) on 32-key
-# tiles and 4 warps; with them decode attention came within 3% of each row's best of 48 launch options (geometric mean;
-# 13% at worst) against 12% (32% at worst) for one program per SM and DECODE_CONFIG (profiles/runs/s19_h100/d_options,
-# profiles/runs/s19_derived.txt; the options marked "one" there ran a path for one-tile splits without the key loop,
-# within noise of the loop and dropped).
+# Small decode steps (`split_kv.step_kind` "small") other than the larger ones below (batch 1-2 of 8 KV heads, 1-8 of
+# one, on 132 SMs) split into 4 programs per SM and run them unpipelined: their loads, not a program's pipeline, are
+# what the step waits for. Tile and warps by the GQA group (query heads per KV head): on an H100, over batch 1-16 x
+# 2k-32k, groups of 4 (Llama-3.1-8B) ran best on 64-key tiles and 2 warps, groups of 8 (a TP rank of Llama-3.3-70B) on
+# 32-key tiles and 4 warps; with them decode attention came within 3% of each row's best of 48 launch options (geometric
+# mean; 13% at worst) against 12% (32% at worst) for one program per SM and DECODE_CONFIG
+# (profiles/runs/s19_h100/d_options, profiles/runs/s19_derived.txt; the options marked "one" there ran a path for
+# one-tile splits without the key loop, within noise of the loop and dropped).
 SMALL_STEP_CONFIG = dict(tile=64, num_warps=2, num_stages=1)  # groups of up to 4 query heads per KV head
 SMALL_STEP_CONFIG_WIDE_GROUP = dict(tile=32, num_warps=4, num_stages=1)  # groups of more than 4
-# The larger small steps of GQA groups over 4 (`split_kv.is_wide_tile_step`: batch 5-8 of two KV heads, 9-16 of one,
+# The larger small steps of GQA groups over 4 (`split_kv.step_kind` "wide_tile": batch 5-8 of two KV heads, 9-16 of one,
 # on 132 SMs) at 2 programs per SM, on 128-key tiles. Against SMALL_STEP_CONFIG_WIDE_GROUP at 4 programs per SM, at
 # 16/2 heads batch 6 and 8 and 8/1 heads batch 12 and 16, 2k-32k: 3-14% less time on an H100, 6-20% on an H200
 # (profiles/runs/s28_gpu/c_probe_h100, e_probe_tests_h200); the rows it leaves alone moved -7% to +1% in the same calls.
@@ -381,11 +381,12 @@ def paged_attention(
     block_m, block_q, grid_q = launch_shape(num_tokens, num_seqs, hq, hk, block_m or meta.block_m)
     sms = sm_count(q.device)
     num_splits = num_splits or meta.num_splits or choose_num_splits(num_tokens, num_seqs, hq, hk, block_m, sms)
+    kind = step_kind(num_tokens, num_seqs, hq, hk, block_m, sms)
     if block_m >= 64:
         config = PREFILL_CONFIG
-    elif is_wide_tile_step(num_tokens, num_seqs, hq, hk, block_m, sms):
+    elif kind == "wide_tile":
         config = WIDE_TILE_CONFIG
-    elif is_small_step(num_tokens, num_seqs, hq, hk, block_m, sms):
+    elif kind == "small":
         config = SMALL_STEP_CONFIG if hq // hk <= 4 else SMALL_STEP_CONFIG_WIDE_GROUP
     else:
         config = DECODE_CONFIG

@@ -35,7 +35,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 from shifttune.kernels.attention import AttentionBackend, AttentionMetadata, BlockSpan
 from shifttune.kernels.launch import sm_count
-from shifttune.kernels.split_kv import busy_programs, is_small_step, is_wide_tile_step
+from shifttune.kernels.split_kv import busy_programs, step_kind
 from shifttune.kernels.upload import to_device_parts
 
 PREFILL_PATHS = ("auto", "paged", "sdpa")
@@ -302,13 +302,13 @@ class StepAttention:
     def _warm_launches(self, device: torch.device) -> list[tuple[int, int, int]]:
         """(query rows per program, padded sequences, splits) of every pinned paged binary: each split count at
         PAGED_PAD sequences, and for decode-like launches also at the fewest padded sequences of each other launch
-        configuration the kernel runs, up to the first that is no small step (`split_kv.is_small_step`,
-        `is_wide_tile_step`: with one KV head, 16 sequences are a larger small step and 32 no small step)."""
+        configuration the kernel runs, up to the first "plain" one (`split_kv.step_kind`: with one KV head, 16
+        sequences are a "wide_tile" step and 32 a "plain" one)."""
         sms, seqs, kinds = sm_count(device), PAGED_PAD, {}
         while True:
-            small = is_small_step(seqs, seqs, self.hq, self.hk, 16, sms)
-            kinds.setdefault((small, is_wide_tile_step(seqs, seqs, self.hq, self.hk, 16, sms)), seqs)
-            if not small:
+            kind = step_kind(seqs, seqs, self.hq, self.hk, 16, sms)
+            kinds.setdefault(kind, seqs)
+            if kind == "plain":
                 break
             seqs += PAGED_PAD
         counts = {16: sorted(kinds.values()), 64: [PAGED_PAD]}

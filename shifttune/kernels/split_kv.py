@@ -52,21 +52,19 @@ def busy_programs(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int
     return max(num_seqs, -(-num_tokens // block_q)) * hk
 
 
-def is_small_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None, num_sms: int) -> bool:
-    """Whether a step of this size is a small decode step: decode-like (16-row tiles) with so few programs of work
-    that it runs SMALL_STEP_CONFIG[_WIDE_GROUP] at SMALL_STEP_PROGRAMS_PER_SM."""
+def step_kind(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None, num_sms: int) -> str:
+    """How the kernel launches a step of this size: "small" (a decode step, 16-row tiles, with so few programs of work
+    that it runs SMALL_STEP_CONFIG[_WIDE_GROUP] at SMALL_STEP_PROGRAMS_PER_SM), "wide_tile" (one of the larger small
+    steps of a GQA group over 4, which run WIDE_TILE_CONFIG at WIDE_TILE_PROGRAMS_PER_SM), or "plain" (the rest).
+    NOTE: groups of 4 (Llama-3.1-8B) stay "small": at batch 2 the wide tiles took 5% less time at 2k but 1% (H100) and
+    4% (H200) more at 32k (profiles/runs/s28_gpu/b_probe_marginal_h200)."""
     block_m, _, _ = launch_shape(num_tokens, num_seqs, hq, hk, block_m)
-    return block_m < 64 and busy_programs(num_tokens, num_seqs, hq, hk, block_m) * SMALL_STEP_RATIO <= num_sms
-
-
-def is_wide_tile_step(num_tokens: int, num_seqs: int, hq: int, hk: int, block_m: int | None, num_sms: int) -> bool:
-    """Whether a small decode step is one of the larger ones of a GQA group over 4, which run WIDE_TILE_CONFIG at
-    WIDE_TILE_PROGRAMS_PER_SM.
-    NOTE: groups of 4 (Llama-3.1-8B) stay on SMALL_STEP_CONFIG: at batch 2 the wide tiles took 5% less time at 2k but
-    1% (H100) and 4% (H200) more at 32k (profiles/runs/s28_gpu/b_probe_marginal_h200)."""
     busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
-    wide = hq // hk > 4 and busy * WIDE_TILE_RATIO > num_sms
-    return wide and is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms)
+    if block_m >= 64 or busy * SMALL_STEP_RATIO > num_sms:
+        return "plain"
+    if hq // hk > 4 and busy * WIDE_TILE_RATIO > num_sms:
+        return "wide_tile"
+    return "small"
 
 
 def choose_num_splits(
@@ -85,11 +83,7 @@ def choose_num_splits(
     busy = busy_programs(num_tokens, num_seqs, hq, hk, block_m)
     if busy >= num_sms:
         return 1
-    if is_wide_tile_step(num_tokens, num_seqs, hq, hk, block_m, num_sms):
-        default = WIDE_TILE_PROGRAMS_PER_SM
-    elif is_small_step(num_tokens, num_seqs, hq, hk, block_m, num_sms):
-        default = SMALL_STEP_PROGRAMS_PER_SM
-    else:
-        default = PROGRAMS_PER_SM
+    kind = step_kind(num_tokens, num_seqs, hq, hk, block_m, num_sms)
+    default = {"small": SMALL_STEP_PROGRAMS_PER_SM, "wide_tile": WIDE_TILE_PROGRAMS_PER_SM}.get(kind, PROGRAMS_PER_SM)
     per_sm = programs_per_sm or default
     return max(1, min(-(-per_sm * num_sms // busy), MAX_SPLITS))
