@@ -638,3 +638,29 @@ def test_chunk_split_plan(monkeypatch):
     assert stand_in_step_graphs(256, 8, 256, world_size=8).split_plan == {}
     # capacity 9 < 10 query blocks: the graph splits as one chunk
     assert ("tp", 160) not in stand_in_step_graphs(32, 1, 8, world_size=8).split_plan
+
+
+@pytest.mark.parametrize("mode", ["none", "kernel", "ticket"])
+def test_split_floor_probe_kernels_match_torch(mode):
+    """`profiles/commands/split_floor_probe.py` (issue 14's lower bound for split-KV decode attention): each mode's
+    output (chunk means, or their merge by the engine's merge kernel / last-split merge) against torch, with contiguous
+    and shuffled (paged) chunks, one to four splits a KV head, including a chunk that runs past the end."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parents[1] / "profiles" / "commands"))
+    import split_floor_probe as probe
+
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(3000, generator=gen).to(torch.bfloat16).to(DEV)  # 3000 / (8 KV heads x 3 splits): a ragged end
+    counters = torch.zeros(probe.HK, dtype=torch.int32, device=DEV)
+    for paged, splits in [(False, 1), (False, 3), (True, 3), (True, 4)]:
+        n = probe.HK * splits
+        table = (torch.randperm(n, generator=gen) if paged else torch.arange(n)).int().to(DEV)
+        out = probe.launch(x, table, mode, paged, splits, 64, 4, counters)
+        assert probe.check(x, table, mode, splits, 64, out) < (1e-5 if mode == "none" else 1e-2)  # bf16 merged rows
+        if mode == "none":
+            assert (
+                not torch.equal(out, probe.reference(x, torch.arange(n).int().to(DEV), mode, splits, 64)) or not paged
+            )
+    assert counters.eq(0).all()  # the last split of each head put its ticket back
