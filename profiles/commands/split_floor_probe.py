@@ -10,11 +10,13 @@ math: programs laid out as the engine's (KV head x split), launched with PDL as 
 - `kernel`: also store the split's partial output (G query rows x d, fp32) and log-sum-exp, and merge the partials
   with the engine's own merge kernel in a second launch (`paged_attention._merge_splits_kernel`, 32 columns a
   program), as the engine's small decode steps do;
+- `touch`: the same partials, and a second launch of one program that waits for the first (PDL), loads one value
+  and stores it: what any second launch costs at the least, whatever its merge;
 - `ticket`: the same partials, merged in the same launch by the last split of each KV head to finish (the engine's
   `_FUSED_MERGE` path: barrier, acq_rel ticket, `_merge_block`);
 each with contiguous chunks and with `paged` chunks (the chunk's index loaded from a shuffled table first: the one
-dependent load a block table adds before the K/V, at its least). Grids of 1-8 programs per SM, loads of 1024-4096
-elements, 4 or 8 warps. Timed as `attention_bench` times attention: `layers` calls on distinct buffers (256 MB in
+dependent load a block table adds before the K/V, at its least). Grids of 1-8 programs per SM, loads of 1024-32768
+elements, 4-16 warps. Timed as `attention_bench` times attention: `layers` calls on distinct buffers (256 MB in
 all, over 5x the L2) in one CUDA graph, per call. In the same process the engine's attention at the same sizes
 (`paged_attention`, its own launch rule) for comparison. A kernel that reads the bytes, merges splits and also
 gathers blocks and does the math costs at least the best `kernel` / `ticket` time here.
@@ -42,7 +44,7 @@ from shifttune.kernels.launch import pdl_args, sm_count
 HK, G, D = 8, 4, 128  # Llama-3.1-8B: 8 KV heads, 4 query heads each, d 128
 HQ = HK * G
 KV_ELEMS_PER_TOKEN = 2 * HK * D  # K and V, bf16
-MODES = {"none": 0, "kernel": 1, "ticket": 2}
+MODES = {"none": 0, "kernel": 1, "ticket": 2, "touch": 1}
 
 
 @triton.jit
@@ -84,16 +86,25 @@ def _read_split_kernel(x, table, part_out, part_lse, counters, out, n, chunk, nu
                 tl.atomic_xchg(counter, 0)
 
 
+@triton.jit
+def _touch_kernel(part_out, out, PDL: tl.constexpr):
+    if PDL:
+        gdc_wait()
+    tl.store(out, tl.load(part_out))
+
+
 def launch(x: torch.Tensor, table: torch.Tensor, mode: str, paged: bool, splits: int, block: int, warps: int,
            counters: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """One layer: [HK * splits] float32 chunk means (mode none) or the merged [1, HQ, D] rows in x's dtype."""
+    """One layer: [HK * splits] float32 chunk means (none), the first one (touch) or the merged [1, HQ, D] rows."""
     n, dev = x.numel(), x.device
     chunk = triton.cdiv(triton.cdiv(n, HK * splits), block) * block
     pdl = pdl_args(dev)
     part_out = torch.empty((splits, 1, HQ, D), dtype=torch.float32, device=dev)
     part_lse = torch.empty((splits, 1, HQ), dtype=torch.float32, device=dev)
-    out = torch.empty(HK * splits, dtype=torch.float32, device=dev) if mode == "none" else torch.empty(
-        (1, HQ, D), dtype=x.dtype, device=dev)  # fmt: skip
+    if mode in ("none", "touch"):
+        out = torch.empty(HK * splits if mode == "none" else 1, dtype=torch.float32, device=dev)
+    else:
+        out = torch.empty((1, HQ, D), dtype=x.dtype, device=dev)
     gp2 = triton.next_power_of_2(G)
     _read_split_kernel[(HK, splits)](
         x, table, part_out, part_lse, counters, out, n, chunk, splits, HQ=HQ, D=D, G=G, GP2=gp2,
@@ -103,6 +114,8 @@ def launch(x: torch.Tensor, table: torch.Tensor, mode: str, paged: bool, splits:
         pa._merge_splits_kernel[(HQ, D // pa.MERGE_COLUMNS)](
             out, part_out, part_lse, 1, splits, HQ=HQ, D=D, DC=pa.MERGE_COLUMNS,
             SPLITS_P2=triton.next_power_of_2(splits), **pdl)  # fmt: skip
+    elif mode == "touch":
+        _touch_kernel[(1,)](part_out, out, **pdl)
     return out
 
 
@@ -115,6 +128,8 @@ def reference(x: torch.Tensor, table: torch.Tensor, mode: str, splits: int, bloc
     mine = means[table.long()]  # program p read chunk table[p] (the identity table when not paged)
     if mode == "none":
         return mine.float()
+    if mode == "touch":  # split 0's partial of head 0's first row
+        return mine[:1].float()
     per_head = mine.view(HK, splits).mean(1)
     return per_head.repeat_interleave(G)[:, None].expand(HQ, D)[None].to(x.dtype)
 
@@ -138,10 +153,10 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="JSON of every row")
     ap.add_argument("--tokens", default="2048,4096", help="batch x context tokens of K/V a layer reads")
-    ap.add_argument("--modes", default="none,kernel,ticket")
+    ap.add_argument("--modes", default="none,kernel,touch,ticket")
     ap.add_argument("--per-sm", default="1,2,4,8", help="programs per SM (splits = per_sm x SMs / 8 KV heads)")
-    ap.add_argument("--blocks", default="1024,4096", help="elements a load")
-    ap.add_argument("--warps", default="4,8")
+    ap.add_argument("--blocks", default="1024,4096,16384,32768", help="elements a load")
+    ap.add_argument("--warps", default="4,8,16")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("split_floor_probe needs a GPU")
