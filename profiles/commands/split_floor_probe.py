@@ -8,10 +8,13 @@ read of those bytes at 4.7 us. This adds, one at a time, what any split-KV atten
 math: programs laid out as the engine's (KV head x split), launched with PDL as the engine's kernels are,
 - `none`: read a contiguous chunk and store one float (the read alone, PDL on);
 - `kernel`: also store the split's partial output (G query rows x d, fp32) and log-sum-exp, and merge the partials
-  with the engine's own merge kernel in a second launch (`paged_attention._merge_splits_kernel`, 32 columns a
-  program), as the engine's small decode steps do;
+  with the engine's own merge kernel in a second launch (`paged_attention._merge_splits_kernel`), as the engine's
+  small decode steps do: at 32 columns a program and 4 warps as in the engine (`kernel`), or at `--merge-dc`
+  columns a program and `--merge-warps` warps (`kernel_dc64_w2`, ...);
 - `touch`: the same partials, and a second launch of one program that waits for the first (PDL), loads one value
   and stores it: what any second launch costs at the least, whatever its merge;
+- `touchgrid`: the same, with the merge kernel's grid (a program per 32 columns of each row), each program loading one
+  value: what the merge's launch costs without its loads and math;
 - `ticket`: the same partials, merged in the same launch by the last split of each KV head to finish (the engine's
   `_FUSED_MERGE` path: barrier, acq_rel ticket, `_merge_block`);
 each with contiguous chunks and with `paged` chunks (the chunk's index loaded from a shuffled table first: the one
@@ -44,7 +47,7 @@ from shifttune.kernels.launch import pdl_args, sm_count
 HK, G, D = 8, 4, 128  # Llama-3.1-8B: 8 KV heads, 4 query heads each, d 128
 HQ = HK * G
 KV_ELEMS_PER_TOKEN = 2 * HK * D  # K and V, bf16
-MODES = {"none": 0, "kernel": 1, "ticket": 2, "touch": 1}
+MODES = {"none": 0, "kernel": 1, "ticket": 2, "touch": 1, "touchgrid": 1}
 
 
 @triton.jit
@@ -87,22 +90,26 @@ def _read_split_kernel(x, table, part_out, part_lse, counters, out, n, chunk, nu
 
 
 @triton.jit
-def _touch_kernel(part_out, out, PDL: tl.constexpr):
+def _touch_kernel(part_out, out, D: tl.constexpr, DC: tl.constexpr, PDL: tl.constexpr):
+    """Program (row, c) loads split 0's partial at (row, DC * c) and stores it at out[program]."""
     if PDL:
         gdc_wait()
-    tl.store(out, tl.load(part_out))
+    pid = tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)
+    tl.store(out + pid, tl.load(part_out + tl.program_id(0) * D + tl.program_id(1) * DC))
 
 
 def launch(x: torch.Tensor, table: torch.Tensor, mode: str, paged: bool, splits: int, block: int, warps: int,
-           counters: torch.Tensor) -> torch.Tensor:  # fmt: skip
-    """One layer: [HK * splits] float32 chunk means (none), the first one (touch) or the merged [1, HQ, D] rows."""
+           counters: torch.Tensor, merge_dc: int = 32, merge_warps: int = 4) -> torch.Tensor:  # fmt: skip
+    """One layer: [HK * splits] float32 chunk means (none), the first (touch) or each row's first (touchgrid), or the
+    merged [1, HQ, D] rows."""
     n, dev = x.numel(), x.device
     chunk = triton.cdiv(triton.cdiv(n, HK * splits), block) * block
     pdl = pdl_args(dev)
     part_out = torch.empty((splits, 1, HQ, D), dtype=torch.float32, device=dev)
     part_lse = torch.empty((splits, 1, HQ), dtype=torch.float32, device=dev)
-    if mode in ("none", "touch"):
-        out = torch.empty(HK * splits if mode == "none" else 1, dtype=torch.float32, device=dev)
+    if mode in ("none", "touch", "touchgrid"):
+        size = {"none": HK * splits, "touch": 1, "touchgrid": HQ * (D // pa.MERGE_COLUMNS)}[mode]
+        out = torch.empty(size, dtype=torch.float32, device=dev)
     else:
         out = torch.empty((1, HQ, D), dtype=x.dtype, device=dev)
     gp2 = triton.next_power_of_2(G)
@@ -111,11 +118,12 @@ def launch(x: torch.Tensor, table: torch.Tensor, mode: str, paged: bool, splits:
         S_CHUNK=min(triton.next_power_of_2(splits), max(1, pa.MERGE_ELEMS // (gp2 * D))), BLOCK=block,
         MODE=MODES[mode], PAGED=paged, num_warps=warps, **pdl)  # fmt: skip
     if mode == "kernel":
-        pa._merge_splits_kernel[(HQ, D // pa.MERGE_COLUMNS)](
-            out, part_out, part_lse, 1, splits, HQ=HQ, D=D, DC=pa.MERGE_COLUMNS,
-            SPLITS_P2=triton.next_power_of_2(splits), **pdl)  # fmt: skip
-    elif mode == "touch":
-        _touch_kernel[(1,)](part_out, out, **pdl)
+        pa._merge_splits_kernel[(HQ, D // merge_dc)](
+            out, part_out, part_lse, 1, splits, HQ=HQ, D=D, DC=merge_dc, SPLITS_P2=triton.next_power_of_2(splits),
+            num_warps=merge_warps, **pdl)  # fmt: skip
+    elif mode in ("touch", "touchgrid"):
+        grid = (1, 1) if mode == "touch" else (HQ, D // pa.MERGE_COLUMNS)
+        _touch_kernel[grid](part_out, out, D=D, DC=pa.MERGE_COLUMNS, **pdl)
     return out
 
 
@@ -130,6 +138,8 @@ def reference(x: torch.Tensor, table: torch.Tensor, mode: str, splits: int, bloc
         return mine.float()
     if mode == "touch":  # split 0's partial of head 0's first row
         return mine[:1].float()
+    if mode == "touchgrid":  # split 0's partial of each row, once per 32 columns
+        return mine.view(HK, splits)[:, 0].repeat_interleave(G * (D // pa.MERGE_COLUMNS)).float()
     per_head = mine.view(HK, splits).mean(1)
     return per_head.repeat_interleave(G)[:, None].expand(HQ, D)[None].to(x.dtype)
 
@@ -141,19 +151,27 @@ def check(x, table, mode, splits, block, out) -> float:
 
 def configs(args) -> list[dict]:
     ints = [[int(v) for v in text.split(",")] for text in (args.per_sm, args.blocks, args.warps)]
-    grid = itertools.product(args.modes.split(","), [False, True], *ints)
-    return [dict(mode=m, paged=p, per_sm=s, block=b, warps=w) for m, p, s, b, w in grid]
+    merges = [[int(v) for v in text.split(",")] for text in (args.merge_dc, args.merge_warps)]
+    out = []
+    for m, p, s, b, w in itertools.product(args.modes.split(","), [False, True], *ints):
+        for dc, mw in itertools.product(*merges) if m == "kernel" else [(32, 4)]:
+            out.append(dict(mode=m, paged=p, per_sm=s, block=b, warps=w, merge_dc=dc, merge_warps=mw))
+    return out
 
 
 def label(c: dict) -> str:
-    return f"{c['mode']}_{'paged' if c['paged'] else 'contig'}_p{c['per_sm']}_b{c['block']}_w{c['warps']}"
+    """mode[_dcDC_wW]_{contig|paged}_pP_bB_wW (the merge's columns and warps where they are not the engine's)."""
+    merge = "" if (c["merge_dc"], c["merge_warps"]) == (32, 4) else f"_dc{c['merge_dc']}_w{c['merge_warps']}"
+    return f"{c['mode']}{merge}_{'paged' if c['paged'] else 'contig'}_p{c['per_sm']}_b{c['block']}_w{c['warps']}"
 
 
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, required=True, help="JSON of every row")
     ap.add_argument("--tokens", default="2048,4096", help="batch x context tokens of K/V a layer reads")
-    ap.add_argument("--modes", default="none,kernel,touch,ticket")
+    ap.add_argument("--modes", default="none,kernel,touch,touchgrid,ticket")
+    ap.add_argument("--merge-dc", default="32", help="merge columns a program (kernel mode), comma-separated")
+    ap.add_argument("--merge-warps", default="4", help="merge warps (kernel mode), comma-separated")
     ap.add_argument("--per-sm", default="1,2,4,8", help="programs per SM (splits = per_sm x SMs / 8 KV heads)")
     ap.add_argument("--blocks", default="1024,4096,16384,32768", help="elements a load")
     ap.add_argument("--warps", default="4,8,16")
@@ -180,7 +198,8 @@ def main(argv: list[str] | None = None) -> None:
             table = table.to(dev)
 
             def one(b, c=c, s=splits, t=table):
-                return launch(b, t, c["mode"], c["paged"], s, c["block"], c["warps"], counters)
+                return launch(b, t, c["mode"], c["paged"], s, c["block"], c["warps"], counters, c["merge_dc"],
+                              c["merge_warps"])  # fmt: skip
 
             outs = [one(b) for b in bufs]
             err = max(check(b, table, c["mode"], splits, c["block"], o) for b, o in zip(bufs[:2], outs[:2]))
@@ -193,11 +212,16 @@ def main(argv: list[str] | None = None) -> None:
             row["configs"][label(c)] = dict(splits=splits, us=1e3 * med / layers, p10_us=1e3 * p10 / layers,
                                             p90_us=1e3 * p90 / layers, rel_err=err)  # fmt: skip
             del g, outs
-        for mode in MODES:
+        for mode in [*MODES, "kernel_engine"]:  # kernel: any merge variant; kernel_engine: the engine's merge
             for paged in (False, True):
-                key = f"{mode}_{'paged' if paged else 'contig'}"
-                mine = {k: v for k, v in row["configs"].items() if k.startswith(key + "_") and v["rel_err"] < 1e-2}
+                mine = {
+                    k: v
+                    for k, v in row["configs"].items()
+                    if v["rel_err"] < 1e-2 and ("_paged_" in k) == paged and k.split("_")[0] == mode.split("_")[0]
+                    and (mode != "kernel_engine" or "_dc" not in k)
+                }  # fmt: skip
                 best = min(mine, key=lambda k: mine[k]["us"]) if mine else None
+                key = f"{mode}_{'paged' if paged else 'contig'}"
                 row[f"best_{key}"] = dict(config=best, us=mine[best]["us"] if best else None)
         del bufs
         b = tokens // 2048 if tokens % 2048 == 0 else None  # the same bytes as attention at batch b, 2k context
