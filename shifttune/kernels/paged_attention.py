@@ -53,11 +53,13 @@ MERGE = "kernel"  # how split-KV partials merge: "kernel" (a second launch) or "
 PREFILL_CONFIG = dict(tile=64, num_warps=4, num_stages=2)  # d > 128: tile 32
 MERGE_ELEMS = 8192  # fp32 partial-output elements the merging program loads at once
 MERGE_COLUMNS = 32  # output columns per program of the merge kernel (a row's d split over d / 32 programs)
-# Splits a merge warp takes (padded to a power of two): one warp for up to 128, so a row's reduction over its splits
-# stays within a warp (shuffles, no shared-memory round between warps). On an H100, read + merge of batch 1 / 2's
-# K/V bytes at 2k with no attention math: 6.22 / 9.20 us with one warp against 6.64 / 9.57 with four
-# (profiles/runs/s29_gpu/d_merges_h100, split_floor_probe.py).
-MERGE_SPLITS_PER_WARP = 128
+# The merge kernel runs one warp a program for up to this many splits (padded to a power of two), so a row's reduction
+# over its splits stays within a warp (shuffles, no shared-memory round between warps), and 4 warps above. On an H100,
+# read + merge of batch 1 / 2's K/V bytes at 2k with no attention math: 6.22 / 9.20 us with one warp against 6.64 /
+# 9.57 with four (profiles/runs/s29_gpu/d_merges_h100, split_floor_probe.py); Llama-3.1-8B's attention at batch 1 / 2,
+# 2k: 8.6 -> 8.2 / 11.5 -> 10.9 us (e_probe_marginal_h100). At 256 splits (8/1 heads, batch 1) two warps took 4% more
+# than four.
+MERGE_ONE_WARP_SPLITS = 128
 # Programmatic dependent launch (`launch.pdl`): the attention kernel starts while the launch before it (RoPE,
 # which writes q and the new K/V) finishes, and waits for it (`gdc_wait`) only before reading q; the merge
 # launch starts as the attention programs leave their key loops, and waits before reading the partials. On an
@@ -453,6 +455,6 @@ def paged_attention(
             DC=columns,
             SPLITS_P2=triton.next_power_of_2(num_splits),
             **pdl,
-            num_warps=max(1, triton.next_power_of_2(num_splits) // MERGE_SPLITS_PER_WARP),
+            num_warps=1 if triton.next_power_of_2(num_splits) <= MERGE_ONE_WARP_SPLITS else 4,
         )
     return out
