@@ -1,9 +1,13 @@
-"""Session 28's decode-attention probes, row by row:
+"""Session 28's (and later sessions') decode-attention probes, row by row:
 
     python profiles/commands/s28_derived.py > profiles/runs/s28_derived.txt
+    python profiles/commands/s28_derived.py --runs profiles/runs/s29_gpu --before before29 \
+        > profiles/runs/s29_derived.txt
 
 Reads `profiles/runs/s28_gpu/{a,b,c,e}_*/probe_{before,after}_{hq}_{hk}.json` (`wide_split_probe.py --options`, run by
-`profiles/commands/s28_gpu.sh PART=probe` on two trees in one call) and prints, per card, head layout, batch and
+`profiles/commands/s28_gpu.sh PART=probe` on two trees in one call), or with `--runs` every such pair in that folder's
+run folders, also inside their `.tgz` archives (`b18_{before,after}.json` too: batch 1-8), and prints, per card, head
+layout, batch and
 context: the HBM floor, the engine's time on each tree (us per layer) with the change and the split counts, each
 option on each tree, and the engine's ratio to the floor on the tree after. Then, per file pair, the range of the
 change over the rows whose split count the tree after left alone, and the largest error against the fp32 reference.
@@ -11,18 +15,46 @@ change over the rows whose split count the tree after left alone, and the larges
 
 from __future__ import annotations
 
+import argparse
 import json
+import tarfile
 from pathlib import Path
 
 RUNS = Path(__file__).resolve().parents[1] / "runs" / "s28_gpu"
 
 
+def pairs(runs: Path | None, tag: str) -> list[tuple[str, dict, dict]]:
+    """(run folder, probe before, probe after) of each pair, in name order."""
+    if runs is None:  # session 28's own folders and names
+        return [(f.parent.name, json.loads(f.read_text()), json.loads(f.with_name(f.name.replace("before", "after"))
+                 .read_text())) for f in sorted(RUNS.glob("[abce]_*/probe_before_*.json"))]  # fmt: skip
+    files: dict[tuple[str, str], bytes] = {}
+    for folder in sorted(p for p in runs.iterdir() if p.is_dir()):
+        for f in folder.iterdir():
+            if f.suffix == ".json":
+                files[folder.name, f.name] = f.read_bytes()
+            elif f.name.endswith(".tgz"):
+                with tarfile.open(f) as tar:
+                    for m in tar.getmembers():
+                        if m.name.endswith(".json"):
+                            files[folder.name, Path(m.name).name] = tar.extractfile(m).read()
+    out = []
+    for (folder, name), data in sorted(files.items()):
+        if name.startswith(("probe_", "b18_")) and f"_{tag}" in name:
+            after = files.get((folder, name.replace(f"_{tag}", "_after")))
+            if after is not None:
+                out.append((folder, json.loads(data), json.loads(after)))
+    return out
+
+
 def main() -> None:
-    for before in sorted(RUNS.glob("[abce]_*/probe_before_*.json")):
-        after = before.with_name(before.name.replace("before", "after"))
-        b, a = json.loads(before.read_text()), json.loads(after.read_text())
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--runs", type=Path, help="a session's runs folder (default: session 28's, its own file names)")
+    ap.add_argument("--before", default="before", help="the tree name before (file names probe_<before>_*.json)")
+    args = ap.parse_args()
+    for folder, b, a in pairs(args.runs, args.before):
         labels, heads = list(a["rows"][0]["options"]), f"{a['rows'][0]['hq']}/{a['rows'][0]['hk']}"
-        print(f"# {after.parent.name} {a['card']} {heads} heads; engine before -> after; options before/after: "
+        print(f"# {folder} {a['card']} {heads} heads; engine before -> after; options before/after: "
               f"{', '.join(labels)}")  # fmt: skip
         alone = []
         for rb, ra in zip(b["rows"], a["rows"]):
