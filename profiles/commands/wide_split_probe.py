@@ -110,6 +110,8 @@ def main(argv: list[str] | None = None) -> None:
     )
     ap.add_argument("--hq", type=int, default=32, help="query heads (Llama-3.1-8B: 32; a TP rank of 70B: 64 / TP)")
     ap.add_argument("--hk", type=int, default=8, help="KV heads")
+    ap.add_argument("--q-len", type=int, default=1, help="new tokens a sequence (1: decode; more: prefill chunks whose "
+                    "context counts them)")  # fmt: skip
     ap.add_argument("--keep", type=int, default=8, help="options of phase 1 timed on every row (0: no phase 2)")
     ap.add_argument("--options", default="", help="labels (p2_t128_w4_s1_mdc32[_fused|_none], ...) timed on every "
                     "row with no phase 1: --search and the option grid are ignored")  # fmt: skip
@@ -125,16 +127,16 @@ def main(argv: list[str] | None = None) -> None:
     def run_row(b: int, c: int, opts: list[dict]) -> dict:
         kv_bytes = 2 * b * c * hk * d * 2
         layers = max(1, min(32, -(-(256 << 20) // kv_bytes)))
-        step = Step([1] * b, [c] * b, hq, hk, d, bs, layers, dev)
+        step = Step([args.q_len] * b, [c] * b, hq, hk, d, bs, layers, dev)
         ref = step.reference(scale)
-        row = dict(hq=hq, hk=hk, batch=b, context=c, layers_in_graph=layers,
+        row = dict(hq=hq, hk=hk, batch=b, q_len=args.q_len, context=c, layers_in_graph=layers,
                    floor_us=1e6 * kv_bytes / ceil.hbm_bytes_per_s,
-                   engine_splits=pa.choose_num_splits(b, b, hq, hk, None, sms),
+                   engine_splits=pa.choose_num_splits(b * args.q_len, b, hq, hk, None, sms),
                    launch_floor_us=launch_floor_us(step, pa, hq, hk, sms),
                    engine=time_layers(step, lambda *a: pa.paged_attention(*a), dev, scale, ref),
                    options={})  # fmt: skip
         for o in opts:
-            splits = pa.choose_num_splits(b, b, hq, hk, None, sms, o["per_sm"])
+            splits = pa.choose_num_splits(b * args.q_len, b, hq, hk, None, sms, o["per_sm"])
             call = (lambda o, s: lambda qq, kc, vc, meta, sc: attention(qq, kc, vc, meta, sc, s, o["tile"], o["warps"],
                     o["stages"], o["merge_dc"], o["merge"]))(o, splits)  # fmt: skip
             timing = time_layers(step, call, dev, scale, None if o["merge"] == "none" else ref)
