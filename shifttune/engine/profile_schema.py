@@ -115,6 +115,11 @@ class Profile:
     def world_size(self) -> int:
         return max((f.tp * f.sp for f in self.factorizations), default=1)
 
+    @property
+    def max_decode_batch(self) -> int:
+        """The most sequences a decode step of the profiled engine held (256 where the profile does not say)."""
+        return int(self.engine.get("max_decode_batch", 256))
+
     def curve(self, mode: str, tp: int, sp: int, context: int) -> list[Point]:
         """Points of one mode and layout at one context, by tokens."""
         return sorted(

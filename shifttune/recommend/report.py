@@ -132,7 +132,7 @@ def decode_batch(prof: Profile, input_len: int, output_len: int) -> int:
     fewer sequences of input + output tokens (the capacity the simulation runs with)."""
     block = int(prof.engine.get("block_size", 16))
     fits = kv_capacity(prof, prof.world_size, 1) // block // blocks_for(input_len + output_len, block)
-    return max(1, min(int(prof.engine.get("max_decode_batch", 256)), fits))
+    return max(1, min(prof.max_decode_batch, fits))
 
 
 def default_rate(prof: Profile, input_len: int, output_len: int, batch: int) -> float:
@@ -155,7 +155,7 @@ def recommend(req: RecommendRequest) -> tuple[Profile, Plan, dict]:
     if not req.rates and req.trace is None and prof.hardware.get("device") == "cuda":
         batch = decode_batch(prof, req.input_len, req.output_len)
         req.rates = [default_rate(prof, req.input_len, req.output_len, batch)]
-        kv_bound = batch < int(prof.engine.get("max_decode_batch", 256))
+        kv_bound = batch < prof.max_decode_batch
         notes.append(
             f"no --rate given: latencies predicted at {req.rates[0]:g} req/s ({req.input_len} in / {req.output_len} "
             "out), about half of what TP mode alone sustains here"
