@@ -32,7 +32,7 @@ for variant in ${VARIANTS-h11 h11-freeze httptools}; do
 done
 # Then the bench's own client, after a streamed test request or after a GET (after_test.py), against h11 (VARIANTS=""
 # runs only this part; AFTER_TEST="" skips it):
-if [ -n "${AFTER_TEST:-1}" ]; then
+if [ -n "${AFTER_TEST-1}" ]; then
   port=$((18900 + RANDOM % 90))
   python front.py $port h11 asyncio > /tmp/s27_burst_front.log 2>&1 &
   sleep 12
