@@ -652,3 +652,24 @@ def test_a_burst_into_an_idle_engine_counts_as_waiting_only_past_its_free_sequen
     engine.admit(2)
     with pytest.raises(QueueFullError, match="2 requests are waiting"):
         engine.admit(1)
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(tiny_server):
+    """The server keeps an idle connection open past the 5 s for which httpx (so the openai SDK) reuses one, so no
+    request is sent on a connection the server is closing (`launcher.KEEP_ALIVE_S`; uvicorn's default closes at 5 s);
+    the bench's own client reuses one for less than 5 s, for servers that do close then."""
+    from shifttune.bench.client import KEEPALIVE_EXPIRY_S
+    from shifttune.server.launcher import KEEP_ALIVE_S
+
+    connects = []
+
+    def trace(name, info):
+        if name == "connection.connect_tcp.started":
+            connects.append(name)
+
+    with httpx.Client(limits=httpx.Limits(keepalive_expiry=60), trust_env=False, timeout=10) as c:
+        assert c.get(f"{tiny_server}/health", extensions={"trace": trace}).status_code == 200
+        time.sleep(6.0)  # past uvicorn's default keep-alive
+        assert c.get(f"{tiny_server}/health", extensions={"trace": trace}).status_code == 200
+    assert len(connects) == 1  # the second request went out on the first connection: the server had kept it open
+    assert KEEPALIVE_EXPIRY_S < 5 < KEEP_ALIVE_S

@@ -65,10 +65,17 @@ def error_message(status: int, body: bytes) -> str:
     return f"HTTP {status}: {text[:500]}"
 
 
+# NOTE: idle connections are reused for at most this long, well under the 5 s after which servers on uvicorn's defaults
+# close them: reusing one just as the server closes it fails that request (a ReadError). httpx's own default is 5 s;
+# with it, 4 of 6 bursts of 512 streams on CPU lost 1-2 requests that way, with 2 s none did
+# (profiles/runs/s29_burst_trace_cpu.txt).
+KEEPALIVE_EXPIRY_S = 2.0
+
+
 def _client(api_key: str | None, timeout_s: float) -> httpx.AsyncClient:
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     # trust_env=False: traffic goes to the given URL only, never through an environment's proxy.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None)
+    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=KEEPALIVE_EXPIRY_S)
     timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
     return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=False)
 

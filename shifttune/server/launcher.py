@@ -23,6 +23,10 @@ from shifttune.server.async_engine import AsyncEngine
 from shifttune.server.metrics import ServerMetrics
 
 logger = logging.getLogger("shifttune.server")
+# NOTE: an idle client connection stays open this long (uvicorn's default: 5 s). Common clients (httpx, so the openai
+# SDK) reuse idle connections for up to 5 s; a server that closes at the same age races them, and the request sent
+# on a connection as it closes fails (profiles/runs/s29_burst_trace_cpu.txt).
+KEEP_ALIVE_S = 30
 
 
 @dataclass
@@ -110,7 +114,8 @@ def _serve(config: EngineConfig, settings: ServerSettings, sock: socket.socket,
         raise
     try:  # from here on, whatever ends this (also a stop asked for before uvicorn runs) stops the engine
         app = build_app(async_engine, metrics, name, config.max_model_len, settings.api_key)
-        uv_config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5)
+        uv_config = uvicorn.Config(app, log_level=settings.log_level, access_log=False, timeout_graceful_shutdown=5,
+                                   timeout_keep_alive=KEEP_ALIVE_S)  # fmt: skip
         server = _Server(uv_config, async_engine)
         async_engine.on_fatal = lambda: setattr(server, "should_exit", True)
         on_server(server)

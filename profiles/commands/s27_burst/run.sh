@@ -8,6 +8,7 @@
 # Each line: the client's failed requests by error, the burst's duration, when the response headers came back, and the
 # CPU time the server's HTTP process spent on the burst (OUTPUT_TOKENS tokens a request, default 64).
 #   bash profiles/commands/s27_burst/run.sh > profiles/runs/s27_burst_cpu.txt
+# TRACE=1 adds burst.py's trace line to each run's line (session 29).
 set -u
 cd "$(dirname "$0")"
 RUNS=${RUNS:-4}
@@ -24,7 +25,7 @@ for variant in ${VARIANTS-h11 h11-freeze httptools}; do
   pid=$(pgrep -f "front.py $port" | head -1)
   for r in $(seq "$RUNS"); do
     cpu0=$(awk '{print $14 + $15}' /proc/$pid/stat)
-    line=$(python burst.py $port 512 ${OUTPUT_TOKENS:-64} 2>&1 | grep "^errors")
+    line=$(python burst.py $port 512 ${OUTPUT_TOKENS:-64} 2>&1 | grep -E "^(errors|trace)" | tr "\n" " ")
     cpu1=$(awk '{print $14 + $15}' /proc/$pid/stat)
     echo "$variant run $r: $line; HTTP process CPU $(( cpu1 - cpu0 )) ticks of 10 ms"
   done
