@@ -659,8 +659,6 @@ def test_split_floor_probe_kernels_match_torch(mode):
         table = (torch.randperm(n, generator=gen) if paged else torch.arange(n)).int().to(DEV)
         out = probe.launch(x, table, mode, paged, splits, 64, 4, counters, merge_dc=64 if paged else 32)
         assert probe.check(x, table, mode, splits, 64, out) < (1e-2 if mode in ("kernel", "ticket") else 1e-5)  # bf16
-        if mode == "none":
-            assert (
-                not torch.equal(out, probe.reference(x, torch.arange(n).int().to(DEV), mode, splits, 64)) or not paged
-            )
+        if mode == "none" and paged:  # the shuffled table is what the programs read
+            assert not torch.equal(out, probe.reference(x, torch.arange(n).int().to(DEV), mode, splits, 64))
     assert counters.eq(0).all()  # the last split of each head put its ticket back

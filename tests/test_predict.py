@@ -411,9 +411,8 @@ def test_a_shipped_op_table_is_found_by_model_and_gpu(tiny_ops, tmp_path, monkey
     assert prof.sources["op_table"]["file"] == str(tmp_path / "tiny_cpu.json")
     assert {(p.mode, p.tp, p.sp) for p in prof.points} == {(TP, 2, 1), (SP, 1, 2)}
     assert prof.sources["collectives"]["used"]["nccl all_reduce P=2 eager"] == "measured on 2 GPUs"
-    with pytest.raises(
-        ConfigError, match="unknown GPU type CPU;"
-    ):  # P = 4 is not in the table: the roofline, no CPU one
+    # P = 4 is not in the table: the roofline, which has no CPU entry
+    with pytest.raises(ConfigError, match="unknown GPU type CPU;"):
         predict_profile(PredictSettings("tiny", 4, "cpu", collectives=tmp_path / "gloo.json"))
 
 

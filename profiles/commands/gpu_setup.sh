@@ -1,6 +1,6 @@
 # Sourced by the session GPU scripts (`. profiles/commands/gpu_setup.sh`), from the repository root on the device:
 # $OUT (the device's output folder), this tree on PYTHONPATH, the test packages from the carried wheels/,
-# `stamp`, which prints a timed line and appends it to $OUT/check.log, `gpu_tests` and `loop_on`.
+# `stamp`, which prints a timed line and appends it to $OUT/check.log, `gpu_tests`, `loop_on` and `tree_path`.
 set -u
 OUT=${OUT:-/tmp/out}
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD
@@ -17,4 +17,7 @@ gpu_tests() {  # seconds: tests/test_gpu.py and tests/test_kernels.py into $OUT/
 loop_on() {  # tree, seconds, cases, out, [more flags]: this tree's loop_overhead.py (the public API only) on a tree
   (cd "$1" && PYTHONPATH=$PWD timeout "$2" python "$OLDPWD/shifttune/profile/loop_overhead.py" --model llama-3.1-8b \
     --cases "$3" --out "$4" ${5:---no-offline} 2>&1 | grep -v -i warn | grep -E "batch|offline" | tee -a "$LOG")
+}
+tree_path() {  # a tree's name: "after" is this tree, another one the carried gpu_old/s28_<name>/ (sessions 28-29)
+  if [ "$1" = after ]; then echo "$PWD"; else echo "$PWD/gpu_old/s28_$1"; fi
 }

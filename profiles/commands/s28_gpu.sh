@@ -14,7 +14,6 @@
 # Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
 stamp "gpu: $(nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tr '\n' ';')"
-tree_path() { if [ "$1" = after ]; then echo "$PWD"; else echo "$PWD/gpu_old/s28_$1"; fi; }  # a tree of TREES
 for part in ${PART:-probe}; do
 case "$part" in
 probe)

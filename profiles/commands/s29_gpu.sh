@@ -20,7 +20,7 @@ floor)
   grep -v -i warn "$OUT/split_floor.log" | tail -4 | tee -a "$LOG" ;;
 chunk)
   for tree in ${TREES:-before29 after}; do
-    path=$PWD; [ "$tree" = after ] || path=$PWD/gpu_old/s28_$tree
+    path=$(tree_path "$tree")
     for spec in 8/2 4/1 16/2 8/1; do
       for q in 512 1024; do
         name=chunk_${tree}_${spec%%/*}_${spec##*/}_$q; T0=$SECONDS

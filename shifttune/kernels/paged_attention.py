@@ -443,7 +443,7 @@ def paged_attention(
         num_stages=num_stages or config["num_stages"],
     )
     if mode == _KERNEL_MERGE:
-        columns = min(MERGE_COLUMNS, dim)
+        columns, splits_p2 = min(MERGE_COLUMNS, dim), triton.next_power_of_2(num_splits)
         _merge_splits_kernel[(num_tokens * hq, dim // columns)](
             out,
             part_out,
@@ -453,8 +453,8 @@ def paged_attention(
             HQ=hq,
             D=dim,
             DC=columns,
-            SPLITS_P2=triton.next_power_of_2(num_splits),
+            SPLITS_P2=splits_p2,
             **pdl,
-            num_warps=1 if triton.next_power_of_2(num_splits) <= MERGE_ONE_WARP_SPLITS else 4,
+            num_warps=1 if splits_p2 <= MERGE_ONE_WARP_SPLITS else 4,
         )
     return out
