@@ -38,6 +38,12 @@ typedef long long i64;
 #ifndef STAMPS
 #define STAMPS 0
 #endif
+#ifndef WMERGE
+#define WMERGE 1  // 0 (with MATH 0): no merge of the warps' partials; warp 0's stands for the CTA's
+#endif
+#ifndef LOAD
+#define LOAD 1  // 0: no K/V copies (launch, metadata, q and the merges only)
+#endif
 #ifndef MINB
 #define MINB 1  // CTAs an SM (launch bounds)
 #endif
@@ -129,7 +135,7 @@ __device__ __forceinline__ void tile_rows(unsigned (&rows)[COPIES], int t, int t
 // the last tile commits an empty group, so the group count stays one per tile.
 __device__ __forceinline__ void copy_tile(const unsigned (&rows)[COPIES], int t, int n_tiles, int tid, bf16_t* stages,
                                           const bf16_t* k_cache, const bf16_t* v_cache) {
-    if (t < n_tiles) {
+    if (LOAD && t < n_tiles) {
         bf16_t* ks = stages + (t % STAGES) * STAGE_ELEMS;
 #pragma unroll
         for (int i = 0; i < COPIES; ++i) {
@@ -303,6 +309,7 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
     float* w_ml = w_acc + WARPS * 16 * HEAD;         // [WARPS][16][2]
     float* c_acc = w_ml + WARPS * 16 * 2;            // [16][HEAD]: this CTA's partial, read
     float* c_ml = c_acc + 16 * HEAD;                 // [16][2]       by the whole cluster
+#if WMERGE
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
         const int row = g + 8 * h;
@@ -338,6 +345,24 @@ cluster_decode(bf16_t* __restrict__ out, const bf16_t* __restrict__ q, const bf1
             c_ml[row * 2 + 1] = den;
         }
     }
+#else
+    __syncthreads();  // every warp is done with the stages
+    if (warp == 0) {
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const int row = g + 8 * h;
+            if (t4 == 0) {
+                c_ml[row * 2] = m[h];
+                c_ml[row * 2 + 1] = l[h];
+            }
+#pragma unroll
+            for (int n = 0; n < 16; ++n) {
+                c_acc[row * HEAD + 8 * n + 2 * t4] = acc[n][2 * h];
+                c_acc[row * HEAD + 8 * n + 2 * t4 + 1] = acc[n][2 * h + 1];
+            }
+        }
+    }
+#endif
     STAMP(5)
 #if MERGE
     cluster_sync();  // every CTA's partial is in its shared memory

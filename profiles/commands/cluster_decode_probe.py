@@ -11,14 +11,16 @@ once, PDL, block-table reads before the wait) and has switches that take parts o
 context) and launch option (CTAs a cluster C, warps W):
 - `full`: the attention (checked against the fp32 reference: `rel_err`), `full_nopre` with the block-table reads after
   the wait, `full_nopdl` launched without PDL;
-- `nomath`: the same reads, the cluster merge, no attention math; `nomath_nomerge`: the reads alone (each CTA writes
-  its own partial);
+- `nomath`: the same reads, the cluster merge, no attention math; `nomath_nomerge`: without the cluster merge (each CTA
+  writes its own partial); `_nowmerge`: without the merge of a CTA's warps (warp 0's partial stands for the CTA's);
+  `noload_nomath_nowmerge`: no K/V copies either (launch, metadata, q, the cluster merge);
 next to the engine's `paged_attention` in the same process, as `attention_bench` times attention (`layers` calls on
-distinct K/V in one CUDA graph, per call). Also, for each shape's best `full` option, a timeline: each CTA's
-%globaltimer at eight points of the kernel (start, block table read, after the wait, first tile landed, math done,
-own partial ready, cluster barrier passed, end), in one replay of the graph, as medians over the CTAs of each call,
-in us from that call's first CTA start, and the gap from each call's last CTA end to the next call's first start;
-and the most clusters of each option the GPU runs at once (cuOccupancyMaxActiveClusters).
+distinct K/V in one CUDA graph, per call). Also, for each shape's best `full` option, of its `full`, `nomath_nowmerge`
+and `noload_nomath_nowmerge`, a timeline: each CTA's %globaltimer at eight points of the kernel (start, block table
+read, after the wait, first tile landed, math done, own partial ready, cluster barrier passed, end), in one replay of
+the graph, as medians over the CTAs of each call, in us from that call's first CTA start, and the gap from each call's
+last CTA end to the next call's first start; and the most clusters of each option the GPU runs at once
+(cuOccupancyMaxActiveClusters).
 """
 
 from __future__ import annotations
@@ -41,12 +43,15 @@ G = HQ // HK
 ROW = D + 8  # as #defined in the source
 SOURCE = Path(__file__).with_name("cluster_decode_probe.cu")
 SMEM_LIMIT = 227 * 1024
-VARIANTS = {  # name: (MATH, MERGE, PRE, PDL)
-    "full": (1, 1, 1, True),
-    "full_nopre": (1, 1, 0, True),
-    "full_nopdl": (1, 1, 1, False),
-    "nomath": (0, 1, 1, True),
-    "nomath_nomerge": (0, 0, 1, True),
+VARIANTS = {  # name: (MATH, MERGE, PRE, PDL, WMERGE, LOAD)
+    "full": (1, 1, 1, True, 1, 1),
+    "full_nopre": (1, 1, 0, True, 1, 1),
+    "full_nopdl": (1, 1, 1, False, 1, 1),
+    "nomath": (0, 1, 1, True, 1, 1),
+    "nomath_nomerge": (0, 0, 1, True, 1, 1),
+    "nomath_nowmerge": (0, 1, 1, True, 0, 1),
+    "nomath_nowmerge_nomerge": (0, 0, 1, True, 0, 1),
+    "noload_nomath_nowmerge": (0, 1, 1, True, 0, 0),
 }
 _MAX_DYNAMIC_SMEM, _NON_PORTABLE_CLUSTER = 8, 14  # CUfunction_attribute
 _PROGRAMMATIC_STREAM_SERIALIZATION = 6  # CUlaunchAttributeID
@@ -95,9 +100,11 @@ def stages_for(context: int, cluster: int, warps: int) -> int | None:
 
 
 @functools.cache
-def compiled(cluster: int, warps: int, stages: int, math: int, merge: int, pre: int, stamps: int, minb: int):
+def compiled(cluster: int, warps: int, stages: int, variant: str, stamps: int, minb: int):
+    math, merge, pre, _, wmerge, load = VARIANTS[variant]
     opts = ["--use_fast_math"] + [f"-D{k}={v}" for k, v in dict(
-        STAGES=stages, WARPS=warps, MATH=math, MERGE=merge, PRE=pre, STAMPS=stamps, MINB=minb).items()]  # fmt: skip
+        STAGES=stages, WARPS=warps, MATH=math, MERGE=merge, PRE=pre, STAMPS=stamps, MINB=minb, WMERGE=wmerge,
+        LOAD=load).items()]  # fmt: skip
     kernel = torch.cuda._compile_kernel(SOURCE.read_text(), f"cluster_decode<{cluster}, {G}, {BS}>", nvcc_options=opts)
     smem = smem_bytes(stages, warps)
     _check(_lib().cuFuncSetAttribute(kernel.func, _MAX_DYNAMIC_SMEM, smem))
@@ -146,8 +153,8 @@ def grid_of(q: torch.Tensor, meta, cluster: int) -> tuple[int, int, int]:
 
 def make_call(cluster: int, warps: int, stages: int, variant: str, minb: int = 1, stamps: torch.Tensor | None = None):
     """A `paged_attention`-like call(q, k_cache, v_cache, meta, scale) of this option (stamps: [layers, CTAs, 8])."""
-    math, merge, pre, pdl = VARIANTS[variant]
-    kernel, smem = compiled(cluster, warps, stages, math, merge, pre, int(stamps is not None), minb)
+    pdl = VARIANTS[variant][3]
+    kernel, smem = compiled(cluster, warps, stages, variant, int(stamps is not None), minb)
     layer = [0]
 
     def call(q, k_cache, v_cache, meta, scale):
@@ -242,19 +249,21 @@ def main(argv: list[str] | None = None) -> None:
             cluster, warps = (int(v[1:]) for v in best.split("_"))
             stamps = torch.zeros(layers, cluster * HK * grid_of(step.q, step.metas[0], cluster)[2], 8,
                                  dtype=torch.int64, device=dev)  # fmt: skip
-            call, _, _ = make_call(cluster, warps, o["stages"], "full", o["min_blocks"], stamps)
-            row["best_full"]["stamped"] = time_layers(step, call, dev, scale, ref)
-            row["best_full"]["timeline"] = timeline(stamps)
+            for variant in ("full", "nomath_nowmerge", "noload_nomath_nowmerge"):
+                stamps.zero_()
+                call, _, _ = make_call(cluster, warps, o["stages"], variant, o["min_blocks"], stamps)
+                res = time_layers(step, call, dev, scale, ref if variant == "full" else None)
+                row["best_full"][f"stamped_{variant}"] = dict(res, timeline=timeline(stamps))
         rows.append(row)
-        summary = ", ".join(
-            f"{k} {o['variants'].get('full', {}).get('us', float('nan')):.2f}"
-            f" (nomath {o['variants'].get('nomath', {}).get('us', float('nan')):.2f},"
-            f" read {o['variants'].get('nomath_nomerge', {}).get('us', float('nan')):.2f})"
+        summary = "; ".join(
+            f"{k} " + " ".join(f"{v} {r.get('us', float('nan')):.2f}" for v, r in o["variants"].items())
             for k, o in row["options"].items()
-        )  # fmt: skip
+        )
+        best = row.get("best_full", {})
+        lines = [f"  {k[8:]}: {v['us']:.2f} us, {v['timeline']}" for k, v in best.items() if k.startswith("stamped_")]
         print(f"batch {batch} x {context}: floor {row['floor_us']:.2f} us, bar {2 * row['floor_us']:.2f}; engine "
-              f"{row['engine'].get('us', float('nan')):.2f}; {summary}; best {row.get('best_full')} "
-              f"[{time.perf_counter() - t0:.0f} s]", flush=True)  # fmt: skip
+              f"{row['engine'].get('us', float('nan')):.2f}; {summary}; best {best.get('option')} "
+              f"[{time.perf_counter() - t0:.0f} s]", *lines, sep="\n", flush=True)  # fmt: skip
         del step
     args.out.write_text(json.dumps(dict(
         command="python profiles/commands/cluster_decode_probe.py " + " ".join(argv or sys.argv[1:]),
