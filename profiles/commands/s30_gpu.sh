@@ -2,6 +2,11 @@
 # Session 30's device checks, from the repository root (carry: wheels):
 #   PART=cluster bash profiles/commands/s30_gpu.sh   # issue 14: cluster_decode_probe.py (decode attention at batch 1-2
 #     in one launch, the splits merged through distributed shared memory), next to the engine's attention
+#   PART=b18 bash profiles/commands/s30_gpu.sh       # issue 14: wide_split_probe, Llama-3.1-8B's heads, batch 1-8 x
+#     2k-32k, the engine's attention on each tree of TREES (default "before30 after", ROUNDS times in turn; before30:
+#     gpu_old/s28_before30, c85cff9's shifttune/, the block table read after the wait)
+#   PART=marginal bash profiles/commands/s30_gpu.sh  # decode_attention_marginal.py (batch 1, 2, 4 at 2k and 8k) on each
+#     tree of TREES, through s28_gpu.sh's part
 #   PART=tests bash profiles/commands/s30_gpu.sh     # tests/test_gpu.py tests/test_kernels.py, at most TESTS_TIMEOUT s
 # PART may list several parts ("cluster tests"). Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -14,6 +19,19 @@ cluster)
     ${CLUSTER_ARGS:-} > "$OUT/cluster_decode.log" 2>&1
   stamp "cluster_decode_probe rc=$? in $((SECONDS - T0)) s"
   grep -v -i warn "$OUT/cluster_decode.log" | tail -8 | cut -c1-2000 | tee -a "$LOG" ;;
+b18)
+  for r in $(seq "${ROUNDS:-2}"); do
+    for tree in ${TREES:-before30 after}; do
+      path=$(tree_path "$tree"); name=b18_${tree}_$r; T0=$SECONDS
+      PYTHONPATH=$path timeout 120 python profiles/commands/wide_split_probe.py --options p2_t128_w4_s1_mdc32 \
+        --batches 1,2,3,4,5,6,7,8 --contexts 2048,4096,8192,32768 --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+      stamp "wide_split_probe b1-8 32/8 $tree round $r rc=$? in $((SECONDS - T0)) s"
+      grep -E "^b=[12] C=(2048|4096)" "$OUT/$name.log" | tee -a "$LOG"
+    done
+  done
+  (cd "$OUT" && tar czf b18.tgz b18_* && rm -f b18_*) ;;
+marginal)
+  TREES=${TREES:-before30 after} PART=marginal bash "$(dirname "$0")/s28_gpu.sh" ;;
 tests)
   gpu_tests "${TESTS_TIMEOUT:-480}" ;;
 esac
