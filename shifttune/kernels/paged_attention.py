@@ -283,7 +283,6 @@ def _paged_attention_kernel(
     d = tl.arange(0, D)
     q_off = (q_start + tok)[:, None] * stride_qt + head[:, None] * D + d[None, :]  # q may be a view into qkv
     out_off = (q_start + tok)[:, None] * (HQ * D) + head[:, None] * D + d[None, :]
-    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
     if PDL:  # NOTE: q and this step's K/V come from the launch before (RoPE); the lengths and tables from earlier
         gdc_wait()
     Q = tl.load(q + q_off, mask=row_ok[:, None], other=0.0)
@@ -296,6 +295,7 @@ def _paged_attention_kernel(
     # Keys up to the block's first query position are visible to every row: no mask there.
     first_pos = seq_len - q_len + local_block * BLOCK_Q
     full_hi = kv_lo + tl.maximum(tl.minimum(kv_hi, first_pos + 1) - kv_lo, 0) // TILE * TILE
+    block = _tile_blocks(block_tables, seq, stride_bt, kv_lo, kv_hi, BLOCK_SIZE, TILE)
     m_i, l_i, acc = _key_loops(Q, k_cache, v_cache, block_tables, seq, stride_bt, block, kv_lo, full_hi, kv_hi,
                                q_pos, kv_head, qk_scale, m_i, l_i, acc, HK, D, BLOCK_SIZE, TILE)  # fmt: skip
     if PDL:
