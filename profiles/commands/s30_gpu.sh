@@ -7,6 +7,9 @@
 #     gpu_old/s28_before30, c85cff9's shifttune/, the block table read after the wait)
 #   PART=marginal bash profiles/commands/s30_gpu.sh  # decode_attention_marginal.py (batch 1, 2, 4 at 2k and 8k) on each
 #     tree of TREES, through s28_gpu.sh's part
+#   PART=lp bash profiles/commands/s30_gpu.sh        # issue 14: long_prompts (sdpa path, LP_LENGTHS, default 131071;
+#     no layer bench) run from each tree of TREES (default "s13 after": s13 = gpu_old/s28_s13, cf8bb3b's shifttune/,
+#     the tree of profiles/long_prompts_h100_s13.json), ROUNDS times in turn
 #   PART=tests bash profiles/commands/s30_gpu.sh     # tests/test_gpu.py tests/test_kernels.py, at most TESTS_TIMEOUT s
 # PART may list several parts ("cluster tests"). Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -30,6 +33,17 @@ b18)
     done
   done
   (cd "$OUT" && tar czf b18.tgz b18_* && rm -f b18_*) ;;
+lp)
+  for r in $(seq "${ROUNDS:-2}"); do
+    for tree in ${TREES:-s13 after}; do
+      path=$(tree_path "$tree"); name=lp_${tree}_$r; T0=$SECONDS
+      (cd "$path" && PYTHONPATH=$path timeout "${LP_TIMEOUT:-150}" python -m shifttune.profile.long_prompts \
+        --model llama-3.1-8b --paths sdpa --lengths "${LP_LENGTHS:-131071}" --no-layer-bench --out "$OUT/$name.json" \
+        > "$OUT/$name.log" 2>&1)
+      stamp "long_prompts $tree round $r rc=$? in $((SECONDS - T0)) s"
+      grep -E "^sdpa " "$OUT/$name.log" | tee -a "$LOG"
+    done
+  done ;;
 marginal)
   TREES=${TREES:-before30 after} PART=marginal bash "$(dirname "$0")/s28_gpu.sh" ;;
 tests)
