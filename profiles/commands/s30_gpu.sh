@@ -10,6 +10,8 @@
 #   PART=lp bash profiles/commands/s30_gpu.sh        # issue 14: long_prompts (sdpa path, LP_LENGTHS, default 131071;
 #     no layer bench) run from each tree of TREES (default "s13 after": s13 = gpu_old/s28_s13, cf8bb3b's shifttune/,
 #     the tree of profiles/long_prompts_h100_s13.json), ROUNDS times in turn
+#   PART=lpchunk bash profiles/commands/s30_gpu.sh   # long_prompts at 131071 tokens on this tree with the chunk (the
+#     engine's max_num_batched_tokens) of each of CHUNKS in turn (default "8192 32768 16384 8192 32768")
 #   PART=tests bash profiles/commands/s30_gpu.sh     # tests/test_gpu.py tests/test_kernels.py, at most TESTS_TIMEOUT s
 # PART may list several parts ("cluster tests"). Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -43,6 +45,15 @@ lp)
       stamp "long_prompts $tree round $r rc=$? in $((SECONDS - T0)) s"
       grep -E "^sdpa " "$OUT/$name.log" | tee -a "$LOG"
     done
+  done ;;
+lpchunk)
+  i=0
+  for c in ${CHUNKS:-8192 32768 16384 8192 32768}; do
+    i=$((i + 1)); name=lpc_${c}_$i; T0=$SECONDS
+    timeout "${LP_TIMEOUT:-110}" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
+      --lengths "${LP_LENGTHS:-131071}" --no-layer-bench --chunk "$c" --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
+    stamp "long_prompts chunk $c ($i) rc=$? in $((SECONDS - T0)) s"
+    grep -E "^sdpa |engine up" "$OUT/$name.log" | cut -c1-200 | tee -a "$LOG"
   done ;;
 marginal)
   TREES=${TREES:-before30 after} PART=marginal bash "$(dirname "$0")/s28_gpu.sh" ;;
