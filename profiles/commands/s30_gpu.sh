@@ -12,6 +12,8 @@
 #     the tree of profiles/long_prompts_h100_s13.json), ROUNDS times in turn
 #   PART=lpchunk bash profiles/commands/s30_gpu.sh   # long_prompts at 131071 tokens on this tree with the chunk (the
 #     engine's max_num_batched_tokens) of each of CHUNKS in turn (default "8192 32768 16384 8192 32768")
+#   PART=layers bash profiles/commands/s30_gpu.sh    # long_prompts' per-layer attention bench (after one 8k prompt,
+#     sdpa path) from each tree of TREES (default "before30 after": before30's bench hands the engine separate q, k, v)
 #   PART=tests bash profiles/commands/s30_gpu.sh     # tests/test_gpu.py tests/test_kernels.py, at most TESTS_TIMEOUT s
 # PART may list several parts ("cluster tests"). Into $OUT: check.log and each part's logs / JSON
 . "$(dirname "$0")/gpu_setup.sh"
@@ -55,6 +57,15 @@ lpchunk)
     stamp "long_prompts chunk $c ($i) rc=$? in $((SECONDS - T0)) s"
     grep -E "^sdpa |engine up" "$OUT/$name.log" | cut -c1-200 | tee -a "$LOG"
   done ;;
+layers)
+  for tree in ${TREES:-before30 after}; do
+    path=$(tree_path "$tree"); name=lpl_$tree; T0=$SECONDS
+    (cd "$path" && PYTHONPATH=$path timeout "${LP_TIMEOUT:-200}" python -m shifttune.profile.long_prompts \
+      --model llama-3.1-8b --paths sdpa --lengths 8192 --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1)
+    stamp "long_prompts layer bench $tree rc=$? in $((SECONDS - T0)) s"
+    grep -E "^layer |^sdpa " "$OUT/$name.log" | tee -a "$LOG"
+  done
+  (cd "$OUT" && tar czf layers.tgz lpl_* && rm -f lpl_*) ;;
 marginal)
   TREES=${TREES:-before30 after} PART=marginal bash "$(dirname "$0")/s28_gpu.sh" ;;
 tests)

@@ -275,7 +275,9 @@ class LayerCase:
 
         self.k_cache, self.v_cache = randn(blocks + 1, block_size, hk, d), randn(blocks + 1, block_size, hk, d)
         table = torch.randperm(blocks, generator=gen, device=device)
-        self.q, self.k, self.v = randn(n, hq, d), randn(n, hk, d), randn(n, hk, d)
+        # q, k and v as the model hands them over: views into one projection's rows (the SDPA path passes those to
+        # cuDNN as they are; separate tensors would take its copying path, which the engine does not)
+        self.q, self.k, self.v = randn(n, hq + 2 * hk, d).split([hq, hk, hk], dim=1)
         slots = (table[torch.arange(prefix, total, device=device) // block_size] * block_size
                  + torch.arange(prefix, total, device=device) % block_size)  # fmt: skip
         self.k_cache.view(-1, hk, d)[slots], self.v_cache.view(-1, hk, d)[slots] = self.k, self.v
