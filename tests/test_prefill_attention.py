@@ -169,6 +169,17 @@ def test_a_mixed_step_splits_by_sequence(min_tokens):
     assert rel_err(out, reference(q, kc, vc, meta, 16**-0.5)) < 1e-5
 
 
+@pytest.mark.parametrize("prefix", [0, 3, 20])
+def test_a_step_of_one_prompt_chunk_returns_the_sdpa_output(prefix):
+    """The whole step is one sequence's chunk: its attention comes back from SDPA without a copy into a step-sized
+    buffer (with no cached prefix, a prefix shorter than the pad, or one merged by log-sum-exp), and matches."""
+    q, k, v, kc, vc, meta = make_step([12], [prefix], 4, 2, 16, 4)
+    meta.plan = StepAttention(SdpaPrefill(SdpaSupport("math"), 8), 2, False, 4, 2).plan(meta)
+    assert meta.plan.paged_meta is None and len(meta.plan.sdpa_seqs) == 1
+    out = attend(paged_attention_ref, q, k, v, kc, vc, meta, 0.25)
+    assert out.shape == q.shape and rel_err(out, reference(q, kc, vc, meta, 0.25)) < 1e-5
+
+
 def test_without_log_sum_exp_prefix_chunks_stay_paged():
     q, k, v, kc, vc, meta = make_step([40, 40], [0, 20], 4, 2, 16, 4)
     attention = StepAttention(SdpaPrefill(SdpaSupport("math", lse=False), 8), 2, False, 4, 2)

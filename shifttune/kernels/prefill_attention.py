@@ -79,12 +79,13 @@ class SdpaPrefill:
         blocks: torch.Tensor,
         prefix: int,
         scale: float,
-        out: torch.Tensor,
+        out: torch.Tensor | None,
         span: BlockSpan | None = None,
-    ) -> None:
+    ) -> torch.Tensor:
         """q: [n, Hq, d], k/v: [n, Hk, d] (the chunk's new tokens; views are fine); `prefix` tokens of the
         sequence are cached before them, in the blocks `blocks` lists (a device row of its block table; `span`:
-        the same table's, from the host). Writes the chunk's attention output into `out` [n, Hq, d]."""
+        the same table's, from the host). Writes the chunk's attention output into `out` [n, Hq, d] and returns
+        it; with `out` None, returns a new tensor (one call's own output, not a copy, when there is no merge)."""
         n, hq, d = q.shape
         hk, pad, bs = k.shape[1], self.pad, k_cache.shape[1]
         p0 = prefix - prefix % pad  # keys every query sees in full
@@ -113,19 +114,22 @@ class SdpaPrefill:
             kb[r:m], vb[r:m] = k, v
         if p0 == 0:
             o, _ = self.attention(qb, kb, vb, True, scale, lse=False)
-            out.copy_(o[r:m])
-            return
+            if out is None:
+                return o[r:m]
+            return out.copy_(o[r:m])
+        if out is None:
+            out = q.new_empty(q.shape)
         o1, l1 = self.attention(qb, kb, vb, True, scale, lse=True)
         o2, l2 = self.attention(qb, kp, vp, False, scale, lse=True)
         if q.is_cuda:  # one launch instead of casts, sigmoid, lerp and a copy (~13 ms of an 8k chunk on an H200)
             from shifttune.kernels.fused import merge_by_lse  # NOTE: lazy: Triton is GPU-only here
 
             merge_by_lse(o1[r:m], l1[:, r:m], o2[r:m], l2[:, r:m], out)
-            return
+            return out
         # the two parts weigh exp(l1) : exp(l2), so o1's share is sigmoid(l1 - l2); mixed in fp32 (a bf16 share
         # would cost ~0.4% of every weight)
         share = torch.sigmoid(l1[:, r:m] - l2[:, r:m]).t().unsqueeze(-1)  # [n, Hq, 1], fp32
-        out.copy_(torch.lerp(o2[r:m].float(), o1[r:m].float(), share))
+        return out.copy_(torch.lerp(o2[r:m].float(), o1[r:m].float(), share))
 
     def attention(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, scale: float, lse: bool
@@ -196,6 +200,9 @@ class StepPlan:
         whole = isinstance(sel, slice) and sel == slice(0, self.num_tokens) and self.paged_padded == t
         if whole and not self.sdpa_seqs:
             return paged(q, k_cache, v_cache, self.paged_meta, scale)  # the whole step, as it is
+        if self.paged_meta is None and len(self.sdpa_seqs) == 1 and self.sdpa_seqs[0][2] == self.num_tokens:
+            row, _, _, prefix, span = self.sdpa_seqs[0]  # one prompt's chunk is the whole step: no copy into `out`
+            return self.sdpa.sequence(q, k, v, k_cache, v_cache, self.block_tables[row], prefix, scale, None, span)
         out = q.new_empty(self.num_tokens, *q.shape[1:])
         if self.paged_meta is not None:
             if self.paged_padded == t and isinstance(sel, slice):
