@@ -4,7 +4,7 @@
 #     in one launch, the splits merged through distributed shared memory), next to the engine's attention
 #   PART=b18 bash profiles/commands/s30_gpu.sh       # issue 14: wide_split_probe, Llama-3.1-8B's heads, batch 1-8 x
 #     2k-32k, the engine's attention on each tree of TREES (default "before30 after", ROUNDS times in turn; before30:
-#     gpu_old/s28_before30, c85cff9's shifttune/, the block table read after the wait)
+#     gpu_old/s28_before30, b6e89c5's shifttune/, the block table read after the wait)
 #   PART=marginal bash profiles/commands/s30_gpu.sh  # decode_attention_marginal.py (batch 1, 2, 4 at 2k and 8k) on each
 #     tree of TREES, through s28_gpu.sh's part
 #   PART=lp bash profiles/commands/s30_gpu.sh        # issue 14: long_prompts (sdpa path, LP_LENGTHS, default 131071;
