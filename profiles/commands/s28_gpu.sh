@@ -51,11 +51,10 @@ client)
   python -m pip install -q --no-index --find-links wheels fastapi uvicorn prometheus_client httpx > /dev/null 2>&1
   for r in $(seq "${ROUNDS:-1}"); do
     for tree in ${TREES:-before after}; do
-      path=$(tree_path "$tree")
-      T0=$SECONDS  # NOTE: -m puts the working directory first on sys.path: run from the tree itself
-      (cd "$path" && CUDA_VISIBLE_DEVICES=0 PYTHONPATH=$path timeout "${SERVE_TIMEOUT:-280}" python -m \
+      T0=$SECONDS
+      CUDA_VISIBLE_DEVICES=0 in_tree "$tree" "${SERVE_TIMEOUT:-280}" python -m \
         shifttune.bench.serve_vs_offline --model llama-3.1-8b --device cuda --cases inf --trace \
-        --out "$OUT/svo_${tree}_$r.json" > "$OUT/svo_${tree}_$r.log" 2>&1)
+        --out "$OUT/svo_${tree}_$r.json" > "$OUT/svo_${tree}_$r.log" 2>&1
       stamp "serve_vs_offline $tree round $r rc=$? in $((SECONDS - T0)) s"
       grep -E "^c=" "$OUT/svo_${tree}_$r.log" | tee -a "$LOG"
     done

@@ -40,10 +40,9 @@ b18)
 lp)
   for r in $(seq "${ROUNDS:-2}"); do
     for tree in ${TREES:-s13 after}; do
-      path=$(tree_path "$tree"); name=lp_${tree}_$r; T0=$SECONDS
-      (cd "$path" && PYTHONPATH=$path timeout "${LP_TIMEOUT:-150}" python -m shifttune.profile.long_prompts \
-        --model llama-3.1-8b --paths sdpa --lengths "${LP_LENGTHS:-131071}" --no-layer-bench --out "$OUT/$name.json" \
-        > "$OUT/$name.log" 2>&1)
+      name=lp_${tree}_$r; T0=$SECONDS
+      in_tree "$tree" "${LP_TIMEOUT:-150}" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
+        --lengths "${LP_LENGTHS:-131071}" --no-layer-bench --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
       stamp "long_prompts $tree round $r rc=$? in $((SECONDS - T0)) s"
       grep -E "^sdpa " "$OUT/$name.log" | tee -a "$LOG"
     done
@@ -59,9 +58,9 @@ lpchunk)
   done ;;
 layers)
   for tree in ${TREES:-before30 after}; do
-    path=$(tree_path "$tree"); name=lpl_$tree; T0=$SECONDS
-    (cd "$path" && PYTHONPATH=$path timeout "${LP_TIMEOUT:-200}" python -m shifttune.profile.long_prompts \
-      --model llama-3.1-8b --paths sdpa --lengths 8192 --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1)
+    name=lpl_$tree; T0=$SECONDS
+    in_tree "$tree" "${LP_TIMEOUT:-200}" python -m shifttune.profile.long_prompts --model llama-3.1-8b --paths sdpa \
+      --lengths 8192 --out "$OUT/$name.json" > "$OUT/$name.log" 2>&1
     stamp "long_prompts layer bench $tree rc=$? in $((SECONDS - T0)) s"
     grep -E "^layer |^sdpa " "$OUT/$name.log" | tee -a "$LOG"
   done
