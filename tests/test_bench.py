@@ -68,6 +68,8 @@ class FakeServer:
     fail_every: int = 0  # every n-th request answers 500
     fail_from: int = 0  # the n-th request and all after it answer 500
     abort_after: int = 0  # streams end after this many chunks, the last with finish_reason "abort" (as at shutdown)
+    text_bytes: int = 0  # each chunk's text padded to this many bytes
+    line_end: str = "\n"  # what ends each line of the stream (SSE allows "\r\n")
     models: list[str] = field(default_factory=lambda: ["tiny"])  # what GET /v1/models lists
     requests: list[dict] = field(default_factory=list)
     rejections: int = 0
@@ -104,13 +106,15 @@ def _app(state: FakeServer) -> FastAPI:
                 if i:
                     await asyncio.sleep(state.itl_s)
                 reason = "abort" if i == cut - 1 else None
-                yield f"data: {json.dumps({'choices': [{'index': 0, 'text': f't{i} ', 'finish_reason': reason}]})}\n\n"
+                text = f"t{i} ".ljust(state.text_bytes, "x")
+                chunk = {"choices": [{"index": 0, "text": text, "finish_reason": reason}]}
+                yield f"data: {json.dumps(chunk)}{state.line_end * 2}"
             if state.send_usage:
                 plen = len(prompt) if isinstance(prompt, list) else len(prompt.split())
                 m = min(n, cut)
                 usage = {"prompt_tokens": plen, "completion_tokens": m, "total_tokens": plen + m}
-                yield f"data: {json.dumps({'choices': [], 'usage': usage})}\n\n"
-            yield "data: [DONE]\n\n"
+                yield f"data: {json.dumps({'choices': [], 'usage': usage})}{state.line_end * 2}"
+            yield f"data: [DONE]{state.line_end * 2}"
 
         return StreamingResponse(stream(), media_type="text/event-stream")
 
@@ -342,6 +346,13 @@ def _send_all(url: str, reqs: list[BenchRequest], concurrency: int | None = 1, s
             return results, duration, interrupted, client, Count.n
 
     return asyncio.run(go())
+
+
+def test_client_reads_crlf_lines_and_events_longer_than_a_read_buffer(fake):
+    fake.line_end, fake.text_bytes = "\r\n", 300_000  # aiohttp's own limit on a line is 128 KiB
+    results, _, interrupted, _, _ = _send_all(fake.url, [BenchRequest([5, 6, 7], 3, 4)])
+    assert not interrupted and results[0].success, results[0].error
+    assert results[0].output_len == 4 and len(results[0].itl) == 3
 
 
 def test_client_measures_ttft_and_itl(fake):
@@ -603,7 +614,8 @@ def test_ctrl_c_keeps_and_saves_what_completed(fake, tmp_path):
 
 
 def test_the_command_module_is_light():
-    code = "import sys, shifttune.cli.bench; print(sorted({'torch', 'httpx', 'matplotlib'} & set(sys.modules)))"
+    heavy = "{'torch', 'httpx', 'aiohttp', 'matplotlib'}"
+    code = f"import sys, shifttune.cli.bench; print(sorted({heavy} & set(sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=REPO)
     assert out.stdout.strip() == "[]", out.stdout + out.stderr
 

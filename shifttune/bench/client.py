@@ -1,4 +1,4 @@
-"""One streamed completion over httpx: what it sends, how it reads the SSE stream, what it records.
+"""One streamed completion over aiohttp: what it sends, how it reads the SSE stream, what it records.
 
 Each request asks for `stream: true` with usage, `max_tokens`, `temperature: 0` and `ignore_eos: true`
 (exact output lengths); a server that answers 400 naming ignore_eos gets every later request without
@@ -6,6 +6,11 @@ it. TTFT runs from sending to the first chunk with a choice, ITLs are the gaps b
 latency ends at the last of them (as vLLM measures: a chunk counts whether its text is empty or not, so a
 model served without a tokenizer is measured too). Output tokens come from the usage chunk when the
 server sends one, else from the count of chunks.
+
+NOTE: the load generator speaks HTTP through aiohttp, the rest of the project (one-off GETs, the TUI's polling, tests)
+through httpx. On a 2-CPU host, the first of a burst of 512 streamed requests reached a stand-in server 0.39-0.42 s after
+the run started through httpx (1.3-1.4 ms of client CPU a request), and 0.16-0.17 s through aiohttp (0.43-0.45 ms):
+through httpx that wait was in every TTFT of the burst (profiles/runs/s31_client_burst_cpu.txt).
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-import httpx
+import aiohttp
 
 from shifttune.bench.datasets import BenchRequest
 
@@ -66,56 +71,64 @@ def error_message(status: int, body: bytes) -> str:
 
 
 # NOTE: idle connections are reused for at most this long, well under the 5 s after which servers on uvicorn's defaults
-# close them: reusing one just as the server closes it fails that request (a ReadError). httpx's own default is 5 s;
-# with it, 4 of 6 bursts of 512 streams on CPU lost 1-2 requests that way, with 2 s none did
-# (profiles/runs/s29_burst_trace_cpu.txt).
+# close them: reusing one just as the server closes it fails that request. With httpx's default of 5 s, 4 of 6 bursts of
+# 512 streams on CPU lost 1-2 requests that way, with 2 s none did (profiles/runs/s29_burst_trace_cpu.txt).
 KEEPALIVE_EXPIRY_S = 2.0
+READ_BUFFER_BYTES = 1 << 20  # a stream's longest line (one SSE event) may be twice this
 
 
-def _client(api_key: str | None, timeout_s: float) -> httpx.AsyncClient:
+def _session(api_key: str | None, timeout_s: float) -> aiohttp.ClientSession:
+    """An unlimited pool (the bench's concurrency is the only limit); call from a running event loop."""
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    connector = aiohttp.TCPConnector(limit=0, keepalive_timeout=KEEPALIVE_EXPIRY_S)
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=min(10.0, timeout_s), sock_read=timeout_s)
     # trust_env=False: traffic goes to the given URL only, never through an environment's proxy.
-    limits = httpx.Limits(max_connections=None, max_keepalive_connections=None, keepalive_expiry=KEEPALIVE_EXPIRY_S)
-    timeout = httpx.Timeout(timeout_s, connect=min(10.0, timeout_s))
-    return httpx.AsyncClient(headers=headers, timeout=timeout, limits=limits, trust_env=False)
+    return aiohttp.ClientSession(
+        headers=headers, connector=connector, timeout=timeout, trust_env=False, read_bufsize=READ_BUFFER_BYTES
+    )
 
 
 async def list_models(base_url: str, api_key: str | None = None) -> list[str]:
     """GET /v1/models; raises ServerError when the server cannot be reached or refuses the API key (other
     failures: [])."""
     url = base_url.rstrip("/") + "/v1/models"
-    async with _client(api_key, 10.0) as client:
+    async with _session(api_key, 10.0) as session:
         try:
-            resp = await client.get(url)
-        except httpx.HTTPError as e:
+            async with session.get(url) as resp:
+                status, body = resp.status, await resp.read()
+        except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as e:
             raise ServerError(f"cannot reach the server at {base_url}: {type(e).__name__}: {e}") from None
-    if resp.status_code in (401, 403):
+    if status in (401, 403):
         raise ServerError(
-            f"{url} answered {resp.status_code}: "
+            f"{url} answered {status}: "
             + ("the server wants an API key (--api-key)" if api_key is None else "the server refused this --api-key")
         )
-    if resp.status_code != 200:
+    if status != 200:
         return []
     try:
-        return [m["id"] for m in resp.json().get("data", []) if isinstance(m, dict) and "id" in m]
+        return [m["id"] for m in json.loads(body).get("data", []) if isinstance(m, dict) and "id" in m]
     except (ValueError, AttributeError):
         return []
 
 
 class CompletionsClient:
-    """Sends BenchRequests to one completions URL; use as `async with`."""
+    """Sends BenchRequests to one completions URL; use as `async with` (which opens its connection pool)."""
 
     def __init__(self, url: str, model: str, api_key: str | None = None, timeout_s: float = 600.0):
         self.url, self.model, self.timeout_s = url, model, timeout_s
         self.ignore_eos = True  # cleared for good when the server rejects it
         self.ignore_eos_rejections = 0
-        self._http = _client(api_key, timeout_s)
+        self._api_key = api_key
+        self._http: aiohttp.ClientSession | None = None
 
     async def __aenter__(self) -> CompletionsClient:
+        self._http = _session(self._api_key, self.timeout_s)
         return self
 
     async def __aexit__(self, *exc: object) -> None:
-        await self._http.aclose()
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
 
     def payload(self, req: BenchRequest) -> dict:
         body = {
@@ -141,28 +154,29 @@ class CompletionsClient:
             return result
         except asyncio.TimeoutError:
             return RequestResult(error=f"timed out after {self.timeout_s:g} s", prompt_len=req.input_len)
-        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as e:
+        except (aiohttp.ClientError, ValueError, KeyError, TypeError, AttributeError) as e:
             return RequestResult(error=f"{type(e).__name__}: {e}", prompt_len=req.input_len)
 
     async def _send(self, req: BenchRequest) -> RequestResult:
+        assert self._http is not None, "use CompletionsClient as `async with`"
         out = RequestResult(prompt_len=req.input_len)
         start = time.perf_counter()
         last = start
         chunks = 0
         usage_tokens = None
         finish_reason = None
-        async with self._http.stream("POST", self.url, json=self.payload(req)) as resp:
-            if resp.status_code != 200:
-                out.error = error_message(resp.status_code, await resp.aread())
+        async with self._http.post(self.url, json=self.payload(req)) as resp:
+            if resp.status != 200:
+                out.error = error_message(resp.status, await resp.read())
                 return out
-            async for line in resp.aiter_lines():
-                event = parse_sse_line(line)
+            async for line in resp.content:  # NOTE: lines end at b"\n" only; parse_sse_line strips a "\r" left over
+                event = parse_sse_line(line.decode())
                 if event is DONE:
                     break
                 if not isinstance(event, dict):
                     continue
                 if "error" in event:
-                    out.error = error_message(resp.status_code, json.dumps(event).encode())
+                    out.error = error_message(resp.status, json.dumps(event).encode())
                     return out
                 now = time.perf_counter()
                 choices = event.get("choices") or []

@@ -149,7 +149,7 @@ def bench(
 
     Requests ask for ignore_eos (exact output lengths), dropped for servers that reject it.
     """
-    from shifttune.bench.client import ServerError  # NOTE: lazy: httpx loads only when this command runs
+    from shifttune.bench.client import ServerError  # NOTE: lazy: aiohttp loads only when this command runs
     from shifttune.bench.config import BenchConfig
 
     check_writable(out, "--out")
