@@ -8,9 +8,9 @@ model served without a tokenizer is measured too). Output tokens come from the u
 server sends one, else from the count of chunks.
 
 NOTE: the load generator speaks HTTP through aiohttp, the rest of the project (one-off GETs, the TUI's polling, tests)
-through httpx. On a 2-CPU host, the first of a burst of 512 streamed requests reached a stand-in server 0.39-0.42 s after
-the run started through httpx (1.3-1.4 ms of client CPU a request), and 0.16-0.17 s through aiohttp (0.43-0.45 ms):
-through httpx that wait was in every TTFT of the burst (profiles/runs/s31_client_burst_cpu.txt).
+through httpx. On a 2-CPU host, the first of a burst of 512 streamed requests reached a stand-in server 0.39-0.42 s
+after the run started through httpx (1.3-1.4 ms of client CPU a request), and 0.16-0.17 s through aiohttp (0.43-0.45
+ms): through httpx that wait was in every TTFT of the burst (profiles/runs/s31_client_burst_cpu.txt).
 """
 
 from __future__ import annotations
