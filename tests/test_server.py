@@ -71,11 +71,13 @@ def server(*args: str, ready_timeout: float = 120):
                 proc.wait()
 
 
-def metric(url: str, name: str) -> float:
+def metric(url: str, name: str, default: float | None = None) -> float:
     text = httpx.get(f"{url}/metrics", timeout=10).text
     values = [
         float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if re.match(rf"{re.escape(name)}[{{ ,}}]", line)
     ]
+    if not values and default is not None:  # a labelled series that has not been counted yet
+        return default
     assert values, f"{name} not in /metrics"
     return sum(values)
 
@@ -167,6 +169,54 @@ def test_logprobs(client):
                 offsets += lp["text_offset"]
                 tokens += lp["tokens"]
     assert (offsets, tokens) == (whole["text_offset"], whole["tokens"]) and len(offsets) == 8
+
+
+def test_completion_text_offsets_count_the_text_each_token_returned(tiny_server):
+    """text_offset[i] is the length of the text returned before token i: a special token that adds no text (the
+    tiny model's greedy first token after "Hello" is <|bos|>) does not move the next one (it used to: [0, 7])."""
+    body = {"prompt": "Hello", "max_tokens": 8, "temperature": 0, "logprobs": 0, "ignore_eos": True}
+    whole = httpx.post(f"{tiny_server}/v1/completions", json=body, timeout=60).json()["choices"][0]
+    lp = whole["logprobs"]
+    assert lp["tokens"][:2] == ["<|bos|>", "B"] and whole["text"].startswith("B")
+    assert lp["text_offset"][:2] == [0, 0] and lp["text_offset"] == sorted(lp["text_offset"])
+    assert all(o <= len(whole["text"]) for o in lp["text_offset"])
+    text, offsets = "", []
+    with httpx.stream("POST", f"{tiny_server}/v1/completions", json=body | {"stream": True}, timeout=60) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: {"):
+                choice = json.loads(line[6:])["choices"][0]
+                assert choice["logprobs"]["text_offset"] == [len(text)] * len(choice["logprobs"]["tokens"])
+                offsets += choice["logprobs"]["text_offset"]
+                text += choice["text"]
+    assert (text, offsets) == (whole["text"], lp["text_offset"])
+
+
+def test_completion_top_logprobs_are_best_first_and_bounded(tiny_server):
+    body = {"prompt": "Hello", "max_tokens": 3, "temperature": 0, "ignore_eos": True}
+    with httpx.Client(base_url=tiny_server, timeout=60) as c:
+        lp = c.post("/v1/completions", json=body | {"logprobs": 3}).json()["choices"][0]["logprobs"]
+        assert [list(top.values()) for top in lp["top_logprobs"]] == [
+            sorted(top.values(), reverse=True) for top in lp["top_logprobs"]
+        ]
+        assert [next(iter(top)) for top in lp["top_logprobs"]] == lp["tokens"]  # greedy: the sampled one is first
+        assert all(3 <= len(top) <= 4 for top in lp["top_logprobs"])
+        for too_many in (21, 100, -1):
+            r = c.post("/v1/completions", json=body | {"logprobs": too_many})
+            assert r.status_code == 400 and r.json()["error"]["param"] == "logprobs", r.text
+        assert c.post("/v1/completions", json=body | {"logprobs": 20}).status_code == 200
+
+
+def test_completion_top_logprobs_keep_the_likeliest_of_tokens_with_the_same_text():
+    from shifttune.server.logprobs import completion_logprobs
+
+    class Tokenizer:
+        def decode(self, ids: list[int]) -> str:
+            return {1: "a", 2: "\ufffd", 3: "\ufffd", 4: "b"}[ids[0]]
+
+    lps = {1: -1.0, 2: -3.0, 3: -2.0, 4: -0.5}
+    out = completion_logprobs(Tokenizer(), [1], [lps], [0])
+    assert list(out.top_logprobs[0].items()) == [("b", -0.5), ("a", -1.0), ("\ufffd", -2.0)]
+    assert (out.tokens, out.token_logprobs, out.text_offset) == (["a"], [-1.0], [0])
 
 
 def test_64_concurrent_streams_match_offline_generation(tiny_server, offline):
@@ -294,6 +344,79 @@ def test_soak_with_clients_leaving_mid_stream_frees_every_kv_block(tiny_server):
     assert metric(tiny_server, "vllm:kv_cache_usage_perc") == 0
     # (a client that left may still see its request finish before the abort reaches the engine)
     assert metric(tiny_server, 'vllm:request_success_total{finished_reason="abort"') >= 90
+
+
+CHAT = {"messages": [{"role": "user", "content": "a"}], "max_tokens": 1}
+TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "object"}}}
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [
+        ("response_format", {"type": "json_object"}),
+        ("response_format", {"type": "json_schema", "json_schema": {"name": "x", "schema": {}}}),
+        ("tools", [TOOL]),
+        ("tool_choice", "auto"),
+        ("tool_choice", {"type": "function", "function": {"name": "f"}}),
+        ("functions", [TOOL["function"]]),
+        ("function_call", "auto"),
+        ("guided_json", {"type": "object"}),
+        ("guided_regex", "[a-z]+"),
+        ("guided_choice", ["yes", "no"]),
+        ("guided_grammar", 'root ::= "x"'),
+        ("structured_outputs", {"regex": "[a-z]+"}),
+    ],
+)
+def test_structured_output_and_tool_fields_are_refused_not_ignored(tiny_server, field, value):
+    for path, body in [("/v1/chat/completions", CHAT), ("/v1/completions", {"prompt": "a", "max_tokens": 1})]:
+        r = httpx.post(f"{tiny_server}{path}", json=body | {field: value}, timeout=30)
+        assert r.status_code == 400 and r.json()["error"]["param"] == field and field in r.json()["error"]["message"]
+
+
+def test_structured_output_and_tool_fields_at_their_neutral_value_are_accepted(tiny_server):
+    neutral = {"response_format": {"type": "text"}, "tools": [], "tool_choice": "none", "functions": None,
+               "function_call": None, "guided_json": None, "structured_outputs": None}  # fmt: skip
+    r = httpx.post(f"{tiny_server}/v1/chat/completions", json=CHAT | neutral, timeout=30)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1, r.text
+    r = httpx.post(f"{tiny_server}/v1/chat/completions", json=CHAT | {"tools": None, "tool_choice": None}, timeout=30)
+    assert r.status_code == 200, r.text
+
+
+def test_chat_refusals_name_messages_and_a_missing_body_names_the_required_field(tiny_server):
+    with httpx.Client(base_url=tiny_server, timeout=30) as c:
+        long = {"messages": [{"role": "user", "content": "a " * 3000}]}  # past the 2048-token context
+        error = c.post("/v1/chat/completions", json=long).json()["error"]
+        assert error["param"] == "messages" and error["message"].startswith("messages: has "), error
+        for path, field in [("/v1/completions", "prompt"), ("/v1/chat/completions", "messages")]:
+            for body in ({"content": b""}, {"content": b"", "headers": {"content-type": "application/json"}}):
+                r = c.post(path, **body)
+                error = r.json()["error"]
+                assert r.status_code == 400 and error["param"] == field, r.text
+                assert error["message"].startswith(f"{field}: Field required"), r.text
+        error = c.post("/v1/completions", json={}).json()["error"]
+        assert (error["param"], error["message"]) == ("prompt", "prompt: Field required")
+
+
+def test_metrics_show_an_idle_engine_once_clients_leave(tiny_server):
+    """Requests aborted between two steps leave the engine idle with no step to report it: the gauges still showed
+    the last one running and its KV blocks held until another request ran."""
+    aborted = 'vllm:request_success_total{finished_reason="abort"'
+    before = metric(tiny_server, aborted, default=0)
+    body = {"prompt": "Hello", "max_tokens": 1500, "ignore_eos": True, "stream": True}
+    for _ in range(3):
+        with httpx.stream("POST", f"{tiny_server}/v1/completions", json=body, timeout=30) as r:
+            next(line for line in r.iter_lines() if line.startswith("data: {"))
+    deadline = time.time() + 10
+    while time.time() < deadline and (metric(tiny_server, "vllm:num_requests_running") or
+                                      metric(tiny_server, "shifttune:kv_blocks_used")):  # fmt: skip
+        time.sleep(0.2)
+    assert metric(tiny_server, "vllm:num_requests_running") == 0
+    assert metric(tiny_server, "vllm:num_requests_waiting") == 0
+    assert metric(tiny_server, "shifttune:kv_blocks_used") == 0
+    assert metric(tiny_server, "vllm:kv_cache_usage_perc") == 0
+    assert metric(tiny_server, aborted) == before + 3
+    live = httpx.get(f"{tiny_server}/v1/shifttune/live", timeout=10).json()
+    assert live["kv_blocks"][0] == 0 and live["num_steps"] == metric(tiny_server, "shifttune:steps_total")
 
 
 def test_metrics_show_both_modes_and_the_policy(tiny_server):

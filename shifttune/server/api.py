@@ -14,6 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException
 
 import shifttune
@@ -43,11 +44,17 @@ def error_response(status: int, message: str, param: str | None = None, kind: st
     return JSONResponse(body.model_dump(), status_code=status)
 
 
-def _validation_message(exc: RequestValidationError) -> tuple[str, str | None]:
+def _validation_message(exc: RequestValidationError, body: type[BaseModel] | None = None) -> tuple[str, str | None]:
+    """(message, param) of a request that does not validate; `body`: the route's request model."""
     first = exc.errors()[0] if exc.errors() else {}
     if first.get("type") == "json_invalid":
         return f"the body is not valid JSON: {first.get('ctx', {}).get('error', 'parse error')}", None
     loc = [str(x) for x in first.get("loc", ()) if x != "body"]
+    if not loc and first.get("type") == "missing":  # no body at all: name the field it needs, as for {}
+        required = [name for name, f in (body.model_fields if body else {}).items() if f.is_required()]
+        if not required:
+            return "the request has no body; send a JSON object", None
+        return f"{required[0]}: Field required (the request has no body)", required[0]
     msg = first.get("msg", "invalid request")
     if loc and len({tuple(e.get("loc", ())[:2]) for e in exc.errors()}) == 1 < len(exc.errors()):
         loc, msg = loc[:1], "matches none of the accepted types"  # a union: pydantic tried each member
@@ -126,9 +133,11 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
             exc.status, exc.message, exc.param, None if exc.kind == "invalid_request_error" else exc.kind
         )
 
+    bodies = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
+
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_, exc: RequestValidationError):
-        message, param = _validation_message(exc)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        message, param = _validation_message(exc, bodies.get(request.url.path))
         return error_response(400, message, param)
 
     @app.exception_handler(HTTPException)

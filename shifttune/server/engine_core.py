@@ -1,5 +1,6 @@
 """The engine core process: it owns the LLMEngine and runs its step loop; the server process sends it
-requests and reads back, after every step, the step's outputs and a report for the metrics.
+requests and reads back, after every step, the step's outputs and a report for the metrics (and a report without a
+step when requests aborted between two steps leave the engine idle).
 
 Why a process: host work of a step (scheduling, sampling, detokenizing) and the HTTP event loop
 (parsing, streaming hundreds of chunks a step) fight for one GIL in one process; measured on one H100
@@ -43,14 +44,15 @@ WIRE_FIELDS = ("request_id", "token_ids", "text", "finish_reason", "stop_reason"
 
 @dataclass(frozen=True)
 class StepReport:
-    """The engine's state after one step, for the server's metrics."""
+    """The engine's state after one step, for the server's metrics; `mode` None: no step ran (requests left between
+    two steps and the engine went idle), only the state is new."""
 
     running: int
     waiting: int
     kv_blocks_used: int
     kv_blocks_total: int
     num_preemptions: int
-    mode: str
+    mode: str | None
     num_tokens: int
     num_prefill_tokens: int
     duration_s: float
@@ -61,12 +63,19 @@ def to_wire(out: RequestOutput) -> tuple:
     return (out.request_id, c.token_ids, c.text, c.finish_reason, c.stop_reason, c.logprobs, out.finished, out.error)
 
 
-def _report(engine: LLMEngine) -> StepReport:
+def _report(engine: LLMEngine, stepped: bool = True) -> StepReport:
     stats, bm = engine.stats, engine.block_manager
+    load = (len(engine.scheduler.running), len(engine.scheduler.waiting), bm.num_blocks - bm.num_free_blocks,
+            bm.num_blocks, stats.num_preemptions)  # fmt: skip
+    if not stepped:
+        return StepReport(*load, None, 0, 0, 0.0)
     step = stats.steps[-1]
-    return StepReport(len(engine.scheduler.running), len(engine.scheduler.waiting), bm.num_blocks - bm.num_free_blocks,
-                      bm.num_blocks, stats.num_preemptions, step.mode, step.shape.num_tokens,
-                      step.shape.num_prefill_tokens, step.duration_s)  # fmt: skip
+    return StepReport(*load, step.mode, step.shape.num_tokens, step.shape.num_prefill_tokens, step.duration_s)
+
+
+def _load(report: StepReport) -> tuple[int, int, int]:
+    """What the server's gauges show of a report."""
+    return report.running, report.waiting, report.kv_blocks_used
 
 
 def _first_line(e: BaseException) -> str:
@@ -117,6 +126,7 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: PipeWriter, trace: C
     freeze_heap()
     outbox.send(("ready", {"max_model_len": config.max_model_len, "kv_blocks": engine.block_manager.num_blocks}))
     engine.scheduler.on_schedule = trace.on_schedule
+    shown = (0, 0, 0)  # the load the server's gauges show (from the last report sent)
     try:
         while _handle(engine, inbox, outbox, trace, block=not engine.has_unfinished_requests()):
             if engine.has_unfinished_requests():
@@ -127,8 +137,15 @@ def _serve(config: EngineConfig, inbox: Connection, outbox: PipeWriter, trace: C
                     last = engine.stats.steps[-1]
                     trace.completed(time.monotonic(), last.mode, last.duration_s)
                 if completed or outputs:
-                    msg = ("step", [to_wire(o) for o in outputs], _report(engine))
+                    report = _report(engine)
+                    shown = _load(report)
+                    msg = ("step", [to_wire(o) for o in outputs], report)
                     outbox.send(msg, trace.handed(outputs, time.monotonic()))
+            elif _load(report := _report(engine, stepped=False)) != shown:
+                # NOTE: requests aborted between two steps leave no step to report them: without this the gauges
+                # showed them running (and their KV blocks held) until the next request ran
+                shown = _load(report)
+                outbox.send(("step", [], report))
         aborted = []
         for request_id in list(engine.requests):
             seq = engine.requests[request_id]

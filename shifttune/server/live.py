@@ -42,10 +42,13 @@ class LiveLog:
             self.requests.popitem(last=False)
 
     def step(self, report: StepReport) -> None:
+        """A step's report, or the state without a step (`mode` None)."""
+        self.kv_blocks = (report.kv_blocks_used, report.kv_blocks_total)
+        if report.mode is None:
+            return
         self.num_steps += 1
         self.steps.append((self.num_steps, report.mode, report.num_tokens, report.num_prefill_tokens,
                            report.duration_s))  # fmt: skip
-        self.kv_blocks = (report.kv_blocks_used, report.kv_blocks_total)
 
     def output(self, request_id: str, new_tokens: int, ttft_s: float | None, finish_reason: str | None) -> None:
         """One request's delta of one step; ttft_s with its first token, finish_reason when it ended."""

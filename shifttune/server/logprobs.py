@@ -10,16 +10,18 @@ def token_text(tokenizer, token_id: int) -> str:
     return tokenizer.decode([token_id]) if tokenizer is not None else str(token_id)
 
 
-def completion_logprobs(tokenizer, ids: list[int], logprobs: list[dict], offset: int) -> CompletionLogprobs:
-    out = CompletionLogprobs()
+def completion_logprobs(tokenizer, ids: list[int], logprobs: list[dict], offsets: list[int]) -> CompletionLogprobs:
+    """`offsets`: where each token starts in the returned text (the text returned before it, so a special token
+    that adds no text does not move the next one)."""
+    out = CompletionLogprobs(text_offset=list(offsets))
     for tid, lps in zip(ids, logprobs):
-        text = token_text(tokenizer, tid)
-        out.tokens.append(text)
+        out.tokens.append(token_text(tokenizer, tid))
         out.token_logprobs.append(lps[tid])
-        # ascending: where two tokens decode to the same text (byte pieces), the likelier one stays
-        out.top_logprobs.append({token_text(tokenizer, t): lp for t, lp in sorted(lps.items(), key=lambda kv: kv[1])})
-        out.text_offset.append(offset)
-        offset += len(text)
+        top: dict[str, float] = {}
+        for t, lp in sorted(lps.items(), key=lambda kv: -kv[1]):  # best first, as chat's and OpenAI's
+            # NOTE: tokens that decode to the same text (byte pieces: "\ufffd") share a key: the likeliest keeps it
+            top.setdefault(token_text(tokenizer, t), lp)
+        out.top_logprobs.append(top)
     return out
 
 

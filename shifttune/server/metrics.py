@@ -82,7 +82,8 @@ class ServerMetrics:
         self.live.arrived(request_id, prompt_tokens)
 
     def observe_step(self, report: StepReport, outputs: list[RequestOutput]) -> None:
-        """Everything one step changed: queue, cache, tokens, the mode, per-request latencies."""
+        """Everything one step changed: queue, cache, tokens, the mode, per-request latencies (a report without a
+        step, `mode` None: only the queue and the cache)."""
         m, now = self.model, time.monotonic()
         self.running.labels(m).set(report.running)
         self.waiting.labels(m).set(report.waiting)
@@ -90,13 +91,15 @@ class ServerMetrics:
         self.kv_usage.labels(m).set(report.kv_blocks_used / report.kv_blocks_total if report.kv_blocks_total else 0.0)
         self.preemptions.labels(m).inc(report.num_preemptions - self._preemptions_seen)
         self._preemptions_seen = report.num_preemptions
+        self.live.step(report)
+        if report.mode is None:
+            return
         for mode in MODES:
             self.mode.labels(mode).set(1 if mode == report.mode else 0)
         self.steps.labels(report.mode).inc()
         self.step_seconds.labels(report.mode).observe(report.duration_s)
         self.iteration_tokens.labels(m).observe(report.num_tokens)
         self.prompt_tokens.labels(m).inc(report.num_prefill_tokens)
-        self.live.step(report)
         for out in outputs:
             self._observe_request(out, now)
 

@@ -1,15 +1,16 @@
 """The OpenAI API's request and response bodies (pydantic, OpenAI's field names), as `/openapi.json` shows them.
 
 Requests take OpenAI's fields plus the vLLM extensions benchmarks rely on (`ignore_eos`, `min_tokens`,
-`top_k`, `stop_token_ids`). Fields this engine does not implement are accepted only at their neutral
-value, so a request never silently gets something other than what it asked for.
+`top_k`, `stop_token_ids`). Fields this engine does not implement (penalties, structured outputs, tools) are
+accepted only at their neutral value, so a request never silently gets something other than what it asked for;
+fields neither OpenAI nor vLLM has are ignored.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,10 @@ from shifttune.config import MAX_SHIFT_THRESHOLD
 
 class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
+
+
+def _unsupported(neutral: str = "null") -> Any:
+    return Field(default=None, description=f"Not supported: refused (400) unless {neutral}.")
 
 
 class StreamOptions(OpenAIModel):
@@ -46,6 +51,17 @@ class SamplingFields(OpenAIModel):
     min_tokens: int = 0
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
+    # refused unless neutral (serving.UNSUPPORTED): a client asking for these must not get plain text silently
+    response_format: Any = _unsupported('null or {"type": "text"}')
+    tools: Any = _unsupported("null or []")
+    tool_choice: Any = _unsupported('null or "none"')
+    functions: Any = _unsupported("null or []")
+    function_call: Any = _unsupported('null or "none"')
+    structured_outputs: Any = _unsupported()
+    guided_json: Any = _unsupported()
+    guided_regex: Any = _unsupported()
+    guided_choice: Any = _unsupported()
+    guided_grammar: Any = _unsupported()
 
 
 class CompletionRequest(SamplingFields):

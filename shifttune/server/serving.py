@@ -44,14 +44,29 @@ class APIError(Exception):
         self.status, self.message, self.param, self.kind = status, message, param, kind
 
 
-MAX_TOP_LOGPROBS = 20  # chat's top_logprobs, as OpenAI's API bounds it
-UNSUPPORTED = (  # (field, neutral value): anything else is refused rather than silently ignored
-    ("presence_penalty", 0.0),
-    ("frequency_penalty", 0.0),
-    ("logit_bias", None),
-    ("echo", False),
-    ("suffix", None),
+MAX_TOP_LOGPROBS = 20  # chat's top_logprobs as OpenAI's API bounds it, completions' logprobs as vLLM's max_logprobs
+UNSUPPORTED = (  # (field, neutral values): anything else is refused rather than silently ignored
+    ("presence_penalty", (0.0,)),
+    ("frequency_penalty", (0.0,)),
+    ("logit_bias", (None,)),
+    ("echo", (False,)),
+    ("suffix", (None,)),
+    ("response_format", (None, {"type": "text"})),
+    ("structured_outputs", (None,)),
+    ("guided_json", (None,)),
+    ("guided_regex", (None,)),
+    ("guided_choice", (None,)),
+    ("guided_grammar", (None,)),
+    ("tools", (None, [])),
+    ("tool_choice", (None, "none")),
+    ("functions", (None, [])),
+    ("function_call", (None, "none")),
 )
+
+
+def check_top_logprobs(value: int | None, name: str) -> None:
+    if value is not None and not 0 <= value <= MAX_TOP_LOGPROBS:
+        raise APIError(400, f"{name} must be an integer in [0, {MAX_TOP_LOGPROBS}]", name)
 
 
 def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
@@ -60,7 +75,7 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
     if getattr(req, "best_of", None) not in (None, 1):
         raise APIError(400, "best_of must be 1", "best_of")
     for name, neutral in UNSUPPORTED:
-        if getattr(req, name, neutral) not in (neutral, None):
+        if getattr(req, name, None) not in (None, *neutral):
             raise APIError(400, f"{name} is not supported by this server", name)
     try:
         return SamplingParams(
@@ -91,6 +106,7 @@ class Choice:
     text: str = ""
     token_ids: list[int] = field(default_factory=list)
     logprobs: list[dict[int, float]] = field(default_factory=list)
+    text_offsets: list[int] = field(default_factory=list)  # per token: the length of the text returned before it
     finish_reason: str | None = None
     stop_reason: int | str | None = None
 
@@ -102,6 +118,9 @@ class Choice:
         if out.error is not None:
             raise APIError(500, out.error, kind="internal_error")
         c = out.outputs[0]
+        # NOTE: one token a step, starting where the text returned so far ends (a special token adds no text; a piece
+        # of a character, or of what may start a stop string, comes with a later step's text)
+        self.text_offsets += [len(self.text)] * len(c.token_ids)
         self.text += c.text
         self.token_ids += c.token_ids
         self.logprobs += c.logprobs or []
@@ -119,14 +138,17 @@ class Serving:
             raise APIError(404, f"model {model!r} does not exist; this server serves {self.model_name!r}", "model",
                            "model_not_found")  # fmt: skip
 
-    def prepare(self, prompts: list, params: SamplingParams, prefix: str) -> list[Choice]:
-        """Every prompt checked, then all of them admitted to the engine's queue (or the request refused)."""
+    def prepare(self, prompts: list, params: SamplingParams, prefix: str, prompt_field: str = "prompt") -> list[Choice]:
+        """Every prompt checked, then all of them admitted to the engine's queue (or the request refused);
+        `prompt_field`: the request's field the prompts came from (chat's: "messages")."""
         base = f"{prefix}-{uuid.uuid4().hex}"
         choices = []
         for i, prompt in enumerate(prompts):
             try:
                 text, ids = self.engine.prepare(prompt, params)
             except ConfigError as e:
+                if e.field == "prompt":
+                    e.field = prompt_field
                 raise APIError(400, str(e), e.field) from None
             if params.max_tokens is not None and len(ids) + params.max_tokens > self.max_model_len:  # as vLLM answers
                 raise APIError(400, f"This model's maximum context length is {self.max_model_len} tokens. However, you "
@@ -141,6 +163,7 @@ class Serving:
 
     def completion_choices(self, req: CompletionRequest) -> tuple[list[Choice], SamplingParams]:
         self.check_model(req.model)
+        check_top_logprobs(req.logprobs, "logprobs")
         params = sampling_params(req, req.max_tokens, req.logprobs)
         prompts = req.prompt
         if isinstance(prompts, str) or (prompts and isinstance(prompts[0], int)):
@@ -155,8 +178,7 @@ class Serving:
         self.check_model(req.model)
         if req.top_logprobs is not None and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
-        if req.top_logprobs is not None and not 0 <= req.top_logprobs <= MAX_TOP_LOGPROBS:
-            raise APIError(400, f"top_logprobs must be an integer in [0, {MAX_TOP_LOGPROBS}]", "top_logprobs")
+        check_top_logprobs(req.top_logprobs, "top_logprobs")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
         params = sampling_params(req, req.max_completion_tokens or req.max_tokens, logprobs)
         messages = [
@@ -167,7 +189,7 @@ class Serving:
             text, ids = chat_prompt(self.tokenizer, messages, req.add_generation_prompt)
         except ConfigError as e:
             raise APIError(400, str(e), e.field) from None
-        (choice,) = self.prepare([ids], params, "chatcmpl")
+        (choice,) = self.prepare([ids], params, "chatcmpl", "messages")
         choice.text_ids = (text, ids)
         self.start([choice], params)
         return [choice], params
@@ -227,7 +249,7 @@ class Serving:
                     text=c.text,
                     logprobs=None
                     if params.logprobs is None
-                    else completion_logprobs(self.tokenizer, c.token_ids, c.logprobs, 0),
+                    else completion_logprobs(self.tokenizer, c.token_ids, c.logprobs, c.text_offsets),
                     finish_reason=c.finish_reason,
                     stop_reason=c.stop_reason,
                 )
@@ -257,17 +279,13 @@ class Serving:
     async def completion_events(self, choices: list[Choice], params: SamplingParams, usage: bool):
         """SSE lines: one chunk per step per choice, then the usage chunk if asked, then [DONE]."""
         rid, created = f"cmpl-{uuid.uuid4().hex}", int(time.time())
-        offsets = {c.index: 0 for c in choices}
 
         def to_chunk(choice: Choice, delta, before: int) -> str:
             # NOTE: plain dicts, not pydantic models: this runs for every request at every step
             lp = None
             if params.logprobs is not None:
                 ids, lps = choice.token_ids[before:], choice.logprobs[before:]
-                lp = completion_logprobs(self.tokenizer, ids, lps, offsets[choice.index])
-                # as the whole response's offsets: each token's own text (a chunk's text may hold a piece back)
-                offsets[choice.index] += sum(map(len, lp.tokens))
-                lp = lp.model_dump()
+                lp = completion_logprobs(self.tokenizer, ids, lps, choice.text_offsets[before:]).model_dump()
             choice_dict = {"index": choice.index, "text": delta.text, "logprobs": lp,
                            "finish_reason": delta.finish_reason, "stop_reason": delta.stop_reason}  # fmt: skip
             return _sse({"id": rid, "object": "text_completion", "created": created, "model": self.model_name,
