@@ -17,6 +17,8 @@ from pathlib import Path
 TP, SP = "tp", "sp"  # the two modes: full TP over all P ranks, and SP x TP (Ulysses)
 MODES = (TP, SP)
 SHIFT_POLICIES = ("threshold", "profile", TP, SP)
+DEVICES = ("cpu", "cuda")
+LOAD_FORMATS = ("auto", "dummy")  # dummy: random weights of the checkpoint's shapes, nothing read
 
 SUPPORTED_ARCHITECTURES = {
     "LlamaForCausalLM": "llama",
@@ -291,8 +293,8 @@ class EngineConfig:
                     f"must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}", field=name
                 )
 
-        one_of("device", ("cpu", "cuda"))
-        one_of("load_format", ("auto", "dummy"))
+        one_of("device", DEVICES)
+        one_of("load_format", LOAD_FORMATS)
         one_of("shift_policy", SHIFT_POLICIES)
         if self.attention_backend == "auto":
             self.attention_backend = "triton" if self.device == "cuda" else "torch"

@@ -141,3 +141,124 @@ def test_version_prints_the_installed_version():
 
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0 and result.output.strip() == f"shifttune {version('shifttune')}", result.output
+
+
+# ---- defects from a user review of the CLI -----------------------------------------------------------------------
+ONE_RANK = ("profile", "--device", "cpu", "--gpus", "1", "--contexts", "64", "--iters", "1", "--warmup", "0")
+
+
+def test_a_profile_that_measures_no_point_writes_nothing_and_says_what_to_change(tmp_path):
+    """Every point too big for the KV cache: it wrote a 0-point profile and exited 0, and `recommend` failed on it."""
+    out = tmp_path / "new" / "f5.json"
+    result = run(*ONE_RANK, "--tokens", "4096", "--out", str(out))
+    assert result.exit_code == 2 and not (tmp_path / "new").exists(), result.output  # no file, and no folder for it
+    assert "no point was measured: the KV cache holds 1024 tokens (TP=1 SP=1)" in result.output
+    assert "4096 tokens at context 64, needs 4096); ask for --tokens of at most 1024" in result.output
+    # a point that fits is written, and a rerun whose remaining points are all skipped keeps it
+    for _ in range(2):
+        result = run(*ONE_RANK, "--tokens", "16,4096", "--out", str(out))
+        assert result.exit_code == 0 and "wrote" in result.output, result.output
+        assert [(p["tokens"], p["context"]) for p in json.loads(out.read_text())["points"]] == [(16, 64)]
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--device", "bogus", "--device: must be one of cpu, cuda, not 'bogus'"),
+    ("--load-format", "safetensors", "--load-format: must be one of auto, dummy, not 'safetensors'"),
+])  # fmt: skip
+def test_profile_checks_device_and_load_format_first(cpu_profile, tmp_path, flag, value, message):  # noqa: F811
+    """They were checked only after --out's resume check (which blamed "other settings") and an engine's start."""
+    out = tmp_path / "p.json"
+    shutil.copy(cpu_profile[0], out)
+    before = out.read_bytes()
+    result = run("profile", "--device", "cpu", flag, value, "--out", str(out))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert "other settings" not in result.output and "starting" not in result.output
+    assert out.read_bytes() == before
+
+
+def test_profile_errors_name_its_own_flags():
+    """The grid sets the engine's max_model_len and max_num_batched_tokens: errors name --contexts and --tokens."""
+    result = run("profile", "--device", "cpu", "--contexts", "5000", "--out", "unused.json")
+    assert result.exit_code == 2 and "error: --contexts: 5000 exceeds the model's limit of 2048" in result.output
+    assert "--max-model-len" not in result.output
+
+
+@pytest.mark.parametrize("argv, message", [
+    (ONE_RANK + ("--tokens", "1,,4"), "--tokens takes comma-separated integers, e.g. 1 or 1,4,16; got '1,,4'"),
+    (("recommend", "--rate", "1,,2"), "--rate takes comma-separated numbers, e.g. 2 or 1,2,4; got '1,,2'"),
+])  # fmt: skip
+def test_list_options_refuse_empty_elements_alike(argv, message, tmp_path):
+    result = run(*argv, "--out", str(tmp_path / "x.json"))
+    assert result.exit_code == 2 and message in result.output, result.output
+    assert result.output.count("error:") == 1 and not (tmp_path / "x.json").exists()
+
+
+def test_output_folders_are_made_when_the_command_writes_and_only_then(tmp_path):
+    """profile, generate and recommend made a missing folder while checking their arguments, so a run that failed
+    later left it behind; recommend --plot refused a missing folder that --out made."""
+    for argv in (["generate", "--device", "tpu", "-o", "{d}/g.json"], ["recommend", "--input-len", "0", "--out",
+                 "{d}/r.json"], ["recommend", "--context", "0", "--plot", "{d}/plan.png"]):  # fmt: skip
+        result = run(*[a.format(d=tmp_path / "a" / "b") for a in argv])
+        assert result.exit_code == 2 and not (tmp_path / "a").exists(), (argv, result.output)
+    plot, out = tmp_path / "p" / "q" / "plan.png", tmp_path / "o" / "r.json"
+    result = run("recommend", "--plot", str(plot), "--out", str(out))
+    assert result.exit_code == 0 and plot.stat().st_size > 1000 and "tiny" in out.read_text(), result.output
+
+
+def test_check_writable_checks_a_missing_folder_without_making_it(tmp_path):
+    from typer import Exit
+
+    from shifttune.cli.common import check_writable, make_parent
+
+    path = tmp_path / "x" / "y" / "p.json"
+    check_writable(path, "--out", make_folder=True)
+    assert list(tmp_path.iterdir()) == []  # nothing made, no probe file left
+    with pytest.raises(Exit):  # bench's call: a missing folder is refused
+        check_writable(path, "--out")
+    make_parent(path, "--out")
+    assert path.parent.is_dir()
+    (tmp_path / "file").write_text("")
+    with pytest.raises(Exit):
+        check_writable(tmp_path / "file" / "x" / "p.json", "--out", make_folder=True)
+    assert not (tmp_path / "file").is_dir()
+
+
+def test_serve_makes_the_log_folder_only_when_it_opens_the_log(tmp_path, monkeypatch):
+    import socket
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    log = tmp_path / "x" / "d" / "l.log"
+    try:
+        for extra in ([], ["--no-tui"]):
+            result = run("serve", "tiny", "--device", "cpu", "--port", str(taken.getsockname()[1]), "--log-file",
+                         str(log), *extra)  # fmt: skip
+            assert result.exit_code == 2 and "--port: cannot listen" in result.output, result.output
+            assert not (tmp_path / "x").exists()
+    finally:
+        taken.close()
+    from shifttune.tui import attach
+
+    def stop(fd):  # the view's next step after opening its log
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(attach.os, "dup", stop)
+    view = attach.TerminalView("http://127.0.0.1:1", log, None)
+    assert not (tmp_path / "x").exists()
+    with pytest.raises(RuntimeError, match="stop here"):
+        view.start(lambda: None)
+    assert log.is_file()
+
+
+def test_generate_shows_only_tp_mode_weights_without_an_sp_layout(capsys):
+    from shifttune.cli.generate import render_generation
+
+    report = {"outputs": [], "steps_per_mode": {"tp": 3, "sp": 0}, "tokens_per_mode": {"tp": 9, "sp": 0},
+              "weight_bytes_per_rank": {"tp": 1363148, "sp": 0}, "kv_cache_bytes_per_rank": 2**20}  # fmt: skip
+    render_generation(report, 1.0, 0.5)
+    text = " ".join(capsys.readouterr().out.split())
+    assert "per rank: weights 1.3 MiB (TP mode), KV cache 1.0 MiB;" in text and "SP x TP mode" not in text
+    report["weight_bytes_per_rank"]["sp"] = 2 * 1363148
+    render_generation(report, 1.0, 0.5)
+    assert "weights 2.6 MiB (SP x TP mode) + 1.3 MiB (TP mode)," in " ".join(capsys.readouterr().out.split())

@@ -498,3 +498,22 @@ def test_recommend_refuses_flags_it_would_drop(tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     data = json.loads(r.output)  # JSON only: no table
     assert data["rows"] == [] and data["command"].startswith(f"shifttune recommend --validate {url} --rate 1 ")
+
+
+def test_recommend_says_when_the_simulated_steps_are_past_the_profiled_step_sizes():
+    """The shipped CPU profile measures steps of up to 1024 tokens; a 1500-token prompt is one step of ~1500 tokens,
+    whose time is the 1024-token step's scaled up: said like a context outside the profile."""
+    long = json.loads(CliRunner().invoke(app, ["recommend", "--json", "--rate", "1", "--input-len", "1500",
+                                               "--output-len", "8", "--num-requests", "20"]).output)  # fmt: skip
+    [note] = [n for n in long["notes"] if "profiled step" in n]
+    assert "past the largest profiled step (1024 tokens)" in note and "extrapolated in proportion to tokens" in note
+    short = json.loads(CliRunner().invoke(app, ["recommend", "--json", "--rate", "1", "--input-len", "200",
+                                                "--output-len", "8", "--num-requests", "20"]).output)  # fmt: skip
+    assert not any("profiled step" in n for n in short["notes"])
+    # measured at 1 token a step only: every prefill is a scaled decode step
+    prof = synthetic_profile(lambda t, c: 5 + 0.02 * t, lambda t, c: 7 + 0.01 * t)
+    prof.points = [p for p in prof.points if p.tokens == 1]
+    result = plan(prof, workloads=[Workload(rate=1, num_requests=10, input_len=50, output_len=4, spread=0)])
+    assert any("the simulated steps reach 50 tokens, past the largest profiled step (1 tokens)" in n
+               for n in result.notes), result.notes  # fmt: skip
+    assert plan(prof).notes == [n for n in result.notes if "profiled step" not in n]  # no simulation, no note

@@ -42,8 +42,10 @@ def fail_config(e: ConfigError, flags: dict[str, str] | None = None) -> NoReturn
 def check_writable(
     path: Path | None, flag: str, suffixes: tuple[str, ...] | None = None, make_folder: bool = False
 ) -> None:
-    """Fails now, before any slow work, where `path` cannot be written: a folder, a missing (unless `make_folder`:
-    then made) or read-only folder around it, or (with `suffixes`) the wrong kind of file."""
+    """Fails now, before any slow work, where `path` cannot be written: a folder, a file where a folder should be, a
+    read-only folder, (with `suffixes`) the wrong kind of file, or a missing folder unless `make_folder`: then the
+    nearest folder above it must take new entries, and `make_parent` makes the missing ones when the command writes.
+    Leaves nothing behind."""
     if path is None:
         return
     if path.is_dir():
@@ -51,29 +53,45 @@ def check_writable(
     if suffixes and path.suffix.lower() not in suffixes:
         fail(f"{flag} must end in {', '.join(suffixes)}, not {path.name!r}")
     folder = path.parent
-    if folder.exists() and not folder.is_dir():
-        fail(f"{flag}: cannot write {path}: {str(folder)!r} is a file, not a folder")
-    if make_folder and not folder.is_dir():
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            fail(f"{flag}: cannot make the folder {str(folder)!r}: {e.strerror}")
-    if not folder.is_dir():
+    existing = next(f for f in (folder, *folder.parents) if f.exists())  # "." or "/" at worst
+    if not existing.is_dir():
+        fail(f"{flag}: cannot write {path}: {str(existing)!r} is a file, not a folder")
+    if existing != folder and not make_folder:
         fail(f"{flag}: cannot write {path}: the folder {str(folder)!r} does not exist")
     try:  # NOTE: a real file, not os.access: root passes access checks on folders that refuse new files (/proc)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{path.name}."):
+        with tempfile.NamedTemporaryFile(dir=existing, prefix=f".{path.name}."):
             pass
     except OSError as e:
-        fail(f"{flag}: cannot write in {str(folder)!r}: {e.strerror}")
+        fail(f"{flag}: cannot write in {str(existing)!r}: {e.strerror}")
 
 
-def parse_ints(text: str | None, flag: str) -> list[int]:
-    if not text:
+def make_parent(path: Path, flag: str) -> None:
+    """Makes the missing folders above `path` (checked by `check_writable(make_folder=True)`) as the command is about
+    to write it."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        fail(f"{flag}: cannot make the folder {str(path.parent)!r}: {e.strerror}")
+
+
+def write_output(path: Path, flag: str, text: str) -> None:
+    """Writes a command's output file (checked by `check_writable(make_folder=True)`), making its folder first."""
+    make_parent(path, flag)
+    try:
+        path.write_text(text)
+    except OSError as e:
+        fail(f"{flag}: cannot write {path}: {e.strerror}")
+
+
+def parse_list(text: str | None, flag: str, kind: type = int) -> list:
+    """A comma-separated option's values (None: none given); an empty element (1,,4) is refused, not skipped."""
+    if text is None:
         return []
     try:
-        return [int(x) for x in text.split(",") if x.strip()]
+        return [kind(x) for x in text.split(",")]
     except ValueError:
-        fail(f"{flag}: expected comma-separated integers, got {text!r}")
+        noun, example = ("integers", "1 or 1,4,16") if kind is int else ("numbers", "2 or 1,2,4")
+        fail(f"{flag} takes comma-separated {noun}, e.g. {example}; got {text!r}")
 
 
 def size(n: float) -> str:

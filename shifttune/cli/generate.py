@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, size
+from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, size, write_output
 from shifttune.config import MODES, SHIFT_POLICIES, ConfigError
 
 DEMO_PROMPTS = ["The capital of France is", "Shift parallelism switches between"]
@@ -53,8 +53,9 @@ def render_generation(report: dict, startup_s: float, elapsed_s: float) -> None:
         table.add_row(mode, str(report["steps_per_mode"][mode]), str(report["tokens_per_mode"][mode]))
     out.print(table)
     w = report["weight_bytes_per_rank"]
+    weights = f"{size(w['sp'])} (SP x TP mode) + {size(w['tp'])} (TP mode)" if w["sp"] else f"{size(w['tp'])} (TP mode)"
     out.print(
-        f"per rank: weights {size(w['sp'])} (SP x TP mode) + {size(w['tp'])} (TP mode), "
+        f"per rank: weights {weights}, "
         f"KV cache {size(report['kv_cache_bytes_per_rank'])}; startup {startup_s:.1f} s, generation {elapsed_s:.2f} s"
     )
 
@@ -137,5 +138,5 @@ def generate(
     report = generation_report(outs, llm.llm_engine.stats, settings)
     render_generation(report, startup, elapsed)
     if output is not None:
-        output.write_text(json.dumps(report, indent=2))
+        write_output(output, "--output", json.dumps(report, indent=2))
         Console().print(f"wrote {output}")

@@ -10,8 +10,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, parse_ints
-from shifttune.config import ConfigError
+from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, parse_list
+from shifttune.config import DEVICES, LOAD_FORMATS, ConfigError
 
 
 # The flags each run of `profile` reads (None: a measured profile); any other one given is refused, not ignored.
@@ -22,6 +22,10 @@ TOOL_FLAGS = {
     "collectives": set(),
     "compare": set(),
 }
+# EngineConfig's choices for these flags, checked before a resumed file is read or an engine starts
+ENGINE_CHOICES = {"--device": DEVICES, "--load-format": LOAD_FORMATS}
+# engine fields the profiler sets from the grid: their errors name the grid's flags
+FLAGS = {"max_model_len": "--contexts", "max_num_batched_tokens": "--tokens"}
 
 
 def parse_int(text: str, flag: str) -> int:
@@ -179,6 +183,9 @@ def profile(
     Ctrl-C keeps every measured point; running the same command again resumes. --ops, --collectives,
     --predict and --compare are the predictor's tools: a profile for GPUs you do not have.
     """
+    for flag, value in (("--device", device), ("--load-format", load_format)):
+        if value not in ENGINE_CHOICES[flag]:
+            fail(f"{flag}: must be one of {', '.join(ENGINE_CHOICES[flag])}, not {value!r}")
     # CPU timings are a demonstration: fewer runs unless asked
     iters = iters if iters is not None else 3 if device == "cpu" else 10
     warmup = warmup if warmup is not None else 1 if device == "cpu" else 3
@@ -215,8 +222,8 @@ def profile(
             ranks=ranks,
             device=device,
             load_format=load_format,
-            tokens=parse_ints(tokens, "--tokens"),
-            contexts=parse_ints(contexts, "--contexts"),
+            tokens=parse_list(tokens, "--tokens"),
+            contexts=parse_list(contexts, "--contexts"),
             iters=iters,
             warmup=warmup,
         )
@@ -226,7 +233,7 @@ def profile(
         live = tui and sys.stdout.isatty() and sys.stdin.isatty()
         result = (_live_view_run if live else _progress_bar_run)(settings, out, command)
     except ConfigError as e:
-        fail_config(e)
+        fail_config(e, FLAGS)
     except KeyboardInterrupt:
         if out is not None and out.exists():
             console.print(f"interrupted: every measured point is in {out}; run the same command to resume",

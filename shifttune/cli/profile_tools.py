@@ -11,7 +11,7 @@ from pathlib import Path
 
 from rich.table import Table
 
-from shifttune.cli.common import check_writable, console, fail, fail_config, parse_ints
+from shifttune.cli.common import check_writable, console, fail, fail_config, parse_list, write_output
 from shifttune.config import ConfigError
 
 
@@ -32,11 +32,11 @@ def _ops(model: str, gpus: str | None, device: str, tokens, contexts, iters: int
     _need_cuda(device, "--ops")
     from shifttune.profile.ops import OpsSettings, default_ops_path, run_ops  # NOTE: lazy: loads torch
 
-    sizes = parse_ints(gpus, "--gpus") or [1, 2, 4, 8]
-    grid = {"tokens": parse_ints(tokens, "--tokens"), "contexts": parse_ints(contexts, "--contexts")}
+    sizes = parse_list(gpus, "--gpus") or [1, 2, 4, 8]
+    grid = {"tokens": parse_list(tokens, "--tokens"), "contexts": parse_list(contexts, "--contexts")}
     rounds = 1 if device == "cpu" else 2
     settings = OpsSettings(model, sizes, device, **grid, warmup=warmup, iters=iters, rounds=rounds, layers=layers,
-                           breakdown=parse_ints(breakdown, "--breakdown"))  # fmt: skip
+                           breakdown=parse_list(breakdown, "--breakdown"))  # fmt: skip
     out = out or default_ops_path(settings)
     check_writable(out, "--out", make_folder=True)
     table = run_ops(settings, out, _command(), lambda e: console.print(f"[{e.done}/{e.total}] {e.message}"))
@@ -55,7 +55,7 @@ def _collectives(gpus: str | None, device: str, out) -> None:
     out = out or default_collectives_path(ranks, device)
     check_writable(out, "--out", make_folder=True)
     table = measure_collectives(ranks, device)
-    out.write_text(json.dumps(table, indent=1))
+    write_output(out, "--out", json.dumps(table, indent=1))
     console.print(f"wrote {out}", soft_wrap=True)
 
 
@@ -68,8 +68,8 @@ def _predict(model: str, gpus: str | None, tokens, contexts, out, op_table, coll
         fail("--predict needs the GPU type with the count, e.g. --gpus 4xH200")
     out = out or Path("profiles") / f"{Path(model).name.lower()}_{request.slug}x{request.count}_predicted.json"
     check_writable(out, "--out", make_folder=True)
-    settings = PredictSettings(model, request.count, request.slug, tokens=parse_ints(tokens, "--tokens"),
-                               contexts=parse_ints(contexts, "--contexts"), op_table=op_table,
+    settings = PredictSettings(model, request.count, request.slug, tokens=parse_list(tokens, "--tokens"),
+                               contexts=parse_list(contexts, "--contexts"), op_table=op_table,
                                collectives=collective_table)  # fmt: skip
     prof = predict_profile(settings, _command())
     prof.save(out)
@@ -116,8 +116,7 @@ def _compare(paths: tuple[Path, Path], out) -> None:
         console.print(f"not compared: {len(result['only_measured'])} points only measured, "
                       f"{len(result['only_predicted'])} only predicted")  # fmt: skip
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(result, indent=1))
+        write_output(out, "--out", json.dumps(result, indent=1))
         console.print(f"wrote {out}")
 
 

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shifttune.cli.common import check_writable, fail, fail_config, size
+from shifttune.cli.common import check_writable, fail, fail_config, parse_list, size, write_output
 from shifttune.config import SP, TP, ConfigError
 
 if TYPE_CHECKING:
@@ -131,13 +131,6 @@ def _validate_command(request: RecommendRequest, url: str, spread: float) -> str
                       + (["--burstiness", f"{request.burstiness:g}"] if request.burstiness != 1 else []))  # fmt: skip
 
 
-def _save_json(out: Path, data: dict) -> None:
-    try:
-        out.write_text(json.dumps(data, indent=1))
-    except OSError as e:
-        fail(f"cannot write {out}: {e}")
-
-
 def _validate(
     request: RecommendRequest, url: str, spread: float, api_key: Optional[str], out: Optional[Path], as_json: bool
 ) -> None:
@@ -158,7 +151,7 @@ def _validate(
     except ServerError as e:
         fail(str(e))
     if out is not None:
-        _save_json(out, data)
+        write_output(out, "--out", json.dumps(data, indent=1))
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return
@@ -267,12 +260,9 @@ def recommend(
     from shifttune.recommend.report import recommend as make_recommendation
 
     _refuse_ignored(ctx, validate_url is not None)
-    check_writable(plot, "--plot", (".png", ".svg", ".pdf"))
+    check_writable(plot, "--plot", (".png", ".svg", ".pdf"), make_folder=True)
     check_writable(out, "--out", make_folder=True)
-    try:
-        rates = [float(x) for x in rate.split(",")] if rate is not None else None
-    except ValueError:
-        fail(f"--rate takes comma-separated numbers, e.g. 2 or 1,2,4; got {rate!r}")
+    rates = parse_list(rate, "--rate", float) if rate is not None else None
     try:
         request = RecommendRequest(profile_file, model, None if gpus is None else parse_gpus(gpus), context, rates,
                                    trace, input_len, output_len, spread, num_requests, slo_ttft, slo_tpot,
@@ -287,7 +277,7 @@ def recommend(
     except OSError as e:
         fail(f"cannot write the plot: {e}")
     if out is not None:
-        _save_json(out, data)
+        write_output(out, "--out", json.dumps(data, indent=1))
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return

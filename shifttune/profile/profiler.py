@@ -19,9 +19,9 @@ import torch
 from shifttune.config import SP, TP, ConfigError, EngineConfig, ParallelConfig, load_model_config, resolve_model_path
 from shifttune.engine.llm_engine import LLMEngine
 from shifttune.engine.profile_schema import Factorization, Point, Profile, ProfileError, load_profile, model_summary
-from shifttune.profile.step_sweep import DECODE, PREFILL, measure_point
+from shifttune.profile.step_sweep import DECODE, PREFILL, measure_point, step_shape
 from shifttune.recommend.shapes import memory_check
-from shifttune.profile.step_timing import Ceilings, fill_floors, fill_kv_cache_random, measure_ceilings
+from shifttune.profile.step_timing import Ceilings, blocks_needed, fill_floors, fill_kv_cache_random, measure_ceilings
 from shifttune.telemetry.hardware import describe_hardware, describe_software
 
 GPU_CONTEXTS = [512, 2048, 8192, 32768]
@@ -166,6 +166,7 @@ def run_profile(
     elif done:
         progress(ProgressEvent(done, total, "resuming", message=f"resuming: {done} of {total} points already in {out}"))
     ceilings = _ceilings(settings, profile) if done < total else None
+    too_big = []  # (KV tokens needed, tokens, context, KV tokens held, tp, sp) of each point the cache could not hold
     for tp, sp, modes in plan:
         remaining = [
             (t, c, m)
@@ -233,6 +234,8 @@ def run_profile(
                 done += 1
                 if got is None:
                     progress(ProgressEvent(done, total, label, message=f"{label}: skipped, KV cache too small"))
+                    need = blocks_needed(step_shape(t, c, settings.max_decode)[0], c, config.block_size)
+                    too_big.append((need * config.block_size, t, c, runner.num_kv_blocks * config.block_size, tp, sp))
                     continue
                 timing, peak = got
                 ptp, psp = (p, 1) if mode == TP else (tp, sp)
@@ -257,6 +260,13 @@ def run_profile(
                 progress(ProgressEvent(done, total, label, point=point))
         finally:
             engine.shutdown()
+    if profile is not None and not profile.points and too_big:  # NOTE: an empty profile fails later, in `recommend`
+        need, t, c, held, tp, sp = min(too_big)
+        fix = f"--tokens of at most {held}" if t > settings.max_decode else "shorter --contexts"
+        raise ConfigError(
+            f"no point was measured: the KV cache holds {held} tokens (TP={tp} SP={sp}) and every step asked for "
+            f"needs more (the smallest, {t} tokens at context {c}, needs {need}); ask for {fix}"
+        )
     for (tp, sp), why in reasons.items():
         if why:
             _set_factorization(profile, Factorization(tp, sp, False, why))

@@ -156,12 +156,35 @@ def plan(
     launch = launch_lines(deployment, profile)
     result.launch = launch.commands
     result.notes += launch.notes
+    steps: set[int] = set()  # token counts of the simulated steps
     for workload in workloads:
         rate = None if workload.trace is not None else workload.rate
         shape = {} if workload.trace is not None or workload.burstiness == 1 else {"burstiness": workload.burstiness}
-        result.predictions += [{"rate": rate} | shape | r for r in predict(profile, result, workload)]
+        rows, tokens = predict(profile, result, workload)
+        result.predictions += [{"rate": rate} | shape | r for r in rows]
+        steps |= tokens
+    result.notes += step_range_notes(profile, steps)
     result.notes += [overload_note(r) for r in result.predictions if r["overloaded"]]
     return result
+
+
+def step_range_notes(profile: Profile, steps: set[int]) -> list[str]:
+    """Notes where the simulated steps are larger or smaller than every profiled step, whose times the step model then
+    extrapolates (`StepTimeModel`), as `plan` notes a context outside the profile."""
+    profiled = sorted({pt.tokens for pt in profile.points})
+    notes = []
+    if steps and max(steps) > profiled[-1]:
+        notes.append(
+            f"the simulated steps reach {max(steps)} tokens, past the largest profiled step ({profiled[-1]} tokens); "
+            "their times are extrapolated in proportion to tokens, so the predicted latencies are rough (profile "
+            "larger --tokens)"
+        )
+    if steps and min(steps) < profiled[0]:
+        notes.append(
+            f"the simulated steps go down to {min(steps)} tokens, below the smallest profiled step ({profiled[0]} "
+            "tokens); their times are held at its time (profile smaller --tokens)"
+        )
+    return notes
 
 
 def overload_note(prediction: dict) -> str:
@@ -197,16 +220,22 @@ def overloaded(requests: list[Request], res: SimResult) -> bool:
     return last - first > OVERLOAD_DRIFT * span_ms
 
 
-def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
+def predict(profile: Profile, plan_: Plan, workload: Workload) -> tuple[list[dict], set[int]]:
     """TP-only, SP-only (the best SP x TP layout, every step) and shift, under the same arrivals, on the engine's
-    loop as `serve` runs it on the profile's device (`EngineLoop.of_profile`; no HTTP time per request)."""
+    loop as `serve` runs it on the profile's device (`EngineLoop.of_profile`; no HTTP time per request); and the
+    token counts of the simulated steps."""
     p, tp, sp = plan_.world_size, plan_.best_tp, plan_.best_sp
     tp_model = StepTimeModel(profile, TP, p, 1)
     models = {TP: tp_model}
     if sp > 1:
         models[SP] = StepTimeModel(profile, SP, tp, sp)
     requests = workload.requests()
-    step_ms, loop = profile_step_ms(models), EngineLoop.of_profile(profile)
+    profile_ms, loop, steps = profile_step_ms(models), EngineLoop.of_profile(profile), set()
+
+    def step_ms(mode: str, tokens: int, context: float) -> float:
+        steps.add(tokens)
+        return profile_ms(mode, tokens, context)
+
     policies = [(FixedPolicy(TP), kv_capacity(profile, p, 1))]
     if sp > 1:
         policies += [
@@ -232,4 +261,4 @@ def predict(profile: Profile, plan_: Plan, workload: Workload) -> list[dict]:
             **loop.kwargs(),
         )
         out.append({"label": label} | res.summary() | {"overloaded": overloaded(requests, res)})
-    return out
+    return out, steps

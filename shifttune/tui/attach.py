@@ -49,6 +49,7 @@ class TerminalView:
         self._pipe: int | None = None
 
     def start(self, request_stop: Callable[[], None]) -> None:
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)  # checked by `serve`; made once the port is bound
         log = open(self.log_file, "w", buffering=1)
         log.write(f"shifttune serve: {' '.join(sys.argv)}\n")
         sys.stdout.flush()
