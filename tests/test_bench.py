@@ -5,6 +5,7 @@ delays, can reject ignore_eos and can fail requests)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import math
 import os
@@ -71,6 +72,7 @@ class FakeServer:
     text_bytes: int = 0  # each chunk's text padded to this many bytes
     line_end: str = "\n"  # what ends each line of the stream (SSE allows "\r\n")
     models: list[str] = field(default_factory=lambda: ["tiny"])  # what GET /v1/models lists
+    max_model_len: int | None = None  # listed with each model when set (as vLLM and `shifttune serve` do)
     requests: list[dict] = field(default_factory=list)
     rejections: int = 0
     url: str = ""
@@ -84,7 +86,8 @@ def _app(state: FakeServer) -> FastAPI:
 
     @app.get("/v1/models")
     async def models():
-        return {"object": "list", "data": [{"id": m, "object": "model"} for m in state.models]}
+        extra = {} if state.max_model_len is None else {"max_model_len": state.max_model_len}
+        return {"object": "list", "data": [{"id": m, "object": "model", **extra} for m in state.models]}
 
     @app.post("/v1/completions")
     async def completions(request: Request):
@@ -455,7 +458,7 @@ def _cli(*argv: str):
 
 
 def test_bench_command_end_to_end(fake, tmp_path):
-    out, plot = tmp_path / "res.json", tmp_path / "sweep.png"
+    out, plot = tmp_path / "new" / "res.json", tmp_path / "new" / "plots" / "sweep.png"  # folders made as it writes
     result = _cli("--base-url", fake.url, "--rates", "40,inf", "--num-prompts", "6", "--input-len", "8:16",
                   "--output-len", "4", "--concurrency", "3", "--slo-ttft", "5000", "--slo-tpot", "1000",
                   "--out", str(out), "--plot", str(plot))  # fmt: skip
@@ -523,7 +526,10 @@ def test_bench_single_rate_writes_one_record(fake, tmp_path):
     [
         (["--input-len", "0"], "--input-len: expected a count >= 1"),
         (["--output-len", "9:3"], "--output-len: expected a count >= 1"),
-        (["--rate", "fast"], "--rate: expected requests/s"),
+        (["--rate", "fast"], "--rate takes comma-separated numbers"),
+        (["--rates", "1,,2"], "--rates takes comma-separated numbers, e.g. 2 or 1,2,4; got '1,,2'"),
+        (["--rates", "1,2,"], "--rates takes comma-separated numbers"),
+        (["--endpoint", "/v1/chat/completions"], "--endpoint: bench sends completions requests (a prompt), not chat"),
         (["--rate", "1", "--rates", "1,2"], "--rate / --rates: give one of them"),
         (["--rates", "1,-2"], "--rate / --rates: must be positive"),
         (["--dataset", "sharegpt"], "--dataset-path: --dataset sharegpt needs a file"),
@@ -543,14 +549,17 @@ def test_bad_flags_fail_with_one_line_naming_the_flag(fake, argv, message):
     assert not fake.requests  # nothing was sent
 
 
-def test_missing_url_and_a_down_server_are_one_line(fake):
+def test_missing_url_and_a_down_server_are_one_line(fake, tmp_path):
     for argv in ([], ["--base-url", ""]):  # an empty URL was taken for http://127.0.0.1 (port 80)
         result = _cli(*argv, "--num-prompts", "1")
         assert result.exit_code == 2 and "--base-url: which server?" in result.output
     port = _free_port()  # nothing listens there
-    result = _cli("--base-url", f"http://127.0.0.1:{port}", "--num-prompts", "1")
+    result = _cli(
+        "--base-url", f"http://127.0.0.1:{port}", "--num-prompts", "1", "--out", str(tmp_path / "n" / "x.json")
+    )
     assert result.exit_code == 2 and "cannot reach the server at" in result.output
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "n").exists()  # --out's folder is made only when there is something to write
 
 
 def test_unknown_model_tokenizer_is_a_flag_error(fake):
@@ -592,25 +601,104 @@ def test_every_request_failing_is_an_error_with_the_first_message(fake, tmp_path
     assert (data["completed"], data["failed"]) == (0, 2) and data["errors"] == ["HTTP 500: boom"] * 2
 
 
-def test_ctrl_c_keeps_and_saves_what_completed(fake, tmp_path):
+@pytest.mark.parametrize("sig, rates", [(signal.SIGINT, "2"), (signal.SIGTERM, "2"), (signal.SIGTERM, "2,4")],
+                         ids=["sigint", "sigterm", "sigterm-sweep"])  # fmt: skip
+def test_ctrl_c_or_sigterm_keeps_and_saves_what_completed(fake, tmp_path, sig, rates):
+    """SIGTERM (timeout, kill, a CI's cancel) as Ctrl-C: it used to end the process at once (143, no JSON). A sweep
+    stopped during its first rate writes the sweep's shape (it used to write a single record's)."""
     fake.ttft_s, fake.itl_s = 0.0, 0.0
     out = tmp_path / "partial.json"
     code = "import typer; from shifttune.cli.bench import bench; typer.run(bench)"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--base-url", fake.url, "--rate", "2", "--num-prompts", "50", "--input-len", "4",
-         "--output-len", "1", "--out", str(out)],
+        [sys.executable, "-c", code, "--base-url", fake.url, "--rates", rates, "--num-prompts", "50", "--input-len",
+         "4", "--output-len", "1", "--out", str(out)],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
     while len(fake.requests) < 3:  # the test request, then 50 requests at 2/s: ~25 s
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else ""
         time.sleep(0.05)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, sig)
     output, _ = proc.communicate(timeout=30)
-    assert proc.returncode == 130, output
+    assert proc.returncode == 128 + sig, output
     data = json.loads(out.read_text())
+    if rates == "2":
+        assert "results" not in data and "command" in data
+    else:
+        assert set(data) == {"command", "results"} and len(data["results"]) == 1
+        (data,) = data["results"]
     assert data["interrupted"] and 2 <= data["completed"] < 50 and data["failed"] == 0
     assert "interrupted" in output and "Traceback" not in output
+
+
+def test_requests_that_all_fail_have_no_latencies(fake, tmp_path):
+    """Latencies over no successful request are null in the JSON and n/a in the table, not 0."""
+    fake.fail_from = 2  # the test request passes, the run's requests fail
+    out = tmp_path / "failed.json"
+    result = _cli("--base-url", fake.url, "--num-prompts", "2", "--input-len", "4", "--output-len", "2",
+                  "--out", str(out))  # fmt: skip
+    assert result.exit_code == 2, result.output
+    data = json.loads(out.read_text())
+    latency_keys = {f"{stat}_{m}_ms" for stat in ("mean", "median", "std", "p90", "p99")
+                    for m in ("ttft", "tpot", "itl", "e2el")}  # fmt: skip
+    assert {k: data[k] for k in latency_keys} == dict.fromkeys(latency_keys)
+    assert data["output_throughput"] == 0.0 and data["completed"] == 0
+    assert "n/a" in result.output and "0.00" not in result.output.split("latencies (ms)")[1]
+    assert compute_metrics([_ok(0.1, 0.1, 1)], 1.0)["mean_tpot_ms"] == 0.0  # one-token outputs: TPOT 0, as vLLM
+
+
+def test_pre_flight_refuses_lengths_over_the_servers_context(fake, tmp_path):
+    """--input-len + --output-len over the max_model_len the server lists: refused before any request (the test
+    request's max_tokens is capped, so it passed and then every request failed)."""
+    fake.max_model_len = 2048
+    result = _cli("--base-url", fake.url, "--num-prompts", "2", "--input-len", "16", "--output-len", "1000:3000")
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    assert ("--input-len + --output-len: 16 + 3000 = 3016 tokens (prompt + max_tokens) is over the server's context "
+            "of 2048 tokens (max_model_len of 'tiny')") in " ".join(result.output.split())  # fmt: skip
+    assert not fake.requests
+    fake.max_model_len, fake.itl_s = 24, 0.0
+    result = _cli("--base-url", fake.url, "--num-prompts", "2", "--input-len", "16", "--output-len", "8")
+    assert result.exit_code == 0 and len(fake.requests) == 3, result.output  # fits exactly
+
+
+@pytest.mark.parametrize("suffix", ["/v1", "/v1/", "/"])
+def test_base_url_may_end_in_v1_as_the_openai_client_s(fake, tmp_path, suffix):
+    out = tmp_path / "v1.json"
+    result = _cli("--base-url", fake.url + suffix, "--num-prompts", "2", "--input-len", "4", "--output-len", "2",
+                  "--out", str(out))  # fmt: skip
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert data["completed"] == 2 and data["base_url"] == fake.url
+
+
+def test_failures_that_each_happened_once_are_examples_not_the_most_common(fake):
+    fake.fail_every = 3  # the test request, two good ones, then one failure
+    result = _cli("--base-url", fake.url, "--num-prompts", "4", "--input-len", "4", "--output-len", "2")
+    assert result.exit_code == 0, result.output
+    assert "1 request(s) failed, e.g.: HTTP 500: boom" in result.output and "most often" not in result.output
+
+
+def test_tables_mark_an_interrupted_run_legibly_in_80_columns():
+    from rich.console import Console
+
+    from shifttune.bench.report import compare_table, latency_table, results_table
+
+    metrics = compute_metrics([_ok(0.1, 0.5, 5, itl=[0.1] * 4)] * 3, 12.5, slo_ttft_ms=100)
+    done, stopped = ({"request_rate": rate, "interrupted": i, **metrics} for rate, i in ((4.0, False), (2.0, True)))
+    failed = {"request_rate": 8.0, "interrupted": False, **compute_metrics([RequestResult(False, "x")], 1.0)}
+
+    def text(table) -> str:
+        console = Console(width=80, record=True, file=open(os.devnull, "w"))
+        console.print(table)
+        return console.export_text()
+
+    for table in (results_table([done, stopped]), compare_table({"tp": [done], "sp": [done], "shift": [stopped]})):
+        out = text(table)
+        assert "…" not in out and "* interrupted: only the requests that completed" in " ".join(out.split())
+        assert out.count("*") == 2  # the run's mark and the caption's
+    assert "3 / 0*" in text(compare_table({"tp": [done], "shift": [stopped]}))
+    assert "*" not in text(results_table([done])) + text(compare_table({"tp": [done]}))
+    assert "n/a" in text(latency_table([failed])) and "n/a" in text(compare_table({"tp": [failed], "sp": [done]}))
 
 
 def test_the_command_module_is_light():
@@ -636,6 +724,128 @@ class H(http.server.BaseHTTPRequestHandler):
         pass
 http.server.HTTPServer(("127.0.0.1", port), H).serve_forever()
 """
+
+
+STAND_IN_API = """
+import http.server, json, os, sys, time
+port, workdir, healthy = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
+with open(os.path.join(workdir, "pid"), "w") as f:
+    f.write(str(os.getpid()))
+if not healthy:
+    time.sleep(120)
+class H(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        body = json.dumps({"data": [{"id": "tiny"}]}).encode() if self.path == "/v1/models" else b"{}"
+        self.send_response(200 if self.path in ("/health", "/v1/models") else 404)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        with open(os.path.join(workdir, "requests"), "a") as f:
+            f.write("x\\n")
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.end_headers()
+        for i in range(body["max_tokens"]):
+            self.wfile.write(b'data: {"choices": [{"index": 0, "text": "t ", "finish_reason": null}]}\\n\\n')
+        self.wfile.write(b"data: [DONE]\\n\\n")
+    def log_message(self, *a):
+        pass
+http.server.ThreadingHTTPServer(("127.0.0.1", port), H).serve_forever()
+"""
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie, killed and not yet reaped, is not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _compare_cli(workdir: Path, healthy: bool, *argv: str) -> subprocess.Popen:
+    """`bench --compare` in a process of its own, whose `shifttune serve` is STAND_IN_API (which writes its pid, and a
+    line per completions request, in `workdir`; one that is not `healthy` never answers)."""
+    stand_in = f"[sys.executable, '-c', {STAND_IN_API!r}, str(port), {str(workdir)!r}, {'1' if healthy else '0'!r}]"
+    code = ("import sys, typer, shifttune.bench.compare as c; from shifttune.cli.bench import bench; "
+            f"c.serve_command = lambda cfg, mode, port: {stand_in}; typer.run(bench)")  # fmt: skip
+    return subprocess.Popen([sys.executable, "-c", code, "--compare", "tp", "--model", "tiny", *argv], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+
+
+def _wait_for(path: Path, lines: int, proc: subprocess.Popen, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not path.exists() or len(path.read_text().splitlines()) < lines:
+        assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else ""
+        time.sleep(0.05)
+
+
+def test_compare_on_sigterm_stops_its_server_and_saves_what_was_measured(tmp_path):
+    """It used to die at once (143, no JSON), leaving its `shifttune serve` running with PPID 1."""
+    out = tmp_path / "cmp.json"
+    proc = _compare_cli(tmp_path, True, "--rate", "2", "--num-prompts", "50", "--input-len", "4", "--output-len", "1",
+                        "--out", str(out), "--startup-timeout", "60")  # fmt: skip
+    try:
+        _wait_for(tmp_path / "requests", 3, proc)  # the test request, then 50 at 2/s: ~25 s
+        pid = int((tmp_path / "pid").read_text())
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=30)
+        assert proc.returncode == 143, output
+        assert not _alive(pid)
+        data = json.loads(out.read_text())
+        (rec,) = data["results"]
+        assert rec["mode"] == "tp" and rec["interrupted"] and 2 <= rec["completed"] < 50
+        assert "* interrupted" in output and "Traceback" not in output
+    finally:
+        proc.kill()
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize("how", ["startup timeout", "sigterm"])
+def test_compare_kills_a_server_that_never_answers(tmp_path, how):
+    """A server that never answers GET /health: given up after --startup-timeout, or stopped by SIGTERM while waited
+    for; killed either way."""
+    timeout = "1" if how == "startup timeout" else "600"
+    proc = _compare_cli(tmp_path, False, "--num-prompts", "2", "--startup-timeout", timeout)
+    try:
+        _wait_for(tmp_path / "pid", 1, proc)
+        pid = int((tmp_path / "pid").read_text())
+        if how == "sigterm":
+            time.sleep(0.5)  # in the wait for GET /health
+            proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+        assert proc.returncode == (2 if how == "startup timeout" else 143), output
+        if how == "startup timeout":
+            assert "did not answer GET /health with 200 within 1 s" in output
+        assert not _alive(pid) and "Traceback" not in output
+    finally:
+        proc.kill()
+        with contextlib.suppress(OSError, ValueError):
+            os.kill(int((tmp_path / "pid").read_text()), signal.SIGKILL)
+
+
+@pytest.mark.parametrize(
+    "arg", ["--shift-policy sp", "--port 5", "--port=5", "-tp 2", "--ulysses-sequence-parallel-size=2", "-sp 4",
+            "--device cuda", "--host 0.0.0.0", "--shift-parallel-threshold 8", "--model other"],
+)  # fmt: skip
+def test_compare_refuses_server_args_it_sets_itself(monkeypatch, arg):
+    """`--server-arg '--shift-policy sp'` made the "tp" column a measurement of SP; `--port 5` hung until the
+    startup timeout. Refused before any server starts."""
+    import shifttune.bench.compare as compare
+
+    started = []
+    monkeypatch.setattr(compare, "serve_command", lambda *a: started.append(a) or [sys.executable, "-c", "1"])
+    result = _cli("--compare", "tp", "--model", "tiny", "--num-prompts", "1", "--server-arg", arg,
+                  "--startup-timeout", "1")  # fmt: skip
+    assert result.exit_code == 2 and result.output.count("error:") == 1, result.output
+    flag = arg.split("=")[0].split()[0]
+    assert f"--server-arg: --compare sets {flag} for each server itself" in " ".join(result.output.split())
+    assert not started
+    ok = _cli("--compare", "tp", "--model", "tiny", "--num-prompts", "1", "--server-arg", "--max-num-seqs=8",
+              "--startup-timeout", "1")  # fmt: skip
+    assert len(started) == 1 and "exited with code 0 before it was healthy" in ok.output  # allowed: started
 
 
 def test_serve_command_follows_the_contract():

@@ -444,7 +444,7 @@ def test_api_key_and_queue_limit():
             asyncio.run(list_models(url))
         with pytest.raises(ServerError, match="refused this --api-key"):
             asyncio.run(list_models(url, "wrong"))
-        assert asyncio.run(list_models(url, "sekret")) == ["tiny"]
+        assert list(asyncio.run(list_models(url, "sekret"))) == ["tiny"]
 
         async def burst() -> list[httpx.Response]:
             body = {"prompt": "x", "max_tokens": 64, "ignore_eos": True}

@@ -88,9 +88,10 @@ def _session(api_key: str | None, timeout_s: float) -> aiohttp.ClientSession:
     )
 
 
-async def list_models(base_url: str, api_key: str | None = None) -> list[str]:
-    """GET /v1/models; raises ServerError when the server cannot be reached or refuses the API key (other
-    failures: [])."""
+async def list_models(base_url: str, api_key: str | None = None) -> dict[str, int | None]:
+    """GET /v1/models: each model's id and its `max_model_len` where the server lists one (vLLM, `shifttune serve`),
+    in the server's order. Raises ServerError when the server cannot be reached or refuses the API key (other
+    failures: {})."""
     url = base_url.rstrip("/") + "/v1/models"
     async with _session(api_key, 10.0) as session:
         try:
@@ -104,11 +105,13 @@ async def list_models(base_url: str, api_key: str | None = None) -> list[str]:
             + ("the server wants an API key (--api-key)" if api_key is None else "the server refused this --api-key")
         )
     if status != 200:
-        return []
+        return {}
     try:
-        return [m["id"] for m in json.loads(body).get("data", []) if isinstance(m, dict) and "id" in m]
+        cards = [m for m in json.loads(body).get("data", []) if isinstance(m, dict) and "id" in m]
     except (ValueError, AttributeError):
-        return []
+        return {}
+    lengths = {m["id"]: m.get("max_model_len") for m in cards}
+    return {name: n if isinstance(n, int) and n > 0 else None for name, n in lengths.items()}
 
 
 class CompletionsClient:

@@ -4,7 +4,9 @@ For each mode, in turn, on the same devices: start `python -m shifttune.cli serv
 mode's shift policy (tp: forced TP, sp: forced SP x TP, shift: the threshold policy) on a free local
 port, its output going to a log file; wait for GET /health to answer 200 (a server that exits or does
 not answer in time is an error that shows its last log lines); run the benchmark; stop the server:
-SIGINT to its process group, then SIGTERM, then SIGKILL, each after a timeout.
+SIGINT to its process group, then SIGTERM, then SIGKILL, each after a timeout. Ctrl-C or SIGTERM at any
+point stops the server too (at once when it comes while the server is being stopped) and keeps the
+modes measured so far. `--server-arg` may not set what this sets (SERVE_FLAGS).
 
 With a profile (`--profile`, measured or predicted for this model on these devices), each mode's records also
 get the simulator's prediction for the requests it sent, at their arrival times, with the server's own layout,
@@ -31,7 +33,7 @@ import httpx
 from shifttune.bench.client import ServerError
 from shifttune.bench.config import BenchConfig
 from shifttune.bench.datasets import BenchRequest
-from shifttune.bench.runner import Reporter, run_bench
+from shifttune.bench.runner import Reporter, run_bench, sigterm_like_ctrl_c, stop_signal
 from shifttune.bench.tokenizer import default_tokenizer_name
 from shifttune.config import ConfigError
 from shifttune.engine.profile_schema import Profile, load_profile
@@ -43,6 +45,21 @@ MODE_POLICY = {"tp": "tp", "sp": "sp", "shift": "threshold"}  # mode -> `serve -
 THROUGHPUT = ("output_throughput", "output_tok_per_s", "output_throughput", 0.10)
 HOST = "127.0.0.1"
 LOG_LINES = 20
+# `serve`'s flags (every spelling) that `serve_command` sets -> where the value comes from
+SERVE_FLAGS = {
+    "--model": "from --model",
+    "--device": "from --device",
+    "--tensor-parallel-size": "from --tp",
+    "-tp": "from --tp",
+    "--sequence-parallel-size": "from --sp",
+    "--ulysses-sequence-parallel-size": "from --sp",
+    "-sp": "from --sp",
+    "--shift-policy": "from the mode: tp, sp or shift",
+    "--shift-threshold": "from --threshold",
+    "--shift-parallel-threshold": "from --threshold",
+    "--host": HOST,
+    "--port": "a free port",
+}
 
 
 @dataclass
@@ -71,6 +88,11 @@ class CompareConfig:
             raise ConfigError("must be >= 0", "threshold")
         if not self.startup_timeout_s > 0:
             raise ConfigError("must be > 0 (seconds)", "startup_timeout_s")
+        for arg in self.server_args:
+            flag = arg.split("=", 1)[0]
+            if flag in SERVE_FLAGS:
+                raise ConfigError(f"--compare sets {flag} for each server itself ({SERVE_FLAGS[flag]}); drop it here",
+                                  "server_args")  # fmt: skip
 
     def load_profile(self, bench: BenchConfig) -> Profile | None:
         """The profile to predict on, checked against the layout (ConfigError), or None."""
@@ -170,18 +192,21 @@ class ServeProcess:
                               f"last lines of {self.log_path}:\n{self.tail()}")  # fmt: skip
 
     def stop(self, timeout_s: float = 30.0) -> int | None:
-        """SIGINT, then SIGTERM, then SIGKILL to the process group; returns the exit code."""
+        """SIGINT, then SIGTERM, then SIGKILL to the process group; returns the exit code. A KeyboardInterrupt
+        (Ctrl-C, SIGTERM) while it waits kills the group at once, then goes on up."""
         if self.proc is None:
             return None
-        for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
-            if self.proc.poll() is not None:
-                break
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(self.proc.pid, sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.proc.wait(wait_s)
-        with contextlib.suppress(ProcessLookupError, PermissionError):  # workers left behind by a dead server
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        try:
+            for sig, wait_s in ((signal.SIGINT, timeout_s), (signal.SIGTERM, 10.0), (signal.SIGKILL, 10.0)):
+                if self.proc.poll() is not None:
+                    break
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(self.proc.pid, sig)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    self.proc.wait(wait_s)
+        finally:
+            with contextlib.suppress(ProcessLookupError, PermissionError):  # workers left behind by a dead server
+                os.killpg(self.proc.pid, signal.SIGKILL)
         return self.proc.poll()
 
 
@@ -190,6 +215,7 @@ class CompareRun:
     runs: dict[str, list[dict]] = field(default_factory=dict)  # mode -> records (one per rate)
     logs: dict[str, Path] = field(default_factory=dict)
     interrupted: bool = False
+    stop_signal: int | None = None  # what interrupted it
     error: str | None = None  # why a mode could not run (the modes before it are kept)
     notes: list[str] = field(default_factory=list)
 
@@ -198,40 +224,43 @@ def run_compare(
     cfg: CompareConfig, bench: BenchConfig, reporter: Reporter | None = None, log_dir: Path | None = None
 ) -> CompareRun:
     """Each mode in turn: start its server, wait until healthy, run `bench` against it, stop it.
-    Records carry their "mode". Ctrl-C, or a server that fails to start or to answer, stops the comparison
-    and keeps the modes that completed (`interrupted`, `error`). Raises ConfigError for bad settings."""
+    Records carry their "mode". Ctrl-C or SIGTERM, or a server that fails to start or to answer, stops the
+    comparison and keeps the modes that completed (`interrupted`, `error`); the server is stopped on every way
+    out. Raises ConfigError for bad settings."""
     cfg.validate()
     tokenizer = bench.tokenizer or default_tokenizer_name(cfg.model)
     replace(bench, base_url=f"http://{HOST}:1", tokenizer=tokenizer).validate()  # before any server starts
     prof = cfg.load_profile(bench)
     log_dir = log_dir or Path(tempfile.mkdtemp(prefix="shifttune-bench-"))
     out = CompareRun()
-    for mode in cfg.modes:
-        port = free_port()
-        server = ServeProcess(serve_command(cfg, mode, port), port, log_dir / f"serve-{mode}.log")
-        out.logs[mode] = server.log_path
-        try:
-            server.start()
-            server.wait_healthy(cfg.startup_timeout_s)
-            run = run_bench(replace(bench, base_url=server.base_url, model=None, tokenizer=tokenizer), reporter,
-                            label=f"{mode}: ")  # fmt: skip
-            if prof is not None:
+    with sigterm_like_ctrl_c():
+        for mode in cfg.modes:
+            port = free_port()
+            server = ServeProcess(serve_command(cfg, mode, port), port, log_dir / f"serve-{mode}.log")
+            out.logs[mode] = server.log_path
+            try:
                 try:
-                    predict(prof, str(cfg.profile), replace(bench, base_url=server.base_url), run.records, run.sent)
-                except ServerError as e:  # the measured records stand without it
-                    out.notes.append(f"mode {mode}: no prediction: {e}")
-        except KeyboardInterrupt:
-            out.interrupted = True
-            break
-        except ServerError as e:
-            out.error = f"mode {mode}: {e}"
-            break
-        finally:
-            server.stop(cfg.stop_timeout_s)
-        out.runs[mode] = [r | {"mode": mode} for r in run.records]
-        if run.interrupted:
-            out.interrupted = True
-            break
+                    server.start()
+                    server.wait_healthy(cfg.startup_timeout_s)
+                    run = run_bench(replace(bench, base_url=server.base_url, model=None, tokenizer=tokenizer),
+                                    reporter, label=f"{mode}: ")  # fmt: skip
+                    out.runs[mode] = [r | {"mode": mode} for r in run.records]
+                    if run.interrupted:
+                        out.interrupted, out.stop_signal = True, run.stop_signal
+                    elif prof is not None:
+                        try:
+                            predict(prof, str(cfg.profile), replace(bench, base_url=server.base_url),
+                                    out.runs[mode], run.sent)  # fmt: skip
+                        except ServerError as e:  # the measured records stand without it
+                            out.notes.append(f"mode {mode}: no prediction: {e}")
+                finally:
+                    server.stop(cfg.stop_timeout_s)
+            except KeyboardInterrupt as e:  # NOTE: also one that comes while the server is being stopped
+                out.interrupted, out.stop_signal = True, stop_signal(e)
+            except ServerError as e:
+                out.error = f"mode {mode}: {e}"
+            if out.interrupted or out.error:
+                break
     return out
 
 

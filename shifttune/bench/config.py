@@ -66,6 +66,10 @@ class BenchConfig:
     tokenizer: str | None = None  # HF directory or bundled name; None: the model's name if it resolves locally
     request_timeout_s: float = 600.0
 
+    def __post_init__(self) -> None:
+        # NOTE: the OpenAI client's base URL ends in /v1 (http://HOST:PORT/v1); the paths here start with /v1
+        self.base_url = self.base_url.rstrip("/").removesuffix("/v1").rstrip("/")
+
     @property
     def url(self) -> str:
         return self.base_url.rstrip("/") + self.endpoint
@@ -81,6 +85,9 @@ class BenchConfig:
             raise ConfigError(f"expected an http:// or https:// URL, got {self.base_url!r}", "base_url")
         if not self.endpoint.startswith("/"):
             raise ConfigError(f"expected a path such as /v1/completions, got {self.endpoint!r}", "endpoint")
+        if self.endpoint.rstrip("/").endswith("/chat/completions"):
+            raise ConfigError(f"bench sends completions requests (a prompt), not chat ones (messages): give "
+                              f"/v1/completions, not {self.endpoint!r}", "endpoint")  # fmt: skip
         if self.dataset not in DATASETS:
             raise ConfigError(f"must be one of {', '.join(DATASETS)}, got {self.dataset!r}", "dataset")
         if self.rates is not None:

@@ -9,7 +9,9 @@ Over the successful requests of one run of `duration` seconds:
   request / input / output / total token throughput = completed, their input, output, input + output
   tokens, / duration
 Each latency as mean, median (p50), std (population), p90 and p99 in ms; an empty list reads 0, as
-in vLLM. Percentiles interpolate linearly (`shifttune.engine.stats.percentile`, like numpy).
+in vLLM (TPOT and ITL when every output is one token), but with no successful request at all every
+latency is None (null in the JSON, n/a in the tables): there is nothing to measure. Percentiles
+interpolate linearly (`shifttune.engine.stats.percentile`, like numpy).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ def compute_metrics(
     slo_ttft_ms: float | None = None,
     slo_tpot_ms: float | None = None,
 ) -> dict:
-    """The scalar metrics of one run, under vLLM's `--save-result` key names."""
+    """The scalar metrics of one run, under vLLM's `--save-result` key names (latencies None without a success)."""
     ok = [r for r in results if r.success]
     dur = max(duration_s, 1e-9)
     total_in = sum(r.prompt_len for r in ok)
@@ -82,7 +84,8 @@ def compute_metrics(
         ("itl", [g for r in ok for g in r.itl]),
         ("e2el", [r.latency for r in ok]),
     ):
-        metrics |= summarize(name, values)
+        stats = summarize(name, values)
+        metrics |= stats if ok else dict.fromkeys(stats)
     return metrics
 
 

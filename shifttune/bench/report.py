@@ -12,6 +12,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 LATENCY_COLUMNS = (("TTFT", "ttft"), ("TPOT", "tpot"), ("ITL", "itl"), ("E2E", "e2el"))
+# NOTE: a mark, not "(interrupted)" in the cell: an 80-column terminal cut that to "(inter…"
+INTERRUPTED_MARK = "*"
+INTERRUPTED_CAPTION = "* interrupted: only the requests that completed before it stopped"
 
 
 class RichProgress:
@@ -52,6 +55,17 @@ def _rate(r: dict) -> str:
     return f"{rate:g}" if isinstance(rate, (int, float)) else str(rate)
 
 
+def _num(value: float | None, digits: int) -> str:
+    """A latency statistic; None (no request succeeded) reads n/a."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def _mark_interrupted(table: Table, records: list[dict]) -> Table:
+    if any(r["interrupted"] for r in records):
+        table.caption = INTERRUPTED_CAPTION
+    return table
+
+
 def results_table(records: list[dict], title: str = "results") -> Table:
     """One row per run (rate): counts and throughputs."""
     table = Table(title=title)
@@ -61,7 +75,7 @@ def results_table(records: list[dict], title: str = "results") -> Table:
     for r in records:
         goodput = "" if r["request_goodput"] is None else f"{r['request_goodput']:.2f}"
         table.add_row(
-            _rate(r) + (" (interrupted)" if r["interrupted"] else ""),
+            _rate(r) + (INTERRUPTED_MARK if r["interrupted"] else ""),
             f"{r['completed']} / {r['failed']}",
             f"{r['duration']:.1f}",
             f"{r['request_throughput']:.2f}",
@@ -70,7 +84,7 @@ def results_table(records: list[dict], title: str = "results") -> Table:
             f"{r['output_throughput']:.1f}",
             f"{r['total_token_throughput']:.1f}",
         )
-    return table
+    return _mark_interrupted(table, records)
 
 
 def latency_table(records: list[dict], title: str = "latencies (ms)") -> Table:
@@ -83,20 +97,20 @@ def latency_table(records: list[dict], title: str = "latencies (ms)") -> Table:
     for r in records:
         for i, (label, name) in enumerate(LATENCY_COLUMNS):
             stats = (r[f"{k}_{name}_ms"] for k in ("mean", "median", "p90", "p99", "std"))
-            table.add_row(_rate(r) if i == 0 else "", label, *(f"{v:.2f}" for v in stats),
+            table.add_row(_rate(r) if i == 0 else "", label, *(_num(v, 2) for v in stats),
                           end_section=i == len(LATENCY_COLUMNS) - 1)  # fmt: skip
     return table
 
 
 COMPARE_ROWS = (
-    ("TTFT p50 ms", lambda r: f"{r['median_ttft_ms']:.1f}"),
-    ("TTFT p99 ms", lambda r: f"{r['p99_ttft_ms']:.1f}"),
-    ("TPOT p50 ms", lambda r: f"{r['median_tpot_ms']:.2f}"),
-    ("TPOT p99 ms", lambda r: f"{r['p99_tpot_ms']:.2f}"),
+    ("TTFT p50 ms", lambda r: _num(r["median_ttft_ms"], 1)),
+    ("TTFT p99 ms", lambda r: _num(r["p99_ttft_ms"], 1)),
+    ("TPOT p50 ms", lambda r: _num(r["median_tpot_ms"], 2)),
+    ("TPOT p99 ms", lambda r: _num(r["p99_tpot_ms"], 2)),
     ("output tok/s", lambda r: f"{r['output_throughput']:.1f}"),
     ("requests/s", lambda r: f"{r['request_throughput']:.2f}"),
     ("goodput req/s", lambda r: "" if r["request_goodput"] is None else f"{r['request_goodput']:.2f}"),
-    ("done / failed", lambda r: f"{r['completed']} / {r['failed']}"),
+    ("done / failed", lambda r: f"{r['completed']} / {r['failed']}" + (INTERRUPTED_MARK if r["interrupted"] else "")),
 )
 
 
@@ -117,7 +131,7 @@ def compare_table(runs: dict[str, list[dict]]) -> Table:
         for i, (name, cell) in enumerate(rows):
             table.add_row(rate if i == 0 else "", name, *("" if r is None else cell(r) for r in by_mode.values()),
                           end_section=i == len(rows) - 1)  # fmt: skip
-    return table
+    return _mark_interrupted(table, [r for recs in runs.values() for r in recs])
 
 
 # shift mode against the mode it should match on each metric (the paper: SP's TTFT, TP's TPOT, SP's throughput)
@@ -138,7 +152,7 @@ def shift_ratios(runs: dict[str, list[dict]]) -> list[dict]:
         row: dict = {"rate": r["request_rate"]}
         for name, mode, key in SHIFT_RATIOS:
             other = next((o for o in runs.get(mode, []) if o["request_rate"] == r["request_rate"]), None)
-            if other is not None and other[key]:
+            if other is not None and other[key] and r[key] is not None:
                 row[name] = r[key] / other[key]
         if len(row) > 1:
             out.append(row)
@@ -186,7 +200,8 @@ def save_plot(runs: dict[str, list[dict]], path: Path) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.5), dpi=120)
     for ax, (title, name) in zip(axes, (("TTFT", "ttft"), ("TPOT", "tpot"))):
         for i, (label, records) in enumerate(runs.items()):
-            pts = sorted((r["output_throughput"], r[f"median_{name}_ms"], r[f"p99_{name}_ms"]) for r in records)
+            pts = sorted((r["output_throughput"], r[f"median_{name}_ms"], r[f"p99_{name}_ms"]) for r in records
+                         if r["completed"])  # fmt: skip
             xs = [p[0] for p in pts]
             color = f"C{i}"
             ax.plot(xs, [p[1] for p in pts], "o-", color=color, label=f"{label} p50")
@@ -212,11 +227,15 @@ def _finite(obj: object) -> object:
     return obj
 
 
-def bench_payload(records: list[dict], command: str, compare: bool = False, ratios: list[dict] | None = None) -> dict:
-    """One run: its record (+ the command line). A sweep: {"command", "results": [records]}. A comparison:
-    the same, each record with its "mode", and `shift_ratios` when shift ran beside TP or SP."""
-    if len(records) == 1 and not compare:
-        return records[0] | {"command": command}
+def bench_payload(
+    records: list[dict], command: str, compare: bool = False, ratios: list[dict] | None = None, sweep: bool = False
+) -> dict:
+    """One rate: its record (+ the command line). A sweep (several rates): {"command", "results": [records]}, however
+    many rates ran before an interruption. A comparison: the same, each record with its "mode", and `shift_ratios`
+    when shift ran beside TP or SP."""
+    if not (sweep or compare):
+        (record,) = records
+        return record | {"command": command}
     return {"command": command, "results": records} | ({"shift_ratios": ratios} if ratios else {})
 
 

@@ -2,9 +2,10 @@
 
 Requests leave at their arrival times (a task each); `concurrency` caps how many are in flight, the
 rest wait for a slot, as in vLLM. Each rate of a sweep sends prompts of its own (the prompts' seed plus
-the rate's index), so no run is served from the prefix cache an earlier one filled. Ctrl-C (SIGINT)
-stops sending, cancels what is in flight and keeps the results that completed; the run and the sweep
-are then marked interrupted.
+the rate's index), so no run is served from the prefix cache an earlier one filled. Ctrl-C (SIGINT) or
+SIGTERM stops sending, cancels what is in flight and keeps the results that completed; the run and the
+sweep are then marked interrupted. Outside a run, `sigterm_like_ctrl_c` makes SIGTERM raise as Ctrl-C
+does (KeyboardInterrupt), so that the code that handles Ctrl-C handles both.
 """
 
 from __future__ import annotations
@@ -15,13 +16,13 @@ import math
 import random
 import signal
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
 
 from shifttune.bench.client import CompletionsClient, RequestResult, ServerError, list_models
-from shifttune.bench.config import BenchConfig
+from shifttune.bench.config import DEFAULT_INPUT_LEN, DEFAULT_OUTPUT_LEN, BenchConfig
 from shifttune.bench.datasets import BenchRequest, build_requests, with_arrivals
 from shifttune.bench.metrics import compute_metrics, per_request
 from shifttune.bench.tokenizer import BenchTokenizer, default_tokenizer_name, load_tokenizer
@@ -29,6 +30,44 @@ from shifttune.config import ConfigError
 
 WARMUP_TOKENS = 16
 TEST_SEED = 7919  # the test request's prompt: the run's seed plus this
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+class Stopped(KeyboardInterrupt):
+    """SIGTERM raised as Ctrl-C raises KeyboardInterrupt (see `sigterm_like_ctrl_c`); `signum` says which."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signum)
+
+
+@contextlib.contextmanager
+def sigterm_like_ctrl_c() -> Iterator[None]:
+    """While inside: SIGTERM raises `Stopped`, a KeyboardInterrupt (instead of ending the process at once, which
+    leaves the servers `--compare` started running and writes no results). Not the main thread: no change."""
+    try:
+        previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
+
+
+def stop_signal(e: BaseException) -> int:
+    """The signal behind a KeyboardInterrupt: SIGTERM for `Stopped`, else SIGINT."""
+    return getattr(e, "signum", signal.SIGINT)
+
+
+def exit_status(signum: int | None) -> int:
+    """The shell's convention for a command a signal stopped: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
+    return 128 + (signum or signal.SIGINT)
 
 
 def _test_request(first: BenchRequest, tok: BenchTokenizer, seed: int) -> BenchRequest:
@@ -66,6 +105,7 @@ class BenchRun:
     tokenizer: str
     records: list[dict] = field(default_factory=list)
     interrupted: bool = False
+    stop_signal: int | None = None  # what interrupted it
     sent: list[list[BenchRequest]] = field(default_factory=list)  # per record: the requests, at their arrival times
 
 
@@ -147,15 +187,28 @@ def record(
     }
 
 
-async def _resolve_model(cfg: BenchConfig) -> str:
+async def _resolve_model(cfg: BenchConfig) -> tuple[str, int | None]:
+    """The model to send to and its context length where the server lists one."""
     models = await list_models(cfg.base_url, cfg.api_key)  # also the "is the server up" check
     if cfg.model and models and cfg.model not in models:  # NOTE: its requests would all fail (404)
         raise ServerError(f"{cfg.base_url} serves {', '.join(map(repr, models))}, not --model {cfg.model!r}")
     if cfg.model:
-        return cfg.model
+        return cfg.model, models.get(cfg.model)
     if not models:
         raise ServerError(f"{cfg.base_url}/v1/models lists no model; name one with --model")
-    return models[0]
+    return next(iter(models.items()))
+
+
+def _check_fits(cfg: BenchConfig, model: str, max_model_len: int | None) -> None:
+    """ConfigError where the random dataset's longest request (prompt + max_tokens) is over the server's context.
+    NOTE: the test request alone does not tell: its max_tokens is capped (WARMUP_TOKENS), then every request fails."""
+    if max_model_len is None or cfg.dataset != "random":
+        return
+    i = cfg.input_len.hi if cfg.input_len else DEFAULT_INPUT_LEN
+    o = cfg.output_len.hi if cfg.output_len else DEFAULT_OUTPUT_LEN
+    if i + o > max_model_len:
+        raise ConfigError(f"{i} + {o} = {i + o} tokens (prompt + max_tokens) is over the server's context of "
+                          f"{max_model_len} tokens (max_model_len of {model!r})", "input_output_len")  # fmt: skip
 
 
 def _tokenizer(cfg: BenchConfig, model: str) -> BenchTokenizer:
@@ -182,14 +235,22 @@ async def _unless_stopped(coro: Coroutine[Any, Any, RequestResult], stop: asynci
 
 
 async def _bench(cfg: BenchConfig, reporter: Reporter, label: str) -> BenchRun:
-    model = await _resolve_model(cfg)
+    model, max_model_len = await _resolve_model(cfg)
+    _check_fits(cfg, model, max_model_len)
     tok = _tokenizer(cfg, model)
     requests = build_requests(cfg, tok)
     run = BenchRun(model, tok.name)
     stop = asyncio.Event()
+
+    def on_signal(signum: int) -> None:
+        run.stop_signal = run.stop_signal or signum
+        stop.set()
+
     loop = asyncio.get_running_loop()
-    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread / not Unix
-        loop.add_signal_handler(signal.SIGINT, stop.set)
+    previous = {sig: signal.getsignal(sig) for sig in STOP_SIGNALS}
+    for sig in STOP_SIGNALS:
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not the main thread / not Unix
+            loop.add_signal_handler(sig, on_signal, sig)
     try:
         async with CompletionsClient(cfg.url, model, cfg.api_key, cfg.request_timeout_s) as client:
             test = await _unless_stopped(client.send(_test_request(requests[0], tok, cfg.seed)), stop)
@@ -212,8 +273,11 @@ async def _bench(cfg: BenchConfig, reporter: Reporter, label: str) -> BenchRun:
                     run.interrupted = True
                     break
     finally:
-        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
-            loop.remove_signal_handler(signal.SIGINT)
+        for sig, handler in previous.items():
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                # NOTE: asyncio then sets SIG_DFL (SIGTERM) / default_int_handler (SIGINT), not what was there before
+                if loop.remove_signal_handler(sig) and handler is not None:
+                    signal.signal(sig, handler)
     return run
 
 

@@ -195,7 +195,7 @@ def probe(cfg: ValidateConfig, models: dict[str, StepTimeModel], loop: EngineLoo
         if not names:
             raise ServerError(f"{cfg.base_url}/v1/models lists no model")
         out = []
-        async with CompletionsClient(bench.url, names[0], cfg.api_key) as client:
+        async with CompletionsClient(bench.url, next(iter(names)), cfg.api_key) as client:
             for req in requests:
                 await asyncio.sleep(0.05)  # the engine's loop is idle again
                 sent = time.monotonic()

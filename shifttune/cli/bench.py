@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from shifttune.cli.common import check_writable, console, fail, fail_config
+from shifttune.cli.common import check_writable, console, fail, fail_config, make_parent, parse_list
 from shifttune.config import ConfigError
 
 if TYPE_CHECKING:
@@ -25,6 +25,7 @@ FLAGS = {
     "request_timeout_s": "--request-timeout",
     "startup_timeout_s": "--startup-timeout",
     "server_args": "--server-arg",
+    "input_output_len": "--input-len + --output-len",
 }
 PLOT_SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -35,10 +36,7 @@ def _rates(rate: str | None, rates: str | None) -> list[float] | None:
     text, flag = (rate, "--rate") if rate is not None else (rates, "--rates")
     if text is None:
         return None
-    try:
-        values = [float(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        fail(f"{flag}: expected requests/s as numbers or inf (e.g. 4 or 1,2,inf), got {text!r}")
+    values = parse_list(text, flag, float)  # requests/s; "inf" reads as infinity
     if flag == "--rate" and len(values) != 1:
         fail(f"--rate: expected one number (use --rates for a sweep), got {text!r}")
     return values
@@ -151,9 +149,10 @@ def bench(
     """
     from shifttune.bench.client import ServerError  # NOTE: lazy: aiohttp loads only when this command runs
     from shifttune.bench.config import BenchConfig
+    from shifttune.bench.runner import exit_status, sigterm_like_ctrl_c, stop_signal
 
-    check_writable(out, "--out")
-    check_writable(plot, "--plot", PLOT_SUFFIXES)
+    check_writable(out, "--out", make_folder=True)
+    check_writable(plot, "--plot", PLOT_SUFFIXES, make_folder=True)
     try:
         cfg = BenchConfig(
             base_url=base_url or "http://127.0.0.1",
@@ -180,39 +179,43 @@ def bench(
                 fail("--base-url: which server? e.g. --base-url http://127.0.0.1:8000 (or --compare to start ours)")
             if profile is not None:
                 fail("--profile: only with --compare (for one server: `shifttune recommend --validate URL`)")
-            runs, interrupted, notes, error = _run_one(cfg)
         else:
             if base_url is not None:
                 fail("--base-url: not with --compare, which starts its own servers")
             if model is None:
                 fail("--model: --compare needs the model for `shifttune serve` to load")
-            runs, interrupted, notes, error = _run_compare(cfg, compare, model, sp, tp, device, threshold, profile,
-                                                           server_arg, startup_timeout)  # fmt: skip
+        with sigterm_like_ctrl_c():  # SIGTERM (timeout, kill, a CI's cancel) as Ctrl-C: the results so far are kept
+            if compare is None:
+                runs, signum, notes, error = _run_one(cfg)
+            else:
+                runs, signum, notes, error = _run_compare(cfg, compare, model, sp, tp, device, threshold, profile,
+                                                          server_arg, startup_timeout)  # fmt: skip
     except ConfigError as e:
         fail_config(e, FLAGS)
     except ServerError as e:
         fail(str(e))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         console.print("interrupted before the first run started; nothing to report")
-        raise typer.Exit(130) from None
-    _finish(runs, compare is not None, notes, out, plot)
-    if interrupted:
-        console.print("interrupted: kept the requests that completed")
-        raise typer.Exit(130)
+        raise typer.Exit(exit_status(stop_signal(e))) from None
+    _finish(runs, compare is not None, len(cfg.rate_list()) > 1, notes, out, plot)
+    records = [r for recs in runs.values() for r in recs]
+    if signum is not None:
+        console.print("interrupted: kept the requests that completed" if records else "interrupted; nothing to report")
+        raise typer.Exit(exit_status(signum))
     if error is not None:
         fail(error)
-    records = [r for recs in runs.values() for r in recs]
     if all(r["completed"] == 0 for r in records):
         first = next((e for r in records for e in r["errors"] if e), "no error text")
         fail(f"no request completed; first error: {first}")
     errors = Counter(e for r in records for e in r["errors"] if e)
     if errors:
         (common, times), total = errors.most_common(1)[0], sum(errors.values())
-        console.print(f"{total} request(s) failed; most often ({times}x): {common} (each one: \"errors\" in the "
-                      "JSON report)", soft_wrap=True, highlight=False)  # fmt: skip
+        which = f"; most often ({times}x)" if times > 1 else ", e.g."
+        console.print(f"{total} request(s) failed{which}: {common} (each one: \"errors\" in the JSON report)",
+                      soft_wrap=True, highlight=False)  # fmt: skip
 
 
-Outcome = tuple[dict[str, list[dict]], bool, list[str], Optional[str]]  # runs, interrupted, notes, error
+Outcome = tuple[dict[str, list[dict]], Optional[int], list[str], Optional[str]]  # runs, stop signal, notes, error
 
 
 def _run_one(cfg: BenchConfig) -> Outcome:
@@ -221,7 +224,7 @@ def _run_one(cfg: BenchConfig) -> Outcome:
 
     with RichProgress(console) as progress:
         run = run_bench(cfg, progress)
-    return {run.model: run.records}, run.interrupted, [], None
+    return {run.model: run.records}, run.stop_signal if run.interrupted else None, [], None
 
 
 def _run_compare(
@@ -248,11 +251,13 @@ def _run_compare(
     with RichProgress(console) as progress:
         result = run_compare(compare, cfg, progress)
     notes = [f"server logs: {', '.join(f'{m} {p}' for m, p in result.logs.items())}", *result.notes]
-    return result.runs, result.interrupted, notes, result.error
+    return result.runs, result.stop_signal if result.interrupted else None, notes, result.error
 
 
-def _finish(runs: dict[str, list[dict]], compared: bool, notes: list[str], out: Path | None, plot: Path | None) -> None:
-    """Tables, notes, and the --out / --plot files of whatever completed."""
+def _finish(
+    runs: dict[str, list[dict]], compared: bool, sweep: bool, notes: list[str], out: Path | None, plot: Path | None
+) -> None:
+    """Tables, notes, and the --out / --plot files of whatever completed (`sweep`: several rates were asked for)."""
     from shifttune.bench.report import (
         bench_payload,
         compare_table,
@@ -288,9 +293,11 @@ def _finish(runs: dict[str, list[dict]], compared: bool, notes: list[str], out: 
         stdout.print(f"note: {note}", soft_wrap=True, highlight=False)
     try:
         if out is not None:
-            write_json(out, bench_payload(records, shlex.join(sys.argv), compare=compared, ratios=ratios))
+            make_parent(out, "--out")
+            write_json(out, bench_payload(records, shlex.join(sys.argv), compare=compared, ratios=ratios, sweep=sweep))
             stdout.print(f"results saved to {out}")
         if plot is not None:
+            make_parent(plot, "--plot")
             save_plot(runs, plot)
             stdout.print(f"plot saved to {plot}")
     except OSError as e:
