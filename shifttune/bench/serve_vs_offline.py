@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -32,7 +33,7 @@ import httpx
 from shifttune.bench.compare import ServeProcess, free_port
 from shifttune.bench.config import BenchConfig, LengthRange
 from shifttune.bench.datasets import build_requests
-from shifttune.bench.runner import run_bench
+from shifttune.bench.runner import Stopped, exit_status, run_bench, sigterm_like_ctrl_c, stop_signal
 from shifttune.bench.tokenizer import load_tokenizer
 from shifttune.engine.stats import percentile
 
@@ -147,6 +148,14 @@ def trace_summary(trace: dict, max_num_seqs: int) -> dict:
             "seqs_first_steps": [s["seqs"] for s in steps[:40]]}  # fmt: skip
 
 
+def served_run(cfg: BenchConfig) -> dict:
+    """One bench run's record; KeyboardInterrupt where a signal cut it short (the server is then stopped)."""
+    run = run_bench(cfg)
+    if run.interrupted:
+        raise Stopped(run.stop_signal or signal.SIGINT)
+    return run.records[0]
+
+
 def measure_server(args, cases, log: Path) -> list[dict]:
     port = free_port()
     run = ["-m", "shifttune.cli"]
@@ -160,7 +169,7 @@ def measure_server(args, cases, log: Path) -> list[dict]:
     traces = []
     with ServeProcess(cmd, port, log) as server:
         server.wait_healthy(900)
-        run_bench(bench_config(server.base_url, None, 256, args, args.seed + 1))  # warm-up: every step shape
+        served_run(bench_config(server.base_url, None, 256, args, args.seed + 1))  # warm-up: every step shape
         max_num_seqs = httpx.get(f"{server.base_url}/v1/shifttune/live", timeout=10).json()["engine"]["max_num_seqs"]
         runs = []
         for r in range(args.repeats):
@@ -169,7 +178,7 @@ def measure_server(args, cases, log: Path) -> list[dict]:
                 steps, busy = server_steps(server.base_url)
                 started = time.monotonic()
                 cfg = bench_config(server.base_url, c, n, args, case_seed(args.seed, r, i, len(cases)))
-                record = run_bench(cfg).records[0]
+                record = served_run(cfg)
                 steps_after, busy_after = server_steps(server.base_url)
                 record = {k: v for k, v in record.items() if not isinstance(v, list)}
                 record |= {"steps": steps_after - steps, "step_seconds": busy_after - busy}
@@ -211,10 +220,15 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--cases: none of {args.cases!r} is among 1, 32, 256, inf")
     log = args.out.with_suffix(".serve.log")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    if args.server_first:  # the order shows whether the GPU's state (clocks, heat) moves the numbers
-        served, offline = measure_server(args, cases, log), measure_offline(args, cases)
-    else:
-        offline, served = measure_offline(args, cases), measure_server(args, cases, log)
+    try:
+        with sigterm_like_ctrl_c():  # NOTE: a `timeout` must not leave the server (and its GPU memory) behind
+            if args.server_first:  # the order shows whether the GPU's state (clocks, heat) moves the numbers
+                served, offline = measure_server(args, cases, log), measure_offline(args, cases)
+            else:
+                offline, served = measure_offline(args, cases), measure_server(args, cases, log)
+    except KeyboardInterrupt as e:
+        print(f"interrupted ({e or 'Ctrl-C'}): nothing written; the server, if started, was stopped", file=sys.stderr)
+        sys.exit(exit_status(stop_signal(e)))
     rows = []
     for (c, n), off, srv in zip(cases, offline, served):
         rows.append({
