@@ -82,6 +82,14 @@ def metric(url: str, name: str, default: float | None = None) -> float:
     return sum(values)
 
 
+def wait_until_idle(url: str, timeout_s: float) -> None:
+    """Until /metrics shows no running request and no KV block in use, or `timeout_s` passes (the caller asserts)."""
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and (metric(url, "vllm:num_requests_running") or
+                                      metric(url, "shifttune:kv_blocks_used")):  # fmt: skip
+        time.sleep(0.2)
+
+
 @pytest.fixture(scope="module")
 def tiny_server():
     with server("tiny", "--device", "cpu", "--sequence-parallel-size", "2", "--shift-threshold", "16") as (url, _):
@@ -336,10 +344,7 @@ def test_soak_with_clients_leaving_mid_stream_frees_every_kv_block(tiny_server):
 
     results = asyncio.run(soak())
     assert results.count("left") == 100 and results.count("done") == 400
-    deadline = time.time() + 20
-    while time.time() < deadline and (metric(tiny_server, "shifttune:kv_blocks_used") or
-                                      metric(tiny_server, "vllm:num_requests_running")):  # fmt: skip
-        time.sleep(0.2)
+    wait_until_idle(tiny_server, 20)
     assert metric(tiny_server, "shifttune:kv_blocks_used") == 0
     assert metric(tiny_server, "vllm:kv_cache_usage_perc") == 0
     # (a client that left may still see its request finish before the abort reaches the engine)
@@ -406,10 +411,7 @@ def test_metrics_show_an_idle_engine_once_clients_leave(tiny_server):
     for _ in range(3):
         with httpx.stream("POST", f"{tiny_server}/v1/completions", json=body, timeout=30) as r:
             next(line for line in r.iter_lines() if line.startswith("data: {"))
-    deadline = time.time() + 10
-    while time.time() < deadline and (metric(tiny_server, "vllm:num_requests_running") or
-                                      metric(tiny_server, "shifttune:kv_blocks_used")):  # fmt: skip
-        time.sleep(0.2)
+    wait_until_idle(tiny_server, 10)
     assert metric(tiny_server, "vllm:num_requests_running") == 0
     assert metric(tiny_server, "vllm:num_requests_waiting") == 0
     assert metric(tiny_server, "shifttune:kv_blocks_used") == 0
