@@ -218,8 +218,10 @@ class ParallelConfig:
 
     def validate(self, model: ModelConfig) -> None:
         p = self.world_size
-        if self.tp < 1 or self.sp < 1:
-            raise ConfigError("SP and TP degrees must be >= 1", field="tensor_parallel_size")
+        for name in ("tensor_parallel_size", "sequence_parallel_size"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"must be an integer >= 1, got {value!r}", field=name)
         if model.num_heads % p:
             raise ConfigError(
                 f"{model.num_heads} attention heads do not divide by SP x TP = {p}; "

@@ -24,7 +24,7 @@ def _copy(src, dst, **config_changes):
 def test_layout_must_match_devices():
     with pytest.raises(ConfigError, match="no CUDA GPU"):
         EngineConfig(model="llama-3.1-8b", load_format="dummy", device="cuda", tensor_parallel_size=2)
-    with pytest.raises(ConfigError, match="tensor_parallel_size: SP and TP degrees must be >= 1"):
+    with pytest.raises(ConfigError, match="tensor_parallel_size: must be an integer >= 1, got 0"):
         EngineConfig(model="tiny", tensor_parallel_size=0)
 
 

@@ -58,6 +58,7 @@ class InputProcessor:
         """(prompt text or None, token ids)."""
         if not isinstance(params, SamplingParams):
             raise ConfigError(f"must be a SamplingParams, got {type(params).__name__}", field="sampling_params")
+        params.validate()  # again: a field may have been set to a wrong value since it was built
         text, ids = self._tokenize(prompt)
         self._check_fits(ids, params)
         return text, ids

@@ -6,6 +6,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import weakref
+from collections.abc import Iterable
 from collections.abc import Sequence as Seq
 
 from shifttune.config import ConfigError, EngineConfig
@@ -73,9 +74,7 @@ class LLM:
         (as vLLM's `LLM`, whatever `output_kind` says)."""
         if self._closed:
             raise RuntimeError("this LLM has been shut down; create a new one")
-        if isinstance(prompts, (str, dict)) or (prompts and isinstance(prompts[0], int)):
-            prompts = [prompts]
-        prompts = [_prompt(p) for p in prompts]
+        prompts = [_prompt(p) for p in _prompt_list(prompts)]
         params = (
             sampling_params
             if isinstance(sampling_params, Seq)
@@ -128,6 +127,20 @@ class LLM:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+def _prompt_list(prompts) -> list:
+    """`generate`'s prompts as a list: one prompt (text, token ids, a prompt dict) or an iterable of them."""
+    if isinstance(prompts, (str, dict)):
+        return [prompts]
+    if not isinstance(prompts, Iterable) or isinstance(prompts, (bytes, bytearray)):
+        raise ConfigError(
+            'must be a string, a list of token ids, a {"prompt": ...} or {"prompt_token_ids": [...]} dict, '
+            f"or a list of these; got {type(prompts).__name__}",
+            field="prompts",
+        )
+    prompts = list(prompts)
+    return [prompts] if prompts and isinstance(prompts[0], int) else prompts
 
 
 def _prompt(prompt):

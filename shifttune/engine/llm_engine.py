@@ -24,6 +24,7 @@ from shifttune.engine.scheduler import Scheduler, SchedulerOutput
 from shifttune.engine.sequence import RequestOutput, Sequence, SequenceStatus, samples_a_first_token
 from shifttune.engine.stats import EngineStats, StepShape, StepStats
 from shifttune.model.loader import check_checkpoint
+from shifttune.parallel import state as parallel_state
 from shifttune.runner.executor import Executor
 from shifttune.runner.input_batch import PENDING, NewRequest, StepDelta
 from shifttune.runner.model_runner import ModelRunnerOutput
@@ -50,6 +51,7 @@ class LLMEngine:
     def __init__(self, config: EngineConfig):
         self.config = config
         cfg = config.model_config
+        parallel_state.check_can_join(config.parallel.world_size)
         if config.load_format != "dummy":
             check_checkpoint(config.model_path, cfg)  # before any process or memory is set up
         # a bad profile is refused before any process starts
@@ -60,6 +62,9 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(config)
         self.input_processor = InputProcessor(config, self.tokenizer)
         self.executor = Executor(config)
+        self._runs_on_group = config.parallel.world_size > 1  # until shutdown: a one-rank engine must not close it
+        if self._runs_on_group:
+            parallel_state.set_group_in_use(True)
         runner = self.executor.runner
         capacity = runner.num_kv_blocks * config.block_size
         if capacity < 1:
@@ -282,6 +287,9 @@ class LLMEngine:
         if executor is None:
             return
         self._in_flight = None
+        if getattr(self, "_runs_on_group", False):  # NOTE: once: a later engine may run on a new group
+            self._runs_on_group = False
+            parallel_state.set_group_in_use(False)
         executor.shutdown()  # releases the runner (even if a caller still holds it) and empties torch's cache
         if self.config.device == "cuda":
             clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)

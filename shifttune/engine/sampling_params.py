@@ -1,5 +1,6 @@
-"""SamplingParams with vLLM's field names, validated on construction: a request that passes here
-never breaks the sampler (NaN or overflowing temperatures, seeds a generator refuses, wrong types)."""
+"""SamplingParams with vLLM's field names, validated on construction and again when a request is added (a field
+may have been changed since): a request that passes here never breaks the sampler (NaN or overflowing temperatures,
+seeds a generator refuses, wrong types)."""
 
 from __future__ import annotations
 
@@ -35,8 +36,13 @@ class SamplingParams:
     ignore_eos: bool = False
     logprobs: int | None = None  # number of top logprobs to return per token (plus the sampled one)
     output_kind: str = CUMULATIVE  # DELTA: each step's output holds only the new tokens and text (streaming)
+    n: int = 1  # vLLM's completions per prompt; only 1
 
     def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        """ConfigError naming the first wrong field; normalizes the rest (stop lists, top_k 0, tiny temperatures)."""
         if isinstance(self.stop, str):
             self.stop = [self.stop]
         if self.stop is not None and not isinstance(self.stop, (list, tuple)):
@@ -80,6 +86,7 @@ class SamplingParams:
         yield "stop_token_ids", any(not _is_int(t) for t in self.stop_token_ids), "must be integers"
         yield "ignore_eos", not isinstance(self.ignore_eos, bool), f"must be true or false, got {self.ignore_eos!r}"
         yield "output_kind", self.output_kind not in (CUMULATIVE, DELTA), f"must be {CUMULATIVE} or {DELTA}"
+        yield "n", self.n != 1 or not _is_int(self.n), f"must be 1 (one completion per prompt), got {self.n!r}"
 
     @property
     def greedy(self) -> bool:

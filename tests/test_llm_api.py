@@ -1,0 +1,114 @@
+"""The offline `LLM` / `SamplingParams` API: engines sharing a process, and input refused with a clear error."""
+
+from __future__ import annotations
+
+import pytest
+import torch.distributed as dist
+
+from shifttune import LLM, SamplingParams
+from shifttune.config import ConfigError
+
+GREEDY = SamplingParams(max_tokens=4, temperature=0)
+
+
+def _text(llm: LLM) -> str:
+    return llm.generate(["Hello"], GREEDY)[0].outputs[0].text
+
+
+def test_a_second_multi_rank_llm_is_refused_and_the_first_keeps_working():
+    """Before: the second LLM failed in torch ("initialize the default process group twice") and broke the first."""
+    a = LLM("tiny", tensor_parallel_size=2, device="cpu")
+    try:
+        before = _text(a)
+        with pytest.raises(ConfigError, match="another LLM with 2 ranks is running in this process; call its shut"):
+            LLM("tiny", sequence_parallel_size=2, device="cpu")
+        assert _text(a) == before
+    finally:
+        a.shutdown()
+    assert not dist.is_initialized()
+    with LLM("tiny", tensor_parallel_size=2, device="cpu") as b:  # once the first is shut down
+        assert _text(b) == before
+
+
+def test_a_one_rank_llm_leaves_a_running_multi_rank_llm_alone():
+    """Before: the one-rank engine's shutdown destroyed the process group of the TP = 2 engine beside it."""
+    a = LLM("tiny", tensor_parallel_size=2, device="cpu")
+    try:
+        before = _text(a)
+        with LLM("tiny", device="cpu") as b:
+            assert _text(b) == before
+        assert dist.is_initialized() and _text(a) == before
+    finally:
+        a.shutdown()
+    assert not dist.is_initialized()
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    with LLM("tiny", device="cpu") as llm:
+        yield llm
+
+
+@pytest.mark.parametrize("prompts", [5, None, 2.5, b"Hello"], ids=["int", "none", "float", "bytes"])
+def test_generate_names_what_prompts_may_be(tiny, prompts):
+    """Before: generate(5) raised "TypeError: 'int' object is not subscriptable" from inside generate."""
+    with pytest.raises(ConfigError, match=r"prompts: must be a string, a list of token ids, .* or a list of these"):
+        tiny.generate(prompts, GREEDY)
+
+
+def test_generate_takes_prompts_in_every_documented_shape(tiny):
+    ids = tiny.get_tokenizer().encode("Hello")
+    want = _text(tiny)
+    shapes = [
+        "Hello",
+        ids,
+        tuple(ids),
+        {"prompt": "Hello"},
+        {"prompt_token_ids": ids},
+        ["Hello"],
+        [ids],
+        (p for p in [ids]),
+    ]
+    assert [tiny.generate(p, GREEDY)[0].outputs[0].text for p in shapes] == [want] * len(shapes)
+    assert tiny.generate([], GREEDY) == []
+
+
+def test_params_changed_after_construction_are_checked_by_generate(tiny):
+    """Before: `sp.temperature = -1` after construction ran as if nothing were wrong."""
+    sp = SamplingParams(max_tokens=4)
+    sp.temperature = -1
+    with pytest.raises(ConfigError, match="temperature: must be a finite number >= 0, got -1"):
+        tiny.generate("Hello", sp)
+    sp.temperature, sp.top_k = 0, 0  # valid again: normalized as on construction
+    assert tiny.generate("Hello", sp)[0].outputs[0].text == _text(tiny) and sp.top_k == -1
+    assert not tiny.llm_engine.has_unfinished_requests()
+
+
+def test_n_is_accepted_as_1_and_refused_otherwise():
+    """vLLM's `n`: before, SamplingParams(n=1) raised "unexpected keyword argument 'n'"."""
+    assert SamplingParams(n=1).n == 1 and SamplingParams().n == 1
+    for n in (2, 0, 1.0, True):
+        with pytest.raises(ConfigError, match=f"n: must be 1 \\(one completion per prompt\\), got {n!r}"):
+            SamplingParams(n=n)
+    sp = SamplingParams()
+    sp.n = 3
+    with pytest.raises(ConfigError, match="n: must be 1"):
+        sp.validate()
+
+
+def test_the_server_still_builds_its_sampling_params():
+    from shifttune.server.protocol import CompletionRequest
+    from shifttune.server.serving import APIError, sampling_params
+
+    sp = sampling_params(CompletionRequest(prompt="Hi", n=1, temperature=0), 8, None)
+    assert (sp.n, sp.temperature, sp.max_tokens) == (1, 0.0, 8)
+    with pytest.raises(APIError, match="n must be 1"):
+        sampling_params(CompletionRequest(prompt="Hi", n=2), 8, None)
+
+
+@pytest.mark.parametrize("name", ["tensor_parallel_size", "sequence_parallel_size"])
+@pytest.mark.parametrize("value", [-1, 0, 1.5])
+def test_a_bad_parallel_size_names_its_argument(name, value):
+    """Before: sequence_parallel_size=-1 was reported under tensor_parallel_size."""
+    with pytest.raises(ConfigError, match=f"^{name}: must be an integer >= 1, got {value!r}$"):
+        LLM("tiny", device="cpu", **{name: value})
