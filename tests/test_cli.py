@@ -39,9 +39,28 @@ def run(*argv: str):
         (["profile", "--compare", "a.json", "b.json", "--tokens", "1,4"], "--tokens does nothing for --compare"),
         (["profile", "--collectives", "--layers", "2", "--breakdown", "1"], "--layers, --breakdown do nothing for"),
         (["recommend", "--input-len", "0"], "--input-len: must be >= 1"),
-        (["recommend", "--rate", "-1"], "--rate: must be positive numbers"),
+        (["recommend", "--rate", "-1"], "--rate: must be positive finite numbers"),
+        (["recommend", "--rate", "inf"], "--rate: must be positive finite numbers"),
+        (["recommend", "--trace", "/nonexist.csv"], "error: trace /nonexist.csv does not exist"),
+        (["recommend", "-m", "tiny", "--gpus", "4xH200"], "--input-len 2048 (default) + --output-len 256 (default) "
+         "exceed tiny's maximum context of 2048 tokens; pass smaller ones"),
+        (["recommend", "-m", "tiny", "--gpus", "4xH200", "--input-len", "2000"],
+         "--input-len 2000 + --output-len 256 (default) exceed"),
+        (["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--contexts", "1000"],
+         "--contexts: 1000 not in the op table"),
+        (["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--tokens", "3,7"],
+         "--tokens: 3, 7 not in the op table"),
+        (["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--tokens", "0"],
+         "--tokens: must be positive"),
+        (["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--tokens", "-4"],
+         "--tokens: must be positive"),
+        (["profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--contexts", "0"],
+         "--contexts: must be >= 2"),
+        (["serve", "tiny", "--device", "cpu", "--no-tui", "--profile", "/nonexist.json"],
+         "--profile: profile /nonexist.json does not exist"),
+        (["generate", "--profile", "/nonexist.json"], "--profile: profile /nonexist.json does not exist"),
     ],
-)
+)  # fmt: skip
 def test_errors_name_the_flag_once(argv, flag_message):
     result = run(*argv)
     assert result.exit_code == 2, result.output
@@ -75,6 +94,56 @@ def test_the_profile_policy_refuses_a_profile_of_another_model_or_a_broken_file(
     (tmp_path / "broken.json").write_text("{not json")
     result = run("generate", "--policy", "profile", "--profile", str(tmp_path / "broken.json"), "hello")
     assert result.exit_code == 2 and "Traceback" not in result.output, result.output
+
+
+def test_predict_out_of_the_op_table_lists_what_it_covers():
+    r = run("profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--contexts", "1000,2048")
+    assert r.exit_code == 2 and "has no entries" not in r.output, r.output
+    assert "1000 not in the op table" in r.output and "whose contexts for 2 GPUs are 512, 2048, 8192, 32768" in r.output
+
+
+def test_serve_and_generate_check_a_profile_given_with_any_policy(tmp_path):
+    """A bad --profile fails at start-up (before the engine) whatever the policy: a server can be switched to the
+    profile policy later; generate says a good one is unused."""
+    other = tmp_path / "llama.json"
+    predicted = run("profile", "--predict", "--model", "llama-3.1-8b", "--gpus", "2xH100", "--out", str(other))
+    assert predicted.exit_code == 0, predicted.output
+    (tmp_path / "notaprofile.json").write_text('{"a": 1}')
+    for profile, message in ((other, "is a profile of 'llama-3.1-8b'"), (tmp_path / "notaprofile.json",
+                             "is not a shifttune profile")):  # fmt: skip
+        for argv in (["serve", "tiny", "--device", "cpu", "--no-tui"], ["generate"]):
+            r = run(*argv, "--profile", str(profile))
+            assert r.exit_code == 2 and f"error: --profile: {profile} {message}" in r.output, r.output
+            assert r.output.count("error:") == 1 and "Traceback" not in r.output
+    from shifttune.recommend.shipped import SHIPPED_DIR
+
+    shipped = SHIPPED_DIR / "tiny_cpux2.json"
+    r = run("generate", "--sp", "2", "--profile", str(shipped), "--load-format", "x")  # fails in the engine's config
+    assert "note: --profile is unused: --policy is threshold (--policy profile runs on it)" in r.output, r.output
+    assert "--load-format: must be one of" in r.output
+
+
+def test_a_profile_of_other_hardware_is_a_note(tmp_path, capsys):
+    from shifttune.cli.common import check_profile, hardware_note
+    from shifttune.config import load_model_config
+
+    h100 = {"device": "cuda", "gpu_name": "NVIDIA H100 80GB HBM3", "predicted": True}
+    assert hardware_note(h100, "cpu") == ("predicted on NVIDIA H100 80GB HBM3 GPUs, but this engine runs on cpu; its "
+                                          "step times may not hold here")  # fmt: skip
+    assert hardware_note(h100, "cuda", "NVIDIA H100 PCIe") is None  # the same GPU type
+    assert hardware_note(h100, "cuda", None) is None  # no NVML: unknown, not different
+    assert hardware_note(h100 | {"predicted": False}, "cuda", "NVIDIA H200").startswith("measured on NVIDIA H100")
+    assert "but this GPU is a NVIDIA H200" in hardware_note(h100, "cuda", "NVIDIA H200")
+    assert hardware_note({"device": "cpu"}, "cpu") is None
+    assert hardware_note({"device": "cpu"}, "cuda", "NVIDIA H200") == (
+        "measured on cpu, but this engine runs on cuda; its step times may not hold here"
+    )
+    out = tmp_path / "tiny_h100.json"
+    assert run("profile", "--predict", "--model", "tiny", "--gpus", "2xH100", "--out", str(out)).exit_code == 0
+    capsys.readouterr()
+    check_profile(str(out), load_model_config(resolve_model_path("tiny"))[0], 1, 2, "cpu")
+    err = " ".join(capsys.readouterr().err.split())
+    assert f"note: --profile {out}: predicted on NVIDIA H100 80GB HBM3 GPUs, but this engine runs on cpu" in err
 
 
 def test_a_tokenizer_that_cannot_load_is_one_line(tmp_path):

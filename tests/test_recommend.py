@@ -346,7 +346,7 @@ def test_simulator_refuses_what_it_cannot_run():
 
 def test_cli_refuses_bad_recommend_arguments():
     for args, message in [
-        (["--rate", "nan"], "positive numbers"),
+        (["--rate", "nan"], "--rate: must be positive finite numbers"),
         (["--plot", "x.txt"], "must end in"),
         (["--context", "0"], "--context: must be >= 1"),
         (["--spread", "2", "--rate", "1"], "--spread: must be in [0, 1)"),
@@ -445,10 +445,14 @@ def test_overloaded_says_whether_the_queue_grows():
 def test_recommend_refuses_requests_past_the_models_context(tmp_path):
     r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "4xH200", "--input-len", "200000",
                                  "--rate", "1"])  # fmt: skip
-    _one_line_error(r, "--input-len 200000 + --output-len 256 exceed llama-3.3-70b's maximum context of 131072 tokens")
+    _one_line_error(
+        r,
+        "--input-len 200000 + --output-len 256 (default) exceed llama-3.3-70b's maximum context of "
+        "131072 tokens; pass smaller ones",
+    )
     r = CliRunner().invoke(app, ["recommend", "--model", "llama-3.3-70b", "--gpus", "4xH200", "--input-len", "130000",
                                  "--rate", "1"])  # fmt: skip
-    _one_line_error(r, "with --spread 0.25, requests reach")
+    _one_line_error(r, "--input-len 130000 + --output-len 256 (default) with --spread 0.25: requests reach")
     trace = tmp_path / "trace.csv"  # the shipped CPU profile's tiny model: 2048 positions
     trace.write_text(TRACE_HEADER + "2023-11-16 18:15:46.6805900,374,44\n2023-11-16 18:15:50.9951690,2000,100\n")
     r = CliRunner().invoke(app, ["recommend", "--trace", str(trace)])

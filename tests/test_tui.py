@@ -496,6 +496,14 @@ def test_top_sends_the_api_key_and_shows_a_refusal():
     assert ("/v1/shifttune/policy", "Bearer sekret") in seen
     snap, refusal = asyncio.run(run(None))
     assert snap.status == "this server wants --api-key" and "refused (401)" in refusal and snap.cells == ()
+    snap, refusal = asyncio.run(run("wrong"))  # a key was given: the server refused it, it did not ask for one
+    assert snap.status == "this server refused this --api-key" and "refused (401)" in refusal and snap.cells == ()
+
+
+@pytest.mark.parametrize("url", ["http://st.test:8000", "http://st.test:8000/", "http://st.test:8000/v1",
+                                 "http://st.test:8000/v1/"])  # fmt: skip
+def test_top_takes_the_openai_client_s_base_url(url):
+    assert ServerSource(url).url == "http://st.test:8000"  # its requests start with /v1 (bench's server_base_url)
 
 
 # ---- the snapshot -------------------------------------------------------------------------------------

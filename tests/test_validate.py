@@ -91,10 +91,77 @@ def test_validate_refuses_a_profile_of_another_layout():
 
 
 def test_validate_needs_a_server_and_rates(tmp_path: Path):
-    r = CliRunner().invoke(app, ["recommend", "--validate", f"http://127.0.0.1:{free_port()}", "--rate", "1"])
-    assert r.exit_code != 0 and "cannot read the server's settings" in r.output
+    port = free_port()
+    r = CliRunner().invoke(app, ["recommend", "--validate", f"http://127.0.0.1:{port}", "--rate", "1"])
+    assert r.exit_code != 0 and f"cannot reach the server at http://127.0.0.1:{port}" in r.output
     r = CliRunner().invoke(app, ["recommend", "--validate", "http://127.0.0.1:1"])
     assert r.exit_code != 0 and "--rate" in r.output
+
+
+@pytest.fixture
+def keyed_stub():
+    """An HTTP server on 127.0.0.1 that wants `Bearer sekret` on /v1/*: lists a model, has no /v1/shifttune/live
+    (404); records (path, authorization) of each request."""
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+    from threading import Thread
+
+    seen = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append((self.path.split("?")[0], self.headers.get("authorization")))
+            ok = self.headers.get("authorization") == "Bearer sekret"
+            status, body = (200, b'{"data": [{"id": "tiny"}]}') if self.path == "/v1/models" else (404, b"{}")
+            self.send_response(status if ok else 401)
+            self.send_header("content-type", "application/json")
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}", seen
+    server.shutdown()
+    server.server_close()
+
+
+def test_validate_says_what_the_api_key_did_and_takes_a_v1_url(keyed_stub, monkeypatch):
+    url, seen = keyed_stub
+    monkeypatch.delenv("SHIFTTUNE_API_KEY", raising=False)
+    argv = ["recommend", "--validate", url + "/v1", "--rate", "1"]
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2 and "answered 401: the server wants an API key (--api-key)" in r.output, r.output
+    assert "HTTPStatusError" not in r.output and r.output.count("\n") == 1
+    r = CliRunner().invoke(app, [*argv, "--api-key", "wrong"])
+    assert r.exit_code == 2 and "answered 401: the server refused this --api-key" in r.output, r.output
+    monkeypatch.setenv("SHIFTTUNE_API_KEY", "sekret")  # as `shifttune top` reads it
+    r = CliRunner().invoke(app, argv)
+    assert r.exit_code == 2 and f"cannot read the server's settings from {url}/v1/shifttune/live:" in r.output
+    assert seen[-2:] == [("/v1/models", "Bearer sekret"), ("/v1/shifttune/live", "Bearer sekret")]
+    assert {path for path, _ in seen} == {"/v1/models", "/v1/shifttune/live"}  # never /v1/v1/...
+
+
+def test_validate_explains_lengths_the_spread_made_too_long(tmp_path: Path, monkeypatch):
+    """The server's context check sees the longest request --spread draws (3000 x 1.25 = 3750, 16 x 1.25 = 20)."""
+    from shifttune.bench import validate as validate_module
+    from shifttune.config import ConfigError
+
+    def too_long(cfg):
+        assert (cfg.input_len.hi, cfg.output_len.hi) == (3750, 20)
+        raise ConfigError("3750 + 20 = 3770 tokens (prompt + max_tokens) is over the server's context of 2048 tokens",
+                          "input_output_len")  # fmt: skip
+
+    monkeypatch.setattr(validate_module, "validate", too_long)
+    r = CliRunner().invoke(app, ["recommend", "--validate", "http://127.0.0.1:1", "--rate", "1", "--input-len", "3000",
+                                 "--output-len", "16"])  # fmt: skip
+    text = " ".join(r.output.split())
+    assert r.exit_code == 2 and "--input-output-len" not in text, text
+    assert text == (
+        "error: --input-len 3000 + --output-len 16, spread by --spread 0.25 to at most 3750 + 20 tokens: "
+        "3750 + 20 = 3770 tokens (prompt + max_tokens) is over the server's context of 2048 tokens"
+    )
 
 
 # ---- the simulation of the engine's loop (issue 12: what the profile's step times alone missed) ----------------

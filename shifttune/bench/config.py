@@ -17,6 +17,12 @@ DEFAULT_INPUT_LEN = 1024  # vLLM's random dataset defaults
 DEFAULT_OUTPUT_LEN = 128
 
 
+def server_base_url(url: str) -> str:
+    """A server's URL as the paths requested from it need it (they start with /v1): no trailing / and no trailing
+    /v1, which the OpenAI client's base URL has (http://HOST:PORT/v1). bench, recommend --validate and top use it."""
+    return url.rstrip("/").removesuffix("/v1").rstrip("/")
+
+
 @dataclass(frozen=True)
 class LengthRange:
     """A token length: fixed (lo == hi) or drawn uniformly from [lo, hi]."""
@@ -67,8 +73,7 @@ class BenchConfig:
     request_timeout_s: float = 600.0
 
     def __post_init__(self) -> None:
-        # NOTE: the OpenAI client's base URL ends in /v1 (http://HOST:PORT/v1); the paths here start with /v1
-        self.base_url = self.base_url.rstrip("/").removesuffix("/v1").rstrip("/")
+        self.base_url = server_base_url(self.base_url)
 
     @property
     def url(self) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass, replace
 import httpx
 
 from shifttune.bench.client import CompletionsClient, ServerError, list_models
-from shifttune.bench.config import BenchConfig, LengthRange
+from shifttune.bench.config import BenchConfig, LengthRange, server_base_url
 from shifttune.bench.datasets import build_requests, with_arrivals
 from shifttune.bench.runner import run_bench
 from shifttune.bench.serve_vs_offline import PROMPT_TOKENIZER
@@ -73,6 +73,9 @@ class ValidateConfig:
     warmup_prompts: int = 16  # sent at the highest rate before the measured runs, results dropped
     probe_requests: int = 8  # lone requests to the idle server for its host time per request (0: none)
 
+    def __post_init__(self) -> None:
+        self.base_url = server_base_url(self.base_url)
+
     def bench_config(self, rate: float, seed: int, num_prompts: int) -> BenchConfig:
         return BenchConfig(base_url=self.base_url, api_key=self.api_key, rates=[rate], num_prompts=num_prompts,
                            input_len=self.input_len, output_len=self.output_len, tokenizer=PROMPT_TOKENIZER,
@@ -86,6 +89,7 @@ def _headers(api_key: str | None) -> dict:
 def server_settings(base_url: str, api_key: str | None = None) -> dict:
     """The server's model, SP x TP layout, shift policy and threshold, and its engine loop's settings when it
     tells them (`engine`: None for an older server); ServerError when it cannot tell."""
+    asyncio.run(list_models(base_url, api_key))  # NOTE: for its one-line errors: unreachable, API key wanted/refused
     url = base_url.rstrip("/") + "/v1/shifttune/live"
     try:
         r = httpx.get(url, params={"after": 1 << 62}, headers=_headers(api_key), timeout=10, trust_env=False)

@@ -9,7 +9,7 @@ from typing import NoReturn
 import typer
 from rich.console import Console
 
-from shifttune.config import ConfigError, bundled_models
+from shifttune.config import ConfigError, ModelConfig, bundled_models
 
 console = Console(stderr=True)
 BUNDLED = ", ".join(bundled_models())
@@ -37,6 +37,51 @@ def fail_config(e: ConfigError, flags: dict[str, str] | None = None) -> NoReturn
         fail(e.message)
     names = FLAGS | (flags or {})
     fail(f"{names.get(e.field, '--' + e.field.replace('_', '-'))}: {e.message}")
+
+
+def check_profile(path: str | None, model: ModelConfig, tp: int, sp: int, device: str) -> None:
+    """The --profile file checked now, before any engine starts, as the profile policy will read it (a profile of
+    this model on SP x TP ranks), whatever the policy: a server can be switched to it later. Raises ConfigError
+    (field shift_profile); prints a note where it was measured or predicted on other hardware."""
+    if path is None:
+        return
+    from shifttune.engine.policy import make_policy  # NOTE: lazy: the engine package
+    from shifttune.engine.profile_schema import load_profile
+
+    try:
+        make_policy("profile", 0, tp, sp, path, model)
+        hardware = load_profile(path).hardware
+    except ConfigError as e:
+        raise ConfigError(e.message, e.field or "shift_profile") from None
+    note = hardware_note(hardware, device, local_gpu_name() if device == "cuda" else None)
+    if note:
+        console.print(f"note: --profile {path}: {note}", soft_wrap=True, highlight=False)
+
+
+def local_gpu_name() -> str | None:
+    """GPU 0's name from NVML (None without a driver); NOTE: not torch, which would set up CUDA in this process."""
+    from shifttune.telemetry.nvml import NvmlSampler
+
+    sampler = NvmlSampler()
+    reading = sampler.sample()
+    sampler.stop()
+    return reading.gpus[0].name if reading.available and reading.gpus else None
+
+
+def hardware_note(hardware: dict, device: str, gpu_name: str | None = None) -> str | None:
+    """Why a profile's step times may not hold here: it was taken (or predicted) for another device kind, or another
+    GPU type (compared by slug: "NVIDIA H100 80GB HBM3" and "NVIDIA H100 PCIe" are both h100); None where it matches
+    or this GPU is unknown."""
+    from shifttune.recommend.gpus import gpu_slug
+
+    theirs = hardware.get("gpu_name") if hardware.get("device") == "cuda" else None
+    kind = "predicted" if hardware.get("predicted") else "measured"
+    where = f"{theirs} GPUs" if theirs else f"{hardware.get('device', 'an unknown device')}"
+    if hardware.get("device") != device:
+        return f"{kind} on {where}, but this engine runs on {device}; its step times may not hold here"
+    if theirs and gpu_name and gpu_slug(theirs) != gpu_slug(gpu_name):
+        return f"{kind} on {where}, but this GPU is a {gpu_name}; its step times may not hold here"
+    return None
 
 
 def check_writable(

@@ -11,8 +11,17 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, size, write_output
-from shifttune.config import MODES, SHIFT_POLICIES, ConfigError
+from shifttune.cli.common import (
+    MODEL_HELP,
+    check_profile,
+    check_writable,
+    console,
+    fail,
+    fail_config,
+    size,
+    write_output,
+)
+from shifttune.config import MODES, SHIFT_POLICIES, ConfigError, load_model_config, resolve_model_path
 
 DEMO_PROMPTS = ["The capital of France is", "Shift parallelism switches between"]
 
@@ -107,6 +116,11 @@ def generate(
         params = SamplingParams(
             temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens, ignore_eos=ignore_eos
         )
+        if profile is not None:  # as `serve` does: checked before the engine starts, whatever the policy
+            check_profile(str(profile), load_model_config(resolve_model_path(model))[0], tp, sp, device)
+            if policy != "profile":
+                console.print(f"note: --profile is unused: --policy is {policy} (--policy profile runs on it)",
+                              highlight=False)  # fmt: skip
         start = time.perf_counter()
         with console.status(f"starting {model} on {sp * tp} {device} rank(s) (SP={sp} x TP={tp})"):
             llm = LLM(

@@ -4,6 +4,7 @@ latencies, launch commands and a plot out (`--json`: the same as data)."""
 from __future__ import annotations
 
 import json
+import os
 import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Optional
@@ -139,15 +140,18 @@ def _validate(
     from shifttune.bench.validate import ValidateConfig, validate, with_spread
     from shifttune.recommend.report import resolve_profile
 
+    lengths = with_spread(request.input_len, spread), with_spread(request.output_len, spread)
+    # NOTE: the server checks the longest request the spread draws, not the means
+    sent = (f"--input-len {request.input_len} + --output-len {request.output_len}, spread by --spread {spread:g} to "
+            f"at most {lengths[0].hi} + {lengths[1].hi} tokens")  # fmt: skip
     try:
         request.validate()
         prof, path, _ = resolve_profile(request)
-        cfg = ValidateConfig(url, prof, path, request.rates or [], request.num_requests,
-                             with_spread(request.input_len, spread), with_spread(request.output_len, spread),
-                             api_key=api_key, burstiness=request.burstiness)  # fmt: skip
+        cfg = ValidateConfig(url, prof, path, request.rates or [], request.num_requests, *lengths, api_key=api_key,
+                             burstiness=request.burstiness)  # fmt: skip
         data = {"command": _validate_command(request, url, spread)} | validate(cfg)
     except ConfigError as e:
-        fail_config(e, FLAGS)
+        fail_config(e, FLAGS | {"input_output_len": sent})
     except ServerError as e:
         fail(str(e))
     if out is not None:
@@ -160,13 +164,17 @@ def _validate(
         Console().print(f"saved to {out}")
 
 
-def _refuse_ignored(ctx: typer.Context, validating: bool) -> None:
+def _given(ctx: typer.Context) -> set[str]:
+    """The parameters the user set (not left at their defaults)."""
+    # NOTE: by the source's name: newer typer vendors click, whose ParameterSource is then not `click.core`'s
+    sources = {name: getattr(ctx.get_parameter_source(name), "name", "DEFAULT") for name in ctx.params}
+    return {name for name, source in sources.items() if source not in ("DEFAULT", "DEFAULT_MAP")}
+
+
+def _refuse_ignored(given: set[str], validating: bool) -> None:
     """Fails on flags this run would silently drop: what --trace brings itself (arrivals and lengths), and what
     --validate does not use (it sends --rate's Poisson workload to the server, whose own policy picks the modes, and
     has no plot and no objectives)."""
-    # NOTE: by the source's name: newer typer vendors click, whose ParameterSource is then not `click.core`'s
-    sources = {name: getattr(ctx.get_parameter_source(name), "name", "DEFAULT") for name in ctx.params}
-    given = {name for name, source in sources.items() if source not in ("DEFAULT", "DEFAULT_MAP")}
     if validating:
         unused = (("trace", "--trace"), ("plot", "--plot"), ("context", "--context"), ("slo_ttft", "--slo-ttft"),
                   ("slo_tpot", "--slo-tpot"))  # fmt: skip
@@ -242,7 +250,12 @@ def recommend(
             "sent to it; predicted vs measured TTFT/TPOT p50/p99.",
         ),
     ] = None,
-    api_key: Annotated[Optional[str], typer.Option(help="--validate: sent as `Authorization: Bearer KEY`.")] = None,
+    api_key: Annotated[
+        Optional[str],
+        typer.Option(
+            help="--validate: sent as `Authorization: Bearer KEY` (also from $SHIFTTUNE_API_KEY).", show_default=False
+        ),
+    ] = None,
     out: Annotated[
         Optional[Path],
         typer.Option(
@@ -259,16 +272,19 @@ def recommend(
     from shifttune.recommend.report import RecommendRequest
     from shifttune.recommend.report import recommend as make_recommendation
 
-    _refuse_ignored(ctx, validate_url is not None)
+    given = _given(ctx)
+    _refuse_ignored(given, validate_url is not None)
     check_writable(plot, "--plot", (".png", ".svg", ".pdf"), make_folder=True)
     check_writable(out, "--out", make_folder=True)
     rates = parse_list(rate, "--rate", float) if rate is not None else None
     try:
         request = RecommendRequest(profile_file, model, None if gpus is None else parse_gpus(gpus), context, rates,
                                    trace, input_len, output_len, spread, num_requests, slo_ttft, slo_tpot,
-                                   burstiness=burstiness)  # fmt: skip
+                                   burstiness=burstiness,
+                                   defaulted=tuple({"input_len", "output_len"} - given))  # fmt: skip
         if validate_url is not None:
-            return _validate(request, validate_url, spread, api_key, out, as_json)
+            key = api_key or os.environ.get("SHIFTTUNE_API_KEY")  # as `shifttune top` reads it
+            return _validate(request, validate_url, spread, key, out, as_json)
         prof, result, data = make_recommendation(request)
         if plot is not None:
             save_plot(prof, result, plot)

@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config
+from shifttune.cli.common import MODEL_HELP, check_profile, check_writable, console, fail, fail_config
 from shifttune.config import SHIFT_POLICIES, ConfigError
 
 FLAGS = {
@@ -53,7 +53,11 @@ def serve(
     ] = 256,  # fmt: skip
     profile: Annotated[
         Optional[str],
-        typer.Option("--profile", help="Profile JSON from `shifttune profile`, for --shift-policy profile."),
+        typer.Option(
+            "--profile",
+            help="Profile JSON from `shifttune profile`, for --shift-policy profile (now or switched to later); "
+            "checked at start.",
+        ),
     ] = None,
     device: Annotated[str, typer.Option(help="cuda (one GPU per rank, NCCL) or cpu (gloo ranks).")] = "cuda",
     dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
@@ -127,6 +131,8 @@ def serve(
             enforce_eager=enforce_eager,
             all_reduce=all_reduce,
         )
+        p = config.parallel
+        check_profile(config.shift_profile, config.model_config, p.tp, p.sp, config.device)
         settings = ServerSettings(host, port, served_model_name, api_key, max_queue_len)
         view = None
         if not no_tui and sys.stdout.isatty() and sys.stdin.isatty():

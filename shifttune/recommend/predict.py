@@ -144,12 +144,30 @@ def _current(table: OpTable, cfg: ModelConfig, settings: PredictSettings, where:
     return table, where
 
 
+def check_grid(table: OpTable, table_from: str, settings: PredictSettings) -> None:
+    """Refuses --tokens / --contexts that the op table has no entries for at this GPU count, listing what it has."""
+    entries = [e for e in table.entries if e.world_size == settings.gpus]
+    for name, asked in (("tokens", settings.tokens), ("contexts", settings.contexts)):
+        covered = sorted({getattr(e, "context" if name == "contexts" else name) for e in entries})
+        outside = sorted(set(asked) - set(covered))
+        if outside:
+            has = ", ".join(map(str, covered)) or "none"
+            raise ConfigError(f"{', '.join(map(str, outside))} not in the op table {table_from}, whose {name} for "
+                              f"{settings.gpus} GPUs are {has}", field=name)  # fmt: skip
+
+
 def predict_profile(settings: PredictSettings, command: str = "") -> Profile:
     p = settings.gpus
-    if p < 1:
-        raise ConfigError("must be >= 1", field="gpus")
+    for name, bad, rule in (
+        ("gpus", p < 1, "must be >= 1"),
+        ("tokens", any(t < 1 for t in settings.tokens), "must be positive"),  # as `shifttune profile` checks them
+        ("contexts", any(c < 2 for c in settings.contexts), "must be >= 2"),
+    ):
+        if bad:
+            raise ConfigError(rule, field=name)
     cfg, _ = load_model_config(resolve_model_path(settings.model))
     table, table_from = resolve_op_table(settings, cfg)
+    check_grid(table, table_from, settings)
     name, memory = table.gpu["name"], int(table.gpu["memory_bytes"])
     coll = collective_model_for(settings.gpu, settings.collectives) if p > 1 else None
     dtype = settings.dtype or table.model.get("dtype", "bfloat16")

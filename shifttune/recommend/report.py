@@ -40,6 +40,7 @@ class RecommendRequest:
     slo_ttft_ms: float | None = None  # p99 objectives
     slo_tpot_ms: float | None = None
     burstiness: float = 1.0  # Gamma shape of the gaps between arrivals (`Workload`): 1 Poisson, < 1 bursty
+    defaulted: tuple[str, ...] = ()  # of input_len, output_len: those the user did not set (messages say so)
 
     def validate(self) -> None:
         for name, bad, rule in (
@@ -50,7 +51,7 @@ class RecommendRequest:
             ("spread", not 0 <= self.spread < 1, "must be in [0, 1)"),
             ("burstiness", not (math.isfinite(self.burstiness) and self.burstiness > 0), "must be a positive number"),
             ("rate", self.rates is not None and not all(math.isfinite(r) and r > 0 for r in self.rates),
-             "must be positive numbers"),
+             "must be positive finite numbers"),
             ("slo_ttft", self.slo_ttft_ms is not None and not self.slo_ttft_ms > 0, "must be > 0 (ms)"),
             ("slo_tpot", self.slo_tpot_ms is not None and not self.slo_tpot_ms > 0, "must be > 0 (ms)"),
         ):  # fmt: skip
@@ -121,10 +122,13 @@ def check_context(req: RecommendRequest, model: str | None, workloads: list[Work
     if req.trace is not None:
         raise ConfigError(f"{len(too_long)} of its {len(requests)} requests exceed {past} (input + output); the "
                           f"longest has {longest.input_len} + {longest.output_len}", field="trace")  # fmt: skip
+    i, o = (f"--{n.replace('_', '-')} {getattr(req, n)}" + (" (default)" if n in req.defaulted else "")
+            for n in ("input_len", "output_len"))  # fmt: skip
     if req.input_len + req.output_len > limit:
-        raise ConfigError(f"--input-len {req.input_len} + --output-len {req.output_len} exceed {past}")
-    raise ConfigError(f"with --spread {req.spread:g}, requests reach {longest.input_len} + {longest.output_len} "
-                      f"tokens, past {past}; lower --input-len, --output-len or --spread")  # fmt: skip
+        raise ConfigError(f"{i} + {o} exceed {past}; pass smaller ones")
+    raise ConfigError(f"{i} + {o} with --spread {req.spread:g}: requests reach {longest.input_len} + "
+                      f"{longest.output_len} tokens, past {past}; lower --input-len, --output-len or "
+                      "--spread")  # fmt: skip
 
 
 def decode_batch(prof: Profile, input_len: int, output_len: int) -> int:

@@ -63,6 +63,9 @@ class Workload:
 
 def load_azure_trace(path: Path, limit: int | None = None) -> list[Request]:
     """Azure LLM inference trace CSV: TIMESTAMP, ContextTokens, GeneratedTokens (times from the first)."""
+    if not Path(path).is_file():
+        why = "is a folder; give the CSV file" if Path(path).is_dir() else "does not exist"
+        raise ConfigError(f"trace {path} {why}")
     rows = []
     try:
         with open(path, newline="") as f:

@@ -19,6 +19,7 @@ from typing import Callable, Protocol
 
 import httpx
 
+from shifttune.bench.config import server_base_url
 from shifttune.tui.scrape import Scrape, Window, bucket_delta, parse, quantile
 from shifttune.tui.snapshot import SP, TP, ModeShare, Quantiles, RequestRow, ServingSnapshot, StepCell
 
@@ -86,7 +87,8 @@ class ServerSource:
     def __init__(self, url: str, api_key: str | None = None, threshold: int | None = None,
                  client: httpx.AsyncClient | None = None, metrics_every_s: float = 1.0,
                  clock: Callable[[], float] = time.monotonic, wall: Callable[[], float] = time.time):  # fmt: skip
-        self.url = url.rstrip("/")
+        self.url = server_base_url(url)
+        self.api_key_given = bool(api_key)
         headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
         self.http = client or httpx.AsyncClient(base_url=self.url, timeout=2.0, headers=headers)
         self.threshold_arg = threshold
@@ -139,7 +141,8 @@ class ServerSource:
     async def _poll_live(self) -> None:
         r = await self.http.get("/v1/shifttune/live", params={"after": self.last_step})
         if r.status_code != 200:
-            self.live_status = "this server wants --api-key" if r.status_code == 401 else f"live: {r.status_code}"
+            refused = "this server refused this --api-key" if self.api_key_given else "this server wants --api-key"
+            self.live_status = refused if r.status_code in (401, 403) else f"live: {r.status_code}"
             return
         live = r.json()
         self.live, self.live_status = live, ""
