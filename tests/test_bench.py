@@ -71,6 +71,7 @@ class FakeServer:
     abort_after: int = 0  # streams end after this many chunks, the last with finish_reason "abort" (as at shutdown)
     text_bytes: int = 0  # each chunk's text padded to this many bytes
     line_end: str = "\n"  # what ends each line of the stream (SSE allows "\r\n")
+    api_key: str | None = None  # GET /v1/models answers 401 without `Authorization: Bearer <this>`
     models: list[str] = field(default_factory=lambda: ["tiny"])  # what GET /v1/models lists
     max_model_len: int | None = None  # listed with each model when set (as vLLM and `shifttune serve` do)
     requests: list[dict] = field(default_factory=list)
@@ -85,7 +86,9 @@ def _app(state: FakeServer) -> FastAPI:
     app = FastAPI()
 
     @app.get("/v1/models")
-    async def models():
+    async def models(request: Request):
+        if state.api_key and request.headers.get("authorization") != f"Bearer {state.api_key}":
+            return JSONResponse({"error": {"message": "bad key"}}, 401)
         extra = {} if state.max_model_len is None else {"max_model_len": state.max_model_len}
         return {"object": "list", "data": [{"id": m, "object": "model", **extra} for m in state.models]}
 
@@ -560,6 +563,16 @@ def test_missing_url_and_a_down_server_are_one_line(fake, tmp_path):
     assert result.exit_code == 2 and "cannot reach the server at" in result.output
     assert result.output.count("error:") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "n").exists()  # --out's folder is made only when there is something to write
+
+
+def test_the_api_key_may_come_from_the_environment_as_for_top(fake, monkeypatch):
+    fake.api_key = "sekret"
+    monkeypatch.delenv("SHIFTTUNE_API_KEY", raising=False)
+    result = _cli("--base-url", fake.url, "--num-prompts", "1", "--input-len", "4", "--output-len", "2")
+    assert result.exit_code == 2 and "the server wants an API key (--api-key)" in result.output, result.output
+    monkeypatch.setenv("SHIFTTUNE_API_KEY", "sekret")
+    result = _cli("--base-url", fake.url, "--num-prompts", "1", "--input-len", "4", "--output-len", "2")
+    assert result.exit_code == 0 and len(fake.requests) == 2, result.output  # the test request and the one
 
 
 def test_unknown_model_tokenizer_is_a_flag_error(fake):

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import sys
 from collections import Counter
@@ -60,7 +61,9 @@ def bench(
         ),
     ] = None,
     endpoint: Annotated[str, typer.Option(help="Completions path.")] = "/v1/completions",
-    api_key: Annotated[Optional[str], typer.Option(help="Sent as `Authorization: Bearer KEY`.")] = None,
+    api_key: Annotated[
+        Optional[str], typer.Option(help="Sent as `Authorization: Bearer KEY` (also from $SHIFTTUNE_API_KEY).")
+    ] = None,
     rate: Annotated[
         Optional[str],
         typer.Option(help="Requests/s, Poisson arrivals (see --burstiness); inf = all at once (default)."),
@@ -158,7 +161,7 @@ def bench(
             base_url=base_url or "http://127.0.0.1",
             model=model,
             endpoint=endpoint,
-            api_key=api_key,
+            api_key=api_key or os.environ.get("SHIFTTUNE_API_KEY"),  # as `shifttune top` reads it
             rates=_rates(rate, rates),
             concurrency=concurrency,
             num_prompts=num_prompts,
