@@ -112,3 +112,9 @@ def test_a_bad_parallel_size_names_its_argument(name, value):
     """Before: sequence_parallel_size=-1 was reported under tensor_parallel_size."""
     with pytest.raises(ConfigError, match=f"^{name}: must be an integer >= 1, got {value!r}$"):
         LLM("tiny", device="cpu", **{name: value})
+
+
+@pytest.mark.parametrize("messages", [5, None, [], ["hi"], [[]], [{"role": "user", "content": "a"}, ["x"]]])
+def test_chat_names_what_messages_may_be(tiny, messages):
+    with pytest.raises(ConfigError, match=r"messages: must be a conversation"):
+        tiny.chat(messages)

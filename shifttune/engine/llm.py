@@ -60,8 +60,7 @@ class LLM:
         add_generation_prompt: bool = True,
     ) -> list[RequestOutput]:
         """One conversation ({"role", "content"} dicts) or a list of them, through the model's chat template."""
-        conversations = [messages] if messages and isinstance(messages[0], dict) else messages
-        prompts = [chat_prompt(self.get_tokenizer(), list(c), add_generation_prompt)[1] for c in conversations]
+        prompts = [chat_prompt(self.get_tokenizer(), c, add_generation_prompt)[1] for c in _conversations(messages)]
         return self.generate(prompts, sampling_params, use_tqdm)
 
     def generate(
@@ -141,6 +140,23 @@ def _prompt_list(prompts) -> list:
         )
     prompts = list(prompts)
     return [prompts] if prompts and isinstance(prompts[0], int) else prompts
+
+
+def _conversations(messages) -> list[list[dict]]:
+    """`chat`'s messages as a list of conversations: one conversation (a list of message dicts) or a list of them."""
+
+    def is_conversation(c) -> bool:
+        return isinstance(c, (list, tuple)) and bool(c) and all(isinstance(m, dict) for m in c)
+
+    if is_conversation(messages):
+        return [list(messages)]
+    if isinstance(messages, (list, tuple)) and messages and all(is_conversation(c) for c in messages):
+        return [list(c) for c in messages]
+    raise ConfigError(
+        'must be a conversation (a non-empty list of {"role": ..., "content": ...} dicts) or a list of them; '
+        f"got {type(messages).__name__}" + (" (empty)" if isinstance(messages, (list, tuple)) and not messages else ""),
+        field="messages",
+    )
 
 
 def _prompt(prompt):
