@@ -188,8 +188,8 @@ def test_a_rank_destroys_its_graphs_before_it_leaves_the_process_group(monkeypat
     model = SimpleNamespace(layers=[])
     runner.graphs, runner.models, runner.k_cache, runner.v_cache, runner.input_batch = graphs, {"tp": model}, 1, 1, 1
     seen = []
-    monkeypatch.setattr(executor, "destroy_parallel_state", lambda: seen.append((len(reset), runner.graphs)))
-    executor.leave(runner, timeout)
+    monkeypatch.setattr(executor, "destroy_parallel_state", lambda state: seen.append((len(reset), runner.graphs)))
+    executor.leave(runner, None, timeout)
     assert seen == [(3, None)]  # all three graphs reset before the group was left
     assert graphs.graphs == {} and graphs.split_graphs == {}  # a caller holding the StepGraphs keeps no graph
 
@@ -202,9 +202,9 @@ def test_the_driver_does_not_wait_forever_to_leave_the_group(monkeypatch, capsys
     from shifttune.runner import executor
 
     stuck = threading.Event()
-    monkeypatch.setattr(executor, "destroy_parallel_state", lambda: stuck.wait(10))
+    monkeypatch.setattr(executor, "destroy_parallel_state", lambda state: stuck.wait(10))
     start = time.perf_counter()
-    executor.leave(None, timeout=0.2)
+    executor.leave(None, None, timeout=0.2)
     assert time.perf_counter() - start < 2 and "did not close within" in capsys.readouterr().err
     stuck.set()
 
@@ -223,7 +223,7 @@ def test_a_rank_that_fails_to_start_leaves_after_releasing_its_runner(monkeypatc
     state = SimpleNamespace(cpu_group=None)
     monkeypatch.setattr(executor, "init_parallel_state", lambda *a: state)
     monkeypatch.setattr(executor, "ModelRunner", lambda config, state: runner)
-    monkeypatch.setattr(executor, "destroy_parallel_state", lambda: events.append("leave"))
+    monkeypatch.setattr(executor, "destroy_parallel_state", lambda state: events.append("leave"))
     config = SimpleNamespace(parallel=SimpleNamespace(world_size=1), device="cpu", all_reduce="nccl", torch_dtype=None)
     with pytest.raises(KeyboardInterrupt):
         executor._start_rank(config, 0, None)

@@ -62,9 +62,6 @@ class LLMEngine:
         self.tokenizer = load_tokenizer(config)
         self.input_processor = InputProcessor(config, self.tokenizer)
         self.executor = Executor(config)
-        self._runs_on_group = config.parallel.world_size > 1  # until shutdown: a one-rank engine must not close it
-        if self._runs_on_group:
-            parallel_state.set_group_in_use(True)
         runner = self.executor.runner
         capacity = runner.num_kv_blocks * config.block_size
         if capacity < 1:
@@ -287,9 +284,6 @@ class LLMEngine:
         if executor is None:
             return
         self._in_flight = None
-        if getattr(self, "_runs_on_group", False):  # NOTE: once: a later engine may run on a new group
-            self._runs_on_group = False
-            parallel_state.set_group_in_use(False)
         executor.shutdown()  # releases the runner (even if a caller still holds it) and empties torch's cache
         if self.config.device == "cuda":
             clear = getattr(torch._C, "_cuda_clearCublasWorkspaces", None)

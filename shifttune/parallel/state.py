@@ -22,8 +22,9 @@ _all_gather_single = getattr(dist, "all_gather_single", None) or dist.all_gather
 
 ONE_SHOT_MAX_BYTES = 1 << 20  # from 4 MiB up NCCL was faster in a graph on 4 H200s (profiles/runs/s17_h200x4)
 _rendezvous_done = 0  # symmetric-memory rendezvous this process has taken part in
-_joined = False  # init_parallel_state joined this process's (torch's one default) process group, still open
-_in_use = False  # a multi-rank engine runs on that group (`set_group_in_use`)
+# the process group init_parallel_state joined (torch's one default group a process may have): "open" from the join,
+# "closing" once its engine left it, None again once it closed
+_our_group: str | None = None
 
 
 def symm_mem_used_in_this_process() -> bool:
@@ -135,7 +136,7 @@ def init_parallel_state(
     """Joins the process group (unless P == 1) and builds every group; all ranks must call this together.
     all_reduce "symm_mem": the world and TP groups' small all-reduces (TP mode's and SP x TP mode's row-parallel
     layers) go through `OneShotAllReduce` buffers of `dtype`."""
-    global _joined
+    global _our_group
     p, tp, sp = parallel.world_size, parallel.tp, parallel.sp
     tp_ranks = [parallel.sp_index(rank) * tp + t for t in range(tp)]
     sp_ranks = [s * tp + parallel.tp_index(rank) for s in range(sp)]
@@ -148,7 +149,7 @@ def init_parallel_state(
     dist.init_process_group(
         backend, init_method=init_method, rank=rank, world_size=p, timeout=datetime.timedelta(minutes=10)
     )
-    _joined = True
+    _our_group = "open"
 
     def make(ranks: list[int], handles: dict) -> Group:
         return Group(ranks, ranks.index(rank), handles[tuple(ranks)] if len(ranks) > 1 else None)
@@ -179,25 +180,21 @@ def check_can_join(world_size: int) -> None:
     if world_size == 1 or not dist.is_initialized():
         return
     n = dist.get_world_size()
-    if _joined and _in_use:
+    if _our_group == "open":
         message = f"another LLM with {n} ranks is running in this process; call its shutdown() first"
-    elif _joined:
+    elif _our_group == "closing":
         message = "the process group of an earlier LLM did not close; start this LLM in a new process"
     else:
         message = f"this process is already in a torch.distributed group of {n} ranks; start this LLM in a new process"
     raise ConfigError(message + " (torch allows one process group per process)")
 
 
-def set_group_in_use(in_use: bool) -> None:
-    """Set by a multi-rank engine while it runs: `destroy_parallel_state` then leaves the group open."""
-    global _in_use
-    _in_use = in_use
-
-
-def destroy_parallel_state() -> None:
-    """Leaves the group init_parallel_state joined. NOTE: a one-rank engine's shutdown calls this too: it must not
-    close the group of a multi-rank engine still running in this process, nor a group this module did not make."""
-    global _joined
-    if _joined and not _in_use and dist.is_initialized():
-        dist.destroy_process_group()
-        _joined = False
+def destroy_parallel_state(state: ParallelState | None) -> None:
+    """Leaves the process group `state` joined: none for one rank, whose engine must not close the group of a
+    multi-rank engine running beside it in this process."""
+    global _our_group
+    if state is None or state.parallel.world_size == 1 or not dist.is_initialized():
+        return
+    _our_group = "closing"  # NOTE: stays so where the destroy hangs (a dead rank): no new engine may join
+    dist.destroy_process_group()
+    _our_group = None

@@ -26,7 +26,12 @@ import torch
 import torch.distributed as dist
 
 from shifttune.config import ConfigError, EngineConfig
-from shifttune.parallel.state import destroy_parallel_state, init_parallel_state, symm_mem_used_in_this_process
+from shifttune.parallel.state import (
+    ParallelState,
+    destroy_parallel_state,
+    init_parallel_state,
+    symm_mem_used_in_this_process,
+)
 from shifttune.runner.model_runner import ModelRunner
 
 
@@ -61,7 +66,7 @@ def _error(rank: int, e: Exception) -> str:
     return f"rank {rank}: {type(e).__name__}: {e}\n{traceback.format_exc()}"
 
 
-def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tuple[ModelRunner | None, object]:
+def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tuple[ModelRunner | None, ParallelState]:
     """Joins the groups, builds the runner, agrees on the KV cache size, allocates it (and captures the
     graphs). A failure on any rank at either stage is raised on every rank. Returns (runner, state)."""
     state = init_parallel_state(config.parallel, rank, config.device, init_method, config.all_reduce,
@@ -82,21 +87,21 @@ def _start_rank(config: EngineConfig, rank: int, init_method: str | None) -> tup
                 error = _error(rank, e)
             _agree(state, world, error)
     except BaseException:  # another rank's error (WorkerError), Ctrl-C, a broken collective
-        leave(runner)
+        leave(runner, state)
         raise
     return runner, state
 
 
-def leave(runner: ModelRunner | None, timeout: float | None = None) -> None:
+def leave(runner: ModelRunner | None, state: ParallelState | None, timeout: float | None = None) -> None:
     """A rank's last act: drops its runner's graphs, weights and cache, then leaves the process group (waiting at
     most `timeout` seconds: a rank that died leaves the others' NCCL teardown waiting; the driver then goes on).
     NOTE: in this order: NCCL waits for the graphs that captured its collectives to die (StepGraphs.release)."""
     if runner is not None:
         runner.release()
     if timeout is None:
-        destroy_parallel_state()
+        destroy_parallel_state(state)
         return
-    leaving = threading.Thread(target=destroy_parallel_state, daemon=True)
+    leaving = threading.Thread(target=destroy_parallel_state, args=(state,), daemon=True)
     leaving.start()
     leaving.join(timeout)
     if leaving.is_alive():  # NOTE: the group stays open: a new multi-rank engine cannot start in this process
@@ -135,7 +140,7 @@ def _spawned_worker(config: EngineConfig, rank: int, init_method: str) -> None:
     try:
         worker_loop(runner, state)
     finally:
-        leave(runner)
+        leave(runner, state)
 
 
 def _start_worker(proc: mp.process.BaseProcess) -> mp.process.BaseProcess:
@@ -201,7 +206,7 @@ class Executor:
             try:
                 worker_loop(self.runner, self.state)
             finally:
-                leave(self.runner)
+                leave(self.runner, self.state)
             sys.exit(0)
 
     def _watch_workers(self) -> None:
@@ -258,7 +263,7 @@ class Executor:
         # drop weights, cache and graphs now (even where a caller still holds the runner): a tool that builds
         # several engines in turn needs the memory. NOTE: before the workers are waited for: NCCL's communicator
         # teardown waits for the other ranks' (a worker left alone in it stayed there until it was terminated).
-        leave(getattr(self, "runner", None), timeout=30)
+        leave(getattr(self, "runner", None), state, timeout=30)
         self.runner = None
         for proc in self.procs:
             proc.join(timeout=10)
