@@ -45,12 +45,10 @@ def check_profile(path: str | None, model: ModelConfig, tp: int, sp: int, device
     (field shift_profile); prints a note where it was measured or predicted on other hardware."""
     if path is None:
         return
-    from shifttune.engine.policy import make_policy  # NOTE: lazy: the engine package
-    from shifttune.engine.profile_schema import load_profile
+    from shifttune.engine.policy import load_policy_profile  # NOTE: lazy: the engine package
 
     try:
-        make_policy("profile", 0, tp, sp, path, model)
-        hardware = load_profile(path).hardware
+        hardware = load_policy_profile(path, tp, sp, model).hardware
     except ConfigError as e:
         raise ConfigError(e.message, e.field or "shift_profile") from None
     note = hardware_note(hardware, device, local_gpu_name() if device == "cuda" else None)

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from shifttune.config import SP, TP, ConfigError, ModelConfig
-from shifttune.engine.profile_schema import MODEL_FIELDS, load_profile
+from shifttune.engine.profile_schema import MODEL_FIELDS, Profile, load_profile
 from shifttune.engine.stats import StepShape
 from shifttune.engine.step_model import StepTimeModel
 
@@ -56,24 +56,30 @@ class ProfilePolicy:
         return SP if self.sp_model.predict(shape.num_tokens, ctx) < self.tp_model.predict(shape.num_tokens, ctx) else TP
 
 
+def load_policy_profile(profile_path: str | None, tp: int, sp: int, model: ModelConfig | None = None) -> Profile:
+    """The profile the profile policy runs on, checked: of `model` (when given) and of P = tp x sp ranks."""
+    if not profile_path:
+        raise ConfigError("the profile policy needs a profile file from `shifttune profile`", field="shift_profile")
+    profile = load_profile(profile_path)
+    theirs = {k: profile.model.get(k) for k in MODEL_FIELDS}
+    if model is not None and theirs != {k: getattr(model, k) for k in MODEL_FIELDS}:
+        raise ConfigError(f"{profile_path} is a profile of {profile.model.get('name')!r}, whose shapes are not "
+                          "this model's", field="shift_profile")  # fmt: skip
+    if profile.world_size != tp * sp:
+        raise ConfigError(
+            f"{profile_path} was measured on {profile.world_size} ranks, not SP x TP = {tp * sp}",
+            field="shift_profile",
+        )
+    return profile
+
+
 def make_policy(
     name: str, threshold: int, tp: int, sp: int, profile_path: str | None = None, model: ModelConfig | None = None
 ) -> ShiftPolicy:
-    """The policy `name`; "profile" reads `profile_path`, which must be of `model` (when given) and of P = tp x sp
-    ranks (and is checked even at SP = 1, where every step is plain TP)."""
+    """The policy `name`; "profile" reads `profile_path` (`load_policy_profile`; checked even at SP = 1, where every
+    step is plain TP)."""
     if name == "profile":
-        if not profile_path:
-            raise ConfigError("the profile policy needs a profile file from `shifttune profile`", field="shift_profile")
-        profile = load_profile(profile_path)
-        theirs = {k: profile.model.get(k) for k in MODEL_FIELDS}
-        if model is not None and theirs != {k: getattr(model, k) for k in MODEL_FIELDS}:
-            raise ConfigError(f"{profile_path} is a profile of {profile.model.get('name')!r}, whose shapes are not "
-                              "this model's", field="shift_profile")  # fmt: skip
-        if profile.world_size != tp * sp:
-            raise ConfigError(
-                f"{profile_path} was measured on {profile.world_size} ranks, not SP x TP = {tp * sp}",
-                field="shift_profile",
-            )
+        profile = load_policy_profile(profile_path, tp, sp, model)
     if sp == 1:  # one layout only: every step is plain TP
         return FixedPolicy(TP)
     if name == "threshold":
