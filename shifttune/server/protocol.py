@@ -8,6 +8,7 @@ fields neither OpenAI nor vLLM has are ignored.
 
 from __future__ import annotations
 
+import json
 import time
 import uuid
 from typing import Any, Literal
@@ -21,8 +22,17 @@ class OpenAIModel(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
 
-def _unsupported(neutral: str = "null") -> Any:
-    return Field(default=None, description=f"Not supported: refused (400) unless {neutral}.")
+def _unsupported(*neutral: object) -> Any:
+    """A field this server refuses (400) unless it is null or one of `neutral` (`refused_unless_neutral`)."""
+    allowed = " or ".join(["null", *(json.dumps(v) for v in neutral)])
+    return Field(default=None, description=f"Not supported: refused (400) unless {allowed}.",
+                 json_schema_extra={"neutral": list(neutral)})  # fmt: skip
+
+
+def refused_unless_neutral(model: type[BaseModel]) -> tuple[tuple[str, tuple], ...]:
+    """(field, its neutral values) of each `_unsupported` field of `model`."""
+    return tuple((name, tuple(f.json_schema_extra["neutral"])) for name, f in model.model_fields.items()
+                 if isinstance(f.json_schema_extra, dict) and "neutral" in f.json_schema_extra)  # fmt: skip
 
 
 class StreamOptions(OpenAIModel):
@@ -52,11 +62,11 @@ class SamplingFields(OpenAIModel):
     ignore_eos: bool = False
     stop_token_ids: list[int] | None = None
     # refused unless neutral (serving.UNSUPPORTED): a client asking for these must not get plain text silently
-    response_format: Any = _unsupported('null or {"type": "text"}')
-    tools: Any = _unsupported("null or []")
-    tool_choice: Any = _unsupported('null or "none"')
-    functions: Any = _unsupported("null or []")
-    function_call: Any = _unsupported('null or "none"')
+    response_format: Any = _unsupported({"type": "text"})
+    tools: Any = _unsupported([])
+    tool_choice: Any = _unsupported("none")
+    functions: Any = _unsupported([])
+    function_call: Any = _unsupported("none")
     structured_outputs: Any = _unsupported()
     guided_json: Any = _unsupported()
     guided_regex: Any = _unsupported()

@@ -32,6 +32,7 @@ from shifttune.server.protocol import (
     DeltaMessage,
     SamplingFields,
     UsageInfo,
+    refused_unless_neutral,
 )
 from shifttune.server.streams import merge, tagged
 
@@ -45,22 +46,13 @@ class APIError(Exception):
 
 
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs as OpenAI's API bounds it, completions' logprobs as vLLM's max_logprobs
-UNSUPPORTED = (  # (field, neutral values): anything else is refused rather than silently ignored
+UNSUPPORTED = (  # (field, neutral values besides null): anything else is refused rather than silently ignored
     ("presence_penalty", (0.0,)),
     ("frequency_penalty", (0.0,)),
-    ("logit_bias", (None,)),
+    ("logit_bias", ()),
     ("echo", (False,)),
-    ("suffix", (None,)),
-    ("response_format", (None, {"type": "text"})),
-    ("structured_outputs", (None,)),
-    ("guided_json", (None,)),
-    ("guided_regex", (None,)),
-    ("guided_choice", (None,)),
-    ("guided_grammar", (None,)),
-    ("tools", (None, [])),
-    ("tool_choice", (None, "none")),
-    ("functions", (None, [])),
-    ("function_call", (None, "none")),
+    ("suffix", ()),
+    *refused_unless_neutral(SamplingFields),  # structured outputs, tools
 )
 
 
