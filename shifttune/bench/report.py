@@ -239,5 +239,6 @@ def bench_payload(
     return {"command": command, "results": records} | ({"shift_ratios": ratios} if ratios else {})
 
 
-def write_json(path: Path, payload: dict) -> None:
-    path.write_text(json.dumps(_finite(payload), indent=1, allow_nan=False))
+def to_json(payload: dict) -> str:
+    """The JSON report's text (non-finite numbers as strings: strict JSON)."""
+    return json.dumps(_finite(payload), indent=1, allow_nan=False)

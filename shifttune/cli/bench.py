@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Optional
 import typer
 from rich.console import Console
 
-from shifttune.cli.common import check_writable, console, fail, fail_config, make_parent, parse_list
+from shifttune.cli.common import check_writable, console, fail, fail_config, make_parent, parse_list, write_output
 from shifttune.config import ConfigError
 
 if TYPE_CHECKING:
@@ -270,7 +270,7 @@ def _finish(
         save_plot,
         shift_ratio_table,
         shift_ratios,
-        write_json,
+        to_json,
     )
 
     stdout = Console()
@@ -296,8 +296,8 @@ def _finish(
         stdout.print(f"note: {note}", soft_wrap=True, highlight=False)
     try:
         if out is not None:
-            make_parent(out, "--out")
-            write_json(out, bench_payload(records, shlex.join(sys.argv), compare=compared, ratios=ratios, sweep=sweep))
+            payload = bench_payload(records, shlex.join(sys.argv), compare=compared, ratios=ratios, sweep=sweep)
+            write_output(out, "--out", to_json(payload))
             stdout.print(f"results saved to {out}")
         if plot is not None:
             make_parent(plot, "--plot")
