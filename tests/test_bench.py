@@ -861,6 +861,22 @@ def test_compare_refuses_server_args_it_sets_itself(monkeypatch, arg):
     assert len(started) == 1 and "exited with code 0 before it was healthy" in ok.output  # allowed: started
 
 
+def test_compare_refuses_every_spelling_of_what_serve_command_sets():
+    """SERVE_FLAGS is written by hand beside `serve_command`: every `serve` option that command passes must be
+    listed under all of serve's spellings of it (an alias missed is a column mislabelled), and nothing else."""
+    import typer.main
+
+    from shifttune.bench.compare import SERVE_FLAGS, CompareConfig, serve_command
+    from shifttune.cli import app
+
+    serve_cmd = typer.main.get_command(app).commands["serve"]
+    spellings = {opt: p for p in serve_cmd.params for opt in [*p.opts, *p.secondary_opts] if opt.startswith("-")}
+    cmd = serve_command(CompareConfig(["tp"], "tiny"), "tp", 1234)
+    passed = {spellings[a] for a in cmd if a in spellings} | {spellings["--model"]}  # MODEL is also --model
+    expected = {opt for p in passed for opt in p.opts if opt.startswith("-")} - {"--no-tui", "--tui"}
+    assert set(SERVE_FLAGS) == expected
+
+
 def test_serve_command_follows_the_contract():
     from shifttune.bench.compare import CompareConfig, serve_command
 
