@@ -501,7 +501,8 @@ def test_ctrl_c_ends_streams_and_releases_the_port():
         port = int(url.rsplit(":", 1)[1])
         lines = _signal_mid_stream(url, proc, signal.SIGINT)
         assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2] and len(lines) < 100
-        assert proc.wait(20) == 130  # uvicorn re-raises the signal after its graceful shutdown: 128 + SIGINT
+        assert proc.wait(20) == 130  # 128 + SIGINT, as a shell reports a Ctrl-C
+        assert "stopped by SIGINT; workers stopped" in proc.stdout.read()
     with socket.socket() as s:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as a restarted server binds (TIME_WAIT aside)
         s.bind(("127.0.0.1", port))  # free again
@@ -525,8 +526,11 @@ def test_sigterm_stops_the_server_gracefully_too():
         processes = [core, *_spawned_children(core)]  # the engine core and rank 1
         lines = _signal_mid_stream(url, proc, signal.SIGTERM)
         assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2]
-        proc.wait(20)
-        assert "Traceback" not in proc.stdout.read()
+        # uvicorn raised SIGTERM again once stopped, whose default action ended the process (-15) before the
+        # server's cleanup (the terminal view, the port) ran; now the CLI gets there and reports it
+        assert proc.wait(20) == 143
+        out = proc.stdout.read()
+        assert "stopped by SIGTERM; workers stopped" in out and "Traceback" not in out
     time.sleep(1)
     assert not [p for p in processes if _alive(p)]
 

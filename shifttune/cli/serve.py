@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -100,7 +101,7 @@ def serve(
     Ctrl-C or SIGTERM stops it gracefully: in-flight streams end, workers and the port are released.
     """
     from shifttune.config import EngineConfig  # NOTE: lazy: the server stack loads torch and FastAPI
-    from shifttune.server.launcher import ServerSettings
+    from shifttune.server.launcher import ENGINE_DIED, ServerSettings
     from shifttune.server.launcher import serve as run_server
 
     name = model_arg or model
@@ -148,6 +149,8 @@ def serve(
     except KeyboardInterrupt:  # Ctrl-C while the engine was still starting
         console.print("interrupted; workers stopped")
         raise typer.Exit(130) from None
-    if code:
+    if code == ENGINE_DIED:
         console.print("[bold red]error:[/] the engine stopped; see the log above", highlight=False)
+    elif code:
+        console.print(f"stopped by {signal.Signals(code - 128).name}; workers stopped")
     raise typer.Exit(code)

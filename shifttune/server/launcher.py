@@ -12,6 +12,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 from dataclasses import dataclass
 from typing import Callable, Protocol
 
@@ -27,6 +28,8 @@ logger = logging.getLogger("shifttune.server")
 # SDK) reuse idle connections for up to 5 s; a server that closes at the same age races them, and the request sent
 # on a connection as it closes fails (profiles/runs/s29_burst_trace_cpu.txt).
 KEEP_ALIVE_S = 30
+ENGINE_DIED = 1
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -80,7 +83,8 @@ class _Server(uvicorn.Server):
 
 
 def serve(config: EngineConfig, settings: ServerSettings, view: ServerView | None = None) -> int:
-    """Runs until stopped; returns the exit code (0 after a clean stop, 1 when the engine died)."""
+    """Runs until stopped; returns the exit code: 0 after a stop from the view, 128 + the signal after Ctrl-C /
+    SIGTERM (130 / 143, as a shell reports them), ENGINE_DIED when the engine died."""
     sock = bind(settings.host, settings.port)
     if view is None:
         return _serve(config, settings, sock, lambda stop: None)
@@ -123,8 +127,31 @@ def _serve(config: EngineConfig, settings: ServerSettings, sock: socket.socket,
         logger.info("serving %s on http://%s:%d (SP=%d x TP=%d, %s, policy %s, threshold %d)", name, settings.host,
                     settings.port, par.sp, par.tp, config.device, config.shift_policy,
                     config.shift_threshold)  # fmt: skip
-        server.run(sockets=[sock])
+        code = _run(server, sock)
     finally:
         async_engine.stop()
         sock.close()
-    return 1 if async_engine.error is not None else 0
+    return ENGINE_DIED if async_engine.error is not None else code
+
+
+def _run(server: _Server, sock: socket.socket) -> int:
+    """`server.run()`; returns 0, or 128 + the signal that stopped it."""
+    if threading.current_thread() is not threading.main_thread():
+        server.run(sockets=[sock])
+        return 0
+    caught: list[int] = []
+
+    def note(sig: int, _frame) -> None:  # before uvicorn's handlers are in place, and after they are gone
+        caught.append(sig)
+        server.engine.request_stop()
+        server.should_exit = True
+
+    # NOTE: once stopped, uvicorn raises the signal that stopped it again, and SIGTERM's default action would end this
+    # process before the callers' cleanup (the terminal view, the port) runs: these handlers stand in meanwhile
+    previous = {sig: signal.signal(sig, note) for sig in STOP_SIGNALS}
+    try:
+        server.run(sockets=[sock])
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return 128 + caught[0] if caught else 0
