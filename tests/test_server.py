@@ -370,6 +370,19 @@ TOOL = {"type": "function", "function": {"name": "f", "parameters": {"type": "ob
         ("guided_choice", ["yes", "no"]),
         ("guided_grammar", 'root ::= "x"'),
         ("structured_outputs", {"regex": "[a-z]+"}),
+        # vLLM's other sampling extensions: they returned 200 and the output of a plain request
+        ("repetition_penalty", 5.0),
+        ("length_penalty", 2.0),
+        ("use_beam_search", True),
+        ("allowed_token_ids", [5, 6]),
+        ("bad_words", ["a"]),
+        ("logits_processors", ["x"]),
+        ("include_stop_str_in_output", True),
+        ("skip_special_tokens", False),
+        ("spaces_between_special_tokens", False),
+        ("truncate_prompt_tokens", 4),
+        ("prompt_logprobs", 1),
+        ("priority", 1),
     ],
 )
 def test_structured_output_and_tool_fields_are_refused_not_ignored(tiny_server, field, value):
@@ -385,6 +398,61 @@ def test_structured_output_and_tool_fields_at_their_neutral_value_are_accepted(t
     assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 1, r.text
     r = httpx.post(f"{tiny_server}/v1/chat/completions", json=CHAT | {"tools": None, "tool_choice": None}, timeout=30)
     assert r.status_code == 200, r.text
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("echo", True), ("continue_final_message", True), ("chat_template", "{{ x }}"),
+     ("chat_template_kwargs", {"enable_thinking": True}), ("documents", [{"text": "x"}])],
+)  # fmt: skip
+def test_chat_template_extensions_are_refused_not_ignored(tiny_server, field, value):
+    r = httpx.post(f"{tiny_server}/v1/chat/completions", json=CHAT | {field: value}, timeout=30)
+    assert r.status_code == 400 and r.json()["error"]["param"] == field, r.text
+    neutral = {"echo": False, "continue_final_message": False, "chat_template": None, "chat_template_kwargs": {}}
+    assert httpx.post(f"{tiny_server}/v1/chat/completions", json=CHAT | neutral, timeout=30).status_code == 200
+
+
+def test_null_means_the_default_for_openais_nullable_fields(tiny_server):
+    """Clients that send unset fields as null got a 400 ("temperature: Input should be a valid number")."""
+    nulls = dict.fromkeys(["temperature", "top_p", "n", "stream", "presence_penalty", "frequency_penalty", "top_k",
+                           "min_p", "min_tokens", "ignore_eos", "stream_options", "seed", "stop"])  # fmt: skip
+    body = {"prompt": "Hello", "max_tokens": 3, "temperature": 0}
+    plain = httpx.post(f"{tiny_server}/v1/completions", json=body, timeout=30).json()
+    r = httpx.post(f"{tiny_server}/v1/completions", json=nulls | {"echo": None, "logprobs": None} | body, timeout=30)
+    assert r.status_code == 200 and r.json()["choices"][0]["text"] == plain["choices"][0]["text"], r.text
+    r = httpx.post(f"{tiny_server}/v1/chat/completions", json=CHAT | nulls | {"logprobs": None}, timeout=30)
+    assert r.status_code == 200 and r.json()["object"] == "chat.completion", r.text
+    body = {"prompt": [5] * 2040, "max_tokens": None, "ignore_eos": True}  # null max_tokens: up to the context
+    r = httpx.post(f"{tiny_server}/v1/completions", json=body, timeout=60)
+    assert r.status_code == 200 and r.json()["usage"]["completion_tokens"] == 2048 - 2040, r.text
+
+
+def test_chat_request_checks_name_what_the_client_sent(tiny_server):
+    with httpx.Client(base_url=tiny_server, timeout=30) as c:
+        # max_completion_tokens 0 was read as "not given": the request ran to the end of the context
+        for body, param in [({"max_completion_tokens": 0}, "max_completion_tokens"),
+                            ({"max_completion_tokens": -1, "max_tokens": 3}, "max_completion_tokens"),
+                            ({"max_tokens": 0}, "max_tokens"),
+                            ({"stream_options": {"include_usage": True}}, "stream_options")]:  # fmt: skip
+            r = c.post("/v1/chat/completions", json={"messages": CHAT["messages"]} | body)
+            assert r.status_code == 400 and r.json()["error"]["param"] == param, (body, r.text)
+        r = c.post("/v1/chat/completions", json={"messages": CHAT["messages"], "max_completion_tokens": 2,
+                                                  "max_tokens": 5, "ignore_eos": True})  # fmt: skip
+        assert r.json()["usage"]["completion_tokens"] == 2, r.text
+        image = {"type": "image_url", "image_url": {"url": "http://x/y.png"}}
+        for messages, says in [([{"role": "user", "content": [{"type": "text", "text": "a"}, image]}],
+                                "messages[0].content[1] is a 'image_url' part"),
+                               ([{"role": "user", "content": "a"}, {"role": "assistant", "content": None}],
+                                "messages[1].content is missing")]:  # fmt: skip
+            error = c.post("/v1/chat/completions", json={"messages": messages}).json()["error"]
+            assert error["param"] == "messages" and says in error["message"], error
+        parts = [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]
+        r = c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": parts}], "max_tokens": 1})
+        assert r.status_code == 200, r.text
+        assert (
+            c.post("/v1/completions", json={"prompt": "a", "model": "nope"}).json()["error"]["type"] == "NotFoundError"
+        )
+        assert c.get("/v1/completions").json()["error"]["type"] == "MethodNotAllowedError"
 
 
 def test_chat_refusals_name_messages_and_a_missing_body_names_the_required_field(tiny_server):
@@ -435,6 +503,9 @@ def test_api_key_and_queue_limit():
     args = ("tiny", "--device", "cpu", "--api-key", "sekret", "--max-queue-len", "2", "--max-num-seqs", "1")
     with server(*args) as (url, proc):
         assert httpx.get(f"{url}/v1/models").status_code == 401
+        # the key is checked before the body is read, as OpenAI and vLLM do (a bad body said 400 to anyone)
+        r = httpx.post(f"{url}/v1/completions", content=b"{bad", headers={"content-type": "application/json"})
+        assert r.status_code == 401 and r.json()["error"]["type"] == "AuthenticationError", r.text
         assert httpx.get(f"{url}/v1/models", headers={"authorization": "Bearer wrong"}).status_code == 401
         auth = {"authorization": "Bearer sekret"}
         assert httpx.get(f"{url}/v1/models", headers=auth).json()["data"][0]["id"] == "tiny"

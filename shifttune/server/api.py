@@ -11,10 +11,11 @@ import asyncio
 from collections.abc import Callable
 from contextlib import asynccontextmanager
 
-from fastapi import Depends, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel
+from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 
 import shifttune
@@ -33,15 +34,27 @@ from shifttune.server.protocol import (
     PolicyState,
     PolicyUpdate,
 )
-from shifttune.server.serving import APIError, Serving
-
-ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 503: "ServiceUnavailable"}
+from shifttune.server.serving import APIError, Serving, error_body
 
 
-def error_response(status: int, message: str, param: str | None = None, kind: str | None = None) -> JSONResponse:
-    body = ErrorResponse(error=ErrorInfo(message=message, type=kind or ERROR_TYPES.get(status, "Error"), param=param,
-                                         code=status))  # fmt: skip
+def error_response(status: int, message: str, param: str | None = None) -> JSONResponse:
+    body = ErrorResponse(error=ErrorInfo(**error_body(status, message, param)))
     return JSONResponse(body.model_dump(), status_code=status)
+
+
+class APIKeyMiddleware:
+    """With an API key, every /v1/* request without `Authorization: Bearer KEY` gets 401 before anything else
+    (its body is not read). Plain ASGI: the endpoints watch `receive` for the client going away."""
+
+    def __init__(self, app, api_key: str):
+        self.app, self.expected = app, f"Bearer {api_key}"
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["path"].startswith("/v1/"):
+            if Headers(scope=scope).get("authorization") != self.expected:
+                response = error_response(401, "a valid API key is required (Authorization: Bearer <key>)")
+                return await response(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def _validation_message(exc: RequestValidationError, body: type[BaseModel] | None = None) -> tuple[str, str | None]:
@@ -123,15 +136,12 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
 
     app = FastAPI(title="shifttune", version=shifttune.__version__, lifespan=lifespan)
 
-    async def authorized(request: Request) -> None:
-        if api_key is not None and request.headers.get("authorization") != f"Bearer {api_key}":
-            raise APIError(401, "a valid API key is required (Authorization: Bearer <key>)", kind="invalid_api_key")
+    if api_key is not None:
+        app.add_middleware(APIKeyMiddleware, api_key=api_key)
 
     @app.exception_handler(APIError)
     async def api_error(_, exc: APIError):
-        return error_response(
-            exc.status, exc.message, exc.param, None if exc.kind == "invalid_request_error" else exc.kind
-        )
+        return error_response(exc.status, exc.message, exc.param)
 
     bodies = {"/v1/completions": CompletionRequest, "/v1/chat/completions": ChatCompletionRequest}
 
@@ -165,11 +175,11 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
     async def prometheus() -> Response:
         return Response(metrics.render(), media_type=CONTENT_TYPE)
 
-    @app.get("/v1/shifttune/policy", dependencies=[Depends(authorized)])
+    @app.get("/v1/shifttune/policy")
     async def get_policy() -> PolicyState:
         return PolicyState(policy=engine.config.shift_policy, threshold=engine.config.shift_threshold)
 
-    @app.post("/v1/shifttune/policy", dependencies=[Depends(authorized)])
+    @app.post("/v1/shifttune/policy")
     async def set_policy(update: PolicyUpdate) -> PolicyState:
         """Changes the shift policy and/or threshold between two steps (the serving view's keys use it)."""
         policy = update.policy or engine.config.shift_policy
@@ -182,7 +192,7 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
         metrics.observe_policy(policy, threshold)
         return PolicyState(policy=policy, threshold=threshold)
 
-    @app.get("/v1/shifttune/live", dependencies=[Depends(authorized)])
+    @app.get("/v1/shifttune/live")
     async def live(after: int = 0) -> JSONResponse:
         """The steps numbered above `after` (at most the last 1024), the last requests, and what the server runs."""
         c = engine.config
@@ -191,13 +201,13 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
                 "version": shifttune.__version__, "engine": engine_settings(c)}  # fmt: skip
         return JSONResponse(info | metrics.live.to_json(after))  # NOTE: not a dict: FastAPI's encoder is slow
 
-    @app.get("/v1/shifttune/trace", dependencies=[Depends(authorized)])
+    @app.get("/v1/shifttune/trace")
     async def trace(since: float = 0.0) -> JSONResponse:
         """Timestamps (the server host's time.monotonic()) of the requests that arrived at or after `since`, of
         each in both processes, and of the engine loop's steps since then; `now` is the clock when answered."""
         return JSONResponse(await engine.trace_json(since))
 
-    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    @app.get("/v1/models")
     async def models() -> ModelList:
         return ModelList(data=[ModelCard(id=model_name, root=model_name, max_model_len=max_model_len)])
 
@@ -213,13 +223,13 @@ def build_app(engine: AsyncEngine, metrics: ServerMetrics, model_name: str, max_
         finally:
             serving.release(choices)
 
-    @app.post("/v1/completions", dependencies=[Depends(authorized)], response_model=CompletionResponse)
+    @app.post("/v1/completions", response_model=CompletionResponse)
     async def completions(req: CompletionRequest, request: Request):
         choices, params = serving.completion_choices(req)
         return await respond(request, req.stream, req.stream_options, choices, params, serving.completion_events,
                              serving.completion_response)  # fmt: skip
 
-    @app.post("/v1/chat/completions", dependencies=[Depends(authorized)], response_model=ChatCompletionResponse)
+    @app.post("/v1/chat/completions", response_model=ChatCompletionResponse)
     async def chat_completions(req: ChatCompletionRequest, request: Request):
         choices, params = serving.chat_choices(req)
         return await respond(request, req.stream, req.stream_options, choices, params, serving.chat_events,

@@ -1,19 +1,21 @@
 """The OpenAI API's request and response bodies (pydantic, OpenAI's field names), as `/openapi.json` shows them.
 
 Requests take OpenAI's fields plus the vLLM extensions benchmarks rely on (`ignore_eos`, `min_tokens`,
-`top_k`, `stop_token_ids`). Fields this engine does not implement (penalties, structured outputs, tools) are
-accepted only at their neutral value, so a request never silently gets something other than what it asked for;
-fields neither OpenAI nor vLLM has are ignored.
+`top_k`, `stop_token_ids`). Fields this engine does not implement (penalties, structured outputs, tools, vLLM's
+other sampling and chat-template extensions) are accepted only at their neutral value, so a request never silently
+gets something other than what it asked for; fields neither OpenAI nor vLLM has are ignored. `null` for a field
+that has a default means that default, as OpenAI's nullable fields do.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import types
 import uuid
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from shifttune.config import MAX_SHIFT_THRESHOLD
 
@@ -35,12 +37,26 @@ def refused_unless_neutral(model: type[BaseModel]) -> tuple[tuple[str, tuple], .
                  if isinstance(f.json_schema_extra, dict) and "neutral" in f.json_schema_extra)  # fmt: skip
 
 
+def _refuses_null(f) -> bool:
+    return f.annotation is not Any and types.NoneType not in get_args(f.annotation) and f.annotation is not None
+
+
 class StreamOptions(OpenAIModel):
     include_usage: bool = False
 
 
 class SamplingFields(OpenAIModel):
     """What completions and chat completions share."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def null_is_default(cls, data: Any) -> Any:
+        """A field sent as null that does not take null (OpenAI's nullable `temperature`, `n`, `stream`, ...) gets
+        its default."""
+        if isinstance(data, dict):
+            fields = cls.model_fields
+            data = {k: v for k, v in data.items() if not (v is None and k in fields and _refuses_null(fields[k]))}
+        return data
 
     model: str | None = None
     max_tokens: int | None = Field(default=None, description="Tokens to generate; default: up to the context.")
@@ -72,6 +88,18 @@ class SamplingFields(OpenAIModel):
     guided_regex: Any = _unsupported()
     guided_choice: Any = _unsupported()
     guided_grammar: Any = _unsupported()
+    repetition_penalty: Any = _unsupported(1.0)
+    length_penalty: Any = _unsupported(1.0)
+    use_beam_search: Any = _unsupported(False)
+    allowed_token_ids: Any = _unsupported()
+    bad_words: Any = _unsupported([])
+    logits_processors: Any = _unsupported()
+    include_stop_str_in_output: Any = _unsupported(False)
+    skip_special_tokens: Any = _unsupported(True)
+    spaces_between_special_tokens: Any = _unsupported(True)
+    truncate_prompt_tokens: Any = _unsupported()
+    prompt_logprobs: Any = _unsupported()
+    priority: Any = _unsupported(0)
 
 
 class CompletionRequest(SamplingFields):
@@ -84,13 +112,13 @@ class CompletionRequest(SamplingFields):
 
 
 class ContentPart(OpenAIModel):
-    type: Literal["text"]
-    text: str
+    type: str  # only "text" is served (`serving.message_text` refuses the others by name)
+    text: str | None = None
 
 
 class ChatMessage(OpenAIModel):
     role: Literal["system", "user", "assistant", "developer", "tool"]
-    content: str | list[ContentPart]
+    content: str | list[ContentPart] | None = None  # None: refused by name (an assistant's tool calls carry none)
     name: str | None = None
 
 
@@ -100,6 +128,11 @@ class ChatCompletionRequest(SamplingFields):
     logprobs: bool = False
     top_logprobs: int | None = None
     add_generation_prompt: bool = True
+    echo: Any = _unsupported(False)
+    continue_final_message: Any = _unsupported(False)
+    chat_template: Any = _unsupported()
+    chat_template_kwargs: Any = _unsupported({})
+    documents: Any = _unsupported()
 
 
 class UsageInfo(BaseModel):

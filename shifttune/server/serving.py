@@ -26,6 +26,7 @@ from shifttune.server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
+    ChatMessage,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -37,12 +38,22 @@ from shifttune.server.protocol import (
 from shifttune.server.streams import merge, tagged
 
 
+# an error body's `type` by HTTP status, as vLLM names them
+ERROR_TYPES = {400: "BadRequestError", 401: "AuthenticationError", 404: "NotFoundError", 405: "MethodNotAllowedError",
+               500: "InternalServerError", 503: "ServiceUnavailableError"}  # fmt: skip
+
+
+def error_body(status: int, message: str, param: str | None = None) -> dict:
+    """The `error` object of an OpenAI error body."""
+    return {"message": message, "type": ERROR_TYPES.get(status, "Error"), "param": param, "code": status}
+
+
 class APIError(Exception):
     """Refused with an OpenAI error body."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, kind: str = "invalid_request_error"):
+    def __init__(self, status: int, message: str, param: str | None = None):
         super().__init__(message)
-        self.status, self.message, self.param, self.kind = status, message, param, kind
+        self.status, self.message, self.param = status, message, param
 
 
 MAX_TOP_LOGPROBS = 20  # chat's top_logprobs as OpenAI's API bounds it, completions' logprobs as vLLM's max_logprobs
@@ -52,8 +63,7 @@ UNSUPPORTED = (  # (field, neutral values besides null): anything else is refuse
     ("logit_bias", ()),
     ("echo", (False,)),
     ("suffix", ()),
-    *refused_unless_neutral(SamplingFields),  # structured outputs, tools
-)
+)  # and each request model's own `_unsupported` fields (structured outputs, tools, vLLM extensions)
 
 
 def check_top_logprobs(value: int | None, name: str) -> None:
@@ -61,12 +71,16 @@ def check_top_logprobs(value: int | None, name: str) -> None:
         raise APIError(400, f"{name} must be an integer in [0, {MAX_TOP_LOGPROBS}]", name)
 
 
-def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None) -> SamplingParams:
+def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int | None,
+                    max_tokens_field: str = "max_tokens") -> SamplingParams:  # fmt: skip
+    """The request's SamplingParams; `max_tokens_field`: the field `max_tokens` came from, named when refused."""
     if req.n != 1:
         raise APIError(400, "n must be 1: this server returns one choice per prompt", "n")
     if getattr(req, "best_of", None) not in (None, 1):
         raise APIError(400, "best_of must be 1", "best_of")
-    for name, neutral in UNSUPPORTED:
+    if req.stream_options is not None and not req.stream:
+        raise APIError(400, "stream_options is only allowed with stream: true", "stream_options")
+    for name, neutral in (*UNSUPPORTED, *refused_unless_neutral(type(req))):
         if getattr(req, name, None) not in (None, *neutral):
             raise APIError(400, f"{name} is not supported by this server", name)
     try:
@@ -85,7 +99,23 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
             output_kind=DELTA,
         )
     except ConfigError as e:
+        if e.field == "max_tokens":
+            e.field = max_tokens_field
         raise APIError(400, str(e), e.field) from None
+
+
+def message_text(message: ChatMessage, index: int) -> str:
+    """A chat message's text: its content, or its text parts joined; other content is refused by name."""
+    where = f"messages[{index}].content"
+    if message.content is None:
+        raise APIError(400, f"{where} is missing: this server takes text messages (no tool calls)", "messages")
+    if isinstance(message.content, str):
+        return message.content
+    for j, part in enumerate(message.content):
+        if part.type != "text" or part.text is None:
+            what = f"a {part.type!r} part" if part.type != "text" else "a text part with no text"
+            raise APIError(400, f"{where}[{j}] is {what}: this server takes text parts only", "messages")
+    return "".join(p.text for p in message.content)
 
 
 @dataclass
@@ -108,7 +138,7 @@ class Choice:
 
     def add(self, out: RequestOutput) -> None:
         if out.error is not None:
-            raise APIError(500, out.error, kind="internal_error")
+            raise APIError(500, out.error)
         c = out.outputs[0]
         # NOTE: one token a step, starting where the text returned so far ends (a special token adds no text; a piece
         # of a character, or of what may start a stop string, comes with a later step's text)
@@ -127,8 +157,7 @@ class Serving:
     # ---- preparation (may refuse) -------------------------------------------------------------------
     def check_model(self, model: str | None) -> None:
         if model is not None and model != self.model_name:
-            raise APIError(404, f"model {model!r} does not exist; this server serves {self.model_name!r}", "model",
-                           "model_not_found")  # fmt: skip
+            raise APIError(404, f"model {model!r} does not exist; this server serves {self.model_name!r}", "model")
 
     def prepare(self, prompts: list, params: SamplingParams, prefix: str, prompt_field: str = "prompt") -> list[Choice]:
         """Every prompt checked, then all of them admitted to the engine's queue (or the request refused);
@@ -172,11 +201,11 @@ class Serving:
             raise APIError(400, "top_logprobs needs logprobs: true", "top_logprobs")
         check_top_logprobs(req.top_logprobs, "top_logprobs")
         logprobs = (req.top_logprobs or 0) if req.logprobs else None
-        params = sampling_params(req, req.max_completion_tokens or req.max_tokens, logprobs)
-        messages = [
-            {"role": m.role, "content": m.content if isinstance(m.content, str) else "".join(p.text for p in m.content)}
-            for m in req.messages
-        ]
+        if req.max_completion_tokens is not None:  # NOTE: OpenAI's name for max_tokens; 0 is a bound, not "unset"
+            params = sampling_params(req, req.max_completion_tokens, logprobs, "max_completion_tokens")
+        else:
+            params = sampling_params(req, req.max_tokens, logprobs)
+        messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]
         try:
             text, ids = chat_prompt(self.tokenizer, messages, req.add_generation_prompt)
         except ConfigError as e:
@@ -219,8 +248,7 @@ class Serving:
                     self.engine.trace.mark(choice.request_id, 4)
         except (APIError, EngineDeadError) as e:
             status, message = (e.status, e.message) if isinstance(e, APIError) else (503, str(e))
-            error = {"message": message, "type": "Error", "param": None, "code": status}
-            yield f"data: {json.dumps({'error': error})}\n\n"
+            yield f"data: {json.dumps({'error': error_body(status, message)})}\n\n"
 
     async def run_to_end(self, choices: list[Choice], params: SamplingParams) -> None:
         async for choice, out in self.stream(choices, params):
