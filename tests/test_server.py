@@ -606,6 +606,26 @@ def test_sigterm_stops_the_server_gracefully_too():
     assert not [p for p in processes if _alive(p)]
 
 
+def test_a_worker_dying_mid_stream_is_said_in_one_line_to_the_log_and_the_client():
+    """The core printed gloo's traceback and sent its text ("pair.cc:537] Read error ... Connection reset by peer")
+    to every client, with "(exit code 0)" of a core that had not died."""
+    with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
+        (core,) = _spawned_children(proc.pid)
+        (rank1,) = _spawned_children(core)
+        lines = []
+        with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
+                          "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
+            for line in filter(None, r.iter_lines()):
+                lines.append(line)
+                if len(lines) == 3:
+                    os.kill(rank1, signal.SIGKILL)
+        assert proc.wait(20) == 1
+        out = proc.stdout.read()
+    error = json.loads(lines[-2].removeprefix("data: "))["error"]
+    assert lines[-1] == "data: [DONE]" and "worker rank 1 exited (code -9)" in error["message"], lines[-3:]
+    assert "Traceback" not in out and "pair.cc" not in out and "exit code 0" not in out, out
+
+
 def test_a_dead_worker_ends_the_server_with_a_clear_message():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
         (core,) = _spawned_children(proc.pid)  # the engine core process; rank 1 is its child

@@ -236,13 +236,23 @@ class Executor:
         payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
         self.last_message_bytes = len(payload)  # what a step costs to send grows with the batch only
         with _sigint_after_call():
-            dist.broadcast_object_list([payload], src=0, group=self.state.cpu_group)
-            return _run(self.runner, method, args)
+            try:
+                dist.broadcast_object_list([payload], src=0, group=self.state.cpu_group)
+                return _run(self.runner, method, args)
+            except RuntimeError:  # a rank that died mid-call breaks the collective (gloo: "Connection reset")
+                self._check_workers(wait_s=1.0)  # says which one, instead of the transport's error
+                raise
 
-    def _check_workers(self) -> None:
-        dead = [(i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
-        if dead:
-            raise WorkerError(f"worker rank {dead[0][0]} exited (code {dead[0][1]}); the engine cannot continue")
+    def _check_workers(self, wait_s: float = 0.0) -> None:
+        """WorkerError if a spawned rank has exited; `wait_s`: how long to give one that is dying to be reaped."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            dead = [(i + 1, p.exitcode) for i, p in enumerate(self.procs) if not p.is_alive()]
+            if dead:
+                raise WorkerError(f"worker rank {dead[0][0]} exited (code {dead[0][1]}); the engine cannot continue")
+            if time.monotonic() >= deadline:
+                return
+            time.sleep(0.05)
 
     def shutdown(self) -> None:
         if self._closed:

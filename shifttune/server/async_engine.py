@@ -230,7 +230,7 @@ class AsyncEngine:
             if stream is not None:
                 stream.put_nowait(ConfigError(message, field))
         elif kind == "error":  # the core's step loop raised; its traceback is in the log
-            self._die(f"the engine failed ({msg[1]})")
+            self._die(f"the engine failed ({msg[1]})", exit_code=False)
         elif kind == "result":
             _, n, value, error = msg
             future = self.calls.pop(n, None)
@@ -241,9 +241,10 @@ class AsyncEngine:
         self.num_waiting, self.num_running, self.num_admitted = report.waiting, report.running, 0
         self.metrics.observe_step(report, outputs)
 
-    def _die(self, why: str) -> None:
+    def _die(self, why: str, exit_code: bool = True) -> None:
+        """Fails every request and call and stops the server; `exit_code`: say the core's (it died unasked)."""
         code = None
-        if self._process is not None:
+        if exit_code and self._process is not None:
             self._process.join(2.0)  # its pipe closes a moment before it can be reaped
             code = self._process.exitcode
         if code is not None:
