@@ -123,6 +123,26 @@ def test_gpu_benchmarks_say_in_one_line_that_they_need_a_gpu(module, tmp_path):
 
 
 @pytest.mark.parametrize(
+    "code, says",
+    [
+        # a CPU build of torch has no Triton: the import of the module was the traceback
+        ("import sys; sys.modules['triton'] = None; sys.argv[1:] = ['--out', 'x.json']; import runpy; "
+         "runpy.run_module('shifttune.profile.attention_bench', run_name='__main__')", "attention_bench: "),
+        # the e2e prompt of a 64-token context was empty: the whole grid ran, then a traceback and no file
+        ("import sys; sys.argv[1:] = '--model tiny --device cpu --tokens 1 --contexts 64 --out x.json'.split(); "
+         "import runpy; runpy.run_module('shifttune.profile.step_sweep', run_name='__main__')", "--e2e"),
+    ],
+)  # fmt: skip
+def test_gpu_tools_refuse_in_one_line_before_they_run(code, says, tmp_path):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    lines = [line for line in (res.stdout + res.stderr).splitlines() if line.strip()]
+    assert res.returncode == 1 and len(lines) == 1 and says in lines[0], res.stdout + res.stderr
+
+
+@pytest.mark.parametrize(
     "args",
     [
         ["profile", "--device", "cpu", "--out", "{blocked}/p.json"],

@@ -34,8 +34,12 @@ from types import ModuleType
 
 import torch
 import torch.nn.functional as F
-import triton
-import triton.language as tl
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU builds of torch come without it: main() says so in one line
+    triton = None
 
 from shifttune.kernels import split_kv
 from shifttune.kernels.attention import AttentionMetadata
@@ -124,6 +128,8 @@ def main(argv=None) -> None:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("attention_bench: times the Triton kernel on a CUDA GPU, and none is visible here")
+    if triton is None:
+        sys.exit("attention_bench: times the Triton kernel, and Triton is not installed here (pip install triton)")
     if args.decode:
         args.hq, args.hk = args.hq or 32, args.hk or 8
         return decode_main(args, argv)
@@ -345,10 +351,12 @@ def time_layers(step: Step, call, dev, scale: float, ref: list[torch.Tensor] | N
     return dict(us=1e3 * med / n, p10_us=1e3 * p10 / n, p90_us=1e3 * p90 / n, rel_err=err)
 
 
-@triton.jit
-def _one_load_kernel(src, out):
-    pid = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
-    tl.store(out + pid, tl.load(src))
+if triton is not None:
+
+    @triton.jit
+    def _one_load_kernel(src, out):
+        pid = (tl.program_id(0) * tl.num_programs(1) + tl.program_id(1)) * tl.num_programs(2) + tl.program_id(2)
+        tl.store(out + pid, tl.load(src))
 
 
 def launch_floor_us(step: Step, pa: ModuleType, hq: int, hk: int, sms: int) -> float:

@@ -158,6 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     need = max(blocks_needed(step_shape(t, c, args.max_decode)[0], c, block_size) for t in tokens for c in contexts)
     e2e_batches = [int(x) for x in args.e2e.split(",") if x]
     e2e_prompt = min(512, max(contexts) - 64)
+    if e2e_batches and e2e_prompt < 1:
+        sys.exit(f"step_sweep: --e2e runs prompts of min(512, the largest context - 64) tokens, so it needs a context "
+                 f"above 64 (--contexts {args.contexts}); or pass --e2e ''")  # fmt: skip
     if e2e_batches:
         need = max(need, blocks_needed(max(e2e_batches), e2e_prompt + 32, block_size))
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -189,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         print(
             f"ceilings: HBM {ceilings.hbm_bytes_per_s / 1e12:.2f} TB/s, "
             f"matmul {ceilings.matmul_flops_per_s / 1e12:.0f} TFLOP/s"
+            + ("" if device.type == "cuda" else " (placeholders on CPU, not measured: the floors mean nothing here)")
         )
         modes = list(MODES) if args.sp > 1 else [TP]
         points = run_sweep(engine, tokens, contexts, modes, args.max_decode, args.warmup, args.iters, ceilings)
