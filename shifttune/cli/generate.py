@@ -76,11 +76,13 @@ def generate(
     model: Annotated[str, typer.Option("--model", "-m", help=MODEL_HELP)] = "tiny",
     # NOTE: each also answers to `shifttune serve`'s name for it (--tensor-parallel-size, ...)
     tp: Annotated[
-        int, typer.Option("--tp", "--tensor-parallel-size", help="Tensor-parallel degree of the SP x TP layout.")
+        int, typer.Option("--tp", "--tensor-parallel-size", "-tp", help="Tensor-parallel degree of the SP x TP layout.")
     ] = 1,
     sp: Annotated[
         int,
-        typer.Option("--sp", "--sequence-parallel-size", help="Ulysses sequence-parallel degree; P = SP x TP ranks."),
+        typer.Option(
+            "--sp", "--sequence-parallel-size", "-sp", help="Ulysses sequence-parallel degree; P = SP x TP ranks."
+        ),
     ] = 1,
     policy: Annotated[
         str,

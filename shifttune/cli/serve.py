@@ -30,7 +30,7 @@ def serve(
     host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
     tensor_parallel_size: Annotated[
-        int, typer.Option("--tensor-parallel-size", "-tp", help="TP degree of the SP x TP layout.")
+        int, typer.Option("--tensor-parallel-size", "-tp", "--tp", help="TP degree of the SP x TP layout.")
     ] = 1,
     sequence_parallel_size: Annotated[
         int,
@@ -38,6 +38,7 @@ def serve(
             "--sequence-parallel-size",
             "--ulysses-sequence-parallel-size",
             "-sp",
+            "--sp",
             help="Ulysses SP degree; P = SP x TP ranks (GPUs, or CPU ranks with --device cpu).",
         ),
     ] = 1,  # fmt: skip
