@@ -28,6 +28,7 @@ SUPPORTED_ARCHITECTURES = {
 }
 SUPPORTED_ROPE_TYPES = ("default", "llama3", "linear")
 DTYPES = ("float32", "bfloat16", "float16")
+DTYPE_ALIASES = {"half": "float16", "float": "float32", "bf16": "bfloat16", "fp16": "float16", "fp32": "float32"}
 MAX_SHIFT_THRESHOLD = 2**31 - 1  # tokens a step; anything above every step's size means "always TP"
 BUNDLED_CONFIG_DIR = Path(__file__).parent / "model" / "configs"  # data files (config.json), not code
 
@@ -69,6 +70,8 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, cfg: dict) -> "ModelConfig":
         archs = cfg.get("architectures") or []
+        if not archs and cfg.get("model_type"):  # as HF and vLLM do: a config without the list names its model type
+            archs = [a for a in SUPPORTED_ARCHITECTURES if a.lower() == f"{cfg['model_type']}forcausallm"]
         arch = next((a for a in archs if a in SUPPORTED_ARCHITECTURES), None)
         if arch is None:
             raise ConfigError(
@@ -131,18 +134,18 @@ def read_json_file(path: Path, what: str, error: type[Exception]) -> dict:
         raise error(f"{what} {path} is not valid JSON: {e}") from None
 
 
-def resolve_model_path(model: str) -> Path:
+def resolve_model_path(model: str | Path) -> Path:
     """A local HF directory or the name of a bundled model (e.g. `llama-3.3-70b`, or `tiny`, which ships
     with its weights)."""
     path = Path(model).expanduser()
     if path.is_dir():
         return path
-    bundled = BUNDLED_CONFIG_DIR / model.lower()
+    bundled = BUNDLED_CONFIG_DIR / str(model).lower()
     if bundled.is_dir():
         return bundled
     raise ConfigError(
-        f"{model!r} is not a local directory nor a bundled model; bundled: {', '.join(bundled_models())} "
-        "(all but tiny are configs without weights: run them with the dummy load format)",
+        f"{str(model)!r} is not a local directory nor a bundled model; bundled: {', '.join(bundled_models())} "
+        "(all but tiny are configs without weights: run them with --load-format dummy)",
         field="model",
     )
 
@@ -326,6 +329,7 @@ class EngineConfig:
         self.parallel.validate(self.model_config)
         if self.dtype == "auto":
             self.dtype = "bfloat16" if self.device == "cuda" else "float32"
+        self.dtype = DTYPE_ALIASES.get(self.dtype, self.dtype)  # vLLM's spellings (--dtype half)
         one_of("dtype", DTYPES)
         if self.all_reduce == "symm_mem" and self.dtype not in ("bfloat16", "float32"):
             raise ConfigError(f"symm_mem sums bfloat16 or float32, not {self.dtype}", field="all_reduce")

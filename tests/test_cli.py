@@ -34,7 +34,7 @@ def run(*argv: str):
         (["generate", "--device", "tpu"], "--device: must be one of cpu, cuda"),
         (["generate", "--policy", "fast"], "--policy: must be one of threshold, profile, tp, sp"),
         (["generate", "--sp", "2", "--policy", "profile"], "--profile: the profile policy needs a profile file"),
-        (["generate", "x" * 3000], "error: a prompt: has 3001 tokens but the model context"),
+        (["generate", "x" * 3000], "error: the prompt: has 3001 tokens but the model context"),
         (["profile", "--device", "cpu", "--op-table", "t.json"], "--op-table does nothing for a measured profile"),
         (["profile", "--compare", "a.json", "b.json", "--tokens", "1,4"], "--tokens does nothing for --compare"),
         (["profile", "--collectives", "--layers", "2", "--breakdown", "1"], "--layers, --breakdown do nothing for"),
@@ -174,6 +174,27 @@ def test_generate_takes_serve_s_names_for_the_layout_and_policy(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(report.read_text())
     assert (data["sp"], data["policy"], data["threshold"]) == (2, "sp", 8) and not data["steps_per_mode"].get("tp")
+
+
+def test_generate_refuses_a_model_given_as_a_prompt_and_takes_servings_length_flags(tmp_path):
+    """`generate MODEL_DIR` (as `serve MODEL`) ran the built-in tiny model on the path as a prompt, exit 0."""
+    from shifttune.config import BUNDLED_CONFIG_DIR
+
+    for arg in (str(BUNDLED_CONFIG_DIR / "tiny"), "llama-3.1-8b"):
+        result = run("generate", arg)
+        assert result.exit_code == 2 and f"generate --model {arg}" in " ".join(result.output.split()), result.output
+    result = run("generate", "--max-model-len", "64", "hi", "x " * 300)
+    assert result.exit_code == 2 and "prompt 2: has 601 tokens but the model context (max_model_len) is 64" in " ".join(
+        result.output.split()
+    ), result.output
+    report = tmp_path / "gen.json"
+    result = run("generate", "--max-tokens", "40", "--ignore-eos", "--min-tokens", "3", "--stop", "e", "--stop", "o",
+                 "--output", str(report), "hi")  # fmt: skip
+    assert result.exit_code == 0, result.output
+    (out,) = json.loads(report.read_text())["outputs"]
+    stopped = out["finish_reason"] == "stop"
+    assert len(out["token_ids"]) >= 3 and ("e" not in out["text"] and "o" not in out["text"])
+    assert stopped or len(out["token_ids"]) == 40
 
 
 def test_python_dash_m_shifttune_is_the_command_and_recommend_makes_its_out_folder(tmp_path):

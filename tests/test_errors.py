@@ -42,6 +42,22 @@ def test_unsupported_architecture(hf_models, tmp_path):
         EngineConfig(model=str(gpt))
     with pytest.raises(ConfigError, match="not a local directory nor a bundled model"):
         EngineConfig(model="no-such-model")
+    with pytest.raises(ConfigError, match="not a local directory nor a bundled model"):  # was AttributeError: .lower
+        EngineConfig(model=tmp_path / "nope")
+    # no "architectures" list: the model type names it, as in HF and vLLM (was "unsupported architecture 'llama'")
+    plain = _copy(hf_models["llama"], tmp_path / "plain", architectures=None, model_type="llama")
+    assert EngineConfig(model=str(plain)).model_config.architecture == "LlamaForCausalLM"
+    with pytest.raises(ConfigError, match="unsupported architecture 'gpt2'"):
+        EngineConfig(model=str(_copy(hf_models["llama"], tmp_path / "g", architectures=None, model_type="gpt2")))
+
+
+@pytest.mark.parametrize("alias, dtype", [("half", "float16"), ("float", "float32"), ("bf16", "bfloat16")])
+def test_vllms_dtype_spellings(alias, dtype):
+    if dtype == "float16":  # not on CPU: the alias is read, then refused for the device
+        with pytest.raises(ConfigError, match="float16 is not supported on CPU"):
+            EngineConfig(model="tiny", dtype=alias)
+    else:
+        assert EngineConfig(model="tiny", dtype=alias).dtype == dtype
 
 
 def test_missing_and_corrupt_weights(hf_models, tmp_path):

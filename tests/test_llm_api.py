@@ -30,6 +30,22 @@ def test_a_second_multi_rank_llm_is_refused_and_the_first_keeps_working():
         assert _text(b) == before
 
 
+def test_an_llm_nobody_holds_shuts_its_ranks_down():
+    """`llm = LLM(...)` run again (a notebook cell): the first one, unreachable, kept its worker and the process group,
+    so the second was refused until the process restarted."""
+    import gc
+
+    llm = LLM("tiny", sequence_parallel_size=2, device="cpu")
+    before = _text(llm)
+    (worker,) = llm.llm_engine.executor.procs
+    del llm
+    gc.collect()
+    worker.join(30)
+    assert not worker.is_alive() and worker.exitcode == 0 and not dist.is_initialized()
+    with LLM("tiny", tensor_parallel_size=2, device="cpu") as b:
+        assert _text(b) == before
+
+
 def test_a_one_rank_llm_leaves_a_running_multi_rank_llm_alone():
     """Before: the one-rank engine's shutdown destroyed the process group of the TP = 2 engine beside it."""
     a = LLM("tiny", tensor_parallel_size=2, device="cpu")
@@ -118,3 +134,26 @@ def test_a_bad_parallel_size_names_its_argument(name, value):
 def test_chat_names_what_messages_may_be(tiny, messages):
     with pytest.raises(ConfigError, match=r"messages: must be a conversation"):
         tiny.chat(messages)
+
+
+def test_which_prompt_of_several_is_too_long_is_named(tiny):
+    with pytest.raises(ConfigError, match=r"prompts\[1\]: has \d+ tokens but the model context"):
+        tiny.generate(["Hello", [5] * 5000], GREEDY)
+    with pytest.raises(ConfigError, match=r"^prompt: has \d+ tokens"):
+        tiny.generate([5] * 5000, GREEDY)
+
+
+def test_stop_strings_need_a_tokenizer(tmp_path):
+    """A model without a tokenizer has no text to match: stop strings could never fire, and said nothing."""
+    import shutil
+
+    from shifttune.config import BUNDLED_CONFIG_DIR
+
+    for f in ("config.json", "model.safetensors"):
+        shutil.copy(BUNDLED_CONFIG_DIR / "tiny" / f, tmp_path / f)
+    with LLM(str(tmp_path), device="cpu") as llm:
+        assert llm.get_tokenizer() is None
+        with pytest.raises(ConfigError, match="stop: stop strings are matched on text"):
+            llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, stop=["a"]))
+        (out,) = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, ignore_eos=True))
+        assert len(out.outputs[0].token_ids) == 4

@@ -21,7 +21,14 @@ from shifttune.cli.common import (
     size,
     write_output,
 )
-from shifttune.config import MODES, SHIFT_POLICIES, ConfigError, load_model_config, resolve_model_path
+from shifttune.config import (
+    MODES,
+    SHIFT_POLICIES,
+    ConfigError,
+    bundled_models,
+    load_model_config,
+    resolve_model_path,
+)
 
 DEMO_PROMPTS = ["The capital of France is", "Shift parallelism switches between"]
 
@@ -69,6 +76,14 @@ def render_generation(report: dict, startup_s: float, elapsed_s: float) -> None:
     )
 
 
+def _names_a_model(arg: str) -> bool:
+    """A local directory with a config.json, or a bundled model's name: what `serve MODEL` takes as its argument."""
+    try:
+        return (Path(arg).expanduser() / "config.json").is_file() or arg.lower() in bundled_models()
+    except OSError:  # a prompt too long to be a path
+        return False
+
+
 def generate(
     prompts: Annotated[
         Optional[list[str]], typer.Argument(help="Prompts (text). Default: two short demo prompts.")
@@ -99,9 +114,14 @@ def generate(
         Optional[Path], typer.Option("--profile", help="Profile JSON from `shifttune profile`, for --policy profile.")
     ] = None,
     device: Annotated[str, typer.Option(help="cpu (gloo ranks) or cuda (one GPU per rank).")] = "cpu",
-    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | float32 | bfloat16 | float16 (also half, float).")] = "auto",
     load_format: Annotated[str, typer.Option(help="auto (safetensors) or dummy (random weights).")] = "auto",
+    max_model_len: Annotated[Optional[int], typer.Option(help="Context length (default: the model's).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate per prompt.")] = 32,
+    min_tokens: Annotated[int, typer.Option(help="Tokens to generate before EOS or a stop may end a prompt.")] = 0,
+    stop: Annotated[
+        Optional[list[str]], typer.Option(help="Stop string (repeatable); the output ends before it.")
+    ] = None,
     temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
     top_p: Annotated[float, typer.Option(help="Nucleus sampling mass.")] = 1.0,
     top_k: Annotated[int, typer.Option(help="Sample from the k likeliest tokens; -1 or 0 = off.")] = -1,
@@ -113,11 +133,13 @@ def generate(
     from shifttune import LLM, SamplingParams  # NOTE: lazy: torch loads only for commands that run the engine
 
     check_writable(output, "--output", make_folder=True)
+    if prompts and model == "tiny" and _names_a_model(prompts[0]):
+        fail(f"{prompts[0]!r} is a model, but arguments are prompts: `shifttune generate --model {prompts[0]} "
+             "[PROMPT ...]`")  # fmt: skip
     prompts = prompts or DEMO_PROMPTS
     try:
-        params = SamplingParams(
-            temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens, ignore_eos=ignore_eos
-        )
+        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens,
+                                min_tokens=min_tokens, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
         if profile is not None:  # as `serve` does: checked before the engine starts, whatever the policy
             check_profile(str(profile), load_model_config(resolve_model_path(model))[0], tp, sp, device)
             if policy != "profile":
@@ -135,6 +157,7 @@ def generate(
                 device=device,
                 dtype=dtype,
                 load_format=load_format,
+                max_model_len=max_model_len,
             )
         startup = time.perf_counter() - start
         try:
@@ -146,7 +169,9 @@ def generate(
             llm.shutdown()
         elapsed = time.perf_counter() - start
     except ConfigError as e:
-        fail_config(e, {"prompt": "a prompt"})  # a positional argument, not a flag
+        if e.field and e.field.startswith("prompts["):  # one of several: say which, counting as a user does
+            fail(f"prompt {int(e.field[8:-1]) + 1}: {e.message}")
+        fail_config(e, {"prompt": "the prompt"})  # a positional argument, not a flag
     except KeyboardInterrupt:
         console.print("interrupted; workers stopped")
         raise typer.Exit(130) from None

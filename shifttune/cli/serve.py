@@ -62,7 +62,7 @@ def serve(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="cuda (one GPU per rank, NCCL) or cpu (gloo ranks).")] = "cuda",
-    dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32.")] = "auto",
+    dtype: Annotated[str, typer.Option(help="auto | bfloat16 | float16 | float32 (also half, float).")] = "auto",
     load_format: Annotated[str, typer.Option(help="auto (safetensors) or dummy (random weights).")] = "auto",
     max_model_len: Annotated[Optional[int], typer.Option(help="Context length (default: the model's).")] = None,
     max_num_seqs: Annotated[int, typer.Option(help="Sequences per step at most.")] = 256,

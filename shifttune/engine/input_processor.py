@@ -39,7 +39,8 @@ def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = T
     """(text, token ids) of a conversation through the tokenizer's chat template ({"role", "content"} dicts);
     ConfigError where the model has no template or the template refuses the messages."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
-        raise ConfigError("this model has no chat template; give plain prompts (/v1/completions)", "messages")
+        raise ConfigError("this model has no chat template; send plain prompts (LLM.generate, /v1/completions)",
+                          "messages")  # fmt: skip
     try:
         text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
     except Exception as e:  # a template that raises on these messages (e.g. roles out of order)
@@ -83,6 +84,9 @@ class InputProcessor:
     def _check_fits(self, ids: list[int], params: SamplingParams) -> None:
         """What SamplingParams cannot check alone: the vocabulary and the context length."""
         vocab, max_len = self.vocab_size, self.config.max_model_len
+        if params.stop and self.tokenizer is None:
+            raise ConfigError("stop strings are matched on text, and this model has no tokenizer; use stop_token_ids",
+                              field="stop")  # fmt: skip
         if any(not 0 <= t < vocab for t in params.stop_token_ids):
             raise ConfigError(f"must be in [0, {vocab})", field="stop_token_ids")
         if params.logprobs is not None and params.logprobs > vocab:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
 import weakref
 from collections.abc import Iterable
@@ -45,8 +44,9 @@ class LLM:
         )
         self.llm_engine = LLMEngine(config)
         self._closed = False
-        # a weak reference, so that an LLM nobody holds can be freed (and its GPU memory with it)
-        atexit.register(_shutdown_if_alive, weakref.ref(self))
+        # NOTE: an LLM nobody holds any more (`llm = LLM(...)` run again in a notebook) shuts its engine down as it is
+        # freed, as at exit: its ranks and GPU memory would otherwise stay taken with nothing left to release them
+        self._finalizer = weakref.finalize(self, self.llm_engine.shutdown)
 
     def get_tokenizer(self):
         """The model's HF tokenizer (None for a model without one)."""
@@ -87,8 +87,13 @@ class LLM:
         engine = self.llm_engine
         ids: list[str] = []
         try:
-            for p, sp in zip(prompts, params):
-                ids.append(engine.add_request(None, p, sp))
+            for i, (p, sp) in enumerate(zip(prompts, params)):
+                try:
+                    ids.append(engine.add_request(None, p, sp))
+                except ConfigError as e:
+                    if len(prompts) > 1 and e.field == "prompt":  # which of them
+                        e.field = f"prompts[{i}]"
+                    raise
         except BaseException:  # one bad prompt: none of this batch stays queued
             for rid in ids:
                 engine.abort_request(rid)
@@ -119,7 +124,7 @@ class LLM:
 
     def shutdown(self) -> None:
         self._closed = True
-        self.llm_engine.shutdown()
+        self._finalizer()
 
     def __enter__(self) -> "LLM":
         return self
@@ -168,9 +173,3 @@ def _prompt(prompt):
     if "prompt" in prompt:
         return prompt["prompt"]
     raise ConfigError(f'a prompt dict needs "prompt" or "prompt_token_ids", got keys {sorted(prompt)}', "prompt")
-
-
-def _shutdown_if_alive(ref: weakref.ref) -> None:
-    llm = ref()
-    if llm is not None:
-        llm.shutdown()

@@ -31,7 +31,7 @@ def checkpoint_files(path: Path) -> dict[str, Path]:
     if not files:
         raise ConfigError(
             f"{path} has no *.safetensors weights (shifttune reads safetensors only; "
-            "run with the dummy load format for random weights)"
+            "run with --load-format dummy for random weights)"
         )
     out = {}
     for f in files:
