@@ -10,6 +10,8 @@ clocks); `serve` and `top` in a pseudo-terminal, where q stops the server gracef
 
 from __future__ import annotations
 
+import contextlib
+
 import asyncio
 import fcntl
 import os
@@ -622,6 +624,35 @@ def test_serve_in_a_terminal_shows_the_view_and_q_stops_it_gracefully(tmp_path):
         assert b"the log of this session" in term.output
         time.sleep(1)
         assert len(children) >= 3 and not [p for p in children if _alive(p)]
+    finally:
+        term.close()
+
+
+@pytest.mark.parametrize("when", ["starting", "serving"])
+def test_serve_in_a_terminal_stopped_by_sigterm_gives_the_terminal_back(tmp_path, when):
+    """SIGTERM's default action ended the process before the view was stopped (exit -15), leaving the terminal in the
+    alternate screen with the mouse on: while the engine started, and while serving, where uvicorn raises the signal
+    again once it has stopped."""
+    port = free_port()
+    term = Terminal([*SERVE, "tiny", "--device", "cpu", "--port", str(port), "--log-file", str(tmp_path / "s.log")])
+    try:
+        term.wait_for("stop server", 120)
+        if when == "serving":
+            deadline = time.time() + 120
+            while True:
+                with contextlib.suppress(httpx.HTTPError):
+                    if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
+                        break
+                assert time.time() < deadline
+                time.sleep(0.2)
+        children = descendants(term.proc.pid)
+        term.proc.send_signal(signal.SIGTERM)
+        assert term.proc.wait(30) == 143
+        time.sleep(0.5)  # the reader thread catches up
+        assert b"the log of this session" in term.output and b"stopped by SIGTERM" in term.output
+        assert term.output.rfind(b"\x1b[?1049l") > term.output.rfind(b"\x1b[?1049h") >= 0  # alternate screen left
+        time.sleep(1)
+        assert children and not [p for p in children if _alive(p)]
     finally:
         term.close()
 

@@ -147,9 +147,10 @@ def serve(
         fail_config(e, FLAGS)
     except RuntimeError as e:  # the engine process could not start (its own log says more)
         fail(f"the engine did not start: {e}")
-    except KeyboardInterrupt:  # Ctrl-C while the engine was still starting
-        console.print("interrupted; workers stopped")
-        raise typer.Exit(130) from None
+    except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM while the engine was still starting
+        signum = getattr(e, "signum", signal.SIGINT)
+        console.print(f"stopped by {signal.Signals(signum).name} while starting; workers stopped")
+        raise typer.Exit(128 + signum) from None
     if code == ENGINE_DIED:
         console.print("[bold red]error:[/] the engine stopped; see the log above", highlight=False)
     elif code:

@@ -82,9 +82,32 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
+class StopSignal(KeyboardInterrupt):
+    """SIGTERM before the server runs (the engine still starting): stops it as Ctrl-C does."""
+
+    def __init__(self, signum: int):
+        super().__init__(signal.Signals(signum).name)
+        self.signum = signum
+
+
+def _raise_stop(signum: int, _frame) -> None:
+    raise StopSignal(signum)
+
+
 def serve(config: EngineConfig, settings: ServerSettings, view: ServerView | None = None) -> int:
     """Runs until stopped; returns the exit code: 0 after a stop from the view, 128 + the signal after Ctrl-C /
-    SIGTERM (130 / 143, as a shell reports them), ENGINE_DIED when the engine died."""
+    SIGTERM (130 / 143, as a shell reports them), ENGINE_DIED when the engine died. A stop signal while the engine
+    starts raises KeyboardInterrupt (StopSignal for SIGTERM) once everything started is stopped."""
+    if threading.current_thread() is not threading.main_thread():
+        return _serve_with_view(config, settings, view)
+    previous = signal.signal(signal.SIGTERM, _raise_stop)
+    try:
+        return _serve_with_view(config, settings, view)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _serve_with_view(config: EngineConfig, settings: ServerSettings, view: ServerView | None) -> int:
     sock = bind(settings.host, settings.port)
     if view is None:
         return _serve(config, settings, sock, lambda stop: None)
