@@ -3,6 +3,7 @@ profile policy reachable from `generate`, notes instead of silent choices, share
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import stat
@@ -352,3 +353,33 @@ def test_generate_shows_only_tp_mode_weights_without_an_sp_layout(capsys):
     report["weight_bytes_per_rank"]["sp"] = 2 * 1363148
     render_generation(report, 1.0, 0.5)
     assert "weights 2.6 MiB (SP x TP mode) + 1.3 MiB (TP mode)," in " ".join(capsys.readouterr().out.split())
+
+
+def test_sigterm_stops_generate_as_ctrl_c_does():
+    """SIGTERM (a `timeout`, a CI's cancel) ended generate at once: its worker rank printed gloo's traceback of the
+    broken collective. Now the step finishes, the workers are stopped, and the exit status says which signal."""
+    import os
+    import signal
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "shifttune.cli", "generate", "--sp", "2", "--max-tokens", "20000",
+                             "--ignore-eos", "hi"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env=os.environ | {"OMP_NUM_THREADS": "1"})  # fmt: skip
+    try:
+        deadline = time.time() + 120
+        while not (children := subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout):
+            assert proc.poll() is None and time.time() < deadline
+            time.sleep(0.2)
+        time.sleep(6)  # the worker started and steps are running
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 143 and "interrupted; workers stopped" in output and "Traceback" not in output, output
+    time.sleep(1)
+    alive = []
+    for pid in map(int, children.split()):  # a zombie (dead, not yet reaped by this container's init) is gone too
+        with contextlib.suppress(FileNotFoundError):
+            if open(f"/proc/{pid}/stat").read().split()[2] != "Z":
+                alive.append(pid)
+    assert not alive

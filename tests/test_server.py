@@ -555,22 +555,23 @@ def test_clients_that_leave_are_aborted_quietly_and_counted_once():
     assert "Traceback" not in proc.stdout.read()
 
 
-def _signal_mid_stream(url: str, proc: subprocess.Popen, sig: int) -> list[str]:
-    """The SSE lines of a long stream during which the server got `sig` (after its third line)."""
+def _signal_mid_stream(url: str, pid: int, sig: int) -> list[str]:
+    """The SSE lines of a long stream during which process `pid` (the server, or one of its own) got `sig` (after
+    the stream's third line)."""
     lines = []
     with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
                       "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
         for line in filter(None, r.iter_lines()):
             lines.append(line)
             if len(lines) == 3:
-                proc.send_signal(sig)
+                os.kill(pid, sig)
     return lines
 
 
 def test_ctrl_c_ends_streams_and_releases_the_port():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
         port = int(url.rsplit(":", 1)[1])
-        lines = _signal_mid_stream(url, proc, signal.SIGINT)
+        lines = _signal_mid_stream(url, proc.pid, signal.SIGINT)
         assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2] and len(lines) < 100
         assert proc.wait(20) == 130  # 128 + SIGINT, as a shell reports a Ctrl-C
         assert "stopped by SIGINT; workers stopped" in proc.stdout.read()
@@ -595,7 +596,7 @@ def test_sigterm_stops_the_server_gracefully_too():
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
         (core,) = _spawned_children(proc.pid)
         processes = [core, *_spawned_children(core)]  # the engine core and rank 1
-        lines = _signal_mid_stream(url, proc, signal.SIGTERM)
+        lines = _signal_mid_stream(url, proc.pid, signal.SIGTERM)
         assert lines[-1] == "data: [DONE]" and '"finish_reason":"abort"' in lines[-2]
         # uvicorn raised SIGTERM again once stopped, whose default action ended the process (-15) before the
         # server's cleanup (the terminal view, the port) ran; now the CLI gets there and reports it
@@ -612,13 +613,7 @@ def test_a_worker_dying_mid_stream_is_said_in_one_line_to_the_log_and_the_client
     with server("tiny", "--device", "cpu", "--tensor-parallel-size", "2") as (url, proc):
         (core,) = _spawned_children(proc.pid)
         (rank1,) = _spawned_children(core)
-        lines = []
-        with httpx.stream("POST", f"{url}/v1/completions", json={"prompt": "x", "max_tokens": 1500,
-                          "ignore_eos": True, "stream": True}, timeout=60) as r:  # fmt: skip
-            for line in filter(None, r.iter_lines()):
-                lines.append(line)
-                if len(lines) == 3:
-                    os.kill(rank1, signal.SIGKILL)
+        lines = _signal_mid_stream(url, rank1, signal.SIGKILL)
         assert proc.wait(20) == 1
         out = proc.stdout.read()
     error = json.loads(lines[-2].removeprefix("data: "))["error"]

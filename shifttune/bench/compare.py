@@ -33,7 +33,8 @@ import httpx
 from shifttune.bench.client import ServerError
 from shifttune.bench.config import BenchConfig
 from shifttune.bench.datasets import BenchRequest
-from shifttune.bench.runner import Reporter, run_bench, sigterm_like_ctrl_c, stop_signal
+from shifttune.bench.runner import Reporter, run_bench
+from shifttune.signals import sigterm_like_ctrl_c, stop_signal
 from shifttune.bench.tokenizer import default_tokenizer_name
 from shifttune.config import ConfigError
 from shifttune.engine.profile_schema import Profile, load_profile

@@ -4,7 +4,7 @@ Requests leave at their arrival times (a task each); `concurrency` caps how many
 rest wait for a slot, as in vLLM. Each rate of a sweep sends prompts of its own (the prompts' seed plus
 the rate's index), so no run is served from the prefix cache an earlier one filled. Ctrl-C (SIGINT) or
 SIGTERM stops sending, cancels what is in flight and keeps the results that completed; the run and the
-sweep are then marked interrupted. Outside a run, `sigterm_like_ctrl_c` makes SIGTERM raise as Ctrl-C
+sweep are then marked interrupted. Outside a run, `signals.sigterm_like_ctrl_c` makes SIGTERM raise as Ctrl-C
 does (KeyboardInterrupt), so that the code that handles Ctrl-C handles both.
 """
 
@@ -16,7 +16,7 @@ import math
 import random
 import signal
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Coroutine
 from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, Protocol
@@ -27,47 +27,10 @@ from shifttune.bench.datasets import BenchRequest, build_requests, with_arrivals
 from shifttune.bench.metrics import compute_metrics, per_request
 from shifttune.bench.tokenizer import BenchTokenizer, default_tokenizer_name, load_tokenizer
 from shifttune.config import ConfigError
+from shifttune.signals import STOP_SIGNALS
 
 WARMUP_TOKENS = 16
 TEST_SEED = 7919  # the test request's prompt: the run's seed plus this
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-
-class Stopped(KeyboardInterrupt):
-    """SIGTERM raised as Ctrl-C raises KeyboardInterrupt (see `sigterm_like_ctrl_c`); `signum` says which."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stopped(signum: int, frame: object) -> None:
-    raise Stopped(signum)
-
-
-@contextlib.contextmanager
-def sigterm_like_ctrl_c() -> Iterator[None]:
-    """While inside: SIGTERM raises `Stopped`, a KeyboardInterrupt (instead of ending the process at once, which
-    leaves the servers `--compare` started running and writes no results). Not the main thread: no change."""
-    try:
-        previous = signal.signal(signal.SIGTERM, _raise_stopped)
-    except ValueError:  # not the main thread
-        yield
-        return
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, signal.SIG_DFL if previous is None else previous)
-
-
-def stop_signal(e: BaseException) -> int:
-    """The signal behind a KeyboardInterrupt: SIGTERM for `Stopped`, else SIGINT."""
-    return getattr(e, "signum", signal.SIGINT)
-
-
-def exit_status(signum: int | None) -> int:
-    """The shell's convention for a command a signal stopped: 128 + the signal (130 for Ctrl-C, 143 for SIGTERM)."""
-    return 128 + (signum or signal.SIGINT)
 
 
 def _test_request(first: BenchRequest, tok: BenchTokenizer, seed: int) -> BenchRequest:

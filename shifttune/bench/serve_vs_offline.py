@@ -33,7 +33,8 @@ import httpx
 from shifttune.bench.compare import ServeProcess, free_port
 from shifttune.bench.config import BenchConfig, LengthRange
 from shifttune.bench.datasets import build_requests
-from shifttune.bench.runner import Stopped, exit_status, run_bench, sigterm_like_ctrl_c, stop_signal
+from shifttune.bench.runner import run_bench
+from shifttune.signals import Stopped, exit_status, sigterm_like_ctrl_c, stop_signal
 from shifttune.bench.tokenizer import load_tokenizer
 from shifttune.engine.stats import percentile
 

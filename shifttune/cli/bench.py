@@ -152,7 +152,7 @@ def bench(
     """
     from shifttune.bench.client import ServerError  # NOTE: lazy: aiohttp loads only when this command runs
     from shifttune.bench.config import BenchConfig
-    from shifttune.bench.runner import exit_status, sigterm_like_ctrl_c, stop_signal
+    from shifttune.signals import exit_status, sigterm_like_ctrl_c, stop_signal
 
     check_writable(out, "--out", make_folder=True)
     check_writable(plot, "--plot", PLOT_SUFFIXES, make_folder=True)

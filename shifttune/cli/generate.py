@@ -29,6 +29,7 @@ from shifttune.config import (
     load_model_config,
     resolve_model_path,
 )
+from shifttune.signals import exit_status, sigterm_like_ctrl_c, stop_signal
 
 DEMO_PROMPTS = ["The capital of France is", "Shift parallelism switches between"]
 
@@ -137,44 +138,45 @@ def generate(
         fail(f"{prompts[0]!r} is a model, but arguments are prompts: `shifttune generate --model {prompts[0]} "
              "[PROMPT ...]`")  # fmt: skip
     prompts = prompts or DEMO_PROMPTS
-    try:
-        params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens,
-                                min_tokens=min_tokens, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
-        if profile is not None:  # as `serve` does: checked before the engine starts, whatever the policy
-            check_profile(str(profile), load_model_config(resolve_model_path(model))[0], tp, sp, device)
-            if policy != "profile":
-                console.print(f"note: --profile is unused: --policy is {policy} (--policy profile runs on it)",
-                              highlight=False)  # fmt: skip
-        start = time.perf_counter()
-        with console.status(f"starting {model} on {sp * tp} {device} rank(s) (SP={sp} x TP={tp})"):
-            llm = LLM(
-                model,
-                tensor_parallel_size=tp,
-                sequence_parallel_size=sp,
-                shift_policy=policy,
-                shift_threshold=threshold,
-                shift_profile=str(profile) if profile else None,
-                device=device,
-                dtype=dtype,
-                load_format=load_format,
-                max_model_len=max_model_len,
-            )
-        startup = time.perf_counter() - start
+    with sigterm_like_ctrl_c():  # SIGTERM stops the workers as Ctrl-C does
         try:
-            if llm.llm_engine.tokenizer is None:
-                fail(f"model {model!r} has no tokenizer, so text prompts cannot be encoded")
+            params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, max_tokens=max_tokens,
+                                    min_tokens=min_tokens, stop=stop, ignore_eos=ignore_eos)  # fmt: skip
+            if profile is not None:  # as `serve` does: checked before the engine starts, whatever the policy
+                check_profile(str(profile), load_model_config(resolve_model_path(model))[0], tp, sp, device)
+                if policy != "profile":
+                    console.print(f"note: --profile is unused: --policy is {policy} (--policy profile runs on it)",
+                                  highlight=False)  # fmt: skip
             start = time.perf_counter()
-            outs = llm.generate(prompts, params, use_tqdm=True)
-        finally:
-            llm.shutdown()
-        elapsed = time.perf_counter() - start
-    except ConfigError as e:
-        if e.field and e.field.startswith("prompts["):  # one of several: say which, counting as a user does
-            fail(f"prompt {int(e.field[8:-1]) + 1}: {e.message}")
-        fail_config(e, {"prompt": "the prompt"})  # a positional argument, not a flag
-    except KeyboardInterrupt:
-        console.print("interrupted; workers stopped")
-        raise typer.Exit(130) from None
+            with console.status(f"starting {model} on {sp * tp} {device} rank(s) (SP={sp} x TP={tp})"):
+                llm = LLM(
+                    model,
+                    tensor_parallel_size=tp,
+                    sequence_parallel_size=sp,
+                    shift_policy=policy,
+                    shift_threshold=threshold,
+                    shift_profile=str(profile) if profile else None,
+                    device=device,
+                    dtype=dtype,
+                    load_format=load_format,
+                    max_model_len=max_model_len,
+                )
+            startup = time.perf_counter() - start
+            try:
+                if llm.llm_engine.tokenizer is None:
+                    fail(f"model {model!r} has no tokenizer, so text prompts cannot be encoded")
+                start = time.perf_counter()
+                outs = llm.generate(prompts, params, use_tqdm=True)
+            finally:
+                llm.shutdown()
+            elapsed = time.perf_counter() - start
+        except ConfigError as e:
+            if e.field and e.field.startswith("prompts["):  # one of several: say which, counting as a user does
+                fail(f"prompt {int(e.field[8:-1]) + 1}: {e.message}")
+            fail_config(e, {"prompt": "the prompt"})  # a positional argument, not a flag
+        except KeyboardInterrupt as e:
+            console.print("interrupted; workers stopped")
+            raise typer.Exit(exit_status(stop_signal(e))) from None
     settings = {"model": model, "tp": tp, "sp": sp, "policy": policy, "threshold": threshold}
     report = generation_report(outs, llm.llm_engine.stats, settings)
     render_generation(report, startup, elapsed)

@@ -3,6 +3,7 @@ with --ops, --collectives, --predict or --compare, the predictor's tools (`_pred
 
 from __future__ import annotations
 
+import contextlib
 import shlex
 import sys
 from pathlib import Path
@@ -12,7 +13,7 @@ import typer
 
 from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, parse_list
 from shifttune.config import DEVICES, LOAD_FORMATS, ConfigError
-
+from shifttune.signals import exit_status, sigterm_like_ctrl_c, stop_signal
 
 # The flags each run of `profile` reads (None: a measured profile); any other one given is refused, not ignored.
 TOOL_FLAGS = {
@@ -231,16 +232,18 @@ def profile(
         check_writable(out, "--out", make_folder=True)
         command = "shifttune profile " + " ".join(shlex.quote(a) for a in sys.argv[2:]) if len(sys.argv) > 1 else ""
         live = tui and sys.stdout.isatty() and sys.stdin.isatty()
-        result = (_live_view_run if live else _progress_bar_run)(settings, out, command)
+        # NOTE: the live view takes the terminal's signals itself; the progress bar stops on SIGTERM as on Ctrl-C
+        with contextlib.nullcontext() if live else sigterm_like_ctrl_c():
+            result = (_live_view_run if live else _progress_bar_run)(settings, out, command)
     except ConfigError as e:
         fail_config(e, FLAGS)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as e:
         if out is not None and out.exists():
             console.print(f"interrupted: every measured point is in {out}; run the same command to resume",
                           soft_wrap=True)  # fmt: skip
         else:
             console.print("interrupted before the first point was measured; nothing was written", soft_wrap=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(exit_status(stop_signal(e))) from None
     console.print(
         f"wrote {out}: {len(result.points)} points, "
         f"{sum(f.feasible for f in result.factorizations)} feasible factorization(s)",

@@ -13,6 +13,7 @@ import typer
 
 from shifttune.cli.common import MODEL_HELP, check_profile, check_writable, console, fail, fail_config
 from shifttune.config import SHIFT_POLICIES, ConfigError
+from shifttune.signals import exit_status, stop_signal
 
 FLAGS = {
     "tensor_parallel_size": "--tensor-parallel-size / --sequence-parallel-size",
@@ -148,9 +149,9 @@ def serve(
     except RuntimeError as e:  # the engine process could not start (its own log says more)
         fail(f"the engine did not start: {e}")
     except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM while the engine was still starting
-        signum = getattr(e, "signum", signal.SIGINT)
+        signum = stop_signal(e)
         console.print(f"stopped by {signal.Signals(signum).name} while starting; workers stopped")
-        raise typer.Exit(128 + signum) from None
+        raise typer.Exit(exit_status(signum)) from None
     if code == ENGINE_DIED:
         console.print("[bold red]error:[/] the engine stopped; see the log above", highlight=False)
     elif code:

@@ -33,6 +33,7 @@ from shifttune.parallel.state import (
     symm_mem_used_in_this_process,
 )
 from shifttune.runner.model_runner import ModelRunner
+from shifttune.signals import STOP_SIGNALS
 
 
 class WorkerError(RuntimeError):
@@ -156,20 +157,21 @@ def _start_worker(proc: mp.process.BaseProcess) -> mp.process.BaseProcess:
 
 
 @contextmanager
-def _sigint_after_call():
-    """Ctrl-C during a call is raised after it: leaving mid-step would strand the other ranks in a
-    collective, and the clean shutdown that follows could not reach them."""
+def _stop_signals_after_call():
+    """Ctrl-C or SIGTERM during a call is delivered after it, to the handler that was in place: leaving mid-step would
+    strand the other ranks in a collective, and the clean shutdown that follows could not reach them."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    received = []
-    previous = signal.signal(signal.SIGINT, lambda *_: received.append(True))
+    received: list[int] = []
+    previous = {sig: signal.signal(sig, lambda sig, _: received.append(sig)) for sig in STOP_SIGNALS}
     try:
         yield
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
         if received:
-            raise KeyboardInterrupt
+            signal.raise_signal(received[0])
 
 
 class Executor:
@@ -235,7 +237,7 @@ class Executor:
         self._check_workers()
         payload = pickle.dumps((method, args), protocol=pickle.HIGHEST_PROTOCOL)
         self.last_message_bytes = len(payload)  # what a step costs to send grows with the batch only
-        with _sigint_after_call():
+        with _stop_signals_after_call():
             try:
                 dist.broadcast_object_list([payload], src=0, group=self.state.cpu_group)
                 return _run(self.runner, method, args)

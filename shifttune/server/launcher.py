@@ -22,6 +22,7 @@ from shifttune.config import ConfigError, EngineConfig
 from shifttune.server.api import build_app
 from shifttune.server.async_engine import AsyncEngine
 from shifttune.server.metrics import ServerMetrics
+from shifttune.signals import STOP_SIGNALS, sigterm_like_ctrl_c
 
 logger = logging.getLogger("shifttune.server")
 # NOTE: an idle client connection stays open this long (uvicorn's default: 5 s). Common clients (httpx, so the openai
@@ -29,7 +30,6 @@ logger = logging.getLogger("shifttune.server")
 # on a connection as it closes fails (profiles/runs/s29_burst_trace_cpu.txt).
 KEEP_ALIVE_S = 30
 ENGINE_DIED = 1
-STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 @dataclass
@@ -82,29 +82,12 @@ class _Server(uvicorn.Server):
         super().handle_exit(sig, frame)
 
 
-class StopSignal(KeyboardInterrupt):
-    """SIGTERM before the server runs (the engine still starting): stops it as Ctrl-C does."""
-
-    def __init__(self, signum: int):
-        super().__init__(signal.Signals(signum).name)
-        self.signum = signum
-
-
-def _raise_stop(signum: int, _frame) -> None:
-    raise StopSignal(signum)
-
-
 def serve(config: EngineConfig, settings: ServerSettings, view: ServerView | None = None) -> int:
     """Runs until stopped; returns the exit code: 0 after a stop from the view, 128 + the signal after Ctrl-C /
     SIGTERM (130 / 143, as a shell reports them), ENGINE_DIED when the engine died. A stop signal while the engine
-    starts raises KeyboardInterrupt (StopSignal for SIGTERM) once everything started is stopped."""
-    if threading.current_thread() is not threading.main_thread():
+    starts raises KeyboardInterrupt (`signals.Stopped` for SIGTERM) once everything started is stopped."""
+    with sigterm_like_ctrl_c():
         return _serve_with_view(config, settings, view)
-    previous = signal.signal(signal.SIGTERM, _raise_stop)
-    try:
-        return _serve_with_view(config, settings, view)
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _serve_with_view(config: EngineConfig, settings: ServerSettings, view: ServerView | None) -> int:
