@@ -235,6 +235,23 @@ def test_shutdown_gives_the_gpu_memory_back(hf_models):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_an_llm_nobody_holds_gives_the_gpu_memory_back(hf_models):
+    """`llm = LLM(...)` run again (a notebook cell) without `shutdown()`: the first engine is shut down as it is freed,
+    so the second fits."""
+    import gc
+
+    torch.cuda.empty_cache()
+    before = torch.cuda.memory_allocated()
+    for _ in range(2):
+        llm = LLM(str(hf_models["llama"]), device="cuda", dtype="bfloat16", num_kv_blocks=2_000_000)
+        assert torch.cuda.memory_allocated() - before > 4 << 30
+        llm.generate(PROMPTS, SamplingParams(temperature=0, max_tokens=4, ignore_eos=True))
+        del llm
+        gc.collect()
+        assert torch.cuda.memory_allocated() - before < 64 << 20
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_no_triton_compile_after_start_up(hf_models):
     """Start-up compiles what steps launch: served traffic (graphed decodes of 1, 2, 3, 17 rows, eager mixed
     steps of long prompts with decodes, sampled and greedy rows) compiles no Triton kernel afterwards. A first
