@@ -22,7 +22,7 @@ from shifttune.config import ConfigError, EngineConfig
 from shifttune.server.api import build_app
 from shifttune.server.async_engine import AsyncEngine
 from shifttune.server.metrics import ServerMetrics
-from shifttune.signals import STOP_SIGNALS, sigterm_like_ctrl_c
+from shifttune.signals import STOP_SIGNALS, exit_status, sigterm_like_ctrl_c
 
 logger = logging.getLogger("shifttune.server")
 # NOTE: an idle client connection stays open this long (uvicorn's default: 5 s). Common clients (httpx, so the openai
@@ -160,4 +160,4 @@ def _run(server: _Server, sock: socket.socket) -> int:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
-    return 128 + caught[0] if caught else 0
+    return exit_status(caught[0]) if caught else 0
