@@ -148,9 +148,9 @@ def bench(
 
     Latencies as mean, median (p50), p90, p99 and std, in ms.
 
-    Requests ask for ignore_eos (exact output lengths), dropped for servers that reject it. Before each run one test
-    request (as long as the first prompt, other tokens, up to 16 out) checks the server and warms its shapes; it is not
-    in the results, so a server's own counters show one request more per run.
+    Requests ask for ignore_eos (exact output lengths), dropped for servers that reject it. Before the first rate one
+    test request (as long as the first prompt, other tokens, up to 16 out) checks the server and warms its shapes; it
+    is not in the results, so a server's own counters show one request more (per server with --compare).
     """
     from shifttune.bench.client import ServerError  # NOTE: lazy: aiohttp loads only when this command runs
     from shifttune.bench.config import BenchConfig
