@@ -87,6 +87,16 @@ def test_async_scheduling_gives_exactly_the_synchronous_outputs(hf_models, tp, s
         assert reason == "stop" and tokens[-1] == stop and stop not in tokens[:-1]  # nothing past the stop
 
 
+@pytest.mark.parametrize("async_scheduling", [False, True])
+def test_a_request_runs_to_the_context_limit_exactly(hf_models, async_scheduling):
+    """Under async scheduling the length check counted the token still in flight: a request that ran to
+    max_model_len ended one token short (31 of 32) and the in-flight token was thrown away."""
+    params = SamplingParams(temperature=0, max_tokens=None, ignore_eos=True)
+    with LLM(str(hf_models["llama"]), max_model_len=32, async_scheduling=async_scheduling) as llm:
+        (out,) = llm.generate([[1, 17, 42, 99, 5]], params)
+    assert len(out.outputs[0].token_ids) == 32 - 5 and out.outputs[0].finish_reason == "length"
+
+
 def test_preemption_and_aborts_under_async_scheduling(hf_models):
     """A cache too small for the batch preempts and recomputes; an abort mid-flight frees everything;
     outputs equal those of a cache that never preempts."""

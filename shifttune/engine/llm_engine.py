@@ -262,8 +262,10 @@ class LLMEngine:
                 if at >= 0:
                     seq.output_text, seq.stop_reason = seq.output_text[:at], stop
                     return self.scheduler.finish(seq, "stop")
+        # NOTE: the tokens read back, not len(seq): that counts a token still in flight (async scheduling), which
+        # ended a request at the context limit one token short and threw the in-flight one away
         if (p.max_tokens is not None and seq.num_output_tokens >= p.max_tokens) or len(
-            seq
+            seq.token_ids
         ) >= self.config.max_model_len:
             self.scheduler.finish(seq, "length")
 
