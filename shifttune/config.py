@@ -9,10 +9,14 @@ holds the SP x TP factorization; `EngineConfig` holds everything the engine need
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+import random
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import get_type_hints
 
 TP, SP = "tp", "sp"  # the two modes: full TP over all P ranks, and SP x TP (Ulysses)
 MODES = (TP, SP)
@@ -240,6 +244,34 @@ class ParallelConfig:
             )
 
 
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "true or false", str: "a string"}
+
+
+def _is_a(value, kind: type) -> bool:
+    if kind is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def check_types(config) -> None:
+    """ConfigError naming the first init field of a dataclass whose value is not of its annotated type (an int for
+    an int: not a float or a bool, not "8"), where that type is one of int, float, bool, str, or one of them | None:
+    a wrong type used to fail later, inside a worker, or pass (enable_prefix_caching="no" turned caching on)."""
+    hints = get_type_hints(type(config))
+    for f in dataclasses.fields(config):
+        kinds = [k for k in (getattr(hints[f.name], "__args__", None) or (hints[f.name],)) if k is not types.NoneType]
+        optional = isinstance(hints[f.name], types.UnionType) and len(kinds) < len(hints[f.name].__args__)
+        if not f.init or not all(k in _TYPE_NAMES for k in kinds):
+            continue
+        value = getattr(config, f.name)
+        if (value is None and optional) or any(_is_a(value, k) for k in kinds):
+            continue
+        expected = " or ".join([_TYPE_NAMES[k] for k in kinds] + (["None"] if optional else []))
+        raise ConfigError(f"must be {expected}, got {value!r}", field=f.name)
+
+
 @dataclass
 class EngineConfig:
     model: str = "tiny"
@@ -276,7 +308,7 @@ class EngineConfig:
     # the TP all-reduces of up to 1 MiB: "nccl", or "symm_mem" (torch's symmetric-memory one-shot all-reduce, cuda
     # only: each rank reads its peers' buffers over NVLink; 8 vs 13 us at 16 KiB in a graph on 4 H200s)
     all_reduce: str = "nccl"
-    seed: int = 0
+    seed: int | None = 0  # None: a random one, drawn here (vLLM's None), so the config says which ran
     master_port: int | None = None
     model_path: Path = field(init=False)
     model_config: ModelConfig = field(init=False)
@@ -298,6 +330,11 @@ class EngineConfig:
                     f"must be one of {', '.join(map(str, allowed))}, not {getattr(self, name)!r}", field=name
                 )
 
+        if isinstance(self.model, Path):
+            self.model = str(self.model)
+        check_types(self)
+        if self.seed is None:
+            self.seed = random.SystemRandom().randrange(2**31)
         one_of("device", DEVICES)
         one_of("load_format", LOAD_FORMATS)
         one_of("shift_policy", SHIFT_POLICIES)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch.distributed as dist
 
@@ -126,7 +128,7 @@ def test_the_server_still_builds_its_sampling_params():
 @pytest.mark.parametrize("value", [-1, 0, 1.5])
 def test_a_bad_parallel_size_names_its_argument(name, value):
     """Before: sequence_parallel_size=-1 was reported under tensor_parallel_size."""
-    with pytest.raises(ConfigError, match=f"^{name}: must be an integer >= 1, got {value!r}$"):
+    with pytest.raises(ConfigError, match=rf"^{name}: must be an integer( >= 1)?, got {re.escape(repr(value))}$"):
         LLM("tiny", device="cpu", **{name: value})
 
 
@@ -157,3 +159,51 @@ def test_stop_strings_need_a_tokenizer(tmp_path):
             llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, stop=["a"]))
         (out,) = llm.generate([[5, 6, 7]], SamplingParams(max_tokens=4, ignore_eos=True))
         assert len(out.outputs[0].token_ids) == 4
+
+
+def test_chat_as_vllms_takes_text_parts_and_template_variables_and_shows_the_prompt(tiny):
+    """Text parts reached the template as a Python list (the model read its repr); chat_template_kwargs (Qwen3's
+    enable_thinking) was refused; outputs had prompt None; a 4th positional argument (vLLM's lora_request) was taken
+    for add_generation_prompt."""
+    tok = tiny.get_tokenizer()
+    params = SamplingParams(max_tokens=2, temperature=0)
+    parts = [{"role": "user", "content": [{"type": "text", "text": "hi "}, {"type": "text", "text": "there"}]}]
+    (out,) = tiny.chat(parts, params)
+    assert out.prompt == "<|user|>hi there\n<|assistant|>" and out.prompt_token_ids == tok.encode(
+        out.prompt, add_special_tokens=False
+    )
+    with pytest.raises(ConfigError, match=r"messages\[0\].content\[0\] is a 'image_url' part"):
+        tiny.chat([{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}], params)
+    template = tok.chat_template
+    tok.chat_template = "{% if loud %}LOUD {% endif %}" + template
+    try:
+        (loud,) = tiny.chat(parts, params, chat_template_kwargs={"loud": True})
+        assert loud.prompt.startswith("LOUD <|user|>hi there")
+    finally:
+        tok.chat_template = template
+    with pytest.raises(TypeError):
+        tiny.chat(parts, params, False, None)
+
+
+def test_vllms_arguments_at_values_that_change_nothing_are_taken_and_others_refused_by_name():
+    """`LLM(trust_remote_code=True)` and `SamplingParams(repetition_penalty=1.0)` were TypeErrors naming
+    EngineConfig; a wrong type failed inside a worker or passed (enable_prefix_caching="no" turned caching on)."""
+    ok = SamplingParams(presence_penalty=0.0, frequency_penalty=0, repetition_penalty=1.0, skip_special_tokens=True,
+                        detokenize=True, prompt_logprobs=None, include_stop_str_in_output=False)  # fmt: skip
+    assert ok.repetition_penalty == 1.0
+    for name, value in [("repetition_penalty", 1.2), ("presence_penalty", 0.5), ("skip_special_tokens", False),
+                        ("prompt_logprobs", 1), ("include_stop_str_in_output", True)]:  # fmt: skip
+        with pytest.raises(ConfigError, match=rf"^{name}: is not supported by this engine"):
+            SamplingParams(**{name: value})
+    for kwargs, says in [({"trust_remote_code": "yes"}, "trust_remote_code: is not supported"),
+                         ({"tokenizer": "gpt2"}, "tokenizer: a tokenizer apart from the model's"),
+                         ({"swap_space": 4}, "swap_space: is not an argument of LLM"),
+                         ({"max_model_len": 2.5}, "max_model_len: must be an integer or None, got 2.5"),
+                         ({"max_num_seqs": "8"}, "max_num_seqs: must be an integer, got '8'"),
+                         ({"enable_prefix_caching": "no"}, "enable_prefix_caching: must be true or")]:  # fmt: skip
+        with pytest.raises(ConfigError, match=re.escape(says)):
+            LLM("tiny", device="cpu", **kwargs)
+    with LLM("tiny", trust_remote_code=True, tokenizer="tiny", seed=None, disable_log_stats=True) as llm:
+        assert llm.llm_engine.config.device == "cpu"  # "auto": no GPU here
+        assert isinstance(llm.llm_engine.config.seed, int)  # None: one drawn, and recorded
+        assert llm.generate("Hello", SamplingParams(max_tokens=2, temperature=0))[0].outputs[0].token_ids

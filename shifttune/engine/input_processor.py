@@ -35,18 +35,41 @@ def check_text(text: str, field: str) -> None:
         raise ConfigError(f"is not valid Unicode text ({e.reason} at character {e.start})", field=field) from None
 
 
-def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True) -> tuple[str, list[int]]:
-    """(text, token ids) of a conversation through the tokenizer's chat template ({"role", "content"} dicts);
-    ConfigError where the model has no template or the template refuses the messages."""
+def chat_prompt(tokenizer, messages: list[dict], add_generation_prompt: bool = True,
+                template_kwargs: dict | None = None) -> tuple[str, list[int]]:  # fmt: skip
+    """(text, token ids) of a conversation through the tokenizer's chat template ({"role", "content"} dicts, content
+    a string or OpenAI's text parts); ConfigError where the model has no template, a message holds other content, or
+    the template refuses the messages. `template_kwargs`: more variables for the template (vLLM's
+    chat_template_kwargs, e.g. Qwen3's enable_thinking)."""
     if tokenizer is None or not getattr(tokenizer, "chat_template", None):
         raise ConfigError("this model has no chat template; send plain prompts (LLM.generate, /v1/completions)",
                           "messages")  # fmt: skip
+    messages = [m | {"content": _message_text(m, i)} if isinstance(m, dict) else m for i, m in enumerate(messages)]
     try:
-        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False)
+        text = tokenizer.apply_chat_template(messages, add_generation_prompt=add_generation_prompt, tokenize=False,
+                                             **(template_kwargs or {}))  # fmt: skip
     except Exception as e:  # a template that raises on these messages (e.g. roles out of order)
         raise ConfigError(f"the chat template refused these messages: {e}", field="messages") from None
     check_text(text, "messages")
     return text, tokenizer.encode(text, add_special_tokens=False)  # NOTE: the template wrote any BOS itself
+
+
+def _message_text(message: dict, index: int) -> str:
+    """A message's content as text: a string, or OpenAI's text parts joined (a template would print the list)."""
+    content, where = message.get("content"), f"messages[{index}].content"
+    if isinstance(content, str):
+        return content
+    if content is None:
+        raise ConfigError(f"{where} is missing: only text messages are served (no tool calls)", "messages")
+    if not isinstance(content, (list, tuple)):
+        raise ConfigError(f"{where} must be a string or a list of text parts, got {type(content).__name__}",
+                          "messages")  # fmt: skip
+    for j, part in enumerate(content):
+        kind = part.get("type") if isinstance(part, dict) else type(part).__name__
+        if kind != "text" or not isinstance(part.get("text"), str):
+            what = f"a {kind!r} part" if kind != "text" else "a text part with no text"
+            raise ConfigError(f"{where}[{j}] is {what}: only text parts are served", "messages")
+    return "".join(part["text"] for part in content)
 
 
 class InputProcessor:

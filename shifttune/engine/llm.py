@@ -26,11 +26,18 @@ class LLM:
         sequence_parallel_size: int = 1,
         shift_threshold: int = 256,
         shift_policy: str = "threshold",
-        device: str = "cpu",
+        device: str = "auto",
         dtype: str = "auto",
         load_format: str = "auto",
         **kwargs,
     ):
+        """`device`: "cuda" (one GPU per rank), "cpu" (gloo ranks) or "auto" (cuda where a GPU is visible, as vLLM
+        runs); `kwargs`: the other EngineConfig fields, and vLLM's arguments at values that change nothing here."""
+        kwargs = _engine_kwargs(model, kwargs)
+        if device == "auto":
+            import torch  # NOTE: lazy, as everywhere in the API's import path
+
+            device = "cuda" if torch.cuda.is_available() else "cpu"
         config = EngineConfig(
             model=model,
             tensor_parallel_size=tensor_parallel_size,
@@ -57,11 +64,19 @@ class LLM:
         messages: list[dict] | Seq[list[dict]],
         sampling_params: SamplingParams | Seq[SamplingParams] | None = None,
         use_tqdm: bool = False,
+        *,
         add_generation_prompt: bool = True,
+        chat_template_kwargs: dict | None = None,
     ) -> list[RequestOutput]:
-        """One conversation ({"role", "content"} dicts) or a list of them, through the model's chat template."""
-        prompts = [chat_prompt(self.get_tokenizer(), c, add_generation_prompt)[1] for c in _conversations(messages)]
-        return self.generate(prompts, sampling_params, use_tqdm)
+        """One conversation ({"role", "content"} dicts; content text or OpenAI's text parts) or a list of them,
+        through the model's chat template; `chat_template_kwargs`: more template variables (Qwen3's enable_thinking).
+        Each output's `prompt` is the conversation as the template wrote it."""
+        tok = self.get_tokenizer()
+        rendered = [chat_prompt(tok, c, add_generation_prompt, chat_template_kwargs) for c in _conversations(messages)]
+        outs = self.generate([ids for _, ids in rendered], sampling_params, use_tqdm)
+        for out, (text, _) in zip(outs, rendered):
+            out.prompt = text
+        return outs
 
     def generate(
         self,
@@ -131,6 +146,35 @@ class LLM:
 
     def __exit__(self, *exc) -> None:
         self.shutdown()
+
+
+# vLLM's LLM arguments this engine has no use for -> the values accepted (they change nothing here); any other value
+# is refused. NOTE: trust_remote_code either way: no model code is ever loaded from a checkpoint.
+VLLM_NEUTRAL_ARGS = {"trust_remote_code": (True, False), "tokenizer_mode": ("auto",), "revision": (None,),
+                     "tokenizer_revision": (None,), "quantization": (None,), "disable_log_stats": (True, False),
+                     "enable_chunked_prefill": (None, True)}  # fmt: skip
+
+
+def _engine_kwargs(model, kwargs: dict) -> dict:
+    """`LLM`'s extra keyword arguments checked: EngineConfig's fields pass; vLLM's `tokenizer` only as the model's
+    own; VLLM_NEUTRAL_ARGS at their neutral values are dropped; anything else is a ConfigError naming it."""
+    fields = {f.name for f in dataclasses.fields(EngineConfig) if f.init}
+    out = {}
+    for name, value in kwargs.items():
+        if name in fields:
+            out[name] = value
+        elif name == "tokenizer":
+            if value is not None and str(value) != str(model):
+                raise ConfigError("a tokenizer apart from the model's is not supported: the model directory's own "
+                                  "tokenizer is used", field="tokenizer")  # fmt: skip
+        elif name in VLLM_NEUTRAL_ARGS:
+            if value not in VLLM_NEUTRAL_ARGS[name]:
+                allowed = " or ".join(map(repr, VLLM_NEUTRAL_ARGS[name]))
+                raise ConfigError(f"is not supported by this engine: only {allowed}, got {value!r}", field=name)
+        else:
+            raise ConfigError("is not an argument of LLM (nor an engine setting: see shifttune.config.EngineConfig)",
+                              field=name)  # fmt: skip
+    return out
 
 
 def _prompt_list(prompts) -> list:

@@ -14,6 +14,11 @@ SEED_RANGE = (0, 2**63 - 1)
 CUMULATIVE, DELTA = "cumulative", "delta"  # what each step's output holds: everything so far, or what is new
 
 
+UNSUPPORTED = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
+               "include_stop_str_in_output": False, "skip_special_tokens": True, "spaces_between_special_tokens": True,
+               "detokenize": True, "prompt_logprobs": None}  # fmt: skip
+
+
 def _is_int(x) -> bool:
     return isinstance(x, int) and not isinstance(x, bool)
 
@@ -37,6 +42,16 @@ class SamplingParams:
     logprobs: int | None = None  # number of top logprobs to return per token (plus the sampled one)
     output_kind: str = CUMULATIVE  # DELTA: each step's output holds only the new tokens and text (streaming)
     n: int = 1  # vLLM's completions per prompt; only 1
+    # vLLM's fields this engine does not implement: accepted at the value that changes nothing (UNSUPPORTED), so ported
+    # code runs; any other value is refused, never silently ignored
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    repetition_penalty: float = 1.0
+    include_stop_str_in_output: bool = False
+    skip_special_tokens: bool = True
+    spaces_between_special_tokens: bool = True
+    detokenize: bool = True
+    prompt_logprobs: int | None = None
 
     def __post_init__(self) -> None:
         self.validate()
@@ -87,6 +102,15 @@ class SamplingParams:
         yield "ignore_eos", not isinstance(self.ignore_eos, bool), f"must be true or false, got {self.ignore_eos!r}"
         yield "output_kind", self.output_kind not in (CUMULATIVE, DELTA), f"must be {CUMULATIVE} or {DELTA}"
         yield "n", self.n != 1 or not _is_int(self.n), f"must be 1 (one completion per prompt), got {self.n!r}"
+        for name, neutral in UNSUPPORTED.items():
+            value = getattr(self, name)
+            yield (
+                name,
+                value != neutral
+                or type(value) is not type(neutral)
+                and not (_is_number(value) and _is_number(neutral)),
+                f"is not supported by this engine: only {neutral!r}, got {value!r}",
+            )
 
     @property
     def greedy(self) -> bool:

@@ -112,7 +112,7 @@ class CompletionRequest(SamplingFields):
 
 
 class ContentPart(OpenAIModel):
-    type: str  # only "text" is served (`serving.message_text` refuses the others by name)
+    type: str  # only "text" is served (`input_processor.chat_prompt` refuses the others by name)
     text: str | None = None
 
 
@@ -131,7 +131,7 @@ class ChatCompletionRequest(SamplingFields):
     echo: Any = _unsupported(False)
     continue_final_message: Any = _unsupported(False)
     chat_template: Any = _unsupported()
-    chat_template_kwargs: Any = _unsupported({})
+    chat_template_kwargs: dict[str, Any] | None = None  # more variables for the template (Qwen3's enable_thinking)
     documents: Any = _unsupported()
 
 

@@ -26,7 +26,6 @@ from shifttune.server.protocol import (
     ChatCompletionChunk,
     ChatCompletionRequest,
     ChatCompletionResponse,
-    ChatMessage,
     CompletionChoice,
     CompletionRequest,
     CompletionResponse,
@@ -102,20 +101,6 @@ def sampling_params(req: SamplingFields, max_tokens: int | None, logprobs: int |
         if e.field == "max_tokens":
             e.field = max_tokens_field
         raise APIError(400, str(e), e.field) from None
-
-
-def message_text(message: ChatMessage, index: int) -> str:
-    """A chat message's text: its content, or its text parts joined; other content is refused by name."""
-    where = f"messages[{index}].content"
-    if message.content is None:
-        raise APIError(400, f"{where} is missing: this server takes text messages (no tool calls)", "messages")
-    if isinstance(message.content, str):
-        return message.content
-    for j, part in enumerate(message.content):
-        if part.type != "text" or part.text is None:
-            what = f"a {part.type!r} part" if part.type != "text" else "a text part with no text"
-            raise APIError(400, f"{where}[{j}] is {what}: this server takes text parts only", "messages")
-    return "".join(p.text for p in message.content)
 
 
 @dataclass
@@ -205,9 +190,9 @@ class Serving:
             params = sampling_params(req, req.max_completion_tokens, logprobs, "max_completion_tokens")
         else:
             params = sampling_params(req, req.max_tokens, logprobs)
-        messages = [{"role": m.role, "content": message_text(m, i)} for i, m in enumerate(req.messages)]
+        messages = [m.model_dump(include={"role", "content"}) for m in req.messages]
         try:
-            text, ids = chat_prompt(self.tokenizer, messages, req.add_generation_prompt)
+            text, ids = chat_prompt(self.tokenizer, messages, req.add_generation_prompt, req.chat_template_kwargs)
         except ConfigError as e:
             raise APIError(400, str(e), e.field) from None
         (choice,) = self.prepare([ids], params, "chatcmpl", "messages")
