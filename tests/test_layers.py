@@ -24,7 +24,7 @@ LAYERS = [
     {"runner"},
     {"model"},
     {"kernels", "parallel", "telemetry"},
-    {"config"},
+    {"config", "signals"},
 ]
 RANK = {unit: i for i, layer in enumerate(LAYERS) for unit in layer}
 
