@@ -590,6 +590,35 @@ def test_top_in_a_terminal_shows_a_running_server_and_q_quits(cpu_server):
         term.close()
 
 
+def _left_the_alternate_screen(output: bytearray) -> bool:
+    return output.rfind(b"\x1b[?1049l") > output.rfind(b"\x1b[?1049h") >= 0
+
+
+def test_top_and_the_profile_view_stopped_by_sigterm_give_the_terminal_back(cpu_server, tmp_path):
+    """SIGTERM's default action ended them at once, in the alternate screen with the mouse on (exit -15). Now the
+    profile view stops after the point in flight (what was measured is kept, as on Ctrl-C), top quits; both 143."""
+    url, _ = cpu_server
+    term = Terminal([sys.executable, "-m", "shifttune.cli", "top", "--url", url])
+    try:
+        term.wait_for("P=2 (SP 2", 60)
+        term.proc.send_signal(signal.SIGTERM)
+        assert term.proc.wait(20) == 143
+        time.sleep(0.5)
+        assert _left_the_alternate_screen(term.output)
+    finally:
+        term.close()
+    out = tmp_path / "p.json"
+    term = Terminal([sys.executable, "-m", "shifttune.cli", "profile", "--device", "cpu", "--out", str(out)])
+    try:
+        term.wait_for("measuring", 60)
+        term.proc.send_signal(signal.SIGTERM)
+        assert term.proc.wait(60) == 143
+        time.sleep(0.5)
+        assert _left_the_alternate_screen(term.output) and b"interrupted" in term.output
+    finally:
+        term.close()
+
+
 def descendants(pid: int) -> list[int]:
     found = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout.split()
     return [d for p in map(int, found) for d in (p, *descendants(p))]
@@ -650,7 +679,7 @@ def test_serve_in_a_terminal_stopped_by_sigterm_gives_the_terminal_back(tmp_path
         assert term.proc.wait(30) == 143
         time.sleep(0.5)  # the reader thread catches up
         assert b"the log of this session" in term.output and b"stopped by SIGTERM" in term.output
-        assert term.output.rfind(b"\x1b[?1049l") > term.output.rfind(b"\x1b[?1049h") >= 0  # alternate screen left
+        assert _left_the_alternate_screen(term.output)
         time.sleep(1)
         assert children and not [p for p in children if _alive(p)]
     finally:

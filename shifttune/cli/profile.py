@@ -13,7 +13,7 @@ import typer
 
 from shifttune.cli.common import MODEL_HELP, check_writable, console, fail, fail_config, parse_list
 from shifttune.config import DEVICES, LOAD_FORMATS, ConfigError
-from shifttune.signals import exit_status, sigterm_like_ctrl_c, stop_signal
+from shifttune.signals import Stopped, exit_status, sigterm_like_ctrl_c, stop_signal
 
 # The flags each run of `profile` reads (None: a measured profile); any other one given is refused, not ignored.
 TOOL_FLAGS = {
@@ -82,7 +82,7 @@ def _live_view_run(settings, out: Path, command: str):
     if view.error is not None:
         raise view.error
     if view.interrupted or view.result is None:
-        raise KeyboardInterrupt
+        raise Stopped(view.stop_signal) if view.stop_signal else KeyboardInterrupt
     return view.result
 
 

@@ -8,6 +8,7 @@ measured point stays in the profile file and the same command resumes.
 
 from __future__ import annotations
 
+import signal
 from pathlib import Path
 
 from rich.text import Text
@@ -19,7 +20,7 @@ from textual.widgets import DataTable, Footer, Header, ProgressBar, Static
 from shifttune.engine.profile_schema import Point, Profile
 from shifttune.profile.profiler import ProfileSettings, ProgressEvent, run_profile
 from shifttune.telemetry.nvml import NvmlSampler
-from shifttune.tui.widgets import GpuPanel, LogPane
+from shifttune.tui.widgets import GpuPanel, LogPane, on_sigterm
 
 
 def _column(point_mode: str, tp: int, sp: int, context: int) -> str:
@@ -57,6 +58,7 @@ class ProfileApp(App):
         self.result: Profile | None = None
         self.error: BaseException | None = None
         self.interrupted = False
+        self.stop_signal: int | None = None  # SIGTERM, when that stopped it (the CLI exits 143)
         self._stop = False
         self._points: list[Point] = []
         self._columns: list[str] = []
@@ -85,6 +87,11 @@ class ProfileApp(App):
         gpus = self.query_one("#gpus", GpuPanel)
         self.set_interval(1.0, lambda: gpus.refresh(layout=True))
         self.run_worker(self._sweep, thread=True, exit_on_error=False)
+        on_sigterm(self._on_sigterm)
+
+    def _on_sigterm(self) -> None:
+        self.stop_signal = signal.SIGTERM
+        self.action_stop()
 
     def on_unmount(self) -> None:
         self.nvml.stop()

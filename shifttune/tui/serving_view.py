@@ -15,6 +15,7 @@ import asyncio
 import json
 import math
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -26,10 +27,20 @@ from textual.css.query import NoMatches
 from textual.screen import ModalScreen
 from textual.widgets import Footer, Static
 
+from shifttune.signals import exit_status
 from shifttune.telemetry.nvml import NvmlSampler
 from shifttune.tui.snapshot import MODE_NAMES, REFRESH_S, SP, TP, ServingSnapshot
 from shifttune.tui.sources import PolicyError, Source
-from shifttune.tui.widgets import MODE_COLORS, GpuPanel, LogPane, bar, big_mode, mode_strip, token_chart
+from shifttune.tui.widgets import (
+    MODE_COLORS,
+    GpuPanel,
+    LogPane,
+    bar,
+    big_mode,
+    mode_strip,
+    on_sigterm,
+    token_chart,
+)
 
 SLOW_PARTS_S = 0.5  # what changes slowly or is read at most this often anyway (/metrics) is drawn at most this often
 HELP = """\
@@ -173,6 +184,7 @@ class ServingApp(App):
         if self.parent_fd is not None:
             asyncio.get_running_loop().add_reader(self.parent_fd, self._parent_readable)
         self._started = (time.monotonic(), time.process_time())
+        on_sigterm(lambda: self.exit(return_code=exit_status(signal.SIGTERM)))
         self.set_interval(self.interval_s, self.tick)
         self.call_after_refresh(self.tick)  # after the first layout: the charts need their widths
 

@@ -1,6 +1,6 @@
 """Widgets and drawing helpers the live views share (`shifttune serve` / `top`, and `shifttune profile`):
 sparklines (one row, or several with a threshold line), the mode timeline strip, the big mode badge,
-one panel per GPU from the NVML sampler, and a log pane that follows a file.
+one panel per GPU from the NVML sampler, a log pane that follows a file, and `on_sigterm`.
 
 Drawing is plain Rich `Text` sized to the widget, so a refresh repaints only what changed and tests can
 read what a widget shows (`str(widget.render())`).
@@ -8,9 +8,12 @@ read what a widget shows (`str(widget.render())`).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import math
+import signal
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from rich.table import Table
 from rich.text import Text
@@ -21,6 +24,15 @@ from shifttune.telemetry.nvml import GpuSample, NvmlReading, NvmlSampler
 from shifttune.tui.snapshot import MODE_NAMES, SP, TP, StepCell
 
 MODE_COLORS = {TP: "#4c8dff", SP: "#f5a623"}
+
+
+def on_sigterm(stop: Callable[[], None]) -> None:
+    """Runs `stop` on the app's event loop when SIGTERM comes (call from `on_mount`). NOTE: the default action ends
+    the process at once, leaving the terminal in the app's alternate screen with the mouse on."""
+    with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):  # not Unix, not the main thread
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop)
+
+
 BLOCKS = "▁▂▃▄▅▆▇█"
 GLYPHS = {  # a 3-row block font for the mode badge
     "T": ("▀█▀", " █ ", " ▀ "),
