@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import importlib
 
-__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput"]
+__all__ = ["LLM", "SamplingParams", "RequestOutput", "CompletionOutput", "Logprob"]
 __version__ = "0.1.0"
 _HOMES = {
     "LLM": "shifttune.engine.llm",
     "SamplingParams": "shifttune.engine.sampling_params",
     "RequestOutput": "shifttune.engine.sequence",
     "CompletionOutput": "shifttune.engine.sequence",
+    "Logprob": "shifttune.runner.sampler",
 }
 
 

@@ -207,3 +207,28 @@ def test_vllms_arguments_at_values_that_change_nothing_are_taken_and_others_refu
         assert llm.llm_engine.config.device == "cpu"  # "auto": no GPU here
         assert isinstance(llm.llm_engine.config.seed, int)  # None: one drawn, and recorded
         assert llm.generate("Hello", SamplingParams(max_tokens=2, temperature=0))[0].outputs[0].token_ids
+
+
+def test_logprobs_read_as_vllms_logprob_objects_and_as_floats(tiny):
+    """vLLM's `lp[token].logprob` raised AttributeError ('float' object has no attribute 'logprob'); ranks and
+    decoded tokens were not there at all."""
+    import pickle
+
+    from shifttune import Logprob
+
+    params = SamplingParams(max_tokens=6, temperature=0.9, seed=5, logprobs=3, ignore_eos=True)
+    (out,) = tiny.generate("Hello", params)
+    c, tok = out.outputs[0], tiny.get_tokenizer()
+    for token, entry in zip(c.token_ids, c.logprobs):
+        chosen = entry[token]
+        assert (
+            isinstance(chosen, Logprob)
+            and chosen.logprob == float(chosen)
+            and chosen.decoded_token == tok.decode([token])
+        )
+        top = sorted((lp for t, lp in entry.items() if lp.rank is not None and lp.rank <= 3), key=lambda lp: lp.rank)
+        assert [lp.rank for lp in top][:3] == [1, 2, 3] and all(a >= b for a, b in zip(top, top[1:]))
+        assert chosen.rank == 1 + sum(lp > chosen for lp in top) or chosen.rank > 3  # the top 3 above it, or past them
+    assert c.cumulative_logprob == pytest.approx(sum(entry[t].logprob for t, entry in zip(c.token_ids, c.logprobs)))
+    again = pickle.loads(pickle.dumps(c.logprobs))  # as the server's engine process sends them
+    assert again == c.logprobs and again[0][c.token_ids[0]].rank == c.logprobs[0][c.token_ids[0]].rank

@@ -135,7 +135,9 @@ class LLM:
         finally:
             if progress is not None:
                 progress.stop()
-        return [done[rid] for rid in ids]
+        outs = [done[rid] for rid in ids]
+        _decode_logprobs(self.get_tokenizer(), outs)
+        return outs
 
     def shutdown(self) -> None:
         self._closed = True
@@ -175,6 +177,20 @@ def _engine_kwargs(model, kwargs: dict) -> dict:
             raise ConfigError("is not an argument of LLM (nor an engine setting: see shifttune.config.EngineConfig)",
                               field=name)  # fmt: skip
     return out
+
+
+def _decode_logprobs(tokenizer, outs: list[RequestOutput]) -> None:
+    """Each logprob's `decoded_token` (vLLM's): its token's own text."""
+    if tokenizer is None:
+        return
+    texts: dict[int, str] = {}
+    for out in outs:
+        for completion in out.outputs:
+            for entry in completion.logprobs or ():
+                for token, lp in entry.items():
+                    if token not in texts:
+                        texts[token] = tokenizer.decode([token])
+                    lp.decoded_token = texts[token]
 
 
 def _prompt_list(prompts) -> list:

@@ -31,7 +31,7 @@ class Sequence:
         self.stop_reason: int | str | None = None
         self.error: str | None = None  # why the request failed (finish_reason "error")
         self.output_text = ""
-        self.logprobs: list[dict[int, float]] = []
+        self.logprobs: list[dict[int, float]] = []  # per token {token id: Logprob} (floats; vLLM's attributes too)
         self.arrival_time = time.monotonic()
         self.first_token_time: float | None = None
         self.num_returned_tokens = 0  # what earlier DELTA outputs already handed back

@@ -38,7 +38,7 @@ from shifttune.model.llama import CausalLM
 from shifttune.model.loader import init_dummy_weights, load_weights
 from shifttune.parallel.state import ParallelState
 from shifttune.runner.input_batch import InputBatch, NewRequest, StepDelta
-from shifttune.runner.sampler import RequestSampling, SamplerOutput, logprobs_dicts
+from shifttune.runner.sampler import Logprob, RequestSampling, SamplerOutput, logprobs_dicts
 from shifttune.runner.step_input import StepInput, StepTensors
 
 GIB = 1 << 30
@@ -366,7 +366,8 @@ class ModelRunnerOutput:
         self.host: list[torch.Tensor | None] = []
         if sampled is not None:
             pin = sampled.tokens.is_cuda
-            parts = (sampled.tokens, sampled.chosen_logprobs, sampled.top_logprobs, sampled.top_ids)
+            parts = (sampled.tokens, sampled.chosen_logprobs, sampled.chosen_ranks, sampled.top_logprobs,
+                     sampled.top_ids)  # fmt: skip
             self.host = [None if x is None else x.to("cpu", non_blocking=True) if pin else x for x in parts]
         timer.stop()
         self.ready = None
@@ -374,12 +375,12 @@ class ModelRunnerOutput:
             self.ready = torch.cuda.Event()
             self.ready.record()
 
-    def result(self) -> tuple[list[int], list[dict[int, float] | None], dict[int, str], float]:
+    def result(self) -> tuple[list[int], list[dict[int, Logprob] | None], dict[int, str], float]:
         """(tokens, logprobs per token, errors by position, device seconds of the step); waits for the step."""
         if self.ready is not None:
             self.ready.synchronize()
         if not self.host:
             return [], [], {}, self.timer.seconds()
-        tokens, chosen, top_vals, top_ids = (None if x is None else x.tolist() for x in self.host)
-        lps = logprobs_dicts(tokens, chosen, top_vals, top_ids, self.want)
+        tokens, chosen, ranks, top_vals, top_ids = (None if x is None else x.tolist() for x in self.host)
+        lps = logprobs_dicts(tokens, chosen, ranks, top_vals, top_ids, self.want)
         return tokens, lps, self.errors, self.timer.seconds()

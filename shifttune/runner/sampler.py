@@ -38,10 +38,34 @@ class RequestSampling:
         return self.temperature == 0
 
 
+class Logprob(float):
+    """A token's log probability, as vLLM's `Logprob` too: `.logprob` (the value), `.rank` (1: the likeliest token),
+    `.decoded_token` (its text, set by `LLM`; None elsewhere). NOTE: a float, so code that reads logprobs as numbers
+    (sums, comparisons, JSON) and code written for vLLM both work."""
+
+    __slots__ = ("rank", "decoded_token")
+
+    def __new__(cls, logprob: float, rank: int | None = None, decoded_token: str | None = None):
+        self = super().__new__(cls, logprob)
+        self.rank, self.decoded_token = rank, decoded_token
+        return self
+
+    @property
+    def logprob(self) -> float:
+        return float(self)
+
+    def __reduce__(self):
+        return Logprob, (float(self), self.rank, self.decoded_token)
+
+    def __repr__(self) -> str:
+        return f"Logprob(logprob={float(self)!r}, rank={self.rank!r}, decoded_token={self.decoded_token!r})"
+
+
 @dataclass
 class SamplerOutput:
     tokens: torch.Tensor  # [k] int64 on the device
     chosen_logprobs: torch.Tensor | None = None  # [k] logprob of each sampled token
+    chosen_ranks: torch.Tensor | None = None  # [k] int64 its rank in the row (1: the likeliest)
     top_logprobs: torch.Tensor | None = None  # [k, max logprobs asked]
     top_ids: torch.Tensor | None = None
     errors: dict[int, str] | None = None  # row -> why that row could not be sampled (it got token 0)
@@ -105,6 +129,8 @@ class Sampler:
         if any(p.chosen_logprobs is not None for p in parts):
             nan = torch.full((1,), float("nan"), device=logits.device)
             out.chosen_logprobs = torch.cat([nan if p.chosen_logprobs is None else p.chosen_logprobs for p in parts])
+            zero = torch.zeros(1, dtype=torch.int64, device=logits.device)
+            out.chosen_ranks = torch.cat([zero if p.chosen_ranks is None else p.chosen_ranks for p in parts])
         if k:
 
             def pad(x, fill, dtype):
@@ -152,6 +178,7 @@ class Sampler:
         out = SamplerOutput(tokens)
         if raw is not None:
             out.chosen_logprobs = raw.gather(1, tokens.unsqueeze(1)).squeeze(1)
+            out.chosen_ranks = (raw > out.chosen_logprobs.unsqueeze(1)).sum(dim=1) + 1
         if top is not None:
             out.top_logprobs, out.top_ids = top.values, top.indices
         for r in rows:
@@ -186,12 +213,15 @@ class Sampler:
         return logits
 
 
-def logprobs_dicts(tokens: list[int], chosen: list[float] | None, top_vals, top_ids, want: list[int | None]):
-    """{token: logprob} per row (host lists): the sampled token and the row's top `logprobs`."""
-    out: list[dict[int, float] | None] = [None] * len(want)
+def logprobs_dicts(tokens: list[int], chosen: list[float] | None, ranks: list[int] | None, top_vals, top_ids,
+                   want: list[int | None]) -> list[dict[int, Logprob] | None]:  # fmt: skip
+    """{token: Logprob} per row (host lists): the sampled token first, then the row's top `logprobs` (ranks 1, 2,
+    ...)."""
+    out: list[dict[int, Logprob] | None] = [None] * len(want)
     if chosen is None:
         return out
     for i, w in enumerate(want):
         if w is not None:
-            out[i] = {tokens[i]: chosen[i]} | (dict(zip(top_ids[i][:w], top_vals[i][:w])) if w else {})
+            top = {t: Logprob(v, j + 1) for j, (t, v) in enumerate(zip(top_ids[i][:w], top_vals[i][:w]))} if w else {}
+            out[i] = {tokens[i]: Logprob(chosen[i], ranks[i])} | top
     return out
