@@ -628,7 +628,7 @@ def test_ctrl_c_or_sigterm_keeps_and_saves_what_completed(fake, tmp_path, sig, r
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     deadline = time.monotonic() + 60
-    while len(fake.requests) < 3:  # the test request, then 50 requests at 2/s: ~25 s
+    while len(fake.requests) < 4:  # the test request, then 50 requests at 2/s: ~25 s
         assert time.monotonic() < deadline and proc.poll() is None, proc.stdout.read() if proc.poll() else ""
         time.sleep(0.05)
     os.kill(proc.pid, sig)
@@ -640,7 +640,9 @@ def test_ctrl_c_or_sigterm_keeps_and_saves_what_completed(fake, tmp_path, sig, r
     else:
         assert set(data) == {"command", "results"} and len(data["results"]) == 1
         (data,) = data["results"]
-    assert data["interrupted"] and 2 <= data["completed"] < 50 and data["failed"] == 0
+    # NOTE: at least 1: arrivals are Poisson, so the last one or two that reached the server may still be answering
+    # (CI once saw 1 completed when the 3rd request arrived)
+    assert data["interrupted"] and 1 <= data["completed"] < 50 and data["failed"] == 0
     assert "interrupted" in output and "Traceback" not in output
 
 
