@@ -7,7 +7,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from shifttune.config import ConfigError
+from shifttune.config import ConfigError, is_int, is_number
 
 GREEDY_BELOW = 1e-5  # as vLLM: smaller temperatures overflow the logits; they mean greedy
 SEED_RANGE = (0, 2**63 - 1)
@@ -17,14 +17,6 @@ CUMULATIVE, DELTA = "cumulative", "delta"  # what each step's output holds: ever
 UNSUPPORTED = {"presence_penalty": 0.0, "frequency_penalty": 0.0, "repetition_penalty": 1.0,
                "include_stop_str_in_output": False, "skip_special_tokens": True, "spaces_between_special_tokens": True,
                "detokenize": True, "prompt_logprobs": None}  # fmt: skip
-
-
-def _is_int(x) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
-
-
-def _is_number(x) -> bool:
-    return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
 @dataclass
@@ -80,35 +72,33 @@ class SamplingParams:
         t, mx, mn = self.temperature, self.max_tokens, self.min_tokens
         yield (
             "temperature",
-            not _is_number(t) or not math.isfinite(t) or t < 0,
+            not is_number(t) or not math.isfinite(t) or t < 0,
             f"must be a finite number >= 0, got {t!r}",
         )
-        yield "top_p", not _is_number(self.top_p) or not 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p!r}"
-        yield "min_p", not _is_number(self.min_p) or not 0 <= self.min_p <= 1, f"must be in [0, 1], got {self.min_p!r}"
+        yield "top_p", not is_number(self.top_p) or not 0 < self.top_p <= 1, f"must be in (0, 1], got {self.top_p!r}"
+        yield "min_p", not is_number(self.min_p) or not 0 <= self.min_p <= 1, f"must be in [0, 1], got {self.min_p!r}"
         yield (
             "top_k",
-            not _is_int(self.top_k) or self.top_k < -1,
+            not is_int(self.top_k) or self.top_k < -1,
             f"must be -1 (off) or an integer >= 1, got {self.top_k!r}",
         )
-        yield "max_tokens", mx is not None and (not _is_int(mx) or mx < 1), f"must be an integer >= 1, got {mx!r}"
-        yield "min_tokens", not _is_int(mn) or mn < 0, f"must be an integer >= 0, got {mn!r}"
-        yield "min_tokens", _is_int(mx) and mn > mx, f"must be at most max_tokens ({mx}), got {mn!r}"
-        seed_ok = self.seed is None or (_is_int(self.seed) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1])
+        yield "max_tokens", mx is not None and (not is_int(mx) or mx < 1), f"must be an integer >= 1, got {mx!r}"
+        yield "min_tokens", not is_int(mn) or mn < 0, f"must be an integer >= 0, got {mn!r}"
+        yield "min_tokens", is_int(mx) and mn > mx, f"must be at most max_tokens ({mx}), got {mn!r}"
+        seed_ok = self.seed is None or (is_int(self.seed) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1])
         yield "seed", not seed_ok, f"must be an integer in [0, 2**63 - 1], got {self.seed!r}"
         lp = self.logprobs
-        yield "logprobs", lp is not None and (not _is_int(lp) or lp < 0), f"must be an integer >= 0, got {lp!r}"
+        yield "logprobs", lp is not None and (not is_int(lp) or lp < 0), f"must be an integer >= 0, got {lp!r}"
         yield "stop", any(not isinstance(s, str) or not s for s in self.stop), "stop strings must be non-empty strings"
-        yield "stop_token_ids", any(not _is_int(t) for t in self.stop_token_ids), "must be integers"
+        yield "stop_token_ids", any(not is_int(t) for t in self.stop_token_ids), "must be integers"
         yield "ignore_eos", not isinstance(self.ignore_eos, bool), f"must be true or false, got {self.ignore_eos!r}"
         yield "output_kind", self.output_kind not in (CUMULATIVE, DELTA), f"must be {CUMULATIVE} or {DELTA}"
-        yield "n", self.n != 1 or not _is_int(self.n), f"must be 1 (one completion per prompt), got {self.n!r}"
+        yield "n", self.n != 1 or not is_int(self.n), f"must be 1 (one completion per prompt), got {self.n!r}"
         for name, neutral in UNSUPPORTED.items():
             value = getattr(self, name)
             yield (
                 name,
-                value != neutral
-                or type(value) is not type(neutral)
-                and not (_is_number(value) and _is_number(neutral)),
+                value != neutral or type(value) is not type(neutral) and not (is_number(value) and is_number(neutral)),
                 f"is not supported by this engine: only {neutral!r}, got {value!r}",
             )
 
